@@ -1,0 +1,243 @@
+"""The differentiable-solver core: ``custom_vjp`` registration and framework-free ``vjp``.
+
+A solver is written as its *forward rule*, a function ``fwd(*args, **kwargs) -> (result,
+residuals)`` where ``result`` is a :class:`~diffsolve._result.SolverResult` and
+``residuals`` is anything the backward rule may reuse (a factorisation, say), plus a
+*backward rule* ``bwd(ctx, cotangents) -> tuple`` that maps the cotangents of the result's
+differentiable fields to one cotangent per positional argument (``None`` where an argument
+is not differentiable). This is the shape of ``jax.custom_vjp``; the solver never sees an
+autograd box, a torch tensor or a JAX tracer. :func:`vjp` drives it with plain arrays and
+the adapters in :mod:`diffsolve.interop` drive it from autograd, PyTorch and JAX.
+
+Cotangents of sparse arguments are the gradient of the stored values in canonical CSR
+order (a 1-D array of length nnz); :func:`wrap_cotangent` turns that into the argument's
+own type (a SciPy/CuPy CSR matrix with the same pattern, or a :class:`~diffsolve.CSR`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import _backend as B
+
+__all__ = ["BackwardContext", "DifferentiableFunction", "custom_vjp", "vjp"]
+
+
+@dataclass
+class BackwardContext:
+    """What a backward rule may look at.
+
+    Attributes
+    ----------
+    args, kwargs
+        The primal call, with framework arrays already turned into NumPy/CuPy arrays.
+    result
+        The forward result (its differentiable fields hold NumPy/CuPy arrays).
+    residuals
+        What the forward rule saved, or ``None`` when the forward pass ran elsewhere (the
+        JAX adapter under ``jit`` keeps only arrays, so the rule must then recompute).
+    """
+
+    args: tuple
+    kwargs: dict
+    result: Any
+    residuals: Any = None
+
+
+class DifferentiableFunction:
+    """A solver with a hand-written backward rule (made by :func:`custom_vjp`).
+
+    Calling it returns the result only. ``fwd`` returns ``(result, residuals)``, ``bwd`` is
+    the backward rule, ``result_shapes`` (optional) gives the shapes and dtypes of the
+    result's fields without running the solver (the JAX adapter needs them).
+    """
+
+    def __init__(self, fwd: Callable, bwd: Callable, result_shapes: Callable | None = None,
+                 result_type: type | None = None):
+        functools.update_wrapper(self, fwd)
+        self.fwd = fwd
+        self.bwd = bwd
+        self.result_shapes = result_shapes
+        self.result_type = result_type
+        self.public_name = f"diffsolve.{fwd.__module__.split('.')[1]}.{fwd.__name__}"
+
+    def __call__(self, *args, **kwargs):
+        result, _ = self.fwd(*args, **kwargs)
+        return result
+
+    def __repr__(self) -> str:
+        return f"<differentiable solver {self.public_name}>"
+
+    def backward(self, ctx: BackwardContext, cotangents: dict) -> tuple:
+        """Run the backward rule with zero-filled, validated cotangents.
+
+        ``cotangents`` maps differentiable field names to arrays or ``None``. Returns one
+        entry per positional argument, each in the argument's own type (dense array,
+        sparse matrix with the argument's pattern, :class:`~diffsolve.CSR`) or ``None``.
+        """
+        result = ctx.result
+        fields = type(result).differentiable_fields
+        unknown = sorted(set(cotangents) - set(fields))
+        if unknown:
+            raise TypeError(
+                f"{self.public_name} vjp: no differentiable output named {unknown}; "
+                f"the differentiable outputs are {list(fields)}"
+            )
+        filled = {}
+        for name in fields:
+            out = getattr(result, name)
+            g = cotangents.get(name)
+            if g is not None and tuple(g.shape) != tuple(out.shape):
+                raise ValueError(
+                    f"{self.public_name} vjp: cotangent {name}= has shape {tuple(g.shape)}, "
+                    f"but the output {name} has shape {tuple(out.shape)}; pass an array of "
+                    "the output's shape"
+                )
+            filled[name] = g
+        if all(g is None for g in filled.values()):
+            return tuple(zero_cotangent(a) for a in ctx.args)
+        for name, g in filled.items():
+            if g is None:
+                out = getattr(result, name)
+                xp = B.array_namespace(out)
+                filled[name] = xp.zeros_like(out)
+        grads = self.bwd(ctx, filled)
+        if len(grads) != len(ctx.args):
+            raise RuntimeError(
+                f"{self.public_name}: backward rule returned {len(grads)} cotangents for "
+                f"{len(ctx.args)} positional arguments"
+            )
+        return tuple(wrap_cotangent(a, g) for a, g in zip(ctx.args, grads))
+
+
+def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
+               result_type: type | None = None):
+    """Decorate a forward rule ``fwd(*args, **kwargs) -> (result, residuals)``.
+
+    Parameters
+    ----------
+    bwd : callable
+        ``bwd(ctx, cotangents) -> tuple``: ``ctx`` is a :class:`BackwardContext`,
+        ``cotangents`` a dict from each differentiable field name to an array (fields the
+        caller did not give arrive as zeros). Return one cotangent per positional argument
+        (``None`` for arguments that are not differentiable; the gradient of the stored
+        values for sparse arguments).
+    result_shapes : callable, optional
+        ``result_shapes(*args, **kwargs) -> {field: (shape, dtype)}`` for every array or
+        scalar field of the result, computed from the arguments' shapes and dtypes only.
+    result_type : type, optional
+        The :class:`~diffsolve.SolverResult` subclass the forward rule returns. The JAX
+        adapter needs ``result_shapes`` and ``result_type``.
+
+    Returns
+    -------
+    decorator
+        Turns the forward rule into a :class:`DifferentiableFunction`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dataclasses import dataclass
+    >>> from diffsolve._result import SolverResult
+    >>> from diffsolve._autodiff import custom_vjp, vjp
+    >>> @dataclass(frozen=True)
+    ... class Scaled(SolverResult):
+    ...     y: object
+    ...     differentiable_fields = ("y",)
+    >>> def _bwd(ctx, cot):
+    ...     return (2.0 * cot["y"],)
+    >>> @custom_vjp(_bwd)
+    ... def double(x):
+    ...     return Scaled(y=2.0 * x), None
+    >>> out, f_vjp = vjp(double, np.ones(2))
+    >>> f_vjp(y=np.array([1.0, 3.0]))
+    (array([2., 6.]),)
+    """
+
+    def decorate(fwd: Callable) -> DifferentiableFunction:
+        return DifferentiableFunction(fwd, bwd, result_shapes, result_type)
+
+    return decorate
+
+
+def is_array_argument(arg) -> bool:
+    """Whether a positional argument gets a cotangent slot (arrays, matrices, operators)."""
+    return B.is_array(arg) or B.is_sparse(arg) or B.is_linear_operator(arg)
+
+
+def zero_cotangent(arg):
+    """The zero cotangent of one positional argument (``None`` if not differentiable)."""
+    if B.is_sparse(arg):
+        data = B.as_csr(arg).data if not isinstance(arg, B.CSR) else arg.data
+        xp = B.array_namespace(data)
+        return wrap_cotangent(arg, xp.zeros_like(data))
+    if B.is_array(arg):
+        xp = B.array_namespace(arg)
+        return xp.zeros_like(arg)
+    return None
+
+
+def wrap_cotangent(arg, g):
+    """Put a backward rule's cotangent ``g`` for ``arg`` into ``arg``'s own type."""
+    if g is None:
+        return None
+    if isinstance(arg, B.CSR):
+        return arg.with_data(g)
+    if B.is_sparse(arg):
+        A = B.as_csr(arg)
+        return type(A)((g, A.indices, A.indptr), shape=A.shape)
+    return g
+
+
+def vjp(fn: DifferentiableFunction, *args, **kwargs):
+    """Solve and return the result with a function that maps output cotangents to input ones.
+
+    Framework-free reverse mode: no autodiff system is involved, so this is the way to put
+    a diffsolve solver inside an adjoint method driven by ``scipy.optimize`` or a hand-written
+    gradient loop.
+
+    Parameters
+    ----------
+    fn : DifferentiableFunction
+        A diffsolve solver such as :func:`diffsolve.linear.solve`.
+    *args, **kwargs
+        Its arguments, as for calling ``fn`` directly.
+
+    Returns
+    -------
+    result : SolverResult
+        What ``fn(*args, **kwargs)`` returns.
+    vjp_fn : callable
+        ``vjp_fn(**cotangents)`` takes cotangents by differentiable output name (fields not
+        given count as zero) and returns a tuple with one cotangent per positional array
+        argument, in order: a dense array for a dense argument, a sparse matrix with the
+        argument's pattern for a sparse one, ``None`` for a LinearOperator. It may be called
+        more than once.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]]); b = np.array([1.0, 2.0])
+    >>> res, f_vjp = ds.vjp(ds.linear.solve, A, b)
+    >>> A_bar, b_bar = f_vjp(x=np.ones(2))
+    >>> np.allclose(b_bar, np.linalg.solve(A.T, np.ones(2)))
+    True
+    """
+    if not isinstance(fn, DifferentiableFunction):
+        raise TypeError(
+            f"diffsolve.vjp: fn must be a diffsolve solver (e.g. diffsolve.linear.solve), got "
+            f"{fn!r}; functions written with torch/JAX/autograd are differentiated by those "
+            "systems through diffsolve.to_torch / to_jax / to_autograd"
+        )
+    result, residuals = fn.fwd(*args, **kwargs)
+    keep = [i for i, a in enumerate(args) if is_array_argument(a)]
+
+    def vjp_fn(**cotangents):
+        ctx = BackwardContext(args, kwargs, result, residuals)
+        grads = fn.backward(ctx, cotangents)
+        return tuple(grads[i] for i in keep)
+
+    return result, vjp_fn
