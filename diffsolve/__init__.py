@@ -1,0 +1,28 @@
+"""diffsolve: differentiable solvers for NumPy and CuPy.
+
+Every solver runs on the CPU (NumPy + Numba) or the GPU (CuPy + CUDA) depending on the
+arrays it is given, and carries a hand-written backward rule, usable without any
+deep-learning framework (:func:`vjp`) or as a layer in HIPS autograd, PyTorch or JAX
+(:func:`to_autograd`, :func:`to_torch`, :func:`to_jax`).
+"""
+
+__version__ = "0.1.0"
+
+from . import linear
+from ._autodiff import custom_vjp, vjp
+from ._backend import CSR
+from ._result import ConvergenceWarning, LinearSolveResult, SolverResult
+from .interop import to_autograd, to_jax, to_torch
+
+__all__ = [
+    "CSR",
+    "ConvergenceWarning",
+    "LinearSolveResult",
+    "SolverResult",
+    "custom_vjp",
+    "linear",
+    "to_autograd",
+    "to_jax",
+    "to_torch",
+    "vjp",
+]
