@@ -1,0 +1,61 @@
+"""``to_autograd``: a diffsolve solver as a HIPS autograd primitive."""
+
+from __future__ import annotations
+
+import functools
+
+from autograd.extend import Box, defvjp_argnums, primitive
+
+from .. import _backend as B
+from ._call import Call
+
+
+def _is_leaf(x) -> bool:
+    value = x._value if isinstance(x, Box) else x
+    return B.is_array(value) and B.is_numpy(B.array_namespace(value)) and \
+        value.dtype.kind == "f"
+
+
+def to_autograd(fn):
+    """Make a diffsolve solver differentiable by HIPS autograd.
+
+    The adapted solver is called like ``fn`` and returns the same result type, with autograd
+    boxes in the differentiable fields while a gradient is being traced. One backward
+    computation (one adjoint solve) serves every differentiable argument: the primitive's
+    VJP is registered with ``defvjp_argnums``. Differentiable arguments are NumPy arrays
+    (or boxes) and the ``data`` of a :class:`diffsolve.CSR`; SciPy sparse matrices are
+    constants.
+
+    Examples
+    --------
+    >>> import autograd, autograd.numpy as anp, numpy as np
+    >>> import diffsolve as ds
+    >>> solve = ds.to_autograd(ds.linear.solve)
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> g = autograd.grad(lambda b: anp.sum(solve(A, b).x))(np.array([1.0, 2.0]))
+    >>> np.allclose(g, np.linalg.solve(A.T, np.ones(2)))
+    True
+    """
+
+    @functools.wraps(fn)
+    def adapted(*args, **kwargs):
+        call = Call(fn, args, kwargs, _is_leaf, "to_autograd")
+
+        # a fresh primitive per call: its VJP closes over this call's residuals
+        @primitive
+        def forward(*leaves):
+            result = call.forward(leaves)
+            return tuple(getattr(result, f) for f in call.fields)
+
+        def vjp_maker(argnums, ans, leaves, kw):
+            def vjp(g):
+                grads = call.backward(dict(zip(call.fields, g)))
+                return tuple(grads[i] for i in argnums)
+
+            return vjp
+
+        defvjp_argnums(forward, vjp_maker)
+        outs = forward(*call.leaves)
+        return call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)})
+
+    return adapted

@@ -1,0 +1,157 @@
+"""``to_jax``: a diffsolve solver as a ``jax.custom_vjp`` around ``jax.pure_callback``."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+
+from .. import _backend as B
+from ._call import Call
+
+VMAP_METHODS = ("sequential", "sequential_unrolled", "expand_dims", "broadcast_all")
+_warned_device = False
+_registered: set = set()
+
+
+def _register_result_type(jax, result_type):
+    """Results are returned from jitted functions, so JAX must see them as pytrees."""
+    if result_type not in _registered:
+        fields = list(result_type.field_names())
+        jax.tree_util.register_dataclass(result_type, data_fields=fields, meta_fields=[])
+        _registered.add(result_type)
+
+
+def _jax():
+    try:
+        return importlib.import_module("jax")
+    except ImportError:  # pragma: no cover - exercised only without jax
+        raise ImportError("diffsolve.to_jax needs JAX: pip install 'diffsolve[jax]'") from None
+
+
+def _host(x):
+    """Index arrays of a CSR must be concrete: they fix the sparsity pattern."""
+    jax = _jax()
+    if isinstance(x, jax.core.Tracer):
+        raise TypeError(
+            "diffsolve.to_jax: the indices/indptr of a diffsolve.CSR are traced; the pattern "
+            "must be concrete (pass NumPy index arrays, or close over them outside jit)"
+        )
+    return B.host_numpy(x)
+
+
+def to_jax(fn, *, vmap_method: str = "sequential"):
+    """Make a diffsolve solver a JAX function with a custom VJP; works under ``jit``.
+
+    The forward and backward rules run as ``jax.pure_callback`` on the host (NumPy); the
+    result shapes come from the solver's declared shape rule, so the adapted solver traces
+    under ``jax.jit`` and ``jax.grad``. Every field of the result comes back as a JAX array
+    (iteration counts and flags too, since they are values computed inside the callback).
+    JAX hands callback arguments to the host, so arrays on a GPU are copied to the host and
+    back: for GPU solves use CuPy or PyTorch (``to_torch``) instead; a warning says so.
+
+    Parameters
+    ----------
+    fn : DifferentiableFunction
+        A diffsolve solver.
+    vmap_method : str
+        How ``jax.vmap`` runs the callback: ``"sequential"`` (default; one solve per batch
+        element, always correct) or another ``jax.pure_callback`` method.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import diffsolve as ds
+    >>> jax.config.update("jax_enable_x64", True)
+    >>> solve = ds.to_jax(ds.linear.solve)
+    >>> A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> g = jax.jit(jax.grad(lambda b: solve(A, b).x.sum()))(jnp.array([1.0, 2.0]))
+    >>> bool(jnp.allclose(g, jnp.linalg.solve(A.T, jnp.ones(2))))
+    True
+    """
+    if vmap_method not in VMAP_METHODS:
+        raise ValueError(f"diffsolve.to_jax: vmap_method must be one of {VMAP_METHODS}, "
+                         f"got {vmap_method!r}")
+
+    @functools.wraps(fn)
+    def adapted(*args, **kwargs):
+        jax = _jax()
+        import jax.numpy as jnp
+
+        call = Call(fn, args, kwargs, lambda x: isinstance(x, jax.Array), "to_jax")
+        _warn_if_on_accelerator(call.leaves)
+        if fn.result_shapes is None or fn.result_type is None:
+            raise TypeError(f"diffsolve.to_jax: {fn.public_name} declares no result shapes/type")
+        proxy_args = call.rebuild(call.leaves, convert=lambda x: x)
+        shapes = fn.result_shapes(*proxy_args, **kwargs)
+        names = tuple(shapes)
+        spec = tuple(jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype))
+                     for shape, dtype in shapes.values())
+        result_type = fn.result_type
+        _register_result_type(jax, result_type)
+        diff = [names.index(f) for f in result_type.differentiable_fields]
+        for kind, a in call.slots:  # fail before tracing, not inside the callback
+            if kind == "csr":
+                _host(a.indices), _host(a.indptr)
+        convert = _host
+
+        def host_forward(*leaves):
+            result = call.forward([B.host_numpy(v) for v in leaves], convert=convert)
+            return tuple(B.host_numpy(getattr(result, n)).astype(s.dtype) for n, s in
+                         zip(names, spec))
+
+        def host_backward(*flat):
+            n = len(call.leaves)
+            leaves = [B.host_numpy(v) for v in flat[:n]]
+            outs = [B.host_numpy(v) for v in flat[n:n + len(names)]]
+            cots = [B.host_numpy(v) for v in flat[n + len(names):]]
+            args_ = call.rebuild(leaves, convert=convert)
+            result = result_type(**dict(zip(names, outs)))
+            cot = {names[i]: g for i, g in zip(diff, cots)}
+            grads = call.backward(cot, args=args_, result=result, residuals=None)
+            return tuple(g.astype(leaf.dtype) for g, leaf in zip(grads, leaves))
+
+        @jax.custom_vjp
+        def solver(*leaves):
+            return jax.pure_callback(host_forward, spec, *leaves, vmap_method=vmap_method)
+
+        def solver_fwd(*leaves):
+            outs = solver(*leaves)
+            return outs, (leaves, outs)
+
+        def solver_bwd(res, gs):
+            leaves, outs = res
+            leaf_spec = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in leaves)
+            cots = [gs[i] for i in diff]
+            return tuple(jax.pure_callback(host_backward, leaf_spec, *leaves, *outs, *cots,
+                                           vmap_method=vmap_method))
+
+        solver.defvjp(solver_fwd, solver_bwd)
+        outs = solver(*[jnp.asarray(v) for v in call.leaves])
+        return result_type(**dict(zip(names, outs)))
+
+    return adapted
+
+
+def _warn_if_on_accelerator(leaves):
+    global _warned_device
+    if _warned_device:
+        return
+    for leaf in leaves:
+        devices = getattr(leaf, "devices", None)
+        if devices is None:
+            continue
+        try:
+            platforms = {d.platform for d in devices()}
+        except Exception:  # a tracer has no concrete device
+            continue
+        if platforms - {"cpu"}:
+            _warned_device = True
+            warnings.warn(
+                "diffsolve.to_jax: the inputs are on "
+                f"{', '.join(sorted(platforms))}; jax.pure_callback runs diffsolve on the "
+                "host, so they are copied to the host and back on every call. For GPU "
+                "solves pass CuPy arrays, or use diffsolve.to_torch with CUDA tensors",
+                stacklevel=3,
+            )
+            return

@@ -1,0 +1,99 @@
+"""``to_torch``: a diffsolve solver as a ``torch.autograd.Function`` (zero copy via DLPack)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+from .. import _backend as B
+from ._call import Call
+
+_FUNCTION = None
+
+
+def _torch():
+    try:
+        return importlib.import_module("torch")
+    except ImportError:  # pragma: no cover - exercised only without torch
+        raise ImportError(
+            "diffsolve.to_torch needs PyTorch: pip install 'diffsolve[torch]'"
+        ) from None
+
+
+def _to_backend(t):
+    """A NumPy (CPU) or CuPy (CUDA) view of a tensor; no copy, no device move."""
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return B.from_dlpack(t, on_cuda=t.device.type == "cuda")
+
+
+def _to_torch(x):
+    torch = _torch()
+    return torch.from_dlpack(B.dlpack_exportable(x))
+
+
+def _function_class():
+    """The autograd.Function, built on first use so that importing diffsolve needs no torch."""
+    global _FUNCTION
+    if _FUNCTION is not None:
+        return _FUNCTION
+    torch = _torch()
+
+    class DiffsolveFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(call, *leaves):
+            result = call.forward([_to_backend(t) for t in leaves], convert=_index_to_backend)
+            return tuple(_to_torch(getattr(result, f)) for f in call.fields)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.call = inputs[0]
+
+        @staticmethod
+        def backward(ctx, *grads):
+            call = ctx.call
+            cot = {f: (None if g is None else _to_backend(g)) for f, g in zip(call.fields, grads)}
+            leaf_grads = call.backward(cot)
+            return (None, *(_to_torch(g) for g in leaf_grads))
+
+    _FUNCTION = DiffsolveFunction
+    return _FUNCTION
+
+
+def _index_to_backend(x):
+    torch = _torch()
+    return _to_backend(x) if isinstance(x, torch.Tensor) else x
+
+
+def to_torch(fn):
+    """Make a diffsolve solver a PyTorch autograd layer.
+
+    The adapted solver is called like ``fn`` (tensors where ``fn`` takes arrays) and returns
+    the same result type with tensors in the differentiable fields. Tensors cross into
+    NumPy (CPU) or CuPy (CUDA) and back through DLPack without a copy, so a CUDA tensor is
+    solved on the GPU. Differentiable arguments are tensors and the ``data`` of a
+    :class:`diffsolve.CSR` built from tensors; the backward pass runs the solver's adjoint
+    once for all of them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import diffsolve as ds
+    >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    >>> b = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    >>> ds.to_torch(ds.linear.solve)(A, b).x.sum().backward()
+    >>> torch.allclose(b.grad, torch.linalg.solve(A.T, torch.ones(2, dtype=torch.float64)))
+    True
+    """
+
+    @functools.wraps(fn)
+    def adapted(*args, **kwargs):
+        torch = _torch()
+        # tensors among the options (x0, say) are not differentiated; they only change library
+        kwargs = {k: _to_backend(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        call = Call(fn, args, kwargs, lambda x: isinstance(x, torch.Tensor), "to_torch")
+        outs = _function_class().apply(call, *call.leaves)
+        return call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)})
+
+    return adapted
