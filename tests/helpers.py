@@ -1,0 +1,52 @@
+"""Test helpers: namespace-aware comparisons, finite differences, test matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def to_numpy(x):
+    """A NumPy copy of an array of any library under test (host copy is fine in tests)."""
+    if hasattr(x, "get"):  # cupy
+        return x.get()
+    if type(x).__module__.startswith("array_api_strict"):
+        return np.asarray(x.__array_namespace__().asarray(x, copy=True)._array)
+    return np.asarray(x)
+
+
+def assert_close(actual, desired, *, xp=None, rtol=1e-7, atol=0.0, dtype=None):
+    """Like ``xp_assert_close``: namespace, dtype and shape checked as well as the values."""
+    if xp is not None:
+        import array_api_compat
+
+        got = array_api_compat.array_namespace(actual)
+        assert got.__name__.split(".")[-1] == xp.__name__.split(".")[-1], (got, xp)
+    if dtype is not None:
+        assert actual.dtype == dtype, (actual.dtype, dtype)
+    a, d = to_numpy(actual), to_numpy(desired)
+    assert a.shape == d.shape, (a.shape, d.shape)
+    np.testing.assert_allclose(a, d, rtol=rtol, atol=atol)
+
+
+def central_difference(f, x, direction, h=1e-6):
+    """(f(x + h v) - f(x - h v)) / 2h for a scalar function of a NumPy array."""
+    return (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+
+
+def spd_matrix(rng, n, cond=10.0):
+    """A dense symmetric positive definite matrix with condition number ``cond``."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eig = np.geomspace(1.0, cond, n)
+    A = (q * eig) @ q.T
+    return (A + A.T) / 2
+
+
+def poisson_2d(m, shift=0.0):
+    """The 5-point Laplacian on an m x m interior grid (+ shift I), as canonical CSR."""
+    t = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(m, m))
+    eye = sp.eye(m)
+    A = (sp.kron(t, eye) + sp.kron(eye, t) + shift * sp.eye(m * m)).tocsr()
+    A.sum_duplicates()
+    A.sort_indices()
+    return A

@@ -1,0 +1,113 @@
+"""diffsolve._backend: namespaces, devices, sparse detection, logsumexp, kernel dispatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.special import logsumexp as scipy_logsumexp
+
+import diffsolve as ds
+from diffsolve import _backend as B
+from tests.helpers import to_numpy
+
+
+def test_namespace_of_dense_sparse_and_operators(xp):
+    x = xp.ones(3)
+    assert B.array_namespace(x).__name__.split(".")[-1] == xp.__name__.split(".")[-1]
+    assert B.is_numpy(B.array_namespace(sp.eye(3, format="csr")))
+    assert B.is_numpy(B.array_namespace(spla.aslinearoperator(np.eye(2)), None, 1.0))
+    assert B.is_numpy(B.array_namespace(ds.CSR.from_sparse(sp.eye(2))))
+
+
+def test_mixed_libraries_raise_with_advice():
+    strict = pytest.importorskip("array_api_strict")
+    with pytest.raises(TypeError, match=r"myfunc: inputs live in different array libraries: "
+                                        r"numpy \(ndarray\), array_api_strict"):
+        B.array_namespace(np.ones(2), strict.ones(2), where="myfunc")
+    with pytest.raises(TypeError, match="myfunc: expected arrays, got a builtins.str"):
+        B.array_namespace(np.ones(2), "x", where="myfunc")
+
+
+def test_sparse_and_operator_detection():
+    S = sp.random(4, 4, density=0.5, format="coo", random_state=1)
+    assert B.is_sparse(S) and B.is_sparse(sp.csr_array(S)) and B.is_sparse(ds.CSR.from_sparse(S))
+    assert not B.is_sparse(np.eye(2))
+    assert B.is_linear_operator(spla.aslinearoperator(S)) and not B.is_linear_operator(S)
+
+
+def test_as_csr_is_canonical_and_keeps_values():
+    rows, cols = np.array([0, 0, 1, 0]), np.array([1, 0, 1, 1])
+    S = sp.coo_matrix((np.array([1.0, 2.0, 3.0, 4.0]), (rows, cols)), shape=(2, 2))
+    C = B.as_csr(S)
+    assert C.format == "csr" and C.has_canonical_format
+    np.testing.assert_array_equal(C.toarray(), [[2.0, 5.0], [0.0, 3.0]])
+    already = B.as_csr(C)
+    assert already is C
+
+
+def test_device(xp):
+    x = xp.ones(2)
+    assert B.device(x) == x.device
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 6)),
+              elements=st.floats(-1e300, 1e300, allow_nan=False)),
+       st.sampled_from([None, 0, 1]))
+def test_logsumexp_matches_scipy(x, axis):
+    np.testing.assert_allclose(B.logsumexp(x, axis=axis), scipy_logsumexp(x, axis=axis),
+                               rtol=1e-12)
+
+
+def test_logsumexp_edge_cases(xp):
+    x = xp.asarray([[-np.inf, -np.inf], [1000.0, 1000.0], [np.inf, 0.0]])
+    out = to_numpy(B.logsumexp(x, axis=1, xp=xp))
+    assert out[0] == -np.inf
+    np.testing.assert_allclose(out[1], 1000.0 + np.log(2.0), rtol=1e-15)
+    assert out[2] == np.inf
+    x32 = xp.asarray([-200.0, -200.0], dtype=xp.float32)  # exp underflows in float32
+    r32 = B.logsumexp(x32, keepdims=True, xp=xp)
+    assert r32.dtype == xp.float32 and r32.shape == (1,)
+    np.testing.assert_allclose(to_numpy(r32), [-200.0 + np.log(2.0)], rtol=1e-6)
+
+
+def test_kernel_dispatch():
+    import array_api_compat.numpy as xnp
+
+    from diffsolve.kernels.cpu import sparse as cpu_sparse
+
+    assert B.get_kernel(xnp, "sparse.csr_matvec") is cpu_sparse.csr_matvec
+    strict = pytest.importorskip("array_api_strict")
+    assert B.get_kernel(strict, "sparse.csr_matvec") is None  # standard-only fallback
+    with pytest.raises(ValueError, match="has no kernel 'nope'"):
+        B.get_kernel(xnp, "sparse.nope")
+    with pytest.raises(ValueError, match="'module.function'"):
+        B.get_kernel(xnp, "csr_matvec")
+
+
+@pytest.mark.gpu
+def test_kernel_dispatch_gpu():
+    import array_api_compat.cupy as xcp
+
+    from diffsolve.kernels.cuda import sparse as cuda_sparse
+
+    assert B.get_kernel(xcp, "sparse.csr_matvec") is cuda_sparse.csr_matvec
+
+
+def test_readonly_arrays_are_exportable():
+    a = np.broadcast_to(np.ones(3), (2, 3))
+    out = B.dlpack_exportable(a)
+    assert out.flags.writeable and np.array_equal(out, a)
+    b = np.ones(3)
+    assert B.dlpack_exportable(b) is b  # writeable arrays cross without a copy
+
+
+def test_promote_real_floating():
+    assert B.promote_real_floating(np.float32, np.float32) == np.float32
+    assert B.promote_real_floating(np.int64, np.float32) == np.float64
+    assert B.promote_real_floating(np.int32, np.int64) == np.float64
