@@ -17,8 +17,9 @@ own type (a SciPy/CuPy CSR matrix with the same pattern, or a :class:`~diffsolve
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import _backend as B
 

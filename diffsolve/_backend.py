@@ -438,7 +438,9 @@ def get_kernel(xp, name: str):
     try:
         return getattr(module, func_name)
     except AttributeError:
-        raise ValueError(f"get_kernel: {package}.{module_name} has no kernel {func_name!r}") from None
+        raise ValueError(
+            f"get_kernel: {package}.{module_name} has no kernel {func_name!r}"
+        ) from None
 
 
 
@@ -454,6 +456,17 @@ def contiguous(xp, x):
 
         return cupy.ascontiguousarray(x)
     return x
+
+
+def contiguous_copy(xp, x):
+    """A C-contiguous copy of ``x`` that the in-place kernels may overwrite."""
+    if is_numpy(xp):
+        return np.array(x, order="C", copy=True)
+    if is_cupy(xp):
+        import cupy
+
+        return cupy.array(x, order="C", copy=True)
+    return xp.asarray(x, copy=True)
 
 
 # ---------------------------------------------------------------------------------------

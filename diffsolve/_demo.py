@@ -85,7 +85,7 @@ def run_demo(grid: int = 64, seed: int = 0) -> int:
           f"central FD = {fd:.10e}   rel. error {_rel(pred, fd):.1e}")
 
     print()
-    print("4. Inverse problem: recover f from noisy u_obs with SciPy's L-BFGS-B + adjoint gradients")
+    print("4. Inverse problem: recover f from noisy u_obs by SciPy's L-BFGS-B + adjoint gradients")
     alpha = 1e-10
 
     def regularised(b):

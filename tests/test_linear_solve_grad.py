@@ -40,7 +40,7 @@ def _directional_fd(A, b, w, dA, db, method):
 @pytest.mark.parametrize("n_rhs", [None, 3])
 def test_vjp_matches_finite_differences(rng, method, kind, n_rhs):
     A, b, w = _problem(rng, kind, n_rhs)
-    res, f_vjp = ds.vjp(solve, A, b, method=method, **OPTS[method])
+    _, f_vjp = ds.vjp(solve, A, b, method=method, **OPTS[method])
     A_bar, b_bar = f_vjp(x=w)
     db = rng.standard_normal(b.shape)
     if kind == "dense":
@@ -77,7 +77,8 @@ def test_nonsymmetric_direct_uses_the_transpose(rng):
     for i, j in [(0, 1), (3, 2), (5, 5)]:
         dA = np.zeros_like(A)
         dA[i, j] = 1.0
-        fd = central_difference(lambda t, dA=dA: float(w @ np.linalg.solve(A + t * dA, b)), 0.0, 1.0)
+        fd = central_difference(lambda t, dA=dA: float(w @ np.linalg.solve(A + t * dA, b)),
+                                0.0, 1.0)
         np.testing.assert_allclose(A_bar[i, j], fd, rtol=1e-6)
     S = sp.csr_matrix(A)
     _, f_sparse = ds.vjp(solve, S, b)

@@ -8,7 +8,8 @@ LinearOperators) is passed to the solver unchanged and gets no gradient.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import _backend as B
 from .._autodiff import BackwardContext, DifferentiableFunction

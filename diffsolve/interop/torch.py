@@ -91,7 +91,8 @@ def to_torch(fn):
     def adapted(*args, **kwargs):
         torch = _torch()
         # tensors among the options (x0, say) are not differentiated; they only change library
-        kwargs = {k: _to_backend(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        kwargs = {k: _to_backend(v) if isinstance(v, torch.Tensor) else v
+                  for k, v in kwargs.items()}
         call = Call(fn, args, kwargs, lambda x: isinstance(x, torch.Tensor), "to_torch")
         outs = _function_class().apply(call, *call.leaves)
         return call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)})

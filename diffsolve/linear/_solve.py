@@ -46,8 +46,11 @@ def _check_options(method, rtol, atol, maxiter, x0, M, check_every, b):
                          "set rtol (e.g. 1e-8) or atol > 0")
     if maxiter is not None and (not isinstance(maxiter, numbers.Integral) or maxiter < 1):
         raise ValueError(f"{WHERE}: maxiter must be a positive integer or None, got {maxiter!r}")
-    if check_every is not None and (not isinstance(check_every, numbers.Integral) or check_every < 1):
-        raise ValueError(f"{WHERE}: check_every must be a positive integer or None, got {check_every!r}")
+    if check_every is not None and (not isinstance(check_every, numbers.Integral)
+                                    or check_every < 1):
+        raise ValueError(
+            f"{WHERE}: check_every must be a positive integer or None, got {check_every!r}"
+        )
     if method == "direct" and (M is not None or x0 is not None):
         raise ValueError(
             f"{WHERE}: x0 and M are used by iterative methods only; method='direct' got "
@@ -79,8 +82,9 @@ def _factorise(op: MatrixOperator, xp):
     return lu
 
 
-def _cg_solve(op, b, x0, rtol, atol, maxiter, M, callback, check_every, xp, what):
-    if op.kind != "operator":
+def _cg_solve(op, b, x0, rtol, atol, maxiter, M, callback, check_every, xp, what,
+              check_symmetric=True):
+    if check_symmetric and op.kind != "operator":
         asym, scale = op.max_abs_asymmetry()
         if asym > 1e3 * float(xp.finfo(op.dtype).eps) * scale:
             raise ValueError(
@@ -127,10 +131,11 @@ def _solve_bwd(ctx, cotangents):
         lu = ctx.residuals if ctx.residuals is not None else _factorise(op, xp)
         lam = lu.solve(x_bar, trans=True)
     else:
-        # the adjoint of the same CG solve: Aᵀ = A for the SPD matrices CG accepts
-        out = _cg_solve(op.transpose(), x_bar, None, kw.get("rtol", 1e-8), kw.get("atol", 0.0),
+        # the adjoint of the same CG solve: the forward checked that A is symmetric, so
+        # Aᵀλ = x̄ is solved with A itself (no transposed copy, no second symmetry check)
+        out = _cg_solve(op, x_bar, None, kw.get("rtol", 1e-8), kw.get("atol", 0.0),
                         kw.get("maxiter"), kw.get("M"), None, kw.get("check_every"), xp,
-                        "the adjoint solve Aᵀλ = x̄")
+                        "the adjoint solve Aᵀλ = x̄", check_symmetric=False)
         lam = out.x
     b_bar = xp.astype(lam, b.dtype) if xp.isdtype(b.dtype, "real floating") else None
     if op.kind == "dense":

@@ -1,0 +1,49 @@
+"""CuPy twins of :mod:`diffsolve.kernels.cpu.krylov` (identical signatures, in place).
+
+Elementwise work is one fused ``ElementwiseKernel`` launch; column sums use CuPy's
+reductions. Everything stays on the device: no value is read back to the host here.
+"""
+
+from __future__ import annotations
+
+import cupy
+
+__all__ = ["cg_direction", "cg_update", "column_dots", "curvature_dots"]
+
+_update = cupy.ElementwiseKernel(
+    "T p, T Ap, T alpha", "T x, T r",
+    "x += alpha * p; r -= alpha * Ap;",
+    "diffsolve_cg_update",
+)
+_direction = cupy.ElementwiseKernel(
+    "T z, T beta", "T p",
+    "p = z + beta * p;",
+    "diffsolve_cg_direction",
+)
+
+
+def column_dots(a, b, out):
+    """``out[c] = sum_i a[i, c] * b[i, c]``; returns ``out``."""
+    cupy.sum(a * b, axis=0, out=out)
+    return out
+
+
+def curvature_dots(p, Ap, out):
+    """``out[0] = pᵀp``, ``out[1] = pᵀAp``, ``out[2] = (Ap)ᵀAp`` per column; returns ``out``."""
+    cupy.sum(p * p, axis=0, out=out[0])
+    cupy.sum(p * Ap, axis=0, out=out[1])
+    cupy.sum(Ap * Ap, axis=0, out=out[2])
+    return out
+
+
+def cg_update(x, r, p, Ap, alpha, rr):
+    """``x += alpha p``, ``r -= alpha Ap`` in place, ``rr = ||r||²`` per column; returns ``rr``."""
+    _update(p, Ap, alpha, x, r)
+    cupy.sum(r * r, axis=0, out=rr)
+    return rr
+
+
+def cg_direction(p, z, beta):
+    """``p = z + beta p`` in place; returns ``p``."""
+    _direction(z, beta, p)
+    return p
