@@ -65,7 +65,7 @@ def _scipy_cg(A, b, rtol):
     def cb(_):
         count[0] += 1
 
-    x, info = spla.cg(A, b, rtol=rtol, atol=0.0, maxiter=100_000, callback=cb)
+    x, _info = spla.cg(A, b, rtol=rtol, atol=0.0, maxiter=100_000, callback=cb)
     return x, count[0]
 
 
@@ -87,7 +87,7 @@ def cpu_case(m: int, repeats: int, rtol: float) -> dict:
                           max(3, repeats // 3))
 
     def fwd_bwd():
-        out, f_vjp = ds.vjp(ds.linear.solve, A, b, method="cg", rtol=rtol)
+        _out, f_vjp = ds.vjp(ds.linear.solve, A, b, method="cg", rtol=rtol)
         f_vjp(x=b)
 
     t_fb = median_time(fwd_bwd, repeats)
@@ -139,7 +139,7 @@ def gpu_case(m: int, repeats: int, rtol: float) -> dict:
         max(3, repeats // 2), sync)
 
     def fwd_bwd():
-        out, f_vjp = ds.vjp(ds.linear.solve, A, b, method="cg", rtol=rtol)
+        _out, f_vjp = ds.vjp(ds.linear.solve, A, b, method="cg", rtol=rtol)
         f_vjp(x=b)
 
     t_fb = median_time(fwd_bwd, repeats, sync)
@@ -199,7 +199,7 @@ def main(argv=None):
 
     gmeta = dict(meta, gpu=cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(),
                  cupy=cupy.__version__)
-    gcases = [gpu_case(m, args.repeats, args.rtol) for m in args.sizes + [1024]]
+    gcases = [gpu_case(m, args.repeats, args.rtol) for m in [*args.sizes, 1024]]
     print(f"GPU {gmeta['gpu']}")
     print(f"{'m':>5} {'iters ds/cupyx':>15} {'first s':>8} {'ds ms':>9} {'cupyx ms':>9} "
           f"{'ratio':>6} {'k=8 ratio':>9} {'fwd+bwd/fwd':>11} {'|gpu-cpu|':>9}")
