@@ -126,7 +126,7 @@ def gpu_case(m: int, repeats: int, rtol: float) -> dict:
         def cb(_):
             count[0] += 1
 
-        return cspla.cg(A, b, tol=rtol, atol=0.0, maxiter=100_000, callback=cb)
+        return cspla.cg(A, b, rtol=rtol, atol=0.0, maxiter=100_000, callback=cb)
 
     peer()
     peer_iters = count[0]
@@ -135,7 +135,7 @@ def gpu_case(m: int, repeats: int, rtol: float) -> dict:
     B = cupy.asarray(rng.standard_normal((A.shape[0], 8)))
     t_ds8 = median_time(lambda: ds.linear.solve(A, B, method="cg", rtol=rtol), repeats, sync)
     t_peer8 = median_time(
-        lambda: [cspla.cg(A, B[:, j], tol=rtol, atol=0.0, maxiter=100_000) for j in range(8)],
+        lambda: [cspla.cg(A, B[:, j], rtol=rtol, atol=0.0, maxiter=100_000) for j in range(8)],
         max(3, repeats // 2), sync)
 
     def fwd_bwd():

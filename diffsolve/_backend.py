@@ -338,7 +338,10 @@ class DenseLU:
             import cupy
             import cupyx.scipy.linalg as csla
 
-            self._lu = csla.lu_factor(A, check_finite=False)
+            with warnings.catch_warnings():
+                # cupyx warns on a zero pivot; it is reported below as `singular` instead
+                warnings.simplefilter("ignore", RuntimeWarning)
+                self._lu = csla.lu_factor(A, check_finite=False)
             self._solve = csla.lu_solve
             pivots = cupy.abs(cupy.diagonal(self._lu[0]))
         else:

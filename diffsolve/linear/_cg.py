@@ -34,16 +34,18 @@ class VectorOps:
     returned arrays, so the same algorithm serves both.
     """
 
-    def __init__(self, xp, dtype, k):
+    def __init__(self, xp, dtype, k, device):
         self.xp = xp
+        self.device = device
         self.kernels = {name: B.get_kernel(xp, f"krylov.{name}") for name in
-                        ("column_dots", "curvature_dots", "cg_update", "cg_direction")}
+                        ("column_dots", "curvature_dots", "cg_update", "cg_direction",
+                         "cg_step_size", "cg_next")}
         self.compiled = self.kernels["cg_update"] is not None
         self.dtype = dtype
         self.k = k
 
     def _out(self, shape, like):
-        return self.xp.empty(shape, dtype=self.dtype, device=B.device(like))
+        return self.xp.empty(shape, dtype=self.dtype, device=self.device)
 
     def copy(self, a):
         return B.contiguous_copy(self.xp, a)
@@ -54,12 +56,44 @@ class VectorOps:
         return self.xp.sum(a * b, axis=0)
 
     def curvature(self, p, Ap):
-        """``(pᵀp, pᵀAp, ||Ap||²)`` per column."""
+        """Rows ``pᵀp``, ``pᵀAp``, ``||Ap||²`` per column, shape ``(3, k)``."""
         if self.compiled:
-            out = self.kernels["curvature_dots"](p, Ap, self._out((3, self.k), p))
-            return out[0, :], out[1, :], out[2, :]
+            return self.kernels["curvature_dots"](p, Ap, self._out((3, self.k), p))
         xp = self.xp
-        return xp.sum(p * p, axis=0), xp.sum(p * Ap, axis=0), xp.sum(Ap * Ap, axis=0)
+        return xp.stack([xp.sum(p * p, axis=0), xp.sum(p * Ap, axis=0),
+                         xp.sum(Ap * Ap, axis=0)])
+
+    def step_size(self, rz, curv, a_norm, active, bad, floor):
+        """``(alpha, a_norm, bad)``: step lengths, ``||A||`` estimate, breakdown flags.
+
+        ``a_norm`` grows to ``||Ap|| / ||p||``; an active column with
+        ``pᵀAp <= floor·pᵀp·a_norm`` is flagged; ``alpha = rᵀz / pᵀAp`` where a column
+        steps, 0 elsewhere.
+        """
+        if self.compiled:
+            alpha = self.kernels["cg_step_size"](rz, curv, a_norm, active, bad, floor,
+                                                 self._out((self.k,), rz))
+            return alpha, a_norm, bad
+        xp = self.xp
+        pp, pAp, ApAp = curv[0, :], curv[1, :], curv[2, :]
+        a_norm = xp.maximum(a_norm, xp.sqrt(ApAp / xp.where(pp > 0, pp, 1)))
+        bad = bad | (active & (pAp <= floor * pp * a_norm))
+        step = active & ~bad
+        return xp.where(step, rz / xp.where(step, pAp, 1), 0), a_norm, bad
+
+    def next(self, rz, rz_new, rr, tol, active, bad, column_iters):
+        """``(beta, rz, active, column_iters)`` after an update (see ``cg_next``)."""
+        if self.compiled:
+            beta = self.kernels["cg_next"](rz, rz_new, rr, tol, active, bad, column_iters,
+                                           self._out((self.k,), rz))
+            return beta, rz, active, column_iters
+        xp = self.xp
+        step = active & ~bad
+        beta = xp.where(step & (rz != 0), rz_new / xp.where(rz != 0, rz, 1), 0)
+        rz = xp.where(step, rz_new, rz)
+        column_iters = column_iters + xp.astype(step, xp.int64)
+        active = step & (xp.sqrt(rr) > tol)
+        return beta, rz, active, column_iters
 
     def update(self, x, r, p, Ap, alpha):
         """``x + alpha p``, ``r - alpha Ap`` and ``||r||²`` per column."""
@@ -106,11 +140,11 @@ def conjugate_gradient(op, b, x0, tol, maxiter, M, callback, check_every, where)
     xp = op.xp
     vector = b.ndim == 1
     b2 = b[:, None] if vector else b
-    tol = xp.reshape(tol, (-1,))
+    tol = B.contiguous_copy(xp, xp.astype(xp.reshape(tol, (-1,)), b.dtype))
     dtype = b.dtype
     n, k = b2.shape
-    ops = VectorOps(xp, dtype, k)
     device = B.device(b)
+    ops = VectorOps(xp, dtype, k, device)
     eps = float(xp.finfo(dtype).eps)
 
     if x0 is None:
@@ -140,20 +174,16 @@ def conjugate_gradient(op, b, x0, tol, maxiter, M, callback, check_every, where)
             if not bool(xp.any(active)) or it >= maxiter:
                 break
         Ap = B.contiguous(xp, op.matvec(p))
-        pp, pAp, ApAp = ops.curvature(p, Ap)
-        # running estimate of ||A|| from ||Ap|| / ||p|| keeps the breakdown test scale-free
-        a_norm = xp.maximum(a_norm, xp.sqrt(ApAp / xp.where(pp > 0, pp, 1)))
-        bad = bad | (active & (pAp <= curvature_floor * pp * a_norm))
-        step = active & ~bad
-        alpha = xp.where(step, rz / xp.where(step, pAp, 1), 0)
+        curv = ops.curvature(p, Ap)
+        # the running estimate of ||A|| from ||Ap|| / ||p|| keeps the breakdown test
+        # scale-free
+        alpha, a_norm, bad = ops.step_size(rz, curv, a_norm, active, bad, curvature_floor)
         x, r, rr = ops.update(x, r, p, Ap, alpha)
         z = apply_preconditioner(M, r, vector, xp)
         rz_new = rr if M is None else ops.column_dots(r, z)
-        beta = xp.where(step, rz_new / xp.where(step, rz, 1), 0)
+        beta, rz, active, column_iters = ops.next(rz, rz_new, rr, tol, active, bad,
+                                                  column_iters)
         p = ops.direction(p, z, beta)
-        rz = xp.where(step, rz_new, rz)
-        column_iters = column_iters + xp.astype(step, xp.int64)
-        active = step & (xp.sqrt(rr) > tol)
         it += 1
         if callback is not None:
             callback(x[:, 0] if vector else x)

@@ -41,7 +41,7 @@ class MatrixOperator:
         if self.kind == "sparse":
             A = self.A
             x = B.contiguous(xp, x)
-            out = xp.empty(x.shape, dtype=xp.result_type(A.dtype, x.dtype), device=B.device(x))
+            out = xp.empty(x.shape, dtype=xp.result_type(A.dtype, x.dtype), device=x.device)
             if x.ndim == 2 and x.shape[1] == 1:
                 # one column: the 1-D kernel keeps the row sum in a register (about 2x faster)
                 self._matvec_kernel(A.indptr, A.indices, A.data, x[:, 0], out[:, 0])

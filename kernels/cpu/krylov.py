@@ -19,7 +19,8 @@ from numba import prange
 
 from ._config import jit
 
-__all__ = ["cg_direction", "cg_update", "column_dots", "curvature_dots"]
+__all__ = ["cg_direction", "cg_next", "cg_step_size", "cg_update", "column_dots",
+           "curvature_dots"]
 
 # rows per block of a column reduction: large enough to amortise the block loop, small
 # enough to give every thread several blocks on the smallest problems worth threading
@@ -135,3 +136,54 @@ def _cg_direction(p, z, beta):  # pragma: no cover - compiled
 def cg_direction(p, z, beta):
     """``p = z + beta p`` in place (``beta`` per column); returns ``p``."""
     return _cg_direction(p, z, beta)
+
+
+# --------------------------------------------------------------------------------------
+# per-column scalars: a dozen tiny array expressions per iteration fused into two calls,
+# which is what bounds CG's speed on small systems (Python overhead, GPU launches)
+# --------------------------------------------------------------------------------------
+@jit()
+def cg_step_size(rz, curv, a_norm, active, bad, floor, alpha):  # pragma: no cover - compiled
+    """Step length per column and the breakdown test, in place.
+
+    ``curv`` is the ``(3, k)`` output of :func:`curvature_dots`. Updates the running
+    estimate ``a_norm = max(a_norm, ||Ap|| / ||p||)``, flags ``bad`` where an active column
+    has ``pᵀAp <= floor · pᵀp · a_norm`` (no positive curvature: A is singular or
+    indefinite), and writes ``alpha = rᵀz / pᵀAp`` for active, unflagged columns, 0 for the
+    rest. Returns ``alpha``.
+    """
+    for c in range(rz.shape[0]):
+        pp = curv[0, c]
+        pAp = curv[1, c]
+        if pp > 0:
+            est = np.sqrt(curv[2, c] / pp)
+            if est > a_norm[c]:
+                a_norm[c] = est
+        if active[c] and pAp <= floor * pp * a_norm[c]:
+            bad[c] = True
+        if active[c] and not bad[c]:
+            alpha[c] = rz[c] / pAp
+        else:
+            alpha[c] = 0.0
+    return alpha
+
+
+@jit()
+def cg_next(rz, rz_new, rr, tol, active, bad, column_iters, beta):  # pragma: no cover
+    """Direction coefficient and bookkeeping after an update, in place.
+
+    For columns that stepped (active and not flagged): ``beta = rz_new / rz``, ``rz``
+    takes ``rz_new`` and ``column_iters`` grows by one; every column stays active only if
+    it stepped and ``sqrt(rr) > tol``. Returns ``beta``.
+    """
+    for c in range(rz.shape[0]):
+        step = active[c] and not bad[c]
+        if step and rz[c] != 0:
+            beta[c] = rz_new[c] / rz[c]
+        else:
+            beta[c] = 0.0
+        if step:
+            rz[c] = rz_new[c]
+            column_iters[c] += 1
+        active[c] = step and np.sqrt(rr[c]) > tol[c]
+    return beta
