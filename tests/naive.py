@@ -109,3 +109,31 @@ def naive_cg_update(x, r, p, Ap, alpha):
 def naive_cg_direction(p, z, beta):
     """z + beta p per column."""
     return z.astype(np.float64) + beta.astype(np.float64) * p
+
+
+def naive_cg_step_size(rz, curv, a_norm, active, bad, floor):
+    """(alpha, a_norm, bad) of kernels.cpu.krylov.cg_step_size, inputs untouched."""
+    a_norm, bad = a_norm.copy(), bad.copy()
+    alpha = np.zeros_like(rz)
+    for c in range(rz.shape[0]):
+        pp, pAp, ApAp = curv[:, c]
+        if pp > 0:
+            a_norm[c] = max(a_norm[c], np.sqrt(ApAp / pp))
+        if active[c] and pAp <= floor * pp * a_norm[c]:
+            bad[c] = True
+        alpha[c] = rz[c] / pAp if active[c] and not bad[c] else 0.0
+    return alpha, a_norm, bad
+
+
+def naive_cg_next(rz, rz_new, rr, tol, active, bad, column_iters):
+    """(beta, rz, active, column_iters) of kernels.cpu.krylov.cg_next, inputs untouched."""
+    rz, active, column_iters = rz.copy(), active.copy(), column_iters.copy()
+    beta = np.zeros_like(rz)
+    for c in range(rz.shape[0]):
+        step = active[c] and not bad[c]
+        beta[c] = rz_new[c] / rz[c] if step and rz[c] != 0 else 0.0
+        if step:
+            rz[c] = rz_new[c]
+            column_iters[c] += 1
+        active[c] = step and np.sqrt(rr[c]) > tol[c]
+    return beta, rz, active, column_iters

@@ -187,6 +187,24 @@ def test_torch_cuda_solve_stays_on_gpu(rng):
         np.testing.assert_allclose(bt.grad.cpu().numpy(), rb, rtol=1e-8)
 
 
+@pytest.mark.gpu
+def test_torch_cuda_sparse(sparse_problem):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    C, b, w = sparse_problem
+    for method in ("direct", "cg"):
+        data = torch.tensor(C.data, device="cuda", requires_grad=True)
+        Ct = ds.CSR(data, torch.from_numpy(C.indices).cuda(), torch.from_numpy(C.indptr).cuda(),
+                    C.shape)
+        res = ds.to_torch(ds.linear.solve)(Ct, torch.tensor(b, device="cuda"), method=method,
+                                           **OPTS[method])
+        assert res.x.device.type == "cuda"
+        (res.x * torch.tensor(w, device="cuda")).sum().backward()
+        np.testing.assert_allclose(data.grad.cpu().numpy(), _reference_grads(C, b, w, method)[0],
+                                   rtol=1e-8)
+
+
 # ------------------------------------------------------------------------------------------
 # JAX
 # ------------------------------------------------------------------------------------------

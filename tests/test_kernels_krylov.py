@@ -8,6 +8,8 @@ from diffsolve.kernels.cpu import krylov as cpu
 
 from tests.naive import (
     naive_cg_direction,
+    naive_cg_next,
+    naive_cg_step_size,
     naive_cg_update,
     naive_column_dots,
     naive_curvature_dots,
@@ -55,6 +57,41 @@ def test_cg_update_and_direction(rng, shape, dtype):
     np.testing.assert_allclose(p, want_p, **_tol(dtype))
 
 
+def _scalar_case(rng):
+    """Six columns covering: stepping, finished, flagged, zero curvature, zero rz."""
+    k = 6
+    rz = np.abs(rng.standard_normal(k)) + 0.1
+    rz[5] = 0.0
+    curv = np.abs(rng.standard_normal((3, k))) + 0.1
+    curv[1, 3] = 0.0  # pᵀAp = 0: must be flagged
+    a_norm = np.abs(rng.standard_normal(k))
+    active = np.array([True, False, True, True, True, True])
+    bad = np.array([False, False, True, False, False, False])
+    return rz, curv, a_norm, active, bad
+
+
+def test_cg_step_size_and_next(rng):
+    rz, curv, a_norm, active, bad = _scalar_case(rng)
+    want_alpha, want_norm, want_bad = naive_cg_step_size(rz, curv, a_norm, active, bad, 1e-12)
+    a_norm_k, bad_k = a_norm.copy(), bad.copy()
+    alpha = cpu.cg_step_size(rz, curv, a_norm_k, active, bad_k, 1e-12, np.empty(6))
+    np.testing.assert_allclose(alpha, want_alpha, rtol=1e-15)
+    np.testing.assert_allclose(a_norm_k, want_norm, rtol=1e-15)
+    np.testing.assert_array_equal(bad_k, want_bad)
+    assert bad_k[3] and alpha[1] == 0.0 and alpha[2] == 0.0 and alpha[3] == 0.0
+
+    rz_new = np.abs(rng.standard_normal(6))
+    rr = np.array([1.0, 1.0, 1.0, 1.0, 1e-20, 1.0])
+    tol = np.full(6, 1e-8)
+    iters = np.arange(6, dtype=np.int64)
+    want = naive_cg_next(rz, rz_new, rr, tol, active, bad_k, iters)
+    rz_k, active_k, iters_k = rz.copy(), active.copy(), iters.copy()
+    beta = cpu.cg_next(rz_k, rz_new, rr, tol, active_k, bad_k, iters_k, np.empty(6))
+    for got, exp in zip((beta, rz_k, active_k, iters_k), want):
+        np.testing.assert_array_equal(got, exp)
+    assert active_k[0] and not active_k[4]  # column 4 met its tolerance
+
+
 def test_reductions_do_not_depend_on_thread_count(rng):
     import numba
 
@@ -92,3 +129,27 @@ def test_cuda_twins_match_cpu(rng, shape):
     gpu.cg_direction(g[2], g[1], cupy.asarray(beta))
     cpu.cg_direction(p, r, beta)
     np.testing.assert_allclose(cupy.asnumpy(g[2]), p, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_cuda_scalar_twins_match_cpu(rng):
+    cupy = pytest.importorskip("cupy")
+    from diffsolve.kernels.cuda import krylov as gpu
+
+    rz, curv, a_norm, active, bad = _scalar_case(rng)
+    g = [cupy.asarray(v) for v in (rz, curv, a_norm, active, bad)]
+    alpha_g = gpu.cg_step_size(g[0], g[1], g[2], g[3], g[4], 1e-12, cupy.empty(6))
+    alpha_c = cpu.cg_step_size(rz, curv, a_norm, active, bad, 1e-12, np.empty(6))
+    np.testing.assert_allclose(cupy.asnumpy(alpha_g), alpha_c, rtol=1e-14)
+    np.testing.assert_allclose(cupy.asnumpy(g[2]), a_norm, rtol=1e-14)
+    np.testing.assert_array_equal(cupy.asnumpy(g[4]), bad)
+    rz_new = np.abs(rng.standard_normal(6))
+    rr = np.array([1.0, 1.0, 1.0, 1.0, 1e-20, 1.0])
+    tol = np.full(6, 1e-8)
+    iters = np.zeros(6, dtype=np.int64)
+    h = [cupy.asarray(v) for v in (rz_new, rr, tol, iters)]
+    beta_g = gpu.cg_next(g[0], h[0], h[1], h[2], g[3], g[4], h[3], cupy.empty(6))
+    beta_c = cpu.cg_next(rz, rz_new, rr, tol, active, bad, iters, np.empty(6))
+    np.testing.assert_allclose(cupy.asnumpy(beta_g), beta_c, rtol=1e-14)
+    np.testing.assert_array_equal(cupy.asnumpy(g[3]), active)
+    np.testing.assert_array_equal(cupy.asnumpy(h[3]), iters)
