@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned to the CPU build that this project's machines carry on disk; any torch>=2.1 works.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench lint docs clean
+.PHONY: demo test bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -267,15 +267,10 @@ def device(x):
 
 
 
-def to_float(x) -> float:
-    """A 0-d array as a Python float (a device->host sync of one number on the GPU)."""
-    return float(x)
 
 
 
 
-def finfo_eps(xp, dtype) -> float:
-    return float(xp.finfo(dtype).eps)
 
 
 # ---------------------------------------------------------------------------------------

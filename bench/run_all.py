@@ -1,0 +1,17 @@
+"""Run every benchmark in bench/ in turn (``make bench``); results land in bench/results/."""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = ("bench.bench_csr_kernels", "bench.bench_linear_solve")
+
+
+def main() -> None:
+    for name in BENCHMARKS:
+        print(f"\n=== {name} ===", flush=True)
+        importlib.import_module(name).main([])
+
+
+if __name__ == "__main__":
+    main()
