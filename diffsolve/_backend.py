@@ -525,3 +525,19 @@ def _as_numpy_dtype(dtype):
         return np.dtype(dtype)
     except TypeError:  # torch dtypes are named "torch.float64"
         return np.dtype(str(dtype).replace("torch.", ""))
+
+
+# ---------------------------------------------------------------------------------------
+# host-side controllers (bandits, schedules): tiny state that lives on the CPU whatever
+# backend the solves run on
+# ---------------------------------------------------------------------------------------
+def host_namespace():
+    """The array-API namespace for host-side bookkeeping (array_api_compat.numpy)."""
+    import array_api_compat.numpy as xp
+
+    return xp
+
+
+def host_rng(seed):
+    """A seeded random generator on the host (``numpy.random.Generator``)."""
+    return np.random.default_rng(seed)
