@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("bench.bench_csr_kernels", "bench.bench_linear_solve")
+BENCHMARKS = ("bench.bench_csr_kernels", "bench.bench_linear_solve", "bench.bench_sor_sweep")
 
 
 def main() -> None:
