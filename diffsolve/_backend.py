@@ -128,6 +128,21 @@ class CSR:
         return sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
 
 
+def dense_to_csr(A, xp):
+    """A dense NumPy/CuPy matrix as canonical CSR on the same device (``None`` otherwise)."""
+    if is_numpy(xp):
+        M = sp.csr_matrix(np.asarray(A))
+    elif is_cupy(xp):
+        import cupyx.scipy.sparse as csp
+
+        M = csp.csr_matrix(A)
+    else:
+        return None
+    M.sum_duplicates()
+    M.sort_indices()
+    return M
+
+
 def is_cupy_sparse(A) -> bool:
     mod = sys.modules.get("cupyx.scipy.sparse")
     return mod is not None and isinstance(A, mod.spmatrix)

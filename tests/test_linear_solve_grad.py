@@ -10,7 +10,14 @@ import diffsolve as ds
 from tests.helpers import central_difference, poisson_2d, spd_matrix, to_numpy
 
 solve = ds.linear.solve
-OPTS = {"direct": {}, "cg": {"rtol": 1e-13}}
+OPTS = {
+    "direct": {},
+    "cg": {"rtol": 1e-13},
+    "pcg": {"rtol": 1e-13},
+    "sor": {"rtol": 1e-13, "omega": 1.3, "maxiter": 100_000},
+    "ssor-cg": {"rtol": 1e-13, "omega": 1.2},
+}
+METHODS = list(OPTS)
 
 
 def _problem(rng, kind, n_rhs):
@@ -35,7 +42,7 @@ def _directional_fd(A, b, w, dA, db, method):
     return central_difference(loss, 0.0, 1.0, h=1e-6)
 
 
-@pytest.mark.parametrize("method", ["direct", "cg"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
 @pytest.mark.parametrize("n_rhs", [None, 3])
 def test_vjp_matches_finite_differences(rng, method, kind, n_rhs):
@@ -90,7 +97,7 @@ def test_nonsymmetric_direct_uses_the_transpose(rng):
 def test_vjp_in_standard_namespace(xp, rng):
     """The dense rule is standard-only: array_api_strict gives the NumPy answer."""
     A, b, w = _problem(rng, "dense", 2)
-    for method in ("direct", "cg"):
+    for method in METHODS:
         _, f_np = ds.vjp(solve, A, b, method=method, **OPTS[method])
         _, f_xp = ds.vjp(solve, xp.asarray(A), xp.asarray(b), method=method, **OPTS[method])
         for got, want in zip(f_xp(x=xp.asarray(w)), f_np(x=w)):
@@ -160,7 +167,7 @@ def test_nonconverging_adjoint_warns(rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["direct", "cg"])
+@pytest.mark.parametrize("method", METHODS)
 def test_gpu_sparse_vjp_matches_cpu(rng, method):
     """CPU/GPU twins: the CUDA sampled-outer kernel and cuSOLVER/CG adjoints."""
     cupy = pytest.importorskip("cupy")
@@ -175,3 +182,20 @@ def test_gpu_sparse_vjp_matches_cpu(rng, method):
     assert isinstance(Ag, csp.csr_matrix) and isinstance(bg, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(Ag.data), Ac.data, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(cupy.asnumpy(bg), bc, rtol=1e-8, atol=1e-12)
+
+
+def test_sor_adjoint_on_a_nonsymmetric_matrix(rng):
+    """SOR accepts non-symmetric (diagonally dominant) A; its adjoint relaxes on Aᵀ."""
+    n = 12
+    A = rng.standard_normal((n, n)) * 0.3 + np.diag(np.full(n, 4.0))
+    b = rng.standard_normal(n)
+    w = rng.standard_normal(n)
+    for kind in ("dense", "sparse"):
+        A_in = A if kind == "dense" else sp.csr_matrix(A)
+        _, f_vjp = ds.vjp(solve, A_in, b, **{"method": "sor", **OPTS["sor"]})
+        A_bar, b_bar = f_vjp(x=w)
+        np.testing.assert_allclose(b_bar, np.linalg.solve(A.T, w), rtol=1e-9)
+        lam = np.linalg.solve(A.T, w)
+        dense_bar = A_bar if kind == "dense" else A_bar.toarray()
+        np.testing.assert_allclose(dense_bar, -np.outer(lam, np.linalg.solve(A, b)), rtol=1e-8,
+                                   atol=1e-12)

@@ -50,6 +50,22 @@ class MatrixOperator:
         # scipy's LinearOperator takes (n,) through matvec and (n, k) through matmat
         return self.A.matvec(x) if x.ndim == 1 else self.A.matmat(x)
 
+    def transpose(self) -> MatrixOperator:
+        """``Aᵀ`` on the same device (sparse transposes are re-compressed to CSR)."""
+        if self.kind == "dense":
+            return MatrixOperator(self.xp.matrix_transpose(self.A), "dense", self.xp)
+        if self.kind == "sparse":
+            return MatrixOperator(B.as_csr(self.A.T), "sparse", self.xp)
+        return MatrixOperator(self.A.T, "operator", self.xp)
+
+    def diagonal(self):
+        """The diagonal of a dense or sparse A (LinearOperators have none to give)."""
+        if self.kind == "dense":
+            return self.xp.linalg.diagonal(self.A)
+        if self.kind == "sparse":
+            return self.A.diagonal()
+        return None
+
     def max_abs_asymmetry(self) -> tuple[float, float]:
         """``(max |A - Aᵀ|, max |A|)`` for dense and sparse matrices (one pass over A)."""
         xp = self.xp

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 
 from .. import _backend as B
 from .._autodiff import custom_vjp
-from .._result import ConvergenceWarning, LinearSolveResult
-from ._cg import conjugate_gradient
+from .._result import LinearSolveResult
+from ._iterative import CG_FAMILY, iterative_solve
 from ._operator import MatrixOperator, as_operator
+from ._relaxation import check_omega
 
 __all__ = ["solve"]
 
 WHERE = "diffsolve.linear.solve"
-METHODS = ("direct", "cg")
+METHODS = ("direct", "cg", "pcg", "sor", "ssor-cg")
+RELAXATION_METHODS = ("sor", "ssor-cg")
 
 
 def _check_b(b, op: MatrixOperator, xp):
@@ -35,7 +36,7 @@ def _result_dtype(op: MatrixOperator, b, xp):
     return dtype if xp.isdtype(dtype, "real floating") else xp.float64
 
 
-def _check_options(method, rtol, atol, maxiter, x0, M, check_every, b):
+def _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b):
     if method not in METHODS:
         raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of {list(METHODS)}")
     for name, value in (("rtol", rtol), ("atol", atol)):
@@ -56,9 +57,16 @@ def _check_options(method, rtol, atol, maxiter, x0, M, check_every, b):
             f"{WHERE}: x0 and M are used by iterative methods only; method='direct' got "
             f"{'x0' if x0 is not None else 'M'}: drop it, or choose method='cg'"
         )
+    if M is not None and method in RELAXATION_METHODS:
+        raise ValueError(f"{WHERE}: method={method!r} builds its own SOR/SSOR(omega) "
+                         "preconditioner; drop M, or use method='pcg' with your M")
+    if omega is not None and method not in RELAXATION_METHODS:
+        raise ValueError(f"{WHERE}: omega is the relaxation parameter of 'sor' and 'ssor-cg'; "
+                         f"method={method!r} does not use it")
     if x0 is not None and (not B.is_array(x0) or tuple(x0.shape) != tuple(b.shape)):
         shape = tuple(x0.shape) if B.is_array(x0) else type(x0).__name__
         raise ValueError(f"{WHERE}: x0 must be an array of b's shape {tuple(b.shape)}, got {shape}")
+    return check_omega(1.0 if omega is None else omega, WHERE)
 
 
 def _residual_norm(op: MatrixOperator, x, b, xp):
@@ -80,31 +88,6 @@ def _factorise(op: MatrixOperator, xp):
             "pivot); check the matrix, or regularise it (A + λI)"
         )
     return lu
-
-
-def _cg_solve(op, b, x0, rtol, atol, maxiter, M, callback, check_every, xp, what,
-              check_symmetric=True):
-    if check_symmetric and op.kind != "operator":
-        asym, scale = op.max_abs_asymmetry()
-        if asym > 1e3 * float(xp.finfo(op.dtype).eps) * scale:
-            raise ValueError(
-                f"{WHERE}: method='cg' needs a symmetric positive definite A, but "
-                f"max|A - Aᵀ| = {asym:.3g} (max|A| = {scale:.3g}); use method='direct'"
-            )
-    tol = xp.maximum(rtol * xp.sqrt(xp.sum(b * b, axis=0)), xp.asarray(atol, dtype=b.dtype))
-    maxiter = 10 * op.n if maxiter is None else int(maxiter)
-    if check_every is None:
-        check_every = 1 if B.is_numpy(xp) else 8
-    out = conjugate_gradient(op, b, x0, tol, maxiter, M, callback, check_every, WHERE)
-    if not out.converged:
-        warnings.warn(
-            f"{WHERE}(method='cg'): {what} did not reach rtol={rtol:g}, atol={atol:g} within "
-            f"maxiter={maxiter} iterations; increase maxiter, give a preconditioner M, loosen "
-            "rtol, or use method='direct'",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
-    return out
 
 
 def _solve_shapes(A, b, **kwargs):
@@ -131,11 +114,16 @@ def _solve_bwd(ctx, cotangents):
         lu = ctx.residuals if ctx.residuals is not None else _factorise(op, xp)
         lam = lu.solve(x_bar, trans=True)
     else:
-        # the adjoint of the same CG solve: the forward checked that A is symmetric, so
-        # Aᵀλ = x̄ is solved with A itself (no transposed copy, no second symmetry check)
-        out = _cg_solve(op, x_bar, None, kw.get("rtol", 1e-8), kw.get("atol", 0.0),
-                        kw.get("maxiter"), kw.get("M"), None, kw.get("check_every"), xp,
-                        "the adjoint solve Aᵀλ = x̄", check_symmetric=False)
+        symmetric = method in CG_FAMILY
+        # CG-family forwards checked that A is symmetric: Aᵀλ = x̄ is solved with A itself,
+        # reusing its preconditioner (SSOR colouring, Jacobi diagonal). SOR accepts
+        # non-symmetric A, so its adjoint relaxes on Aᵀ with the same ω.
+        out = iterative_solve(
+            op if symmetric else op.transpose(), x_bar, method=method, x0=None,
+            rtol=kw.get("rtol", 1e-8), atol=kw.get("atol", 0.0), maxiter=kw.get("maxiter"),
+            M=kw.get("M"), omega=check_omega(kw.get("omega") or 1.0, WHERE), callback=None,
+            check_every=kw.get("check_every"), what="the adjoint solve Aᵀλ = x̄",
+            prepared=ctx.residuals if symmetric else None, check_symmetric=False)
         lam = out.x
     b_bar = xp.astype(lam, b.dtype) if xp.isdtype(b.dtype, "real floating") else None
     if op.kind == "dense":
@@ -154,7 +142,7 @@ def _solve_bwd(ctx, cotangents):
 
 @custom_vjp(_solve_bwd, _solve_shapes, LinearSolveResult)
 def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
-          callback=None, check_every=None):
+          omega=None, callback=None, check_every=None):
     """Solve ``A x = b``, differentiably in ``A`` and ``b``.
 
     Parameters
@@ -165,20 +153,29 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
         ``scipy.sparse.linalg.LinearOperator`` (``method='cg'`` only; not differentiated).
     b : array, shape (n,) or (n, k)
         Right-hand side(s); the columns of a 2-D ``b`` are solved together.
-    method : {"direct", "cg"}
+    method : {"direct", "cg", "pcg", "sor", "ssor-cg"}
         ``"direct"``: LU (LAPACK / SuperLU on the CPU, cuSOLVER on the GPU), its factor
         reused by the adjoint. ``"cg"``: conjugate gradients for symmetric positive
-        definite A, sparse products through the compiled CSR kernels.
+        definite A, sparse products through the compiled CSR kernels. ``"pcg"``: CG
+        preconditioned by ``M`` (default ``M="jacobi"``). ``"sor"``: stationary SOR(ω)
+        iteration (Numba sweeps on the CPU; multicolour SOR on the GPU, a different row
+        ordering). ``"ssor-cg"``: CG preconditioned by one SSOR(ω) sweep.
     x0 : array, optional
         Initial guess for iterative methods (a warm start), same shape as ``b``.
     rtol, atol : float
         Iterative methods stop when ``||b - A x|| <= max(rtol ||b||, atol)`` per column.
         The adjoint solve uses the same tolerances.
     maxiter : int, optional
-        Iteration limit (default ``10 n``). Reaching it returns ``converged=False`` and
-        warns with :class:`diffsolve.ConvergenceWarning`.
-    M : callable, LinearOperator or matrix, optional
-        Preconditioner for CG approximating ``A⁻¹`` (symmetric positive definite).
+        Iteration limit (default ``10 n`` for the CG family, 10 000 sweeps for SOR).
+        Reaching it returns ``converged=False`` and warns with
+        :class:`diffsolve.ConvergenceWarning`.
+    M : callable, LinearOperator, matrix or "jacobi", optional
+        Preconditioner for ``"cg"`` / ``"pcg"`` approximating ``A⁻¹`` (symmetric positive
+        definite).
+    omega : float in (0, 2), optional
+        Relaxation parameter of ``"sor"`` and ``"ssor-cg"`` (default 1: Gauss–Seidel /
+        symmetric Gauss–Seidel). :class:`diffsolve.linear.OmegaBandit` learns it online
+        across a sequence of systems.
     callback : callable, optional
         ``callback(xk)`` after every iteration.
     check_every : int, optional
@@ -210,7 +207,7 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
     """
     op, xp = as_operator(A, b, WHERE)
     _check_b(b, op, xp)
-    _check_options(method, rtol, atol, maxiter, x0, M, check_every, b)
+    omega = _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b)
     dtype = _result_dtype(op, b, xp)
     b = xp.astype(b, dtype, copy=False)
     if method == "direct":
@@ -222,9 +219,10 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
         res = LinearSolveResult(x=x, n_iters=0, converged=True,
                                 residual_norm=_residual_norm(op, x, b, xp), info=0)
         return res, lu
-    out = _cg_solve(op, b, x0, rtol, atol, maxiter, M, callback, check_every, xp,
-                    "the solve")
+    out = iterative_solve(op, b, method=method, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter,
+                          M=M, omega=omega, callback=callback, check_every=check_every,
+                          what="the solve")
     res = LinearSolveResult(x=out.x, n_iters=out.n_iters, converged=out.converged,
                             residual_norm=_residual_norm(op, out.x, b, xp),
                             info=0 if out.converged else out.n_iters)
-    return res, None
+    return res, out.prepared
