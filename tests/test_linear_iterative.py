@@ -168,3 +168,23 @@ def test_non_square_for_sor():
     with _raises(ValueError, "A must be square"):
         solve(sp.random(4, 5, density=0.5, format="csr", random_state=0), np.ones(4),
               method="sor")
+
+
+@pytest.mark.parametrize("method", ["cg", "pcg"])
+def test_compiled_cg_loop_matches_the_python_loop(rng, method):
+    """NumPy + CSR + one right-hand side runs CG in one Numba call (krylov.cg_solve_csr);
+    a callback forces the Python-driven loop: same iterations, same iterate."""
+    d = np.geomspace(1.0, 30.0, 100)
+    A = sp.csr_matrix(d[:, None] * poisson_2d(10, shift=0.05).toarray() * d[None, :])
+    b = rng.standard_normal(100)
+    fast = solve(A, b, method=method, rtol=1e-10)
+    slow = solve(A, b, method=method, rtol=1e-10, callback=lambda xk: None)
+    assert fast.n_iters == slow.n_iters and fast.converged and slow.converged
+    np.testing.assert_allclose(fast.x, slow.x, rtol=1e-10, atol=1e-14)
+    x0 = fast.x + 1e-3
+    warm_fast = solve(A, b, method=method, rtol=1e-10, x0=x0)
+    warm_slow = solve(A, b, method=method, rtol=1e-10, x0=x0, callback=lambda xk: None)
+    assert warm_fast.n_iters == warm_slow.n_iters
+    with pytest.warns(ds.ConvergenceWarning):
+        capped = solve(A, b, method=method, maxiter=3)
+    assert capped.n_iters == 3 and not capped.converged

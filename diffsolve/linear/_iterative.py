@@ -27,21 +27,44 @@ class IterativeOutcome:
     prepared: object  # what the adjoint may reuse (a Relaxation or a preconditioner)
 
 
-def jacobi_preconditioner(op, xp):
+class JacobiPreconditioner:
     """``r -> r / diag(A)``, the built-in Jacobi preconditioner."""
-    diag = op.diagonal()
-    if diag is None:
-        raise ValueError(f"{WHERE}: M='jacobi' needs the diagonal of A, but A is a "
-                         "LinearOperator; pass M as a callable or LinearOperator instead")
-    if bool(xp.any(diag <= 0)):
-        raise ValueError(f"{WHERE}: M='jacobi' needs a positive diagonal (A symmetric positive "
-                         "definite), but A has a diagonal entry <= 0")
-    inv = 1.0 / diag
 
-    def apply(r):
-        return r * (inv if r.ndim == 1 else inv[:, None])
+    def __init__(self, op, xp):
+        diag = op.diagonal()
+        if diag is None:
+            raise ValueError(f"{WHERE}: M='jacobi' needs the diagonal of A, but A is a "
+                             "LinearOperator; pass M as a callable or LinearOperator instead")
+        if bool(xp.any(diag <= 0)):
+            raise ValueError(f"{WHERE}: M='jacobi' needs a positive diagonal (A symmetric "
+                             "positive definite), but A has a diagonal entry <= 0")
+        self.inv_diag = B.contiguous(xp, xp.astype(1.0 / diag, op.dtype))
 
-    return apply
+    def __call__(self, r):
+        return r * (self.inv_diag if r.ndim == 1 else self.inv_diag[:, None])
+
+
+def _compiled_cg(op, b, x0, tol, maxiter, prepared, callback, method):
+    """The whole CG loop in one Numba call, where it applies: NumPy, CSR A, one right-hand
+    side, no callback, no preconditioner or Jacobi. ``None`` where it does not apply."""
+    xp = op.xp
+    if not (B.is_numpy(xp) and op.kind == "sparse" and b.ndim == 1 and callback is None
+            and (prepared is None or isinstance(prepared, JacobiPreconditioner))):
+        return None
+    kernel = B.get_kernel(xp, "krylov.cg_solve_csr")
+    x = B.contiguous_copy(xp, xp.astype(x0, b.dtype)) if x0 is not None else xp.zeros_like(b)
+    A = op.A
+    floor = op.n * float(xp.finfo(b.dtype).eps)
+    inv_diag = prepared.inv_diag if prepared is not None else None
+    n_iters, status = kernel(A.indptr, A.indices, A.data, B.contiguous(xp, b), x, inv_diag,
+                             float(tol), maxiter, floor)
+    if status == 2:
+        raise ValueError(
+            f"{WHERE}: conjugate gradients met a direction with pᵀAp <= 0 at iteration "
+            f"{n_iters}: A is singular or not positive definite. CG needs a symmetric "
+            "positive definite A; use method='direct' for other matrices"
+        )
+    return x, n_iters, status == 0
 
 
 def _check_symmetric(op, xp, method):
@@ -83,13 +106,17 @@ def iterative_solve(op, b, *, method, x0, rtol, atol, maxiter, M, omega, callbac
                 if M not in (None, "jacobi"):
                     raise ValueError(f"{WHERE}: M={M!r} is not a built-in preconditioner; "
                                      "use M='jacobi', a callable, a LinearOperator or a matrix")
-                prepared = jacobi_preconditioner(op, xp)
+                prepared = JacobiPreconditioner(op, xp)
             else:
                 prepared = M
         maxiter = 10 * op.n if maxiter is None else int(maxiter)
-        out = conjugate_gradient(op, b, x0, tol, maxiter, prepared, callback, check_every,
-                                 WHERE)
-        x, n_iters, converged = out.x, out.n_iters, out.converged
+        compiled = _compiled_cg(op, b, x0, tol, maxiter, prepared, callback, method)
+        if compiled is not None:
+            x, n_iters, converged = compiled
+        else:
+            out = conjugate_gradient(op, b, x0, tol, maxiter, prepared, callback, check_every,
+                                     WHERE)
+            x, n_iters, converged = out.x, out.n_iters, out.converged
         advice = "increase maxiter, give a preconditioner M, loosen rtol, or use method='direct'"
     if not converged:
         warnings.warn(
