@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("bench.bench_csr_kernels", "bench.bench_linear_solve", "bench.bench_sor_sweep")
+BENCHMARKS = (
+    "bench.bench_csr_kernels",
+    "bench.bench_linear_solve",
+    "bench.bench_sor_sweep",
+    "bench.bench_bandits",
+)
 
 
 def main() -> None:
