@@ -9,6 +9,7 @@ BENCHMARKS = (
     "bench.bench_linear_solve",
     "bench.bench_sor_sweep",
     "bench.bench_bandits",
+    "bench.bench_hypergradient",
 )
 
 

@@ -8,7 +8,7 @@ deep-learning framework (:func:`vjp`) or as a layer in HIPS autograd, PyTorch or
 
 __version__ = "0.1.0"
 
-from . import linear
+from . import bilevel, implicit, linear
 from ._autodiff import custom_vjp, vjp
 from ._backend import CSR
 from ._result import ConvergenceWarning, LinearSolveResult, SolverResult
@@ -19,7 +19,9 @@ __all__ = [
     "ConvergenceWarning",
     "LinearSolveResult",
     "SolverResult",
+    "bilevel",
     "custom_vjp",
+    "implicit",
     "linear",
     "to_autograd",
     "to_jax",

@@ -12,6 +12,13 @@ the adapters in :mod:`diffsolve.interop` drive it from autograd, PyTorch and JAX
 Cotangents of sparse arguments are the gradient of the stored values in canonical CSR
 order (a 1-D array of length nnz); :func:`wrap_cotangent` turns that into the argument's
 own type (a SciPy/CuPy CSR matrix with the same pattern, or a :class:`~diffsolve.CSR`).
+
+Bare-array outputs: a forward rule may return a :class:`~diffsolve._result.ValueResult`
+(one differentiable field, ``value``) from a function registered with
+``unwrap_value=True``. Such a function returns the bare array when called, from
+:func:`vjp` (whose ``vjp_fn`` then also takes the cotangent positionally) and from the
+adapters, as a ``jax.custom_vjp`` function would; :func:`diffsolve.implicit.custom_root`
+uses this. Everything inside the core still sees the dataclass.
 """
 
 from __future__ import annotations
@@ -53,20 +60,30 @@ class DifferentiableFunction:
     Calling it returns the result only. ``fwd`` returns ``(result, residuals)``, ``bwd`` is
     the backward rule, ``result_shapes`` (optional) gives the shapes and dtypes of the
     result's fields without running the solver (the JAX adapter needs them).
+    ``unwrap_value=True`` (with a :class:`~diffsolve._result.ValueResult` result) makes the
+    function return ``result.value``, the bare array, wherever a result would be returned.
+    ``public_name`` names it in error messages (default ``diffsolve.<family>.<name>``).
     """
 
     def __init__(self, fwd: Callable, bwd: Callable, result_shapes: Callable | None = None,
-                 result_type: type | None = None):
+                 result_type: type | None = None, *, unwrap_value: bool = False,
+                 public_name: str | None = None):
         functools.update_wrapper(self, fwd)
         self.fwd = fwd
         self.bwd = bwd
         self.result_shapes = result_shapes
         self.result_type = result_type
-        self.public_name = f"diffsolve.{fwd.__module__.split('.')[1]}.{fwd.__name__}"
+        self.unwrap_value = unwrap_value
+        self.public_name = public_name or \
+            f"diffsolve.{fwd.__module__.split('.')[1]}.{fwd.__name__}"
 
     def __call__(self, *args, **kwargs):
         result, _ = self.fwd(*args, **kwargs)
-        return result
+        return self.output(result)
+
+    def output(self, result):
+        """What callers get for a result: the result itself, or its ``value`` field."""
+        return result.value if self.unwrap_value else result
 
     def __repr__(self) -> str:
         return f"<differentiable solver {self.public_name}>"
@@ -114,7 +131,8 @@ class DifferentiableFunction:
 
 
 def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
-               result_type: type | None = None):
+               result_type: type | None = None, *, unwrap_value: bool = False,
+               public_name: str | None = None):
     """Decorate a forward rule ``fwd(*args, **kwargs) -> (result, residuals)``.
 
     Parameters
@@ -131,6 +149,11 @@ def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
     result_type : type, optional
         The :class:`~diffsolve.SolverResult` subclass the forward rule returns. The JAX
         adapter needs ``result_shapes`` and ``result_type``.
+    unwrap_value : bool
+        The forward rule returns a :class:`~diffsolve._result.ValueResult`, and callers get
+        its ``value`` array instead of the dataclass (see the module docstring).
+    public_name : str, optional
+        The name used in error messages.
 
     Returns
     -------
@@ -158,7 +181,8 @@ def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
     """
 
     def decorate(fwd: Callable) -> DifferentiableFunction:
-        return DifferentiableFunction(fwd, bwd, result_shapes, result_type)
+        return DifferentiableFunction(fwd, bwd, result_shapes, result_type,
+                                      unwrap_value=unwrap_value, public_name=public_name)
 
     return decorate
 
@@ -208,14 +232,16 @@ def vjp(fn: DifferentiableFunction, *args, **kwargs):
 
     Returns
     -------
-    result : SolverResult
-        What ``fn(*args, **kwargs)`` returns.
+    result : SolverResult or array
+        What ``fn(*args, **kwargs)`` returns (the bare array for a function that returns
+        one, such as a :func:`diffsolve.implicit.custom_root` solver).
     vjp_fn : callable
         ``vjp_fn(**cotangents)`` takes cotangents by differentiable output name (fields not
         given count as zero) and returns a tuple with one cotangent per positional array
         argument, in order: a dense array for a dense argument, a sparse matrix with the
         argument's pattern for a sparse one, ``None`` for a LinearOperator. It may be called
-        more than once.
+        more than once. For a function that returns a bare array, ``vjp_fn(g)`` (or
+        ``vjp_fn(value=g)``) takes the cotangent of that array.
 
     Examples
     --------
@@ -236,9 +262,20 @@ def vjp(fn: DifferentiableFunction, *args, **kwargs):
     result, residuals = fn.fwd(*args, **kwargs)
     keep = [i for i, a in enumerate(args) if is_array_argument(a)]
 
-    def vjp_fn(**cotangents):
+    def vjp_fn(*positional, **cotangents):
+        if positional:
+            if not fn.unwrap_value or len(positional) > 1 or cotangents:
+                raise TypeError(
+                    f"{fn.public_name} vjp: got {len(positional)} positional cotangent(s)"
+                    f"{' and keyword cotangents' if cotangents else ''}; "
+                    + ("pass one cotangent, the array's, positionally or as value=g"
+                       if fn.unwrap_value else
+                       f"pass cotangents by output name, e.g. vjp_fn("
+                       f"{type(result).differentiable_fields[0]}=g)")
+                )
+            cotangents = {"value": positional[0]}
         ctx = BackwardContext(args, kwargs, result, residuals)
         grads = fn.backward(ctx, cotangents)
         return tuple(grads[i] for i in keep)
 
-    return result, vjp_fn
+    return fn.output(result), vjp_fn

@@ -4,6 +4,13 @@ A result is a dataclass. Its *differentiable fields* (``differentiable_fields``)
 outputs that carry gradients: ``diffsolve.vjp`` takes cotangents by these names, and the
 autograd / torch / JAX adapters put their own arrays there. Every other field says how the
 solve went (iterations, convergence, residual) and is never differentiated.
+
+:class:`ValueResult` is the one exception to "a solver returns a dataclass": it wraps a
+single array (``value``) for functions that, like JAXopt's ``custom_root`` solvers, return a
+bare array. Their :class:`~diffsolve._autodiff.DifferentiableFunction` is made with
+``unwrap_value=True``, so callers (directly, through ``diffsolve.vjp`` and through the
+adapters) see only that array; the dataclass exists so that the autodiff core and the
+adapters need no second code path.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["ConvergenceWarning", "LinearSolveResult", "SolverResult"]
+__all__ = ["ConvergenceWarning", "LinearSolveResult", "SolverResult", "ValueResult"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -32,6 +39,21 @@ class SolverResult:
     def replace(self, **changes: Any):
         """A copy with some fields replaced (results are immutable)."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ValueResult(SolverResult):
+    """The result of a function that returns one bare array (see ``unwrap_value``).
+
+    Attributes
+    ----------
+    value : array
+        The output (differentiable).
+    """
+
+    value: Any
+
+    differentiable_fields: ClassVar[tuple[str, ...]] = ("value",)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ def to_autograd(fn):
     """Make a diffsolve solver differentiable by HIPS autograd.
 
     The adapted solver is called like ``fn`` and returns the same result type, with autograd
-    boxes in the differentiable fields while a gradient is being traced. One backward
+    boxes in the differentiable fields while a gradient is being traced (a function that
+    returns a bare array, such as a ``custom_root`` solver, returns the box itself). One backward
     computation (one adjoint solve) serves every differentiable argument: the primitive's
     VJP is registered with ``defvjp_argnums``. Differentiable arguments are NumPy arrays
     (or boxes) and the ``data`` of a :class:`diffsolve.CSR`; SciPy sparse matrices are
@@ -56,6 +57,6 @@ def to_autograd(fn):
 
         defvjp_argnums(forward, vjp_maker)
         outs = forward(*call.leaves)
-        return call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)})
+        return fn.output(call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)}))
 
     return adapted

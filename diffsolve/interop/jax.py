@@ -46,7 +46,9 @@ def to_jax(fn, *, vmap_method: str = "sequential"):
     The forward and backward rules run as ``jax.pure_callback`` on the host (NumPy); the
     result shapes come from the solver's declared shape rule, so the adapted solver traces
     under ``jax.jit`` and ``jax.grad``. Every field of the result comes back as a JAX array
-    (iteration counts and flags too, since they are values computed inside the callback).
+    (iteration counts and flags too, since they are values computed inside the callback);
+    a function that returns a bare array, such as a ``custom_root`` solver, returns that
+    JAX array.
     JAX hands callback arguments to the host, so arrays on a GPU are copied to the host and
     back: for GPU solves use CuPy or PyTorch (``to_torch``) instead; a warning says so.
 
@@ -128,7 +130,7 @@ def to_jax(fn, *, vmap_method: str = "sequential"):
 
         solver.defvjp(solver_fwd, solver_bwd)
         outs = solver(*[jnp.asarray(v) for v in call.leaves])
-        return result_type(**dict(zip(names, outs)))
+        return fn.output(result_type(**dict(zip(names, outs))))
 
     return adapted
 

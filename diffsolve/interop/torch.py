@@ -70,11 +70,12 @@ def to_torch(fn):
     """Make a diffsolve solver a PyTorch autograd layer.
 
     The adapted solver is called like ``fn`` (tensors where ``fn`` takes arrays) and returns
-    the same result type with tensors in the differentiable fields. Tensors cross into
-    NumPy (CPU) or CuPy (CUDA) and back through DLPack without a copy, so a CUDA tensor is
-    solved on the GPU. Differentiable arguments are tensors and the ``data`` of a
-    :class:`diffsolve.CSR` built from tensors; the backward pass runs the solver's adjoint
-    once for all of them.
+    the same result type with tensors in the differentiable fields (a function that
+    returns a bare array, such as a ``custom_root`` solver, returns the tensor itself).
+    Tensors cross into NumPy (CPU) or CuPy (CUDA) and back through DLPack without a copy,
+    so a CUDA tensor is solved on the GPU. Differentiable arguments are tensors and the
+    ``data`` of a :class:`diffsolve.CSR` built from tensors; the backward pass runs the
+    solver's adjoint once for all of them.
 
     Examples
     --------
@@ -95,6 +96,6 @@ def to_torch(fn):
                   for k, v in kwargs.items()}
         call = Call(fn, args, kwargs, lambda x: isinstance(x, torch.Tensor), "to_torch")
         outs = _function_class().apply(call, *call.leaves)
-        return call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)})
+        return fn.output(call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)}))
 
     return adapted

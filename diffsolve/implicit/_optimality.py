@@ -1,0 +1,273 @@
+"""Ready-made optimality conditions ``F(x, *theta) = 0`` for :func:`custom_root`.
+
+* :func:`stationarity`: ``F = ∇ₓf`` (unconstrained minimisation; ``solve="cg"`` applies).
+* :func:`proximal_gradient_fixed_point`: ``F = x − prox_{ηg}(x − η∇ₓf)`` (composite
+  problems ``f + g``: lasso, elastic net, …).
+* :func:`projected_gradient_fixed_point`: ``F = x − proj_C(x − η∇ₓf)`` (minimisation over
+  a convex set; see :mod:`._projections`).
+* :func:`kkt_conditions`: the KKT system of ``min f s.t. h = 0, g <= 0``.
+
+The fixed-point conditions use the sign ``x − T(x)``, so that ``∂F/∂x = η∇²f`` (positive
+definite) where no constraint is active; with active constraints ``∂F/∂x`` is not
+symmetric and ``solve="gmres"`` (the default) is the one to use.
+
+All four differentiate ``f`` (and the constraints) with HIPS autograd, so they are written
+with ``autograd.numpy`` and take NumPy arrays; ``custom_root``'s default VJPs then
+differentiate them once more (autograd supports nesting). For CuPy or array_api_strict,
+write ``F`` with your library and pass ``vjp=`` to :func:`custom_root`.
+
+Reference: Blondel et al., "Efficient and Modular Implicit Differentiation" (NeurIPS
+2022), §2.2 (the catalogue of optimality conditions) and JAXopt's
+``make_kkt_optimality_fun`` (its KKT form is used here, with the variables stacked into
+one vector, because a diffsolve differentiable output is one array).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import autograd
+import autograd.numpy as anp
+from autograd.tracer import getval
+
+from .. import _backend as B
+
+__all__ = ["kkt_conditions", "projected_gradient_fixed_point", "proximal_gradient_fixed_point",
+           "stationarity"]
+
+
+def _check_callable(where, name, fn):
+    if not callable(fn):
+        raise TypeError(f"{where}: {name} must be a callable, got {type(fn).__name__}")
+
+
+def _check_stepsize(where, stepsize):
+    if isinstance(stepsize, bool) or not isinstance(stepsize, numbers.Real) or \
+            not math.isfinite(stepsize) or stepsize <= 0:
+        raise ValueError(f"{where}: stepsize must be a finite number > 0, got {stepsize!r}")
+    return float(stepsize)
+
+
+def _require_numpy(x, where):
+    raw = getval(x)
+    xp = B.array_namespace(raw, where=where)
+    if not B.is_numpy(xp):
+        raise TypeError(
+            f"{where}: the built-in optimality conditions differentiate the objective with "
+            f"HIPS autograd, which needs NumPy arrays, but x is a {xp.__name__} array; write "
+            "F with your library and pass vjp= to diffsolve.implicit.custom_root"
+        )
+
+
+def stationarity(f: Callable) -> Callable:
+    """The optimality condition ``∇ₓf(x, *theta) = 0`` of an unconstrained minimum.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(x, *theta) -> scalar``, written with ``autograd.numpy``.
+
+    Returns
+    -------
+    F : callable
+        ``F(x, *theta) = ∇ₓf(x, *theta)``. Its Jacobian ``∇²ₓf`` is symmetric, positive
+        definite at a strict minimum: use ``custom_root(F, solve="cg")``.
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> from diffsolve.implicit import stationarity
+    >>> F = stationarity(lambda x, a: anp.sum((x - a) ** 2))
+    >>> F(np.zeros(2), np.array([1.0, 2.0]))
+    array([-2., -4.])
+    """
+    where = "diffsolve.implicit.stationarity"
+    _check_callable(where, "f", f)
+    grad_f = autograd.grad(f, 0)
+
+    def F(x, *theta):
+        _require_numpy(x, where)
+        return grad_f(x, *theta)
+
+    F.__name__ = f"stationarity({getattr(f, '__name__', 'f')})"
+    return F
+
+
+def proximal_gradient_fixed_point(f: Callable, prox: Callable, stepsize: float = 1.0
+                                  ) -> Callable:
+    """The fixed point ``x = prox_{ηg}(x − η∇ₓf(x, *θ))`` of proximal gradient, as a root.
+
+    Parameters
+    ----------
+    f : callable
+        The smooth part ``f(x, *theta) -> scalar`` (``autograd.numpy``).
+    prox : callable
+        ``prox(y, stepsize, *theta)``: the proximal operator of ``stepsize·g``, where ``g``
+        may depend on θ (e.g. soft thresholding at ``stepsize·theta[0]`` for the lasso).
+        It must be differentiable by autograd almost everywhere (``anp.where``,
+        ``anp.maximum``, …).
+    stepsize : float > 0
+        η. Any value gives the same fixed points; it changes the conditioning of ``∂F/∂x``.
+
+    Returns
+    -------
+    F : callable
+        ``F(x, *theta) = x − prox(x − η∇ₓf(x, *theta), η, *theta)``.
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> from diffsolve.implicit import proximal_gradient_fixed_point
+    >>> soft = lambda y, s, lam: anp.sign(y) * anp.maximum(anp.abs(y) - s * lam, 0.0)
+    >>> F = proximal_gradient_fixed_point(lambda x, lam: 0.5 * anp.sum((x - 3.0) ** 2), soft)
+    >>> F(np.array([2.0]), 1.0)                   # lasso of (x - 3)²/2 + |x|: x* = 2
+    array([0.])
+    """
+    where = "diffsolve.implicit.proximal_gradient_fixed_point"
+    _check_callable(where, "f", f)
+    _check_callable(where, "prox", prox)
+    eta = _check_stepsize(where, stepsize)
+    grad_f = autograd.grad(f, 0)
+
+    def F(x, *theta):
+        _require_numpy(x, where)
+        return x - prox(x - eta * grad_f(x, *theta), eta, *theta)
+
+    return F
+
+
+def projected_gradient_fixed_point(f: Callable, projection: Callable, stepsize: float = 1.0
+                                   ) -> Callable:
+    """The fixed point ``x = proj_C(x − η∇ₓf(x, *θ))`` of projected gradient, as a root.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(x, *theta) -> scalar`` (``autograd.numpy``).
+    projection : callable
+        ``projection(y, *theta)``: the Euclidean projection onto C (which may depend on
+        θ). The built-in ones take their own parameters, so wrap them:
+        ``lambda y, *theta: projection_box(y, 0.0, 1.0)``.
+    stepsize : float > 0
+        η.
+
+    Returns
+    -------
+    F : callable
+        ``F(x, *theta) = x − projection(x − η∇ₓf(x, *theta), *theta)``.
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> from diffsolve.implicit import projected_gradient_fixed_point, projection_nonnegative
+    >>> F = projected_gradient_fixed_point(lambda x, a: anp.sum((x - a) ** 2),
+    ...                                    lambda y, a: projection_nonnegative(y), 0.5)
+    >>> F(np.array([0.0, 2.0]), np.array([-1.0, 2.0]))   # x* = max(a, 0)
+    array([0., 0.])
+    """
+    where = "diffsolve.implicit.projected_gradient_fixed_point"
+    _check_callable(where, "f", f)
+    _check_callable(where, "projection", projection)
+    eta = _check_stepsize(where, stepsize)
+    grad_f = autograd.grad(f, 0)
+
+    def F(x, *theta):
+        _require_numpy(x, where)
+        return x - projection(x - eta * grad_f(x, *theta), *theta)
+
+    return F
+
+
+def kkt_conditions(f: Callable, n: int, eq: Callable | None = None,
+                   ineq: Callable | None = None) -> Callable:
+    """The KKT conditions of ``min_x f(x, *θ) s.t. eq(x, *θ) = 0, ineq(x, *θ) <= 0``.
+
+    The primal-dual variable is **one stacked vector** ``z = [x, ν, λ]``: ``x`` (size
+    ``n``), the multipliers ``ν`` of the ``p`` equality constraints, then the multipliers
+    ``λ >= 0`` of the ``m`` inequality constraints (``p``, ``m`` are the sizes of
+    ``eq``'s and ``ineq``'s outputs). A solver decorated with
+    ``custom_root(kkt_conditions(...))`` returns that ``z`` (e.g.
+    ``np.concatenate([x, nu, lam])``).
+
+    Parameters
+    ----------
+    f : callable
+        ``f(x, *theta) -> scalar`` (``autograd.numpy``); x is 1-D of size ``n``.
+    n : int
+        The number of primal variables.
+    eq, ineq : callable, optional
+        ``eq(x, *theta) -> (p,)`` and ``ineq(x, *theta) -> (m,)`` (``autograd.numpy``).
+
+    Returns
+    -------
+    F : callable
+        ``F(z, *theta) = [∇f + J_eqᵀν + J_ineqᵀλ, eq(x), λ ⊙ ineq(x)]`` (stationarity,
+        primal feasibility, complementary slackness), a vector of z's size. Primal and
+        dual feasibility inequalities are not equations and are left out, as usual: the
+        gradient is that of the active set at the solution (strict complementarity
+        assumed). ``∂F/∂z`` is not symmetric: use ``solve="gmres"`` (default).
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> from diffsolve.implicit import kkt_conditions
+    >>> F = kkt_conditions(lambda x, c: anp.sum((x - c) ** 2), n=2,
+    ...                    eq=lambda x, c: anp.array([anp.sum(x) - 1.0]))
+    >>> F(np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0]))   # x = (0, 1), ν = 2
+    array([0., 0., 0.])
+    """
+    where = "diffsolve.implicit.kkt_conditions"
+    _check_callable(where, "f", f)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"{where}: n (the number of primal variables) must be a positive "
+                         f"integer, got {n!r}")
+    for name, fn in (("eq", eq), ("ineq", ineq)):
+        if fn is not None:
+            _check_callable(where, name, fn)
+    n = int(n)
+
+    def constraint(fn, name, x, theta):
+        c = fn(x, *theta)
+        if getattr(c, "ndim", None) != 1:
+            raise ValueError(f"{where}: {name}(x, *theta) must return a 1-D array (one entry "
+                             f"per constraint), got {type(getval(c)).__name__} of shape "
+                             f"{getattr(c, 'shape', ())}")
+        return c
+
+    def F(z, *theta):
+        _require_numpy(z, where)
+        if getattr(z, "ndim", None) != 1 or z.shape[0] < n:
+            raise ValueError(f"{where}: z must be the stacked vector [x, ν, λ] of size >= "
+                             f"n={n}, got shape {tuple(z.shape)}")
+        x = z[:n]
+        h = constraint(eq, "eq", x, theta) if eq is not None else None
+        g = constraint(ineq, "ineq", x, theta) if ineq is not None else None
+        p = 0 if h is None else h.shape[0]
+        m = 0 if g is None else g.shape[0]
+        if z.shape[0] != n + p + m:
+            raise ValueError(
+                f"{where}: z has {z.shape[0]} entries, but [x, ν, λ] has n + p + m = {n} + "
+                f"{p} + {m} = {n + p + m} (n primal variables, p equality and m inequality "
+                "constraints); stack exactly x, the equality multipliers, then the "
+                "inequality multipliers"
+            )
+        nu, lam = z[n:n + p], z[n + p:]
+
+        def lagrangian(x_):
+            value = f(x_, *theta)
+            if eq is not None:
+                value = value + anp.dot(nu, eq(x_, *theta))
+            if ineq is not None:
+                value = value + anp.dot(lam, ineq(x_, *theta))
+            return value
+
+        parts = [autograd.grad(lagrangian)(x)]
+        if h is not None:
+            parts.append(h)
+        if g is not None:
+            parts.append(lam * g)
+        return anp.concatenate(parts)
+
+    return F

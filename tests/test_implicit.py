@@ -1,0 +1,605 @@
+"""custom_root / custom_fixed_point: gradients vs closed forms and finite differences.
+
+Problems with closed forms: ridge regression (stationarity), a small QP through its KKT
+conditions, an affine fixed-point map, a box-constrained quadratic (projected gradient)
+and a separable lasso (proximal gradient). Every solve option, diffsolve.vjp and the three
+adapters, NumPy and array_api_strict (with a user vjp=), bad input and non-convergence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+
+import diffsolve as ds
+from diffsolve.implicit import (
+    custom_fixed_point,
+    custom_root,
+    kkt_conditions,
+    projected_gradient_fixed_point,
+    projection_ball,
+    projection_box,
+    projection_nonnegative,
+    projection_simplex,
+    proximal_gradient_fixed_point,
+    root_vjp,
+    stationarity,
+)
+from tests.helpers import assert_close, central_difference, to_numpy
+
+SOLVES = ["cg", "normal-cg", "gmres"]
+
+
+# ------------------------------------------------------------------------------------------
+# ridge regression: w*(lam) = (XᵀX + diag(lam))⁻¹ Xᵀy, F = ∇_w of the penalised loss
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def ridge_data(rng):
+    X = rng.standard_normal((25, 6))
+    y = rng.standard_normal(25)
+    lam = np.exp(rng.standard_normal(6) * 0.5)
+    return X, y, lam
+
+
+def ridge_F(w, lam, X, y):
+    return X.T @ (X @ w - y) + lam * w
+
+
+def ridge_solver(solve="cg", **options):
+    @custom_root(ridge_F, solve=solve, **options)
+    def ridge(init, lam, X, y):
+        return np.linalg.solve(X.T @ X + np.diag(lam), X.T @ y)
+
+    return ridge
+
+
+def ridge_closed_form(X, y, lam, w_bar):
+    """Cotangents of (lam, X, y) for L = <w_bar, w*>."""
+    H = X.T @ X + np.diag(lam)
+    w = np.linalg.solve(H, X.T @ y)
+    u = np.linalg.solve(H, w_bar)  # H symmetric
+    r = X @ w - y
+    return -u * w, -(np.outer(X @ u, w) + np.outer(r, u)), X @ u
+
+
+@pytest.mark.parametrize("solve", [*SOLVES, "callable"])
+def test_ridge_vjp_matches_closed_form(ridge_data, rng, solve):
+    X, y, lam = ridge_data
+    option = (lambda matvec, b: _dense_solve(matvec, b)) if solve == "callable" else solve
+    ridge = ridge_solver(option)
+    w, f_vjp = ds.vjp(ridge, np.zeros(6), lam, X, y)
+    assert isinstance(w, np.ndarray) and w.shape == (6,)
+    w_bar = rng.standard_normal(6)
+    init_bar, lam_bar, X_bar, y_bar = f_vjp(w_bar)
+    expected = ridge_closed_form(X, y, lam, w_bar)
+    np.testing.assert_array_equal(init_bar, np.zeros(6))
+    for got, want in zip((lam_bar, X_bar, y_bar), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-11)
+    # the keyword form is the same cotangent
+    np.testing.assert_allclose(f_vjp(value=w_bar)[1], lam_bar, rtol=1e-14)
+
+
+def _dense_solve(matvec, b):
+    """A user solve callable: materialise the matrix column by column, then LU."""
+    n = b.shape[0]
+    M = np.stack([matvec(e) for e in np.eye(n)], axis=1)
+    return np.linalg.solve(M, b)
+
+
+def test_ridge_matches_finite_differences(ridge_data, rng):
+    X, y, lam = ridge_data
+    ridge = ridge_solver("cg")
+    w_bar = rng.standard_normal(6)
+    _, f_vjp = ds.vjp(ridge, np.zeros(6), lam, X, y)
+    _, lam_bar, X_bar, y_bar = f_vjp(w_bar)
+    d_lam, d_X, d_y = rng.standard_normal(6), rng.standard_normal(X.shape), rng.standard_normal(25)
+
+    def loss(t):
+        return w_bar @ ridge(np.zeros(6), lam + t * d_lam, X + t * d_X, y + t * d_y)
+
+    predicted = lam_bar @ d_lam + np.sum(X_bar * d_X) + y_bar @ d_y
+    np.testing.assert_allclose(predicted, central_difference(loss, 0.0, 1.0), rtol=1e-7)
+
+
+def test_one_linear_solve_serves_every_theta(ridge_data, monkeypatch):
+    import diffsolve.implicit._custom_root as cr
+
+    X, y, lam = ridge_data
+    calls = []
+    original = cr.solve_adjoint
+    monkeypatch.setattr(cr, "solve_adjoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    solver = ds.to_autograd(ridge_solver("cg"))
+    autograd.grad(lambda lam_, X_, y_: anp.sum(solver(np.zeros(6), lam_, X_, y_) ** 2),
+                  argnum=(0, 1, 2))(lam, X, y)
+    assert len(calls) == 1
+
+
+def test_ridge_float32_keeps_dtype(ridge_data):
+    X, y, lam = (a.astype(np.float32) for a in ridge_data)
+    ridge = ridge_solver("gmres", rtol=1e-5)
+    _, f_vjp = ds.vjp(ridge, np.zeros(6, dtype=np.float32), lam, X, y)
+    lam_bar = f_vjp(np.ones(6, dtype=np.float32))[1]
+    assert lam_bar.dtype == np.float32
+    want = ridge_closed_form(*(a.astype(np.float64) for a in (X, y, lam)), np.ones(6))[0]
+    np.testing.assert_allclose(lam_bar, want, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------
+# adapters: autograd, torch, jax
+# ------------------------------------------------------------------------------------------
+def test_autograd_adapter_returns_boxes_and_gradients(ridge_data):
+    X, y, lam = ridge_data
+    solver = ds.to_autograd(ridge_solver("cg"))
+    out = solver(np.zeros(6), lam, X, y)
+    assert isinstance(out, np.ndarray)
+    g = autograd.grad(lambda lam_: anp.sum(solver(np.zeros(6), lam_, X, y)))(lam)
+    np.testing.assert_allclose(g, ridge_closed_form(X, y, lam, np.ones(6))[0], rtol=1e-8)
+
+
+@pytest.mark.parametrize("solve", ["cg", "gmres"])
+def test_torch_adapter(ridge_data, rng, solve):
+    torch = pytest.importorskip("torch")
+    X, y, lam = ridge_data
+    solver = ds.to_torch(ridge_solver(solve))
+    lt = torch.tensor(lam, requires_grad=True)
+    Xt = torch.tensor(X, requires_grad=True)
+    w = solver(torch.zeros(6, dtype=torch.float64), lt, Xt, torch.tensor(y))
+    assert isinstance(w, torch.Tensor) and w.shape == (6,)
+    w_bar = rng.standard_normal(6)
+    (w * torch.tensor(w_bar)).sum().backward()
+    lam_bar, X_bar, _ = ridge_closed_form(X, y, lam, w_bar)
+    np.testing.assert_allclose(lt.grad.numpy(), lam_bar, rtol=1e-8)
+    np.testing.assert_allclose(Xt.grad.numpy(), X_bar, rtol=1e-8, atol=1e-12)
+
+
+def test_torch_gradcheck(ridge_data):
+    torch = pytest.importorskip("torch")
+    X, y, lam = ridge_data
+    solver = ds.to_torch(ridge_solver("cg", rtol=1e-12))
+    init = torch.zeros(6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda lam_, y_: solver(init, lam_, torch.tensor(X), y_),
+        (torch.tensor(lam, requires_grad=True), torch.tensor(y, requires_grad=True)),
+        eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_jax_adapter_under_jit(ridge_data, rng):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    X, y, lam = ridge_data
+    solver = ds.to_jax(ridge_solver("gmres"))
+    w_bar = rng.standard_normal(6)
+
+    @jax.jit
+    def loss(lam_, y_):
+        return jnp.sum(jnp.asarray(w_bar) * solver(jnp.zeros(6), lam_, jnp.asarray(X), y_))
+
+    g_lam, g_y = jax.grad(loss, argnums=(0, 1))(jnp.asarray(lam), jnp.asarray(y))
+    lam_bar, _, y_bar = ridge_closed_form(X, y, lam, w_bar)
+    np.testing.assert_allclose(np.asarray(g_lam), lam_bar, rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(g_y), y_bar, rtol=1e-8)
+    out = solver(jnp.zeros(6), jnp.asarray(lam), jnp.asarray(X), jnp.asarray(y))
+    assert isinstance(out, jax.Array) and out.shape == (6,)
+
+
+# ------------------------------------------------------------------------------------------
+# array_api_strict (and NumPy) through the user vjp= path
+# ------------------------------------------------------------------------------------------
+def _strict_ridge(xp, X, y, solve):
+    def F(w, lam):
+        return X.T @ (X @ w - y) + lam * w
+
+    def vjp(w, theta):
+        (lam,) = theta
+        # ∂F/∂w = XᵀX + diag(lam) (symmetric), ∂F/∂lam = diag(w)
+        return F(w, lam), lambda u: (X.T @ (X @ u) + lam * u, u * w)
+
+    def jvp(w, theta):
+        (lam,) = theta
+        return F(w, lam), lambda v: X.T @ (X @ v) + lam * v
+
+    @custom_root(F, solve=solve, vjp=vjp, jvp=jvp)
+    def ridge(init, lam):
+        n = X.shape[1]
+        H = X.T @ X + lam[:, None] * xp.eye(n, dtype=X.dtype)
+        return xp.linalg.solve(H, X.T @ y)
+
+    return ridge
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_user_vjp_any_namespace(xp, ridge_data, rng, solve):
+    Xn, yn, lamn = ridge_data
+    X, y, lam = (xp.asarray(a) for a in (Xn, yn, lamn))
+    ridge = _strict_ridge(xp, X, y, solve)
+    w_bar_n = rng.standard_normal(6)
+    w, f_vjp = ds.vjp(ridge, xp.zeros(6, dtype=xp.float64), lam)
+    assert_close(w, np.linalg.solve(Xn.T @ Xn + np.diag(lamn), Xn.T @ yn), xp=xp, rtol=1e-10)
+    init_bar, lam_bar = f_vjp(xp.asarray(w_bar_n))
+    assert_close(lam_bar, ridge_closed_form(Xn, yn, lamn, w_bar_n)[0], xp=xp, rtol=1e-8)
+    assert_close(init_bar, np.zeros(6), xp=xp)
+
+
+def test_default_vjp_refuses_non_numpy_with_advice(ridge_data):
+    xps = pytest.importorskip("array_api_strict")
+    X, y, lam = (xps.asarray(a) for a in ridge_data)
+
+    @custom_root(lambda w, lam_: X.T @ (X @ w - y) + lam_ * w)
+    def ridge(init, lam_):
+        return xps.linalg.solve(X.T @ X + lam_[:, None] * xps.eye(6, dtype=X.dtype), X.T @ y)
+
+    _, f_vjp = ds.vjp(ridge, xps.zeros(6, dtype=xps.float64), lam)
+    with pytest.raises(TypeError, match="HIPS autograd.*pass vjp="):
+        f_vjp(xps.ones(6, dtype=xps.float64))
+
+
+# ------------------------------------------------------------------------------------------
+# a small QP through its KKT conditions
+# ------------------------------------------------------------------------------------------
+def _qp_problem():
+    Q = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.5]])
+    A = np.array([[1.0, 1.0, 1.0]])
+    G = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, -1.0]])
+    c = np.array([2.0, -1.0, 0.5])
+    b = np.array([1.0])
+    h = np.array([0.0, 1.0])
+    return Q, A, G, c, b, h
+
+
+def _qp_solve(Q, A, G, c, b, h):
+    """Brute-force active-set QP (tiny m): the feasible KKT point with λ >= 0."""
+    n, p, m = Q.shape[0], A.shape[0], G.shape[0]
+    for k in range(m + 1):
+        for active in itertools.combinations(range(m), k):
+            Ga = G[list(active)]
+            K = np.block([[Q, A.T, Ga.T], [A, np.zeros((p, p + k))],
+                          [Ga, np.zeros((k, p + k))]])
+            sol = np.linalg.solve(K, np.concatenate([-c, b, h[list(active)]]))
+            x, nu, lam_a = sol[:n], sol[n:n + p], sol[n + p:]
+            lam = np.zeros(m)
+            lam[list(active)] = lam_a
+            if np.all(G @ x <= h + 1e-12) and np.all(lam >= -1e-12):
+                return x, nu, lam
+    raise AssertionError("no KKT point")
+
+
+def _qp_layer(solve):
+    F = kkt_conditions(lambda x, Q, A, G, c, b, h: 0.5 * x @ Q @ x + c @ x, n=3,
+                       eq=lambda x, Q, A, G, c, b, h: A @ x - b,
+                       ineq=lambda x, Q, A, G, c, b, h: G @ x - h)
+
+    @custom_root(F, solve=solve)
+    def qp(init, Q, A, G, c, b, h):
+        return np.concatenate(_qp_solve(Q, A, G, c, b, h))
+
+    return qp
+
+
+@pytest.mark.parametrize("solve", ["gmres", "normal-cg"])
+def test_qp_kkt_gradient_matches_closed_form_and_fd(rng, solve):
+    Q, A, G, c, b, h = _qp_problem()
+    x, nu, lam = _qp_solve(Q, A, G, c, b, h)
+    active = np.flatnonzero(lam > 1e-9)
+    assert len(active) == 1  # one active inequality: a non-trivial KKT system
+    qp = _qp_layer(solve)
+    z, f_vjp = ds.vjp(qp, np.zeros(6), Q, A, G, c, b, h)
+    np.testing.assert_allclose(z, np.concatenate([x, nu, lam]), atol=1e-12)
+    x_bar = rng.standard_normal(3)
+    grads = f_vjp(np.concatenate([x_bar, np.zeros(3)]))
+    c_bar, b_bar, h_bar = grads[4], grads[5], grads[6]
+    # closed form: x solves the KKT system of the active set, so d<x̄, x>/d(-c, b, h_a) is
+    # the first block row of K⁻ᵀ applied to x̄
+    Ga = G[active]
+    K = np.block([[Q, A.T, Ga.T], [A, np.zeros((1, 1 + len(active)))],
+                  [Ga, np.zeros((len(active), 1 + len(active)))]])
+    s = np.linalg.solve(K.T, np.concatenate([x_bar, np.zeros(1 + len(active))]))
+    np.testing.assert_allclose(c_bar, -s[:3], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(b_bar, s[3:4], rtol=1e-8, atol=1e-12)
+    h_expected = np.zeros(2)
+    h_expected[active] = s[4:]
+    np.testing.assert_allclose(h_bar, h_expected, rtol=1e-8, atol=1e-12)
+    Q_bar = grads[1]
+    dQ = rng.standard_normal((3, 3))
+    dQ = dQ + dQ.T
+
+    def loss(t):
+        return x_bar @ qp(np.zeros(6), Q + t * dQ, A, G, c, b, h)[:3]
+
+    np.testing.assert_allclose(np.sum(Q_bar * dQ), central_difference(loss, 0.0, 1.0),
+                               rtol=1e-6, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------
+# fixed points
+# ------------------------------------------------------------------------------------------
+def _affine_map(rng, n=5, symmetric=False):
+    M = rng.standard_normal((n, n))
+    M = (M + M.T) / 2 if symmetric else M
+    return 0.6 * M / np.linalg.norm(M, 2), rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("solve", ["gmres", "normal-cg", "cg"])
+def test_fixed_point_of_affine_map(rng, solve):
+    M, b = _affine_map(rng, symmetric=solve == "cg")
+    T = lambda x, M_, b_: M_ @ x + b_  # noqa: E731
+
+    @custom_fixed_point(T, solve=solve)
+    def iterate(init, M_, b_):
+        x = init
+        for _ in range(200):
+            x = T(x, M_, b_)
+        return x
+
+    x, f_vjp = ds.vjp(iterate, np.zeros(5), M, b)
+    np.testing.assert_allclose(x, np.linalg.solve(np.eye(5) - M, b), rtol=1e-10)
+    x_bar = rng.standard_normal(5)
+    _, M_bar, b_bar = f_vjp(x_bar)
+    u = np.linalg.solve((np.eye(5) - M).T, x_bar)  # x* = (I - M)⁻¹ b
+    np.testing.assert_allclose(b_bar, u, rtol=1e-8)
+    np.testing.assert_allclose(M_bar, np.outer(u, x), rtol=1e-8, atol=1e-12)
+
+
+def test_fixed_point_user_vjp_matches_autograd(rng):
+    M, b = _affine_map(rng)
+    T = lambda x, M_, b_: M_ @ x + b_  # noqa: E731
+
+    def T_vjp(x, theta):
+        M_, b_ = theta
+        return T(x, M_, b_), lambda u: (M_.T @ u, np.outer(u, x), u)
+
+    def solver(init, M_, b_):
+        return np.linalg.solve(np.eye(5) - M_, b_)
+
+    x_bar = rng.standard_normal(5)
+    auto = ds.vjp(custom_fixed_point(T)(solver), np.zeros(5), M, b)[1](x_bar)
+    user = ds.vjp(custom_fixed_point(T, vjp=T_vjp)(solver), np.zeros(5), M, b)[1](x_bar)
+    for a, u in zip(auto, user):
+        np.testing.assert_allclose(a, u, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------
+# built-in optimality conditions
+# ------------------------------------------------------------------------------------------
+def test_stationarity_with_cg_matches_closed_form(rng):
+    A = rng.standard_normal((8, 4))
+    Q = A.T @ A + np.eye(4)
+    c = rng.standard_normal(4)
+    f = lambda x, c_: 0.5 * x @ Q @ x - c_ @ x + 0.1 * anp.sum(anp.cosh(x))  # noqa: E731
+
+    @custom_root(stationarity(f), solve="cg")
+    def minimise(init, c_):
+        x = init
+        for _ in range(50):  # Newton
+            g = Q @ x - c_ + 0.1 * np.sinh(x)
+            x = x - np.linalg.solve(Q + 0.1 * np.diag(np.cosh(x)), g)
+        return x
+
+    x, f_vjp = ds.vjp(minimise, np.zeros(4), c)
+    x_bar = rng.standard_normal(4)
+    H = Q + 0.1 * np.diag(np.cosh(x))
+    np.testing.assert_allclose(f_vjp(x_bar)[1], np.linalg.solve(H, x_bar), rtol=1e-9)
+
+
+def test_projected_gradient_box_quadratic(rng):
+    d = np.array([1.0, 2.0, 0.5, 3.0])
+    a = np.array([0.5, 2.0, -1.0, 0.7])  # x* = clip(a, 0, 1): active, active, active, free
+    lo, hi = np.zeros(4), np.ones(4)
+    F = projected_gradient_fixed_point(lambda x, a_, lo_, hi_: 0.5 * anp.sum(d * (x - a_) ** 2),
+                                       lambda y, a_, lo_, hi_: projection_box(y, lo_, hi_),
+                                       stepsize=0.25)
+
+    @custom_root(F)
+    def solve_box(init, a_, lo_, hi_):
+        return np.clip(a_, lo_, hi_)  # separable: the minimiser is the clipped target
+
+    x, f_vjp = ds.vjp(solve_box, np.zeros(4), a, lo, hi)
+    np.testing.assert_allclose(F(x, a, lo, hi), 0.0, atol=1e-15)  # x* is a fixed point
+    _, a_bar, lo_bar, hi_bar = f_vjp(np.ones(4))
+    np.testing.assert_allclose(a_bar, [1.0, 0.0, 0.0, 1.0], atol=1e-10)
+    np.testing.assert_allclose(lo_bar, [0.0, 0.0, 1.0, 0.0], atol=1e-10)
+    np.testing.assert_allclose(hi_bar, [0.0, 1.0, 0.0, 0.0], atol=1e-10)
+
+
+def test_proximal_gradient_lasso_matches_finite_differences(rng):
+    A = rng.standard_normal((20, 5))
+    b = rng.standard_normal(20)
+    # prox(y, stepsize, *theta) receives every θ = (lam, b_); it uses lam only
+    soft = lambda y, s, lam, *_: anp.sign(y) * anp.maximum(anp.abs(y) - s * lam, 0.0)  # noqa: E731
+    L = np.linalg.norm(A, 2) ** 2
+    F = proximal_gradient_fixed_point(lambda x, lam, b_: 0.5 * anp.sum((A @ x - b_) ** 2),
+                                      soft, stepsize=1.0 / L)
+
+    @custom_root(F)
+    def lasso(init, lam, b_):
+        x = init
+        for _ in range(20000):  # ISTA
+            x = soft(x - (A.T @ (A @ x - b_)) / L, 1.0 / L, lam)
+        return x
+
+    lam = np.array(3.0)
+    x, f_vjp = ds.vjp(lasso, np.zeros(5), lam, b)
+    assert 0 < np.count_nonzero(x) < 5  # some coordinates at zero: the prox is active
+    x_bar = rng.standard_normal(5)
+    _, lam_bar, b_bar = f_vjp(x_bar)
+    db = rng.standard_normal(20)
+    fd = central_difference(lambda t: x_bar @ lasso(x, lam, b + t * db), 0.0, 1.0, h=1e-5)
+    np.testing.assert_allclose(b_bar @ db, fd, rtol=1e-6)
+    fd_lam = central_difference(lambda t: x_bar @ lasso(x, lam + t, b), 0.0, 1.0, h=1e-5)
+    np.testing.assert_allclose(lam_bar, fd_lam, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# projections
+# ------------------------------------------------------------------------------------------
+def test_projections_values(xp, rng):
+    xn = rng.standard_normal(7) * 2
+    x = xp.asarray(xn)
+    assert_close(projection_nonnegative(x), np.maximum(xn, 0), xp=xp)
+    assert_close(projection_box(x, -0.5, 1.0), np.clip(xn, -0.5, 1.0), xp=xp)
+    norm = np.linalg.norm(xn)
+    assert_close(projection_ball(x, 1.5), xn * min(1.0, 1.5 / norm), xp=xp)
+    assert_close(projection_ball(x * 0.0, 1.5), np.zeros(7), xp=xp)
+    s = to_numpy(projection_simplex(x, 2.0))
+    assert s.min() >= 0 and np.isclose(s.sum(), 2.0)
+    # optimality: the projection minimises ||s - x|| over the simplex; compare with the
+    # KKT characterisation s = max(x - tau, 0)
+    tau = (xn[s > 0].sum() - 2.0) / np.count_nonzero(s)
+    np.testing.assert_allclose(s, np.maximum(xn - tau, 0.0), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["box", "ball", "simplex", "nonnegative"])
+def test_projection_jacobians_match_finite_differences(rng, name):
+    proj = {
+        "box": lambda v: projection_box(v, -0.5, 0.5),
+        "ball": lambda v: projection_ball(v, 1.0),
+        "simplex": lambda v: projection_simplex(v, 1.0),
+        "nonnegative": projection_nonnegative,
+    }[name]
+    x = rng.standard_normal(6)
+    w = rng.standard_normal(6)
+    g = autograd.grad(lambda v: anp.sum(w * proj(v)))(x)
+    d = rng.standard_normal(6)
+    np.testing.assert_allclose(g @ d, central_difference(lambda v: w @ proj(v), x, d),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_projection_bad_sets():
+    with pytest.raises(ValueError, match="projection_box: lower > upper"):
+        projection_box(np.zeros(2), 1.0, 0.0)
+    with pytest.raises(ValueError, match="projection_ball: radius must be a finite number > 0"):
+        projection_ball(np.zeros(2), -1.0)
+    with pytest.raises(ValueError, match="projection_simplex: value must be"):
+        projection_simplex(np.zeros(2), 0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# bad input and non-convergence
+# ------------------------------------------------------------------------------------------
+def test_optimality_output_shape_mismatch_is_named(ridge_data):
+    X, y, lam = ridge_data
+
+    @custom_root(lambda w, lam_: (X.T @ (X @ w - y) + lam_ * w)[:4])
+    def ridge(init, lam_):
+        return np.linalg.solve(X.T @ X + np.diag(lam_), X.T @ y)
+
+    _, f_vjp = ds.vjp(ridge, np.zeros(6), lam)
+    with pytest.raises(ValueError, match=r"F returned shape \(4,\), but the solution x has "
+                                         r"shape \(6,\)"):
+        f_vjp(np.ones(6))
+
+
+def test_solver_output_shape_mismatch_is_named():
+    @custom_root(lambda x, a: x - a)
+    def bad(init, a):
+        return a[:2]
+
+    with pytest.raises(ValueError, match=r"custom_root\(bad\): the solver returned \(2,\), but "
+                                         r"init has shape \(3,\)"):
+        bad(np.zeros(3), np.ones(3))
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"solve": "lu"}, ValueError, "solve='lu' is not known"),
+    ({"ridge": -1.0}, ValueError, "ridge must be a finite number >= 0"),
+    ({"rtol": 0.0}, ValueError, "rtol=0 could never be met"),
+    ({"maxiter": 0}, ValueError, "maxiter must be a positive integer"),
+    ({"vjp": 3}, TypeError, "vjp must be a callable"),
+    ({"solve": "normal-cg", "vjp": lambda x, t: None}, ValueError, "also pass jvp="),
+])
+def test_bad_configuration(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        custom_root(lambda x: x, **kwargs)
+
+
+def test_bad_callables():
+    with pytest.raises(TypeError, match="optimality function must be callable"):
+        custom_root(np.zeros(2))
+    with pytest.raises(TypeError, match="fixed-point map must be callable"):
+        custom_fixed_point("T")
+    with pytest.raises(ValueError, match="stepsize must be a finite number > 0"):
+        projected_gradient_fixed_point(lambda x: 0.0, projection_nonnegative, stepsize=0.0)
+    with pytest.raises(ValueError, match="n .the number of primal variables. must be"):
+        kkt_conditions(lambda x: 0.0, n=0)
+
+
+def test_kkt_stacked_size_mismatch():
+    F = kkt_conditions(lambda x: anp.sum(x ** 2), n=2, eq=lambda x: anp.array([x[0] - 1.0]))
+    with pytest.raises(ValueError, match=r"z has 4 entries, but \[x, ν, λ\] has n \+ p \+ m"):
+        F(np.zeros(4))
+
+
+def test_cg_on_non_symmetric_jacobian_is_refused(rng):
+    M, b = _affine_map(rng)
+
+    @custom_fixed_point(lambda x, b_: M @ x + b_, solve="cg")
+    def fp(init, b_):
+        return np.linalg.solve(np.eye(5) - M, b_)
+
+    _, f_vjp = ds.vjp(fp, np.zeros(5), b)
+    with pytest.raises(ValueError, match="not symmetric.*use solve='gmres'"):
+        f_vjp(np.ones(5))
+
+
+def test_cg_on_indefinite_jacobian_is_refused():
+    D = np.diag([1.0, -2.0, 3.0])
+
+    @custom_root(lambda x, a: D @ x - a, solve="cg")
+    def lin(init, a):
+        return np.linalg.solve(D, a)
+
+    _, f_vjp = ds.vjp(lin, np.zeros(3), np.ones(3))
+    with pytest.raises(ValueError, match="not positive definite.*ridge"):
+        f_vjp(np.array([1.0, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_non_convergence_warns_with_residual_and_advice(rng, solve):
+    A = rng.standard_normal((30, 12))
+    Q = A.T @ A + 1e-3 * np.eye(12)
+
+    @custom_root(lambda x, c: Q @ x - c, solve=solve, maxiter=2)
+    def lin(init, c):
+        return np.linalg.solve(Q, c)
+
+    _, f_vjp = ds.vjp(lin, np.zeros(12), rng.standard_normal(12))
+    with pytest.warns(ds.ConvergenceWarning, match=r"relative residual .* ridge"):
+        f_vjp(rng.standard_normal(12))
+
+
+def test_ridge_regularises_a_singular_system():
+    D = np.diag([1.0, 0.0])  # F = D x - a: singular in x[1]
+
+    @custom_root(lambda x, a: D @ x - a, solve="cg", ridge=1e-8)
+    def lin(init, a):
+        return np.array([a[0], 0.0])
+
+    _, f_vjp = ds.vjp(lin, np.zeros(2), np.array([2.0, 0.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a_bar = f_vjp(np.array([1.0, 0.0]))[1]
+    np.testing.assert_allclose(a_bar, [1.0, 0.0], rtol=1e-7)
+
+
+def test_positional_cotangent_only_for_bare_array_outputs():
+    A = np.array([[2.0, 0.0], [0.0, 3.0]])
+    _, f_vjp = ds.vjp(ds.linear.solve, A, np.ones(2))
+    with pytest.raises(TypeError, match=r"pass cotangents by output name, e.g. vjp_fn\(x=g\)"):
+        f_vjp(np.ones(2))
+    lin = custom_root(lambda x, a: x - a)(lambda init, a: a)
+    _, f_vjp = ds.vjp(lin, np.zeros(2), np.ones(2))
+    with pytest.raises(TypeError, match="no differentiable output named"):
+        f_vjp(x=np.ones(2))
+
+
+def test_root_vjp_building_block():
+    a = np.array([4.0, 9.0])
+    (a_bar,) = root_vjp(lambda x, a_: x ** 2 - a_, np.sqrt(a), (a,), np.ones(2), solve="cg")
+    np.testing.assert_allclose(a_bar, 1 / (2 * np.sqrt(a)), rtol=1e-10)
+    with pytest.raises(ValueError, match="x_bar has shape"):
+        root_vjp(lambda x, a_: x - a_, a, (a,), np.ones(3))
