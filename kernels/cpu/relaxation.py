@@ -42,6 +42,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from .._validate import check_relaxation_system
 from ._config import jit, njit_options
 
 __all__ = [
@@ -148,30 +149,6 @@ def _sor_sweep_2d(indptr, indices, data, diag, b, x, omega, reverse):  # pragma:
     return x
 
 
-def _check_system(indptr, indices, data, diag, b, x):
-    """Validate the shapes and dtypes shared by every sweep; returns ``n``.
-
-    Numba does no bounds checking, so a wrong shape would mean silent memory
-    corruption rather than an error.
-    """
-    n = indptr.shape[0] - 1
-    if indices.shape != data.shape:
-        raise ValueError(
-            f"indices and data must have the same shape, got {indices.shape} and {data.shape}"
-        )
-    if diag.shape != (n,):
-        raise ValueError(f"diag must have shape {(n,)}, got {diag.shape}")
-    if x.ndim not in (1, 2):
-        raise ValueError(f"x must be 1-D or 2-D, got {x.ndim}-D")
-    if x.shape[0] != n:
-        raise ValueError(f"x must have {n} rows (the matrix is {n} x {n}), got shape {x.shape}")
-    if b.shape != x.shape:
-        raise ValueError(f"b and x must have the same shape, got {b.shape} and {x.shape}")
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    if not x.flags.writeable:
-        raise ValueError("x is updated in place and must be writeable")
-    return n
 
 
 def sor_sweep(indptr, indices, data, diag, b, x, omega, reverse=False):
@@ -234,7 +211,7 @@ def sor_sweep(indptr, indices, data, diag, b, x, omega, reverse=False):
     >>> sor_sweep(A.indptr, A.indices, A.data, A.diagonal(), np.ones(2), x, 1.0)
     array([0.25  , 0.3125])
     """
-    _check_system(indptr, indices, data, diag, b, x)
+    check_relaxation_system(indptr, indices, data, diag, b, x)
     if x.ndim == 1:
         _sor_sweep_1d(indptr, indices, data, diag, b, x, float(omega), bool(reverse))
     else:
@@ -272,7 +249,7 @@ def ssor_sweep(indptr, indices, data, diag, b, x, omega):
     >>> ssor_sweep(A.indptr, A.indices, A.data, A.diagonal(), np.ones(2), x, 1.0)
     array([0.328125, 0.3125  ])
     """
-    _check_system(indptr, indices, data, diag, b, x)
+    check_relaxation_system(indptr, indices, data, diag, b, x)
     kernel = _sor_sweep_1d if x.ndim == 1 else _sor_sweep_2d
     kernel(indptr, indices, data, diag, b, x, float(omega), False)
     kernel(indptr, indices, data, diag, b, x, float(omega), True)
@@ -399,7 +376,7 @@ def sor_sweep_multicolor(
     ...                      color_ptr, color_rows)
     array([0.25  , 0.3125])
     """
-    n = _check_system(indptr, indices, data, diag, b, x)
+    n = check_relaxation_system(indptr, indices, data, diag, b, x)
     _check_colors(color_ptr, color_rows, n)
     kernel = _sor_sweep_multicolor_1d if x.ndim == 1 else _sor_sweep_multicolor_2d
     kernel(indptr, indices, data, diag, b, x, float(omega), color_ptr, color_rows, bool(reverse))
@@ -425,7 +402,7 @@ def ssor_sweep_multicolor(indptr, indices, data, diag, b, x, omega, color_ptr, c
     numpy.ndarray
         `x` itself.
     """
-    n = _check_system(indptr, indices, data, diag, b, x)
+    n = check_relaxation_system(indptr, indices, data, diag, b, x)
     _check_colors(color_ptr, color_rows, n)
     kernel = _sor_sweep_multicolor_1d if x.ndim == 1 else _sor_sweep_multicolor_2d
     kernel(indptr, indices, data, diag, b, x, float(omega), color_ptr, color_rows, False)
@@ -600,7 +577,7 @@ def sor_solve(
     >>> n_iters, bool(res <= 1e-10), np.allclose(x, 1 / 3)
     (9, True, True)
     """
-    n = _check_system(indptr, indices, data, diag, b, x)
+    n = check_relaxation_system(indptr, indices, data, diag, b, x)
     if x.ndim != 1:
         raise ValueError(f"sor_solve takes 1-D b and x, got shape {x.shape}")
     maxiter = int(maxiter)

@@ -24,7 +24,7 @@ once CuPy inputs have been seen, so an ``ImportError`` here means CuPy is
 missing, not that diffsolve is broken.
 
 Kernels are generated per combination of dtypes, compiled by NVRTC on first
-use and kept in :data:`_KERNELS` (CuPy also caches the binaries on disk).
+use and kept in :class:`._raw.KernelCache` (CuPy also caches the binaries on disk).
 Results may differ from the CPU twins in the last bits: the CUDA compiler
 contracts ``a * b + c`` into fused multiply-adds, which Numba (without
 ``DIFFSOLVE_FASTMATH``) does not. The order of operations is the same.
@@ -35,6 +35,8 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
+from .._validate import check_relaxation_system
+from ._raw import KernelCache, as_device, launch
 from .sparse import csr_matvec
 
 __all__ = [
@@ -45,22 +47,9 @@ __all__ = [
     "ssor_sweep_multicolor",
 ]
 
-#: Threads per block for every launch (a multiple of the warp size).
-THREADS_PER_BLOCK = 256
-
-_CTYPES = {
-    np.dtype(np.float32): "float",
-    np.dtype(np.float64): "double",
-    np.dtype(np.int32): "int",
-    np.dtype(np.int64): "long long",
-}
-
-# Compiled kernels keyed by (kernel name, C type of each typed argument).
-_KERNELS: dict[tuple, cupy.RawKernel] = {}
-
 
 # --------------------------------------------------------------------------
-# CUDA sources: templates over typedef'd names; _kernel() prepends the
+# CUDA sources: templates over typedef'd names; _CACHE.get() prepends the
 # typedefs for one dtype combination. Row and entry counters are 64-bit.
 # --------------------------------------------------------------------------
 
@@ -217,56 +206,7 @@ _SOURCES = {
     "jp_select": (_JP_COMMON + _JP_SELECT, ("IP", "IX")),
     "jp_assign": (_JP_COMMON + _JP_ASSIGN, ("IP", "IX")),
 }
-
-
-def _ctype(arr, what: str) -> str:
-    """C type name for the dtype of `arr`, or TypeError if unsupported."""
-    try:
-        return _CTYPES[np.dtype(arr.dtype)]
-    except KeyError:
-        raise TypeError(
-            f"{what} has unsupported dtype {arr.dtype}; "
-            "expected float32/float64 values and int32/int64 indices"
-        ) from None
-
-
-def _kernel(name: str, *arrays_and_names) -> cupy.RawKernel:
-    """Return the compiled kernel `name` for the dtypes of the given arrays.
-
-    Parameters
-    ----------
-    name : str
-        Key of :data:`_SOURCES`.
-    *arrays_and_names : tuple of (array, str)
-        One ``(array, description)`` pair per typedef of the source, in order.
-    """
-    ctypes = tuple(_ctype(arr, what) for arr, what in arrays_and_names)
-    key = (name, ctypes)
-    kern = _KERNELS.get(key)
-    if kern is None:
-        source, typedef_names = _SOURCES[name]
-        typedefs = "".join(
-            f"typedef {ct} {tn};\n" for ct, tn in zip(ctypes, typedef_names, strict=True)
-        )
-        kern = cupy.RawKernel(typedefs + source, name)
-        _KERNELS[key] = kern
-    return kern
-
-
-def _launch(kern: cupy.RawKernel, n_threads: int, args: tuple) -> None:
-    """Launch `kern` with one thread per work item in 256-thread blocks."""
-    if n_threads <= 0:
-        # A zero-sized grid is an invalid launch configuration in CUDA.
-        return
-    n_blocks = (n_threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    kern((n_blocks,), (THREADS_PER_BLOCK,), args)
-
-
-def _as_device(arr, what: str):
-    """C-contiguous ``cupy.ndarray`` view (or copy) of an input `arr`."""
-    if not isinstance(arr, cupy.ndarray):
-        raise TypeError(f"{what} must be a cupy.ndarray, got {type(arr).__name__}")
-    return cupy.ascontiguousarray(arr)
+_CACHE = KernelCache(_SOURCES)
 
 
 def _inout_buffer(x):
@@ -278,26 +218,6 @@ def _inout_buffer(x):
     if not isinstance(x, cupy.ndarray):
         raise TypeError(f"x must be a cupy.ndarray, got {type(x).__name__}")
     return x if x.flags.c_contiguous else cupy.ascontiguousarray(x)
-
-
-def _check_system(indptr, indices, data, diag, b, x):
-    """Validate the shapes and dtypes shared by every sweep; returns ``n``."""
-    n = indptr.shape[0] - 1
-    if indices.shape != data.shape:
-        raise ValueError(
-            f"indices and data must have the same shape, got {indices.shape} and {data.shape}"
-        )
-    if diag.shape != (n,):
-        raise ValueError(f"diag must have shape {(n,)}, got {diag.shape}")
-    if x.ndim not in (1, 2):
-        raise ValueError(f"x must be 1-D or 2-D, got {x.ndim}-D")
-    if x.shape[0] != n:
-        raise ValueError(f"x must have {n} rows (the matrix is {n} x {n}), got shape {x.shape}")
-    if b.shape != x.shape:
-        raise ValueError(f"b and x must have the same shape, got {b.shape} and {x.shape}")
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    return n
 
 
 def _host_color_ptr(color_ptr, n: int) -> np.ndarray:
@@ -321,19 +241,19 @@ def _color_sweeps(indptr, indices, data, diag, b, x, omega, color_ptr, color_row
     `orders` is a sequence of booleans (``reverse`` of each sweep). `x` is
     updated in place; returns `x`.
     """
-    n = _check_system(indptr, indices, data, diag, b, x)
+    n = check_relaxation_system(indptr, indices, data, diag, b, x)
     ptr = _host_color_ptr(color_ptr, n)
     if color_rows.shape != (n,):
         raise ValueError(f"color_rows must have shape {(n,)}, got {color_rows.shape}")
-    indptr_d = _as_device(indptr, "indptr")
-    indices_d = _as_device(indices, "indices")
-    data_d = _as_device(data, "data")
-    diag_d = _as_device(diag, "diag")
-    b_d = _as_device(b, "b")
-    rows_d = _as_device(color_rows, "color_rows")
+    indptr_d = as_device(indptr, "indptr")
+    indices_d = as_device(indices, "indices")
+    data_d = as_device(data, "data")
+    diag_d = as_device(diag, "diag")
+    b_d = as_device(b, "b")
+    rows_d = as_device(color_rows, "color_rows")
     buf = _inout_buffer(x)
     name = "sor_color_1d" if x.ndim == 1 else "sor_color_2d"
-    kern = _kernel(
+    kern = _CACHE.get(
         name,
         (indptr_d, "indptr"),
         (indices_d, "indices"),
@@ -352,7 +272,7 @@ def _color_sweeps(indptr, indices, data, diag, b, x, omega, color_ptr, color_row
             # Launches on one stream run in order: colour c + 1 starts only
             # after every row of colour c has been written.
             offset, count = int(ptr[c]), int(ptr[c + 1] - ptr[c])
-            _launch(
+            launch(
                 kern,
                 count,
                 (indptr_d, indices_d, data_d, diag_d, b_d, buf, rows_d,
@@ -473,20 +393,20 @@ def greedy_coloring(indptr, indices):
     of rows still uncoloured).
     """
     n = indptr.shape[0] - 1
-    indptr_d = _as_device(indptr, "indptr")
-    indices_d = _as_device(indices, "indices")
+    indptr_d = as_device(indptr, "indptr")
+    indices_d = as_device(indices, "indices")
     colors = cupy.full(n, -1, dtype=cupy.int32)
     if n <= 0:
         return colors
     selected = cupy.empty(n, dtype=cupy.int32)
     typed = ((indptr_d, "indptr"), (indices_d, "indices"))
-    select = _kernel("jp_select", *typed)
-    assign = _kernel("jp_assign", *typed)
+    select = _CACHE.get("jp_select", *typed)
+    assign = _CACHE.get("jp_assign", *typed)
     args = (indptr_d, indices_d, colors, selected, np.int64(n))
     # At most n rounds, since each colours at least one row.
     for _ in range(n):
-        _launch(select, n, args)
-        _launch(assign, n, args)
+        launch(select, n, args)
+        launch(assign, n, args)
         if int(cupy.count_nonzero(colors < 0)) == 0:
             return colors
     raise RuntimeError("greedy_coloring did not finish in n rounds (a bug)")
@@ -525,7 +445,7 @@ def color_groups(colors):
     integers, one read) to validate and size the result, then ``color_ptr``
     itself (``n_colors + 1`` integers).
     """
-    colors_d = _as_device(colors, "colors")
+    colors_d = as_device(colors, "colors")
     if colors_d.ndim != 1:
         raise ValueError(f"colors must be 1-D, got shape {colors_d.shape}")
     n = colors_d.shape[0]
@@ -606,7 +526,7 @@ def sor_solve(
         If `b` or `x` is not 1-D, shapes disagree, `maxiter` < 0,
         `check_every` < 1, or only one of `color_ptr`, `color_rows` is given.
     """
-    n = _check_system(indptr, indices, data, diag, b, x)
+    n = check_relaxation_system(indptr, indices, data, diag, b, x)
     if x.ndim != 1:
         raise ValueError(f"sor_solve takes 1-D b and x, got shape {x.shape}")
     maxiter = int(maxiter)

@@ -13,7 +13,7 @@ missing, not that diffsolve is broken.
 
 Kernels are generated per combination of dtypes (float32/float64 values,
 int32/int64 indices), compiled by NVRTC on first use and kept in
-:data:`_KERNELS`; CuPy also caches the compiled binaries on disk, so later
+:class:`._raw.KernelCache`; CuPy also caches the compiled binaries on disk, so later
 processes skip NVRTC.
 
 Results may differ from the CPU twins in the last bits: the CUDA compiler
@@ -26,25 +26,13 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
+from ._raw import KernelCache, as_device, launch
+
 __all__ = ["csr_matvec", "csr_sampled_outer"]
-
-#: Threads per block for every launch. 256 is a multiple of the warp size
-#: that keeps enough blocks per SM for latency hiding on all current GPUs.
-THREADS_PER_BLOCK = 256
-
-_CTYPES = {
-    np.dtype(np.float32): "float",
-    np.dtype(np.float64): "double",
-    np.dtype(np.int32): "int",
-    np.dtype(np.int64): "long long",
-}
-
-# Compiled kernels keyed by (kernel name, dtype of each typed argument).
-_KERNELS: dict[tuple, cupy.RawKernel] = {}
 
 
 # --------------------------------------------------------------------------
-# CUDA sources. Each one is a template over typedef'd names; _kernel()
+# CUDA sources. Each one is a template over typedef'd names; _CACHE.get()
 # prepends the typedefs for one dtype combination. Row and entry counters are
 # 64-bit so that i * k and indptr values beyond 2**31 cannot overflow.
 # --------------------------------------------------------------------------
@@ -137,58 +125,7 @@ _SOURCES = {
     "csr_matvec_2d": (_CSR_MATVEC_2D, ("IP", "IX", "TD", "TX", "TO")),
     "csr_sampled_outer": (_CSR_SAMPLED_OUTER, ("IP", "IX", "TU", "TV", "TO")),
 }
-
-
-def _ctype(arr, what: str) -> str:
-    """C type name for the dtype of `arr`, or TypeError if unsupported."""
-    try:
-        return _CTYPES[np.dtype(arr.dtype)]
-    except KeyError:
-        raise TypeError(
-            f"{what} has unsupported dtype {arr.dtype}; "
-            "expected float32/float64 values and int32/int64 indices"
-        ) from None
-
-
-def _kernel(name: str, *arrays_and_names) -> cupy.RawKernel:
-    """Return the compiled kernel `name` for the dtypes of the given arrays.
-
-    Parameters
-    ----------
-    name : str
-        Key of :data:`_SOURCES`.
-    *arrays_and_names : tuple of (array, str)
-        One ``(array, description)`` pair per typedef of the source, in order.
-    """
-    ctypes = tuple(_ctype(arr, what) for arr, what in arrays_and_names)
-    key = (name, ctypes)
-    kern = _KERNELS.get(key)
-    if kern is None:
-        source, typedef_names = _SOURCES[name]
-        typedefs = "".join(
-            f"typedef {ct} {tn};\n" for ct, tn in zip(ctypes, typedef_names, strict=True)
-        )
-        kern = cupy.RawKernel(typedefs + source, name)
-        _KERNELS[key] = kern
-    return kern
-
-
-def _launch(kern: cupy.RawKernel, n_threads: int, args: tuple) -> None:
-    """Launch `kern` with one thread per work item in 256-thread blocks."""
-    if n_threads <= 0:
-        # A zero-sized grid is an invalid launch configuration in CUDA.
-        return
-    n_blocks = (n_threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    kern((n_blocks,), (THREADS_PER_BLOCK,), args)
-
-
-def _as_device(arr, what: str):
-    """C-contiguous ``cupy.ndarray`` view (or copy) of an input `arr`."""
-    if not isinstance(arr, cupy.ndarray):
-        raise TypeError(f"{what} must be a cupy.ndarray, got {type(arr).__name__}")
-    # The kernels index with flat C-order offsets; a copy is made only when
-    # the input is strided.
-    return cupy.ascontiguousarray(arr)
+_CACHE = KernelCache(_SOURCES)
 
 
 def _output_buffer(out):
@@ -251,10 +188,10 @@ def csr_matvec(indptr, indices, data, x, out):
     if out.shape != expected:
         raise ValueError(f"out must have shape {expected} for {x.ndim}-D x, got {out.shape}")
 
-    indptr_d = _as_device(indptr, "indptr")
-    indices_d = _as_device(indices, "indices")
-    data_d = _as_device(data, "data")
-    x_d = _as_device(x, "x")
+    indptr_d = as_device(indptr, "indptr")
+    indices_d = as_device(indices, "indices")
+    data_d = as_device(data, "data")
+    x_d = as_device(x, "x")
     buf = _output_buffer(out)
     typed = (
         (indptr_d, "indptr"),
@@ -264,13 +201,13 @@ def csr_matvec(indptr, indices, data, x, out):
         (buf, "out"),
     )
     if x.ndim == 1:
-        kern = _kernel("csr_matvec_1d", *typed)
+        kern = _CACHE.get("csr_matvec_1d", *typed)
         args = (indptr_d, indices_d, data_d, x_d, buf, np.int64(n_rows))
     else:
-        kern = _kernel("csr_matvec_2d", *typed)
+        kern = _CACHE.get("csr_matvec_2d", *typed)
         args = (indptr_d, indices_d, data_d, x_d, buf, np.int64(n_rows), np.int64(x.shape[1]))
     if buf.size:
-        _launch(kern, n_rows, args)
+        launch(kern, n_rows, args)
     if buf is not out:
         out[...] = buf
     return out
@@ -330,12 +267,12 @@ def csr_sampled_outer(indptr, indices, u, v, out):
     else:
         raise ValueError(f"u and v must be 1-D or 2-D, got {u.ndim}-D")
 
-    indptr_d = _as_device(indptr, "indptr")
-    indices_d = _as_device(indices, "indices")
-    u_d = _as_device(u, "u")
-    v_d = _as_device(v, "v")
+    indptr_d = as_device(indptr, "indptr")
+    indices_d = as_device(indices, "indices")
+    u_d = as_device(u, "u")
+    v_d = as_device(v, "v")
     buf = _output_buffer(out)
-    kern = _kernel(
+    kern = _CACHE.get(
         "csr_sampled_outer",
         (indptr_d, "indptr"),
         (indices_d, "indices"),
@@ -344,7 +281,7 @@ def csr_sampled_outer(indptr, indices, u, v, out):
         (buf, "out"),
     )
     nnz = indices.shape[0]
-    _launch(
+    launch(
         kern,
         nnz,
         (
