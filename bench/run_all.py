@@ -10,6 +10,7 @@ BENCHMARKS = (
     "bench.bench_sor_sweep",
     "bench.bench_bandits",
     "bench.bench_hypergradient",
+    "bench.bench_bilevel",
 )
 
 

@@ -1,0 +1,764 @@
+"""``solve``: bilevel optimisation ``min_x outer(x, y*(x))``, ``y*(x) ∈ argmin_y inner(x, y)``.
+
+Four methods (formulas: ../shared/ALGORITHMS.md §4):
+
+* ``"implicit"`` (AID): warm-started projected gradient descent on ``inner(x, ·)``, then
+  the implicit hypergradient ``∇ₓf − ∇²ₓᵧg·v``, ``∇²ᵧᵧg·v = ∇ᵧf`` by CG
+  (:func:`~diffsolve.bilevel.hypergradient`, ``method="implicit-cg"``), then a projected
+  gradient step on x. Ji, Yang & Liang, "Bilevel Optimization: Convergence Analysis and
+  Enhanced Design" (ICML 2021).
+* ``"penalty"``: the first-order value-function penalty method of Kwon, Kwon, Wright &
+  Nowak, "On Penalty Methods for Nonconvex Bilevel Optimization and First-Order Stochastic
+  Approximation" (ICLR 2024): ``y ≈ argmin f + λg``, ``z ≈ argmin g`` and
+  ``x ← x − ξ(∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)))`` with λ growing; gradients only.
+* ``"lv-hba"``: Yao et al., "Constrained Bi-Level Optimization: Proximal Lagrangian Value
+  function Approach and Hessian-free Algorithm" (ICLR 2024), Algorithm 1: a single loop for
+  a lower level with constraints ``constraint(x, y) <= 0``, through the proximal Lagrangian
+  value function; gradients only.
+* ``"bo-rep"``: Hao, Gong & Liu, "Bilevel Optimization under Unbounded Smoothness: A New
+  Algorithm and Convergence Analysis" (ICLR 2024): normalised momentum on x, a linear-system
+  variable updated by one Hessian-vector step per iteration, the lower level refined once at
+  the start and then updated every ``I`` iterations by ``N`` warm-started steps.
+
+Gradients and Hessian-vector products of the user's functions come from HIPS autograd
+(functions written with ``autograd.numpy``, NumPy arrays), as in
+:func:`~diffsolve.bilevel.hypergradient`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import autograd
+from autograd.tracer import getval
+
+from .. import _backend as B
+from .._result import ConvergenceWarning, SolverResult
+from ..implicit._projections import (
+    projection_ball,
+    projection_box,
+    projection_nonnegative,
+    projection_simplex,
+)
+from ..implicit._user_vjp import autograd_vjp
+from ._hypergradient import _hessian_products, _stepsize, hypergradient
+
+__all__ = ["BilevelHistory", "BilevelResult", "BilevelState", "solve"]
+
+WHERE = "diffsolve.bilevel.solve"
+METHODS = ("implicit", "penalty", "lv-hba", "bo-rep")
+
+# method -> (default outer step, default inner iterations per outer iteration)
+DEFAULT_STEP = {"implicit": 0.1, "penalty": 0.1, "lv-hba": 0.008, "bo-rep": 0.1}
+DEFAULT_INNER_ITERS = {"implicit": 20, "penalty": 10, "lv-hba": 1, "bo-rep": 10}
+
+# method-specific options and their defaults (see the docstring of solve)
+OPTIONS = {
+    "implicit": {"cg_maxiter": None, "cg_rtol": 1e-8, "ridge": 0.0},
+    "penalty": {"lam0": 1.0, "lam_step": 10.0, "lam_max": 1e4},
+    # LV-HBA toy values of Yao et al. (ALGORITHMS.md §4): β 0.02, γ₁ = γ₂ = 10,
+    # c_k = 0.025 (k + 1)^0.3; λ lives in Z = [0, lam_max]
+    "lv-hba": {"beta": 0.02, "gamma1": 10.0, "gamma2": 10.0, "c": 0.025, "p": 0.3,
+               "lam_max": 1e3, "feas_tol": 1e-4, "rho": 100.0, "y_step": None},
+    # BO-REP defaults of ALGORITHMS.md §4: β 0.9, I = 2, N = inner_iters = 10
+    "bo-rep": {"beta": 0.9, "period": 2, "refine_iters": 100, "eta_power": 0.0,
+               "anneal": 0.8},
+}
+_INT_OPTIONS = ("cg_maxiter", "period", "refine_iters")
+_NONNEG_OPTIONS = ("ridge", "eta_power", "p", "rho")
+
+SETS = ("box", "ball", "simplex", "nonnegative")
+
+
+@dataclass(frozen=True)
+class BilevelHistory:
+    """Per-iteration record of :func:`solve` (host NumPy arrays of length ``n_iters``).
+
+    Attributes
+    ----------
+    outer : array
+        ``outer(x_k, y_k)`` at the iterate the k-th update started from.
+    grad_norm : array
+        Norm of the method's hypergradient estimate at that iterate, as a projected-gradient
+        mapping ``||x − P(x − s d)|| / s`` (the plain norm without ``x_projection``).
+    time : array
+        Wall-clock seconds since the start, at the end of iteration k.
+    """
+
+    outer: Any
+    grad_norm: Any
+    time: Any
+
+
+@dataclass(frozen=True)
+class BilevelState:
+    """What ``callback(state)`` receives after every iteration of :func:`solve`.
+
+    Attributes
+    ----------
+    iteration : int
+        Iterations done (1 after the first).
+    x, y : array
+        The current iterates.
+    outer_value : float
+        ``outer`` at the iterate this iteration started from.
+    grad_norm : float
+        The hypergradient-estimate norm of that iterate (see :class:`BilevelHistory`).
+    method : str
+    """
+
+    iteration: int
+    x: Any
+    y: Any
+    outer_value: float
+    grad_norm: float
+    method: str
+
+
+@dataclass(frozen=True)
+class BilevelResult(SolverResult):
+    """Result of :func:`solve`.
+
+    Attributes
+    ----------
+    x, y : array
+        The upper-level solution and its lower-level partner.
+    n_iters : int
+        Outer iterations done.
+    converged : bool
+        Whether the method's stopping test (see :func:`solve`, ``tol``) passed.
+    history : BilevelHistory
+        Outer objective, hypergradient norm and wall time per iteration.
+    method : str
+    message : str
+        Why it stopped, and what to try when it did not converge.
+    """
+
+    x: Any
+    y: Any
+    n_iters: int
+    converged: bool
+    history: BilevelHistory
+    method: str = "implicit"
+    message: str = ""
+
+    differentiable_fields: ClassVar[tuple[str, ...]] = ()
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------
+def _positive(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{WHERE}: {name} must be a finite number > 0"
+                         f"{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def _nonnegative(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not math.isfinite(value) or value < 0:
+        raise ValueError(f"{WHERE}: {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{WHERE}: {name} must be a positive integer"
+                         f"{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def _options(method, options):
+    opts = dict(OPTIONS[method])
+    if options is None:
+        return opts
+    if not isinstance(options, dict):
+        raise TypeError(f"{WHERE}: options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(opts))
+    if unknown:
+        raise ValueError(f"{WHERE}: options {unknown} are not known for method={method!r}; "
+                         f"its options are {sorted(opts)}")
+    for key, value in options.items():
+        if key == "y_step":
+            opts[key] = _positive("options['y_step']", value, allow_none=True)
+        elif key in _INT_OPTIONS:
+            opts[key] = _positive_int(f"options[{key!r}]", value, allow_none=key == "cg_maxiter")
+        elif key in _NONNEG_OPTIONS:
+            opts[key] = _nonnegative(f"options[{key!r}]", value)
+        elif method == "bo-rep" and key in ("beta", "anneal"):
+            lo_ok = (lambda v: 0 <= v < 1) if key == "beta" else (lambda v: 0 < v <= 1)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+                    not lo_ok(value):
+                raise ValueError(f"{WHERE}: options[{key!r}] must be in "
+                                 f"{'[0, 1)' if key == 'beta' else '(0, 1]'}, got {value!r}")
+            opts[key] = float(value)
+        else:
+            opts[key] = _positive(f"options[{key!r}]", value)
+    if method == "penalty" and opts["lam_max"] < opts["lam0"]:
+        raise ValueError(f"{WHERE}: options lam_max={opts['lam_max']!r} < lam0="
+                         f"{opts['lam0']!r}; the penalty weight grows from lam0 to lam_max")
+    return opts
+
+
+def _projection(spec, name, v0):
+    """A callable projection from ``spec``, checked on ``v0`` (empty sets raise here)."""
+    if spec is None:
+        return None
+    if callable(spec):
+        fn = spec
+    else:
+        kind, args = (spec, ()) if isinstance(spec, str) else \
+            (spec[0], tuple(spec[1:])) if isinstance(spec, tuple) and spec else (None, ())
+        if kind not in SETS:
+            raise TypeError(
+                f"{WHERE}: {name} must be a callable v -> P(v) or one of ('box', lower, upper), "
+                f"('ball', radius), ('simplex', value), 'simplex', 'nonnegative'; got {spec!r}")
+        n_args = {"box": (2,), "ball": (0, 1), "simplex": (0, 1), "nonnegative": (0,)}[kind]
+        if len(args) not in n_args:
+            raise ValueError(f"{WHERE}: {name}={spec!r}: the {kind!r} set takes "
+                             f"{' or '.join(map(str, n_args))} parameters, got {len(args)}")
+        fn = {"box": projection_box, "ball": projection_ball, "simplex": projection_simplex,
+              "nonnegative": projection_nonnegative}[kind]
+        fn = (lambda f, a: (lambda v: f(v, *a)))(fn, args)
+    try:
+        p = fn(v0)
+    except ValueError as e:  # an empty box, a radius <= 0: the set is infeasible
+        raise ValueError(f"{WHERE}: {name} cannot be applied: {e}") from e
+    if not B.is_array(p) or tuple(p.shape) != tuple(v0.shape):
+        shape = tuple(getattr(p, "shape", ()))
+        raise ValueError(f"{WHERE}: {name} returned shape {shape} for an input of shape "
+                         f"{tuple(v0.shape)}; a projection must keep the shape")
+    return fn
+
+
+def _check_scalar(value, name):
+    shape = tuple(getattr(getval(value), "shape", ()))
+    if math.prod(shape) != 1:
+        raise ValueError(f"{WHERE}: {name}(x, y) must return a scalar, got shape {shape}")
+
+
+def _first_call(fn, name, x, y):
+    try:
+        return fn(x, y)
+    except (ValueError, TypeError, IndexError) as e:
+        raise ValueError(f"{WHERE}: {name}(x0, y0) failed for x0 of shape {tuple(x.shape)} and "
+                         f"y0 of shape {tuple(y.shape)}: {e}; check the shapes of x0 and y0"
+                         ) from e
+
+
+# ---------------------------------------------------------------------------------------
+# derivatives of the user's functions (autograd)
+# ---------------------------------------------------------------------------------------
+def _with_indices(fn, idx):
+    """``(x, y) -> fn(x, y, idx)``: a mini-batch objective with its indices bound."""
+    return lambda x, y: fn(x, y, idx)
+
+
+class _Problem:
+    def __init__(self, outer, inner, constraint, px, py, xp, batch=None, seed=0):
+        self.outer, self.inner, self.constraint = outer, inner, constraint
+        self.full = (outer, inner)
+        self.batch = batch
+        self.rng = B.host_rng(seed) if batch is not None else None
+        self.px = px if px is not None else (lambda v: v)
+        self.py = py if py is not None else (lambda v: v)
+        self.xp = xp
+
+    def resample(self, outer=True):
+        """Mini-batches: fresh sample indices for inner (and outer), without replacement."""
+        if self.batch is None:
+            return
+        n, size = self.batch
+        f, g = self.full
+        if outer:
+            self.outer = _with_indices(f, self.rng.choice(n, size, replace=False))
+        self.inner = _with_indices(g, self.rng.choice(n, size, replace=False))
+
+    def norm(self, v) -> float:
+        return float(self.xp.sqrt(self.xp.sum(v * v)))
+
+    def grads(self, fn, x, y):
+        """``(fn(x, y), ∇ₓfn, ∇ᵧfn)`` in one reverse pass."""
+        vjp, value = autograd_vjp(fn, x, y, argnum=(0, 1))
+        gx, gy = vjp(self.xp.ones_like(self.xp.asarray(value)))
+        return float(value), gx, gy
+
+    def grad_y(self, fn, x, y):
+        vjp, value = autograd_vjp(lambda y_: fn(x, y_), y)
+        return vjp(self.xp.ones_like(self.xp.asarray(value)))
+
+    def inner_descent(self, x, y, step, n):
+        """``n`` projected gradient steps on ``inner(x, ·)``; returns y and its mapping norm."""
+        g = self.grad_y(self.inner, x, y)
+        for _ in range(n):
+            y = self.py(y - step * g)
+            self.resample(outer=False)  # stochastic variant: SGD, a fresh batch per step
+            g = self.grad_y(self.inner, x, y)
+        return y, self.norm(y - self.py(y - step * g)) / step
+
+    def constraint_vjp(self, x, y, lam):
+        """``(c(x, y), λᵀ∇ₓc, λᵀ∇ᵧc)``."""
+        vjp, value = autograd_vjp(self.constraint, x, y, argnum=(0, 1))
+        gx, gy = vjp(self.xp.reshape(lam, tuple(getattr(value, "shape", ()))))
+        return value, gx, gy
+
+
+# ---------------------------------------------------------------------------------------
+# the methods: each keeps its own state and does one outer iteration per step()
+# ---------------------------------------------------------------------------------------
+class _Implicit:
+    """AID: warm-started inner descent + implicit-cg hypergradient + projected step."""
+
+    def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
+        self.pb, self.x, self.y = pb, x, y
+        self.step, self.inner_step, self.inner_iters, self.opts = step, inner_step, \
+            inner_iters, opts
+
+    def iterate(self, k):
+        pb = self.pb
+        self.y, inner_res = pb.inner_descent(self.x, self.y, self.inner_step, self.inner_iters)
+        value = float(pb.outer(self.x, self.y))
+        grad = hypergradient(pb.outer, pb.inner, self.x, self.y, method="implicit-cg",
+                             maxiter=self.opts["cg_maxiter"], rtol=self.opts["cg_rtol"],
+                             ridge=self.opts["ridge"])
+        x_new = pb.px(self.x - self.step * grad)
+        gnorm = pb.norm(x_new - self.x) / self.step
+        self.x = x_new
+        return value, gnorm, max(gnorm, inner_res)
+
+
+class _Penalty:
+    """Kwon et al. (ICLR 2024): value-function penalty f + λ(g − g*), λ growing.
+
+    y tracks argmin (f + λg) with steps inner_step / (1 + λ) (the Lipschitz constant of
+    ∇(f + λg) grows like 1 + λ), z tracks argmin g with steps inner_step, and
+    ∇ψ = ∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)) (ALGORITHMS.md §4).
+    """
+
+    def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
+        self.pb, self.x, self.y, self.z = pb, x, y, y
+        self.step, self.inner_step, self.inner_iters, self.opts = step, inner_step, \
+            inner_iters, opts
+        self.lam = opts["lam0"]
+
+    def iterate(self, k):
+        pb, x, lam = self.pb, self.x, self.lam
+        a = self.inner_step / (1.0 + lam)
+
+        def pen(x_, y_):
+            return pb.outer(x_, y_) + lam * pb.inner(x_, y_)
+
+        y = self.y
+        gy = pb.grad_y(pen, x, y)
+        for _ in range(self.inner_iters):
+            y = pb.py(y - a * gy)
+            pb.resample(outer=False)
+            gy = pb.grad_y(pen, x, y)
+        self.z, z_res = pb.inner_descent(x, self.z, self.inner_step, self.inner_iters)
+        self.y = y
+        y_res = pb.norm(y - pb.py(y - a * gy)) / a / (1.0 + lam)
+        value, fx, _ = pb.grads(pb.outer, x, y)
+        _, gx_y, _ = pb.grads(pb.inner, x, y)
+        _, gx_z, _ = pb.grads(pb.inner, x, self.z)
+        d = fx + lam * (gx_y - gx_z)
+        x_new = pb.px(x - self.step * d)
+        gnorm = pb.norm(x_new - x) / self.step
+        self.x = x_new
+        self.lam = min(lam + self.opts["lam_step"], self.opts["lam_max"])
+        # the penalised problem is only O(1/λ) away from the bilevel one: converged needs
+        # λ at its cap as well as stationarity
+        res = max(gnorm, y_res, z_res) if lam >= self.opts["lam_max"] else math.inf
+        return value, gnorm, res
+
+
+class _LVHBA:
+    """Yao et al. (ICLR 2024), Algorithm 1, with the updates of ALGORITHMS.md §4.
+
+    θ (a copy of y) and λ ≥ 0 run one projected gradient descent-ascent step on the proximal
+    Lagrangian f(x, θ) + λᵀc(x, θ) + ||θ − y||²/(2γ₁) − ||λ − z||²/(2γ₂); (x, y, z) then step
+    on F/c_k + f(x, y) − v_γ(x, y, z). The z-direction is ∂(−v_γ)/∂z = (z − λ)/γ₂, so that z
+    follows λ (the proximal centre of the dual variable).
+    """
+
+    def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
+        self.pb, self.x, self.y, self.theta = pb, x, y, y
+        self.step, self.eta, self.inner_iters, self.opts = step, inner_step, inner_iters, opts
+        # one α for (x, y) in the paper; a separate y step helps when x and y are scaled
+        # very differently (data hyper-cleaning: ∂/∂xᵢ is O(1/n))
+        self.y_step = step if opts["y_step"] is None else opts["y_step"]
+        xp = pb.xp
+        c0 = pb.constraint(x, y)
+        self.lam = xp.zeros(tuple(getattr(getval(c0), "shape", ())), dtype=x.dtype)
+        self.z = self.lam
+
+    def iterate(self, k):
+        pb, o, xp = self.pb, self.opts, self.pb.xp
+        x, y, eta = self.x, self.y, self.eta
+        g1, g2, lam_max = o["gamma1"], o["gamma2"], o["lam_max"]
+        theta, lam = self.theta, self.lam
+        for _ in range(self.inner_iters):
+            gth = pb.grad_y(pb.inner, x, theta)
+            cval, _, cth = pb.constraint_vjp(x, theta, lam)
+            theta_new = pb.py(theta - eta * (gth + cth + (theta - y) / g1))
+            lam = xp.clip(lam + eta * (xp.reshape(cval, tuple(lam.shape)) - (lam - self.z) / g2),
+                          0.0, lam_max)
+            theta = theta_new
+        ck = o["c"] * (k + 1) ** o["p"]
+        value, Fx, Fy = pb.grads(pb.outer, x, y)
+        _, fx_y, fy_y = pb.grads(pb.inner, x, y)
+        _, fx_t, _ = pb.grads(pb.inner, x, theta)
+        _, cx_t, _ = pb.constraint_vjp(x, theta, lam)
+        dx = Fx / ck + fx_y - fx_t - cx_t
+        dy = Fy / ck + fy_y - (y - theta) / g1
+        if o["rho"]:
+            # LV-HBA projects (x, y) onto C = {constraint <= 0}; for a set without a cheap
+            # projection, the gradient of (ρ/2)||max(c(x, y), 0)||² pushes (x, y) into C
+            cxy = pb.constraint(x, y)
+            _, px_, py_ = pb.constraint_vjp(x, y, xp.where(cxy > 0, cxy, 0.0))
+            dx = dx + o["rho"] * px_
+            dy = dy + o["rho"] * py_
+        dz = (self.z - lam) / g2
+        x_new = pb.px(x - self.step * dx)
+        y_new = pb.py(y - self.y_step * dy)
+        self.z = xp.clip(self.z - o["beta"] * dz, 0.0, lam_max)
+        dxy = math.hypot(pb.norm(x_new - x) / self.step, pb.norm(y_new - y) / self.y_step)
+        res = ck * dxy + pb.norm(theta - self.theta) / eta
+        self.x, self.y, self.theta, self.lam = x_new, y_new, theta, lam
+        return value, ck * pb.norm(x_new - x) / self.step, res
+
+
+class _BOREP:
+    """Hao, Gong & Liu (ICLR 2024): normalised momentum, refinement, periodic updates."""
+
+    def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
+        self.pb, self.x = pb, x
+        self.step, self.nu, self.inner_iters, self.opts = step, inner_step, inner_iters, opts
+        # initialisation refinement: solve the lower level well once at x0
+        self.y, _ = pb.inner_descent(x, y, inner_step, opts["refine_iters"])
+        self.v = pb.xp.zeros_like(y)
+        self.m = pb.xp.zeros_like(x)
+        self.eta = step
+        self.inner_res = math.inf
+
+    def iterate(self, k):
+        pb, o = self.pb, self.opts
+        x = self.x
+        if k % o["period"] == 0:  # periodic lower-level update, warm-started
+            self.y, self.inner_res = pb.inner_descent(x, self.y, self.nu, self.inner_iters)
+        y, v = self.y, self.v
+        value, fx, fy = pb.grads(pb.outer, x, y)
+        vjp, _ = autograd_vjp(autograd.grad(pb.inner, 1), x, y, argnum=(0, 1))
+        hxy_v, hyy_v = vjp(v)  # ∇²ₓᵧg·v and ∇²ᵧᵧg·v (the Hessian is symmetric)
+        ghat = fx - hxy_v
+        lin_res = hyy_v - fy
+        self.v = v - self.nu * lin_res
+
+        # BO-REP uses a constant η, so its normalised steps (length η whatever ||m||) end
+        # up circling x* at a distance ~η. Two ways to let them settle (both ours, not the
+        # paper's): η_k = η / (k + 1)^eta_power, and annealing, η ← anneal·η whenever the
+        # hypergradient estimate turns against the momentum (an overshoot)
+        if k > 0 and float(pb.xp.sum(ghat * self.m)) < 0:
+            self.eta *= o["anneal"]
+        eta_k = self.eta / (k + 1) ** o["eta_power"]
+        self.m = o["beta"] * self.m + (1.0 - o["beta"]) * ghat
+        m_norm = pb.norm(self.m)
+        if m_norm > 0:
+            self.x = pb.px(x - eta_k * self.m / m_norm)
+        # the hypergradient estimate as a projected-gradient mapping with the base step
+        gnorm = pb.norm(x - pb.px(x - self.step * ghat)) / self.step
+        return value, gnorm, max(gnorm, pb.norm(lin_res), self.inner_res)
+
+
+_CLASSES = {"implicit": _Implicit, "penalty": _Penalty, "lv-hba": _LVHBA, "bo-rep": _BOREP}
+
+_ADVICE = {
+    "implicit": "increase max_iter or inner_iters, or try a larger step",
+    "penalty": "increase max_iter (λ must reach options['lam_max']), options['lam_step'] or "
+               "inner_iters",
+    "lv-hba": "increase max_iter, or tune step / inner_step / options (c, gamma1, gamma2)",
+    "bo-rep": "increase max_iter or inner_iters, or tune step and options['anneal'] / "
+              "options['eta_power']",
+}
+
+
+def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
+          constraint: Callable | None = None, x_projection=None, y_projection=None,
+          max_iter: int = 1000, tol: float = 1e-6, step: float | None = None,
+          inner_step: float | None = None, inner_iters: int | None = None,
+          options: dict | None = None, batch: tuple | None = None, seed=0,
+          progress: bool = False,
+          callback: Callable | None = None) -> BilevelResult:
+    """Solve ``min_x outer(x, y*(x))`` with ``y*(x) ∈ argmin_y inner(x, y)``.
+
+    Parameters
+    ----------
+    outer, inner : callable
+        ``outer(x, y) -> scalar`` (f, the upper level) and ``inner(x, y) -> scalar`` (g, the
+        lower level), written with ``autograd.numpy``.
+    x0, y0 : array
+        Starting points (NumPy, floating); projected onto their sets first.
+    method : {"implicit", "penalty", "lv-hba", "bo-rep"}
+        * ``"implicit"``: AID, ``inner_iters`` (20) warm-started inner gradient steps, then
+          the implicit-cg hypergradient and a projected step. Accurate per iteration; needs
+          an inner problem strongly convex in y and Hessian-vector products.
+        * ``"penalty"``: first order (no Hessians), with ``λ`` growing from ``lam0`` by
+          ``lam_step`` per iteration up to ``lam_max``; the answer is ``O(1/λ)`` from the
+          bilevel one, and tolerates several lower-level minimisers.
+        * ``"lv-hba"``: first order, single loop, for a lower level with constraints
+          ``constraint(x, y) <= 0`` (required).
+        * ``"bo-rep"``: normalised momentum on x (step length ``step``, shrunk by
+          ``anneal`` at every overshoot and divided by ``(k + 1)^eta_power``), one
+          Hessian-vector step per iteration for the linear system, the lower level
+          refined at the start (``refine_iters``) and updated every ``period`` iterations.
+    constraint : callable, optional
+        ``constraint(x, y) -> array (m,)`` or scalar, the lower-level constraints
+        ``<= 0`` (lv-hba only; simple sets for y go to ``y_projection``).
+    x_projection, y_projection : callable or tuple or str, optional
+        The sets x and y live in: a projection ``v -> P(v)``, or ``("box", lower, upper)``,
+        ``("ball", radius)``, ``"simplex"`` / ``("simplex", value)``, ``"nonnegative"``
+        (the projections of :mod:`diffsolve.implicit`). For ``"implicit"`` and
+        ``"bo-rep"`` a y-set must not be active at ``y*``: their hypergradient assumes an
+        interior lower-level minimum.
+    max_iter : int
+        Outer iterations.
+    tol : float
+        Stop when the method's stationarity measure is ``<= tol``: implicit, bo-rep: the
+        projected hypergradient mapping and the inner (and linear-system) residuals;
+        penalty: the same for x, y, z once ``λ = lam_max``; lv-hba: ``c_k`` times the
+        (x, y) step over ``step`` plus the θ step over ``inner_step``, and the constraints
+        satisfied to ``feas_tol`` at the end.
+    step : float, optional
+        The x step (default 0.1; lv-hba 0.008, its α; bo-rep: η of the normalised step).
+    inner_step : float, optional
+        Lower-level step (penalty: also z's; lv-hba: θ's and λ's, η; bo-rep: also the
+        linear-system variable's, ν). Default ``1 / (1.05 L̂)``, L̂ the largest eigenvalue of
+        ``∇²ᵧᵧ inner(x0, y0)`` by power iteration.
+    inner_iters : int, optional
+        Lower-level steps per outer iteration (implicit 20, penalty 10, lv-hba 1, bo-rep
+        10 = N).
+    batch : (n_samples, batch_size), optional
+        Seeded stochastic variant, bo-rep only (use ``eta_power > 0`` and ``anneal=1``: the
+        overshoot test reacts to noise): ``outer`` and ``inner`` then take a third
+        argument, an integer array of sample indices, ``outer(x, y, idx)``; every outer
+        iteration draws a fresh mini-batch of ``batch_size`` distinct indices for each
+        level, and every lower-level gradient step draws its own (stochastic gradient
+        descent on the lower level; the hypergradient uses the last). ``history.outer`` then holds
+        mini-batch values, and the stopping test sees mini-batch gradients (use a
+        ``callback`` to evaluate on the full data).
+    seed : int
+        Seed of the mini-batch draws (``batch`` only); equal seeds give equal runs.
+    options : dict, optional
+        Method-specific settings: implicit ``cg_maxiter`` (None), ``cg_rtol`` (1e-8),
+        ``ridge`` (0); penalty ``lam0`` (1), ``lam_step`` (10), ``lam_max`` (1e4); lv-hba
+        ``beta`` (0.02, z's step), ``gamma1``, ``gamma2`` (10), ``c`` (0.025), ``p`` (0.3)
+        for ``c_k = c (k + 1)^p``, ``lam_max`` (1e3, the box of λ), ``feas_tol`` (1e-4),
+        ``rho`` (100: weight of ``½||max(constraint(x, y), 0)||²`` in the (x, y) step,
+        which stands in for the paper's projection onto ``{constraint <= 0}``; 0 when
+        ``y_projection`` already projects onto that set), ``y_step`` (None: ``step``);
+        bo-rep ``beta`` (0.9, momentum), ``period`` (2 = I), ``refine_iters`` (100),
+        ``anneal`` (0.8: η ← 0.8η whenever the hypergradient estimate points against the
+        momentum), ``eta_power`` (0); ``anneal=1, eta_power=0`` is BO-REP's constant step.
+    progress : bool
+        Show a tqdm progress bar.
+    callback : callable, optional
+        ``callback(state)`` with a :class:`BilevelState` after every iteration; returning
+        ``True`` stops the run (``converged=False``, no warning).
+
+    Returns
+    -------
+    BilevelResult
+
+    Raises
+    ------
+    ValueError
+        Unknown method or option, step sizes or tolerances ``<= 0``, an empty set (a box
+        with ``lower > upper``), a projection that changes the shape, non-scalar
+        objectives, a ``constraint`` for a method other than lv-hba (or none for lv-hba).
+    TypeError
+        Non-callable functions, non-NumPy or non-floating ``x0``/``y0``.
+
+    Warns
+    -----
+    ConvergenceWarning
+        ``converged=False``: ``max_iter`` reached, the iterates became non-finite, or (lv-hba)
+        the constraints are still violated (an empty constraint set, or too short a run).
+
+    Examples
+    --------
+    ``y*(x) = x`` and ``outer = ½(y − 1)² + ½x²``, so ``x* = y* = 0.5``:
+
+    >>> import numpy as np, autograd.numpy as anp
+    >>> import diffsolve as ds
+    >>> inner = lambda x, y: 0.5 * anp.sum((y - x) ** 2)
+    >>> outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)
+    >>> res = ds.bilevel.solve(outer, inner, np.zeros(1), np.zeros(1), step=0.5)
+    >>> res.converged, np.round(res.x, 6), np.round(res.y, 6)
+    (True, array([0.5]), array([0.5]))
+    """
+    for name, a in (("x0", x0), ("y0", y0)):
+        if not B.is_array(a):
+            raise TypeError(f"{WHERE}: {name} must be an array, got {type(a).__name__} (wrap "
+                            "numbers and lists with numpy.asarray)")
+    xp = B.array_namespace(x0, y0, where=WHERE)
+    if not B.is_numpy(xp):
+        raise TypeError(f"{WHERE}: gradients come from HIPS autograd, which differentiates "
+                        f"NumPy code only, but x0 and y0 are {xp.__name__} arrays; pass NumPy "
+                        "arrays")
+    for name, a in (("x0", x0), ("y0", y0)):
+        if not xp.isdtype(a.dtype, "real floating"):
+            raise TypeError(f"{WHERE}: {name} has dtype {a.dtype}; pass a floating array "
+                            "(e.g. float64)")
+    for name, fn in (("outer", outer), ("inner", inner)):
+        if not callable(fn):
+            raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
+                            f"{type(fn).__name__}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of "
+                         f"{list(METHODS)}")
+    if method == "lv-hba":
+        if not callable(constraint):
+            raise ValueError(f"{WHERE}: method='lv-hba' needs constraint=c with c(x, y) <= 0 "
+                             f"the lower-level constraints, got {constraint!r}")
+    elif constraint is not None:
+        raise ValueError(f"{WHERE}: constraint= is only used by method='lv-hba', got method="
+                         f"{method!r}; pass simple sets for y as y_projection, or use lv-hba")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{WHERE}: callback must be callable(state) or None, got "
+                        f"{type(callback).__name__}")
+    max_iter = _positive_int("max_iter", max_iter)
+    tol = _positive("tol", tol)
+    step = _positive("step", step, allow_none=True)
+    inner_step = _positive("inner_step", inner_step, allow_none=True)
+    inner_iters = _positive_int("inner_iters", inner_iters, allow_none=True)
+    opts = _options(method, options)
+    step = DEFAULT_STEP[method] if step is None else step
+    inner_iters = DEFAULT_INNER_ITERS[method] if inner_iters is None else inner_iters
+
+    if batch is not None:
+        if not (isinstance(batch, tuple) and len(batch) == 2 and
+                all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1
+                    for b in batch) and batch[1] <= batch[0]):
+            raise ValueError(f"{WHERE}: batch must be (n_samples, batch_size) with "
+                             f"1 <= batch_size <= n_samples, got {batch!r}")
+        if method != "bo-rep":
+            # BO-REP is a stochastic method by design. Measured on a sampled quadratic
+            # problem: implicit's mini-batch Hessian inverse is biased (x 20-30 % off with
+            # batches of 50/200); penalty's λ(∇ₓg(x, y) − ∇ₓg(x, z)) multiplies the batch
+            # noise of y − z by the growing λ and diverges; lv-hba is untried
+            raise ValueError(f"{WHERE}: batch= (the stochastic variant) is available for "
+                             f"method='bo-rep' only, got method={method!r}")
+        batch = (int(batch[0]), int(batch[1]))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"{WHERE}: seed must be an integer >= 0, got {seed!r}")
+
+    px = _projection(x_projection, "x_projection", x0)
+    py = _projection(y_projection, "y_projection", y0)
+    x = px(x0) if px is not None else x0
+    y = py(y0) if py is not None else y0
+    if batch is not None:  # the first calls check shapes on the whole data set
+        every = B.host_namespace().arange(batch[0])
+        full = [_with_indices(outer, every), _with_indices(inner, every)]
+    else:
+        full = [outer, inner]
+    for name, fn in zip(("outer", "inner"), full):
+        _check_scalar(_first_call(fn, name, x, y), name)
+    if constraint is not None:
+        c0 = getval(_first_call(constraint, "constraint", x, y))
+        if (not B.is_array(c0) and not isinstance(c0, numbers.Real)) or \
+                len(tuple(getattr(c0, "shape", ()))) > 1:
+            raise ValueError(f"{WHERE}: constraint(x, y) must return a scalar or a 1-D array "
+                             f"of constraint values, got {c0!r}")
+    pb = _Problem(*full, constraint, px, py, xp)
+    if batch is not None:
+        pb = _Problem(outer, inner, constraint, px, py, xp, batch, seed)
+        pb.resample()
+    if inner_step is None:
+        hvp_fn, _ = _hessian_products(autograd.grad(pb.inner, 1), x, y, "reverse-over-reverse")
+        try:
+            inner_step = _stepsize(hvp_fn, y, xp)
+        except ValueError as e:
+            raise ValueError(f"{WHERE}: inner_step=None needs ∇²ᵧᵧ inner(x0, y0) ≠ 0 to "
+                             "estimate 1/L; pass inner_step=") from e
+
+    runner = _CLASSES[method](pb, x, y, step, inner_step, inner_iters, opts)
+    outer_hist, grad_hist, time_hist = [], [], []
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm  # optional dependency (extra [bench]), only for the bar
+        except ImportError as e:
+            raise ImportError(f"{WHERE}: progress=True needs tqdm (pip install tqdm); or pass "
+                              "progress=False and follow the run with callback=") from e
+
+        bar = tqdm(total=max_iter, desc=f"bilevel {method}")
+    converged, stopped, finite = False, False, True
+    start = time.perf_counter()
+    k = 0
+    try:
+        for k in range(max_iter):
+            if k:
+                pb.resample()
+            value, gnorm, res = runner.iterate(k)
+            outer_hist.append(value)
+            grad_hist.append(gnorm)
+            time_hist.append(time.perf_counter() - start)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(outer=f"{value:.4g}", grad=f"{gnorm:.2e}")
+            finite = B.isfinite_all(xp, runner.x) and B.isfinite_all(xp, runner.y) and \
+                math.isfinite(value)
+            if not finite:
+                break
+            if callback is not None and callback(BilevelState(k + 1, runner.x, runner.y,
+                                                              value, gnorm, method)) is True:
+                stopped = True
+                break
+            if res <= tol:
+                converged = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    n_iters = k + 1
+    infeasible = None
+    if method == "lv-hba" and finite:
+        viol = float(xp.max(xp.reshape(xp.asarray(getval(constraint(runner.x, runner.y))),
+                                       (-1,))))
+        if viol > opts["feas_tol"]:
+            converged, infeasible = False, viol
+    if converged:
+        message = f"converged in {n_iters} iterations"
+    elif stopped:
+        message = f"stopped by the callback after {n_iters} iterations"
+    else:
+        if not finite:
+            message = (f"the iterates became non-finite at iteration {n_iters}; reduce step "
+                       "or inner_step")
+        elif infeasible is not None:
+            message = (f"the lower-level constraints are violated by {infeasible:.3g} > "
+                       f"feas_tol={opts['feas_tol']:g} at the end: either the set {{y : "
+                       "constraint(x, y) <= 0} is empty (infeasible; check the constraints) "
+                       "or the run is too short (increase max_iter, options['rho'] or "
+                       "options['c'], or project y onto the set with y_projection)")
+        else:
+            message = (f"did not converge in {n_iters} iterations (last stationarity measure "
+                       f"{res:.3g} > tol={tol:g}); {_ADVICE[method]}")
+        warnings.warn(f"{WHERE}(method={method!r}): {message}", ConvergenceWarning,
+                      stacklevel=2)
+    hxp = B.host_namespace()
+    history = BilevelHistory(hxp.asarray(outer_hist, dtype=hxp.float64),
+                             hxp.asarray(grad_hist, dtype=hxp.float64),
+                             hxp.asarray(time_hist, dtype=hxp.float64))
+    return BilevelResult(runner.x, runner.y, n_iters, converged, history, method, message)
