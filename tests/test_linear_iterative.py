@@ -188,3 +188,13 @@ def test_compiled_cg_loop_matches_the_python_loop(rng, method):
     with pytest.warns(ds.ConvergenceWarning):
         capped = solve(A, b, method=method, maxiter=3)
     assert capped.n_iters == 3 and not capped.converged
+
+
+def test_diverging_sor_is_reported_without_overflow_warnings():
+    """An indefinite matrix makes SOR diverge: converged=False, an infinite residual and a
+    ConvergenceWarning that says so, and no raw overflow RuntimeWarning (pytest.ini turns
+    every other warning into an error)."""
+    A = poisson_2d(6, shift=-1.0)  # shift below the smallest eigenvalue: indefinite
+    with pytest.warns(ds.ConvergenceWarning, match="iterates diverged"):
+        res = solve(A, np.ones(A.shape[0]), method="sor", omega=1.5, maxiter=3000)
+    assert not res.converged and not np.isfinite(res.residual_norm)

@@ -119,6 +119,12 @@ def iterative_solve(op, b, *, method, x0, rtol, atol, maxiter, M, omega, callbac
             x, n_iters, converged = out.x, out.n_iters, out.converged
         advice = "increase maxiter, give a preconditioner M, loosen rtol, or use method='direct'"
     if not converged:
+        if not B.isfinite_all(xp, x):
+            # SOR diverges for matrices that are not SPD (or diagonally dominant); the
+            # iterates overflow long before maxiter
+            advice = ("the iterates diverged (they are no longer finite): SOR converges for "
+                      "symmetric positive definite A with 0 < omega < 2; check A, or use "
+                      "method='direct'")
         warnings.warn(
             f"{WHERE}(method={method!r}): {what} did not reach rtol={rtol:g}, atol={atol:g} "
             f"within maxiter={maxiter} iterations; {advice}",

@@ -70,8 +70,15 @@ def _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b):
 
 
 def _residual_norm(op: MatrixOperator, x, b, xp):
+    """``||b - A x||`` per column, scaled by the largest entry so that a diverged iterate
+    reports a huge (or infinite) norm instead of overflowing while squaring."""
     r = b - op.matvec(x)
-    norm = xp.sqrt(xp.sum(r * r, axis=0))
+    scale = xp.max(xp.abs(r), axis=0)
+    ok = xp.isfinite(scale) & (scale > 0)
+    safe = xp.where(ok, scale, xp.ones_like(scale))
+    scaled = xp.sqrt(xp.sum((r / safe) ** 2, axis=0)) * safe
+    norm = xp.where(ok, scaled, xp.where(scale == 0, xp.zeros_like(scale),
+                                         xp.full_like(scale, float("inf"))))
     return float(norm) if norm.ndim == 0 else norm
 
 
