@@ -37,13 +37,14 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import scipy
 import scipy.sparse as sp
+
+from bench._common import add_cache_and_output_args, numba_cache
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -377,24 +378,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"]
     )
-    parser.add_argument(
-        "--warm-cache",
-        action="store_true",
-        help="use Numba's normal on-disk cache (default: a fresh one, so the "
-        "first call measures a cold JIT compile)",
-    )
-    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU benchmark")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    add_cache_and_output_args(parser, RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.repeats < 20:
         parser.error("--repeats must be at least 20")
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="diffsolve-numba-cache-") as cache_dir:
-        if not args.warm_cache:
-            if "numba" in sys.modules:
-                print("warning: numba already imported; NUMBA_CACHE_DIR not applied")
-            os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    with numba_cache(args.warm_cache):
         cpu = bench_cpu(args)
     env = cpu["environment"]
     print(

@@ -44,13 +44,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import scipy
 
+from bench._common import add_cache_and_output_args, numba_cache
 from bench.bench_csr_kernels import (
     _affinity_count,
     _cache_counts,
@@ -504,24 +504,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of the multicolour sweep")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs (>= 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
-    parser.add_argument(
-        "--warm-cache",
-        action="store_true",
-        help="use Numba's normal on-disk cache (default: a fresh one, so the "
-        "first call measures a cold JIT compile)",
-    )
-    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU benchmark")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    add_cache_and_output_args(parser, RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.repeats < 10:
         parser.error("--repeats must be at least 10")
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="diffsolve-numba-cache-") as cache_dir:
-        if not args.warm_cache:
-            if "numba" in sys.modules:
-                print("warning: numba already imported; NUMBA_CACHE_DIR not applied")
-            os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    with numba_cache(args.warm_cache):
         cpu = bench_cpu(args)
         print_cpu(cpu)
         path = args.out_dir / "sor_sweep_cpu.json"
