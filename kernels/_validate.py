@@ -29,3 +29,20 @@ def check_relaxation_system(indptr, indices, data, diag, b, x):
     if not getattr(x.flags, "writeable", True):  # NumPy only: CuPy arrays are writeable
         raise ValueError("x is updated in place and must be writeable")
     return n
+
+
+def check_sor_solve_args(indptr, indices, data, diag, b, x, maxiter, check_every,
+                         color_ptr, color_rows):
+    """Validate the arguments of ``sor_solve``; returns ``(n, maxiter, check_every)``."""
+    n = check_relaxation_system(indptr, indices, data, diag, b, x)
+    if x.ndim != 1:
+        raise ValueError(f"sor_solve takes 1-D b and x, got shape {x.shape}")
+    maxiter = int(maxiter)
+    check_every = int(check_every)
+    if maxiter < 0:
+        raise ValueError(f"maxiter must be >= 0, got {maxiter}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    if (color_ptr is None) != (color_rows is None):
+        raise ValueError("pass both color_ptr and color_rows, or neither")
+    return n, maxiter, check_every

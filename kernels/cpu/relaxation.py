@@ -42,7 +42,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._validate import check_relaxation_system
+from .._validate import check_relaxation_system, check_sor_solve_args
 from ._config import jit, njit_options
 
 __all__ = [
@@ -577,17 +577,8 @@ def sor_solve(
     >>> n_iters, bool(res <= 1e-10), np.allclose(x, 1 / 3)
     (9, True, True)
     """
-    n = check_relaxation_system(indptr, indices, data, diag, b, x)
-    if x.ndim != 1:
-        raise ValueError(f"sor_solve takes 1-D b and x, got shape {x.shape}")
-    maxiter = int(maxiter)
-    check_every = int(check_every)
-    if maxiter < 0:
-        raise ValueError(f"maxiter must be >= 0, got {maxiter}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
-    if (color_ptr is None) != (color_rows is None):
-        raise ValueError("pass both color_ptr and color_rows, or neither")
+    n, maxiter, check_every = check_sor_solve_args(
+        indptr, indices, data, diag, b, x, maxiter, check_every, color_ptr, color_rows)
     if color_ptr is None:
         it, res = _sor_solve_1d(
             indptr, indices, data, diag, b, x, float(omega), bool(symmetric), float(tol),

@@ -35,7 +35,7 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
-from .._validate import check_relaxation_system
+from .._validate import check_relaxation_system, check_sor_solve_args
 from ._raw import KernelCache, as_device, launch
 from .sparse import csr_matvec
 
@@ -526,17 +526,8 @@ def sor_solve(
         If `b` or `x` is not 1-D, shapes disagree, `maxiter` < 0,
         `check_every` < 1, or only one of `color_ptr`, `color_rows` is given.
     """
-    n = check_relaxation_system(indptr, indices, data, diag, b, x)
-    if x.ndim != 1:
-        raise ValueError(f"sor_solve takes 1-D b and x, got shape {x.shape}")
-    maxiter = int(maxiter)
-    check_every = int(check_every)
-    if maxiter < 0:
-        raise ValueError(f"maxiter must be >= 0, got {maxiter}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
-    if (color_ptr is None) != (color_rows is None):
-        raise ValueError("pass both color_ptr and color_rows, or neither")
+    n, maxiter, check_every = check_sor_solve_args(
+        indptr, indices, data, diag, b, x, maxiter, check_every, color_ptr, color_rows)
     if color_ptr is None:
         color_ptr, color_rows = color_groups(greedy_coloring(indptr, indices))
     ptr = _host_color_ptr(color_ptr, n)  # validate and move to the host once
