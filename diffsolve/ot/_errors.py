@@ -1,0 +1,210 @@
+"""Input validation and marginal-error measures shared by the solvers of :mod:`diffsolve.ot`.
+
+Every OT solver takes ``a`` (..., n), ``b`` (..., m) and ``C`` (..., n, m) with leading
+batch dimensions that broadcast against each other. :func:`check_ot_inputs` turns them into
+arrays of one real floating dtype, broadcast to a common batch shape, or raises an error
+that names the function, the argument, what it received and what would work.
+:func:`marginal_error` is the one error function the solvers, the tests and the
+benchmarks share, so that "error <= 1e-9" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .. import _backend as B
+
+__all__ = ["ERROR_MEASURES", "MASS_RTOL", "check_eps", "check_ot_inputs", "marginal_error"]
+
+#: Names accepted by :func:`marginal_error` (``measure=``).
+ERROR_MEASURES = ("l1", "l2-pot")
+
+#: Relative tolerance on ``|sum(a) - sum(b)|`` (balanced OT needs equal total mass).
+MASS_RTOL = 1e-6
+
+
+def _shape(x) -> tuple:
+    return tuple(int(s) for s in x.shape)
+
+
+def check_ot_inputs(where: str, a, b, C, xp):
+    """Validate and normalise the inputs of a balanced OT problem.
+
+    Parameters
+    ----------
+    where : str
+        The public function name used in error messages, e.g. ``"diffsolve.ot.sinkhorn"``.
+    a, b : arrays, shapes (..., n) and (..., m)
+        Nonnegative finite marginal weights with equal total mass per problem (relative
+        tolerance :data:`MASS_RTOL`). Zero weights are allowed.
+    C : array, shape (..., n, m)
+        Finite costs.
+    xp : namespace
+        The array namespace of the inputs (``diffsolve._backend.array_namespace``).
+
+    Returns
+    -------
+    a, b, C : arrays
+        Broadcast to the common batch shape (``batch_shape + (n,)``, ``batch_shape + (m,)``,
+        ``batch_shape + (n, m)``) and cast to one real floating dtype (integers promote to
+        float64; float32 stays float32). Views where no cast is needed.
+    batch_shape : tuple of int
+        The broadcast leading dimensions (``()`` for a single problem).
+
+    Raises
+    ------
+    TypeError
+        Non-array or complex inputs.
+    ValueError
+        Shape mismatch, empty problem, negative or non-finite weights, unequal total mass,
+        non-finite costs.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> a, b, C, batch = check_ot_inputs("f", xp.ones(2) / 2, xp.ones(3) / 3, xp.zeros((2, 3)), xp)
+    >>> batch, a.dtype
+    ((), dtype('float64'))
+    """
+    for name, x, min_ndim in (("a", a, 1), ("b", b, 1), ("C", C, 2)):
+        if not B.is_array(x):
+            raise TypeError(
+                f"{where}: {name} must be an array, got a {type(x).__module__}."
+                f"{type(x).__name__}; pass a NumPy/CuPy array (e.g. np.asarray({name}))"
+            )
+        if x.ndim < min_ndim:
+            raise ValueError(
+                f"{where}: {name} has shape {_shape(x)}; it needs at least {min_ndim} "
+                f"dimension(s): a (..., n), b (..., m), C (..., n, m)"
+            )
+        if xp.isdtype(x.dtype, "complex floating"):
+            raise TypeError(f"{where}: {name} has complex dtype {x.dtype}; use real weights "
+                            "and costs (float32 or float64)")
+        if xp.isdtype(x.dtype, "bool"):
+            raise TypeError(f"{where}: {name} has dtype bool; pass float32 or float64 values")
+    n, m = a.shape[-1], b.shape[-1]
+    if tuple(C.shape[-2:]) != (n, m):
+        raise ValueError(
+            f"{where}: C has shape {_shape(C)} but a has {n} entries and b has {m}; C must "
+            f"have shape (..., {n}, {m}) (rows follow a, columns follow b)"
+        )
+    if n == 0 or m == 0:
+        raise ValueError(f"{where}: empty problem (n = {n}, m = {m}); a and b need at least "
+                         "one entry each")
+    try:
+        batch_shape = _broadcast_shapes(_shape(a)[:-1], _shape(b)[:-1], _shape(C)[:-2])
+    except ValueError:
+        raise ValueError(
+            f"{where}: the batch dimensions do not broadcast: a {_shape(a)}, b {_shape(b)}, "
+            f"C {_shape(C)}; leading dimensions must match or be 1 (a (..., n), b (..., m), "
+            "C (..., n, m))"
+        ) from None
+    dtype = B.promote_real_floating(a.dtype, b.dtype, C.dtype)
+    dtype = getattr(xp, str(dtype))
+    a = xp.broadcast_to(xp.astype(a, dtype, copy=False), batch_shape + (n,))
+    b = xp.broadcast_to(xp.astype(b, dtype, copy=False), batch_shape + (m,))
+    C = xp.broadcast_to(xp.astype(C, dtype, copy=False), batch_shape + (n, m))
+    for name, w in (("a", a), ("b", b)):
+        if not B.isfinite_all(xp, w):
+            raise ValueError(f"{where}: {name} contains NaN or infinite entries; weights must "
+                             "be finite and >= 0")
+        if bool(xp.any(w < 0)):
+            raise ValueError(f"{where}: {name} has negative entries (min "
+                             f"{float(xp.min(w)):.3g}); weights must be >= 0")
+    if not B.isfinite_all(xp, C):
+        raise ValueError(f"{where}: C contains NaN or infinite entries; costs must be finite "
+                         "(to forbid a pair, use a large finite cost instead of inf)")
+    mass_a, mass_b = xp.sum(a, axis=-1), xp.sum(b, axis=-1)
+    if bool(xp.any(mass_a <= 0)) or bool(xp.any(mass_b <= 0)):
+        raise ValueError(f"{where}: a or b has zero total mass; each problem needs weights "
+                         "with a positive sum")
+    gap = xp.abs(mass_a - mass_b)
+    bad = gap > MASS_RTOL * xp.maximum(mass_a, mass_b)
+    if bool(xp.any(bad)):
+        worst = int(xp.argmax(xp.reshape(gap / xp.maximum(mass_a, mass_b), (-1,))))
+        sa = float(xp.reshape(mass_a, (-1,))[worst])
+        sb = float(xp.reshape(mass_b, (-1,))[worst])
+        raise ValueError(
+            f"{where}: a and b have different total mass (sum(a) = {sa:.10g}, sum(b) = "
+            f"{sb:.10g}{' in problem ' + str(worst) if batch_shape else ''}); balanced OT "
+            f"needs equal masses to relative precision {MASS_RTOL:g}: rescale one of them, "
+            "e.g. b = b * (sum(a) / sum(b))"
+        )
+    return a, b, C, batch_shape
+
+
+def _broadcast_shapes(*shapes) -> tuple:
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*[(1,) * (ndim - len(s)) + tuple(s) for s in shapes]):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            raise ValueError("shapes do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def check_eps(where: str, eps) -> float:
+    """Validate the entropic regularisation ``eps`` (a finite number > 0); returns a float.
+
+    Examples
+    --------
+    >>> check_eps("f", 0.1)
+    0.1
+    """
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        if B.is_array(eps) and getattr(eps, "ndim", 1) == 0:
+            eps = float(eps)
+        else:
+            raise TypeError(f"{where}: eps must be a positive number, got "
+                            f"{type(eps).__name__} {eps!r}; e.g. eps=0.05 (in cost units)")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{where}: eps must be a finite number > 0, got {eps!r}; it is the "
+                         "entropic regularisation in cost units, e.g. 0.01 * C.max()")
+    return eps
+
+
+def marginal_error(plan, a, b, xp, measure: str = "l1"):
+    """The marginal violation of ``plan`` per problem.
+
+    Parameters
+    ----------
+    plan : array, shape (..., n, m)
+    a, b : arrays, shapes (..., n) and (..., m)
+    xp : namespace
+    measure : {"l1", "l2-pot"}
+        ``"l1"``: ``||P 1 - a||_1 + ||P^T 1 - b||_1`` (both marginals; OTT-JAX's measure).
+        ``"l2-pot"``: ``||P^T 1 - b||_2``, what POT's ``ot.sinkhorn`` reports and stops on
+        (it checks after its row update, so the row marginal is exact there).
+
+    Returns
+    -------
+    array, shape (...)
+        One error per problem, in the plan's dtype.
+
+    Examples
+    --------
+    >>> import array_api_compat.numpy as xp
+    >>> P = xp.asarray([[0.5, 0.0], [0.0, 0.5]])
+    >>> float(marginal_error(P, xp.asarray([0.5, 0.5]), xp.asarray([0.25, 0.75]), xp))
+    0.5
+    """
+    if measure not in ERROR_MEASURES:
+        raise ValueError(f"marginal_error: measure={measure!r} is not known; choose one of "
+                         f"{list(ERROR_MEASURES)}")
+    col = xp.sum(plan, axis=-2) - b
+    if measure == "l2-pot":
+        return xp.sqrt(xp.sum(col * col, axis=-1))
+    row = xp.sum(plan, axis=-1) - a
+    return xp.sum(xp.abs(row), axis=-1) + xp.sum(xp.abs(col), axis=-1)
+
+
+def check_measure(where: str, measure) -> str:
+    """Validate an ``error_measure=`` option."""
+    if measure not in ERROR_MEASURES:
+        raise ValueError(f"{where}: error_measure={measure!r} is not known; choose one of "
+                         f"{list(ERROR_MEASURES)} ('l1' = ||P1-a||_1 + ||P^T 1-b||_1, "
+                         "'l2-pot' = ||P^T 1-b||_2 as POT reports)")
+    return measure

@@ -1,0 +1,493 @@
+"""``diffsolve.ot.sinkhorn``: log-domain Sinkhorn with fused kernels, batching, ε-scaling,
+acceleration and implicit gradients.
+
+Iteration (log domain, ALGORITHMS.md section 2; Peyré & Cuturi, "Computational Optimal
+Transport", 2019, eqs. (4.43)-(4.44))::
+
+    g_j <- eps log b_j - eps LSE_i((f_i - C_ij) / eps)
+    f_i <- eps log a_i - eps LSE_j((g_j - C_ij) / eps)
+
+The soft-minima come from the ``ot.lse_cols`` / ``ot.lse_rows`` kernels (Numba on NumPy
+inputs, CUDA on CuPy inputs), which stream ``C`` once per half-step without forming
+``exp(-C/eps)``; other namespaces (array_api_strict) use ``diffsolve._backend.logsumexp``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+
+from .. import _backend as B
+from .._autodiff import custom_vjp
+from .._result import ConvergenceWarning
+from ._errors import _broadcast_shapes, check_eps, check_measure, check_ot_inputs
+from ._implicit import entropic_potentials_vjp, normalise_gauge
+from ._result import OTResult
+
+__all__ = ["sinkhorn"]
+
+WHERE = "diffsolve.ot.sinkhorn"
+ACCELERATIONS = (None, "momentum", "anderson")
+GRADIENTS = ("implicit", "envelope")
+
+# ε-scaling: intermediate stages stop at this L1 marginal error relative to the total mass
+# (their plans are thrown away; only the potentials are carried to the next ε)
+_STAGE_RTOL = 1e-2
+# momentum: plain iterations (in checks) before the contraction rate is estimated, and the
+# largest over-relaxation used (ω -> 2 is the stability limit, Lehmann et al. 2021)
+_MOMENTUM_WARMUP_CHECKS = 3
+_OMEGA_MAX = 1.9
+# Anderson: history length and Tikhonov regularisation of its least-squares problem
+_ANDERSON_DEPTH = 5
+_ANDERSON_REG = 1e-10
+
+
+# ---------------------------------------------------------------------------------------
+# options
+# ---------------------------------------------------------------------------------------
+def _check_options(tol, max_iter, check_every, acceleration, gradient, error_measure):
+    if not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol <= 0:
+        raise ValueError(f"{WHERE}: tol must be a finite number > 0, got {tol!r} (e.g. 1e-9 "
+                         "in float64, 1e-5 in float32)")
+    for name, v in (("max_iter", max_iter), ("check_every", check_every)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{WHERE}: {name} must be a positive integer, got {v!r}")
+    if acceleration not in ACCELERATIONS:
+        raise ValueError(f"{WHERE}: acceleration={acceleration!r} is not known; choose one of "
+                         f"{list(ACCELERATIONS)}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"{WHERE}: gradient={gradient!r} is not known; choose 'implicit' "
+                         "(plan, potentials and cost) or 'envelope' (cost only)")
+    check_measure(WHERE, error_measure)
+
+
+def _schedule(eps_scaling, eps, cost_scale):
+    """The list of ε values to run, ending with ``eps``."""
+    if eps_scaling is None or eps_scaling is False:
+        return [eps]
+    if isinstance(eps_scaling, numbers.Integral) and not isinstance(eps_scaling, bool):
+        k = int(eps_scaling)
+        if k < 1:
+            raise ValueError(f"{WHERE}: eps_scaling must be a number of stages >= 1, a "
+                             f"decreasing sequence of eps values, or None; got {eps_scaling!r}")
+        start = cost_scale
+        if k == 1 or start <= eps:
+            return [eps]
+        ratio = (eps / start) ** (1.0 / (k - 1))
+        return [start * ratio**i for i in range(k - 1)] + [eps]
+    if isinstance(eps_scaling, Sequence) and not isinstance(eps_scaling, str):
+        values = [float(v) for v in eps_scaling]
+        if not values or any(not math.isfinite(v) or v <= 0 for v in values) or any(
+                v2 > v1 for v1, v2 in zip(values, values[1:])):
+            raise ValueError(f"{WHERE}: an eps_scaling schedule must be a non-increasing "
+                             f"sequence of positive numbers, got {eps_scaling!r}")
+        values = [v for v in values if v > eps]
+        return values + [eps]
+    raise TypeError(f"{WHERE}: eps_scaling must be None, a number of stages (int) or a "
+                    f"decreasing sequence of eps values, got {type(eps_scaling).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# the soft-minimum half-steps (kernels or array API)
+# ---------------------------------------------------------------------------------------
+class _Ops:
+    """``lse_rows(g)`` / ``lse_cols(f)``: eps * LSE over the rows / columns of (g - C) / eps."""
+
+    def __init__(self, xp, C):
+        self.xp = xp
+        self.k_rows = B.get_kernel(xp, "ot.lse_rows")
+        self.k_cols = B.get_kernel(xp, "ot.lse_cols")
+        self.C = B.contiguous(xp, C) if self.k_rows is not None else C
+
+    def rows(self, g, eps, active):
+        xp = self.xp
+        if self.k_rows is not None:
+            out = xp.empty(self.C.shape[:2], dtype=self.C.dtype, device=B.device(self.C))
+            return self.k_rows(self.C, B.contiguous(xp, g), eps, xp.astype(active, xp.uint8),
+                               out)
+        return eps * B.logsumexp((g[:, None, :] - self.C) / eps, axis=-1, xp=xp)
+
+    def cols(self, f, eps, active):
+        xp = self.xp
+        if self.k_cols is not None:
+            shape = (self.C.shape[0], self.C.shape[2])
+            out = xp.empty(shape, dtype=self.C.dtype, device=B.device(self.C))
+            return self.k_cols(self.C, B.contiguous(xp, f), eps, xp.astype(active, xp.uint8),
+                               out)
+        return eps * B.logsumexp((f[:, :, None] - self.C) / eps, axis=-2, xp=xp)
+
+
+def _safe_log(w, xp):
+    pos = w > 0
+    return xp.where(pos, xp.log(xp.where(pos, w, xp.ones_like(w))),
+                    xp.full_like(w, -math.inf))
+
+
+def _plan(f, g, C, eps, xp):
+    return xp.exp((f[..., :, None] + g[..., None, :] - C) / eps)
+
+
+def _column_error(colsum, b, measure, xp):
+    d = colsum - b
+    if measure == "l2-pot":
+        return xp.sqrt(xp.sum(d * d, axis=-1))
+    return xp.sum(xp.abs(d), axis=-1)
+
+
+def _regularised_cost(P, f, g, a, b, eps, xp):
+    """``<C, P> + eps sum P (log P - 1) = sum_i f_i r_i + sum_j g_j c_j - eps sum P``
+    (``log P = (f + g - C)/eps``), skipping zero-weight entries whose potential is -inf."""
+    r, c = xp.sum(P, axis=-1), xp.sum(P, axis=-2)
+    fr = xp.where(a > 0, f * r, xp.zeros_like(r))
+    gc = xp.where(b > 0, g * c, xp.zeros_like(c))
+    return xp.sum(fr, axis=-1) + xp.sum(gc, axis=-1) - eps * xp.sum(r, axis=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# the iteration
+# ---------------------------------------------------------------------------------------
+def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceleration, f, g):
+    """Run the schedule on flattened problems (Bt, n, m). Returns f, g, n_iters (xp int)."""
+    Bt, n, m = C.shape
+    dt = C.dtype
+    dev = B.device(C)
+    ops = _Ops(xp, C)
+    loga, logb = _safe_log(a, xp), _safe_log(b, xp)
+    mass = xp.sum(a, axis=-1)
+    n_iters = xp.zeros((Bt,), dtype=xp.int64, device=dev)
+    all_on = xp.ones((Bt,), dtype=xp.bool, device=dev)
+    if f is None and g is None:
+        f = xp.zeros((Bt, n), dtype=dt, device=dev)
+    total = 0
+    for stage, eps in enumerate(schedule):
+        last = stage == len(schedule) - 1
+        stage_tol = tol if last else xp.maximum(_STAGE_RTOL * mass, xp.full_like(mass, tol))
+        if f is None:  # warm start from g only
+            f = eps * loga - ops.rows(g, eps, all_on)
+        active = all_on
+        omega = xp.ones((Bt, 1), dtype=dt, device=dev)
+        prev_err = None
+        err = xp.full((Bt,), math.inf, dtype=dt, device=dev)
+        rate_checks = 0
+        hist_f, hist_t = [], []
+        it = 0
+        while True:
+            # without a g there is no state to check yet (cold start: the first iteration
+            # computes g from f = 0, as POT's first iteration does)
+            check = it % check_every == 0 and g is not None
+            Lc = ops.cols(f, eps, active)
+            if check:
+                # the state (f, g) has exact row marginals (its last f-update was plain), so
+                # the column error is the whole L1 error; it costs one exp per column
+                colsum = xp.exp((g + Lc) / eps)
+                err = xp.where(active, _column_error(colsum, b, measure, xp), err)
+                bad = ~xp.isfinite(err)
+                active = active & (err > stage_tol) & ~bad
+                if not bool(xp.any(active)):  # the one host sync per check
+                    break
+                if acceleration == "momentum":
+                    omega, rate_checks = _update_omega(xp, omega, err, prev_err, rate_checks,
+                                                       check_every, active)
+                elif acceleration == "anderson" and prev_err is not None:
+                    if bool(xp.any(active & (err > prev_err))):
+                        hist_f, hist_t = [], []  # extrapolation went astray: restart
+                prev_err = err
+            if total >= max_iter:
+                break
+            pre_check = (it + 1) % check_every == 0
+            col = active[:, None]
+            g_new = eps * logb - Lc
+            if acceleration == "momentum" and g is not None:
+                g_new = g + omega * (g_new - g)
+            g = g_new if g is None else xp.where(col, g_new, g)
+            f_new = eps * loga - ops.rows(g, eps, active)
+            if acceleration == "momentum" and not pre_check:
+                f_new = f + omega * (f_new - f)
+            elif acceleration == "anderson" and not pre_check:
+                f_new = _anderson(xp, f, f_new, hist_f, hist_t)
+            f = xp.where(col, f_new, f)
+            n_iters = n_iters + xp.astype(active, xp.int64)
+            it += 1
+            total += 1
+        if total >= max_iter:
+            break  # (in an intermediate stage: the final ε was never reached)
+    return f, g, n_iters
+
+
+def _update_omega(xp, omega, err, prev_err, rate_checks, check_every, active):
+    """Adaptive over-relaxation (Thibault et al. 2017; Lehmann, von Renesse, Sambale,
+    Uschmajew 2021): after a few plain checks estimate the linear rate ``kappa`` of plain
+    Sinkhorn from the error ratio, then use ``omega = 2 / (1 + sqrt(1 - kappa))`` (the SOR
+    optimum for that rate), halving ``omega - 1`` whenever the error grows."""
+    if prev_err is None:
+        return omega, rate_checks + 1
+    ratio = err / xp.where(prev_err > 0, prev_err, xp.ones_like(prev_err))
+    grew = (ratio >= 1) & active
+    if rate_checks < _MOMENTUM_WARMUP_CHECKS:
+        rate_checks += 1
+        if rate_checks == _MOMENTUM_WARMUP_CHECKS:
+            kappa = xp.clip(ratio, 0.0, 1.0) ** (1.0 / check_every)
+            w = 2 / (1 + xp.sqrt(1 - kappa))
+            w = xp.where(ratio < 1, xp.clip(w, 1.0, _OMEGA_MAX), xp.ones_like(w))
+            omega = w[:, None]
+        return omega, rate_checks
+    damped = 1 + (omega - 1) / 2
+    return xp.where(grew[:, None], damped, omega), rate_checks
+
+
+def _anderson(xp, f, tf, hist_f, hist_t):
+    """Anderson mixing of the fixed-point map ``f -> T(f)`` (one full Sinkhorn iteration;
+    Walker & Ni 2011, type II, regularised): keep the last ``_ANDERSON_DEPTH`` pairs,
+    minimise ``||sum_i alpha_i (T(f_i) - f_i)||`` with ``sum alpha = 1`` per problem."""
+    # potentials of zero-weight points are -inf: keep them out of the least squares
+    fin = xp.isfinite(tf)
+    zero = xp.zeros_like(tf)
+    hist_f.append(xp.where(fin, f, zero))
+    hist_t.append(xp.where(fin, tf, zero))
+    if len(hist_f) > _ANDERSON_DEPTH:
+        del hist_f[0], hist_t[0]
+    k = len(hist_f)
+    if k < 2:
+        return tf
+    Fs = xp.stack(hist_f, axis=1)  # (B, k, n)
+    Ts = xp.stack(hist_t, axis=1)
+    R = Ts - Fs
+    # the map commutes with f -> f + c, so the residual's mean carries no information
+    R = R - xp.mean(R, axis=-1, keepdims=True)
+    G = xp.matmul(R, xp.matrix_transpose(R))  # (B, k, k)
+    scale = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True)
+    eye = xp.eye(k, dtype=G.dtype, device=B.device(G))
+    G = G + (_ANDERSON_REG * scale + xp.finfo(G.dtype).tiny) * eye
+    ones = xp.ones(G.shape[:-1] + (1,), dtype=G.dtype, device=B.device(G))
+    z = xp.linalg.solve(G, ones)[..., 0]
+    alpha = z / xp.sum(z, axis=-1, keepdims=True)
+    mixed = xp.sum(alpha[..., None] * Ts, axis=1)
+    ok = xp.all(xp.isfinite(alpha), axis=-1, keepdims=True)
+    return xp.where(fin & ok, mixed, tf)
+
+
+# ---------------------------------------------------------------------------------------
+# forward and backward rules
+# ---------------------------------------------------------------------------------------
+def _sinkhorn_shapes(a, b, C, eps, **kwargs):
+    batch = _broadcast_shapes(tuple(a.shape)[:-1], tuple(b.shape)[:-1], tuple(C.shape)[:-2])
+    n, m = int(a.shape[-1]), int(b.shape[-1])
+    dtype = B.promote_real_floating(a.dtype, b.dtype, C.dtype)
+    return {
+        "plan": (batch + (n, m), dtype),
+        "f": (batch + (n,), dtype),
+        "g": (batch + (m,), dtype),
+        "cost": (batch, dtype),
+        "n_iters": (batch, "int64"),
+        "converged": (batch, "bool"),
+        "error": (batch, dtype),
+    }
+
+
+def _unbroadcast(x_bar, shape, xp):
+    """Sum a cotangent of the broadcast argument back to the argument's own shape."""
+    shape = tuple(int(s) for s in shape)
+    extra = x_bar.ndim - len(shape)
+    if extra:
+        x_bar = xp.sum(x_bar, axis=tuple(range(extra)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and x_bar.shape[i] != 1)
+    if axes:
+        x_bar = xp.sum(x_bar, axis=axes, keepdims=True)
+    return x_bar
+
+
+def _sinkhorn_bwd(ctx, cot):
+    a0, b0, C0, eps = ctx.args[:4]
+    kw = ctx.kwargs
+    xp = B.array_namespace(a0, b0, C0, where=WHERE)
+    if ctx.residuals is not None:
+        a, b, C = ctx.residuals
+    else:
+        a, b, C, _ = check_ot_inputs(WHERE, a0, b0, C0, xp)
+    res = ctx.result
+    eps = check_eps(WHERE, eps)
+    dt = res.plan.dtype
+    cot_plan, cot_f, cot_g = cot["plan"], cot["f"], cot["g"]
+    if kw.get("gradient", "implicit") == "envelope":
+        if any(bool(xp.any(c != 0)) for c in (cot_plan, cot_f, cot_g)):
+            raise ValueError(
+                f"{WHERE}: gradient='envelope' differentiates the cost only, but the "
+                "plan/f/g received a nonzero cotangent; use gradient='implicit' to "
+                "differentiate those")
+        cot_plan = cot_f = cot_g = None
+    a_bar, b_bar, C_bar = entropic_potentials_vjp(
+        a, b, C, eps, res.f, res.g, res.plan, cot_plan, cot_f, cot_g,
+        xp.astype(cot["cost"], dt), xp, where=WHERE)
+    return (xp.astype(_unbroadcast(a_bar, a0.shape, xp), dt),
+            xp.astype(_unbroadcast(b_bar, b0.shape, xp), dt),
+            xp.astype(_unbroadcast(C_bar, C0.shape, xp), dt))
+
+
+@custom_vjp(_sinkhorn_bwd, _sinkhorn_shapes, OTResult, public_name=WHERE)
+def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", check_every=10,
+             eps_scaling=None, acceleration=None, f0=None, g0=None, gradient="implicit",
+             throw=False):
+    """Entropic optimal transport by log-domain Sinkhorn, differentiable in ``a``, ``b``, ``C``.
+
+    Solves ``min_P <C, P> + eps * sum_ij P_ij (log P_ij - 1)`` subject to ``P 1 = a`` and
+    ``P^T 1 = b``, for one problem or a batch (leading dimensions), stable for any
+    ``eps > 0``: all work is done on the potentials ``f, g`` with
+    ``P_ij = exp((f_i + g_j - C_ij) / eps)``.
+
+    Parameters
+    ----------
+    a : array, shape (..., n)
+        Source weights, nonnegative, finite.
+    b : array, shape (..., m)
+        Target weights, same total mass as ``a`` (relative precision 1e-6).
+    C : array, shape (..., n, m)
+        Finite cost matrix. Batch dimensions of ``a``, ``b``, ``C`` broadcast.
+    eps : float > 0
+        Entropic regularisation, in cost units. Normalise ``C`` (e.g. ``C / C.max()``) and
+        take ``eps`` between 1e-3 and 1e-1; smaller ``eps`` is closer to unregularised OT but
+        needs more iterations (use ``eps_scaling`` / ``acceleration``).
+    tol : float
+        Stop when the marginal error (``error_measure``) is ``<= tol``, per problem.
+        float32 inputs cannot reach much below 1e-6.
+    max_iter : int
+        Iteration budget (one iteration = one column and one row update), shared by all
+        ε-scaling stages.
+    error_measure : {"l1", "l2-pot"}
+        ``"l1"``: ``||P 1 - a||_1 + ||P^T 1 - b||_1``; ``"l2-pot"``: ``||P^T 1 - b||_2``,
+        POT's stopping criterion, for comparisons.
+    check_every : int
+        Iterations between error checks (each check reads one flag from the GPU; it costs
+        no extra pass over ``C`` on any backend).
+    eps_scaling : None, int or sequence of float
+        ε-scaling (Kosowsky & Yuille 1994; Schmitzer 2019): ``k`` stages from ``eps0 =
+        max(C) - min(C)`` geometrically down to ``eps``, or an explicit non-increasing
+        schedule. Intermediate stages stop at a 1e-2 relative marginal error and pass their
+        potentials on. Pays off for small ``eps``.
+    acceleration : None, "momentum" or "anderson"
+        ``"momentum"``: adaptive over-relaxation ``f <- f + omega (T f - f)`` with ``omega``
+        estimated from the observed contraction rate (Thibault et al. 2017; Lehmann et al.
+        2021), safeguarded. ``"anderson"``: Anderson mixing (depth 5) of the potentials,
+        restarted whenever the error grows.
+    f0, g0 : arrays, optional
+        Warm start potentials (shapes ``(..., n)``, ``(..., m)``), e.g. from a previous
+        result with nearby inputs.
+    gradient : {"implicit", "envelope"}
+        Backward rule. ``"implicit"``: implicit differentiation of the optimality conditions
+        (plan, ``f``, ``g`` and ``cost``; memory of one plan, independent of the iteration
+        count). ``"envelope"``: the cost only, ``dW/dC = P``, ``dW/da = f``,
+        ``dW/db = g``; a nonzero cotangent of plan/f/g then raises.
+    throw : bool
+        Raise ``RuntimeError`` instead of warning when a problem does not converge.
+
+    Returns
+    -------
+    OTResult
+        ``plan`` ``(..., n, m)``, ``f`` ``(..., n)``, ``g`` ``(..., m)``, ``cost`` ``(...)``:
+        the regularised objective ``W = <C, P> + eps sum P (log P - 1)`` at the returned
+        plan (all four differentiable). The potentials are normalised so that
+        ``sum(f) = sum(g)`` (over positive weights; zero weights get ``-inf``).
+        ``n_iters``, ``converged``, ``error`` (in ``error_measure``, recomputed from the
+        returned plan): Python scalars for one problem, arrays of shape ``(...)`` for a
+        batch. Not converged: ``converged=False`` and a
+        :class:`diffsolve.ConvergenceWarning` (or ``RuntimeError`` with ``throw=True``).
+
+    Notes
+    -----
+    Each iteration streams ``C`` twice through fused log-sum-exp kernels (Numba on NumPy,
+    CUDA on CuPy; array_api_strict uses ``diffsolve._backend.logsumexp``). The error check
+    uses the column sums ``exp((g + eps LSE_i((f_i - C_ij)/eps))/eps)`` of the state, which
+    the next column update needs anyway. Problems of a batch that converge are frozen (the
+    kernels skip them). float32 inputs run in float32 (the CPU kernels accumulate in
+    float64).
+
+    Gradients: the cost's cotangent always uses the envelope theorem; the implicit rule
+    solves the Schur complement of the optimality Jacobian with CG (see
+    :func:`diffsolve.ot._implicit.entropic_potentials_vjp`). Gradients with respect to
+    ``(a, b)`` are defined up to ``(c, -c)``; the minimum-norm one is returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> x = np.linspace(0, 1, 5)
+    >>> C = (x[:, None] - x[None, :]) ** 2
+    >>> a = b = np.full(5, 0.2)
+    >>> res = ds.ot.sinkhorn(a, b, C, 0.01)
+    >>> res.converged, res.error <= 1e-9
+    (True, True)
+    >>> np.allclose(res.plan.sum(axis=1), a)
+    True
+    """
+    xp = B.array_namespace(a, b, C, f0, g0, where=WHERE)
+    a, b, C, batch = check_ot_inputs(WHERE, a, b, C, xp)
+    eps = check_eps(WHERE, eps)
+    _check_options(tol, max_iter, check_every, acceleration, gradient, error_measure)
+    n, m = int(C.shape[-2]), int(C.shape[-1])
+    nb = math.prod(batch)
+    dt = C.dtype
+    a2 = xp.reshape(a, (nb, n))
+    b2 = xp.reshape(b, (nb, m))
+    C2 = xp.reshape(C, (nb, n, m))
+    f_init = _warm(f0, "f0", batch, n, dt, xp)
+    g_init = _warm(g0, "g0", batch, m, dt, xp)
+    if eps_scaling is None or eps_scaling is False:
+        schedule = [eps]
+    else:
+        cost_scale = float(xp.max(C2) - xp.min(C2)) if isinstance(eps_scaling, int) else eps
+        schedule = _schedule(eps_scaling, eps, cost_scale)
+    f, g, n_iters = _iterate(xp, a2, b2, C2, schedule, tol, max_iter, error_measure,
+                                check_every, acceleration, f_init, g_init)
+    f, g = normalise_gauge(f, g, a2, b2, xp)
+    P = _plan(f, g, C2, eps, xp)
+    from ._errors import marginal_error
+
+    err = marginal_error(P, a2, b2, xp, error_measure)
+    err = xp.where(xp.isfinite(err), err, xp.full_like(err, math.inf))
+    converged = err <= tol
+    cost = _regularised_cost(P, f, g, a2, b2, eps, xp)
+    n_bad = int(xp.sum(xp.astype(~converged, xp.int64)))
+    if n_bad:
+        worst = float(xp.max(err))
+        msg = (f"{WHERE}: {n_bad} of {nb} problem(s) did not converge: marginal error "
+               f"{worst:.3g} > tol={tol:g} after at most {int(xp.max(n_iters))} iterations "
+               f"(eps={eps:g}). Try more iterations (max_iter), a larger eps, "
+               "eps_scaling=(e.g.) 8 or acceleration='momentum'"
+               + ("; float32 cannot reach tolerances much below 1e-6" if dt == xp.float32
+                  else ""))
+        if not bool(xp.all(xp.isfinite(f))) and bool(xp.all(a2 > 0)):
+            msg += "; the potentials are not finite (check the inputs' scale)"
+        if throw:
+            raise RuntimeError(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    if batch:
+        out = OTResult(plan=xp.reshape(P, batch + (n, m)), f=xp.reshape(f, batch + (n,)),
+                       g=xp.reshape(g, batch + (m,)), cost=xp.reshape(cost, batch),
+                       n_iters=xp.reshape(n_iters, batch), converged=xp.reshape(converged, batch),
+                       error=xp.reshape(err, batch), error_measure=error_measure)
+    else:
+        out = OTResult(plan=P[0], f=f[0], g=g[0], cost=cost[0], n_iters=int(n_iters[0]),
+                       converged=bool(converged[0]), error=float(err[0]),
+                       error_measure=error_measure)
+    return out, (a, b, C)
+
+
+def _warm(x, name, batch, size, dt, xp):
+    if x is None:
+        return None
+    if not B.is_array(x):
+        raise TypeError(f"{WHERE}: {name} must be an array of potentials or None, got "
+                        f"{type(x).__name__}")
+    if tuple(x.shape)[-1:] != (size,):
+        raise ValueError(f"{WHERE}: {name} has shape {tuple(x.shape)}; it must end in {size} "
+                         f"(batch shape {batch}), e.g. a previous result's "
+                         f"{'f' if name == 'f0' else 'g'}")
+    try:
+        x = xp.broadcast_to(xp.astype(x, dt), batch + (size,))
+    except ValueError:
+        raise ValueError(f"{WHERE}: {name} has shape {tuple(x.shape)}, which does not "
+                         f"broadcast to {batch + (size,)}") from None
+    x = xp.reshape(x, (math.prod(batch), size))
+    # -inf entries (zero weights of a previous result) restart from 0
+    return xp.where(xp.isfinite(x), x, xp.zeros_like(x))
