@@ -102,9 +102,9 @@ def check_ot_inputs(where: str, a, b, C, xp):
         ) from None
     dtype = B.promote_real_floating(a.dtype, b.dtype, C.dtype)
     dtype = getattr(xp, str(dtype))
-    a = xp.broadcast_to(xp.astype(a, dtype, copy=False), batch_shape + (n,))
-    b = xp.broadcast_to(xp.astype(b, dtype, copy=False), batch_shape + (m,))
-    C = xp.broadcast_to(xp.astype(C, dtype, copy=False), batch_shape + (n, m))
+    a = xp.broadcast_to(xp.astype(a, dtype, copy=False), (*batch_shape, n))
+    b = xp.broadcast_to(xp.astype(b, dtype, copy=False), (*batch_shape, m))
+    C = xp.broadcast_to(xp.astype(C, dtype, copy=False), (*batch_shape, n, m))
     for name, w in (("a", a), ("b", b)):
         if not B.isfinite_all(xp, w):
             raise ValueError(f"{where}: {name} contains NaN or infinite entries; weights must "

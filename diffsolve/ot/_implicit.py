@@ -198,7 +198,7 @@ def entropic_potentials_vjp(a, b, C, eps, f, g, plan, cot_plan, cot_f, cot_g, co
     def flat(x, tail):
         if x is None:
             return None
-        return xp.reshape(xp.broadcast_to(xp.astype(x, dt), batch + tail), (nb,) + tail)
+        return xp.reshape(xp.broadcast_to(xp.astype(x, dt), batch + tail), (nb, *tail))
 
     a2, b2 = flat(a, (n,)), flat(b, (m,))
     f2, g2 = flat(f, (n,)), flat(g, (m,))
@@ -256,8 +256,8 @@ def entropic_potentials_vjp(a, b, C, eps, f, g, plan, cot_plan, cot_f, cot_g, co
         b_bar = b_bar + xp.where(mb, w[:, None] * xp.where(mb, g2, zm), zm)
         C_bar = C_bar + w[:, None, None] * P
     a_bar, b_bar = _project_gauge(a_bar, b_bar, ma, mb, xp)
-    return (xp.reshape(a_bar, batch + (n,)), xp.reshape(b_bar, batch + (m,)),
-            xp.reshape(C_bar, batch + (n, m)))
+    return (xp.reshape(a_bar, (*batch, n)), xp.reshape(b_bar, (*batch, m)),
+            xp.reshape(C_bar, (*batch, n, m)))
 
 
 def _dev(x):

@@ -14,6 +14,7 @@ inputs, CUDA on CuPy inputs), which stream ``C`` once per half-step without form
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -80,11 +81,11 @@ def _schedule(eps_scaling, eps, cost_scale):
     if isinstance(eps_scaling, Sequence) and not isinstance(eps_scaling, str):
         values = [float(v) for v in eps_scaling]
         if not values or any(not math.isfinite(v) or v <= 0 for v in values) or any(
-                v2 > v1 for v1, v2 in zip(values, values[1:])):
+                v2 > v1 for v1, v2 in itertools.pairwise(values)):
             raise ValueError(f"{WHERE}: an eps_scaling schedule must be a non-increasing "
                              f"sequence of positive numbers, got {eps_scaling!r}")
         values = [v for v in values if v > eps]
-        return values + [eps]
+        return [*values, eps]
     raise TypeError(f"{WHERE}: eps_scaling must be None, a number of stages (int) or a "
                     f"decreasing sequence of eps values, got {type(eps_scaling).__name__}")
 
@@ -150,7 +151,7 @@ def _regularised_cost(P, f, g, a, b, eps, xp):
 # ---------------------------------------------------------------------------------------
 def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceleration, f, g):
     """Run the schedule on flattened problems (Bt, n, m). Returns f, g, n_iters (xp int)."""
-    Bt, n, m = C.shape
+    Bt, n, _m = C.shape
     dt = C.dtype
     dev = B.device(C)
     ops = _Ops(xp, C)
@@ -260,7 +261,7 @@ def _anderson(xp, f, tf, hist_f, hist_t):
     scale = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True)
     eye = xp.eye(k, dtype=G.dtype, device=B.device(G))
     G = G + (_ANDERSON_REG * scale + xp.finfo(G.dtype).tiny) * eye
-    ones = xp.ones(G.shape[:-1] + (1,), dtype=G.dtype, device=B.device(G))
+    ones = xp.ones((*G.shape[:-1], 1), dtype=G.dtype, device=B.device(G))
     z = xp.linalg.solve(G, ones)[..., 0]
     alpha = z / xp.sum(z, axis=-1, keepdims=True)
     mixed = xp.sum(alpha[..., None] * Ts, axis=1)
@@ -276,9 +277,9 @@ def _sinkhorn_shapes(a, b, C, eps, **kwargs):
     n, m = int(a.shape[-1]), int(b.shape[-1])
     dtype = B.promote_real_floating(a.dtype, b.dtype, C.dtype)
     return {
-        "plan": (batch + (n, m), dtype),
-        "f": (batch + (n,), dtype),
-        "g": (batch + (m,), dtype),
+        "plan": ((*batch, n, m), dtype),
+        "f": ((*batch, n), dtype),
+        "g": ((*batch, m), dtype),
         "cost": (batch, dtype),
         "n_iters": (batch, "int64"),
         "converged": (batch, "bool"),
@@ -462,8 +463,8 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
             raise RuntimeError(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     if batch:
-        out = OTResult(plan=xp.reshape(P, batch + (n, m)), f=xp.reshape(f, batch + (n,)),
-                       g=xp.reshape(g, batch + (m,)), cost=xp.reshape(cost, batch),
+        out = OTResult(plan=xp.reshape(P, (*batch, n, m)), f=xp.reshape(f, (*batch, n)),
+                       g=xp.reshape(g, (*batch, m)), cost=xp.reshape(cost, batch),
                        n_iters=xp.reshape(n_iters, batch), converged=xp.reshape(converged, batch),
                        error=xp.reshape(err, batch), error_measure=error_measure)
     else:
@@ -484,10 +485,10 @@ def _warm(x, name, batch, size, dt, xp):
                          f"(batch shape {batch}), e.g. a previous result's "
                          f"{'f' if name == 'f0' else 'g'}")
     try:
-        x = xp.broadcast_to(xp.astype(x, dt), batch + (size,))
+        x = xp.broadcast_to(xp.astype(x, dt), (*batch, size))
     except ValueError:
         raise ValueError(f"{WHERE}: {name} has shape {tuple(x.shape)}, which does not "
-                         f"broadcast to {batch + (size,)}") from None
+                         f"broadcast to {(*batch, size)}") from None
     x = xp.reshape(x, (math.prod(batch), size))
     # -inf entries (zero weights of a previous result) restart from 0
     return xp.where(xp.isfinite(x), x, xp.zeros_like(x))
