@@ -100,8 +100,9 @@ def check_ot_inputs(where: str, a, b, C, xp):
             f"C {_shape(C)}; leading dimensions must match or be 1 (a (..., n), b (..., m), "
             "C (..., n, m))"
         ) from None
-    dtype = B.promote_real_floating(a.dtype, b.dtype, C.dtype)
-    dtype = getattr(xp, str(dtype))
+    dtype = xp.result_type(a.dtype, b.dtype, C.dtype)
+    if not xp.isdtype(dtype, "real floating"):
+        dtype = xp.float64
     a = xp.broadcast_to(xp.astype(a, dtype, copy=False), (*batch_shape, n))
     b = xp.broadcast_to(xp.astype(b, dtype, copy=False), (*batch_shape, m))
     C = xp.broadcast_to(xp.astype(C, dtype, copy=False), (*batch_shape, n, m))

@@ -300,8 +300,9 @@ def _unbroadcast(x_bar, shape, xp):
 
 
 def _sinkhorn_bwd(ctx, cot):
-    a0, b0, C0, eps = ctx.args[:4]
+    a0, b0, C0 = ctx.args[:3]
     kw = ctx.kwargs
+    eps = ctx.args[3] if len(ctx.args) > 3 else kw["eps"]
     xp = B.array_namespace(a0, b0, C0, where=WHERE)
     if ctx.residuals is not None:
         a, b, C = ctx.residuals
@@ -323,7 +324,7 @@ def _sinkhorn_bwd(ctx, cot):
         xp.astype(cot["cost"], dt), xp, where=WHERE)
     return (xp.astype(_unbroadcast(a_bar, a0.shape, xp), dt),
             xp.astype(_unbroadcast(b_bar, b0.shape, xp), dt),
-            xp.astype(_unbroadcast(C_bar, C0.shape, xp), dt))
+            xp.astype(_unbroadcast(C_bar, C0.shape, xp), dt)) + (None,) * (len(ctx.args) - 3)
 
 
 @custom_vjp(_sinkhorn_bwd, _sinkhorn_shapes, OTResult, public_name=WHERE)
@@ -468,8 +469,9 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
                        n_iters=xp.reshape(n_iters, batch), converged=xp.reshape(converged, batch),
                        error=xp.reshape(err, batch), error_measure=error_measure)
     else:
-        out = OTResult(plan=P[0], f=f[0], g=g[0], cost=cost[0], n_iters=int(n_iters[0]),
-                       converged=bool(converged[0]), error=float(err[0]),
+        out = OTResult(plan=P[0, ...], f=f[0, ...], g=g[0, ...], cost=cost[0, ...],
+                       n_iters=int(n_iters[0]), converged=bool(converged[0]),
+                       error=float(err[0]),
                        error_measure=error_measure)
     return out, (a, b, C)
 
