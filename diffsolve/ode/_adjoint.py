@@ -1,0 +1,245 @@
+"""Backward rules of odeint: the discrete adjoint and the continuous (backsolve) adjoint.
+
+Discrete adjoint (exact gradient of the computed solution, step sizes held constant):
+one explicit RK step reads ``g_i = y_n + h Σ_{j<i} a_ij k_j``, ``k_i = f(t_n + c_i h, g_i)``
+with the FSAL stage ``g_s = y_{n+1}``; outputs inside the step are
+``y_n + h Σ b_i(θ) k_i``, the error estimate is ``h Σ e_i k_i`` and the stiffness estimate
+uses ``k_s − k_{s−1}`` and ``g_s − g_{s−1}``. Reversing those assignments gives, stage by
+stage from ``i = s`` down to 1 (Hairer–Nørsett–Wanner's adjoint RK scheme written as
+reverse-mode differentiation, cf. Sandu, "On the properties of Runge–Kutta discrete
+adjoints", 2006)::
+
+    ḡ_i += f_yᵀ(g_i) k̄_i,   p̄ += f_pᵀ(g_i) k̄_i,   k̄_j += h a_ij ḡ_i (j < i),   ȳ_n += ḡ_i
+
+with ``ḡ_s`` seeded by the cotangent of ``y_{n+1}``. Only states are stored (every
+``checkpoint_every``-th one; the others are recomputed segment by segment), the stages
+are recomputed, so memory is ``O(N/k + k)`` states for ``N`` steps.
+
+Backsolve: the augmented system ``[y, a, p̄]' = [f, −f_yᵀ a, −f_pᵀ a]`` integrated backwards
+between consecutive output times with the same method and tolerances, ``y`` reset to the
+stored output and ``a`` incremented by the output cotangent at each output time
+(Chen et al., "Neural ordinary differential equations", NeurIPS 2018, Alg. 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as B
+from ._integrate import Stepper, Trajectory, integrate
+
+__all__ = ["backsolve_adjoint", "discrete_adjoint", "one_step_adjoint"]
+
+np = B.host_namespace()
+
+
+class _StepReverse:
+    """Reverse of one RK step, reusing buffers across steps."""
+
+    def __init__(self, stepper: Stepper, rhs, fvjp):
+        xp = stepper.xp
+        self.st, self.rhs, self.fvjp, self.xp = stepper, rhs, fvjp, xp
+        tab = stepper.tab
+        self.A = tab.A
+        self.e = [float(v) for v in tab.e]
+        self.K = xp.zeros_like(stepper.K)
+        self.G = xp.zeros_like(stepper.G)
+
+    def recompute(self, t, y, h):
+        K, G = self.K, self.G
+        K[0, :] = self.rhs(t, y)
+        G[0, :] = y
+        self.st.stages(self.rhs, t, y, h, K=K, G=G)
+
+    def run(self, t, y, h, a_next, outputs, E_bar, S_bar, p_bar):
+        """Cotangent of ``y_n`` given that of ``y_{n+1}`` (``a_next``, may be None).
+
+        ``outputs``: list of ``(θ, ȳ_q)``; ``E_bar``/``S_bar``: cotangents of this step's
+        error norm and |λ| estimate. Returns ``(ȳ_n, p̄)``.
+        """
+        xp, st = self.xp, self.st
+        s, tab = st.s, st.tab
+        self.recompute(t, y, h)
+        K, G = self.K, self.G
+        Kbar = [None] * s
+        Gbar = [None] * s
+        ybar = None
+
+        def add(lst, i, v):
+            lst[i] = v if lst[i] is None else lst[i] + v
+
+        if a_next is not None:
+            Gbar[s - 1] = a_next
+        for theta, yq_bar in outputs:
+            w = tab.dense_weights(theta)
+            for i in range(s):
+                if w[i] != 0.0:
+                    add(Kbar, i, (h * float(w[i])) * yq_bar)
+            ybar = yq_bar if ybar is None else ybar + yq_bar
+        if E_bar:
+            y_new = G[s - 1]
+            err = h * self._weighted(self.e, K)
+            sc = st.atol + st.rtol * xp.maximum(xp.abs(y), xp.abs(y_new))
+            r = err / sc
+            E = float(xp.sqrt(xp.mean(r ** 2)))
+            if E > 0.0:
+                n = r.shape[0]
+                g_err = (E_bar / (n * E)) * r / sc          # dE/d err
+                g_sc = -(E_bar / (n * E)) * r * r / sc       # dE/d sc
+                for i in range(s):
+                    if self.e[i] != 0.0:
+                        add(Kbar, i, (h * self.e[i]) * g_err)
+                from_y = xp.abs(y) >= xp.abs(y_new)
+                zero = xp.zeros_like(g_sc)
+                gy = st.rtol * g_sc * xp.sign(y)
+                gyn = st.rtol * g_sc * xp.sign(y_new)
+                ybar = _acc(ybar, xp.where(from_y, gy, zero))
+                add(Gbar, s - 1, xp.where(from_y, zero, gyn))
+        if S_bar:
+            dk = K[s - 1] - K[s - 2]
+            dg = G[s - 1] - G[s - 2]
+            nk = float(xp.linalg.vector_norm(dk))
+            ng = float(xp.linalg.vector_norm(dg))
+            if nk > 0.0 and ng > 0.0:
+                lam = nk / ng
+                gk = (S_bar / (nk * ng)) * dk
+                gg = (-S_bar * lam / (ng * ng)) * dg
+                add(Kbar, s - 1, gk)
+                add(Kbar, s - 2, -gk)
+                add(Gbar, s - 1, gg)
+                add(Gbar, s - 2, -gg)
+        A = self.A
+        for i in range(s - 1, -1, -1):
+            if Kbar[i] is not None:
+                vy, vp = self.fvjp(t + st.c[i] * h, G[i], Kbar[i])
+                add(Gbar, i, vy)
+                if vp is not None:
+                    p_bar = vp if p_bar is None else p_bar + vp
+            if Gbar[i] is None:
+                continue
+            for j in range(i):
+                if A[i, j] != 0.0:
+                    add(Kbar, j, (h * float(A[i, j])) * Gbar[i])
+            ybar = _acc(ybar, Gbar[i])
+        return ybar, p_bar
+
+    def _weighted(self, w, K):
+        out = None
+        for i, wi in enumerate(w):
+            if wi != 0.0:
+                out = wi * K[i] if out is None else out + wi * K[i]
+        return out
+
+
+def _acc(a, b):
+    return b if a is None else a + b
+
+
+def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_bar: float,
+                     rS_bar: float):
+    """Reverse through the accepted steps of ``traj``: returns ``(ȳ_0, p̄, a_ys0)``.
+
+    ``ys_bar``: (T, n) cotangent of the outputs; ``rE_bar``/``rS_bar``: cotangents of
+    ``R_E = Σ E_j |h_j|`` and ``R_S = Σ λ_j |h_j|``. ``a_ys0`` is the part of ``ȳ_0`` that
+    reaches ``y0`` through the steps (for the gradient w.r.t. ``t_eval[0]``).
+    """
+    xp = stepper.xp
+    rev = _StepReverse(stepper, rhs, fvjp)
+    N = len(traj.ts) - 1
+    by_step: dict[int, list] = {}
+    for q in range(1, traj.out_step.shape[0]):
+        by_step.setdefault(int(traj.out_step[q]), []).append(q)
+    a = None
+    p_bar = None
+    cache: dict[int, object] = {}
+    for n in range(N - 1, -1, -1):
+        if n in traj.states:
+            y = traj.states[n]
+        else:
+            if n not in cache:
+                cache = _segment(stepper, rhs, traj, n)
+            y = cache[n]
+        t, h = float(traj.ts[n]), float(traj.ts[n + 1] - traj.ts[n])
+        outs = [(float(traj.out_theta[q]), ys_bar[q]) for q in by_step.get(n, ())]
+        a, p_bar = rev.run(t, y, h, a, outs, rE_bar * abs(h), rS_bar * abs(h), p_bar)
+    through = a
+    y0_bar = ys_bar[0]
+    for q in by_step.get(-1, ()):  # outputs at t_eval[0] itself
+        y0_bar = y0_bar + ys_bar[q]
+    if through is not None:
+        y0_bar = y0_bar + through
+    else:
+        through = xp.zeros_like(y0_bar)
+    return y0_bar, p_bar, through
+
+
+def _segment(stepper, rhs, traj, n):
+    """States of the checkpoint segment containing step ``n``, recomputed once."""
+    xp = stepper.xp
+    base = (n // traj.every) * traj.every
+    y = traj.states[base]
+    out = {base: y}
+    K, G = xp.zeros_like(stepper.K), xp.zeros_like(stepper.G)
+    for m in range(base, min(base + traj.every, len(traj.ts) - 1) - 1):
+        t, h = float(traj.ts[m]), float(traj.ts[m + 1] - traj.ts[m])
+        K[0, :] = rhs(t, y)
+        y = xp.asarray(stepper.stages(rhs, t, y, h, K=K, G=G), copy=True)
+        out[m + 1] = y
+    return out
+
+
+def one_step_adjoint(stepper: Stepper, rhs, fvjp, t, y, h, E_bar, S_bar):
+    """Parameter cotangent of one step's regularisers (local regularisation): ``p̄``."""
+    rev = _StepReverse(stepper, rhs, fvjp)
+    _, p_bar = rev.run(t, y, h, None, [], E_bar * abs(h), S_bar * abs(h), None)
+    return p_bar
+
+
+def backsolve_adjoint(xp, make_stepper, f_rhs, fvjp, n: int, p_size: int, ys, ys_bar,
+                      t_out, *, controller: str, max_steps: int):
+    """Continuous adjoint by integrating ``[y, a, p̄]`` backwards; returns ``(ȳ_0, p̄, a0)``.
+
+    ``ys``/``ys_bar``: (T, n) forward outputs and their cotangents; ``make_stepper(size)``
+    builds a :class:`Stepper` for the augmented state.
+    """
+    T = ys.shape[0]
+    zeros_p = xp.zeros((p_size,), dtype=ys.dtype, device=B.device(ys))
+
+    def aug(t, z):
+        y, a = z[:n], z[n:2 * n]
+        vy, vp = fvjp(t, y, a)
+        parts = [f_rhs(t, y), -vy]
+        if p_size:
+            parts.append(-xp.reshape(xp.asarray(vp, dtype=ys.dtype), (p_size,)))
+        return xp.concat(parts)
+
+    a = ys_bar[T - 1]
+    p_bar = zeros_p
+    stepper = make_stepper(2 * n + p_size)
+    for q in range(T - 1, 0, -1):
+        t_hi, t_lo = float(t_out[q]), float(t_out[q - 1])
+        if t_hi != t_lo:
+            z0 = xp.concat([ys[q], a, p_bar])
+            traj = integrate(stepper, aug, z0, np.asarray([t_hi, t_lo], dtype=np.float64),
+                             controller=controller, first_step=None, max_steps=max_steps,
+                             step_ts=None, want_stiff=False, every=1 << 30, throw=True)
+            z = traj.ys[1]
+            a, p_bar = z[n:2 * n], z[2 * n:]
+        if q - 1 > 0:
+            a = a + ys_bar[q - 1]
+    through = a
+    return through + ys_bar[0], (p_bar if p_size else None), through
+
+
+def t_eval_cotangent(xp, rhs, ys, ys_bar, t_out, through0, y0):
+    """``t̄_q = ȳ_q · f(t_q, y_q)`` (q ≥ 1), ``t̄_0 = −a(t_0) · f(t_0, y_0)``: host floats."""
+    T = ys.shape[0]
+    out = [0.0] * T
+    for q in range(1, T):
+        if t_out[q] == t_out[0]:
+            continue
+        out[q] = float(xp.sum(ys_bar[q] * rhs(float(t_out[q]), ys[q])))
+    out[0] = -float(xp.sum(through0 * rhs(float(t_out[0]), y0)))
+    if not math.isfinite(out[0]):
+        out[0] = math.nan
+    return out

@@ -1,0 +1,280 @@
+"""The Python-driven adaptive Runge–Kutta loop (any vector field ``f``, any namespace).
+
+One :class:`Stepper` per solve holds the tableau's coefficients in the namespace of the
+state, preallocated stage buffers ``K`` (slopes) and ``G`` (stage arguments), and the two
+stage operations: on NumPy and CuPy they are the compiled kernels
+``ode.rk_combine`` / ``ode.rk_error_norm`` (one call each, no temporaries), on other
+namespaces (array_api_strict) plain array-API expressions. States are kept flat, shape
+``(n,)``; ``f`` sees them in the user's shape.
+
+:func:`integrate` returns a :class:`Trajectory`: the outputs at ``t_eval`` and what the
+discrete adjoint needs to replay the solve (accepted step times, checkpointed states, the
+step and θ each output came from, per-step error and stiffness estimates).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .. import _backend as B
+from ._controller import Controller, initial_step
+from ._result import ODESolveError
+
+__all__ = ["Stepper", "Trajectory", "integrate"]
+
+np = B.host_namespace()  # host bookkeeping (array_api_compat.numpy)
+
+WHERE = "diffsolve.ode.odeint"
+
+
+class Stepper:
+    """Stage arithmetic of one tableau for states of one namespace, dtype and size."""
+
+    def __init__(self, xp, tab, dtype, device, n, rtol, atol):
+        self.xp, self.tab, self.n = xp, tab, n
+        self.rtol, self.atol = float(rtol), float(atol)
+        s = tab.n_stages
+        self.s = s
+        self.dtype = dtype
+        combine = B.get_kernel(xp, "ode.rk_combine")
+        if combine is not None:
+            self.kernel = True
+            self._combine = combine
+            self._norm = B.get_kernel(xp, "ode.rk_error_norm")
+            cdtype = xp.float64
+        else:
+            self.kernel = False
+            cdtype = dtype
+        self.cdtype = cdtype
+        self.device = device
+        self.A_rows = [xp.asarray(tab.A[i, :i].copy(), dtype=cdtype, device=device)
+                       for i in range(s)]
+        self.e = xp.asarray(tab.e, dtype=cdtype, device=device)
+        self.c = [float(v) for v in tab.c]
+        self.K = xp.zeros((s, n), dtype=dtype, device=device)
+        self.G = xp.zeros((s, n), dtype=dtype, device=device)
+
+    # -- stage operations ------------------------------------------------------------
+    def coeffs(self, w):
+        """Host weights (NumPy float64) as an array the combination accepts."""
+        return self.xp.asarray(w, dtype=self.cdtype, device=self.device)
+
+    def combine(self, y, coeffs, h, out=None, K=None):
+        """``y + h Σ_j coeffs[j] K[j]`` (into ``out`` when the kernel path is used)."""
+        K = self.K if K is None else K
+        m = coeffs.shape[0]
+        if self.kernel:
+            if out is None:
+                out = self.xp.empty_like(y)
+            return self._combine(y, K, coeffs, h, out)
+        if m == 0:
+            return y
+        return y + h * (coeffs @ K[:m, :])
+
+    def error_norm(self, y, y_new, h, K=None):
+        K = self.K if K is None else K
+        if self.kernel:
+            return float(self._norm(y, y_new, K, self.e, h, self.rtol, self.atol))
+        xp = self.xp
+        err = h * (self.e @ K)
+        sc = self.atol + self.rtol * xp.maximum(xp.abs(y), xp.abs(y_new))
+        return float(xp.sqrt(xp.mean((err / sc) ** 2)))
+
+    def rms_scaled(self, x, y):
+        xp = self.xp
+        sc = self.atol + self.rtol * xp.abs(y)
+        return float(xp.sqrt(xp.mean((x / sc) ** 2))) if self.n else 0.0
+
+    def stiffness(self, K=None, G=None):
+        """``‖k_s − k_{s−1}‖ / ‖g_s − g_{s−1}‖``: Shampine's estimate of ``|λ|`` (ALGORITHMS §3)."""
+        xp = self.xp
+        K = self.K if K is None else K
+        G = self.G if G is None else G
+        s = self.s
+        den = float(xp.linalg.vector_norm(G[s - 1] - G[s - 2]))
+        if den == 0.0:
+            return 0.0
+        return float(xp.linalg.vector_norm(K[s - 1] - K[s - 2])) / den
+
+    def stages(self, rhs, t, y, h, K=None, G=None):
+        """Fill stages 1..s-1 from ``K[0] = f(t, y)``; returns ``y_new`` (= ``G[s-1]``)."""
+        K = self.K if K is None else K
+        G = self.G if G is None else G
+        c = self.c
+        A_rows = self.A_rows
+        if self.kernel:
+            combine = self._combine
+            for i in range(1, self.s):
+                g = combine(y, K, A_rows[i], h, G[i])
+                K[i] = rhs(t + c[i] * h, g)
+        else:
+            for i in range(1, self.s):
+                g = y + h * (A_rows[i] @ K[:i, :])
+                G[i, :] = g
+                K[i, :] = rhs(t + c[i] * h, g)
+        return G[self.s - 1]
+
+
+@dataclass
+class Trajectory:
+    """A finished solve of one (possibly batch-shared) system."""
+
+    ys: object                       # (T, n) in the state's namespace
+    ts: np.ndarray                   # accepted step times, t_0 .. t_N
+    states: dict                     # step index -> state y_n (flat), every `every` steps
+    every: int
+    out_step: np.ndarray             # (T,) step each output was interpolated in (-1: y0)
+    out_theta: np.ndarray            # (T,)
+    errs: np.ndarray                 # (N,) scaled error of each accepted step
+    stiff: np.ndarray                # (N,) |λ| estimate of each accepted step
+    stats: np.ndarray                # n_steps, n_accepted, n_rejected, nfe
+    success: bool = True
+    message: str = ""
+    t_fail: float = math.nan
+    local: dict = field(default_factory=dict)
+
+
+def _fail(message, throw):
+    if throw:
+        raise ODESolveError(message)
+    return message
+
+
+def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, first_step,
+              max_steps: int, step_ts, want_stiff: bool, every: int, throw: bool,
+              f0=None) -> Trajectory:
+    """Adaptive RK from ``t_out[0]`` over the increasing/decreasing host times ``t_out``."""
+    xp, tab = stepper.xp, stepper.tab
+    s, K = stepper.s, stepper.K
+    n_out = t_out.shape[0]
+    t0, t1 = float(t_out[0]), float(t_out[-1])
+    direction = 1.0 if t1 >= t0 else -1.0
+    ys = xp.full((n_out, stepper.n), math.nan, dtype=stepper.dtype, device=stepper.device)
+    ys[0, :] = y0
+    out_step = np.full(n_out, -1, dtype=np.int64)
+    out_theta = np.zeros(n_out)
+    ts = [t0]
+    errs: list[float] = []
+    stiff: list[float] = []
+    states = {0: y0}
+    stats = np.zeros(4, dtype=np.int64)
+    if f0 is None:
+        f0 = rhs(t0, y0)
+        stats[3] += 1
+    K[0, :] = f0
+    ctrl = Controller(controller, tab.order, tab.error_order)
+    fixed = step_ts is not None
+    interval = abs(t1 - t0)
+    if fixed:
+        h_abs = 0.0
+    elif first_step is not None:
+        h_abs = float(first_step)
+    else:
+        h_abs = initial_step(stepper.rms_scaled, rhs, t0, y0, f0, direction, tab.error_order,
+                             stepper.rtol, stepper.atol, interval)
+        stats[3] += 1 if interval > 0 else 0
+    q = 1
+    while q < n_out and t_out[q] == t0:
+        ys[q, :] = y0
+        q += 1
+    t, y = t0, y0
+    n_acc = 0
+    message = ""
+    combine = stepper.combine
+    accepts, grow, shrink = ctrl.accepts, ctrl.grow, ctrl.shrink
+    error_norm, stages = stepper.error_norm, stepper.stages
+    last_nonfinite = None
+    while direction * (t1 - t) > 0:
+        if fixed and n_acc + 1 >= len(step_ts):
+            break
+        min_step = 10.0 * abs(math.nextafter(t, direction * math.inf) - t)
+        if not fixed and h_abs < min_step:
+            h_abs = min_step
+        rejected = False
+        while True:
+            if stats[0] >= max_steps:
+                message = (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before "
+                           f"t={t1!r}; raise max_steps, loosen rtol/atol, or check whether the "
+                           "problem is stiff (an explicit method then needs tiny steps)")
+                break
+            if fixed:
+                t_new = float(step_ts[n_acc + 1])
+                h = t_new - t
+            else:
+                if h_abs < min_step:
+                    why = (f"; f returned non-finite values near t={last_nonfinite!r}"
+                           if last_nonfinite is not None else "")
+                    message = (f"{WHERE}: step size underflow at t={t!r} (|h| < {min_step:.3g})"
+                               f"{why}; the solution may blow up or the problem be stiff: "
+                               "check f, or loosen rtol/atol")
+                    break
+                h = h_abs * direction
+                t_new = t + h
+                if direction * (t_new - t1) > 0:
+                    t_new = t1
+                h = t_new - t
+                h_abs = abs(h)
+            y_new = stages(rhs, t, y, h)
+            stats[0] += 1
+            stats[3] += s - 1
+            E = error_norm(y, y_new, h)
+            if fixed:
+                break
+            if not math.isfinite(E):
+                last_nonfinite = t
+                h_abs *= shrink(E)
+                rejected = True
+                stats[2] += 1
+                continue
+            if accepts(E):
+                h_abs *= grow(E, rejected)
+                break
+            h_abs *= shrink(E)
+            rejected = True
+            stats[2] += 1
+        if message:
+            break
+        errs.append(E)
+        if want_stiff:
+            stiff.append(stepper.stiffness())
+        while q < n_out and direction * (t_out[q] - t_new) <= 0:
+            theta = (float(t_out[q]) - t) / h
+            if stepper.kernel:
+                combine(y, stepper.coeffs(tab.dense_weights(theta)), h, ys[q])
+            else:
+                ys[q, :] = combine(y, stepper.coeffs(tab.dense_weights(theta)), h)
+            out_step[q] = n_acc
+            out_theta[q] = theta
+            q += 1
+        n_acc += 1
+        y = xp.asarray(y_new, copy=True)
+        K[0, :] = K[s - 1, :]
+        t = t_new
+        ts.append(t)
+        if n_acc % every == 0:
+            states[n_acc] = y
+    stats[1] = n_acc
+    success = not message
+    if message:
+        _fail(message, throw)
+    return Trajectory(ys=ys, ts=np.asarray(ts), states=states, every=every, out_step=out_step,
+                      out_theta=out_theta, errs=np.asarray(errs, dtype=np.float64),
+                      stiff=np.asarray(stiff, dtype=np.float64), stats=stats, success=success,
+                      message=message or "The solver reached the end of the integration "
+                      "interval.", t_fail=math.nan if success else t)
+
+
+def state_at(stepper: Stepper, rhs, traj: Trajectory, n: int):
+    """The state at the start of accepted step ``n`` (recomputed from the last checkpoint)."""
+    if n in traj.states:
+        return traj.states[n]
+    base = (n // traj.every) * traj.every
+    y = traj.states[base]
+    K = stepper.xp.zeros_like(stepper.K)
+    G = stepper.xp.zeros_like(stepper.G)
+    for m in range(base, n):
+        t, h = float(traj.ts[m]), float(traj.ts[m + 1] - traj.ts[m])
+        K[0, :] = rhs(t, y)
+        y = stepper.xp.asarray(stepper.stages(rhs, t, y, h, K=K, G=G), copy=True)
+    return y

@@ -1,0 +1,501 @@
+"""``diffsolve.ode.odeint``: adaptive explicit Runge–Kutta with adjoints and regularisers."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .. import _backend as B
+from .._autodiff import custom_vjp
+from ._adjoint import backsolve_adjoint, discrete_adjoint, one_step_adjoint, t_eval_cotangent
+from ._integrate import Stepper, Trajectory, integrate
+from ._regularizers import global_regularizers, local_step
+from ._result import ODEResult, ODESolveError
+from ._tableaux import TABLEAUX
+from ._vector_field import make_rhs, make_vjp
+
+__all__ = ["odeint"]
+
+np = B.host_namespace()
+
+WHERE = "diffsolve.ode.odeint"
+METHODS = tuple(TABLEAUX)
+CONTROLLERS = ("pi", "i")
+ADJOINTS = ("discrete", "backsolve")
+REGULARIZERS = ("error", "stiffness")
+LOCAL = (None, "unbiased", "biased")
+BATCH_MODES = ("per-trajectory", "shared")
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------
+def _host_times(t_eval):
+    if B.is_array(t_eval):
+        if t_eval.ndim != 1:
+            raise ValueError(f"{WHERE}: t_eval must be 1-D, got shape {tuple(t_eval.shape)}")
+        vals = [float(t_eval[i]) for i in range(t_eval.shape[0])]
+    else:
+        try:
+            vals = [float(v) for v in t_eval]
+        except TypeError:
+            raise TypeError(f"{WHERE}: t_eval must be a 1-D array or sequence of times, got "
+                            f"{type(t_eval).__name__}") from None
+    if len(vals) < 2:
+        raise ValueError(f"{WHERE}: t_eval needs at least 2 times (t_eval[0] is the initial "
+                         f"time), got {len(vals)}")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{WHERE}: t_eval contains NaN or infinite times")
+    t = np.asarray(vals, dtype=np.float64)
+    d = t[1:] - t[:-1]
+    if not (bool(np.all(d > 0)) or bool(np.all(d < 0))):
+        bad = next(i for i in range(1, len(vals)) if (d[i - 1] <= 0) != (d[0] <= 0)
+                   or d[i - 1] == 0)
+        raise ValueError(
+            f"{WHERE}: t_eval must be strictly increasing or strictly decreasing; "
+            f"t_eval[{bad - 1}]={vals[bad - 1]!r}, t_eval[{bad}]={vals[bad]!r}; sort it "
+            "(and drop duplicates)"
+        )
+    return t
+
+
+def _check_options(method, rtol, atol, controller, first_step, max_steps, adjoint,
+                   regularizers, local_regularization, batch_mode, checkpoint_every):
+    if method not in METHODS:
+        raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of "
+                         f"{list(METHODS)}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                or v <= 0:
+            raise ValueError(f"{WHERE}: {name} must be a finite number > 0, got {v!r} "
+                             "(e.g. rtol=1e-6, atol=1e-9)")
+    if controller not in CONTROLLERS:
+        raise ValueError(f"{WHERE}: controller={controller!r} is not known; choose 'pi' or "
+                         "'i' (the I controller reproduces scipy's RK45 step sequence)")
+    if first_step is not None and (not isinstance(first_step, numbers.Real)
+                                   or not first_step > 0 or not math.isfinite(first_step)):
+        raise ValueError(f"{WHERE}: first_step must be a positive number or None, got "
+                         f"{first_step!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) \
+            or max_steps < 1:
+        raise ValueError(f"{WHERE}: max_steps must be a positive integer, got {max_steps!r}")
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"{WHERE}: adjoint={adjoint!r} is not known; choose one of "
+                         f"{list(ADJOINTS)}")
+    if isinstance(regularizers, str):
+        regularizers = (regularizers,)
+    regularizers = tuple(regularizers or ())
+    unknown = [r for r in regularizers if r not in REGULARIZERS]
+    if unknown:
+        raise ValueError(f"{WHERE}: regularizers {unknown} are not known; choose from "
+                         f"{list(REGULARIZERS)}")
+    if regularizers and adjoint == "backsolve":
+        raise ValueError(f"{WHERE}: regularizers={regularizers} are built from the solver's "
+                         "own stages, which only the discrete adjoint differentiates; use "
+                         "adjoint='discrete'")
+    if local_regularization not in LOCAL:
+        raise ValueError(f"{WHERE}: local_regularization={local_regularization!r} is not "
+                         f"known; choose None, 'unbiased' or 'biased'")
+    if local_regularization is not None and not regularizers:
+        raise ValueError(f"{WHERE}: local_regularization={local_regularization!r} needs "
+                         "regularizers=('error',) and/or 'stiffness'")
+    if batch_mode not in BATCH_MODES:
+        raise ValueError(f"{WHERE}: batch_mode={batch_mode!r} is not known; choose one of "
+                         f"{list(BATCH_MODES)}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral) \
+            or checkpoint_every < 1:
+        raise ValueError(f"{WHERE}: checkpoint_every must be a positive integer, got "
+                         f"{checkpoint_every!r}")
+    return regularizers
+
+
+def _check_step_ts(step_ts, t_out, batched_per_traj, B_):
+    if step_ts is None:
+        return None
+    seqs = list(step_ts) if (batched_per_traj and isinstance(step_ts, (list, tuple))) \
+        else [step_ts] * (B_ if batched_per_traj else 1)
+    out = []
+    for s in seqs:
+        ts = _host_times(s)
+        if ts[0] != t_out[0] or ts[-1] != t_out[-1] or \
+                (ts[-1] - ts[0]) * (t_out[-1] - t_out[0]) < 0:
+            raise ValueError(f"{WHERE}: step_ts must run from t_eval[0]={t_out[0]!r} to "
+                             f"t_eval[-1]={t_out[-1]!r} in the same direction (e.g. a "
+                             "previous result's res.ts)")
+        out.append(ts)
+    return out
+
+
+def _params_info(params, xp):
+    if params is None:
+        return 0
+    if not B.is_array(params) or params.ndim != 1:
+        shape = tuple(params.shape) if B.is_array(params) else type(params).__name__
+        raise ValueError(f"{WHERE}: params must be ONE 1-D float array (or None), got {shape}; "
+                         "flatten your parameters into a vector and unpack them inside f")
+    if not xp.isdtype(params.dtype, "real floating"):
+        raise TypeError(f"{WHERE}: params must have a real floating dtype, got {params.dtype}")
+    return params.shape[0]
+
+
+# ---------------------------------------------------------------------------------------
+# the forward solve
+# ---------------------------------------------------------------------------------------
+class _Forward:
+    """Everything the backward rule reuses."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _status_message(code, t, t1, max_steps):
+    if code == 1:
+        return (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before t={t1!r}; "
+                "raise max_steps, loosen rtol/atol, or check whether the problem is stiff")
+    return (f"{WHERE}: step size underflow at t={t!r}; the solution may blow up, f may "
+            "return non-finite values there, or the problem be stiff: check f, or loosen "
+            "rtol/atol")
+
+
+def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_stiff):
+    xp = opts["xp"]
+    ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail = kern(
+        f, B.contiguous(xp, y0), t_out, params_eff, tab.A, tab.c, tab.e, tab.P, tab.order,
+        tab.error_order, opts["rtol"], opts["atol"], opts["controller"] == "pi",
+        float(opts["first_step"] or -1.0), int(opts["max_steps"]),
+        step_ts if step_ts is not None else np.empty((0,), dtype=np.float64), want_stiff)
+    status, t_fail = int(status), float(t_fail)
+    if status == 3:
+        raise ValueError(f"{WHERE}: f(t, y, params) returned an array of the wrong shape at "
+                         f"t={t_fail!r}; it must return dy/dt with y's shape "
+                         f"{tuple(y0.shape)}")
+    if status == 4:
+        raise ValueError(f"{WHERE}: f(t, y, params) returned NaN or infinite values at the "
+                         f"initial time t={t_fail!r}; check f and y0")
+    every = opts["every"]
+    N = ts.shape[0] - 1
+    st = {m: states[m] for m in range(0, N + 1, every)}
+    message = ""
+    if status != 0:
+        message = _status_message(status, t_fail, float(t_out[-1]), opts["max_steps"])
+        if opts["throw"]:
+            raise ODESolveError(message)
+    return Trajectory(ys=ys, ts=ts, states=st, every=every, out_step=out_step,
+                      out_theta=out_theta, errs=errs, stiff=stiff, stats=stats,
+                      success=status == 0, message=message or "The solver reached the end "
+                      "of the integration interval.", t_fail=t_fail if status else math.nan)
+
+
+def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, max_steps,
+             adjoint, regularizers, local_regularization, seed, vjp, batch_mode,
+             checkpoint_every, throw, step_ts):
+    if not callable(f):
+        raise TypeError(f"{WHERE}: f must be a callable f(t, y, params) -> dy/dt, got "
+                        f"{type(f).__name__}")
+    regularizers = _check_options(method, rtol, atol, controller, first_step, max_steps,
+                                  adjoint, regularizers, local_regularization, batch_mode,
+                                  checkpoint_every)
+    if not B.is_array(y0):
+        raise TypeError(f"{WHERE}: y0 must be an array (NumPy, CuPy or any array-API array), "
+                        f"got {type(y0).__name__}")
+    xp = B.array_namespace(y0, params, where=WHERE)
+    if y0.ndim not in (1, 2):
+        raise ValueError(f"{WHERE}: y0 must have shape (d,) or (B, d) for a batch, got "
+                         f"{tuple(y0.shape)}")
+    if not xp.isdtype(y0.dtype, "real floating"):
+        if xp.isdtype(y0.dtype, "integral"):
+            y0 = xp.astype(y0, xp.float64)
+        else:
+            raise TypeError(f"{WHERE}: y0 must be real floating, got dtype {y0.dtype}")
+    if not B.isfinite_all(xp, y0):
+        raise ValueError(f"{WHERE}: y0 contains NaN or infinite values")
+    _params_info(params, xp)
+    t_out = _host_times(t_eval)
+    batched = y0.ndim == 2
+    per_traj = batched and batch_mode == "per-trajectory"
+    n_traj = y0.shape[0] if per_traj else 1
+    step_list = _check_step_ts(step_ts, t_out, per_traj, n_traj)
+    tab = TABLEAUX[method]
+    dtype, device = y0.dtype, B.device(y0)
+    want_stiff = "stiffness" in regularizers
+    jitted = False
+    if B.is_numpy(xp) and not (batched and not per_traj):
+        jitted = bool(B.get_kernel(xp, "ode.is_jitted")(f))
+    params_eff = params
+    if jitted and params is None:
+        params_eff = xp.empty((0,), dtype=dtype)
+    shape = tuple(y0.shape[1:]) if per_traj else tuple(y0.shape)
+    n = math.prod(shape)
+    rhs = make_rhs(f, params_eff, shape, xp)
+    fvjp = make_vjp(f, vjp, params_eff, shape, xp, jitted)
+    stepper = Stepper(xp, tab, dtype, device, n, rtol, atol)
+    opts = dict(xp=xp, rtol=float(rtol), atol=float(atol), controller=controller,
+                first_step=first_step, max_steps=int(max_steps), every=int(checkpoint_every),
+                throw=throw)
+    kern = B.get_kernel(xp, "ode.rk_solve") if jitted else None
+    trajs = []
+    for b in range(n_traj):
+        yb = y0[b, ...] if per_traj else xp.reshape(y0, (n,))
+        sts = step_list[b] if step_list is not None else None
+        if jitted:
+            traj = _compiled_solve(kern, f, yb, t_out, params_eff, tab, opts, sts, want_stiff)
+        else:
+            f0 = rhs(float(t_out[0]), yb)
+            if not B.isfinite_all(xp, f0):
+                raise ValueError(f"{WHERE}: f(t, y, params) returned NaN or infinite values at "
+                                 f"the initial time t={float(t_out[0])!r}; check f and y0")
+            traj = integrate(stepper, rhs, yb, t_out, controller=controller,
+                             first_step=first_step, max_steps=int(max_steps), step_ts=sts,
+                             want_stiff=want_stiff, every=int(checkpoint_every), throw=throw,
+                             f0=f0)
+            traj.stats[3] += 1
+        trajs.append(traj)
+    # regularisers
+    r_e = r_s = 0.0
+    extra_nfe = 0
+    if regularizers:
+        if local_regularization is None:
+            for traj in trajs:
+                e_, s_ = global_regularizers(traj)
+                r_e += e_
+                r_s += s_
+        else:
+            rng = B.host_rng(seed)
+            for traj in trajs:
+                rec = local_step(stepper, rhs, traj, local_regularization, rng, want_stiff)
+                traj.local = rec or {}
+                if rec:
+                    r_e += rec["E"] * abs(rec["h"])
+                    r_s += rec["S"] * abs(rec["h"])
+                    extra_nfe += rec["nfe"]
+    if "error" not in regularizers:
+        r_e = 0.0
+    if not want_stiff:
+        r_s = 0.0
+    T = t_out.shape[0]
+    if per_traj:
+        ys = xp.stack([traj.ys for traj in trajs], axis=1)
+    else:
+        ys = xp.reshape(trajs[0].ys, (T, *y0.shape))
+    stats = sum(traj.stats for traj in trajs)
+    success = all(traj.success for traj in trajs)
+    message = next((traj.message for traj in trajs if not traj.success), trajs[0].message)
+    if not success:
+        import warnings
+
+        from .._result import ConvergenceWarning
+
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    ts = tuple(traj.ts for traj in trajs) if per_traj else trajs[0].ts
+    scalar = lambda v: xp.asarray(v, dtype=dtype, device=device)  # noqa: E731
+    result = ODEResult(ys=ys, reg_error=scalar(r_e), reg_stiffness=scalar(r_s),
+                       n_steps=int(stats[0]), n_accepted=int(stats[1]),
+                       n_rejected=int(stats[2]), nfe=int(stats[3]) + extra_nfe, ts=ts,
+                       success=success, message=message)
+    fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, fvjp=fvjp, xp=xp, t_out=t_out,
+                   per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
+                   regularizers=regularizers, local=local_regularization, tab=tab,
+                   jitted=jitted)
+    return result, fwd
+
+
+# ---------------------------------------------------------------------------------------
+# the backward rule
+# ---------------------------------------------------------------------------------------
+def _get_args(ctx):
+    args, kw = ctx.args, ctx.kwargs
+    f, y0, t_eval = args[0], args[1], args[2]
+    params = args[3] if len(args) > 3 else kw.get("params")
+    return f, y0, t_eval, params
+
+
+def _odeint_bwd(ctx, cot):
+    f, y0, t_eval, params = _get_args(ctx)
+    kw = dict(ctx.kwargs)
+    kw.pop("params", None)
+    fwd = ctx.residuals
+    if fwd is None:  # the JAX adapter under jit keeps no residuals: solve again
+        _, fwd = _solve(f, y0, t_eval, params, **kw)
+    xp = fwd.xp
+    adjoint = kw.get("adjoint", "discrete")
+    ys_bar_all = xp.astype(cot["ys"], fwd.y0.dtype)
+    rE = float(cot["reg_error"]) if "error" in fwd.regularizers else 0.0
+    rS = float(cot["reg_stiffness"]) if "stiffness" in fwd.regularizers else 0.0
+    T = fwd.t_out.shape[0]
+    y0_bars, p_bar, t_bar = [], None, [0.0] * T
+    global_reg = bool(rE or rS) and fwd.local is None
+    for b, traj in enumerate(fwd.trajs):
+        if fwd.per_traj:
+            ys_bar = ys_bar_all[:, b, :]
+            ys_b = traj.ys
+        else:
+            ys_bar = xp.reshape(ys_bar_all, (T, fwd.n))
+            ys_b = traj.ys
+        y0_b = traj.states[0]
+        if adjoint == "discrete":
+            y0_bar, pb, through = discrete_adjoint(
+                fwd.stepper, fwd.rhs, fwd.fvjp, traj, ys_bar,
+                rE if fwd.local is None else 0.0, rS if fwd.local is None else 0.0)
+        else:
+            def make_stepper(size, _xp=xp, _fwd=fwd):
+                return Stepper(_xp, _fwd.tab, _fwd.y0.dtype, B.device(_fwd.y0), size,
+                               kw.get("rtol", 1e-6), kw.get("atol", 1e-9))
+            p_size = 0 if params is None else params.shape[0]
+            y0_bar, pb, through = backsolve_adjoint(
+                xp, make_stepper, fwd.rhs, fwd.fvjp, fwd.n, p_size, ys_b, ys_bar, fwd.t_out,
+                controller=kw.get("controller", "pi"), max_steps=kw.get("max_steps", 100_000))
+        if fwd.local is not None and traj.local and (rE or rS):
+            rec = traj.local
+            pl = one_step_adjoint(fwd.stepper, fwd.rhs, fwd.fvjp, rec["t"], rec["y"], rec["h"],
+                                  rE, rS)
+            if pl is not None:
+                pb = pl if pb is None else pb + pl
+        if pb is not None:
+            p_bar = pb if p_bar is None else p_bar + pb
+        y0_bars.append(y0_bar)
+        tb = t_eval_cotangent(xp, fwd.rhs, ys_b, ys_bar, fwd.t_out, through, y0_b)
+        t_bar = [a + c for a, c in zip(t_bar, tb)]
+    if global_reg:
+        t_bar[0] = math.nan  # see odeint's Notes: not defined for the global regularisers
+    if fwd.per_traj:
+        y0_bar = xp.stack(y0_bars, axis=0)
+    else:
+        y0_bar = xp.reshape(y0_bars[0], tuple(y0.shape))
+    y0_bar = xp.astype(y0_bar, y0.dtype) if xp.isdtype(y0.dtype, "real floating") else None
+    if params is not None:
+        pxp = B.array_namespace(params)
+        p_bar = pxp.zeros_like(params) if p_bar is None else \
+            pxp.astype(pxp.reshape(pxp.asarray(p_bar), params.shape), params.dtype)
+    else:
+        p_bar = None
+    if B.is_array(t_eval) and B.array_namespace(t_eval).isdtype(t_eval.dtype, "real floating"):
+        txp = B.array_namespace(t_eval)
+        t_bar = txp.asarray(t_bar, dtype=t_eval.dtype, device=B.device(t_eval))
+    else:
+        t_bar = None
+    grads = (None, y0_bar, t_bar, p_bar)
+    return grads[:len(ctx.args)]
+
+
+def _odeint_shapes(f, y0, t_eval, params=None, **kwargs):
+    T = t_eval.shape[0] if hasattr(t_eval, "shape") else len(t_eval)
+    dtype = y0.dtype
+    return {
+        "ys": ((T, *tuple(y0.shape)), dtype),
+        "reg_error": ((), dtype),
+        "reg_stiffness": ((), dtype),
+        "n_steps": ((), "int64"),
+        "n_accepted": ((), "int64"),
+        "n_rejected": ((), "int64"),
+        "nfe": ((), "int64"),
+    }
+
+
+def _solve(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
+           controller="pi", first_step=None, max_steps=100_000, adjoint="discrete",
+           regularizers=(), local_regularization=None, seed=None, vjp=None,
+           batch_mode="per-trajectory", checkpoint_every=1, throw=True, step_ts=None):
+    return _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step,
+                    max_steps, adjoint, regularizers, local_regularization, seed, vjp,
+                    batch_mode, checkpoint_every, throw, step_ts)
+
+
+@custom_vjp(_odeint_bwd, _odeint_shapes, ODEResult, public_name=WHERE)
+def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
+           controller="pi", first_step=None, max_steps=100_000, adjoint="discrete",
+           regularizers=(), local_regularization=None, seed=None, vjp=None,
+           batch_mode="per-trajectory", checkpoint_every=1, throw=True, step_ts=None):
+    """Solve ``dy/dt = f(t, y, params)`` with an adaptive explicit Runge–Kutta pair.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(t, y, params) -> dy/dt`` with ``t`` a Python float, ``y`` an array of ``y0``'s
+        shape (one trajectory ``(d,)``; ``(B, d)`` with ``batch_mode="shared"``) and
+        ``params`` as given. Three kinds: (a) a Python function written with
+        ``autograd.numpy`` (VJP by autograd); (b) any function plus ``vjp=``; (c) a Numba
+        ``@njit`` function returning a new 1-D array: the whole forward integration then
+        runs compiled, with no Python per step (``params=None`` reaches it as an empty
+        float64 array); its gradients need ``vjp=`` (which may be ``@njit`` too).
+        PyTorch / JAX functions: see :func:`diffsolve.ode.from_torch` / ``from_jax``.
+    y0 : array, shape (d,) or (B, d)
+        Initial state(s); NumPy, CuPy or any array-API array, float32 or float64.
+    t_eval : array or sequence, shape (T,)
+        Strictly increasing or decreasing output times; ``t_eval[0]`` is the initial time
+        and the solve ends at ``t_eval[-1]``.
+    params : 1-D array, optional
+        All parameters as ONE vector (differentiable).
+    method : {"tsit5", "dopri5", "bs3"}
+        Tsitouras 5(4), Dormand–Prince 5(4), Bogacki–Shampine 3(2); each with its own
+        continuous extension for ``t_eval`` (outputs do not shorten steps).
+    rtol, atol : float > 0
+        Accept a step when ``E = rms(err / (atol + rtol max(|y_n|, |y_{n+1}|))) <= 1``.
+    controller : {"pi", "i"}
+        PI step-size control, or the I rule that reproduces ``scipy.integrate.solve_ivp``
+        (``dopri5`` + ``"i"`` takes RK45's steps).
+    first_step : float, optional
+        Initial ``|h|``; default Hairer's heuristic (as SciPy's ``select_initial_step``).
+    max_steps : int
+        Attempted steps allowed (per trajectory).
+    adjoint : {"discrete", "backsolve"}
+        Backward rule: exact gradient of the computed solution (reverse through the
+        accepted steps, step sizes constant), or the continuous adjoint integrated
+        backwards (cheaper memory, only as accurate as the tolerances).
+    regularizers : tuple of {"error", "stiffness"}
+        Compute ``reg_error`` ``R_E = Σ_j E_j |h_j|`` and/or ``reg_stiffness``
+        ``R_S = Σ_j λ_j |h_j|`` (``λ_j = ‖k_s − k_{s−1}‖/‖g_s − g_{s−1}‖``), summed over
+        accepted steps (and trajectories); differentiable with the discrete adjoint.
+    local_regularization : {None, "unbiased", "biased"}
+        Instead of the sums, one extra step from ``t_r`` drawn uniformly in the interval
+        ("unbiased") or among accepted step times ("biased"): ``R = E(t_r) |h_r|``.
+    seed : int, optional
+        Seed of the draw of ``t_r``.
+    vjp : callable, optional
+        ``vjp(t, y, params, v) -> (v_y, v_params)``: ``v_y = (∂f/∂y)ᵀ v``,
+        ``v_params = (∂f/∂params)ᵀ v`` (``None`` when ``params`` is None).
+    batch_mode : {"per-trajectory", "shared"}
+        For ``y0`` of shape (B, d): independent solves, each with its own steps (``f`` sees
+        ``(d,)``; equal to looping), or one solve of the (B, d) system with one step size
+        and the error norm over the whole batch (``f`` sees ``(B, d)``: one vectorised
+        call per stage).
+    checkpoint_every : int
+        The discrete adjoint stores every k-th accepted state and recomputes the others
+        (memory ``N/k + k`` states instead of ``N``).
+    throw : bool
+        On failure (max_steps, step-size underflow) raise :class:`ODESolveError`; with
+        ``False`` warn (:class:`diffsolve.ConvergenceWarning`) and return
+        ``success=False`` with NaN outputs past the failure.
+    step_ts : array or sequence of arrays, optional
+        Replay these step times (e.g. a previous ``res.ts``) instead of adapting: the step
+        sequence is then frozen, for finite-difference checks or fixed-step integration.
+
+    Returns
+    -------
+    ODEResult
+        ``ys`` (T, d) or (T, B, d), ``reg_error``, ``reg_stiffness`` (differentiable),
+        ``stats`` (``ODEStats(n_steps, n_accepted, n_rejected, nfe)``), ``ts``.
+
+    Notes
+    -----
+    Gradients: w.r.t. ``y0``, ``params`` (pass it positionally) and ``t_eval``
+    (``t̄_q = ȳ_q · f(t_q, y_q)``, ``t̄_0 = −a(t_0) · f(t_0, y_0)``, the continuous-time
+    formulas; with a non-zero cotangent of a *global* regulariser ``t̄_0`` is NaN, since
+    the regularisers' dependence on the start time is not defined with frozen steps).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import autograd.numpy as anp
+    >>> from diffsolve.ode import odeint
+    >>> def f(t, y, p):
+    ...     return -p[0] * y
+    >>> res = odeint(f, np.array([1.0]), np.array([0.0, 1.0]), np.array([2.0]))
+    >>> bool(abs(res.ys[-1, 0] - np.exp(-2.0)) < 1e-6)
+    True
+    """
+    return _solve(f, y0, t_eval, params, method=method, rtol=rtol, atol=atol,
+                  controller=controller, first_step=first_step, max_steps=max_steps,
+                  adjoint=adjoint, regularizers=regularizers,
+                  local_regularization=local_regularization, seed=seed, vjp=vjp,
+                  batch_mode=batch_mode, checkpoint_every=checkpoint_every, throw=throw,
+                  step_ts=step_ts)

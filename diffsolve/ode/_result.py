@@ -1,0 +1,86 @@
+"""Result types of :func:`diffsolve.ode.odeint`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .._result import SolverResult
+
+__all__ = ["ODEResult", "ODESolveError", "ODEStats"]
+
+
+class ODESolveError(RuntimeError):
+    """The integration stopped (step-size underflow, ``max_steps`` reached, non-finite f).
+
+    The message names the time at which it happened and what to try.
+    """
+
+
+@dataclass(frozen=True)
+class ODEStats:
+    """Work done by one :func:`~diffsolve.ode.odeint` call.
+
+    Attributes
+    ----------
+    n_steps : int
+        Attempted steps (accepted + rejected).
+    n_accepted, n_rejected : int
+    nfe : int
+        Evaluations of ``f`` in the forward solve (initial slope, initial-step heuristic,
+        ``s - 1`` per attempted step thanks to FSAL, and those of the local regulariser's
+        extra step). For a batch solved per trajectory: totals over the batch.
+    """
+
+    n_steps: int
+    n_accepted: int
+    n_rejected: int
+    nfe: int
+
+
+@dataclass(frozen=True)
+class ODEResult(SolverResult):
+    """Result of :func:`diffsolve.ode.odeint`.
+
+    Attributes
+    ----------
+    ys : array, shape (len(t_eval), d) or (len(t_eval), B, d)
+        The solution at ``t_eval`` (differentiable); ``ys[0]`` is ``y0``.
+    reg_error : array, shape ()
+        ``R_E``: the error regulariser, 0 unless ``"error"`` is in ``regularizers``
+        (differentiable).
+    reg_stiffness : array, shape ()
+        ``R_S``: the stiffness regulariser, 0 unless ``"stiffness"`` is requested
+        (differentiable).
+    n_steps, n_accepted, n_rejected, nfe : int
+        Solver statistics, also available together as :attr:`stats`.
+    ts : array or tuple of arrays or None
+        Accepted step times ``t_0 < t_1 < ... < t_N`` (host NumPy float64, starting with
+        ``t_eval[0]``); one array per trajectory for a batch solved per trajectory. Pass it
+        as ``step_ts=`` to replay the same steps. ``None`` under :func:`diffsolve.to_jax`
+        (its length is not known before the solve).
+    success : bool
+        False when the solve stopped early with ``throw=False``; ``ys`` is NaN from the
+        first output time it did not reach.
+    message : str
+        Why it stopped.
+    """
+
+    ys: Any
+    reg_error: Any
+    reg_stiffness: Any
+    n_steps: Any
+    n_accepted: Any
+    n_rejected: Any
+    nfe: Any
+    ts: Any = None
+    success: bool = True
+    message: str = "The solver reached the end of the integration interval."
+
+    differentiable_fields: ClassVar[tuple[str, ...]] = ("ys", "reg_error", "reg_stiffness")
+
+    @property
+    def stats(self) -> ODEStats:
+        """``ODEStats(n_steps, n_accepted, n_rejected, nfe)``."""
+        return ODEStats(int(self.n_steps), int(self.n_accepted), int(self.n_rejected),
+                        int(self.nfe))

@@ -1,0 +1,324 @@
+"""Numba kernels for explicit Runge–Kutta integration (:mod:`diffsolve.ode`).
+
+Two kinds of kernel live here:
+
+- *stage kernels* used by the Python-driven step loop (any vector field ``f``):
+  :func:`rk_combine` forms a stage argument / dense output ``y + h Σ_j a_j K[j]`` in one
+  pass and :func:`rk_error_norm` the scaled RMS norm of the embedded error estimate, so a
+  step costs two small compiled calls per stage instead of a handful of NumPy
+  temporaries. Their CuPy twins in :mod:`diffsolve.kernels.cuda.ode` have the same
+  signatures.
+- the *compiled integrator* :func:`rk_solve`, which runs the whole adaptive loop (stages,
+  error norm, step-size control, dense output, records for the adjoint) in nopython mode
+  for a vector field that is itself a Numba ``@njit`` function ``f(t, y, params)``. It has
+  no GPU twin: a Numba CPU function cannot run on the GPU.
+
+Arrays are C-contiguous; states are 1-D ``(n,)``, stages ``(s, n)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._config import jit
+
+__all__ = ["is_jitted", "rk_combine", "rk_error_norm", "rk_solve"]
+
+
+@jit()
+def rk_combine(y, K, coeffs, h, out):  # pragma: no cover - compiled
+    """``out = y + h * Σ_{j < m} coeffs[j] * K[j]`` with ``m = len(coeffs)``; returns out.
+
+    ``y``, ``out``: (n,); ``K``: (s, n) with ``s >= m``; ``h`` a float. (A Numba
+    dispatcher called directly: this is on the per-stage hot path of the Python loop.)
+    """
+    n = y.shape[0]
+    m = coeffs.shape[0]
+    for i in range(n):
+        acc = 0.0
+        for j in range(m):
+            acc += coeffs[j] * K[j, i]
+        out[i] = y[i] + h * acc
+    return out
+
+
+@jit()
+def rk_error_norm(y, y_new, K, e, h, rtol, atol):  # pragma: no cover - compiled
+    """``sqrt(mean_i ((h Σ_j e_j K[j, i]) / (atol + rtol max(|y_i|, |y_new_i|)))²))``.
+
+    The scaled error of ALGORITHMS.md §3 (Hairer–Nørsett–Wanner II.4). Returns a float.
+    """
+    n = y.shape[0]
+    m = e.shape[0]
+    acc = 0.0
+    for i in range(n):
+        err = 0.0
+        for j in range(m):
+            err += e[j] * K[j, i]
+        sc = atol + rtol * max(abs(y[i]), abs(y_new[i]))
+        r = h * err / sc
+        acc += r * r
+    return math.sqrt(acc / max(n, 1))
+
+
+# ---------------------------------------------------------------------------------------
+# the compiled integrator
+# ---------------------------------------------------------------------------------------
+# status codes returned by rk_solve (decoded into messages by diffsolve.ode)
+OK, MAX_STEPS, UNDERFLOW, BAD_SHAPE, NONFINITE_F0 = 0, 1, 2, 3, 4
+
+
+@jit()
+def _rms_scaled(x, sc):  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(x.shape[0]):
+        r = x[i] / sc[i]
+        acc += r * r
+    return math.sqrt(acc / max(x.shape[0], 1))
+
+
+@jit()
+def _grow(a, n):  # pragma: no cover - compiled
+    """``a`` (1-D) with room for index ``n`` (capacity doubled when full)."""
+    if n < a.shape[0]:
+        return a
+    b = np.empty(2 * a.shape[0], dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@jit()
+def _grow2(a, n):  # pragma: no cover - compiled
+    """``a`` (2-D) with room for row ``n``."""
+    if n < a.shape[0]:
+        return a
+    b = np.empty((2 * a.shape[0], a.shape[1]), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@jit()
+def _solve_one(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
+               first_step, max_steps, step_ts, want_stiff):  # pragma: no cover - compiled
+    n = y0.shape[0]
+    s = c.shape[0]
+    n_out = t_out.shape[0]
+    dtype = y0.dtype
+    ys = np.full((n_out, n), np.nan, dtype=dtype)
+    ys[0] = y0
+    out_step = np.full(n_out, -1, dtype=np.int64)
+    out_theta = np.zeros(n_out, dtype=np.float64)
+    cap = 64
+    ts = np.empty(cap, dtype=np.float64)
+    states = np.empty((cap, n), dtype=dtype)
+    errs = np.empty(cap, dtype=np.float64)
+    stiff = np.empty(cap, dtype=np.float64)
+    K = np.empty((s, n), dtype=dtype)
+    G = np.empty((s, n), dtype=dtype)
+    stats = np.zeros(4, dtype=np.int64)  # n_steps, n_accepted, n_rejected, nfe
+    t0 = t_out[0]
+    t1 = t_out[n_out - 1]
+    direction = 1.0 if t1 >= t0 else -1.0
+    status = OK
+    t_fail = t0
+    ts[0] = t0
+    states[0] = y0
+    f0 = f(t0, y0, params)
+    stats[3] += 1
+    if f0.shape[0] != n:
+        return ys, ts[:1], states[:1], errs[:0], stiff[:0], out_step, out_theta, stats, \
+            BAD_SHAPE, t0
+    K[0] = f0
+    for i in range(n):
+        if not math.isfinite(K[0, i]):
+            return ys, ts[:1], states[:1], errs[:0], stiff[:0], out_step, out_theta, \
+                stats, NONFINITE_F0, t0
+    y = y0.copy()
+    sc = np.empty(n, dtype=np.float64)
+    fixed = step_ts.shape[0] > 0
+    interval = abs(t1 - t0)
+    if fixed:
+        h_abs = 0.0
+    elif first_step > 0:
+        h_abs = first_step
+    elif interval == 0.0:
+        h_abs = 0.0
+    else:
+        # Hairer's initial step, in SciPy's form (common.select_initial_step)
+        for i in range(n):
+            sc[i] = atol + abs(y0[i]) * rtol
+        d0 = _rms_scaled(y0, sc)
+        d1 = _rms_scaled(K[0], sc)
+        if d0 < 1e-5 or d1 < 1e-5:
+            h0 = 1e-6
+        else:
+            h0 = 0.01 * d0 / d1
+        h0 = min(h0, interval)
+        y1 = np.empty(n, dtype=dtype)
+        for i in range(n):
+            y1[i] = y0[i] + h0 * direction * K[0, i]
+        f1 = f(t0 + h0 * direction, y1, params)
+        stats[3] += 1
+        diff = np.empty(n, dtype=np.float64)
+        for i in range(n):
+            diff[i] = f1[i] - K[0, i]
+        d2 = _rms_scaled(diff, sc) / h0
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (error_order + 1))
+        h_abs = min(100 * h0, h1, interval)
+    exp_i = -1.0 / (error_order + 1)
+    beta1 = 7.0 / (10.0 * order)
+    beta2 = 2.0 / (5.0 * order)
+    err_prev = 1e-4
+    t = t0
+    n_acc = 0
+    q = 1
+    while q < n_out and t_out[q] == t0:
+        ys[q] = y0
+        out_step[q] = -1
+        q += 1
+    while direction * (t1 - t) > 0:
+        if fixed and n_acc + 1 >= step_ts.shape[0]:
+            break
+        min_step = 10.0 * abs(np.nextafter(t, direction * np.inf) - t)
+        if not fixed:
+            if h_abs < min_step:
+                h_abs = min_step
+        rejected = False
+        while True:
+            if stats[0] >= max_steps:
+                status = MAX_STEPS
+                t_fail = t
+                break
+            if fixed:
+                t_new = step_ts[n_acc + 1]
+                h = t_new - t
+            else:
+                if h_abs < min_step:
+                    status = UNDERFLOW
+                    t_fail = t
+                    break
+                h = h_abs * direction
+                t_new = t + h
+                if direction * (t_new - t1) > 0:
+                    t_new = t1
+                h = t_new - t
+                h_abs = abs(h)
+            for st in range(1, s):
+                for i in range(n):
+                    acc = 0.0
+                    for j in range(st):
+                        acc += A[st, j] * K[j, i]
+                    G[st, i] = y[i] + h * acc
+                ki = f(t + c[st] * h, G[st], params)
+                for i in range(n):
+                    K[st, i] = ki[i]
+            stats[0] += 1
+            stats[3] += s - 1
+            acc2 = 0.0
+            for i in range(n):
+                err = 0.0
+                for j in range(s):
+                    err += e[j] * K[j, i]
+                sci = atol + rtol * max(abs(y[i]), abs(G[s - 1, i]))
+                r = h * err / sci
+                acc2 += r * r
+            E = math.sqrt(acc2 / max(n, 1))
+            if fixed:
+                break
+            if not math.isfinite(E):
+                h_abs *= 0.2
+                rejected = True
+                stats[2] += 1
+                continue
+            if (pi and E <= 1.0) or ((not pi) and E < 1.0):
+                if E == 0.0:
+                    factor = 10.0
+                elif pi:
+                    factor = min(10.0, max(0.2, 0.9 * E ** (-beta1) * err_prev ** beta2))
+                else:
+                    factor = min(10.0, 0.9 * E ** exp_i)
+                if rejected:
+                    factor = min(1.0, factor)
+                if pi:
+                    err_prev = max(E, 1e-4)
+                h_abs *= factor
+                break
+            h_abs *= max(0.2, 0.9 * E ** exp_i)
+            rejected = True
+            stats[2] += 1
+        if status != OK:
+            break
+        # accepted step n_acc: t -> t_new
+        S = 0.0
+        if want_stiff:
+            num = 0.0
+            den = 0.0
+            for i in range(n):
+                dk = K[s - 1, i] - K[s - 2, i]
+                dg = G[s - 1, i] - G[s - 2, i]
+                num += dk * dk
+                den += dg * dg
+            S = math.sqrt(num / den) if den > 0 else 0.0
+        errs = _grow(errs, n_acc)
+        stiff = _grow(stiff, n_acc)
+        errs[n_acc] = E
+        stiff[n_acc] = S
+        while q < n_out and direction * (t_out[q] - t_new) <= 0:
+            theta = (t_out[q] - t) / h
+            for i in range(n):
+                acc = 0.0
+                for j in range(s):
+                    bj = 0.0
+                    pw = 1.0
+                    for m in range(P.shape[1]):
+                        pw *= theta
+                        bj += P[j, m] * pw
+                    acc += bj * K[j, i]
+                ys[q, i] = y[i] + h * acc
+            out_step[q] = n_acc
+            out_theta[q] = theta
+            q += 1
+        n_acc += 1
+        stats[1] += 1
+        ts = _grow(ts, n_acc)
+        states = _grow2(states, n_acc)
+        ts[n_acc] = t_new
+        for i in range(n):
+            y[i] = G[s - 1, i]
+            K[0, i] = K[s - 1, i]
+        states[n_acc] = y
+        t = t_new
+    return ys, ts[: n_acc + 1], states[: n_acc + 1], errs[:n_acc], stiff[:n_acc], out_step, \
+        out_theta, stats, status, t_fail
+
+
+def rk_solve(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
+             first_step, max_steps, step_ts, want_stiff):
+    """Integrate ``dy/dt = f(t, y, params)`` from ``t_out[0]`` over ``t_out``, compiled.
+
+    ``f`` must be a Numba ``@njit`` function returning a new 1-D array. The tableau is
+    given in FSAL form (``A`` (s, s) with last row ``b``; ``c``; error weights ``e``;
+    dense coefficients ``P`` (s, m)). ``pi``: PI controller (else the I controller that
+    reproduces SciPy's RK45 step sequence); ``first_step <= 0``: Hairer's initial step;
+    ``step_ts`` non-empty: replay those step times. Returns ``(ys, ts, states, errs,
+    stiff, out_step, out_theta, stats, status, t_fail)``: outputs at ``t_out``, accepted
+    step times, the state at each of them, per-step scaled error ``E`` and eigenvalue
+    estimate ``‖k_s − k_{s−1}‖/‖g_s − g_{s−1}‖`` (Shampine's stiffness test), the step
+    and θ each output was interpolated in, ``[n_steps, n_accepted, n_rejected, nfe]``, a
+    status code (``OK``, ``MAX_STEPS``, ``UNDERFLOW``, ``BAD_SHAPE``, ``NONFINITE_F0``) and
+    the time it refers to.
+    """
+    return _solve_one(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
+                      first_step, max_steps, step_ts, want_stiff)
+
+
+def is_jitted(f) -> bool:
+    """Whether ``f`` is a Numba dispatcher (an ``@njit`` function) usable by :func:`rk_solve`."""
+    from numba.core.dispatcher import Dispatcher
+
+    return isinstance(f, Dispatcher)
