@@ -146,6 +146,13 @@ def _lse_cols(C, f, eps, active, out):  # pragma: no cover - compiled
     return out
 
 
+# below this many cost entries a call runs on one thread: waking the thread pool costs more
+# than the work (and on a busy machine a parallel launch can wait for a core)
+_SERIAL_BELOW = 1 << 16
+_lse_rows_serial = jit()(_lse_rows.py_func)
+_lse_cols_serial = jit()(_lse_cols.py_func)
+
+
 def _check(C, v, active, out, n_v, n_out, what):
     if C.ndim != 3 or v.ndim != 2 or out.ndim != 2 or active.ndim != 1:
         raise ValueError(f"{what}: expected C (B, n, m), potentials (B, .), active (B,), "
@@ -177,7 +184,8 @@ def lse_rows(C, g, eps, active, out):
     (see :func:`diffsolve.ot.sinkhorn`) or with the CuPy twin.
     """
     _check(C, g, active, out, C.shape[2], C.shape[1], "lse_rows")
-    return _lse_rows(C, g, float(eps), active, out)
+    kern = _lse_rows_serial if C.size < _SERIAL_BELOW else _lse_rows
+    return kern(C, g, float(eps), active, out)
 
 
 def lse_cols(C, f, eps, active, out):
@@ -186,4 +194,5 @@ def lse_cols(C, f, eps, active, out):
     Same conventions as :func:`lse_rows`; ``C`` is read row by row (never transposed).
     """
     _check(C, f, active, out, C.shape[1], C.shape[2], "lse_cols")
-    return _lse_cols(C, f, float(eps), active, out)
+    kern = _lse_cols_serial if C.size < _SERIAL_BELOW else _lse_cols
+    return kern(C, f, float(eps), active, out)

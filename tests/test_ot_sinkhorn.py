@@ -1,0 +1,350 @@
+"""diffsolve.ot.sinkhorn: solutions (vs POT and a naive loop), batching, dtypes, small eps,
+acceleration, warm starts, errors and warnings, and gradients (finite differences, unrolled
+autograd, the envelope rule, diffsolve.vjp and the autograd / torch / JAX adapters)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import diffsolve as ds
+import diffsolve.ot
+from diffsolve.ot._errors import marginal_error
+from tests.helpers import assert_close, central_difference, to_numpy
+from tests.naive_ot import naive_sinkhorn
+
+TIGHT = {"tol": 1e-13, "max_iter": 100_000}
+
+
+def _problem(rng, n=7, m=5, batch=(), scale=1.0):
+    C = rng.random((*batch, n, m)) * scale
+    a = rng.random((*batch, n)) + 0.1
+    a /= a.sum(-1, keepdims=True)
+    b = rng.random((*batch, m)) + 0.1
+    b /= b.sum(-1, keepdims=True)
+    return a, b, C
+
+
+def _clouds(rng, n, m=None):
+    m = n if m is None else m
+    x = rng.standard_normal((n, 2))
+    y = rng.standard_normal((m, 2)) + 1.0
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    return np.full(n, 1.0 / n), np.full(m, 1.0 / m), C / C.max()
+
+
+# ------------------------------------------------------------------------------------------
+# forward
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("eps", [0.5, 0.05])
+def test_namespaces_match_naive_loop(xp, rng, eps):
+    a, b, C = _problem(rng)
+    res = ds.ot.sinkhorn(xp.asarray(a), xp.asarray(b), xp.asarray(C), eps, **TIGHT)
+    plan, f, g = naive_sinkhorn(a, b, C, eps, 3000)
+    assert res.converged and res.error <= 1e-13
+    assert_close(res.plan, plan, xp=xp, dtype=xp.float64, rtol=1e-9, atol=1e-14)
+    assert_close(res.f, f, xp=xp, rtol=1e-9, atol=1e-12)
+    assert_close(res.g, g, xp=xp, rtol=1e-9, atol=1e-12)
+    want_cost = np.sum(C * plan) + eps * np.sum(plan * (np.log(plan) - 1))
+    np.testing.assert_allclose(float(res.cost), want_cost, rtol=1e-10)
+    assert isinstance(res.n_iters, int) and isinstance(res.converged, bool)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.01])
+def test_plan_matches_pot(rng, eps):
+    ot = pytest.importorskip("ot")
+    a, b, C = _clouds(rng, 40, 30)
+    res = ds.ot.sinkhorn(a, b, C, eps, tol=1e-12)
+    want = ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", numItermax=100_000, stopThr=1e-14)
+    np.testing.assert_allclose(res.plan, want, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batched_matches_loop(xp, rng, dtype):
+    a, b, C = _problem(rng, batch=(2, 3))
+    C[0, 1] *= 5  # problems of very different difficulty: each stops on its own
+    dt = getattr(xp, dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-11
+    args = [xp.asarray(x, dtype=dt) for x in (a, b, C)]
+    res = ds.ot.sinkhorn(*args, 0.05, tol=tol)
+    assert res.plan.shape == (2, 3, 7, 5) and res.plan.dtype == dt
+    assert res.cost.shape == (2, 3) and res.n_iters.shape == (2, 3)
+    iters = to_numpy(res.n_iters)
+    assert len(set(iters.ravel().tolist())) > 1
+    for i in range(2):
+        for j in range(3):
+            one = ds.ot.sinkhorn(xp.asarray(a[i, j], dtype=dt), xp.asarray(b[i, j], dtype=dt),
+                                 xp.asarray(C[i, j], dtype=dt), 0.05, tol=tol)
+            assert one.n_iters == iters[i, j]
+            rt = 1e-4 if dtype == "float32" else 1e-12
+            np.testing.assert_allclose(to_numpy(res.plan)[i, j], to_numpy(one.plan),
+                                       rtol=rt, atol=rt * 1e-2)
+            np.testing.assert_allclose(to_numpy(res.cost)[i, j], float(one.cost), rtol=rt)
+    assert bool(np.all(to_numpy(res.converged)))
+
+
+def test_broadcast_batch_and_gradient_shapes(rng):
+    a, b, C = _problem(rng, batch=(3,))
+    res, f_vjp = ds.vjp(ds.ot.sinkhorn, a, b[0], C[0], 0.1, **TIGHT)  # b, C shared
+    assert res.plan.shape == (3, 7, 5)
+    for i in range(3):
+        one = ds.ot.sinkhorn(a[i], b[0], C[0], 0.1, **TIGHT)
+        np.testing.assert_allclose(res.plan[i], one.plan, rtol=1e-10, atol=1e-15)
+    a_bar, b_bar, C_bar = f_vjp(cost=np.ones(3))
+    assert a_bar.shape == (3, 7) and b_bar.shape == (5,) and C_bar.shape == (7, 5)
+    np.testing.assert_allclose(C_bar, res.plan.sum(0), rtol=1e-12)
+
+
+def test_float32_small_eps_no_nan(rng):
+    a, b, C = _clouds(rng, 60)
+    for dtype in (np.float32, np.float64):
+        res = ds.ot.sinkhorn(a.astype(dtype), b.astype(dtype), C.astype(dtype), 1e-3,
+                             tol=1e-4 if dtype == np.float32 else 1e-9,
+                             acceleration="momentum")
+        assert res.plan.dtype == dtype and res.converged
+        assert np.all(np.isfinite(res.plan)) and np.all(np.isfinite(res.f))
+        assert np.isfinite(res.cost)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 5e-4])
+def test_small_eps_all_variants(rng, eps):
+    a, b, C = _clouds(rng, 30, 25)
+    plain = ds.ot.sinkhorn(a, b, C, eps, max_iter=50_000)
+    assert plain.converged and plain.error <= 1e-9
+    for kw in ({"acceleration": "momentum"}, {"acceleration": "anderson"},
+               {"eps_scaling": 6}, {"eps_scaling": [0.1, 0.01], "acceleration": "momentum"}):
+        res = ds.ot.sinkhorn(a, b, C, eps, max_iter=50_000, **kw)
+        assert res.converged, kw
+        assert np.all(np.isfinite(res.plan))
+        np.testing.assert_allclose(res.plan, plain.plan, atol=1e-8)
+
+
+def test_small_eps_namespaces(xp, rng):
+    a, b, C = _clouds(rng, 30, 25)
+    res = ds.ot.sinkhorn(*(xp.asarray(x) for x in (a, b, C)), 1e-3, acceleration="momentum")
+    assert res.converged
+    want = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=50_000)
+    assert_close(res.plan, want.plan, xp=xp, rtol=0, atol=1e-8)
+
+
+def test_acceleration_reduces_iterations(rng):
+    a, b, C = _clouds(rng, 30, 25)
+    plain = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=50_000)
+    for acc in ("momentum", "anderson"):
+        res = ds.ot.sinkhorn(a, b, C, 1e-3, acceleration=acc, max_iter=50_000)
+        assert res.converged
+        assert res.n_iters < 0.3 * plain.n_iters, (acc, res.n_iters, plain.n_iters)
+
+
+def test_warm_start(rng):
+    a, b, C = _problem(rng)
+    res = ds.ot.sinkhorn(a, b, C, 0.05)
+    again = ds.ot.sinkhorn(a, b, C, 0.05, f0=res.f, g0=res.g)
+    assert again.n_iters == 0 and again.converged
+    near = ds.ot.sinkhorn(a, b, C * 1.01, 0.05, f0=res.f)
+    cold = ds.ot.sinkhorn(a, b, C * 1.01, 0.05)
+    assert near.n_iters < cold.n_iters
+    np.testing.assert_allclose(near.plan, cold.plan, atol=1e-9)
+
+
+def test_error_measures_and_zero_weights(rng):
+    a, b, C = _problem(rng)
+    a[2] = 0.0
+    a /= a.sum()
+    res = ds.ot.sinkhorn(a, b, C, 0.05, error_measure="l2-pot", tol=1e-10)
+    assert res.error_measure == "l2-pot"
+    import array_api_compat.numpy as xnp
+
+    assert res.error == pytest.approx(float(marginal_error(res.plan, a, b, xnp, "l2-pot")))
+    assert np.all(res.plan[2] == 0) and res.f[2] == -np.inf
+    assert np.all(np.isfinite(res.plan)) and np.isfinite(res.cost)
+    _, f_vjp = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05)
+    grads = f_vjp(cost=np.float64(1.0), plan=np.ones_like(C))
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_non_convergence_warns_and_throws(rng):
+    a, b, C = _clouds(rng, 30)
+    with pytest.warns(ds.ConvergenceWarning, match="max_iter.*larger eps.*eps_scaling"):
+        res = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=5)
+    assert not res.converged and res.n_iters == 5 and res.error > 1e-9
+    with pytest.raises(RuntimeError, match="did not converge"):
+        ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=5, throw=True)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"a": -1}, "a has negative entries"),
+    ({"a": np.nan}, "a contains NaN"),
+    ({"b": 2.0}, "different total mass"),
+    ({"C": np.inf}, "C contains NaN or infinite"),
+    ({"shape": True}, r"C must have shape \(\.\.\., 7, 5\)"),
+    ({"eps": 0.0}, "eps must be a finite number > 0"),
+    ({"eps": -1.0}, "eps must be a finite number > 0"),
+    ({"opt": {"acceleration": "nesterov"}}, "acceleration='nesterov' is not known"),
+    ({"opt": {"error_measure": "l3"}}, "error_measure='l3'"),
+    ({"opt": {"tol": 0}}, "tol must be"),
+    ({"opt": {"max_iter": 0}}, "max_iter must be a positive integer"),
+    ({"opt": {"eps_scaling": [0.1, 0.5]}}, "non-increasing"),
+    ({"opt": {"gradient": "unrolled"}}, "gradient='unrolled'"),
+    ({"opt": {"f0": np.zeros(3)}}, "f0 has shape"),
+])
+def test_bad_input(rng, kwargs, match):
+    a, b, C = _problem(rng)
+    if "a" in kwargs:
+        a = a.copy()
+        a[0] = kwargs["a"]
+    if "b" in kwargs:
+        b = b * kwargs["b"]
+    if "C" in kwargs:
+        C = C.copy()
+        C[1, 1] = kwargs["C"]
+    if "shape" in kwargs:
+        C = C.T
+    with pytest.raises((ValueError, TypeError), match=match) as info:
+        ds.ot.sinkhorn(a, b, C, kwargs.get("eps", 0.1), **kwargs.get("opt", {}))
+    assert "diffsolve.ot.sinkhorn" in str(info.value)
+
+
+def test_batch_mismatch_and_types(rng):
+    a, b, C = _problem(rng, batch=(2,))
+    with pytest.raises(ValueError, match="batch dimensions do not broadcast"):
+        ds.ot.sinkhorn(a, b, np.stack([C[0]] * 3), 0.1)
+    with pytest.raises(TypeError, match="diffsolve.ot.sinkhorn: expected arrays"):
+        ds.ot.sinkhorn([0.5, 0.5], b[0], C[0], 0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# gradients
+# ------------------------------------------------------------------------------------------
+def _loss_and_cots(rng, n, m, eps, **kw):
+    Wp = rng.standard_normal((n, m))
+    wf, wg, wc = rng.standard_normal(n), rng.standard_normal(m), 0.7
+
+    def loss(a, b, C):
+        r = ds.ot.sinkhorn(a, b, C, eps, **TIGHT, **kw)
+        return np.sum(Wp * r.plan) + wf @ r.f + wg @ r.g + wc * r.cost
+
+    return loss, {"plan": Wp, "f": wf, "g": wg, "cost": np.float64(wc)}
+
+
+@pytest.mark.parametrize("eps", [0.2, 0.03])
+@pytest.mark.parametrize(("n", "m"), [(6, 4), (4, 6)])  # both Schur complements
+def test_implicit_gradient_vs_finite_differences(rng, eps, n, m):
+    a, b, C = _problem(rng, n, m)
+    loss, cots = _loss_and_cots(rng, n, m, eps)
+    _, f_vjp = ds.vjp(ds.ot.sinkhorn, a, b, C, eps, **TIGHT)
+    a_bar, b_bar, C_bar = f_vjp(**cots)
+    dC = rng.standard_normal(C.shape)
+    fd = central_difference(lambda t: loss(a, b, C + t * dC), 0.0, 1.0, h=1e-6)
+    np.testing.assert_allclose(np.sum(C_bar * dC), fd, rtol=1e-6, atol=1e-8)
+    # mass-preserving directions, including one that moves mass on both sides at once
+    for shift in (0.0, 0.3):
+        da = rng.standard_normal(n)
+        da -= da.mean() - shift / n
+        db = rng.standard_normal(m)
+        db -= db.mean() - shift / m
+        fd = central_difference(lambda t, da=da, db=db: loss(a + t * da, b + t * db, C),
+                                0.0, 1.0, h=1e-6)
+        np.testing.assert_allclose(a_bar @ da + b_bar @ db, fd, rtol=1e-6, atol=1e-8)
+    # the minimum-norm representative: orthogonal to (1, -1)
+    assert abs(a_bar.sum() - b_bar.sum()) < 1e-10
+
+
+def test_envelope_matches_implicit_for_the_cost(rng):
+    a, b, C = _problem(rng)
+    _, vi = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, **TIGHT)
+    res, ve = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, gradient="envelope", **TIGHT)
+    for gi, ge in zip(vi(cost=np.float64(1.0)), ve(cost=np.float64(1.0)), strict=True):
+        np.testing.assert_allclose(gi, ge, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ve(cost=np.float64(1.0))[2], res.plan, rtol=1e-14)
+    with pytest.raises(ValueError, match="gradient='envelope' differentiates the cost only"):
+        ve(plan=np.ones_like(C))
+
+
+def test_implicit_matches_unrolled_autograd(rng):
+    import autograd
+    import autograd.numpy as anp
+    from autograd.scipy.special import logsumexp
+
+    a, b, C = _problem(rng, 6, 5)
+    eps = 0.1
+    Wp = rng.standard_normal(C.shape)
+
+    def unrolled(C):
+        # a plain log-domain loop, differentiated by autograd through every iteration
+        f = anp.zeros(6)
+        for _ in range(400):
+            g = eps * anp.log(b) - eps * logsumexp((f[:, None] - C) / eps, axis=0)
+            f = eps * anp.log(a) - eps * logsumexp((g[None, :] - C) / eps, axis=1)
+        P = anp.exp((f[:, None] + g[None, :] - C) / eps)
+        return anp.sum(Wp * P)
+
+    want = autograd.grad(unrolled)(C)
+    _, f_vjp = ds.vjp(ds.ot.sinkhorn, a, b, C, eps, **TIGHT)
+    np.testing.assert_allclose(f_vjp(plan=Wp)[2], want, rtol=1e-8, atol=1e-11)
+
+
+def test_vjp_namespaces(xp, rng):
+    a, b, C = _problem(rng)
+    Wp = rng.standard_normal(C.shape)
+    _, ref = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, **TIGHT)
+    want = ref(plan=Wp, cost=np.float64(0.5))
+    _, f_vjp = ds.vjp(ds.ot.sinkhorn, *(xp.asarray(x) for x in (a, b, C)), 0.05, **TIGHT)
+    got = f_vjp(plan=xp.asarray(Wp), cost=xp.asarray(0.5, dtype=xp.float64))
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, xp=xp, rtol=1e-8, atol=1e-12)
+
+
+def test_adapters_autograd_torch_jax(rng):
+    a, b, C = _problem(rng)
+    Wp = rng.standard_normal(C.shape)
+    _, ref = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, **TIGHT)
+    want = ref(plan=Wp, cost=np.float64(1.0))
+
+    import autograd
+    import autograd.numpy as anp
+
+    sk = ds.to_autograd(ds.ot.sinkhorn)
+    got = autograd.grad(lambda a, b, C: anp.sum(Wp * sk(a, b, C, 0.05, **TIGHT).plan)
+                        + sk(a, b, C, 0.05, **TIGHT).cost, argnum=(0, 1, 2))(a, b, C)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+    torch = pytest.importorskip("torch")
+    ta, tb, tC = (torch.tensor(x, requires_grad=True) for x in (a, b, C))
+    out = ds.to_torch(ds.ot.sinkhorn)(ta, tb, tC, 0.05, **TIGHT)
+    ((torch.tensor(Wp) * out.plan).sum() + out.cost).backward()
+    for t, w in zip((ta, tb, tC), want, strict=True):
+        np.testing.assert_allclose(t.grad.numpy(), w, rtol=1e-9, atol=1e-12)
+
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    sj = ds.to_jax(ds.ot.sinkhorn)
+
+    def jloss(a, b, C):
+        r = sj(a, b, C, 0.05, **TIGHT)
+        return jnp.sum(jnp.asarray(Wp) * r.plan) + r.cost
+
+    got = jax.grad(jloss, argnums=(0, 1, 2))(jnp.asarray(a), jnp.asarray(b), jnp.asarray(C))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-9, atol=1e-12)
+
+
+def test_backward_warns_if_cg_stalls(rng):
+    import array_api_compat.numpy as xnp
+
+    from diffsolve.ot._implicit import entropic_potentials_vjp
+
+    a, b, C = _clouds(rng, 40)
+    res = ds.ot.sinkhorn(a, b, C, 0.01)
+    with pytest.warns(ds.ConvergenceWarning, match="implicit-differentiation CG"):
+        entropic_potentials_vjp(a, b, C, 0.01, res.f, res.g, res.plan,
+                                rng.standard_normal(C.shape), None, None, None, xnp,
+                                maxiter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entropic_potentials_vjp(a, b, C, 0.01, res.f, res.g, res.plan,
+                                rng.standard_normal(C.shape), None, None, None, xnp)
