@@ -1,0 +1,56 @@
+"""CuPy twins of :mod:`diffsolve.kernels.cpu.ot_sparse` (same names, signatures, results).
+
+``topk_rows`` forms ``z = alpha + shift[:, None] - Ct`` on the device and takes the first
+k entries of a stable descending sort of every row (CuPy sorts the rows of a 2-D array as
+one segmented device sort), so ties are broken by the smaller index as on the CPU.
+``scatter_add_rows`` uses ``cupyx.scatter_add`` (atomic adds): the order of the additions
+into one row is unspecified, so row sums can differ from the CPU twin in the last bits.
+
+This module imports :mod:`cupy` at the top on purpose: it is only imported once CuPy
+inputs have been seen.
+"""
+
+from __future__ import annotations
+
+import cupy
+import cupyx
+
+from ._raw import as_device
+
+__all__ = ["scatter_add_rows", "topk_rows"]
+
+
+def topk_rows(alpha, shift, Ct, k, idx, val):
+    """Top-k entries of every ``z_j = alpha + shift[j] - Ct[j]``, in descending order.
+
+    See :func:`diffsolve.kernels.cpu.ot_sparse.topk_rows`; ``idx`` (int64) and ``val`` are
+    written in place and returned.
+    """
+    m, n = Ct.shape
+    if alpha.shape != (n,) or shift.shape != (m,):
+        raise ValueError(f"topk_rows: alpha {alpha.shape} / shift {shift.shape} do not match "
+                         f"Ct {Ct.shape}; need alpha ({n},) and shift ({m},)")
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"topk_rows: k must satisfy 1 <= k <= n = {n}, got {k}")
+    if idx.shape != (m, k) or val.shape != (m, k):
+        raise ValueError(f"topk_rows: idx {idx.shape} and val {val.shape} must both have "
+                         f"shape ({m}, {k})")
+    Ct = as_device(Ct, "Ct")
+    z = as_device(alpha, "alpha")[None, :] + as_device(shift, "shift")[:, None] - Ct
+    # argsort of -z is stable, so equal values keep ascending indices (as the CPU twin)
+    order = cupy.argsort(-z, axis=1)[:, : int(k)]
+    idx[...] = order
+    val[...] = cupy.take_along_axis(z, order, axis=1)
+    return idx, val
+
+
+def scatter_add_rows(idx, w, out):
+    """``out[i] = sum of w[j, r] over (j, r) with idx[j, r] == i``; see the CPU twin."""
+    if idx.shape != w.shape or out.ndim != 1:
+        raise ValueError(f"scatter_add_rows: idx {idx.shape} and w {w.shape} must have one "
+                         f"shape and out {out.shape} must be 1-D")
+    # no range check on idx here: it would read two numbers back from the device on every
+    # call (the CPU twin checks); idx comes from topk_rows inside diffsolve
+    out[...] = 0
+    cupyx.scatter_add(out, idx.reshape(-1), w.reshape(-1))
+    return out
