@@ -149,7 +149,8 @@ def _regularised_cost(P, f, g, a, b, eps, xp):
 # ---------------------------------------------------------------------------------------
 # the iteration
 # ---------------------------------------------------------------------------------------
-def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceleration, f, g):
+def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceleration, f, g,
+             callback=None):
     """Run the schedule on flattened problems (Bt, n, m). Returns f, g, n_iters (xp int)."""
     Bt, n, _m = C.shape
     dt = C.dtype
@@ -184,6 +185,8 @@ def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceler
                 # the column error is the whole L1 error; it costs one exp per column
                 colsum = xp.exp((g + Lc) / eps)
                 err = xp.where(active, _column_error(colsum, b, measure, xp), err)
+                if callback is not None:
+                    callback(total, eps, err)
                 bad = ~xp.isfinite(err)
                 active = active & (err > stage_tol) & ~bad
                 if not bool(xp.any(active)):  # the one host sync per check
@@ -337,7 +340,7 @@ def _sinkhorn_bwd(ctx, cot):
 @custom_vjp(_sinkhorn_bwd, _sinkhorn_shapes, OTResult, public_name=WHERE)
 def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", check_every=10,
              eps_scaling=None, acceleration=None, f0=None, g0=None, gradient="implicit",
-             throw=False):
+             throw=False, callback=None):
     """Entropic optimal transport by log-domain Sinkhorn, differentiable in ``a``, ``b``, ``C``.
 
     Solves ``min_P <C, P> + eps * sum_ij P_ij (log P_ij - 1)`` subject to ``P 1 = a`` and
@@ -389,6 +392,10 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
         ``dW/db = g``; a nonzero cotangent of plan/f/g then raises.
     throw : bool
         Raise ``RuntimeError`` instead of warning when a problem does not converge.
+    callback : callable, optional
+        ``callback(n_iters, eps_k, error)`` at every check: iterations so far, the current
+        ε of the schedule, and the per-problem marginal error array (of the problems still
+        running; frozen ones keep their last value).
 
     Returns
     -------
@@ -447,7 +454,7 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
         cost_scale = float(xp.max(C2) - xp.min(C2)) if isinstance(eps_scaling, int) else eps
         schedule = _schedule(eps_scaling, eps, cost_scale)
     f, g, n_iters = _iterate(xp, a2, b2, C2, schedule, tol, max_iter, error_measure,
-                                check_every, acceleration, f_init, g_init)
+                                check_every, acceleration, f_init, g_init, callback)
     f, g = normalise_gauge(f, g, a2, b2, xp)
     P = _plan(f, g, C2, eps, xp)
     from ._errors import marginal_error

@@ -1,0 +1,313 @@
+"""Benchmark ``diffsolve.ot.sinkhorn`` against POT 0.9.7 (``ot.sinkhorn``), side by side.
+
+Run from the repository root::
+
+    python -m bench.bench_sinkhorn            # full CPU run (~15 min on 2 idle cores)
+    python -m bench.bench_sinkhorn --quick    # smoke run, under a minute
+    python -m bench.bench_sinkhorn --gpu      # CuPy up to n = 20 000 (and POT on CuPy)
+
+Problem: two Gaussian point clouds in 2-D (``y`` shifted by 1), uniform weights, squared
+Euclidean cost normalised to max 1; n = m in {500, 1000, 2000, 4000}, eps in
+{0.05, 0.01, 0.002}. Every error is measured with one function,
+``diffsolve.ot._errors.marginal_error`` (L1: ``||P1 - a||_1 + ||P^T 1 - b||_1``), on the
+returned plans; tolerance 1e-9. Measured, in one process:
+
+* ``log-domain, equal iterations``: diffsolve's plain log-domain Sinkhorn and POT's
+  ``sinkhorn_log`` run the same iteration (same start, same update order; the plans after K
+  iterations are compared). POT's ``sinkhorn_log`` is slow, so it runs a fixed K iterations
+  (K = 20, 10 or 5 by size; its per-iteration cost does not depend on eps) and both are
+  reported per iteration; ``pot_log_projected_s`` = POT's per-iteration time times the
+  iterations diffsolve needed to reach 1e-9 (the same iteration count, same algorithm).
+* ``time to 1e-9``: diffsolve plain, momentum, Anderson and eps-scaling + momentum against
+  POT's kernel-mode ``sinkhorn`` (``method="sinkhorn"``, ``stopThr=1e-9`` on its own L2
+  criterion, which is weaker than L1; its final L1 error is reported, and whether it
+  under/overflowed).
+* ``backward``: one implicit backward (a plan cotangent, through ``diffsolve.vjp``) over the
+  plain forward solve.
+* JIT: the first call in a fresh Numba cache, reported apart.
+
+Machine load (``os.getloadavg``) is recorded: measured on a shared 2-core machine, absolute
+times are noisy; the ratios come from interleaved runs. Results: ``bench/results/
+sinkhorn_cpu.json`` (``sinkhorn_gpu.json`` with ``--gpu``), plots ``sinkhorn_time_vs_n.png``
+and ``sinkhorn_error_vs_iters.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import numba_cache
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOL = 1e-9
+
+
+def clouds(n, seed=0, xp=np):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 2))
+    y = rng.standard_normal((n, 2)) + 1.0
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    C /= C.max()
+    a = np.full(n, 1.0 / n)
+    return xp.asarray(a), xp.asarray(a.copy()), xp.asarray(C)
+
+
+def l1_error(P, a, b):
+    import array_api_compat
+
+    from diffsolve.ot._errors import marginal_error
+
+    xp = array_api_compat.array_namespace(P)
+    return float(marginal_error(P, a, b, xp, "l1"))
+
+
+def timed(fn, repeats, sync=lambda: None):
+    times, out = [], None
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _ours(a, b, C, eps, **kw):
+    import diffsolve.ot
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return diffsolve.ot.sinkhorn(a, b, C, eps, **kw)
+
+
+def _pot(a, b, C, eps, method, n_iter, stop):
+    import ot
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        P, log = ot.sinkhorn(a, b, C, eps, method=method, numItermax=n_iter, stopThr=stop,
+                             log=True)
+    msgs = sorted({str(w.message)[:80] for w in caught})
+    return P, int(log.get("niter", n_iter)), msgs
+
+
+VARIANTS = {
+    "plain": {},
+    "momentum": {"acceleration": "momentum"},
+    "anderson": {"acceleration": "anderson"},
+    "eps_scaling+momentum": {"eps_scaling": 4, "acceleration": "momentum"},
+}
+
+
+def cpu_case(n, eps, repeats, k_log, variants, backward, max_iter):
+    a, b, C = clouds(n)
+    case = {"n": n, "eps": eps, "load": os.getloadavg()}
+    # time to tolerance
+    res = {}
+    for name in variants:
+        t, r = timed(lambda name=name: _ours(a, b, C, eps, max_iter=max_iter,
+                                             **VARIANTS[name]), repeats)
+        res[name] = {"s": t, "iters": int(r.n_iters), "converged": bool(r.converged),
+                     "l1_error": l1_error(r.plan, a, b)}
+    t, (P, it, msgs) = timed(lambda: _pot(a, b, C, eps, "sinkhorn", max_iter, TOL), repeats)
+    ok = bool(np.all(np.isfinite(P))) and not any("umerical" in m for m in msgs)
+    res["pot_kernel"] = {"s": t, "iters": it, "l1_error": l1_error(P, a, b) if ok else None,
+                         "numerically_ok": ok, "warnings": msgs}
+    case["time_to_tol"] = res
+    # equal iterations vs POT sinkhorn_log
+    k = k_log
+    t_ours, r = timed(lambda: _ours(a, b, C, eps, tol=1e-300, max_iter=k), repeats)
+    t_log, (P_log, it_log, _) = timed(lambda: _pot(a, b, C, eps, "sinkhorn_log", k, 0.0), 1)
+    per_ours, per_log = t_ours / k, t_log / it_log
+    iters = res["plain"]["iters"] if "plain" in res else None
+    case["equal_iterations"] = {
+        "k": k, "pot_iters": it_log, "ours_ms_per_iter": 1e3 * per_ours,
+        "pot_log_ms_per_iter": 1e3 * per_log, "speedup": per_log / per_ours,
+        "max_abs_plan_diff": float(np.max(np.abs(r.plan - P_log))),
+        "pot_log_projected_s": per_log * iters if iters else None,
+    }
+    if backward:
+        import diffsolve as ds
+
+        W = np.random.default_rng(1).standard_normal(C.shape)
+        t_f, (_, f_vjp) = timed(lambda: ds.vjp(ds.ot.sinkhorn, a, b, C, eps, max_iter=max_iter),
+                                repeats)
+        t_b, _ = timed(lambda: f_vjp(plan=W), repeats)
+        case["backward"] = {"forward_s": t_f, "backward_s": t_b, "ratio": t_b / t_f}
+    return case
+
+
+def error_traces(n, eps, max_iter):
+    a, b, C = clouds(n)
+    traces = {}
+    for name, kw in VARIANTS.items():
+        rows = []
+        _ours(a, b, C, eps, max_iter=max_iter, tol=1e-12,
+              callback=lambda it, e, err, rows=rows: rows.append((it, e, float(err[0]))), **kw)
+        traces[name] = rows
+    return traces
+
+
+def gpu_run(sizes, eps_list, k_log):
+    import cupy
+
+    import diffsolve as ds
+
+    sync = cupy.cuda.Device().synchronize
+    out = {"gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+           "cupy": cupy.__version__, "cases": []}
+    a, b, C = clouds(256, xp=cupy)
+    t0 = time.perf_counter()
+    _ours(a, b, C, 0.05)
+    sync()
+    out["first_call_s"] = time.perf_counter() - t0
+    for n in sizes:
+        a, b, C = clouds(n, xp=cupy)
+        for eps in eps_list:
+            case = {"n": n, "eps": eps}
+            for name in ("plain", "momentum"):
+                t, r = timed(lambda name=name: _ours(a, b, C, eps, **VARIANTS[name]), 3, sync)
+                case[name] = {"s": t, "iters": int(r.n_iters), "converged": bool(r.converged),
+                              "l1_error": l1_error(r.plan, a, b)}
+            t, _ = timed(lambda: _ours(a, b, C, eps, tol=1e-300, max_iter=k_log), 3, sync)
+            case["ms_per_iter"] = 1e3 * t / k_log
+            if n <= 10_000:
+                W = cupy.ones_like(C)
+                t_f, (_, f_vjp) = timed(lambda: ds.vjp(ds.ot.sinkhorn, a, b, C, eps), 1, sync)
+                t_b, _ = timed(lambda: f_vjp(plan=W), 1, sync)
+                case["backward_over_forward"] = t_b / t_f
+            for method, iters, stop in (("sinkhorn_log", k_log, 0.0),
+                                        ("sinkhorn", 10_000, TOL)):
+                try:
+                    t, (P, it, msgs) = timed(lambda m=method, i=iters, s=stop: _pot(
+                        a, b, C, eps, m, i, s), 1, sync)
+                    ok = bool(cupy.all(cupy.isfinite(P))) and not any("umerical" in m
+                                                                      for m in msgs)
+                    case["pot_" + method] = {"s": t, "iters": it, "ms_per_iter": 1e3 * t / it,
+                                             "numerically_ok": ok,
+                                             "l1_error": l1_error(P, a, b) if ok else None}
+                except Exception as err:  # POT's CuPy backend may be missing on the machine
+                    case["pot_" + method] = {"error": f"{type(err).__name__}: {err}"[:200]}
+            print(json.dumps(case))
+            out["cases"].append(case)
+    return out
+
+
+def plots(cases, traces, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps_list = sorted({c["eps"] for c in cases}, reverse=True)
+    fig, axes = plt.subplots(1, len(eps_list), figsize=(5 * len(eps_list), 4), squeeze=False)
+    for ax, eps in zip(axes[0], eps_list, strict=True):
+        cs = [c for c in cases if c["eps"] == eps]
+        ns = [c["n"] for c in cs]
+        for name in ("plain", "momentum", "anderson", "eps_scaling+momentum", "pot_kernel"):
+            ys = [c["time_to_tol"].get(name, {}).get("s") for c in cs]
+            pts = [(n, y) for n, y in zip(ns, ys, strict=True) if y is not None]
+            if pts:
+                ax.loglog(*zip(*pts, strict=True), "o-", label=name)
+        pts = [(c["n"], c["equal_iterations"]["pot_log_projected_s"]) for c in cs
+               if c["equal_iterations"]["pot_log_projected_s"]]
+        if pts:
+            ax.loglog(*zip(*pts, strict=True), "k--", label="POT sinkhorn_log (projected)")
+        ax.set_title(f"eps = {eps}: time to L1 error 1e-9")
+        ax.set_xlabel("n = m")
+        ax.set_ylabel("seconds")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "sinkhorn_time_vs_n.png", dpi=110)
+    if traces:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, rows in traces["traces"].items():
+            if rows:
+                its, _, errs = zip(*rows, strict=True)
+                ax.semilogy(its, errs, label=name)
+        ax.axhline(TOL, color="k", lw=0.5)
+        ax.set_xlabel("iterations")
+        ax.set_ylabel("L1 marginal error")
+        ax.set_title(f"n = {traces['n']}, eps = {traces['eps']}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "sinkhorn_error_vs_iters.png", dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    parser.add_argument("--gpu", action="store_true", help="CuPy run (needs a CUDA device)")
+    parser.add_argument("--warm-cache", action="store_true")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    with numba_cache(args.warm_cache or args.gpu):
+        import ot
+
+        import diffsolve.ot  # noqa: F401
+
+        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                "numpy": np.__version__, "pot": ot.__version__, "tol": TOL,
+                "load_start": os.getloadavg(), "quick": args.quick}
+        if args.gpu:
+            sizes = [2000, 20_000] if args.quick else [1000, 4000, 10_000, 20_000]
+            res = gpu_run(sizes, [0.01, 0.002], 20)
+            res["meta"] = meta
+            (args.out_dir / "sinkhorn_gpu.json").write_text(json.dumps(res, indent=2))
+            return
+        import numba
+
+        meta["numba_threads"] = numba.get_num_threads()
+        a, b, C = clouds(200)
+        t0 = time.perf_counter()
+        _ours(a, b, C, 0.05)
+        _ours(*clouds(400), 0.05)  # the parallel kernels too (above the serial cut-off)
+        meta["jit_first_call_s"] = time.perf_counter() - t0
+        if args.quick:
+            grid = [(n, e) for n in (300, 600) for e in (0.05, 0.01)]
+        else:
+            grid = [(n, e) for n in (500, 1000, 2000, 4000) for e in (0.05, 0.01, 0.002)]
+        cases = []
+        print(f"{'n':>5} {'eps':>6} | {'iters':>5} {'plain s':>8} {'mom s':>7} {'and s':>7} "
+              f"{'scal s':>7} | {'POTk it':>7} {'POTk s':>7} {'ok':>3} | {'ms/it':>6} "
+              f"{'POTlog':>7} {'x':>5} | {'bwd/fwd':>7}")
+        for n, eps in grid:
+            big = n >= 4000
+            variants = ["plain", "momentum"] if (big or args.quick) else list(VARIANTS)
+            k_log = 5 if big else (10 if n >= 2000 else 20)
+            if args.quick:
+                k_log = 5
+            c = cpu_case(n, eps, 1 if (big or args.quick) else 3, k_log, variants,
+                         backward=not big, max_iter=10_000)
+            cases.append(c)
+            tt, eq = c["time_to_tol"], c["equal_iterations"]
+            get = lambda k: tt[k]["s"] if k in tt else float("nan")  # noqa: E731
+            print(f"{n:>5} {eps:>6} | {tt['plain']['iters']:>5} {get('plain'):>8.3f} "
+                  f"{get('momentum'):>7.3f} {get('anderson'):>7.3f} "
+                  f"{get('eps_scaling+momentum'):>7.3f} | {tt['pot_kernel']['iters']:>7} "
+                  f"{tt['pot_kernel']['s']:>7.3f} {'y' if tt['pot_kernel']['numerically_ok'] else 'n':>3} | "
+                  f"{eq['ours_ms_per_iter']:>6.2f} {eq['pot_log_ms_per_iter']:>7.1f} "
+                  f"{eq['speedup']:>5.1f} | "
+                  f"{c.get('backward', {}).get('ratio', float('nan')):>7.2f}", flush=True)
+        n_tr, eps_tr = (600, 0.01) if args.quick else (1000, 0.002)
+        traces = {"n": n_tr, "eps": eps_tr, "traces": error_traces(n_tr, eps_tr, 10_000)}
+        meta["load_end"] = os.getloadavg()
+        name = "sinkhorn_cpu_quick.json" if args.quick else "sinkhorn_cpu.json"
+        (args.out_dir / name).write_text(json.dumps(
+            {"meta": meta, "cases": cases, "error_traces": traces}, indent=2))
+        if not args.quick:
+            plots(cases, traces, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
