@@ -2,9 +2,9 @@
 
 * ``f_ag(t, y, p)``: an ``autograd.numpy`` function (``y`` of shape ``(d,)`` or ``(B, d)``),
   the "plain Python f" form that diffsolve differentiates with autograd;
-* ``f_nb(t, y, p)``: a Numba ``@njit`` function on one state ``y`` of shape ``(d,)`` (the
-  "jittable f" form that lets diffsolve run the whole integration compiled), and
-  ``f_nb_batch`` on ``(B, d)``;
+* ``f_nb(t, y, p)``: a Numba ``@njit`` function on one state ``(d,)`` or a batch ``(B, d)``
+  (the "jittable f" form that lets diffsolve run the whole integration compiled), with its
+  hand-written ``vjp_nb(t, y, p, v) -> (v_y, v_p)`` (also ``@njit``);
 * ``scipy_fun(B)``: ``fun(t, y)`` for :func:`scipy.integrate.solve_ivp` on the flattened
   ``B·d`` state (plain NumPy, no autograd boxes);
 * ``torch_fun()``: a ``torch.nn.Module`` ``forward(t, y)`` for torchdiffeq.
@@ -39,19 +39,32 @@ def lv_ag(t, y, p):
 
 @numba.njit(cache=False)
 def lv_nb(t, y, p):
-    out = np.empty(2)
-    out[0] = p[0] * y[0] - p[1] * y[0] * y[1]
-    out[1] = -p[2] * y[1] + p[3] * y[0] * y[1]
-    return out
+    # one state (2,) or a batch (B, 2): the loop runs on a (B, 2) view either way
+    y2 = np.ascontiguousarray(y).reshape((-1, 2))
+    out = np.empty_like(y2)
+    for i in range(y2.shape[0]):
+        out[i, 0] = p[0] * y2[i, 0] - p[1] * y2[i, 0] * y2[i, 1]
+        out[i, 1] = -p[2] * y2[i, 1] + p[3] * y2[i, 0] * y2[i, 1]
+    return out.reshape(y.shape)
 
 
 @numba.njit(cache=False)
-def lv_nb_batch(t, y, p):
-    out = np.empty_like(y)
-    for i in range(y.shape[0]):
-        out[i, 0] = p[0] * y[i, 0] - p[1] * y[i, 0] * y[i, 1]
-        out[i, 1] = -p[2] * y[i, 1] + p[3] * y[i, 0] * y[i, 1]
-    return out
+def lv_vjp_nb(t, y, p, v):
+    """(v^T df/dy, v^T df/dp) of :func:`lv_nb`, summed over a batch for the params."""
+    y2 = np.ascontiguousarray(y).reshape((-1, 2))
+    v2 = np.ascontiguousarray(v).reshape((-1, 2))
+    vy = np.empty_like(y2)
+    vp = np.zeros(4)
+    for i in range(y2.shape[0]):
+        x, z, a, b = y2[i, 0], y2[i, 1], v2[i, 0], v2[i, 1]
+        vy[i, 0] = a * (p[0] - p[1] * z) + b * p[3] * z
+        vy[i, 1] = -a * p[1] * x + b * (-p[2] + p[3] * x)
+        vp[0] += a * x
+        vp[1] -= a * x * z
+        vp[2] -= b * z
+        vp[3] += b * x * z
+    return vy.reshape(y.shape), vp
+
 
 
 def lv_np(t, y, p):
@@ -80,19 +93,27 @@ def vdp_ag(t, y, p):
 
 @numba.njit(cache=False)
 def vdp_nb(t, y, p):
-    out = np.empty(2)
-    out[0] = y[1]
-    out[1] = p[0] * (1.0 - y[0] * y[0]) * y[1] - y[0]
-    return out
+    y2 = np.ascontiguousarray(y).reshape((-1, 2))
+    out = np.empty_like(y2)
+    for i in range(y2.shape[0]):
+        out[i, 0] = y2[i, 1]
+        out[i, 1] = p[0] * (1.0 - y2[i, 0] * y2[i, 0]) * y2[i, 1] - y2[i, 0]
+    return out.reshape(y.shape)
 
 
 @numba.njit(cache=False)
-def vdp_nb_batch(t, y, p):
-    out = np.empty_like(y)
-    for i in range(y.shape[0]):
-        out[i, 0] = y[i, 1]
-        out[i, 1] = p[0] * (1.0 - y[i, 0] * y[i, 0]) * y[i, 1] - y[i, 0]
-    return out
+def vdp_vjp_nb(t, y, p, v):
+    y2 = np.ascontiguousarray(y).reshape((-1, 2))
+    v2 = np.ascontiguousarray(v).reshape((-1, 2))
+    vy = np.empty_like(y2)
+    vp = np.zeros(1)
+    for i in range(y2.shape[0]):
+        x, w, a, b = y2[i, 0], y2[i, 1], v2[i, 0], v2[i, 1]
+        vy[i, 0] = b * (-2.0 * p[0] * x * w - 1.0)
+        vy[i, 1] = a + b * p[0] * (1.0 - x * x)
+        vp[0] += b * (1.0 - x * x) * w
+    return vy.reshape(y.shape), vp
+
 
 
 def vdp_np(t, y, p):
@@ -161,45 +182,75 @@ def mlp_np_factory(d: int, hidden: int):
 
 
 def mlp_nb_factory(d: int, hidden: int):
-    """Numba forms (one state, and a (B, d) batch) of the d-hidden-d tanh MLP field."""
+    """Numba forms of the d-hidden-d tanh MLP field: ``f(t, y, p)`` for one state (d,) or a
+    batch (B, d), and ``vjp(t, y, p, v) -> (v_y, v_p)`` (v_p summed over the batch)."""
     o1 = hidden * d
     o2 = o1 + hidden
     o3 = o2 + d * hidden
+    n_p = o3 + d
 
     @numba.njit(cache=False)
     def f(t, y, p):
+        y2 = np.ascontiguousarray(y).reshape((-1, d))
+        out = np.empty_like(y2)
         h = np.empty(hidden)
-        for j in range(hidden):
-            s = p[o1 + j]
-            for k in range(d):
-                s += p[j * d + k] * y[k]
-            h[j] = np.tanh(s)
-        out = np.empty(d)
-        for i in range(d):
-            s = p[o3 + i]
-            for j in range(hidden):
-                s += p[o2 + i * hidden + j] * h[j]
-            out[i] = s
-        return out
-
-    @numba.njit(cache=False)
-    def f_batch(t, y, p):
-        out = np.empty_like(y)
-        h = np.empty(hidden)
-        for b in range(y.shape[0]):
+        for b in range(y2.shape[0]):
             for j in range(hidden):
                 s = p[o1 + j]
                 for k in range(d):
-                    s += p[j * d + k] * y[b, k]
+                    s += p[j * d + k] * y2[b, k]
                 h[j] = np.tanh(s)
             for i in range(d):
                 s = p[o3 + i]
                 for j in range(hidden):
                     s += p[o2 + i * hidden + j] * h[j]
                 out[b, i] = s
-        return out
+        return out.reshape(y.shape)
 
-    return f, f_batch
+    @numba.njit(cache=False)
+    def vjp(t, y, p, v):
+        y2 = np.ascontiguousarray(y).reshape((-1, d))
+        v2 = np.ascontiguousarray(v).reshape((-1, d))
+        vy = np.zeros_like(y2)
+        vp = np.zeros(n_p)
+        h = np.empty(hidden)
+        for b in range(y2.shape[0]):
+            for j in range(hidden):
+                s = p[o1 + j]
+                for k in range(d):
+                    s += p[j * d + k] * y2[b, k]
+                h[j] = np.tanh(s)
+            for i in range(d):
+                vp[o3 + i] += v2[b, i]
+            for j in range(hidden):
+                gh = 0.0
+                for i in range(d):
+                    vp[o2 + i * hidden + j] += v2[b, i] * h[j]
+                    gh += p[o2 + i * hidden + j] * v2[b, i]
+                ga = gh * (1.0 - h[j] * h[j])
+                vp[o1 + j] += ga
+                for k in range(d):
+                    vp[j * d + k] += ga * y2[b, k]
+                    vy[b, k] += p[j * d + k] * ga
+        return vy.reshape(y.shape), vp
+
+    return f, vjp
+
+
+def mlp_vjp_np_factory(d: int, hidden: int):
+    """NumPy ``vjp(t, y, p, v) -> (v_y, v_p)`` of the MLP field (a hand-written backward,
+    vectorised over a batch; the fast ``vjp=`` for the plain-Python training loop)."""
+
+    def vjp(t, y, p, v):
+        W1, b1, W2, _ = mlp_unpack(p, d, hidden)
+        y2 = y.reshape(-1, d)
+        v2 = v.reshape(-1, d)
+        h = np.tanh(y2 @ W1.T + b1)
+        ga = (v2 @ W2) * (1.0 - h * h)
+        vp = np.concatenate([(ga.T @ y2).ravel(), ga.sum(0), (v2.T @ h).ravel(), v2.sum(0)])
+        return (ga @ W1).reshape(y.shape), vp
+
+    return vjp
 
 
 def mlp_torch_factory(d: int, hidden: int):
@@ -237,7 +288,7 @@ def spiral_mlp_params(hidden: int = 50, seed: int = 0, n_fit: int = 4000) -> np.
     return np.concatenate([W1.ravel(), b1, W2.ravel(), b2])
 
 
-_SPIRAL_NB, _SPIRAL_NB_BATCH = mlp_nb_factory(2, 50)
+_SPIRAL_NB, _SPIRAL_VJP_NB = mlp_nb_factory(2, 50)
 
 
 # ------------------------------------------------------------------------------ registry ---
@@ -250,9 +301,9 @@ class Problem:
     t1: float
     f_ag: Callable
     f_nb: Callable
-    f_nb_batch: Callable
     f_np: Callable
     f_torch: Callable
+    vjp_nb: Callable
     n_eval: int = 51
 
     @property
@@ -305,12 +356,13 @@ def get_problems() -> dict[str, Problem]:
     sp = spiral_mlp_params()
     return {
         "lotka_volterra": Problem("lotka_volterra", LV_PARAMS.copy(), np.array([1.0, 1.0]),
-                                  0.0, 10.0, lv_ag, lv_nb, lv_nb_batch, lv_np, lv_torch),
+                                  0.0, 10.0, lv_ag, lv_nb, lv_np, lv_torch, lv_vjp_nb),
         "van_der_pol": Problem("van_der_pol", VDP_PARAMS.copy(), np.array([2.0, 0.0]),
-                               0.0, 10.0, vdp_ag, vdp_nb, vdp_nb_batch, vdp_np, vdp_torch),
+                               0.0, 10.0, vdp_ag, vdp_nb, vdp_np, vdp_torch,
+                               vdp_vjp_nb),
         "spiral_mlp": Problem("spiral_mlp", sp, np.array([2.0, 0.0]), 0.0, 10.0,
-                              mlp_ag_factory(2, 50), _SPIRAL_NB, _SPIRAL_NB_BATCH,
-                              mlp_np_factory(2, 50), mlp_torch_factory(2, 50)),
+                              mlp_ag_factory(2, 50), _SPIRAL_NB,
+                              mlp_np_factory(2, 50), mlp_torch_factory(2, 50), _SPIRAL_VJP_NB),
     }
 
 
@@ -337,26 +389,39 @@ def max_abs_error(ys: np.ndarray, ref: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------- timing ---
+class Timing(tuple):
+    """``(wall_s, repeats, result, cpu_s)``: medians of wall-clock and process CPU time."""
+
+    __slots__ = ()
+
+    def __new__(cls, wall_s, repeats, result, cpu_s):
+        return super().__new__(cls, (wall_s, repeats, result, cpu_s))
+
+
 def time_repeats(fn, *, min_repeats: int = 3, max_repeats: int = 30,
-                 budget_s: float = 1.0) -> tuple[float, int, object]:
-    """Median wall time of repeated ``fn()`` calls (after any warm-up the caller did).
+                 budget_s: float = 1.0) -> Timing:
+    """Median wall and CPU time of repeated ``fn()`` calls (after any warm-up the caller did).
 
     Repeats until ``budget_s`` is spent, at least ``min_repeats`` and at most
-    ``max_repeats`` times. Returns ``(median seconds, repeats, last result)``.
+    ``max_repeats`` times. Returns ``(median wall s, repeats, last result, median CPU s)``.
+    The process CPU time is the robust measure on a shared machine (other processes steal
+    wall time, not CPU time); every solver timed here is single-threaded.
     """
     import statistics
     import time
 
-    times = []
+    walls, cpus = [], []
     out = None
     start = time.perf_counter()
-    while len(times) < max_repeats:
+    while len(walls) < max_repeats:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        if len(walls) >= min_repeats and time.perf_counter() - start > budget_s:
             break
-    return statistics.median(times), len(times), out
+    return Timing(statistics.median(walls), len(walls), out, statistics.median(cpus))
 
 
 def machine_meta() -> dict:
