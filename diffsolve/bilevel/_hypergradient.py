@@ -44,8 +44,9 @@ from .. import _backend as B
 from .._result import ConvergenceWarning, SolverResult
 from ..implicit._implicit_solve import _probe, cg_solve
 from ..implicit._user_vjp import autograd_vjp
+from ._derivatives import Oracle, check_callables
 
-__all__ = ["HypergradientInfo", "hypergradient"]
+__all__ = ["HypergradientInfo", "hypergradient", "implicit_hypergradient"]
 
 WHERE = "diffsolve.bilevel.hypergradient"
 METHODS = ("implicit-cg", "neumann", "unrolled")
@@ -118,17 +119,21 @@ def _check_scalar(value, name):
 def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implicit-cg", *,
                   maxiter: int | None = None, rtol: float = 1e-10,
                   stepsize: float | None = None, n_steps: int = 100, ridge: float = 0.0,
-                  hvp: str = "reverse-over-reverse", return_info: bool = False):
+                  hvp: str = "reverse-over-reverse", return_info: bool = False,
+                  outer_grad: Callable | None = None, inner_grad: Callable | None = None,
+                  inner_hvp: Callable | None = None):
     """The hypergradient ``∇ₓ outer(x, y*(x))`` with ``y*(x) = argmin_y inner(x, y)``.
 
     Parameters
     ----------
     outer, inner : callable
-        ``outer(x, y) -> scalar`` and ``inner(x, y) -> scalar``, written with
-        ``autograd.numpy``. ``inner`` must be twice differentiable and, for
-        implicit-cg, strongly convex in y near ``y``.
+        ``outer(x, y) -> scalar`` and ``inner(x, y) -> scalar`` in the library of x and y:
+        ``autograd.numpy`` for NumPy arrays, torch for torch tensors, ``jax.numpy`` for
+        JAX arrays (their derivatives then come from that autodiff system), or any
+        array-API library together with ``outer_grad`` and ``inner_hvp``. ``inner`` must
+        be twice differentiable and, for implicit-cg, strongly convex in y near ``y``.
     x : array
-        The upper-level variable (any shape; NumPy, floating).
+        The upper-level variable (any shape, floating).
     y : array
         An (approximate) inner solution ``y ≈ y*(x)`` for implicit-cg and neumann (the
         hypergradient is exact only at ``y*``); the starting point of the unrolled steps
@@ -139,7 +144,7 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         ``α`` and a budget (no inner products, robust to a slightly indefinite Hessian at
         an approximate y, but slow on ill-conditioned problems); unrolled differentiates
         what the inner optimiser actually did (it needs no ``y ≈ y*`` and suits short,
-        warm-started inner loops) at a memory cost growing with T.
+        warm-started inner loops) at a memory cost growing with T (NumPy / autograd only).
     maxiter : int, optional
         implicit-cg: CG iteration limit (default ``10 n``, n the size of y);
         neumann: the number K of Hessian-vector products (default 100).
@@ -155,15 +160,27 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         implicit-cg and neumann: solve ``(∇²ᵧᵧg + ridge I) v = ∇ᵧf`` (regularises a
         singular or indefinite Hessian).
     hvp : {"reverse-over-reverse", "forward-over-reverse"}
-        How Hessian-vector products are computed (see the module docstring).
+        How autograd computes Hessian-vector products (NumPy inputs without
+        ``inner_hvp``; see the module docstring).
     return_info : bool
         Also return a :class:`HypergradientInfo` (costs one more Hessian-vector product
         for the residual).
+    outer_grad : callable, optional
+        ``outer_grad(x, y) -> (∇ₓ outer, ∇ᵧ outer)``, in x's library.
+    inner_grad : callable, optional
+        ``inner_grad(x, y) -> (∇ₓ inner, ∇ᵧ inner)`` (only ``∇ᵧ`` is used, for
+        ``info.inner_grad_norm``).
+    inner_hvp : callable, optional
+        ``inner_hvp(x, y, v) -> (∇²ₓᵧ inner · v, ∇²ᵧᵧ inner · v)``: the VJP of
+        ``(x, y) ↦ ∇ᵧ inner(x, y)`` at ``v`` (``∂ₓ⟨∇ᵧg, v⟩`` and, the Hessian being
+        symmetric, ``∇²ᵧᵧg·v``). With ``outer_grad`` this is all implicit-cg and neumann
+        need, in any array-API library (CuPy, array_api_strict): the computation then
+        stays in x's namespace and on its device. Not used by unrolled.
 
     Returns
     -------
     grad : array
-        x's shape.
+        x's shape, namespace and dtype.
     info : HypergradientInfo
         Only with ``return_info=True``.
 
@@ -189,6 +206,14 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     >>> g = ds.bilevel.hypergradient(outer, inner, x, y)
     >>> bool(np.allclose(g, -(y - c) @ np.linalg.solve(H, y)))
     True
+
+    The same with hand-written derivatives, which any array library can run:
+
+    >>> g2 = ds.bilevel.hypergradient(
+    ...     outer, inner, x, y, outer_grad=lambda x, y: (np.zeros(1), y - c),
+    ...     inner_hvp=lambda x, y, v: (np.reshape(y @ v, (1,)), A.T @ (A @ v) + x[0] * v))
+    >>> bool(np.allclose(g2, g))
+    True
     """
     for name, a in (("x", x), ("y", y)):  # before the namespace, for a precise message
         if not B.is_array(a):
@@ -199,11 +224,7 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         if not callable(fn):
             raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
                             f"{type(fn).__name__}")
-    if not B.is_numpy(xp):
-        raise TypeError(
-            f"{WHERE}: Hessian-vector products come from HIPS autograd, which differentiates "
-            f"NumPy code only, but x and y are {xp.__name__} arrays; pass NumPy arrays"
-        )
+    check_callables(WHERE, outer_grad=outer_grad, inner_grad=inner_grad, inner_hvp=inner_hvp)
     for name, a in (("x", x), ("y", y)):
         if not xp.isdtype(a.dtype, "real floating"):
             raise TypeError(f"{WHERE}: {name} has dtype {a.dtype}; pass a floating array "
@@ -218,42 +239,88 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     ridge = _nonnegative("ridge", ridge)
     if stepsize is not None:
         stepsize = _nonnegative("stepsize", stepsize, strict=True)
-
+    if method == "unrolled" and not B.is_numpy(xp):
+        raise TypeError(
+            f"{WHERE}: method='unrolled' differentiates the inner gradient steps with HIPS "
+            f"autograd, which needs NumPy arrays, but x and y are {xp.__name__} arrays; use "
+            "method='implicit-cg' or 'neumann' (with outer_grad= and inner_hvp= where your "
+            "library has no autodiff)"
+        )
+    oracle = Oracle(outer, inner, None, xp, outer_grad=outer_grad, inner_grad=inner_grad,
+                    inner_hvp=inner_hvp, needs=("outer_grad", "inner_hvp"), where=WHERE,
+                    what=f"method={method!r}")
     _check_scalar(inner(x, y), "inner")
-    grad_y_inner = autograd.grad(inner, 1)
-    hvp_fn, gy = _hessian_products(grad_y_inner, x, y, hvp)
-    inner_grad_norm = _norm(xp, gy)
 
-    if method != "implicit-cg" and stepsize is None:
-        stepsize = _stepsize(hvp_fn, y, xp)
+    if B.is_numpy(xp) and inner_hvp is None:
+        grad_y_inner = autograd.grad(inner, 1)
+        hyy = _autograd_hyy(grad_y_inner, x, y, hvp)
+        if method == "unrolled":
+            if stepsize is None:
+                stepsize = _stepsize(hyy, y, xp)
+            return _unrolled(outer, grad_y_inner, x, y, stepsize, n_steps, return_info, xp)
 
-    if method == "unrolled":
-        return _unrolled(outer, grad_y_inner, x, y, stepsize, n_steps, return_info, xp)
+        def hxy(v):
+            return autograd_vjp(lambda x_: grad_y_inner(x_, y), x)[0](v)
+    else:
+        if method == "unrolled":  # NumPy with a user inner_hvp: unrolled ignores it
+            grad_y_inner = autograd.grad(inner, 1)
+            if stepsize is None:
+                stepsize = _stepsize(oracle.hessian(x, y)[0], y, xp)
+            return _unrolled(outer, grad_y_inner, x, y, stepsize, n_steps, return_info, xp)
+        hyy, hxy = oracle.hessian(x, y)
+    if method == "neumann" and stepsize is None:
+        stepsize = _stepsize(hyy, y, xp)
+    _check_scalar(oracle.outer(x, y), "outer")
+    _, fx, fy = oracle.outer_grads(x, y)
+    grad, v, out = implicit_hypergradient(
+        hyy, hxy, fx, fy, method=method, rtol=rtol, maxiter=maxiter, ridge=ridge,
+        stepsize=stepsize, true_residual=return_info, where=WHERE)
+    if not return_info:
+        return grad
+    inner_grad_norm = _norm(xp, oracle.inner_grad_y(x, y))
+    return grad, HypergradientInfo(method, out.n_iters, out.converged, out.residual_norm,
+                                   inner_grad_norm, stepsize if method == "neumann" else None,
+                                   v)
 
-    outer_vjp, f_value = autograd_vjp(outer, x, y, argnum=(0, 1))
-    _check_scalar(f_value, "outer")
-    fx, fy = outer_vjp(xp.ones_like(xp.asarray(f_value)))
+
+@dataclass(frozen=True)
+class _LinearOutcome:
+    n_iters: int
+    converged: bool | None
+    residual_norm: float | None
+
+
+def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10,
+                           maxiter=None, ridge=0.0, stepsize=None, true_residual=False,
+                           where=WHERE, stacklevel=3):
+    """``(∇ₓf − hxy(v), v, outcome)`` with ``(hyy + ridge I) v = ∇ᵧf`` by CG or Neumann.
+
+    The namespace-agnostic core of :func:`hypergradient`, shared by
+    :func:`diffsolve.bilevel.solve`: ``hyy`` / ``hxy`` are the products ``v ↦ ∇²ᵧᵧg·v``
+    and ``v ↦ ∇²ₓᵧg·v``; ``fx``, ``fy`` the gradients of the outer objective.
+    """
+    xp = B.array_namespace(fx, fy, where=where)
 
     def apply(v):
-        Hv = hvp_fn(v)
+        Hv = hyy(v)
         return Hv + ridge * v if ridge else Hv
 
     b_norm = _norm(xp, fy)
     if method == "implicit-cg":
         out = cg_solve(
-            apply, fy, rtol=rtol, maxiter=maxiter, where=WHERE,
+            apply, fy, rtol=rtol, maxiter=maxiter, where=where,
             what="the Hessian system ∇²ᵧᵧ inner · v = ∇ᵧ outer",
             advice="inner is not strongly convex at y: move y closer to argmin_y inner, add "
                    "ridge > 0, or use method='neumann' or 'unrolled'",
-            true_residual=return_info)
+            true_residual=true_residual)
         v, n_iters, converged, residual = out.u, out.n_iters, out.converged, out.residual_norm
         if not converged:
             rel = residual / b_norm if b_norm else residual
             warnings.warn(
-                f"{WHERE}(method='implicit-cg'): CG on the Hessian system did not converge: "
+                f"{where}(method='implicit-cg'): CG on the Hessian system did not converge: "
                 f"relative residual {rel:.3g} > rtol={rtol:g} after {n_iters} iterations; "
                 "increase maxiter, add ridge > 0, or check that y is close to argmin_y inner",
-                ConvergenceWarning, stacklevel=2)
+                ConvergenceWarning, stacklevel=stacklevel)
     else:
         n_iters = DEFAULT_NEUMANN_TERMS if maxiter is None else maxiter
         p = fy
@@ -264,29 +331,24 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         v = stepsize * acc
         if _norm(xp, p) > b_norm:
             warnings.warn(
-                f"{WHERE}(method='neumann'): the Neumann terms grew (||term K|| = "
+                f"{where}(method='neumann'): the Neumann terms grew (||term K|| = "
                 f"{_norm(xp, p):.3g} > ||∇ᵧ outer|| = {b_norm:.3g}), so the series diverges: "
                 f"stepsize={stepsize:g} is too large for ∇²ᵧᵧ inner (it must be < 2/L); pass a "
                 "smaller stepsize, or leave it None to estimate 1/L",
-                ConvergenceWarning, stacklevel=2)
-        residual = _norm(xp, apply(v) - fy) if return_info else None
+                ConvergenceWarning, stacklevel=stacklevel)
+        residual = _norm(xp, apply(v) - fy) if true_residual else None
         converged = None if residual is None else residual <= rtol * b_norm
-    cross_vjp, _ = autograd_vjp(lambda x_: grad_y_inner(x_, y), x)
-    grad = fx - cross_vjp(v)
-    if not return_info:
-        return grad
-    return grad, HypergradientInfo(method, n_iters, converged, residual, inner_grad_norm,
-                                   stepsize if method == "neumann" else None, v)
+    grad = fx - hxy(v)
+    return grad, v, _LinearOutcome(n_iters, converged, residual)
 
 
-def _hessian_products(grad_y_inner, x, y, mode):
-    """``(v ↦ ∇²ᵧᵧg·v, ∇ᵧg(x, y))``."""
+def _autograd_hyy(grad_y_inner, x, y, mode):
+    """``v ↦ ∇²ᵧᵧg·v`` with autograd (reverse-over-reverse: one trace, reused)."""
     if mode == "reverse-over-reverse":
         # ∇²ᵧᵧg is symmetric, so the VJP of y ↦ ∇ᵧg (one trace, reused) is its product
-        vjp, gy = autograd_vjp(lambda y_: grad_y_inner(x, y_), y)
-        return vjp, gy
+        return autograd_vjp(lambda y_: grad_y_inner(x, y_), y)[0]
     jvp = make_jvp(lambda y_: grad_y_inner(x, y_))(y)
-    return (lambda v: jvp(v)[1]), grad_y_inner(x, y)
+    return lambda v: jvp(v)[1]
 
 
 def _stepsize(hvp_fn, y, xp) -> float:

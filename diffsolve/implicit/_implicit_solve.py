@@ -3,11 +3,11 @@
 The backward rule of a root ``x*(θ)`` of ``F(x, θ) = 0`` solves the *implicit system*
 ``(∂F/∂x)ᵀ u = x̄`` (plus ``ridge·u``) knowing only products ``u ↦ (∂F/∂x)ᵀ u``:
 
-* ``"cg"``: conjugate gradients (the CG of :mod:`diffsolve.linear`, compiled vector
-  kernels on NumPy/CuPy) when ``∂F/∂x`` is symmetric positive definite, as for the
-  stationarity condition ``F = ∇ₓf`` at a minimum. Symmetry is probed first with two
-  products (``⟨p, Mq⟩ = ⟨q, Mp⟩`` for two fixed pseudo-random vectors), because CG on a
-  non-symmetric matrix does not fail, it silently returns a wrong vector.
+* ``"cg"``: conjugate gradients (array-API code, :func:`_cg`) when ``∂F/∂x`` is
+  symmetric positive definite, as for the stationarity condition ``F = ∇ₓf`` at a
+  minimum. Symmetry is probed first with two products (``⟨p, Mq⟩ = ⟨q, Mp⟩`` for two
+  fixed pseudo-random vectors), because CG on a non-symmetric matrix does not fail, it
+  silently returns a wrong vector.
 * ``"normal-cg"``: CG on ``(A Aᵀ + ridge I) u = A x̄`` with ``A = ∂F/∂x``; needs products
   with ``A`` as well (JVPs), squares the condition number, but only asks ``A`` to be
   nonsingular.
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 from .. import _backend as B
 from .._result import ConvergenceWarning
-from ..linear._cg import conjugate_gradient
 from ._gmres import gmres
 
 __all__ = ["SOLVES", "ImplicitSolveOutcome", "cg_solve", "solve_adjoint"]
@@ -53,25 +52,6 @@ class ImplicitSolveOutcome:
     residual_norm: float | None
     rhs_norm: float
     method: str
-
-
-class _FlatOperator:
-    """``apply`` (a linear map on arrays of ``shape``) as conjugate_gradient sees it.
-
-    conjugate_gradient works on ``(n, k)`` column blocks and reads ``.n`` and ``.xp``.
-    """
-
-    def __init__(self, apply: Callable, shape: tuple, xp):
-        self.apply = apply
-        self.shape = shape
-        self.xp = xp
-        self.n = math.prod(shape)
-
-    def matvec(self, X):
-        xp = self.xp
-        cols = [xp.reshape(self.apply(xp.reshape(X[:, j], self.shape)), (self.n,))
-                for j in range(X.shape[1])]
-        return cols[0][:, None] if len(cols) == 1 else xp.stack(cols, axis=1)
 
 
 def _norm(xp, v) -> float:
@@ -103,6 +83,45 @@ def check_symmetric(apply: Callable, shape, xp, dtype, device, where: str, what:
         )
 
 
+def _cg(apply: Callable, b, *, tol: float, maxiter: int, xp):
+    """Conjugate gradients on ``apply(u) = b`` from ``u = 0`` to ``||r|| <= tol``.
+
+    Hestenes & Stiefel (1952); Saad, *Iterative Methods for Sparse Linear Systems*,
+    Algorithm 6.18. Written on arrays of b's shape in the array API (every namespace, no
+    reshapes), with the two inner products of an iteration read back as Python floats:
+    each iteration costs one product with the matrix (a VJP or a Hessian-vector product),
+    next to which the two syncs and the vector updates are negligible; diffsolve.linear's
+    compiled CG pays off only for long vectors and cheap products. A direction with
+    ``pᵀAp <= n·eps·||A||·||p||²`` (``||A||`` estimated from ``||Ap|| / ||p||``) means A
+    is not positive definite: ``ValueError``.
+
+    Returns ``(u, n_iters, converged)``.
+    """
+    eps = float(xp.finfo(b.dtype).eps)
+    n = math.prod(tuple(b.shape))
+    u = xp.zeros_like(b)
+    r = b
+    p = r
+    rr = float(xp.sum(r * r))
+    a_norm = 0.0
+    it = 0
+    while math.sqrt(rr) > tol and it < maxiter:
+        Ap = apply(p)
+        pp = float(xp.sum(p * p))
+        pAp = float(xp.sum(p * Ap))
+        a_norm = max(a_norm, math.sqrt(float(xp.sum(Ap * Ap)) / pp) if pp > 0 else 0.0)
+        if not pAp > n * eps * a_norm * pp:
+            raise ValueError(f"direction with pᵀAp = {pAp:.3g} <= 0 at iteration {it}")
+        alpha = rr / pAp
+        u = u + alpha * p
+        r = r - alpha * Ap
+        rr_new = float(xp.sum(r * r))
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        it += 1
+    return u, it, math.sqrt(rr) <= tol
+
+
 def cg_solve(apply: Callable, b, *, rtol: float, maxiter: int | None, where: str, what: str,
              advice: str, method: str = "cg", true_residual: bool = False
              ) -> ImplicitSolveOutcome:
@@ -113,26 +132,19 @@ def cg_solve(apply: Callable, b, *, rtol: float, maxiter: int | None, where: str
     recomputed (one more product) when ``true_residual`` or when CG did not converge.
     """
     xp = B.array_namespace(b, where=where)
-    shape = tuple(b.shape)
-    op = _FlatOperator(apply, shape, xp)
-    flat = xp.reshape(b, (op.n,))
-    b_norm = _norm(xp, flat)
-    tol = xp.asarray(rtol * b_norm, dtype=b.dtype, device=B.device(b))
-    maxiter = 10 * op.n if maxiter is None else int(maxiter)
-    check_every = 8 if B.is_cupy(xp) else 1
+    b_norm = _norm(xp, b)
+    maxiter = 10 * math.prod(tuple(b.shape)) if maxiter is None else int(maxiter)
     try:
-        out = conjugate_gradient(op, B.contiguous(xp, flat), None, tol, maxiter, None, None,
-                                 check_every, where)
+        u, n_iters, converged = _cg(apply, b, tol=rtol * b_norm, maxiter=maxiter, xp=xp)
     except ValueError as err:
         raise ValueError(
             f"{where}: conjugate gradients on {what} met a direction of non-positive "
-            f"curvature, so the matrix is not positive definite; {advice}"
+            f"curvature ({err}), so the matrix is not positive definite; {advice}"
         ) from err
-    u = xp.reshape(out.x, shape)
     residual = None
-    if true_residual or not out.converged:
+    if true_residual or not converged:
         residual = _norm(xp, b - apply(u))
-    return ImplicitSolveOutcome(u, out.n_iters, out.converged, residual, b_norm, method)
+    return ImplicitSolveOutcome(u, n_iters, converged, residual, b_norm, method)
 
 
 def solve_adjoint(lin, x_bar, *, solve, ridge: float, rtol: float, maxiter: int | None,

@@ -1,0 +1,413 @@
+"""Derivatives of the bilevel objectives, from the autodiff system the arrays belong to.
+
+The bilevel loops need, at a point ``(x, y)``:
+
+* ``∇ₓf, ∇ᵧf`` of the outer objective ``f`` and ``∇ₓg, ∇ᵧg`` of the inner one ``g``;
+* Hessian-vector products ``∇²ᵧᵧg·v`` and ``∇²ₓᵧg·v = ∂ₓ⟨∇ᵧg(x, y), v⟩`` (implicit,
+  bo-rep, :func:`~diffsolve.bilevel.hypergradient`);
+* ``(Jₓcᵀλ, Jᵧcᵀλ)`` of the lower-level constraints ``c`` (lv-hba).
+
+Everything else in the loops is array-API code in the namespace of ``x`` and ``y``, so the
+derivatives decide where a problem can run. :class:`Oracle` takes them from
+
+* **the user**: ``outer_grad(x, y) -> (∇ₓf, ∇ᵧf)``, ``inner_grad(x, y) -> (∇ₓg, ∇ᵧg)``,
+  ``inner_hvp(x, y, v) -> (∇²ₓᵧg·v, ∇²ᵧᵧg·v)``, ``constraint_vjp(x, y, lam) ->
+  (Jₓcᵀλ, Jᵧcᵀλ)``, written for any array library (CuPy, array_api_strict, ...); with
+  mini-batches the sample indices come last: ``outer_grad(x, y, idx)``,
+  ``inner_hvp(x, y, v, idx)``;
+* otherwise **the autodiff system of the arrays**: HIPS autograd for NumPy (objectives
+  written with ``autograd.numpy``), ``torch.autograd`` for torch tensors, ``jax.vjp`` for
+  JAX arrays (objectives written with torch / jax.numpy). CuPy and array_api_strict
+  arrays have none: a missing derivative is a ``TypeError`` naming it.
+
+The autograd path traces ``y ↦ ∇ᵧg(x, y)`` once per point and reuses the trace for every
+Hessian-vector product (the Hessian is symmetric, so the VJP of that map is its product).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from .. import _backend as B
+
+__all__ = ["Oracle", "autodiff_backend"]
+
+
+def autodiff_backend(xp) -> str | None:
+    """``"autograd"``, ``"torch"``, ``"jax"``, or ``None`` for namespaces without autodiff."""
+    if B.is_numpy(xp):
+        return "autograd"
+    name = getattr(xp, "__name__", "")
+    if "torch" in name:
+        return "torch"
+    if "jax" in name:
+        return "jax"
+    return None
+
+
+def _bind(fn, idx):
+    """``fn`` with the mini-batch indices appended to its arguments (``idx=None``: as is)."""
+    if fn is None or idx is None:
+        return fn
+    return lambda *args: fn(*args, idx)
+
+
+# ---------------------------------------------------------------------------------------
+# the three autodiff engines: (value, ∇ₓ, ∇ᵧ), ∇ᵧ, Hessian products, constraint VJPs
+# ---------------------------------------------------------------------------------------
+class _Autograd:
+    @staticmethod
+    def _vjp(fun, *args, argnum=0):
+        from ..implicit._user_vjp import autograd_vjp
+
+        return autograd_vjp(fun, *args, argnum=argnum)
+
+    def value_and_grads(self, fn, x, y):
+        import autograd.numpy as anp
+
+        vjp, value = self._vjp(fn, x, y, argnum=(0, 1))
+        gx, gy = vjp(anp.ones_like(anp.asarray(value)))
+        return value, gx, gy
+
+    def grad_y(self, fn, x, y):
+        import autograd.numpy as anp
+
+        vjp, value = self._vjp(lambda y_: fn(x, y_), y)
+        return vjp(anp.ones_like(anp.asarray(value)))
+
+    def hessian(self, fn, x, y):
+        import autograd
+
+        grad_y = autograd.grad(fn, 1)
+        # ∇²ᵧᵧg is symmetric: the VJP of y ↦ ∇ᵧg (one trace, reused) is its product
+        hyy, gy = self._vjp(lambda y_: grad_y(x, y_), y)
+        state = {}
+
+        def hxy(v):
+            if "x" not in state:
+                state["x"] = self._vjp(lambda x_: grad_y(x_, y), x)[0]
+            return state["x"](v)
+
+        return gy, hyy, hxy
+
+    def hvp_both(self, fn, x, y, v):
+        import autograd
+
+        grad_y = autograd.grad(fn, 1)
+        return self._vjp(grad_y, x, y, argnum=(0, 1))[0](v)
+
+    def vjp_xy(self, fn, x, y, w):
+        vjp, value = self._vjp(fn, x, y, argnum=(0, 1))
+        import autograd.numpy as anp
+
+        gx, gy = vjp(anp.reshape(w, anp.shape(value)))
+        return value, gx, gy
+
+
+class _Torch:
+    @staticmethod
+    def _leaf(a):
+        return a.detach().requires_grad_(True)
+
+    @staticmethod
+    def _grads(out, inputs, grad_outputs=None, create_graph=False, retain_graph=None):
+        import torch
+
+        gs = torch.autograd.grad(out, inputs, grad_outputs=grad_outputs,
+                                 create_graph=create_graph, retain_graph=retain_graph,
+                                 allow_unused=True)
+        return tuple(torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs))
+
+    def value_and_grads(self, fn, x, y):
+        x_, y_ = self._leaf(x), self._leaf(y)
+        value = fn(x_, y_)
+        gx, gy = self._grads(value.sum(), (x_, y_))
+        return value.detach(), gx.detach(), gy.detach()
+
+    def grad_y(self, fn, x, y):
+        y_ = self._leaf(y)
+        (gy,) = self._grads(fn(x, y_).sum(), (y_,))
+        return gy.detach()
+
+    def hessian(self, fn, x, y):
+        x_, y_ = self._leaf(x), self._leaf(y)
+        (gy,) = self._grads(fn(x_, y_).sum(), (y_,), create_graph=True)
+
+        def hyy(v):
+            return self._grads(gy, (y_,), grad_outputs=v, retain_graph=True)[0].detach()
+
+        def hxy(v):
+            return self._grads(gy, (x_,), grad_outputs=v, retain_graph=True)[0].detach()
+
+        return gy.detach(), hyy, hxy
+
+    def hvp_both(self, fn, x, y, v):
+        x_, y_ = self._leaf(x), self._leaf(y)
+        (gy,) = self._grads(fn(x_, y_).sum(), (y_,), create_graph=True)
+        hx, hy = self._grads(gy, (x_, y_), grad_outputs=v)
+        return hx.detach(), hy.detach()
+
+    def vjp_xy(self, fn, x, y, w):
+        x_, y_ = self._leaf(x), self._leaf(y)
+        value = fn(x_, y_)
+        gx, gy = self._grads(value, (x_, y_), grad_outputs=w.reshape(value.shape))
+        return value.detach(), gx.detach(), gy.detach()
+
+
+class _Jax:
+    """JAX: each derivative is ``jax.jit``-compiled once per function (unbatched runs; the
+    mini-batch closures change every draw, so those run eagerly)."""
+
+    def __init__(self):
+        self.cache: dict = {}
+        self.use_jit = True
+
+    def _compiled(self, kind, fn, build):
+        import jax
+
+        if not self.use_jit:
+            return build(fn)
+        key = (kind, fn)
+        if key not in self.cache:
+            self.cache[key] = jax.jit(build(fn))
+        return self.cache[key]
+
+    @staticmethod
+    def _scalar(fn):
+        import jax.numpy as jnp
+
+        return lambda a, b: jnp.sum(fn(a, b))
+
+    def value_and_grads(self, fn, x, y):
+        import jax
+
+        f = self._compiled("vg", fn, lambda f: jax.value_and_grad(self._scalar(f), (0, 1)))
+        value, (gx, gy) = f(x, y)
+        return value, gx, gy
+
+    def grad_y(self, fn, x, y):
+        import jax
+
+        return self._compiled("gy", fn, lambda f: jax.grad(self._scalar(f), 1))(x, y)
+
+    def hessian(self, fn, x, y):
+        import jax
+
+        def build_gy(f):
+            return jax.grad(self._scalar(f), 1)
+
+        def build_hyy(f):
+            gy = build_gy(f)
+            return lambda a, b, v: jax.vjp(lambda t: gy(a, t), b)[1](v)[0]
+
+        def build_hxy(f):
+            gy = build_gy(f)
+            return lambda a, b, v: jax.vjp(lambda t: gy(t, b), a)[1](v)[0]
+
+        hyy = self._compiled("hyy", fn, build_hyy)
+        hxy = self._compiled("hxy", fn, build_hxy)
+        gy = self._compiled("gy", fn, build_gy)(x, y)
+        return gy, (lambda v: hyy(x, y, v)), (lambda v: hxy(x, y, v))
+
+    def hvp_both(self, fn, x, y, v):
+        import jax
+
+        def build(f):
+            gy = jax.grad(self._scalar(f), 1)
+            return lambda a, b, w: jax.vjp(gy, a, b)[1](w)
+
+        return self._compiled("hvp", fn, build)(x, y, v)
+
+    def vjp_xy(self, fn, x, y, w):
+        import jax
+
+        def build(f):
+            def run(a, b, w_):
+                value, vjp = jax.vjp(f, a, b)
+                gx, gy = vjp(jax.numpy.reshape(w_, jax.numpy.shape(value)))
+                return value, gx, gy
+
+            return run
+
+        return self._compiled("vjp", fn, build)(x, y, w)
+
+
+_ENGINES = {"autograd": _Autograd, "torch": _Torch, "jax": _Jax}
+
+# what each user callable computes, for error messages
+_SIGNATURES = {
+    "outer_grad": "outer_grad(x, y) -> (∇ₓ outer, ∇ᵧ outer)",
+    "inner_grad": "inner_grad(x, y) -> (∇ₓ inner, ∇ᵧ inner)",
+    "inner_hvp": "inner_hvp(x, y, v) -> (∇²ₓᵧ inner · v, ∇²ᵧᵧ inner · v)",
+    "constraint_vjp": "constraint_vjp(x, y, lam) -> (Jₓcᵀlam, Jᵧcᵀlam)",
+}
+
+
+def check_callables(where: str, **fns):
+    """``TypeError`` for a derivative option that is neither ``None`` nor callable."""
+    for name, fn in fns.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{where}: {name} must be a callable {_SIGNATURES[name]} or None, "
+                            f"got {type(fn).__name__}")
+
+
+class Oracle:
+    """The derivatives of ``outer``, ``inner`` and ``constraint`` for one run.
+
+    Parameters
+    ----------
+    outer, inner, constraint : callable
+        The value functions, already bound to their mini-batch when there is one (see
+        :meth:`bind`).
+    xp
+        The namespace of x and y.
+    needs : iterable of str
+        The user-callable names the caller will use (``outer_grad``, ``inner_grad``,
+        ``inner_hvp``, ``constraint_vjp``); each must be given by the user or derivable
+        by the arrays' autodiff system, else ``TypeError``.
+    where, what : str
+        Caller and purpose, for error messages.
+    """
+
+    def __init__(self, outer, inner, constraint, xp, *, outer_grad=None, inner_grad=None,
+                 inner_hvp=None, constraint_vjp=None, needs=(), where="diffsolve.bilevel",
+                 what="this method"):
+        self.raw = {"outer": outer, "inner": inner, "constraint": constraint,
+                    "outer_grad": outer_grad, "inner_grad": inner_grad,
+                    "inner_hvp": inner_hvp, "constraint_vjp": constraint_vjp}
+        self.xp = xp
+        self.where = where
+        backend = autodiff_backend(xp)
+        self.engine = _ENGINES[backend]() if backend is not None else None
+        missing = [n for n in needs if self.raw[n] is None]
+        if missing and self.engine is None:
+            listed = "; ".join(_SIGNATURES[n] for n in missing)
+            raise TypeError(
+                f"{where}: x and y are {getattr(xp, '__name__', xp)} arrays, for which no "
+                f"autodiff system is available, so {what} needs the derivatives of your "
+                f"functions: pass {listed}. (NumPy arrays use HIPS autograd, torch tensors "
+                "torch.autograd and JAX arrays jax.vjp by default.)"
+            )
+        self.bind(None, None)
+
+    def bind(self, outer_idx, inner_idx):
+        """Use the mini-batches ``outer_idx`` / ``inner_idx`` (``None``: the functions as given)."""
+        r = self.raw
+        if isinstance(self.engine, _Jax):
+            self.engine.use_jit = outer_idx is None and inner_idx is None
+        self.outer = _bind(r["outer"], outer_idx)
+        self.outer_grad = _bind(r["outer_grad"], outer_idx)
+        self.inner = _bind(r["inner"], inner_idx)
+        self.inner_grad = _bind(r["inner_grad"], inner_idx)
+        self.inner_hvp = _bind(r["inner_hvp"], inner_idx)
+
+    # -----------------------------------------------------------------------------------
+    def _check(self, g, like, name):
+        if g is None:
+            return self.xp.zeros_like(like)
+        if not B.is_array(g) or tuple(g.shape) != tuple(like.shape):
+            got = tuple(g.shape) if B.is_array(g) else type(g).__name__
+            raise ValueError(f"{self.where}: {name} returned {got} where an array of shape "
+                             f"{tuple(like.shape)} was expected")
+        return g if g.dtype == like.dtype else self.xp.astype(g, like.dtype)
+
+    def _pair(self, out, name, x, y):
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(f"{self.where}: {name} must return a pair (for x, for y): "
+                            f"{_SIGNATURES[name]}, got {type(out).__name__}")
+        return self._check(out[0], x, f"{name}(...)[0]"), self._check(out[1], y,
+                                                                     f"{name}(...)[1]")
+
+    def outer_value(self, x, y) -> float:
+        return float(self.outer(x, y))
+
+    def outer_grads(self, x, y):
+        """``(f(x, y) as float, ∇ₓf, ∇ᵧf)``."""
+        if self.outer_grad is not None:
+            gx, gy = self._pair(self.outer_grad(x, y), "outer_grad", x, y)
+            return float(self.outer(x, y)), gx, gy
+        value, gx, gy = self.engine.value_and_grads(self.outer, x, y)
+        return float(value), self._check(gx, x, "∇ₓ outer"), self._check(gy, y, "∇ᵧ outer")
+
+    def inner_grads(self, x, y):
+        """``(∇ₓg, ∇ᵧg)``."""
+        if self.inner_grad is not None:
+            return self._pair(self.inner_grad(x, y), "inner_grad", x, y)
+        _, gx, gy = self.engine.value_and_grads(self.inner, x, y)
+        return self._check(gx, x, "∇ₓ inner"), self._check(gy, y, "∇ᵧ inner")
+
+    def inner_grad_y(self, x, y):
+        if self.inner_grad is not None:
+            return self._pair(self.inner_grad(x, y), "inner_grad", x, y)[1]
+        return self._check(self.engine.grad_y(self.inner, x, y), y, "∇ᵧ inner")
+
+    def penalised_grad_y(self, x, y, lam):
+        """``∇ᵧ(f + λg)`` (one reverse pass when both come from autodiff)."""
+        if self.outer_grad is None and self.inner_grad is None:
+            gy = self.engine.grad_y(lambda a, b: self.outer(a, b) + lam * self.inner(a, b),
+                                    x, y)
+            return self._check(gy, y, "∇ᵧ(outer + λ inner)")
+        return self.outer_grads(x, y)[2] + lam * self.inner_grad_y(x, y)
+
+    def hessian(self, x, y, *, with_grad=False):
+        """``(hyy, hxy[, ∇ᵧg])``: ``v ↦ ∇²ᵧᵧg·v`` and ``v ↦ ∇²ₓᵧg·v`` at (x, y)."""
+        if self.inner_hvp is not None:
+            hvp = self.inner_hvp
+
+            def hyy(v):
+                return self._pair(hvp(x, y, v), "inner_hvp", x, y)[1]
+
+            def hxy(v):
+                return self._pair(hvp(x, y, v), "inner_hvp", x, y)[0]
+
+            if with_grad:
+                return hyy, hxy, self.inner_grad_y(x, y)
+            return hyy, hxy
+        gy, hyy_raw, hxy_raw = self.engine.hessian(self.inner, x, y)
+
+        def hyy(v):
+            return self._check(hyy_raw(v), y, "∇²ᵧᵧ inner · v")
+
+        def hxy(v):
+            return self._check(hxy_raw(v), x, "∇²ₓᵧ inner · v")
+
+        if with_grad:
+            gy = self._check(gy, y, "∇ᵧ inner") if self.inner_grad is None else \
+                self.inner_grad_y(x, y)
+            return hyy, hxy, gy
+        return hyy, hxy
+
+    def hvp_both(self, x, y, v):
+        """``(∇²ₓᵧg·v, ∇²ᵧᵧg·v)`` in one go (one user call / one trace)."""
+        if self.inner_hvp is not None:
+            return self._pair(self.inner_hvp(x, y, v), "inner_hvp", x, y)
+        hx, hy = self.engine.hvp_both(self.inner, x, y, v)
+        return self._check(hx, x, "∇²ₓᵧ inner · v"), self._check(hy, y, "∇²ᵧᵧ inner · v")
+
+    def curvature_probe(self, x, y) -> Callable:
+        """``v ↦ ∇²ᵧᵧg·v`` for estimating the step size: exact when available, else central
+        differences of ``∇ᵧg`` (the largest eigenvalue needs only a couple of digits)."""
+        if self.inner_hvp is not None or self.engine is not None:
+            return self.hessian(x, y)[0]
+        xp = self.xp
+        eps = float(xp.finfo(y.dtype).eps) ** (1.0 / 3.0)
+        scale = max(1.0, float(xp.sqrt(xp.sum(y * y))))
+
+        def fd(v):
+            h = eps * scale
+            return (self.inner_grad_y(x, y + h * v) - self.inner_grad_y(x, y - h * v)) / (2 * h)
+
+        return fd
+
+    def constraint_value_and_vjp(self, x, y, lam):
+        """``(c(x, y), Jₓcᵀλ, Jᵧcᵀλ)``; ``lam`` has c's shape."""
+        c = self.raw["constraint"]
+        if self.raw["constraint_vjp"] is not None:
+            value = c(x, y)
+            gx, gy = self._pair(self.raw["constraint_vjp"](x, y, lam), "constraint_vjp", x, y)
+            return value, gx, gy
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Output seems independent of input")
+            value, gx, gy = self.engine.vjp_xy(c, x, y, lam)
+        return value, self._check(gx, x, "Jₓcᵀλ"), self._check(gy, y, "Jᵧcᵀλ")
