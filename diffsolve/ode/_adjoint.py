@@ -77,7 +77,7 @@ class _StepReverse:
                     add(Kbar, i, (h * float(w[i])) * yq_bar)
             ybar = yq_bar if ybar is None else ybar + yq_bar
         if E_bar:
-            y_new = G[s - 1]
+            y_new = G[s - 1, ...]
             err = h * self._weighted(self.e, K)
             sc = st.atol + st.rtol * xp.maximum(xp.abs(y), xp.abs(y_new))
             r = err / sc
@@ -96,8 +96,8 @@ class _StepReverse:
                 ybar = _acc(ybar, xp.where(from_y, gy, zero))
                 add(Gbar, s - 1, xp.where(from_y, zero, gyn))
         if S_bar:
-            dk = K[s - 1] - K[s - 2]
-            dg = G[s - 1] - G[s - 2]
+            dk = K[s - 1, ...] - K[s - 2, ...]
+            dg = G[s - 1, ...] - G[s - 2, ...]
             nk = float(xp.linalg.vector_norm(dk))
             ng = float(xp.linalg.vector_norm(dg))
             if nk > 0.0 and ng > 0.0:
@@ -111,7 +111,7 @@ class _StepReverse:
         A = self.A
         for i in range(s - 1, -1, -1):
             if Kbar[i] is not None:
-                vy, vp = self.fvjp(t + st.c[i] * h, G[i], Kbar[i])
+                vy, vp = self.fvjp(t + st.c[i] * h, G[i, ...], Kbar[i])
                 add(Gbar, i, vy)
                 if vp is not None:
                     p_bar = vp if p_bar is None else p_bar + vp
@@ -127,7 +127,7 @@ class _StepReverse:
         out = None
         for i, wi in enumerate(w):
             if wi != 0.0:
-                out = wi * K[i] if out is None else out + wi * K[i]
+                out = wi * K[i, ...] if out is None else out + wi * K[i, ...]
         return out
 
 
@@ -160,12 +160,12 @@ def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_b
                 cache = _segment(stepper, rhs, traj, n)
             y = cache[n]
         t, h = float(traj.ts[n]), float(traj.ts[n + 1] - traj.ts[n])
-        outs = [(float(traj.out_theta[q]), ys_bar[q]) for q in by_step.get(n, ())]
+        outs = [(float(traj.out_theta[q]), ys_bar[q, ...]) for q in by_step.get(n, ())]
         a, p_bar = rev.run(t, y, h, a, outs, rE_bar * abs(h), rS_bar * abs(h), p_bar)
     through = a
-    y0_bar = ys_bar[0]
+    y0_bar = ys_bar[0, ...]
     for q in by_step.get(-1, ()):  # outputs at t_eval[0] itself
-        y0_bar = y0_bar + ys_bar[q]
+        y0_bar = y0_bar + ys_bar[q, ...]
     if through is not None:
         y0_bar = y0_bar + through
     else:
@@ -213,22 +213,22 @@ def backsolve_adjoint(xp, make_stepper, f_rhs, fvjp, n: int, p_size: int, ys, ys
             parts.append(-xp.reshape(xp.asarray(vp, dtype=ys.dtype), (p_size,)))
         return xp.concat(parts)
 
-    a = ys_bar[T - 1]
+    a = ys_bar[T - 1, ...]
     p_bar = zeros_p
     stepper = make_stepper(2 * n + p_size)
     for q in range(T - 1, 0, -1):
         t_hi, t_lo = float(t_out[q]), float(t_out[q - 1])
         if t_hi != t_lo:
-            z0 = xp.concat([ys[q], a, p_bar])
+            z0 = xp.concat([ys[q, ...], a, p_bar])
             traj = integrate(stepper, aug, z0, np.asarray([t_hi, t_lo], dtype=np.float64),
                              controller=controller, first_step=None, max_steps=max_steps,
                              step_ts=None, want_stiff=False, every=1 << 30, throw=True)
-            z = traj.ys[1]
+            z = traj.ys[1, ...]
             a, p_bar = z[n:2 * n], z[2 * n:]
         if q - 1 > 0:
-            a = a + ys_bar[q - 1]
+            a = a + ys_bar[q - 1, ...]
     through = a
-    return through + ys_bar[0], (p_bar if p_size else None), through
+    return through + ys_bar[0, ...], (p_bar if p_size else None), through
 
 
 def t_eval_cotangent(xp, rhs, ys, ys_bar, t_out, through0, y0):
@@ -238,7 +238,7 @@ def t_eval_cotangent(xp, rhs, ys, ys_bar, t_out, through0, y0):
     for q in range(1, T):
         if t_out[q] == t_out[0]:
             continue
-        out[q] = float(xp.sum(ys_bar[q] * rhs(float(t_out[q]), ys[q])))
+        out[q] = float(xp.sum(ys_bar[q, ...] * rhs(float(t_out[q]), ys[q, ...])))
     out[0] = -float(xp.sum(through0 * rhs(float(t_out[0]), y0)))
     if not math.isfinite(out[0]):
         out[0] = math.nan

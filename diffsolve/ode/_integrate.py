@@ -92,10 +92,10 @@ class Stepper:
         K = self.K if K is None else K
         G = self.G if G is None else G
         s = self.s
-        den = float(xp.linalg.vector_norm(G[s - 1] - G[s - 2]))
+        den = float(xp.linalg.vector_norm(G[s - 1, ...] - G[s - 2, ...]))
         if den == 0.0:
             return 0.0
-        return float(xp.linalg.vector_norm(K[s - 1] - K[s - 2])) / den
+        return float(xp.linalg.vector_norm(K[s - 1, ...] - K[s - 2, ...])) / den
 
     def stages(self, rhs, t, y, h, K=None, G=None):
         """Fill stages 1..s-1 from ``K[0] = f(t, y)``; returns ``y_new`` (= ``G[s-1]``)."""
@@ -106,14 +106,14 @@ class Stepper:
         if self.kernel:
             combine = self._combine
             for i in range(1, self.s):
-                g = combine(y, K, A_rows[i], h, G[i])
+                g = combine(y, K, A_rows[i], h, G[i, ...])
                 K[i] = rhs(t + c[i] * h, g)
         else:
             for i in range(1, self.s):
                 g = y + h * (A_rows[i] @ K[:i, :])
                 G[i, :] = g
                 K[i, :] = rhs(t + c[i] * h, g)
-        return G[self.s - 1]
+        return G[self.s - 1, ...]
 
 
 @dataclass
@@ -241,7 +241,7 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
         while q < n_out and direction * (t_out[q] - t_new) <= 0:
             theta = (float(t_out[q]) - t) / h
             if stepper.kernel:
-                combine(y, stepper.coeffs(tab.dense_weights(theta)), h, ys[q])
+                combine(y, stepper.coeffs(tab.dense_weights(theta)), h, ys[q, ...])
             else:
                 ys[q, :] = combine(y, stepper.coeffs(tab.dense_weights(theta)), h)
             out_step[q] = n_acc

@@ -160,10 +160,11 @@ def _status_message(code, t, t1, max_steps):
 def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_stiff):
     xp = opts["xp"]
     ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail = kern(
-        f, B.contiguous(xp, y0), t_out, params_eff, tab.A, tab.c, tab.e, tab.P, tab.order,
-        tab.error_order, opts["rtol"], opts["atol"], opts["controller"] == "pi",
-        float(opts["first_step"] or -1.0), int(opts["max_steps"]),
-        step_ts if step_ts is not None else np.empty((0,), dtype=np.float64), want_stiff)
+        f, B.contiguous(xp, y0), t_out, B.contiguous(xp, params_eff), tab.A, tab.c, tab.e,
+        tab.P, tab.order, tab.error_order, opts["rtol"], opts["atol"],
+        opts["controller"] == "pi", float(opts["first_step"] or -1.0), int(opts["max_steps"]),
+        step_ts if step_ts is not None else np.empty((0,), dtype=np.float64),
+        bool(want_stiff))
     status, t_fail = int(status), float(t_fail)
     if status == 3:
         raise ValueError(f"{WHERE}: f(t, y, params) returned an array of the wrong shape at "

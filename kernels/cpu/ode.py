@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
-from ._config import jit
+from ._config import jit, njit_options
 
 __all__ = ["is_jitted", "rk_combine", "rk_error_norm", "rk_solve"]
 
@@ -99,7 +100,6 @@ def _grow2(a, n):  # pragma: no cover - compiled
     return b
 
 
-@jit()
 def _solve_one(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
                first_step, max_steps, step_ts, want_stiff):  # pragma: no cover - compiled
     n = y0.shape[0]
@@ -313,8 +313,42 @@ def rk_solve(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, p
     status code (``OK``, ``MAX_STEPS``, ``UNDERFLOW``, ``BAD_SHAPE``, ``NONFINITE_F0``) and
     the time it refers to.
     """
-    return _solve_one(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
-                      first_step, max_steps, step_ts, want_stiff)
+    args = (y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi, first_step,
+            max_steps, step_ts, want_stiff)
+    if y0.dtype == np.float64 and params.dtype == np.float64:
+        try:
+            return _compiled("pointer")(f, *args)
+        except (numba.core.errors.TypingError, TypeError, ValueError):
+            pass  # f has another signature (float32, non-contiguous result): specialise
+    return _compiled("generic")(f, *args)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(kind: str):
+    """The integrator compiled once for any ``f`` with the float64 signature, or per ``f``.
+
+    ``"pointer"``: ``f`` is typed as a first-class function
+    ``float64[::1](float64, float64[::1], float64[::1])``, so the integrator is compiled
+    once and cached on disk like every other kernel (a Numba function that takes a
+    dispatcher argument is specialised per ``f`` and cannot be cached: several seconds of
+    compilation per new vector field and process). ``"generic"``: that specialisation,
+    for vector fields of another signature (float32 states).
+    """
+    fn = _COMPILED.get(kind)
+    if fn is None:
+        if kind == "pointer":
+            t = numba.types
+            vec, mat, f64, i64 = t.float64[::1], t.float64[:, ::1], t.float64, t.int64
+            ftype = t.FunctionType(vec(f64, vec, vec))
+            sig = (ftype, vec, vec, vec, mat, vec, vec, mat, i64, i64, f64, f64, t.boolean,
+                   f64, i64, vec, t.boolean)
+            fn = numba.njit(sig, **njit_options())(_solve_one)
+        else:
+            fn = jit()(_solve_one)
+        _COMPILED[kind] = fn
+    return fn
 
 
 def is_jitted(f) -> bool:

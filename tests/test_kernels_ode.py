@@ -1,0 +1,56 @@
+"""ODE stage kernels against the naive references; CPU and CUDA twins against each other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffsolve.kernels.cpu import ode as cpu
+from tests import naive_ode as naive
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m", [0, 1, 4, 7])
+def test_rk_combine_matches_naive(rng, dtype, m):
+    n = 13
+    y = rng.standard_normal(n).astype(dtype)
+    K = rng.standard_normal((7, n)).astype(dtype)
+    c = rng.standard_normal(m)
+    out = np.empty_like(y)
+    got = cpu.rk_combine(y, K, c, 0.37, out)
+    assert got is out and got.dtype == dtype
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(got, naive.rk_combine(y, K, c, 0.37), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rk_error_norm_matches_naive(rng, dtype):
+    n = 9
+    y, y_new = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    K = rng.standard_normal((7, n)).astype(dtype)
+    e = rng.standard_normal(7)
+    got = cpu.rk_error_norm(y, y_new, K, e, -0.2, 1e-3, 1e-6)
+    want = naive.rk_error_norm(y, y_new, K, e, -0.2, 1e-3, 1e-6)
+    assert got == pytest.approx(want, rel=1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_twins_match_cpu(rng, dtype):
+    cupy = pytest.importorskip("cupy")
+    from diffsolve.kernels.cuda import ode as gpu
+
+    n = 1000
+    y = rng.standard_normal(n).astype(dtype)
+    y_new = rng.standard_normal(n).astype(dtype)
+    K = rng.standard_normal((7, n)).astype(dtype)
+    c = rng.standard_normal(5)
+    out = cupy.empty(n, dtype=dtype)
+    got = gpu.rk_combine(cupy.asarray(y), cupy.asarray(K), cupy.asarray(c), 0.5, out)
+    want = cpu.rk_combine(y, K, c, 0.5, np.empty_like(y))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(got.get(), want, rtol=tol, atol=tol)
+    e = rng.standard_normal(7)
+    g = gpu.rk_error_norm(cupy.asarray(y), cupy.asarray(y_new), cupy.asarray(K),
+                          cupy.asarray(e), 0.1, 1e-3, 1e-6)
+    assert g == pytest.approx(cpu.rk_error_norm(y, y_new, K, e, 0.1, 1e-3, 1e-6), rel=tol)
