@@ -1,5 +1,12 @@
-"""Linear systems: differentiable direct, CG-family and SOR solves, and online ω tuning."""
+"""Linear systems: differentiable direct, CG-family, SOR and learned-direction (DCDM) solves,
+and online ω tuning."""
 
+from ._dcdm import DirectionFallbackWarning
+from ._direction_model import (
+    ConvDirectionModel,
+    load_direction_model,
+    pretrained_direction_model,
+)
 from ._omega_bandit import (
     BanditSolveResult,
     ContextualOmegaBandit,
@@ -7,11 +14,18 @@ from ._omega_bandit import (
     OmegaBanditHistory,
 )
 from ._solve import solve
+from ._train_direction import DirectionTrainingResult, train_direction_model
 
 __all__ = [
     "BanditSolveResult",
     "ContextualOmegaBandit",
+    "ConvDirectionModel",
+    "DirectionFallbackWarning",
+    "DirectionTrainingResult",
     "OmegaBandit",
     "OmegaBanditHistory",
+    "load_direction_model",
+    "pretrained_direction_model",
     "solve",
+    "train_direction_model",
 ]

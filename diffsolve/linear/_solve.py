@@ -8,6 +8,7 @@ import numbers
 from .. import _backend as B
 from .._autodiff import custom_vjp
 from .._result import LinearSolveResult
+from ._dcdm import dcdm_solve
 from ._iterative import CG_FAMILY, iterative_solve
 from ._operator import MatrixOperator, as_operator
 from ._relaxation import check_omega
@@ -15,7 +16,7 @@ from ._relaxation import check_omega
 __all__ = ["solve"]
 
 WHERE = "diffsolve.linear.solve"
-METHODS = ("direct", "cg", "pcg", "sor", "ssor-cg")
+METHODS = ("direct", "cg", "pcg", "sor", "ssor-cg", "dcdm")
 RELAXATION_METHODS = ("sor", "ssor-cg")
 
 
@@ -36,9 +37,15 @@ def _result_dtype(op: MatrixOperator, b, xp):
     return dtype if xp.isdtype(dtype, "real floating") else xp.float64
 
 
-def _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b):
+def _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b, model=None, k=2):
     if method not in METHODS:
         raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of {list(METHODS)}")
+    if method != "dcdm" and (model is not None or k != 2):
+        raise ValueError(f"{WHERE}: model and k are options of method='dcdm'; "
+                         f"method={method!r} does not use them")
+    if method == "dcdm" and M is not None:
+        raise ValueError(f"{WHERE}: method='dcdm' takes its directions from model, not from "
+                         "a preconditioner M; drop M, or use method='pcg'")
     for name, value in (("rtol", rtol), ("atol", atol)):
         if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{WHERE}: {name} must be a finite number >= 0, got {value!r}")
@@ -120,6 +127,13 @@ def _solve_bwd(ctx, cotangents):
     if method == "direct":
         lu = ctx.residuals if ctx.residuals is not None else _factorise(op, xp)
         lam = lu.solve(x_bar, trans=True)
+    elif method == "dcdm":
+        # A is symmetric (checked by the forward): Aᵀλ = x̄ is solved with the same model
+        lam = dcdm_solve(op, x_bar, model=kw.get("model"), k=kw.get("k", 2), x0=None,
+                         rtol=kw.get("rtol", 1e-8), atol=kw.get("atol", 0.0),
+                         maxiter=kw.get("maxiter"), callback=None,
+                         what="the adjoint solve Aᵀλ = x̄", prepared=ctx.residuals,
+                         check_symmetric=False).x
     else:
         symmetric = method in CG_FAMILY
         # CG-family forwards checked that A is symmetric: Aᵀλ = x̄ is solved with A itself,
@@ -149,7 +163,7 @@ def _solve_bwd(ctx, cotangents):
 
 @custom_vjp(_solve_bwd, _solve_shapes, LinearSolveResult)
 def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
-          omega=None, callback=None, check_every=None):
+          omega=None, callback=None, check_every=None, model=None, k=2):
     """Solve ``A x = b``, differentiably in ``A`` and ``b``.
 
     Parameters
@@ -160,13 +174,15 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
         ``scipy.sparse.linalg.LinearOperator`` (``method='cg'`` only; not differentiated).
     b : array, shape (n,) or (n, k)
         Right-hand side(s); the columns of a 2-D ``b`` are solved together.
-    method : {"direct", "cg", "pcg", "sor", "ssor-cg"}
+    method : {"direct", "cg", "pcg", "sor", "ssor-cg", "dcdm"}
         ``"direct"``: LU (LAPACK / SuperLU on the CPU, cuSOLVER on the GPU), its factor
         reused by the adjoint. ``"cg"``: conjugate gradients for symmetric positive
         definite A, sparse products through the compiled CSR kernels. ``"pcg"``: CG
         preconditioned by ``M`` (default ``M="jacobi"``). ``"sor"``: stationary SOR(ω)
         iteration (Numba sweeps on the CPU; multicolour SOR on the GPU, a different row
-        ordering). ``"ssor-cg"``: CG preconditioned by one SSOR(ω) sweep.
+        ordering). ``"ssor-cg"``: CG preconditioned by one SSOR(ω) sweep. ``"dcdm"``: the
+        Deep Conjugate Direction Method (Kaneda et al. 2023) with the network ``model``,
+        for symmetric positive definite A on a regular grid (see ``docs/dcdm.md``).
     x0 : array, optional
         Initial guess for iterative methods (a warm start), same shape as ``b``.
     rtol, atol : float
@@ -188,6 +204,15 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
     check_every : int, optional
         Iterations between convergence tests (each reads one number from the GPU);
         default 1 on the CPU and 8 on CuPy.
+    model : ConvDirectionModel, optional
+        ``method="dcdm"`` only: the direction network, bound to the grid of the unknowns
+        (:meth:`ConvDirectionModel.on_grid`; an unbound model assumes a square/cubic grid)
+        and on b's device (:meth:`ConvDirectionModel.to`). None: the shipped 2-D Poisson
+        model (64² training grid; needs a square number of unknowns).
+    k : int
+        ``method="dcdm"`` only: directions kept for A-orthogonalisation (paper: 2). When
+        the network's directions stagnate the solve continues with CG and warns with
+        ``diffsolve.linear.DirectionFallbackWarning``.
 
     Returns
     -------
@@ -214,7 +239,7 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
     """
     op, xp = as_operator(A, b, WHERE)
     _check_b(b, op, xp)
-    omega = _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b)
+    omega = _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b, model, k)
     dtype = _result_dtype(op, b, xp)
     b = xp.astype(b, dtype, copy=False)
     if method == "direct":
@@ -226,9 +251,13 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
         res = LinearSolveResult(x=x, n_iters=0, converged=True,
                                 residual_norm=_residual_norm(op, x, b, xp), info=0)
         return res, lu
-    out = iterative_solve(op, b, method=method, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter,
-                          M=M, omega=omega, callback=callback, check_every=check_every,
-                          what="the solve")
+    if method == "dcdm":
+        out = dcdm_solve(op, b, model=model, k=k, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter,
+                         callback=callback, what="the solve")
+    else:
+        out = iterative_solve(op, b, method=method, x0=x0, rtol=rtol, atol=atol,
+                              maxiter=maxiter, M=M, omega=omega, callback=callback,
+                              check_every=check_every, what="the solve")
     res = LinearSolveResult(x=out.x, n_iters=out.n_iters, converged=out.converged,
                             residual_norm=_residual_norm(op, out.x, b, xp),
                             info=0 if out.converged else out.n_iters)

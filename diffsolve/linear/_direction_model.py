@@ -1,0 +1,592 @@
+"""``ConvDirectionModel``: the convolutional network of the Deep Conjugate Direction Method.
+
+The network maps a residual on a regular 2-D or 3-D grid to a search direction that
+approximates ``A⁻¹ r`` up to scale (Kaneda et al., "A Deep Conjugate Direction Method for
+Iteratively Solving Linear Systems", ICML 2023, section 3.3). Architecture, as in the paper
+but smaller: 3×3(×3) convolutions with 'same' zero padding, ReLU, residual blocks, one 2×2(×2)
+average-pool level whose output is upsampled (nearest) and added back to the fine level
+(the skip connection), and a linear output convolution. An optional second input channel
+carries the fluid mask (1 where a cell is an unknown, 0 in solid/obstacle cells).
+
+Everything is array-API code: the forward pass, and the backward pass used for training.
+A convolution's input gradient is itself a convolution (with the filter flipped and its
+channel axes swapped), so both go through :func:`conv_same`, which dispatches to the
+compiled kernel of the backend (``kernels/cuda/conv.py`` on CuPy; on NumPy the im2col GEMM,
+which measured faster than the Numba kernel ``kernels/cpu/conv.py``) or, for namespaces
+without kernels, to the im2col product written with ``xp.matmul``. The filter gradient is
+one GEMM against the im2col matrix. Hence training runs on NumPy and on CuPy from the same
+code.
+
+Layout: activations ``(batch, channels, D, H, W)``; a 2-D grid is ``D = 1`` with ``(1, 3, 3)``
+filters and ``(1, 2, 2)`` pooling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from itertools import product
+
+import array_api_extra as xpx
+
+from .. import _backend as B
+
+__all__ = ["ConvDirectionModel", "load_direction_model", "pretrained_direction_model"]
+
+WHERE = "diffsolve.linear.ConvDirectionModel"
+FORMAT_VERSION = 1
+_LEVELS = ("fine_in", "coarse", "fine_out")
+_WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+PRETRAINED = {
+    "poisson2d-64": "dcdm_poisson2d_64.npz",
+    "poisson2d-64-obstacles": "dcdm_poisson2d_64_obstacles.npz",
+}
+
+# Which convolution the model uses on NumPy for inference: "kernel" (Numba direct loop) or
+# "im2col" (im2col + BLAS GEMM). Measured by bench/bench_dcdm.py (conv section) on the
+# 2-core development machine; see docs/dcdm.md for the figures.
+CPU_CONV = "im2col"
+
+
+# ---------------------------------------------------------------------------------------
+# array-API building blocks (forward and backward)
+# ---------------------------------------------------------------------------------------
+def _im2col(xp, x, ks):
+    """``(C_in·K, B·P)`` matrix of the K shifted copies of ``x`` (B, C_in, D, H, W).
+
+    The batch goes into the columns so that a convolution of the whole mini-batch is one
+    GEMM (about 6x faster on NumPy than a batched matmul per sample, measured at 64²,
+    batch 10, 16 channels).
+    """
+    nb, cin = x.shape[:2]
+    spatial = tuple(x.shape[2:])
+    xt = xp.permute_dims(x, (1, 0, 2, 3, 4))
+    xpad = xpx.pad(xt, [(0, 0), (0, 0)] + [(k // 2, k // 2) for k in ks], xp=xp)
+    cols = xp.stack([xpad[:, :, a:a + spatial[0], c:c + spatial[1], e:e + spatial[2]]
+                     for a, c, e in product(*(range(k) for k in ks))], axis=1)
+    return xp.reshape(cols, (cin * math.prod(ks), nb * math.prod(spatial)))
+
+
+def _conv_im2col(xp, x, w, bias):
+    """'same' convolution as one GEMM over the stacked shifted copies of ``x``."""
+    nb = x.shape[0]
+    spatial = tuple(x.shape[2:])
+    cout = w.shape[0]
+    cols = _im2col(xp, x, tuple(w.shape[2:]))
+    out = xp.reshape(w, (cout, -1)) @ cols + bias[:, None]
+    return xp.permute_dims(xp.reshape(out, (cout, nb, *spatial)), (1, 0, 2, 3, 4))
+
+
+def conv_same(xp, x, w, bias, *, method=None):
+    """``conv(x, w) + bias`` ('same' zero padding, stride 1) on ``(B, C, D, H, W)`` arrays.
+
+    ``method``: "kernel" (the backend's compiled kernel), "im2col" (array-API GEMM) or None
+    (the kernel where one exists; on NumPy the measured faster of the two, ``CPU_CONV``).
+    """
+    kernel = B.get_kernel(xp, "conv.conv_same")
+    if method is None:
+        method = CPU_CONV if B.is_numpy(xp) else "kernel"
+    if kernel is None or method == "im2col":
+        return _conv_im2col(xp, x, w, bias)
+    out = xp.empty((x.shape[0], w.shape[0], *tuple(x.shape[2:])), dtype=x.dtype,
+                   device=x.device)
+    return kernel(B.contiguous(xp, x), B.contiguous(xp, w), B.contiguous(xp, bias), out)
+
+
+def conv_same_backward(xp, x, w, gout):
+    """Gradients ``(gx, gw, gbias)`` of ``conv_same(x, w, bias)`` for the cotangent ``gout``.
+
+    ``gx`` is the convolution of ``gout`` with the flipped filter whose channel axes are
+    swapped (the adjoint of a stride-1 'same' correlation with odd filters); ``gw`` is
+    ``gout`` times the transposed im2col matrix of ``x``.
+    """
+    w_adj = xp.flip(xp.permute_dims(w, (1, 0, 2, 3, 4)), axis=(2, 3, 4))
+    zeros = xp.zeros((w.shape[1],), dtype=w.dtype, device=w.device)
+    gx = conv_same(xp, gout, w_adj, zeros)
+    cols = _im2col(xp, x, tuple(w.shape[2:]))
+    gout2 = xp.reshape(xp.permute_dims(gout, (1, 0, 2, 3, 4)), (w.shape[0], -1))
+    gw = xp.reshape(gout2 @ xp.matrix_transpose(cols), tuple(w.shape))
+    gb = xp.sum(gout, axis=(0, 2, 3, 4))
+    return gx, gw, gb
+
+
+def _relu(xp, x):
+    return xp.maximum(x, xp.zeros((), dtype=x.dtype))
+
+
+def _padded_shape(spatial, factors):
+    return tuple(-(-s // f) * f for s, f in zip(spatial, factors, strict=True))
+
+
+def _avg_pool(xp, x, factors):
+    """Mean over ``factors`` blocks; odd sizes are zero-padded at the high end."""
+    nb, c = x.shape[:2]
+    spatial = tuple(x.shape[2:])
+    full = _padded_shape(spatial, factors)
+    if full != spatial:
+        x = xpx.pad(x, [(0, 0), (0, 0)] + [(0, f - s) for s, f in zip(spatial, full,
+                                                                         strict=True)], xp=xp)
+    coarse = tuple(s // f for s, f in zip(full, factors, strict=True))
+    y = xp.reshape(x, (nb, c, coarse[0], factors[0], coarse[1], factors[1], coarse[2],
+                       factors[2]))
+    return xp.mean(y, axis=(3, 5, 7))
+
+
+def _upsample(xp, d, factors, spatial):
+    """Nearest-neighbour upsampling by ``factors``, cropped to ``spatial``."""
+    nb, c = d.shape[:2]
+    cs = tuple(d.shape[2:])
+    y = xp.broadcast_to(d[:, :, :, None, :, None, :, None],
+                        (nb, c, cs[0], factors[0], cs[1], factors[1], cs[2], factors[2]))
+    y = xp.reshape(y, (nb, c, cs[0] * factors[0], cs[1] * factors[1], cs[2] * factors[2]))
+    return y[:, :, :spatial[0], :spatial[1], :spatial[2]]
+
+
+def _upsample_backward(xp, g, factors, coarse_shape):
+    """Adjoint of :func:`_upsample`: block sums (the cropped cells contribute zero)."""
+    nb, c = g.shape[:2]
+    spatial = tuple(g.shape[2:])
+    full = tuple(s * f for s, f in zip(coarse_shape, factors, strict=True))
+    if full != spatial:
+        g = xpx.pad(g, [(0, 0), (0, 0)] + [(0, f - s) for s, f in zip(spatial, full,
+                                                                         strict=True)], xp=xp)
+    y = xp.reshape(g, (nb, c, coarse_shape[0], factors[0], coarse_shape[1], factors[1],
+                       coarse_shape[2], factors[2]))
+    return xp.sum(y, axis=(3, 5, 7))
+
+
+def _avg_pool_backward(xp, g, factors, spatial):
+    """Adjoint of :func:`_avg_pool`: spread each coarse cotangent evenly over its block."""
+    return _upsample(xp, g, factors, spatial) / math.prod(factors)
+
+
+def _to_host(x):
+    """A NumPy copy of a parameter, from any namespace (CuPy explicitly via ``.get()``)."""
+    if B.is_cupy_array(x):
+        return x.get()
+    hxp = B.host_namespace()
+    try:
+        return B.host_numpy(x)
+    except TypeError:
+        return hxp.from_dlpack(x)
+
+
+def _asarray_on(xp, x, device):
+    """``x`` in namespace ``xp`` on ``device``; other namespaces go through a host copy."""
+    if B.is_cupy(xp) and B.is_cupy_array(x):
+        return x
+    try:
+        if B.array_namespace(x).__name__ == xp.__name__:
+            return x
+    except TypeError:
+        pass
+    host = _to_host(x)
+    if B.is_cupy(xp):
+        return xp.asarray(host)
+    return xp.asarray(host, device=device)
+
+
+# ---------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------
+class ConvDirectionModel:
+    """Convolutional direction network for :func:`diffsolve.linear.solve` (``method="dcdm"``).
+
+    Parameters
+    ----------
+    dim : {2, 3}
+        Grid dimension (3×3 or 3×3×3 filters, 2×2 or 2×2×2 pooling).
+    channels : int
+        Feature channels of every hidden convolution (16 in the paper).
+    n_blocks : int
+        Residual blocks (two convolutions each) on each of the three stages: fine level
+        before pooling, coarse level, fine level after the skip connection.
+    mask : bool array of the grid's shape, optional
+        Fluid mask of the grid the model is bound to (True: the cell is an unknown,
+        False: solid/obstacle, excluded from the system). Giving it switches the mask
+        input channel on and binds the grid (see :meth:`on_grid`).
+    seed : int
+        Seed of the (He) initialisation.
+    mask_channel : bool, optional
+        Whether the network has the mask input channel (default: whether ``mask`` is given).
+        A model trained with a mask channel can be bound to other masks with :meth:`on_grid`.
+    grid_shape : tuple of int, optional
+        The grid the model is bound to; unknowns are its cells in C (row-major) order, or
+        only the True cells of ``mask``. Without it :func:`~diffsolve.linear.solve` assumes
+        a square (cubic) grid of all ``n`` unknowns.
+    dtype : str
+        Parameter dtype ("float32", the default, or "float64").
+    like : array, optional
+        Create the parameters in this array's namespace and device (default NumPy).
+
+    Notes
+    -----
+    The input residual is divided by its root-mean-square before the first convolution,
+    so that the same weights see inputs of the same scale on every grid size; the solver's
+    line search makes the output scale irrelevant.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from diffsolve.linear import ConvDirectionModel
+    >>> model = ConvDirectionModel(dim=2, channels=4, n_blocks=1, grid_shape=(8, 8))
+    >>> model(np.ones(64)).shape
+    (64,)
+    """
+
+    def __init__(self, dim=2, channels=16, n_blocks=1, mask=None, seed=0, *, mask_channel=None,
+                 grid_shape=None, dtype="float32", like=None):
+        if dim not in (2, 3):
+            raise ValueError(f"{WHERE}: dim must be 2 or 3, got {dim!r}")
+        for name, value in (("channels", channels), ("n_blocks", n_blocks)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{WHERE}: {name} must be a positive integer, got {value!r}")
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"{WHERE}: dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dim = dim
+        self.channels = channels
+        self.n_blocks = n_blocks
+        self.mask_channel = bool(mask is not None if mask_channel is None else mask_channel)
+        self.seed = seed
+        self.metadata = {}
+        self.kernel = (1, 3, 3) if dim == 2 else (3, 3, 3)
+        self.pool = (1, 2, 2) if dim == 2 else (2, 2, 2)
+        hxp = B.host_namespace()
+        rng = B.host_rng(seed)
+        params = {}
+        n_in = 2 if self.mask_channel else 1
+        taps = math.prod(self.kernel)
+
+        def he(cout, cin, gain=1.0):
+            std = gain * math.sqrt(2.0 / (cin * taps))
+            return rng.standard_normal((cout, cin, *self.kernel)) * std
+
+        params["in.w"] = he(channels, n_in)
+        params["in.b"] = hxp.zeros(channels)
+        for level in _LEVELS:
+            for i in range(n_blocks):
+                params[f"{level}{i}.w1"] = he(channels, channels)
+                params[f"{level}{i}.b1"] = hxp.zeros(channels)
+                # small second convolution: every block starts close to the identity
+                params[f"{level}{i}.w2"] = he(channels, channels, gain=0.1)
+                params[f"{level}{i}.b2"] = hxp.zeros(channels)
+        params["out.w"] = he(1, channels, gain=0.5)
+        params["out.b"] = hxp.zeros(1)
+        self.params = {k: hxp.asarray(v, dtype=getattr(hxp, dtype)) for k, v in params.items()}
+        self.xp = hxp
+        if like is not None:
+            self._move_params(B.array_namespace(like, where=WHERE), B.device(like))
+        self.grid_shape = None
+        self.mask = None
+        self._gather = None
+        if grid_shape is not None or mask is not None:
+            self._bind(grid_shape if grid_shape is not None else tuple(mask.shape), mask)
+
+    # ----- parameters, devices, dtypes ------------------------------------------------
+    @property
+    def dtype(self):
+        return self.params["in.w"].dtype
+
+    @property
+    def n_params(self) -> int:
+        """Number of trainable scalars."""
+        return sum(math.prod(p.shape) for p in self.params.values())
+
+    def config(self) -> dict:
+        """The architecture (what :meth:`save` writes besides the weights)."""
+        return {"dim": self.dim, "channels": self.channels, "n_blocks": self.n_blocks,
+                "mask_channel": self.mask_channel, "seed": self.seed}
+
+    def _copy(self):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.params = dict(self.params)
+        new.metadata = dict(self.metadata)
+        return new
+
+    def _move_params(self, xp, device):
+        self.params = {k: _asarray_on(xp, v, device) for k, v in self.params.items()}
+        self.xp = xp
+
+    def to(self, like):
+        """A copy whose parameters (and bound mask) live in ``like``'s namespace and device.
+
+        This is the one place where a model's weights move between host and GPU.
+        """
+        xp = B.array_namespace(like, where=f"{WHERE}.to")
+        device = B.device(like)
+        new = self._copy()
+        new._move_params(xp, device)
+        if new.grid_shape is not None:
+            mask = None if new.mask is None else _asarray_on(xp, new.mask, device)
+            new._bind(new.grid_shape, mask)
+        return new
+
+    def astype(self, dtype):
+        """A copy with parameters cast to ``dtype`` ("float32" or "float64")."""
+        xp = self.xp
+        new = self._copy()
+        new.params = {k: xp.astype(v, getattr(xp, dtype)) for k, v in self.params.items()}
+        return new
+
+    def namespace_matches(self, xp, device) -> bool:
+        p = self.params["in.w"]
+        return (B.is_numpy(xp) == B.is_numpy(self.xp) and B.is_cupy(xp) == B.is_cupy(self.xp)
+                and xp.__name__ == self.xp.__name__ and str(B.device(p)) == str(device))
+
+    # ----- grid binding -----------------------------------------------------------------
+    def _bind(self, grid_shape, mask):
+        grid_shape = tuple(int(s) for s in grid_shape)
+        if len(grid_shape) != self.dim or min(grid_shape) < 1:
+            raise ValueError(f"{WHERE}: grid_shape must be {self.dim} positive sizes for a "
+                             f"dim={self.dim} model, got {grid_shape}")
+        xp = self.xp
+        self.grid_shape = grid_shape
+        self.mask = None
+        self._gather = None
+        if mask is not None:
+            if not self.mask_channel:
+                raise ValueError(f"{WHERE}: this model has no mask channel (it was built "
+                                 "without mask); build or train it with a mask, or drop mask")
+            if tuple(mask.shape) != grid_shape:
+                raise ValueError(f"{WHERE}: mask has shape {tuple(mask.shape)} but the grid "
+                                 f"is {grid_shape}")
+            mask = _asarray_on(xp, mask, B.device(self.params["in.w"]))
+            flat = xp.reshape(xp.astype(mask, xp.bool), (-1,))
+            n_fluid = int(xp.sum(xp.astype(flat, xp.int64)))
+            if n_fluid == 0:
+                raise ValueError(f"{WHERE}: mask has no True (fluid) cell")
+            self.mask = xp.astype(mask, xp.bool)
+            # gather indices of the unknowns, and for each cell the index of its unknown in
+            # [values..., 0] (solid cells read the appended zero): scatter as a gather
+            self._gather = xp.nonzero(flat)[0]
+            rank = xp.cumulative_sum(xp.astype(flat, xp.int64)) - 1
+            self._scatter = xp.where(flat, rank, xp.full_like(rank, n_fluid))
+        elif self.mask_channel:
+            self._scatter = None
+
+    @property
+    def n_unknowns(self):
+        """Unknowns of the bound grid (fluid cells), or None when unbound."""
+        if self.grid_shape is None:
+            return None
+        return math.prod(self.grid_shape) if self._gather is None else self._gather.shape[0]
+
+    def on_grid(self, grid_shape, mask=None):
+        """A copy bound to ``grid_shape`` (and fluid ``mask``), sharing the weights.
+
+        The convolutions do not depend on the grid size, so a model trained on 64² can be
+        bound to 128² or 256² (or to another obstacle layout with a mask-channel model).
+        """
+        new = self._copy()
+        new._bind(grid_shape, mask)
+        return new
+
+    # ----- vectors <-> grids ------------------------------------------------------------
+    def _grid_input(self, v):
+        """``(n, B)`` unknowns -> ``(B, C_in, D, H, W)`` network input (RMS-normalised)."""
+        xp = self.xp
+        nb = v.shape[1]
+        rms = xp.sqrt(xp.mean(v * v, axis=0))
+        rms = xp.where(rms > 0, rms, xp.ones_like(rms))
+        v = v / rms
+        shape3 = (1, *self.grid_shape) if self.dim == 2 else self.grid_shape
+        cols = xp.matrix_transpose(v)
+        if self._gather is not None:
+            padded = xp.concat([cols, xp.zeros((nb, 1), dtype=v.dtype, device=v.device)],
+                               axis=1)
+            cols = xp.take(padded, self._scatter, axis=1)
+        grid = xp.reshape(cols, (nb, 1, *shape3))
+        if self.mask_channel:
+            if self.mask is not None:
+                m = xp.astype(xp.reshape(self.mask, (1, 1, *shape3)), v.dtype)
+            else:
+                m = xp.ones((1, 1, *shape3), dtype=v.dtype, device=v.device)
+            grid = xp.concat([grid, xp.broadcast_to(m, grid.shape)], axis=1)
+        return grid
+
+    def _grid_output(self, out):
+        """``(B, 1, D, H, W)`` network output -> ``(n, B)`` unknowns."""
+        xp = self.xp
+        flat = xp.reshape(out, (out.shape[0], -1))
+        if self._gather is not None:
+            flat = xp.take(flat, self._gather, axis=1)
+        return xp.matrix_transpose(flat)
+
+    def _grid_output_backward(self, g):
+        """Adjoint of :meth:`_grid_output`: ``(n, B)`` -> ``(B, 1, D, H, W)``."""
+        xp = self.xp
+        nb = g.shape[1]
+        cols = xp.matrix_transpose(g)
+        if self._gather is not None:
+            padded = xp.concat([cols, xp.zeros((nb, 1), dtype=g.dtype, device=g.device)],
+                               axis=1)
+            cols = xp.take(padded, self._scatter, axis=1)
+        shape3 = (1, *self.grid_shape) if self.dim == 2 else self.grid_shape
+        return xp.reshape(cols, (nb, 1, *shape3))
+
+    # ----- the network ------------------------------------------------------------------
+    def forward_grid(self, x, *, keep=False, conv=None):
+        """Network on grid input ``x`` (B, C_in, D, H, W) -> (B, 1, D, H, W).
+
+        With ``keep=True`` also returns what :meth:`backward_grid` needs.
+        """
+        xp, P = self.xp, self.params
+        tape = [] if keep else None
+
+        def cv(inp, name):
+            return conv_same(xp, inp, P[name + ".w"], P[name + ".b"], method=conv)
+
+        def block(h, name):
+            a = _relu(xp, h)
+            t = conv_same(xp, a, P[name + ".w1"], P[name + ".b1"], method=conv)
+            c = _relu(xp, t)
+            y = h + conv_same(xp, c, P[name + ".w2"], P[name + ".b2"], method=conv)
+            if keep:
+                tape.append((name, a, c))
+            return y
+
+        h = cv(x, "in")
+        for i in range(self.n_blocks):
+            h = block(h, f"fine_in{i}")
+        spatial = tuple(h.shape[2:])
+        d = _avg_pool(xp, h, self.pool)
+        coarse = tuple(d.shape[2:])
+        for i in range(self.n_blocks):
+            d = block(d, f"coarse{i}")
+        h = h + _upsample(xp, d, self.pool, spatial)
+        for i in range(self.n_blocks):
+            h = block(h, f"fine_out{i}")
+        out = cv(h, "out")
+        if keep:
+            return out, {"x": x, "h": h, "blocks": tape, "spatial": spatial, "coarse": coarse}
+        return out
+
+    def backward_grid(self, cache, gout):
+        """Parameter gradients for the cotangent ``gout`` of :meth:`forward_grid`'s output."""
+        xp, P = self.xp, self.params
+        grads = {}
+        blocks = {name: (a, c) for name, a, c in cache["blocks"]}
+
+        def block_back(g, name):
+            a, c = blocks[name]
+            gc, grads[name + ".w2"], grads[name + ".b2"] = conv_same_backward(
+                xp, c, P[name + ".w2"], g)
+            gt = xp.where(c > 0, gc, xp.zeros_like(gc))
+            ga, grads[name + ".w1"], grads[name + ".b1"] = conv_same_backward(
+                xp, a, P[name + ".w1"], gt)
+            return g + xp.where(a > 0, ga, xp.zeros_like(ga))
+
+        gh, grads["out.w"], grads["out.b"] = conv_same_backward(xp, cache["h"], P["out.w"], gout)
+        for i in reversed(range(self.n_blocks)):
+            gh = block_back(gh, f"fine_out{i}")
+        gd = _upsample_backward(xp, gh, self.pool, cache["coarse"])
+        for i in reversed(range(self.n_blocks)):
+            gd = block_back(gd, f"coarse{i}")
+        gh = gh + _avg_pool_backward(xp, gd, self.pool, cache["spatial"])
+        for i in reversed(range(self.n_blocks)):
+            gh = block_back(gh, f"fine_in{i}")
+        _, grads["in.w"], grads["in.b"] = conv_same_backward(xp, cache["x"], P["in.w"], gh)
+        return {k: grads[k] for k in P}
+
+    def _check_vectors(self, r):
+        if self.grid_shape is None:
+            raise ValueError(f"{WHERE}: the model is not bound to a grid; use "
+                             "model.on_grid(grid_shape, mask) (or grid_shape= when building it)")
+        n = self.n_unknowns
+        if r.ndim not in (1, 2) or r.shape[0] != n:
+            raise ValueError(f"{WHERE}: expected vectors of shape ({n},) or ({n}, k) for the "
+                             f"grid {self.grid_shape}, got {tuple(r.shape)}")
+
+    def forward(self, r, *, keep=False, conv=None):
+        """Directions for the columns of ``r`` (n, B); with ``keep`` also the tape."""
+        x = self._grid_input(r)
+        if keep:
+            out, cache = self.forward_grid(x, keep=True, conv=conv)
+            return self._grid_output(out), cache
+        return self._grid_output(self.forward_grid(x, conv=conv))
+
+    def backward(self, cache, g):
+        """Parameter gradients for the cotangent ``g`` (n, B) of :meth:`forward`'s output."""
+        return self.backward_grid(cache, self._grid_output_backward(g))
+
+    def __call__(self, r):
+        """The direction ``N(r)`` for a residual ``r`` of shape (n,) or (n, k).
+
+        ``r`` is cast to the model's dtype and the result back to ``r``'s dtype.
+        """
+        xp = self.xp
+        self._check_vectors(r)
+        vec = r.ndim == 1
+        v = xp.astype(r[:, None] if vec else r, self.dtype)
+        q = xp.astype(self.forward(v), r.dtype)
+        return q[:, 0] if vec else q
+
+    # ----- persistence ------------------------------------------------------------------
+    def save(self, path, **metadata):
+        """Write the weights and architecture to a versioned ``.npz`` (host copy)."""
+        hxp = B.host_namespace()
+        meta = dict(self.metadata)
+        meta.update(metadata)
+        arrays = {f"param/{k}": _to_host(v) for k, v in self.params.items()}
+        arrays["format_version"] = hxp.asarray(FORMAT_VERSION)
+        arrays["config"] = hxp.asarray(json.dumps(self.config()))
+        arrays["metadata"] = hxp.asarray(json.dumps(meta, default=str))
+        hxp.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path, *, like=None):
+        """Read a model written by :meth:`save` (optionally straight into ``like``'s device)."""
+        hxp = B.host_namespace()
+        with hxp.load(path, allow_pickle=False) as data:
+            version = int(data["format_version"])
+            if version != FORMAT_VERSION:
+                raise ValueError(f"{WHERE}.load: {path} has format version {version}; this "
+                                 f"diffsolve reads version {FORMAT_VERSION}")
+            config = json.loads(str(data["config"]))
+            meta = json.loads(str(data["metadata"])) if "metadata" in data else {}
+            params = {k[len("param/"):]: hxp.asarray(data[k]) for k in data.files
+                      if k.startswith("param/")}
+        dtype = str(params["in.w"].dtype)
+        model = cls(config["dim"], config["channels"], config["n_blocks"], seed=config["seed"],
+                    mask_channel=config["mask_channel"], dtype=dtype)
+        if set(params) != set(model.params):
+            raise ValueError(f"{WHERE}.load: {path} does not hold the parameters of its "
+                             "declared architecture")
+        for k, v in params.items():
+            if tuple(v.shape) != tuple(model.params[k].shape):
+                raise ValueError(f"{WHERE}.load: parameter {k} has shape {tuple(v.shape)}, "
+                                 f"expected {tuple(model.params[k].shape)}")
+        model.params = params
+        model.metadata = meta
+        return model.to(like) if like is not None else model
+
+
+def load_direction_model(path, *, like=None):
+    """Load a :class:`ConvDirectionModel` saved with :meth:`ConvDirectionModel.save`."""
+    return ConvDirectionModel.load(path, like=like)
+
+
+def pretrained_direction_model(name="poisson2d-64", *, like=None):
+    """A shipped pretrained model.
+
+    Parameters
+    ----------
+    name : {"poisson2d-64", "poisson2d-64-obstacles"}
+        5-point Poisson (Dirichlet walls) on 64² grids, trained by
+        ``bench/train_dcdm_weights.py``; the obstacle model has a mask channel (bind the
+        mask with :meth:`ConvDirectionModel.on_grid`).
+    like : array, optional
+        Put the weights on this array's namespace/device.
+
+    Examples
+    --------
+    >>> from diffsolve.linear import pretrained_direction_model
+    >>> pretrained_direction_model().dim
+    2
+    """
+    if name not in PRETRAINED:
+        raise ValueError(f"diffsolve.linear.pretrained_direction_model: name={name!r} is not "
+                         f"shipped; choose one of {sorted(PRETRAINED)}")
+    return ConvDirectionModel.load(os.path.join(_WEIGHTS_DIR, PRETRAINED[name]), like=like)

@@ -1,0 +1,208 @@
+"""solve(method="dcdm"): convergence with the shipped and with poor models (fallback),
+every kind of A, namespaces, gradients vs finite differences, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+import diffsolve as ds
+from bench.train_dcdm_weights import obstacle_mask, poisson2d
+from diffsolve.linear import ConvDirectionModel, DirectionFallbackWarning, solve
+from tests.helpers import central_difference, to_numpy
+
+
+def _solve_recording(*args, **kwargs):
+    """solve(), returning the result and the DirectionFallbackWarnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DirectionFallbackWarning)
+        res = solve(*args, **kwargs)
+    others = [w for w in caught if not issubclass(w.category, DirectionFallbackWarning)]
+    assert not others, [str(w.message) for w in others]
+    return res, [w for w in caught if issubclass(w.category, DirectionFallbackWarning)]
+
+
+def _zero_model(grid, **kw):
+    """A deliberately useless model: its output is identically zero."""
+    model = ConvDirectionModel(2, channels=2, grid_shape=grid, **kw)
+    model.params = dict(model.params, **{"out.w": model.params["out.w"] * 0})
+    return model
+
+
+@pytest.mark.parametrize("rtol", [1e-4, 1e-8])
+def test_shipped_model_converges_without_fallback(rng, rtol):
+    A = poisson2d(32)
+    b = rng.standard_normal(A.shape[0])
+    res, fell = _solve_recording(A, b, method="dcdm", rtol=rtol, maxiter=200)
+    assert res.converged and not fell
+    assert np.linalg.norm(b - A @ res.x) <= rtol * np.linalg.norm(b) * (1 + 1e-6)
+    cg = solve(A, b, method="cg", rtol=rtol)
+    assert res.n_iters < cg.n_iters
+
+
+def test_shipped_obstacle_model_with_mask(rng):
+    mask = obstacle_mask(32, seed=1)
+    A = poisson2d(32, mask)
+    model = ds.linear.pretrained_direction_model("poisson2d-64-obstacles").on_grid((32, 32),
+                                                                                   mask)
+    b = rng.standard_normal(A.shape[0])
+    res, fell = _solve_recording(A, b, method="dcdm", model=model, rtol=1e-6, maxiter=300)
+    assert res.converged and not fell
+    assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b) * (1 + 1e-6)
+
+
+def test_useless_model_falls_back_to_cg_and_converges(rng):
+    A = poisson2d(16)
+    b = rng.standard_normal(256)
+    with pytest.warns(DirectionFallbackWarning, match="iteration 0"):
+        res = solve(A, b, method="dcdm", model=_zero_model((16, 16)), rtol=1e-8)
+    assert res.converged
+    np.testing.assert_allclose(A @ res.x, b, rtol=0, atol=1e-7 * np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_model_converges(rng, seed):
+    """An untrained network: converges, with or without the CG fallback."""
+    A = poisson2d(16)
+    b = rng.standard_normal(256)
+    model = ConvDirectionModel(2, channels=4, seed=seed, grid_shape=(16, 16))
+    res, _ = _solve_recording(A, b, method="dcdm", model=model, rtol=1e-6, maxiter=2000)
+    assert res.converged
+    assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b) * (1 + 1e-6)
+
+
+def test_stagnation_triggers_fallback(rng, monkeypatch):
+    """A model that keeps returning the same direction stalls after one step."""
+    A = poisson2d(12)
+    b = rng.standard_normal(144)
+    fixed = rng.standard_normal(144)
+    model = ConvDirectionModel(2, channels=2, grid_shape=(12, 12))
+    monkeypatch.setattr(ConvDirectionModel, "__call__", lambda self, r: fixed)
+    with pytest.warns(DirectionFallbackWarning, match="stagnated"):
+        res = solve(A, b, method="dcdm", model=model, rtol=1e-8)
+    assert res.converged
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr", "operator"])
+def test_every_kind_of_matrix(rng, kind):
+    A = poisson2d(16)
+    b = rng.standard_normal(256)
+    model = ConvDirectionModel(2, channels=4, seed=0)  # unbound: 16 x 16 inferred
+    A_in = {"dense": A.toarray(), "csr": A, "operator": spla.aslinearoperator(A)}[kind]
+    res, _ = _solve_recording(A_in, b, method="dcdm", model=model, rtol=1e-8, maxiter=1000)
+    assert res.converged
+    np.testing.assert_allclose(res.x, spla.spsolve(A.tocsc(), b), rtol=1e-6, atol=1e-8)
+
+
+def test_namespaces(xp, rng):
+    A = poisson2d(8).toarray()
+    b = rng.standard_normal(64)
+    A_x, b_x = xp.asarray(A), xp.asarray(b)
+    model = ConvDirectionModel(2, channels=3, grid_shape=(8, 8)).to(b_x)
+    res, _ = _solve_recording(A_x, b_x, method="dcdm", model=model, rtol=1e-8, maxiter=500)
+    assert res.converged
+    np.testing.assert_allclose(to_numpy(res.x), np.linalg.solve(A, b), rtol=1e-6, atol=1e-8)
+    assert res.x.dtype == b_x.dtype
+
+
+def test_float32_and_several_right_hand_sides(rng):
+    A = poisson2d(16).astype(np.float32)
+    B = rng.standard_normal((256, 3)).astype(np.float32)
+    res, _ = _solve_recording(A, B, method="dcdm", rtol=1e-4)
+    assert res.x.dtype == np.float32 and res.x.shape == (256, 3) and res.converged
+    for j in range(3):
+        assert np.linalg.norm(B[:, j] - A @ res.x[:, j]) <= 1e-4 * np.linalg.norm(B[:, j]) * 1.01
+
+
+def test_x0_warm_start_and_callback(rng):
+    A = poisson2d(16)
+    b = rng.standard_normal(256)
+    exact = spla.spsolve(A.tocsc(), b)
+    seen = []
+    res, _ = _solve_recording(A, b, method="dcdm", x0=exact + 1e-3 * rng.standard_normal(256),
+                              rtol=1e-8, callback=seen.append)
+    assert res.converged and len(seen) == res.n_iters
+    cold, _ = _solve_recording(A, b, method="dcdm", rtol=1e-8)
+    assert res.n_iters < cold.n_iters
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_gradient_matches_finite_differences(rng, kind):
+    A = poisson2d(6) + sp.diags(0.5 + rng.random(36))
+    A = A.toarray() if kind == "dense" else A.tocsr()
+    if kind == "sparse":
+        A.sort_indices()
+    b = rng.standard_normal(36)
+    w = rng.standard_normal(36)
+    model = ConvDirectionModel(2, channels=3, grid_shape=(6, 6), dtype="float64")
+    opts = {"method": "dcdm", "model": model, "rtol": 1e-13, "maxiter": 2000}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DirectionFallbackWarning)
+        _, f_vjp = ds.vjp(solve, A, b, **opts)
+        A_bar, b_bar = f_vjp(x=w)
+        db = rng.standard_normal(36)
+        if kind == "dense":
+            dA = rng.standard_normal((36, 36))
+            dA = dA + dA.T
+            predicted = np.sum(A_bar * dA) + b_bar @ db
+        else:
+            dA = A.copy()
+            dA.data = rng.standard_normal(A.nnz)
+            dA = ((dA + dA.T) * 0.5).tocsr()
+            dA.sort_indices()
+            predicted = np.sum(A_bar.data * dA.data) + b_bar @ db
+
+        def loss(t):
+            return float(w @ solve(A + t * dA, b + t * db, **opts).x)
+
+        fd = central_difference(loss, 0.0, 1.0, h=1e-6)
+    np.testing.assert_allclose(predicted, fd, rtol=1e-6)
+
+
+def test_errors(rng):
+    A = poisson2d(8)
+    b = rng.standard_normal(64)
+    with pytest.raises(ValueError, match="options of method='dcdm'"):
+        solve(A, b, method="cg", model=ConvDirectionModel())
+    with pytest.raises(ValueError, match="drop M"):
+        solve(A, b, method="dcdm", M="jacobi")
+    with pytest.raises(ValueError, match="grid"):
+        solve(A, b, method="dcdm", model=ConvDirectionModel(grid_shape=(4, 4)))
+    with pytest.raises(ValueError, match="not a square"):
+        solve(sp.eye(10).tocsr(), np.ones(10), method="dcdm")
+    with pytest.raises(TypeError, match="ConvDirectionModel"):
+        solve(A, b, method="dcdm", model="poisson")
+    with pytest.raises(ValueError, match="k .* positive integer"):
+        solve(A, b, method="dcdm", k=0)
+    with pytest.raises(ValueError, match="symmetric"):
+        solve(A + sp.triu(A, 1), b, method="dcdm")
+    xps = pytest.importorskip("array_api_strict")
+    with pytest.raises(ValueError, match="model.to"):
+        solve(xps.asarray(A.toarray()), xps.asarray(b), method="dcdm",
+              model=ConvDirectionModel(grid_shape=(8, 8)))
+
+
+def test_not_converging_warns(rng):
+    A = poisson2d(16)
+    b = rng.standard_normal(256)
+    with pytest.warns(ds.ConvergenceWarning, match="did not reach"):
+        res = solve(A, b, method="dcdm", rtol=1e-10, maxiter=3)
+    assert not res.converged and res.info == 3
+
+
+@pytest.mark.gpu
+def test_cupy_matches_numpy(rng):
+    cupy = pytest.importorskip("cupy")
+    import cupyx.scipy.sparse as csp
+
+    A = poisson2d(32)
+    b = rng.standard_normal(A.shape[0])
+    res_cpu, _ = _solve_recording(A, b, method="dcdm", rtol=1e-6)
+    res_gpu, _ = _solve_recording(csp.csr_matrix(A), cupy.asarray(b), method="dcdm", rtol=1e-6)
+    assert res_gpu.converged and isinstance(res_gpu.x, cupy.ndarray)
+    assert abs(res_gpu.n_iters - res_cpu.n_iters) <= 3
+    np.testing.assert_allclose(res_gpu.x.get(), res_cpu.x, rtol=1e-4, atol=1e-6)
