@@ -1,0 +1,442 @@
+"""Tests of diffsolve.ot.sparse_ot / quadratic_ot, their kernels and their gradients.
+
+Reference points: POT 0.9.7's ``ot.smooth`` (same regulariser: ``reg`` there is our
+``gamma``, ``max_nz`` our ``k``; both maximise the same dual and semi-dual), ``ot.emd``
+for ``k = 1``, naive loop implementations of the top-k operator and the sparse simplex
+projection, and central finite differences for the backward rule.
+
+Where the sparsity constraint binds (``res.binding``), the dual optimum is a kink and the
+plan is one element of a subdifferential: it is not a smooth function of the inputs, so
+the finite-difference checks use problems where it does not bind (k above the support
+size of the quadratic solution).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import diffsolve as ds
+import diffsolve.ot as dot
+from diffsolve.kernels.cpu.ot_sparse import scatter_add_rows, topk_rows
+from tests.helpers import assert_close, central_difference, to_numpy
+from tests.naive_ot_sparse import (
+    naive_scatter_add_rows,
+    naive_sparse_simplex_projection,
+    naive_topk_relu,
+    naive_topk_rows,
+)
+
+ot = pytest.importorskip("ot")
+
+
+def _cloud_problem(seed, n, m, *, uniform=True):
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, 2)), rng.normal(size=(m, 2)) + 0.5
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    C /= C.max()
+    if uniform:
+        a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    else:
+        a, b = rng.uniform(0.5, 1.0, n), rng.uniform(0.5, 1.0, m)
+        a /= a.sum()
+        b /= b.sum()
+    return a, b, C
+
+
+def _pot_quiet(fn, *args, **kwargs):
+    """POT 0.9.7's sparse projection prints a shape on every call, and its L-BFGS call
+    passes SciPy's deprecated ``disp``: keep the log clean (and the warning filter happy)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return fn(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# kernels vs naive references
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,m,k", [(9, 4, 1), (9, 4, 3), (9, 4, 9), (70, 5, 60), (1, 3, 1)])
+def test_topk_rows_vs_naive(rng, dtype, n, m, k):
+    alpha = rng.normal(size=n).astype(dtype)
+    shift = rng.normal(size=m).astype(dtype)
+    Ct = rng.normal(size=(m, n)).astype(dtype)
+    Ct[0, : n // 2] = Ct[0, 0]  # ties: the smaller index comes first
+    alpha[: n // 2] = alpha[0]
+    idx, val = topk_rows(alpha, shift, Ct, k, np.empty((m, k), np.int64),
+                         np.empty((m, k), dtype))
+    ridx, rval = naive_topk_rows(alpha, shift, Ct, k)
+    np.testing.assert_array_equal(idx, ridx)
+    # z = alpha + shift - c is rounded once per operation in the kernel's dtype
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(val, rval, rtol=0, atol=8 * eps * (np.abs(alpha).max()
+                               + np.abs(shift).max() + np.abs(Ct).max()))
+
+
+def test_scatter_add_rows_vs_naive(rng):
+    idx = rng.integers(0, 7, size=(5, 3))
+    w = rng.normal(size=(5, 3))
+    np.testing.assert_allclose(scatter_add_rows(idx, w, np.empty(7)),
+                               naive_scatter_add_rows(idx, w, 7), rtol=1e-14)
+
+
+def test_kernel_argument_errors():
+    with pytest.raises(ValueError, match="k must satisfy"):
+        topk_rows(np.zeros(3), np.zeros(2), np.zeros((2, 3)), 4, np.empty((2, 4), np.int64),
+                  np.empty((2, 4)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        topk_rows(np.zeros(3), np.zeros(2), np.zeros((3, 2)).T, 1, np.empty((2, 1), np.int64),
+                  np.empty((2, 1)))
+    with pytest.raises(ValueError, match="outside"):
+        scatter_add_rows(np.array([[3]]), np.ones((1, 1)), np.empty(2))
+
+
+@pytest.mark.gpu
+def test_kernels_cuda_vs_cpu(rng):
+    cp = pytest.importorskip("cupy")
+    from diffsolve.kernels.cuda import ot_sparse as gpu
+
+    n, m, k = 300, 40, 7
+    alpha, shift, Ct = rng.normal(size=n), rng.normal(size=m), rng.normal(size=(m, n))
+    idx, val = topk_rows(alpha, shift, Ct, k, np.empty((m, k), np.int64), np.empty((m, k)))
+    gidx, gval = gpu.topk_rows(cp.asarray(alpha), cp.asarray(shift), cp.asarray(Ct), k,
+                               cp.empty((m, k), cp.int64), cp.empty((m, k)))
+    np.testing.assert_array_equal(gidx.get(), idx)
+    np.testing.assert_allclose(gval.get(), val, rtol=1e-14)
+    w = rng.normal(size=(m, k))
+    out = gpu.scatter_add_rows(gidx, cp.asarray(w), cp.empty(n))
+    np.testing.assert_allclose(out.get(), scatter_add_rows(idx, w, np.empty(n)), rtol=1e-12,
+                               atol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------
+# the plan against the naive operators, on every namespace
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("formulation", ["semi-dual", "dual"])
+@pytest.mark.parametrize("k", [2, 4, 12])
+def test_plan_matches_naive_operators(xp, formulation, k):
+    a, b, C = _cloud_problem(1, 12, 9, uniform=False)
+    gamma = 0.2
+    res = dot.sparse_ot(xp.asarray(a), xp.asarray(b), xp.asarray(C), k, gamma,
+                        formulation=formulation)
+    assert res.converged
+    f, g, T = to_numpy(res.f), to_numpy(res.g), to_numpy(res.plan)
+    ref = np.zeros_like(C)
+    for j in range(C.shape[1]):
+        if formulation == "semi-dual":
+            ref[:, j] = b[j] * naive_sparse_simplex_projection((f - C[:, j]) / (gamma * b[j]), k)
+        else:
+            ref[:, j] = naive_topk_relu(f + g[j] - C[:, j], k) / gamma
+    np.testing.assert_allclose(T, ref, atol=1e-12)
+    # the recovered beta of the semi-dual is the dual's: t_j = [f + g_j - c_j]_+ on the support
+    support = T > 0
+    np.testing.assert_allclose(T[support], ((f[:, None] + g[None, :] - C) / gamma)[support],
+                               rtol=1e-9)
+    assert ((T > 0).sum(axis=0) <= k).all()
+    # the sparse form is the same plan
+    idx, vals = to_numpy(res.plan_indices), to_numpy(res.plan_values)
+    assert idx.shape == (9, min(k, 12)) and vals.shape == idx.shape
+    np.testing.assert_array_equal(T[idx, np.arange(9)[:, None]], vals)
+    np.testing.assert_allclose(vals.sum(axis=1), T.sum(axis=0), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# against POT's ot.smooth
+# ------------------------------------------------------------------------------------------
+POT_CASES = [(12, 10, 3, 0.1), (15, 15, 5, 0.05), (20, 12, 20, 0.1)]
+
+
+@pytest.mark.parametrize("formulation", ["semi-dual", "dual"])
+@pytest.mark.parametrize("n,m,k,gamma", POT_CASES)
+def test_against_pot(formulation, n, m, k, gamma):
+    a, b, C = _cloud_problem(n + m, n, m)
+    res = dot.sparse_ot(a, b, C, k, gamma, formulation=formulation)
+    assert res.converged
+    regul = ot.smooth.SparsityConstrained(max_nz=k, gamma=gamma) if k < n else \
+        ot.smooth.SquaredL2(gamma=gamma)
+    reg_type = "sparsity_constrained" if k < n else "l2"
+    solve = ot.smooth.smooth_ot_semi_dual if formulation == "semi-dual" else \
+        ot.smooth.smooth_ot_dual
+    G, log = _pot_quiet(solve, a, b, C, gamma, reg_type=reg_type, max_nz=k, log=True,
+                        stopThr=1e-14, numItermax=5000)
+    pot_value = -float(log["res"].fun)
+    ours = float(res.dual_value)
+    # the same maximum, ours at least as high (it is maximised to a tighter tolerance)
+    assert abs(ours - pot_value) <= 1e-6
+    assert ours >= pot_value - 1e-10
+    # POT's own objective and plan maps evaluated at our potentials give our numbers
+    f, g = res.f, res.g
+    if formulation == "semi-dual":
+        value, _ = _pot_quiet(ot.smooth.semi_dual_obj_grad, f, a, b, C, regul)
+        plan = _pot_quiet(ot.smooth.get_plan_from_semi_dual, f, b, C, regul)
+    else:
+        value, _, _ = ot.smooth.dual_obj_grad(f, g, a, b, C, regul)
+        plan = ot.smooth.get_plan_from_dual(f, g, C, regul)
+    assert abs(value - ours) <= 1e-12
+    np.testing.assert_allclose(res.plan, plan, atol=1e-12)
+    # and POT's plan is ours up to POT's own (looser) convergence
+    np.testing.assert_allclose(res.plan, G, atol=1e-3 / n)
+    if not res.binding:
+        assert res.error <= 1e-9
+        assert abs(float(res.cost) - ours) <= 1e-9  # no duality gap without the l0 cut
+
+
+def test_quadratic_ot_against_pot():
+    a, b, C = _cloud_problem(7, 14, 11, uniform=False)
+    for formulation, solve in (("dual", ot.smooth.smooth_ot_dual),
+                               ("semi-dual", ot.smooth.smooth_ot_semi_dual)):
+        res = dot.quadratic_ot(a, b, C, 0.1, formulation=formulation)
+        G, log = _pot_quiet(solve, a, b, C, 0.1, reg_type="l2", log=True, stopThr=1e-14,
+                            numItermax=5000)
+        assert abs(float(res.dual_value) + float(log["res"].fun)) <= 1e-9
+        np.testing.assert_allclose(res.plan, G, atol=1e-6)
+        assert res.k == 14 and not res.binding
+        assert abs(float(res.cost) - float(res.dual_value)) <= 1e-10
+
+
+@pytest.mark.parametrize("formulation", ["semi-dual", "dual"])
+def test_k1_recovers_unregularised_ot(formulation):
+    a, b, C = _cloud_problem(11, 9, 9)
+    E = ot.emd(a, b, C)
+    res = dot.sparse_ot(a, b, C, 1, 1e-3, formulation=formulation)
+    assert res.converged
+    np.testing.assert_allclose(res.plan, E, atol=1e-10)
+    assert ((res.plan > 0).sum(axis=0) <= 1).all()
+
+
+# ------------------------------------------------------------------------------------------
+# namespaces, dtypes, batches, solvers
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+@pytest.mark.parametrize("formulation", ["semi-dual", "dual"])
+def test_namespaces_and_dtypes(xp, dtype_name, formulation):
+    # k = 4 does not bind here (a unique, smooth solution that every solver must find)
+    a, b, C = _cloud_problem(3, 10, 8)
+    ref = dot.sparse_ot(a, b, C, 4, 0.1, formulation=formulation)
+    assert not ref.binding
+    dtype = getattr(xp, dtype_name)
+    res = dot.sparse_ot(xp.asarray(a, dtype=dtype), xp.asarray(b, dtype=dtype),
+                        xp.asarray(C, dtype=dtype), 4, 0.1, formulation=formulation)
+    for name in ("plan", "f", "g", "cost", "plan_values", "dual_value"):
+        out = getattr(res, name)
+        assert out.dtype == dtype, name
+    assert_close(res.plan, xp.asarray(ref.plan, dtype=dtype), xp=xp,
+                 atol=1e-4 if dtype_name == "float32" else 1e-9)
+    assert abs(float(res.dual_value) - float(ref.dual_value)) <= (
+        1e-5 if dtype_name == "float32" else 1e-11)
+    assert res.converged
+
+
+def test_own_lbfgs_matches_scipy():
+    a, b, C = _cloud_problem(4, 30, 25, uniform=False)
+    for formulation in ("semi-dual", "dual"):
+        ref = dot.sparse_ot(a, b, C, 6, 0.05, formulation=formulation, solver="lbfgs-scipy")
+        own = dot.sparse_ot(a, b, C, 6, 0.05, formulation=formulation, solver="lbfgs-xp")
+        assert own.converged and ref.converged
+        assert abs(float(own.dual_value) - float(ref.dual_value)) <= 1e-11
+        if not ref.binding:
+            np.testing.assert_allclose(own.plan, ref.plan, atol=1e-9)
+
+
+def test_batched_equals_loop(xp):
+    probs = [_cloud_problem(s, 8, 6, uniform=False) for s in (20, 21)]
+    a = xp.asarray(np.stack([p[0] for p in probs]))
+    b = xp.asarray(np.stack([p[1] for p in probs]))
+    C = xp.asarray(np.stack([p[2] for p in probs]))
+    res = dot.sparse_ot(a, b, C, 3, 0.1)
+    assert tuple(res.plan.shape) == (2, 8, 6) and tuple(res.cost.shape) == (2,)
+    assert tuple(res.plan_indices.shape) == (2, 6, 3)
+    assert tuple(res.converged.shape) == (2,) and bool(xp.all(res.converged))
+    for i, (ai, bi, Ci) in enumerate(probs):
+        one = dot.sparse_ot(xp.asarray(ai), xp.asarray(bi), xp.asarray(Ci), 3, 0.1)
+        np.testing.assert_allclose(to_numpy(res.plan)[i], to_numpy(one.plan), atol=1e-12)
+        np.testing.assert_allclose(to_numpy(res.f)[i], to_numpy(one.f), atol=1e-10)
+        assert to_numpy(res.n_iters)[i] == one.n_iters
+
+
+def test_zero_weights_are_handled():
+    a, b, C = _cloud_problem(5, 8, 6)
+    a[2] = 0.0
+    b[1] = 0.0
+    a /= a.sum()
+    b /= b.sum()
+    for formulation in ("semi-dual", "dual"):
+        res = dot.sparse_ot(a, b, C, 4, 0.2, formulation=formulation)
+        assert res.converged and np.isfinite(res.f).all() and np.isfinite(res.g).all()
+        assert np.all(res.plan[2] == 0) and np.all(res.plan[:, 1] == 0)
+
+
+# ------------------------------------------------------------------------------------------
+# bad input, non-convergence
+# ------------------------------------------------------------------------------------------
+def test_bad_input():
+    a, b, C = _cloud_problem(6, 4, 3)
+    with pytest.raises(ValueError, match=r"sparse_ot: k must be >= 1"):
+        dot.sparse_ot(a, b, C, 0, 0.1)
+    with pytest.raises(TypeError, match=r"sparse_ot: k must be a positive integer"):
+        dot.sparse_ot(a, b, C, 1.5, 0.1)
+    for gamma in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match=r"sparse_ot: gamma must be a finite number > 0"):
+            dot.sparse_ot(a, b, C, 2, gamma)
+    with pytest.raises(ValueError, match=r"quadratic_ot: gamma"):
+        dot.quadratic_ot(a, b, C, 0.0)
+    with pytest.raises(TypeError, match="gamma must be a positive number"):
+        dot.sparse_ot(a, b, C, 2, "big")
+    with pytest.raises(ValueError, match="formulation='primal' is not known"):
+        dot.sparse_ot(a, b, C, 2, 0.1, formulation="primal")
+    with pytest.raises(ValueError, match="solver='newton' is not known"):
+        dot.sparse_ot(a, b, C, 2, 0.1, solver="newton")
+    with pytest.raises(ValueError, match="tol must be"):
+        dot.sparse_ot(a, b, C, 2, 0.1, tol=0.0)
+    with pytest.raises(ValueError, match="max_iter must be"):
+        dot.sparse_ot(a, b, C, 2, 0.1, max_iter=0)
+    with pytest.raises(ValueError, match="different total mass"):
+        dot.sparse_ot(a, 2 * b, C, 2, 0.1)
+    with pytest.raises(ValueError, match="C has shape"):
+        dot.sparse_ot(a, b, C.T, 2, 0.1)
+    with pytest.raises(ValueError, match="negative"):
+        dot.sparse_ot(-a, -b, C, 2, 0.1)
+    C_bad = C.copy()
+    C_bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        dot.sparse_ot(a, b, C_bad, 2, 0.1)
+
+
+def test_non_convergence_warns_and_throws():
+    a, b, C = _cloud_problem(8, 30, 30)
+    with pytest.warns(ds.ConvergenceWarning, match="increase max_iter"):
+        res = dot.sparse_ot(a, b, C, 30, 0.01, max_iter=2)
+    assert not res.converged and res.n_iters == 2 and res.error > 1e-9
+    assert "did not converge" in res.message
+    with pytest.raises(RuntimeError, match="increase max_iter"):
+        dot.sparse_ot(a, b, C, 30, 0.01, max_iter=2, throw=True)
+    with pytest.warns(ds.ConvergenceWarning):
+        dot.sparse_ot(a, b, C, 30, 0.01, max_iter=2, solver="lbfgs-xp")
+
+
+# ------------------------------------------------------------------------------------------
+# gradients
+# ------------------------------------------------------------------------------------------
+# k = 5 is above the support size of every column of the quadratic solution of this
+# problem (checked below: binding is False), so the support is stable under perturbation.
+GRAD_CASES = [
+    ("sparse-semi", dot.sparse_ot, dict(k=5, gamma=0.3, formulation="semi-dual")),
+    ("sparse-dual", dot.sparse_ot, dict(k=5, gamma=0.3, formulation="dual")),
+    ("quad-dual", dot.quadratic_ot, dict(gamma=0.3)),
+    ("quad-semi", dot.quadratic_ot, dict(gamma=0.3, formulation="semi-dual")),
+]
+
+
+def _grad_problem():
+    a, b, C = _cloud_problem(3, 7, 5, uniform=False)
+    return a, b, C
+
+
+@pytest.mark.parametrize("name,fn,kw", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
+def test_vjp_vs_finite_differences(rng, name, fn, kw):
+    a, b, C = _grad_problem()
+    kw = dict(kw, tol=1e-14)
+    res, f_vjp = ds.vjp(fn, a, b, C, **kw)
+    assert not res.binding and res.converged
+    cot = dict(plan=rng.normal(size=C.shape), f=rng.normal(size=a.shape),
+               g=rng.normal(size=b.shape), cost=np.asarray(1.7))
+    a_bar, b_bar, C_bar = f_vjp(**cot)
+
+    def loss(a_, b_, C_):
+        r = fn(a_, b_, C_, **kw)
+        return sum(float(np.sum(getattr(r, k_) * v)) for k_, v in cot.items())
+
+    dC = rng.normal(size=C.shape)
+    fd = central_difference(lambda C_: loss(a, b, C_), C, dC)
+    np.testing.assert_allclose(np.sum(C_bar * dC), fd, rtol=1e-6, atol=1e-8)
+    # weights: only mass-preserving directions are meaningful
+    da, db = rng.normal(size=a.shape), rng.normal(size=b.shape)
+    da -= da.mean()
+    db -= db.mean()
+    fd = central_difference(lambda a_: loss(a_, b, C), a, da)
+    np.testing.assert_allclose(np.sum(a_bar * da), fd, rtol=1e-6, atol=1e-8)
+    fd = central_difference(lambda b_: loss(a, b_, C), b, db)
+    np.testing.assert_allclose(np.sum(b_bar * db), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_vjp_batched_and_strict(xp, rng):
+    a, b, C = _grad_problem()
+    Tb = rng.normal(size=C.shape)
+    _ref, f_ref = ds.vjp(dot.sparse_ot, a, b, C, 5, 0.3, tol=1e-13)
+    ra, rb, rC = f_ref(plan=Tb, cost=np.asarray(1.0))
+    aa, bb = xp.asarray(np.stack([a, a])), xp.asarray(np.stack([b, b]))
+    _res, f_vjp = ds.vjp(dot.sparse_ot, aa, bb, xp.asarray(C), 5, 0.3, tol=1e-13)
+    ga, gb, gC = f_vjp(plan=xp.asarray(np.stack([Tb, 0 * Tb])),
+                       cost=xp.asarray([1.0, 0.0]))
+    assert tuple(gC.shape) == C.shape  # C was broadcast over the batch: its cotangent summed
+    np.testing.assert_allclose(to_numpy(gC), rC, atol=1e-9)
+    np.testing.assert_allclose(to_numpy(ga)[0], ra, atol=1e-9)
+    np.testing.assert_allclose(to_numpy(gb)[0], rb, atol=1e-9)
+
+
+def test_to_autograd():
+    import autograd
+    import autograd.numpy as anp
+
+    a, b, C = _grad_problem()
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=C.shape)
+    fn = ds.to_autograd(dot.sparse_ot)
+
+    def loss(C_):
+        r = fn(a, b, C_, 5, 0.3, tol=1e-14)
+        return anp.sum(w * r.plan) + r.cost
+
+    g = autograd.grad(loss)(C)
+    v = rng.normal(size=C.shape)
+    np.testing.assert_allclose(np.sum(g * v), central_difference(loss, C, v), rtol=1e-6)
+
+
+def test_to_torch():
+    torch = pytest.importorskip("torch")
+    a, b, C = _grad_problem()
+    w = np.random.default_rng(1).normal(size=C.shape)
+    Ct = torch.tensor(C, requires_grad=True)
+    at = torch.tensor(a, requires_grad=True)
+    res = ds.to_torch(dot.quadratic_ot)(at, torch.tensor(b), Ct, 0.3, tol=1e-14)
+    assert isinstance(res.plan, torch.Tensor)
+    ((res.plan * torch.tensor(w)).sum() + res.f.pow(2).sum()).backward()
+    _, f_vjp = ds.vjp(dot.quadratic_ot, a, b, C, 0.3, tol=1e-14)
+    ra, _, rC = f_vjp(plan=w, f=2 * res.f.detach().numpy())
+    np.testing.assert_allclose(Ct.grad.numpy(), rC, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(at.grad.numpy(), ra, rtol=1e-9, atol=1e-12)
+
+
+def test_backward_in_binding_case_is_finite():
+    """Where k binds the plan is not differentiable; the rule still returns the derivative
+    of the smooth piece it stopped on (finite, and zero for cotangents that only move
+    the plan off its support)."""
+    a, b, C = _cloud_problem(0, 12, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res, f_vjp = ds.vjp(dot.sparse_ot, a, b, C, 2, 0.1)
+    assert res.binding and res.converged
+    ga, gb, gC = f_vjp(plan=np.ones_like(C), cost=np.asarray(1.0))
+    assert np.isfinite(gC).all() and np.isfinite(ga).all() and np.isfinite(gb).all()
+
+
+@pytest.mark.gpu
+def test_cupy_matches_numpy():
+    cp = pytest.importorskip("cupy")
+    a, b, C = _cloud_problem(2, 40, 30)
+    for formulation in ("semi-dual", "dual"):
+        ref, f_ref = ds.vjp(dot.sparse_ot, a, b, C, 4, 0.1, formulation=formulation)
+        res, f_gpu = ds.vjp(dot.sparse_ot, cp.asarray(a), cp.asarray(b), cp.asarray(C), 4, 0.1,
+                            formulation=formulation)
+        assert isinstance(res.plan, cp.ndarray) and res.converged
+        assert abs(float(res.dual_value) - float(ref.dual_value)) <= 1e-10
+        w = np.random.default_rng(0).normal(size=C.shape)
+        _, _, gC = f_gpu(plan=cp.asarray(w))
+        _, _, rC = f_ref(plan=w)
+        if not ref.binding:
+            np.testing.assert_allclose(gC.get(), rC, atol=1e-8)
