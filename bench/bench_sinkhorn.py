@@ -27,7 +27,10 @@ returned plans; tolerance 1e-9. Measured, in one process:
 * JIT: the first call in a fresh Numba cache, reported apart.
 
 Machine load (``os.getloadavg``) is recorded: measured on a shared 2-core machine, absolute
-times are noisy; the ratios come from interleaved runs. Results: ``bench/results/
+times are noisy; the ratios come from interleaved runs. On a loaded machine run with
+``OPENBLAS_NUM_THREADS=1`` (recorded in the JSON): multi-threaded OpenBLAS matrix-vector
+products slow down by 20-100x when the cores are busy, for POT's kernel mode and for
+diffsolve's absorbed kernel alike. Results: ``bench/results/
 sinkhorn_cpu.json`` (``sinkhorn_gpu.json`` with ``--gpu``), plots ``sinkhorn_time_vs_n.png``
 and ``sinkhorn_error_vs_iters.png``.
 """
@@ -101,7 +104,8 @@ def _pot(a, b, C, eps, method, n_iter, stop):
 
 
 VARIANTS = {
-    "plain": {},
+    "plain": {},  # kernel="auto": the absorbed stabilised kernel on NumPy
+    "plain_lse": {"kernel": "lse"},  # the fused log-sum-exp kernels
     "momentum": {"acceleration": "momentum"},
     "anderson": {"acceleration": "anderson"},
     "eps_scaling+momentum": {"eps_scaling": 4, "acceleration": "momentum"},
@@ -126,13 +130,17 @@ def cpu_case(n, eps, repeats, k_log, variants, backward, max_iter):
     # equal iterations vs POT sinkhorn_log
     k = k_log
     t_ours, r = timed(lambda: _ours(a, b, C, eps, tol=1e-300, max_iter=k), repeats)
+    t_lse, r_lse = timed(lambda: _ours(a, b, C, eps, tol=1e-300, max_iter=k, kernel="lse"),
+                         repeats)
     t_log, (P_log, it_log, _) = timed(lambda: _pot(a, b, C, eps, "sinkhorn_log", k, 0.0), 1)
-    per_ours, per_log = t_ours / k, t_log / it_log
+    per_ours, per_lse, per_log = t_ours / k, t_lse / k, t_log / it_log
     iters = res["plain"]["iters"] if "plain" in res else None
     case["equal_iterations"] = {
         "k": k, "pot_iters": it_log, "ours_ms_per_iter": 1e3 * per_ours,
-        "pot_log_ms_per_iter": 1e3 * per_log, "speedup": per_log / per_ours,
+        "ours_lse_ms_per_iter": 1e3 * per_lse, "pot_log_ms_per_iter": 1e3 * per_log,
+        "speedup": per_log / per_ours, "speedup_lse": per_log / per_lse,
         "max_abs_plan_diff": float(np.max(np.abs(r.plan - P_log))),
+        "max_abs_plan_diff_lse": float(np.max(np.abs(r_lse.plan - P_log))),
         "pot_log_projected_s": per_log * iters if iters else None,
     }
     if backward:
@@ -150,6 +158,8 @@ def error_traces(n, eps, max_iter):
     a, b, C = clouds(n)
     traces = {}
     for name, kw in VARIANTS.items():
+        if name == "plain_lse":
+            continue  # same iterates as "plain"
         rows = []
         _ours(a, b, C, eps, max_iter=max_iter, tol=1e-12,
               callback=lambda it, e, err, rows=rows: rows.append((it, e, float(err[0]))), **kw)
@@ -175,21 +185,24 @@ def gpu_run(sizes, eps_list, k_log):
         for eps in eps_list:
             case = {"n": n, "eps": eps}
             for name in ("plain", "momentum"):
-                t, r = timed(lambda name=name: _ours(a, b, C, eps, **VARIANTS[name]), 3, sync)
+                t, r = timed(lambda kw=VARIANTS[name], p=(a, b, C, eps): _ours(*p, **kw), 3,
+                             sync)
                 case[name] = {"s": t, "iters": int(r.n_iters), "converged": bool(r.converged),
                               "l1_error": l1_error(r.plan, a, b)}
-            t, _ = timed(lambda: _ours(a, b, C, eps, tol=1e-300, max_iter=k_log), 3, sync)
+            t, _ = timed(lambda p=(a, b, C, eps): _ours(*p, tol=1e-300, max_iter=k_log), 3,
+                         sync)
             case["ms_per_iter"] = 1e3 * t / k_log
             if n <= 10_000:
                 W = cupy.ones_like(C)
-                t_f, (_, f_vjp) = timed(lambda: ds.vjp(ds.ot.sinkhorn, a, b, C, eps), 1, sync)
-                t_b, _ = timed(lambda: f_vjp(plan=W), 1, sync)
+                t_f, (_, f_vjp) = timed(lambda p=(a, b, C, eps): ds.vjp(ds.ot.sinkhorn, *p), 1,
+                                        sync)
+                t_b, _ = timed(lambda fv=f_vjp, W=W: fv(plan=W), 1, sync)
                 case["backward_over_forward"] = t_b / t_f
             for method, iters, stop in (("sinkhorn_log", k_log, 0.0),
                                         ("sinkhorn", 10_000, TOL)):
                 try:
-                    t, (P, it, msgs) = timed(lambda m=method, i=iters, s=stop: _pot(
-                        a, b, C, eps, m, i, s), 1, sync)
+                    t, (P, it, msgs) = timed(lambda m=method, i=iters, s=stop, p=(a, b, C, eps):
+                                             _pot(*p, m, i, s), 1, sync)
                     ok = bool(cupy.all(cupy.isfinite(P))) and not any("umerical" in m
                                                                       for m in msgs)
                     case["pot_" + method] = {"s": t, "iters": it, "ms_per_iter": 1e3 * t / it,
@@ -213,7 +226,8 @@ def plots(cases, traces, out_dir):
     for ax, eps in zip(axes[0], eps_list, strict=True):
         cs = [c for c in cases if c["eps"] == eps]
         ns = [c["n"] for c in cs]
-        for name in ("plain", "momentum", "anderson", "eps_scaling+momentum", "pot_kernel"):
+        for name in ("plain", "plain_lse", "momentum", "anderson", "eps_scaling+momentum",
+                     "pot_kernel"):
             ys = [c["time_to_tol"].get(name, {}).get("s") for c in cs]
             pts = [(n, y) for n, y in zip(ns, ys, strict=True) if y is not None]
             if pts:
@@ -258,7 +272,8 @@ def main(argv=None):
 
         meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                 "numpy": np.__version__, "pot": ot.__version__, "tol": TOL,
-                "load_start": os.getloadavg(), "quick": args.quick}
+                "load_start": os.getloadavg(), "quick": args.quick,
+                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
         if args.gpu:
             sizes = [2000, 20_000] if args.quick else [1000, 4000, 10_000, 20_000]
             res = gpu_run(sizes, [0.01, 0.002], 20)
@@ -278,12 +293,13 @@ def main(argv=None):
         else:
             grid = [(n, e) for n in (500, 1000, 2000, 4000) for e in (0.05, 0.01, 0.002)]
         cases = []
-        print(f"{'n':>5} {'eps':>6} | {'iters':>5} {'plain s':>8} {'mom s':>7} {'and s':>7} "
-              f"{'scal s':>7} | {'POTk it':>7} {'POTk s':>7} {'ok':>3} | {'ms/it':>6} "
-              f"{'POTlog':>7} {'x':>5} | {'bwd/fwd':>7}")
+        print(f"{'n':>5} {'eps':>6} | {'iters':>5} {'plain s':>8} {'lse s':>7} {'mom s':>7} "
+              f"{'and s':>7} {'scal s':>7} | {'POTk it':>7} {'POTk s':>7} {'ok':>3} | "
+              f"{'ms/it':>6} {'lse':>6} {'POTlog':>7} {'x':>5} {'x lse':>5} | {'bwd/fwd':>7}")
         for n, eps in grid:
             big = n >= 4000
-            variants = ["plain", "momentum"] if (big or args.quick) else list(VARIANTS)
+            variants = (["plain", "plain_lse", "momentum"] if (big or args.quick)
+                        else list(VARIANTS))
             k_log = 5 if big else (10 if n >= 2000 else 20)
             if args.quick:
                 k_log = 5
@@ -291,13 +307,15 @@ def main(argv=None):
                          backward=not big, max_iter=10_000)
             cases.append(c)
             tt, eq = c["time_to_tol"], c["equal_iterations"]
-            get = lambda k: tt[k]["s"] if k in tt else float("nan")  # noqa: E731
+            get = lambda k, tt=tt: tt[k]["s"] if k in tt else float("nan")  # noqa: E731
+            ok = "y" if tt["pot_kernel"]["numerically_ok"] else "n"
             print(f"{n:>5} {eps:>6} | {tt['plain']['iters']:>5} {get('plain'):>8.3f} "
-                  f"{get('momentum'):>7.3f} {get('anderson'):>7.3f} "
+                  f"{get('plain_lse'):>7.3f} {get('momentum'):>7.3f} {get('anderson'):>7.3f} "
                   f"{get('eps_scaling+momentum'):>7.3f} | {tt['pot_kernel']['iters']:>7} "
-                  f"{tt['pot_kernel']['s']:>7.3f} {'y' if tt['pot_kernel']['numerically_ok'] else 'n':>3} | "
-                  f"{eq['ours_ms_per_iter']:>6.2f} {eq['pot_log_ms_per_iter']:>7.1f} "
-                  f"{eq['speedup']:>5.1f} | "
+                  f"{tt['pot_kernel']['s']:>7.3f} {ok:>3} | "
+                  f"{eq['ours_ms_per_iter']:>6.2f} {eq['ours_lse_ms_per_iter']:>6.2f} "
+                  f"{eq['pot_log_ms_per_iter']:>7.1f} {eq['speedup']:>5.1f} "
+                  f"{eq['speedup_lse']:>5.1f} | "
                   f"{c.get('backward', {}).get('ratio', float('nan')):>7.2f}", flush=True)
         n_tr, eps_tr = (600, 0.01) if args.quick else (1000, 0.002)
         traces = {"n": n_tr, "eps": eps_tr, "traces": error_traces(n_tr, eps_tr, 10_000)}
