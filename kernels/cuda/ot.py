@@ -16,6 +16,7 @@ normalizer calculation for softmax" (2018), algorithm 3.
 from __future__ import annotations
 
 import cupy
+import numpy as np
 
 from ._raw import KernelCache, as_device
 
@@ -149,7 +150,8 @@ def lse_rows(C, g, eps, active, out):
     if B == 0 or n == 0:
         return out
     kern = _CACHE.get("lse_rows", (C, "lse_rows: C"))
-    kern((n, B), (_THREADS,), (C, g, float(eps), active, out, n, m))
+    # scalars as explicitly typed NumPy scalars: the kernel takes double and long long
+    kern((n, B), (_THREADS,), (C, g, np.float64(eps), active, out, np.int64(n), np.int64(m)))
     return out
 
 
@@ -172,7 +174,9 @@ def lse_cols(C, f, eps, active, out):
     ps = cupy.empty((B, n_chunks, m), dtype=C.dtype)
     part = _CACHE.get("lse_cols_partial", (C, "lse_cols: C"))
     part((col_blocks, n_chunks, B), (_THREADS,),
-         (C, f, float(eps), active, pm, ps, n, m, rows_per_chunk))
+         (C, f, np.float64(eps), active, pm, ps, np.int64(n), np.int64(m),
+          np.int64(rows_per_chunk)))
     merge = _CACHE.get("lse_cols_merge", (C, "lse_cols: C"))
-    merge((col_blocks, B), (_THREADS,), (pm, ps, float(eps), active, out, m, n_chunks))
+    merge((col_blocks, B), (_THREADS,),
+          (pm, ps, np.float64(eps), active, out, np.int64(m), np.int64(n_chunks)))
     return out
