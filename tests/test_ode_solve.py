@@ -308,3 +308,12 @@ def test_cupy_solve_matches_numpy():
     assert isinstance(g.ys, cupy.ndarray)
     np.testing.assert_allclose(to_numpy(g.ys), c.ys, rtol=1e-10, atol=1e-12)
     assert g.stats == c.stats
+
+
+def test_jitted_field_with_float32_state():
+    res = odeint(lotka_volterra, np.array([1.0, 1.0], dtype=np.float32), [0.0, 1.0],
+                 LV_P.astype(np.float32), rtol=1e-4, atol=1e-6)
+    ref = odeint(lotka_volterra, np.array([1.0, 1.0]), [0.0, 1.0], LV_P, rtol=1e-4,
+                 atol=1e-6)
+    assert res.ys.dtype == np.float32
+    np.testing.assert_allclose(res.ys, ref.ys, rtol=1e-4)

@@ -73,9 +73,10 @@ class Stepper:
         return y + h * (coeffs @ K[:m, :])
 
     def error_norm(self, y, y_new, h, K=None):
-        K = self.K if K is None else K
         if self.kernel:
-            return float(self._norm(y, y_new, K, self.e, h, self.rtol, self.atol))
+            return float(self._norm(y, y_new, self.K if K is None else K, self.e, h,
+                                    self.rtol, self.atol))
+        K = self.K if K is None else K
         xp = self.xp
         err = h * (self.e @ K)
         sc = self.atol + self.rtol * xp.maximum(xp.abs(y), xp.abs(y_new))
@@ -248,8 +249,8 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
             out_theta[q] = theta
             q += 1
         n_acc += 1
-        y = xp.asarray(y_new, copy=True)
-        K[0, :] = K[s - 1, :]
+        y = y_new.copy() if stepper.kernel else xp.asarray(y_new, copy=True)
+        K[0, ...] = K[s - 1, ...]
         t = t_new
         ts.append(t)
         if n_acc % every == 0:

@@ -175,7 +175,9 @@ def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_sti
                          f"initial time t={t_fail!r}; check f and y0")
     every = opts["every"]
     N = ts.shape[0] - 1
-    st = {m: states[m] for m in range(0, N + 1, every)}
+    # copies, so that the full (N, n) array can be freed when checkpointing is sparser
+    st = {m: (states[m] if every == 1 else xp.asarray(states[m], copy=True))
+          for m in range(0, N + 1, every)}
     message = ""
     if status != 0:
         message = _status_message(status, t_fail, float(t_out[-1]), opts["max_steps"])
@@ -222,6 +224,10 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     jitted = False
     if B.is_numpy(xp) and not (batched and not per_traj):
         jitted = bool(B.get_kernel(xp, "ode.is_jitted")(f))
+    # the compiled loop is built once for float64 states and parameters; other dtypes call
+    # the @njit f from the Python loop (no per-f compilation of the integrator)
+    compiled = jitted and y0.dtype == xp.float64 and (params is None
+                                                       or params.dtype == xp.float64)
     params_eff = params
     if jitted and params is None:
         params_eff = xp.empty((0,), dtype=dtype)
@@ -233,12 +239,12 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     opts = dict(xp=xp, rtol=float(rtol), atol=float(atol), controller=controller,
                 first_step=first_step, max_steps=int(max_steps), every=int(checkpoint_every),
                 throw=throw)
-    kern = B.get_kernel(xp, "ode.rk_solve") if jitted else None
+    kern = B.get_kernel(xp, "ode.rk_solve") if compiled else None
     trajs = []
     for b in range(n_traj):
         yb = y0[b, ...] if per_traj else xp.reshape(y0, (n,))
         sts = step_list[b] if step_list is not None else None
-        if jitted:
+        if compiled:
             traj = _compiled_solve(kern, f, yb, t_out, params_eff, tab, opts, sts, want_stiff)
         else:
             f0 = rhs(float(t_out[0]), yb)
@@ -415,9 +421,11 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
         shape (one trajectory ``(d,)``; ``(B, d)`` with ``batch_mode="shared"``) and
         ``params`` as given. Three kinds: (a) a Python function written with
         ``autograd.numpy`` (VJP by autograd); (b) any function plus ``vjp=``; (c) a Numba
-        ``@njit`` function returning a new 1-D array: the whole forward integration then
-        runs compiled, with no Python per step (``params=None`` reaches it as an empty
-        float64 array); its gradients need ``vjp=`` (which may be ``@njit`` too).
+        ``@njit`` function returning a new 1-D array: for float64 states the whole forward
+        integration then runs compiled, with no Python per step (``params=None`` reaches
+        it as an empty float64 array; float32 states call it from the Python loop); its
+        gradients need ``vjp=`` (which may be ``@njit`` too; the backward pass calls f and
+        vjp once per stage from Python).
         PyTorch / JAX functions: see :func:`diffsolve.ode.from_torch` / ``from_jax``.
     y0 : array, shape (d,) or (B, d)
         Initial state(s); NumPy, CuPy or any array-API array, float32 or float64.
