@@ -321,7 +321,7 @@ class _DenseBlock:
         xp = self.xp
         m = c.shape[0]
         dt = r.dtype
-        tiny = float(xp.finfo(dt).tiny)
+        tiny = float(xp.finfo(dt).smallest_normal)
         eps_mach = float(xp.finfo(dt).eps)
         free = xpx.at(xp.ones((m,), dtype=dt, device=B.device(c)))[fixed].set(0.0)
         pos = r > tiny
@@ -512,8 +512,8 @@ def _sns_bwd(ctx, cot):
     a, b, C, _ = check_ot_inputs(WHERE, a0, b0, C0, xp)
     res = ctx.result
     a_bar, b_bar, C_bar = entropic_potentials_vjp(
-        a, b, C, eps, res.f, res.g, res.plan, cot["plan"], cot["f"], cot["g"], cot["cost"],
-        xp, where=WHERE)
+        a, b, C, eps, res.f, res.g, res.plan, cot["plan"], cot["f"], cot["g"],
+        xp.astype(cot["cost"], res.plan.dtype), xp, where=WHERE)
     grads = []
     for orig, bar in ((a0, a_bar), (b0, b_bar), (C0, C_bar)):
         # undo the broadcasting of check_ot_inputs: sum over the added batch dimensions
@@ -610,12 +610,12 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
     Examples
     --------
     >>> import numpy as np
-    >>> import diffsolve as ds
+    >>> from diffsolve.ot import sinkhorn_newton_sparse
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.normal(size=(60, 2)), rng.normal(size=(60, 2)) + 1
     >>> C = ((x[:, None] - y[None]) ** 2).sum(-1); C /= C.max()
     >>> a = b = np.full(60, 1 / 60)
-    >>> res = ds.ot.sinkhorn_newton_sparse(a, b, C, 1e-3, tol=1e-10)
+    >>> res = sinkhorn_newton_sparse(a, b, C, 1e-3, tol=1e-10)
     >>> bool(res.converged), res.error <= 1e-10, res.n_iters < 30
     (True, True, True)
     """
