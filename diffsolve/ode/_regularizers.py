@@ -5,8 +5,8 @@ Global (Pal, Ma, Shah, Rackauckas, "Opening the Blackbox", ICML 2021):
 and ``R_S = Σ_j λ_j |h_j|`` with ``λ_j = ‖k_s − k_{s−1}‖ / ‖g_s − g_{s−1}‖`` (Shampine's
 estimate of the dominant eigenvalue's magnitude, Hairer–Wanner II, IV.2), so each term is
 the DOPRI5 stiffness indicator ``|hλ|`` of the step (for ``bs3`` the last two stages sit
-at ``c = 3/4`` and ``1``, so the estimate also sees the explicit time dependence of f). Both are differentiated by the
-discrete adjoint with the step sizes held constant.
+at ``c = 3/4`` and ``1``, so the estimate also sees the explicit time dependence of f).
+Both are differentiated by the discrete adjoint with the step sizes held constant.
 
 Local (Pal, Edelman, Rackauckas, "Locally regularized neural differential equations",
 ICML 2023): after the solve, draw ``t_r`` uniformly in ``[t_0, t_1]`` ("unbiased") or
