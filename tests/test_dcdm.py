@@ -201,8 +201,10 @@ def test_cupy_matches_numpy(rng):
 
     A = poisson2d(32)
     b = rng.standard_normal(A.shape[0])
-    res_cpu, _ = _solve_recording(A, b, method="dcdm", rtol=1e-6)
-    res_gpu, _ = _solve_recording(csp.csr_matrix(A), cupy.asarray(b), method="dcdm", rtol=1e-6)
+    res_cpu, _ = _solve_recording(A, b, method="dcdm", rtol=1e-9, maxiter=2000)
+    res_gpu, _ = _solve_recording(csp.csr_matrix(A), cupy.asarray(b), method="dcdm", rtol=1e-9,
+                                  maxiter=2000)
     assert res_gpu.converged and isinstance(res_gpu.x, cupy.ndarray)
-    assert abs(res_gpu.n_iters - res_cpu.n_iters) <= 3
-    np.testing.assert_allclose(res_gpu.x.get(), res_cpu.x, rtol=1e-4, atol=1e-6)
+    # float32 networks on two devices round differently: a few iterations apart at most
+    assert abs(res_gpu.n_iters - res_cpu.n_iters) <= 3 + res_cpu.n_iters // 10
+    np.testing.assert_allclose(res_gpu.x.get(), res_cpu.x, rtol=1e-5, atol=1e-7)

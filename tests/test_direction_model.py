@@ -272,3 +272,18 @@ def test_bad_arguments():
         ConvDirectionModel()(np.zeros(16))
     with pytest.raises(ValueError, match="expected vectors of shape"):
         ConvDirectionModel(grid_shape=(4, 4))(np.zeros(15))
+
+
+@pytest.mark.gpu
+def test_training_on_cupy_matches_numpy():
+    cupy = pytest.importorskip("cupy")
+    import cupyx.scipy.sparse as csp
+
+    A = (poisson_2d(8) + sp.diags(np.linspace(0.0, 0.3, 64))).tocsr()
+    kw = {"channels": 3, "n_steps": 5, "batch_size": 4, "lr": 1e-3, "n_ritz": 24,
+          "progress": False, "dtype": "float64"}
+    cpu = train_direction_model(A, (8, 8), **kw)
+    gpu = train_direction_model(csp.csr_matrix(A), (8, 8), **kw)
+    assert isinstance(gpu.model.params["in.w"], cupy.ndarray)
+    np.testing.assert_allclose(gpu.loss_history[0], cpu.loss_history[0], rtol=1e-6)
+    np.testing.assert_allclose(gpu.loss_history, cpu.loss_history, rtol=1e-3)
