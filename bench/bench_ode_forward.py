@@ -71,7 +71,8 @@ def scipy_step_stats(prob, Y0, t_eval, method, tol) -> dict:
     sol = solve_ivp(fun, (t_eval[0], t_eval[-1]), y0, method=method, rtol=tol, atol=tol)
     n_acc = len(sol.t) - 1
     attempts = (sol.nfev - 2) // _SCIPY_STAGES[method]
-    return {"ts": sol.t, "n_accepted": n_acc, "n_rejected": int(attempts - n_acc)}
+    return {"ts": sol.t, "n_accepted": n_acc, "n_rejected": int(attempts - n_acc),
+            "nfe": int(sol.nfev)}
 
 
 def run_scipy(prob, Y0, t_eval, ref, method, tol, budget) -> dict:
@@ -206,7 +207,7 @@ def step_sequence_check(prob, tol) -> dict:
            "scipy_rejected": st["n_rejected"],
            "diffsolve_accepted": _stat(res.stats, "n_accepted"),
            "diffsolve_rejected": _stat(res.stats, "n_rejected"),
-           "scipy_nfe": None, "diffsolve_nfe": _stat(res.stats, "nfe")}
+           "scipy_nfe": st["nfe"], "diffsolve_nfe": _stat(res.stats, "nfe")}
     if len(ts) == len(st["ts"]):
         out["max_abs_dt"] = float(np.max(np.abs(ts - st["ts"])))
         out["same_count"] = True
@@ -312,10 +313,20 @@ def main(argv=None):
                         help="seconds of repeats per timed runner (median reported)")
     parser.add_argument("--loop-n", type=int, default=8,
                         help="trajectories timed in the RK45 loop (0: skip the loop)")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the step-sequence check (dopri5 + I controller vs RK45)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     problems = get_problems()
+    if args.steps_only:
+        steps = [step_sequence_check(problems[n], tol) for n in problems for tol in TOLS]
+        for s in steps:
+            print("  step sequence:", s, flush=True)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "ode_forward_steps.json").write_text(json.dumps(
+            {"meta": machine_meta(), "step_sequence": steps}, indent=1))
+        return {"step_sequence": steps}
     if args.quick:
         names, batches, tols = ["lotka_volterra"], (1, 64), (1e-6,)
         args.budget = min(args.budget, 0.1)
