@@ -603,3 +603,48 @@ def test_root_vjp_building_block():
     np.testing.assert_allclose(a_bar, 1 / (2 * np.sqrt(a)), rtol=1e-10)
     with pytest.raises(ValueError, match="x_bar has shape"):
         root_vjp(lambda x, a_: x - a_, a, (a,), np.ones(3))
+
+
+# ------------------------------------------------------------------------------------------
+# built-in optimality conditions in any namespace: the gradient (and its VJP) written out
+# ------------------------------------------------------------------------------------------
+def test_stationarity_with_grad_and_hvp_any_namespace(xp, rng):
+    """Ridge: ∇f = Xᵀ(Xw − y) + lam ⊙ w; hvp gives (XᵀXu + lam ⊙ u, w ⊙ u)."""
+    Xn, yn = rng.standard_normal((20, 4)), rng.standard_normal(20)
+    lamn = np.exp(rng.standard_normal(4) * 0.3)
+    X, y, lam = (xp.asarray(a) for a in (Xn, yn, lamn))
+    F = stationarity(grad=lambda w, lam_: X.T @ (X @ w - y) + lam_ * w,
+                     hvp=lambda w, theta, u: (X.T @ (X @ u) + theta[0] * u, w * u))
+
+    @custom_root(F, solve="cg")  # picks up F.vjp: no autograd involved
+    def ridge(init, lam_):
+        return xp.linalg.solve(X.T @ X + lam_[:, None] * xp.eye(4, dtype=X.dtype), X.T @ y)
+
+    w_bar = rng.standard_normal(4)
+    w, f_vjp = ds.vjp(ridge, xp.zeros(4, dtype=xp.float64), lam)
+    assert_close(w, np.linalg.solve(Xn.T @ Xn + np.diag(lamn), Xn.T @ yn), xp=xp, rtol=1e-10)
+    _, lam_bar = f_vjp(xp.asarray(w_bar))
+    assert_close(lam_bar, ridge_closed_form(Xn, yn, lamn, w_bar)[0], xp=xp, rtol=1e-8)
+
+
+def test_projected_gradient_with_grad_any_namespace(xp):
+    """F = x − box(x − η∇f) evaluated in the inputs' namespace (zero at x* = clip(a))."""
+    a = xp.asarray([0.5, 2.0, -1.0])
+    F = projected_gradient_fixed_point(None, lambda v, a_: projection_box(v, 0.0, 1.0),
+                                       stepsize=0.5, grad=lambda x, a_: x - a_)
+    x_star = xp.asarray([0.5, 1.0, 0.0])
+    assert_close(F(x_star, a), np.zeros(3), xp=xp, atol=1e-15)
+    assert_close(F(xp.zeros(3, dtype=xp.float64), a), [-0.25, -1.0, 0.0], xp=xp)
+    soft = lambda v, s, lam: v - xp.clip(v, -s * lam, s * lam)  # noqa: E731
+    G = proximal_gradient_fixed_point(None, soft, 1.0, grad=lambda x, lam: x - 3.0)
+    assert_close(G(xp.asarray([2.0]), 1.0), [0.0], xp=xp, atol=1e-15)  # lasso x* = 2
+
+
+def test_optimality_conditions_need_f_or_grad():
+    with pytest.raises(TypeError, match="stationarity: pass either f.*not neither"):
+        stationarity()
+    with pytest.raises(TypeError, match="not both"):
+        projected_gradient_fixed_point(lambda x: x @ x, projection_nonnegative,
+                                       grad=lambda x: 2 * x)
+    with pytest.raises(TypeError, match="hvp must be a callable"):
+        stationarity(grad=lambda x: x, hvp=1.0)

@@ -358,7 +358,11 @@ class _Implicit:
 
     def iterate(self, k):
         pb, d = self.pb, self.pb.d
-        self.y, inner_res = pb.inner_descent(self.x, self.y, self.inner_step, self.inner_iters)
+        # stochastic variant: every step decays (the noise of y and v feeds straight into
+        # the hypergradient); deterministic: step_power applies to x only
+        nu = self.inner_step if pb.batch is None else \
+            _decayed(self.inner_step, self.opts["step_power"], k)
+        self.y, inner_res = pb.inner_descent(self.x, self.y, nu, self.inner_iters)
         x, y = self.x, self.y
         value, fx, fy = d.outer_grads(x, y)
         if pb.batch is None:
@@ -374,7 +378,7 @@ class _Implicit:
             for _ in range(self.inner_iters):
                 pb.resample(outer=False)
                 _, Hv = d.hvp_both(x, y, v)
-                v = v - self.inner_step * (Hv + self.opts["ridge"] * v - fy)
+                v = v - nu * (Hv + self.opts["ridge"] * v - fy)
             pb.resample(outer=False)
             hxy_v, Hv = d.hvp_both(x, y, v)
             lin_res = pb.norm(Hv + self.opts["ridge"] * v - fy)
@@ -798,7 +802,12 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
         for k in range(max_iter):
             if k:
                 pb.resample()
-            value, gnorm, res = runner.iterate(k)
+            with warnings.catch_warnings():
+                # a diverging run overflows; the non-finite test below reports it, with
+                # what to change, instead of NumPy's raw warnings
+                warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                        message="(overflow|invalid value)")
+                value, gnorm, res = runner.iterate(k)
             outer_hist.append(value)
             grad_hist.append(gnorm)
             time_hist.append(time.perf_counter() - start)

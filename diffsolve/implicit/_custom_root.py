@@ -170,6 +170,8 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
         (``theta`` is the tuple of the solver's positional arguments after ``init``; the
         shape of ``jax.vjp(F, x, *theta)``). Needed for arrays autograd cannot
         differentiate (CuPy, array_api_strict) and for F written in another framework.
+        Default: ``F.vjp`` when ``F`` has one (``stationarity(grad=, hvp=)``), else
+        autograd.
     rtol : float
         The implicit solve stops at ``||r|| <= rtol ||x̄||``.
     maxiter : int, optional
@@ -218,6 +220,8 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
     >>> bool(np.isclose(lam_bar, -np.ones(3) @ np.linalg.solve(H, w)))
     True
     """
+    if vjp is None:  # stationarity(grad=..., hvp=...) carries its own VJP
+        vjp = getattr(F, "vjp", None)
     cfg = _check_config(WHERE, F, solve, ridge, vjp, jvp, rtol, maxiter, restart)
 
     def decorate(solver: Callable) -> DifferentiableFunction:

@@ -11,10 +11,12 @@ The fixed-point conditions use the sign ``x − T(x)``, so that ``∂F/∂x = η
 definite) where no constraint is active; with active constraints ``∂F/∂x`` is not
 symmetric and ``solve="gmres"`` (the default) is the one to use.
 
-All four differentiate ``f`` (and the constraints) with HIPS autograd, so they are written
-with ``autograd.numpy`` and take NumPy arrays; ``custom_root``'s default VJPs then
-differentiate them once more (autograd supports nesting). For CuPy or array_api_strict,
-write ``F`` with your library and pass ``vjp=`` to :func:`custom_root`.
+Given an objective ``f``, they differentiate it with HIPS autograd, so ``f`` is written with
+``autograd.numpy`` and takes NumPy arrays; ``custom_root``'s default VJPs then
+differentiate ``F`` once more (autograd supports nesting). For CuPy, array_api_strict or
+torch arrays, the first three take the gradient instead (``grad=``, array-API code in the
+inputs' namespace); ``stationarity(grad=..., hvp=...)`` also carries its VJP, the other
+two need ``vjp=`` in :func:`custom_root`. ``kkt_conditions`` is autograd-only.
 
 Reference: Blondel et al., "Efficient and Modular Implicit Differentiation" (NeurIPS
 2022), §2.2 (the catalogue of optimality conditions) and JAXopt's
@@ -50,6 +52,19 @@ def _check_stepsize(where, stepsize):
     return float(stepsize)
 
 
+def _gradient(where, f, grad):
+    """``∇ₓf`` from autograd (``f`` given) or the user's ``grad`` (any namespace)."""
+    if (f is None) == (grad is None):
+        raise TypeError(f"{where}: pass either f (an autograd.numpy objective, NumPy arrays) "
+                        "or grad= (its gradient ∇ₓf(x, *theta), any array library), not "
+                        f"{'both' if f is not None else 'neither'}")
+    if grad is not None:
+        _check_callable(where, "grad", grad)
+        return grad
+    _check_callable(where, "f", f)
+    return autograd.grad(f, 0)
+
+
 def _require_numpy(x, where):
     raw = getval(x)
     xp = B.array_namespace(raw, where=where)
@@ -61,13 +76,21 @@ def _require_numpy(x, where):
         )
 
 
-def stationarity(f: Callable) -> Callable:
+def stationarity(f: Callable | None = None, *, grad: Callable | None = None,
+                 hvp: Callable | None = None) -> Callable:
     """The optimality condition ``∇ₓf(x, *theta) = 0`` of an unconstrained minimum.
 
     Parameters
     ----------
-    f : callable
-        ``f(x, *theta) -> scalar``, written with ``autograd.numpy``.
+    f : callable, optional
+        ``f(x, *theta) -> scalar``, written with ``autograd.numpy`` (NumPy arrays).
+    grad : callable, optional
+        ``grad(x, *theta) -> ∇ₓf`` in any array library, instead of ``f``: then ``F`` runs
+        in the namespace of its inputs (CuPy, array_api_strict, torch, ...).
+    hvp : callable, optional
+        ``hvp(x, theta, u) -> ((∇²ₓₓf) u, θ̄₁, …, θ̄ₖ)``, the VJP of ``F = ∇ₓf`` at ``u``
+        (``θ̄ᵢ = (∂θᵢ∇ₓf)ᵀu``, ``None`` for a θ not differentiated); ``F`` then carries it
+        as ``F.vjp`` and :func:`custom_root` uses it when given no ``vjp=``.
 
     Returns
     -------
@@ -82,21 +105,36 @@ def stationarity(f: Callable) -> Callable:
     >>> F = stationarity(lambda x, a: anp.sum((x - a) ** 2))
     >>> F(np.zeros(2), np.array([1.0, 2.0]))
     array([-2., -4.])
+
+    Any array library, with the gradient and its VJP written out:
+
+    >>> import array_api_strict as xp
+    >>> F = stationarity(grad=lambda x, a: 2 * (x - a),
+    ...                  hvp=lambda x, theta, u: (2 * u, -2 * u))
+    >>> F(xp.zeros(2), xp.asarray([1.0, 2.0]))
+    Array([-2., -4.], dtype=array_api_strict.float64)
     """
     where = "diffsolve.implicit.stationarity"
-    _check_callable(where, "f", f)
-    grad_f = autograd.grad(f, 0)
+    grad_f = _gradient(where, f, grad)
+    if hvp is not None:
+        _check_callable(where, "hvp", hvp)
 
     def F(x, *theta):
-        _require_numpy(x, where)
+        if grad is None:
+            _require_numpy(x, where)
         return grad_f(x, *theta)
 
-    F.__name__ = f"stationarity({getattr(f, '__name__', 'f')})"
+    F.__name__ = f"stationarity({getattr(f if grad is None else grad, '__name__', 'f')})"
+    if hvp is not None:
+        def vjp(x, theta):
+            return F(x, *theta), (lambda u: hvp(x, tuple(theta), u))
+
+        F.vjp = vjp
     return F
 
 
-def proximal_gradient_fixed_point(f: Callable, prox: Callable, stepsize: float = 1.0
-                                  ) -> Callable:
+def proximal_gradient_fixed_point(f: Callable | None, prox: Callable, stepsize: float = 1.0,
+                                  *, grad: Callable | None = None) -> Callable:
     """The fixed point ``x = prox_{ηg}(x − η∇ₓf(x, *θ))`` of proximal gradient, as a root.
 
     Parameters
@@ -110,6 +148,10 @@ def proximal_gradient_fixed_point(f: Callable, prox: Callable, stepsize: float =
         ``anp.maximum``, …).
     stepsize : float > 0
         η. Any value gives the same fixed points; it changes the conditioning of ``∂F/∂x``.
+    grad : callable, optional
+        ``grad(x, *theta) -> ∇ₓf`` in any array library, instead of ``f`` (pass
+        ``f=None``); ``F`` then runs in its inputs' namespace, and :func:`custom_root`
+        needs a ``vjp=`` for it.
 
     Returns
     -------
@@ -126,19 +168,20 @@ def proximal_gradient_fixed_point(f: Callable, prox: Callable, stepsize: float =
     array([0.])
     """
     where = "diffsolve.implicit.proximal_gradient_fixed_point"
-    _check_callable(where, "f", f)
+    grad_f = _gradient(where, f, grad)
     _check_callable(where, "prox", prox)
     eta = _check_stepsize(where, stepsize)
-    grad_f = autograd.grad(f, 0)
 
     def F(x, *theta):
-        _require_numpy(x, where)
+        if grad is None:
+            _require_numpy(x, where)
         return x - prox(x - eta * grad_f(x, *theta), eta, *theta)
 
     return F
 
 
-def projected_gradient_fixed_point(f: Callable, projection: Callable, stepsize: float = 1.0
+def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
+                                   stepsize: float = 1.0, *, grad: Callable | None = None
                                    ) -> Callable:
     """The fixed point ``x = proj_C(x − η∇ₓf(x, *θ))`` of projected gradient, as a root.
 
@@ -152,6 +195,10 @@ def projected_gradient_fixed_point(f: Callable, projection: Callable, stepsize: 
         ``lambda y, *theta: projection_box(y, 0.0, 1.0)``.
     stepsize : float > 0
         η.
+    grad : callable, optional
+        ``grad(x, *theta) -> ∇ₓf`` in any array library, instead of ``f`` (pass
+        ``f=None``); ``F`` then runs in its inputs' namespace (the built-in projections
+        do), and :func:`custom_root` needs a ``vjp=`` for it.
 
     Returns
     -------
@@ -168,13 +215,13 @@ def projected_gradient_fixed_point(f: Callable, projection: Callable, stepsize: 
     array([0., 0.])
     """
     where = "diffsolve.implicit.projected_gradient_fixed_point"
-    _check_callable(where, "f", f)
+    grad_f = _gradient(where, f, grad)
     _check_callable(where, "projection", projection)
     eta = _check_stepsize(where, stepsize)
-    grad_f = autograd.grad(f, 0)
 
     def F(x, *theta):
-        _require_numpy(x, where)
+        if grad is None:
+            _require_numpy(x, where)
         return x - projection(x - eta * grad_f(x, *theta), *theta)
 
     return F
