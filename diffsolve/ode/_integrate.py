@@ -134,6 +134,7 @@ class Trajectory:
     message: str = ""
     t_fail: float = math.nan
     local: dict = field(default_factory=dict)
+    all_states: object = None        # (N+1, n) from the compiled loop, for its adjoint
 
 
 def _fail(message, throw):

@@ -186,7 +186,8 @@ def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_sti
     return Trajectory(ys=ys, ts=ts, states=st, every=every, out_step=out_step,
                       out_theta=out_theta, errs=errs, stiff=stiff, stats=stats,
                       success=status == 0, message=message or "The solver reached the end "
-                      "of the integration interval.", t_fail=t_fail if status else math.nan)
+                      "of the integration interval.", t_fail=t_fail if status else math.nan,
+                      all_states=states if every == 1 else None)
 
 
 def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, max_steps,
@@ -302,7 +303,8 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, fvjp=fvjp, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
                    regularizers=regularizers, local=local_regularization, tab=tab,
-                   jitted=jitted)
+                   jitted=jitted, compiled=compiled, vjp=vjp,
+                   rtol=float(rtol), atol=float(atol))
     return result, fwd
 
 
@@ -314,6 +316,15 @@ def _get_args(ctx):
     f, y0, t_eval = args[0], args[1], args[2]
     params = args[3] if len(args) > 3 else kw.get("params")
     return f, y0, t_eval, params
+
+
+def _compiled_reverse_ok(fwd, traj) -> bool:
+    """The compiled adjoint runs for the compiled forward with an @njit vjp."""
+    if not (fwd.compiled and traj.all_states is not None and fwd.vjp is not None):
+        return False
+    if not B.get_kernel(fwd.xp, "ode.is_jitted")(fwd.vjp):
+        return False
+    return True
 
 
 def _odeint_bwd(ctx, cot):
@@ -339,7 +350,15 @@ def _odeint_bwd(ctx, cot):
             ys_bar = xp.reshape(ys_bar_all, (T, fwd.n))
             ys_b = traj.ys
         y0_b = traj.states[0]
-        if adjoint == "discrete":
+        if adjoint == "discrete" and _compiled_reverse_ok(fwd, traj):
+            through, pb = B.get_kernel(xp, "ode.rk_reverse")(
+                f, fwd.vjp, traj.ts, traj.all_states, B.contiguous(xp, ys_bar), traj.out_step,
+                traj.out_theta, B.contiguous(xp, fwd.params_eff), fwd.tab.A, fwd.tab.c,
+                fwd.tab.e, fwd.tab.P, fwd.rtol, fwd.atol,
+                rE if fwd.local is None else 0.0, rS if fwd.local is None else 0.0)
+            y0_bar = ys_bar[0, ...] + through
+            pb = pb if params is not None else None
+        elif adjoint == "discrete":
             y0_bar, pb, through = discrete_adjoint(
                 fwd.stepper, fwd.rhs, fwd.fvjp, traj, ys_bar,
                 rE if fwd.local is None else 0.0, rS if fwd.local is None else 0.0)
@@ -424,8 +443,10 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
         ``@njit`` function returning a new 1-D array: for float64 states the whole forward
         integration then runs compiled, with no Python per step (``params=None`` reaches
         it as an empty float64 array; float32 states call it from the Python loop); its
-        gradients need ``vjp=`` (which may be ``@njit`` too; the backward pass calls f and
-        vjp once per stage from Python).
+        gradients need ``vjp=``; when it is ``@njit`` too (returning ``(v_y, v_params)``
+        float64 arrays, ``v_params`` empty for ``params=None``) the discrete adjoint also
+        runs compiled (with ``checkpoint_every=1``), otherwise it calls f and vjp once per
+        stage from Python.
         PyTorch / JAX functions: see :func:`diffsolve.ode.from_torch` / ``from_jax``.
     y0 : array, shape (d,) or (B, d)
         Initial state(s); NumPy, CuPy or any array-API array, float32 or float64.

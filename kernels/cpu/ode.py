@@ -25,7 +25,7 @@ import numpy as np
 
 from ._config import jit, njit_options
 
-__all__ = ["is_jitted", "rk_combine", "rk_error_norm", "rk_solve"]
+__all__ = ["is_jitted", "rk_combine", "rk_error_norm", "rk_reverse", "rk_solve"]
 
 
 @jit()
@@ -356,3 +356,163 @@ def is_jitted(f) -> bool:
     from numba.core.dispatcher import Dispatcher
 
     return isinstance(f, Dispatcher)
+
+
+# ---------------------------------------------------------------------------------------
+# the compiled discrete adjoint
+# ---------------------------------------------------------------------------------------
+def _reverse(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e, P, rtol, atol,
+             rE_bar, rS_bar):  # pragma: no cover - compiled
+    n = states.shape[1]
+    s = c.shape[0]
+    N = ts.shape[0] - 1
+    n_out = ys_bar.shape[0]
+    n_p = params.shape[0]
+    a = np.zeros(n)
+    p_bar = np.zeros(n_p)
+    K = np.empty((s, n))
+    G = np.empty((s, n))
+    Kbar = np.empty((s, n))
+    Gbar = np.empty((s, n))
+    touched = np.zeros(s, dtype=np.bool_)
+    gtouched = np.zeros(s, dtype=np.bool_)
+    ybar = np.empty(n)
+    q = n_out - 1
+    for step in range(N - 1, -1, -1):
+        y = states[step]
+        t = ts[step]
+        h = ts[step + 1] - t
+        # recompute the stages of this step
+        k0 = f(t, y, params)
+        for i in range(n):
+            K[0, i] = k0[i]
+            G[0, i] = y[i]
+        for st in range(1, s):
+            for i in range(n):
+                acc = 0.0
+                for j in range(st):
+                    acc += A[st, j] * K[j, i]
+                G[st, i] = y[i] + h * acc
+            ki = f(t + c[st] * h, G[st], params)
+            for i in range(n):
+                K[st, i] = ki[i]
+        Kbar[:] = 0.0
+        Gbar[:] = 0.0
+        touched[:] = False
+        gtouched[:] = False
+        ybar[:] = 0.0
+        for i in range(n):
+            Gbar[s - 1, i] = a[i]
+        gtouched[s - 1] = True
+        # outputs interpolated inside this step: y_n + h Σ b_j(θ) k_j
+        while q >= 1 and out_step[q] == step:
+            theta = out_theta[q]
+            for j in range(s):
+                w = 0.0
+                pw = 1.0
+                for m in range(P.shape[1]):
+                    pw *= theta
+                    w += P[j, m] * pw
+                if w != 0.0:
+                    touched[j] = True
+                    for i in range(n):
+                        Kbar[j, i] += h * w * ys_bar[q, i]
+            for i in range(n):
+                ybar[i] += ys_bar[q, i]
+            q -= 1
+        E_bar = rE_bar * abs(h)
+        if E_bar != 0.0:
+            tot = 0.0
+            r = np.empty(n)
+            sc = np.empty(n)
+            for i in range(n):
+                err = 0.0
+                for j in range(s):
+                    err += e[j] * K[j, i]
+                sc[i] = atol + rtol * max(abs(y[i]), abs(G[s - 1, i]))
+                r[i] = h * err / sc[i]
+                tot += r[i] * r[i]
+            E = math.sqrt(tot / n)
+            if E > 0.0:
+                for i in range(n):
+                    g_err = E_bar / (n * E) * r[i] / sc[i]
+                    g_sc = -E_bar / (n * E) * r[i] * r[i] / sc[i]
+                    for j in range(s):
+                        if e[j] != 0.0:
+                            Kbar[j, i] += h * e[j] * g_err
+                    if abs(y[i]) >= abs(G[s - 1, i]):
+                        ybar[i] += rtol * g_sc * np.sign(y[i])
+                    else:
+                        Gbar[s - 1, i] += rtol * g_sc * np.sign(G[s - 1, i])
+                for j in range(s):
+                    if e[j] != 0.0:
+                        touched[j] = True
+        S_bar = rS_bar * abs(h)
+        if S_bar != 0.0:
+            nk = 0.0
+            ng = 0.0
+            for i in range(n):
+                dk = K[s - 1, i] - K[s - 2, i]
+                dg = G[s - 1, i] - G[s - 2, i]
+                nk += dk * dk
+                ng += dg * dg
+            nk = math.sqrt(nk)
+            ng = math.sqrt(ng)
+            if nk > 0.0 and ng > 0.0:
+                lam = nk / ng
+                for i in range(n):
+                    gk = S_bar / (nk * ng) * (K[s - 1, i] - K[s - 2, i])
+                    gg = -S_bar * lam / (ng * ng) * (G[s - 1, i] - G[s - 2, i])
+                    Kbar[s - 1, i] += gk
+                    Kbar[s - 2, i] -= gk
+                    Gbar[s - 1, i] += gg
+                    Gbar[s - 2, i] -= gg
+                touched[s - 1] = True
+                touched[s - 2] = True
+                gtouched[s - 2] = True
+        for st in range(s - 1, -1, -1):
+            if touched[st]:
+                vy, vp = vjp(t + c[st] * h, G[st], params, Kbar[st])
+                for i in range(n):
+                    Gbar[st, i] += vy[i]
+                for i in range(n_p):
+                    p_bar[i] += vp[i]
+                gtouched[st] = True
+            if not gtouched[st]:
+                continue
+            for j in range(st):
+                if A[st, j] != 0.0:
+                    touched[j] = True
+                    for i in range(n):
+                        Kbar[j, i] += h * A[st, j] * Gbar[st, i]
+            for i in range(n):
+                ybar[i] += Gbar[st, i]
+        for i in range(n):
+            a[i] = ybar[i]
+    return a, p_bar
+
+
+def rk_reverse(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e, P, rtol,
+               atol, rE_bar, rS_bar):
+    """The discrete adjoint of :func:`rk_solve`'s solve, compiled (float64).
+
+    ``f`` and ``vjp(t, y, params, v) -> (v_y, v_params)`` are Numba ``@njit`` functions;
+    ``ts``/``states``/``out_step``/``out_theta`` are what :func:`rk_solve` returned,
+    ``ys_bar`` (T, n) the output cotangents, ``rE_bar``/``rS_bar`` those of
+    ``R_E = Σ E_j |h_j|`` and ``R_S = Σ λ_j |h_j|``. Recomputes each step's stages and
+    reverses them (``diffsolve.ode._adjoint`` has the same recursion in array code).
+    Returns ``(a, p_bar)``: the cotangent reaching ``y0`` through the steps and that of
+    ``params``.
+    """
+    fn = _COMPILED.get("reverse")
+    if fn is None:
+        t = numba.types
+        vec, mat, f64 = t.float64[::1], t.float64[:, ::1], t.float64
+        ftype = t.FunctionType(vec(f64, vec, vec))
+        vtype = t.FunctionType(t.UniTuple(vec, 2)(f64, vec, vec, vec))
+        sig = (ftype, vtype, vec, mat, mat, t.int64[::1], vec, vec, mat, vec, vec, mat, f64,
+               f64, f64, f64)
+        fn = numba.njit(sig, **njit_options())(_reverse)
+        _COMPILED["reverse"] = fn
+    return fn(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e, P, rtol,
+              atol, rE_bar, rS_bar)
