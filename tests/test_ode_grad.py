@@ -197,9 +197,17 @@ def test_compiled_path_gradients_with_jitted_vjp(rng):
     _, vb = ds.vjp(odeint, lv_plain, Y0, T, P, regularizers=("error",))
     for a, b in zip(va(ys=W, reg_error=np.asarray(1.0)), vb(ys=W, reg_error=np.asarray(1.0))):
         np.testing.assert_allclose(a, b, rtol=1e-9, equal_nan=True)
-    _, vc = ds.vjp(odeint, lv_jit, Y0, T, P)
+    # compiled reverse (njit vjp) == the array-code reverse driving the same functions
+    regs = ("error", "stiffness")
+    cot = dict(ys=W, reg_error=np.asarray(0.7), reg_stiffness=np.asarray(0.3))
+    _, vc = ds.vjp(odeint, lv_jit, Y0, T, P, vjp=lv_jit_vjp, regularizers=regs)
+    _, vp = ds.vjp(odeint, lv_jit, Y0, T, P, vjp=lambda *a: lv_jit_vjp(*a), regularizers=regs,
+                   checkpoint_every=2)
+    for a, b in zip(vc(**cot), vp(**cot)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, equal_nan=True)
+    _, vn = ds.vjp(odeint, lv_jit, Y0, T, P)
     with pytest.raises(TypeError, match="pass vjp="):
-        vc(ys=W)
+        vn(ys=W)
 
 
 def test_namespace_gradients_with_vjp(xp):
