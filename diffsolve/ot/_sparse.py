@@ -52,6 +52,8 @@ __all__ = ["SparseOTResult", "quadratic_ot", "sparse_ot"]
 WHERE_SPARSE = "diffsolve.ot.sparse_ot"
 WHERE_QUADRATIC = "diffsolve.ot.quadratic_ot"
 FORMULATIONS = ("semi-dual", "dual")
+_SWITCH = 1e-3  # relative marginal error at which L-BFGS hands over to the Newton polish
+_KERNEL_MAX_K = 48  # = the insertion-selection limit of kernels/cpu/ot_sparse.py
 SOLVERS = ("lbfgs", "lbfgs-scipy", "lbfgs-xp")
 
 
@@ -184,10 +186,20 @@ class _Problem:
         self.n, self.m = C.shape
         self.dev = B.device(C)
         self.mass = float(xp.sum(a))
+        # the top-k kernels pay off for small k (a streaming selection, O(n) per column);
+        # for large k a sort is needed anyway and the dense path's value-only sort is faster
+        # than the kernel's argsort
+        use_kernels = use_kernels and k <= _KERNEL_MAX_K
         self.topk = B.get_kernel(xp, "ot_sparse.topk_rows") if use_kernels else None
         self.scatter = B.get_kernel(xp, "ot_sparse.scatter_add_rows") if use_kernels else None
-        if self.topk is not None:
-            self.Ct = B.contiguous_copy(xp, xp.permute_dims(C, (1, 0)))
+        # the quadratic dual (no top-k) in one fused pass over C
+        self.relu = B.get_kernel(xp, "ot_sparse.relu_marginals") if (
+            (B.is_numpy(xp) or B.is_cupy(xp)) and k >= self.n) else None
+        if self.relu is not None:
+            self.C = B.contiguous(xp, C)
+        # C^T, so that the columns of the plan are contiguous rows (one copy per problem)
+        self.Ct = B.contiguous_copy(xp, xp.permute_dims(C, (1, 0))) if (
+            B.is_numpy(xp) or B.is_cupy(xp)) else xp.permute_dims(C, (1, 0))
         positive = b > 0
         self.b_safe = xp.where(positive, b, xp.ones_like(b))
         self.inv_gb = xp.where(positive, 1.0 / (gamma * self.b_safe), xp.zeros_like(b))
@@ -210,7 +222,7 @@ class _Problem:
         xp = self.xp
         if self.k >= self.n:
             return None
-        kth = xp.sort(Z, axis=0, descending=True)[self.k - 1, :]
+        kth = xp.sort(Z, axis=0, stable=False)[self.n - self.k, :]
         return Z >= kth
 
     # -- semi-dual ------------------------------------------------------------------
@@ -229,19 +241,21 @@ class _Problem:
             col = xp.sum(W, axis=1)
             plan = (idx, W)
         else:
-            Z = alpha[:, None] - self.C
-            X = Z * self.inv_gb[None, :]
-            Xs = xp.sort(X, axis=0, descending=True)[:self.k, :]
-            tau = _simplex_threshold(xp.permute_dims(Xs, (1, 0)), xp)
-            Y = xp.maximum(X - tau[None, :], 0.0)
-            mask = self._kth_mask(Z)
-            if mask is not None:
-                Y = xp.where(mask, Y, 0.0)
-            T = Y * b[None, :]
-            mj = xp.sum(Z * Y, axis=0) - 0.5 * gamma * b * xp.sum(Y * Y, axis=0)
-            row = xp.sum(T, axis=1)
-            col = xp.sum(T, axis=0)
-            plan = T
+            # dense, transposed: row j of Zt is column j of the plan
+            Zt = alpha[None, :] - self.Ct
+            Xt = Zt * self.inv_gb[:, None]
+            # ascending unstable sort, then reversed: array-api-compat's default (stable,
+            # descending=True) costs ~10x on NumPy
+            Xs = xp.flip(xp.sort(Xt, axis=1, stable=False), axis=1)[:, :self.k]
+            tau = _simplex_threshold(Xs, xp)
+            Yt = xp.maximum(Xt - tau[:, None], 0.0)
+            if self.k < self.n:
+                Yt = xp.where(Xt >= Xs[:, self.k - 1:self.k], Yt, 0.0)
+            Tt = Yt * b[:, None]
+            mj = xp.sum(Zt * Yt, axis=1) - 0.5 * gamma * b * xp.sum(Yt * Yt, axis=1)
+            row = xp.sum(Tt, axis=0)
+            col = xp.sum(Tt, axis=1)
+            plan = xp.permute_dims(Tt, (1, 0))
         value = xp.sum(alpha * a) - xp.sum(b * mj)
         return value, a - row, row, col, plan, tau
 
@@ -249,7 +263,14 @@ class _Problem:
     def dual(self, alpha, beta):
         xp = self.xp
         a, b, gamma = self.a, self.b, self.gamma
-        if self.topk is not None and self.k < self.n:
+        if self.relu is not None:
+            row = xp.empty((self.n,), dtype=self.C.dtype, device=self.dev)
+            col = xp.empty((self.m,), dtype=self.C.dtype, device=self.dev)
+            sumsq = self.relu(B.contiguous(xp, alpha), B.contiguous(xp, beta), self.C, row, col)
+            row, col = row / gamma, col / gamma
+            delta = sumsq / (2.0 * gamma)
+            plan = ("relu", alpha, beta)
+        elif self.topk is not None and self.k < self.n:
             idx, Z = self._topk(alpha, beta)
             P = xp.maximum(Z, 0.0)
             W = P / gamma
@@ -287,7 +308,7 @@ class _Problem:
             z_next = val[:, self.k]
         else:
             Z = alpha[:, None] + beta[None, :] - self.C
-            z_next = xp.sort(Z, axis=0, descending=True)[self.k, :]
+            z_next = xp.sort(Z, axis=0, stable=False)[self.n - self.k - 1, :]
         # relative to the scale of the potentials, so that rounding is not "binding"
         scale = float(xp.max(xp.abs(self.C))) + 1.0
         return bool(xp.any((z_next > 1e-12 * scale) & (self.b > 0)))
@@ -300,6 +321,8 @@ class _Problem:
     def finish(self, plan):
         """(dense plan (n, m), indices (m, k), values (m, k)) from an evaluation's plan."""
         xp = self.xp
+        if isinstance(plan, tuple) and isinstance(plan[0], str):  # ("relu", alpha, beta)
+            plan = xp.maximum(plan[1][:, None] + plan[2][None, :] - self.C, 0.0) / self.gamma
         if isinstance(plan, tuple):
             idx, W = plan
             T_t = xp.zeros((self.m, self.n), dtype=W.dtype, device=self.dev)
@@ -335,7 +358,8 @@ def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8):
     xp = prob.xp
     err = float(prob.error(ev[2], ev[3]))
     steps = 0
-    rtol = 1e-13 if prob.C.dtype == xp.float64 else 1e-6
+    # inexact Newton: each step cuts the error by about rtol, a few steps reach any tol
+    rtol = 1e-7 if prob.C.dtype == xp.float64 else 1e-5
     while err > target and steps < max_steps:
         T = prob.finish(ev[4])[0]
         matvec, diag = _support_system(T, prob.b, prob.gamma, formulation, xp)
@@ -359,20 +383,36 @@ def _solve_one(prob: _Problem, formulation, tol, max_iter, use_scipy):
     n, m = prob.n, prob.m
     target = tol * prob.mass
 
-    def fun(x):
-        value, grad, row, col, _, _ = _evaluate(prob, formulation, x)
-        err = float(prob.error(row, col))
-        return -float(value), -grad, err <= target
+    def run_lbfgs(x0, goal, iters):
+        def fun(x):
+            value, grad, row, col, _, _ = _evaluate(prob, formulation, x)
+            err = float(prob.error(row, col))
+            return -float(value), -grad, err <= goal
+
+        out = scipy_lbfgs(fun, x0, max_iter=iters) if use_scipy else \
+            lbfgs(fun, x0, xp, max_iter=iters)
+        return xp.asarray(out.x, dtype=prob.C.dtype, device=prob.dev), out
 
     size = n if formulation == "semi-dual" else n + m
-    x0 = xp.zeros((size,), dtype=prob.C.dtype, device=prob.dev)
-    out = scipy_lbfgs(fun, x0, max_iter=max_iter) if use_scipy else \
-        lbfgs(fun, x0, xp, max_iter=max_iter)
-    x = xp.asarray(out.x, dtype=prob.C.dtype, device=prob.dev)
-    ev = _evaluate(prob, formulation, x)
-    newton = 0
-    if not out.done and out.status != "max_iter":
-        x, ev, newton = _polish(prob, formulation, x, ev, target)
+    x = xp.zeros((size,), dtype=prob.C.dtype, device=prob.dev)
+    # Phase 1: L-BFGS until the marginals hold to _SWITCH (the support of the plan is then
+    # usually identified); Newton steps on that support finish the job (_polish). If they
+    # do not reach tol, L-BFGS resumes from the polished point with the real target, and
+    # the polish is tried once more where it stops.
+    n_iters, status = 0, "done"
+    goals = [max(target, _SWITCH * prob.mass), target] if target < _SWITCH * prob.mass \
+        else [target]
+    for goal in goals:
+        x, out = run_lbfgs(x, goal, max_iter - n_iters)
+        n_iters += out.n_iters
+        status = out.status
+        ev = _evaluate(prob, formulation, x)
+        if status == "max_iter" or n_iters >= max_iter:
+            break
+        x, ev, steps = _polish(prob, formulation, x, ev, target)
+        n_iters += steps
+        if float(prob.error(ev[2], ev[3])) <= target:
+            break
     value, _, row, col, plan, tau = ev
     if formulation == "semi-dual":
         alpha = x
@@ -390,13 +430,13 @@ def _solve_one(prob: _Problem, formulation, tol, max_iter, use_scipy):
     # converged: the marginals hold to tol, or L-BFGS (and the Newton polish) stopped at a
     # stationary point while the l0 constraint binds: there the dual optimum is a kink and
     # the remaining marginal violation belongs to the relaxation, not to the solver
-    converged = float(err) <= target or (binding and out.status != "max_iter")
+    converged = float(err) <= target or (binding and status != "max_iter")
     # gauge: (alpha + c, beta - c) is as optimal as (alpha, beta); return mean(f) = 0
     shift = xp.mean(alpha)
     f, g = alpha - shift, beta + shift
     cost = xp.sum(T * prob.C) + 0.5 * prob.gamma * xp.sum(T * T)
     return dict(plan=T, f=f, g=g, cost=cost, dual_value=value, idx=idx, W=W, err=err,
-                n_iters=out.n_iters + newton, converged=bool(converged), binding=binding)
+                n_iters=n_iters, converged=bool(converged), binding=binding)
 
 
 def _forward(where, a, b, C, k, gamma, formulation, tol, max_iter, solver, throw):

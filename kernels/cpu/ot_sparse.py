@@ -24,7 +24,7 @@ from numba import prange
 
 from ._config import jit
 
-__all__ = ["scatter_add_rows", "topk_rows"]
+__all__ = ["relu_marginals", "scatter_add_rows", "topk_rows"]
 
 # Below this k a streaming insertion into a sorted buffer of length k is used (each
 # entry costs one comparison with the current k-th largest, a shift only when it enters);
@@ -164,3 +164,63 @@ def scatter_add_rows(idx, w, out):
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= out.shape[0]):
         raise ValueError(f"scatter_add_rows: idx has entries outside [0, {out.shape[0]})")
     return _scatter_add_rows(idx, w, out)
+
+
+@jit()
+def _relu_marginals(alpha, beta, C, row, col):  # pragma: no cover - compiled
+    # One pass over C in storage order: the row sum stays in a register, the column sums
+    # are a contiguous vector update. Serial: the column sums would race across threads,
+    # and the pass is memory-bound (one read of C).
+    n, m = C.shape
+    col[:] = 0
+    sumsq = 0.0
+    for i in range(n):
+        ai = alpha[i]
+        acc = row.dtype.type(0)
+        for j in range(m):
+            z = ai + beta[j] - C[i, j]
+            if z > 0:
+                acc += z
+                col[j] += z
+                sumsq += z * z
+        row[i] = acc
+    return sumsq
+
+
+def relu_marginals(alpha, beta, C, row, col):
+    """Marginals and squared norm of ``P = [alpha_i + beta_j - C_ij]_+`` in one pass.
+
+    The quadratically regularised dual (``k >= n``: no top-k) needs exactly these: the
+    plan is ``P / gamma``, ``delta = sum(P^2) / (2 gamma)``.
+
+    Parameters
+    ----------
+    alpha : ndarray, shape (n,)
+    beta : ndarray, shape (m,)
+    C : ndarray, shape (n, m), C-contiguous
+    row : ndarray, shape (n,)
+        Output: ``P 1``.
+    col : ndarray, shape (m,)
+        Output: ``P^T 1``.
+
+    Returns
+    -------
+    float
+        ``sum(P ** 2)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> row, col = np.empty(2), np.empty(2)
+    >>> s = relu_marginals(np.array([1.0, 0.0]), np.zeros(2), np.array([[0.0, 2.0], [0.5, -1.0]]),
+    ...                    row, col)
+    >>> float(s), row.tolist(), col.tolist()
+    (2.0, [1.0, 1.0], [1.0, 1.0])
+    """
+    n, m = C.shape
+    if alpha.shape != (n,) or beta.shape != (m,) or row.shape != (n,) or col.shape != (m,):
+        raise ValueError(f"relu_marginals: alpha {alpha.shape}, beta {beta.shape}, row "
+                         f"{row.shape}, col {col.shape} do not match C {C.shape}")
+    if not C.flags.c_contiguous:
+        raise ValueError("relu_marginals: C must be C-contiguous")
+    return _relu_marginals(alpha, beta, C, row, col)

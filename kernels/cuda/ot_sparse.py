@@ -17,7 +17,7 @@ import cupyx
 
 from ._raw import as_device
 
-__all__ = ["scatter_add_rows", "topk_rows"]
+__all__ = ["relu_marginals", "scatter_add_rows", "topk_rows"]
 
 
 def topk_rows(alpha, shift, Ct, k, idx, val):
@@ -54,3 +54,19 @@ def scatter_add_rows(idx, w, out):
     out[...] = 0
     cupyx.scatter_add(out, idx.reshape(-1), w.reshape(-1))
     return out
+
+
+def relu_marginals(alpha, beta, C, row, col):
+    """Marginals and squared norm of ``[alpha_i + beta_j - C_ij]_+``; see the CPU twin.
+
+    Returns a 0-d device array (no host synchronisation here).
+    """
+    n, m = C.shape
+    if alpha.shape != (n,) or beta.shape != (m,) or row.shape != (n,) or col.shape != (m,):
+        raise ValueError(f"relu_marginals: alpha {alpha.shape}, beta {beta.shape}, row "
+                         f"{row.shape}, col {col.shape} do not match C {C.shape}")
+    P = cupy.maximum(as_device(alpha, "alpha")[:, None] + as_device(beta, "beta")[None, :]
+                     - as_device(C, "C"), 0)
+    row[...] = P.sum(axis=1)
+    col[...] = P.sum(axis=0)
+    return (P * P).sum()
