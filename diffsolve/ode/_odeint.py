@@ -157,14 +157,24 @@ def _status_message(code, t, t1, max_steps):
             "rtol/atol")
 
 
+def _compiled_args(xp, params_eff, tab, opts, want_stiff):
+    return (B.contiguous(xp, params_eff), tab.A, tab.c, tab.e, tab.P, tab.order,
+            tab.error_order, opts["rtol"], opts["atol"], opts["controller"] == "pi",
+            float(opts["first_step"] or -1.0), int(opts["max_steps"]))
+
+
 def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_stiff):
     xp = opts["xp"]
-    ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail = kern(
-        f, B.contiguous(xp, y0), t_out, B.contiguous(xp, params_eff), tab.A, tab.c, tab.e,
-        tab.P, tab.order, tab.error_order, opts["rtol"], opts["atol"],
-        opts["controller"] == "pi", float(opts["first_step"] or -1.0), int(opts["max_steps"]),
-        step_ts if step_ts is not None else np.empty((0,), dtype=np.float64),
-        bool(want_stiff))
+    out = kern(f, B.contiguous(xp, y0), t_out,
+               *_compiled_args(xp, params_eff, tab, opts, want_stiff),
+               step_ts if step_ts is not None else np.empty((0,), dtype=np.float64),
+               bool(want_stiff))
+    return _compiled_trajectory(out, y0, t_out, opts)
+
+
+def _compiled_trajectory(out, y0, t_out, opts):
+    xp = opts["xp"]
+    ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail = out
     status, t_fail = int(status), float(t_fail)
     if status == 3:
         raise ValueError(f"{WHERE}: f(t, y, params) returned an array of the wrong shape at "
@@ -242,7 +252,18 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
                 throw=throw)
     kern = B.get_kernel(xp, "ode.rk_solve") if compiled else None
     trajs = []
-    for b in range(n_traj):
+    if compiled and per_traj and step_list is None and n_traj > 1:
+        # the whole batch in one compiled call (one function-pointer lookup, not B)
+        try:
+            outs = B.get_kernel(xp, "ode.rk_solve_batch")(
+                f, B.contiguous(xp, y0), t_out,
+                *_compiled_args(xp, params_eff, tab, opts, want_stiff), bool(want_stiff))
+        except (TypeError, ValueError):  # f without the float64 signature: one by one
+            outs = None
+        if outs is not None:
+            trajs = [_compiled_trajectory(o, y0[b, ...], t_out, opts)
+                     for b, o in enumerate(outs)]
+    for b in range(len(trajs), n_traj):
         yb = y0[b, ...] if per_traj else xp.reshape(y0, (n,))
         sts = step_list[b] if step_list is not None else None
         if compiled:
