@@ -20,7 +20,7 @@ import pytest
 
 import diffsolve as ds
 import diffsolve.ot as dot
-from diffsolve.kernels.cpu.ot_sparse import scatter_add_rows, topk_rows
+from diffsolve.kernels.cpu.ot_sparse import relu_marginals, scatter_add_rows, topk_rows
 from tests.helpers import assert_close, central_difference, to_numpy
 from tests.naive_ot_sparse import (
     naive_scatter_add_rows,
@@ -85,6 +85,20 @@ def test_scatter_add_rows_vs_naive(rng):
                                naive_scatter_add_rows(idx, w, 7), rtol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_marginals_vs_naive(rng, dtype):
+    n, m = 13, 6
+    alpha, beta = rng.normal(size=n).astype(dtype), rng.normal(size=m).astype(dtype)
+    C = rng.normal(size=(n, m)).astype(dtype)
+    row, col = np.empty(n, dtype), np.empty(m, dtype)
+    sumsq = relu_marginals(alpha, beta, C, row, col)
+    P = np.array([naive_topk_relu(alpha + beta[j] - C[:, j], n) for j in range(m)]).T
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(row, P.sum(axis=1), rtol=tol)
+    np.testing.assert_allclose(col, P.sum(axis=0), rtol=tol)
+    np.testing.assert_allclose(sumsq, (P * P).sum(), rtol=tol)
+
+
 def test_kernel_argument_errors():
     with pytest.raises(ValueError, match="k must satisfy"):
         topk_rows(np.zeros(3), np.zeros(2), np.zeros((2, 3)), 4, np.empty((2, 4), np.int64),
@@ -112,6 +126,14 @@ def test_kernels_cuda_vs_cpu(rng):
     out = gpu.scatter_add_rows(gidx, cp.asarray(w), cp.empty(n))
     np.testing.assert_allclose(out.get(), scatter_add_rows(idx, w, np.empty(n)), rtol=1e-12,
                                atol=1e-14)
+    C = rng.normal(size=(n, m))
+    row, col = np.empty(n), np.empty(m)
+    s = relu_marginals(alpha, shift, C, row, col)
+    grow, gcol = cp.empty(n), cp.empty(m)
+    gs = gpu.relu_marginals(cp.asarray(alpha), cp.asarray(shift), cp.asarray(C), grow, gcol)
+    np.testing.assert_allclose(grow.get(), row, rtol=1e-12)
+    np.testing.assert_allclose(gcol.get(), col, rtol=1e-12)
+    assert abs(float(gs) - s) <= 1e-12 * s
 
 
 # ------------------------------------------------------------------------------------------
@@ -293,6 +315,8 @@ def test_bad_input():
         dot.sparse_ot(a, b, C, 2, 0.1, solver="newton")
     with pytest.raises(ValueError, match="tol must be"):
         dot.sparse_ot(a, b, C, 2, 0.1, tol=0.0)
+    with pytest.raises(ValueError, match=r"k m < n\): no plan exists; use k >= 2"):
+        dot.sparse_ot(np.full(8, 1 / 8), np.full(4, 1 / 4), np.ones((8, 4)), 1, 0.1)
     with pytest.raises(ValueError, match="max_iter must be"):
         dot.sparse_ot(a, b, C, 2, 0.1, max_iter=0)
     with pytest.raises(ValueError, match="different total mass"):

@@ -446,6 +446,18 @@ def _forward(where, a, b, C, k, gamma, formulation, tol, max_iter, solver, throw
     in_dtype = C.dtype
     kk, gamma, tol, max_iter = _check_options(where, k, gamma, formulation, tol, max_iter,
                                               solver, n, in_dtype == xp.float64)
+    if kk < n:
+        # every row with a_i > 0 must receive mass from some column, and a column feeds at
+        # most k rows: with fewer than k m slots the problem is infeasible (the dual is
+        # then unbounded and L-BFGS would run off)
+        rows = int(xp.max(xp.sum(xp.astype(a > 0, xp.int64), axis=-1)))
+        cols = int(xp.min(xp.sum(xp.astype(b > 0, xp.int64), axis=-1)))
+        if kk * cols < rows:
+            raise ValueError(
+                f"{where}: k = {kk} nonzeros per column for {cols} columns with mass cannot "
+                f"reach all {rows} rows with mass (k m < n): no plan exists; use k >= "
+                f"{-(-rows // cols)}"
+            )
     use_scipy = B.is_numpy(xp) and solver in ("lbfgs", "lbfgs-scipy")
     if solver == "lbfgs-scipy" and not B.is_numpy(xp):
         raise ValueError(f"{where}: solver='lbfgs-scipy' needs NumPy inputs (SciPy's L-BFGS-B "
