@@ -48,6 +48,7 @@ class Stepper:
             cdtype = dtype
         self.cdtype = cdtype
         self.device = device
+        self.numpy = B.is_numpy(xp)
         self.A_rows = [xp.asarray(tab.A[i, :i].copy(), dtype=cdtype, device=device)
                        for i in range(s)]
         self.e = xp.asarray(tab.e, dtype=cdtype, device=device)
@@ -57,7 +58,9 @@ class Stepper:
 
     # -- stage operations ------------------------------------------------------------
     def coeffs(self, w):
-        """Host weights (NumPy float64) as an array the combination accepts."""
+        """Host weights (a list of floats) as an array the combination accepts."""
+        if self.numpy:
+            return B.host_numpy(w)  # float64, no namespace-wrapper overhead
         return self.xp.asarray(w, dtype=self.cdtype, device=self.device)
 
     def combine(self, y, coeffs, h, out=None, K=None):

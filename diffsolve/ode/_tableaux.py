@@ -22,6 +22,7 @@ Sources (coefficients transcribed as facts, code our own):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .. import _backend as B
@@ -67,11 +68,22 @@ class Tableau:
     def n_stages(self) -> int:
         return self.b.shape[0]
 
-    def dense_weights(self, theta: float) -> np.ndarray:
-        """``b_i(θ)`` for the continuous extension (a host float64 vector)."""
-        m = self.P.shape[1]
-        powers = np.asarray([theta ** (k + 1) for k in range(m)], dtype=np.float64)
-        return self.P @ powers
+    @functools.cached_property
+    def _P_rows(self) -> tuple:
+        return tuple(tuple(float(v) for v in self.P[i, :]) for i in range(self.P.shape[0]))
+
+    def dense_weights(self, theta: float) -> list:
+        """``b_i(θ)`` for the continuous extension, as Python floats (a list).
+
+        Evaluated per output time on the host, so plain float arithmetic (Horner) is used.
+        """
+        out = []
+        for row in self._P_rows:
+            acc = 0.0
+            for coef in reversed(row):
+                acc = (acc + coef) * theta
+            out.append(acc)
+        return out
 
 
 def _fsal(A_rows, b, c, e, P, **kw):
