@@ -416,10 +416,10 @@ def _sinkhorn_bwd(ctx, cot):
         cot_plan = cot_f = cot_g = None
     a_bar, b_bar, C_bar = entropic_potentials_vjp(
         a, b, C, eps, res.f, res.g, res.plan, cot_plan, cot_f, cot_g,
-        xp.astype(cot["cost"], dt), xp, where=WHERE)
-    return (xp.astype(_unbroadcast(a_bar, a0.shape, xp), dt),
-            xp.astype(_unbroadcast(b_bar, b0.shape, xp), dt),
-            xp.astype(_unbroadcast(C_bar, C0.shape, xp), dt)) + (None,) * (len(ctx.args) - 3)
+        xp.astype(cot["cost"], dt, copy=False), xp, where=WHERE)
+    grads = tuple(xp.astype(_unbroadcast(g_, x.shape, xp), dt, copy=False)
+                  for g_, x in ((a_bar, a0), (b_bar, b0), (C_bar, C0)))
+    return grads + (None,) * (len(ctx.args) - 3)
 
 
 @custom_vjp(_sinkhorn_bwd, _sinkhorn_shapes, OTResult, public_name=WHERE)
