@@ -273,6 +273,7 @@ def print_rows(rows):
 
 
 def plot(rows, path):
+    """Work–precision panels: error against median CPU time, one line per solver set-up."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,26 +281,31 @@ def plot(rows, path):
 
     probs = sorted({r["problem"] for r in rows})
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(len(batches), len(probs), figsize=(5 * len(probs),
-                                                                 4 * len(batches)),
+    fig, axes = plt.subplots(len(batches), len(probs), figsize=(5.5 * len(probs),
+                                                                 4.5 * len(batches)),
                              squeeze=False)
+    keys_all = sorted({(r["solver"], r.get("f", ""), r["mode"]) for r in rows
+                       if "time_s" in r})
+    cmap = plt.get_cmap("tab20")
+    style = {k: (cmap(i % 20), "o-" if "diffsolve" in k[0] else "s--")
+             for i, k in enumerate(keys_all)}
     for i, B in enumerate(batches):
         for j, pname in enumerate(probs):
             ax = axes[i][j]
             sel = [r for r in rows if r["problem"] == pname and r["batch"] == B
                    and "time_s" in r]
-            keys = sorted({(r["solver"], r.get("f", ""), r["mode"]) for r in sel})
-            for key in keys:
-                pts = sorted((r["tol"], r["time_s"], r["error"]) for r in sel
+            for key in sorted({(r["solver"], r.get("f", ""), r["mode"]) for r in sel}):
+                pts = sorted((r["tol"], r["cpu_s"], r["error"]) for r in sel
                              if (r["solver"], r.get("f", ""), r["mode"]) == key)
-                label = " ".join(k for k in key if k)[:40]
-                ax.loglog([p[1] for p in pts], [max(p[2], 1e-16) for p in pts], "o-",
-                          label=label, ms=3)
-            ax.set_title(f"{pname}, batch {B}")
-            ax.set_xlabel("median wall time [s]")
+                label = " ".join(k for k in key if k)[:44]
+                color, fmt = style[key]
+                ax.loglog([p[1] for p in pts], [max(p[2], 1e-16) for p in pts], fmt,
+                          color=color, label=label, ms=3, lw=1)
+            ax.set_title(f"{pname}, batch {B} (points: tol 1e-3, 1e-6, 1e-9)", fontsize=9)
+            ax.set_xlabel("median CPU time [s]")
             ax.set_ylabel("max |y - y_ref|")
             ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=6)
+            ax.legend(fontsize=5, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
