@@ -49,9 +49,13 @@ class Stepper:
         self.cdtype = cdtype
         self.device = device
         self.numpy = B.is_numpy(xp)
-        self.A_rows = [xp.asarray(tab.A[i, :i].copy(), dtype=cdtype, device=device)
-                       for i in range(s)]
-        self.e = xp.asarray(tab.e, dtype=cdtype, device=device)
+        if self.numpy:  # the kernels take the tableau's own float64 host arrays
+            self.A_rows = tab.A_rows
+            self.e = tab.e
+        else:
+            self.A_rows = [xp.asarray(row, dtype=cdtype, device=device) for row in tab.A_rows]
+            self.e = xp.asarray(tab.e, dtype=cdtype, device=device)
+        self._one = self.coeffs([1.0])
         self.c = [float(v) for v in tab.c]
         self.K = xp.zeros((s, n), dtype=dtype, device=device)
         self.G = xp.zeros((s, n), dtype=dtype, device=device)
@@ -86,6 +90,10 @@ class Stepper:
         return float(xp.sqrt(xp.mean((err / sc) ** 2)))
 
     def rms_scaled(self, x, y):
+        """``sqrt(mean((x / (atol + rtol |y|))²))`` (the initial-step heuristic's norm)."""
+        if self.kernel:
+            return float(self._norm(y, y, self.xp.reshape(x, (1, self.n)), self._one, 1.0,
+                                    self.rtol, self.atol)) if self.n else 0.0
         xp = self.xp
         sc = self.atol + self.rtol * xp.abs(y)
         return float(xp.sqrt(xp.mean((x / sc) ** 2))) if self.n else 0.0

@@ -34,7 +34,10 @@ def _host_times(t_eval):
     if B.is_array(t_eval):
         if t_eval.ndim != 1:
             raise ValueError(f"{WHERE}: t_eval must be 1-D, got shape {tuple(t_eval.shape)}")
-        vals = [float(t_eval[i]) for i in range(t_eval.shape[0])]
+        if B.is_numpy(B.array_namespace(t_eval)):
+            vals = B.host_numpy(t_eval).tolist()
+        else:  # a few device-to-host reads (CuPy) or standard indexing (array_api_strict)
+            vals = [float(t_eval[i]) for i in range(t_eval.shape[0])]
     else:
         try:
             vals = [float(v) for v in t_eval]

@@ -69,6 +69,12 @@ class Tableau:
         return self.b.shape[0]
 
     @functools.cached_property
+    def A_rows(self) -> list:
+        """Row ``i`` of ``A`` up to the diagonal (C-contiguous float64 host arrays)."""
+        return [np.asarray(self.A[i, :i], dtype=np.float64, copy=True)
+                for i in range(self.n_stages)]
+
+    @functools.cached_property
     def _P_rows(self) -> tuple:
         return tuple(tuple(float(v) for v in self.P[i, :]) for i in range(self.P.shape[0]))
 
