@@ -142,6 +142,8 @@ class _AbsorbedOps(_Ops):
     def __init__(self, xp, C, a, b):
         super().__init__(xp, C)
         self.pos_a, self.pos_b = a > 0, b > 0
+        # all weights positive (the usual case): no masking of -inf potentials needed
+        self.dense = bool(xp.all(self.pos_a)) and bool(xp.all(self.pos_b))
         self.tau = 50.0 if C.dtype == xp.float64 else 10.0
         self.fh = self.gh = self.K = None
         self.eps = None
@@ -153,54 +155,64 @@ class _AbsorbedOps(_Ops):
         self.K = xp.exp((f[:, :, None] + g[:, None, :] - self.C) / eps)
         self.n_absorb += 1
 
-    def _far(self, x, ref, pos, eps):
+    def _scaling(self, x, ref, pos, eps):
+        """``exp((x - ref)/eps)`` (0 at zero weights), or None if ``x`` moved too far."""
         xp = self.xp
-        return bool(xp.any(xp.abs(self._diff(x, ref, pos)) > self.tau * eps))
-
-    def _diff(self, x, ref, pos):
-        # zero-weight entries are -inf in both: compare 0 with 0 there, not inf - inf
-        xp = self.xp
-        zero = xp.zeros_like(x)
-        return xp.where(pos, x, zero) - xp.where(pos, ref, zero)
-
-    def _shift(self, x, ref, pos, eps):
-        xp = self.xp
-        return xp.where(pos, xp.exp(self._diff(x, ref, pos) / eps), xp.zeros_like(x))
+        if self.dense:
+            d = x - ref
+        else:  # zero-weight entries are -inf in both: use 0 - 0 there, not inf - inf
+            zero = xp.zeros_like(x)
+            d = xp.where(pos, x, zero) - xp.where(pos, ref, zero)
+        if bool(xp.max(xp.abs(d)) > self.tau * eps):
+            return None
+        e = xp.exp(d / eps)
+        return e if self.dense else xp.where(pos, e, xp.zeros_like(e))
 
     def _log(self, s, ref, pos, eps):
         xp = self.xp
+        if self.dense:
+            return eps * xp.log(s) - ref
         ok = pos & (s > 0)
         return xp.where(ok, eps * xp.log(xp.where(ok, s, xp.ones_like(s))) - xp.where(
             ok, ref, xp.zeros_like(ref)), xp.zeros_like(s))
 
-    def _ready(self, f, g, eps):
-        if (self.K is None or eps != self.eps or self._far(f, self.fh, self.pos_a, eps)
-                or self._far(g, self.gh, self.pos_b, eps)):
-            self._absorb(f, g, eps)
+    def _underflow(self, s, pos):
+        xp = self.xp
+        return bool(xp.any(s == 0)) if self.dense else bool(xp.any(pos & (s == 0)))
 
+    # Only the argument that moved since the last half-step is tested against its
+    # reference: rows() gets a new g (f is the one cols() just tested), and vice versa.
     def rows(self, g, eps, active, f=None):
         if f is None:
             return _Ops.rows(self, g, eps, active)
-        self._ready(f, g, eps)
-        v = self._shift(g, self.gh, self.pos_b, eps)
+        if self.K is None or eps != self.eps:
+            self._absorb(f, g, eps)
+        v = self._scaling(g, self.gh, self.pos_b, eps)
+        if v is None:
+            self._absorb(f, g, eps)
+            v = self._scaling(g, self.gh, self.pos_b, eps)
         if self.K.shape[0] == 1:  # a 2-D product is one BLAS gemv; the 3-D one may not be
             s = (self.K[0, ...] @ v[0, ...])[None, ...]
         else:
             s = self.xp.matmul(self.K, v[..., None])[..., 0]
-        if bool(self.xp.any(self.pos_a & (s == 0))):  # a row of K underflowed entirely
+        if self._underflow(s, self.pos_a):  # a row of K underflowed entirely
             return _Ops.rows(self, g, eps, active)
         return self._log(s, self.fh, self.pos_a, eps)
 
     def cols(self, f, eps, active, g=None):
         if g is None:
             return _Ops.cols(self, f, eps, active)
-        self._ready(f, g, eps)
-        u = self._shift(f, self.fh, self.pos_a, eps)
+        if self.K is None or eps != self.eps:
+            self._absorb(f, g, eps)
+        u = self._scaling(f, self.fh, self.pos_a, eps)
+        if u is None:
+            self._absorb(f, g, eps)
+            u = self._scaling(f, self.fh, self.pos_a, eps)
         if self.K.shape[0] == 1:
             s = (u[0, ...] @ self.K[0, ...])[None, ...]
         else:
             s = self.xp.matmul(u[..., None, :], self.K)[..., 0, :]
-        if bool(self.xp.any(self.pos_b & (s == 0))):
+        if self._underflow(s, self.pos_b):
             return _Ops.cols(self, f, eps, active)
         return self._log(s, self.gh, self.pos_b, eps)
 
@@ -290,13 +302,14 @@ def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceler
             g_new = eps * logb - Lc
             if acceleration == "momentum" and g is not None:
                 g_new = g + omega * (g_new - g)
-            g = g_new if g is None else xp.where(col, g_new, g)
+            g = g_new if (g is None or Bt == 1) else xp.where(col, g_new, g)
             f_new = eps * loga - ops.rows(g, eps, active, f)
             if acceleration == "momentum" and not pre_check:
                 f_new = f + omega * (f_new - f)
             elif acceleration == "anderson" and not pre_check:
                 f_new = _anderson(xp, f, f_new, hist_f, hist_t)
-            f = xp.where(col, f_new, f)
+            # (one problem: the loop stops as soon as it is inactive, no masking needed)
+            f = f_new if Bt == 1 else xp.where(col, f_new, f)
             n_iters = n_iters + xp.astype(active, xp.int64)
             it += 1
             total += 1
