@@ -59,6 +59,7 @@ class Stepper:
         self.c = [float(v) for v in tab.c]
         self.K = xp.zeros((s, n), dtype=dtype, device=device)
         self.G = xp.zeros((s, n), dtype=dtype, device=device)
+        self.G_rows = [self.G[i, ...] for i in range(s)]
 
     # -- stage operations ------------------------------------------------------------
     def coeffs(self, w):
@@ -117,9 +118,21 @@ class Stepper:
         A_rows = self.A_rows
         if self.kernel:
             combine = self._combine
-            for i in range(1, self.s):
-                g = combine(y, K, A_rows[i], h, G[i, ...])
-                K[i] = rhs(t + c[i] * h, g)
+            G_rows = self.G_rows if G is self.G else [G[i, ...] for i in range(self.s)]
+            f = getattr(rhs, "direct", None)
+            if f is not None:  # unbatched field: call f itself, one Python frame less
+                params, shape = rhs.params, rhs.shape
+                for i in range(1, self.s):
+                    g = combine(y, K, A_rows[i], h, G_rows[i])
+                    ti = t + c[i] * h
+                    out = f(ti, g, params)
+                    if getattr(out, "shape", None) != shape:
+                        rhs(ti, g)  # raises the error naming t
+                    K[i] = out
+            else:
+                for i in range(1, self.s):
+                    g = combine(y, K, A_rows[i], h, G_rows[i])
+                    K[i] = rhs(t + c[i] * h, g)
         else:
             for i in range(1, self.s):
                 g = y + h * (A_rows[i] @ K[:i, :])

@@ -41,6 +41,8 @@ def make_rhs(f, params, shape, xp):
             if getattr(out, "shape", None) != shape:
                 _bad_shape(out, t, shape)
             return out
+        # the step loop may call f directly (and this rhs only to report a bad shape)
+        rhs.direct, rhs.params, rhs.shape = f, params, shape
     return rhs
 
 
