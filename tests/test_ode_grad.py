@@ -272,6 +272,11 @@ def test_to_jax():
 
     g = jax.jit(jax.grad(loss))(jnp.asarray(P))
     np.testing.assert_allclose(np.asarray(g), _adapter_reference()[2], rtol=1e-12)
+    # the whole result leaves jit (every field is an array or None)
+    r = jax.jit(lambda p: ode(lv, jnp.asarray(Y0), jnp.asarray(T), p))(jnp.asarray(P))
+    ref = odeint(lv, Y0, T, P)
+    np.testing.assert_allclose(np.asarray(r.ys), ref.ys, rtol=1e-12)
+    assert r.stats == ref.stats and r.success and r.ts is None
 
 
 def test_from_torch_vector_field():

@@ -158,6 +158,7 @@ class Trajectory:
     message: str = ""
     t_fail: float = math.nan
     local: dict = field(default_factory=dict)
+    status: int = 0                  # 0 done, 1 max_steps, 2 step-size underflow
     all_states: object = None        # (N+1, n) from the compiled loop, for its adjoint
 
 
@@ -211,6 +212,7 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
     accepts, grow, shrink = ctrl.accepts, ctrl.grow, ctrl.shrink
     error_norm, stages = stepper.error_norm, stepper.stages
     last_nonfinite = None
+    status = 0
     while direction * (t1 - t) > 0:
         if fixed and n_acc + 1 >= len(step_ts):
             break
@@ -220,6 +222,7 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
         rejected = False
         while True:
             if stats[0] >= max_steps:
+                status = 1
                 message = (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before "
                            f"t={t1!r}; raise max_steps, loosen rtol/atol, or check whether the "
                            "problem is stiff (an explicit method then needs tiny steps)")
@@ -229,6 +232,7 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
                 h = t_new - t
             else:
                 if h_abs < min_step:
+                    status = 2
                     why = (f"; f returned non-finite values near t={last_nonfinite!r}"
                            if last_nonfinite is not None else "")
                     message = (f"{WHERE}: step size underflow at t={t!r} (|h| < {min_step:.3g})"
@@ -288,7 +292,8 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
                       out_theta=out_theta, errs=np.asarray(errs, dtype=np.float64),
                       stiff=np.asarray(stiff, dtype=np.float64), stats=stats, success=success,
                       message=message or "The solver reached the end of the integration "
-                      "interval.", t_fail=math.nan if success else t)
+                      "interval.", t_fail=math.nan if success else t,
+                      status=status)
 
 
 def state_at(stepper: Stepper, rhs, traj: Trajectory, n: int):

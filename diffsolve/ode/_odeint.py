@@ -200,7 +200,7 @@ def _compiled_trajectory(out, y0, t_out, opts):
                       out_theta=out_theta, errs=errs, stiff=stiff, stats=stats,
                       success=status == 0, message=message or "The solver reached the end "
                       "of the integration interval.", t_fail=t_fail if status else math.nan,
-                      all_states=states if every == 1 else None)
+                      all_states=states if every == 1 else None, status=status)
 
 
 def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, max_steps,
@@ -310,9 +310,9 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     else:
         ys = xp.reshape(trajs[0].ys, (T, *y0.shape))
     stats = sum(traj.stats for traj in trajs)
-    success = all(traj.success for traj in trajs)
-    message = next((traj.message for traj in trajs if not traj.success), trajs[0].message)
-    if not success:
+    failed = next((traj for traj in trajs if not traj.success), None)
+    if failed is not None:
+        message = failed.message
         import warnings
 
         from .._result import ConvergenceWarning
@@ -323,7 +323,8 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     result = ODEResult(ys=ys, reg_error=scalar(r_e), reg_stiffness=scalar(r_s),
                        n_steps=int(stats[0]), n_accepted=int(stats[1]),
                        n_rejected=int(stats[2]), nfe=int(stats[3]) + extra_nfe, ts=ts,
-                       success=success, message=message)
+                       status=0 if failed is None else failed.status,
+                       t_stop=math.nan if failed is None else failed.t_fail)
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, fvjp=fvjp, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
                    regularizers=regularizers, local=local_regularization, tab=tab,
@@ -438,6 +439,8 @@ def _odeint_shapes(f, y0, t_eval, params=None, **kwargs):
         "n_accepted": ((), "int64"),
         "n_rejected": ((), "int64"),
         "nfe": ((), "int64"),
+        "status": ((), "int64"),
+        "t_stop": ((), "float64"),
     }
 
 
@@ -517,8 +520,8 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
         (memory ``N/k + k`` states instead of ``N``).
     throw : bool
         On failure (max_steps, step-size underflow) raise :class:`ODESolveError`; with
-        ``False`` warn (:class:`diffsolve.ConvergenceWarning`) and return
-        ``success=False`` with NaN outputs past the failure.
+        ``False`` warn (:class:`diffsolve.ConvergenceWarning`) and return a result with
+        ``success == False`` (``status`` 1 or 2) and NaN outputs past the failure.
     step_ts : array or sequence of arrays, optional
         Replay these step times (e.g. a previous ``res.ts``) instead of adapting: the step
         sequence is then frozen, for finite-difference checks or fixed-step integration.
@@ -527,7 +530,8 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
     -------
     ODEResult
         ``ys`` (T, d) or (T, B, d), ``reg_error``, ``reg_stiffness`` (differentiable),
-        ``stats`` (``ODEStats(n_steps, n_accepted, n_rejected, nfe)``), ``ts``.
+        ``stats`` (``ODEStats(n_steps, n_accepted, n_rejected, nfe)``), ``ts``,
+        ``status``/``t_stop`` (and the ``success``/``message`` properties).
 
     Notes
     -----

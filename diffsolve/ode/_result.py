@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from .._result import SolverResult
 
-__all__ = ["ODEResult", "ODESolveError", "ODEStats"]
+__all__ = ["ODEResult", "ODESolveError", "ODEStats", "status_message"]
 
 
 class ODESolveError(RuntimeError):
@@ -59,11 +59,11 @@ class ODEResult(SolverResult):
         ``t_eval[0]``); one array per trajectory for a batch solved per trajectory. Pass it
         as ``step_ts=`` to replay the same steps. ``None`` under :func:`diffsolve.to_jax`
         (its length is not known before the solve).
-    success : bool
-        False when the solve stopped early with ``throw=False``; ``ys`` is NaN from the
-        first output time it did not reach.
-    message : str
-        Why it stopped.
+    status : int
+        0: reached the end; 1: ``max_steps`` reached; 2: step-size underflow (only seen
+        with ``throw=False``; ``ys`` is NaN from the first output time not reached).
+    t_stop : float
+        Where the solve stopped early (NaN when ``status == 0``).
     """
 
     ys: Any
@@ -74,8 +74,8 @@ class ODEResult(SolverResult):
     n_rejected: Any
     nfe: Any
     ts: Any = None
-    success: bool = True
-    message: str = "The solver reached the end of the integration interval."
+    status: Any = 0
+    t_stop: Any = float("nan")
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ("ys", "reg_error", "reg_stiffness")
 
@@ -84,3 +84,25 @@ class ODEResult(SolverResult):
         """``ODEStats(n_steps, n_accepted, n_rejected, nfe)``."""
         return ODEStats(int(self.n_steps), int(self.n_accepted), int(self.n_rejected),
                         int(self.nfe))
+
+    @property
+    def success(self) -> bool:
+        """Whether the solve reached the end of ``t_eval``."""
+        return int(self.status) == 0
+
+    @property
+    def message(self) -> str:
+        """Why the solve stopped, and what to try."""
+        return status_message(int(self.status), float(self.t_stop))
+
+
+def status_message(status: int, t: float) -> str:
+    if status == 0:
+        return "The solver reached the end of the integration interval."
+    if status == 1:
+        return (f"diffsolve.ode.odeint: max_steps reached at t={t!r}; raise max_steps, "
+                "loosen rtol/atol, or check whether the problem is stiff (an explicit method "
+                "then needs tiny steps)")
+    return (f"diffsolve.ode.odeint: step size underflow at t={t!r}; the solution may blow "
+            "up, f may return non-finite values there, or the problem be stiff: check f, or "
+            "loosen rtol/atol")
