@@ -296,3 +296,23 @@ def test_from_torch_vector_field():
     b = ds.vjp(odeint, f_ag, Y0, T, p)[1](ys=W)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-10)
+
+
+def test_from_jax_vector_field():
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    def f_j(t, y, p):
+        return jnp.tanh(p[:2] * y) - p[2] * y
+
+    f_np, vjp_np = ds.ode.from_jax(f_j)
+
+    def f_ag(t, y, p):
+        return anp.tanh(p[:2] * y) - p[2] * y
+
+    p = np.array([0.5, -0.3, 0.2])
+    W = np.ones((len(T), 2))
+    a = ds.vjp(odeint, f_np, Y0, T, p, vjp=vjp_np)[1](ys=W)
+    b = ds.vjp(odeint, f_ag, Y0, T, p)[1](ys=W)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-10)
