@@ -113,6 +113,7 @@ class _Options:
     n_sinkhorn: int
     density: float | None
     max_density: float
+    drop_tol: float
     threshold: float | None
     cg_rtol: float
     cg_maxiter: int | None
@@ -143,8 +144,9 @@ def _real_in(name, value, lo, hi, lo_open=True, hi_open=True, example=""):
     return float(value)
 
 
-def _check_options(tol, max_iter, n_sinkhorn, density, max_density, threshold, cg_rtol,
-                   cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback, error_measure, callback):
+def _check_options(tol, max_iter, n_sinkhorn, density, max_density, drop_tol, threshold,
+                   cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback, error_measure,
+                   callback):
     tol = _real_in("tol", tol, 0.0, math.inf, example=" (e.g. 1e-9)")
     if density is not None and threshold is not None:
         raise ValueError(f"{WHERE}: give density (a fraction of the plan's entries to keep) "
@@ -167,6 +169,7 @@ def _check_options(tol, max_iter, n_sinkhorn, density, max_density, threshold, c
         n_sinkhorn=_positive_int("n_sinkhorn", n_sinkhorn),
         density=density,
         max_density=_real_in("max_density", max_density, 0.0, 1.0, hi_open=False),
+        drop_tol=_real_in("drop_tol", drop_tol, 0.0, 1.0, lo_open=False),
         threshold=threshold,
         cg_rtol=_real_in("cg_rtol", cg_rtol, 0.0, 1.0),
         cg_maxiter=None if cg_maxiter is None else _positive_int("cg_maxiter", cg_maxiter),
@@ -237,6 +240,9 @@ class _SparseBlock:
         self.A = (indptr, indices, data)
         self.At = path.csr_transpose(indptr, indices, data, shape[1])
 
+    def mass(self):
+        return float(self.xp.sum(self.A[2]))
+
     def matvec(self, v):  # P̃ v
         xp = self.xp
         out = xp.empty((self.shape[0],), dtype=v.dtype, device=B.device(v))
@@ -306,6 +312,9 @@ class _DenseBlock:
         self.Pk = Pk
         self.shape = tuple(Pk.shape)
         self.nnz = int(xp.sum(xp.astype(Pk > 0, xp.int64)))
+
+    def mass(self):
+        return float(self.xp.sum(self.Pk))
 
     def matvec(self, v):
         return self.xp.matmul(self.Pk, v)
@@ -426,6 +435,11 @@ def _solve_one(a, b, C, eps, opts: _Options, xp, problem_index=None):
         grad_f, grad_g = a - r, b - c
         tau = opts.threshold if opts.threshold is not None else path.kth(P, k_keep)
         block = path.sparsify(P, tau)
+        while adaptive and k_keep < k_max and block.mass() < (1 - opts.drop_tol) * total:
+            # the kept entries miss more than drop_tol of the plan's mass: the sparsified
+            # Hessian would misjudge the weak couplings, so keep twice as many
+            k_keep = min(k_max, 2 * k_keep)
+            block = path.sparsify(P, path.kth(P, k_keep))
         df, dg, its = block.newton_step(r, c, grad_f, grad_g, eps, fixed, opts.cg_rtol,
                                         cg_maxiter)
         n_cg += its
@@ -531,7 +545,8 @@ def _sns_bwd(ctx, cot):
 
 @custom_vjp(_sns_bwd, result_type=SNSResult, public_name=WHERE)
 def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=50,
-                           density=None, max_density=0.5, threshold=None, cg_rtol=1e-3,
+                           density=None, max_density=0.5, drop_tol=1e-3, threshold=None,
+                           cg_rtol=1e-3,
                            cg_maxiter=None, ls_c1=1e-4, ls_beta=0.5, ls_max_steps=20,
                            n_fallback=20, error_measure="l1", callback=None, throw=False):
     """Entropic optimal transport by Sinkhorn–Newton–Sparse (Tang et al., ICLR 2024).
@@ -564,10 +579,16 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
         Fraction of the plan's ``n m`` entries kept in the Hessian: the ``ceil(density n m)``
         largest (ties kept), fixed. Tang et al. use ``2/n`` to ``15/n``. Default (None):
         adaptive, starting from ``10 max(n, m)`` entries and doubling, up to
-        ``max_density``, whenever a Newton step fails to halve the error (a plan that is
-        not sparse enough at this eps needs more entries for fast convergence).
+        ``max_density``, while the kept entries hold less than ``1 - drop_tol`` of the
+        plan's mass and whenever a Newton step fails to halve the error. A plan that is
+        not sparse at this eps (point clouds with eps ~ 1e-3 of the cost range need
+        hundreds of entries per row) needs the extra entries for fast convergence: a
+        sparsified Hessian that misses the weak couplings between groups of points
+        overestimates the curvature along them and Newton crawls.
     max_density : float in (0, 1]
         Cap of the adaptive density.
+    drop_tol : float in [0, 1)
+        Plan mass the adaptive sparsification may drop (fraction of the total).
     threshold : float, optional
         Instead of ``density``: keep the plan entries ``>= threshold`` (absolute).
     cg_rtol : float
@@ -622,9 +643,9 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
     xp = B.array_namespace(a, b, C, where=WHERE)
     eps = check_eps(WHERE, eps)
     a, b, C, batch = check_ot_inputs(WHERE, a, b, C, xp)
-    opts = _check_options(tol, max_iter, n_sinkhorn, density, max_density, threshold, cg_rtol,
-                          cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback, error_measure,
-                          callback)
+    opts = _check_options(tol, max_iter, n_sinkhorn, density, max_density, drop_tol, threshold,
+                          cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback,
+                          error_measure, callback)
     n, m = C.shape[-2:]
     nb = math.prod(batch)
     a2 = xp.reshape(a, (nb, n))

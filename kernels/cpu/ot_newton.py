@@ -32,6 +32,17 @@ __all__ = ["csr_transpose", "kth_largest", "newton_step", "plan_marginals", "sch
 # rows stream past, and blocks are independent, so they go to threads without atomics.
 _COL_BLOCK = 256
 
+# Below this many plan entries the passes run on one thread. A parallel region must wait
+# for every thread of the pool; on a machine whose cores are busy (measured: 2 cores, load
+# ~10) that wait is ~25 ms per region, against ~0.1 ms for a serial pass over 300 x 300
+# entries and ~10 ms over 2000 x 2000. Larger problems amortise it.
+_SERIAL_BELOW = 1 << 22
+
+
+def _serial_twin(kernel):
+    """The same compiled body without ``parallel=True`` (``prange`` runs as ``range``)."""
+    return jit()(kernel.py_func)
+
 
 @jit(parallel=True)
 def _plan_rows(f, g, C, inv_eps, P, r):  # pragma: no cover - compiled
@@ -58,6 +69,10 @@ def _column_sums(P, c):  # pragma: no cover - compiled
         for i in range(n):
             for j in range(j0, j1):
                 c[j] += P[i, j]
+
+
+_plan_rows_serial = _serial_twin(_plan_rows)
+_column_sums_serial = _serial_twin(_column_sums)
 
 
 def plan_marginals(f, g, C, inv_eps, P, r, c):
@@ -102,8 +117,12 @@ def plan_marginals(f, g, C, inv_eps, P, r, c):
     if not (C.flags.c_contiguous and P.flags.c_contiguous):
         raise ValueError("plan_marginals: C and P must be C-contiguous")
     dt = P.dtype.type
-    _plan_rows(f, g, C, dt(inv_eps), P, r)
-    _column_sums(P, c)
+    if P.size < _SERIAL_BELOW:
+        _plan_rows_serial(f, g, C, dt(inv_eps), P, r)
+        _column_sums_serial(P, c)
+    else:
+        _plan_rows(f, g, C, dt(inv_eps), P, r)
+        _column_sums(P, c)
     return P, r, c
 
 
@@ -153,6 +172,7 @@ def kth_largest(P, k):
         raise ValueError(f"kth_largest: P must be 2-D and k in [1, {P.size}], got {k}")
     P = np.ascontiguousarray(P)
     n = P.shape[0]
+    serial = P.size < _SERIAL_BELOW
     s = -(-k // n)
     if s > 64 or s >= P.shape[1]:
         # many entries per row: a strided sample of P proposes the bound (its rank is
@@ -166,14 +186,14 @@ def kth_largest(P, k):
             return float(_kth_largest_flat(flat.copy(), k))
     else:
         top = np.empty((n, s), dtype=P.dtype)
-        _row_top(P, top)
+        (_row_top_serial if serial else _row_top)(P, top)
         lower = _kth_largest_flat(top.reshape(-1), k)
     counts = np.empty(n, dtype=np.int64)
-    _count_at_least(P, lower, counts)
+    (_count_at_least_serial if serial else _count_at_least)(P, lower, counts)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     values = np.empty(int(indptr[-1]), dtype=P.dtype)
-    _gather_at_least(P, lower, indptr, values)
+    (_gather_at_least_serial if serial else _gather_at_least)(P, lower, indptr, values)
     return float(_kth_largest_flat(values, k))
 
 
@@ -235,6 +255,10 @@ def _fill_rows(P, tau, indptr, indices, data):  # pragma: no cover - compiled
                 pos += 1
 
 
+_count_rows_serial = _serial_twin(_count_rows)
+_fill_rows_serial = _serial_twin(_fill_rows)
+
+
 def threshold_csr(P, tau):
     """The entries of ``P`` with ``P_ij >= tau`` (and ``> 0``) as a canonical CSR matrix.
 
@@ -265,13 +289,14 @@ def threshold_csr(P, tau):
     n = P.shape[0]
     counts = np.empty(n, dtype=np.int64)
     t = P.dtype.type(tau)
-    _count_rows(P, t, counts)
+    serial = P.size < _SERIAL_BELOW
+    (_count_rows_serial if serial else _count_rows)(P, t, counts)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     nnz = int(indptr[-1])
     indices = np.empty(nnz, dtype=np.int64)
     data = np.empty(nnz, dtype=P.dtype)
-    _fill_rows(P, t, indptr, indices, data)
+    (_fill_rows_serial if serial else _fill_rows)(P, t, indptr, indices, data)
     return indptr, indices, data
 
 
@@ -503,3 +528,8 @@ def newton_step(indptr, indices, data, indptr_t, indices_t, data_t, r, c, grad_f
         raise ValueError(f"newton_step: fixed must lie in [0, {m}), got {fixed}")
     return int(_newton_step(indptr, indices, data, indptr_t, indices_t, data_t, r, c, grad_f,
                             grad_g, float(eps), int(fixed), float(rtol), int(maxiter), df, dg))
+
+
+_row_top_serial = _serial_twin(_row_top)
+_count_at_least_serial = _serial_twin(_count_at_least)
+_gather_at_least_serial = _serial_twin(_gather_at_least)

@@ -1,0 +1,356 @@
+"""Benchmark ``diffsolve.ot.sinkhorn_newton_sparse`` (SNS) against POT 0.9.7 and diffsolve's
+own ``sinkhorn``: wall time to an L1 marginal error of 1e-9, side by side in one process.
+
+Run from the repository root::
+
+    python -m bench.bench_ot_newton            # full CPU run (~15 min on a busy machine)
+    python -m bench.bench_ot_newton --quick    # smoke run, under a minute
+    python -m bench.bench_ot_newton --gpu      # CuPy: SNS vs diffsolve sinkhorn, n <= 10 000
+
+Problem (shared with ``bench/bench_sinkhorn.py``): two Gaussian point clouds in 2-D (``y``
+shifted by 1), uniform weights, squared Euclidean cost normalised to max 1; n = m in
+{500, 1000, 2000}, eps in {0.01, 0.002}. One error function for every method:
+``diffsolve.ot._errors.marginal_error`` (L1, ``||P1 - a||_1 + ||P^T 1 - b||_1``) on the
+returned plan; target 1e-9.
+
+Methods:
+
+* ``sns``: ``sinkhorn_newton_sparse(tol=1e-9)`` with its defaults (50 Sinkhorn warm-up
+  iterations, adaptive density). Median of ``--repeats`` runs.
+* ``ds_sinkhorn``: ``diffsolve.ot.sinkhorn(tol=1e-9)`` (plain, default kernel), median,
+  capped by the same time budget as POT (``max_iter`` from a 50-iteration probe).
+* POT: ``sinkhorn`` (kernel mode), ``sinkhorn_log``, ``sinkhorn_stabilized``,
+  ``sinkhorn_epsilon_scaling``, ``greenkhorn``. POT stops on its own criterion (the L2
+  column violation, weaker than L1); when its plan misses 1e-9 in L1 although POT stopped
+  on that criterion, the run is repeated with ``stopThr`` ten times smaller (up to three
+  times) and the time of the first run that reaches 1e-9 is reported. Every POT run is
+  capped by a time budget (``--budget``, seconds): ``numItermax`` is set from the time
+  per iteration of a short probe run, and a method that runs out of iterations is reported
+  as "did not reach 1e-9 within X s" with the L1 error it had. Numerical warnings
+  (under/overflow) and non-finite plans are recorded.
+* JIT: SNS's first call on a small problem in a fresh Numba cache, reported apart.
+
+Traces (error vs iterations and vs wall time, Sinkhorn vs SNS) for one case:
+``ot_newton_error_vs_iters.png`` / ``ot_newton_error_vs_time.png``. The x axis counts
+Sinkhorn iterations for Sinkhorn, and warm-up iterations plus Newton iterations for SNS.
+
+Machine load (``os.getloadavg``) is recorded per case; on a shared machine absolute times
+are noisy and the ratios (measured in one process, interleaved) are what to read. BLAS runs
+single-threaded (``OPENBLAS_NUM_THREADS=1``, recorded) unless set otherwise: on busy cores
+multi-threaded BLAS matrix-vector products (POT's kernel mode) slow down erratically.
+Results: ``bench/results/ot_newton_cpu[_quick].json`` (``ot_newton_gpu.json`` with
+``--gpu``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import numba_cache
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOL = 1e-9
+POT_METHODS = ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized", "sinkhorn_epsilon_scaling",
+               "greenkhorn")
+# iterations of the probe run that measures POT's time per iteration (an eps-scaling
+# iteration is a whole inner Sinkhorn run; a Greenkhorn iteration updates one row or column)
+PROBE_ITERS = {"sinkhorn": 10, "sinkhorn_log": 3, "sinkhorn_stabilized": 10,
+               "sinkhorn_epsilon_scaling": 1, "greenkhorn": 2000}
+
+
+def clouds(n, seed=0, xp=np):
+    rng = np.random.default_rng(seed)
+    x = xp.asarray(rng.standard_normal((n, 2)))
+    y = xp.asarray(rng.standard_normal((n, 2)) + 1.0)
+    C = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2.0 * (x @ y.T)
+    C = xp.maximum(C, 0.0)
+    C /= C.max()
+    a = xp.full(n, 1.0 / n)
+    return a, a.copy(), C
+
+
+def l1_error(P, a, b):
+    import array_api_compat
+
+    from diffsolve.ot._errors import marginal_error
+
+    xp = array_api_compat.array_namespace(P)
+    return float(marginal_error(P, a, b, xp, "l1"))
+
+
+def timed(fn, repeats, sync=lambda: None):
+    times, out = [], None
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _quiet(fn, *args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kw)
+
+
+def _sns(a, b, C, eps, **kw):
+    import diffsolve.ot
+
+    kw.setdefault("tol", TOL)
+    return _quiet(diffsolve.ot.sinkhorn_newton_sparse, a, b, C, eps, **kw)
+
+
+def _sinkhorn(a, b, C, eps, **kw):
+    import diffsolve.ot
+
+    return _quiet(diffsolve.ot.sinkhorn, a, b, C, eps, **kw)
+
+
+def _pot_once(a, b, C, eps, method, n_iter, stop):
+    import ot
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(all="ignore"):
+            P, log = ot.sinkhorn(a, b, C, eps, method=method, numItermax=n_iter, stopThr=stop,
+                                 log=True)
+    msgs = sorted({str(w.message)[:100] for w in caught})
+    return np.asarray(P), int(log.get("niter", n_iter)), msgs
+
+
+def pot_time_to_tol(a, b, C, eps, method, budget):
+    """POT's ``method`` to an L1 error of 1e-9 within ``budget`` seconds (see the module
+    docstring); returns a dict for the JSON."""
+    probe = PROBE_ITERS[method]
+    t_probe, _ = timed(lambda: _pot_once(a, b, C, eps, method, probe, 0.0), 1)
+    per_iter = t_probe / probe
+    n_budget = max(probe, int(budget / per_iter))
+    stop = TOL
+    out = {"ms_per_iter": 1e3 * per_iter, "budget_s": budget, "iter_budget": n_budget}
+    grow = 0
+    for _attempt in range(7):
+        t, (P, it, msgs) = timed(lambda stop=stop: _pot_once(a, b, C, eps, method, n_budget,
+                                                             stop), 1)
+        finite = bool(np.all(np.isfinite(P)))
+        err = l1_error(P, a, b) if finite else None
+        numerical = [m for m in msgs if "umerical" in m or "overflow" in m.lower()
+                     or "underflow" in m.lower() or "nan" in m.lower()]
+        out.update({"s": t, "iters": it, "l1_error": err, "stopThr": stop, "warnings": msgs,
+                    "numerically_ok": finite and not numerical})
+        if err is not None and err <= TOL:
+            out["reached"] = True
+            return out
+        if not finite:
+            out.update(reached=False, reason="non-finite plan (under/overflow)")
+            return out
+        if it >= n_budget - 1 and t < 0.5 * budget and grow < 3:
+            # the probe overestimated the time per iteration (start-up costs): more
+            # iterations fit in the budget
+            n_budget = int(n_budget * 0.8 * budget / max(t, 1e-3))
+            out["iter_budget"] = n_budget
+            grow += 1
+            continue
+        if it >= n_budget - 1 or t >= budget:
+            out.update(reached=False, reason=f"did not reach 1e-9 within {budget:g} s "
+                                             f"({it} iterations, L1 error {err:.2e})")
+            return out
+        stop /= 10  # POT stopped on its own, weaker criterion: tighten it
+    out.update(reached=False, reason=f"stopped at L1 error {err:.2e} even with stopThr "
+                                     f"{stop * 10:g}")
+    return out
+
+
+def sinkhorn_iter_budget(a, b, C, eps, budget):
+    """Iterations of diffsolve's sinkhorn that fit in ``budget`` seconds (from a probe)."""
+    t, _ = timed(lambda: _sinkhorn(a, b, C, eps, tol=1e-300, max_iter=50), 1)
+    return max(50, int(budget / (t / 50)))
+
+
+def cpu_case(n, eps, repeats, budget, pot_methods):
+    a, b, C = clouds(n)
+    case = {"n": n, "eps": eps, "load": os.getloadavg()}
+    t, r = timed(lambda: _sns(a, b, C, eps), repeats)
+    case["sns"] = {"s": t, "newton_iters": int(r.n_iters), "sinkhorn_iters": int(r.n_sinkhorn),
+                   "cg_iters": int(r.n_cg), "fallbacks": int(r.n_fallbacks),
+                   "converged": bool(r.converged), "l1_error": l1_error(r.plan, a, b)}
+    max_iter = sinkhorn_iter_budget(a, b, C, eps, budget)
+    t, s = timed(lambda: _sinkhorn(a, b, C, eps, tol=TOL, max_iter=max_iter),
+                 repeats)
+    case["ds_sinkhorn"] = {"s": t, "iters": int(s.n_iters), "converged": bool(s.converged),
+                           "l1_error": l1_error(s.plan, a, b), "iter_budget": max_iter,
+                           "budget_s": budget}
+    case["pot"] = {m: pot_time_to_tol(a, b, C, eps, m, budget) for m in pot_methods}
+    t_sns = case["sns"]["s"]
+    reached = {m: v["s"] for m, v in case["pot"].items() if v.get("reached")}
+    case["speedup_vs_ds_sinkhorn"] = case["ds_sinkhorn"]["s"] / t_sns
+    case["speedup_vs_pot"] = {m: (v["s"] / t_sns if v.get("reached") else None)
+                              for m, v in case["pot"].items()}
+    fastest = min(reached.values()) if reached else None
+    # the target: SNS faster to 1e-9 than every POT method (one that never gets there within
+    # its budget is slower by definition, as long as SNS itself got there within it)
+    case["faster_than_every_pot_method"] = bool(
+        case["sns"]["converged"] and case["sns"]["l1_error"] <= TOL
+        and (fastest is None or t_sns < fastest)
+        and all(v.get("reached") or t_sns < budget for v in case["pot"].values()))
+    return case
+
+
+def traces(n, eps, budget):
+    """Error vs iterations and wall time: diffsolve sinkhorn (every 10 iterations, at most
+    ``budget`` seconds) and SNS (after its warm-up and after each Newton step)."""
+    a, b, C = clouds(n)
+    sk_rows = []
+    max_iter = sinkhorn_iter_budget(a, b, C, eps, budget)
+    t0 = time.perf_counter()
+    _sinkhorn(a, b, C, eps, tol=1e-11, max_iter=max_iter,
+              callback=lambda it, e, err: sk_rows.append(
+                  (int(it), time.perf_counter() - t0, float(np.max(err)))))
+    # the SNS warm-up is the same Sinkhorn: its time and error come from a 50-iteration run
+    t_warm, w = timed(lambda: _sinkhorn(a, b, C, eps, tol=1e-11, max_iter=50), 1)
+    rows = []
+    t0 = time.perf_counter()
+    res = _sns(a, b, C, eps, tol=1e-11, callback=lambda d: rows.append(
+        (d["iteration"], time.perf_counter() - t0, d["error"])))
+    t_newton0 = rows[0][1] if rows else 0.0
+    sns_rows = [(int(res.n_sinkhorn), t_warm, float(res.history[0]))]
+    # shift the Newton times so that they start after the separately timed warm-up
+    first_newton = t_newton0 - (t_newton0 - t_warm if t_newton0 > t_warm else 0.0)
+    sns_rows += [(int(res.n_sinkhorn) + it, t - t_newton0 + first_newton, e)
+                 for it, t, e in rows]
+    del w
+    return {"n": n, "eps": eps, "sinkhorn": sk_rows, "sns": sns_rows,
+            "sns_newton_iters": int(res.n_iters), "sns_warmup": int(res.n_sinkhorn)}
+
+
+def plots(trace, out_dir, suffix):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, label, fname in ((0, "iterations (Sinkhorn; SNS: warm-up + Newton)", "iters"),
+                              (1, "wall time [s]", "time")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, style in (("sinkhorn", "-"), ("sns", "o-")):
+            rows = trace[name]
+            if rows:
+                ax.semilogy([r[key] for r in rows], [max(r[2], 1e-16) for r in rows], style,
+                            label={"sinkhorn": "diffsolve sinkhorn", "sns": "SNS"}[name],
+                            markersize=3)
+        ax.axhline(TOL, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(label)
+        ax.set_ylabel("L1 marginal error")
+        ax.set_title(f"n = {trace['n']}, eps = {trace['eps']}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / f"ot_newton_error_vs_{fname}{suffix}.png", dpi=120)
+        plt.close(fig)
+
+
+def gpu_run(sizes, eps_list, repeats, out_dir):
+    import cupy
+
+    sync = cupy.cuda.Device().synchronize
+    cases = []
+    for n in sizes:
+        a, b, C = clouds(n, xp=cupy)
+        for eps in eps_list:
+            case = {"n": n, "eps": eps}
+            _sns(a, b, C, eps, max_iter=1)  # compile the CUDA kernels for this dtype
+            t, r = timed(lambda a=a, b=b, C=C, eps=eps: _sns(a, b, C, eps), repeats, sync)
+            case["sns"] = {"s": t, "newton_iters": int(r.n_iters),
+                           "sinkhorn_iters": int(r.n_sinkhorn), "converged": bool(r.converged),
+                           "l1_error": l1_error(r.plan, a, b)}
+            t, s = timed(lambda a=a, b=b, C=C, eps=eps: _sinkhorn(a, b, C, eps, tol=TOL,
+                                                                   max_iter=100_000),
+                         repeats, sync)
+            case["ds_sinkhorn"] = {"s": t, "iters": int(s.n_iters),
+                                   "converged": bool(s.converged),
+                                   "l1_error": l1_error(s.plan, a, b)}
+            case["speedup_vs_ds_sinkhorn"] = case["ds_sinkhorn"]["s"] / case["sns"]["s"]
+            print(json.dumps(case), flush=True)
+            cases.append(case)
+    meta = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+            "cupy": cupy.__version__, "tol": TOL}
+    (out_dir / "ot_newton_gpu.json").write_text(json.dumps({"meta": meta, "cases": cases},
+                                                           indent=2))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--eps", type=float, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds allowed to each POT method per case")
+    parser.add_argument("--gpu", action="store_true", help="run the CuPy benchmark only")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="use Numba's on-disk cache (default: a fresh one, so the first "
+                        "call measures a cold JIT compile)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.gpu:
+        gpu_run(args.sizes or [2000, 5000, 10000], args.eps or [0.01, 0.002],
+                args.repeats or 2, args.out_dir)
+        return
+    quick = args.quick
+    sizes = args.sizes or ([300] if quick else [500, 1000, 2000])
+    eps_list = args.eps or ([0.002] if quick else [0.01, 0.002])
+    repeats = args.repeats or (1 if quick else 3)
+    budget = args.budget or (2.0 if quick else 20.0)
+    pot_methods = POT_METHODS
+    with numba_cache(args.warm_cache):
+        import numba
+        import ot
+
+        import diffsolve.ot  # noqa: F401
+
+        a, b, C = clouds(60)
+        t_jit, _ = timed(lambda: _sns(a, b, C, 0.01), 1)
+        t_warm, _ = timed(lambda: _sns(a, b, C, 0.01), 1)
+        meta = {"machine": platform.machine(), "cpus": os.cpu_count(),
+                "numpy": np.__version__, "pot": ot.__version__, "tol": TOL, "quick": quick,
+                "budget_s": budget, "repeats": repeats,
+                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+                "numba_threads": numba.get_num_threads(), "load_start": os.getloadavg(),
+                "jit_first_call_s": t_jit, "second_call_s": t_warm}
+        print(json.dumps(meta), flush=True)
+        cases = []
+        for n in sizes:
+            for eps in eps_list:
+                case = cpu_case(n, eps, repeats, budget, pot_methods)
+                print(json.dumps(case), flush=True)
+                cases.append(case)
+        trace = traces(sizes[-1] if quick else 1000, 0.002, budget)
+        meta["load_end"] = os.getloadavg()
+    suffix = "_quick" if quick else ""
+    (args.out_dir / f"ot_newton_cpu{suffix}.json").write_text(
+        json.dumps({"meta": meta, "cases": cases, "trace": trace}, indent=2))
+    plots(trace, args.out_dir, suffix)
+    for c in cases:
+        pot = ", ".join(f"{m} {v['s']:.2f}s" if v.get("reached") else f"{m} --"
+                        for m, v in c["pot"].items())
+        print(f"n={c['n']} eps={c['eps']}: SNS {c['sns']['s']:.2f}s "
+              f"({c['sns']['newton_iters']} Newton) | ds sinkhorn {c['ds_sinkhorn']['s']:.2f}s "
+              f"({c['ds_sinkhorn']['iters']} it) | POT {pot} | target met: "
+              f"{c['faster_than_every_pot_method']}")
+
+
+if __name__ == "__main__":
+    main()
