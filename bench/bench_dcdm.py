@@ -280,7 +280,7 @@ def targets(problems):
     counts as a miss, its iterations as a lower bound)."""
     def it(s, obst, method, rtol):
         for p in problems:
-            if p["grid"] == s and p["obstacles"] == obst:
+            if p["grid"] == s and p["obstacles"] == obst and f"{rtol:g}" in p["methods"][method]:
                 e = p["methods"][method][f"{rtol:g}"]
                 return e["iterations"], e["converged"]
         return None, None
@@ -424,6 +424,7 @@ def main(argv=None):
     with open(args.out_dir / f"{name}.json", "w") as f:
         json.dump(result, f, indent=1)
     plot(problems, args.out_dir / f"{name.replace('cpu', 'residuals')}.png")
+    (args.out_dir / "dcdm_cpu_partial.json").unlink(missing_ok=True)  # the run completed
     for k, v in result["targets"].items():
         print(k, v)
 

@@ -107,8 +107,12 @@ def test_forward_in_array_api_strict_matches_numpy(rng):
     xps = pytest.importorskip("array_api_strict")
     model = _model().on_grid((6, 6))
     r = rng.standard_normal(36)
-    got = model.to(xps.asarray(r))(xps.asarray(r))
+    strict = model.to(xps.asarray(r))
+    got = strict(xps.asarray(r))
     np.testing.assert_allclose(to_numpy(got), model(r), rtol=1e-12)
+    back = strict.to(r)  # and back to NumPy
+    assert all(isinstance(v, np.ndarray) for v in back.params.values())
+    np.testing.assert_array_equal(back(r), model(r))
 
 
 def test_backward_matches_torch_autograd(rng):

@@ -28,6 +28,7 @@ import math
 import os
 from itertools import product
 
+import array_api_compat
 import array_api_extra as xpx
 
 from .. import _backend as B
@@ -165,11 +166,9 @@ def _to_host(x):
     """A NumPy copy of a parameter, from any namespace (CuPy explicitly via ``.get()``)."""
     if B.is_cupy_array(x):
         return x.get()
-    hxp = B.host_namespace()
-    try:
-        return B.host_numpy(x)
-    except TypeError:
-        return hxp.from_dlpack(x)
+    if array_api_compat.is_numpy_array(x):
+        return x
+    return B.host_namespace().from_dlpack(x)  # other host libraries (array_api_strict)
 
 
 def _asarray_on(xp, x, device):
