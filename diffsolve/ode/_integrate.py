@@ -213,6 +213,7 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
     error_norm, stages = stepper.error_norm, stepper.stages
     last_nonfinite = None
     status = 0
+    n_steps = n_rej = 0  # Python ints in the loop, written to `stats` at the end
     while direction * (t1 - t) > 0:
         if fixed and n_acc + 1 >= len(step_ts):
             break
@@ -221,7 +222,7 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
             h_abs = min_step
         rejected = False
         while True:
-            if stats[0] >= max_steps:
+            if n_steps >= max_steps:
                 status = 1
                 message = (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before "
                            f"t={t1!r}; raise max_steps, loosen rtol/atol, or check whether the "
@@ -246,8 +247,7 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
                 h = t_new - t
                 h_abs = abs(h)
             y_new = stages(rhs, t, y, h)
-            stats[0] += 1
-            stats[3] += s - 1
+            n_steps += 1
             E = error_norm(y, y_new, h)
             if fixed:
                 break
@@ -255,14 +255,14 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
                 last_nonfinite = t
                 h_abs *= shrink(E)
                 rejected = True
-                stats[2] += 1
+                n_rej += 1
                 continue
             if accepts(E):
                 h_abs *= grow(E, rejected)
                 break
             h_abs *= shrink(E)
             rejected = True
-            stats[2] += 1
+            n_rej += 1
         if message:
             break
         errs.append(E)
@@ -284,7 +284,10 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
         ts.append(t)
         if n_acc % every == 0:
             states[n_acc] = y
+    stats[0] += n_steps
     stats[1] = n_acc
+    stats[2] += n_rej
+    stats[3] += (s - 1) * n_steps
     success = not message
     if message:
         _fail(message, throw)
