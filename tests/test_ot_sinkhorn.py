@@ -369,3 +369,15 @@ def test_backward_warns_if_cg_stalls(rng):
         warnings.simplefilter("error")
         entropic_potentials_vjp(a, b, C, 0.01, res.f, res.g, res.plan,
                                 rng.standard_normal(C.shape), None, None, None, xnp)
+
+
+def test_callback_and_schedule(rng):
+    a, b, C = _clouds(rng, 20, 15)
+    seen = []
+    res = ds.ot.sinkhorn(a, b, C, 2e-3, eps_scaling=[0.1, 0.02], check_every=5,
+                         callback=lambda it, e, err: seen.append((it, e, float(err[0]))))
+    assert res.converged
+    its, epss, errs = zip(*seen, strict=True)
+    assert list(its) == sorted(its) and all(i % 5 == 0 for i in its)
+    assert [e for i, e in enumerate(epss) if i == 0 or e != epss[i - 1]] == [0.1, 0.02, 2e-3]
+    assert errs[-1] <= 1e-9 and res.n_iters == its[-1]
