@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from diffsolve.kernels.cpu import ode as cpu
 from tests import naive_ode as naive
@@ -54,3 +55,31 @@ def test_cuda_twins_match_cpu(rng, dtype):
     g = gpu.rk_error_norm(cupy.asarray(y), cupy.asarray(y_new), cupy.asarray(K),
                           cupy.asarray(e), 0.1, 1e-3, 1e-6)
     assert g == pytest.approx(cpu.rk_error_norm(y, y_new, K, e, 0.1, 1e-3, 1e-6), rel=tol)
+
+
+@njit(cache=True)
+def _decay_rotation(t, y, p):
+    out = np.empty(2)
+    out[0] = -p[0] * y[0] + y[1]
+    out[1] = -y[0] - p[0] * y[1] + 0.1 * np.sin(t)
+    return out
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bs3"])
+def test_rk_solve_fixed_steps_matches_naive(method):
+    from diffsolve.ode._tableaux import TABLEAUX
+
+    tab = TABLEAUX[method]
+    ts = np.linspace(0.0, 2.0, 11)
+    p = np.array([0.3])
+    y0 = np.array([1.0, -0.5])
+    out = cpu.rk_solve(_decay_rotation, y0, np.array([0.0, 2.0]), p, tab.A, tab.c, tab.e,
+                       tab.P, tab.order, tab.error_order, 1e-6, 1e-9, True, -1.0, 100, ts,
+                       False)
+    ys, ts_out, states, _, _, out_step, _, stats, status, _ = out
+    assert int(status) == cpu.OK and list(stats[:3]) == [10, 10, 0]
+    np.testing.assert_array_equal(ts_out, ts)
+    want = naive.rk_fixed(lambda t, y: _decay_rotation.py_func(t, y, p), y0, ts, tab)
+    np.testing.assert_allclose(ys[-1], want, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(states[-1], want, rtol=1e-13, atol=1e-14)
+    assert out_step[-1] == 9
