@@ -8,7 +8,7 @@ deep-learning framework (:func:`vjp`) or as a layer in HIPS autograd, PyTorch or
 
 __version__ = "0.1.0"
 
-from . import bilevel, implicit, linear
+from . import bilevel, implicit, linear, ode, ot
 from ._autodiff import custom_vjp, vjp
 from ._backend import CSR
 from ._result import ConvergenceWarning, LinearSolveResult, SolverResult
@@ -23,6 +23,8 @@ __all__ = [
     "custom_vjp",
     "implicit",
     "linear",
+    "ode",
+    "ot",
     "to_autograd",
     "to_jax",
     "to_torch",
