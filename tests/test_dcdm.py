@@ -221,3 +221,29 @@ def test_three_dimensional_grid(rng):
     res, _ = _solve_recording(A, b, method="dcdm", model=model, rtol=1e-8)
     assert res.converged
     np.testing.assert_allclose(A @ res.x, b, atol=1e-7 * np.linalg.norm(b))
+
+
+def test_framework_adapters(rng):
+    """to_autograd and to_torch give the gradient of the core vjp (the model is a plain
+    keyword argument, not differentiated)."""
+    import autograd
+    import autograd.numpy as anp
+
+    torch = pytest.importorskip("torch")
+    A = poisson2d(5).toarray() + np.diag(0.5 + rng.random(25))
+    b, w = rng.standard_normal(25), rng.standard_normal(25)
+    opts = {"method": "dcdm", "rtol": 1e-12, "maxiter": 2000,
+            "model": ConvDirectionModel(2, channels=3, grid_shape=(5, 5), dtype="float64")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DirectionFallbackWarning)
+        _, f_vjp = ds.vjp(solve, A, b, **opts)
+        rA, rb = f_vjp(x=w)
+        ag = ds.to_autograd(solve)
+        gA, gb = autograd.grad(lambda A_, b_: anp.sum(w * ag(A_, b_, **opts).x),
+                               argnum=(0, 1))(A, b)
+        At = torch.tensor(A, requires_grad=True)
+        bt = torch.tensor(b, requires_grad=True)
+        (ds.to_torch(solve)(At, bt, **opts).x * torch.tensor(w)).sum().backward()
+    for got_A, got_b in ((gA, gb), (At.grad.numpy(), bt.grad.numpy())):
+        np.testing.assert_allclose(got_A, rA, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(got_b, rb, rtol=1e-8, atol=1e-12)
