@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python -m bench.bench_bilevel          # about a minute on 2 CPU cores
+    python -m bench.bench_bilevel          # a few minutes on 2 CPU cores
+    python -m bench.bench_bilevel --quick  # smoke run, nothing written
 
 **Data hyper-cleaning** (ALGORITHMS.md §4; Franceschi et al., ICML 2017). A synthetic
 10-class problem: class means ``μ_k ~ N(0, I₂₀)``, samples ``μ_y + N(0, I₂₀)``, a linear
@@ -84,6 +85,13 @@ def cleaning_problem(data, C=1e-3):
     def outer(x, w):
         return anp.mean(ce(Xv, Yv, w))
 
+    def inner_batch(x, w, idx):  # the same, on the training samples idx
+        return anp.mean(ce(Xtr[idx], Ytr[idx], w) / (1.0 + anp.exp(-x[idx]))) + \
+            0.5 * C * anp.sum(w ** 2)
+
+    def outer_batch(x, w, idx):  # the validation set is small: always all of it
+        return outer(x, w)
+
     def train(weights, radius2=None):
         def fun(w):
             return anp.mean(weights * ce(Xtr, Ytr, w)) + 0.5 * C * anp.sum(w ** 2)
@@ -98,7 +106,7 @@ def cleaning_problem(data, C=1e-3):
     def accuracy(w, X, y):
         return float(np.mean(np.argmax(X @ w.reshape(p, k), axis=1) == y))
 
-    return inner, outer, train, accuracy
+    return inner, outer, train, accuracy, inner_batch, outer_batch
 
 
 METHOD_KW = {
@@ -111,10 +119,25 @@ METHOD_KW = {
                "options": {"c": 1.0, "y_step": 0.5}},
     "bo-rep": {"max_iter": 300, "step": 1.0, "options": {"anneal": 0.9}},
 }
+# the seeded stochastic variants: batches of 100 of the 1 000 training samples
+BATCH = 100
+STOCHASTIC_KW = {
+    "implicit": {"max_iter": 300, "step": 300.0, "inner_iters": 5,
+                 "options": {"step_power": 0.25}},
+    # λ's growth multiplies the batch noise of y − z: a lower cap and a smaller step than
+    # the deterministic run (measured: λ ≤ 30 and step 300 fell to 0.71, below no cleaning)
+    "penalty": {"max_iter": 300, "step": 100.0, "inner_iters": 5,
+                "options": {"lam0": 1.0, "lam_step": 1.0, "lam_max": 10.0,
+                            "step_power": 0.25}},
+    "lv-hba": {"max_iter": 600, "step": 100.0, "inner_step": 1.0,
+               "constraint": lambda x, w: anp.sum(w ** 2) - RADIUS2,
+               "options": {"c": 1.0, "y_step": 0.5}},
+    "bo-rep": {"max_iter": 300, "step": 1.0, "options": {"anneal": 1.0, "eta_power": 0.25}},
+}
 
 
-def run_cleaning(data):
-    inner, outer, train, accuracy = cleaning_problem(data)
+def run_cleaning(data, quick=False):
+    inner, outer, train, accuracy, inner_batch, outer_batch = cleaning_problem(data)
     Xt, yt, Xv, yv = data["Xt"], data["yt"], data["Xv"], data["yv"]
     n, dim = data["n"], data["p"] * data["k"]
     out = {"setup": {"n_train": n, "n_val": len(yv), "n_test": len(yt), "classes": data["k"],
@@ -130,7 +153,11 @@ def run_cleaning(data):
                                   "val_acc": accuracy(w, Xv, yv),
                                   "time_s": time.perf_counter() - t0}
         print(f"{name:28s} test acc {out['baselines'][name]['test_acc']:.4f}")
-    for method, kw in METHOD_KW.items():
+    runs = [(m, m, kw, None) for m, kw in METHOD_KW.items()] + \
+        [(f"{m} (mini-batch {BATCH})", m, kw, (n, BATCH)) for m, kw in STOCHASTIC_KW.items()]
+    for name, method, kw, batch in runs:
+        if quick:
+            kw = {**kw, "max_iter": 10}
         curve, excluded = [], [0.0]
         t0 = time.perf_counter()
 
@@ -145,15 +172,22 @@ def run_cleaning(data):
             # a fixed iteration budget, not a tolerance: not converging is expected; the
             # loose CG of implicit (cg_maxiter=30) is deliberate
             warnings.simplefilter("ignore", ConvergenceWarning)
-            res = ds.bilevel.solve(outer, inner, np.zeros(n), np.zeros(dim), method,
-                                   callback=callback, **kw)
+            if batch is None:
+                res = ds.bilevel.solve(outer, inner, np.zeros(n), np.zeros(dim), method,
+                                       callback=callback, **kw)
+            else:
+                res = ds.bilevel.solve(outer_batch, inner_batch, np.zeros(n), np.zeros(dim),
+                                       method, callback=callback, batch=batch, seed=0, **kw)
         total = time.perf_counter() - t0 - excluded[0]
         sig = 1.0 / (1.0 + np.exp(-res.x))
         # how well σ(x) separates corrupted from clean samples (AUC by ranking)
         ranks = np.argsort(np.argsort(sig))
         bad = data["bad"]
         auc = float((ranks[~bad].mean() - (np.sum(~bad) - 1) / 2) / np.sum(bad))
-        out["methods"][method] = {
+        if not curve:  # a quick run shorter than the evaluation period
+            curve.append((res.n_iters, total, accuracy(res.y, Xt, yt), accuracy(res.y, Xv, yv)))
+        out["methods"][name] = {
+            "method": method, "batch": batch,
             "settings": {k: v for k, v in kw.items() if k != "constraint"},
             "n_iters": res.n_iters, "time_s": total,
             "final_test_acc": accuracy(res.y, Xt, yt), "final_val_acc": accuracy(res.y, Xv, yv),
@@ -162,8 +196,8 @@ def run_cleaning(data):
             "mean_weight_clean": float(sig[~bad].mean()), "weight_auc": auc,
             "curve": {"iteration": [c[0] for c in curve], "time_s": [c[1] for c in curve],
                       "test_acc": [c[2] for c in curve], "val_acc": [c[3] for c in curve]}}
-        m = out["methods"][method]
-        print(f"{method:10s} test acc {m['final_test_acc']:.4f} (best {m['best_test_acc']:.4f}) "
+        m = out["methods"][name]
+        print(f"{name:26s} test acc {m['final_test_acc']:.4f} (best {m['best_test_acc']:.4f}) "
               f"in {total:.1f} s, σ corrupted {m['mean_weight_corrupted']:.3f} clean "
               f"{m['mean_weight_clean']:.3f}")
     best_method = max(out["methods"], key=lambda m: out["methods"][m]["final_test_acc"])
@@ -203,16 +237,27 @@ def toy(seed=1, dim=10):
 def run_toy(max_iter=3000):
     outer, inner, constraint, b, x_star, y_star = toy()
     dim = len(b)
+    paper = {"c": 0.025, "p": 0.3, "beta": 0.02, "gamma1": 10.0, "gamma2": 10.0}
     runs = {
-        "lv-hba (constraint, y projected)": ("lv-hba", {
+        # the defaults: step = inner_step = 1/L̂, c_k = 3 (k + 1)^0.49, β = γ₂ = 10
+        "lv-hba defaults (constraint, y projected)": ("lv-hba", {
+            "constraint": constraint, "y_projection": ("box", -np.inf, b)}),
+        "lv-hba defaults (constraint only: feasibility step)": ("lv-hba", {
+            "constraint": constraint}),
+        "lv-hba c = 10 (constraint, y projected)": ("lv-hba", {
             "constraint": constraint, "y_projection": ("box", -np.inf, b),
-            "step": 0.02, "inner_step": 0.5, "options": {"c": 1.0, "rho": 0.0}}),
-        "lv-hba (constraint only)": ("lv-hba", {
+            "options": {"c": 10.0}}),
+        # the settings of the previous version of this benchmark (c = 1, p = 0.3, β = 0.02)
+        "lv-hba before (y projected, step 0.02, c = 1)": ("lv-hba", {
+            "constraint": constraint, "y_projection": ("box", -np.inf, b), "step": 0.02,
+            "inner_step": 0.5, "options": {"c": 1.0, "p": 0.3, "beta": 0.02, "rho": 0.0}}),
+        "lv-hba before (constraint only, penalty ρ = 100)": ("lv-hba", {
             "constraint": constraint, "step": 0.02, "inner_step": 0.5,
-            "options": {"c": 1.0}}),
-        "lv-hba (paper toy values)": ("lv-hba", {
-            "constraint": constraint, "y_projection": ("box", -np.inf, b),
-            "options": {"rho": 0.0}}),
+            "options": {"c": 1.0, "p": 0.3, "beta": 0.02, "rho": 100.0}}),
+        # Yao et al.'s toy values: α 0.008, β 0.02, η 0.01, γ₁ = γ₂ = 10, c_k = 0.025(k+1)^0.3
+        "lv-hba paper toy values (y projected)": ("lv-hba", {
+            "constraint": constraint, "y_projection": ("box", -np.inf, b), "step": 0.008,
+            "inner_step": 0.01, "options": {**paper, "rho": 0.0}}),
         "penalty (y projected)": ("penalty", {"y_projection": ("box", -np.inf, b)}),
     }
     out = {"dim": dim, "active": int(np.sum(b < x_star - 1e-12)), "runs": {}}
@@ -230,11 +275,15 @@ def run_toy(max_iter=3000):
                                    max_iter=max_iter, tol=1e-6, callback=callback, **kw)
         out["runs"][name] = {"method": method, "n_iters": res.n_iters,
                              "converged": bool(res.converged),
+                             "settings": {k: v for k, v in kw.items()
+                                          if k not in ("constraint", "y_projection")},
                              "time_s": time.perf_counter() - t0, "final_distance": dist[-1],
                              "max_violation": float(np.max(res.y - b)),
                              "distance": dist}
-        print(f"{name:34s} distance {dist[-1]:.2e} after {res.n_iters} iterations "
-              f"({out['runs'][name]['time_s']:.1f} s)")
+        at = {k: dist[k - 1] for k in (100, 1000, 3000) if k <= len(dist)}
+        out["runs"][name]["distance_at"] = at
+        print(f"{name:52s} " + " ".join(f"{k}: {v:.2e}" for k, v in at.items()) +
+              f" ({out['runs'][name]['time_s']:.1f} s, {res.n_iters} it.)")
     return out
 
 
@@ -244,10 +293,12 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 5))
     cl = result["cleaning"]
     for method, m in cl["methods"].items():
-        a1.plot(m["curve"]["time_s"], m["curve"]["test_acc"], label=method)
+        a1.plot(m["curve"]["time_s"], m["curve"]["test_acc"], label=method,
+                ls="--" if m.get("batch") else "-",
+                color=f"C{list(METHOD_KW).index(m.get('method', method))}")
     styles = iter(["k--", "k:", "g-."])
     for name, b in cl["baselines"].items():
         a1.axhline(b["test_acc"], linestyle=next(styles)[1:], color="k" if "no" in name
@@ -269,12 +320,19 @@ def plot(result, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 10 iterations per method, nothing written")
     args = parser.parse_args(argv)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "numpy": np.__version__, "scipy": scipy.__version__}
+            "numpy": np.__version__, "scipy": scipy.__version__,
+            "loadavg_start": os.getloadavg()}
     t0 = time.perf_counter()
-    result = {"meta": meta, "cleaning": run_cleaning(make_data()), "toy": run_toy()}
+    result = {"meta": meta, "cleaning": run_cleaning(make_data(), quick=args.quick),
+              "toy": run_toy(max_iter=20 if args.quick else 3000)}
     result["meta"]["total_time_s"] = time.perf_counter() - t0
+    result["meta"]["loadavg_end"] = os.getloadavg()
+    if args.quick:
+        return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bilevel.json").write_text(json.dumps(result, indent=2))
     if not args.no_plot:

@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python -m bench.bench_hypergradient          # about three minutes on 2 CPU cores
+    python -m bench.bench_hypergradient --quick  # smoke run, nothing written
 
 Problem (ALGORITHMS.md §4): ridge regression with one penalty per feature, λ = exp(θ),
 inner ``g(θ, w) = ½||Xw − y||² + ½Σλᵢwᵢ²``, outer ``f(θ, w) = ½||X_v w − y_v||²``, closed
@@ -301,18 +302,24 @@ def main(argv=None):
     parser.add_argument("--memory-Ts", type=int, nargs="+",
                         default=[100, 1000, 5000, 10000, 20000])
     parser.add_argument("--neumann-terms", type=int, default=6000)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: a few T and K values, results not written")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.Ts, args.Ks, args.memory_Ts, args.neumann_terms = [10, 300], [10, 100], [100], 300
     RESULTS.mkdir(exist_ok=True)
     prob = make_problem()
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "numpy": np.__version__, "scipy": scipy.__version__, "p": prob["p"],
             "n": prob["n"], "n_val": prob["n_val"], "L": prob["L"], "mu": prob["mu"],
-            "kappa": prob["L"] / prob["mu"], "neumann_terms": args.neumann_terms}
-    t0 = time.perf_counter()  # first call: loads the compiled CG kernels (Numba cache)
+            "kappa": prob["L"] / prob["mu"], "neumann_terms": args.neumann_terms,
+            "loadavg_start": os.getloadavg()}
+    t0 = time.perf_counter()  # first call: imports and autograd's first traces
     hg(prob, prob["w_star"], "implicit-cg")
     meta["first_call_s"] = time.perf_counter() - t0
     print(f"ridge: p={prob['p']} n={prob['n']} κ(H)={meta['kappa']:.1f}; float64; first "
-          f"implicit-cg call {meta['first_call_s']:.2f} s (kernel loading, not timed below)")
+          f"implicit-cg call {meta['first_call_s']:.2f} s (not timed below); load "
+          f"{meta['loadavg_start']}")
     # the K sweep first, and a collection between sections: the long unrolled tapes leave
     # the garbage collector with much to walk, which showed up as noise in later timings
     print("K sweep at exact w*: relative error / ms")
@@ -327,6 +334,7 @@ def main(argv=None):
     mem = memory(prob, args.memory_Ts, args.neumann_terms)
     gc.collect()
     tgt = target(prob, t_rows, mem)
+    meta["loadavg_end"] = os.getloadavg()
     result = {"meta": meta, "t_sweep": t_rows, "k_sweep": k_rows, "memory": mem, "target": tgt}
     g = tgt["implicit-cg_at_gd"]
     print(f"target: inner GD to a 1e-11 relative gradient: {tgt['inner_gd']['iterations']} "
@@ -339,6 +347,8 @@ def main(argv=None):
           f"Hessian products, {nt['seconds'] * 1e3:.1f} ms; implicit-cg there: error "
           f"{g['rel_error']:.2e}, {g['hg_s'] * 1e3:.1f} ms = {g['hg_over_inner_solve']:.2f} x")
     print(f"        unrolled at the same accuracy: {tgt['unrolled_same_accuracy']}")
+    if args.quick:
+        return
     (RESULTS / "hypergradient.json").write_text(json.dumps(result, indent=2))
     plot(result, RESULTS / "hypergradient.png")
     print(f"wrote {RESULTS / 'hypergradient.json'} and {RESULTS / 'hypergradient.png'}")

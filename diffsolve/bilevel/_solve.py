@@ -644,11 +644,15 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
     options : dict, optional
         Method-specific settings: implicit ``cg_maxiter`` (None), ``cg_rtol`` (1e-8),
         ``ridge`` (0); penalty ``lam0`` (1), ``lam_step`` (10), ``lam_max`` (1e4); lv-hba
-        ``beta`` (0.02, z's step), ``gamma1``, ``gamma2`` (10), ``c`` (3), ``p`` (0.49)
-        for ``c_k = c (k + 1)^p``, ``lam_max`` (1e3, the box of λ), ``feas_tol`` (1e-4),
-        ``rho`` (100: weight of ``½||max(constraint(x, y), 0)||²`` in the (x, y) step,
-        which stands in for the paper's projection onto ``{constraint <= 0}``; 0 when
-        ``y_projection`` already projects onto that set), ``y_step`` (None: ``step``);
+        ``beta`` (10, z's step: ``β = γ₂`` moves z onto λ⁺ in one step), ``gamma1``,
+        ``gamma2`` (10), ``c`` (3), ``p`` (0.49) for ``c_k = c (k + 1)^p``, ``lam_max``
+        (1e3, the box of λ), ``feas_tol`` (1e-4), ``rho``: how (x, y) is kept in
+        ``{constraint <= 0}``, where the paper projects: None (default) a Gauss–Newton
+        step on ``½||max(constraint, 0)||²`` after each update (exact for one linear
+        constraint, or for ``y <= b``), a number ρ > 0 the gradient of
+        ``(ρ/2)||max(constraint, 0)||²`` added to the (x, y) direction (needs steps
+        ~1/ρ), 0 nothing (when ``y_projection`` already projects onto that set);
+        ``y_step`` (None: ``step``);
         bo-rep ``beta`` (0.9, momentum), ``period`` (2 = I), ``refine_iters`` (100),
         ``anneal`` (0.8: η ← 0.8η whenever the hypergradient estimate points against the
         momentum), ``eta_power`` (0); ``anneal=1, eta_power=0`` is BO-REP's constant step.
@@ -847,8 +851,8 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
             message = (f"the lower-level constraints are violated by {infeasible:.3g} > "
                        f"feas_tol={opts['feas_tol']:g} at the end: either the set {{y : "
                        "constraint(x, y) <= 0} is empty (infeasible; check the constraints) "
-                       "or the run is too short (increase max_iter, options['rho'] or "
-                       "options['c'], or project y onto the set with y_projection)")
+                       "or the run is too short (increase max_iter or options['c'], or "
+                       "project y onto the set with y_projection)")
         else:
             message = (f"did not converge in {n_iters} iterations (last stationarity measure "
                        f"{res:.3g} > tol={tol:g}); {_ADVICE[method]}")
