@@ -347,6 +347,8 @@ def _compiled(kind: str):
             sig = (ftype, vec, vec, vec, mat, vec, vec, mat, i64, i64, f64, f64, t.boolean,
                    f64, i64, vec, t.boolean)
             fn = numba.njit(sig, **njit_options())(_solve_one)
+            global _solve_one_ptr
+            _solve_one_ptr = fn
         else:
             fn = jit()(_solve_one)
         _COMPILED[kind] = fn
@@ -525,13 +527,15 @@ def _solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, ato
     results = List()
     no_steps = np.empty(0, dtype=np.float64)
     for b in range(Y0.shape[0]):
-        results.append(_solve_one_jit(f, Y0[b].copy(), t_out, params, A, c, e, P, order,
+        results.append(_solve_one_ptr(f, Y0[b].copy(), t_out, params, A, c, e, P, order,
                                       error_order, rtol, atol, pi, first_step, max_steps,
                                       no_steps, want_stiff))
     return results
 
 
-_solve_one_jit = jit()(_solve_one)
+# the function-pointer build of the integrator, called by _solve_batch (set on first use so
+# that the batch loop reuses that compiled code instead of compiling the integrator again)
+_solve_one_ptr = None
 
 
 def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
@@ -544,6 +548,7 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
     """
     fn = _COMPILED.get("batch")
     if fn is None:
+        _compiled("pointer")
         t = numba.types
         vec, mat, f64, i64 = t.float64[::1], t.float64[:, ::1], t.float64, t.int64
         ftype = t.FunctionType(vec(f64, vec, vec))
