@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -147,10 +148,21 @@ def _lse_cols(C, f, eps, active, out):  # pragma: no cover - compiled
 
 
 # below this many cost entries a call runs on one thread: waking the thread pool costs more
-# than the work (and on a busy machine a parallel launch can wait for a core)
+# than the work (and on a busy machine a parallel launch can wait for a core). The thread
+# count is set per call (numba.set_num_threads is thread-local) rather than keeping a
+# second, serial compilation: Numba's cache would file both under one name.
 _SERIAL_BELOW = 1 << 16
-_lse_rows_serial = jit()(_lse_rows.py_func)
-_lse_cols_serial = jit()(_lse_cols.py_func)
+
+
+def _call(kern, C, *args):
+    if C.size >= _SERIAL_BELOW:
+        return kern(C, *args)
+    n_threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kern(C, *args)
+    finally:
+        numba.set_num_threads(n_threads)
 
 
 def _check(C, v, active, out, n_v, n_out, what):
@@ -184,8 +196,7 @@ def lse_rows(C, g, eps, active, out):
     (see :func:`diffsolve.ot.sinkhorn`) or with the CuPy twin.
     """
     _check(C, g, active, out, C.shape[2], C.shape[1], "lse_rows")
-    kern = _lse_rows_serial if C.size < _SERIAL_BELOW else _lse_rows
-    return kern(C, g, float(eps), active, out)
+    return _call(_lse_rows, C, g, float(eps), active, out)
 
 
 def lse_cols(C, f, eps, active, out):
@@ -194,5 +205,4 @@ def lse_cols(C, f, eps, active, out):
     Same conventions as :func:`lse_rows`; ``C`` is read row by row (never transposed).
     """
     _check(C, f, active, out, C.shape[1], C.shape[2], "lse_cols")
-    kern = _lse_cols_serial if C.size < _SERIAL_BELOW else _lse_cols
-    return kern(C, f, float(eps), active, out)
+    return _call(_lse_cols, C, f, float(eps), active, out)
