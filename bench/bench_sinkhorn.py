@@ -380,8 +380,9 @@ def main(argv=None):
         meta["numba_threads"] = numba.get_num_threads()
         a, b, C = clouds(200)
         t0 = time.perf_counter()
-        _ours(a, b, C, 0.05)
-        _ours(*clouds(400), 0.05)  # the parallel kernels too (above the serial cut-off)
+        for kernel in ("absorbed", "lse"):
+            _ours(a, b, C, 0.05, kernel=kernel)
+            _ours(*clouds(400), 0.05, kernel=kernel)  # above the one-thread cut-off too
         meta["jit_first_call_s"] = time.perf_counter() - t0
         if args.quick:
             grid = [(n, e) for n in (300, 600) for e in (0.05, 0.01)]
