@@ -10,6 +10,8 @@ Transport", 2019, eqs. (4.43)-(4.44))::
 The soft-minima come from the ``ot.lse_cols`` / ``ot.lse_rows`` kernels (Numba on NumPy
 inputs, CUDA on CuPy inputs), which stream ``C`` once per half-step without forming
 ``exp(-C/eps)``; other namespaces (array_api_strict) use ``diffsolve._backend.logsumexp``.
+``kernel="absorbed"`` (the NumPy default) evaluates the same soft-minima through a
+stabilised kernel rebuilt on absorption and BLAS products (:class:`_AbsorbedOps`).
 """
 
 from __future__ import annotations
@@ -518,8 +520,10 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
 
     Notes
     -----
-    Each iteration streams ``C`` twice through fused log-sum-exp kernels (Numba on NumPy,
-    CUDA on CuPy; array_api_strict uses ``diffsolve._backend.logsumexp``). The error check
+    With ``kernel="lse"`` each iteration streams ``C`` twice through fused log-sum-exp
+    kernels (Numba on NumPy, CUDA on CuPy; array_api_strict uses
+    ``diffsolve._backend.logsumexp``); ``kernel="absorbed"`` does two matrix-vector
+    products with a stabilised kernel instead (same iterates). The error check
     uses the column sums ``exp((g + eps LSE_i((f_i - C_ij)/eps))/eps)`` of the state, which
     the next column update needs anyway. Problems of a batch that converge are frozen (the
     kernels skip them). float32 inputs run in float32 (the CPU kernels accumulate in
