@@ -439,6 +439,14 @@ def machine_meta() -> dict:
         "cpu_count": os.cpu_count(),
         "loadavg_start": list(os.getloadavg()),
     }
+    try:  # the diffsolve.ode code measured (the working tree may be ahead of it)
+        import subprocess
+
+        meta["git_head"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                          capture_output=True, text=True, timeout=10,
+                                          check=False).stdout.strip()
+    except OSError:
+        pass
     try:
         import torch
         import torchdiffeq
