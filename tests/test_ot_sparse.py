@@ -20,7 +20,12 @@ import pytest
 
 import diffsolve as ds
 import diffsolve.ot as dot
-from diffsolve.kernels.cpu.ot_sparse import relu_marginals, scatter_add_rows, topk_rows
+from diffsolve.kernels.cpu.ot_sparse import (
+    relu_marginals,
+    scatter_add_rows,
+    simplex_rows,
+    topk_rows,
+)
 from tests.helpers import assert_close, central_difference, to_numpy
 from tests.naive_ot_sparse import (
     naive_scatter_add_rows,
@@ -99,6 +104,28 @@ def test_relu_marginals_vs_naive(rng, dtype):
     np.testing.assert_allclose(sumsq, (P * P).sum(), rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_simplex_rows_vs_naive(rng, dtype):
+    n, m = 17, 6
+    alpha = rng.normal(size=n).astype(dtype)
+    Ct = rng.normal(size=(m, n)).astype(dtype)
+    b = rng.uniform(0.5, 1.0, m).astype(dtype)
+    scale = (1.0 / (0.3 * b)).astype(dtype)
+    scale[2] = 20.0  # a peaked column: one entry survives
+    tau, zy, yy = (np.empty(m, dtype) for _ in range(3))
+    row = np.empty(n, dtype)
+    simplex_rows(alpha, Ct, scale, b, tau, zy, yy, row)
+    Y = np.array([naive_sparse_simplex_projection((alpha - Ct[j]) * scale[j], n)
+                  for j in range(m)])
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(row, (b[:, None] * Y).sum(axis=0), rtol=tol, atol=tol)
+    np.testing.assert_allclose(yy, (Y * Y).sum(axis=1), rtol=tol)
+    np.testing.assert_allclose(zy, ((alpha[None, :] - Ct) * Y).sum(axis=1), rtol=tol,
+                               atol=tol)
+    X = (alpha[None, :] - Ct) * scale[:, None]
+    np.testing.assert_allclose(np.maximum(X - tau[:, None], 0), Y, atol=tol)
+
+
 def test_kernel_argument_errors():
     with pytest.raises(ValueError, match="k must satisfy"):
         topk_rows(np.zeros(3), np.zeros(2), np.zeros((2, 3)), 4, np.empty((2, 4), np.int64),
@@ -134,6 +161,15 @@ def test_kernels_cuda_vs_cpu(rng):
     np.testing.assert_allclose(grow.get(), row, rtol=1e-12)
     np.testing.assert_allclose(gcol.get(), col, rtol=1e-12)
     assert abs(float(gs) - s) <= 1e-12 * s
+    b = rng.uniform(0.5, 1.0, m)
+    scale = 1.0 / (0.2 * b)
+    outs = [np.empty(m) for _ in range(3)] + [np.empty(n)]
+    simplex_rows(alpha, Ct, scale, b, *outs)
+    gouts = [cp.empty(m) for _ in range(3)] + [cp.empty(n)]
+    gpu.simplex_rows(cp.asarray(alpha), cp.asarray(Ct), cp.asarray(scale), cp.asarray(b),
+                     *gouts)
+    for got, ref in zip(gouts, outs):
+        np.testing.assert_allclose(got.get(), ref, rtol=1e-10, atol=1e-13)
 
 
 # ------------------------------------------------------------------------------------------

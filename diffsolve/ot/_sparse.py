@@ -197,6 +197,9 @@ class _Problem:
             (B.is_numpy(xp) or B.is_cupy(xp)) and k >= self.n) else None
         if self.relu is not None:
             self.C = B.contiguous(xp, C)
+        # the quadratic semi-dual: sort-free simplex projections, one pass set per column
+        self.simplex = B.get_kernel(xp, "ot_sparse.simplex_rows") if (
+            (B.is_numpy(xp) or B.is_cupy(xp)) and k >= self.n) else None
         # C^T, so that the columns of the plan are contiguous rows (one copy per problem)
         self.Ct = B.contiguous_copy(xp, xp.permute_dims(C, (1, 0))) if (
             B.is_numpy(xp) or B.is_cupy(xp)) else xp.permute_dims(C, (1, 0))
@@ -230,7 +233,15 @@ class _Problem:
         """(objective F(alpha), grad F, T 1, T^T 1, sparse plan (idx, W) or dense T)."""
         xp = self.xp
         a, b, gamma = self.a, self.b, self.gamma
-        if self.topk is not None:
+        if self.simplex is not None:
+            tau, zy, yy = (xp.empty((self.m,), dtype=self.C.dtype, device=self.dev)
+                           for _ in range(3))
+            row = xp.empty((self.n,), dtype=self.C.dtype, device=self.dev)
+            self.simplex(B.contiguous(xp, alpha), self.Ct, self.inv_gb, b, tau, zy, yy, row)
+            mj = zy - 0.5 * gamma * b * yy
+            col = b * 1.0  # every column is b_j times a point of the simplex
+            plan = ("simplex", alpha, tau)
+        elif self.topk is not None:
             idx, Z = self._topk(alpha, xp.zeros_like(b))
             X = Z * self.inv_gb[:, None]
             tau = _simplex_threshold(X, xp)
@@ -321,8 +332,14 @@ class _Problem:
     def finish(self, plan):
         """(dense plan (n, m), indices (m, k), values (m, k)) from an evaluation's plan."""
         xp = self.xp
-        if isinstance(plan, tuple) and isinstance(plan[0], str):  # ("relu", alpha, beta)
+        # fused-kernel evaluations hand back ("relu", alpha, beta) / ("simplex", alpha, tau)
+        tag = plan[0] if isinstance(plan, tuple) and isinstance(plan[0], str) else None
+        if tag == "relu":
             plan = xp.maximum(plan[1][:, None] + plan[2][None, :] - self.C, 0.0) / self.gamma
+        elif tag == "simplex":
+            Yt = xp.maximum((plan[1][None, :] - self.Ct) * self.inv_gb[:, None]
+                            - plan[2][:, None], 0.0)
+            plan = xp.permute_dims(Yt * self.b[:, None], (1, 0))
         if isinstance(plan, tuple):
             idx, W = plan
             T_t = xp.zeros((self.m, self.n), dtype=W.dtype, device=self.dev)

@@ -24,7 +24,7 @@ from numba import prange
 
 from ._config import jit
 
-__all__ = ["relu_marginals", "scatter_add_rows", "topk_rows"]
+__all__ = ["relu_marginals", "scatter_add_rows", "simplex_rows", "topk_rows"]
 
 # Below this k a streaming insertion into a sorted buffer of length k is used (each
 # entry costs one comparison with the current k-th largest, a shift only when it enters);
@@ -224,3 +224,101 @@ def relu_marginals(alpha, beta, C, row, col):
     if not C.flags.c_contiguous:
         raise ValueError("relu_marginals: C must be C-contiguous")
     return _relu_marginals(alpha, beta, C, row, col)
+
+
+@jit()
+def _simplex_rows(alpha, Ct, scale, b, tau, zy, yy, row):  # pragma: no cover - compiled
+    m, n = Ct.shape
+    row[:] = 0
+    x = np.empty(n, dtype=Ct.dtype)
+    buf = np.empty(n, dtype=Ct.dtype)
+    for j in range(m):
+        s = scale[j]
+        xmax = -np.inf
+        for i in range(n):
+            x[i] = (alpha[i] - Ct[j, i]) * s
+            if x[i] > xmax:
+                xmax = x[i]
+        # The threshold tau satisfies tau >= max(x) - 1 (the largest entry's projection is
+        # at most 1), so only entries above max(x) - 1 can be in the support: gather them.
+        # Then Michelot (1986): t = (sum of the kept entries - 1) / (their count) is at most
+        # tau for any kept set containing the support; dropping the kept entries <= t
+        # raises t, and when none drops t = tau. Only the gathered entries are revisited,
+        # each pass compacts them, and t only rises, so the set cannot oscillate.
+        lo = xmax - 1.0
+        c = 0
+        acc = 0.0
+        for i in range(n):
+            if x[i] > lo:
+                buf[c] = x[i]
+                acc += x[i]
+                c += 1
+        t = (acc - 1.0) / c
+        while True:
+            c2 = 0
+            acc = 0.0
+            for r in range(c):
+                v = buf[r]
+                if v > t:
+                    buf[c2] = v
+                    acc += v
+                    c2 += 1
+            if c2 == c or c2 == 0:
+                break
+            c = c2
+            t = (acc - 1.0) / c
+        tau[j] = t
+        a_zy = 0.0
+        a_yy = 0.0
+        bj = b[j]
+        for i in range(n):
+            y = x[i] - t
+            if y > 0:
+                a_zy += (alpha[i] - Ct[j, i]) * y
+                a_yy += y * y
+                row[i] += bj * y
+        zy[j] = a_zy
+        yy[j] = a_yy
+    return tau
+
+
+def simplex_rows(alpha, Ct, scale, b, tau, zy, yy, row):
+    """Project every ``x_j = (alpha - Ct[j]) * scale[j]`` onto the simplex, with the sums
+    the quadratically regularised semi-dual needs, without sorting and without storing
+    the projections.
+
+    Parameters
+    ----------
+    alpha : ndarray, shape (n,)
+    Ct : ndarray, shape (m, n), C-contiguous
+    scale : ndarray, shape (m,)
+        ``1 / (gamma b_j)`` (0 for an empty column).
+    b : ndarray, shape (m,)
+    tau : ndarray, shape (m,)
+        Output: the thresholds, ``y_j = [x_j - tau_j]_+``.
+    zy, yy : ndarrays, shape (m,)
+        Output: ``sum_i (alpha_i - Ct[j, i]) y_ji`` and ``sum_i y_ji^2``.
+    row : ndarray, shape (n,)
+        Output: ``sum_j b_j y_ji`` (the row marginal of the plan ``T[:, j] = b_j y_j``).
+
+    Returns
+    -------
+    tau
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> tau, zy, yy, row = np.empty(1), np.empty(1), np.empty(1), np.empty(2)
+    >>> simplex_rows(np.array([1.0, 0.0]), np.zeros((1, 2)), np.ones(1), np.ones(1),
+    ...              tau, zy, yy, row).tolist(), row.tolist()
+    ([0.0], [1.0, 0.0])
+    """
+    m, n = Ct.shape
+    for name, arr, size in (("alpha", alpha, n), ("row", row, n), ("scale", scale, m),
+                            ("b", b, m), ("tau", tau, m), ("zy", zy, m), ("yy", yy, m)):
+        if arr.shape != (size,):
+            raise ValueError(f"simplex_rows: {name} has shape {arr.shape}, expected ({size},) "
+                             f"for Ct {Ct.shape}")
+    if not Ct.flags.c_contiguous:
+        raise ValueError("simplex_rows: Ct must be C-contiguous")
+    return _simplex_rows(alpha, Ct, scale, b, tau, zy, yy, row)

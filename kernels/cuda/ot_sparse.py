@@ -17,7 +17,7 @@ import cupyx
 
 from ._raw import as_device
 
-__all__ = ["relu_marginals", "scatter_add_rows", "topk_rows"]
+__all__ = ["relu_marginals", "scatter_add_rows", "simplex_rows", "topk_rows"]
 
 
 def topk_rows(alpha, shift, Ct, k, idx, val):
@@ -70,3 +70,27 @@ def relu_marginals(alpha, beta, C, row, col):
     row[...] = P.sum(axis=1)
     col[...] = P.sum(axis=0)
     return (P * P).sum()
+
+
+def simplex_rows(alpha, Ct, scale, b, tau, zy, yy, row):
+    """Simplex projection of every ``(alpha - Ct[j]) * scale[j]`` with the semi-dual's
+    sums; see the CPU twin. The threshold comes from a device sort of each row (the CPU
+    twin's Michelot passes are branchy loops, a poor fit for a GPU)."""
+    m, n = Ct.shape
+    for name, arr, size in (("alpha", alpha, n), ("row", row, n), ("scale", scale, m),
+                            ("b", b, m), ("tau", tau, m), ("zy", zy, m), ("yy", yy, m)):
+        if arr.shape != (size,):
+            raise ValueError(f"simplex_rows: {name} has shape {arr.shape}, expected ({size},) "
+                             f"for Ct {Ct.shape}")
+    Z = as_device(alpha, "alpha")[None, :] - as_device(Ct, "Ct")
+    X = Z * scale[:, None]
+    Xs = cupy.sort(X, axis=1)[:, ::-1]
+    cssv = cupy.cumsum(Xs, axis=1) - 1
+    r = cupy.arange(1, n + 1, dtype=X.dtype)
+    rho = cupy.sum(Xs - cssv / r > 0, axis=1)
+    tau[...] = cssv[cupy.arange(m), rho - 1] / rho
+    Y = cupy.maximum(X - tau[:, None], 0)
+    zy[...] = (Z * Y).sum(axis=1)
+    yy[...] = (Y * Y).sum(axis=1)
+    row[...] = (b[:, None] * Y).sum(axis=0)
+    return tau
