@@ -18,16 +18,21 @@ most ``k`` rows. It is solved through one of two smooth concave maximisations:
   maximiser is the k-sparse simplex projection ``y* = P_k(x / (gamma b_j))`` (keep the
   top-k entries, project them onto the simplex); plan column ``t_j = b_j y*``.
 
-Both are maximised with L-BFGS (SciPy's on NumPy, :mod:`._lbfgs` elsewhere). ``k >= n``
-is quadratically regularised OT (:func:`quadratic_ot`).
+Both are maximised with L-BFGS (SciPy's on NumPy, :mod:`._lbfgs` elsewhere); once the
+marginals hold to 1e-3, Newton steps on the plan's support finish the solve (the gradient
+is piecewise linear, so the right support gives the optimum in one step), which L-BFGS's
+function-value line search cannot do below ~1e-7. ``k >= n`` is quadratically
+regularised OT (:func:`quadratic_ot`).
 
 Gradients: implicit differentiation of the dual optimality conditions (``T 1 = a`` for the
 semi-dual, ``T 1 = a, T^T 1 = b`` for the dual), with the Jacobian of the sparse simplex
 projection on its support ``S`` (``diag(s) - s s^T / |S|``) and of ``[.]_+`` on the top-k
-set (``diag(s)``). The linear system is solved matrix-free with Jacobi-preconditioned CG;
-its matrix is a (weighted) graph Laplacian of the plan's support, singular along the
-constant shift of the potentials, on which the right-hand side has no component (the
-outputs are shift-invariant once the gauge below is fixed).
+set (``diag(s)``). The linear system is solved matrix-free with Jacobi-preconditioned
+MINRES; its matrix is a (weighted) graph Laplacian of the plan's support, singular along
+the shift of the potentials of every connected component of the support graph. For the
+global shift the right-hand side has no component (the outputs are shift-invariant once
+the gauge ``mean(f) = 0`` is fixed); along the other component shifts MINRES returns the
+least-squares solution (those directions are not determined by the problem).
 """
 
 from __future__ import annotations
@@ -821,13 +826,20 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", tol=None, max_iter=
     ``f``, ``g`` and ``cost`` w.r.t. ``a``, ``b`` and ``C`` come from implicit
     differentiation of the optimality conditions, with the Jacobian of the sparse simplex
     projection on its support, ``diag(s) - s s^T / |s|`` (semi-dual) or of ``[.]_+`` on the
-    top-k set (dual), solved matrix-free by Jacobi-preconditioned CG on the support graph
-    (each product costs O(n m)). They are exact where the support of the plan is locally
-    constant (no ties in the top-k, no entry exactly at the threshold). Cotangents of ``a``
-    and ``b`` are defined up to a constant (the masses must stay equal): only directions
-    with ``sum(da) = sum(db)`` are meaningful. When the support graph splits into several
-    components (e.g. ``k = 1``) the shift of ``f`` within each component is not determined
-    by the problem; the backward rule gives those directions zero weight.
+    top-k set (dual), solved matrix-free by Jacobi-preconditioned MINRES on the support
+    graph (each product costs O(n m)). They are exact where the support of the plan is
+    locally constant (no ties in the top-k, no entry exactly at the threshold) and the
+    constraint does not bind (``binding`` false). Where it binds, the plan is one element of
+    the subdifferential at a kink of the dual and is not a differentiable function of the
+    inputs; the rule then returns the derivative of the smooth piece the solver stopped
+    on. Cotangents of ``a`` and ``b`` are defined up to a constant (the masses must stay
+    equal): only directions with ``sum(da) = sum(db)`` are meaningful. When the support
+    graph splits into several components (e.g. ``k = 1``) the shift of ``f`` within each
+    component is not determined by the problem, and ``a_bar - f`` is constant per component
+    rather than globally; the backward rule gives those directions zero weight.
+
+    The feasibility check is necessary, not sufficient: ``k m >= n`` (every row must be
+    reached) is enforced; other infeasible weight patterns show up as non-convergence.
 
     Examples
     --------
