@@ -350,8 +350,8 @@ class Oracle:
             return self._check(gy, y, "∇ᵧ(outer + λ inner)")
         return self.outer_grads(x, y)[2] + lam * self.inner_grad_y(x, y)
 
-    def hessian(self, x, y, *, with_grad=False):
-        """``(hyy, hxy[, ∇ᵧg])``: ``v ↦ ∇²ᵧᵧg·v`` and ``v ↦ ∇²ₓᵧg·v`` at (x, y)."""
+    def hessian(self, x, y):
+        """``(hyy, hxy)``: ``v ↦ ∇²ᵧᵧg·v`` and ``v ↦ ∇²ₓᵧg·v`` at (x, y)."""
         if self.inner_hvp is not None:
             hvp = self.inner_hvp
 
@@ -361,10 +361,8 @@ class Oracle:
             def hxy(v):
                 return self._pair(hvp(x, y, v), "inner_hvp", x, y)[0]
 
-            if with_grad:
-                return hyy, hxy, self.inner_grad_y(x, y)
             return hyy, hxy
-        gy, hyy_raw, hxy_raw = self.engine.hessian(self.inner, x, y)
+        _, hyy_raw, hxy_raw = self.engine.hessian(self.inner, x, y)
 
         def hyy(v):
             return self._check(hyy_raw(v), y, "∇²ᵧᵧ inner · v")
@@ -372,10 +370,6 @@ class Oracle:
         def hxy(v):
             return self._check(hxy_raw(v), x, "∇²ₓᵧ inner · v")
 
-        if with_grad:
-            gy = self._check(gy, y, "∇ᵧ inner") if self.inner_grad is None else \
-                self.inner_grad_y(x, y)
-            return hyy, hxy, gy
         return hyy, hxy
 
     def hvp_both(self, x, y, v):
