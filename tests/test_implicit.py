@@ -648,3 +648,58 @@ def test_optimality_conditions_need_f_or_grad():
                                        grad=lambda x: 2 * x)
     with pytest.raises(TypeError, match="hvp must be a callable"):
         stationarity(grad=lambda x: x, hvp=1.0)
+
+
+def test_fixed_point_and_kkt_with_user_vjp_any_namespace(xp, rng):
+    """The affine fixed point and an equality-constrained QP through its KKT conditions,
+    with hand-written VJPs, in every namespace (closed forms as in the NumPy tests)."""
+    Mn, bn = _affine_map(rng)
+    M, b = xp.asarray(Mn), xp.asarray(bn)
+
+    def T(x, M_, b_):
+        return M_ @ x + b_
+
+    def T_vjp(x, theta):
+        M_, b_ = theta
+        return T(x, M_, b_), (lambda u: (M_.T @ u, u[:, None] * x[None, :], u))
+
+    @custom_fixed_point(T, vjp=T_vjp)
+    def iterate(init, M_, b_):
+        x = init
+        for _ in range(200):
+            x = T(x, M_, b_)
+        return x
+
+    x, f_vjp = ds.vjp(iterate, xp.zeros(5, dtype=xp.float64), M, b)
+    xn = np.linalg.solve(np.eye(5) - Mn, bn)
+    assert_close(x, xn, xp=xp, rtol=1e-10)
+    x_bar = rng.standard_normal(5)
+    _, M_bar, b_bar = f_vjp(xp.asarray(x_bar))
+    u = np.linalg.solve((np.eye(5) - Mn).T, x_bar)
+    assert_close(b_bar, u, xp=xp, rtol=1e-8)
+    assert_close(M_bar, np.outer(u, xn), xp=xp, rtol=1e-8, atol=1e-12)
+
+    # min ½xᵀQx − cᵀx s.t. Ax = d: F(z, c) = [Qx − c + Aᵀν, Ax − d], z = [x, ν]
+    n, p = 4, 2
+    G = rng.standard_normal((n, n))
+    Qn, An = G @ G.T + np.eye(n), rng.standard_normal((p, n))
+    cn, dn = rng.standard_normal(n), rng.standard_normal(p)
+    Kn = np.block([[Qn, An.T], [An, np.zeros((p, p))]])
+    Q, A, d = xp.asarray(Qn), xp.asarray(An), xp.asarray(dn)
+
+    def F(z, c):
+        return xp.concat([Q @ z[:n] - c + A.T @ z[n:], A @ z[:n] - d])
+
+    def F_vjp(z, theta):  # ∂F/∂z = K (symmetric), ∂F/∂c = [−I; 0]
+        return F(z, *theta), (lambda u: (xp.concat([Q @ u[:n] + A.T @ u[n:], A @ u[:n]]),
+                                         -u[:n]))
+
+    @custom_root(F, vjp=F_vjp)
+    def qp(init, c):
+        return xp.linalg.solve(xp.asarray(Kn), xp.concat([c, d]))
+
+    z, f_vjp = ds.vjp(qp, xp.zeros(n + p, dtype=xp.float64), xp.asarray(cn))
+    assert_close(z, np.linalg.solve(Kn, np.concatenate([cn, dn])), xp=xp, rtol=1e-10)
+    z_bar = rng.standard_normal(n + p)
+    _, c_bar = f_vjp(xp.asarray(z_bar))
+    assert_close(c_bar, np.linalg.solve(Kn, z_bar)[:n], xp=xp, rtol=1e-8)  # z = K⁻¹[c; d]
