@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -39,9 +40,18 @@ _COL_BLOCK = 256
 _SERIAL_BELOW = 1 << 22
 
 
-def _serial_twin(kernel):
-    """The same compiled body without ``parallel=True`` (``prange`` runs as ``range``)."""
-    return jit()(kernel.py_func)
+def _run(kernel, serial, *args):
+    """Call a ``parallel=True`` kernel, on one thread when ``serial``. The thread count is
+    set per call (``numba.set_num_threads`` is thread-local) instead of compiling a second,
+    serial copy: Numba's on-disk cache would file both under one name."""
+    if not serial:
+        return kernel(*args)
+    n_threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(n_threads)
 
 
 @jit(parallel=True)
@@ -69,10 +79,6 @@ def _column_sums(P, c):  # pragma: no cover - compiled
         for i in range(n):
             for j in range(j0, j1):
                 c[j] += P[i, j]
-
-
-_plan_rows_serial = _serial_twin(_plan_rows)
-_column_sums_serial = _serial_twin(_column_sums)
 
 
 def plan_marginals(f, g, C, inv_eps, P, r, c):
@@ -117,12 +123,9 @@ def plan_marginals(f, g, C, inv_eps, P, r, c):
     if not (C.flags.c_contiguous and P.flags.c_contiguous):
         raise ValueError("plan_marginals: C and P must be C-contiguous")
     dt = P.dtype.type
-    if P.size < _SERIAL_BELOW:
-        _plan_rows_serial(f, g, C, dt(inv_eps), P, r)
-        _column_sums_serial(P, c)
-    else:
-        _plan_rows(f, g, C, dt(inv_eps), P, r)
-        _column_sums(P, c)
+    serial = P.size < _SERIAL_BELOW
+    _run(_plan_rows, serial, f, g, C, dt(inv_eps), P, r)
+    _run(_column_sums, serial, P, c)
     return P, r, c
 
 
@@ -186,14 +189,14 @@ def kth_largest(P, k):
             return float(_kth_largest_flat(flat.copy(), k))
     else:
         top = np.empty((n, s), dtype=P.dtype)
-        (_row_top_serial if serial else _row_top)(P, top)
+        _run(_row_top, serial, P, top)
         lower = _kth_largest_flat(top.reshape(-1), k)
     counts = np.empty(n, dtype=np.int64)
-    (_count_at_least_serial if serial else _count_at_least)(P, lower, counts)
+    _run(_count_at_least, serial, P, lower, counts)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     values = np.empty(int(indptr[-1]), dtype=P.dtype)
-    (_gather_at_least_serial if serial else _gather_at_least)(P, lower, indptr, values)
+    _run(_gather_at_least, serial, P, lower, indptr, values)
     return float(_kth_largest_flat(values, k))
 
 
@@ -255,10 +258,6 @@ def _fill_rows(P, tau, indptr, indices, data):  # pragma: no cover - compiled
                 pos += 1
 
 
-_count_rows_serial = _serial_twin(_count_rows)
-_fill_rows_serial = _serial_twin(_fill_rows)
-
-
 def threshold_csr(P, tau):
     """The entries of ``P`` with ``P_ij >= tau`` (and ``> 0``) as a canonical CSR matrix.
 
@@ -290,13 +289,13 @@ def threshold_csr(P, tau):
     counts = np.empty(n, dtype=np.int64)
     t = P.dtype.type(tau)
     serial = P.size < _SERIAL_BELOW
-    (_count_rows_serial if serial else _count_rows)(P, t, counts)
+    _run(_count_rows, serial, P, t, counts)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     nnz = int(indptr[-1])
     indices = np.empty(nnz, dtype=np.int64)
     data = np.empty(nnz, dtype=P.dtype)
-    (_fill_rows_serial if serial else _fill_rows)(P, t, indptr, indices, data)
+    _run(_fill_rows, serial, P, t, indptr, indices, data)
     return indptr, indices, data
 
 
@@ -528,8 +527,3 @@ def newton_step(indptr, indices, data, indptr_t, indices_t, data_t, r, c, grad_f
         raise ValueError(f"newton_step: fixed must lie in [0, {m}), got {fixed}")
     return int(_newton_step(indptr, indices, data, indptr_t, indices_t, data_t, r, c, grad_f,
                             grad_g, float(eps), int(fixed), float(rtol), int(maxiter), df, dg))
-
-
-_row_top_serial = _serial_twin(_row_top)
-_count_at_least_serial = _serial_twin(_count_at_least)
-_gather_at_least_serial = _serial_twin(_gather_at_least)
