@@ -50,7 +50,10 @@ extern "C" __global__ void lane_top(const real_t* __restrict__ P, const long lon
     const int lane = (int)(gid % 32);
     if (row >= n) return;
     real_t* top = out + (row * 32 + lane) * s;
-    for (int t = 0; t < s; ++t) top[t] = -INFINITY;
+    // -inf without math headers: the square of the largest double overflows (to inf in
+    // float as well)
+    const real_t ninf = -((real_t)1e308 * (real_t)1e308);
+    for (int t = 0; t < s; ++t) top[t] = ninf;
     const real_t* Pr = P + row * m;
     for (long long j = lane; j < m; j += 32) {
         const real_t v = Pr[j];
