@@ -703,3 +703,27 @@ def test_fixed_point_and_kkt_with_user_vjp_any_namespace(xp, rng):
     z_bar = rng.standard_normal(n + p)
     _, c_bar = f_vjp(xp.asarray(z_bar))
     assert_close(c_bar, np.linalg.solve(Kn, z_bar)[:n], xp=xp, rtol=1e-8)  # z = K⁻¹[c; d]
+
+
+def test_projected_gradient_vjp_any_namespace(xp):
+    """Box-constrained separable quadratic: x* = clip(a, 0, 1), dx*/da = 1 where free."""
+    dn = np.array([1.0, 2.0, 0.5, 3.0])
+    d = xp.asarray(dn)
+    F = projected_gradient_fixed_point(
+        None, lambda v, a_: projection_box(v, 0.0, 1.0), stepsize=0.25,
+        grad=lambda x, a_: d * (x - a_),
+        hvp=lambda x, theta, w: (d * w, -d * w),
+        projection_vjp=lambda z, u, a_: xp.where((z > 0.0) & (z < 1.0), u, xp.zeros_like(u)))
+
+    @custom_root(F)  # gmres on F.vjp: ∂F/∂x is not symmetric where the box is active
+    def solve_box(init, a_):
+        return xp.clip(a_, 0.0, 1.0)
+
+    a = xp.asarray([0.5, 2.0, -1.0, 0.7])
+    x, f_vjp = ds.vjp(solve_box, xp.zeros(4, dtype=xp.float64), a)
+    assert_close(F(x, a), np.zeros(4), xp=xp, atol=1e-15)
+    _, a_bar = f_vjp(xp.asarray([1.0, 2.0, 3.0, 4.0]))
+    assert_close(a_bar, [1.0, 0.0, 0.0, 4.0], xp=xp, atol=1e-10)
+    with pytest.raises(TypeError, match="go together"):
+        projected_gradient_fixed_point(None, projection_nonnegative, grad=lambda x: x,
+                                       hvp=lambda x, t, w: (w,))

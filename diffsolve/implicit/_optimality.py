@@ -15,8 +15,10 @@ Given an objective ``f``, they differentiate it with HIPS autograd, so ``f`` is 
 ``autograd.numpy`` and takes NumPy arrays; ``custom_root``'s default VJPs then
 differentiate ``F`` once more (autograd supports nesting). For CuPy, array_api_strict or
 torch arrays, the first three take the gradient instead (``grad=``, array-API code in the
-inputs' namespace); ``stationarity(grad=..., hvp=...)`` also carries its VJP, the other
-two need ``vjp=`` in :func:`custom_root`. ``kkt_conditions`` is autograd-only.
+inputs' namespace); ``stationarity(grad=..., hvp=...)`` and
+``projected_gradient_fixed_point(..., grad=, hvp=, projection_vjp=)`` also carry their VJP
+(``F.vjp``, which :func:`custom_root` uses), the proximal one needs ``vjp=`` in
+:func:`custom_root`. ``kkt_conditions`` is autograd-only.
 
 Reference: Blondel et al., "Efficient and Modular Implicit Differentiation" (NeurIPS
 2022), §2.2 (the catalogue of optimality conditions) and JAXopt's
@@ -181,8 +183,9 @@ def proximal_gradient_fixed_point(f: Callable | None, prox: Callable, stepsize: 
 
 
 def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
-                                   stepsize: float = 1.0, *, grad: Callable | None = None
-                                   ) -> Callable:
+                                   stepsize: float = 1.0, *, grad: Callable | None = None,
+                                   hvp: Callable | None = None,
+                                   projection_vjp: Callable | None = None) -> Callable:
     """The fixed point ``x = proj_C(x − η∇ₓf(x, *θ))`` of projected gradient, as a root.
 
     Parameters
@@ -198,7 +201,15 @@ def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
     grad : callable, optional
         ``grad(x, *theta) -> ∇ₓf`` in any array library, instead of ``f`` (pass
         ``f=None``); ``F`` then runs in its inputs' namespace (the built-in projections
-        do), and :func:`custom_root` needs a ``vjp=`` for it.
+        do), and :func:`custom_root` needs a VJP for it: ``vjp=``, or the next two.
+    hvp, projection_vjp : callable, optional
+        Together, with ``grad``: ``hvp(x, theta, w) -> ((∇²ₓₓf) w, θ̄₁, …, θ̄ₖ)`` (the VJP
+        of ``∇ₓf``, as for :func:`stationarity`) and ``projection_vjp(z, u, *theta) ->
+        J_P(z)ᵀu`` (e.g. ``u * (z > 0)`` for the nonnegative orthant, ``u`` masked to
+        ``lower < z < upper`` for a box). ``F`` then carries ``F.vjp``: with
+        ``w = J_P(z)ᵀu`` at ``z = x − η∇f``, ``x̄ = u − w + η∇²f w`` and
+        ``θ̄ᵢ = η(∂θᵢ∇f)ᵀw``; a set that depends on θ is not differentiated this way
+        (write ``vjp=`` for :func:`custom_root` instead).
 
     Returns
     -------
@@ -218,12 +229,33 @@ def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
     grad_f = _gradient(where, f, grad)
     _check_callable(where, "projection", projection)
     eta = _check_stepsize(where, stepsize)
+    if (hvp is None) != (projection_vjp is None) or (hvp is not None and grad is None):
+        raise TypeError(f"{where}: hvp= and projection_vjp= go together, with grad= (the "
+                        "VJP of F needs all three)")
+    for name, fn in (("hvp", hvp), ("projection_vjp", projection_vjp)):
+        if fn is not None:
+            _check_callable(where, name, fn)
 
     def F(x, *theta):
         if grad is None:
             _require_numpy(x, where)
         return x - projection(x - eta * grad_f(x, *theta), *theta)
 
+    if hvp is not None:
+        def vjp(x, theta):
+            z = x - eta * grad_f(x, *theta)
+            value = x - projection(z, *theta)
+
+            def vjp_fn(u):
+                # F = x − P(z), z = x − η∇f:  Fᵀ-products through w = J_P(z)ᵀu
+                w = projection_vjp(z, u, *theta)
+                hw, *theta_bars = hvp(x, tuple(theta), w)
+                return (u - w + eta * hw,
+                        *(None if t is None else eta * t for t in theta_bars))
+
+            return value, vjp_fn
+
+        F.vjp = vjp
     return F
 
 
