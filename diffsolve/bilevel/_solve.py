@@ -326,6 +326,18 @@ class _Problem:
         self.inner_idx = self._draw()
         self.d.bind(self.outer_idx, self.inner_idx)
 
+    def checkpoint(self):
+        """The draw state (mini-batches only), for replaying the same batches."""
+        if self.batch is None:
+            return None
+        return self.rng.bit_generator.state, self.inner_idx
+
+    def restore(self, state):
+        if state is None:
+            return
+        self.rng.bit_generator.state, self.inner_idx = state
+        self.d.bind(self.outer_idx, self.inner_idx)
+
     def norm(self, v) -> float:
         return float(self.xp.sqrt(self.xp.sum(v * v)))
 
@@ -411,11 +423,15 @@ class _Penalty:
         pb, d, x, lam = self.pb, self.pb.d, self.x, self.lam
         a = self.inner_step / (1.0 + lam)
         y = self.y
+        replay = pb.checkpoint()
         gy = d.penalised_grad_y(x, y, lam)
         for _ in range(self.inner_iters):
             y = pb.py(y - a * gy)
             pb.resample(outer=False)
             gy = d.penalised_grad_y(x, y, lam)
+        # mini-batches: z steps on the same batches as y (common random numbers), so that
+        # the noise of y − z, which λ multiplies below, is correlated rather than doubled
+        pb.restore(replay)
         self.z, z_res = pb.inner_descent(x, self.z, self.inner_step, self.inner_iters)
         self.y = y
         y_res = pb.norm(y - pb.py(y - a * gy)) / a / (1.0 + lam)
