@@ -11,6 +11,13 @@ BENCHMARKS = (
     "bench.bench_bandits",
     "bench.bench_hypergradient",
     "bench.bench_bilevel",
+    "bench.bench_dcdm",
+    "bench.bench_sinkhorn",
+    "bench.bench_ot_newton",
+    "bench.bench_sparse_ot",
+    "bench.bench_ode_forward",
+    "bench.bench_ode_gradients",
+    "bench.bench_ode_regularization",
 )
 
 
