@@ -217,6 +217,7 @@ def test_batched_matches_loop_and_per_problem_convergence(rng):
     res = SNS(a, b, C, eps, **TIGHT)
     assert res.plan.shape == (3, 8, 6) and res.f.shape == (3, 8) and res.cost.shape == (3,)
     assert res.n_iters.shape == (3,) and res.converged.dtype == bool and len(res.history) == 3
+    assert res.message == "converged"
     for k in range(3):
         one = SNS(a[k], b[k], C[k], eps, **TIGHT)
         np.testing.assert_allclose(res.plan[k], one.plan, rtol=1e-12, atol=1e-15)
@@ -271,6 +272,8 @@ def test_non_convergence_warns_and_throws(rng):
     with pytest.warns(ds.ConvergenceWarning, match="increase max_iter.*density.*larger eps"):
         res = SNS(a, b, C, 1e-3, max_iter=1, n_sinkhorn=2)
     assert not res.converged and res.n_iters == 1 and res.error > 1e-9
+    assert res.message.startswith("did not converge: increase max_iter")
+    assert SNS(a, b, C, 1e-2, tol=1e-8).message == "converged"
     with pytest.raises(RuntimeError, match="did not reach tol"):
         SNS(a, b, C, 1e-3, max_iter=1, n_sinkhorn=2, throw=True)
     with pytest.warns(ds.ConvergenceWarning, match="float32"):

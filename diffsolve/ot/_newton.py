@@ -91,16 +91,16 @@ class SNSResult(OTResult):
 
     @property
     def message(self) -> str:
-        if bool(self._all(self.converged)):
+        conv = self.converged
+        if getattr(conv, "ndim", 0) == 0:
+            done = bool(conv)
+        else:
+            xp = B.array_namespace(conv)
+            done = bool(xp.all(conv))
+        if done:
             return "converged"
         return ("did not converge: increase max_iter or n_sinkhorn, raise density, or use "
                 "a larger eps")
-
-    @staticmethod
-    def _all(x):
-        return all(bool(v) for v in x) if isinstance(x, (list, tuple)) else \
-            bool(x) if not hasattr(x, "shape") or x.shape == () else \
-            all(bool(v) for v in B.host_numpy(x).reshape(-1))
 
 
 # ---------------------------------------------------------------------------------------
