@@ -355,6 +355,8 @@ def main(argv=None):
                         help="use Numba's on-disk cache (default: a fresh one, so the first "
                         "call measures a cold JIT compile)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--trace-only", action="store_true",
+                        help="keep the cases of an earlier run's JSON; redo the traces/plots")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.gpu:
@@ -383,17 +385,22 @@ def main(argv=None):
                 "numba_threads": numba.get_num_threads(), "load_start": os.getloadavg(),
                 "jit_first_call_s": t_jit, "second_call_s": t_warm}
         print(json.dumps(meta), flush=True)
-        cases = []
-        for n in sizes:
-            for eps in eps_list:
-                case = cpu_case(n, eps, repeats, budget, pot_methods)
-                print(json.dumps(case), flush=True)
-                cases.append(case)
+        suffix = "_quick" if quick else ""
+        out_json = args.out_dir / f"ot_newton_cpu{suffix}.json"
+        cases, trace = [], None
+        if args.trace_only:
+            cases = json.loads(out_json.read_text())["cases"] if out_json.exists() else []
+        else:
+            for n in sizes:
+                for eps in eps_list:
+                    case = cpu_case(n, eps, repeats, budget, pot_methods)
+                    print(json.dumps(case), flush=True)
+                    cases.append(case)
+                    # written after every case: a run cut short keeps what it measured
+                    out_json.write_text(json.dumps({"meta": meta, "cases": cases}, indent=2))
         trace = traces(sizes[-1] if quick else 1000, 0.002, budget)
         meta["load_end"] = os.getloadavg()
-    suffix = "_quick" if quick else ""
-    (args.out_dir / f"ot_newton_cpu{suffix}.json").write_text(
-        json.dumps({"meta": meta, "cases": cases, "trace": trace}, indent=2))
+    out_json.write_text(json.dumps({"meta": meta, "cases": cases, "trace": trace}, indent=2))
     plots(trace, args.out_dir, suffix)
     for c in cases:
         pot = ", ".join(f"{m} {v['s']:.2f}s" if v.get("reached") else f"{m} --"

@@ -465,9 +465,9 @@ def _solve_one(a, b, C, eps, opts: _Options, xp, problem_index=None):
             # Newton made no progress (far from the optimum, or the sparsified Hessian is
             # too poor): fall back to Sinkhorn, which always increases F
             n_fallbacks += 1
-            f, g, its, _ = _sinkhorn_steps(a, b, C, eps, opts.tol, opts.n_fallback, f, g,
-                                           opts.error_measure)
-            n_sk += its
+            f, g, sk_its, _ = _sinkhorn_steps(a, b, C, eps, opts.tol, opts.n_fallback, f, g,
+                                              opts.error_measure)
+            n_sk += sk_its
             state = path.evaluate(f, g)
             path.accept()
             P, r, c, total = state
