@@ -24,8 +24,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LBFGSOutcome", "lbfgs", "scipy_lbfgs"]
+__all__ = ["FTOL", "LBFGSOutcome", "lbfgs", "scipy_lbfgs"]
 
+#: Relative objective reduction below which an iteration counts as no progress: the
+#: smooth case is finished by the caller (Newton steps), and where the caller's rule can
+#: never hold (a kink of a non-smooth objective) this ends the search.
+FTOL = 1e-10
 _C1 = 1e-4
 _C2 = 0.9
 _MAX_LINE_SEARCH = 30
@@ -118,7 +122,8 @@ def _zoom(phi, f0, d0, lo, f_lo, d_lo, hi, f_hi, d_hi):
     return None
 
 
-def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10) -> LBFGSOutcome:
+def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10,
+          ftol: float = FTOL) -> LBFGSOutcome:
     """Minimise ``fun(x) -> (value, grad, done)`` from ``x0`` with L-BFGS in namespace ``xp``.
 
     Parameters
@@ -134,6 +139,9 @@ def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10) -> LBFGSOutcome:
         Iteration limit (each iteration is one line search).
     memory : int
         Number of correction pairs kept.
+    ftol : float
+        Stop (status ``"stalled"``) after an iteration with
+        ``f_old - f_new <= ftol * max(|f_old|, |f_new|, 1)`` (SciPy's ``factr`` test).
 
     Returns
     -------
@@ -147,7 +155,7 @@ def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10) -> LBFGSOutcome:
     ...     r = x - target
     ...     g = r * xp.asarray([1.0, 10.0, 100.0])
     ...     return float(xp.sum(r * g)) / 2, g, float(xp.max(xp.abs(g))) < 1e-10
-    >>> out = lbfgs(fun, xp.zeros(3), xp, max_iter=100)
+    >>> out = lbfgs(fun, xp.zeros(3), xp, max_iter=100, ftol=0.0)
     >>> out.status, bool(xp.max(xp.abs(out.x - target)) < 1e-10)
     ('done', True)
     """
@@ -212,16 +220,20 @@ def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10) -> LBFGSOutcome:
             if len(s_hist) > memory:
                 s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
             gamma = sy / yy
-        x, value, g = x_new, value_new, g_new
+        reduction = value - value_new
+        x, value_old, value, g = x_new, value, value_new, g_new
+        if reduction <= ftol * max(abs(value_old), abs(value), 1.0):
+            return LBFGSOutcome(x, value, g, it, n_evals, "stalled")
     return LBFGSOutcome(x, value, g, max_iter, n_evals, "max_iter")
 
 
-def scipy_lbfgs(fun, x0, *, max_iter: int, memory: int = 10) -> LBFGSOutcome:
+def scipy_lbfgs(fun, x0, *, max_iter: int, memory: int = 10,
+                ftol: float = FTOL) -> LBFGSOutcome:
     """The same contract as :func:`lbfgs`, with SciPy's ``fmin_l_bfgs_b`` (NumPy float64).
 
-    SciPy's own stopping tests are set to machine precision (``factr=10``, ``pgtol=0``)
-    so that the caller's rule decides; when SciPy still stops first the status is
-    ``"stalled"``.
+    SciPy's gradient test is off (``pgtol=0``) and its relative-reduction test is set to
+    ``ftol`` (``factr = ftol / eps``), so that the caller's rule decides unless the
+    objective has stopped moving (status ``"stalled"``).
 
     Examples
     --------
@@ -251,7 +263,8 @@ def scipy_lbfgs(fun, x0, *, max_iter: int, memory: int = 10) -> LBFGSOutcome:
         return value, grad
 
     try:
-        x, value, info = fmin_l_bfgs_b(wrapped, x0, m=memory, factr=10.0, pgtol=0.0,
+        x, value, info = fmin_l_bfgs_b(wrapped, x0, m=memory, factr=ftol / 2.220446049250313e-16,
+                                       pgtol=0.0,
                                        maxiter=max_iter, maxfun=20 * max_iter + 20,
                                        callback=count)
     except _Done as stop:
