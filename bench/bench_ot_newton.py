@@ -129,7 +129,8 @@ def _pot_once(a, b, C, eps, method, n_iter, stop):
             P, log = ot.sinkhorn(a, b, C, eps, method=method, numItermax=n_iter, stopThr=stop,
                                  log=True)
     msgs = sorted({str(w.message)[:100] for w in caught})
-    return np.asarray(P), int(log.get("niter", n_iter)), msgs
+    # some methods (stabilized, greenkhorn) do not report their iteration count
+    return np.asarray(P), (int(log["niter"]) if "niter" in log else None), msgs
 
 
 def _child(conn, fn, args):
@@ -207,14 +208,21 @@ def pot_time_to_tol(a, b, C, eps, method, budget):
         if not finite:
             out.update(reached=False, reason="non-finite plan (under/overflow)")
             return out
-        if it >= n_budget - 1 and t < 0.5 * budget and grow < 3:
-            # the probe overestimated the time per iteration (start-up costs): more
-            # iterations fit in the budget
-            n_budget = int(n_budget * 0.8 * budget / max(t, 1e-3))
-            out["iter_budget"] = n_budget
-            grow += 1
-            continue
-        if it >= n_budget - 1 or t >= budget:
+        if t >= budget:
+            out.update(reached=False, reason=f"did not reach 1e-9 within {budget:g} s "
+                                             f"({it} iterations, L1 error {err:.2e})")
+            return out
+        # ran out of iterations? (for methods that do not report their count: it took at
+        # least half the time the probe predicts for the whole iteration budget)
+        capped = it >= n_budget - 1 if it is not None else t >= 0.5 * n_budget * per_iter
+        if capped:
+            if t < 0.5 * budget and grow < 3:
+                # the probe overestimated the time per iteration (start-up costs): more
+                # iterations fit in the budget
+                n_budget = int(n_budget * 0.8 * budget / max(t, 1e-3))
+                out["iter_budget"] = n_budget
+                grow += 1
+                continue
             out.update(reached=False, reason=f"did not reach 1e-9 within {budget:g} s "
                                              f"({it} iterations, L1 error {err:.2e})")
             return out
