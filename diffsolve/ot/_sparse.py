@@ -334,8 +334,9 @@ class _Problem:
         return xp.sum(xp.abs(row - self.a)) + xp.sum(xp.abs(col - self.b))
 
     # -- the plan in both forms ---------------------------------------------------------
-    def finish(self, plan):
-        """(dense plan (n, m), indices (m, k), values (m, k)) from an evaluation's plan."""
+    def finish(self, plan, dense_only=False):
+        """(dense plan (n, m), indices (m, k), values (m, k)) from an evaluation's plan
+        (indices and values None with ``dense_only``)."""
         xp = self.xp
         # fused-kernel evaluations hand back ("relu", alpha, beta) / ("simplex", alpha, tau)
         tag = plan[0] if isinstance(plan, tuple) and isinstance(plan[0], str) else None
@@ -351,8 +352,12 @@ class _Problem:
             cols = xp.reshape(xp.arange(self.m, device=self.dev), (-1, 1))
             T_t = xpx.at(T_t)[cols, idx].set(W)
             return xp.permute_dims(T_t, (1, 0)), idx, W
+        if dense_only:
+            return plan, None, None
         T_t = xp.permute_dims(plan, (1, 0))
-        idx = xp.argsort(T_t, axis=1, descending=True, stable=True)[:, :self.k]
+        # the (at most k) positive entries of a column come first; ties among the zeros
+        # are irrelevant, so the faster unstable sort will do
+        idx = xp.argsort(-T_t, axis=1, stable=False)[:, :self.k]
         return plan, idx, xp.take_along_axis(T_t, idx, axis=1)
 
 
@@ -383,7 +388,7 @@ def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8):
     # inexact Newton: each step cuts the error by about rtol, a few steps reach any tol
     rtol = 1e-7 if prob.C.dtype == xp.float64 else 1e-5
     while err > target and steps < max_steps:
-        T = prob.finish(ev[4])[0]
+        T = prob.finish(ev[4], dense_only=True)[0]
         matvec, diag = _support_system(T, prob.b, prob.gamma, formulation, xp)
         d = _minres(matvec, ev[1], diag, xp, rtol, 4 * (prob.n + prob.m))
         t, improved = 1.0, False
