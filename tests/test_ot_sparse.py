@@ -486,17 +486,34 @@ def test_backward_in_binding_case_is_finite():
 
 
 @pytest.mark.gpu
-def test_cupy_matches_numpy():
+@pytest.mark.parametrize("k", [4, 6, 40])
+def test_cupy_matches_numpy(k):
+    """CuPy runs diffsolve's own L-BFGS: compare with the same solver on NumPy. k = 4
+    binds on this problem, k = 6 does not (gradients compared), k = 40 is quadratic OT."""
     cp = pytest.importorskip("cupy")
     a, b, C = _cloud_problem(2, 40, 30)
+    w = np.random.default_rng(0).normal(size=C.shape)
     for formulation in ("semi-dual", "dual"):
-        ref, f_ref = ds.vjp(dot.sparse_ot, a, b, C, 4, 0.1, formulation=formulation)
-        res, f_gpu = ds.vjp(dot.sparse_ot, cp.asarray(a), cp.asarray(b), cp.asarray(C), 4, 0.1,
-                            formulation=formulation)
+        ref, f_ref = ds.vjp(dot.sparse_ot, a, b, C, k, 0.1, formulation=formulation,
+                            solver="lbfgs-xp")
+        res, f_gpu = ds.vjp(dot.sparse_ot, cp.asarray(a), cp.asarray(b), cp.asarray(C), k,
+                            0.1, formulation=formulation)
         assert isinstance(res.plan, cp.ndarray) and res.converged
-        assert abs(float(res.dual_value) - float(ref.dual_value)) <= 1e-10
-        w = np.random.default_rng(0).normal(size=C.shape)
-        _, _, gC = f_gpu(plan=cp.asarray(w))
-        _, _, rC = f_ref(plan=w)
+        assert isinstance(res.plan_indices, cp.ndarray)
+        assert abs(float(res.dual_value) - float(ref.dual_value)) <= 1e-9
         if not ref.binding:
-            np.testing.assert_allclose(gC.get(), rC, atol=1e-8)
+            np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-9)
+            _, _, gC = f_gpu(plan=cp.asarray(w), cost=cp.asarray(1.0))
+            _, _, rC = f_ref(plan=w, cost=np.asarray(1.0))
+            np.testing.assert_allclose(gC.get(), rC, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_cupy_float32_and_batch():
+    cp = pytest.importorskip("cupy")
+    probs = [_cloud_problem(s, 30, 20) for s in (5, 6)]
+    a, b, C = (cp.asarray(np.stack([p[i] for p in probs]), dtype=cp.float32) for i in range(3))
+    res = dot.sparse_ot(a, b, C, 5, 0.1)
+    assert res.plan.dtype == cp.float32 and res.plan.shape == (2, 30, 20)
+    assert bool(cp.all(res.converged))
+    assert int((res.plan > 0).sum(axis=1).max()) <= 5
