@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import jit
+from ._config import call_threaded, jit
 from .sparse import _csr_matvec_1d
 
 __all__ = ["cg_direction", "cg_next", "cg_solve_csr", "cg_step_size", "cg_update", "column_dots",
@@ -54,7 +54,7 @@ def column_dots(a, b, out):
 
     Returns ``out`` (shape ``(k,)``), filled in place.
     """
-    return _column_dots(a, b, out)
+    return call_threaded(_column_dots, a.size, a, b, out)
 
 
 @jit(parallel=True)
@@ -89,7 +89,7 @@ def curvature_dots(p, Ap, out):
 
     ``out`` has shape ``(3, k)``; returned after being filled in place.
     """
-    return _curvature_dots(p, Ap, out)
+    return call_threaded(_curvature_dots, p.size, p, Ap, out)
 
 
 @jit(parallel=True)
@@ -122,7 +122,7 @@ def cg_update(x, r, p, Ap, alpha, rr):
     ``alpha`` and ``rr`` have shape ``(k,)``; a zero ``alpha`` leaves a column unchanged.
     Returns ``rr``.
     """
-    return _cg_update(x, r, p, Ap, alpha, rr)
+    return call_threaded(_cg_update, x.size, x, r, p, Ap, alpha, rr)
 
 
 @jit(parallel=True)
@@ -136,7 +136,7 @@ def _cg_direction(p, z, beta):  # pragma: no cover - compiled
 
 def cg_direction(p, z, beta):
     """``p = z + beta p`` in place (``beta`` per column); returns ``p``."""
-    return _cg_direction(p, z, beta)
+    return call_threaded(_cg_direction, p.size, p, z, beta)
 
 
 # --------------------------------------------------------------------------------------

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
-from ._config import jit
+from ._config import call_threaded, jit
 
 __all__ = ["lse_cols", "lse_rows"]
 
@@ -147,22 +146,9 @@ def _lse_cols(C, f, eps, active, out):  # pragma: no cover - compiled
     return out
 
 
-# below this many cost entries a call runs on one thread: waking the thread pool costs more
-# than the work (and on a busy machine a parallel launch can wait for a core). The thread
-# count is set per call (numba.set_num_threads is thread-local) rather than keeping a
-# second, serial compilation: Numba's cache would file both under one name.
-_SERIAL_BELOW = 1 << 16
-
-
 def _call(kern, C, *args):
-    if C.size >= _SERIAL_BELOW:
-        return kern(C, *args)
-    n_threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kern(C, *args)
-    finally:
-        numba.set_num_threads(n_threads)
+    # small problems on one thread (see _config.call_threaded)
+    return call_threaded(kern, C.size, C, *args)
 
 
 def _check(C, v, active, out, n_v, n_out, what):

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import jit
+from ._config import call_threaded, jit
 
 __all__ = ["csr_matvec", "csr_sampled_outer"]
 
@@ -145,12 +145,12 @@ def csr_matvec(indptr, indices, data, x, out):
     if x.ndim == 1:
         if out.shape != (n_rows,):
             raise ValueError(f"out must have shape {(n_rows,)} for 1-D x, got {out.shape}")
-        _csr_matvec_1d(indptr, indices, data, x, out)
+        call_threaded(_csr_matvec_1d, data.size, indptr, indices, data, x, out)
     elif x.ndim == 2:
         expected = (n_rows, x.shape[1])
         if out.shape != expected:
             raise ValueError(f"out must have shape {expected} for 2-D x, got {out.shape}")
-        _csr_matvec_2d(indptr, indices, data, x, out)
+        call_threaded(_csr_matvec_2d, data.size * x.shape[1], indptr, indices, data, x, out)
     else:
         raise ValueError(f"x must be 1-D or 2-D, got {x.ndim}-D")
     return out
@@ -253,13 +253,13 @@ def csr_sampled_outer(indptr, indices, u, v, out):
     if u.shape[0] != n_rows:
         raise ValueError(f"u must have {n_rows} rows, got shape {u.shape}")
     if u.ndim == 1:
-        _csr_sampled_outer_1d(indptr, indices, u, v, out)
+        call_threaded(_csr_sampled_outer_1d, indices.size, indptr, indices, u, v, out)
     elif u.ndim == 2:
         if u.shape[1] != v.shape[1]:
             raise ValueError(
                 f"u and v must have the same number of columns, got {u.shape} and {v.shape}"
             )
-        _csr_sampled_outer_2d(indptr, indices, u, v, out)
+        call_threaded(_csr_sampled_outer_2d, indices.size * u.shape[1], indptr, indices, u, v, out)
     else:
         raise ValueError(f"u and v must be 1-D or 2-D, got {u.ndim}-D")
     return out
