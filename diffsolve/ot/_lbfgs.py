@@ -29,7 +29,7 @@ __all__ = ["FTOL", "LBFGSOutcome", "lbfgs", "scipy_lbfgs"]
 #: Relative objective reduction below which an iteration counts as no progress: the
 #: smooth case is finished by the caller (Newton steps), and where the caller's rule can
 #: never hold (a kink of a non-smooth objective) this ends the search.
-FTOL = 1e-10
+FTOL = 1e-12
 _C1 = 1e-4
 _C2 = 0.9
 _MAX_LINE_SEARCH = 30

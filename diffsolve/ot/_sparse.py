@@ -49,7 +49,7 @@ from .. import _backend as B
 from .._autodiff import custom_vjp
 from .._result import ConvergenceWarning
 from ._errors import check_ot_inputs
-from ._lbfgs import lbfgs, scipy_lbfgs
+from ._lbfgs import FTOL, lbfgs, scipy_lbfgs
 from ._result import OTResult
 
 __all__ = ["SparseOTResult", "quadratic_ot", "sparse_ot"]
@@ -58,6 +58,7 @@ WHERE_SPARSE = "diffsolve.ot.sparse_ot"
 WHERE_QUADRATIC = "diffsolve.ot.quadratic_ot"
 FORMULATIONS = ("semi-dual", "dual")
 _SWITCH = 1e-3  # relative marginal error at which L-BFGS hands over to the Newton polish
+_FTOL_FINE = 2.2e-15  # phase 2 (k does not bind): SciPy factr = 10, rounding level
 _KERNEL_MAX_K = 48  # = the insertion-selection limit of kernels/cpu/ot_sparse.py
 SOLVERS = ("lbfgs", "lbfgs-scipy", "lbfgs-xp")
 
@@ -410,27 +411,39 @@ def _solve_one(prob: _Problem, formulation, tol, max_iter, use_scipy):
     n, m = prob.n, prob.m
     target = tol * prob.mass
 
-    def run_lbfgs(x0, goal, iters):
+    def run_lbfgs(x0, goal, iters, ftol):
         def fun(x):
             value, grad, row, col, _, _ = _evaluate(prob, formulation, x)
             err = float(prob.error(row, col))
             return -float(value), -grad, err <= goal
 
-        out = scipy_lbfgs(fun, x0, max_iter=iters) if use_scipy else \
-            lbfgs(fun, x0, xp, max_iter=iters)
+        out = scipy_lbfgs(fun, x0, max_iter=iters, ftol=ftol) if use_scipy else \
+            lbfgs(fun, x0, xp, max_iter=iters, ftol=ftol)
         return xp.asarray(out.x, dtype=prob.C.dtype, device=prob.dev), out
+
+    def potentials(x, ev):
+        if formulation == "dual":
+            return x[:n], x[n:]
+        # beta recovered from the projection threshold: on the support of column j,
+        # t_ij = (alpha_i + beta_j - c_ij) / gamma with t_ij = b_j (x_ij - tau_j) and
+        # x_ij = (alpha_i - c_ij) / (gamma b_j), hence beta_j = -gamma b_j tau_j. A column
+        # with b_j = 0 gets the largest beta_j with an empty support.
+        beta = xp.where(prob.b > 0, -prob.gamma * prob.b * ev[5],
+                        xp.min(prob.C - x[:, None], axis=0))
+        return x, beta
 
     size = n if formulation == "semi-dual" else n + m
     x = xp.zeros((size,), dtype=prob.C.dtype, device=prob.dev)
     # Phase 1: L-BFGS until the marginals hold to _SWITCH (the support of the plan is then
-    # usually identified); Newton steps on that support finish the job (_polish). If they
-    # do not reach tol, L-BFGS resumes from the polished point with the real target, and
-    # the polish is tried once more where it stops.
+    # usually identified) or the objective stops improving (relative FTOL: where k binds
+    # the optimum is a kink and the marginal test can never hold); Newton steps on the
+    # support finish the job (_polish). If they do not reach tol and k does not bind,
+    # phase 2: L-BFGS from the polished point with the real target and a stall test at
+    # rounding level, then the polish once more.
     n_iters, status = 0, "done"
-    goals = [max(target, _SWITCH * prob.mass), target] if target < _SWITCH * prob.mass \
-        else [target]
-    for goal in goals:
-        x, out = run_lbfgs(x, goal, max_iter - n_iters)
+    phases = [(max(target, _SWITCH * prob.mass), FTOL), (target, _FTOL_FINE)]
+    for phase, (goal, ftol) in enumerate(phases):
+        x, out = run_lbfgs(x, goal, max_iter - n_iters, ftol)
         n_iters += out.n_iters
         status = out.status
         ev = _evaluate(prob, formulation, x)
@@ -440,17 +453,10 @@ def _solve_one(prob: _Problem, formulation, tol, max_iter, use_scipy):
         n_iters += steps
         if float(prob.error(ev[2], ev[3])) <= target:
             break
-    value, _, row, col, plan, tau = ev
-    if formulation == "semi-dual":
-        alpha = x
-        # beta recovered from the projection threshold: on the support of column j,
-        # t_ij = (alpha_i + beta_j - c_ij) / gamma with t_ij = b_j (x_ij - tau_j) and
-        # x_ij = (alpha_i - c_ij) / (gamma b_j), hence beta_j = -gamma b_j tau_j. A column
-        # with b_j = 0 gets the largest beta_j with an empty support.
-        beta = xp.where(prob.b > 0, -prob.gamma * prob.b * tau,
-                        xp.min(prob.C - alpha[:, None], axis=0))
-    else:
-        alpha, beta = x[:n], x[n:]
+        if phase == 0 and prob.binding(*potentials(x, ev)):
+            break
+    value, _, row, col, plan, _ = ev
+    alpha, beta = potentials(x, ev)
     T, idx, W = prob.finish(plan)
     err = prob.error(row, col)
     binding = prob.binding(alpha, beta)
