@@ -80,8 +80,9 @@ class SparseOTResult(OTResult):
         fewer than ``k`` entries). Not differentiable: differentiate ``plan``.
     dual_value : array, shape (...)
         The maximised objective (the semi-dual or dual value) at the solution; ``cost -
-        dual_value`` is the duality gap (0 for ``k >= n``; for ``k < n`` the primal is not
-        convex and a gap can remain).
+        dual_value`` is the duality gap (0 to rounding when the constraint does not bind;
+        where it binds the plan misses the marginals slightly, so the difference can have
+        either sign).
     binding : bool or array of bool, shape (...)
         Whether the sparsity constraint binds (some column would have more than ``k``
         nonzeros without it). Then the (semi-)dual optimum is a kink, L-BFGS stops there
