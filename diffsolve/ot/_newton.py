@@ -111,6 +111,7 @@ class _Options:
     tol: float
     max_iter: int
     n_sinkhorn: int
+    sinkhorn_switch: int
     density: float | None
     max_density: float
     drop_tol: float
@@ -144,9 +145,9 @@ def _real_in(name, value, lo, hi, lo_open=True, hi_open=True, example=""):
     return float(value)
 
 
-def _check_options(tol, max_iter, n_sinkhorn, density, max_density, drop_tol, threshold,
-                   cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback, error_measure,
-                   callback):
+def _check_options(tol, max_iter, n_sinkhorn, sinkhorn_switch, density, max_density, drop_tol,
+                   threshold, cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback,
+                   error_measure, callback):
     tol = _real_in("tol", tol, 0.0, math.inf, example=" (e.g. 1e-9)")
     if density is not None and threshold is not None:
         raise ValueError(f"{WHERE}: give density (a fraction of the plan's entries to keep) "
@@ -167,6 +168,7 @@ def _check_options(tol, max_iter, n_sinkhorn, density, max_density, drop_tol, th
         tol=tol,
         max_iter=_positive_int("max_iter", max_iter),
         n_sinkhorn=_positive_int("n_sinkhorn", n_sinkhorn),
+        sinkhorn_switch=_positive_int("sinkhorn_switch", sinkhorn_switch, minimum=0),
         density=density,
         max_density=_real_in("max_density", max_density, 0.0, 1.0, hi_open=False),
         drop_tol=_real_in("drop_tol", drop_tol, 0.0, 1.0, lo_open=False),
@@ -391,16 +393,46 @@ def _pcg(matvec, rhs, minv, rtol, maxiter, xp):
     return x, it
 
 
-def _sinkhorn_steps(a, b, C, eps, tol, max_iter, f0, g0, measure):
+def _sinkhorn_steps(a, b, C, eps, tol, max_iter, f0, g0, measure, trace=None):
     """Run the shared log-domain Sinkhorn; its own non-convergence warning is expected here
-    (a warm-up is stopped early on purpose) and silenced."""
+    (a warm-up is stopped early on purpose) and silenced. ``trace`` (a list) receives
+    ``(iterations, error)`` at each of Sinkhorn's checks, iterations counted across calls."""
     from ._sinkhorn import sinkhorn
+
+    callback = None
+    if trace is not None:
+        offset = trace[-1][0] if trace else 0
+
+        def callback(it, _eps, err):
+            trace.append((offset + int(it), float(max(float(e) for e in
+                                                      _flat_floats(err)))))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = sinkhorn(a, b, C, eps, tol=tol, max_iter=max_iter, f0=f0, g0=g0,
-                       error_measure=measure)
+                       error_measure=measure, callback=callback)
     return res.f, res.g, int(res.n_iters), bool(res.converged)
+
+
+def _flat_floats(err):
+    if getattr(err, "ndim", 0) == 0:
+        return [err]
+    xp = B.array_namespace(err)
+    return [err] if err.ndim == 0 else list(xp.reshape(err, (-1,)))
+
+
+def _predicted_sinkhorn_iters(trace, tol):
+    """Iterations Sinkhorn still needs to reach ``tol`` at the linear rate of its last two
+    checks (None if it is not contracting)."""
+    if len(trace) < 2:
+        return None
+    (i1, e1), (i2, e2) = trace[-2], trace[-1]
+    if e2 <= tol:
+        return 0
+    if not (i2 > i1 and 0 < e2 < e1):
+        return None
+    rate = math.log(e2 / e1) / (i2 - i1)
+    return math.ceil(math.log(tol / e2) / rate)
 
 
 def _solve_one(a, b, C, eps, opts: _Options, xp, problem_index=None):
@@ -408,8 +440,24 @@ def _solve_one(a, b, C, eps, opts: _Options, xp, problem_index=None):
     n, m = C.shape
     dt = C.dtype
     path = _path(xp, C, eps)
-    f, g, n_sk, _ = _sinkhorn_steps(a, b, C, eps, opts.tol, opts.n_sinkhorn, None, None,
-                                    opts.error_measure)
+    trace = []
+    f, g, n_sk, done = _sinkhorn_steps(a, b, C, eps, opts.tol, opts.n_sinkhorn, None, None,
+                                       opts.error_measure, trace)
+    # Sinkhorn-or-Newton: where Sinkhorn is contracting fast enough to reach tol within
+    # `sinkhorn_switch` more iterations (a few Newton steps cost that much), let it finish;
+    # the rate is re-measured after every chunk, so a Sinkhorn that slows down hands over
+    budget = opts.sinkhorn_switch
+    while not done and budget > 0:
+        need = _predicted_sinkhorn_iters(trace, opts.tol)
+        if need is None or need > budget:
+            break
+        # chunks of at most 100 iterations: Sinkhorn's rate often drops after its first
+        # fast phase, and a re-measured rate then hands over to Newton early
+        chunk = min(budget, 100, math.ceil(1.25 * need) + 10)
+        f, g, its, done = _sinkhorn_steps(a, b, C, eps, opts.tol, chunk, f, g,
+                                          opts.error_measure, trace)
+        n_sk += its
+        budget -= its
     state = path.evaluate(f, g)
     if state is None:
         raise FloatingPointError(f"{WHERE}: the Sinkhorn warm-up returned potentials whose "
@@ -545,10 +593,10 @@ def _sns_bwd(ctx, cot):
 
 @custom_vjp(_sns_bwd, result_type=SNSResult, public_name=WHERE)
 def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=50,
-                           density=None, max_density=0.5, drop_tol=1e-3, threshold=None,
-                           cg_rtol=1e-3,
-                           cg_maxiter=None, ls_c1=1e-4, ls_beta=0.5, ls_max_steps=20,
-                           n_fallback=20, error_measure="l1", callback=None, throw=False):
+                           sinkhorn_switch=500, density=None, max_density=1.0, drop_tol=1e-3,
+                           threshold=None, cg_rtol=1e-3, cg_maxiter=None, ls_c1=1e-4,
+                           ls_beta=0.5, ls_max_steps=20, n_fallback=20, error_measure="l1",
+                           callback=None, throw=False):
     """Entropic optimal transport by Sinkhorn–Newton–Sparse (Tang et al., ICLR 2024).
 
     Solves the same problem as :func:`diffsolve.ot.sinkhorn`,
@@ -575,6 +623,11 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
         Newton iterations at most.
     n_sinkhorn : int
         Sinkhorn warm-up iterations (stage 1; stops earlier if ``tol`` is reached).
+    sinkhorn_switch : int
+        After the warm-up, Sinkhorn goes on (in chunks, its rate re-measured after each)
+        while its observed linear rate predicts ``tol`` within this many further
+        iterations — about what a few Newton steps cost — so that easy problems do not pay
+        for Newton steps; 0 gives Tang et al.'s fixed warm-up.
     density : float in (0, 1], optional
         Fraction of the plan's ``n m`` entries kept in the Hessian: the ``ceil(density n m)``
         largest (ties kept), fixed. Tang et al. use ``2/n`` to ``15/n``. Default (None):
@@ -643,9 +696,9 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
     xp = B.array_namespace(a, b, C, where=WHERE)
     eps = check_eps(WHERE, eps)
     a, b, C, batch = check_ot_inputs(WHERE, a, b, C, xp)
-    opts = _check_options(tol, max_iter, n_sinkhorn, density, max_density, drop_tol, threshold,
-                          cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback,
-                          error_measure, callback)
+    opts = _check_options(tol, max_iter, n_sinkhorn, sinkhorn_switch, density, max_density,
+                          drop_tol, threshold, cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps,
+                          n_fallback, error_measure, callback)
     n, m = C.shape[-2:]
     nb = math.prod(batch)
     a2 = xp.reshape(a, (nb, n))
