@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.bench_ode_regularization            # full run (~25 min on 2 cores)
+    python -m bench.bench_ode_regularization            # full run (35 min at load 4-11)
     python -m bench.bench_ode_regularization --quick    # smoke run (< 1 min)
 
 Two small neural ODEs trained with HIPS autograd through ``diffsolve.to_autograd(odeint)``
