@@ -56,6 +56,20 @@ class Controller:
             factor = min(1.0, factor)
         return factor
 
+    def decide(self, E: float, rejected: bool) -> tuple[bool, float]:
+        """``(accepted, factor)`` for an attempted step with error ``E``: one call per step
+        in the Python loop, the same decisions and factors as :meth:`accepts`,
+        :meth:`grow` and :meth:`shrink`."""
+        if E != E or E == math.inf:  # not finite (E >= 0): reject, shrink 5x
+            return False, MIN_FACTOR
+        if self.pi:
+            if E <= 1.0:
+                return True, self.grow(E, rejected)
+        elif E < 1.0:  # the I rule of grow(), inlined (the hot case of controller="i")
+            factor = MAX_FACTOR if E == 0.0 else min(MAX_FACTOR, SAFETY * E ** self.exp_i)
+            return True, min(1.0, factor) if rejected else factor
+        return False, max(MIN_FACTOR, SAFETY * E ** self.exp_i)
+
     def shrink(self, E: float) -> float:
         """Factor for the retry after a rejected step (0.2 when ``E`` is not finite)."""
         if not math.isfinite(E):

@@ -172,6 +172,192 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
               max_steps: int, step_ts, want_stiff: bool, every: int, throw: bool,
               f0=None) -> Trajectory:
     """Adaptive RK from ``t_out[0]`` over the increasing/decreasing host times ``t_out``."""
+    if f0 is None:
+        f0 = rhs(float(t_out[0]), y0)
+        extra_nfe = 1
+    else:
+        extra_nfe = 0
+    if _host_path_ok(stepper, y0, f0, want_stiff):
+        traj = _integrate_host(stepper, rhs, y0, t_out, controller=controller,
+                               first_step=first_step, max_steps=max_steps, step_ts=step_ts,
+                               every=every, throw=throw, f0=f0)
+        traj.stats[3] += extra_nfe
+        return traj
+    traj = _integrate_arrays(stepper, rhs, y0, t_out, controller=controller,
+                             first_step=first_step, max_steps=max_steps, step_ts=step_ts,
+                             want_stiff=want_stiff, every=every, throw=throw, f0=f0)
+    traj.stats[3] += extra_nfe
+    return traj
+
+
+#: States of at most this many components take the host-float path (see _integrate_host).
+HOST_MAX_N = 4
+
+
+def _host_path_ok(stepper: Stepper, y0, f0, want_stiff: bool) -> bool:
+    return (stepper.numpy and stepper.kernel and not want_stiff
+            and 0 < stepper.n <= HOST_MAX_N and stepper.dtype == stepper.xp.float64
+            and isinstance(y0, type(stepper.K)) and isinstance(f0, type(stepper.K))
+            and y0.dtype == stepper.xp.float64)
+
+
+def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str,
+                    first_step, max_steps: int, step_ts, every: int, throw: bool,
+                    f0) -> Trajectory:
+    """:func:`integrate` for a small float64 NumPy state, on Python floats.
+
+    For a handful of components the cost of a step is the Python around the ``s - 1``
+    calls of ``f``, not arithmetic: calling a compiled kernel, copying its result into the
+    stage matrix, slicing rows. Here the state and the slopes are lists of floats, a whole
+    attempted step is one call of the tableau's generated :attr:`Tableau.host_step`
+    (stage arguments written into preallocated float64 buffers that ``f`` receives, slopes
+    read back with ``tolist``), the controller decides with one call, dense output is
+    evaluated only for the ``t_eval`` inside an accepted step, and arrays are built once
+    at the end (outputs, checkpointed states). The arithmetic is that of the compiled stage
+    kernels in the same order, so outputs and step sequences equal those of the array
+    path.
+    """
+    xp, tab = stepper.xp, stepper.tab
+    s, n = stepper.s, stepper.n
+    host_step = tab.host_step(n)
+    host_dense = tab.host_dense(n)
+    rtol, atol = stepper.rtol, stepper.atol
+    tl = t_out.tolist()
+    n_out = len(tl)
+    t0, t1 = tl[0], tl[-1]
+    direction = 1.0 if t1 >= t0 else -1.0
+    nan_row = [math.nan] * n
+    y = y0.tolist()
+    rows = [nan_row] * n_out
+    rows[0] = y
+    out_step = [-1] * n_out
+    out_theta = [0.0] * n_out
+    ts = [t0]
+    errs: list[float] = []
+    state_rows: list[list] = []
+    nfe = 0
+    Kl = [f0.tolist()] + [None] * (s - 1)
+    ctrl = Controller(controller, tab.order, tab.error_order)
+    decide = ctrl.decide
+    fixed = step_ts is not None
+    if fixed:
+        step_list = [float(v) for v in step_ts]
+    interval = abs(t1 - t0)
+    if fixed:
+        h_abs = 0.0
+    elif first_step is not None:
+        h_abs = float(first_step)
+    else:
+        h_abs = initial_step(stepper.rms_scaled, rhs, t0, y0, f0, direction, tab.error_order,
+                             rtol, atol, interval)
+        nfe += 1 if interval > 0 else 0
+    q = 1
+    while q < n_out and tl[q] == t0:
+        rows[q] = y
+        q += 1
+    # the stage arguments f sees: preallocated rows, overwritten every step (as the array
+    # path's G); memoryviews make writing a few floats into them cheap
+    bufs = [stepper.G[i, ...] for i in range(s)]
+    mvs = [memoryview(b) for b in bufs]
+    f = getattr(rhs, "direct", None)
+    if f is not None:
+        params, shape = rhs.params, rhs.shape
+    else:  # a reshaping field (shared batch): rhs(t, y) flat, called as f(t, y, None)
+        params, shape = None, (n,)
+
+        def f(t, y, _p, _rhs=rhs):
+            return _rhs(t, y)
+
+    t = t0
+    n_acc = 0
+    message = ""
+    last_nonfinite = None
+    status = 0
+    n_steps = n_rej = 0
+    E = 0.0
+    while direction * (t1 - t) > 0:
+        if fixed and n_acc + 1 >= len(step_list):
+            break
+        min_step = 10.0 * abs(math.nextafter(t, direction * math.inf) - t)
+        if not fixed and h_abs < min_step:
+            h_abs = min_step
+        rejected = False
+        while True:
+            if n_steps >= max_steps:
+                status = 1
+                message = (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before "
+                           f"t={t1!r}; raise max_steps, loosen rtol/atol, or check whether the "
+                           "problem is stiff (an explicit method then needs tiny steps)")
+                break
+            if fixed:
+                t_new = step_list[n_acc + 1]
+                h = t_new - t
+            else:
+                if h_abs < min_step:
+                    status = 2
+                    why = (f"; f returned non-finite values near t={last_nonfinite!r}"
+                           if last_nonfinite is not None else "")
+                    message = (f"{WHERE}: step size underflow at t={t!r} (|h| < {min_step:.3g})"
+                               f"{why}; the solution may blow up or the problem be stiff: "
+                               "check f, or loosen rtol/atol")
+                    break
+                h = h_abs * direction
+                t_new = t + h
+                if direction * (t_new - t1) > 0:
+                    t_new = t1
+                h = t_new - t
+                h_abs = abs(h)
+            y_new, E = host_step(f, params, t, h, y, Kl, mvs, bufs, shape, rhs, rtol, atol)
+            n_steps += 1
+            if fixed:
+                break
+            accepted, factor = decide(E, rejected)
+            h_abs *= factor
+            if accepted:
+                break
+            if not math.isfinite(E):
+                last_nonfinite = t
+            rejected = True
+            n_rej += 1
+        if message:
+            break
+        errs.append(E)
+        while q < n_out and direction * (tl[q] - t_new) <= 0:
+            theta = (tl[q] - t) / h
+            rows[q] = host_dense(theta, h, y, Kl)
+            out_step[q] = n_acc
+            out_theta[q] = theta
+            q += 1
+        n_acc += 1
+        y = y_new
+        Kl[0] = Kl[s - 1]
+        t = t_new
+        ts.append(t)
+        if n_acc % every == 0:
+            state_rows.append(y)
+    stats = np.asarray([n_steps, n_acc, n_rej, nfe + (s - 1) * n_steps], dtype=np.int64)
+    ys = xp.asarray(rows, dtype=xp.float64)
+    states = {0: y0}
+    if state_rows:
+        arr = xp.asarray(state_rows, dtype=xp.float64)
+        for i in range(len(state_rows)):
+            states[(i + 1) * every] = arr[i, ...]
+    success = not message
+    if message:
+        _fail(message, throw)
+    return Trajectory(ys=ys, ts=np.asarray(ts), states=states, every=every,
+                      out_step=np.asarray(out_step, dtype=np.int64),
+                      out_theta=np.asarray(out_theta, dtype=np.float64),
+                      errs=np.asarray(errs, dtype=np.float64),
+                      stiff=np.asarray([], dtype=np.float64), stats=stats, success=success,
+                      message=message or "The solver reached the end of the integration "
+                      "interval.", t_fail=math.nan if success else t, status=status)
+
+
+def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str,
+                      first_step, max_steps: int, step_ts, want_stiff: bool, every: int,
+                      throw: bool, f0) -> Trajectory:
+    """:func:`integrate` on arrays of the state's namespace (stage kernels on NumPy/CuPy)."""
     xp, tab = stepper.xp, stepper.tab
     s, K = stepper.s, stepper.K
     n_out = t_out.shape[0]
@@ -186,9 +372,6 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
     stiff: list[float] = []
     states = {0: y0}
     stats = np.zeros(4, dtype=np.int64)
-    if f0 is None:
-        f0 = rhs(t0, y0)
-        stats[3] += 1
     K[0, :] = f0
     ctrl = Controller(controller, tab.order, tab.error_order)
     fixed = step_ts is not None

@@ -78,6 +78,44 @@ class Tableau:
     def _P_rows(self) -> tuple:
         return tuple(tuple(float(v) for v in self.P[i, :]) for i in range(self.P.shape[0]))
 
+    def host_step(self, n: int):
+        """One attempted step for an ``n``-component state on Python floats.
+
+        ``host_step(n)(f, p, t, h, y, K, mvs, bufs, shape, bad, rtol, atol)`` fills
+        ``K[1..s-1]`` (lists of ``n`` floats; ``K[0]`` given, the FSAL slope) by calling
+        ``f(t_i, bufs[i], p)`` with the stage argument written into the preallocated float64
+        array ``bufs[i]`` (through its memoryview ``mvs[i]``), and returns
+        ``(y_new, E)``: the new state (a list) and the scaled RMS error norm.
+        ``bad(t_i, g)`` is called when ``f`` returns the wrong shape (it raises the error
+        naming ``t_i``).
+
+        Generated once per tableau and ``n``, unrolled over stages and components with the
+        coefficients as float literals (their ``repr`` round-trips exactly) and every sum in
+        the order of the compiled stage kernels ``ode.rk_combine`` / ``ode.rk_error_norm``
+        (``Σ_j a_j k_j`` left to right, then ``y + h·Σ``;
+        ``(h·Σ_j e_j k_j) / (atol + rtol max(|y|, |y_new|))``), so results equal theirs to
+        the last bit (up to the sign of an exact zero sum). For a state of a few components
+        this straight-line float code costs less than one compiled-kernel call per stage
+        plus the copies around it.
+        """
+        key = (self.name, n, "step")
+        fn = _HOST_CODE.get(key)
+        if fn is None:
+            fn = _HOST_CODE[key] = _make_host_step(self, n)
+        return fn
+
+    def host_dense(self, n: int):
+        """``host_dense(n)(theta, h, y, K)``: ``y + h Σ_i b_i(θ) K[i]`` on Python floats.
+
+        The continuous extension (weights by Horner in ``θ``, combination summed as
+        ``ode.rk_combine`` sums it), unrolled for ``n`` components like :meth:`host_step`.
+        """
+        key = (self.name, n, "dense")
+        fn = _HOST_CODE.get(key)
+        if fn is None:
+            fn = _HOST_CODE[key] = _make_host_dense(self, n)
+        return fn
+
     def dense_weights(self, theta: float) -> list:
         """``b_i(θ)`` for the continuous extension, as Python floats (a list).
 
@@ -90,6 +128,75 @@ class Tableau:
                 acc = (acc + coef) * theta
             out.append(acc)
         return out
+
+
+_HOST_CODE: dict = {}
+
+
+def _lit(v) -> str:
+    return f"({float(v)!r})"
+
+
+def _compile(src: list, name: str, fn: str):
+    import math
+
+    scope = {"_sqrt": math.sqrt}
+    exec(compile("\n".join(src), f"<diffsolve.ode {name}>", "exec"), scope)
+    return scope[fn]
+
+
+def _make_host_step(tab: Tableau, n: int):
+    s = tab.n_stages
+
+    def k(i, j):
+        return f"k{i}_{j}"
+
+    def lin(coeffs, m, j):  # "c0 * k0_j + c1 * k1_j + ...": left to right, as the kernels
+        return " + ".join(f"{_lit(coeffs[i])} * {k(i, j)}" for i in range(m))
+
+    ys = ", ".join(f"y{j}" for j in range(n))
+    src = ["def host_step(f, p, t, h, y, K, mvs, bufs, shape, bad, rtol, atol):",
+           f"    {ys}, = y",
+           f"    {', '.join(k(0, j) for j in range(n))}, = K[0]"]
+    for i in range(1, s):
+        src.append(f"    mv = mvs[{i}]")
+        for j in range(n):
+            src.append(f"    mv[{j}] = g{j} = y{j} + h * ({lin(tab.A[i, :i], i, j)})")
+        src += [
+            f"    ti = t + {_lit(tab.c[i])} * h",
+            f"    out = f(ti, bufs[{i}], p)",
+            "    if getattr(out, 'shape', None) != shape:",
+            f"        bad(ti, bufs[{i}])",
+            f"    K[{i}] = ki = out.tolist()",
+            f"    {', '.join(k(i, j) for j in range(n))}, = ki",
+        ]
+    src.append("    acc = 0.0")
+    for j in range(n):
+        src += [f"    a = abs(y{j})",
+                f"    b = abs(g{j})",
+                f"    r = h * ({lin(tab.e, s, j)}) / (atol + rtol * (b if b > a else a))",
+                "    acc += r * r"]
+    src.append(f"    return [{', '.join(f'g{j}' for j in range(n))}], _sqrt(acc / {n})")
+    return _compile(src, f"host_step {tab.name} n={n}", "host_step")
+
+
+def _make_host_dense(tab: Tableau, n: int):
+    s = tab.n_stages
+    src = ["def host_dense(theta, h, y, K):"]
+    for i in range(s):
+        acc = "0.0"
+        for coef in reversed(tab.P[i, :].tolist()):  # as Tableau.dense_weights
+            acc = f"({acc} + {_lit(coef)}) * theta"
+        src.append(f"    w{i} = {acc}")
+    src.append(f"    {', '.join(f'y{j}' for j in range(n))}, = y")
+    for i in range(s):
+        src.append(f"    {', '.join(f'k{i}_{j}' for j in range(n))}, = K[{i}]")
+    rows = []
+    for j in range(n):
+        terms = " + ".join(f"w{i} * k{i}_{j}" for i in range(s))
+        rows.append(f"y{j} + h * (0.0 + {terms})")
+    src.append(f"    return [{', '.join(rows)}]")
+    return _compile(src, f"host_dense {tab.name} n={n}", "host_dense")
 
 
 def _fsal(A_rows, b, c, e, P, **kw):
