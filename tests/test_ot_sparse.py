@@ -472,6 +472,23 @@ def test_to_torch():
     np.testing.assert_allclose(at.grad.numpy(), ra, rtol=1e-9, atol=1e-12)
 
 
+def test_to_jax():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    a, b, C = _grad_problem()
+    for fn, args in ((dot.sparse_ot, (5, 0.3)), (dot.quadratic_ot, (0.3,))):
+        f = ds.to_jax(fn)
+
+        def loss(C_, f=f, args=args):
+            return f(jnp.asarray(a), jnp.asarray(b), C_, *args, tol=1e-13).cost
+
+        ref = fn(a, b, C, *args, tol=1e-13)
+        # the envelope theorem: d cost / d C is the plan (the rule must read gamma and the
+        # formulation from the call: under JAX the result keeps its arrays only)
+        for grad in (jax.grad(loss), jax.jit(jax.grad(loss))):
+            np.testing.assert_allclose(np.asarray(grad(jnp.asarray(C))), ref.plan, atol=1e-10)
+
+
 def test_backward_in_binding_case_is_finite():
     """Where k binds the plan is not differentiable; the rule still returns the derivative
     of the smooth piece it stopped on (finite, and zero for cotangents that only move

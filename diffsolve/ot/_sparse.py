@@ -701,12 +701,17 @@ def _bwd_one(a, b, C, T, f, g, Tbar, fbar, gbar, cbar, gamma, formulation, xp):
     return mu, bb1 + bb2, C_bar + Cb1 + Cb2
 
 
-def _make_bwd():
+def _make_bwd(gamma_position: int, default_formulation: str):
     def bwd(ctx, cot):
         a, b, C = ctx.args[:3]
         res = ctx.result
         xp = B.array_namespace(res.plan)
-        gamma = res.gamma
+        # gamma and the formulation come from the call, not from the result: the JAX
+        # adapter rebuilds the result from its arrays only (static fields at defaults)
+        gamma = ctx.args[gamma_position] if len(ctx.args) > gamma_position else \
+            ctx.kwargs["gamma"]
+        gamma = float(gamma)
+        formulation = ctx.kwargs.get("formulation", default_formulation)
         n, m = res.plan.shape[-2:]
         batch = tuple(res.plan.shape[:-2])
         count = math.prod(batch)
@@ -723,7 +728,7 @@ def _make_bwd():
         Tb, Fb, Gb = flat(cot["plan"], (n, m)), flat(cot["f"], (n,)), flat(cot["g"], (m,))
         cb = flat(cot["cost"], ())
         outs = [_bwd_one(A_[p, ...], B_[p, ...], C_[p, ...], T[p, ...], F[p, ...], G[p, ...],
-                         Tb[p, ...], Fb[p, ...], Gb[p, ...], cb[p], gamma, res.formulation, xp)
+                         Tb[p, ...], Fb[p, ...], Gb[p, ...], cb[p], gamma, formulation, xp)
                 for p in range(count)]
         grads = []
         for i, (arg, tail) in enumerate(((a, (n,)), (b, (m,)), (C, (n, m)))):
@@ -770,7 +775,8 @@ def _make_shapes(k_arg: bool):
 # ---------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------
-@custom_vjp(_make_bwd(), _make_shapes(True), SparseOTResult, public_name=WHERE_SPARSE)
+@custom_vjp(_make_bwd(4, "semi-dual"), _make_shapes(True), SparseOTResult,
+            public_name=WHERE_SPARSE)
 def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", tol=None, max_iter=1000,
               solver="lbfgs", throw=False):
     """Sparsity-constrained optimal transport: at most ``k`` nonzeros per plan column.
@@ -870,7 +876,7 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", tol=None, max_iter=
     return res, None
 
 
-@custom_vjp(_make_bwd(), _make_shapes(False), SparseOTResult,
+@custom_vjp(_make_bwd(3, "dual"), _make_shapes(False), SparseOTResult,
             public_name=WHERE_QUADRATIC)
 def quadratic_ot(a, b, C, gamma, *, formulation="dual", tol=None, max_iter=1000,
                  solver="lbfgs", throw=False):
