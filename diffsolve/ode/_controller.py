@@ -8,9 +8,11 @@ adaptive stepping).
 
 from __future__ import annotations
 
+import array
 import math
 
-__all__ = ["MAX_FACTOR", "MIN_FACTOR", "SAFETY", "Controller"]
+__all__ = ["MAX_FACTOR", "MIN_FACTOR", "SAFETY", "Controller", "initial_step",
+           "initial_step_host"]
 
 SAFETY = 0.9
 MIN_FACTOR = 0.2
@@ -92,6 +94,41 @@ def initial_step(rms_scaled, rhs, t0, y0, f0, direction, error_order, rtol, atol
     y1 = y0 + (h0 * direction) * f0
     f1 = rhs(t0 + h0 * direction, y1)
     d2 = rms_scaled(f1 - f0, y0) / h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (error_order + 1))
+    return min(100 * h0, h1, interval)
+
+
+def initial_step_host(rhs, t0, y0, f0, buf, direction, error_order, rtol, atol, interval):
+    """:func:`initial_step` for a small state given as lists of floats ``y0``, ``f0``.
+
+    The same formulas in the same floating-point order (the scaled norm as the
+    ``ode.rk_error_norm`` kernel computes it, ``y1 = y0 + (h0 direction) f0`` elementwise),
+    so it returns the same ``|h|`` to the last bit. ``buf`` (a writable float64 array of
+    ``y0``'s size) receives ``y1`` for the one call of ``rhs``.
+    """
+    if interval == 0.0:
+        return 0.0
+    n = len(y0)
+    sc = [atol + rtol * abs(v) for v in y0]
+
+    def rms(x):
+        acc = 0.0
+        for xi, si in zip(x, sc):
+            r = xi / si
+            acc += r * r
+        return math.sqrt(acc / n)
+
+    d0 = rms(y0)
+    d1 = rms(f0)
+    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    h0 = min(h0, interval)
+    hd = h0 * direction
+    memoryview(buf)[:] = memoryview(array.array("d", [a + hd * b for a, b in zip(y0, f0)]))
+    f1 = rhs(t0 + h0 * direction, buf).tolist()
+    d2 = rms([a - b for a, b in zip(f1, f0)]) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:

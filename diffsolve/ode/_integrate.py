@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from .. import _backend as B
-from ._controller import Controller, initial_step
+from ._controller import Controller, initial_step, initial_step_host
 from ._result import ODESolveError
 
 __all__ = ["Stepper", "Trajectory", "integrate"]
@@ -190,8 +190,11 @@ def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, 
     return traj
 
 
+_EMPTY = np.zeros((0,), dtype=np.float64)  # shared by trajectories without records
+_EMPTY.flags.writeable = False
+
 #: States of at most this many components take the host-float path (see _integrate_host).
-HOST_MAX_N = 4
+HOST_MAX_N = 6
 
 
 def _host_path_ok(stepper: Stepper, y0, f0, want_stiff: bool) -> bool:
@@ -217,7 +220,7 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
     kernels in the same order, so outputs and step sequences equal those of the array
     path.
     """
-    xp, tab = stepper.xp, stepper.tab
+    tab = stepper.tab
     s, n = stepper.s, stepper.n
     host_step = tab.host_step(n)
     host_dense = tab.host_dense(n)
@@ -248,8 +251,8 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
     elif first_step is not None:
         h_abs = float(first_step)
     else:
-        h_abs = initial_step(stepper.rms_scaled, rhs, t0, y0, f0, direction, tab.error_order,
-                             rtol, atol, interval)
+        h_abs = initial_step_host(rhs, t0, y, Kl[0], stepper.G[0, ...], direction,
+                                  tab.error_order, rtol, atol, interval)
         nfe += 1 if interval > 0 else 0
     q = 1
     while q < n_out and tl[q] == t0:
@@ -335,21 +338,22 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
         ts.append(t)
         if n_acc % every == 0:
             state_rows.append(y)
-    stats = np.asarray([n_steps, n_acc, n_rej, nfe + (s - 1) * n_steps], dtype=np.int64)
-    ys = xp.asarray(rows, dtype=xp.float64)
+    # NumPy arrays from lists of Python floats / ints (float64 / int64, exact), built once;
+    # B.host_numpy skips the array-API wrapper's dispatch
+    arr = B.host_numpy
+    stats = arr([n_steps, n_acc, n_rej, nfe + (s - 1) * n_steps])
     states = {0: y0}
     if state_rows:
-        arr = xp.asarray(state_rows, dtype=xp.float64)
+        st = arr(state_rows)
         for i in range(len(state_rows)):
-            states[(i + 1) * every] = arr[i, ...]
+            states[(i + 1) * every] = st[i, ...]
     success = not message
     if message:
         _fail(message, throw)
-    return Trajectory(ys=ys, ts=np.asarray(ts), states=states, every=every,
-                      out_step=np.asarray(out_step, dtype=np.int64),
-                      out_theta=np.asarray(out_theta, dtype=np.float64),
-                      errs=np.asarray(errs, dtype=np.float64),
-                      stiff=np.asarray([], dtype=np.float64), stats=stats, success=success,
+    return Trajectory(ys=arr(rows), ts=arr(ts), states=states, every=every,
+                      out_step=arr(out_step), out_theta=arr(out_theta),
+                      errs=arr(errs) if errs else _EMPTY, stiff=_EMPTY, stats=stats,
+                      success=success,
                       message=message or "The solver reached the end of the integration "
                       "interval.", t_fail=math.nan if success else t, status=status)
 
