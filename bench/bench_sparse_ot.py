@@ -184,7 +184,7 @@ def main(argv=None):
     add_cache_and_output_args(parser, RESULTS)
     args = parser.parse_args(argv)
     sizes = args.sizes or ([100, 200] if args.quick else [100, 200, 500, 1000])
-    configs = [(5, 0.1), (20, 0.01), (None, 0.1)]
+    configs = [(2, 0.1), (5, 0.1), (20, 0.01), (None, 0.1)]  # k = 2 binds: a kink
     formulations = ["semi-dual", "dual"]
     if args.quick:
         configs, args.repeats = [(5, 0.1), (None, 0.1)], 1

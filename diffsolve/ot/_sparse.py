@@ -58,6 +58,7 @@ WHERE_SPARSE = "diffsolve.ot.sparse_ot"
 WHERE_QUADRATIC = "diffsolve.ot.quadratic_ot"
 FORMULATIONS = ("semi-dual", "dual")
 _SWITCH = 1e-3  # relative marginal error at which L-BFGS hands over to the Newton polish
+_POLISH_HALVINGS = 10  # a Newton step whose support changes may need a short step
 _FTOL_FINE = 2.2e-15  # phase 2 (k does not bind): SciPy factr = 10, rounding level
 _KERNEL_MAX_K = 48  # = the insertion-selection limit of kernels/cpu/ot_sparse.py
 SOLVERS = ("lbfgs", "lbfgs-scipy", "lbfgs-xp")
@@ -382,7 +383,7 @@ def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8):
     support of the plan is identified one Newton step with the support Hessian (the same
     matrix as in the backward rule) lands on the optimum of that piece; L-BFGS alone stalls
     near 1e-7 because function values stop resolving the remaining ascent. A step is kept
-    only if it lowers the marginal error (halved up to three times).
+    only if it lowers the marginal error (halved up to ``_POLISH_HALVINGS`` times).
     """
     xp = prob.xp
     err = float(prob.error(ev[2], ev[3]))
@@ -394,7 +395,7 @@ def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8):
         matvec, diag = _support_system(T, prob.b, prob.gamma, formulation, xp)
         d = _minres(matvec, ev[1], diag, xp, rtol, 4 * (prob.n + prob.m))
         t, improved = 1.0, False
-        for _ in range(4):
+        for _ in range(_POLISH_HALVINGS + 1):
             ev_new = _evaluate(prob, formulation, x + t * d)
             err_new = float(prob.error(ev_new[2], ev_new[3]))
             if err_new < err:
