@@ -16,7 +16,10 @@ Side by side in one process, batch 1, t in [0, 10], 51 output times, rtol = atol
 * ``diffsolve tsit5/pi``: the default method and controller;
 
 each diffsolve set-up with the same NumPy ``f_np`` SciPy gets (``numpy``) and with the
-autograd.numpy field used for gradients (``autograd``).
+autograd.numpy field used for gradients (``autograd``); and ``dopri5/i [array path]``:
+the same solve forced onto the stage-kernel loop (``_integrate.HOST_MAX_N = 0``), which is
+what every state took before the small-state host-float path existed: the before/after
+comparison in one process, under the same load.
 
 Reported per case: attempted steps, NFE, median wall and process-CPU time of repeats, the
 time per attempted step, and the **overhead per step** = time per step − (f evaluations per
@@ -25,7 +28,10 @@ the solver itself spends per step (stage combinations, error norm, controller, d
 output, bookkeeping). Ratios ``RK45 time / diffsolve time`` on wall and CPU time; the machine
 is shared, so CPU-time ratios are the robust ones; load recorded.
 
-Results: ``bench/results/ode_overhead{_before,}.json`` (``--tag``), ``_quick`` for --quick.
+Results: ``bench/results/ode_overhead{_before,}.json`` (``--tag``; ``_quick`` for --quick)
+and a bar chart ``.png`` beside each; a run without ``--tag`` also pairs its rows with
+``ode_overhead_before.json`` (``before_after``: per-step overhead and ratios before and
+after, and whether the final state is bit-identical).
 """
 
 from __future__ import annotations
@@ -73,8 +79,18 @@ def run_scipy(prob, t_eval, tol, budget, fcost) -> dict:
     return _row("scipy RK45", "numpy", sol.nfev, steps, wall, cpu, reps, fcost)
 
 
-def run_odeint(prob, t_eval, tol, budget, method, controller, f_kind, fcost) -> dict:
-    from diffsolve.ode import odeint
+def run_odeint(prob, t_eval, tol, budget, method, controller, f_kind, fcost,
+               array_path=False) -> dict:
+    from diffsolve.ode import _integrate, odeint
+
+    if array_path:  # the stage-kernel loop every state took before the host-float path
+        saved, _integrate.HOST_MAX_N = _integrate.HOST_MAX_N, 0
+        try:
+            row = run_odeint(prob, t_eval, tol, budget, method, controller, f_kind, fcost)
+        finally:
+            _integrate.HOST_MAX_N = saved
+        row["solver"] += " [array path]"
+        return row
 
     f = prob.f_np if f_kind == "numpy" else prob.f_ag
 
@@ -109,6 +125,8 @@ def run_case(prob, tol, budget, fcost) -> list[dict]:
     for method, ctrl in SETUPS:
         for f_kind in ("numpy", "autograd"):
             rows.append(run_odeint(prob, t_eval, tol, budget, method, ctrl, f_kind, fcost))
+    rows.append(run_odeint(prob, t_eval, tol, budget, "dopri5", "i", "numpy", fcost,
+                           array_path=True))
     base = rows[0]
     for r in rows:
         r["speedup_vs_rk45"] = base["time_s"] / r["time_s"]
@@ -120,6 +138,74 @@ def run_case(prob, tol, budget, fcost) -> list[dict]:
         if ys is not None:  # a fingerprint of the result, to compare before/after runs
             r["ys_last"] = [float(v) for v in ys[-1].reshape(-1)]
     return rows
+
+
+def compare_before(rows, before_path: Path) -> list[dict]:
+    """Before/after pairs (same problem, tol, solver, f) from an earlier run's JSON."""
+    if not before_path.exists():
+        return []
+    before = json.loads(before_path.read_text())["rows"]
+    key = lambda r: (r["problem"], r["tol"], r["solver"], r["f"])  # noqa: E731
+    old = {key(r): r for r in before}
+    out = []
+    for r in rows:
+        b = old.get(key(r))
+        if b is None:
+            continue
+        out.append({"problem": r["problem"], "tol": r["tol"], "solver": r["solver"],
+                    "f": r["f"], "n_steps_before": b["n_steps"], "n_steps_after": r["n_steps"],
+                    "same_result": b.get("ys_last") == r.get("ys_last"),
+                    "overhead_per_step_cpu_us_before": b["overhead_per_step_cpu_us"],
+                    "overhead_per_step_cpu_us_after": r["overhead_per_step_cpu_us"],
+                    "cpu_speedup_vs_rk45_before": b["cpu_speedup_vs_rk45"],
+                    "cpu_speedup_vs_rk45_after": r["cpu_speedup_vs_rk45"]})
+    return out
+
+
+def plot(rows, pairs, path):
+    """Per-step CPU overhead (solver time beyond f) and CPU speed-up vs RK45, per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["problem"], r["tol"]) for r in rows}, key=lambda c: (c[0], -c[1]))
+    labels = [f"{p[:6]} {t:g}" for p, t in cases]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    series = [("scipy RK45", "numpy", "RK45", None)]
+    series += [(f"diffsolve {m}/{c}", fk, f"{m}/{c} {fk}", None) for m, c in SETUPS
+               for fk in ("numpy", "autograd")]
+    width = 0.8 / (len(series) + 1)
+    x = np.arange(len(cases))
+    for k, (solver, fk, lab, _) in enumerate(series):
+        sel = {(r["problem"], r["tol"]): r for r in rows
+               if r["solver"] == solver and r["f"] == fk}
+        axes[0].bar(x + k * width, [sel[c]["overhead_per_step_cpu_us"] for c in cases],
+                    width, label=lab)
+        axes[1].bar(x + k * width, [sel[c]["cpu_speedup_vs_rk45"] for c in cases], width,
+                    label=lab)
+    if pairs:  # the same set-up before this change (dopri5/i, numpy f)
+        sel = {(p["problem"], p["tol"]): p for p in pairs
+               if p["solver"] == "diffsolve dopri5/i" and p["f"] == "numpy"}
+        k = len(series)
+        axes[0].bar(x + k * width, [sel[c]["overhead_per_step_cpu_us_before"]
+                                    if c in sel else 0 for c in cases], width,
+                    label="dopri5/i numpy BEFORE", color="0.6", hatch="//")
+        axes[1].bar(x + k * width, [sel[c]["cpu_speedup_vs_rk45_before"]
+                                    if c in sel else 0 for c in cases], width,
+                    label="dopri5/i numpy BEFORE", color="0.6", hatch="//")
+    axes[1].axhline(2.0, color="k", ls="--", lw=1, label="target 2x")
+    axes[0].set_ylabel("CPU time per step beyond f calls [us]")
+    axes[1].set_ylabel("CPU-time speed-up vs solve_ivp RK45")
+    for ax in axes:
+        ax.set_xticks(x + 0.4 - width / 2)
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[1].legend(fontsize=6)
+    fig.suptitle("odeint (Python f, batch 1) vs scipy RK45: per-step overhead", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -158,8 +244,17 @@ def main(argv=None):
     args.out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ("_" + args.tag if args.tag else "") + ("_quick" if args.quick else "")
     path = args.out_dir / f"ode_overhead{suffix}.json"
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {path}")
+    pairs = [] if args.tag else compare_before(rows, args.out_dir / "ode_overhead_before.json")
+    for p in pairs:
+        if p["f"] == "numpy":
+            print(f"  {p['problem']:<15} {p['tol']:<6g} {p['solver']:<19} overhead/step cpu "
+                  f"{p['overhead_per_step_cpu_us_before']:5.1f} -> "
+                  f"{p['overhead_per_step_cpu_us_after']:5.1f} us, vs RK45 "
+                  f"x{p['cpu_speedup_vs_rk45_before']:.2f} -> "
+                  f"x{p['cpu_speedup_vs_rk45_after']:.2f}, same result: {p['same_result']}")
+    path.write_text(json.dumps({"meta": meta, "rows": rows, "before_after": pairs}, indent=1))
+    plot(rows, pairs, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return rows
 
 
