@@ -222,7 +222,6 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
     """
     tab = stepper.tab
     s, n = stepper.s, stepper.n
-    host_step = tab.host_step(n)
     host_dense = tab.host_dense(n)
     rtol, atol = stepper.rtol, stepper.atol
     tl = t_out.tolist()
@@ -271,6 +270,8 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
         def f(t, y, _p, _rhs=rhs):
             return _rhs(t, y)
 
+    host_step = tab.host_step(n)(f, params, mvs, bufs, shape, rhs, rtol, atol)
+
     t = t0
     n_acc = 0
     message = ""
@@ -310,7 +311,7 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
                     t_new = t1
                 h = t_new - t
                 h_abs = abs(h)
-            y_new, E = host_step(f, params, t, h, y, Kl, mvs, bufs, shape, rhs, rtol, atol)
+            y_new, E = host_step(t, h, y, Kl)
             n_steps += 1
             if fixed:
                 break

@@ -81,13 +81,13 @@ class Tableau:
     def host_step(self, n: int):
         """One attempted step for an ``n``-component state on Python floats.
 
-        ``host_step(n)(f, p, t, h, y, K, mvs, bufs, shape, bad, rtol, atol)`` fills
-        ``K[1..s-1]`` (lists of ``n`` floats; ``K[0]`` given, the FSAL slope) by calling
-        ``f(t_i, bufs[i], p)`` with the stage argument written into the preallocated float64
-        array ``bufs[i]`` (through its memoryview ``mvs[i]``), and returns
-        ``(y_new, E)``: the new state (a list) and the scaled RMS error norm.
-        ``bad(t_i, g)`` is called when ``f`` returns the wrong shape (it raises the error
-        naming ``t_i``).
+        ``step = host_step(n)(f, p, mvs, bufs, shape, bad, rtol, atol)`` (once per solve)
+        gives ``step(t, h, y, K)``, which fills ``K[1..s-1]`` (lists of ``n`` floats;
+        ``K[0]`` given, the FSAL slope) by calling ``f(t_i, bufs[i], p)`` with the stage
+        argument written into the preallocated float64 array ``bufs[i]`` (through its
+        memoryview ``mvs[i]``), and returns ``(y_new, E)``: the new state (a list) and the
+        scaled RMS error norm. ``bad(t_i, g)`` is called when ``f`` returns the wrong shape
+        (it raises the error naming ``t_i``).
 
         Generated once per tableau and ``n``, unrolled over stages and components with the
         coefficients as float literals (their ``repr`` round-trips exactly) and every sum in
@@ -155,29 +155,34 @@ def _make_host_step(tab: Tableau, n: int):
         return " + ".join(f"{_lit(coeffs[i])} * {k(i, j)}" for i in range(m))
 
     ys = ", ".join(f"y{j}" for j in range(n))
-    src = ["def host_step(f, p, t, h, y, K, mvs, bufs, shape, bad, rtol, atol):",
-           f"    {ys}, = y",
-           f"    {', '.join(k(0, j) for j in range(n))}, = K[0]"]
+    # a factory binding the per-solve constants (f, params, the stage buffers, ...) as
+    # closure cells: the step itself takes only what changes
+    src = ["def make(f, p, mvs, bufs, shape, bad, rtol, atol):",
+           f"    {', '.join(f'mv{i}' for i in range(s))}, = mvs",
+           f"    {', '.join(f'buf{i}' for i in range(s))}, = bufs",
+           "    def host_step(t, h, y, K):",
+           f"        {ys}, = y",
+           f"        {', '.join(k(0, j) for j in range(n))}, = K[0]"]
     for i in range(1, s):
-        src.append(f"    mv = mvs[{i}]")
         for j in range(n):
-            src.append(f"    mv[{j}] = g{j} = y{j} + h * ({lin(tab.A[i, :i], i, j)})")
+            src.append(f"        mv{i}[{j}] = g{j} = y{j} + h * ({lin(tab.A[i, :i], i, j)})")
         src += [
-            f"    ti = t + {_lit(tab.c[i])} * h",
-            f"    out = f(ti, bufs[{i}], p)",
-            "    if getattr(out, 'shape', None) != shape:",
-            f"        bad(ti, bufs[{i}])",
-            f"    K[{i}] = ki = out.tolist()",
-            f"    {', '.join(k(i, j) for j in range(n))}, = ki",
+            f"        ti = t + {_lit(tab.c[i])} * h",
+            f"        out = f(ti, buf{i}, p)",
+            "        if getattr(out, 'shape', None) != shape:",
+            f"            bad(ti, buf{i})",
+            f"        K[{i}] = ki = out.tolist()",
+            f"        {', '.join(k(i, j) for j in range(n))}, = ki",
         ]
-    src.append("    acc = 0.0")
+    src.append("        acc = 0.0")
     for j in range(n):
-        src += [f"    a = abs(y{j})",
-                f"    b = abs(g{j})",
-                f"    r = h * ({lin(tab.e, s, j)}) / (atol + rtol * (b if b > a else a))",
-                "    acc += r * r"]
-    src.append(f"    return [{', '.join(f'g{j}' for j in range(n))}], _sqrt(acc / {n})")
-    return _compile(src, f"host_step {tab.name} n={n}", "host_step")
+        src += [f"        a = abs(y{j})",
+                f"        b = abs(g{j})",
+                f"        r = h * ({lin(tab.e, s, j)}) / (atol + rtol * (b if b > a else a))",
+                "        acc += r * r"]
+    src.append(f"        return [{', '.join(f'g{j}' for j in range(n))}], _sqrt(acc / {n})")
+    src.append("    return host_step")
+    return _compile(src, f"host_step {tab.name} n={n}", "make")
 
 
 def _make_host_dense(tab: Tableau, n: int):
