@@ -93,9 +93,14 @@ def _check_options(method, rtol, atol, controller, first_step, max_steps, adjoin
         raise ValueError(f"{WHERE}: regularizers {unknown} are not known; choose from "
                          f"{list(REGULARIZERS)}")
     if regularizers and adjoint == "backsolve":
-        raise ValueError(f"{WHERE}: regularizers={regularizers} are built from the solver's "
-                         "own stages, which only the discrete adjoint differentiates; use "
-                         "adjoint='discrete'")
+        # the backsolve forward keeps no per-step records, and its backward integrates the
+        # adjoint ODE, which knows nothing of the solver's error or stiffness estimates
+        local = ("" if local_regularization is None
+                 else f" (with local_regularization={local_regularization!r})")
+        raise ValueError(f"{WHERE}: regularizers={regularizers}{local} are built from the "
+                         "solver's own stages, which only the discrete adjoint "
+                         "differentiates; use adjoint='discrete' (with checkpoint_every=k "
+                         "to store only every k-th state)")
     if local_regularization not in LOCAL:
         raise ValueError(f"{WHERE}: local_regularization={local_regularization!r} is not "
                          f"known; choose None, 'unbiased' or 'biased'")
@@ -149,6 +154,28 @@ class _Forward:
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+
+#: ``every`` for the backsolve forward: beyond any step count, so the integrators store
+#: no state past ``y0`` (the backsolve adjoint re-integrates ``y`` backwards from the
+#: outputs, Chen et al. 2018, Alg. 1, and needs none of the accepted states).
+_NO_CHECKPOINTS = 1 << 62
+_NO_RECORDS = np.zeros((0,), dtype=np.float64)
+_NO_RECORDS.flags.writeable = False
+
+
+def _backsolve_residual(traj: Trajectory) -> Trajectory:
+    """What the backsolve backward reads of a trajectory: outputs and ``y0``, O(T·n).
+
+    The per-step records (step times, error/stiffness estimates, checkpoints) are dropped
+    so that the residuals do not grow with the number of steps; ``res.ts`` still holds
+    the step times for the caller.
+    """
+    return Trajectory(ys=traj.ys, ts=_NO_RECORDS, states={0: traj.states[0]},
+                      every=_NO_CHECKPOINTS, out_step=traj.out_step,
+                      out_theta=traj.out_theta, errs=_NO_RECORDS, stiff=_NO_RECORDS,
+                      stats=traj.stats, success=traj.success, message=traj.message,
+                      t_fail=traj.t_fail, status=traj.status)
 
 
 def _status_message(code, t, t1, max_steps):
@@ -250,8 +277,10 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     rhs = make_rhs(f, params_eff, shape, xp)
     fvjp = make_vjp(f, vjp, params_eff, shape, xp, jitted)
     stepper = Stepper(xp, tab, dtype, device, n, rtol, atol)
+    # backsolve keeps only y0 and the outputs: checkpoint_every is for the discrete adjoint
+    every = int(checkpoint_every) if adjoint == "discrete" else _NO_CHECKPOINTS
     opts = dict(xp=xp, rtol=float(rtol), atol=float(atol), controller=controller,
-                first_step=first_step, max_steps=int(max_steps), every=int(checkpoint_every),
+                first_step=first_step, max_steps=int(max_steps), every=every,
                 throw=throw)
     kern = B.get_kernel(xp, "ode.rk_solve") if compiled else None
     trajs = []
@@ -278,8 +307,7 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
                                  f"the initial time t={float(t_out[0])!r}; check f and y0")
             traj = integrate(stepper, rhs, yb, t_out, controller=controller,
                              first_step=first_step, max_steps=int(max_steps), step_ts=sts,
-                             want_stiff=want_stiff, every=int(checkpoint_every), throw=throw,
-                             f0=f0)
+                             want_stiff=want_stiff, every=every, throw=throw, f0=f0)
             traj.stats[3] += 1
         trajs.append(traj)
     # regularisers
@@ -325,6 +353,8 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
                        n_rejected=int(stats[2]), nfe=int(stats[3]) + extra_nfe, ts=ts,
                        status=0 if failed is None else failed.status,
                        t_stop=math.nan if failed is None else failed.t_fail)
+    if adjoint == "backsolve":
+        trajs = [_backsolve_residual(traj) for traj in trajs]
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, fvjp=fvjp, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
                    regularizers=regularizers, local=local_regularization, tab=tab,
@@ -497,7 +527,8 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
     adjoint : {"discrete", "backsolve"}
         Backward rule: exact gradient of the computed solution (reverse through the
         accepted steps, step sizes constant), or the continuous adjoint integrated
-        backwards (cheaper memory, only as accurate as the tolerances).
+        backwards (stores only ``y0`` and the ``T`` outputs, whatever the number of steps;
+        only as accurate as the tolerances; no regularisers).
     regularizers : tuple of {"error", "stiffness"}
         Compute ``reg_error`` ``R_E = Σ_j E_j |h_j|`` and/or ``reg_stiffness``
         ``R_S = Σ_j λ_j |h_j|`` (``λ_j = ‖k_s − k_{s−1}‖/‖g_s − g_{s−1}‖``), summed over
@@ -517,7 +548,8 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
         call per stage).
     checkpoint_every : int
         The discrete adjoint stores every k-th accepted state and recomputes the others
-        (memory ``N/k + k`` states instead of ``N``).
+        (memory ``N/k + k`` states instead of ``N``). Ignored by the backsolve adjoint,
+        whose forward keeps only ``y0`` and the outputs (memory independent of ``N``).
     throw : bool
         On failure (max_steps, step-size underflow) raise :class:`ODESolveError`; with
         ``False`` warn (:class:`diffsolve.ConvergenceWarning`) and return a result with
