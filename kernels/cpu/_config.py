@@ -116,8 +116,9 @@ def jit(parallel: bool = False) -> Callable[[Callable[..., Any]], Any]:
     return numba.njit(**njit_options(parallel=parallel))
 
 
-def call_threaded(kernel: Callable[..., Any], work: int, *args: Any) -> Any:
-    """Call a ``parallel=True`` kernel, on one thread when ``work < SERIAL_BELOW``.
+def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,
+                  serial_below: int | None = None) -> Any:
+    """Call a ``parallel=True`` kernel, on one thread when ``work < serial_below``.
 
     The thread count is set for this call only (``numba.set_num_threads`` is thread-local)
     rather than compiling a second, serial copy of the kernel: Numba's on-disk cache files
@@ -131,13 +132,16 @@ def call_threaded(kernel: Callable[..., Any], work: int, *args: Any) -> Any:
         A measure of the call's size, e.g. the number of array entries it touches.
     *args
         The kernel's arguments.
+    serial_below : int, optional
+        The threshold; default :data:`SERIAL_BELOW`. Kernels whose work per entry is tiny
+        (a pass over a dense plan) amortise a parallel region only at larger sizes.
 
     Returns
     -------
     object
         What ``kernel(*args)`` returns.
     """
-    if work >= SERIAL_BELOW:
+    if work >= (SERIAL_BELOW if serial_below is None else serial_below):
         return kernel(*args)
     n_threads = numba.get_num_threads()
     if n_threads == 1:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
-from ._config import jit
+from ._config import call_threaded, jit
 
 __all__ = ["csr_transpose", "kth_largest", "newton_step", "plan_marginals", "schur_pcg",
            "threshold_csr"]
@@ -41,17 +40,9 @@ _SERIAL_BELOW = 1 << 22
 
 
 def _run(kernel, serial, *args):
-    """Call a ``parallel=True`` kernel, on one thread when ``serial``. The thread count is
-    set per call (``numba.set_num_threads`` is thread-local) instead of compiling a second,
-    serial copy: Numba's on-disk cache would file both under one name."""
-    if not serial:
-        return kernel(*args)
-    n_threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(n_threads)
+    """Call a ``parallel=True`` kernel, on one thread when ``serial`` (see
+    ``_config.call_threaded``)."""
+    return call_threaded(kernel, 0 if serial else 1, *args, serial_below=1)
 
 
 @jit(parallel=True)
