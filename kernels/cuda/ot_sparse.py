@@ -3,7 +3,7 @@
 ``topk_rows`` forms ``z = alpha + shift[:, None] - Ct`` on the device and takes the first
 k entries of a stable descending sort of every row (CuPy sorts the rows of a 2-D array as
 one segmented device sort), so ties are broken by the smaller index as on the CPU.
-``scatter_add_rows`` uses ``cupyx.scatter_add`` (atomic adds): the order of the additions
+``scatter_add_rows`` uses ``cupy.add.at`` (atomic adds): the order of the additions
 into one row is unspecified, so row sums can differ from the CPU twin in the last bits.
 
 This module imports :mod:`cupy` at the top on purpose: it is only imported once CuPy
@@ -13,7 +13,6 @@ inputs have been seen.
 from __future__ import annotations
 
 import cupy
-import cupyx
 
 from ._raw import as_device
 
@@ -52,7 +51,8 @@ def scatter_add_rows(idx, w, out):
     # no range check on idx here: it would read two numbers back from the device on every
     # call (the CPU twin checks); idx comes from topk_rows inside diffsolve
     out[...] = 0
-    cupyx.scatter_add(out, idx.reshape(-1), w.reshape(-1))
+    # cupy.add.at: cupyx.scatter_add is deprecated since CuPy 13
+    cupy.add.at(out, idx.reshape(-1), w.reshape(-1))
     return out
 
 
