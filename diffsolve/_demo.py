@@ -9,7 +9,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from . import linear
+from . import _demo_families, linear
 from ._autodiff import vjp
 from ._backend import CSR
 
@@ -118,6 +118,13 @@ def run_demo(grid: int = 64, seed: int = 0) -> int:
         _jax_check(C, b_true, w, ref)
     else:
         print("   jax: not installed (pip install 'diffsolve[jax]')")
+
+    print()
+    _demo_families.dcdm_tour(A, b_true)
+    print()
+    _demo_families.ot_tour(rng)
+    print()
+    _demo_families.ode_tour()
     return 0
 
 
