@@ -17,6 +17,7 @@ from ._vector_field import make_rhs, make_vjp
 __all__ = ["odeint"]
 
 np = B.host_namespace()
+_NDARRAY = np.ndarray  # numpy.ndarray (the namespace re-exports it)
 
 WHERE = "diffsolve.ode.odeint"
 METHODS = tuple(TABLEAUX)
@@ -31,10 +32,11 @@ BATCH_MODES = ("per-trajectory", "shared")
 # argument checks
 # ---------------------------------------------------------------------------------------
 def _host_times(t_eval):
-    if B.is_array(t_eval):
+    ndarray = type(t_eval) is _NDARRAY  # the common case, without the namespace lookup
+    if ndarray or B.is_array(t_eval):
         if t_eval.ndim != 1:
             raise ValueError(f"{WHERE}: t_eval must be 1-D, got shape {tuple(t_eval.shape)}")
-        if B.is_numpy(B.array_namespace(t_eval)):
+        if ndarray or B.is_numpy(B.array_namespace(t_eval)):
             vals = B.host_numpy(t_eval).tolist()
         else:  # a few device-to-host reads (CuPy) or standard indexing (array_api_strict)
             vals = [float(t_eval[i]) for i in range(t_eval.shape[0])]
@@ -49,9 +51,9 @@ def _host_times(t_eval):
                          f"time), got {len(vals)}")
     if not all(math.isfinite(v) for v in vals):
         raise ValueError(f"{WHERE}: t_eval contains NaN or infinite times")
-    t = np.asarray(vals, dtype=np.float64)
+    t = B.host_numpy(vals)  # Python floats: float64, without the namespace wrapper
     d = t[1:] - t[:-1]
-    if not (bool(np.all(d > 0)) or bool(np.all(d < 0))):
+    if not (bool((d > 0).all()) or bool((d < 0).all())):
         bad = next(i for i in range(1, len(vals)) if (d[i - 1] <= 0) != (d[0] <= 0)
                    or d[i - 1] == 0)
         raise ValueError(
@@ -68,6 +70,8 @@ def _check_options(method, rtol, atol, controller, first_step, max_steps, adjoin
         raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of "
                          f"{list(METHODS)}")
     for name, v in (("rtol", rtol), ("atol", atol)):
+        if type(v) is float and 0.0 < v < math.inf:  # the common case, no ABC check
+            continue
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
                 or v <= 0:
             raise ValueError(f"{WHERE}: {name} must be a finite number > 0, got {v!r} "
@@ -79,7 +83,8 @@ def _check_options(method, rtol, atol, controller, first_step, max_steps, adjoin
                                    or not first_step > 0 or not math.isfinite(first_step)):
         raise ValueError(f"{WHERE}: first_step must be a positive number or None, got "
                          f"{first_step!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) \
+    if (type(max_steps) is not int and (isinstance(max_steps, bool)
+                                       or not isinstance(max_steps, numbers.Integral))) \
             or max_steps < 1:
         raise ValueError(f"{WHERE}: max_steps must be a positive integer, got {max_steps!r}")
     if adjoint not in ADJOINTS:
@@ -110,8 +115,9 @@ def _check_options(method, rtol, atol, controller, first_step, max_steps, adjoin
     if batch_mode not in BATCH_MODES:
         raise ValueError(f"{WHERE}: batch_mode={batch_mode!r} is not known; choose one of "
                          f"{list(BATCH_MODES)}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral) \
-            or checkpoint_every < 1:
+    if (type(checkpoint_every) is not int and (
+            isinstance(checkpoint_every, bool)
+            or not isinstance(checkpoint_every, numbers.Integral))) or checkpoint_every < 1:
         raise ValueError(f"{WHERE}: checkpoint_every must be a positive integer, got "
                          f"{checkpoint_every!r}")
     return regularizers
@@ -150,10 +156,46 @@ def _params_info(params, xp):
 # the forward solve
 # ---------------------------------------------------------------------------------------
 class _Forward:
-    """Everything the backward rule reuses."""
+    """Everything the backward rule reuses.
 
-    def __init__(self, **kw):
+    ``stepper`` and ``fvjp`` are built on first use: a forward solve that is never
+    differentiated (or runs compiled) needs neither, and building them is a fixed cost of
+    every call.
+    """
+
+    def __init__(self, stepper=None, **kw):
         self.__dict__.update(kw)
+        if stepper is not None:
+            self.stepper = stepper
+
+    @property
+    def stepper(self):
+        st = self.__dict__.get("_stepper")
+        if st is None:
+            st = self._stepper = Stepper(self.xp, self.tab, self.y0.dtype, self.device,
+                                         self.n, self.rtol, self.atol)
+        return st
+
+    @stepper.setter
+    def stepper(self, st):
+        self._stepper = st
+
+    @property
+    def fvjp(self):
+        fv = self.__dict__.get("_fvjp")
+        if fv is None:
+            fv = self._fvjp = make_vjp(self.f, self.vjp, self.params_eff, self.shape,
+                                       self.xp, self.jitted)
+        return fv
+
+
+_IS_JITTED = []  # the Numba kernel ``ode.is_jitted``, looked up once
+
+
+def _is_jitted(xp, f) -> bool:
+    if not _IS_JITTED:
+        _IS_JITTED.append(B.get_kernel(xp, "ode.is_jitted"))
+    return bool(_IS_JITTED[0](f))
 
 
 #: ``every`` for the backsolve forward: beyond any step count, so the integrators store
@@ -176,6 +218,13 @@ def _backsolve_residual(traj: Trajectory) -> Trajectory:
                       out_theta=traj.out_theta, errs=_NO_RECORDS, stiff=_NO_RECORDS,
                       stats=traj.stats, success=traj.success, message=traj.message,
                       t_fail=traj.t_fail, status=traj.status)
+
+
+def _finite(host, xp, x) -> bool:
+    """``B.isfinite_all``; for a NumPy array, the same test without the namespace wrapper."""
+    if host:
+        return x.size == 0 or bool(np.isfinite(x).all())
+    return B.isfinite_all(xp, x)
 
 
 def _status_message(code, t, t1, max_steps):
@@ -239,19 +288,22 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     regularizers = _check_options(method, rtol, atol, controller, first_step, max_steps,
                                   adjoint, regularizers, local_regularization, batch_mode,
                                   checkpoint_every)
-    if not B.is_array(y0):
+    if type(y0) is not _NDARRAY and not B.is_array(y0):
         raise TypeError(f"{WHERE}: y0 must be an array (NumPy, CuPy or any array-API array), "
                         f"got {type(y0).__name__}")
-    xp = B.array_namespace(y0, params, where=WHERE)
+    # NumPy arrays (the common case) skip the namespace lookup and its sparse checks: the
+    # namespace of NumPy arrays is the host one
+    host = type(y0) is _NDARRAY and (params is None or type(params) is _NDARRAY)
+    xp = np if host else B.array_namespace(y0, params, where=WHERE)
     if y0.ndim not in (1, 2):
         raise ValueError(f"{WHERE}: y0 must have shape (d,) or (B, d) for a batch, got "
                          f"{tuple(y0.shape)}")
-    if not xp.isdtype(y0.dtype, "real floating"):
+    if not (y0.dtype.kind == "f" if host else xp.isdtype(y0.dtype, "real floating")):
         if xp.isdtype(y0.dtype, "integral"):
             y0 = xp.astype(y0, xp.float64)
         else:
             raise TypeError(f"{WHERE}: y0 must be real floating, got dtype {y0.dtype}")
-    if not B.isfinite_all(xp, y0):
+    if not _finite(host, xp, y0):
         raise ValueError(f"{WHERE}: y0 contains NaN or infinite values")
     _params_info(params, xp)
     t_out = _host_times(t_eval)
@@ -260,11 +312,11 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     n_traj = y0.shape[0] if per_traj else 1
     step_list = _check_step_ts(step_ts, t_out, per_traj, n_traj)
     tab = TABLEAUX[method]
-    dtype, device = y0.dtype, B.device(y0)
+    dtype, device = y0.dtype, ("cpu" if host else B.device(y0))
     want_stiff = "stiffness" in regularizers
     jitted = False
-    if B.is_numpy(xp) and not (batched and not per_traj):
-        jitted = bool(B.get_kernel(xp, "ode.is_jitted")(f))
+    if (host or B.is_numpy(xp)) and not (batched and not per_traj):
+        jitted = _is_jitted(xp, f)
     # the compiled loop is built once for float64 states and parameters; other dtypes call
     # the @njit f from the Python loop (no per-f compilation of the integrator)
     compiled = jitted and y0.dtype == xp.float64 and (params is None
@@ -275,8 +327,8 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     shape = tuple(y0.shape[1:]) if per_traj else tuple(y0.shape)
     n = math.prod(shape)
     rhs = make_rhs(f, params_eff, shape, xp)
-    fvjp = make_vjp(f, vjp, params_eff, shape, xp, jitted)
-    stepper = Stepper(xp, tab, dtype, device, n, rtol, atol)
+    # the compiled forward integrates without a Stepper (the backward builds it if needed)
+    stepper = None if compiled else Stepper(xp, tab, dtype, device, n, rtol, atol)
     # backsolve keeps only y0 and the outputs: checkpoint_every is for the discrete adjoint
     every = int(checkpoint_every) if adjoint == "discrete" else _NO_CHECKPOINTS
     opts = dict(xp=xp, rtol=float(rtol), atol=float(atol), controller=controller,
@@ -296,13 +348,13 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
             trajs = [_compiled_trajectory(o, y0[b, ...], t_out, opts)
                      for b, o in enumerate(outs)]
     for b in range(len(trajs), n_traj):
-        yb = y0[b, ...] if per_traj else xp.reshape(y0, (n,))
+        yb = y0[b, ...] if per_traj else (y0.reshape((n,)) if host else xp.reshape(y0, (n,)))
         sts = step_list[b] if step_list is not None else None
         if compiled:
             traj = _compiled_solve(kern, f, yb, t_out, params_eff, tab, opts, sts, want_stiff)
         else:
             f0 = rhs(float(t_out[0]), yb)
-            if not B.isfinite_all(xp, f0):
+            if not _finite(host and type(f0) is _NDARRAY, xp, f0):
                 raise ValueError(f"{WHERE}: f(t, y, params) returned NaN or infinite values at "
                                  f"the initial time t={float(t_out[0])!r}; check f and y0")
             traj = integrate(stepper, rhs, yb, t_out, controller=controller,
@@ -321,6 +373,8 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
                 r_s += s_
         else:
             rng = B.host_rng(seed)
+            if stepper is None:
+                stepper = Stepper(xp, tab, dtype, device, n, rtol, atol)
             for traj in trajs:
                 rec = local_step(stepper, rhs, traj, local_regularization, rng, want_stiff)
                 traj.local = rec or {}
@@ -336,7 +390,9 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     if per_traj:
         ys = xp.stack([traj.ys for traj in trajs], axis=1)
     else:
-        ys = xp.reshape(trajs[0].ys, (T, *y0.shape))
+        ys = trajs[0].ys
+        ys = ys.reshape((T, *y0.shape)) if type(ys) is _NDARRAY else \
+            xp.reshape(ys, (T, *y0.shape))
     stats = sum(traj.stats for traj in trajs)
     failed = next((traj for traj in trajs if not traj.success), None)
     if failed is not None:
@@ -347,7 +403,12 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
 
         warnings.warn(message, ConvergenceWarning, stacklevel=3)
     ts = tuple(traj.ts for traj in trajs) if per_traj else trajs[0].ts
-    scalar = lambda v: xp.asarray(v, dtype=dtype, device=device)  # noqa: E731
+    if host:  # a 0-d NumPy array, as xp.asarray makes, without the wrapper
+        def scalar(v):
+            return np.array(v, dtype=dtype)
+    else:
+        def scalar(v):
+            return xp.asarray(v, dtype=dtype, device=device)
     result = ODEResult(ys=ys, reg_error=scalar(r_e), reg_stiffness=scalar(r_s),
                        n_steps=int(stats[0]), n_accepted=int(stats[1]),
                        n_rejected=int(stats[2]), nfe=int(stats[3]) + extra_nfe, ts=ts,
@@ -355,10 +416,10 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
                        t_stop=math.nan if failed is None else failed.t_fail)
     if adjoint == "backsolve":
         trajs = [_backsolve_residual(traj) for traj in trajs]
-    fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, fvjp=fvjp, xp=xp, t_out=t_out,
+    fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, f=f, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
                    regularizers=regularizers, local=local_regularization, tab=tab,
-                   jitted=jitted, compiled=compiled, vjp=vjp,
+                   jitted=jitted, compiled=compiled, vjp=vjp, device=device,
                    rtol=float(rtol), atol=float(atol))
     return result, fwd
 
