@@ -18,6 +18,7 @@ __all__ = ["odeint"]
 
 np = B.host_namespace()
 _NDARRAY = np.ndarray  # numpy.ndarray (the namespace re-exports it)
+_HOST_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
 
 WHERE = "diffsolve.ode.odeint"
 METHODS = tuple(TABLEAUX)
@@ -33,6 +34,15 @@ BATCH_MODES = ("per-trajectory", "shared")
 # ---------------------------------------------------------------------------------------
 def _host_times(t_eval):
     ndarray = type(t_eval) is _NDARRAY  # the common case, without the namespace lookup
+    if ndarray and t_eval.ndim == 1 and t_eval.dtype in _HOST_FLOATS:
+        # the values tolist() -> float64 would give (float32 widens exactly), in one copy
+        t = np.array(t_eval, dtype=np.float64)
+        if t.shape[0] < 2:
+            raise ValueError(f"{WHERE}: t_eval needs at least 2 times (t_eval[0] is the "
+                             f"initial time), got {t.shape[0]}")
+        if not bool(np.isfinite(t).all()):
+            raise ValueError(f"{WHERE}: t_eval contains NaN or infinite times")
+        return _check_monotone(t)
     if ndarray or B.is_array(t_eval):
         if t_eval.ndim != 1:
             raise ValueError(f"{WHERE}: t_eval must be 1-D, got shape {tuple(t_eval.shape)}")
@@ -51,9 +61,13 @@ def _host_times(t_eval):
                          f"time), got {len(vals)}")
     if not all(math.isfinite(v) for v in vals):
         raise ValueError(f"{WHERE}: t_eval contains NaN or infinite times")
-    t = B.host_numpy(vals)  # Python floats: float64, without the namespace wrapper
+    return _check_monotone(np.array(vals, dtype=np.float64), vals)
+
+
+def _check_monotone(t, vals=None):
     d = t[1:] - t[:-1]
     if not (bool((d > 0).all()) or bool((d < 0).all())):
+        vals = t.tolist() if vals is None else vals  # as given (ints print as ints)
         bad = next(i for i in range(1, len(vals)) if (d[i - 1] <= 0) != (d[0] <= 0)
                    or d[i - 1] == 0)
         raise ValueError(
@@ -189,13 +203,15 @@ class _Forward:
         return fv
 
 
-_IS_JITTED = []  # the Numba kernel ``ode.is_jitted``, looked up once
+#: ``ode.is_jitted`` (an isinstance test: it depends on the type of f only) by type of f
+_JITTED_TYPES: dict = {}
 
 
 def _is_jitted(xp, f) -> bool:
-    if not _IS_JITTED:
-        _IS_JITTED.append(B.get_kernel(xp, "ode.is_jitted"))
-    return bool(_IS_JITTED[0](f))
+    jitted = _JITTED_TYPES.get(type(f))
+    if jitted is None:
+        jitted = _JITTED_TYPES[type(f)] = bool(B.get_kernel(xp, "ode.is_jitted")(f))
+    return jitted
 
 
 #: ``every`` for the backsolve forward: beyond any step count, so the integrators store
