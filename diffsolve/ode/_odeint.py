@@ -239,6 +239,8 @@ def _backsolve_residual(traj: Trajectory) -> Trajectory:
 def _finite(host, xp, x) -> bool:
     """``B.isfinite_all``; for a NumPy array, the same test without the namespace wrapper."""
     if host:
+        if x.size <= 32 and x.dtype in _HOST_FLOATS:  # a few floats: no temporary array
+            return all(map(math.isfinite, x.reshape(-1).tolist()))
         return x.size == 0 or bool(np.isfinite(x).all())
     return B.isfinite_all(xp, x)
 
@@ -409,7 +411,7 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
         ys = trajs[0].ys
         ys = ys.reshape((T, *y0.shape)) if type(ys) is _NDARRAY else \
             xp.reshape(ys, (T, *y0.shape))
-    stats = sum(traj.stats for traj in trajs)
+    stats = trajs[0].stats if len(trajs) == 1 else sum(traj.stats for traj in trajs)
     failed = next((traj for traj in trajs if not traj.success), None)
     if failed is not None:
         message = failed.message
