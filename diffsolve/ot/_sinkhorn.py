@@ -378,8 +378,23 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, max_iter, measure, check_ever
     while True:
         check = it % check_every == 0 and g is not None
         # column half-step: Lc = eps LSE_i((f_i - C_ij)/eps)
-        if g is None:
+        if g is None and C0.dtype != xp.float64:
+            # float32: the fused kernel, which accumulates in float64 (a float32 first step
+            # changes the iterates by more than their float32 rounding near the tolerance)
             Lc = ops.cols(f[None, :], eps, on)[0, ...]
+        elif g is None:
+            # first step of a cold start (or an f-only warm start): the kernel is built at
+            # the reference gh_j = min_i (C_ij - f_i), where each column's largest entry is
+            # exactly 1, so its column sums cannot underflow and Lc = eps log(sum_i K_ij)
+            # - gh_j is the log-sum-exp shifted by its maximum. The same value as the fused
+            # kernel to rounding, but no Numba parallel region, which on a loaded machine
+            # waits for both cores (milliseconds, more than the whole solve at n = 500).
+            gh = xp.min(C0 - f[:, None], axis=0)
+            K = absorb(f, gh)
+            s = xp.sum(K, axis=0)
+            Lc = xp.log(s, out=s)
+            Lc *= eps
+            Lc -= gh
         else:
             if K is None:
                 K = absorb(f, g)
