@@ -21,7 +21,9 @@ eps in {0.05, 0.01, 0.002}. Measured in one process, interleaved:
   ``||P^T 1 - b||_2 <= 1e-9``) against POT's kernel mode with ``stopThr=1e-9``: whole calls,
   and the ratio (target: diffsolve <= 1.5x POT).
 
-Machine load (``os.getloadavg``) is recorded per case.
+Machine load (``os.getloadavg``) is recorded per case. ``--burn N`` runs N busy-loop
+processes alongside (started and stopped by this script) to measure on a loaded machine,
+as on the shared 2-core box where ``bench.bench_sinkhorn`` was first run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -145,7 +149,21 @@ def main(argv=None):
     parser.add_argument("--tag", default="", help="results file suffix, e.g. 'before'")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--burn", type=int, default=0,
+                        help="busy-loop processes to run alongside (a loaded machine)")
     args = parser.parse_args(argv)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(args.burn)]
+    try:
+        run(args)
+    finally:
+        for p in burners:
+            p.terminate()
+            p.wait()
+
+
+def run(args):
     import ot
 
     import diffsolve.ot  # noqa: F401
@@ -158,8 +176,9 @@ def main(argv=None):
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "numpy": np.__version__, "pot": ot.__version__, "tol": TOL,
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "first_calls_s": jit_s, "load_start": os.getloadavg(), "quick": args.quick}
-    sizes = (100, 500) if args.quick else (100, 200, 500, 1000)
+            "first_calls_s": jit_s, "load_start": os.getloadavg(), "quick": args.quick,
+            "busy_loop_processes": args.burn}
+    sizes = args.sizes or ((100, 500) if args.quick else (100, 200, 500, 1000))
     eps_list = (0.05, 0.01) if args.quick else (0.05, 0.01, 0.002)
     repeats = args.repeats or (3 if args.quick else 5)
     cases = []
