@@ -444,6 +444,19 @@ def get_kernel(xp, name: str):
         package = _KERNEL_PACKAGES["cupy"]
     else:
         return None
+    # solvers look kernels up per call (ODE steppers, Sinkhorn): an import_module per lookup
+    # cost microseconds there, so resolved kernels are remembered
+    key = (package, name)
+    kernel = _KERNEL_CACHE.get(key)
+    if kernel is None:
+        kernel = _KERNEL_CACHE[key] = _resolve_kernel(package, name)
+    return kernel
+
+
+_KERNEL_CACHE: dict = {}
+
+
+def _resolve_kernel(package: str, name: str):
     module_name, _, func_name = name.rpartition(".")
     if not module_name:
         raise ValueError(f"get_kernel: name must be 'module.function', got {name!r}")
@@ -454,10 +467,6 @@ def get_kernel(xp, name: str):
         raise ValueError(
             f"get_kernel: {package}.{module_name} has no kernel {func_name!r}"
         ) from None
-
-
-
-
 
 
 def contiguous(xp, x):
