@@ -13,10 +13,12 @@ BENCHMARKS = (
     "bench.bench_bilevel",
     "bench.bench_dcdm",
     "bench.bench_sinkhorn",
+    "bench.bench_sinkhorn_small",
     "bench.bench_ot_newton",
     "bench.bench_sparse_ot",
     "bench.bench_ode_forward",
     "bench.bench_ode_gradients",
+    "bench.bench_ode_overhead",
     "bench.bench_ode_regularization",
 )
 
