@@ -53,7 +53,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import platform
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -61,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from bench._common import numba_cache
+from bench._ot_problems import clouds, l1_error, timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOL = 1e-9
@@ -70,37 +70,6 @@ POT_METHODS = ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized", "sinkhorn_epsi
 # iteration is a whole inner Sinkhorn run; a Greenkhorn iteration updates one row or column)
 PROBE_ITERS = {"sinkhorn": 10, "sinkhorn_log": 3, "sinkhorn_stabilized": 10,
                "sinkhorn_epsilon_scaling": 1, "greenkhorn": 2000}
-
-
-def clouds(n, seed=0, xp=np):
-    rng = np.random.default_rng(seed)
-    x = xp.asarray(rng.standard_normal((n, 2)))
-    y = xp.asarray(rng.standard_normal((n, 2)) + 1.0)
-    C = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2.0 * (x @ y.T)
-    C = xp.maximum(C, 0.0)
-    C /= C.max()
-    a = xp.full(n, 1.0 / n)
-    return a, a.copy(), C
-
-
-def l1_error(P, a, b):
-    import array_api_compat
-
-    from diffsolve.ot._errors import marginal_error
-
-    xp = array_api_compat.array_namespace(P)
-    return float(marginal_error(P, a, b, xp, "l1"))
-
-
-def timed(fn, repeats, sync=lambda: None):
-    times, out = [], None
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def _quiet(fn, *args, **kw):

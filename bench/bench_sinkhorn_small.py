@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_sinkhorn import clouds, l1_error
+from bench._ot_problems import clouds, l1_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOL = 1e-9

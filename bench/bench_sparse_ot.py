@@ -52,6 +52,7 @@ from pathlib import Path  # noqa: E402 - after the BLAS thread settings
 import numpy as np  # noqa: E402 - after the BLAS thread settings
 
 from bench._common import add_cache_and_output_args, numba_cache  # noqa: E402 - after the BLAS thread settings
+from bench._ot_problems import timed  # noqa: E402 - after the BLAS thread settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -88,15 +89,6 @@ def run_ours(a, b, C, k, gamma, formulation, tol):
                                     max_iter=2000)
         return dot.sparse_ot(a, b, C, k, gamma, formulation=formulation, tol=tol,
                              max_iter=2000)
-
-
-def timed(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def one_case(n, k, gamma, formulation, repeats):
