@@ -50,3 +50,23 @@ def poisson_2d(m, shift=0.0):
     A.sum_duplicates()
     A.sort_indices()
     return A
+
+
+def ot_problem(rng, n=7, m=5, batch=(), scale=1.0):
+    """Random positive weights ``a`` (n,), ``b`` (m,) of mass 1 and a cost in [0, scale),
+    with optional leading batch dimensions."""
+    C = rng.random((*batch, n, m)) * scale
+    a = rng.random((*batch, n)) + 0.1
+    a /= a.sum(-1, keepdims=True)
+    b = rng.random((*batch, m)) + 0.1
+    b /= b.sum(-1, keepdims=True)
+    return a, b, C
+
+
+def ot_clouds(rng, n, m=None):
+    """Two Gaussian clouds in 2-D, squared-Euclidean cost scaled to max 1, uniform weights."""
+    m = n if m is None else m
+    x = rng.standard_normal((n, 2))
+    y = rng.standard_normal((m, 2)) + 1.0
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    return np.full(n, 1.0 / n), np.full(m, 1.0 / m), C / C.max()

@@ -13,7 +13,7 @@ import diffsolve as ds
 import diffsolve.ot
 from diffsolve.kernels.cpu import ot_newton as cpu
 from diffsolve.ot._errors import marginal_error
-from tests.helpers import assert_close, central_difference, to_numpy
+from tests.helpers import assert_close, central_difference, ot_clouds, ot_problem, to_numpy
 from tests.naive_ot_newton import (
     naive_csr_transpose,
     naive_kth_largest,
@@ -27,21 +27,6 @@ TIGHT = {"tol": 1e-12, "max_iter": 200}
 SK_TIGHT = {"tol": 1e-13, "max_iter": 100_000}
 
 
-def _problem(rng, n=7, m=5, batch=(), scale=1.0):
-    C = rng.random((*batch, n, m)) * scale
-    a = rng.random((*batch, n)) + 0.1
-    a /= a.sum(-1, keepdims=True)
-    b = rng.random((*batch, m)) + 0.1
-    b /= b.sum(-1, keepdims=True)
-    return a, b, C
-
-
-def _clouds(rng, n, m=None):
-    m = n if m is None else m
-    x = rng.standard_normal((n, 2))
-    y = rng.standard_normal((m, 2)) + 1.0
-    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
-    return np.full(n, 1.0 / n), np.full(m, 1.0 / m), C / C.max()
 
 
 def _tol(dtype):
@@ -192,7 +177,7 @@ def test_small_eps_where_sinkhorn_crawls(rng):
 def test_easy_problem_finishes_with_sinkhorn(rng):
     # eps = 0.05: Sinkhorn contracts fast, so SNS lets it finish instead of paying for
     # Newton steps; sinkhorn_switch=0 forces the Newton stage
-    a, b, C = _clouds(rng, 50)
+    a, b, C = ot_clouds(rng, 50)
     res = SNS(a, b, C, 0.05, tol=1e-10)
     assert res.converged and res.n_iters == 0 and res.n_sinkhorn > 0
     newton = SNS(a, b, C, 0.05, tol=1e-10, sinkhorn_switch=0, n_sinkhorn=5)
@@ -201,7 +186,7 @@ def test_easy_problem_finishes_with_sinkhorn(rng):
 
 
 def test_matches_sinkhorn_on_clouds(rng):
-    a, b, C = _clouds(rng, 60, 45)
+    a, b, C = ot_clouds(rng, 60, 45)
     res = SNS(a, b, C, 2e-3, **TIGHT)
     ref = ds.ot.sinkhorn(a, b, C, 2e-3, **SK_TIGHT)
     assert res.converged and res.error <= 1e-12
@@ -213,7 +198,7 @@ def test_matches_sinkhorn_on_clouds(rng):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_namespaces(xp, rng, dtype):
-    a, b, C = _clouds(rng, 20, 15)
+    a, b, C = ot_clouds(rng, 20, 15)
     ref = ds.ot.sinkhorn(a, b, C, 0.01, **SK_TIGHT)
     dt = getattr(xp, dtype)
     tol = 1e-11 if dtype == "float64" else 2e-5
@@ -226,7 +211,7 @@ def test_namespaces(xp, rng, dtype):
 
 
 def test_batched_matches_loop_and_per_problem_convergence(rng):
-    a, b, C = _problem(rng, 8, 6, batch=(3,))
+    a, b, C = ot_problem(rng, 8, 6, batch=(3,))
     eps = np.float64(0.02)
     res = SNS(a, b, C, eps, **TIGHT)
     assert res.plan.shape == (3, 8, 6) and res.f.shape == (3, 8) and res.cost.shape == (3,)
@@ -243,7 +228,7 @@ def test_batched_matches_loop_and_per_problem_convergence(rng):
 
 
 def test_zero_weights(rng):
-    a, b, C = _problem(rng, 7, 5)
+    a, b, C = ot_problem(rng, 7, 5)
     a[2] = 0.0
     b[4] = 0.0
     a /= a.sum()
@@ -261,7 +246,7 @@ def test_zero_weights(rng):
                                   {"error_measure": "l2-pot"}, {"n_sinkhorn": 1},
                                   {"cg_rtol": 1e-8, "cg_maxiter": 5}])
 def test_options(rng, opts):
-    a, b, C = _clouds(rng, 40)
+    a, b, C = ot_clouds(rng, 40)
     seen = []
     res = SNS(a, b, C, 3e-3, tol=1e-10, callback=seen.append, **opts)
     assert res.converged and res.error <= 1e-10
@@ -275,14 +260,14 @@ def test_options(rng, opts):
 def test_sinkhorn_fallback_when_line_search_fails(rng):
     # one trial per line search, from a 1-iteration warm-up at small eps: the full Newton
     # step overshoots at first, so Sinkhorn takes over until Newton is in its basin
-    a, b, C = _clouds(rng, 40)
+    a, b, C = ot_clouds(rng, 40)
     res = SNS(a, b, C, 1e-3, tol=1e-10, n_sinkhorn=1, ls_max_steps=1, max_iter=200)
     assert res.converged and res.n_fallbacks >= 1
     assert res.n_sinkhorn >= 1 + 20 * res.n_fallbacks - 20  # fallbacks ran Sinkhorn steps
 
 
 def test_non_convergence_warns_and_throws(rng):
-    a, b, C = _clouds(rng, 30)
+    a, b, C = ot_clouds(rng, 30)
     with pytest.warns(ds.ConvergenceWarning, match="increase max_iter.*density.*larger eps"):
         res = SNS(a, b, C, 1e-3, max_iter=1, n_sinkhorn=2)
     assert not res.converged and res.n_iters == 1 and res.error > 1e-9
@@ -312,7 +297,7 @@ def test_non_convergence_warns_and_throws(rng):
     ({"opt": {"callback": 3}}, "callback must be callable"),
 ])
 def test_bad_input(rng, kwargs, match):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     if "a" in kwargs:
         a = a.copy()
         a[0] = kwargs["a"]
@@ -342,7 +327,7 @@ def _loss_and_cots(rng, n, m, eps):
 
 @pytest.mark.parametrize(("n", "m", "eps"), [(6, 4, 0.1), (4, 6, 0.03)])
 def test_gradient_vs_finite_differences(rng, n, m, eps):
-    a, b, C = _problem(rng, n, m)
+    a, b, C = ot_problem(rng, n, m)
     loss, cots = _loss_and_cots(rng, n, m, eps)
     _, f_vjp = ds.vjp(SNS, a, b, C, eps, **TIGHT)
     a_bar, b_bar, C_bar = f_vjp(**cots)
@@ -358,7 +343,7 @@ def test_gradient_vs_finite_differences(rng, n, m, eps):
 
 
 def test_gradients_match_sinkhorn(rng):
-    a, b, C = _clouds(rng, 25, 20)
+    a, b, C = ot_clouds(rng, 25, 20)
     eps = 0.01
     cots = {"plan": rng.standard_normal(C.shape), "f": rng.standard_normal(25),
             "g": rng.standard_normal(20), "cost": np.float64(1.3)}
@@ -369,7 +354,7 @@ def test_gradients_match_sinkhorn(rng):
 
 
 def test_vjp_namespaces(xp, rng):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     Wp = rng.standard_normal(C.shape)
     _, ref = ds.vjp(SNS, a, b, C, 0.05, **TIGHT)
     want = ref(plan=Wp, cost=np.float64(0.5))
@@ -380,7 +365,7 @@ def test_vjp_namespaces(xp, rng):
 
 
 def test_batched_gradient_shapes(rng):
-    a, b, C = _problem(rng, 5, 4, batch=(2,))
+    a, b, C = ot_problem(rng, 5, 4, batch=(2,))
     _, f_vjp = ds.vjp(SNS, a[0], b[0], C, 0.05, **TIGHT)
     a_bar, b_bar, C_bar = f_vjp(cost=np.ones(2))
     assert a_bar.shape == (5,) and b_bar.shape == (4,) and C_bar.shape == (2, 5, 4)
@@ -389,7 +374,7 @@ def test_batched_gradient_shapes(rng):
 
 
 def test_adapters_autograd_torch(rng):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     Wp = rng.standard_normal(C.shape)
     _, ref = ds.vjp(SNS, a, b, C, 0.05, **TIGHT)
     want = ref(plan=Wp, cost=np.float64(1.0))
@@ -419,7 +404,7 @@ def test_adapters_autograd_torch(rng):
 @pytest.mark.gpu
 def test_cupy_solver_matches_numpy(rng):
     cupy = pytest.importorskip("cupy")
-    a, b, C = _clouds(rng, 150)
+    a, b, C = ot_clouds(rng, 150)
     res = SNS(a, b, C, 2e-3, tol=1e-10)
     got = SNS(*(cupy.asarray(x) for x in (a, b, C)), 2e-3, tol=1e-10)
     assert got.converged and isinstance(got.plan, cupy.ndarray)

@@ -12,28 +12,13 @@ import pytest
 import diffsolve as ds
 import diffsolve.ot
 from diffsolve.ot._errors import marginal_error
-from tests.helpers import assert_close, central_difference, to_numpy
+from tests.helpers import assert_close, central_difference, ot_clouds, ot_problem, to_numpy
 from tests.naive_ot import naive_sinkhorn
 
 TIGHT = {"tol": 1e-13, "max_iter": 100_000}
 _NAIVE: dict = {}
 
 
-def _problem(rng, n=7, m=5, batch=(), scale=1.0):
-    C = rng.random((*batch, n, m)) * scale
-    a = rng.random((*batch, n)) + 0.1
-    a /= a.sum(-1, keepdims=True)
-    b = rng.random((*batch, m)) + 0.1
-    b /= b.sum(-1, keepdims=True)
-    return a, b, C
-
-
-def _clouds(rng, n, m=None):
-    m = n if m is None else m
-    x = rng.standard_normal((n, 2))
-    y = rng.standard_normal((m, 2)) + 1.0
-    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
-    return np.full(n, 1.0 / n), np.full(m, 1.0 / m), C / C.max()
 
 
 # ------------------------------------------------------------------------------------------
@@ -42,7 +27,7 @@ def _clouds(rng, n, m=None):
 @pytest.mark.parametrize("kernel", ["lse", "absorbed"])
 @pytest.mark.parametrize("eps", [0.5, 0.05])
 def test_namespaces_match_naive_loop(xp, rng, eps, kernel):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     res = ds.ot.sinkhorn(xp.asarray(a), xp.asarray(b), xp.asarray(C), eps, kernel=kernel,
                          **TIGHT)
     key = (eps, C.tobytes())
@@ -61,7 +46,7 @@ def test_namespaces_match_naive_loop(xp, rng, eps, kernel):
 @pytest.mark.parametrize("eps", [0.1, 0.01])
 def test_plan_matches_pot(rng, eps):
     ot = pytest.importorskip("ot")
-    a, b, C = _clouds(rng, 40, 30)
+    a, b, C = ot_clouds(rng, 40, 30)
     res = ds.ot.sinkhorn(a, b, C, eps, tol=1e-12)
     want = ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", numItermax=100_000, stopThr=1e-14)
     np.testing.assert_allclose(res.plan, want, rtol=1e-7, atol=1e-12)
@@ -70,7 +55,7 @@ def test_plan_matches_pot(rng, eps):
 @pytest.mark.parametrize("kernel", ["lse", "absorbed"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_batched_matches_loop(xp, rng, dtype, kernel):
-    a, b, C = _problem(rng, batch=(2, 3))
+    a, b, C = ot_problem(rng, batch=(2, 3))
     C[0, 1] *= 5  # problems of very different difficulty: each stops on its own
     dt = getattr(xp, dtype)
     tol = 1e-5 if dtype == "float32" else 1e-11
@@ -95,7 +80,7 @@ def test_batched_matches_loop(xp, rng, dtype, kernel):
 
 
 def test_broadcast_batch_and_gradient_shapes(rng):
-    a, b, C = _problem(rng, batch=(3,))
+    a, b, C = ot_problem(rng, batch=(3,))
     res, f_vjp = ds.vjp(ds.ot.sinkhorn, a, b[0], C[0], 0.1, **TIGHT)  # b, C shared
     assert res.plan.shape == (3, 7, 5)
     for i in range(3):
@@ -107,7 +92,7 @@ def test_broadcast_batch_and_gradient_shapes(rng):
 
 
 def test_float32_small_eps_no_nan(rng):
-    a, b, C = _clouds(rng, 60)
+    a, b, C = ot_clouds(rng, 60)
     for dtype in (np.float32, np.float64):
         res = ds.ot.sinkhorn(a.astype(dtype), b.astype(dtype), C.astype(dtype), 1e-3,
                              tol=1e-4 if dtype == np.float32 else 1e-9,
@@ -119,7 +104,7 @@ def test_float32_small_eps_no_nan(rng):
 
 @pytest.mark.parametrize("eps", [1e-3, 5e-4])
 def test_small_eps_all_variants(rng, eps):
-    a, b, C = _clouds(rng, 30, 25)
+    a, b, C = ot_clouds(rng, 30, 25)
     plain = ds.ot.sinkhorn(a, b, C, eps, max_iter=50_000, kernel="lse")
     assert plain.converged and plain.error <= 1e-9
     for kw in ({"kernel": "absorbed"}, {"acceleration": "momentum"},
@@ -132,7 +117,7 @@ def test_small_eps_all_variants(rng, eps):
 
 
 def test_small_eps_namespaces(xp, rng):
-    a, b, C = _clouds(rng, 30, 25)
+    a, b, C = ot_clouds(rng, 30, 25)
     res = ds.ot.sinkhorn(*(xp.asarray(x) for x in (a, b, C)), 1e-3, acceleration="momentum")
     assert res.converged
     want = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=50_000)
@@ -143,7 +128,7 @@ def test_small_eps_namespaces(xp, rng):
 def test_tiny_eps_absorption(rng, kernel):
     # eps = 1e-4 on costs in [0, 1]: exp(-C/eps) underflows for almost every entry, so a
     # kernel-mode solver fails; the absorbed kernel must keep rebuilding (and fall back)
-    a, b, C = _clouds(rng, 20, 15)
+    a, b, C = ot_clouds(rng, 20, 15)
     res = ds.ot.sinkhorn(a, b, C, 1e-4, acceleration="momentum", max_iter=50_000,
                          kernel=kernel)
     assert res.converged and np.all(np.isfinite(res.plan)) and np.all(np.isfinite(res.f))
@@ -154,7 +139,7 @@ def test_tiny_eps_absorption(rng, kernel):
 
 
 def test_acceleration_reduces_iterations(rng):
-    a, b, C = _clouds(rng, 30, 25)
+    a, b, C = ot_clouds(rng, 30, 25)
     plain = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=50_000)
     for acc in ("momentum", "anderson"):
         res = ds.ot.sinkhorn(a, b, C, 1e-3, acceleration=acc, max_iter=50_000)
@@ -163,7 +148,7 @@ def test_acceleration_reduces_iterations(rng):
 
 
 def test_warm_start(rng):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     res = ds.ot.sinkhorn(a, b, C, 0.05)
     again = ds.ot.sinkhorn(a, b, C, 0.05, f0=res.f, g0=res.g)
     assert again.n_iters == 0 and again.converged
@@ -174,7 +159,7 @@ def test_warm_start(rng):
 
 
 def test_error_measures_and_zero_weights(rng):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     a[2] = 0.0
     a /= a.sum()
     res = ds.ot.sinkhorn(a, b, C, 0.05, error_measure="l2-pot", tol=1e-10)
@@ -190,7 +175,7 @@ def test_error_measures_and_zero_weights(rng):
 
 
 def test_non_convergence_warns_and_throws(rng):
-    a, b, C = _clouds(rng, 30)
+    a, b, C = ot_clouds(rng, 30)
     with pytest.warns(ds.ConvergenceWarning, match="max_iter.*larger eps.*eps_scaling"):
         res = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=5)
     assert not res.converged and res.n_iters == 5 and res.error > 1e-9
@@ -216,7 +201,7 @@ def test_non_convergence_warns_and_throws(rng):
     ({"opt": {"kernel": "dense"}}, "kernel='dense' is not known"),
 ])
 def test_bad_input(rng, kwargs, match):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     if "a" in kwargs:
         a = a.copy()
         a[0] = kwargs["a"]
@@ -233,7 +218,7 @@ def test_bad_input(rng, kwargs, match):
 
 
 def test_batch_mismatch_and_types(rng):
-    a, b, C = _problem(rng, batch=(2,))
+    a, b, C = ot_problem(rng, batch=(2,))
     with pytest.raises(ValueError, match="batch dimensions do not broadcast"):
         ds.ot.sinkhorn(a, b, np.stack([C[0]] * 3), 0.1)
     with pytest.raises(TypeError, match="diffsolve.ot.sinkhorn: expected arrays"):
@@ -257,7 +242,7 @@ def _loss_and_cots(rng, n, m, eps, **kw):
 @pytest.mark.parametrize("eps", [0.2, 0.03])
 @pytest.mark.parametrize(("n", "m"), [(6, 4), (4, 6)])  # both Schur complements
 def test_implicit_gradient_vs_finite_differences(rng, eps, n, m):
-    a, b, C = _problem(rng, n, m)
+    a, b, C = ot_problem(rng, n, m)
     loss, cots = _loss_and_cots(rng, n, m, eps)
     _, f_vjp = ds.vjp(ds.ot.sinkhorn, a, b, C, eps, **TIGHT)
     a_bar, b_bar, C_bar = f_vjp(**cots)
@@ -278,7 +263,7 @@ def test_implicit_gradient_vs_finite_differences(rng, eps, n, m):
 
 
 def test_envelope_matches_implicit_for_the_cost(rng):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     _, vi = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, **TIGHT)
     res, ve = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, gradient="envelope", **TIGHT)
     for gi, ge in zip(vi(cost=np.float64(1.0)), ve(cost=np.float64(1.0)), strict=True):
@@ -293,7 +278,7 @@ def test_implicit_matches_unrolled_autograd(rng):
     import autograd.numpy as anp
     from autograd.scipy.special import logsumexp
 
-    a, b, C = _problem(rng, 6, 5)
+    a, b, C = ot_problem(rng, 6, 5)
     eps = 0.1
     Wp = rng.standard_normal(C.shape)
 
@@ -312,7 +297,7 @@ def test_implicit_matches_unrolled_autograd(rng):
 
 
 def test_vjp_namespaces(xp, rng):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     Wp = rng.standard_normal(C.shape)
     _, ref = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, **TIGHT)
     want = ref(plan=Wp, cost=np.float64(0.5))
@@ -323,7 +308,7 @@ def test_vjp_namespaces(xp, rng):
 
 
 def test_adapters_autograd_torch_jax(rng):
-    a, b, C = _problem(rng)
+    a, b, C = ot_problem(rng)
     Wp = rng.standard_normal(C.shape)
     _, ref = ds.vjp(ds.ot.sinkhorn, a, b, C, 0.05, **TIGHT)
     want = ref(plan=Wp, cost=np.float64(1.0))
@@ -363,7 +348,7 @@ def test_backward_warns_if_cg_stalls(rng):
 
     from diffsolve.ot._implicit import entropic_potentials_vjp
 
-    a, b, C = _clouds(rng, 40)
+    a, b, C = ot_clouds(rng, 40)
     res = ds.ot.sinkhorn(a, b, C, 0.01)
     with pytest.warns(ds.ConvergenceWarning, match="implicit-differentiation CG"):
         entropic_potentials_vjp(a, b, C, 0.01, res.f, res.g, res.plan,
@@ -376,7 +361,7 @@ def test_backward_warns_if_cg_stalls(rng):
 
 
 def test_callback_and_schedule(rng):
-    a, b, C = _clouds(rng, 20, 15)
+    a, b, C = ot_clouds(rng, 20, 15)
     seen = []
     res = ds.ot.sinkhorn(a, b, C, 2e-3, eps_scaling=[0.1, 0.02], check_every=5,
                          callback=lambda it, e, err: seen.append((it, e, float(err[0]))))
