@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .. import _backend as B
 from ._controller import Controller, initial_step, initial_step_host
-from ._result import ODESolveError
+from ._result import ODESolveError, status_message
 
 __all__ = ["Stepper", "Trajectory", "integrate"]
 
@@ -289,9 +289,7 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
         while True:
             if n_steps >= max_steps:
                 status = 1
-                message = (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before "
-                           f"t={t1!r}; raise max_steps, loosen rtol/atol, or check whether the "
-                           "problem is stiff (an explicit method then needs tiny steps)")
+                message = status_message(1, t, t1=t1, max_steps=max_steps)
                 break
             if fixed:
                 t_new = step_list[n_acc + 1]
@@ -299,11 +297,8 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
             else:
                 if h_abs < min_step:
                     status = 2
-                    why = (f"; f returned non-finite values near t={last_nonfinite!r}"
-                           if last_nonfinite is not None else "")
-                    message = (f"{WHERE}: step size underflow at t={t!r} (|h| < {min_step:.3g})"
-                               f"{why}; the solution may blow up or the problem be stiff: "
-                               "check f, or loosen rtol/atol")
+                    message = status_message(2, t, min_step=min_step,
+                                             nonfinite_t=last_nonfinite)
                     break
                 h = h_abs * direction
                 t_new = t + h
@@ -412,9 +407,7 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controlle
         while True:
             if n_steps >= max_steps:
                 status = 1
-                message = (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before "
-                           f"t={t1!r}; raise max_steps, loosen rtol/atol, or check whether the "
-                           "problem is stiff (an explicit method then needs tiny steps)")
+                message = status_message(1, t, t1=t1, max_steps=max_steps)
                 break
             if fixed:
                 t_new = float(step_ts[n_acc + 1])
@@ -422,11 +415,8 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controlle
             else:
                 if h_abs < min_step:
                     status = 2
-                    why = (f"; f returned non-finite values near t={last_nonfinite!r}"
-                           if last_nonfinite is not None else "")
-                    message = (f"{WHERE}: step size underflow at t={t!r} (|h| < {min_step:.3g})"
-                               f"{why}; the solution may blow up or the problem be stiff: "
-                               "check f, or loosen rtol/atol")
+                    message = status_message(2, t, min_step=min_step,
+                                             nonfinite_t=last_nonfinite)
                     break
                 h = h_abs * direction
                 t_new = t + h

@@ -10,7 +10,7 @@ from .._autodiff import custom_vjp
 from ._adjoint import backsolve_adjoint, discrete_adjoint, one_step_adjoint, t_eval_cotangent
 from ._integrate import Stepper, Trajectory, integrate
 from ._regularizers import global_regularizers, local_step
-from ._result import ODEResult, ODESolveError
+from ._result import ODEResult, ODESolveError, status_message
 from ._tableaux import TABLEAUX
 from ._vector_field import make_rhs, make_vjp
 
@@ -245,15 +245,6 @@ def _finite(host, xp, x) -> bool:
     return B.isfinite_all(xp, x)
 
 
-def _status_message(code, t, t1, max_steps):
-    if code == 1:
-        return (f"{WHERE}: max_steps={max_steps} steps reached at t={t!r} before t={t1!r}; "
-                "raise max_steps, loosen rtol/atol, or check whether the problem is stiff")
-    return (f"{WHERE}: step size underflow at t={t!r}; the solution may blow up, f may "
-            "return non-finite values there, or the problem be stiff: check f, or loosen "
-            "rtol/atol")
-
-
 def _compiled_args(xp, params_eff, tab, opts, want_stiff):
     return (B.contiguous(xp, params_eff), tab.A, tab.c, tab.e, tab.P, tab.order,
             tab.error_order, opts["rtol"], opts["atol"], opts["controller"] == "pi",
@@ -287,7 +278,8 @@ def _compiled_trajectory(out, y0, t_out, opts):
           for m in range(0, N + 1, every)}
     message = ""
     if status != 0:
-        message = _status_message(status, t_fail, float(t_out[-1]), opts["max_steps"])
+        message = status_message(status, t_fail, t1=float(t_out[-1]),
+                                 max_steps=opts["max_steps"])
         if opts["throw"]:
             raise ODESolveError(message)
     return Trajectory(ys=ys, ts=ts, states=st, every=every, out_step=out_step,

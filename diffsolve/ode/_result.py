@@ -96,13 +96,21 @@ class ODEResult(SolverResult):
         return status_message(int(self.status), float(self.t_stop))
 
 
-def status_message(status: int, t: float) -> str:
+def status_message(status: int, t: float, *, t1: float | None = None,
+                   max_steps: int | None = None, min_step: float | None = None,
+                   nonfinite_t: float | None = None) -> str:
+    """Why the integration stopped at ``t`` (``status`` 0 done, 1 max_steps, 2 step size
+    underflow) and what to try; the keyword details are added where the caller knows them."""
     if status == 0:
         return "The solver reached the end of the integration interval."
     if status == 1:
-        return (f"diffsolve.ode.odeint: max_steps reached at t={t!r}; raise max_steps, "
+        limit = "max_steps" if max_steps is None else f"max_steps={max_steps} steps"
+        until = "" if t1 is None else f" before t={t1!r}"
+        return (f"diffsolve.ode.odeint: {limit} reached at t={t!r}{until}; raise max_steps, "
                 "loosen rtol/atol, or check whether the problem is stiff (an explicit method "
                 "then needs tiny steps)")
-    return (f"diffsolve.ode.odeint: step size underflow at t={t!r}; the solution may blow "
-            "up, f may return non-finite values there, or the problem be stiff: check f, or "
-            "loosen rtol/atol")
+    size = "" if min_step is None else f" (|h| < {min_step:.3g})"
+    nonfinite = ("f may return non-finite values there" if nonfinite_t is None
+                 else f"f returned non-finite values near t={nonfinite_t!r}")
+    return (f"diffsolve.ode.odeint: step size underflow at t={t!r}{size}; the solution may "
+            f"blow up, {nonfinite}, or the problem be stiff: check f, or loosen rtol/atol")
