@@ -11,14 +11,36 @@ __version__ = "0.1.0"
 from . import bilevel, implicit, linear, ode, ot
 from ._autodiff import custom_vjp, vjp
 from ._backend import CSR
-from ._result import ConvergenceWarning, LinearSolveResult, SolverResult
+from ._result import SolverResult
+from ._status import (
+    BreakdownError,
+    ConvergenceWarning,
+    DivergedError,
+    InfeasibleError,
+    MaxIterationsError,
+    NonFiniteError,
+    SolveError,
+    Status,
+    StepUnderflowError,
+)
+from ._user_function import NotTraceableError
 from .interop import to_autograd, to_jax, to_torch
+from .linear._result import LinearSolveResult
 
 __all__ = [
     "CSR",
+    "BreakdownError",
     "ConvergenceWarning",
+    "DivergedError",
+    "InfeasibleError",
     "LinearSolveResult",
+    "MaxIterationsError",
+    "NonFiniteError",
+    "NotTraceableError",
+    "SolveError",
     "SolverResult",
+    "Status",
+    "StepUnderflowError",
     "bilevel",
     "custom_vjp",
     "implicit",

@@ -24,13 +24,15 @@ uses this. Everything inside the core still sees the dataclass.
 from __future__ import annotations
 
 import functools
+import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import _backend as B
 
-__all__ = ["BackwardContext", "DifferentiableFunction", "custom_vjp", "vjp"]
+__all__ = ["BackwardContext", "Cotangents", "DifferentiableFunction", "custom_vjp", "vjp"]
 
 
 @dataclass
@@ -81,6 +83,34 @@ class DifferentiableFunction:
         result, _ = self.fwd(*args, **kwargs)
         return self.output(result)
 
+    @functools.cached_property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.fwd)
+
+    def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, tuple]:
+        """The call with every positional-or-keyword parameter moved into ``args``.
+
+        ``vjp(odeint, f, y0, t, params=p)`` must differentiate ``p`` exactly as
+        ``vjp(odeint, f, y0, t, p)`` does, so the autodiff core and the adapters see every
+        argument that may be passed positionally at its position. Returns ``(args, kwargs,
+        names)`` where ``names[i]`` is the parameter name of ``args[i]``.
+        """
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{self.public_name}: {err}") from None
+        names = []
+        for name, param in self.signature.parameters.items():
+            if param.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                break
+            if name not in bound.arguments:
+                break
+            if param.kind == inspect.Parameter.VAR_POSITIONAL:
+                names.extend(f"{name}[{i}]" for i in range(len(bound.arguments[name])))
+            else:
+                names.append(name)
+        return bound.args, bound.kwargs, tuple(names)
+
     def output(self, result):
         """What callers get for a result: the result itself, or its ``value`` field."""
         return result.value if self.unwrap_value else result
@@ -106,7 +136,7 @@ class DifferentiableFunction:
         filled = {}
         for name in fields:
             out = getattr(result, name)
-            g = cotangents.get(name)
+            g = self._as_cotangent(name, cotangents.get(name), out)
             if g is not None and tuple(g.shape) != tuple(out.shape):
                 raise ValueError(
                     f"{self.public_name} vjp: cotangent {name}= has shape {tuple(g.shape)}, "
@@ -121,13 +151,60 @@ class DifferentiableFunction:
                 out = getattr(result, name)
                 xp = B.array_namespace(out)
                 filled[name] = xp.zeros_like(out)
-        grads = self.bwd(ctx, filled)
+        nonfinite = [name for name, g in filled.items() if not _all_finite(g)]
+        if nonfinite:
+            # A NaN/inf cotangent must give NaN gradients (IEEE: J^T v with a NaN in v is
+            # NaN wherever J is dense). Backward rules built on iterative solves could stop
+            # at once on a NaN right-hand side and return 0, so the core decides: run the
+            # rule on finite cotangents to learn which arguments get a gradient, then
+            # fill those with NaN.
+            sanitized = {}
+            for name, g in filled.items():
+                xp = B.array_namespace(g)
+                sanitized[name] = xp.where(xp.isfinite(g), g, xp.zeros_like(g))
+            grads = self._run_bwd(ctx, sanitized)
+            grads = tuple(None if g is None else _nan_like(g) for g in grads)
+        else:
+            grads = self._run_bwd(ctx, filled)
+        return tuple(wrap_cotangent(a, g) for a, g in zip(ctx.args, grads))
+
+    def _run_bwd(self, ctx, cotangents) -> tuple:
+        grads = self.bwd(ctx, cotangents)
         if len(grads) != len(ctx.args):
             raise RuntimeError(
                 f"{self.public_name}: backward rule returned {len(grads)} cotangents for "
                 f"{len(ctx.args)} positional arguments"
             )
-        return tuple(wrap_cotangent(a, g) for a, g in zip(ctx.args, grads))
+        return tuple(grads)
+
+    def _as_cotangent(self, name, g, out):
+        """A cotangent as an array of the output's namespace and dtype.
+
+        Python and 0-d scalars are accepted for 0-d outputs (``vjp_fn(cost=1.0)``).
+        """
+        if g is None:
+            return None
+        if isinstance(g, bool) or not (B.is_array(g) or isinstance(g, numbers.Real)):
+            raise TypeError(
+                f"{self.public_name} vjp: cotangent {name}= must be an array (or a real "
+                f"number for a 0-d output), got a {type(g).__module__}.{type(g).__name__}; "
+                f"pass an array of the output's shape {tuple(out.shape)}"
+            )
+        xp = B.array_namespace(out)
+        if isinstance(g, numbers.Real):
+            if tuple(out.shape) != ():
+                raise ValueError(
+                    f"{self.public_name} vjp: cotangent {name}= is the scalar {g!r}, but the "
+                    f"output {name} has shape {tuple(out.shape)}; pass an array of that shape"
+                )
+            return xp.asarray(g, dtype=out.dtype, device=B.device(out))
+        if B.array_namespace(g) is not xp and B.is_cupy(xp) != B.is_cupy(B.array_namespace(g)):
+            raise TypeError(
+                f"{self.public_name} vjp: cotangent {name}= lives in another array library "
+                f"than the output ({type(g).__module__} vs the output's); pass it as an array "
+                "of the output's library and device (nothing is copied between devices)"
+            )
+        return g
 
 
 def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
@@ -187,6 +264,56 @@ def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
     return decorate
 
 
+def _all_finite(g) -> bool:
+    xp = B.array_namespace(g)
+    if not xp.isdtype(g.dtype, ("real floating", "complex floating")):
+        return True
+    return bool(xp.all(xp.isfinite(g)))
+
+
+def _nan_like(g):
+    if B.is_sparse(g):
+        A = B.as_csr(g)
+        return type(A)((_nan_like(A.data), A.indices, A.indptr), shape=A.shape)
+    xp = B.array_namespace(g)
+    return xp.full_like(g, float("nan"))
+
+
+class Cotangents(tuple):
+    """The cotangents returned by a ``vjp_fn``: a tuple, one entry per positional array
+    argument in call order, also addressable by parameter name (``grads["params"]``).
+
+    Asking by name for an array passed to a keyword-only option (``x0=``, ``M=``...)
+    raises a ``KeyError`` that says the option is not differentiated.
+    """
+
+    def __new__(cls, values, names, where, nondiff=()):
+        self = super().__new__(cls, values)
+        self.names = tuple(names)
+        self._where = where
+        self._nondiff = tuple(nondiff)
+        return self
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key in self.names:
+                return tuple.__getitem__(self, self.names.index(key))
+            if key in self._nondiff:
+                raise KeyError(
+                    f"{self._where}: {key}= is a keyword-only option and is not "
+                    "differentiated (the solution does not depend on it, or it only "
+                    "configures the solver); differentiable inputs are "
+                    f"{list(self.names)}"
+                )
+            raise KeyError(f"{self._where}: no differentiable argument named {key!r}; the "
+                           f"cotangents are for {list(self.names)}")
+        return tuple.__getitem__(self, key)
+
+    def asdict(self) -> dict:
+        """``{parameter name: cotangent}``."""
+        return dict(zip(self.names, self))
+
+
 def is_array_argument(arg) -> bool:
     """Whether a positional argument gets a cotangent slot (arrays, matrices, operators)."""
     return B.is_array(arg) or B.is_sparse(arg) or B.is_linear_operator(arg)
@@ -237,11 +364,14 @@ def vjp(fn: DifferentiableFunction, *args, **kwargs):
         one, such as a :func:`diffsolve.implicit.custom_root` solver).
     vjp_fn : callable
         ``vjp_fn(**cotangents)`` takes cotangents by differentiable output name (fields not
-        given count as zero) and returns a tuple with one cotangent per positional array
-        argument, in order: a dense array for a dense argument, a sparse matrix with the
-        argument's pattern for a sparse one, ``None`` for a LinearOperator. It may be called
-        more than once. For a function that returns a bare array, ``vjp_fn(g)`` (or
-        ``vjp_fn(value=g)``) takes the cotangent of that array.
+        given count as zero; a 0-d output also takes a Python number) and returns a
+        :class:`Cotangents` tuple with one cotangent per array argument that may be passed
+        positionally, in the order of ``fn``'s signature whether it was passed by position
+        or by keyword (``grads["name"]`` addresses them by parameter name): a dense array
+        for a dense argument, a sparse matrix with the argument's pattern for a sparse one,
+        ``None`` for a LinearOperator. A NaN or inf in any cotangent gives NaN cotangents.
+        It may be called more than once. For a function that returns a bare array,
+        ``vjp_fn(g)`` (or ``vjp_fn(value=g)``) takes the cotangent of that array.
 
     Examples
     --------
@@ -259,8 +389,10 @@ def vjp(fn: DifferentiableFunction, *args, **kwargs):
             f"{fn!r}; functions written with torch/JAX/autograd are differentiated by those "
             "systems through diffsolve.to_torch / to_jax / to_autograd"
         )
+    args, kwargs, names = fn.bind(args, kwargs)
     result, residuals = fn.fwd(*args, **kwargs)
     keep = [i for i, a in enumerate(args) if is_array_argument(a)]
+    nondiff = [k for k, v in kwargs.items() if is_array_argument(v)]
 
     def vjp_fn(*positional, **cotangents):
         if positional:
@@ -276,6 +408,7 @@ def vjp(fn: DifferentiableFunction, *args, **kwargs):
             cotangents = {"value": positional[0]}
         ctx = BackwardContext(args, kwargs, result, residuals)
         grads = fn.backward(ctx, cotangents)
-        return tuple(grads[i] for i in keep)
+        return Cotangents([grads[i] for i in keep], [names[i] for i in keep],
+                          f"{fn.public_name} vjp", nondiff)
 
     return fn.output(result), vjp_fn

@@ -19,16 +19,20 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["ConvergenceWarning", "LinearSolveResult", "SolverResult", "ValueResult"]
+from ._status import ConvergenceWarning, Status
 
-
-class ConvergenceWarning(RuntimeWarning):
-    """A solver stopped before reaching its tolerance; the message says what to try."""
+__all__ = ["ConvergenceWarning", "SolverResult", "Status", "ValueResult"]
 
 
 @dataclass(frozen=True)
 class SolverResult:
-    """Base class of all solver results."""
+    """Base class of all solver results.
+
+    The solver contract: every result of a public solver also has ``status`` (a
+    :class:`~diffsolve.Status`), ``converged`` (``True`` only when the returned answer
+    meets the tolerance the result reports), ``message`` (why it stopped, what to try) and
+    ``n_iters``.
+    """
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -54,40 +58,3 @@ class ValueResult(SolverResult):
     value: Any
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ("value",)
-
-
-@dataclass(frozen=True)
-class LinearSolveResult(SolverResult):
-    """Result of :func:`diffsolve.linear.solve`.
-
-    Attributes
-    ----------
-    x : array, shape (n,) or (n, k)
-        The solution (differentiable).
-    n_iters : int
-        Iterations taken (0 for a direct solve; for several right-hand sides the most any
-        column needed).
-    converged : bool
-        Whether every column reached ``max(rtol * ||b||, atol)``.
-    residual_norm : float or array, shape (k,)
-        ``||b - A x||`` at the returned ``x`` (per column for a 2-D ``b``).
-    info : int
-        SciPy's convention: 0 converged, > 0 the iteration count at which it gave up.
-    """
-
-    x: Any
-    n_iters: int
-    converged: bool
-    residual_norm: Any
-    info: int
-
-    differentiable_fields: ClassVar[tuple[str, ...]] = ("x",)
-
-    @property
-    def message(self) -> str:
-        if self.converged:
-            return f"converged in {int(self.n_iters)} iterations"
-        return (
-            f"did not converge: stopped after {int(self.n_iters)} iterations; increase maxiter, "
-            "give a preconditioner M, or use method='direct'"
-        )

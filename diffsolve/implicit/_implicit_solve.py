@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import _backend as B
-from .._result import ConvergenceWarning
+from .._status import ConvergenceWarning
 from ._gmres import gmres
 
 __all__ = ["SOLVES", "ImplicitSolveOutcome", "cg_solve", "solve_adjoint"]

@@ -23,7 +23,7 @@ import warnings
 from collections import deque
 
 from .. import _backend as B
-from .._result import ConvergenceWarning
+from .._status import ConvergenceWarning
 from ._direction_model import ConvDirectionModel, pretrained_direction_model
 from ._iterative import IterativeOutcome, _check_symmetric
 

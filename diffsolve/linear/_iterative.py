@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 
 from .. import _backend as B
-from .._result import ConvergenceWarning
+from .._status import ConvergenceWarning
 from ._cg import conjugate_gradient
 from ._relaxation import Relaxation
 

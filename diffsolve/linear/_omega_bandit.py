@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from .._backend import host_namespace
-from .._result import ConvergenceWarning, LinearSolveResult
+from .._status import ConvergenceWarning
 from ._bandit_algorithms import (
     BinnedTsallisINF,
     ChebCB,
@@ -31,6 +31,7 @@ from ._bandit_algorithms import (
     _check_context_range,
     _check_seed,
 )
+from ._result import LinearSolveResult
 
 __all__ = ["BanditSolveResult", "ContextualOmegaBandit", "OmegaBandit", "OmegaBanditHistory"]
 

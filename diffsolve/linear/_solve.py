@@ -7,11 +7,11 @@ import numbers
 
 from .. import _backend as B
 from .._autodiff import custom_vjp
-from .._result import LinearSolveResult
 from ._dcdm import dcdm_solve
 from ._iterative import CG_FAMILY, iterative_solve
 from ._operator import MatrixOperator, as_operator
 from ._relaxation import check_omega
+from ._result import LinearSolveResult
 
 __all__ = ["solve"]
 

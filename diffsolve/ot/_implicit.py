@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from .._result import ConvergenceWarning
+from .._status import ConvergenceWarning
 
 __all__ = ["entropic_potentials_vjp", "normalise_gauge"]
 

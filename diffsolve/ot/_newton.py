@@ -51,7 +51,7 @@ import array_api_extra as xpx
 
 from .. import _backend as B
 from .._autodiff import custom_vjp
-from .._result import ConvergenceWarning
+from .._status import ConvergenceWarning
 from ._errors import ERROR_MEASURES, check_eps, check_ot_inputs
 from ._implicit import entropic_potentials_vjp, normalise_gauge
 from ._result import OTResult

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from .. import _backend as B
 from .._autodiff import custom_vjp
-from .._result import ConvergenceWarning
+from .._status import ConvergenceWarning
 from ._errors import _broadcast_shapes, check_eps, check_measure, check_ot_inputs
 from ._implicit import entropic_potentials_vjp, normalise_gauge
 from ._result import OTResult

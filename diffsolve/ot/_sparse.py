@@ -47,7 +47,7 @@ import array_api_extra as xpx
 
 from .. import _backend as B
 from .._autodiff import custom_vjp
-from .._result import ConvergenceWarning
+from .._status import ConvergenceWarning
 from ._errors import check_ot_inputs
 from ._lbfgs import FTOL, lbfgs, scipy_lbfgs
 from ._result import OTResult

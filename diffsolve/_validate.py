@@ -1,0 +1,190 @@
+"""The one validator module: option checks that every public solver shares.
+
+Each public solver validates its options once, into a frozen settings dataclass, with the
+checks below; its forward and backward rules read that object, so a default is written in
+exactly one place. Every error names the function (``where``), the argument, what was
+received and what would work. ``bool`` is rejected wherever a number is expected
+(``maxiter=True`` is a bug, not one iteration).
+
+Renamed options keep working for one release through :func:`renamed_options`, which
+warns with a ``DeprecationWarning`` naming the new name.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Mapping
+
+__all__ = [
+    "array_argument",
+    "boolean",
+    "callback",
+    "choice",
+    "finite_real",
+    "integer",
+    "nonnegative_real",
+    "positive_int",
+    "positive_real",
+    "renamed_options",
+    "tolerances",
+]
+
+
+def _received(value) -> str:
+    if isinstance(value, bool):
+        return f"the bool {value!r}"
+    if isinstance(value, (numbers.Number, str)) or value is None:
+        return repr(value)
+    return f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _as_python_number(value):
+    """A 0-d array or NumPy scalar as a Python number; anything else unchanged."""
+    if hasattr(value, "shape") and tuple(getattr(value, "shape", ())) == () and \
+            hasattr(value, "item") and not isinstance(value, bool):
+        try:
+            return value.item()
+        except (TypeError, ValueError):  # a traced value, say: leave it to the caller's check
+            return value
+    return value
+
+
+def integer(where: str, name: str, value, *, minimum: int = 0, allow_none: bool = False):
+    """An ``int >= minimum`` (NumPy integers and 0-d integer arrays accepted), not a bool."""
+    if value is None and allow_none:
+        return None
+    v = _as_python_number(value)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(
+            f"{where}: {name} must be an integer >= {minimum}"
+            f"{' or None' if allow_none else ''}, got {_received(value)}"
+        )
+    v = int(v)
+    if v < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {v}")
+    return v
+
+
+def positive_int(where: str, name: str, value, *, allow_none: bool = False):
+    """An ``int >= 1`` (see :func:`integer`)."""
+    return integer(where, name, value, minimum=1, allow_none=allow_none)
+
+
+def finite_real(where: str, name: str, value, *, allow_none: bool = False,
+                minimum: float | None = None, strict: bool = False,
+                maximum: float | None = None):
+    """A finite real number as a Python float, optionally bounded; bools rejected."""
+    if value is None and allow_none:
+        return None
+    v = _as_python_number(value)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        bound = ""
+        if minimum is not None:
+            bound = f" {'>' if strict else '>='} {minimum}"
+        raise TypeError(f"{where}: {name} must be a finite real number{bound}"
+                        f"{' or None' if allow_none else ''}, got {_received(value)}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{where}: {name} must be finite, got {v}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        raise ValueError(f"{where}: {name} must be {'>' if strict else '>='} {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{where}: {name} must be <= {maximum}, got {v}")
+    return v
+
+
+def nonnegative_real(where: str, name: str, value, *, allow_none: bool = False):
+    """A finite real ``>= 0``."""
+    return finite_real(where, name, value, allow_none=allow_none, minimum=0.0)
+
+
+def positive_real(where: str, name: str, value, *, allow_none: bool = False):
+    """A finite real ``> 0``."""
+    return finite_real(where, name, value, allow_none=allow_none, minimum=0.0, strict=True)
+
+
+def tolerances(where: str, rtol, atol) -> tuple[float, float]:
+    """``(rtol, atol)``, each finite and ``>= 0``.
+
+    ``rtol = atol = 0`` is allowed and means a fixed budget: the solver runs exactly
+    ``maxiter`` iterations (see :func:`diffsolve._status.report`).
+    """
+    return nonnegative_real(where, "rtol", rtol), nonnegative_real(where, "atol", atol)
+
+
+def boolean(where: str, name: str, value) -> bool:
+    """A ``bool`` (NumPy bools accepted), not an integer or a string."""
+    v = _as_python_number(value)
+    if not isinstance(v, (bool,)) and type(v).__name__ != "bool_":
+        raise TypeError(f"{where}: {name} must be True or False, got {_received(value)}")
+    return bool(v)
+
+
+def choice(where: str, name: str, value, choices):
+    """One of ``choices`` (compared with ``==``); the error lists the valid values."""
+    if isinstance(value, str) or value is None or isinstance(value, (int, float)):
+        for c in choices:
+            if value == c and type(value) is type(c):
+                return c
+    raise ValueError(
+        f"{where}: {name} must be one of {', '.join(repr(c) for c in choices)}; "
+        f"got {_received(value)}"
+    )
+
+
+def callback(where: str, value, *, name: str = "callback"):
+    """``None`` or a callable ``callback(state) -> bool | None`` (``True`` stops)."""
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{where}: {name} must be None or a callable taking the iteration state "
+            f"(returning True stops the solve), got {_received(value)}"
+        )
+    return value
+
+
+def array_argument(where: str, name: str, x, *, is_array: Callable[[object], bool]):
+    """Reject what is not an array with an error that says how to pass one.
+
+    Lists and tuples are refused (rather than converted) because conversion would pick a
+    library and a device behind the caller's back.
+    """
+    if is_array(x):
+        return x
+    hint = (f"np.asarray({name})" if isinstance(x, (list, tuple, numbers.Number))
+            else f"a NumPy or CuPy array (e.g. np.asarray({name}))")
+    framework = type(x).__module__.split(".")[0]
+    if framework in ("torch", "jax", "jaxlib", "autograd"):
+        hint = (f"a NumPy/CuPy array; to differentiate through {framework}, wrap the solver "
+                f"with diffsolve.to_{'jax' if framework.startswith('jax') else framework}(...)")
+    raise TypeError(f"{where}: {name} must be an array, got {_received(x)}; pass {hint}")
+
+
+def renamed_options(where: str, kwargs: dict, renames: Mapping[str, str]) -> dict:
+    """Move deprecated option names in ``kwargs`` to their new names, with a warning.
+
+    ``renames`` maps old name -> new name. Giving both raises a ``TypeError``. Returns a
+    new dict.
+    """
+    out = dict(kwargs)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise TypeError(f"{where}: got both {old}= (deprecated) and {new}=; pass only {new}=")
+        warnings.warn(
+            f"{where}: {old}= is deprecated and will be removed in the next release; "
+            f"use {new}= instead",
+            DeprecationWarning, stacklevel=4,
+        )
+        out[new] = out.pop(old)
+    return out
+
+
+def unexpected_options(where: str, kwargs: dict, valid) -> None:
+    """Raise the ``TypeError`` Python would, naming the function and the valid options."""
+    if kwargs:
+        bad = ", ".join(sorted(kwargs))
+        raise TypeError(f"{where}: unexpected keyword argument(s) {bad}; valid options are "
+                        f"{', '.join(sorted(valid))}")
