@@ -9,7 +9,8 @@ whose text is the result's message; with ``throw=True`` it raises the
 other solvers read the inner result's ``status`` instead of silencing the inner warning
 (they call the inner solver with ``throw=False, warn=False`` or its private implementation).
 
-A *fixed budget* run (``rtol = atol = 0``: "run exactly ``maxiter`` iterations") reports
+A solve stopped by its callback (which returned ``True``) reports ``Status.STOPPED``; it
+was asked for, so it neither warns nor raises either. A *fixed budget* run (``rtol = atol = 0``: "run exactly ``maxiter`` iterations") reports
 ``Status.MAX_ITERATIONS`` and ``converged=False`` (the answer does not meet a zero
 tolerance), but it is what the caller asked for, so it neither warns nor raises.
 """
@@ -52,6 +53,7 @@ class Status(enum.IntEnum):
     NONFINITE = 4
     INFEASIBLE = 5
     DIVERGED = 6
+    STOPPED = 7
 
     @property
     def success(self) -> bool:
@@ -79,6 +81,8 @@ _HINTS = {
                        "marginals that cannot be met); check the problem data",
     Status.DIVERGED: "the iterates grew without bound; reduce the step size or the learning "
                      "rate, or check that the problem is well posed",
+    Status.STOPPED: "the callback returned True and stopped the solve before its tolerance "
+                    "was met",
 }
 
 
@@ -156,7 +160,7 @@ def worst_status(statuses) -> Status:
     """
     present = {Status(int(s)) for s in statuses}
     for s in (Status.NONFINITE, Status.BREAKDOWN, Status.INFEASIBLE, Status.DIVERGED,
-              Status.STEP_UNDERFLOW, Status.MAX_ITERATIONS):
+              Status.STEP_UNDERFLOW, Status.MAX_ITERATIONS, Status.STOPPED):
         if s in present:
             return s
     return Status.SUCCESS
@@ -180,7 +184,7 @@ def report(result, *, throw: bool, warn: bool = True, fixed_budget: bool = False
     status = result_status(result)
     if status is Status.SUCCESS:
         return result
-    if fixed_budget and status is Status.MAX_ITERATIONS:
+    if status is Status.STOPPED or (fixed_budget and status is Status.MAX_ITERATIONS):
         return result
     message = result.message
     if throw:

@@ -23,6 +23,7 @@ __all__ = [
     "callback",
     "choice",
     "finite_real",
+    "float_array",
     "integer",
     "nonnegative_real",
     "positive_int",
@@ -159,6 +160,46 @@ def array_argument(where: str, name: str, x, *, is_array: Callable[[object], boo
         hint = (f"a NumPy/CuPy array; to differentiate through {framework}, wrap the solver "
                 f"with diffsolve.to_{'jax' if framework.startswith('jax') else framework}(...)")
     raise TypeError(f"{where}: {name} must be an array, got {_received(x)}; pass {hint}")
+
+
+def float_array(where: str, name: str, x, *, min_ndim: int = 0, max_ndim: int | None = None,
+                allow_empty: bool = False, finite: bool = True):
+    """The one dtype / size / finiteness policy for array inputs of every family.
+
+    * float32 and float64 arrays are used as they are (the dtype is kept);
+    * integer arrays are promoted to float64 (NumPy's default float; on CuPy on the device,
+      no host copy), as ``np.linalg.solve`` does;
+    * float16, bool and complex arrays raise a ``TypeError``: float16 cannot resolve the
+      default tolerances and the compiled kernels have no half-precision path;
+    * lists, tuples, scalars, framework tensors raise a ``TypeError`` (see
+      :func:`array_argument`); wrong ``ndim`` and (unless ``allow_empty``) size 0 raise a
+      ``ValueError``; with ``finite=True``, NaN or inf entries raise a ``ValueError``.
+
+    Read-only and non-contiguous arrays are accepted; solvers never write into inputs.
+    Returns the (possibly promoted) array.
+    """
+    from . import _backend as B
+
+    array_argument(where, name, x, is_array=B.is_array)
+    xp = B.array_namespace(x, where=where)
+    shape = tuple(int(s) for s in x.shape)
+    if x.ndim < min_ndim or (max_ndim is not None and x.ndim > max_ndim):
+        want = (f"{min_ndim}" if max_ndim == min_ndim else
+                f"at least {min_ndim}" if max_ndim is None else f"{min_ndim} to {max_ndim}")
+        raise ValueError(f"{where}: {name} must have {want} dimension(s), got shape {shape}")
+    if xp.isdtype(x.dtype, ("signed integer", "unsigned integer")):
+        x = xp.astype(x, xp.float64)
+    elif x.dtype not in (xp.float32, xp.float64):
+        raise TypeError(
+            f"{where}: {name} has dtype {x.dtype}; diffsolve works in float32 or float64 "
+            f"(integers are promoted to float64); convert it, e.g. {name}.astype(np.float64)"
+        )
+    if not allow_empty and math.prod(shape) == 0:
+        raise ValueError(f"{where}: {name} has shape {shape} with no entries; pass a "
+                         "non-empty problem")
+    if finite and not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(f"{where}: {name} contains NaN or inf; pass finite values")
+    return x
 
 
 def renamed_options(where: str, kwargs: dict, renames: Mapping[str, str]) -> dict:
