@@ -11,7 +11,8 @@ no dependence it decides which case it is:
 
 * the output is an object array, or holds autograd boxes: NumPy swallowed the trace
   (``np.array`` of boxes, ``np.dot`` with a box): a ``TypeError`` naming the function and
-  the ways out;
+  the ways out. This is checked on every trace, with or without autograd's warning:
+  ``np.dot(A, y) * p[0]`` stays a box through ``p`` while the dependence on ``y`` is lost;
 * otherwise the function is evaluated once more at perturbed arguments: if its value moves,
   the dependence is real but invisible to autograd (``float(x)``, ``x.tolist()``...):
   the same ``TypeError``;
@@ -94,17 +95,18 @@ def traced_vjp(fun: Callable, args: Sequence, argnums: int | tuple[int, ...], *,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vjp_fn, value = make_vjp(fun, argnum=argnums)(*args)
-    independent = [w for w in caught if _INDEPENDENT in str(w.message)]
-    if independent:
-        nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-        if _holds_boxes(value) or _moves(fun, args, nums, value):
-            raise NotTraceableError(
-                f"{where}: autograd cannot trace {what} ({getattr(fun, '__name__', fun)!r}): "
-                "its output depends on the inputs, but through plain NumPy calls "
-                "(np.array([...]), np.dot, float(...), .tolist()) that autograd does not see, "
-                "so its gradient would silently be zero. Ways out: write it with "
-                f"autograd.numpy (import autograd.numpy as np); {ways_out}"
-            )
+    independent = any(_INDEPENDENT in str(w.message) for w in caught)
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    # an object array means NumPy swallowed boxes somewhere, even when some other path
+    # kept the output a box (np.dot(A, y) * p[0] traces p but loses y)
+    if _holds_boxes(value) or (independent and _moves(fun, args, nums, value)):
+        raise NotTraceableError(
+            f"{where}: autograd cannot trace {what} ({getattr(fun, '__name__', fun)!r}): "
+            "its output depends on the inputs, but through plain NumPy calls "
+            "(np.array([...]), np.dot, float(...), .tolist()) that autograd does not see, "
+            "so its gradient would silently be zero. Ways out: write it with "
+            f"autograd.numpy (import autograd.numpy as np); {ways_out}"
+        )
     for w in caught:  # pass every warning on: autograd's and the user's own
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return vjp_fn, value

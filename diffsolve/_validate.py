@@ -151,11 +151,11 @@ def array_argument(where: str, name: str, x, *, is_array: Callable[[object], boo
     Lists and tuples are refused (rather than converted) because conversion would pick a
     library and a device behind the caller's back.
     """
-    if is_array(x):
+    framework = type(x).__module__.split(".")[0]
+    if is_array(x) and framework not in ("torch", "jax", "jaxlib", "autograd"):
         return x
     hint = (f"np.asarray({name})" if isinstance(x, (list, tuple, numbers.Number))
             else f"a NumPy or CuPy array (e.g. np.asarray({name}))")
-    framework = type(x).__module__.split(".")[0]
     if framework in ("torch", "jax", "jaxlib", "autograd"):
         hint = (f"a NumPy/CuPy array; to differentiate through {framework}, wrap the solver "
                 f"with diffsolve.to_{'jax' if framework.startswith('jax') else framework}(...)")

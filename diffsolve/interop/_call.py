@@ -24,16 +24,32 @@ class Call:
     args, kwargs : the call as the user wrote it
     is_leaf : callable
         Whether an object is a differentiable array of the framework.
+    requires_grad : callable
+        Whether such an array asks for a gradient (a keyword-only option that does is an
+        error: options are not differentiated, and a silently missing gradient is wrong).
     """
 
     def __init__(self, fn: DifferentiableFunction, args: tuple, kwargs: dict,
-                 is_leaf: Callable[[Any], bool], adapter: str):
+                 is_leaf: Callable[[Any], bool], adapter: str,
+                 requires_grad: Callable[[Any], bool] = lambda x: False):
         if not isinstance(fn, DifferentiableFunction):
             raise TypeError(
                 f"diffsolve.{adapter}: fn must be a diffsolve solver such as "
                 f"diffsolve.linear.solve, got {fn!r}"
             )
         self.fn = fn
+        # bind by signature: an array passed by keyword to a parameter that may be passed
+        # positionally is a leaf like a positional one (odeint(..., params=p))
+        args, kwargs, self.names = fn.bind(tuple(args), dict(kwargs))
+        for name, value in kwargs.items():
+            if is_leaf(value) and requires_grad(value):
+                raise TypeError(
+                    f"diffsolve.{adapter}({fn.public_name}): {name}= is a keyword-only "
+                    "option, which is not differentiated, but it is a "
+                    "tensor that requires a gradient; pass it detached (e.g. "
+                    f"{name}.detach()), or pass the differentiable input positionally "
+                    f"where {fn.public_name} takes one"
+                )
         self.kwargs = kwargs
         self.slots: list[tuple[str, Any]] = []
         self.leaves: list[Any] = []

@@ -16,6 +16,14 @@ def _is_leaf(x) -> bool:
         value.dtype.kind == "f"
 
 
+def _refuse_higher_order(fn):
+    raise TypeError(
+        f"diffsolve.to_autograd({fn.public_name}): the backward rule is first order only; "
+        "higher derivatives (grad of grad, hessian) are not supported. Differentiate once, "
+        "or take finite differences of the gradient"
+    )
+
+
 def to_autograd(fn):
     """Make a diffsolve solver differentiable by HIPS autograd.
 
@@ -40,16 +48,26 @@ def to_autograd(fn):
 
     @functools.wraps(fn)
     def adapted(*args, **kwargs):
-        call = Call(fn, args, kwargs, _is_leaf, "to_autograd")
+        if any(isinstance(a, Box) and isinstance(a._value, Box)
+               for a in (*args, *kwargs.values())):
+            _refuse_higher_order(fn)  # nested traces: grad of grad, hessian
+        call = Call(fn, args, kwargs, _is_leaf, "to_autograd",
+                    requires_grad=lambda x: isinstance(x, Box))
 
         # a fresh primitive per call: its VJP closes over this call's residuals
         @primitive
         def forward(*leaves):
+            if any(isinstance(v, Box) for v in leaves):
+                _refuse_higher_order(fn)
             result = call.forward(leaves)
             return tuple(getattr(result, f) for f in call.fields)
 
         def vjp_maker(argnums, ans, leaves, kw):
             def vjp(g):
+                if any(isinstance(v, Box) for v in (*g, *leaves)):
+                    # a second-order trace: the rule runs on plain arrays, so the gradient's
+                    # own dependence on the inputs would be lost (a wrong Hessian)
+                    _refuse_higher_order(fn)
                 grads = call.backward(dict(zip(call.fields, g)))
                 return tuple(grads[i] for i in argnums)
 

@@ -17,8 +17,14 @@ _registered: set = set()
 def _register_result_type(jax, result_type):
     """Results are returned from jitted functions, so JAX must see them as pytrees."""
     if result_type not in _registered:
-        fields = list(result_type.field_names())
-        jax.tree_util.register_dataclass(result_type, data_fields=fields, meta_fields=[])
+        import dataclasses
+
+        # string fields (``error_measure``) are static metadata, not arrays: as data they
+        # would make the result unreturnable from jit/vmap
+        meta = [f.name for f in dataclasses.fields(result_type)
+                if f.type in ("str", str) or isinstance(f.default, str)]
+        data = [n for n in result_type.field_names() if n not in meta]
+        jax.tree_util.register_dataclass(result_type, data_fields=data, meta_fields=meta)
         _registered.add(result_type)
 
 
@@ -80,12 +86,13 @@ def to_jax(fn, *, vmap_method: str = "sequential"):
         jax = _jax()
         import jax.numpy as jnp
 
-        call = Call(fn, args, kwargs, lambda x: isinstance(x, jax.Array), "to_jax")
+        call = Call(fn, args, kwargs, lambda x: isinstance(x, jax.Array), "to_jax",
+                    requires_grad=lambda x: isinstance(x, jax.core.Tracer))
         _warn_if_on_accelerator(call.leaves)
         if fn.result_shapes is None or fn.result_type is None:
             raise TypeError(f"diffsolve.to_jax: {fn.public_name} declares no result shapes/type")
         proxy_args = call.rebuild(call.leaves, convert=lambda x: x)
-        shapes = fn.result_shapes(*proxy_args, **kwargs)
+        shapes = fn.result_shapes(*proxy_args, **call.kwargs)
         names = tuple(shapes)
         spec = tuple(jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(dtype))
                      for shape, dtype in shapes.values())

@@ -53,6 +53,17 @@ def _function_class():
         @staticmethod
         def backward(ctx, *grads):
             call = ctx.call
+            if torch.is_grad_enabled():
+                # create_graph=True: the rule runs on NumPy/CuPy and records no graph, so a
+                # second derivative would treat the solution as a constant. once_differentiable
+                # is not enough: torch.autograd.grad(..., inputs=) prunes its error node.
+                raise RuntimeError(
+                    f"diffsolve.to_torch({call.fn.public_name}): backward with "
+                    "create_graph=True is not supported; the backward rule is first order "
+                    "only, so higher derivatives (Hessians, gradient penalties through the "
+                    "solver) would be silently wrong. Differentiate once, or take finite "
+                    "differences of the gradient"
+                )
             cot = {f: (None if g is None else _to_backend(g)) for f, g in zip(call.fields, grads)}
             leaf_grads = call.backward(cot)
             return (None, *(_to_torch(g) for g in leaf_grads))
@@ -73,9 +84,11 @@ def to_torch(fn):
     the same result type with tensors in the differentiable fields (a function that
     returns a bare array, such as a ``custom_root`` solver, returns the tensor itself).
     Tensors cross into NumPy (CPU) or CuPy (CUDA) and back through DLPack without a copy,
-    so a CUDA tensor is solved on the GPU. Differentiable arguments are tensors and the
-    ``data`` of a :class:`diffsolve.CSR` built from tensors; the backward pass runs the
-    solver's adjoint once for all of them.
+    so a CUDA tensor is solved on the GPU. Differentiable arguments are tensors (passed
+    positionally or by keyword) and the ``data`` of a :class:`diffsolve.CSR` built from
+    tensors; the backward pass runs the solver's adjoint once for all of them. The backward
+    rule is first order only: a backward pass through the solver with ``create_graph=True``
+    raises instead of treating the solution as a constant in the second derivative.
 
     Examples
     --------
@@ -91,10 +104,12 @@ def to_torch(fn):
     @functools.wraps(fn)
     def adapted(*args, **kwargs):
         torch = _torch()
-        # tensors among the options (x0, say) are not differentiated; they only change library
-        kwargs = {k: _to_backend(v) if isinstance(v, torch.Tensor) else v
-                  for k, v in kwargs.items()}
-        call = Call(fn, args, kwargs, lambda x: isinstance(x, torch.Tensor), "to_torch")
+        call = Call(fn, args, kwargs, lambda x: isinstance(x, torch.Tensor), "to_torch",
+                    requires_grad=lambda x: x.requires_grad)
+        # tensors among the keyword-only options (x0, say) are not differentiated (Call
+        # refuses one that requires a gradient); they only change library
+        call.kwargs = {k: _to_backend(v) if isinstance(v, torch.Tensor) else v
+                       for k, v in call.kwargs.items()}
         outs = _function_class().apply(call, *call.leaves)
         return fn.output(call.result.replace(**{f: outs[i] for i, f in enumerate(call.fields)}))
 

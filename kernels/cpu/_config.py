@@ -20,12 +20,14 @@ DIFFSOLVE_FASTMATH
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numba
 
-__all__ = ["FASTMATH", "SERIAL_BELOW", "call_threaded", "jit", "njit_options"]
+__all__ = ["FASTMATH", "SERIAL_BELOW", "UncachedKernelWarning", "call_threaded", "jit",
+           "njit_options"]
 
 
 def _env_flag(name: str) -> bool:
@@ -81,13 +83,18 @@ def njit_options(parallel: bool = False) -> dict[str, Any]:
     }
 
 
-def jit(parallel: bool = False) -> Callable[[Callable[..., Any]], Any]:
+def jit(parallel: bool = False, signature=None,
+        **extra: Any) -> Callable[[Callable[..., Any]], Any]:
     """Decorator factory: ``numba.njit`` with :func:`njit_options`.
 
     Parameters
     ----------
     parallel : bool, default False
         Forwarded to :func:`njit_options`.
+    signature : optional
+        An explicit Numba signature (eager compilation), as ``numba.njit(signature)``.
+    **extra
+        Further ``numba.njit`` options (``inline="always"``).
 
     Returns
     -------
@@ -113,7 +120,44 @@ def jit(parallel: bool = False) -> Callable[[Callable[..., Any]], Any]:
                 out[i] = alpha * x[i]
             return out
     """
-    return numba.njit(**njit_options(parallel=parallel))
+    options = {**njit_options(parallel=parallel), **extra}
+    sig = () if signature is None else (signature,)
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        if not options["cache"]:
+            return numba.njit(*sig, **options)(fn)
+        try:
+            return numba.njit(*sig, **options)(fn)
+        except RuntimeError as err:
+            # A read-only install (site-packages owned by another user, a container image)
+            # with no writable user cache: Numba refuses cache=True at decoration. The kernel
+            # still works uncached; it only compiles in every process.
+            if "cannot cache function" not in str(err):
+                raise
+            _warn_uncached(str(err))
+            return numba.njit(*sig, **{**options, "cache": False})(fn)
+
+    return decorate
+
+
+_uncached_warned = False
+
+
+class UncachedKernelWarning(RuntimeWarning):
+    """Numba cannot write its on-disk cache; kernels are compiled in every process."""
+
+
+def _warn_uncached(reason: str) -> None:
+    global _uncached_warned
+    if _uncached_warned:
+        return
+    _uncached_warned = True
+    warnings.warn(
+        "diffsolve: Numba cannot write its cache here (" + reason + "); the CPU kernels "
+        "run uncached and are compiled again in every process. Set NUMBA_CACHE_DIR to a "
+        "writable folder to keep compiled kernels between runs",
+        UncachedKernelWarning, stacklevel=3,
+    )
 
 
 def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,

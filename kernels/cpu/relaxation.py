@@ -38,12 +38,11 @@ signatures and semantics (there is no sequential sweep on the GPU).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from .._validate import check_relaxation_system, check_sor_solve_args
-from ._config import jit, njit_options
+from ._config import jit
 
 __all__ = [
     "color_groups",
@@ -75,7 +74,7 @@ _BLOCK = 2048
 # njit functions they are compiled separately and called per row (LLVM did
 # not inline them), which made the sequential sweep 1.5x slower on the
 # 5-point Poisson matrix. Same flags as every kernel (_config), plus inline.
-_inline = numba.njit(inline="always", **njit_options())
+_inline = jit(inline="always")
 
 
 @_inline
