@@ -10,7 +10,9 @@ other solvers read the inner result's ``status`` instead of silencing the inner 
 (they call the inner solver with ``throw=False, warn=False`` or its private implementation).
 
 A solve stopped by its callback (which returned ``True``) reports ``Status.STOPPED``; it
-was asked for, so it neither warns nor raises either. A *fixed budget* run (``rtol = atol = 0``: "run exactly ``maxiter`` iterations") reports
+was asked for, so it neither warns nor raises either.
+
+A *fixed budget* run (``rtol = atol = 0``: "run exactly ``maxiter`` iterations") reports
 ``Status.MAX_ITERATIONS`` and ``converged=False`` (the answer does not meet a zero
 tolerance), but it is what the caller asked for, so it neither warns nor raises.
 """

@@ -233,8 +233,8 @@ def test_hidden_dependence_through_python_floats_is_refused():
 def test_autograd_function_and_partial_independence_trace_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        vjp_fn, value = traced_vjp(_autograd_numpy, (np.array([1.0, 2.0]), np.array([3.0])),
-                                   (0, 1), where="w", what="f", ways_out="x")
+        vjp_fn, _ = traced_vjp(_autograd_numpy, (np.array([1.0, 2.0]), np.array([3.0])),
+                               (0, 1), where="w", what="f", ways_out="x")
         gy, gp = vjp_fn(np.array([1.0, 1.0]))
         np.testing.assert_allclose(gy, [-3.0, 1.0])
         np.testing.assert_allclose(gp, [-1.0])
