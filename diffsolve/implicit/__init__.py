@@ -9,7 +9,7 @@ same for ``x* = T(x*, *theta)``. Ready-made conditions: :func:`stationarity`,
 docs/implicit.md.
 """
 
-from ._custom_root import custom_fixed_point, custom_root, root_vjp
+from ._custom_root import ImplicitSolveInfo, custom_fixed_point, custom_root, root_vjp
 from ._optimality import (
     kkt_conditions,
     projected_gradient_fixed_point,
@@ -24,6 +24,7 @@ from ._projections import (
 )
 
 __all__ = [
+    "ImplicitSolveInfo",
     "custom_fixed_point",
     "custom_root",
     "kkt_conditions",

@@ -21,24 +21,32 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import _backend as B
+from .. import _validate as V
 from .._autodiff import DifferentiableFunction
-from .._result import ValueResult
+from .._result import SolverResult, ValueResult
+from .._status import Status, report
+from . import _implicit_solve
 from ._implicit_solve import SOLVES, solve_adjoint
 from ._user_vjp import linearize
 
-__all__ = ["custom_fixed_point", "custom_root", "root_vjp"]
+__all__ = ["ImplicitSolveInfo", "RootSettings", "custom_fixed_point", "custom_root",
+           "root_vjp"]
 
 WHERE = "diffsolve.implicit.custom_root"
+SYSTEM = "the implicit system (∂F/∂x)ᵀ u = x̄"
+ADVICE = ("for implicit differentiation: add a ridge (e.g. ridge=1e-6) if ∂F/∂x is singular "
+          "or ill-conditioned, use solve='gmres' if it is not symmetric positive definite, "
+          "or check that the solver really reached F(x, *theta) = 0")
 
 
 @dataclass(frozen=True)
-class RootConfig:
-    """The immutable configuration of one ``custom_root`` decoration."""
+class RootSettings:
+    """The options of one ``custom_root`` decoration (or one ``root_vjp`` call), validated
+    once; the backward rule reads them from here."""
 
     F: Callable
     solve: str | Callable
@@ -48,27 +56,62 @@ class RootConfig:
     rtol: float
     maxiter: int | None
     restart: int
+    throw: bool
+
+    @property
+    def fixed_budget(self) -> bool:
+        """``rtol = 0``: run the implicit solve for exactly ``maxiter`` iterations."""
+        return self.rtol == 0.0
 
 
-def _check_config(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart) -> RootConfig:
+RootConfig = RootSettings  # the name before the solver contract
+
+
+@dataclass(frozen=True)
+class ImplicitSolveInfo(SolverResult):
+    """How the implicit linear solve of a backward pass went (``root_vjp(return_info=True)``).
+
+    Attributes
+    ----------
+    status : Status
+        ``SUCCESS``, ``MAX_ITERATIONS`` (``maxiter`` reached above ``rtol``),
+        ``BREAKDOWN`` (CG met non-positive curvature), or ``NONFINITE`` (a NaN/inf
+        cotangent, which gives NaN cotangents, or NaN/inf in the iteration).
+    converged : bool
+        Whether ``||b − M u|| <= rtol ||b||`` for the system solved.
+    message : str
+        Why it stopped and what to try.
+    n_iters : int
+        Products with the system's matrix.
+    residual_norm : float or None
+        ``||b − M u||`` when it was computed (``None`` when converged and not needed).
+    method : str
+        ``"cg"``, ``"normal-cg"``, ``"gmres"`` or ``"callable"``.
+    """
+
+    status: Status
+    converged: bool
+    message: str
+    n_iters: int
+    residual_norm: float | None
+    method: str
+
+
+def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw) -> RootSettings:
     if not callable(F):
         raise TypeError(f"{where}: the optimality function must be callable F(x, *theta), "
                         f"got {type(F).__name__}")
-    if not (callable(solve) or solve in SOLVES):
-        raise ValueError(f"{where}: solve={solve!r} is not known; choose one of {list(SOLVES)} "
-                         "or pass a callable solve(matvec, b) -> u")
-    for name, value in (("ridge", ridge), ("rtol", rtol)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-                not math.isfinite(value) or value < 0:
-            raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
-    if rtol == 0:
-        raise ValueError(f"{where}: rtol=0 could never be met by an iterative solve; "
-                         "use e.g. rtol=1e-10")
-    for name, value in (("maxiter", maxiter), ("restart", restart)):
-        if value is not None and (isinstance(value, bool) or
-                                  not isinstance(value, numbers.Integral) or value < 1):
-            raise ValueError(f"{where}: {name} must be a positive integer"
-                             f"{' or None' if name == 'maxiter' else ''}, got {value!r}")
+    if not callable(solve):
+        try:
+            solve = V.choice(where, "solve", solve, SOLVES)
+        except ValueError as err:
+            raise ValueError(f"{err}; or pass a callable solve(matvec, b) -> u") from None
+    ridge = V.nonnegative_real(where, "ridge", ridge)
+    # rtol = 0 is a fixed budget: the implicit solve runs maxiter iterations (default 10 n)
+    rtol = V.nonnegative_real(where, "rtol", rtol)
+    maxiter = V.positive_int(where, "maxiter", maxiter, allow_none=True)
+    restart = V.positive_int(where, "restart", restart)
+    throw = V.boolean(where, "throw", throw)
     for name, value in (("vjp", vjp), ("jvp", jvp)):
         if value is not None and not callable(value):
             raise TypeError(f"{where}: {name} must be a callable (x, theta) -> (F(x, *theta), "
@@ -79,11 +122,12 @@ def _check_config(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart) -> R
             "pass jvp=(x, theta) -> (F(x, *theta), jvp_fn), or use solve='gmres', which "
             "needs VJPs only"
         )
-    return RootConfig(F, solve, float(ridge), vjp, jvp, float(rtol), maxiter, int(restart))
+    return RootSettings(F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw)
 
 
 def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, vjp=None,
-             jvp=None, rtol=1e-10, maxiter=None, restart=30):
+             jvp=None, rtol=1e-10, maxiter=None, restart=30, throw=False,
+             return_info=False):
     """Cotangents of θ for a root ``x`` of ``F(x, *theta) = 0``, given the cotangent of x.
 
     The building block of :func:`custom_root`, for backward rules written by hand (other
@@ -95,19 +139,30 @@ def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, v
     F : callable
         ``F(x, *theta) -> array`` of x's shape, zero at the root.
     x : array
-        The root.
+        The root (float32 or float64; integers are promoted to float64).
     theta : tuple
         The other arguments of ``F``.
     x_bar : array
-        Cotangent of ``x`` (x's shape).
-    solve, ridge, vjp, jvp, rtol, maxiter, restart
+        Cotangent of ``x`` (x's shape). A NaN or inf in it gives NaN cotangents (for every
+        θ that gets one), as :func:`diffsolve.vjp` does.
+    solve, ridge, vjp, jvp, rtol, maxiter, restart, throw
         As for :func:`custom_root`.
+    return_info : bool
+        Also return an :class:`ImplicitSolveInfo`.
 
     Returns
     -------
     tuple
         One entry per θ: its cotangent, or ``None`` where θ is not differentiated (with
         autograd: anything but a floating NumPy array).
+    info : ImplicitSolveInfo
+        Only with ``return_info=True``.
+
+    Warns
+    -----
+    ConvergenceWarning
+        The implicit solve stopped above ``rtol`` (``throw=False``); with ``throw=True``
+        the :class:`~diffsolve.SolveError` of its status is raised instead.
 
     Examples
     --------
@@ -118,25 +173,80 @@ def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, v
     >>> root_vjp(F, np.sqrt(a), (a,), np.ones(2))
     (array([0.25      , 0.16666667]),)
     """
-    xp = B.array_namespace(x, x_bar, where="diffsolve.implicit.root_vjp")
     where = "diffsolve.implicit.root_vjp"
-    cfg = _check_config(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart)
+    x = V.float_array(where, "x", x)
+    x_bar = V.float_array(where, "x_bar", x_bar, finite=False)
+    xp = B.array_namespace(x, x_bar, where=where)
+    settings = _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw)
     if tuple(x_bar.shape) != tuple(x.shape):
         raise ValueError(f"{where}: x_bar has shape {tuple(x_bar.shape)} but x has shape "
                          f"{tuple(x.shape)}; pass the cotangent of x")
-    return _theta_cotangents(cfg, x, tuple(theta), x_bar, xp, where)
+    if not isinstance(theta, (tuple, list)):
+        raise TypeError(f"{where}: theta must be the tuple of F's other arguments, got "
+                        f"{type(theta).__name__}; wrap a single one as (theta,)")
+    grads, info = _theta_cotangents(settings, x, tuple(theta), x_bar, xp, where)
+    report(info, throw=settings.throw, warn=_must_warn(info),
+           fixed_budget=settings.fixed_budget)
+    return (grads, info) if return_info else grads
 
 
-def _theta_cotangents(cfg: RootConfig, x, theta, x_bar, xp, where):
-    lin = linearize(cfg.F, x, theta, vjp=cfg.vjp, jvp=cfg.jvp, where=where)
-    out = solve_adjoint(lin, x_bar, solve=cfg.solve, ridge=cfg.ridge, rtol=cfg.rtol,
-                        maxiter=cfg.maxiter, restart=cfg.restart, where=where)
+def _outcome_status(out) -> Status:
+    """The status of an implicit solve, from the Krylov outcome."""
+    status = getattr(out, "status", None)
+    if status is not None:
+        return Status(int(status))
+    if out.converged:
+        return Status.SUCCESS
+    if out.residual_norm is not None and not math.isfinite(out.residual_norm):
+        return Status.NONFINITE
+    return Status.MAX_ITERATIONS
+
+
+def _must_warn(info: ImplicitSolveInfo) -> bool:
+    """Whether :func:`report` warns for ``info``.
+
+    A NaN cotangent gives NaN cotangents silently, as :func:`diffsolve.vjp` does. Before
+    the Krylov module returned statuses, ``solve_adjoint`` warned by itself; that warning
+    is read (its status is reported here) and not repeated.
+    """
+    if info.method == "nan-cotangent":
+        return False
+    outcome = getattr(_implicit_solve, "ImplicitSolveOutcome", None)
+    return "status" in getattr(outcome, "__dataclass_fields__", {"status": None})
+
+
+def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
+    """``(θ̄ tuple, ImplicitSolveInfo)`` for the cotangent ``x_bar`` of the root ``x``."""
+    if not B.isfinite_all(xp, x_bar):
+        # which θ get a cotangent, from a zero cotangent (a trivial solve); then NaN there
+        grads, _ = _theta_cotangents(settings, x, theta, xp.zeros_like(x_bar), xp, where)
+        info = ImplicitSolveInfo(Status.NONFINITE, False,
+                                 f"{where}: the cotangent of x contains NaN or inf, so the "
+                                 "cotangents of theta are NaN", 0, None, "nan-cotangent")
+        return tuple(None if g is None else xp.full_like(g, float("nan")) for g in grads), info
+    lin = linearize(settings.F, x, theta, vjp=settings.vjp, jvp=settings.jvp, where=where)
+    out = solve_adjoint(lin, x_bar, solve=settings.solve, ridge=settings.ridge,
+                        rtol=settings.rtol, maxiter=settings.maxiter,
+                        restart=settings.restart, where=where)
+    status = _outcome_status(out)
+    method = getattr(out, "method", "callable" if callable(settings.solve) else settings.solve)
+    if status is Status.SUCCESS:
+        message = (f"{where}: {SYSTEM} solved with solve={method!r} in {out.n_iters} "
+                   "iterations")
+    else:
+        res, rhs = out.residual_norm, out.rhs_norm
+        rel = "unknown" if res is None else f"{res / rhs if rhs else res:.3g}"
+        message = (f"{where}: {SYSTEM} was not solved with solve={method!r}: relative "
+                   f"residual {rel} > rtol={settings.rtol:g} after {out.n_iters} iterations, "
+                   f"so the gradient is inexact. {status.hint()}; {ADVICE}")
+    info = ImplicitSolveInfo(status, status is Status.SUCCESS, message, int(out.n_iters),
+                             out.residual_norm, method)
     grads = lin.rmatvec_theta(out.u)
-    return tuple(None if g is None else -g for g in grads)
+    return tuple(None if g is None else -g for g in grads), info
 
 
 def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, maxiter=None,
-                *, jvp=None, restart=30):
+                *, jvp=None, restart=30, throw=False):
     """Decorator: make ``solver(init, *theta) -> x*`` differentiable through ``F(x*, *theta) = 0``.
 
     The decorated solver runs unchanged and returns x* (an array); its backward rule uses
@@ -149,7 +259,10 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
     ----------
     F : callable
         The optimality condition ``F(x, *theta) -> array`` of x's shape, zero at the
-        solution. Written with ``autograd.numpy`` for the default VJPs (NumPy inputs); see
+        solution. Written with ``autograd.numpy`` for the default VJPs (NumPy inputs): an
+        ``F`` written with plain NumPy (``np.dot``, ``np.array([...])``) hides its
+        dependence from autograd and raises :class:`~diffsolve.NotTraceableError` (naming
+        it and the ways out) when first differentiated, instead of a wrong gradient; see
         :func:`stationarity`, :func:`projected_gradient_fixed_point`,
         :func:`proximal_gradient_fixed_point` and :func:`kkt_conditions` for ready-made
         ones. Keyword arguments of the solver are not passed to ``F``.
@@ -173,16 +286,22 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
         Default: ``F.vjp`` when ``F`` has one (``stationarity(grad=, hvp=)``), else
         autograd.
     rtol : float
-        The implicit solve stops at ``||r|| <= rtol ||x̄||``.
+        The implicit solve stops at ``||r|| <= rtol ||x̄||``. ``rtol=0`` runs exactly
+        ``maxiter`` iterations (a fixed budget: no warning).
     maxiter : int, optional
         Iteration limit of the implicit solve (default ``10 n``, n the size of x). On
-        reaching it the gradient is returned and a :class:`diffsolve.ConvergenceWarning`
-        reports the residual and what to try.
+        reaching it above ``rtol`` the (inexact) gradient is returned and a
+        :class:`diffsolve.ConvergenceWarning` reports the residual and what to try.
     jvp : callable, optional
         ``jvp(x, theta) -> (F(x, *theta), jvp_fn)``, ``jvp_fn(w) = (∂F/∂x) w`` (the shape
         of ``jax.linearize``); only for ``solve="normal-cg"`` with a user ``vjp``.
     restart : int
         GMRES restart length.
+    throw : bool
+        Raise the :class:`~diffsolve.SolveError` of the implicit solve's status
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.BreakdownError`, ...)
+        from the backward pass instead of warning. A NaN or inf cotangent gives NaN
+        cotangents without a warning, as everywhere in :func:`diffsolve.vjp`.
 
     Returns
     -------
@@ -222,18 +341,18 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
     """
     if vjp is None:  # stationarity(grad=..., hvp=...) carries its own VJP
         vjp = getattr(F, "vjp", None)
-    cfg = _check_config(WHERE, F, solve, ridge, vjp, jvp, rtol, maxiter, restart)
+    settings = _settings(WHERE, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw)
 
     def decorate(solver: Callable) -> DifferentiableFunction:
         if not callable(solver):
             raise TypeError(f"{WHERE}: decorate a solver function solver(init, *theta), got "
                             f"{type(solver).__name__}")
-        return _make_differentiable(solver, cfg, WHERE)
+        return _make_differentiable(solver, settings, WHERE)
 
     return decorate
 
 
-def _make_differentiable(solver, cfg: RootConfig, where: str) -> DifferentiableFunction:
+def _make_differentiable(solver, settings: RootSettings, where: str) -> DifferentiableFunction:
     name = getattr(solver, "__name__", type(solver).__name__)
     public = f"{where}({name})"
 
@@ -256,7 +375,10 @@ def _make_differentiable(solver, cfg: RootConfig, where: str) -> DifferentiableF
         init, *theta = ctx.args
         x = ctx.result.value
         xp = B.array_namespace(x, where=public)
-        grads = _theta_cotangents(cfg, x, tuple(theta), cotangents["value"], xp, public)
+        grads, info = _theta_cotangents(settings, x, tuple(theta), cotangents["value"], xp,
+                                        public)
+        report(info, throw=settings.throw, warn=_must_warn(info),
+               fixed_budget=settings.fixed_budget, stacklevel=4)
         return (xp.zeros_like(init), *grads)
 
     def shapes(init, *theta, **kwargs):
@@ -266,12 +388,12 @@ def _make_differentiable(solver, cfg: RootConfig, where: str) -> DifferentiableF
     fn = DifferentiableFunction(fwd, bwd, shapes, ValueResult, unwrap_value=True,
                                 public_name=public)
     functools.update_wrapper(fn, solver, updated=())
-    fn.config = cfg
+    fn.settings = fn.config = settings
     return fn
 
 
 def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10,
-                       maxiter=None, *, jvp=None, restart=30):
+                       maxiter=None, *, jvp=None, restart=30, throw=False):
     """Decorator: make ``solver(init, *theta) -> x*`` differentiable through ``x* = T(x*, *theta)``.
 
     :func:`custom_root` with ``F(x, *θ) = x − T(x, *θ)``. The sign makes ``∂F/∂x = I − ∂T/∂x``
@@ -282,7 +404,7 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
     ----------
     T : callable
         The fixed-point map ``T(x, *theta) -> array`` of x's shape.
-    solve, ridge, rtol, maxiter, jvp, restart
+    solve, ridge, rtol, maxiter, jvp, restart, throw
         As for :func:`custom_root`.
     vjp : callable, optional
         ``vjp(x, theta) -> (T(x, *theta), vjp_fn)``, the VJP of **T** (not of F), with
@@ -315,6 +437,7 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
     def F(x, *theta):
         return x - T(x, *theta)
 
+    F.__name__ = getattr(T, "__name__", "T")  # errors about tracing F name the user's T
     F_vjp = F_jvp = None
     if vjp is not None and callable(vjp):
         def F_vjp(x, theta):
@@ -333,12 +456,12 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
             return x - value, lambda w: w - t_jvp(w)
     else:
         F_jvp = jvp
-    cfg = _check_config(where, F, solve, ridge, F_vjp, F_jvp, rtol, maxiter, restart)
+    settings = _settings(where, F, solve, ridge, F_vjp, F_jvp, rtol, maxiter, restart, throw)
 
     def decorate(solver: Callable) -> DifferentiableFunction:
         if not callable(solver):
             raise TypeError(f"{where}: decorate a solver function solver(init, *theta), got "
                             f"{type(solver).__name__}")
-        return _make_differentiable(solver, cfg, where)
+        return _make_differentiable(solver, settings, where)
 
     return decorate

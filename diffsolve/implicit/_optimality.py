@@ -28,8 +28,6 @@ one vector, because a diffsolve differentiable output is one array).
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 
 import autograd
@@ -37,6 +35,7 @@ import autograd.numpy as anp
 from autograd.tracer import getval
 
 from .. import _backend as B
+from .. import _validate as V
 
 __all__ = ["kkt_conditions", "projected_gradient_fixed_point", "proximal_gradient_fixed_point",
            "stationarity"]
@@ -45,13 +44,6 @@ __all__ = ["kkt_conditions", "projected_gradient_fixed_point", "proximal_gradien
 def _check_callable(where, name, fn):
     if not callable(fn):
         raise TypeError(f"{where}: {name} must be a callable, got {type(fn).__name__}")
-
-
-def _check_stepsize(where, stepsize):
-    if isinstance(stepsize, bool) or not isinstance(stepsize, numbers.Real) or \
-            not math.isfinite(stepsize) or stepsize <= 0:
-        raise ValueError(f"{where}: stepsize must be a finite number > 0, got {stepsize!r}")
-    return float(stepsize)
 
 
 def _gradient(where, f, grad):
@@ -172,7 +164,7 @@ def proximal_gradient_fixed_point(f: Callable | None, prox: Callable, stepsize: 
     where = "diffsolve.implicit.proximal_gradient_fixed_point"
     grad_f = _gradient(where, f, grad)
     _check_callable(where, "prox", prox)
-    eta = _check_stepsize(where, stepsize)
+    eta = V.positive_real(where, "stepsize", stepsize)
 
     def F(x, *theta):
         if grad is None:
@@ -228,7 +220,7 @@ def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
     where = "diffsolve.implicit.projected_gradient_fixed_point"
     grad_f = _gradient(where, f, grad)
     _check_callable(where, "projection", projection)
-    eta = _check_stepsize(where, stepsize)
+    eta = V.positive_real(where, "stepsize", stepsize)
     if (hvp is None) != (projection_vjp is None) or (hvp is not None and grad is None):
         raise TypeError(f"{where}: hvp= and projection_vjp= go together, with grad= (the "
                         "VJP of F needs all three)")
@@ -299,13 +291,10 @@ def kkt_conditions(f: Callable, n: int, eq: Callable | None = None,
     """
     where = "diffsolve.implicit.kkt_conditions"
     _check_callable(where, "f", f)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"{where}: n (the number of primal variables) must be a positive "
-                         f"integer, got {n!r}")
+    n = V.positive_int(where, "n (the number of primal variables)", n)
     for name, fn in (("eq", eq), ("ineq", ineq)):
         if fn is not None:
             _check_callable(where, name, fn)
-    n = int(n)
 
     def constraint(fn, name, x, theta):
         c = fn(x, *theta)

@@ -22,14 +22,13 @@ traces them.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import autograd.numpy as anp
-from autograd import make_vjp
 from autograd.tracer import Box, getval
 
 from .. import _backend as B
+from .._user_function import traced_vjp
 
 __all__ = ["Linearization", "autograd_vjp", "is_differentiable_numpy", "linearize", "namespace"]
 
@@ -53,16 +52,26 @@ def is_differentiable_numpy(x) -> bool:
         B.array_namespace(x).isdtype(x.dtype, "real floating")
 
 
-def autograd_vjp(fun: Callable, *args, argnum=0):
-    """``(vjp_fn, value)`` of ``fun`` at ``args`` (autograd's ``make_vjp``).
+# what a user can do when autograd cannot see through an optimality function
+F_WAYS_OUT = ("or pass vjp=(x, theta) -> (F(x, *theta), vjp_fn) with the products written "
+              "out (any array library), or write F with torch / jax.numpy and pass its VJP "
+              "(e.g. vjp=lambda x, theta: jax.vjp(F, x, *theta))")
 
-    Autograd warns when the output does not depend on the input; here that is legitimate
-    (an optimality condition that does not involve some θ, an outer objective that does
-    not involve x) and the VJP is then zero, so the warning is silenced.
+
+def autograd_vjp(fun: Callable, *args, argnum=0, where: str = "diffsolve.implicit",
+                 what: str = "a user function", ways_out: str = F_WAYS_OUT, name=None):
+    """``(vjp_fn, value)`` of ``fun`` at ``args`` by autograd, checked for tracing holes.
+
+    :func:`diffsolve._user_function.traced_vjp` with the differentiated arguments traced
+    jointly: a function written with plain NumPy (``np.dot``, ``np.array([...])``) whose
+    dependence autograd cannot see raises :class:`~diffsolve.NotTraceableError` naming it
+    (``name``: the user's function, when ``fun`` is a wrapper around it) instead of giving
+    a zero or partial VJP; a function that really is constant in an argument gets the zero
+    VJP, and autograd's warning is passed on, never silenced.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Output seems independent of input")
-        return make_vjp(fun, argnum=argnum)(*args)
+    if name is not None:
+        fun.__name__ = name
+    return traced_vjp(fun, args, argnum, where=where, what=what, ways_out=ways_out)
 
 
 def _check_value(value, x, where):
@@ -164,22 +173,31 @@ def linearize(F: Callable, x, theta: tuple, *, vjp: Callable | None = None,
         )
     theta = tuple(theta)
     diff = [i for i, t in enumerate(theta) if is_differentiable_numpy(t)]
-    vjp_x, value = autograd_vjp(lambda x_: F(x_, *theta), x)
+    name = getattr(F, "__name__", "F")
+    what = "the optimality function F"
+
+    def F_x(x_):
+        return F(x_, *theta)
+
+    vjp_x, value = autograd_vjp(F_x, x, where=where, what=what, name=name)
     state: dict = {}
+    if diff:
+        # x and every differentiated θ traced jointly: an F that hides its dependence on
+        # one of them behind plain NumPy is refused here, before any product is used
+        def F_joint(x_, *ts):
+            full = list(theta)
+            for i, t in zip(diff, ts):
+                full[i] = t
+            return F(x_, *full)
+
+        state["theta"] = autograd_vjp(F_joint, x, *(theta[i] for i in diff),
+                                      argnum=tuple(range(1 + len(diff))), where=where,
+                                      what=what, name=name)[0]
 
     def rmatvec_theta(u):
         if not diff:
             return (None,) * len(theta)
-        if "theta" not in state:
-            def F_theta(*ts):
-                full = list(theta)
-                for i, t in zip(diff, ts):
-                    full[i] = t
-                return F(x, *full)
-
-            state["theta"] = autograd_vjp(F_theta, *(theta[i] for i in diff),
-                                          argnum=tuple(range(len(diff))))[0]
-        grads = state["theta"](u)
+        grads = state["theta"](u)[1:]
         out = [None] * len(theta)
         for i, g in zip(diff, grads):
             # autograd returns NumPy scalars for 0-d inputs; give back θ's type and dtype
@@ -189,7 +207,8 @@ def linearize(F: Callable, x, theta: tuple, *, vjp: Callable | None = None,
     def matvec_x(w):
         if "x" not in state:
             # u ↦ (∂F/∂x)ᵀu is linear, so its VJP (traced once, at any u) is w ↦ (∂F/∂x) w
-            state["x"] = autograd_vjp(vjp_x, anp.ones_like(x))[0]
+            state["x"] = autograd_vjp(vjp_x, anp.ones_like(x), where=where,
+                                      what="the VJP of the optimality function F")[0]
         return state["x"](w)
 
     return Linearization(value, x, theta, vjp_x, rmatvec_theta, matvec_x, where)
