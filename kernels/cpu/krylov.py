@@ -193,7 +193,7 @@ def cg_next(rz, rz_new, rr, tol, active, bad, column_iters, beta):  # pragma: no
 # --------------------------------------------------------------------------------------
 # the whole CG loop, compiled (CPU only): no Python between iterations
 # --------------------------------------------------------------------------------------
-CG_CONVERGED, CG_MAXITER, CG_BREAKDOWN = 0, 1, 2
+CG_CONVERGED, CG_MAXITER, CG_BREAKDOWN, CG_NONFINITE = 0, 1, 2, 3
 
 
 @jit()
@@ -215,6 +215,8 @@ def _cg_solve_csr(indptr, indices, data, b, x, inv_diag, precondition, tol, maxi
     one = np.empty(1, dtype=x.dtype)
     rz = _column_dots(r, z, one)[0]
     rr = rz if not precondition else _column_dots(r, r, one)[0]
+    if not np.isfinite(rr) or not np.isfinite(rz):
+        return 0, CG_NONFINITE
     if np.sqrt(rr) <= tol:
         return 0, CG_CONVERGED
     curv = np.empty((3, 1), dtype=x.dtype)
@@ -234,6 +236,9 @@ def _cg_solve_csr(indptr, indices, data, b, x, inv_diag, precondition, tol, maxi
         alpha[0] = rz / pAp
         rr = _cg_update(x2, r, p, Ap, alpha, rr_out)[0]
         it += 1
+        if not np.isfinite(rr):
+            # a NaN would fail every later test and run out the budget
+            return it, CG_NONFINITE
         if np.sqrt(rr) <= tol:
             return it, CG_CONVERGED
         if precondition:
@@ -251,15 +256,18 @@ def _cg_solve_csr(indptr, indices, data, b, x, inv_diag, precondition, tol, maxi
 def cg_solve_csr(indptr, indices, data, b, x, inv_diag, tol, maxiter, floor):
     """Conjugate gradients on a CSR matrix, the whole iteration in one compiled call.
 
-    The same iteration, stopping rule and breakdown test as the Python-driven loop of
-    :func:`diffsolve.linear._cg.conjugate_gradient` (which it matches iterate for iterate),
-    built from the kernels above, for a 1-D ``b``; ``x`` (the initial guess) is
-    overwritten by the solution. ``inv_diag`` is ``1 / diag(A)`` for Jacobi
+    The same iteration, recursive stopping rule and breakdown test as the Python-driven
+    loop of :func:`diffsolve.krylov.cg` (which it matches iterate for iterate), built from
+    the kernels above, for a 1-D ``b``; ``x`` (the initial guess) is overwritten by the
+    solution. It starts from the true residual ``b - A x``, so calling it again from its
+    own output is a restart; :func:`diffsolve.krylov.cg` does that when the true residual
+    misses the tolerance the recursive one met. ``inv_diag`` is ``1 / diag(A)`` for Jacobi
     preconditioning, or ``None``. CPU only: on the GPU every iteration is a handful of
     kernel launches anyway, and the Python-driven loop already runs them.
 
-    Returns ``(n_iters, status)`` with status ``CG_CONVERGED`` (0), ``CG_MAXITER`` (1) or
-    ``CG_BREAKDOWN`` (2: a direction with ``pᵀAp <= floor·pᵀp·||A||``).
+    Returns ``(n_iters, status)`` with status ``CG_CONVERGED`` (0: the recursive residual
+    met ``tol``), ``CG_MAXITER`` (1), ``CG_BREAKDOWN`` (2: a direction with
+    ``pᵀAp <= floor·pᵀp·||A||``) or ``CG_NONFINITE`` (3: NaN or inf in the residual).
 
     Examples
     --------

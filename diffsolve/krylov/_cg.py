@@ -1,0 +1,346 @@
+"""Conjugate gradients for symmetric positive definite systems, one or many at once.
+
+The systems of a batch (the columns of the working ``(N, k)`` layout, see
+:mod:`._common`) advance together: one product with ``A`` per iteration for all of them,
+a system stops moving once it meets its tolerance. The vector work of an iteration goes
+through :class:`VectorOps`: fused, in-place compiled kernels for NumPy (Numba) and CuPy
+(CUDA), plain array-API expressions for any other namespace. On the GPU the stopping and
+breakdown tests read one number from the device, so they run every ``check_every``
+iterations; masking keeps finished systems fixed in between. NumPy with a CSR ``A``, one
+system, no callback and no (or a diagonal) preconditioner runs the whole iteration in one
+compiled call (``kernels/cpu/krylov.py::cg_solve_csr``) behind the same stopping rule.
+
+Stopping rule (SciPy's): ``||b - A x|| <= max(rtol ||b||, atol)``. The recursive residual
+of CG drifts from the true one in finite precision (Greenbaum, *Iterative Methods for
+Solving Linear Systems*, SIAM 1997, ch. 7), so when the recursion says "converged" the
+true residual is recomputed; if it does not meet the tolerance, CG restarts from it while
+the budget lasts, and a restart that does not halve the true residual means the tolerance
+is below what the precision resolves (``Status.BREAKDOWN``, "stagnated"). A search
+direction with ``pᵀAp <= N·eps·||A||·||p||²`` (``||A||`` estimated from ``||Ap|| / ||p||``)
+means A (or M) is not positive definite: ``Status.BREAKDOWN``. A residual that reaches
+exactly zero is the lucky breakdown: converged.
+
+Reference: Hestenes & Stiefel (1952); Saad, *Iterative Methods for Sparse Linear Systems*,
+2nd ed., Algorithm 9.1 (preconditioned CG).
+"""
+
+from __future__ import annotations
+
+from .. import _backend as B
+from .._status import Status
+from ._common import (
+    Layout,
+    LinearMap,
+    Preconditioner,
+    check_common,
+    finish,
+    safe_norms,
+    scale_columns,
+)
+from ._result import KrylovResult, KrylovState
+
+__all__ = ["VectorOps", "cg", "solve_cg"]
+
+WHERE = "diffsolve.krylov.cg"
+#: a restart from the true residual must at least halve it, else CG has stagnated
+STAGNATION_FACTOR = 0.5
+
+
+class VectorOps:
+    """The vector operations of a CG iteration on ``(n, k)`` arrays.
+
+    With compiled kernels (NumPy, CuPy) ``update`` and ``direction`` overwrite their first
+    arguments; without (array_api_strict) they return new arrays. Callers always use the
+    returned arrays, so the same algorithm serves both.
+    """
+
+    def __init__(self, xp, dtype, k, device):
+        self.xp = xp
+        self.device = device
+        self.kernels = {name: B.get_kernel(xp, f"krylov.{name}") for name in
+                        ("column_dots", "curvature_dots", "cg_update", "cg_direction",
+                         "cg_step_size", "cg_next")}
+        self.compiled = self.kernels["cg_update"] is not None
+        self.dtype = dtype
+        self.k = k
+
+    def _out(self, shape):
+        return self.xp.empty(shape, dtype=self.dtype, device=self.device)
+
+    def copy(self, a):
+        return B.contiguous_copy(self.xp, a)
+
+    def column_dots(self, a, b):
+        if self.compiled:
+            return self.kernels["column_dots"](a, b, self._out((self.k,)))
+        return self.xp.sum(a * b, axis=0)
+
+    def curvature(self, p, Ap):
+        """Rows ``pᵀp``, ``pᵀAp``, ``||Ap||²`` per column, shape ``(3, k)``."""
+        if self.compiled:
+            return self.kernels["curvature_dots"](p, Ap, self._out((3, self.k)))
+        xp = self.xp
+        return xp.stack([xp.sum(p * p, axis=0), xp.sum(p * Ap, axis=0),
+                         xp.sum(Ap * Ap, axis=0)])
+
+    def step_size(self, rz, curv, a_norm, active, bad, floor):
+        """``(alpha, a_norm, bad)``: step lengths, ``||A||`` estimate, breakdown flags.
+
+        ``a_norm`` grows to ``||Ap|| / ||p||``; an active column with
+        ``pᵀAp <= floor·pᵀp·a_norm`` is flagged; ``alpha = rᵀz / pᵀAp`` where a column
+        steps, 0 elsewhere.
+        """
+        if self.compiled:
+            alpha = self.kernels["cg_step_size"](rz, curv, a_norm, active, bad, floor,
+                                                 self._out((self.k,)))
+            return alpha, a_norm, bad
+        xp = self.xp
+        pp, pAp, ApAp = curv[0, :], curv[1, :], curv[2, :]
+        a_norm = xp.maximum(a_norm, xp.sqrt(ApAp / xp.where(pp > 0, pp, 1)))
+        bad = bad | (active & (pAp <= floor * pp * a_norm))
+        step = active & ~bad
+        return xp.where(step, rz / xp.where(step, pAp, 1), 0), a_norm, bad
+
+    def next(self, rz, rz_new, rr, tol, active, bad, column_iters):
+        """``(beta, rz, active, column_iters)`` after an update (see ``cg_next``)."""
+        if self.compiled:
+            beta = self.kernels["cg_next"](rz, rz_new, rr, tol, active, bad, column_iters,
+                                           self._out((self.k,)))
+            return beta, rz, active, column_iters
+        xp = self.xp
+        step = active & ~bad
+        beta = xp.where(step & (rz != 0), rz_new / xp.where(rz != 0, rz, 1), 0)
+        rz = xp.where(step, rz_new, rz)
+        column_iters = column_iters + xp.astype(step, xp.int64)
+        active = step & (xp.sqrt(rr) > tol)
+        return beta, rz, active, column_iters
+
+    def update(self, x, r, p, Ap, alpha):
+        """``x + alpha p``, ``r - alpha Ap`` and ``||r||²`` per column."""
+        if self.compiled:
+            rr = self.kernels["cg_update"](x, r, p, Ap, alpha, self._out((self.k,)))
+            return x, r, rr
+        x = x + alpha * p
+        r = r - alpha * Ap
+        return x, r, self.xp.sum(r * r, axis=0)
+
+    def direction(self, p, z, beta):
+        """``z + beta p``."""
+        if self.compiled:
+            return self.kernels["cg_direction"](p, z, beta)
+        return z + beta * p
+
+
+def cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callback=None,
+       check_every=None, batch_axis=None) -> KrylovResult:
+    """Conjugate gradients on ``A x = b`` for symmetric positive definite ``A``.
+
+    Signature (stable): ``cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
+    callback=None, check_every=None, batch_axis=None) -> KrylovResult``.
+
+    Parameters
+    ----------
+    A : callable, LinearOperator, dense 2-D array or sparse matrix
+        A callable ``v -> A v`` on arrays of b's shape (a batch included), or a matrix
+        (then ``b`` is ``(n,)``, or ``(n, k)`` with ``batch_axis=1``). Must be symmetric
+        positive definite (not checked; a direction of non-positive curvature is reported
+        as ``Status.BREAKDOWN``).
+    b : array
+        Right-hand side, any shape (float32 or float64; integers promote to float64).
+    x0 : array, optional
+        Initial guess of b's shape (default zero).
+    rtol, atol : float
+        Stop when the true residual ``||b - A x|| <= max(rtol ||b||, atol)`` (per system).
+        ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (``MAX_ITERATIONS``,
+        unless the residual reaches exactly zero).
+    maxiter : int, optional
+        Iteration budget (default ``10 N``, ``N`` unknowns per system).
+    M : callable, LinearOperator, sparse matrix or array, optional
+        Symmetric positive definite preconditioner approximating ``A⁻¹``: a callable
+        ``r -> M r`` on arrays of b's shape, or an array broadcastable to b's shape that
+        multiplies elementwise (a diagonal preconditioner, e.g. ``1 / diag(A)``).
+    callback : callable, optional
+        ``callback(state)`` after every iteration with a :class:`KrylovState`
+        ``(n_iters, x, residual_norm)``; returning ``True`` stops the solve with
+        ``Status.STOPPED``.
+    check_every : int, optional
+        Iterations between convergence tests (each reads one number from the device);
+        default 1, and 8 on CuPy.
+    batch_axis : int, optional
+        The axis of ``b`` that indexes independent systems sharing the product ``A``
+        (e.g. ``1`` for the columns of an ``(n, k)`` right-hand side, ``0`` for the rows
+        of a ``(B, n)`` batch of different systems). ``None``: ``b`` is one system.
+
+    Returns
+    -------
+    KrylovResult
+        ``x``, ``status``, ``converged`` (true residual), ``n_iters``, ``residual_norm``,
+        ``message``. Failures are returned, never warned about or raised: the caller
+        reads ``status`` (and reports it with :func:`diffsolve._status.report`).
+
+    Notes
+    -----
+    Each system is solved for ``b / s``, ``s`` a power of two near ``max|b|``, so
+    ``||b||²`` never overflows. NaN or inf in ``b`` or ``x0`` (or appearing in the
+    iterates) gives ``Status.NONFINITE`` and NaN ``x``. A zero right-hand side returns
+    ``x = 0`` in 0 iterations.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from diffsolve.krylov import cg
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> res = cg(A, np.array([1.0, 2.0]))
+    >>> res.converged, np.allclose(A @ res.x, [1.0, 2.0]), res.status.name
+    (True, True, 'SUCCESS')
+    """
+    return solve_cg(A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M,
+                    callback=callback, check_every=check_every, batch_axis=batch_axis,
+                    where=WHERE)
+
+
+def solve_cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callback=None,
+             check_every=None, batch_axis=None, where=WHERE) -> KrylovResult:
+    """:func:`cg` with the caller's name in error messages (``where``)."""
+    xp, b, x0, rtol, atol, maxiter, callback, check_every, batch_axis = check_common(
+        where, b, x0, rtol, atol, maxiter, callback, check_every, batch_axis=batch_axis)
+    layout = Layout(xp, b.shape, batch_axis)
+    op = LinearMap(A, xp, layout, where)
+    prec = Preconditioner(M, xp, layout, b.dtype, where)
+    maxiter = 10 * layout.N if maxiter is None else maxiter
+    return _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every)
+
+
+def _compiled_kernel(op, prec, layout, b, callback):
+    """The one-call CSR CG kernel where it applies (NumPy, CSR A of b's dtype, one
+    system, no callback, no or a diagonal preconditioner), else ``None``."""
+    xp = layout.xp
+    if not (B.is_numpy(xp) and op.kind == "sparse" and layout.k == 1 and callback is None
+            and prec.map is None and op.csr.dtype == b.dtype):
+        return None
+    return B.get_kernel(xp, "krylov.cg_solve_csr")
+
+
+def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every):
+    xp = layout.xp
+    dtype = b.dtype
+    k = layout.k
+    device = B.device(b)
+    Bw = layout.to_work(b)
+    s, finite = scale_columns(xp, Bw)
+    zero_b = finite & (xp.max(xp.abs(Bw), axis=0) == 0)
+    Bs = B.contiguous_copy(xp, xp.where(finite[None, :], Bw / s[None, :],
+                                        xp.zeros_like(Bw)))
+    if x0 is not None:
+        X0 = layout.to_work(x0) / s[None, :]
+        finite = finite & xp.all(xp.isfinite(X0), axis=0)
+        Y = B.contiguous_copy(xp, xp.where((finite & ~zero_b)[None, :], X0,
+                                           xp.zeros_like(X0)))
+    else:
+        Y = xp.zeros(Bw.shape, dtype=dtype, device=device)
+    excluded = ~finite | zero_b
+    b_norm = safe_norms(xp, Bs)
+    tol = B.contiguous_copy(xp, xp.astype(
+        xp.maximum(rtol * b_norm, atol / s), dtype))
+    fixed_budget = rtol == 0 and atol == 0
+    ops = VectorOps(xp, dtype, k, device)
+    floor = layout.N * float(xp.finfo(dtype).eps)
+    kernel = _compiled_kernel(op, prec, layout, b, callback)
+
+    column_iters = xp.zeros((k,), dtype=xp.int64, device=device)
+    a_norm = xp.zeros((k,), dtype=dtype, device=device)
+    bad = xp.zeros((k,), dtype=xp.bool, device=device)
+    stagnated = xp.zeros((k,), dtype=xp.bool, device=device)
+    prev_true = xp.full((k,), float("inf"), dtype=dtype, device=device)
+    total = 0
+    stopped = False
+    R = Bs - op(Y) if x0 is not None else ops.copy(Bs)
+    R = B.contiguous_copy(xp, R)
+    while True:
+        if kernel is not None:
+            y = B.contiguous_copy(xp, Y[:, 0])
+            inv_diag = None if prec.elementwise is None else \
+                B.contiguous(xp, prec.elementwise[:, 0])
+            its, code = kernel(op.csr.indptr, op.csr.indices, op.csr.data,
+                               B.contiguous(xp, Bs[:, 0]), y, inv_diag, float(tol[0]),
+                               maxiter - total, floor)
+            Y = B.contiguous(xp, y[:, None])
+            total += its
+            column_iters = column_iters + its
+            bad = bad | (code == 2)
+        else:
+            Y, column_iters, a_norm, bad, total, stopped = _iterate(
+                op, prec, layout, ops, Bs, Y, R, tol, excluded | stagnated, bad, a_norm,
+                column_iters, total, maxiter, floor, s, callback, check_every)
+        # the verdict reads the true residual, never the recursive one
+        R = B.contiguous_copy(xp, Bs - op(Y))
+        true = safe_norms(xp, R)
+        ok = true <= tol
+        nonfinite = ~xp.isfinite(true)
+        need = ~ok & ~nonfinite & ~bad & ~excluded & ~stagnated
+        if stopped or total >= maxiter or not bool(xp.any(need)):
+            break
+        if not fixed_budget:
+            stagnated = stagnated | (need & (true > STAGNATION_FACTOR * prev_true))
+            need = need & ~stagnated
+            if not bool(xp.any(need)):
+                break
+        prev_true = xp.where(need, true, prev_true)
+        # columns that met their tolerance stay put (their recursive residual is the
+        # true one, below tol); the others restart from the true residual
+
+    status = xp.full((k,), int(Status.MAX_ITERATIONS), dtype=xp.int64, device=device)
+    if stopped:
+        status = xp.where(~ok, xp.full_like(status, int(Status.STOPPED)), status)
+    status = xp.where(stagnated | bad, xp.full_like(status, int(Status.BREAKDOWN)), status)
+    status = xp.where(ok, xp.full_like(status, int(Status.SUCCESS)), status)
+    status = xp.where(nonfinite | ~finite, xp.full_like(status, int(Status.NONFINITE)),
+                      status)
+    details = []
+    if bool(xp.any(bad & ~ok)):
+        details.append("a search direction had non-positive curvature pᵀAp <= 0, so A "
+                       "(or M) is singular, indefinite or not symmetric; CG needs "
+                       "symmetric positive definite A and M")
+    if bool(xp.any(stagnated & ~ok)):
+        details.append("the true residual stagnated above the tolerance when CG restarted "
+                       "from it: the tolerance is below what this precision resolves for "
+                       "this A (about eps·cond(A)·||b||); loosen rtol/atol or use float64")
+    n_iters = int(xp.max(column_iters)) if k else 0
+    return finish(xp, layout, method="cg", Y=Y, s=s, true_norm=true, tol=tol,
+                  status=status, n_iters=n_iters, column_iters=column_iters, rtol=rtol,
+                  atol=atol, maxiter=maxiter, detail="; ".join(details) or None)
+
+
+def _iterate(op, prec, layout, ops, Bs, Y, R, tol, excluded, bad, a_norm, column_iters,
+             total, maxiter, floor, s, callback, check_every):
+    """CG from ``(Y, R)`` (``R`` the true residual) until every column stops or the
+    budget ends. Returns ``(Y, column_iters, a_norm, bad, total, stopped)``."""
+    xp = layout.xp
+    Z = B.contiguous(xp, prec(R))
+    P = ops.copy(Z)
+    rz = ops.column_dots(R, Z)
+    rr = rz if prec.identity else ops.column_dots(R, R)
+    active = (xp.sqrt(rr) > tol) & ~excluded & ~bad
+    start = total
+    while True:
+        if (total - start) % check_every == 0 or total >= maxiter:
+            if not bool(xp.any(active)) or total >= maxiter:
+                break
+        Ap = op(P)
+        curv = ops.curvature(P, Ap)
+        # the running estimate of ||A|| from ||Ap|| / ||p|| keeps the breakdown test
+        # scale-free
+        alpha, a_norm, bad = ops.step_size(rz, curv, a_norm, active, bad, floor)
+        Y, R, rr = ops.update(Y, R, P, Ap, alpha)
+        Z = B.contiguous(xp, prec(R))
+        rz_new = rr if prec.identity else ops.column_dots(R, Z)
+        beta, rz, active, column_iters = ops.next(rz, rz_new, rr, tol, active, bad,
+                                                  column_iters)
+        P = ops.direction(P, Z, beta)
+        total += 1
+        if callback is not None:
+            state = KrylovState(n_iters=total, x=layout.to_user(ops.copy(Y * s[None, :])),
+                                residual_norm=layout.per_system(xp.sqrt(rr) * s))
+            if callback(state) is True:
+                return Y, column_iters, a_norm, bad, total, True
+    return Y, column_iters, a_norm, bad, total, False
