@@ -14,7 +14,6 @@ from numba import njit
 
 import diffsolve as ds
 from diffsolve.ode import odeint
-from diffsolve.ode._odeint import _solve
 
 P = np.array([1.5, 1.0, 3.0, 1.0])
 Y0 = np.array([1.0, 1.2])
@@ -98,7 +97,7 @@ def fixed_steps(n: int) -> np.ndarray:
 def test_backsolve_residuals_do_not_grow_with_steps(f, kw):
     sizes = {}
     for n in (50, 500):
-        res, fwd = _solve(f, Y0, T_EVAL, P, adjoint="backsolve", step_ts=fixed_steps(n), **kw)
+        res, fwd = odeint.fwd(f, Y0, T_EVAL, P, adjoint="backsolve", step_ts=fixed_steps(n), **kw)
         assert res.n_accepted == n and res.ts.shape == (n + 1,)  # the caller keeps ts
         (traj,) = fwd.trajs
         assert list(traj.states) == [0] and traj.all_states is None
@@ -106,7 +105,7 @@ def test_backsolve_residuals_do_not_grow_with_steps(f, kw):
         sizes[n] = residual_bytes(fwd)
     assert sizes[50] == sizes[500]
     # the discrete adjoint on the same runs holds every accepted state: grows ~10x
-    disc = {n: residual_bytes(_solve(f, Y0, T_EVAL, P, step_ts=fixed_steps(n), **kw)[1])
+    disc = {n: residual_bytes(odeint.fwd(f, Y0, T_EVAL, P, step_ts=fixed_steps(n), **kw)[1])
             for n in (50, 500)}
     assert disc[500] - disc[50] >= 450 * Y0.nbytes
     assert sizes[500] < disc[500] / 5
@@ -115,7 +114,7 @@ def test_backsolve_residuals_do_not_grow_with_steps(f, kw):
 def test_backsolve_residuals_of_a_shared_batch_are_outputs_and_y0():
     Y = 1.0 + 0.2 * np.random.default_rng(0).random((8, 2))
     kw = dict(batch_mode="shared", vjp=lv_batch_vjp, adjoint="backsolve")
-    b = {n: residual_bytes(_solve(lv_batch, Y, T_EVAL, P, step_ts=fixed_steps(n), **kw)[1])
+    b = {n: residual_bytes(odeint.fwd(lv_batch, Y, T_EVAL, P, step_ts=fixed_steps(n), **kw)[1])
          for n in (50, 500)}
     assert b[50] == b[500]
     # outputs + y0 + the stage buffers and tableau: a few multiples of T·n, not N·n
@@ -125,16 +124,16 @@ def test_backsolve_residuals_of_a_shared_batch_are_outputs_and_y0():
 @pytest.mark.parametrize("k", [1, 4, 16])
 def test_discrete_checkpoints_every_k_steps(k):
     for n in (64, 500):
-        _, fwd = _solve(lv, Y0, T_EVAL, P, step_ts=fixed_steps(n), checkpoint_every=k)
+        _, fwd = odeint.fwd(lv, Y0, T_EVAL, P, step_ts=fixed_steps(n), checkpoint_every=k)
         (traj,) = fwd.trajs
         assert sorted(traj.states) == list(range(0, n + 1, k))  # about n / k states
         assert len(traj.states) == n // k + 1
 
 
 def test_compiled_discrete_keeps_all_states_only_with_k_1():
-    _, fwd = _solve(lv_jit, Y0, T_EVAL, P, step_ts=fixed_steps(100), vjp=lv_vjp)
+    _, fwd = odeint.fwd(lv_jit, Y0, T_EVAL, P, step_ts=fixed_steps(100), vjp=lv_vjp)
     assert fwd.trajs[0].all_states.shape == (101, 2)
-    _, fwd = _solve(lv_jit, Y0, T_EVAL, P, step_ts=fixed_steps(100), vjp=lv_vjp,
+    _, fwd = odeint.fwd(lv_jit, Y0, T_EVAL, P, step_ts=fixed_steps(100), vjp=lv_vjp,
                     checkpoint_every=10)
     assert fwd.trajs[0].all_states is None and len(fwd.trajs[0].states) == 11
 

@@ -108,7 +108,6 @@ def test_local_regularizer_gradient_is_one_step(mode):
 
     from diffsolve.ode._adjoint import one_step_adjoint
     from diffsolve.ode._integrate import Stepper
-    from diffsolve.ode._odeint import _solve
     from diffsolve.ode._tableaux import TABLEAUX
     from diffsolve.ode._vector_field import make_rhs, make_vjp
 
@@ -119,7 +118,7 @@ def test_local_regularizer_gradient_is_one_step(mode):
     y0_bar, _, p_bar = v(reg_error=np.asarray(1.0), reg_stiffness=np.asarray(0.5))
     np.testing.assert_array_equal(y0_bar, 0.0)  # only the extra step's stages
     # the same step written out: E(t_r) |h_r| + 0.5 λ(t_r) |h_r| for fixed t_r, u_r, h_r
-    _, fwd = _solve(lv, Y0, T, P, **kw)
+    _, fwd = odeint.fwd(lv, Y0, T, P, **kw)
     r = fwd.trajs[0].local
     st = Stepper(xp, TABLEAUX["tsit5"], np.float64, "cpu", 2, 1e-6, 1e-9)
 

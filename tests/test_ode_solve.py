@@ -228,43 +228,130 @@ def test_wrong_shape_compiled():
 
 
 def test_nonfinite_initial_slope():
-    with pytest.raises(ValueError, match="NaN or infinite values at the initial time t=0.5"):
-        odeint(lambda t, y, p: np.full(2, np.nan), np.ones(2), [0.5, 1.0])
+    # f(t0, y0) not finite: status NONFINITE (a SolveError with throw=True), ys[0] = y0
+    with pytest.raises(ds.NonFiniteError, match="NaN or infinite values at t=0.5"):
+        odeint(lambda t, y, p: np.full(2, np.nan), np.ones(2), [0.5, 1.0], throw=True)
+    with pytest.warns(ds.ConvergenceWarning, match="NaN or infinite values at t=0.5"):
+        res = odeint(lambda t, y, p: np.full(2, np.nan), np.ones(2), [0.5, 0.7, 1.0])
+    assert res.status is ds.Status.NONFINITE and not res.converged and res.t_stop == 0.5
+    np.testing.assert_array_equal(res.ys[0], 1.0)
+    assert np.isnan(res.ys[1:]).all()
+
+
+def test_nonfinite_initial_slope_compiled():
+    @njit
+    def bad(t, y, p):
+        return y * np.nan
+
+    with pytest.raises(ds.NonFiniteError, match="NaN or infinite values at t=0.0"):
+        odeint(bad, np.ones(2), [0.0, 1.0], np.ones(1), throw=True)
 
 
 def test_nonfinite_later_is_underflow_naming_t():
     # y' = y² from y(0) = 1 blows up at t = 1
-    with pytest.raises(ODESolveError, match=r"step size underflow at t=(0\.99|1\.0)"):
-        odeint(lambda t, y, p: y * y, np.ones(1), [0.0, 2.0])
+    with pytest.raises(ODESolveError, match=r"step size underflow at t=(0\.99|1\.0)") as err:
+        odeint(lambda t, y, p: y * y, np.ones(1), [0.0, 2.0], throw=True)
+    assert isinstance(err.value, (ds.StepUnderflowError, ds.NonFiniteError))
+    assert err.value.result.status in (ds.Status.STEP_UNDERFLOW, ds.Status.NONFINITE)
+
+
+def _nan_after(t_bad):
+    def f(t, y, p):
+        return -y if t < t_bad else y * np.nan
+    return f
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_nonfinite_f_later_is_status_nonfinite(compiled):
+    # f returns NaN from t = 0.5 on: the step size shrinks on non-finite error estimates
+    # until it underflows, which is reported as NONFINITE (not a blow-up or stiffness)
+    if compiled:
+        @njit
+        def f(t, y, p):
+            return -y if t < 0.6 else y * np.nan
+    else:
+        f = _nan_after(0.6)
+    with pytest.warns(ds.ConvergenceWarning, match=r"non-finite values near t=0\.(6|5999)"):
+        res = odeint(f, np.ones(2), np.linspace(0.0, 1.0, 5))
+    assert res.status is ds.Status.NONFINITE and not res.success and not res.converged
+    assert res.t_stop == pytest.approx(0.6, abs=1e-12)
+    np.testing.assert_allclose(res.ys[:3, 0], np.exp(-np.array([0.0, 0.25, 0.5])),
+                               rtol=1e-5)
+    assert np.isnan(res.ys[3:]).all()
+    with pytest.raises(ds.NonFiniteError):
+        odeint(f, np.ones(2), np.linspace(0.0, 1.0, 5), throw=True)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_nonfinite_on_replayed_steps_stops(compiled):
+    # step_ts gives no error control: non-finite stages stop the solve (NaN after t_stop)
+    if compiled:
+        @njit
+        def f(t, y, p):
+            return -y if t < 0.5 else y * np.nan
+    else:
+        f = _nan_after(0.5)
+    steps = np.linspace(0.0, 1.0, 11)
+    with pytest.warns(ds.ConvergenceWarning, match="NaN or infinite"):
+        res = odeint(f, np.ones(2), np.linspace(0.0, 1.0, 3), step_ts=steps)
+    assert res.status is ds.Status.NONFINITE
+    assert res.t_stop == pytest.approx(0.4) or res.t_stop == pytest.approx(0.5)
+    assert np.isfinite(res.ys[0]).all() and np.isnan(res.ys[2]).all()
 
 
 def test_max_steps_names_t():
-    with pytest.raises(ODESolveError, match=r"max_steps=5 steps reached at t=.* before t=10"):
-        odeint(oscillator, np.array([1.0, 0.0]), [0.0, 10.0], max_steps=5)
+    with pytest.raises(ds.MaxIterationsError,
+                       match=r"max_steps=5 steps reached at t=.* before t=10"):
+        odeint(oscillator, np.array([1.0, 0.0]), [0.0, 10.0], max_steps=5, throw=True)
+    # the old exception name still catches it
+    with pytest.raises(ODESolveError):
+        odeint(oscillator, np.array([1.0, 0.0]), [0.0, 10.0], max_steps=5, throw=True)
 
 
-def test_throw_false_warns_and_marks_result():
+def test_throw_false_is_the_default_warns_and_marks_result():
     with pytest.warns(ds.ConvergenceWarning, match="max_steps"):
         res = odeint(oscillator, np.array([1.0, 0.0]), np.linspace(0.0, 10.0, 11),
-                     max_steps=5, throw=False)
+                     max_steps=5)
     assert not res.success and np.isnan(res.ys[-1]).all() and not np.isnan(res.ys[0]).any()
+    assert res.status is ds.Status.MAX_ITERATIONS and res.status == 1
+    assert res.converged is False and res.n_iters == res.n_steps == 5
+    assert "max_steps=5" in res.message and "raise max_steps" in res.message
+    assert 0.0 < res.t_stop < 10.0
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"method": "rk4"}, "method='rk4' is not known"),
-    ({"rtol": 0.0}, "rtol must be a finite number > 0"),
-    ({"atol": -1.0}, "atol must be a finite number > 0"),
-    ({"controller": "pid"}, "controller='pid'"),
-    ({"adjoint": "magic"}, "adjoint='magic'"),
+    ({"method": "rk4"}, "method must be one of 'dopri5', 'tsit5', 'bs3'; got 'rk4'"),
+    ({"atol": -1.0}, "atol must be >= 0"),
+    ({"rtol": float("nan")}, "rtol must be finite"),
+    ({"controller": "pid"}, "controller must be one of 'pi', 'i'; got 'pid'"),
+    ({"adjoint": "magic"}, "adjoint must be one of 'discrete', 'backsolve'"),
     ({"regularizers": ("smooth",)}, r"regularizers \['smooth'\]"),
     ({"regularizers": ("error",), "adjoint": "backsolve"}, "only the discrete adjoint"),
     ({"local_regularization": "unbiased"}, "needs regularizers"),
-    ({"batch_mode": "vmap"}, "batch_mode='vmap'"),
-    ({"max_steps": 0}, "max_steps must be a positive integer"),
-    ({"checkpoint_every": 0}, "checkpoint_every"),
+    ({"batch_mode": "vmap"}, "batch_mode must be one of"),
+    ({"max_steps": 0}, "max_steps must be >= 1, got 0"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
+    ({"first_step": -0.1}, "first_step must be > 0"),
+    ({"rtol": 0.0, "atol": 0.0, "regularizers": ("error",)}, "regularizers"),
+    ({"rtol": 0.0, "atol": 0.0, "adjoint": "backsolve"}, "backsolve"),
 ])
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        odeint(oscillator, np.array([1.0, 0.0]), [0.0, 1.0], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_steps": True}, "max_steps must be an integer >= 1, got the bool True"),
+    ({"max_steps": 10.0}, "max_steps must be an integer"),
+    ({"checkpoint_every": True}, "checkpoint_every must be an integer"),
+    ({"rtol": True}, "rtol must be a finite real number"),
+    ({"throw": 1}, "throw must be True or False"),
+    ({"callback": 3}, "callback must be None or a callable"),
+    ({"vjp": "autograd"}, "vjp must be None or a callable"),
+    ({"seed": 1.5}, "seed must be an integer"),
+])
+def test_bad_option_types(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         odeint(oscillator, np.array([1.0, 0.0]), [0.0, 1.0], **kwargs)
 
 
@@ -288,6 +375,8 @@ def test_bad_arrays():
         odeint(oscillator, np.ones(2), [0.0, 1.0], np.ones((2, 2)))
     with pytest.raises(ValueError, match="y0 contains NaN"):
         odeint(oscillator, np.array([np.nan, 1.0]), [0.0, 1.0])
+    with pytest.raises(TypeError, match="odeint: y0 must be an array, got a builtins.list"):
+        odeint(oscillator, [1.0, 0.0], [0.0, 1.0])
 
 
 @pytest.mark.gpu

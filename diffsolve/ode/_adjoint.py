@@ -197,10 +197,12 @@ def one_step_adjoint(stepper: Stepper, rhs, fvjp, t, y, h, E_bar, S_bar):
 
 def backsolve_adjoint(xp, make_stepper, f_rhs, fvjp, n: int, p_size: int, ys, ys_bar,
                       t_out, *, controller: str, max_steps: int):
-    """Continuous adjoint by integrating ``[y, a, p̄]`` backwards; returns ``(ȳ_0, p̄, a0)``.
+    """Continuous adjoint by integrating ``[y, a, p̄]`` backwards.
 
     ``ys``/``ys_bar``: (T, n) forward outputs and their cotangents; ``make_stepper(size)``
-    builds a :class:`Stepper` for the augmented state.
+    builds a :class:`Stepper` for the augmented state. Returns ``(ȳ_0, p̄, a0, failed)``:
+    ``failed`` is ``None``, or the :class:`Trajectory` of the backward solve that stopped
+    early (its ``status``/``message`` say why; the other entries are then meaningless).
     """
     T = ys.shape[0]
     zeros_p = xp.zeros((p_size,), dtype=ys.dtype, device=B.device(ys))
@@ -213,6 +215,8 @@ def backsolve_adjoint(xp, make_stepper, f_rhs, fvjp, n: int, p_size: int, ys, ys
             parts.append(-xp.reshape(xp.asarray(vp, dtype=ys.dtype), (p_size,)))
         return xp.concat(parts)
 
+    if T == 1:  # nothing integrated (a solve stopped before its first output)
+        return ys_bar[0, ...], (zeros_p if p_size else None), xp.zeros_like(ys_bar[0, ...]), None
     a = ys_bar[T - 1, ...]
     p_bar = zeros_p
     stepper = make_stepper(2 * n + p_size)
@@ -222,20 +226,26 @@ def backsolve_adjoint(xp, make_stepper, f_rhs, fvjp, n: int, p_size: int, ys, ys
             z0 = xp.concat([ys[q, ...], a, p_bar])
             traj = integrate(stepper, aug, z0, np.asarray([t_hi, t_lo], dtype=np.float64),
                              controller=controller, first_step=None, max_steps=max_steps,
-                             step_ts=None, want_stiff=False, every=1 << 30, throw=True)
+                             step_ts=None, want_stiff=False, every=1 << 30)
+            if not traj.success:  # read the inner status: the caller reports it
+                return None, None, None, traj
             z = traj.ys[1, ...]
             a, p_bar = z[n:2 * n], z[2 * n:]
         if q - 1 > 0:
             a = a + ys_bar[q - 1, ...]
     through = a
-    return through + ys_bar[0, ...], (p_bar if p_size else None), through
+    return through + ys_bar[0, ...], (p_bar if p_size else None), through, None
 
 
-def t_eval_cotangent(xp, rhs, ys, ys_bar, t_out, through0, y0):
-    """``t̄_q = ȳ_q · f(t_q, y_q)`` (q ≥ 1), ``t̄_0 = −a(t_0) · f(t_0, y_0)``: host floats."""
+def t_eval_cotangent(xp, rhs, ys, ys_bar, t_out, through0, y0, n_reached=None):
+    """``t̄_q = ȳ_q · f(t_q, y_q)`` (q ≥ 1), ``t̄_0 = −a(t_0) · f(t_0, y_0)``: host floats.
+
+    Outputs from ``n_reached`` on were not computed (an early stop): their entries are 0
+    here (the caller turns the gradients NaN when their cotangent is not zero).
+    """
     T = ys.shape[0]
     out = [0.0] * T
-    for q in range(1, T):
+    for q in range(1, T if n_reached is None else n_reached):
         if t_out[q] == t_out[0]:
             continue
         out[q] = float(xp.sum(ys_bar[q, ...] * rhs(float(t_out[q]), ys[q, ...])))

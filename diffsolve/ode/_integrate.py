@@ -18,8 +18,10 @@ import math
 from dataclasses import dataclass, field
 
 from .. import _backend as B
+from .._status import Status
 from ._controller import Controller, initial_step, initial_step_host
-from ._result import ODESolveError, status_message
+from ._result import status_message
+from ._settings import ODEState
 
 __all__ = ["Stepper", "Trajectory", "integrate"]
 
@@ -158,36 +160,72 @@ class Trajectory:
     message: str = ""
     t_fail: float = math.nan
     local: dict = field(default_factory=dict)
-    status: int = 0                  # 0 done, 1 max_steps, 2 step-size underflow
+    status: Status = Status.SUCCESS  # why it stopped (SUCCESS: reached t_eval[-1])
     all_states: object = None        # (N+1, n) from the compiled loop, for its adjoint
+    n_reached: int = -1              # outputs computed: ys[:n_reached] (the rest is NaN)
+
+    def __post_init__(self):
+        if self.n_reached < 0:
+            self.n_reached = int(self.out_step.shape[0]) if self.success else \
+                reached_outputs(self.out_step)
+
+    @property
+    def errors_within_tolerance(self) -> bool:
+        """Every accepted step met ``E <= 1`` (replayed ``step_ts`` need not)."""
+        return bool(self.errs.shape[0] == 0 or float(self.errs.max()) <= 1.0)
 
 
-def _fail(message, throw):
-    if throw:
-        raise ODESolveError(message)
-    return message
+def reached_outputs(out_step) -> int:
+    """How many outputs an early-stopped solve computed (outputs are reached in order).
+
+    ``ys[0]`` is ``y0``; a later output is computed when it was interpolated in an accepted
+    step (``out_step >= 0``; output times are strictly monotone, so none but ``ys[0]``
+    sits at the initial time).
+    """
+    T = int(out_step.shape[0])
+    for q in range(1, T):
+        if int(out_step[q]) < 0:
+            return q
+    return T
 
 
 def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, first_step,
-              max_steps: int, step_ts, want_stiff: bool, every: int, throw: bool,
-              f0=None) -> Trajectory:
-    """Adaptive RK from ``t_out[0]`` over the increasing/decreasing host times ``t_out``."""
+              max_steps: int, step_ts, want_stiff: bool, every: int, f0=None,
+              callback=None, shape=None, trajectory=None) -> Trajectory:
+    """Adaptive RK from ``t_out[0]`` over the increasing/decreasing host times ``t_out``.
+
+    Never raises on a failed solve: the trajectory's ``status``/``message`` say why it
+    stopped (the caller reports). ``callback(ODEState)`` is called after each accepted
+    step (``shape``: the state's shape for it; ``trajectory``: its batch index).
+    """
     if f0 is None:
         f0 = rhs(float(t_out[0]), y0)
         extra_nfe = 1
     else:
         extra_nfe = 0
+    opts = dict(controller=controller, first_step=first_step, max_steps=max_steps,
+                step_ts=step_ts, every=every, f0=f0, callback=callback,
+                shape=(stepper.n,) if shape is None else tuple(shape), trajectory=trajectory)
     if _host_path_ok(stepper, y0, f0, want_stiff):
-        traj = _integrate_host(stepper, rhs, y0, t_out, controller=controller,
-                               first_step=first_step, max_steps=max_steps, step_ts=step_ts,
-                               every=every, throw=throw, f0=f0)
-        traj.stats[3] += extra_nfe
-        return traj
-    traj = _integrate_arrays(stepper, rhs, y0, t_out, controller=controller,
-                             first_step=first_step, max_steps=max_steps, step_ts=step_ts,
-                             want_stiff=want_stiff, every=every, throw=throw, f0=f0)
+        traj = _integrate_host(stepper, rhs, y0, t_out, **opts)
+    else:
+        traj = _integrate_arrays(stepper, rhs, y0, t_out, want_stiff=want_stiff, **opts)
     traj.stats[3] += extra_nfe
     return traj
+
+
+def _stop(callback, t, y, h, n_steps, n_acc, E, trajectory) -> bool:
+    """Whether the callback asks to stop after an accepted step."""
+    stop = callback(ODEState(t, y, h, n_steps, n_acc, E, trajectory))
+    return stop is not None and bool(stop)
+
+
+def _readonly(y):
+    """A read-only view of a NumPy state for the callback (other libraries: as is)."""
+    if isinstance(y, np.ndarray):
+        y = y.view()
+        y.flags.writeable = False
+    return y
 
 
 _EMPTY = np.zeros((0,), dtype=np.float64)  # shared by trajectories without records
@@ -205,8 +243,8 @@ def _host_path_ok(stepper: Stepper, y0, f0, want_stiff: bool) -> bool:
 
 
 def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str,
-                    first_step, max_steps: int, step_ts, every: int, throw: bool,
-                    f0) -> Trajectory:
+                    first_step, max_steps: int, step_ts, every: int, f0, callback, shape,
+                    trajectory) -> Trajectory:
     """:func:`integrate` for a small float64 NumPy state, on Python floats.
 
     For a handful of components the cost of a step is the Python around the ``s - 1``
@@ -263,22 +301,24 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
     mvs = [memoryview(b) for b in bufs]
     f = getattr(rhs, "direct", None)
     if f is not None:
-        params, shape = rhs.params, rhs.shape
+        params, f_shape = rhs.params, rhs.shape
     else:  # a reshaping field (shared batch): rhs(t, y) flat, called as f(t, y, None)
-        params, shape = None, (n,)
+        params, f_shape = None, (n,)
 
         def f(t, y, _p, _rhs=rhs):
             return _rhs(t, y)
 
-    host_step = tab.host_step(n)(f, params, mvs, bufs, shape, rhs, rtol, atol)
+    host_step = tab.host_step(n)(f, params, mvs, bufs, f_shape, rhs, rtol, atol)
+    arr = B.host_numpy
 
     t = t0
     n_acc = 0
     message = ""
     last_nonfinite = None
-    status = 0
+    status = Status.SUCCESS
     n_steps = n_rej = 0
     E = 0.0
+    nonfinite_E = False  # the last attempted step's error estimate was NaN/inf
     while direction * (t1 - t) > 0:
         if fixed and n_acc + 1 >= len(step_list):
             break
@@ -288,17 +328,20 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
         rejected = False
         while True:
             if n_steps >= max_steps:
-                status = 1
-                message = status_message(1, t, t1=t1, max_steps=max_steps)
+                status = Status.MAX_ITERATIONS
+                message = status_message(status, t, t1=t1, max_steps=max_steps,
+                                         trajectory=trajectory)
                 break
             if fixed:
                 t_new = step_list[n_acc + 1]
                 h = t_new - t
             else:
                 if h_abs < min_step:
-                    status = 2
-                    message = status_message(2, t, min_step=min_step,
-                                             nonfinite_t=last_nonfinite)
+                    # an underflow forced by non-finite slopes is reported as such
+                    status = Status.NONFINITE if nonfinite_E else Status.STEP_UNDERFLOW
+                    message = status_message(status, t, min_step=min_step,
+                                             nonfinite_t=last_nonfinite,
+                                             trajectory=trajectory)
                     break
                 h = h_abs * direction
                 t_new = t + h
@@ -309,12 +352,16 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
             y_new, E = host_step(t, h, y, Kl)
             n_steps += 1
             if fixed:
+                if E != E or E == math.inf:  # NaN/inf stages: stop, not garbage
+                    status = Status.NONFINITE
+                    message = status_message(status, t, trajectory=trajectory)
                 break
             accepted, factor = decide(E, rejected)
             h_abs *= factor
             if accepted:
                 break
-            if not math.isfinite(E):
+            nonfinite_E = not math.isfinite(E)
+            if nonfinite_E:
                 last_nonfinite = t
             rejected = True
             n_rej += 1
@@ -334,9 +381,13 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
         ts.append(t)
         if n_acc % every == 0:
             state_rows.append(y)
+        if callback is not None and _stop(callback, t, _readonly(arr(y).reshape(shape)), h,
+                                          n_steps, n_acc, E, trajectory):
+            status = Status.STOPPED
+            message = status_message(status, t, trajectory=trajectory)
+            break
     # NumPy arrays from lists of Python floats / ints (float64 / int64, exact), built once;
     # B.host_numpy skips the array-API wrapper's dispatch
-    arr = B.host_numpy
     stats = arr([n_steps, n_acc, n_rej, nfe + (s - 1) * n_steps])
     states = {0: y0}
     if state_rows:
@@ -344,19 +395,18 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
         for i in range(len(state_rows)):
             states[(i + 1) * every] = st[i, ...]
     success = not message
-    if message:
-        _fail(message, throw)
     return Trajectory(ys=arr(rows), ts=arr(ts), states=states, every=every,
                       out_step=arr(out_step), out_theta=arr(out_theta),
                       errs=arr(errs) if errs else _EMPTY, stiff=_EMPTY, stats=stats,
                       success=success,
                       message=message or "The solver reached the end of the integration "
-                      "interval.", t_fail=math.nan if success else t, status=status)
+                      "interval.", t_fail=math.nan if success else t, status=status,
+                      n_reached=q)
 
 
 def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str,
                       first_step, max_steps: int, step_ts, want_stiff: bool, every: int,
-                      throw: bool, f0) -> Trajectory:
+                      f0, callback, shape, trajectory) -> Trajectory:
     """:func:`integrate` on arrays of the state's namespace (stage kernels on NumPy/CuPy)."""
     xp, tab = stepper.xp, stepper.tab
     s, K = stepper.s, stepper.K
@@ -395,8 +445,9 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controlle
     accepts, grow, shrink = ctrl.accepts, ctrl.grow, ctrl.shrink
     error_norm, stages = stepper.error_norm, stepper.stages
     last_nonfinite = None
-    status = 0
+    status = Status.SUCCESS
     n_steps = n_rej = 0  # Python ints in the loop, written to `stats` at the end
+    nonfinite_E = False  # the last attempted step's error estimate was NaN/inf
     while direction * (t1 - t) > 0:
         if fixed and n_acc + 1 >= len(step_ts):
             break
@@ -406,17 +457,19 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controlle
         rejected = False
         while True:
             if n_steps >= max_steps:
-                status = 1
-                message = status_message(1, t, t1=t1, max_steps=max_steps)
+                status = Status.MAX_ITERATIONS
+                message = status_message(status, t, t1=t1, max_steps=max_steps,
+                                         trajectory=trajectory)
                 break
             if fixed:
                 t_new = float(step_ts[n_acc + 1])
                 h = t_new - t
             else:
                 if h_abs < min_step:
-                    status = 2
-                    message = status_message(2, t, min_step=min_step,
-                                             nonfinite_t=last_nonfinite)
+                    status = Status.NONFINITE if nonfinite_E else Status.STEP_UNDERFLOW
+                    message = status_message(status, t, min_step=min_step,
+                                             nonfinite_t=last_nonfinite,
+                                             trajectory=trajectory)
                     break
                 h = h_abs * direction
                 t_new = t + h
@@ -427,9 +480,13 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controlle
             y_new = stages(rhs, t, y, h)
             n_steps += 1
             E = error_norm(y, y_new, h)
+            nonfinite_E = not math.isfinite(E)
             if fixed:
+                if nonfinite_E:  # NaN/inf stages: stop, not garbage
+                    status = Status.NONFINITE
+                    message = status_message(status, t, trajectory=trajectory)
                 break
-            if not math.isfinite(E):
+            if nonfinite_E:
                 last_nonfinite = t
                 h_abs *= shrink(E)
                 rejected = True
@@ -462,19 +519,22 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controlle
         ts.append(t)
         if n_acc % every == 0:
             states[n_acc] = y
+        if callback is not None and _stop(callback, t, _readonly(xp.reshape(y, shape)), h,
+                                          n_steps, n_acc, E, trajectory):
+            status = Status.STOPPED
+            message = status_message(status, t, trajectory=trajectory)
+            break
     stats[0] += n_steps
     stats[1] = n_acc
     stats[2] += n_rej
     stats[3] += (s - 1) * n_steps
     success = not message
-    if message:
-        _fail(message, throw)
     return Trajectory(ys=ys, ts=np.asarray(ts), states=states, every=every, out_step=out_step,
                       out_theta=out_theta, errs=np.asarray(errs, dtype=np.float64),
                       stiff=np.asarray(stiff, dtype=np.float64), stats=stats, success=success,
                       message=message or "The solver reached the end of the integration "
                       "interval.", t_fail=math.nan if success else t,
-                      status=status)
+                      status=status, n_reached=q)
 
 
 def state_at(stepper: Stepper, rhs, traj: Trajectory, n: int):

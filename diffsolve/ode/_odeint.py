@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-import numbers
+import warnings
 
 from .. import _backend as B
+from .. import _validate as V
 from .._autodiff import custom_vjp
+from .._status import ConvergenceWarning, Status, error_class, report, worst_status
 from ._adjoint import backsolve_adjoint, discrete_adjoint, one_step_adjoint, t_eval_cotangent
-from ._integrate import Stepper, Trajectory, integrate
+from ._integrate import Stepper, Trajectory, integrate, reached_outputs
 from ._regularizers import global_regularizers, local_step
-from ._result import ODEResult, ODESolveError, status_message
+from ._result import ODEResult, attach_message, status_message
+from ._settings import ODESettings, odeint_settings
 from ._tableaux import TABLEAUX
 from ._vector_field import make_rhs, make_vjp
 
@@ -21,12 +24,11 @@ _NDARRAY = np.ndarray  # numpy.ndarray (the namespace re-exports it)
 _HOST_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
 
 WHERE = "diffsolve.ode.odeint"
-METHODS = tuple(TABLEAUX)
-CONTROLLERS = ("pi", "i")
-ADJOINTS = ("discrete", "backsolve")
-REGULARIZERS = ("error", "stiffness")
-LOCAL = (None, "unbiased", "biased")
-BATCH_MODES = ("per-trajectory", "shared")
+
+#: odeint's options in its signature's order (what :func:`odeint_settings` takes)
+_OPTIONS = ("method", "rtol", "atol", "controller", "first_step", "max_steps", "adjoint",
+            "regularizers", "local_regularization", "seed", "vjp", "batch_mode",
+            "checkpoint_every", "throw", "callback")
 
 
 # ---------------------------------------------------------------------------------------
@@ -46,6 +48,9 @@ def _host_times(t_eval):
     if ndarray or B.is_array(t_eval):
         if t_eval.ndim != 1:
             raise ValueError(f"{WHERE}: t_eval must be 1-D, got shape {tuple(t_eval.shape)}")
+        # the one dtype policy (float16/bool/complex refused); NaN/size are checked below
+        t_eval = V.float_array(WHERE, "t_eval", t_eval, min_ndim=1, max_ndim=1,
+                               allow_empty=True, finite=False)
         if ndarray or B.is_numpy(B.array_namespace(t_eval)):
             vals = B.host_numpy(t_eval).tolist()
         else:  # a few device-to-host reads (CuPy) or standard indexing (array_api_strict)
@@ -78,65 +83,6 @@ def _check_monotone(t, vals=None):
     return t
 
 
-def _check_options(method, rtol, atol, controller, first_step, max_steps, adjoint,
-                   regularizers, local_regularization, batch_mode, checkpoint_every):
-    if method not in METHODS:
-        raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of "
-                         f"{list(METHODS)}")
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if type(v) is float and 0.0 < v < math.inf:  # the common case, no ABC check
-            continue
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
-                or v <= 0:
-            raise ValueError(f"{WHERE}: {name} must be a finite number > 0, got {v!r} "
-                             "(e.g. rtol=1e-6, atol=1e-9)")
-    if controller not in CONTROLLERS:
-        raise ValueError(f"{WHERE}: controller={controller!r} is not known; choose 'pi' or "
-                         "'i' (the I controller reproduces scipy's RK45 step sequence)")
-    if first_step is not None and (not isinstance(first_step, numbers.Real)
-                                   or not first_step > 0 or not math.isfinite(first_step)):
-        raise ValueError(f"{WHERE}: first_step must be a positive number or None, got "
-                         f"{first_step!r}")
-    if (type(max_steps) is not int and (isinstance(max_steps, bool)
-                                       or not isinstance(max_steps, numbers.Integral))) \
-            or max_steps < 1:
-        raise ValueError(f"{WHERE}: max_steps must be a positive integer, got {max_steps!r}")
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"{WHERE}: adjoint={adjoint!r} is not known; choose one of "
-                         f"{list(ADJOINTS)}")
-    if isinstance(regularizers, str):
-        regularizers = (regularizers,)
-    regularizers = tuple(regularizers or ())
-    unknown = [r for r in regularizers if r not in REGULARIZERS]
-    if unknown:
-        raise ValueError(f"{WHERE}: regularizers {unknown} are not known; choose from "
-                         f"{list(REGULARIZERS)}")
-    if regularizers and adjoint == "backsolve":
-        # the backsolve forward keeps no per-step records, and its backward integrates the
-        # adjoint ODE, which knows nothing of the solver's error or stiffness estimates
-        local = ("" if local_regularization is None
-                 else f" (with local_regularization={local_regularization!r})")
-        raise ValueError(f"{WHERE}: regularizers={regularizers}{local} are built from the "
-                         "solver's own stages, which only the discrete adjoint "
-                         "differentiates; use adjoint='discrete' (with checkpoint_every=k "
-                         "to store only every k-th state)")
-    if local_regularization not in LOCAL:
-        raise ValueError(f"{WHERE}: local_regularization={local_regularization!r} is not "
-                         f"known; choose None, 'unbiased' or 'biased'")
-    if local_regularization is not None and not regularizers:
-        raise ValueError(f"{WHERE}: local_regularization={local_regularization!r} needs "
-                         "regularizers=('error',) and/or 'stiffness'")
-    if batch_mode not in BATCH_MODES:
-        raise ValueError(f"{WHERE}: batch_mode={batch_mode!r} is not known; choose one of "
-                         f"{list(BATCH_MODES)}")
-    if (type(checkpoint_every) is not int and (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, numbers.Integral))) or checkpoint_every < 1:
-        raise ValueError(f"{WHERE}: checkpoint_every must be a positive integer, got "
-                         f"{checkpoint_every!r}")
-    return regularizers
-
-
 def _check_step_ts(step_ts, t_out, batched_per_traj, B_):
     if step_ts is None:
         return None
@@ -154,55 +100,37 @@ def _check_step_ts(step_ts, t_out, batched_per_traj, B_):
     return out
 
 
-def _params_info(params, xp):
+def _check_y0(y0, host):
+    """``y0`` under the one input policy (see :func:`diffsolve._validate.float_array`)."""
+    if host and y0.dtype in _HOST_FLOATS and y0.ndim in (1, 2) and y0.size:
+        # the common case without the namespace wrapper: only finiteness to check
+        if not _finite(True, None, y0):
+            raise ValueError(f"{WHERE}: y0 contains NaN or inf; pass finite values")
+        return y0
+    if B.is_array(y0) and y0.ndim not in (1, 2):
+        raise ValueError(f"{WHERE}: y0 must have shape (d,) or (B, d) for a batch, got "
+                         f"{tuple(y0.shape)}")
+    return V.float_array(WHERE, "y0", y0, min_ndim=1, max_ndim=2)
+
+
+def _check_params(params, host):
+    """``params``: None or ONE 1-D float vector (may be empty), under the input policy."""
     if params is None:
-        return 0
-    if not B.is_array(params) or params.ndim != 1:
-        shape = tuple(params.shape) if B.is_array(params) else type(params).__name__
-        raise ValueError(f"{WHERE}: params must be ONE 1-D float array (or None), got {shape}; "
-                         "flatten your parameters into a vector and unpack them inside f")
-    if not xp.isdtype(params.dtype, "real floating"):
-        raise TypeError(f"{WHERE}: params must have a real floating dtype, got {params.dtype}")
-    return params.shape[0]
+        return None
+    if host and params.dtype in _HOST_FLOATS and params.ndim == 1:
+        if not _finite(True, None, params):
+            raise ValueError(f"{WHERE}: params contains NaN or inf; pass finite values")
+        return params
+    if B.is_array(params) and params.ndim != 1:
+        raise ValueError(f"{WHERE}: params must be ONE 1-D float array (or None), got shape "
+                         f"{tuple(params.shape)}; flatten your parameters into a vector and "
+                         "unpack them inside f")
+    return V.float_array(WHERE, "params", params, min_ndim=1, max_ndim=1, allow_empty=True)
 
 
 # ---------------------------------------------------------------------------------------
 # the forward solve
 # ---------------------------------------------------------------------------------------
-class _Forward:
-    """Everything the backward rule reuses.
-
-    ``stepper`` and ``fvjp`` are built on first use: a forward solve that is never
-    differentiated (or runs compiled) needs neither, and building them is a fixed cost of
-    every call.
-    """
-
-    def __init__(self, stepper=None, **kw):
-        self.__dict__.update(kw)
-        if stepper is not None:
-            self.stepper = stepper
-
-    @property
-    def stepper(self):
-        st = self.__dict__.get("_stepper")
-        if st is None:
-            st = self._stepper = Stepper(self.xp, self.tab, self.y0.dtype, self.device,
-                                         self.n, self.rtol, self.atol)
-        return st
-
-    @stepper.setter
-    def stepper(self, st):
-        self._stepper = st
-
-    @property
-    def fvjp(self):
-        fv = self.__dict__.get("_fvjp")
-        if fv is None:
-            fv = self._fvjp = make_vjp(self.f, self.vjp, self.params_eff, self.shape,
-                                       self.xp, self.jitted)
-        return fv
-
-
 #: ``ode.is_jitted`` (an isinstance test: it depends on the type of f only) by type of f
 _JITTED_TYPES: dict = {}
 
@@ -233,7 +161,7 @@ def _backsolve_residual(traj: Trajectory) -> Trajectory:
                       every=_NO_CHECKPOINTS, out_step=traj.out_step,
                       out_theta=traj.out_theta, errs=_NO_RECORDS, stiff=_NO_RECORDS,
                       stats=traj.stats, success=traj.success, message=traj.message,
-                      t_fail=traj.t_fail, status=traj.status)
+                      t_fail=traj.t_fail, status=traj.status, n_reached=traj.n_reached)
 
 
 def _finite(host, xp, x) -> bool:
@@ -251,86 +179,143 @@ def _compiled_args(xp, params_eff, tab, opts, want_stiff):
             float(opts["first_step"] or -1.0), int(opts["max_steps"]))
 
 
-def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_stiff):
+def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_stiff,
+                    trajectory):
     xp = opts["xp"]
     out = kern(f, B.contiguous(xp, y0), t_out,
                *_compiled_args(xp, params_eff, tab, opts, want_stiff),
                step_ts if step_ts is not None else np.empty((0,), dtype=np.float64),
                bool(want_stiff))
-    return _compiled_trajectory(out, y0, t_out, opts)
+    return _compiled_trajectory(out, y0, t_out, opts, trajectory)
 
 
-def _compiled_trajectory(out, y0, t_out, opts):
+#: status codes of the compiled integrator (kernels/cpu/ode.py) -> Status
+_KERNEL_STATUS = {0: Status.SUCCESS, 1: Status.MAX_ITERATIONS, 2: Status.STEP_UNDERFLOW,
+                  4: Status.NONFINITE, 5: Status.NONFINITE}
+
+
+def _compiled_trajectory(out, y0, t_out, opts, trajectory=None):
     xp = opts["xp"]
-    ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail = out
-    status, t_fail = int(status), float(t_fail)
-    if status == 3:
+    ys, ts, states, errs, stiff, out_step, out_theta, stats, code, t_fail = out
+    code, t_fail = int(code), float(t_fail)
+    if code == 3:
         raise ValueError(f"{WHERE}: f(t, y, params) returned an array of the wrong shape at "
                          f"t={t_fail!r}; it must return dy/dt with y's shape "
                          f"{tuple(y0.shape)}")
-    if status == 4:
-        raise ValueError(f"{WHERE}: f(t, y, params) returned NaN or infinite values at the "
-                         f"initial time t={t_fail!r}; check f and y0")
+    status = _KERNEL_STATUS[code]
     every = opts["every"]
     N = ts.shape[0] - 1
     # copies, so that the full (N, n) array can be freed when checkpointing is sparser
     st = {m: (states[m] if every == 1 else xp.asarray(states[m], copy=True))
           for m in range(0, N + 1, every)}
     message = ""
-    if status != 0:
+    if code == 5:  # the step size underflowed on non-finite slopes, or a fixed step met them
+        message = status_message(status, t_fail, trajectory=trajectory,
+                                 nonfinite_t=None if opts["fixed"] else t_fail)
+    elif code != 0:
         message = status_message(status, t_fail, t1=float(t_out[-1]),
-                                 max_steps=opts["max_steps"])
-        if opts["throw"]:
-            raise ODESolveError(message)
+                                 max_steps=opts["max_steps"], trajectory=trajectory)
     return Trajectory(ys=ys, ts=ts, states=st, every=every, out_step=out_step,
                       out_theta=out_theta, errs=errs, stiff=stiff, stats=stats,
-                      success=status == 0, message=message or "The solver reached the end "
-                      "of the integration interval.", t_fail=t_fail if status else math.nan,
-                      all_states=states if every == 1 else None, status=status)
+                      success=code == 0, message=message or "The solver reached the end "
+                      "of the integration interval.", t_fail=t_fail if code else math.nan,
+                      all_states=states if every == 1 else None, status=status,
+                      n_reached=out_step.shape[0] if code == 0 else reached_outputs(out_step))
 
 
-def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, max_steps,
-             adjoint, regularizers, local_regularization, seed, vjp, batch_mode,
-             checkpoint_every, throw, step_ts):
+def _nonfinite_start(xp, y0, t_out, dtype, device, host, trajectory) -> Trajectory:
+    """The trajectory of a solve whose ``f(t_0, y_0)`` is not finite: ``ys[0] = y0`` only."""
+    T = t_out.shape[0]
+    n = y0.shape[0]
+    if host:
+        ys = np.full((T, n), math.nan, dtype=dtype)
+        ys[0, :] = y0
+    else:
+        ys = xp.concat([xp.reshape(y0, (1, n)),
+                        xp.full((T - 1, n), math.nan, dtype=dtype, device=device)], axis=0)
+    t0 = float(t_out[0])
+    return Trajectory(ys=ys, ts=np.asarray([t0]), states={0: y0}, every=1,
+                      out_step=np.full(T, -1, dtype=np.int64), out_theta=np.zeros(T),
+                      errs=_NO_RECORDS, stiff=_NO_RECORDS,
+                      stats=np.asarray([0, 0, 0, 1], dtype=np.int64), success=False,
+                      message=status_message(Status.NONFINITE, t0, trajectory=trajectory)
+                      + " (at the initial time)",
+                      t_fail=t0, status=Status.NONFINITE, n_reached=1)
+
+
+class _Forward:
+    """Everything the backward rule reuses.
+
+    ``stepper`` and ``fvjp`` are built on first use: a forward solve that is never
+    differentiated (or runs compiled) needs neither, and building them is a fixed cost of
+    every call.
+    """
+
+    def __init__(self, stepper=None, **kw):
+        self.__dict__.update(kw)
+        if stepper is not None:
+            self.stepper = stepper
+
+    @property
+    def stepper(self):
+        st = self.__dict__.get("_stepper")
+        if st is None:
+            st = self._stepper = Stepper(self.xp, self.tab, self.y0.dtype, self.device,
+                                         self.n, *self.settings.norm_tolerances)
+        return st
+
+    @stepper.setter
+    def stepper(self, st):
+        self._stepper = st
+
+    @property
+    def fvjp(self):
+        fv = self.__dict__.get("_fvjp")
+        if fv is None:
+            fv = self._fvjp = make_vjp(self.f, self.settings.vjp, self.params_eff,
+                                       self.shape, self.xp, self.jitted)
+        return fv
+
+
+def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts):
+    """The forward solve: ``(result, residuals)``; never warns or raises on a failed solve
+    (the caller reports)."""
     if not callable(f):
         raise TypeError(f"{WHERE}: f must be a callable f(t, y, params) -> dy/dt, got "
                         f"{type(f).__name__}")
-    regularizers = _check_options(method, rtol, atol, controller, first_step, max_steps,
-                                  adjoint, regularizers, local_regularization, batch_mode,
-                                  checkpoint_every)
     if type(y0) is not _NDARRAY and not B.is_array(y0):
-        raise TypeError(f"{WHERE}: y0 must be an array (NumPy, CuPy or any array-API array), "
-                        f"got {type(y0).__name__}")
+        V.array_argument(WHERE, "y0", y0, is_array=B.is_array)
     # NumPy arrays (the common case) skip the namespace lookup and its sparse checks: the
     # namespace of NumPy arrays is the host one
     host = type(y0) is _NDARRAY and (params is None or type(params) is _NDARRAY)
+    y0 = _check_y0(y0, host)
+    params = _check_params(params, host)
     xp = np if host else B.array_namespace(y0, params, where=WHERE)
-    if y0.ndim not in (1, 2):
-        raise ValueError(f"{WHERE}: y0 must have shape (d,) or (B, d) for a batch, got "
-                         f"{tuple(y0.shape)}")
-    if not (y0.dtype.kind == "f" if host else xp.isdtype(y0.dtype, "real floating")):
-        if xp.isdtype(y0.dtype, "integral"):
-            y0 = xp.astype(y0, xp.float64)
-        else:
-            raise TypeError(f"{WHERE}: y0 must be real floating, got dtype {y0.dtype}")
-    if not _finite(host, xp, y0):
-        raise ValueError(f"{WHERE}: y0 contains NaN or infinite values")
-    _params_info(params, xp)
     t_out = _host_times(t_eval)
+    method, controller = settings.method, settings.controller
+    regularizers = settings.regularizers
+    local_regularization = settings.local_regularization
+    rtol, atol = settings.norm_tolerances
     batched = y0.ndim == 2
-    per_traj = batched and batch_mode == "per-trajectory"
+    per_traj = batched and settings.batch_mode == "per-trajectory"
     n_traj = y0.shape[0] if per_traj else 1
     step_list = _check_step_ts(step_ts, t_out, per_traj, n_traj)
+    if step_list is None and settings.fixed_budget:
+        # rtol = atol = 0: the fixed budget, max_steps equal steps over the interval
+        grid = np.linspace(float(t_out[0]), float(t_out[-1]), settings.max_steps + 1)
+        step_list = [grid] * n_traj
     tab = TABLEAUX[method]
     dtype, device = y0.dtype, ("cpu" if host else B.device(y0))
-    want_stiff = "stiffness" in regularizers
+    want_stiff = settings.want_stiff
+    callback = settings.callback
     jitted = False
     if (host or B.is_numpy(xp)) and not (batched and not per_traj):
         jitted = _is_jitted(xp, f)
     # the compiled loop is built once for float64 states and parameters; other dtypes call
-    # the @njit f from the Python loop (no per-f compilation of the integrator)
-    compiled = jitted and y0.dtype == xp.float64 and (params is None
-                                                       or params.dtype == xp.float64)
+    # the @njit f from the Python loop (no per-f compilation of the integrator), and so
+    # does a callback (it is called from Python after each step)
+    compiled = jitted and callback is None and y0.dtype == xp.float64 and (
+        params is None or params.dtype == xp.float64)
     params_eff = params
     if jitted and params is None:
         params_eff = xp.empty((0,), dtype=dtype)
@@ -340,10 +325,10 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     # the compiled forward integrates without a Stepper (the backward builds it if needed)
     stepper = None if compiled else Stepper(xp, tab, dtype, device, n, rtol, atol)
     # backsolve keeps only y0 and the outputs: checkpoint_every is for the discrete adjoint
-    every = int(checkpoint_every) if adjoint == "discrete" else _NO_CHECKPOINTS
-    opts = dict(xp=xp, rtol=float(rtol), atol=float(atol), controller=controller,
-                first_step=first_step, max_steps=int(max_steps), every=every,
-                throw=throw)
+    every = settings.checkpoint_every if settings.adjoint == "discrete" else _NO_CHECKPOINTS
+    opts = dict(xp=xp, rtol=rtol, atol=atol, controller=controller,
+                first_step=settings.first_step, max_steps=settings.max_steps, every=every,
+                fixed=step_list is not None)
     kern = B.get_kernel(xp, "ode.rk_solve") if compiled else None
     trajs = []
     if compiled and per_traj and step_list is None and n_traj > 1:
@@ -355,22 +340,26 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
         except (TypeError, ValueError):  # f without the float64 signature: one by one
             outs = None
         if outs is not None:
-            trajs = [_compiled_trajectory(o, y0[b, ...], t_out, opts)
+            trajs = [_compiled_trajectory(o, y0[b, ...], t_out, opts, b)
                      for b, o in enumerate(outs)]
     for b in range(len(trajs), n_traj):
         yb = y0[b, ...] if per_traj else (y0.reshape((n,)) if host else xp.reshape(y0, (n,)))
         sts = step_list[b] if step_list is not None else None
+        index = b if per_traj else None
         if compiled:
-            traj = _compiled_solve(kern, f, yb, t_out, params_eff, tab, opts, sts, want_stiff)
+            traj = _compiled_solve(kern, f, yb, t_out, params_eff, tab, opts, sts, want_stiff,
+                                   index)
         else:
             f0 = rhs(float(t_out[0]), yb)
             if not _finite(host and type(f0) is _NDARRAY, xp, f0):
-                raise ValueError(f"{WHERE}: f(t, y, params) returned NaN or infinite values at "
-                                 f"the initial time t={float(t_out[0])!r}; check f and y0")
-            traj = integrate(stepper, rhs, yb, t_out, controller=controller,
-                             first_step=first_step, max_steps=int(max_steps), step_ts=sts,
-                             want_stiff=want_stiff, every=every, throw=throw, f0=f0)
-            traj.stats[3] += 1
+                traj = _nonfinite_start(xp, yb, t_out, dtype, device, host, index)
+            else:
+                traj = integrate(stepper, rhs, yb, t_out, controller=controller,
+                                 first_step=settings.first_step,
+                                 max_steps=settings.max_steps, step_ts=sts,
+                                 want_stiff=want_stiff, every=every, f0=f0,
+                                 callback=callback, shape=shape, trajectory=index)
+                traj.stats[3] += 1
         trajs.append(traj)
     # regularisers
     r_e = r_s = 0.0
@@ -382,7 +371,7 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
                 r_e += e_
                 r_s += s_
         else:
-            rng = B.host_rng(seed)
+            rng = B.host_rng(settings.seed)
             if stepper is None:
                 stepper = Stepper(xp, tab, dtype, device, n, rtol, atol)
             for traj in trajs:
@@ -404,14 +393,12 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
         ys = ys.reshape((T, *y0.shape)) if type(ys) is _NDARRAY else \
             xp.reshape(ys, (T, *y0.shape))
     stats = trajs[0].stats if len(trajs) == 1 else sum(traj.stats for traj in trajs)
-    failed = next((traj for traj in trajs if not traj.success), None)
-    if failed is not None:
-        message = failed.message
-        import warnings
-
-        from .._result import ConvergenceWarning
-
-        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    if len(trajs) == 1:
+        failed = None if trajs[0].success else trajs[0]
+    else:
+        worst = worst_status(traj.status for traj in trajs)
+        failed = next((traj for traj in trajs if traj.status is worst), None) \
+            if worst is not Status.SUCCESS else None
     ts = tuple(traj.ts for traj in trajs) if per_traj else trajs[0].ts
     if host:  # a 0-d NumPy array, as xp.asarray makes, without the wrapper
         def scalar(v):
@@ -419,96 +406,132 @@ def _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step, 
     else:
         def scalar(v):
             return xp.asarray(v, dtype=dtype, device=device)
+    if failed is not None:
+        status, message, t_stop, converged = failed.status, failed.message, failed.t_fail, False
+    elif settings.fixed_budget:
+        status, t_stop, converged = Status.MAX_ITERATIONS, math.nan, False
+        message = status_message(status, t_stop, max_steps=None if step_ts is not None
+                                 else settings.max_steps)
+    else:
+        status, message, t_stop = Status.SUCCESS, "", math.nan
+        # adaptive steps meet the error control by construction; replayed ones may not
+        converged = step_list is None or all(t.errors_within_tolerance for t in trajs)
     result = ODEResult(ys=ys, reg_error=scalar(r_e), reg_stiffness=scalar(r_s),
                        n_steps=int(stats[0]), n_accepted=int(stats[1]),
                        n_rejected=int(stats[2]), nfe=int(stats[3]) + extra_nfe, ts=ts,
-                       status=0 if failed is None else failed.status,
-                       t_stop=math.nan if failed is None else failed.t_fail)
-    if adjoint == "backsolve":
+                       status=status, t_stop=t_stop, converged=converged)
+    if message:
+        attach_message(result, message)
+    if settings.adjoint == "backsolve":
         trajs = [_backsolve_residual(traj) for traj in trajs]
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, f=f, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
-                   regularizers=regularizers, local=local_regularization, tab=tab,
-                   jitted=jitted, compiled=compiled, vjp=vjp, device=device,
-                   rtol=float(rtol), atol=float(atol))
+                   tab=tab, jitted=jitted, compiled=compiled, device=device,
+                   settings=settings)
     return result, fwd
 
 
 # ---------------------------------------------------------------------------------------
 # the backward rule
 # ---------------------------------------------------------------------------------------
-def _get_args(ctx):
-    args, kw = ctx.args, ctx.kwargs
-    f, y0, t_eval = args[0], args[1], args[2]
-    params = args[3] if len(args) > 3 else kw.get("params")
-    return f, y0, t_eval, params
+def _call_settings(ctx) -> tuple[ODESettings, object]:
+    """The settings of the primal call (when the forward ran elsewhere: JAX under jit),
+    from odeint's own signature, so that its defaults stay written in one place."""
+    bound = odeint.signature.bind(*ctx.args, **ctx.kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    return odeint_settings(*(a[k] for k in _OPTIONS)), a["step_ts"]
 
 
 def _compiled_reverse_ok(fwd, traj) -> bool:
     """The compiled adjoint runs for the compiled forward with an @njit vjp."""
-    if not (fwd.compiled and traj.all_states is not None and fwd.vjp is not None):
+    vjp = fwd.settings.vjp
+    if not (fwd.compiled and traj.all_states is not None and vjp is not None):
         return False
-    if not B.get_kernel(fwd.xp, "ode.is_jitted")(fwd.vjp):
-        return False
-    return True
+    return bool(B.get_kernel(fwd.xp, "ode.is_jitted")(vjp))
+
+
+def _unreached(xp, ys_bar, nr: int):
+    """``(ys_bar with the rows of unreached outputs zeroed, whether any was non-zero)``.
+
+    Outputs past an early stop are NaN: their derivative is undefined, so a non-zero
+    cotangent there makes the gradients NaN, and a zero one contributes nothing.
+    """
+    T = ys_bar.shape[0]
+    if nr >= T:
+        return ys_bar, False
+    tail = ys_bar[nr:, ...]
+    poisoned = bool(xp.any(tail != 0))
+    ys_bar = xp.concat([ys_bar[:nr, ...], xp.zeros_like(tail)], axis=0)
+    return ys_bar, poisoned
 
 
 def _odeint_bwd(ctx, cot):
-    f, y0, t_eval, params = _get_args(ctx)
-    kw = dict(ctx.kwargs)
-    kw.pop("params", None)
+    args = ctx.args
+    f, y0, t_eval = args[0], args[1], args[2]
+    params = args[3] if len(args) > 3 else None
     fwd = ctx.residuals
     if fwd is None:  # the JAX adapter under jit keeps no residuals: solve again
-        _, fwd = _solve(f, y0, t_eval, params, **kw)
+        settings, step_ts = _call_settings(ctx)
+        _, fwd = _forward(f, y0, t_eval, params, settings, step_ts)
+    st = fwd.settings
     xp = fwd.xp
-    adjoint = kw.get("adjoint", "discrete")
     ys_bar_all = xp.astype(cot["ys"], fwd.y0.dtype)
-    rE = float(cot["reg_error"]) if "error" in fwd.regularizers else 0.0
-    rS = float(cot["reg_stiffness"]) if "stiffness" in fwd.regularizers else 0.0
+    rE = float(cot["reg_error"]) if "error" in st.regularizers else 0.0
+    rS = float(cot["reg_stiffness"]) if "stiffness" in st.regularizers else 0.0
+    local = st.local_regularization
     T = fwd.t_out.shape[0]
     y0_bars, p_bar, t_bar = [], None, [0.0] * T
-    global_reg = bool(rE or rS) and fwd.local is None
+    poisoned_p = poisoned_t = False
+    global_reg = bool(rE or rS) and local is None
+    p_size = 0 if params is None else params.shape[0]
     for b, traj in enumerate(fwd.trajs):
         if fwd.per_traj:
             ys_bar = ys_bar_all[:, b, :]
-            ys_b = traj.ys
         else:
             ys_bar = xp.reshape(ys_bar_all, (T, fwd.n))
-            ys_b = traj.ys
+        ys_b = traj.ys
         y0_b = traj.states[0]
-        if adjoint == "discrete" and _compiled_reverse_ok(fwd, traj):
+        nr = traj.n_reached
+        ys_bar, poisoned = _unreached(xp, ys_bar, nr)
+        if st.adjoint == "discrete" and _compiled_reverse_ok(fwd, traj):
             through, pb = B.get_kernel(xp, "ode.rk_reverse")(
-                f, fwd.vjp, traj.ts, traj.all_states, B.contiguous(xp, ys_bar), traj.out_step,
-                traj.out_theta, B.contiguous(xp, fwd.params_eff), fwd.tab.A, fwd.tab.c,
-                fwd.tab.e, fwd.tab.P, fwd.rtol, fwd.atol,
-                rE if fwd.local is None else 0.0, rS if fwd.local is None else 0.0)
+                f, st.vjp, traj.ts, traj.all_states, B.contiguous(xp, ys_bar),
+                traj.out_step, traj.out_theta, B.contiguous(xp, fwd.params_eff),
+                fwd.tab.A, fwd.tab.c, fwd.tab.e, fwd.tab.P, *st.norm_tolerances,
+                rE if local is None else 0.0, rS if local is None else 0.0)
             y0_bar = ys_bar[0, ...] + through
             pb = pb if params is not None else None
-        elif adjoint == "discrete":
+        elif st.adjoint == "discrete":
             y0_bar, pb, through = discrete_adjoint(
                 fwd.stepper, fwd.rhs, fwd.fvjp, traj, ys_bar,
-                rE if fwd.local is None else 0.0, rS if fwd.local is None else 0.0)
+                rE if local is None else 0.0, rS if local is None else 0.0)
         else:
-            def make_stepper(size, _xp=xp, _fwd=fwd):
-                return Stepper(_xp, _fwd.tab, _fwd.y0.dtype, B.device(_fwd.y0), size,
-                               kw.get("rtol", 1e-6), kw.get("atol", 1e-9))
-            p_size = 0 if params is None else params.shape[0]
-            y0_bar, pb, through = backsolve_adjoint(
-                xp, make_stepper, fwd.rhs, fwd.fvjp, fwd.n, p_size, ys_b, ys_bar, fwd.t_out,
-                controller=kw.get("controller", "pi"), max_steps=kw.get("max_steps", 100_000))
-        if fwd.local is not None and traj.local and (rE or rS):
+            y0_bar, pb, through = _backsolve(fwd, xp, ys_b[:nr, ...], ys_bar[:nr, ...],
+                                             fwd.t_out[:nr], p_size)
+            if y0_bar is None:  # the adjoint solve failed (reported): NaN gradients
+                poisoned = True
+                y0_bar = xp.zeros_like(y0_b)
+                through = y0_bar
+                pb = None
+        if local is not None and traj.local and (rE or rS):
             rec = traj.local
-            pl = one_step_adjoint(fwd.stepper, fwd.rhs, fwd.fvjp, rec["t"], rec["y"], rec["h"],
-                                  rE, rS)
+            pl = one_step_adjoint(fwd.stepper, fwd.rhs, fwd.fvjp, rec["t"], rec["y"],
+                                  rec["h"], rE, rS)
             if pl is not None:
                 pb = pl if pb is None else pb + pl
         if pb is not None:
             p_bar = pb if p_bar is None else p_bar + pb
+        tb = t_eval_cotangent(xp, fwd.rhs, ys_b, ys_bar, fwd.t_out, through, y0_b, nr)
+        if poisoned:
+            y0_bar = xp.full_like(y0_bar, math.nan)
+            poisoned_p = poisoned_t = True
         y0_bars.append(y0_bar)
-        tb = t_eval_cotangent(xp, fwd.rhs, ys_b, ys_bar, fwd.t_out, through, y0_b)
         t_bar = [a + c for a, c in zip(t_bar, tb)]
     if global_reg:
         t_bar[0] = math.nan  # see odeint's Notes: not defined for the global regularisers
+    if poisoned_t:
+        t_bar = [math.nan] * T
     if fwd.per_traj:
         y0_bar = xp.stack(y0_bars, axis=0)
     else:
@@ -518,6 +541,8 @@ def _odeint_bwd(ctx, cot):
         pxp = B.array_namespace(params)
         p_bar = pxp.zeros_like(params) if p_bar is None else \
             pxp.astype(pxp.reshape(pxp.asarray(p_bar), params.shape), params.dtype)
+        if poisoned_p:
+            p_bar = pxp.full_like(p_bar, math.nan)
     else:
         p_bar = None
     if B.is_array(t_eval) and B.array_namespace(t_eval).isdtype(t_eval.dtype, "real floating"):
@@ -526,7 +551,30 @@ def _odeint_bwd(ctx, cot):
     else:
         t_bar = None
     grads = (None, y0_bar, t_bar, p_bar)
-    return grads[:len(ctx.args)]
+    return grads[:len(args)]
+
+
+def _backsolve(fwd, xp, ys, ys_bar, t_out, p_size):
+    """The backsolve adjoint over the reached outputs; ``(None, None, None)`` when its own
+    adaptive solve fails (raised with ``throw=True``, else warned: gradients are NaN)."""
+    st = fwd.settings
+    rtol, atol = st.norm_tolerances
+
+    def make_stepper(size):
+        return Stepper(xp, fwd.tab, fwd.y0.dtype, B.device(fwd.y0), size, rtol, atol)
+
+    y0_bar, pb, through, failed = backsolve_adjoint(
+        xp, make_stepper, fwd.rhs, fwd.fvjp, fwd.n, p_size, ys, ys_bar, t_out,
+        controller=st.controller, max_steps=st.max_steps)
+    if failed is None:
+        return y0_bar, pb, through
+    message = (f"{WHERE}: the backsolve adjoint's backward integration failed, so the "
+               f"gradients are NaN: {failed.message}. Try adjoint='discrete' (it replays "
+               "the forward steps and cannot fail where the forward solve did not)")
+    if st.throw:
+        raise error_class(failed.status)(message, status=failed.status)
+    warnings.warn(message, ConvergenceWarning, stacklevel=5)
+    return None, None, None
 
 
 def _odeint_shapes(f, y0, t_eval, params=None, **kwargs):
@@ -542,23 +590,16 @@ def _odeint_shapes(f, y0, t_eval, params=None, **kwargs):
         "nfe": ((), "int64"),
         "status": ((), "int64"),
         "t_stop": ((), "float64"),
+        "converged": ((), "bool"),
     }
-
-
-def _solve(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
-           controller="pi", first_step=None, max_steps=100_000, adjoint="discrete",
-           regularizers=(), local_regularization=None, seed=None, vjp=None,
-           batch_mode="per-trajectory", checkpoint_every=1, throw=True, step_ts=None):
-    return _forward(f, y0, t_eval, params, method, rtol, atol, controller, first_step,
-                    max_steps, adjoint, regularizers, local_regularization, seed, vjp,
-                    batch_mode, checkpoint_every, throw, step_ts)
 
 
 @custom_vjp(_odeint_bwd, _odeint_shapes, ODEResult, public_name=WHERE)
 def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
            controller="pi", first_step=None, max_steps=100_000, adjoint="discrete",
            regularizers=(), local_regularization=None, seed=None, vjp=None,
-           batch_mode="per-trajectory", checkpoint_every=1, throw=True, step_ts=None):
+           batch_mode="per-trajectory", checkpoint_every=1, throw=False, step_ts=None,
+           callback=None):
     """Solve ``dy/dt = f(t, y, params)`` with an adaptive explicit Runge–Kutta pair.
 
     Parameters
@@ -654,9 +695,10 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
     >>> bool(abs(res.ys[-1, 0] - np.exp(-2.0)) < 1e-6)
     True
     """
-    return _solve(f, y0, t_eval, params, method=method, rtol=rtol, atol=atol,
-                  controller=controller, first_step=first_step, max_steps=max_steps,
-                  adjoint=adjoint, regularizers=regularizers,
-                  local_regularization=local_regularization, seed=seed, vjp=vjp,
-                  batch_mode=batch_mode, checkpoint_every=checkpoint_every, throw=throw,
-                  step_ts=step_ts)
+    settings = odeint_settings(method, rtol, atol, controller, first_step, max_steps,
+                               adjoint, regularizers, local_regularization, seed, vjp,
+                               batch_mode, checkpoint_every, throw, callback)
+    result, fwd = _forward(f, y0, t_eval, params, settings, step_ts)
+    # stacklevel 4: report -> odeint -> DifferentiableFunction.__call__ (or vjp) -> caller
+    report(result, throw=settings.throw, fixed_budget=settings.fixed_budget, stacklevel=4)
+    return result, fwd

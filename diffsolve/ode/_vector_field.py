@@ -96,17 +96,39 @@ def make_vjp(f, vjp, params, shape, xp, jitted: bool):
         return fvjp
     from autograd import make_vjp as ag_make_vjp
 
+    from .._user_function import traced_vjp
+
+    # The first VJP of a solve is traced by traced_vjp, which raises NotTraceableError when
+    # autograd cannot see how f depends on (y, params) (f written with plain NumPy would
+    # otherwise give a silently zero gradient); the later ones, with the same f, use
+    # autograd directly (its warnings are not silenced either way). traced_vjp records
+    # warnings around each trace, which would be a per-stage cost.
+    checked = []
+
+    def trace(fun, args, argnums):
+        if checked:
+            return ag_make_vjp(fun, argnum=argnums)(*args)[0]
+        fun.__name__ = getattr(f, "__name__", type(f).__name__)  # named in the error
+        vjp_fun, _ = traced_vjp(fun, args, argnums, where=WHERE, what="the vector field f",
+                                ways_out=_WAYS_OUT)
+        checked.append(True)
+        return vjp_fun
+
     if params is None:
         def fvjp(t, y, v):
-            vjp_fun, _ = ag_make_vjp(lambda yy: f(t, yy, None))(unflat(y))
+            vjp_fun = trace(lambda yy: f(t, yy, None), (unflat(y),), 0)
             return reflat(vjp_fun(unflat(v))), None
     else:
         def fvjp(t, y, v):
-            vjp_fun, _ = ag_make_vjp(lambda yy, pp: f(t, yy, pp), argnum=(0, 1))(
-                unflat(y), params)
+            vjp_fun = trace(lambda yy, pp: f(t, yy, pp), (unflat(y), params), (0, 1))
             vy, vp = vjp_fun(unflat(v))
             return reflat(vy), vp
     return fvjp
+
+
+_WAYS_OUT = ("pass vjp=vjp(t, y, params, v) -> (v_y, v_params) with the products written "
+             "out (a Numba @njit f with an @njit vjp runs compiled), or write f in PyTorch "
+             "or JAX and pass the pair from diffsolve.ode.from_torch(f) / from_jax(f)")
 
 
 def from_torch(f):

@@ -69,8 +69,10 @@ def rk_error_norm(y, y_new, K, e, h, rtol, atol):  # pragma: no cover - compiled
 # ---------------------------------------------------------------------------------------
 # the compiled integrator
 # ---------------------------------------------------------------------------------------
-# status codes returned by rk_solve (decoded into messages by diffsolve.ode)
-OK, MAX_STEPS, UNDERFLOW, BAD_SHAPE, NONFINITE_F0 = 0, 1, 2, 3, 4
+# status codes returned by rk_solve (decoded into messages by diffsolve.ode);
+# NONFINITE: the step size underflowed right after a step with non-finite slopes, or a
+# replayed (fixed) step produced them
+OK, MAX_STEPS, UNDERFLOW, BAD_SHAPE, NONFINITE_F0, NONFINITE = 0, 1, 2, 3, 4, 5
 
 
 @jit()
@@ -176,6 +178,7 @@ def _solve_one(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol,
     beta1 = 7.0 / (10.0 * order)
     beta2 = 2.0 / (5.0 * order)
     err_prev = 1e-4
+    nonfinite_E = False
     t = t0
     n_acc = 0
     q = 1
@@ -201,7 +204,7 @@ def _solve_one(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol,
                 h = t_new - t
             else:
                 if h_abs < min_step:
-                    status = UNDERFLOW
+                    status = NONFINITE if nonfinite_E else UNDERFLOW
                     t_fail = t
                     break
                 h = h_abs * direction
@@ -230,9 +233,13 @@ def _solve_one(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol,
                 r = h * err / sci
                 acc2 += r * r
             E = math.sqrt(acc2 / max(n, 1))
+            nonfinite_E = not math.isfinite(E)
             if fixed:
+                if nonfinite_E:
+                    status = NONFINITE
+                    t_fail = t
                 break
-            if not math.isfinite(E):
+            if nonfinite_E:
                 h_abs *= 0.2
                 rejected = True
                 stats[2] += 1
@@ -312,8 +319,8 @@ def rk_solve(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, p
     step times, the state at each of them, per-step scaled error ``E`` and eigenvalue
     estimate ``‖k_s − k_{s−1}‖/‖g_s − g_{s−1}‖`` (Shampine's stiffness test), the step
     and θ each output was interpolated in, ``[n_steps, n_accepted, n_rejected, nfe]``, a
-    status code (``OK``, ``MAX_STEPS``, ``UNDERFLOW``, ``BAD_SHAPE``, ``NONFINITE_F0``) and
-    the time it refers to.
+    status code (``OK``, ``MAX_STEPS``, ``UNDERFLOW``, ``BAD_SHAPE``, ``NONFINITE_F0``,
+    ``NONFINITE``) and the time it refers to.
     """
     args = (y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi, first_step,
             max_steps, step_ts, want_stiff)

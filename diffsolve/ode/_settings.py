@@ -1,0 +1,186 @@
+"""The validated options of one :func:`~diffsolve.ode.odeint` call, and its callback state.
+
+:func:`odeint_settings` checks every option once (with the shared validators of
+:mod:`diffsolve._validate`) into a frozen :class:`ODESettings`; the forward solve and both
+backward rules read that object, so each default is written only in ``odeint``'s
+signature. The same options give the same (cached) settings object: validation is a fixed
+cost of every call, and odeint is often called many times on small problems.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _validate as V
+from ._tableaux import TABLEAUX
+
+__all__ = ["ODESettings", "ODEState", "odeint_settings"]
+
+WHERE = "diffsolve.ode.odeint"
+METHODS = tuple(TABLEAUX)
+CONTROLLERS = ("pi", "i")
+ADJOINTS = ("discrete", "backsolve")
+REGULARIZERS = ("error", "stiffness")
+LOCAL = (None, "unbiased", "biased")
+BATCH_MODES = ("per-trajectory", "shared")
+
+
+@dataclass(frozen=True)
+class ODESettings:
+    """The options of one :func:`~diffsolve.ode.odeint` call, validated (see its docstring).
+
+    ``rtol = atol = 0`` is a fixed budget: ``max_steps`` equal steps over ``t_eval``
+    (no error control), reported as ``Status.MAX_ITERATIONS`` without a warning.
+    """
+
+    method: str
+    rtol: float
+    atol: float
+    controller: str
+    first_step: float | None
+    max_steps: int
+    adjoint: str
+    regularizers: tuple[str, ...]
+    local_regularization: str | None
+    seed: Any
+    vjp: Callable | None
+    batch_mode: str
+    checkpoint_every: int
+    throw: bool
+    callback: Callable | None
+
+    @property
+    def fixed_budget(self) -> bool:
+        """``rtol = atol = 0``: take exactly ``max_steps`` equal steps."""
+        return self.rtol == 0.0 and self.atol == 0.0
+
+    @property
+    def norm_tolerances(self) -> tuple[float, float]:
+        """``(rtol, atol)`` of the scaled error norm. A fixed budget has no error control;
+        its norm is then taken with ``atol = 1`` only so that it stays finite (it is used
+        to detect non-finite stages, never to accept or reject a step)."""
+        return (0.0, 1.0) if self.fixed_budget else (self.rtol, self.atol)
+
+    @property
+    def want_stiff(self) -> bool:
+        return "stiffness" in self.regularizers
+
+
+@dataclass(frozen=True)
+class ODEState:
+    """What an odeint ``callback`` sees after each accepted step.
+
+    Attributes
+    ----------
+    t : float
+        The time reached.
+    y : array
+        The state at ``t``, in ``y0``'s shape for one trajectory (``(d,)``; ``(B, d)`` with
+        ``batch_mode="shared"``), in ``y0``'s array library. Do not modify it.
+    h : float
+        The accepted step (signed: negative when integrating backwards in time).
+    n_steps : int
+        Attempted steps so far (accepted + rejected).
+    n_accepted : int
+        Accepted steps so far.
+    error : float
+        The scaled error estimate of the accepted step (``<= 1`` under error control).
+    trajectory : int or None
+        Which trajectory of a per-trajectory batch (``None`` for one solve or a shared
+        batch).
+    """
+
+    t: float
+    y: Any
+    h: float
+    n_steps: int
+    n_accepted: int
+    error: float
+    trajectory: int | None = None
+
+
+def _regularizers(value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if value is None:
+        return ()
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{WHERE}: regularizers must be a tuple of names from "
+                        f"{list(REGULARIZERS)}, got {type(value).__name__}")
+    regs = tuple(value)
+    unknown = [r for r in regs if r not in REGULARIZERS]
+    if unknown:
+        raise ValueError(f"{WHERE}: regularizers {unknown} are not known; choose from "
+                         f"{list(REGULARIZERS)}")
+    return regs
+
+
+def _seed(value):
+    if value is None or hasattr(value, "bit_generator") or hasattr(value, "generate_state"):
+        return value  # None, a numpy Generator or SeedSequence: default_rng takes them
+    return V.integer(WHERE, "seed", value, minimum=0)
+
+
+def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regularizers,
+          local_regularization, seed, vjp, batch_mode, checkpoint_every, throw, callback):
+    method = V.choice(WHERE, "method", method, METHODS)
+    rtol, atol = V.tolerances(WHERE, rtol, atol)
+    controller = V.choice(WHERE, "controller", controller, CONTROLLERS)
+    first_step = V.positive_real(WHERE, "first_step", first_step, allow_none=True)
+    max_steps = V.positive_int(WHERE, "max_steps", max_steps)
+    adjoint = V.choice(WHERE, "adjoint", adjoint, ADJOINTS)
+    regularizers = _regularizers(regularizers)
+    local_regularization = V.choice(WHERE, "local_regularization", local_regularization,
+                                    LOCAL)
+    batch_mode = V.choice(WHERE, "batch_mode", batch_mode, BATCH_MODES)
+    checkpoint_every = V.positive_int(WHERE, "checkpoint_every", checkpoint_every)
+    throw = V.boolean(WHERE, "throw", throw)
+    callback = V.callback(WHERE, callback)
+    if vjp is not None and not callable(vjp):
+        raise TypeError(f"{WHERE}: vjp must be None or a callable vjp(t, y, params, v) -> "
+                        f"(v_y, v_params), got {type(vjp).__name__}")
+    seed = _seed(seed)
+    if regularizers and adjoint == "backsolve":
+        # the backsolve forward keeps no per-step records, and its backward integrates the
+        # adjoint ODE, which knows nothing of the solver's error or stiffness estimates
+        local = ("" if local_regularization is None
+                 else f" (with local_regularization={local_regularization!r})")
+        raise ValueError(f"{WHERE}: regularizers={regularizers}{local} are built from the "
+                         "solver's own stages, which only the discrete adjoint "
+                         "differentiates; use adjoint='discrete' (with checkpoint_every=k "
+                         "to store only every k-th state)")
+    if local_regularization is not None and not regularizers:
+        raise ValueError(f"{WHERE}: local_regularization={local_regularization!r} needs "
+                         "regularizers=('error',) and/or 'stiffness'")
+    if rtol == 0.0 and atol == 0.0:
+        if regularizers:
+            raise ValueError(f"{WHERE}: rtol = atol = 0 takes max_steps equal steps without "
+                             f"error control, so the regularizers {regularizers} (built "
+                             "from the error control) are undefined; give rtol/atol > 0")
+        if adjoint == "backsolve":
+            raise ValueError(f"{WHERE}: rtol = atol = 0 (max_steps equal steps) has no "
+                             "tolerance for the backsolve adjoint's own adaptive solve; "
+                             "use adjoint='discrete' (the exact gradient of the fixed "
+                             "steps) or give rtol/atol > 0")
+    return ODESettings(method, rtol, atol, controller, first_step, max_steps, adjoint,
+                       regularizers, local_regularization, seed, vjp, batch_mode,
+                       checkpoint_every, throw, callback)
+
+
+_cached = functools.lru_cache(maxsize=256, typed=True)(_make)
+
+
+def odeint_settings(*options) -> ODESettings:
+    """:class:`ODESettings` from odeint's options, in its signature's order.
+
+    Hashable options (the common case) hit a cache keyed by value *and type*, so
+    ``max_steps=True`` is never mistaken for ``max_steps=1``.
+    """
+    try:
+        hash(options)
+    except TypeError:  # a list of regularizers, an unhashable seed: validate every time
+        return _make(*options)
+    return _cached(*options)
