@@ -22,16 +22,77 @@ derivatives decide where a problem can run. :class:`Oracle` takes them from
 
 The autograd path traces ``y ↦ ∇ᵧg(x, y)`` once per point and reuses the trace for every
 Hessian-vector product (the Hessian is symmetric, so the VJP of that map is its product).
+Every autograd trace is checked (:func:`diffsolve._user_function.traced_vjp`, with x and y
+traced jointly): an objective written with plain NumPy whose dependence autograd cannot see
+raises :class:`~diffsolve.NotTraceableError` instead of a zero derivative, and autograd's
+own warnings are passed on, never silenced.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from collections.abc import Callable
 
 from .. import _backend as B
+from .. import _validate as V
 
-__all__ = ["Oracle", "autodiff_backend"]
+__all__ = ["Oracle", "autodiff_backend", "check_array", "first_call"]
+
+# what a user can do when autograd cannot see through an objective
+WAYS_OUT = ("or pass the derivatives yourself (outer_grad=, inner_grad=, inner_hvp=, "
+            "constraint_vjp=), or write the objectives with torch / jax.numpy and pass torch "
+            "/ JAX arrays (their own autodiff is then used)")
+_WHAT = {"outer": "the outer objective", "inner": "the inner objective",
+         "constraint": "the lower-level constraint", "grad_y inner": "∇ᵧ of the inner objective"}
+_FRAMEWORKS = ("torch", "jax", "jaxlib")
+
+
+def check_array(where: str, name: str, a):
+    """diffsolve's array policy for x and y, also for torch / JAX arrays.
+
+    :func:`diffsolve._validate.float_array` (float32/float64 kept, integers promoted to
+    float64, float16/bool/complex, lists, size 0 and NaN/inf refused), except that torch
+    and JAX arrays are welcome here: objectives written with torch / jax.numpy are
+    differentiated by their own autodiff (the same policy applies to them).
+    """
+    framework = type(a).__module__.split(".")[0]
+    if not (framework in _FRAMEWORKS and B.is_array(a)):
+        return V.float_array(where, name, a)
+    xp = B.array_namespace(a, where=where)
+    if xp.isdtype(a.dtype, ("signed integer", "unsigned integer")):
+        a = xp.astype(a, xp.float64)
+    elif a.dtype not in (xp.float32, xp.float64):
+        raise TypeError(f"{where}: {name} has dtype {a.dtype}; diffsolve works in float32 or "
+                        f"float64 (integers are promoted to float64); convert it")
+    if math.prod(tuple(a.shape)) == 0:
+        raise ValueError(f"{where}: {name} has shape {tuple(a.shape)} with no entries; pass a "
+                         "non-empty problem")
+    if not B.isfinite_all(xp, a):
+        raise ValueError(f"{where}: {name} contains NaN or inf; pass finite values")
+    return a
+
+
+def first_call(where: str, fn, name: str, x, y, xname="x", yname="y"):
+    """``fn(x, y)``, with the user function's shape errors turned into one that says which
+    call failed, and its output checked to be a scalar."""
+    try:
+        value = fn(x, y)
+    except (ValueError, TypeError, IndexError) as e:
+        raise type(e)(f"{where}: {name}({xname}, {yname}) failed for {xname} of shape "
+                      f"{tuple(x.shape)} and {yname} of shape {tuple(y.shape)}: {e}; check "
+                      f"the shapes of {xname} and {yname}, and that {name} is written for "
+                      f"{type(x).__module__.split('.')[0]} arrays") from e
+    check_scalar(where, value, name)
+    return value
+
+
+def check_scalar(where: str, value, name: str):
+    """``ValueError`` unless ``value`` (maybe an autograd box) holds one number."""
+    from autograd.tracer import getval  # autograd boxes carry their value's shape
+
+    shape = tuple(getattr(getval(value), "shape", ()))
+    if math.prod(shape) != 1:
+        raise ValueError(f"{where}: {name}(x, y) must return a scalar, got shape {shape}")
 
 
 def autodiff_backend(xp) -> str | None:
@@ -57,36 +118,46 @@ def _bind(fn, idx):
 # the three autodiff engines: (value, ∇ₓ, ∇ᵧ), ∇ᵧ, Hessian products, constraint VJPs
 # ---------------------------------------------------------------------------------------
 class _Autograd:
-    @staticmethod
-    def _vjp(fun, *args, argnum=0):
+    def __init__(self, where="diffsolve.bilevel"):
+        self.where = where
+
+    def _vjp(self, fun, *args, argnum=0, what="outer", name=None):
         from ..implicit._user_vjp import autograd_vjp
 
-        return autograd_vjp(fun, *args, argnum=argnum)
+        return autograd_vjp(fun, *args, argnum=argnum, where=self.where,
+                            what=_WHAT.get(what, what), ways_out=WAYS_OUT, name=name)
 
-    def value_and_grads(self, fn, x, y):
+    @staticmethod
+    def _name(fn, default):
+        return getattr(fn, "__name__", default)
+
+    def value_and_grads(self, fn, x, y, what="outer"):
         import autograd.numpy as anp
 
-        vjp, value = self._vjp(fn, x, y, argnum=(0, 1))
+        vjp, value = self._vjp(lambda a, b: fn(a, b), x, y, argnum=(0, 1), what=what,
+                               name=self._name(fn, what))
         gx, gy = vjp(anp.ones_like(anp.asarray(value)))
         return value, gx, gy
 
-    def grad_y(self, fn, x, y):
+    def grad_y(self, fn, x, y, what="inner"):
         import autograd.numpy as anp
 
-        vjp, value = self._vjp(lambda y_: fn(x, y_), y)
+        vjp, value = self._vjp(lambda y_: fn(x, y_), y, what=what, name=self._name(fn, what))
         return vjp(anp.ones_like(anp.asarray(value)))
 
     def hessian(self, fn, x, y):
         import autograd
 
         grad_y = autograd.grad(fn, 1)
+        name = self._name(fn, "inner")
         # ∇²ᵧᵧg is symmetric: the VJP of y ↦ ∇ᵧg (one trace, reused) is its product
-        hyy, gy = self._vjp(lambda y_: grad_y(x, y_), y)
+        hyy, gy = self._vjp(lambda y_: grad_y(x, y_), y, what="grad_y inner", name=name)
         state = {}
 
         def hxy(v):
             if "x" not in state:
-                state["x"] = self._vjp(lambda x_: grad_y(x_, y), x)[0]
+                state["x"] = self._vjp(lambda x_: grad_y(x_, y), x, what="grad_y inner",
+                                       name=name)[0]
             return state["x"](v)
 
         return gy, hyy, hxy
@@ -95,12 +166,14 @@ class _Autograd:
         import autograd
 
         grad_y = autograd.grad(fn, 1)
-        return self._vjp(grad_y, x, y, argnum=(0, 1))[0](v)
+        return self._vjp(lambda a, b: grad_y(a, b), x, y, argnum=(0, 1),
+                         what="grad_y inner", name=self._name(fn, "inner"))[0](v)
 
     def vjp_xy(self, fn, x, y, w):
-        vjp, value = self._vjp(fn, x, y, argnum=(0, 1))
         import autograd.numpy as anp
 
+        vjp, value = self._vjp(lambda a, b: fn(a, b), x, y, argnum=(0, 1), what="constraint",
+                               name=self._name(fn, "constraint"))
         gx, gy = vjp(anp.reshape(w, anp.shape(value)))
         return value, gx, gy
 
@@ -119,13 +192,13 @@ class _Torch:
                                  allow_unused=True)
         return tuple(torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs))
 
-    def value_and_grads(self, fn, x, y):
+    def value_and_grads(self, fn, x, y, what=None):
         x_, y_ = self._leaf(x), self._leaf(y)
         value = fn(x_, y_)
         gx, gy = self._grads(value.sum(), (x_, y_))
         return value.detach(), gx.detach(), gy.detach()
 
-    def grad_y(self, fn, x, y):
+    def grad_y(self, fn, x, y, what=None):
         y_ = self._leaf(y)
         (gy,) = self._grads(fn(x, y_).sum(), (y_,))
         return gy.detach()
@@ -179,14 +252,14 @@ class _Jax:
 
         return lambda a, b: jnp.sum(fn(a, b))
 
-    def value_and_grads(self, fn, x, y):
+    def value_and_grads(self, fn, x, y, what=None):
         import jax
 
         f = self._compiled("vg", fn, lambda f: jax.value_and_grad(self._scalar(f), (0, 1)))
         value, (gx, gy) = f(x, y)
         return value, gx, gy
 
-    def grad_y(self, fn, x, y):
+    def grad_y(self, fn, x, y, what=None):
         import jax
 
         return self._compiled("gy", fn, lambda f: jax.grad(self._scalar(f), 1))(x, y)
@@ -279,7 +352,11 @@ class Oracle:
         self.xp = xp
         self.where = where
         backend = autodiff_backend(xp)
-        self.engine = _ENGINES[backend]() if backend is not None else None
+        self.engine = None
+        if backend == "autograd":
+            self.engine = _Autograd(where)
+        elif backend is not None:
+            self.engine = _ENGINES[backend]()
         missing = [n for n in needs if self.raw[n] is None]
         if missing and self.engine is None:
             listed = "; ".join(_SIGNATURES[n] for n in missing)
@@ -327,14 +404,14 @@ class Oracle:
         if self.outer_grad is not None:
             gx, gy = self._pair(self.outer_grad(x, y), "outer_grad", x, y)
             return float(self.outer(x, y)), gx, gy
-        value, gx, gy = self.engine.value_and_grads(self.outer, x, y)
+        value, gx, gy = self.engine.value_and_grads(self.outer, x, y, what="outer")
         return float(value), self._check(gx, x, "∇ₓ outer"), self._check(gy, y, "∇ᵧ outer")
 
     def inner_grads(self, x, y):
         """``(∇ₓg, ∇ᵧg)``."""
         if self.inner_grad is not None:
             return self._pair(self.inner_grad(x, y), "inner_grad", x, y)
-        _, gx, gy = self.engine.value_and_grads(self.inner, x, y)
+        _, gx, gy = self.engine.value_and_grads(self.inner, x, y, what="inner")
         return self._check(gx, x, "∇ₓ inner"), self._check(gy, y, "∇ᵧ inner")
 
     def inner_grad_y(self, x, y):
@@ -346,7 +423,7 @@ class Oracle:
         """``∇ᵧ(f + λg)`` (one reverse pass when both come from autodiff)."""
         if self.outer_grad is None and self.inner_grad is None:
             gy = self.engine.grad_y(lambda a, b: self.outer(a, b) + lam * self.inner(a, b),
-                                    x, y)
+                                    x, y, what="outer + λ inner")
             return self._check(gy, y, "∇ᵧ(outer + λ inner)")
         return self.outer_grads(x, y)[2] + lam * self.inner_grad_y(x, y)
 
@@ -401,7 +478,5 @@ class Oracle:
             value = c(x, y)
             gx, gy = self._pair(self.raw["constraint_vjp"](x, y, lam), "constraint_vjp", x, y)
             return value, gx, gy
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Output seems independent of input")
-            value, gx, gy = self.engine.vjp_xy(c, x, y, lam)
+        value, gx, gy = self.engine.vjp_xy(c, x, y, lam)
         return value, self._check(gx, x, "Jₓcᵀλ"), self._check(gy, y, "Jᵧcᵀλ")

@@ -21,38 +21,71 @@ tangent through ``∇ᵧg`` with autograd's forward mode on every product (no st
 more arithmetic). The mixed term ``∇²ₓᵧg · v`` is one reverse pass through ``∇ᵧg`` with
 respect to x.
 
+Failure follows the solver contract: the result (``return_info=True``) has ``status``,
+``converged``, ``message`` and ``n_iters``; a hypergradient whose linear system was not
+solved to ``rtol`` warns with a :class:`~diffsolve.ConvergenceWarning` (``throw=True``:
+raises the :class:`~diffsolve.SolveError` of its status). A NaN or inf in the outer
+objective's gradient (the right-hand side, the "cotangent" of the Hessian system) gives a
+NaN hypergradient, as a NaN cotangent does in :func:`diffsolve.vjp`.
+
 Reference: Ji, Yang & Liang, "Bilevel Optimization: Convergence Analysis and Enhanced
 Design" (ICML 2021) for AID-CG / Neumann / ITD; Lorraine, Vicol & Duvenaud, "Optimizing
 Millions of Hyperparameters by Implicit Differentiation" (AISTATS 2020) for the Neumann
-approximation. ../shared/ALGORITHMS.md §4 has the formulas and the ridge closed form.
+approximation.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import autograd
 from autograd import make_jvp
-from autograd.tracer import getval
 
 from .. import _backend as B
-from .._result import ConvergenceWarning, SolverResult
+from .. import _validate as V
+from .._result import SolverResult
+from .._status import Status, report
 from ..implicit._implicit_solve import _probe, cg_solve
-from ..implicit._user_vjp import autograd_vjp
-from ._derivatives import Oracle, check_callables
+from ._derivatives import (
+    WAYS_OUT,
+    Oracle,
+    check_array,
+    check_callables,
+    check_scalar,
+    first_call,
+)
 
-__all__ = ["HypergradientInfo", "hypergradient", "implicit_hypergradient"]
+__all__ = ["HypergradientInfo", "HypergradientSettings", "hypergradient",
+           "implicit_hypergradient"]
 
 WHERE = "diffsolve.bilevel.hypergradient"
 METHODS = ("implicit-cg", "neumann", "unrolled")
 HVP_MODES = ("reverse-over-reverse", "forward-over-reverse")
-DEFAULT_NEUMANN_TERMS = 100
+DEFAULT_TERMS = 100  # neumann's K and unrolled's T when maxiter is None
 POWER_ITERATIONS = 20
+RENAMED = {"n_steps": "maxiter"}
+
+
+@dataclass(frozen=True)
+class HypergradientSettings:
+    """The options of one :func:`hypergradient` call, validated once."""
+
+    method: str
+    maxiter: int | None
+    rtol: float
+    stepsize: float | None
+    ridge: float
+    hvp: str
+    return_info: bool
+    throw: bool
+
+    @property
+    def fixed_budget(self) -> bool:
+        """``rtol = 0``: run exactly ``maxiter`` iterations (series terms, CG steps)."""
+        return self.rtol == 0.0
 
 
 @dataclass(frozen=True)
@@ -63,13 +96,15 @@ class HypergradientInfo(SolverResult):
     ----------
     method : str
     n_iters : int
-        CG iterations (implicit-cg), series terms K (neumann) or unrolled steps T.
-    converged : bool or None
-        implicit-cg and neumann: whether ``residual_norm <= rtol ||∇ᵧf||``; ``None`` for
-        unrolled (a fixed budget, no linear system).
+        Hessian-vector products spent on the linear system (implicit-cg: CG iterations;
+        neumann: series terms) or unrolled steps T.
+    converged : bool
+        implicit-cg and neumann: whether ``residual_norm <= rtol ||∇ᵧf||``; unrolled:
+        ``True`` (the gradient of the T unrolled steps is exact; ``inner_grad_norm`` says
+        how far they got).
     residual_norm : float or None
-        ``||(∇²ᵧᵧg + ridge I) v − ∇ᵧf||`` (one more Hessian-vector product); ``None`` for
-        unrolled.
+        ``||(∇²ᵧᵧg + ridge I) v − ∇ᵧf||`` at the returned ``v`` (``None`` for unrolled and
+        where it was not computed).
     inner_grad_norm : float
         ``||∇ᵧ inner||`` at the given ``y`` (at the last unrolled iterate for unrolled): how
         far ``y`` is from ``y*(x)``; the hypergradient is only as accurate as ``y``.
@@ -78,50 +113,57 @@ class HypergradientInfo(SolverResult):
         power iteration); ``None`` for implicit-cg.
     v : array or None
         The solution of the Hessian system (implicit-cg, neumann).
+    status : Status
+        ``SUCCESS``; ``MAX_ITERATIONS`` (``maxiter`` spent above ``rtol``; the request
+        itself with ``rtol=0``); ``DIVERGED`` (the Neumann terms grew: ``stepsize`` too
+        large); ``BREAKDOWN`` (CG met non-positive curvature); ``NONFINITE`` (NaN or inf
+        in the outer gradient: the hypergradient is NaN).
+    message : str
+        Why it stopped, and what to try.
     """
 
     method: str
     n_iters: int
-    converged: bool | None
+    converged: bool
     residual_norm: float | None
     inner_grad_norm: float
     stepsize: float | None
     v: Any = None
+    status: Status = Status.SUCCESS
+    message: str = ""
 
 
 def _norm(xp, v) -> float:
-    return float(xp.sqrt(xp.sum(v * v)))
+    # scaled, so that entries beyond 1e154 (float64) do not overflow the squares
+    s = float(xp.max(xp.abs(v))) if math.prod(tuple(v.shape)) else 0.0
+    if s == 0.0 or not math.isfinite(s):
+        return s
+    w = v / s
+    return s * float(xp.sqrt(xp.sum(w * w)))
 
 
-def _positive_int(name, value, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{WHERE}: {name} must be a positive integer"
-                         f"{' or None' if allow_none else ''}, got {value!r}")
-    return int(value)
-
-
-def _nonnegative(name, value, strict=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not math.isfinite(value) or value < 0 or (strict and value == 0):
-        raise ValueError(f"{WHERE}: {name} must be a finite number {'>' if strict else '>='} "
-                         f"0, got {value!r}")
-    return float(value)
-
-
-def _check_scalar(value, name):
-    shape = tuple(getattr(getval(value), "shape", ()))
-    if math.prod(shape) != 1:
-        raise ValueError(f"{WHERE}: {name}(x, y) must return a scalar, got shape {shape}")
+def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw):
+    method = V.choice(WHERE, "method", method, METHODS)
+    return HypergradientSettings(
+        method=method,
+        maxiter=V.positive_int(WHERE, "maxiter", maxiter, allow_none=True),
+        # rtol = 0 is a fixed budget: exactly maxiter CG iterations / series terms
+        rtol=V.nonnegative_real(WHERE, "rtol", rtol),
+        stepsize=V.positive_real(WHERE, "stepsize", stepsize, allow_none=True),
+        ridge=V.nonnegative_real(WHERE, "ridge", ridge),
+        hvp=V.choice(WHERE, "hvp", hvp, HVP_MODES),
+        return_info=V.boolean(WHERE, "return_info", return_info),
+        throw=V.boolean(WHERE, "throw", throw),
+    )
 
 
 def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implicit-cg", *,
                   maxiter: int | None = None, rtol: float = 1e-10,
-                  stepsize: float | None = None, n_steps: int = 100, ridge: float = 0.0,
+                  stepsize: float | None = None, ridge: float = 0.0,
                   hvp: str = "reverse-over-reverse", return_info: bool = False,
-                  outer_grad: Callable | None = None, inner_grad: Callable | None = None,
-                  inner_hvp: Callable | None = None):
+                  throw: bool = False, outer_grad: Callable | None = None,
+                  inner_grad: Callable | None = None, inner_hvp: Callable | None = None,
+                  **deprecated):
     """The hypergradient ``∇ₓ outer(x, y*(x))`` with ``y*(x) = argmin_y inner(x, y)``.
 
     Parameters
@@ -137,7 +179,8 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     y : array
         An (approximate) inner solution ``y ≈ y*(x)`` for implicit-cg and neumann (the
         hypergradient is exact only at ``y*``); the starting point of the unrolled steps
-        for unrolled.
+        for unrolled. x and y follow diffsolve's array policy (float32 or float64 kept,
+        integers promoted to float64; float16, complex, lists, size 0 and NaN/inf refused).
     method : {"implicit-cg", "neumann", "unrolled"}
         See the module docstring. In short: implicit-cg is the accurate and cheap choice
         when the inner problem is solved well and strongly convex; neumann needs only
@@ -146,16 +189,18 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         what the inner optimiser actually did (it needs no ``y ≈ y*`` and suits short,
         warm-started inner loops) at a memory cost growing with T (NumPy / autograd only).
     maxiter : int, optional
-        implicit-cg: CG iteration limit (default ``10 n``, n the size of y);
-        neumann: the number K of Hessian-vector products (default 100).
+        implicit-cg: CG iteration limit (default ``10 n``, n the size of y); neumann: the
+        largest number K of series terms, one Hessian-vector product each (default 100);
+        unrolled: the number T of inner gradient steps (default 100). Replaces
+        ``n_steps`` (deprecated).
     rtol : float
-        implicit-cg stops at ``||residual|| <= rtol ||∇ᵧf||``; also the ``converged``
-        threshold reported for neumann.
+        implicit-cg and neumann stop at ``||residual|| <= rtol ||∇ᵧf||`` (the residual of
+        the Neumann partial sum is exact and free: it is the next term), and warn when
+        ``maxiter`` runs out first. ``rtol=0`` runs exactly ``maxiter`` iterations (a
+        fixed budget, no warning).
     stepsize : float, optional
         α of neumann and of the unrolled gradient steps; must be in ``(0, 2/L)``. Default:
         ``1 / (1.05 L̂)`` with L̂ from 20 power iterations on ``∇²ᵧᵧg(x, y)``.
-    n_steps : int
-        unrolled: the number T of inner gradient steps.
     ridge : float
         implicit-cg and neumann: solve ``(∇²ᵧᵧg + ridge I) v = ∇ᵧf`` (regularises a
         singular or indefinite Hessian).
@@ -163,8 +208,11 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         How autograd computes Hessian-vector products (NumPy inputs without
         ``inner_hvp``; see the module docstring).
     return_info : bool
-        Also return a :class:`HypergradientInfo` (costs one more Hessian-vector product
-        for the residual).
+        Also return a :class:`HypergradientInfo`.
+    throw : bool
+        Raise the :class:`~diffsolve.SolveError` of the status
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.DivergedError`, ...)
+        instead of warning.
     outer_grad : callable, optional
         ``outer_grad(x, y) -> (∇ₓ outer, ∇ᵧ outer)``, in x's library.
     inner_grad : callable, optional
@@ -184,11 +232,18 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     info : HypergradientInfo
         Only with ``return_info=True``.
 
+    Raises
+    ------
+    NotTraceableError
+        ``outer`` or ``inner`` is written with plain NumPy calls that hide its dependence
+        on x or y from autograd (``np.array([...])``, ``float(...)``): write it with
+        ``autograd.numpy``, or pass the derivatives.
+
     Warns
     -----
     ConvergenceWarning
-        implicit-cg did not reach ``rtol`` within ``maxiter``; or the Neumann terms grew
-        (``stepsize`` too large for ``∇²ᵧᵧg``).
+        implicit-cg or neumann did not reach ``rtol`` within ``maxiter``; the Neumann
+        terms grew (``stepsize`` too large for ``∇²ᵧᵧg``); CG met non-positive curvature.
 
     Examples
     --------
@@ -215,31 +270,25 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     >>> bool(np.allclose(g2, g))
     True
     """
-    for name, a in (("x", x), ("y", y)):  # before the namespace, for a precise message
-        if not B.is_array(a):
-            raise TypeError(f"{WHERE}: {name} must be an array, got {type(a).__name__} (wrap "
-                            "numbers and lists with numpy.asarray)")
+    kw = V.renamed_options(WHERE, deprecated, RENAMED)
+    if "maxiter" in kw:
+        if maxiter is not None:
+            raise TypeError(f"{WHERE}: got both n_steps= (deprecated) and maxiter=; pass "
+                            "only maxiter=")
+        maxiter = kw.pop("maxiter")
+    V.unexpected_options(WHERE, kw, ("maxiter", "rtol", "stepsize", "ridge", "hvp",
+                                     "return_info", "throw", "outer_grad", "inner_grad",
+                                     "inner_hvp"))
+    x = check_array(WHERE, "x", x)
+    y = check_array(WHERE, "y", y)
     xp = B.array_namespace(x, y, where=WHERE)
     for name, fn in (("outer", outer), ("inner", inner)):
         if not callable(fn):
             raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
                             f"{type(fn).__name__}")
     check_callables(WHERE, outer_grad=outer_grad, inner_grad=inner_grad, inner_hvp=inner_hvp)
-    for name, a in (("x", x), ("y", y)):
-        if not xp.isdtype(a.dtype, "real floating"):
-            raise TypeError(f"{WHERE}: {name} has dtype {a.dtype}; pass a floating array "
-                            "(e.g. float64)")
-    if method not in METHODS:
-        raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of {list(METHODS)}")
-    if hvp not in HVP_MODES:
-        raise ValueError(f"{WHERE}: hvp={hvp!r} is not known; choose one of {list(HVP_MODES)}")
-    maxiter = _positive_int("maxiter", maxiter)
-    n_steps = _positive_int("n_steps", n_steps, allow_none=False)
-    rtol = _nonnegative("rtol", rtol, strict=True)
-    ridge = _nonnegative("ridge", ridge)
-    if stepsize is not None:
-        stepsize = _nonnegative("stepsize", stepsize, strict=True)
-    if method == "unrolled" and not B.is_numpy(xp):
+    st = _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw)
+    if st.method == "unrolled" and not B.is_numpy(xp):
         raise TypeError(
             f"{WHERE}: method='unrolled' differentiates the inner gradient steps with HIPS "
             f"autograd, which needs NumPy arrays, but x and y are {xp.__name__} arrays; use "
@@ -248,58 +297,79 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         )
     oracle = Oracle(outer, inner, None, xp, outer_grad=outer_grad, inner_grad=inner_grad,
                     inner_hvp=inner_hvp, needs=("outer_grad", "inner_hvp"), where=WHERE,
-                    what=f"method={method!r}")
-    _check_scalar(inner(x, y), "inner")
-
-    if B.is_numpy(xp) and inner_hvp is None:
+                    what=f"method={st.method!r}")
+    first_call(WHERE, inner, "inner", x, y)
+    stepsize = st.stepsize
+    if st.method == "unrolled":
         grad_y_inner = autograd.grad(inner, 1)
-        hyy = _autograd_hyy(grad_y_inner, x, y, hvp)
-        if method == "unrolled":
-            if stepsize is None:
-                stepsize = _stepsize(hyy, y, xp)
-            return _unrolled(outer, grad_y_inner, x, y, stepsize, n_steps, return_info, xp)
-
-        def hxy(v):
-            return autograd_vjp(lambda x_: grad_y_inner(x_, y), x)[0](v)
+        if stepsize is None:
+            hyy = _autograd_hyy(grad_y_inner, x, y, st.hvp) if inner_hvp is None else \
+                oracle.hessian(x, y)[0]
+            stepsize = _stepsize(hyy, y, xp)
+        grad, info = _unrolled(outer, grad_y_inner, x, y, stepsize, st, xp)
     else:
-        if method == "unrolled":  # NumPy with a user inner_hvp: unrolled ignores it
+        if B.is_numpy(xp) and inner_hvp is None:
             grad_y_inner = autograd.grad(inner, 1)
-            if stepsize is None:
-                stepsize = _stepsize(oracle.hessian(x, y)[0], y, xp)
-            return _unrolled(outer, grad_y_inner, x, y, stepsize, n_steps, return_info, xp)
-        hyy, hxy = oracle.hessian(x, y)
-    if method == "neumann" and stepsize is None:
-        stepsize = _stepsize(hyy, y, xp)
-    _check_scalar(oracle.outer(x, y), "outer")
-    _, fx, fy = oracle.outer_grads(x, y)
-    grad, v, out = implicit_hypergradient(
-        hyy, hxy, fx, fy, method=method, rtol=rtol, maxiter=maxiter, ridge=ridge,
-        stepsize=stepsize, true_residual=return_info, where=WHERE)
-    if not return_info:
-        return grad
-    inner_grad_norm = _norm(xp, oracle.inner_grad_y(x, y))
-    return grad, HypergradientInfo(method, out.n_iters, out.converged, out.residual_norm,
-                                   inner_grad_norm, stepsize if method == "neumann" else None,
-                                   v)
+            hyy = _autograd_hyy(grad_y_inner, x, y, st.hvp)
+            hxy = _autograd_hxy(grad_y_inner, x, y)
+        else:
+            hyy, hxy = oracle.hessian(x, y)
+        if st.method == "neumann" and stepsize is None:
+            stepsize = _stepsize(hyy, y, xp)
+        first_call(WHERE, oracle.outer, "outer", x, y)
+        _, fx, fy = oracle.outer_grads(x, y)
+        grad, v, out = implicit_hypergradient(
+            hyy, hxy, fx, fy, method=st.method, rtol=st.rtol, maxiter=st.maxiter,
+            ridge=st.ridge, stepsize=stepsize, where=WHERE)
+        inner_grad_norm = _norm(xp, oracle.inner_grad_y(x, y)) if st.return_info else \
+            math.nan
+        info = HypergradientInfo(st.method, out.n_iters, out.converged, out.residual_norm,
+                                 inner_grad_norm,
+                                 stepsize if st.method == "neumann" else None, v,
+                                 out.status, out.message)
+    # a NaN hypergradient from a NaN/inf outer gradient is returned without a warning, as
+    # a NaN cotangent gives NaN gradients in diffsolve.vjp
+    quiet = info.status is Status.NONFINITE and NAN_OUTER in info.message
+    report(info, throw=st.throw, warn=not quiet, fixed_budget=st.fixed_budget)
+    return (grad, info) if st.return_info else grad
+
+
+NAN_OUTER = "the outer objective's gradient contains NaN or inf"
 
 
 @dataclass(frozen=True)
-class _LinearOutcome:
+class LinearOutcome:
+    """How the Hessian system of :func:`implicit_hypergradient` was solved."""
+
     n_iters: int
-    converged: bool | None
+    converged: bool
     residual_norm: float | None
+    status: Status
+    message: str
+
+
+_CG_ADVICE = ("inner is not strongly convex at y: move y closer to argmin_y inner, add "
+              "ridge > 0, or use method='neumann' or 'unrolled'")
 
 
 def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10,
-                           maxiter=None, ridge=0.0, stepsize=None, true_residual=False,
-                           where=WHERE, stacklevel=3):
+                           maxiter=None, ridge=0.0, stepsize=None, where=WHERE):
     """``(∇ₓf − hxy(v), v, outcome)`` with ``(hyy + ridge I) v = ∇ᵧf`` by CG or Neumann.
 
     The namespace-agnostic core of :func:`hypergradient`, shared by
     :func:`diffsolve.bilevel.solve`: ``hyy`` / ``hxy`` are the products ``v ↦ ∇²ᵧᵧg·v``
-    and ``v ↦ ∇²ₓᵧg·v``; ``fx``, ``fy`` the gradients of the outer objective.
+    and ``v ↦ ∇²ₓᵧg·v``; ``fx``, ``fy`` the gradients of the outer objective. Nothing is
+    warned here: the caller reads ``outcome.status`` (a :class:`LinearOutcome`).
     """
     xp = B.array_namespace(fx, fy, where=where)
+    label = f"{where}(method={method!r})"
+    if not (B.isfinite_all(xp, fx) and B.isfinite_all(xp, fy)):
+        # a NaN/inf right-hand side: the Krylov loops would stop at once with v = 0 and
+        # return ∇ₓf as if it were the hypergradient
+        nan = xp.full_like(fx, float("nan"))
+        return nan, xp.full_like(fy, float("nan")), LinearOutcome(
+            0, False, None, Status.NONFINITE,
+            f"{label}: {NAN_OUTER}, so the hypergradient is NaN")
 
     def apply(v):
         Hv = hyy(v)
@@ -307,48 +377,98 @@ def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10
 
     b_norm = _norm(xp, fy)
     if method == "implicit-cg":
-        out = cg_solve(
-            apply, fy, rtol=rtol, maxiter=maxiter, where=where,
-            what="the Hessian system ∇²ᵧᵧ inner · v = ∇ᵧ outer",
-            advice="inner is not strongly convex at y: move y closer to argmin_y inner, add "
-                   "ridge > 0, or use method='neumann' or 'unrolled'",
-            true_residual=true_residual)
-        v, n_iters, converged, residual = out.u, out.n_iters, out.converged, out.residual_norm
-        if not converged:
-            rel = residual / b_norm if b_norm else residual
-            warnings.warn(
-                f"{where}(method='implicit-cg'): CG on the Hessian system did not converge: "
-                f"relative residual {rel:.3g} > rtol={rtol:g} after {n_iters} iterations; "
-                "increase maxiter, add ridge > 0, or check that y is close to argmin_y inner",
-                ConvergenceWarning, stacklevel=stacklevel)
+        out = cg_solve(apply, fy, rtol=rtol, maxiter=maxiter, where=where,
+                       what="the Hessian system ∇²ᵧᵧ inner · v = ∇ᵧ outer",
+                       advice=_CG_ADVICE, true_residual=True)
+        v, n_iters, residual = out.u, out.n_iters, out.residual_norm
+        status = getattr(out, "status", None)
+        if status is not None:
+            status = Status(int(status))
+        elif out.converged:
+            status = Status.SUCCESS
+        else:
+            status = Status.NONFINITE if residual is not None and \
+                not math.isfinite(residual) else Status.MAX_ITERATIONS
+        converged = status is Status.SUCCESS
+        if converged:
+            message = f"{label}: CG solved the Hessian system in {n_iters} iterations"
+        else:
+            rel = residual / b_norm if b_norm and residual is not None else residual
+            message = (f"{label}: CG on the Hessian system stopped with relative residual "
+                       f"{rel:.3g} > rtol={rtol:g} after {n_iters} iterations. "
+                       f"{status.hint()}; increase maxiter, add ridge > 0, or check that y "
+                       "is close to argmin_y inner")
     else:
-        n_iters = DEFAULT_NEUMANN_TERMS if maxiter is None else maxiter
-        p = fy
-        acc = fy
-        for _ in range(n_iters):
-            p = p - stepsize * apply(p)
-            acc = acc + p
-        v = stepsize * acc
-        if _norm(xp, p) > b_norm:
-            warnings.warn(
-                f"{where}(method='neumann'): the Neumann terms grew (||term K|| = "
-                f"{_norm(xp, p):.3g} > ||∇ᵧ outer|| = {b_norm:.3g}), so the series diverges: "
-                f"stepsize={stepsize:g} is too large for ∇²ᵧᵧ inner (it must be < 2/L); pass a "
-                "smaller stepsize, or leave it None to estimate 1/L",
-                ConvergenceWarning, stacklevel=stacklevel)
-        residual = _norm(xp, apply(v) - fy) if true_residual else None
-        converged = None if residual is None else residual <= rtol * b_norm
+        v, n_iters, residual, status, message = _neumann(apply, fy, b_norm, stepsize, rtol,
+                                                         maxiter, xp, label)
+        converged = status is Status.SUCCESS
     grad = fx - hxy(v)
-    return grad, v, _LinearOutcome(n_iters, converged, residual)
+    return grad, v, LinearOutcome(n_iters, converged, residual, status, message)
+
+
+def _neumann(apply, fy, b_norm, stepsize, rtol, maxiter, xp, label):
+    """``v = α Σ_{j<k} (I − αA)^j ∇ᵧf`` with ``A = ∇²ᵧᵧg + ridge I``.
+
+    The residual of that partial sum is exactly the next term: ``A v_k − ∇ᵧf =
+    −(I − αA)^k ∇ᵧf = −p_k`` (telescoping), so it is known after each product, for free;
+    the sum stops as soon as it meets ``rtol`` and always reports its true residual.
+    """
+    K = DEFAULT_TERMS if maxiter is None else maxiter
+    tol = rtol * b_norm
+    p = acc = fy  # p_0 and the partial sum Σ_{j<1} p_j
+    res = b_norm
+    n = 0
+    while n < K and res > tol:
+        p = p - stepsize * apply(p)  # p_{n+1}: the residual of α·acc
+        n += 1
+        res = _norm(xp, p)
+        if not math.isfinite(res) or not res > tol or n == K:
+            break
+        acc = acc + p
+    v = stepsize * acc
+    if not math.isfinite(res) or res > b_norm:
+        return v, n, res, Status.DIVERGED, (
+            f"{label}: the Neumann terms grew (||term {n}|| = {res:.3g} > ||∇ᵧ outer|| = "
+            f"{b_norm:.3g}), so the series diverges: stepsize={stepsize:g} is too large for "
+            "∇²ᵧᵧ inner (it must be < 2/L, and the Hessian positive definite); pass a "
+            "smaller stepsize, or leave it None to estimate 1/L")
+    if res <= tol:
+        return v, n, res, Status.SUCCESS, (
+            f"{label}: the Neumann series met rtol after {n} terms")
+    rel = res / b_norm if b_norm else res
+    return v, n, res, Status.MAX_ITERATIONS, (
+        f"{label}: the Neumann series stopped at relative residual {rel:.3g} > rtol="
+        f"{rtol:g} after {n} terms. {Status.MAX_ITERATIONS.hint()}; the series converges "
+        "like (1 − α μ)^K: a stepsize closer to 1/L, or method='implicit-cg', converges "
+        "faster")
 
 
 def _autograd_hyy(grad_y_inner, x, y, mode):
     """``v ↦ ∇²ᵧᵧg·v`` with autograd (reverse-over-reverse: one trace, reused)."""
+    from ..implicit._user_vjp import autograd_vjp
+
     if mode == "reverse-over-reverse":
         # ∇²ᵧᵧg is symmetric, so the VJP of y ↦ ∇ᵧg (one trace, reused) is its product
-        return autograd_vjp(lambda y_: grad_y_inner(x, y_), y)[0]
+        return autograd_vjp(lambda y_: grad_y_inner(x, y_), y, where=WHERE,
+                            what="∇ᵧ of the inner objective", ways_out=WAYS_OUT)[0]
     jvp = make_jvp(lambda y_: grad_y_inner(x, y_))(y)
     return lambda v: jvp(v)[1]
+
+
+def _autograd_hxy(grad_y_inner, x, y):
+    """``v ↦ ∇²ₓᵧg·v``: the VJP of x ↦ ∇ᵧg (traced once, at the first product)."""
+    from ..implicit._user_vjp import autograd_vjp
+
+    state = {}
+
+    def hxy(v):
+        if "x" not in state:
+            state["x"] = autograd_vjp(lambda x_: grad_y_inner(x_, y), x, where=WHERE,
+                                      what="∇ᵧ of the inner objective (as a function of x)",
+                                      ways_out=WAYS_OUT)[0]
+        return state["x"](v)
+
+    return hxy
 
 
 def _stepsize(hvp_fn, y, xp) -> float:
@@ -360,32 +480,54 @@ def _stepsize(hvp_fn, y, xp) -> float:
     for _ in range(POWER_ITERATIONS):
         w = hvp_fn(v)
         lam = _norm(xp, w)
-        if lam == 0.0:
+        if lam == 0.0 or not math.isfinite(lam):
             break
         v = w / lam
-    if not lam > 0.0:
+    if not (lam > 0.0 and math.isfinite(lam)):
         raise ValueError(
-            f"{WHERE}: the Hessian ∇²ᵧᵧ inner is zero at y (power iteration), so no step size "
-            "can be estimated; is inner quadratic or strongly convex in y? Pass stepsize="
+            f"{WHERE}: the Hessian ∇²ᵧᵧ inner at y is {'zero' if lam == 0.0 else 'not finite'} "
+            "(power iteration), so no step size can be estimated; is inner quadratic or "
+            "strongly convex in y? Pass stepsize="
         )
     # power iteration approaches L from below; the margin keeps α < 2/L with room to spare
     return 1.0 / (1.05 * lam)
 
 
-def _unrolled(outer, grad_y_inner, x, y, stepsize, n_steps, return_info, xp):
-    last = {}
+def _unrolled(outer, grad_y_inner, x, y, stepsize, st, xp):
+    from ..implicit._user_vjp import autograd_vjp
+
+    steps = DEFAULT_TERMS if st.maxiter is None else st.maxiter
+
+    def run(x_):
+        y_t = y
+        for _ in range(steps):
+            y_t = y_t - stepsize * grad_y_inner(x_, y_t)
+        return y_t
 
     def phi(x_):
-        y_t = y
-        for _ in range(n_steps):
-            y_t = y_t - stepsize * grad_y_inner(x_, y_t)
-        last["y"] = getval(y_t)
-        return outer(x_, y_t)
+        return outer(x_, run(x_))
 
-    vjp, value = autograd_vjp(phi, x)
-    _check_scalar(value, "outer")
+    phi.__name__ = getattr(outer, "__name__", "outer")
+    vjp, value = autograd_vjp(phi, x, where=WHERE,
+                              what="the outer objective through the unrolled inner steps",
+                              ways_out=WAYS_OUT)
+    check_scalar(WHERE, value, "outer")
     grad = vjp(xp.ones_like(xp.asarray(value)))
-    if not return_info:
-        return grad
-    inner_grad_norm = _norm(xp, grad_y_inner(x, last["y"]))
-    return grad, HypergradientInfo("unrolled", n_steps, None, None, inner_grad_norm, stepsize)
+    # the last iterate again, untraced (the traced one may hold boxes in object arrays
+    # when inner is written with plain NumPy that autograd still follows element-wise)
+    y_last = run(x) if st.return_info or not B.isfinite_all(xp, grad) else None
+    if y_last is not None and not B.isfinite_all(xp, y_last):
+        status = Status.DIVERGED
+        message = (f"{WHERE}(method='unrolled'): the {steps} unrolled inner steps diverged "
+                   f"(stepsize={stepsize:g} too large for ∇²ᵧᵧ inner: it must be < 2/L); "
+                   "pass a smaller stepsize, or leave it None to estimate 1/L")
+    elif not B.isfinite_all(xp, grad):
+        status = Status.NONFINITE
+        message = (f"{WHERE}(method='unrolled'): {NAN_OUTER} at the last unrolled step, so "
+                   "the hypergradient is NaN")
+    else:
+        status = Status.SUCCESS
+        message = f"{WHERE}(method='unrolled'): differentiated {steps} unrolled inner steps"
+    inner_grad_norm = _norm(xp, grad_y_inner(x, y_last)) if st.return_info else math.nan
+    return grad, HypergradientInfo("unrolled", steps, status is Status.SUCCESS, None,
+                                   inner_grad_norm, stepsize, None, status, message)

@@ -32,28 +32,31 @@ objective value, norms for the stopping test) are read back, once per iteration.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
 from .. import _backend as B
-from .._result import ConvergenceWarning, SolverResult
+from .. import _validate as V
+from .._result import SolverResult
+from .._status import Status, report
 from ..implicit._projections import (
     projection_ball,
     projection_box,
     projection_nonnegative,
     projection_simplex,
 )
-from ._derivatives import Oracle, check_callables
+from ._derivatives import Oracle, check_array, check_callables, first_call
 from ._hypergradient import _stepsize, implicit_hypergradient
 
-__all__ = ["BilevelHistory", "BilevelResult", "BilevelState", "solve"]
+__all__ = ["BilevelHistory", "BilevelResult", "BilevelSettings", "BilevelState", "solve"]
 
 WHERE = "diffsolve.bilevel.solve"
 METHODS = ("implicit", "penalty", "lv-hba", "bo-rep")
@@ -82,6 +85,15 @@ _INT_OPTIONS = ("cg_maxiter", "period", "refine_iters")
 _NONNEG_OPTIONS = ("ridge", "eta_power", "p", "rho", "step_power")
 
 SETS = ("box", "ball", "simplex", "nonnegative")
+
+# old option names -> new (kept for one release, with a DeprecationWarning)
+RENAMED = {"max_iter": "maxiter", "tol": "atol", "step": "stepsize",
+           "inner_step": "inner_stepsize"}
+
+# the stationarity measure growing this much over its first value means divergence: the
+# run stops before the iterates overflow (NumPy would warn of overflow, and the numbers
+# past that point say nothing)
+DIVERGENCE_FACTOR = 1e12
 
 # the user derivatives each method calls (the others are ignored)
 NEEDS = {
@@ -119,7 +131,7 @@ class BilevelState:
 
     Attributes
     ----------
-    iteration : int
+    n_iters : int
         Iterations done (1 after the first).
     x, y : array
         The current iterates.
@@ -130,12 +142,17 @@ class BilevelState:
     method : str
     """
 
-    iteration: int
+    n_iters: int
     x: Any
     y: Any
     outer_value: float
     grad_norm: float
     method: str
+
+    @property
+    def iteration(self) -> int:
+        """``n_iters`` (the name before the solver contract)."""
+        return self.n_iters
 
 
 @dataclass(frozen=True)
@@ -150,12 +167,19 @@ class BilevelResult(SolverResult):
     n_iters : int
         Outer iterations done.
     converged : bool
-        Whether the method's stopping test (see :func:`solve`, ``tol``) passed.
+        Whether the method's stopping test (see :func:`solve`, ``rtol`` / ``atol``)
+        passed at the returned iterate (and, for lv-hba, the constraints hold to
+        ``feas_tol``).
     history : BilevelHistory
         Outer objective, hypergradient norm and wall time per iteration.
     method : str
     message : str
         Why it stopped, and what to try when it did not converge.
+    status : Status
+        ``SUCCESS``; ``MAX_ITERATIONS`` (``maxiter`` reached; the request itself with
+        ``rtol = atol = 0``); ``DIVERGED`` (the iterates grew without bound or became
+        non-finite); ``INFEASIBLE`` (lv-hba: the constraints are still violated at the
+        end); ``STOPPED`` (the callback returned ``True``).
     """
 
     x: Any
@@ -165,6 +189,7 @@ class BilevelResult(SolverResult):
     history: BilevelHistory
     method: str = "implicit"
     message: str = ""
+    status: Status = Status.SUCCESS
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -172,32 +197,6 @@ class BilevelResult(SolverResult):
 # ---------------------------------------------------------------------------------------
 # argument checks
 # ---------------------------------------------------------------------------------------
-def _positive(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{WHERE}: {name} must be a finite number > 0"
-                         f"{' or None' if allow_none else ''}, got {value!r}")
-    return float(value)
-
-
-def _nonnegative(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not math.isfinite(value) or value < 0:
-        raise ValueError(f"{WHERE}: {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{WHERE}: {name} must be a positive integer"
-                         f"{' or None' if allow_none else ''}, got {value!r}")
-    return int(value)
-
-
 def _options(method, options):
     opts = dict(OPTIONS[method])
     if options is None:
@@ -209,23 +208,23 @@ def _options(method, options):
         raise ValueError(f"{WHERE}: options {unknown} are not known for method={method!r}; "
                          f"its options are {sorted(opts)}")
     for key, value in options.items():
+        name = f"options[{key!r}]"
         if key == "y_step":
-            opts[key] = _positive("options['y_step']", value, allow_none=True)
+            opts[key] = V.positive_real(WHERE, name, value, allow_none=True)
         elif key == "rho" and value is None:
             opts[key] = None
         elif key in _INT_OPTIONS:
-            opts[key] = _positive_int(f"options[{key!r}]", value, allow_none=key == "cg_maxiter")
+            opts[key] = V.positive_int(WHERE, name, value, allow_none=key == "cg_maxiter")
         elif key in _NONNEG_OPTIONS:
-            opts[key] = _nonnegative(f"options[{key!r}]", value)
+            opts[key] = V.nonnegative_real(WHERE, name, value)
         elif method == "bo-rep" and key in ("beta", "anneal"):
-            lo_ok = (lambda v: 0 <= v < 1) if key == "beta" else (lambda v: 0 < v <= 1)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-                    not lo_ok(value):
-                raise ValueError(f"{WHERE}: options[{key!r}] must be in "
-                                 f"{'[0, 1)' if key == 'beta' else '(0, 1]'}, got {value!r}")
-            opts[key] = float(value)
+            v = V.finite_real(WHERE, name, value, minimum=0.0, strict=key == "anneal",
+                              maximum=1.0)
+            if key == "beta" and v == 1.0:
+                raise ValueError(f"{WHERE}: {name} must be in [0, 1), got {v}")
+            opts[key] = v
         else:
-            opts[key] = _positive(f"options[{key!r}]", value)
+            opts[key] = V.positive_real(WHERE, name, value)
     if method == "penalty" and opts["lam_max"] < opts["lam0"]:
         raise ValueError(f"{WHERE}: options lam_max={opts['lam_max']!r} < lam0="
                          f"{opts['lam0']!r}; the penalty weight grows from lam0 to lam_max")
@@ -267,21 +266,6 @@ def _shape(value):
     from autograd.tracer import getval  # autograd boxes carry their value's shape
 
     return tuple(getattr(getval(value), "shape", ()))
-
-
-def _check_scalar(value, name):
-    shape = _shape(value)
-    if math.prod(shape) != 1:
-        raise ValueError(f"{WHERE}: {name}(x, y) must return a scalar, got shape {shape}")
-
-
-def _first_call(fn, name, x, y):
-    try:
-        return fn(x, y)
-    except (ValueError, TypeError, IndexError) as e:
-        raise ValueError(f"{WHERE}: {name}(x0, y0) failed for x0 of shape {tuple(x.shape)} and "
-                         f"y0 of shape {tuple(y.shape)}: {e}; check the shapes of x0 and y0"
-                         ) from e
 
 
 def _check_batch(batch):
@@ -367,6 +351,7 @@ class _Implicit:
         self.step, self.inner_step, self.inner_iters, self.opts = step, inner_step, \
             inner_iters, opts
         self.v = pb.xp.zeros_like(y)  # the stochastic variant's warm-started v
+        self.inner_failures = (0, "")  # CG solves that stopped above cg_rtol, and the last
 
     def iterate(self, k):
         pb, d = self.pb, self.pb.d
@@ -379,10 +364,15 @@ class _Implicit:
         value, fx, fy = d.outer_grads(x, y)
         if pb.batch is None:
             hyy, hxy = d.hessian(x, y)
-            grad, _, _ = implicit_hypergradient(
+            grad, _, out = implicit_hypergradient(
                 hyy, hxy, fx, fy, rtol=self.opts["cg_rtol"], maxiter=self.opts["cg_maxiter"],
-                ridge=self.opts["ridge"], where=WHERE, stacklevel=5)
+                ridge=self.opts["ridge"], where=WHERE)
+            # the inner status is read, not warned about at every iteration: an inexact
+            # solve enters the stopping test through its residual and the final message
             lin_res = 0.0
+            if not out.converged:
+                lin_res = math.inf if out.residual_norm is None else out.residual_norm
+                self.inner_failures = (self.inner_failures[0] + 1, out.message)
         else:
             # SGD on ½vᵀHv − vᵀ∇ᵧf, a fresh inner batch per step and v kept between
             # iterations (Arbel & Mairal 2022): unbiased products, so v tracks H⁻¹∇ᵧf
@@ -582,25 +572,51 @@ class _BOREP:
 _CLASSES = {"implicit": _Implicit, "penalty": _Penalty, "lv-hba": _LVHBA, "bo-rep": _BOREP}
 
 _ADVICE = {
-    "implicit": "increase max_iter or inner_iters, or try a larger step",
-    "penalty": "increase max_iter (λ must reach options['lam_max']), options['lam_step'] or "
+    "implicit": "increase maxiter or inner_iters, or try a larger stepsize",
+    "penalty": "increase maxiter (λ must reach options['lam_max']), options['lam_step'] or "
                "inner_iters",
-    "lv-hba": "increase max_iter (LV-HBA converges sublinearly: its penalised problem is "
+    "lv-hba": "increase maxiter (LV-HBA converges sublinearly: its penalised problem is "
               "O(1/c_k) from the bilevel one, c_k = c (k + 1)^p), options['c'], or tune "
-              "step / inner_step",
-    "bo-rep": "increase max_iter or inner_iters, or tune step and options['anneal'] / "
+              "stepsize / inner_stepsize",
+    "bo-rep": "increase maxiter or inner_iters, or tune stepsize and options['anneal'] / "
               "options['eta_power']",
 }
 
 
+@dataclass(frozen=True)
+class BilevelSettings:
+    """The options of one :func:`solve` call, validated once (defaults: its signature)."""
+
+    method: str
+    maxiter: int
+    rtol: float
+    atol: float
+    stepsize: float | None
+    inner_stepsize: float | None
+    inner_iters: int
+    options: MappingProxyType
+    batch: tuple | None
+    seed: int
+    progress: bool
+    callback: Callable | None
+    throw: bool
+
+    @property
+    def fixed_budget(self) -> bool:
+        """``rtol = atol = 0``: run exactly ``maxiter`` iterations."""
+        return self.rtol == 0.0 and self.atol == 0.0
+
+
 def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
           constraint: Callable | None = None, x_projection=None, y_projection=None,
-          max_iter: int = 1000, tol: float = 1e-6, step: float | None = None,
-          inner_step: float | None = None, inner_iters: int | None = None,
-          options: dict | None = None, batch: tuple | None = None, seed=0,
-          outer_grad: Callable | None = None, inner_grad: Callable | None = None,
-          inner_hvp: Callable | None = None, constraint_vjp: Callable | None = None,
-          progress: bool = False, callback: Callable | None = None) -> BilevelResult:
+          maxiter: int = 1000, rtol: float = 0.0, atol: float = 1e-6,
+          stepsize: float | None = None, inner_stepsize: float | None = None,
+          inner_iters: int | None = None, options: dict | None = None,
+          batch: tuple | None = None, seed=0, outer_grad: Callable | None = None,
+          inner_grad: Callable | None = None, inner_hvp: Callable | None = None,
+          constraint_vjp: Callable | None = None, progress: bool = False,
+          callback: Callable | None = None, throw: bool = False,
+          **deprecated) -> BilevelResult:
     """Solve ``min_x outer(x, y*(x))`` with ``y*(x) ∈ argmin_y inner(x, y)``.
 
     Parameters
@@ -637,20 +653,24 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
         (the projections of :mod:`diffsolve.implicit`). For ``"implicit"`` and
         ``"bo-rep"`` a y-set must not be active at ``y*``: their hypergradient assumes an
         interior lower-level minimum.
-    max_iter : int
-        Outer iterations.
-    tol : float
-        Stop when the method's stationarity measure is ``<= tol``: implicit, bo-rep: the
+    maxiter : int
+        Outer iterations (``max_iter`` is its deprecated name).
+    rtol, atol : float
+        Stop when the method's stationarity measure is ``<= max(atol, rtol · g₀)``, g₀ the
+        hypergradient-estimate norm of the first iteration: implicit, bo-rep: the
         projected hypergradient mapping and the inner (and linear-system) residuals;
         penalty: the same for x, y, z once ``λ = lam_max``; lv-hba: ``c_k`` times the
-        (x, y) step over ``step`` plus the θ step over ``inner_step``, and the constraints
-        satisfied to ``feas_tol`` at the end.
-    step : float, optional
-        The x step (default 0.1; lv-hba: ``inner_step``, its α for (x, y); bo-rep: η of
-        the normalised step).
-    inner_step : float, optional
+        (x, y) step over ``stepsize`` plus the θ step over ``inner_stepsize``, and the
+        constraints satisfied to ``feas_tol`` at the end. ``rtol = atol = 0`` runs exactly
+        ``maxiter`` iterations (a fixed budget: status ``MAX_ITERATIONS`` without a
+        warning). ``tol`` is the deprecated name of ``atol``.
+    stepsize : float, optional
+        The x step (default 0.1; lv-hba: ``inner_stepsize``, its α for (x, y); bo-rep: η
+        of the normalised step). ``step`` is its deprecated name.
+    inner_stepsize : float, optional
         Lower-level step (penalty: also z's; lv-hba: θ's and λ's, η; bo-rep and the
-        stochastic implicit: also the linear-system variable's, ν). Default
+        stochastic implicit: also the linear-system variable's, ν; ``inner_step`` is its
+        deprecated name). Default
         ``1 / (1.05 L̂)``, L̂ the largest eigenvalue of ``∇²ᵧᵧ inner(x0, y0)`` by power
         iteration (on the whole data set; with ``inner_grad`` and no ``inner_hvp``, on
         central differences of ``inner_grad``).
@@ -668,12 +688,12 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
         constraint, or for ``y <= b``), a number ρ > 0 the gradient of
         ``(ρ/2)||max(constraint, 0)||²`` added to the (x, y) direction (needs steps
         ~1/ρ), 0 nothing (when ``y_projection`` already projects onto that set);
-        ``y_step`` (None: ``step``);
+        ``y_step`` (None: ``stepsize``);
         bo-rep ``beta`` (0.9, momentum), ``period`` (2 = I), ``refine_iters`` (100),
         ``anneal`` (0.8: η ← 0.8η whenever the hypergradient estimate points against the
         momentum), ``eta_power`` (0); ``anneal=1, eta_power=0`` is BO-REP's constant step.
         implicit, penalty and lv-hba: ``step_power`` (0): the x step (lv-hba: the (x, y)
-        step) is ``step / (k + 1)^step_power`` — use 0.5 with mini-batches.
+        step) is ``stepsize / (k + 1)^step_power`` — use 0.5 with mini-batches.
     batch : (n_samples, batch_size), optional
         The seeded stochastic variant, for every method: ``outer`` and ``inner`` (and the
         derivative callables) then take the sample indices as their last argument,
@@ -700,8 +720,14 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
     progress : bool
         Show a tqdm progress bar (outer objective and hypergradient norm as postfix).
     callback : callable, optional
-        ``callback(state)`` with a :class:`BilevelState` after every iteration; returning
-        ``True`` stops the run (``converged=False``, no warning).
+        ``callback(state) -> bool | None`` with a frozen :class:`BilevelState` (``n_iters``,
+        ``x``, ``y``, ``outer_value``, ``grad_norm``, ``method``) after every iteration;
+        returning ``True`` stops the run (status ``STOPPED``, ``converged=False``, no
+        warning).
+    throw : bool
+        Raise the :class:`~diffsolve.SolveError` of the status
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.DivergedError`,
+        :class:`~diffsolve.InfeasibleError`) instead of warning.
 
     Returns
     -------
@@ -710,18 +736,27 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
     Raises
     ------
     ValueError
-        Unknown method or option, step sizes or tolerances ``<= 0``, an empty set (a box
-        with ``lower > upper``), a projection that changes the shape, non-scalar
-        objectives, a ``constraint`` for a method other than lv-hba (or none for lv-hba).
+        Unknown method or option, step sizes ``<= 0``, negative tolerances, an empty set (a
+        box with ``lower > upper``), a projection that changes the shape, non-scalar
+        objectives, a ``constraint`` for a method other than lv-hba (or none for lv-hba),
+        x0 / y0 of size 0 or with NaN/inf.
     TypeError
-        Non-callable functions, non-floating ``x0``/``y0``, or arrays without an autodiff
-        system and without the derivative callables the method needs.
+        Non-callable functions, x0 / y0 that are not float32/float64 arrays (integers are
+        promoted to float64), ``bool`` budgets, or arrays without an autodiff system and
+        without the derivative callables the method needs.
+    NotTraceableError
+        ``outer``, ``inner`` or ``constraint`` written with plain NumPy calls that hide
+        their dependence from autograd: write them with ``autograd.numpy``, or pass the
+        derivatives.
+    SolveError
+        With ``throw=True``, a run that did not converge (the subclass of its status).
 
     Warns
     -----
     ConvergenceWarning
-        ``converged=False``: ``max_iter`` reached, the iterates became non-finite, or (lv-hba)
-        the constraints are still violated (an empty constraint set, or too short a run).
+        ``converged=False`` (``throw=False``): ``maxiter`` reached, the iterates diverged,
+        or (lv-hba) the constraints are still violated (an empty constraint set, or too
+        short a run).
 
     Examples
     --------
@@ -731,36 +766,40 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
     >>> import diffsolve as ds
     >>> inner = lambda x, y: 0.5 * anp.sum((y - x) ** 2)
     >>> outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)
-    >>> res = ds.bilevel.solve(outer, inner, np.zeros(1), np.zeros(1), step=0.5)
-    >>> res.converged, np.round(res.x, 6), np.round(res.y, 6)
-    (True, array([0.5]), array([0.5]))
+    >>> res = ds.bilevel.solve(outer, inner, np.zeros(1), np.zeros(1), stepsize=0.5)
+    >>> res.converged, res.status.name, np.round(res.x, 6), np.round(res.y, 6)
+    (True, 'SUCCESS', array([0.5]), array([0.5]))
 
     The same problem with its derivatives written out runs in any array library:
 
     >>> res = ds.bilevel.solve(
-    ...     outer, inner, np.zeros(1), np.zeros(1), "penalty", max_iter=3000,
+    ...     outer, inner, np.zeros(1), np.zeros(1), "penalty", maxiter=3000,
     ...     outer_grad=lambda x, y: (x, y - 1.0), inner_grad=lambda x, y: (x - y, y - x))
     >>> res.converged, np.round(res.x, 3)
     (True, array([0.5]))
     """
-    for name, a in (("x0", x0), ("y0", y0)):
-        if not B.is_array(a):
-            raise TypeError(f"{WHERE}: {name} must be an array, got {type(a).__name__} (wrap "
-                            "numbers and lists with numpy.asarray)")
+    given = {"maxiter": maxiter, "atol": atol, "stepsize": stepsize,
+             "inner_stepsize": inner_stepsize}
+    for new, value in V.renamed_options(WHERE, deprecated, RENAMED).items():
+        if new not in given:
+            V.unexpected_options(WHERE, {new: value}, _PARAMETERS)
+        if given[new] != _DEFAULTS[new]:
+            old = next(o for o, n in RENAMED.items() if n == new)
+            raise TypeError(f"{WHERE}: got both {old}= (deprecated) and {new}=; pass only "
+                            f"{new}=")
+        given[new] = value
+    x0 = check_array(WHERE, "x0", x0)
+    y0 = check_array(WHERE, "y0", y0)
     xp = B.array_namespace(x0, y0, where=WHERE)
-    for name, a in (("x0", x0), ("y0", y0)):
-        if not xp.isdtype(a.dtype, "real floating"):
-            raise TypeError(f"{WHERE}: {name} has dtype {a.dtype}; pass a floating array "
-                            "(e.g. float64)")
     for name, fn in (("outer", outer), ("inner", inner)):
         if not callable(fn):
             raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
                             f"{type(fn).__name__}")
     check_callables(WHERE, outer_grad=outer_grad, inner_grad=inner_grad, inner_hvp=inner_hvp,
                     constraint_vjp=constraint_vjp)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of "
-                         f"{list(METHODS)}")
+    st = _settings(method, given, rtol, inner_iters, options, batch, seed, progress,
+                   callback, throw)
+    method = st.method
     if method == "lv-hba":
         if not callable(constraint):
             raise ValueError(f"{WHERE}: method='lv-hba' needs constraint=c with c(x, y) <= 0 "
@@ -768,19 +807,6 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
     elif constraint is not None:
         raise ValueError(f"{WHERE}: constraint= is only used by method='lv-hba', got method="
                          f"{method!r}; pass simple sets for y as y_projection, or use lv-hba")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"{WHERE}: callback must be callable(state) or None, got "
-                        f"{type(callback).__name__}")
-    max_iter = _positive_int("max_iter", max_iter)
-    tol = _positive("tol", tol)
-    step = _positive("step", step, allow_none=True)
-    inner_step = _positive("inner_step", inner_step, allow_none=True)
-    inner_iters = _positive_int("inner_iters", inner_iters, allow_none=True)
-    opts = _options(method, options)
-    inner_iters = DEFAULT_INNER_ITERS[method] if inner_iters is None else inner_iters
-    batch = _check_batch(batch)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"{WHERE}: seed must be an integer >= 0, got {seed!r}")
 
     device = B.device(x0)
     px = _projection(x_projection, "x_projection", x0)
@@ -790,44 +816,76 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
     oracle = Oracle(outer, inner, constraint, xp, outer_grad=outer_grad,
                     inner_grad=inner_grad, inner_hvp=inner_hvp, constraint_vjp=constraint_vjp,
                     needs=NEEDS[method], where=WHERE, what=f"method={method!r}")
-    pb = _Problem(oracle, constraint, px, py, xp, device, batch, seed)
-    if batch is not None:  # the first calls check shapes, and L̂ is estimated, on all data
-        every = xp.arange(batch[0], device=device)
+    pb = _Problem(oracle, constraint, px, py, xp, device, st.batch, st.seed)
+    if st.batch is not None:  # the first calls check shapes, and L̂ is estimated, on all data
+        every = xp.arange(st.batch[0], device=device)
         oracle.bind(every, every)
     for name, fn in (("outer", oracle.outer), ("inner", oracle.inner)):
-        _check_scalar(_first_call(fn, name, x, y), name)
+        first_call(WHERE, fn, name, x, y, "x0", "y0")
     if constraint is not None:
-        c0 = _first_call(constraint, "constraint", x, y)
+        try:
+            c0 = constraint(x, y)
+        except (ValueError, TypeError, IndexError) as e:
+            raise ValueError(f"{WHERE}: constraint(x0, y0) failed for x0 of shape "
+                             f"{tuple(x.shape)} and y0 of shape {tuple(y.shape)}: {e}") from e
         if (not B.is_array(c0) and not isinstance(c0, numbers.Real)) or len(_shape(c0)) > 1:
             raise ValueError(f"{WHERE}: constraint(x, y) must return a scalar or a 1-D array "
                              f"of constraint values, got {c0!r}")
+    inner_step = st.inner_stepsize
     if inner_step is None:
         try:
             inner_step = _stepsize(oracle.curvature_probe(x, y), y, xp)
         except ValueError as e:
-            raise ValueError(f"{WHERE}: inner_step=None needs ∇²ᵧᵧ inner(x0, y0) ≠ 0 to "
-                             "estimate 1/L; pass inner_step=") from e
+            raise ValueError(f"{WHERE}: inner_stepsize=None needs ∇²ᵧᵧ inner(x0, y0) ≠ 0 to "
+                             "estimate 1/L; pass inner_stepsize=") from e
+    step = st.stepsize
     if step is None:
         step = DEFAULT_STEP[method] if DEFAULT_STEP[method] is not None else inner_step
     pb.resample()
 
-    runner = _CLASSES[method](pb, x, y, step, inner_step, inner_iters, opts)
+    runner = _CLASSES[method](pb, x, y, step, inner_step, st.inner_iters, dict(st.options))
+    result = _run(runner, pb, st, constraint, xp)
+    return report(result, throw=st.throw, fixed_budget=st.fixed_budget)
+
+
+def _settings(method, given, rtol, inner_iters, options, batch, seed, progress, callback,
+              throw) -> BilevelSettings:
+    method = V.choice(WHERE, "method", method, METHODS)
+    rtol, atol = V.tolerances(WHERE, rtol, given["atol"])
+    inner_iters = V.positive_int(WHERE, "inner_iters", inner_iters, allow_none=True)
+    return BilevelSettings(
+        method=method,
+        maxiter=V.positive_int(WHERE, "maxiter", given["maxiter"]),
+        rtol=rtol,
+        atol=atol,
+        stepsize=V.positive_real(WHERE, "stepsize", given["stepsize"], allow_none=True),
+        inner_stepsize=V.positive_real(WHERE, "inner_stepsize", given["inner_stepsize"],
+                                       allow_none=True),
+        inner_iters=DEFAULT_INNER_ITERS[method] if inner_iters is None else inner_iters,
+        options=MappingProxyType(_options(method, options)),
+        batch=_check_batch(batch),
+        seed=V.integer(WHERE, "seed", seed),
+        progress=V.boolean(WHERE, "progress", progress),
+        callback=V.callback(WHERE, callback),
+        throw=V.boolean(WHERE, "throw", throw),
+    )
+
+
+def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
+    """The outer loop: iterate, record, stop; then the status and its message."""
+    method = st.method
     outer_hist, grad_hist, time_hist = [], [], []
-    bar = tqdm(total=max_iter, desc=f"bilevel {method}") if progress else None
-    converged, stopped, finite = False, False, True
+    bar = tqdm(total=st.maxiter, desc=f"bilevel {method}") if st.progress else None
+    status = None
     start = time.perf_counter()
     k = 0
     res = math.inf
+    tol = g0 = None
     try:
-        for k in range(max_iter):
+        for k in range(st.maxiter):
             if k:
                 pb.resample()
-            with warnings.catch_warnings():
-                # a diverging run overflows; the non-finite test below reports it, with
-                # what to change, instead of NumPy's raw warnings
-                warnings.filterwarnings("ignore", category=RuntimeWarning,
-                                        message="(overflow|invalid value)")
-                value, gnorm, res = runner.iterate(k)
+            value, gnorm, res = runner.iterate(k)
             outer_hist.append(value)
             grad_hist.append(gnorm)
             time_hist.append(time.perf_counter() - start)
@@ -835,47 +893,64 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
                 bar.update(1)
                 bar.set_postfix(outer=f"{value:.4g}", grad=f"{gnorm:.2e}")
             finite = B.isfinite_all(xp, runner.x) and B.isfinite_all(xp, runner.y) and \
-                math.isfinite(value)
-            if not finite:
+                math.isfinite(value) and math.isfinite(gnorm)
+            if g0 is None and finite:
+                g0 = gnorm
+                tol = max(st.atol, st.rtol * g0)
+            if not finite or gnorm > DIVERGENCE_FACTOR * (1.0 + g0):
+                status = Status.DIVERGED
                 break
-            if callback is not None and callback(BilevelState(k + 1, runner.x, runner.y,
-                                                              value, gnorm, method)) is True:
-                stopped = True
+            if st.callback is not None and st.callback(BilevelState(
+                    k + 1, runner.x, runner.y, value, gnorm, method)) is True:
+                status = Status.STOPPED
                 break
-            if res <= tol:
-                converged = True
+            # not (res > tol): a NaN measure is caught above; res <= 0 <= tol only when exact
+            if not st.fixed_budget and res <= tol:
+                status = Status.SUCCESS
                 break
     finally:
         if bar is not None:
             bar.close()
     n_iters = k + 1
+    if status is None:
+        status = Status.MAX_ITERATIONS
     infeasible = None
-    if method == "lv-hba" and finite:
+    if method == "lv-hba" and status is not Status.DIVERGED:
         cval = xp.reshape(xp.asarray(constraint(runner.x, runner.y)), (-1,))
         viol = float(xp.max(cval))
-        if viol > opts["feas_tol"]:
-            converged, infeasible = False, viol
-    if converged:
-        message = f"converged in {n_iters} iterations"
-    elif stopped:
-        message = f"stopped by the callback after {n_iters} iterations"
+        if viol > st.options["feas_tol"]:
+            status, infeasible = Status.INFEASIBLE, viol
+    label = f"{WHERE}(method={method!r})"
+    if status is Status.SUCCESS:
+        message = f"{label}: converged in {n_iters} iterations"
+    elif status is Status.STOPPED:
+        message = f"{label}: stopped by the callback after {n_iters} iterations"
+    elif status is Status.DIVERGED:
+        message = (f"{label}: the iterates diverged (grew without bound or became "
+                   f"non-finite) at iteration {n_iters}: reduce stepsize or inner_stepsize, "
+                   "and check the objectives for NaN/inf")
+    elif infeasible is not None:
+        message = (f"{label}: the lower-level constraints are violated by {infeasible:.3g} > "
+                   f"feas_tol={st.options['feas_tol']:g} at the end: either the set {{y : "
+                   "constraint(x, y) <= 0} is empty (infeasible; check the constraints) "
+                   "or the run is too short (increase maxiter or options['c'], or project y "
+                   "onto the set with y_projection)")
+    elif st.fixed_budget:
+        message = f"{label}: ran the requested {n_iters} iterations (rtol = atol = 0)"
     else:
-        if not finite:
-            message = (f"the iterates became non-finite at iteration {n_iters}; reduce step "
-                       "or inner_step")
-        elif infeasible is not None:
-            message = (f"the lower-level constraints are violated by {infeasible:.3g} > "
-                       f"feas_tol={opts['feas_tol']:g} at the end: either the set {{y : "
-                       "constraint(x, y) <= 0} is empty (infeasible; check the constraints) "
-                       "or the run is too short (increase max_iter or options['c'], or "
-                       "project y onto the set with y_projection)")
-        else:
-            message = (f"did not converge in {n_iters} iterations (last stationarity measure "
-                       f"{res:.3g} > tol={tol:g}); {_ADVICE[method]}")
-        warnings.warn(f"{WHERE}(method={method!r}): {message}", ConvergenceWarning,
-                      stacklevel=2)
+        message = (f"{label}: did not converge in {n_iters} iterations (last stationarity "
+                   f"measure {res:.3g} > tol={tol:g}); {_ADVICE[method]}")
+    failures = getattr(runner, "inner_failures", None)
+    if failures and failures[0] and status is not Status.SUCCESS:
+        message += (f". {failures[0]} of the hypergradient's linear solves stopped early; the "
+                    f"last: {failures[1]}")
     hxp = B.host_namespace()
     history = BilevelHistory(hxp.asarray(outer_hist, dtype=hxp.float64),
                              hxp.asarray(grad_hist, dtype=hxp.float64),
                              hxp.asarray(time_hist, dtype=hxp.float64))
-    return BilevelResult(runner.x, runner.y, n_iters, converged, history, method, message)
+    return BilevelResult(runner.x, runner.y, n_iters, status is Status.SUCCESS, history,
+                         method, message, status)
+
+
+_DEFAULTS = {name: p.default for name, p in inspect.signature(solve).parameters.items()}
+_PARAMETERS = tuple(n for n in _DEFAULTS if n not in ("deprecated",))
