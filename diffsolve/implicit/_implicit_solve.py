@@ -3,7 +3,7 @@
 The backward rule of a root ``x*(θ)`` of ``F(x, θ) = 0`` solves the *implicit system*
 ``(∂F/∂x)ᵀ u = x̄`` (plus ``ridge·u``) knowing only products ``u ↦ (∂F/∂x)ᵀ u``:
 
-* ``"cg"``: conjugate gradients (array-API code, :func:`_cg`) when ``∂F/∂x`` is
+* ``"cg"``: conjugate gradients (:func:`diffsolve.krylov.cg`) when ``∂F/∂x`` is
   symmetric positive definite, as for the stationarity condition ``F = ∇ₓf`` at a
   minimum. Symmetry is probed first with two products (``⟨p, Mq⟩ = ⟨q, Mp⟩`` for two
   fixed pseudo-random vectors), because CG on a non-symmetric matrix does not fail, it
@@ -11,11 +11,13 @@ The backward rule of a root ``x*(θ)`` of ``F(x, θ) = 0`` solves the *implicit 
 * ``"normal-cg"``: CG on ``(A Aᵀ + ridge I) u = A x̄`` with ``A = ∂F/∂x``; needs products
   with ``A`` as well (JVPs), squares the condition number, but only asks ``A`` to be
   nonsingular.
-* ``"gmres"``: restarted GMRES (:mod:`._gmres`); only VJPs, any nonsingular ``A``.
+* ``"gmres"``: restarted GMRES (:func:`diffsolve.krylov.gmres`); only VJPs, any
+  nonsingular ``A``.
 * a callable ``solve(matvec, b) -> u``, as in JAXopt.
 
 The same CG driver (:func:`cg_solve`) serves the Hessian systems of
-:func:`diffsolve.bilevel.hypergradient`.
+:func:`diffsolve.bilevel.hypergradient`. Every solve stops on the true residual and
+returns its :class:`~diffsolve.Status`; nothing here warns (the callers report).
 
 Reference: JAXopt's ``linear_solve.py`` (Blondel et al., "Efficient and Modular Implicit
 Differentiation", NeurIPS 2022) for the choice of solvers and the ridge term.
@@ -24,13 +26,14 @@ Differentiation", NeurIPS 2022) for the choice of solvers and the ridge term.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import _backend as B
-from .._status import ConvergenceWarning
-from ._gmres import gmres
+from .._status import Status
+from ..krylov._cg import CURVATURE, solve_cg
+from ..krylov._common import safe_norms
+from ..krylov._gmres import solve_gmres
 
 __all__ = ["SOLVES", "ImplicitSolveOutcome", "cg_solve", "solve_adjoint"]
 
@@ -41,9 +44,11 @@ SOLVES = ("cg", "normal-cg", "gmres")
 class ImplicitSolveOutcome:
     """How an implicit linear solve went.
 
-    ``u`` has the right-hand side's shape; ``residual_norm`` is ``||b - M u||`` for the
-    system actually solved (``None`` when not computed: converged and not requested, or a
-    user ``solve`` callable); ``rhs_norm`` is ``||b||`` of that system.
+    ``u`` has the right-hand side's shape; ``residual_norm`` is the true ``||b - M u||``
+    for the system actually solved (``None`` for a user ``solve`` callable unless
+    requested); ``rhs_norm`` is ``||b||`` of that system. ``status`` (a
+    :class:`~diffsolve.Status`) and ``message`` say how the solve went; the caller reports
+    them (nothing here warns).
     """
 
     u: object
@@ -52,6 +57,8 @@ class ImplicitSolveOutcome:
     residual_norm: float | None
     rhs_norm: float
     method: str
+    status: Status = Status.SUCCESS
+    message: str = ""
 
 
 def _norm(xp, v) -> float:
@@ -83,68 +90,35 @@ def check_symmetric(apply: Callable, shape, xp, dtype, device, where: str, what:
         )
 
 
-def _cg(apply: Callable, b, *, tol: float, maxiter: int, xp):
-    """Conjugate gradients on ``apply(u) = b`` from ``u = 0`` to ``||r|| <= tol``.
-
-    Hestenes & Stiefel (1952); Saad, *Iterative Methods for Sparse Linear Systems*,
-    Algorithm 6.18. Written on arrays of b's shape in the array API (every namespace, no
-    reshapes), with the two inner products of an iteration read back as Python floats:
-    each iteration costs one product with the matrix (a VJP or a Hessian-vector product),
-    next to which the two syncs and the vector updates are negligible; diffsolve.linear's
-    compiled CG pays off only for long vectors and cheap products. A direction with
-    ``pᵀAp <= n·eps·||A||·||p||²`` (``||A||`` estimated from ``||Ap|| / ||p||``) means A
-    is not positive definite: ``ValueError``.
-
-    Returns ``(u, n_iters, converged)``.
-    """
-    eps = float(xp.finfo(b.dtype).eps)
-    n = math.prod(tuple(b.shape))
-    u = xp.zeros_like(b)
-    r = b
-    p = r
-    rr = float(xp.sum(r * r))
-    a_norm = 0.0
-    it = 0
-    while math.sqrt(rr) > tol and it < maxiter:
-        Ap = apply(p)
-        pp = float(xp.sum(p * p))
-        pAp = float(xp.sum(p * Ap))
-        a_norm = max(a_norm, math.sqrt(float(xp.sum(Ap * Ap)) / pp) if pp > 0 else 0.0)
-        if not pAp > n * eps * a_norm * pp:
-            raise ValueError(f"direction with pᵀAp = {pAp:.3g} <= 0 at iteration {it}")
-        alpha = rr / pAp
-        u = u + alpha * p
-        r = r - alpha * Ap
-        rr_new = float(xp.sum(r * r))
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-        it += 1
-    return u, it, math.sqrt(rr) <= tol
-
-
 def cg_solve(apply: Callable, b, *, rtol: float, maxiter: int | None, where: str, what: str,
              advice: str, method: str = "cg", true_residual: bool = False
              ) -> ImplicitSolveOutcome:
-    """CG on ``apply(u) = b`` for arrays of b's shape, to ``||r|| <= rtol ||b||``.
+    """CG (:func:`diffsolve.krylov.cg`) on ``apply(u) = b`` for arrays of b's shape, to
+    the true residual ``||b - apply(u)|| <= rtol ||b||``.
 
     A direction of non-positive curvature (``apply`` not positive definite) raises a
-    ``ValueError`` naming ``what`` and ending with ``advice``. The residual is
-    recomputed (one more product) when ``true_residual`` or when CG did not converge.
+    ``ValueError`` naming ``what`` and ending with ``advice``: choosing CG for that matrix
+    is a usage error, like a failed symmetry probe. Every other outcome is returned in
+    ``status`` / ``message`` and never warned about; a NaN/inf ``b`` gives a NaN ``u`` and
+    ``Status.NONFINITE``. The residual is always the true one (``true_residual`` is kept
+    for compatibility).
     """
+    del true_residual
     xp = B.array_namespace(b, where=where)
-    b_norm = _norm(xp, b)
-    maxiter = 10 * math.prod(tuple(b.shape)) if maxiter is None else int(maxiter)
-    try:
-        u, n_iters, converged = _cg(apply, b, tol=rtol * b_norm, maxiter=maxiter, xp=xp)
-    except ValueError as err:
+    res = solve_cg(apply, b, rtol=rtol, atol=0.0, maxiter=maxiter, where=where)
+    if res.status is Status.BREAKDOWN and CURVATURE in res.message:
         raise ValueError(
             f"{where}: conjugate gradients on {what} met a direction of non-positive "
-            f"curvature ({err}), so the matrix is not positive definite; {advice}"
-        ) from err
-    residual = None
-    if true_residual or not converged:
-        residual = _norm(xp, b - apply(u))
-    return ImplicitSolveOutcome(u, n_iters, converged, residual, b_norm, method)
+            f"curvature after {res.n_iters} iterations, so the matrix is not positive "
+            f"definite; {advice}"
+        )
+    return ImplicitSolveOutcome(res.x, res.n_iters, res.converged,
+                                float(res.residual_norm), _rhs_norm(xp, b), method,
+                                res.status, f"{where}: {what}: {res.message}")
+
+
+def _rhs_norm(xp, b) -> float:
+    return float(safe_norms(xp, xp.reshape(b, (-1, 1)))[0])
 
 
 def solve_adjoint(lin, x_bar, *, solve, ridge: float, rtol: float, maxiter: int | None,
@@ -152,8 +126,9 @@ def solve_adjoint(lin, x_bar, *, solve, ridge: float, rtol: float, maxiter: int 
                   ) -> ImplicitSolveOutcome:
     """Solve ``((∂F/∂x)ᵀ + ridge I) u = x̄`` for a :class:`~._user_vjp.Linearization`.
 
-    Warns with :class:`~diffsolve.ConvergenceWarning` (residual, what to try) when the
-    iteration stops before ``rtol``.
+    Returns the outcome with its ``status`` and ``message``; the caller reports them
+    (warns or raises), nothing is warned here. A NaN/inf ``x̄`` gives a NaN ``u`` and
+    ``Status.NONFINITE``.
     """
     xp = B.array_namespace(x_bar, where=where)
     x = lin.x
@@ -173,38 +148,29 @@ def solve_adjoint(lin, x_bar, *, solve, ridge: float, rtol: float, maxiter: int 
             raise ValueError(f"{where}: the solve callable returned {got}; solve(matvec, b) "
                              f"must return an array of b's shape {tuple(x_bar.shape)}")
         residual = _norm(xp, x_bar - apply(u)) if true_residual else None
-        return ImplicitSolveOutcome(u, 0, True, residual, _norm(xp, x_bar), "callable")
+        finite = B.isfinite_all(xp, u)
+        status = Status.SUCCESS if finite else Status.NONFINITE
+        message = (f"{where}: {what} solved by the solve callable" if finite else
+                   f"{where}: the solve callable returned NaN or inf for {what}")
+        return ImplicitSolveOutcome(u, 0, finite, residual, _rhs_norm(xp, x_bar), "callable",
+                                    status, message)
     if solve == "cg":
         check_symmetric(apply, tuple(x.shape), xp, x.dtype, B.device(x), where,
                         "∂F/∂x at the solution")
-        out = cg_solve(apply, x_bar, rtol=rtol, maxiter=maxiter, where=where, what=what,
-                       advice=advice, true_residual=true_residual)
-    elif solve == "normal-cg":
+        return cg_solve(apply, x_bar, rtol=rtol, maxiter=maxiter, where=where, what=what,
+                        advice=advice)
+    if solve == "normal-cg":
         def normal(u):
             Nu = lin.matvec_x(lin.rmatvec_x(u))
             return Nu + ridge * u if ridge else Nu
 
-        out = cg_solve(normal, lin.matvec_x(x_bar), rtol=rtol, maxiter=maxiter, where=where,
-                       what="the normal equations (∂F/∂x)(∂F/∂x)ᵀ u = (∂F/∂x) x̄",
-                       advice="∂F/∂x is singular: add a ridge (e.g. ridge=1e-6)",
-                       method="normal-cg", true_residual=true_residual)
-    else:
-        n = math.prod(tuple(x.shape))
-        shape = tuple(x.shape)
-        res = gmres(lambda v: xp.reshape(apply(xp.reshape(v, shape)), (n,)),
-                    xp.reshape(x_bar, (n,)), tol=rtol * _norm(xp, x_bar),
-                    restart=min(restart, max(n, 1)),
-                    maxiter=10 * n if maxiter is None else int(maxiter), xp=xp)
-        out = ImplicitSolveOutcome(xp.reshape(res.x, shape), res.n_iters, res.converged,
-                                   res.residual_norm, _norm(xp, x_bar), "gmres")
-    if not out.converged:
-        rel = out.residual_norm / out.rhs_norm if out.rhs_norm else out.residual_norm
-        warnings.warn(
-            f"{where}: {what} did not converge with solve={out.method!r}: relative residual "
-            f"{rel:.3g} > rtol={rtol:g} after {out.n_iters} iterations, so the gradient is "
-            f"inexact; increase maxiter, {advice}, or check that the solver really reached "
-            "F(x, *theta) = 0",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
-    return out
+        return cg_solve(normal, lin.matvec_x(x_bar), rtol=rtol, maxiter=maxiter, where=where,
+                        what="the normal equations (∂F/∂x)(∂F/∂x)ᵀ u = (∂F/∂x) x̄",
+                        advice="∂F/∂x is singular: add a ridge (e.g. ridge=1e-6)",
+                        method="normal-cg")
+    n = math.prod(tuple(x.shape))
+    res = solve_gmres(apply, x_bar, rtol=rtol, atol=0.0, restart=min(restart, max(n, 1)),
+                      maxiter=10 * n if maxiter is None else int(maxiter), where=where)
+    return ImplicitSolveOutcome(res.x, res.n_iters, res.converged, float(res.residual_norm),
+                                _rhs_norm(xp, x_bar), "gmres", res.status,
+                                f"{where}: {what}: {res.message}")

@@ -39,11 +39,16 @@ from ._common import (
 )
 from ._result import KrylovResult, KrylovState
 
-__all__ = ["VectorOps", "cg", "solve_cg"]
+__all__ = ["CURVATURE", "STAGNATED", "VectorOps", "cg", "solve_cg"]
 
 WHERE = "diffsolve.krylov.cg"
 #: a restart from the true residual must at least halve it, else CG has stagnated
 STAGNATION_FACTOR = 0.5
+#: the message of a curvature breakdown starts with this (callers may test for it)
+CURVATURE = "a search direction had non-positive curvature pᵀAp <= 0"
+STAGNATED = ("the true residual stagnated above the tolerance when CG restarted from it: "
+             "the tolerance is below what this precision resolves for this A (about "
+             "eps·cond(A)·||b||); loosen rtol/atol or use float64")
 
 
 class VectorOps:
@@ -298,13 +303,10 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every):
                       status)
     details = []
     if bool(xp.any(bad & ~ok)):
-        details.append("a search direction had non-positive curvature pᵀAp <= 0, so A "
-                       "(or M) is singular, indefinite or not symmetric; CG needs "
-                       "symmetric positive definite A and M")
+        details.append(CURVATURE + ", so A (or M) is singular, indefinite or not "
+                       "symmetric; CG needs symmetric positive definite A and M")
     if bool(xp.any(stagnated & ~ok)):
-        details.append("the true residual stagnated above the tolerance when CG restarted "
-                       "from it: the tolerance is below what this precision resolves for "
-                       "this A (about eps·cond(A)·||b||); loosen rtol/atol or use float64")
+        details.append(STAGNATED)
     n_iters = int(xp.max(column_iters)) if k else 0
     return finish(xp, layout, method="cg", Y=Y, s=s, true_norm=true, tol=tol,
                   status=status, n_iters=n_iters, column_iters=column_iters, rtol=rtol,
