@@ -15,7 +15,7 @@ from diffsolve.ot._errors import marginal_error
 from tests.helpers import assert_close, central_difference, ot_clouds, ot_problem, to_numpy
 from tests.naive_ot import naive_sinkhorn
 
-TIGHT = {"tol": 1e-13, "max_iter": 100_000}
+TIGHT = {"rtol": 1e-13, "maxiter": 100_000}
 _NAIVE: dict = {}
 
 
@@ -47,7 +47,7 @@ def test_namespaces_match_naive_loop(xp, rng, eps, kernel):
 def test_plan_matches_pot(rng, eps):
     ot = pytest.importorskip("ot")
     a, b, C = ot_clouds(rng, 40, 30)
-    res = ds.ot.sinkhorn(a, b, C, eps, tol=1e-12)
+    res = ds.ot.sinkhorn(a, b, C, eps, rtol=1e-12)
     want = ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", numItermax=100_000, stopThr=1e-14)
     np.testing.assert_allclose(res.plan, want, rtol=1e-7, atol=1e-12)
 
@@ -60,7 +60,7 @@ def test_batched_matches_loop(xp, rng, dtype, kernel):
     dt = getattr(xp, dtype)
     tol = 1e-5 if dtype == "float32" else 1e-11
     args = [xp.asarray(x, dtype=dt) for x in (a, b, C)]
-    res = ds.ot.sinkhorn(*args, 0.05, tol=tol, kernel=kernel)
+    res = ds.ot.sinkhorn(*args, 0.05, rtol=tol, kernel=kernel)
     assert res.plan.shape == (2, 3, 7, 5) and res.plan.dtype == dt
     assert res.cost.shape == (2, 3) and res.n_iters.shape == (2, 3)
     iters = to_numpy(res.n_iters)
@@ -70,7 +70,7 @@ def test_batched_matches_loop(xp, rng, dtype, kernel):
                                                                 for j in range(3)]
     for i, j in pairs:
         one = ds.ot.sinkhorn(xp.asarray(a[i, j], dtype=dt), xp.asarray(b[i, j], dtype=dt),
-                             xp.asarray(C[i, j], dtype=dt), 0.05, tol=tol, kernel=kernel)
+                             xp.asarray(C[i, j], dtype=dt), 0.05, rtol=tol, kernel=kernel)
         assert one.n_iters == iters[i, j]
         rt = 1e-4 if dtype == "float32" else 1e-12
         np.testing.assert_allclose(to_numpy(res.plan)[i, j], to_numpy(one.plan),
@@ -95,7 +95,7 @@ def test_float32_small_eps_no_nan(rng):
     a, b, C = ot_clouds(rng, 60)
     for dtype in (np.float32, np.float64):
         res = ds.ot.sinkhorn(a.astype(dtype), b.astype(dtype), C.astype(dtype), 1e-3,
-                             tol=1e-4 if dtype == np.float32 else 1e-9,
+                             rtol=1e-4 if dtype == np.float32 else 1e-9,
                              acceleration="momentum")
         assert res.plan.dtype == dtype and res.converged
         assert np.all(np.isfinite(res.plan)) and np.all(np.isfinite(res.f))
@@ -105,12 +105,12 @@ def test_float32_small_eps_no_nan(rng):
 @pytest.mark.parametrize("eps", [1e-3, 5e-4])
 def test_small_eps_all_variants(rng, eps):
     a, b, C = ot_clouds(rng, 30, 25)
-    plain = ds.ot.sinkhorn(a, b, C, eps, max_iter=50_000, kernel="lse")
+    plain = ds.ot.sinkhorn(a, b, C, eps, maxiter=50_000, kernel="lse")
     assert plain.converged and plain.error <= 1e-9
     for kw in ({"kernel": "absorbed"}, {"acceleration": "momentum"},
                {"acceleration": "anderson", "kernel": "lse"},
                {"eps_scaling": 6}, {"eps_scaling": [0.1, 0.01], "acceleration": "momentum"}):
-        res = ds.ot.sinkhorn(a, b, C, eps, max_iter=50_000, **kw)
+        res = ds.ot.sinkhorn(a, b, C, eps, maxiter=50_000, **kw)
         assert res.converged, kw
         assert np.all(np.isfinite(res.plan))
         np.testing.assert_allclose(res.plan, plain.plan, atol=1e-8)
@@ -120,7 +120,7 @@ def test_small_eps_namespaces(xp, rng):
     a, b, C = ot_clouds(rng, 30, 25)
     res = ds.ot.sinkhorn(*(xp.asarray(x) for x in (a, b, C)), 1e-3, acceleration="momentum")
     assert res.converged
-    want = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=50_000)
+    want = ds.ot.sinkhorn(a, b, C, 1e-3, maxiter=50_000)
     assert_close(res.plan, want.plan, xp=xp, rtol=0, atol=1e-8)
 
 
@@ -129,20 +129,20 @@ def test_tiny_eps_absorption(rng, kernel):
     # eps = 1e-4 on costs in [0, 1]: exp(-C/eps) underflows for almost every entry, so a
     # kernel-mode solver fails; the absorbed kernel must keep rebuilding (and fall back)
     a, b, C = ot_clouds(rng, 20, 15)
-    res = ds.ot.sinkhorn(a, b, C, 1e-4, acceleration="momentum", max_iter=50_000,
+    res = ds.ot.sinkhorn(a, b, C, 1e-4, acceleration="momentum", maxiter=50_000,
                          kernel=kernel)
     assert res.converged and np.all(np.isfinite(res.plan)) and np.all(np.isfinite(res.f))
     if kernel == "absorbed":
-        ref = ds.ot.sinkhorn(a, b, C, 1e-4, acceleration="momentum", max_iter=50_000,
+        ref = ds.ot.sinkhorn(a, b, C, 1e-4, acceleration="momentum", maxiter=50_000,
                              kernel="lse")
         np.testing.assert_allclose(res.plan, ref.plan, atol=1e-8)
 
 
 def test_acceleration_reduces_iterations(rng):
     a, b, C = ot_clouds(rng, 30, 25)
-    plain = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=50_000)
+    plain = ds.ot.sinkhorn(a, b, C, 1e-3, maxiter=50_000)
     for acc in ("momentum", "anderson"):
-        res = ds.ot.sinkhorn(a, b, C, 1e-3, acceleration=acc, max_iter=50_000)
+        res = ds.ot.sinkhorn(a, b, C, 1e-3, acceleration=acc, maxiter=50_000)
         assert res.converged
         assert res.n_iters < 0.3 * plain.n_iters, (acc, res.n_iters, plain.n_iters)
 
@@ -162,7 +162,7 @@ def test_error_measures_and_zero_weights(rng):
     a, b, C = ot_problem(rng)
     a[2] = 0.0
     a /= a.sum()
-    res = ds.ot.sinkhorn(a, b, C, 0.05, error_measure="l2-pot", tol=1e-10)
+    res = ds.ot.sinkhorn(a, b, C, 0.05, error_measure="l2-pot", rtol=1e-10)
     assert res.error_measure == "l2-pot"
     import array_api_compat.numpy as xnp
 
@@ -176,11 +176,19 @@ def test_error_measures_and_zero_weights(rng):
 
 def test_non_convergence_warns_and_throws(rng):
     a, b, C = ot_clouds(rng, 30)
-    with pytest.warns(ds.ConvergenceWarning, match="max_iter.*larger eps.*eps_scaling"):
-        res = ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=5)
+    with pytest.warns(ds.ConvergenceWarning, match="MAX_ITERATIONS.*maxiter.*larger eps.*"
+                      "eps_scaling"):
+        res = ds.ot.sinkhorn(a, b, C, 1e-3, maxiter=5)
     assert not res.converged and res.n_iters == 5 and res.error > 1e-9
-    with pytest.raises(RuntimeError, match="did not converge"):
-        ds.ot.sinkhorn(a, b, C, 1e-3, max_iter=5, throw=True)
+    assert res.status == ds.Status.MAX_ITERATIONS and res.tolerance == pytest.approx(1e-9)
+    with pytest.raises(ds.MaxIterationsError, match="MAX_ITERATIONS") as info:
+        ds.ot.sinkhorn(a, b, C, 1e-3, maxiter=5, throw=True)
+    assert info.value.result.n_iters == 5 and not info.value.result.converged
+    # batched: an int array of statuses, the message counts the failures
+    with pytest.warns(ds.ConvergenceWarning, match="1 of 2 problems"):
+        both = ds.ot.sinkhorn(a, b, np.stack([C, C * 0.001]), 1e-3, maxiter=5)
+    assert to_numpy(both.status).tolist() == [int(ds.Status.MAX_ITERATIONS),
+                                              int(ds.Status.SUCCESS)]
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -191,14 +199,20 @@ def test_non_convergence_warns_and_throws(rng):
     ({"shape": True}, r"C must have shape \(\.\.\., 7, 5\)"),
     ({"eps": 0.0}, "eps must be a finite number > 0"),
     ({"eps": -1.0}, "eps must be a finite number > 0"),
-    ({"opt": {"acceleration": "nesterov"}}, "acceleration='nesterov' is not known"),
+    ({"opt": {"acceleration": "nesterov"}}, "acceleration must be one of None, 'momentum'"),
     ({"opt": {"error_measure": "l3"}}, "error_measure='l3'"),
-    ({"opt": {"tol": 0}}, "tol must be"),
-    ({"opt": {"max_iter": 0}}, "max_iter must be a positive integer"),
+    ({"opt": {"rtol": -1e-9}}, "rtol must be >= 0"),
+    ({"opt": {"atol": np.nan}}, "atol must be finite"),
+    ({"opt": {"maxiter": 0}}, "maxiter must be >= 1"),
+    ({"opt": {"maxiter": True}}, "maxiter must be an integer >= 1, got the bool True"),
+    ({"opt": {"check_every": 2.5}}, "check_every must be an integer"),
     ({"opt": {"eps_scaling": [0.1, 0.5]}}, "non-increasing"),
-    ({"opt": {"gradient": "unrolled"}}, "gradient='unrolled'"),
+    ({"opt": {"gradient": "unrolled"}}, "gradient must be one of 'implicit', 'envelope'"),
     ({"opt": {"f0": np.zeros(3)}}, "f0 has shape"),
-    ({"opt": {"kernel": "dense"}}, "kernel='dense' is not known"),
+    ({"opt": {"kernel": "dense"}}, "kernel must be one of 'auto', 'lse', 'absorbed'"),
+    ({"opt": {"callback": 3}}, "callback must be None or a callable"),
+    ({"opt": {"throw": 1}}, "throw must be True or False"),
+    ({"opt": {"max_iters": 3}}, "unexpected keyword argument.*max_iters.*maxiter"),
 ])
 def test_bad_input(rng, kwargs, match):
     a, b, C = ot_problem(rng)
@@ -221,7 +235,7 @@ def test_batch_mismatch_and_types(rng):
     a, b, C = ot_problem(rng, batch=(2,))
     with pytest.raises(ValueError, match="batch dimensions do not broadcast"):
         ds.ot.sinkhorn(a, b, np.stack([C[0]] * 3), 0.1)
-    with pytest.raises(TypeError, match="diffsolve.ot.sinkhorn: expected arrays"):
+    with pytest.raises(TypeError, match="diffsolve.ot.sinkhorn: a must be an array"):
         ds.ot.sinkhorn([0.5, 0.5], b[0], C[0], 0.1)
 
 
@@ -364,9 +378,161 @@ def test_callback_and_schedule(rng):
     a, b, C = ot_clouds(rng, 20, 15)
     seen = []
     res = ds.ot.sinkhorn(a, b, C, 2e-3, eps_scaling=[0.1, 0.02], check_every=5,
-                         callback=lambda it, e, err: seen.append((it, e, float(err[0]))))
+                         callback=lambda s: seen.append((s.n_iters, s.eps, s.error)))
     assert res.converged
     its, epss, errs = zip(*seen, strict=True)
     assert list(its) == sorted(its) and all(i % 5 == 0 for i in its)
     assert [e for i, e in enumerate(epss) if i == 0 or e != epss[i - 1]] == [0.1, 0.02, 2e-3]
     assert errs[-1] <= 1e-9 and res.n_iters == its[-1]
+
+
+@pytest.mark.parametrize("kw", [{"kernel": "absorbed"}, {"kernel": "lse"},
+                                {"acceleration": "momentum"}, {"eps_scaling": 3}])
+def test_callback_state_and_stop(rng, kw):
+    a, b, C = ot_clouds(rng, 20, 15)
+    states = []
+
+    def callback(state):
+        states.append(state)
+        return state.n_iters >= 30
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stop that was asked for neither warns nor raises
+        res = ds.ot.sinkhorn(a, b, C, 2e-3, callback=callback, throw=True, **kw)
+    assert res.status == ds.Status.STOPPED and not res.converged
+    assert 30 <= res.n_iters <= 40 and states[-1].n_iters == res.n_iters
+    s = states[-1]
+    assert s.f.shape == (20,) and s.g.shape == (15,) and isinstance(s.error, float)
+    with pytest.raises(AttributeError):
+        s.n_iters = 0  # frozen
+    assert "STOPPED" in res.message and "callback" in res.message
+    # batched: the state holds the batch; stopping marks the running problems only
+    bat = ds.ot.sinkhorn(a, b, np.stack([C, C]), 2e-3,
+                         callback=lambda s: s.error.shape == (2,) and s.n_iters >= 20)
+    assert to_numpy(bat.status).tolist() == [int(ds.Status.STOPPED)] * 2
+
+
+def test_fixed_budget_runs_exactly_maxiter(rng):
+    a, b, C = ot_problem(rng)
+    for kw in ({}, {"kernel": "lse"}, {"acceleration": "anderson"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # rtol = atol = 0 is a request: no warning
+            res = ds.ot.sinkhorn(a, b, C, 0.05, rtol=0, atol=0, maxiter=37, throw=True, **kw)
+        assert res.n_iters == 37 and res.status == ds.Status.MAX_ITERATIONS, kw
+        assert not res.converged and res.tolerance == 0.0
+        assert res.error < 1e-2  # it did iterate: the plan is a fair one
+
+
+def test_rtol_is_relative_to_the_mass(rng):
+    a, b, C = ot_problem(rng)
+    ref = ds.ot.sinkhorn(a, b, C, 0.05, rtol=1e-7)
+    big = ds.ot.sinkhorn(1e3 * a, 1e3 * b, C, 0.05, rtol=1e-7)
+    assert big.tolerance == pytest.approx(1e-4) and big.n_iters == ref.n_iters
+    np.testing.assert_allclose(big.plan, 1e3 * ref.plan, rtol=1e-9)
+    # atol is absolute: the same atol on 1000x the mass needs more iterations
+    assert ds.ot.sinkhorn(1e3 * a, 1e3 * b, C, 0.05, atol=1e-7, rtol=0).n_iters > ref.n_iters
+
+
+def test_deprecated_names(rng):
+    a, b, C = ot_problem(rng)
+    new = ds.ot.sinkhorn(a, b, C, 0.05, atol=1e-7, rtol=0, maxiter=500)
+    with pytest.warns(DeprecationWarning, match="tol= is deprecated.*use atol="):
+        old = ds.ot.sinkhorn(a, b, C, 0.05, tol=1e-7, maxiter=500)
+    assert old.n_iters == new.n_iters and old.tolerance == new.tolerance
+    with pytest.warns(DeprecationWarning, match="max_iter= is deprecated.*use maxiter="):
+        old = ds.ot.sinkhorn(a, b, C, 0.05, max_iter=3, rtol=0, atol=0)
+    assert old.n_iters == 3
+    with pytest.raises(TypeError, match="both tol= .deprecated. and atol="):
+        ds.ot.sinkhorn(a, b, C, 0.05, tol=1e-7, atol=1e-8)
+    with pytest.raises(TypeError, match="both max_iter= .deprecated. and maxiter="):
+        ds.ot.sinkhorn(a, b, C, 0.05, max_iter=3, maxiter=4)
+
+
+@pytest.mark.parametrize("kernel", ["lse", "absorbed"])
+@pytest.mark.parametrize("acceleration", [None, "momentum", "anderson"])
+def test_zero_weight_with_every_acceleration(rng, kernel, acceleration):
+    # reproduction: acceleration="momentum" with a zero weight in b returned a NaN plan
+    # (the over-relaxation computed -inf - -inf on the zero weight's potential)
+    a, b, C = ot_problem(rng)
+    b[1] = 0.0
+    b /= b.sum()
+    a[3] = 0.0
+    a /= a.sum()
+    ref = ds.ot.sinkhorn(a, b, C, 0.05, rtol=1e-12, kernel="lse")
+    res = ds.ot.sinkhorn(a, b, C, 0.05, rtol=1e-12, kernel=kernel, acceleration=acceleration)
+    assert res.converged and res.status == ds.Status.SUCCESS
+    assert np.all(np.isfinite(res.plan)) and np.all(res.plan[:, 1] == 0)
+    assert np.all(res.plan[3] == 0) and res.g[1] == -np.inf
+    np.testing.assert_allclose(res.plan, ref.plan, atol=1e-11)
+
+
+# ------------------------------------------------------------------------------------------
+# the one input policy, for every OT solver
+# ------------------------------------------------------------------------------------------
+SOLVERS = {
+    "sinkhorn": (lambda a, b, C, **kw: ds.ot.sinkhorn(a, b, C, 0.1, **kw)),
+    "sinkhorn_newton_sparse": (lambda a, b, C, **kw: ds.ot.sinkhorn_newton_sparse(
+        a, b, C, 0.1, **kw)),
+    "sparse_ot": (lambda a, b, C, **kw: ds.ot.sparse_ot(a, b, C, 6, 0.5, **kw)),
+    "quadratic_ot": (lambda a, b, C, **kw: ds.ot.quadratic_ot(a, b, C, 0.5, **kw)),
+}
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+@pytest.mark.parametrize(("case", "error", "match"), [
+    ("float16", TypeError, r"C has dtype float16; .*float32 or float64.*astype"),
+    ("bool", TypeError, r"a has dtype bool"),
+    ("complex", TypeError, r"b has dtype complex128"),
+    ("list", TypeError, r"a must be an array, got a builtins.list; pass np.asarray\(a\)"),
+    ("size0", ValueError, r"a has shape \(0,\) with no entries|empty problem"),
+    ("nan_C", ValueError, r"C contains NaN or infinite entries; costs must be finite"),
+    ("nan_a", ValueError, r"a contains NaN or infinite entries"),
+    ("inf_b", ValueError, r"b contains NaN or infinite entries"),
+    ("overflow", ValueError, r"total mass of a or b overflows"),
+    ("ndim", ValueError, r"C must have at least 2 dimension"),
+])
+def test_bad_input_policy(rng, name, case, error, match):
+    # reproduction: float16 crashed inside Numba, size-0 inputs gave raw NumPy errors
+    a, b, C = ot_problem(rng, 6, 5)
+    if case == "float16":
+        C = C.astype(np.float16)
+    elif case == "bool":
+        a = a > 0
+    elif case == "complex":
+        b = b.astype(np.complex128)
+    elif case == "list":
+        a = a.tolist()
+    elif case == "size0":
+        a, C = a[:0], C[:0]
+    elif case == "nan_C":
+        C[1, 2] = np.nan
+    elif case == "nan_a":
+        a[0] = np.nan
+    elif case == "inf_b":
+        b[0] = np.inf
+    elif case == "overflow":
+        a, b = a * 1e200, b * 1e200
+    elif case == "ndim":
+        C = C[0]
+    with pytest.raises(error, match=match) as info:
+        SOLVERS[name](a, b, C)
+    assert f"diffsolve.ot.{name}" in str(info.value)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_int_read_only_and_strided_inputs(rng, name):
+    a = np.array([2, 1, 1, 2])  # integer weights promote to float64
+    b = np.array([3, 3])
+    C = rng.random((2, 4)).T
+    want = SOLVERS[name](a.astype(np.float64), b.astype(np.float64), np.ascontiguousarray(C))
+    C_big = np.zeros((8, 4))
+    C_big[::2, ::2] = C  # a non-contiguous view
+    view = C_big[::2, ::2]
+    copies = [x.copy() for x in (a, b, view)]
+    for x in (a, b, C_big):
+        x.setflags(write=False)
+    got = SOLVERS[name](a, b, view)
+    assert got.plan.dtype == np.float64
+    np.testing.assert_allclose(got.plan, want.plan, rtol=1e-10, atol=1e-14)
+    for x, c in zip((a, b, view), copies, strict=True):
+        np.testing.assert_array_equal(x, c)  # inputs are never modified

@@ -11,11 +11,12 @@ benchmarks share, so that "error <= 1e-9" means the same thing everywhere.
 from __future__ import annotations
 
 import math
-import numbers
 
 from .. import _backend as B
+from .. import _validate as V
 
-__all__ = ["ERROR_MEASURES", "MASS_RTOL", "check_eps", "check_ot_inputs", "marginal_error"]
+__all__ = ["ERROR_MEASURES", "MASS_RTOL", "check_arrays", "check_eps", "check_ot_inputs",
+           "marginal_error"]
 
 #: Names accepted by :func:`marginal_error` (``measure=``).
 ERROR_MEASURES = ("l1", "l2-pot")
@@ -26,6 +27,14 @@ MASS_RTOL = 1e-6
 
 def _shape(x) -> tuple:
     return tuple(int(s) for s in x.shape)
+
+
+def check_arrays(where: str, **arrays) -> None:
+    """Refuse non-arrays (lists, scalars, torch/JAX tensors) by argument name, before the
+    namespace lookup (whose error could not say which argument was wrong)."""
+    for name, x in arrays.items():
+        if x is not None:
+            V.array_argument(where, name, x, is_array=B.is_array)
 
 
 def check_ot_inputs(where: str, a, b, C, xp):
@@ -55,7 +64,8 @@ def check_ot_inputs(where: str, a, b, C, xp):
     Raises
     ------
     TypeError
-        Non-array or complex inputs.
+        Non-array inputs (lists, tensors), float16, bool or complex dtypes (the policy of
+        :func:`diffsolve._validate.float_array`).
     ValueError
         Shape mismatch, empty problem, negative or non-finite weights, unequal total mass,
         non-finite costs.
@@ -67,31 +77,22 @@ def check_ot_inputs(where: str, a, b, C, xp):
     >>> batch, a.dtype
     ((), dtype('float64'))
     """
-    for name, x, min_ndim in (("a", a, 1), ("b", b, 1), ("C", C, 2)):
-        if not B.is_array(x):
-            raise TypeError(
-                f"{where}: {name} must be an array, got a {type(x).__module__}."
-                f"{type(x).__name__}; pass a NumPy/CuPy array (e.g. np.asarray({name}))"
-            )
-        if x.ndim < min_ndim:
-            raise ValueError(
-                f"{where}: {name} has shape {_shape(x)}; it needs at least {min_ndim} "
-                f"dimension(s): a (..., n), b (..., m), C (..., n, m)"
-            )
-        if xp.isdtype(x.dtype, "complex floating"):
-            raise TypeError(f"{where}: {name} has complex dtype {x.dtype}; use real weights "
-                            "and costs (float32 or float64)")
-        if xp.isdtype(x.dtype, "bool"):
-            raise TypeError(f"{where}: {name} has dtype bool; pass float32 or float64 values")
+    # the one input policy of every family (diffsolve._validate.float_array): float32 and
+    # float64 kept, integers promoted to float64, float16 / bool / complex / lists refused;
+    # finiteness is checked below with OT-specific advice
+    a = V.float_array(where, "a", a, min_ndim=1, allow_empty=True, finite=False)
+    b = V.float_array(where, "b", b, min_ndim=1, allow_empty=True, finite=False)
+    C = V.float_array(where, "C", C, min_ndim=2, allow_empty=True, finite=False)
     n, m = a.shape[-1], b.shape[-1]
     if tuple(C.shape[-2:]) != (n, m):
         raise ValueError(
             f"{where}: C has shape {_shape(C)} but a has {n} entries and b has {m}; C must "
             f"have shape (..., {n}, {m}) (rows follow a, columns follow b)"
         )
-    if n == 0 or m == 0:
-        raise ValueError(f"{where}: empty problem (n = {n}, m = {m}); a and b need at least "
-                         "one entry each")
+    if n == 0 or m == 0 or 0 in _shape(C):
+        raise ValueError(f"{where}: empty problem (a {_shape(a)}, b {_shape(b)}, C "
+                         f"{_shape(C)}); a and b need at least one entry each (and no batch "
+                         "dimension may be 0)")
     try:
         batch_shape = _broadcast_shapes(_shape(a)[:-1], _shape(b)[:-1], _shape(C)[:-2])
     except ValueError:
@@ -116,6 +117,15 @@ def check_ot_inputs(where: str, a, b, C, xp):
     if not B.isfinite_all(xp, C):
         raise ValueError(f"{where}: C contains NaN or infinite entries; costs must be finite "
                          "(to forbid a pair, use a large finite cost instead of inf)")
+    # a total mass near the overflow threshold makes the plan's products and the
+    # tolerance overflow (inf tolerances would pass any error): refuse masses above
+    # sqrt(max float) (1e154 in float64, 1.8e19 in float32), checked on Python floats
+    # before summing so that no overflow warning is raised on the way
+    big = math.sqrt(float(xp.finfo(dtype).max))
+    if max(float(xp.max(a)) * n, float(xp.max(b)) * m) > big:
+        raise ValueError(f"{where}: the total mass of a or b overflows: it exceeds {big:.3g}, "
+                         f"the square root of the largest {dtype}; rescale the weights "
+                         "(e.g. a / a.sum() and b / b.sum())")
     mass_a, mass_b = xp.sum(a, axis=-1), xp.sum(b, axis=-1)
     if bool(xp.any(mass_a <= 0)) or bool(xp.any(mass_b <= 0)):
         raise ValueError(f"{where}: a or b has zero total mass; each problem needs weights "
@@ -154,17 +164,13 @@ def check_eps(where: str, eps) -> float:
     >>> check_eps("f", 0.1)
     0.1
     """
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        if B.is_array(eps) and getattr(eps, "ndim", 1) == 0:
-            eps = float(eps)
-        else:
-            raise TypeError(f"{where}: eps must be a positive number, got "
-                            f"{type(eps).__name__} {eps!r}; e.g. eps=0.05 (in cost units)")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"{where}: eps must be a finite number > 0, got {eps!r}; it is the "
-                         "entropic regularisation in cost units, e.g. 0.01 * C.max()")
-    return eps
+    try:
+        return V.positive_real(where, "eps", eps)
+    except ValueError as err:
+        raise ValueError(f"{err}; eps must be a finite number > 0: the entropic "
+                         "regularisation in cost units, e.g. 0.01 * C.max()") from None
+    except TypeError as err:
+        raise TypeError(f"{err}; e.g. eps=0.05 (in cost units)") from None
 
 
 def marginal_error(plan, a, b, xp, measure: str = "l1"):

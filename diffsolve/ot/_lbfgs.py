@@ -41,7 +41,8 @@ class LBFGSOutcome:
 
     ``status``: ``"done"`` (the caller's rule held at ``x``), ``"max_iter"``,
     ``"line_search"`` (no step satisfying the Wolfe conditions: typically the objective
-    is flat to working precision), ``"stalled"`` (SciPy stopped on its own tests).
+    is flat to working precision), ``"stalled"`` (SciPy stopped on its own tests),
+    ``"stopped"`` (the callback returned True).
     """
 
     x: Any
@@ -54,6 +55,12 @@ class LBFGSOutcome:
     @property
     def done(self) -> bool:
         return self.status == "done"
+
+
+class _Stopped(Exception):
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
 
 
 class _Done(Exception):
@@ -123,7 +130,7 @@ def _zoom(phi, f0, d0, lo, f_lo, d_lo, hi, f_hi, d_hi):
 
 
 def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10,
-          ftol: float = FTOL) -> LBFGSOutcome:
+          ftol: float = FTOL, callback=None) -> LBFGSOutcome:
     """Minimise ``fun(x) -> (value, grad, done)`` from ``x0`` with L-BFGS in namespace ``xp``.
 
     Parameters
@@ -142,6 +149,9 @@ def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10,
     ftol : float
         Stop (status ``"stalled"``) after an iteration with
         ``f_old - f_new <= ftol * max(|f_old|, |f_new|, 1)`` (SciPy's ``factr`` test).
+    callback : callable, optional
+        ``callback(x, n_iters) -> bool`` after each iteration; ``True`` stops (status
+        ``"stopped"``).
 
     Returns
     -------
@@ -222,13 +232,15 @@ def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10,
             gamma = sy / yy
         reduction = value - value_new
         x, value_old, value, g = x_new, value, value_new, g_new
+        if callback is not None and callback(x, it):
+            return LBFGSOutcome(x, value, g, it, n_evals, "stopped")
         if reduction <= ftol * max(abs(value_old), abs(value), 1.0):
             return LBFGSOutcome(x, value, g, it, n_evals, "stalled")
     return LBFGSOutcome(x, value, g, max_iter, n_evals, "max_iter")
 
 
 def scipy_lbfgs(fun, x0, *, max_iter: int, memory: int = 10,
-                ftol: float = FTOL) -> LBFGSOutcome:
+                ftol: float = FTOL, callback=None) -> LBFGSOutcome:
     """The same contract as :func:`lbfgs`, with SciPy's ``fmin_l_bfgs_b`` (NumPy float64).
 
     SciPy's gradient test is off (``pgtol=0``) and its relative-reduction test is set to
@@ -250,9 +262,11 @@ def scipy_lbfgs(fun, x0, *, max_iter: int, memory: int = 10,
     n_evals = 0
     n_iters = 0
 
-    def count(_xk):
+    def count(xk):
         nonlocal n_iters
         n_iters += 1
+        if callback is not None and callback(xk, n_iters):
+            raise _Stopped(xk.copy())
 
     def wrapped(x):
         nonlocal n_evals
@@ -271,5 +285,8 @@ def scipy_lbfgs(fun, x0, *, max_iter: int, memory: int = 10,
         # stopped inside an iteration's line search: that iteration counts
         return LBFGSOutcome(stop.x, stop.value, stop.grad, n_iters + (n_evals > 1), n_evals,
                             "done")
+    except _Stopped as stop:
+        value, grad, _ = fun(stop.x)
+        return LBFGSOutcome(stop.x, value, grad, n_iters, n_evals + 1, "stopped")
     status = "max_iter" if info["warnflag"] == 1 else "stalled"
     return LBFGSOutcome(x, float(value), info["grad"], int(info["nit"]), n_evals, status)

@@ -41,22 +41,25 @@ Implementation choices (why, beyond the paper):
 
 from __future__ import annotations
 
+import inspect
 import math
-import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import array_api_extra as xpx
 
 from .. import _backend as B
+from .. import _validate as V
 from .._autodiff import custom_vjp
-from .._status import ConvergenceWarning
-from ._errors import ERROR_MEASURES, check_eps, check_ot_inputs
+from .._status import Status, report
+from ._errors import _broadcast_shapes, check_arrays, check_eps, check_measure, check_ot_inputs
 from ._implicit import entropic_potentials_vjp, normalise_gauge
-from ._result import OTResult
+from ._options import legacy_options
+from ._result import OTResult, OTState
+from ._sinkhorn import SinkhornSettings
+from ._sinkhorn import _solve as _sinkhorn_solve
 
-__all__ = ["SNSResult", "sinkhorn_newton_sparse"]
+__all__ = ["SNSResult", "SNSSettings", "SNSState", "sinkhorn_newton_sparse"]
 
 WHERE = "diffsolve.ot.sinkhorn_newton_sparse"
 
@@ -67,7 +70,9 @@ class SNSResult(OTResult):
     how the work split between the two stages.
 
     ``n_iters`` counts **Newton** iterations (one sparse Newton system each). The extra
-    fields, per problem (arrays of the batch shape for a batched call):
+    fields, per problem (arrays of the batch shape for a batched call), have fixed shapes
+    (so that the result is a JAX pytree under ``diffsolve.to_jax``; the error after each
+    Newton step is what a ``callback`` sees):
 
     Attributes
     ----------
@@ -77,39 +82,56 @@ class SNSResult(OTResult):
         CG iterations summed over all Newton steps.
     n_fallbacks : int or array
         Newton steps whose line search failed and were replaced by Sinkhorn iterations.
-    history : tuple
-        The error (in ``error_measure``) after the warm-up and after each Newton step, as
-        Python floats (a tuple of such tuples for a batched call, problems in C order).
     """
 
     n_sinkhorn: Any = 0
     n_cg: Any = 0
     n_fallbacks: Any = 0
-    history: Any = ()
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ("plan", "f", "g", "cost")
+    solver_name: ClassVar[str] = WHERE
+    advice: ClassVar[str] = ("increase maxiter or n_sinkhorn, raise density (a denser "
+                             "Hessian), or use a larger eps")
 
-    @property
-    def message(self) -> str:
-        conv = self.converged
-        if getattr(conv, "ndim", 0) == 0:
-            done = bool(conv)
-        else:
-            xp = B.array_namespace(conv)
-            done = bool(xp.all(conv))
-        if done:
-            return "converged"
-        return ("did not converge: increase max_iter or n_sinkhorn, raise density, or use "
-                "a larger eps")
+
+@dataclass(frozen=True)
+class SNSState(OTState):
+    """What ``callback(state)`` of :func:`sinkhorn_newton_sparse` sees after each Newton
+    step (frozen; returning ``True`` stops the solve with ``Status.STOPPED``).
+
+    On top of :class:`~diffsolve.ot._result.OTState` (``n_iters`` = Newton steps so far,
+    ``f``, ``g`` = the current potentials of the positive-weight entries, ``error``,
+    ``eps``, ``problem``):
+
+    Attributes
+    ----------
+    step : float
+        The accepted step length (0 for a Sinkhorn fallback).
+    nnz : int
+        Plan entries kept in the sparsified Hessian.
+    cg_iters : int
+        CG iterations of this Newton step.
+    n_sinkhorn : int
+        Sinkhorn iterations so far (warm-up and fallbacks).
+    """
+
+    step: float = 0.0
+    nnz: int = 0
+    cg_iters: int = 0
+    n_sinkhorn: int = 0
 
 
 # ---------------------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Options:
-    tol: float
-    max_iter: int
+class SNSSettings:
+    """The options of one :func:`sinkhorn_newton_sparse` call, validated once."""
+
+    eps: float
+    rtol: float
+    atol: float
+    maxiter: int
     n_sinkhorn: int
     sinkhorn_switch: int
     density: float | None
@@ -124,31 +146,32 @@ class _Options:
     n_fallback: int
     error_measure: str
     callback: Any
+    throw: bool
 
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{WHERE}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    @property
+    def fixed_budget(self) -> bool:
+        """``rtol = atol = 0``: exactly ``maxiter`` Newton steps after the warm-up."""
+        return self.rtol == 0 and self.atol == 0
 
 
 def _real_in(name, value, lo, hi, lo_open=True, hi_open=True, example=""):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) \
-        and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    v = V.finite_real(WHERE, name, value)
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         lb = "(" if lo_open else "["
         rb = ")" if hi_open else "]"
         raise ValueError(f"{WHERE}: {name} must be a number in {lb}{lo}, {hi}{rb}, got "
                          f"{value!r}{example}")
-    return float(value)
+    return v
 
 
-def _check_options(tol, max_iter, n_sinkhorn, sinkhorn_switch, density, max_density, drop_tol,
-                   threshold, cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps, n_fallback,
-                   error_measure, callback):
-    tol = _real_in("tol", tol, 0.0, math.inf, example=" (e.g. 1e-9)")
+def _settings(eps, *, rtol, atol, maxiter, n_sinkhorn, sinkhorn_switch, density, max_density,
+              drop_tol, threshold, cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps,
+              n_fallback, error_measure, callback, throw, deprecated, quiet=False):
+    o = legacy_options(WHERE, sinkhorn_newton_sparse.fwd, deprecated,
+                       {"rtol": rtol, "atol": atol, "maxiter": maxiter}, tol_is="atol",
+                       quiet=quiet)
+    rtol, atol = V.tolerances(WHERE, o["rtol"], o["atol"])
     if density is not None and threshold is not None:
         raise ValueError(f"{WHERE}: give density (a fraction of the plan's entries to keep) "
                          "or threshold (keep plan entries >= threshold), not both")
@@ -158,29 +181,24 @@ def _check_options(tol, max_iter, n_sinkhorn, sinkhorn_switch, density, max_dens
     if threshold is not None:
         threshold = _real_in("threshold", threshold, 0.0, math.inf, lo_open=False,
                              example=" (an absolute value on plan entries, e.g. 1e-3 / n)")
-    if error_measure not in ERROR_MEASURES:
-        raise ValueError(f"{WHERE}: error_measure={error_measure!r} is not known; choose one "
-                         f"of {list(ERROR_MEASURES)}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"{WHERE}: callback must be callable or None, got "
-                        f"{type(callback).__name__}")
-    return _Options(
-        tol=tol,
-        max_iter=_positive_int("max_iter", max_iter),
-        n_sinkhorn=_positive_int("n_sinkhorn", n_sinkhorn),
-        sinkhorn_switch=_positive_int("sinkhorn_switch", sinkhorn_switch, minimum=0),
+    return SNSSettings(
+        eps=check_eps(WHERE, eps), rtol=rtol, atol=atol,
+        maxiter=V.positive_int(WHERE, "maxiter", o["maxiter"]),
+        n_sinkhorn=V.positive_int(WHERE, "n_sinkhorn", n_sinkhorn),
+        sinkhorn_switch=V.integer(WHERE, "sinkhorn_switch", sinkhorn_switch, minimum=0),
         density=density,
         max_density=_real_in("max_density", max_density, 0.0, 1.0, hi_open=False),
         drop_tol=_real_in("drop_tol", drop_tol, 0.0, 1.0, lo_open=False),
         threshold=threshold,
         cg_rtol=_real_in("cg_rtol", cg_rtol, 0.0, 1.0),
-        cg_maxiter=None if cg_maxiter is None else _positive_int("cg_maxiter", cg_maxiter),
+        cg_maxiter=V.positive_int(WHERE, "cg_maxiter", cg_maxiter, allow_none=True),
         ls_c1=_real_in("ls_c1", ls_c1, 0.0, 0.5),
         ls_beta=_real_in("ls_beta", ls_beta, 0.0, 1.0),
-        ls_max_steps=_positive_int("ls_max_steps", ls_max_steps),
-        n_fallback=_positive_int("n_fallback", n_fallback),
-        error_measure=error_measure,
-        callback=callback,
+        ls_max_steps=V.positive_int(WHERE, "ls_max_steps", ls_max_steps),
+        n_fallback=V.positive_int(WHERE, "n_fallback", n_fallback),
+        error_measure=check_measure(WHERE, error_measure),
+        callback=V.callback(WHERE, callback),
+        throw=V.boolean(WHERE, "throw", throw),
     )
 
 
@@ -393,38 +411,32 @@ def _pcg(matvec, rhs, minv, rtol, maxiter, xp):
     return x, it
 
 
-def _sinkhorn_steps(a, b, C, eps, tol, max_iter, f0, g0, measure, trace=None):
-    """Run the shared log-domain Sinkhorn; its own non-convergence warning is expected here
-    (a warm-up is stopped early on purpose) and silenced. ``trace`` (a list) receives
-    ``(iterations, error)`` at each of Sinkhorn's checks, iterations counted across calls."""
-    from ._sinkhorn import sinkhorn
-
+def _sinkhorn_steps(a, b, C, opts: SNSSettings, tol, maxiter, f0, g0, trace=None):
+    """At most ``maxiter`` iterations of the shared log-domain Sinkhorn (its private
+    solve: a warm-up stopped early is expected here, so nothing is reported; the caller
+    reads the status). ``trace`` (a list) receives ``(iterations, error)`` at each of
+    Sinkhorn's checks, iterations counted across calls. Returns ``(f, g, iterations,
+    status)``."""
     callback = None
     if trace is not None:
         offset = trace[-1][0] if trace else 0
 
-        def callback(it, _eps, err):
-            trace.append((offset + int(it), float(max(float(e) for e in
-                                                      _flat_floats(err)))))
+        def callback(state):
+            trace.append((offset + state.n_iters, float(state.error)))
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        res = sinkhorn(a, b, C, eps, tol=tol, max_iter=max_iter, f0=f0, g0=g0,
-                       error_measure=measure, callback=callback)
-    return res.f, res.g, int(res.n_iters), bool(res.converged)
-
-
-def _flat_floats(err):
-    if getattr(err, "ndim", 0) == 0:
-        return [err]
-    xp = B.array_namespace(err)
-    return [err] if err.ndim == 0 else list(xp.reshape(err, (-1,)))
+    settings = SinkhornSettings(
+        eps=opts.eps, rtol=0.0, atol=tol, maxiter=maxiter, error_measure=opts.error_measure,
+        check_every=10, eps_scaling=None, acceleration=None, gradient="implicit",
+        kernel="auto", throw=False, callback=callback)
+    xp = B.array_namespace(a, b, C)
+    res = _sinkhorn_solve(xp, a, b, C, (), settings, f0, g0)
+    return res.f, res.g, int(res.n_iters), res.status
 
 
 def _predicted_sinkhorn_iters(trace, tol):
     """Iterations Sinkhorn still needs to reach ``tol`` at the linear rate of its last two
-    checks (None if it is not contracting)."""
-    if len(trace) < 2:
+    checks (None if it is not contracting, or for a fixed budget, ``tol = 0``)."""
+    if len(trace) < 2 or not tol > 0:
         return None
     (i1, e1), (i2, e2) = trace[-2], trace[-1]
     if e2 <= tol:
@@ -435,37 +447,41 @@ def _predicted_sinkhorn_iters(trace, tol):
     return math.ceil(math.log(tol / e2) / rate)
 
 
-def _solve_one(a, b, C, eps, opts: _Options, xp, problem_index=None):
-    """SNS on one problem with positive weights; returns potentials and bookkeeping."""
+def _solve_one(a, b, C, eps, opts: SNSSettings, xp, problem_index, tol):
+    """SNS on one problem with positive weights, stopping at marginal error ``tol``;
+    returns potentials and bookkeeping (``status`` a :class:`~diffsolve.Status`)."""
     n, m = C.shape
     dt = C.dtype
     path = _path(xp, C, eps)
     trace = []
-    f, g, n_sk, done = _sinkhorn_steps(a, b, C, eps, opts.tol, opts.n_sinkhorn, None, None,
-                                       opts.error_measure, trace)
+    f, g, n_sk, sk_status = _sinkhorn_steps(a, b, C, opts, tol, opts.n_sinkhorn, None, None,
+                                            trace)
+    done = sk_status == Status.SUCCESS
     # Sinkhorn-or-Newton: where Sinkhorn is contracting fast enough to reach tol within
     # `sinkhorn_switch` more iterations (a few Newton steps cost that much), let it finish;
     # the rate is re-measured after every chunk, so a Sinkhorn that slows down hands over
     budget = opts.sinkhorn_switch
-    while not done and budget > 0:
-        need = _predicted_sinkhorn_iters(trace, opts.tol)
+    while not done and budget > 0 and sk_status != Status.NONFINITE:
+        need = _predicted_sinkhorn_iters(trace, tol)
         if need is None or need > budget:
             break
         # chunks of at most 100 iterations: Sinkhorn's rate often drops after its first
         # fast phase, and a re-measured rate then hands over to Newton early
         chunk = min(budget, 100, math.ceil(1.25 * need) + 10)
-        f, g, its, done = _sinkhorn_steps(a, b, C, eps, opts.tol, chunk, f, g,
-                                          opts.error_measure, trace)
+        f, g, its, sk_status = _sinkhorn_steps(a, b, C, opts, tol, chunk, f, g, trace)
+        done = sk_status == Status.SUCCESS
         n_sk += its
         budget -= its
-    state = path.evaluate(f, g)
+    state = path.evaluate(f, g) if sk_status != Status.NONFINITE else None
     if state is None:
-        raise FloatingPointError(f"{WHERE}: the Sinkhorn warm-up returned potentials whose "
-                                 "plan overflows; check C and eps")
+        # the warm-up's potentials are not finite, or their plan overflows: report it
+        # (status NONFINITE) with the warm-up's plan rather than raise a bare error
+        P = xp.exp((f[:, None] + g[None, :] - C) / eps)
+        return {"f": f, "g": g, "plan": P, "n_iters": 0, "n_sinkhorn": n_sk, "n_cg": 0,
+                "n_fallbacks": 0, "error": math.inf, "status": Status.NONFINITE}
     path.accept()
     P, r, c, total = state
     err = _error(r, c, a, b, xp, opts.error_measure)
-    history = [err]
     adaptive = opts.density is None and opts.threshold is None
     if opts.density is not None:
         k_keep = max(1, min(n * m, math.ceil(opts.density * n * m)))
@@ -478,7 +494,10 @@ def _solve_one(a, b, C, eps, opts: _Options, xp, problem_index=None):
     fixed = int(xp.argmax(b))
     eps_mach = float(xp.finfo(dt).eps)
     n_newton = n_cg = n_fallbacks = 0
-    while err > opts.tol and n_newton < opts.max_iter:
+    stopped = False
+    # a fixed budget (rtol = atol = 0) runs maxiter Newton steps whatever the error
+    while (opts.fixed_budget or err > tol) and math.isfinite(err) \
+            and n_newton < opts.maxiter:
         n_newton += 1
         grad_f, grad_g = a - r, b - c
         tau = opts.threshold if opts.threshold is not None else path.kth(P, k_keep)
@@ -513,37 +532,49 @@ def _solve_one(a, b, C, eps, opts: _Options, xp, problem_index=None):
             # Newton made no progress (far from the optimum, or the sparsified Hessian is
             # too poor): fall back to Sinkhorn, which always increases F
             n_fallbacks += 1
-            f, g, sk_its, _ = _sinkhorn_steps(a, b, C, eps, opts.tol, opts.n_fallback, f, g,
-                                              opts.error_measure)
+            f, g, sk_its, sk_status = _sinkhorn_steps(a, b, C, opts, tol, opts.n_fallback,
+                                                      f, g)
             n_sk += sk_its
-            state = path.evaluate(f, g)
+            state = path.evaluate(f, g) if sk_status != Status.NONFINITE else None
+            if state is None:
+                err = math.inf
+                break
             path.accept()
             P, r, c, total = state
         prev, err = err, _error(r, c, a, b, xp, opts.error_measure)
-        history.append(err)
         if adaptive and err > 0.5 * prev and k_keep < k_max:
             # a sparsified Hessian that misses the weak couplings between groups of
             # points makes Newton crawl (its curvature along those modes is far too
             # large): keep twice as many plan entries from now on
             k_keep = min(k_max, 2 * k_keep)
-        if opts.callback is not None:
-            opts.callback({"problem": problem_index, "iteration": n_newton, "error": err,
-                           "step": t if accepted else 0.0, "nnz": block.nnz,
-                           "cg_iters": its})
+        if opts.callback is not None and opts.callback(SNSState(
+                n_iters=n_newton, f=f, g=g, error=err, eps=eps, problem=problem_index,
+                step=t if accepted else 0.0, nnz=block.nnz, cg_iters=int(its),
+                n_sinkhorn=n_sk)):
+            stopped = True
+            break
+    ok = err <= tol and math.isfinite(err)
+    if not math.isfinite(err):
+        status = Status.NONFINITE
+    elif ok and not opts.fixed_budget:
+        status = Status.SUCCESS
+    elif stopped:
+        status = Status.STOPPED
+    else:
+        status = Status.MAX_ITERATIONS
     return {"f": f, "g": g, "plan": P, "n_iters": n_newton, "n_sinkhorn": n_sk, "n_cg": n_cg,
-            "n_fallbacks": n_fallbacks, "error": err, "converged": err <= opts.tol,
-            "history": tuple(history)}
+            "n_fallbacks": n_fallbacks, "error": err, "status": status}
 
 
-def _solve_support(a, b, C, eps, opts, xp, problem_index):
+def _solve_support(a, b, C, eps, opts, xp, problem_index, tol):
     """Solve on the support of (a, b); zero weights get potential -inf (a zero plan row)."""
     ma, mb = a > 0, b > 0
     if bool(xp.all(ma)) and bool(xp.all(mb)):
-        return _solve_one(a, b, C, eps, opts, xp, problem_index)
+        return _solve_one(a, b, C, eps, opts, xp, problem_index, tol)
     ia, = xp.nonzero(ma)
     jb, = xp.nonzero(mb)
     sub = xp.take(xp.take(C, ia, axis=0), jb, axis=1)
-    out = _solve_one(xp.take(a, ia), xp.take(b, jb), sub, eps, opts, xp, problem_index)
+    out = _solve_one(xp.take(a, ia), xp.take(b, jb), sub, eps, opts, xp, problem_index, tol)
     dev = B.device(C)
     f = xpx.at(xp.full(a.shape, -math.inf, dtype=a.dtype, device=dev))[ia].set(out["f"])
     g = xpx.at(xp.full(b.shape, -math.inf, dtype=b.dtype, device=dev))[jb].set(out["g"])
@@ -569,9 +600,18 @@ def _regularised_cost(a, b, eps, f, g, plan, xp):
 # ---------------------------------------------------------------------------------------
 def _sns_bwd(ctx, cot):
     a0, b0, C0 = ctx.args[:3]
-    eps = check_eps(WHERE, ctx.args[3] if len(ctx.args) > 3 else ctx.kwargs["eps"])
     xp = B.array_namespace(a0, b0, C0, where=WHERE)
-    a, b, C, _ = check_ot_inputs(WHERE, a0, b0, C0, xp)
+    if ctx.residuals is not None:
+        a, b, C, opts = ctx.residuals
+    else:  # the JAX adapter keeps arrays only: re-read the call, without its warnings
+        kw = dict(ctx.kwargs)
+        eps = ctx.args[3] if len(ctx.args) > 3 else kw.pop("eps")
+        defaults = {k: p.default for k, p in sinkhorn_newton_sparse.signature.parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        known = {k: kw.pop(k, v) for k, v in defaults.items()}
+        opts = _settings(eps, **known, deprecated=kw, quiet=True)
+        a, b, C, _ = check_ot_inputs(WHERE, a0, b0, C0, xp)
+    eps = opts.eps
     res = ctx.result
     a_bar, b_bar, C_bar = entropic_potentials_vjp(
         a, b, C, eps, res.f, res.g, res.plan, cot["plan"], cot["f"], cot["g"],
@@ -591,12 +631,25 @@ def _sns_bwd(ctx, cot):
     return (*grads, *(None for _ in ctx.args[3:]))
 
 
-@custom_vjp(_sns_bwd, result_type=SNSResult, public_name=WHERE)
-def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=50,
+def _sns_shapes(a, b, C, eps, **kwargs):
+    batch = _broadcast_shapes(tuple(a.shape)[:-1], tuple(b.shape)[:-1], tuple(C.shape)[:-2])
+    n, m = int(a.shape[-1]), int(b.shape[-1])
+    dtype = B.promote_real_floating(a.dtype, b.dtype, C.dtype)
+    return {
+        "plan": ((*batch, n, m), dtype), "f": ((*batch, n), dtype), "g": ((*batch, m), dtype),
+        "cost": (batch, dtype), "n_iters": (batch, "int64"), "converged": (batch, "bool"),
+        "error": (batch, dtype), "status": (batch, "int64"), "tolerance": (batch, dtype),
+        "n_sinkhorn": (batch, "int64"), "n_cg": (batch, "int64"),
+        "n_fallbacks": (batch, "int64"),
+    }
+
+
+@custom_vjp(_sns_bwd, _sns_shapes, SNSResult, public_name=WHERE)
+def sinkhorn_newton_sparse(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=100, n_sinkhorn=50,
                            sinkhorn_switch=500, density=None, max_density=1.0, drop_tol=1e-3,
                            threshold=None, cg_rtol=1e-3, cg_maxiter=None, ls_c1=1e-4,
                            ls_beta=0.5, ls_max_steps=20, n_fallback=20, error_measure="l1",
-                           callback=None, throw=False):
+                           callback=None, throw=False, **deprecated):
     """Entropic optimal transport by Sinkhorn–Newton–Sparse (Tang et al., ICLR 2024).
 
     Solves the same problem as :func:`diffsolve.ot.sinkhorn`,
@@ -617,12 +670,15 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
         one after the other (a loop), each with its own convergence.
     eps : float
         Entropic regularisation (> 0), in cost units.
-    tol : float
-        Stop when the marginal error (``error_measure``) is ``<= tol``.
-    max_iter : int
-        Newton iterations at most.
+    rtol, atol : float >= 0
+        Stop when the marginal error (``error_measure``) is ``<= atol + rtol * sum(a)``
+        (for unit mass the default is an absolute 1e-9). ``rtol = atol = 0``: a fixed
+        budget of ``n_sinkhorn`` warm-up iterations and ``maxiter`` Newton steps. Replaces
+        ``tol=`` (deprecated: ``tol=x`` is ``atol=x, rtol=0``).
+    maxiter : int
+        Newton iterations at most. Replaces ``max_iter=`` (deprecated).
     n_sinkhorn : int
-        Sinkhorn warm-up iterations (stage 1; stops earlier if ``tol`` is reached).
+        Sinkhorn warm-up iterations (stage 1; stops earlier if the tolerance is reached).
     sinkhorn_switch : int
         After the warm-up, Sinkhorn goes on (in chunks, its rate re-measured after each)
         while its observed linear rate predicts ``tol`` within this many further
@@ -656,12 +712,15 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
         ``"l1"``: ``||P1 - a||_1 + ||Pᵀ1 - b||_1``; ``"l2-pot"``: ``||Pᵀ1 - b||_2``
         (POT's measure).
     callback : callable, optional
-        ``callback(info)`` after each Newton step with a dict: ``problem`` (batch index or
-        None), ``iteration``, ``error``, ``step`` (0 for a Sinkhorn fallback), ``nnz`` (kept
-        plan entries), ``cg_iters``.
+        ``callback(state) -> bool | None`` after each Newton step, with a frozen
+        :class:`SNSState`: ``n_iters`` (Newton steps so far), ``f``, ``g``, ``error``,
+        ``eps``, ``problem`` (batch index or None), ``step`` (0 for a Sinkhorn fallback),
+        ``nnz`` (kept plan entries), ``cg_iters``, ``n_sinkhorn``. Returning ``True``
+        stops the solve of that problem (``Status.STOPPED``). Record ``state.error`` to
+        follow the convergence history.
     throw : bool
-        Raise :class:`diffsolve.ConvergenceWarning` as an error instead of warning when a
-        problem does not reach ``tol``.
+        Raise the status's :class:`diffsolve.SolveError` subclass instead of warning when
+        a problem does not reach its tolerance.
 
     Returns
     -------
@@ -670,7 +729,8 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
         :func:`~diffsolve.ot.sinkhorn`), ``cost`` (``<C, P> + eps Σ P (log P - 1)``) — all
         differentiable —; ``n_iters`` (**Newton** iterations), ``n_sinkhorn`` (warm-up and
         fallback Sinkhorn iterations), ``n_cg``, ``n_fallbacks``, ``converged``, ``error``,
-        ``history`` (error after the warm-up and each Newton step).
+        ``status``, ``tolerance``, ``message``. All fields have fixed shapes, so the
+        solver works under ``diffsolve.to_jax`` with ``jax.jit``.
 
     Notes
     -----
@@ -679,7 +739,7 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
     memory independent of the iteration count.
 
     Working precision is the input dtype: float32 reaches marginal errors of about 1e-6 at
-    best, so give float32 problems a matching ``tol``.
+    best, so give float32 problems a matching ``rtol``/``atol``.
 
     Examples
     --------
@@ -689,23 +749,29 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
     >>> x, y = rng.normal(size=(60, 2)), rng.normal(size=(60, 2)) + 1
     >>> C = ((x[:, None] - y[None]) ** 2).sum(-1); C /= C.max()
     >>> a = b = np.full(60, 1 / 60)
-    >>> res = sinkhorn_newton_sparse(a, b, C, 1e-3, tol=1e-10)
+    >>> res = sinkhorn_newton_sparse(a, b, C, 1e-3, rtol=1e-10)
     >>> bool(res.converged), res.error <= 1e-10, res.n_iters < 30
     (True, True, True)
     """
+    check_arrays(WHERE, a=a, b=b, C=C)
     xp = B.array_namespace(a, b, C, where=WHERE)
-    eps = check_eps(WHERE, eps)
+    opts = _settings(eps, rtol=rtol, atol=atol, maxiter=maxiter, n_sinkhorn=n_sinkhorn,
+                     sinkhorn_switch=sinkhorn_switch, density=density, max_density=max_density,
+                     drop_tol=drop_tol, threshold=threshold, cg_rtol=cg_rtol,
+                     cg_maxiter=cg_maxiter, ls_c1=ls_c1, ls_beta=ls_beta,
+                     ls_max_steps=ls_max_steps, n_fallback=n_fallback,
+                     error_measure=error_measure, callback=callback, throw=throw,
+                     deprecated=deprecated)
     a, b, C, batch = check_ot_inputs(WHERE, a, b, C, xp)
-    opts = _check_options(tol, max_iter, n_sinkhorn, sinkhorn_switch, density, max_density,
-                          drop_tol, threshold, cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps,
-                          n_fallback, error_measure, callback)
+    eps = opts.eps
     n, m = C.shape[-2:]
     nb = math.prod(batch)
     a2 = xp.reshape(a, (nb, n))
     b2 = xp.reshape(b, (nb, m))
     C2 = xp.reshape(C, (nb, n, m))
+    tols = [opts.atol + opts.rtol * float(xp.sum(a2[k, :])) for k in range(nb)]
     outs = [_solve_support(a2[k, :], b2[k, :], C2[k, :, :], eps, opts, xp,
-                           k if batch else None) for k in range(nb)]
+                           k if batch else None, tols[k]) for k in range(nb)]
     f = xp.reshape(xp.stack([o["f"] for o in outs]), (*batch, n))
     g = xp.reshape(xp.stack([o["g"] for o in outs]), (*batch, m))
     f, g = normalise_gauge(f, g, a, b, xp)
@@ -714,32 +780,24 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, tol=1e-9, max_iter=100, n_sinkhorn=5
         xp.reshape(xp.stack([o["plan"] for o in outs]), (*batch, n, m))
     cost = _regularised_cost(a, b, eps, f, g, plan, xp)
     dev = B.device(C)
+    for o, tol in zip(outs, tols):
+        o["converged"] = o["status"] == Status.SUCCESS
+        o["tolerance"] = tol
 
     def field(key, dtype):
         if not batch:
-            return outs[0][key]
-        return xp.reshape(xp.asarray([o[key] for o in outs], dtype=dtype, device=dev), batch)
+            v = outs[0][key]
+            return Status(v) if key == "status" else v
+        return xp.reshape(xp.asarray([int(o[key]) if key == "status" else o[key]
+                                      for o in outs], dtype=dtype, device=dev), batch)
 
-    converged = [o["converged"] for o in outs]
-    if not all(converged):
-        worst = max(o["error"] for o in outs)
-        bad = sum(1 for c in converged if not c)
-        which = f"{bad} of {nb} problems" if batch else "the problem"
-        msg = (f"{WHERE}: {which} did not reach tol={opts.tol:g} (worst error {worst:.3g} "
-               f"after {max(o['n_iters'] for o in outs)} Newton iterations); increase "
-               f"max_iter (now {opts.max_iter}) or n_sinkhorn (now {opts.n_sinkhorn}), raise "
-               "density (a denser Hessian), or use a larger eps"
-               + ("; float32 cannot go much below 1e-6: use float64 or a larger tol"
-                  if C.dtype == xp.float32 and opts.tol < 1e-6 else ""))
-        if throw:
-            raise RuntimeError(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     result = SNSResult(
         plan=plan, f=f, g=g, cost=cost,
         n_iters=field("n_iters", xp.int64), converged=field("converged", xp.bool),
-        error=field("error", C.dtype), error_measure=opts.error_measure,
+        error=field("error", C.dtype), status=field("status", xp.int64),
+        tolerance=field("tolerance", C.dtype), error_measure=opts.error_measure,
         n_sinkhorn=field("n_sinkhorn", xp.int64), n_cg=field("n_cg", xp.int64),
         n_fallbacks=field("n_fallbacks", xp.int64),
-        history=tuple(o["history"] for o in outs) if batch else outs[0]["history"],
     )
-    return result, None
+    report(result, throw=opts.throw, fixed_budget=opts.fixed_budget)
+    return result, (a, b, C, opts)

@@ -16,20 +16,31 @@ stabilised kernel rebuilt on absorption and BLAS products (:class:`_AbsorbedOps`
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import numbers
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .. import _backend as B
+from .. import _validate as V
 from .._autodiff import custom_vjp
-from .._status import ConvergenceWarning
-from ._errors import _broadcast_shapes, check_eps, check_measure, check_ot_inputs
+from .._status import Status, report
+from ._errors import (
+    _broadcast_shapes,
+    check_arrays,
+    check_eps,
+    check_measure,
+    check_ot_inputs,
+    marginal_error,
+)
 from ._implicit import entropic_potentials_vjp, normalise_gauge
-from ._result import OTResult
+from ._options import legacy_options
+from ._result import OTResult, OTState
 
-__all__ = ["sinkhorn"]
+__all__ = ["SinkhornSettings", "sinkhorn"]
 
 WHERE = "diffsolve.ot.sinkhorn"
 ACCELERATIONS = (None, "momentum", "anderson")
@@ -50,20 +61,54 @@ _ANDERSON_REG = 1e-10
 # ---------------------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------------------
-def _check_options(tol, max_iter, check_every, acceleration, gradient, error_measure):
-    if not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol <= 0:
-        raise ValueError(f"{WHERE}: tol must be a finite number > 0, got {tol!r} (e.g. 1e-9 "
-                         "in float64, 1e-5 in float32)")
-    for name, v in (("max_iter", max_iter), ("check_every", check_every)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"{WHERE}: {name} must be a positive integer, got {v!r}")
-    if acceleration not in ACCELERATIONS:
-        raise ValueError(f"{WHERE}: acceleration={acceleration!r} is not known; choose one of "
-                         f"{list(ACCELERATIONS)}")
-    if gradient not in GRADIENTS:
-        raise ValueError(f"{WHERE}: gradient={gradient!r} is not known; choose 'implicit' "
-                         "(plan, potentials and cost) or 'envelope' (cost only)")
-    check_measure(WHERE, error_measure)
+@dataclass(frozen=True)
+class SinkhornSettings:
+    """The options of one :func:`sinkhorn` call, validated once; the forward and backward
+    rules read this object (defaults live in the public signature only)."""
+
+    eps: float
+    rtol: float
+    atol: float
+    maxiter: int
+    error_measure: str
+    check_every: int
+    eps_scaling: Any
+    acceleration: str | None
+    gradient: str
+    kernel: str
+    throw: bool
+    callback: Any
+
+    @property
+    def fixed_budget(self) -> bool:
+        """``rtol = atol = 0``: run exactly ``maxiter`` iterations."""
+        return self.rtol == 0 and self.atol == 0
+
+
+def _settings(eps, *, rtol, atol, maxiter, error_measure, check_every, eps_scaling,
+              acceleration, gradient, kernel, throw, callback, deprecated, quiet=False):
+    o = legacy_options(WHERE, sinkhorn.fwd, deprecated, {"rtol": rtol, "atol": atol,
+                                                         "maxiter": maxiter},
+                       tol_is="atol", quiet=quiet)
+    rtol, atol = V.tolerances(WHERE, o["rtol"], o["atol"])
+    if isinstance(eps_scaling, Sequence) and not isinstance(eps_scaling, str):
+        eps_scaling = tuple(eps_scaling)
+    elif eps_scaling is False:
+        eps_scaling = None
+    elif eps_scaling is not None:
+        eps_scaling = V.positive_int(WHERE, "eps_scaling", eps_scaling)
+    return SinkhornSettings(
+        eps=check_eps(WHERE, eps), rtol=rtol, atol=atol,
+        maxiter=V.positive_int(WHERE, "maxiter", o["maxiter"]),
+        error_measure=check_measure(WHERE, error_measure),
+        check_every=V.positive_int(WHERE, "check_every", check_every),
+        eps_scaling=eps_scaling,
+        acceleration=V.choice(WHERE, "acceleration", acceleration, ACCELERATIONS),
+        gradient=V.choice(WHERE, "gradient", gradient, GRADIENTS),
+        kernel=V.choice(WHERE, "kernel", kernel, ("auto", "lse", "absorbed")),
+        throw=V.boolean(WHERE, "throw", throw),
+        callback=V.callback(WHERE, callback),
+    )
 
 
 def _schedule(eps_scaling, eps, cost_scale):
@@ -259,9 +304,22 @@ def _regularised_cost(P, f, g, a, b, eps, xp):
 # ---------------------------------------------------------------------------------------
 # the iteration
 # ---------------------------------------------------------------------------------------
-def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceleration, f, g,
-             callback=None, kernel="lse"):
-    """Run the schedule on flattened problems (Bt, n, m). Returns f, g, n_iters (xp int)."""
+def _state(total, f, g, err, eps, batch):
+    """The callback's view of the iteration: arrays in the caller's batch shape."""
+    if not batch:
+        return OTState(n_iters=int(total), f=f[0, ...], g=g[0, ...], error=float(err[0]),
+                       eps=eps)
+    xp = B.array_namespace(f)
+    return OTState(n_iters=int(total), f=xp.reshape(f, (*batch, f.shape[-1])),
+                   g=xp.reshape(g, (*batch, g.shape[-1])), error=xp.reshape(err, batch),
+                   eps=eps)
+
+
+def _iterate(xp, a, b, C, schedule, tol, maxiter, measure, check_every, acceleration, f, g,
+             callback=None, kernel="lse", fixed_budget=False, batch=()):
+    """Run the schedule on flattened problems (Bt, n, m) with per-problem tolerances ``tol``
+    (Bt,). Returns ``f, g, n_iters`` (xp int) and ``stopped`` (xp bool: the problems still
+    running when the callback returned True)."""
     Bt, n, _m = C.shape
     dt = C.dtype
     dev = B.device(C)
@@ -269,19 +327,27 @@ def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceler
             and B.is_numpy(xp) and not (f is None and g is not None)):
         ops = _AbsorbedOps(xp, C, a, b)
         if ops.dense:
-            return _iterate_absorbed_one(xp, ops, a, b, schedule[0], tol, max_iter, measure,
-                                         check_every, f, g, callback)
+            stop_tol = -math.inf if fixed_budget else float(tol[0])
+            return _iterate_absorbed_one(xp, ops, a, b, schedule[0], stop_tol, maxiter,
+                                         measure, check_every, f, g, callback, batch)
     ops = _AbsorbedOps(xp, C, a, b) if kernel == "absorbed" else _Ops(xp, C)
     loga, logb = _safe_log(a, xp), _safe_log(b, xp)
+    pos_a, pos_b = a > 0, b > 0
     mass = xp.sum(a, axis=-1)
     n_iters = xp.zeros((Bt,), dtype=xp.int64, device=dev)
     all_on = xp.ones((Bt,), dtype=xp.bool, device=dev)
+    stopped = xp.zeros((Bt,), dtype=xp.bool, device=dev)
+    halt = False
     if f is None and g is None:
         f = xp.zeros((Bt, n), dtype=dt, device=dev)
     total = 0
     for stage, eps in enumerate(schedule):
         last = stage == len(schedule) - 1
-        stage_tol = tol if last else xp.maximum(_STAGE_RTOL * mass, xp.full_like(mass, tol))
+        if last:
+            # a fixed budget (rtol = atol = 0) never stops on the error
+            stage_tol = xp.full_like(mass, -math.inf) if fixed_budget else tol
+        else:
+            stage_tol = xp.maximum(_STAGE_RTOL * mass, tol)
         if f is None:  # warm start from g only
             f = eps * loga - ops.rows(g, eps, all_on)
         active = all_on
@@ -301,10 +367,11 @@ def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceler
                 # the column error is the whole L1 error; it costs one exp per column
                 colsum = xp.exp((g + Lc) / eps)
                 err = xp.where(active, _column_error(colsum, b, measure, xp), err)
-                if callback is not None:
-                    callback(total, eps, err)
                 bad = ~xp.isfinite(err)
                 active = active & (err > stage_tol) & ~bad
+                if callback is not None and callback(_state(total, f, g, err, eps, batch)):
+                    stopped, halt = active, True
+                    break
                 if not bool(xp.any(active)):  # the one host sync per check
                     break
                 if acceleration == "momentum":
@@ -314,17 +381,17 @@ def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceler
                     if bool(xp.any(active & (err > prev_err))):
                         hist_f, hist_t = [], []  # extrapolation went astray: restart
                 prev_err = err
-            if total >= max_iter:
+            if total >= maxiter:
                 break
             pre_check = (it + 1) % check_every == 0
             col = active[:, None]
             g_new = eps * logb - Lc
             if acceleration == "momentum" and g is not None:
-                g_new = g + omega * (g_new - g)
+                g_new = _relax(g, g_new, omega, pos_b, xp)
             g = g_new if (g is None or Bt == 1) else xp.where(col, g_new, g)
             f_new = eps * loga - ops.rows(g, eps, active, f)
             if acceleration == "momentum" and not pre_check:
-                f_new = f + omega * (f_new - f)
+                f_new = _relax(f, f_new, omega, pos_a, xp)
             elif acceleration == "anderson" and not pre_check:
                 f_new = _anderson(xp, f, f_new, hist_f, hist_t)
             # (one problem: the loop stops as soon as it is inactive, no masking needed)
@@ -332,13 +399,21 @@ def _iterate(xp, a, b, C, schedule, tol, max_iter, measure, check_every, acceler
             n_iters = n_iters + xp.astype(active, xp.int64)
             it += 1
             total += 1
-        if total >= max_iter:
+        if total >= maxiter or halt:
             break  # (in an intermediate stage: the final ε was never reached)
-    return f, g, n_iters
+    return f, g, n_iters, stopped
 
 
-def _iterate_absorbed_one(xp, ops, a, b, eps, tol, max_iter, measure, check_every, f, g,
-                          callback):
+def _relax(x, x_new, omega, pos, xp):
+    """Over-relaxation ``x + omega (x_new - x)`` on the entries of positive weight; the
+    potentials of zero weights are -inf in both, and ``-inf - -inf`` would be NaN."""
+    zero = xp.zeros_like(x)
+    step = xp.where(pos, x_new, zero) - xp.where(pos, x, zero)
+    return xp.where(pos, x + omega * step, x_new)
+
+
+def _iterate_absorbed_one(xp, ops, a, b, eps, tol, maxiter, measure, check_every, f, g,
+                          callback, batch):
     """:func:`_iterate` for the common NumPy case, on 1-D arrays: one problem, all weights
     positive, one ε, no acceleration, ``kernel="absorbed"``.
 
@@ -361,6 +436,7 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, max_iter, measure, check_ever
     err = xp.full((1,), math.inf, dtype=C0.dtype)
     it = 0
     K = None
+    stopped = False
 
     def absorb(f, g):
         ops._absorb(f[None, :], g[None, :], eps)
@@ -412,12 +488,14 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, max_iter, measure, check_ever
         if check:
             colsum = xp.exp((g + Lc) / eps)
             err = _column_error(colsum[None, :], b, measure, xp)
-            if callback is not None:
-                callback(it, eps, err)
             e = float(err[0])
+            if callback is not None and callback(_state(it, f[None, :], g[None, :], err,
+                                                        eps, batch)):
+                stopped = e > tol and math.isfinite(e)
+                break
             if not (e > tol and math.isfinite(e)):
                 break
-        if it >= max_iter:
+        if it >= maxiter:
             break
         g = xp.subtract(elogb, Lc, out=Lc)
         # row half-step: Lr = eps LSE_j((g_j - C_ij)/eps)
@@ -436,7 +514,8 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, max_iter, measure, check_ever
             Lr -= ops.fh[0, ...]
         f = xp.subtract(eloga, Lr, out=Lr)
         it += 1
-    return f[None, :], g[None, :], xp.full((1,), it, dtype=xp.int64)
+    return (f[None, :], g[None, :], xp.full((1,), it, dtype=xp.int64),
+            xp.full((1,), stopped, dtype=xp.bool))
 
 
 def _update_omega(xp, omega, err, prev_err, rate_checks, check_every, active):
@@ -513,6 +592,8 @@ def _sinkhorn_shapes(a, b, C, eps, **kwargs):
         "n_iters": (batch, "int64"),
         "converged": (batch, "bool"),
         "error": (batch, dtype),
+        "status": (batch, "int64"),
+        "tolerance": (batch, dtype),
     }
 
 
@@ -528,20 +609,32 @@ def _unbroadcast(x_bar, shape, xp):
     return x_bar
 
 
+def _call_settings(ctx) -> SinkhornSettings:
+    """The settings of the call being differentiated: saved by the forward rule, or (the
+    JAX adapter keeps arrays only) re-read from the call without repeating its warnings."""
+    if ctx.residuals is not None:
+        return ctx.residuals[3]
+    kw = dict(ctx.kwargs)
+    eps = ctx.args[3] if len(ctx.args) > 3 else kw.pop("eps")
+    defaults = {k: p.default for k, p in sinkhorn.signature.parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    known = {k: kw.pop(k, v) for k, v in defaults.items() if k not in ("f0", "g0")}
+    kw.pop("f0", None), kw.pop("g0", None)
+    return _settings(eps, **known, deprecated=kw, quiet=True)
+
+
 def _sinkhorn_bwd(ctx, cot):
     a0, b0, C0 = ctx.args[:3]
-    kw = ctx.kwargs
-    eps = ctx.args[3] if len(ctx.args) > 3 else kw["eps"]
     xp = B.array_namespace(a0, b0, C0, where=WHERE)
+    s = _call_settings(ctx)
     if ctx.residuals is not None:
-        a, b, C = ctx.residuals
+        a, b, C = ctx.residuals[:3]
     else:
         a, b, C, _ = check_ot_inputs(WHERE, a0, b0, C0, xp)
     res = ctx.result
-    eps = check_eps(WHERE, eps)
     dt = res.plan.dtype
     cot_plan, cot_f, cot_g = cot["plan"], cot["f"], cot["g"]
-    if kw.get("gradient", "implicit") == "envelope":
+    if s.gradient == "envelope":
         if any(bool(xp.any(c != 0)) for c in (cot_plan, cot_f, cot_g)):
             raise ValueError(
                 f"{WHERE}: gradient='envelope' differentiates the cost only, but the "
@@ -549,7 +642,7 @@ def _sinkhorn_bwd(ctx, cot):
                 "differentiate those")
         cot_plan = cot_f = cot_g = None
     a_bar, b_bar, C_bar = entropic_potentials_vjp(
-        a, b, C, eps, res.f, res.g, res.plan, cot_plan, cot_f, cot_g,
+        a, b, C, s.eps, res.f, res.g, res.plan, cot_plan, cot_f, cot_g,
         xp.astype(cot["cost"], dt, copy=False), xp, where=WHERE)
     grads = tuple(xp.astype(_unbroadcast(g_, x.shape, xp), dt, copy=False)
                   for g_, x in ((a_bar, a0), (b_bar, b0), (C_bar, C0)))
@@ -557,9 +650,9 @@ def _sinkhorn_bwd(ctx, cot):
 
 
 @custom_vjp(_sinkhorn_bwd, _sinkhorn_shapes, OTResult, public_name=WHERE)
-def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", check_every=10,
-             eps_scaling=None, acceleration=None, f0=None, g0=None, gradient="implicit",
-             throw=False, callback=None, kernel="auto"):
+def sinkhorn(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=10_000, error_measure="l1",
+             check_every=10, eps_scaling=None, acceleration=None, f0=None, g0=None,
+             gradient="implicit", throw=False, callback=None, kernel="auto", **deprecated):
     """Entropic optimal transport by log-domain Sinkhorn, differentiable in ``a``, ``b``, ``C``.
 
     Solves ``min_P <C, P> + eps * sum_ij P_ij (log P_ij - 1)`` subject to ``P 1 = a`` and
@@ -570,7 +663,8 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
     Parameters
     ----------
     a : array, shape (..., n)
-        Source weights, nonnegative, finite.
+        Source weights, nonnegative, finite. float32 and float64 are kept, integer arrays
+        promote to float64; float16, bool, complex, lists and size-0 arrays are refused.
     b : array, shape (..., m)
         Target weights, same total mass as ``a`` (relative precision 1e-6).
     C : array, shape (..., n, m)
@@ -579,12 +673,16 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
         Entropic regularisation, in cost units. Normalise ``C`` (e.g. ``C / C.max()``) and
         take ``eps`` between 1e-3 and 1e-1; smaller ``eps`` is closer to unregularised OT but
         needs more iterations (use ``eps_scaling`` / ``acceleration``).
-    tol : float
-        Stop when the marginal error (``error_measure``) is ``<= tol``, per problem.
-        float32 inputs cannot reach much below 1e-6.
-    max_iter : int
+    rtol, atol : float >= 0
+        Stop a problem when its marginal error (``error_measure``) is
+        ``<= atol + rtol * sum(a)`` (``rtol`` is relative to the total mass; for unit mass
+        the default is an absolute 1e-9). float32 inputs cannot reach much below 1e-6.
+        ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (a fixed budget: status
+        ``MAX_ITERATIONS``, no warning). Replaces ``tol=`` (deprecated: ``tol=x`` is
+        ``atol=x, rtol=0``).
+    maxiter : int
         Iteration budget (one iteration = one column and one row update), shared by all
-        ε-scaling stages.
+        ε-scaling stages. Replaces ``max_iter=`` (deprecated).
     error_measure : {"l1", "l2-pot"}
         ``"l1"``: ``||P 1 - a||_1 + ||P^T 1 - b||_1``; ``"l2-pot"``: ``||P^T 1 - b||_2``,
         POT's stopping criterion, for comparisons.
@@ -610,7 +708,14 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
         count). ``"envelope"``: the cost only, ``dW/dC = P``, ``dW/da = f``,
         ``dW/db = g``; a nonzero cotangent of plan/f/g then raises.
     throw : bool
-        Raise ``RuntimeError`` instead of warning when a problem does not converge.
+        Raise the status's :class:`diffsolve.SolveError` subclass (e.g.
+        :class:`diffsolve.MaxIterationsError`) instead of warning when a problem fails.
+    callback : callable, optional
+        ``callback(state) -> bool | None`` at every check, with a frozen
+        :class:`~diffsolve.ot._result.OTState`: ``n_iters`` (iterations so far),
+        ``f``, ``g`` (current potentials), ``error`` (per-problem marginal error; float for
+        one problem) and ``eps`` (the current ε of the schedule). Returning ``True`` stops
+        the solve: the problems not yet converged get ``Status.STOPPED`` (no warning).
     kernel : {"auto", "lse", "absorbed"}
         How the soft-minima are evaluated. ``"lse"``: the fused log-sum-exp kernels, streaming
         ``C`` with ``2 n m`` exponentials per iteration, no extra memory. ``"absorbed"``:
@@ -620,10 +725,6 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
         several times faster on the CPU, one more ``(n, m)`` array. ``"auto"``:
         ``"absorbed"`` for NumPy, ``"lse"`` elsewhere (on CuPy the fused kernels are
         memory-bound like a product, and need no per-iteration host sync).
-    callback : callable, optional
-        ``callback(n_iters, eps_k, error)`` at every check: iterations so far, the current
-        ε of the schedule, and the per-problem marginal error array (of the problems still
-        running; frozen ones keep their last value).
 
     Returns
     -------
@@ -632,10 +733,12 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
         the regularised objective ``W = <C, P> + eps sum P (log P - 1)`` at the returned
         plan (all four differentiable). The potentials are normalised so that
         ``sum(f) = sum(g)`` (over positive weights; zero weights get ``-inf``).
-        ``n_iters``, ``converged``, ``error`` (in ``error_measure``, recomputed from the
-        returned plan): Python scalars for one problem, arrays of shape ``(...)`` for a
-        batch. Not converged: ``converged=False`` and a
-        :class:`diffsolve.ConvergenceWarning` (or ``RuntimeError`` with ``throw=True``).
+        ``n_iters``, ``converged`` (``error <= tolerance``), ``error`` (in
+        ``error_measure``, recomputed from the returned plan), ``status``
+        (:class:`diffsolve.Status`), ``tolerance`` (``atol + rtol * sum(a)``) and
+        ``message``: Python scalars for one problem, arrays of shape ``(...)`` for a
+        batch. A failed solve warns :class:`diffsolve.ConvergenceWarning` (or raises with
+        ``throw=True``).
 
     Notes
     -----
@@ -661,20 +764,30 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
     >>> C = (x[:, None] - x[None, :]) ** 2
     >>> a = b = np.full(5, 0.2)
     >>> res = ds.ot.sinkhorn(a, b, C, 0.01)
-    >>> res.converged, res.error <= 1e-9
-    (True, True)
+    >>> res.converged, res.status.name, res.error <= 1e-9
+    (True, 'SUCCESS', True)
     >>> np.allclose(res.plan.sum(axis=1), a)
     True
     """
+    check_arrays(WHERE, a=a, b=b, C=C, f0=f0, g0=g0)
     xp = B.array_namespace(a, b, C, f0, g0, where=WHERE)
+    s = _settings(eps, rtol=rtol, atol=atol, maxiter=maxiter, error_measure=error_measure,
+                  check_every=check_every, eps_scaling=eps_scaling, acceleration=acceleration,
+                  gradient=gradient, kernel=kernel, throw=throw, callback=callback,
+                  deprecated=deprecated)
     a, b, C, batch = check_ot_inputs(WHERE, a, b, C, xp)
-    eps = check_eps(WHERE, eps)
-    _check_options(tol, max_iter, check_every, acceleration, gradient, error_measure)
-    if kernel not in ("auto", "lse", "absorbed"):
-        raise ValueError(f"{WHERE}: kernel={kernel!r} is not known; choose 'auto', 'lse' or "
-                         "'absorbed'")
+    out = _solve(xp, a, b, C, batch, s, f0, g0)
+    report(out, throw=s.throw, fixed_budget=s.fixed_budget)
+    return out, (a, b, C, s)
+
+
+def _solve(xp, a, b, C, batch, s: SinkhornSettings, f0=None, g0=None) -> OTResult:
+    """The whole solve on validated inputs, without reporting: what :func:`sinkhorn` and the
+    solvers built on it (Sinkhorn–Newton–Sparse's warm-up) call; they read ``status``."""
+    kernel = s.kernel
     if kernel == "auto":
         kernel = "absorbed" if B.is_numpy(xp) else "lse"
+    eps = s.eps
     n, m = int(C.shape[-2]), int(C.shape[-1])
     nb = math.prod(batch)
     dt = C.dtype
@@ -683,54 +796,55 @@ def sinkhorn(a, b, C, eps, *, tol=1e-9, max_iter=10_000, error_measure="l1", che
     C2 = xp.reshape(C, (nb, n, m))
     f_init = _warm(f0, "f0", batch, n, dt, xp)
     g_init = _warm(g0, "g0", batch, m, dt, xp)
-    if eps_scaling is None or eps_scaling is False:
+    if s.eps_scaling is None:
         schedule = [eps]
     else:
-        cost_scale = float(xp.max(C2) - xp.min(C2)) if isinstance(eps_scaling, int) else eps
-        schedule = _schedule(eps_scaling, eps, cost_scale)
-    f, g, n_iters = _iterate(xp, a2, b2, C2, schedule, tol, max_iter, error_measure,
-                                check_every, acceleration, f_init, g_init, callback, kernel)
+        cost_scale = float(xp.max(C2) - xp.min(C2)) if isinstance(s.eps_scaling, int) else eps
+        schedule = _schedule(s.eps_scaling, eps, cost_scale)
+    tol = s.atol + s.rtol * xp.sum(a2, axis=-1)
+    f, g, n_iters, stopped = _iterate(xp, a2, b2, C2, schedule, tol, s.maxiter,
+                                      s.error_measure, s.check_every, s.acceleration, f_init,
+                                      g_init, s.callback, kernel, s.fixed_budget, batch)
     f, g = normalise_gauge(f, g, a2, b2, xp)
     P = _plan(f, g, C2, eps, xp)
-    from ._errors import marginal_error
-
-    err = marginal_error(P, a2, b2, xp, error_measure)
+    err = marginal_error(P, a2, b2, xp, s.error_measure)
     err = xp.where(xp.isfinite(err), err, xp.full_like(err, math.inf))
-    converged = err <= tol
+    # potentials that are not finite on the support (overflowed inputs) are a failure even
+    # if the plan's marginals happen to look right
+    pos_f = xp.all(xp.isfinite(f) | ~(a2 > 0), axis=-1)
+    pos_g = xp.all(xp.isfinite(g) | ~(b2 > 0), axis=-1)
+    nonfinite = ~xp.isfinite(err) | ~pos_f | ~pos_g
+    ok = (err <= tol) & ~nonfinite
+    if s.fixed_budget:
+        ok = xp.zeros_like(ok)
+    def code(st):
+        return xp.full(ok.shape, int(st), dtype=xp.int64, device=B.device(ok))
+
+    status = xp.where(ok, code(Status.SUCCESS), xp.where(
+        nonfinite, code(Status.NONFINITE), xp.where(stopped, code(Status.STOPPED),
+                                                    code(Status.MAX_ITERATIONS))))
     cost = _regularised_cost(P, f, g, a2, b2, eps, xp)
-    n_bad = int(xp.sum(xp.astype(~converged, xp.int64)))
-    if n_bad:
-        worst = float(xp.max(err))
-        msg = (f"{WHERE}: {n_bad} of {nb} problem(s) did not converge: marginal error "
-               f"{worst:.3g} > tol={tol:g} after at most {int(xp.max(n_iters))} iterations "
-               f"(eps={eps:g}). Try more iterations (max_iter), a larger eps, "
-               "eps_scaling=(e.g.) 8 or acceleration='momentum'"
-               + ("; float32 cannot reach tolerances much below 1e-6" if dt == xp.float32
-                  else ""))
-        if not bool(xp.all(xp.isfinite(f))) and bool(xp.all(a2 > 0)):
-            msg += "; the potentials are not finite (check the inputs' scale)"
-        if throw:
-            raise RuntimeError(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     if batch:
-        out = OTResult(plan=xp.reshape(P, (*batch, n, m)), f=xp.reshape(f, (*batch, n)),
-                       g=xp.reshape(g, (*batch, m)), cost=xp.reshape(cost, batch),
-                       n_iters=xp.reshape(n_iters, batch), converged=xp.reshape(converged, batch),
-                       error=xp.reshape(err, batch), error_measure=error_measure)
-    else:
-        out = OTResult(plan=P[0, ...], f=f[0, ...], g=g[0, ...], cost=cost[0, ...],
-                       n_iters=int(n_iters[0]), converged=bool(converged[0]),
-                       error=float(err[0]),
-                       error_measure=error_measure)
-    return out, (a, b, C)
+        return OTResult(plan=xp.reshape(P, (*batch, n, m)), f=xp.reshape(f, (*batch, n)),
+                        g=xp.reshape(g, (*batch, m)), cost=xp.reshape(cost, batch),
+                        n_iters=xp.reshape(n_iters, batch), converged=xp.reshape(ok, batch),
+                        error=xp.reshape(err, batch), status=xp.reshape(status, batch),
+                        tolerance=xp.reshape(tol, batch), error_measure=s.error_measure)
+    return OTResult(plan=P[0, ...], f=f[0, ...], g=g[0, ...], cost=cost[0, ...],
+                    n_iters=int(n_iters[0]), converged=bool(ok[0]), error=float(err[0]),
+                    status=Status(int(status[0])), tolerance=float(tol[0]),
+                    error_measure=s.error_measure)
 
 
 def _warm(x, name, batch, size, dt, xp):
     if x is None:
         return None
-    if not B.is_array(x):
-        raise TypeError(f"{WHERE}: {name} must be an array of potentials or None, got "
-                        f"{type(x).__name__}")
+    # -inf entries (zero weights of a previous result) are allowed: not finite-checked
+    x = V.float_array(WHERE, name, x, min_ndim=1, finite=False)
+    if bool(xp.any(xp.isnan(x))):
+        raise ValueError(f"{WHERE}: {name} contains NaN; pass finite potentials (or -inf "
+                         "at zero weights), e.g. a previous result's "
+                         f"{'f' if name == 'f0' else 'g'}")
     if tuple(x.shape)[-1:] != (size,):
         raise ValueError(f"{WHERE}: {name} has shape {tuple(x.shape)}; it must end in {size} "
                          f"(batch shape {batch}), e.g. a previous result's "

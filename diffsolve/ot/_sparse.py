@@ -38,21 +38,21 @@ least-squares solution (those directions are not determined by the problem).
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import array_api_extra as xpx
 
 from .. import _backend as B
+from .. import _validate as V
 from .._autodiff import custom_vjp
-from .._status import ConvergenceWarning
-from ._errors import check_ot_inputs
+from .._status import Status, report
+from ._errors import check_arrays, check_ot_inputs
 from ._lbfgs import FTOL, lbfgs, scipy_lbfgs
-from ._result import OTResult
+from ._options import legacy_options
+from ._result import OTResult, OTState
 
-__all__ = ["SparseOTResult", "quadratic_ot", "sparse_ot"]
+__all__ = ["QuadraticOTResult", "SparseOTResult", "SparseOTSettings", "quadratic_ot", "sparse_ot"]
 
 WHERE_SPARSE = "diffsolve.ot.sparse_ot"
 WHERE_QUADRATIC = "diffsolve.ot.quadratic_ot"
@@ -60,6 +60,8 @@ FORMULATIONS = ("semi-dual", "dual")
 _SWITCH = 1e-3  # relative marginal error at which L-BFGS hands over to the Newton polish
 _POLISH_HALVINGS = 10  # a Newton step whose support changes may need a short step
 _FTOL_FINE = 2.2e-15  # phase 2 (k does not bind): SciPy factr = 10, rounding level
+_KINK_RESTARTS = 50  # k binds: L-BFGS restarts at the kink until the value stops improving
+_KINK_FTOL = 1e-15  # ... by more than this (relative)
 _KERNEL_MAX_K = 48  # = the insertion-selection limit of kernels/cpu/ot_sparse.py
 SOLVERS = ("lbfgs", "lbfgs-scipy", "lbfgs-xp")
 
@@ -69,7 +71,8 @@ class SparseOTResult(OTResult):
     """Result of :func:`sparse_ot` and :func:`quadratic_ot`.
 
     On top of :class:`~diffsolve.ot.OTResult` (``plan``, ``f``, ``g``, ``cost``,
-    ``n_iters``, ``converged``, ``error``, ``error_measure="l1"``):
+    ``n_iters``, ``converged``, ``error``, ``status``, ``tolerance``, ``message``,
+    ``error_measure="l1"``):
 
     Attributes
     ----------
@@ -80,17 +83,19 @@ class SparseOTResult(OTResult):
         ``plan[plan_indices[j, r], j]`` (some may be exactly 0: the projection can keep
         fewer than ``k`` entries). Not differentiable: differentiate ``plan``.
     dual_value : array, shape (...)
-        The maximised objective (the semi-dual or dual value) at the solution; ``cost -
-        dual_value`` is the duality gap (0 to rounding when the constraint does not bind;
-        where it binds the plan misses the marginals slightly, so the difference can have
-        either sign).
+        The maximised objective (the semi-dual or dual value) at the solution; equal to
+        ``cost``, kept under its old name.
+    primal_cost : array, shape (...)
+        ``<T, C> + sum_j (gamma/2) ||t_j||^2`` of the returned plan (not differentiable).
+        ``primal_cost - cost`` is the duality gap: 0 to the tolerance when the constraint
+        does not bind; where it binds the plan misses the marginals slightly and the
+        difference can have either sign.
     binding : bool or array of bool, shape (...)
         Whether the sparsity constraint binds (some column would have more than ``k``
-        nonzeros without it). Then the (semi-)dual optimum is a kink, L-BFGS stops there
-        with a marginal violation that belongs to the relaxation (POT's plans show the
-        same), and ``converged`` means "the dual maximisation stopped at a stationary
-        point" rather than "the marginals hold to ``tol``"; ``error`` reports the
-        violation either way.
+        nonzeros without it). Then the (semi-)dual optimum is a kink: the plan is one
+        top-k selection there, it misses the marginals by a violation that belongs to the
+        relaxation (POT's plans show the same), and the status is ``INFEASIBLE`` unless
+        the marginals hold to the tolerance anyway.
     formulation : str
         ``"semi-dual"`` or ``"dual"``.
     k : int
@@ -102,71 +107,72 @@ class SparseOTResult(OTResult):
     plan_indices: Any = None
     plan_values: Any = None
     dual_value: Any = None
+    primal_cost: Any = None
     binding: Any = False
     formulation: str = "semi-dual"
     k: int = 0
     gamma: float = 0.0
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ("plan", "f", "g", "cost")
+    solver_name: ClassVar[str] = WHERE_SPARSE
+    advice: ClassVar[str] = ("increase maxiter, increase gamma (a smoother dual), loosen "
+                             "rtol/atol, or try the other formulation")
+
+
+@dataclass(frozen=True)
+class QuadraticOTResult(SparseOTResult):
+    """Result of :func:`quadratic_ot`: a :class:`SparseOTResult` with ``k = n``."""
+
+    solver_name: ClassVar[str] = WHERE_QUADRATIC
+    advice: ClassVar[str] = ("increase maxiter, increase gamma (a smoother dual), loosen "
+                             "rtol/atol, or try the other formulation")
+
+
+@dataclass(frozen=True)
+class SparseOTSettings:
+    """The options of one :func:`sparse_ot` / :func:`quadratic_ot` call, validated once."""
+
+    k: int | None
+    gamma: float
+    formulation: str
+    rtol: float | None
+    atol: float
+    maxiter: int
+    solver: str
+    throw: bool
+    callback: Any
 
     @property
-    def message(self) -> str:
-        if isinstance(self.converged, bool):
-            ok, err, its = self.converged, self.error, self.n_iters
-        else:
-            xp = B.array_namespace(self.error)
-            ok = bool(xp.all(self.converged))
-            err, its = float(xp.max(self.error)), int(xp.max(self.n_iters))
-        if ok:
-            return f"converged: marginal error {err:.3g} (L1)"
-        return _advice(self.formulation, its, err)
-
-
-def _advice(formulation, n_iters, error) -> str:
-    return (f"did not converge: L-BFGS ({formulation}) stopped after {n_iters} iterations "
-            f"with marginal error {error:.3g} (L1); increase max_iter, "
-            "increase gamma (a smoother dual), loosen tol, or try the other formulation")
+    def fixed_budget(self) -> bool:
+        """``rtol = atol = 0``: no stop on the marginal error."""
+        return self.rtol == 0 and self.atol == 0
 
 
 # ---------------------------------------------------------------------------------------
 # argument checks
 # ---------------------------------------------------------------------------------------
-def _check_options(where, k, gamma, formulation, tol, max_iter, solver, n, dtype_is64):
+def _settings(where, fn, k, gamma, *, formulation, rtol, atol, maxiter, solver, throw,
+              callback, deprecated, quiet=False) -> SparseOTSettings:
+    o = legacy_options(where, fn, deprecated, {"rtol": rtol, "atol": atol,
+                                               "maxiter": maxiter},
+                       tol_is="rtol", quiet=quiet)
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise TypeError(f"{where}: k must be a positive integer (the most nonzeros per "
-                            f"column of the plan), got {type(k).__name__} {k!r}")
-        if k < 1:
-            raise ValueError(f"{where}: k must be >= 1 (the most nonzeros per column of the "
-                             f"plan), got {k}; k = 1 is unregularised OT's sparsity, k >= n "
-                             "is quadratic OT")
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        if B.is_array(gamma) and getattr(gamma, "ndim", 1) == 0:
-            gamma = float(gamma)
-        else:
-            raise TypeError(f"{where}: gamma must be a positive number, got "
-                            f"{type(gamma).__name__} {gamma!r}; e.g. gamma=0.1 (cost units)")
-    gamma = float(gamma)
-    if not math.isfinite(gamma) or gamma <= 0:
-        raise ValueError(f"{where}: gamma must be a finite number > 0, got {gamma!r}; it is "
-                         "the weight of (gamma/2)||t_j||^2, e.g. 0.1 * C.max()")
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"{where}: formulation={formulation!r} is not known; choose one of "
-                         f"{list(FORMULATIONS)}")
-    if solver not in SOLVERS:
-        raise ValueError(f"{where}: solver={solver!r} is not known; choose one of "
-                         f"{list(SOLVERS)} ('lbfgs': SciPy's on NumPy, diffsolve's own "
-                         "array-API L-BFGS elsewhere)")
-    if tol is None:
-        tol = 1e-6 if dtype_is64 else 1e-5
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) \
-            or tol <= 0:
-        raise ValueError(f"{where}: tol must be a finite number > 0, got {tol!r} (the L1 "
-                         "marginal violation relative to the total mass, e.g. 1e-9)")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ValueError(f"{where}: max_iter must be a positive integer, got {max_iter!r}")
-    kk = n if k is None else min(int(k), n)
-    return kk, gamma, float(tol), int(max_iter)
+        k = V.positive_int(where, "k", k)
+    try:
+        gamma = V.positive_real(where, "gamma", gamma)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{err}; gamma is the weight of (gamma/2)||t_j||^2 in cost units, "
+                        "e.g. gamma=0.1 * C.max()") from None
+    return SparseOTSettings(
+        k=k, gamma=gamma,
+        formulation=V.choice(where, "formulation", formulation, FORMULATIONS),
+        rtol=V.nonnegative_real(where, "rtol", o["rtol"], allow_none=True),
+        atol=V.nonnegative_real(where, "atol", o["atol"]),
+        maxiter=V.positive_int(where, "maxiter", o["maxiter"]),
+        solver=V.choice(where, "solver", solver, SOLVERS),
+        throw=V.boolean(where, "throw", throw),
+        callback=V.callback(where, callback),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,7 +382,7 @@ def _evaluate(prob: _Problem, formulation, x):
     return value, prob.xp.concat([ga, gb]), row, col, plan, None
 
 
-def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8):
+def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8, on_step=None):
     """Newton steps on the support of the plan after L-BFGS (see ``sparse_ot`` Notes).
 
     The gradient of the (semi-)dual is piecewise linear in the potentials, so once the
@@ -405,13 +411,19 @@ def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8):
         if not improved:
             break
         steps += 1
-    return x, ev, steps
+        if on_step is not None and on_step(x, ev, err):
+            return x, ev, steps, True
+    return x, ev, steps, False
 
 
-def _solve_one(prob: _Problem, formulation, tol, max_iter, use_scipy):
+def _solve_one(prob: _Problem, formulation, target, max_iter, use_scipy, callback=None,
+               problem_index=None):
+    """One problem, stopping at an L1 marginal error ``target`` (absolute; 0 = run the
+    budget). ``callback(state)`` (:class:`OTState`) after each L-BFGS iteration and
+    Newton polish step."""
     xp = prob.xp
     n, m = prob.n, prob.m
-    target = tol * prob.mass
+    n_done = 0  # iterations of the phases before the current one, for the callback
 
     def run_lbfgs(x0, goal, iters, ftol):
         def fun(x):
@@ -419,9 +431,21 @@ def _solve_one(prob: _Problem, formulation, tol, max_iter, use_scipy):
             err = float(prob.error(row, col))
             return -float(value), -grad, err <= goal
 
-        out = scipy_lbfgs(fun, x0, max_iter=iters, ftol=ftol) if use_scipy else \
-            lbfgs(fun, x0, xp, max_iter=iters, ftol=ftol)
+        cb = None
+        if callback is not None:
+            def cb(xk, it):
+                xk = xp.asarray(xk, dtype=prob.C.dtype, device=prob.dev)
+                ev = _evaluate(prob, formulation, xk)
+                return on_step(xk, ev, float(prob.error(ev[2], ev[3])), n_done + it)
+
+        out = scipy_lbfgs(fun, x0, max_iter=iters, ftol=ftol, callback=cb) if use_scipy \
+            else lbfgs(fun, x0, xp, max_iter=iters, ftol=ftol, callback=cb)
         return xp.asarray(out.x, dtype=prob.C.dtype, device=prob.dev), out
+
+    def on_step(x, ev, err, its):
+        alpha, beta = potentials(x, ev)
+        return bool(callback(OTState(n_iters=int(its), f=alpha, g=beta, error=err,
+                                     problem=problem_index)))
 
     def potentials(x, ev):
         if formulation == "dual":
@@ -445,42 +469,89 @@ def _solve_one(prob: _Problem, formulation, tol, max_iter, use_scipy):
     n_iters, status = 0, "done"
     phases = [(max(target, _SWITCH * prob.mass), FTOL), (target, _FTOL_FINE)]
     for phase, (goal, ftol) in enumerate(phases):
+        n_done = n_iters
         x, out = run_lbfgs(x, goal, max_iter - n_iters, ftol)
         n_iters += out.n_iters
         status = out.status
         ev = _evaluate(prob, formulation, x)
-        if status == "max_iter" or n_iters >= max_iter:
+        if status in ("max_iter", "stopped") or n_iters >= max_iter:
             break
-        x, ev, steps = _polish(prob, formulation, x, ev, target)
+        step_cb = None
+        if callback is not None:
+            def step_cb(x, ev, err, base=n_iters):
+                nonlocal polished
+                polished += 1
+                return on_step(x, ev, err, base + polished)
+        polished = 0
+        x, ev, steps, halted = _polish(prob, formulation, x, ev, target, on_step=step_cb)
         n_iters += steps
+        if halted:
+            status = "stopped"
+            break
         if float(prob.error(ev[2], ev[3])) <= target:
             break
         if phase == 0 and prob.binding(*potentials(x, ev)):
+            # k binds: the optimum is a kink of the (semi-)dual, where L-BFGS's curvature
+            # pairs mislead it and it stalls short of the maximum (values 4e-4 apart
+            # for C moved by 1e-9). Restarts from the stall point with a fresh memory make
+            # progress again; the cost (the dual value) is then continuous in C.
+            for _ in range(_KINK_RESTARTS):
+                if n_iters >= max_iter:
+                    break
+                n_done = n_iters
+                x_new, out = run_lbfgs(x, target, max_iter - n_iters, FTOL)
+                n_iters += out.n_iters
+                if out.status == "stopped":
+                    x, status = x_new, "stopped"
+                    break
+                ev_new = _evaluate(prob, formulation, x_new)
+                gain = float(ev_new[0]) - float(ev[0])
+                if gain >= 0:
+                    x, ev = x_new, ev_new
+                status = out.status
+                if gain <= _KINK_FTOL * max(abs(float(ev[0])), 1e-300):
+                    break
+            ev = _evaluate(prob, formulation, x)
             break
     value, _, row, col, plan, _ = ev
     alpha, beta = potentials(x, ev)
     T, idx, W = prob.finish(plan)
     err = prob.error(row, col)
     binding = prob.binding(alpha, beta)
-    # converged: the marginals hold to tol, or L-BFGS (and the Newton polish) stopped at a
-    # stationary point while the l0 constraint binds: there the dual optimum is a kink and
-    # the remaining marginal violation belongs to the relaxation, not to the solver
-    converged = float(err) <= target or (binding and status != "max_iter")
+    e = float(err)
+    if not math.isfinite(e) or not math.isfinite(float(value)):
+        code = Status.NONFINITE
+    elif e <= target and target > 0:
+        code = Status.SUCCESS
+    elif status == "stopped":
+        code = Status.STOPPED
+    elif binding and status != "max_iter" and target > 0:
+        # L-BFGS (and the Newton polish) stopped at a stationary point while the l0
+        # constraint binds: the dual optimum is a kink, the plan is one top-k selection
+        # there and its marginal violation belongs to the relaxation (no k-sparse plan of
+        # this dual meets the marginals); the cost (the dual value) is optimal
+        code = Status.INFEASIBLE
+    else:
+        code = Status.MAX_ITERATIONS
     # gauge: (alpha + c, beta - c) is as optimal as (alpha, beta); return mean(f) = 0
     shift = xp.mean(alpha)
     f, g = alpha - shift, beta + shift
-    cost = xp.sum(T * prob.C) + 0.5 * prob.gamma * xp.sum(T * T)
-    return dict(plan=T, f=f, g=g, cost=cost, dual_value=value, idx=idx, W=W, err=err,
-                n_iters=n_iters, converged=bool(converged), binding=binding)
+    primal = xp.sum(T * prob.C) + 0.5 * prob.gamma * xp.sum(T * T)
+    return dict(plan=T, f=f, g=g, cost=value, primal_cost=primal, idx=idx, W=W, err=err,
+                n_iters=n_iters, status=code, binding=binding)
 
 
-def _forward(where, a, b, C, k, gamma, formulation, tol, max_iter, solver, throw):
+def _forward(where, a, b, C, st: SparseOTSettings):
+    check_arrays(where, a=a, b=b, C=C)
     xp = B.array_namespace(a, b, C, where=where)
     a, b, C, batch_shape = check_ot_inputs(where, a, b, C, xp)
     n, m = C.shape[-2:]
     in_dtype = C.dtype
-    kk, gamma, tol, max_iter = _check_options(where, k, gamma, formulation, tol, max_iter,
-                                              solver, n, in_dtype == xp.float64)
+    kk = n if st.k is None else min(st.k, n)
+    gamma, formulation, solver = st.gamma, st.formulation, st.solver
+    rtol = st.rtol
+    if rtol is None:
+        rtol = 1e-6 if in_dtype == xp.float64 else 1e-5
     if kk < n:
         # every row with a_i > 0 must receive mass from some column, and a column feeds at
         # most k rows: with fewer than k m slots the problem is infeasible (the dual is
@@ -511,7 +582,10 @@ def _forward(where, a, b, C, k, gamma, formulation, tol, max_iter, solver, throw
     outs = []
     for p in range(count):
         prob = _Problem(af[p, ...], bf[p, ...], Cf[p, ...], kk, gamma, xp, use_kernels)
-        outs.append(_solve_one(prob, formulation, tol, max_iter, use_scipy))
+        target = 0.0 if st.fixed_budget else st.atol + rtol * prob.mass
+        out = _solve_one(prob, formulation, target, st.maxiter, use_scipy, st.callback,
+                         p if batch_shape else None)
+        outs.append({**out, "tol": target})
 
     def stack(key, dtype=in_dtype):
         arrs = [xp.astype(xp.asarray(o[key]), dtype) for o in outs]
@@ -520,30 +594,29 @@ def _forward(where, a, b, C, k, gamma, formulation, tol, max_iter, solver, throw
 
     if batch_shape:
         dev = B.device(C)
-        n_iters = xp.reshape(xp.asarray([o["n_iters"] for o in outs], dtype=xp.int64,
-                                        device=dev), batch_shape)
-        converged = xp.reshape(xp.asarray([o["converged"] for o in outs], device=dev),
-                               batch_shape)
-        error = stack("err")
-        binding = xp.reshape(xp.asarray([o["binding"] for o in outs], device=dev),
-                             batch_shape)
+
+        def scalars(key, dtype):
+            return xp.reshape(xp.asarray([int(o[key]) if key == "status" else o[key]
+                                          for o in outs], dtype=dtype, device=dev),
+                              batch_shape)
+
+        n_iters, status = scalars("n_iters", xp.int64), scalars("status", xp.int64)
+        converged = status == int(Status.SUCCESS)
+        error, tolerance = stack("err"), scalars("tol", in_dtype)
+        binding = scalars("binding", xp.bool)
     else:
-        binding = outs[0]["binding"]
-        n_iters, converged, error = outs[0]["n_iters"], outs[0]["converged"], \
-            float(outs[0]["err"])
-    res = SparseOTResult(
+        o = outs[0]
+        binding, n_iters, status = o["binding"], o["n_iters"], Status(o["status"])
+        converged, error, tolerance = status == Status.SUCCESS, float(o["err"]), o["tol"]
+    result_type = QuadraticOTResult if where == WHERE_QUADRATIC else SparseOTResult
+    res = result_type(
         plan=stack("plan"), f=stack("f"), g=stack("g"), cost=stack("cost"),
-        n_iters=n_iters, converged=converged, error=error, error_measure="l1",
+        n_iters=n_iters, converged=converged, error=error, status=status,
+        tolerance=tolerance, error_measure="l1",
         plan_indices=stack("idx", xp.int64), plan_values=stack("W"),
-        dual_value=stack("dual_value"), binding=binding, formulation=formulation, k=kk, gamma=gamma)
-    if not all(o["converged"] for o in outs):
-        bad = [i for i, o in enumerate(outs) if not o["converged"]]
-        o = outs[bad[0]]
-        msg = (f"{where}: " + (f"{len(bad)} of {count} problems " if batch_shape else "")
-               + _advice(formulation, o["n_iters"], float(o["err"])))
-        if throw:
-            raise RuntimeError(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+        dual_value=stack("cost"), primal_cost=stack("primal_cost"), binding=binding,
+        formulation=formulation, k=kk, gamma=gamma)
+    report(res, throw=st.throw, fixed_budget=st.fixed_budget, stacklevel=4)
     return res
 
 
@@ -653,8 +726,10 @@ def _bwd_one(a, b, C, T, f, g, Tbar, fbar, gbar, cbar, gamma, formulation, xp):
     n, m = C.shape
     s = xp.astype(T > 0, T.dtype)
     rtol = 1e-12 if T.dtype == xp.float64 else 1e-6
-    # the primal cost <T, C> + gamma/2 ||T||^2 depends on C directly and through T
-    Tbar = Tbar + cbar * (C + gamma * T)
+    # the cost is the (semi-)dual value D(a, b, C) at its maximiser: by the envelope
+    # theorem (Danskin) its gradient is (f, g, T) for (a, b, C) (for the semi-dual,
+    # d/db_j of -b_j m_j(alpha - c_j) is -gamma b_j tau_j = beta_j); where k binds, T is
+    # the supergradient of the top-k selection the solver returned. No linear solve.
     C_bar = cbar * T
     # the gauge: f = alpha - mean(alpha), g = beta + mean(alpha)
     abar = fbar - xp.mean(fbar) + xp.sum(gbar) / n
@@ -669,7 +744,7 @@ def _bwd_one(a, b, C, T, f, g, Tbar, fbar, gbar, cbar, gamma, formulation, xp):
         lam = _minres(K, xp.concat([abar, bbar_beta]), diag, xp, rtol, 4 * (n + m))
         mu, nu = lam[:n], lam[n:]
         C_bar = C_bar + s * (mu[:, None] + nu[None, :]) / gamma
-        return mu, nu, C_bar
+        return mu + cbar * f, nu + cbar * g, C_bar
     # semi-dual: t_j = b_j y_j, y_j = P_k(x_j), x_j = (alpha - c_j) / (gamma b_j),
     # beta_j = -gamma b_j tau_j; on the support y = x - tau.
     positive = b > 0
@@ -699,20 +774,18 @@ def _bwd_one(a, b, C, T, f, g, Tbar, fbar, gbar, cbar, gamma, formulation, xp):
     H, diag = _support_system(T, b, gamma, formulation, xp)
     mu = _minres(H, abar, diag, xp, rtol, 4 * n)
     _, bb2, Cb2 = chain(-(mu[:, None] * xp.ones_like(T)), xp.zeros_like(b))
-    return mu, bb1 + bb2, C_bar + Cb1 + Cb2
+    return mu + cbar * f, bb1 + bb2 + cbar * g, C_bar + Cb1 + Cb2
 
 
-def _make_bwd(gamma_position: int, default_formulation: str):
+def _make_bwd(public):
     def bwd(ctx, cot):
         a, b, C = ctx.args[:3]
         res = ctx.result
         xp = B.array_namespace(res.plan)
-        # gamma and the formulation come from the call, not from the result: the JAX
-        # adapter rebuilds the result from its arrays only (static fields at defaults)
-        gamma = ctx.args[gamma_position] if len(ctx.args) > gamma_position else \
-            ctx.kwargs["gamma"]
-        gamma = float(gamma)
-        formulation = ctx.kwargs.get("formulation", default_formulation)
+        # gamma and the formulation come from the settings (saved by the forward rule, or
+        # re-read from the call: the JAX adapter rebuilds the result from arrays only)
+        st = ctx.residuals if ctx.residuals is not None else _call_settings(public(), ctx)
+        gamma, formulation = st.gamma, st.formulation
         n, m = res.plan.shape[-2:]
         batch = tuple(res.plan.shape[:-2])
         count = math.prod(batch)
@@ -749,6 +822,19 @@ def _make_bwd(gamma_position: int, default_formulation: str):
     return bwd
 
 
+def _call_settings(fn, ctx) -> SparseOTSettings:
+    """The settings of a call, re-read quietly (its warnings were given by the forward)."""
+    bound = fn.signature.bind(*ctx.args, **ctx.kwargs)
+    bound.apply_defaults()
+    kw = dict(bound.arguments)
+    deprecated = kw.pop("deprecated", {})
+    where = fn.public_name
+    return _settings(where, fn.fwd, kw.get("k"), kw["gamma"],
+                     **{k: kw[k] for k in ("formulation", "rtol", "atol", "maxiter",
+                                           "solver", "throw", "callback")},
+                     deprecated=deprecated, quiet=True)
+
+
 def _make_shapes(k_arg: bool):
     def shapes(a, b, C, *args, **kwargs):
         batch = tuple(C.shape[:-2])
@@ -767,7 +853,8 @@ def _make_shapes(k_arg: bool):
             "n_iters": (scalar, "int64"), "converged": (scalar, "bool"),
             "error": (scalar, dtype), "plan_indices": ((*batch, m, kk), "int64"),
             "plan_values": ((*batch, m, kk), dtype), "dual_value": (scalar, dtype),
-            "binding": (scalar, "bool"),
+            "primal_cost": (scalar, dtype), "binding": (scalar, "bool"),
+            "status": (scalar, "int64"), "tolerance": (scalar, dtype),
         }
 
     return shapes
@@ -776,10 +863,10 @@ def _make_shapes(k_arg: bool):
 # ---------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------
-@custom_vjp(_make_bwd(4, "semi-dual"), _make_shapes(True), SparseOTResult,
+@custom_vjp(_make_bwd(lambda: sparse_ot), _make_shapes(True), SparseOTResult,
             public_name=WHERE_SPARSE)
-def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", tol=None, max_iter=1000,
-              solver="lbfgs", throw=False):
+def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", rtol=None, atol=0.0,
+              maxiter=1000, solver="lbfgs", throw=False, callback=None, **deprecated):
     """Sparsity-constrained optimal transport: at most ``k`` nonzeros per plan column.
 
     Solves ``min <T, C> + sum_j (gamma/2) ||t_j||^2`` over plans ``T`` with marginals
@@ -809,23 +896,33 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", tol=None, max_iter=
         has exactly mass ``b_j`` and the row marginal converges. ``"dual"``: maximise over
         ``(alpha, beta)``; both marginals converge. The two relax the non-convex primal
         differently, so for ``k < n`` their plans can differ slightly.
-    tol : float, optional
+    rtol, atol : float >= 0, optional
         Stop when the L1 marginal violation ``||T 1 - a||_1 + ||T^T 1 - b||_1`` is at most
-        ``tol * sum(a)``. Default 1e-6 in float64 (and for float32 NumPy input, which is
+        ``atol + rtol * sum(a)``. ``rtol`` default (None): 1e-6 in float64 (and for
+        float32 NumPy input, which is
         solved in float64), 1e-5 for float32 elsewhere. Once L-BFGS has the marginals to
         1e-3, Newton steps on the plan's support usually drive the error to ~1e-14 in a
         few steps; where the optimum sits on a change of support (components of the
         support graph joined by entries exactly at zero, typical for small ``gamma``),
         L-BFGS alone must finish, and its function-value line search stalls near 1e-7:
-        ask for less than that only on problems you have checked.
-    max_iter : int
-        L-BFGS iteration limit.
+        ask for less than that only on problems you have checked. ``rtol = atol = 0``: a
+        fixed budget (no stop on the error; L-BFGS still stops when the objective stalls).
+        Replaces ``tol=`` (deprecated: ``tol=x`` is ``rtol=x``).
+    maxiter : int
+        L-BFGS iteration limit. Replaces ``max_iter=`` (deprecated).
     solver : {"lbfgs", "lbfgs-scipy", "lbfgs-xp"}
         ``"lbfgs"``: SciPy's ``fmin_l_bfgs_b`` on NumPy, diffsolve's array-API L-BFGS
         (strong-Wolfe line search) on CuPy and other namespaces, so GPU arrays stay on the
         GPU. ``"lbfgs-xp"`` forces the array-API one, ``"lbfgs-scipy"`` SciPy's.
     throw : bool
-        Raise ``RuntimeError`` instead of warning when a problem does not converge.
+        Raise the status's :class:`diffsolve.SolveError` subclass instead of warning when
+        a problem fails (e.g. :class:`diffsolve.InfeasibleError` where k binds).
+    callback : callable, optional
+        ``callback(state) -> bool | None`` after each L-BFGS iteration and each Newton
+        polish step, with a frozen :class:`~diffsolve.ot._result.OTState`: ``n_iters``,
+        ``f``, ``g`` (the current dual variables ``alpha``, ``beta``; not yet in the
+        gauge ``mean(f) = 0``), ``error`` (L1 marginal violation) and ``problem`` (batch
+        index or None). Returning ``True`` stops that problem (``Status.STOPPED``).
 
     Returns
     -------
@@ -835,14 +932,22 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", tol=None, max_iter=
         normalised to ``mean(f) = 0`` (for the semi-dual, ``beta_j = -gamma b_j tau_j`` with
         ``tau_j`` the threshold of column ``j``'s simplex projection, i.e. the ``beta``
         for which ``t_j = [alpha + beta_j - c_j]_+ / gamma`` on its support); ``cost``: the
-        primal regularised objective ``<T, C> + sum_j (gamma/2) ||t_j||^2`` of the returned
-        plan; ``dual_value``: the maximised (semi-)dual objective; ``n_iters``,
-        ``converged``, ``error`` (L1 marginal violation).
+        maximised (semi-)dual objective, which equals the primal regularised objective
+        ``<T, C> + sum_j (gamma/2) ||t_j||^2`` (``primal_cost``) at the optimum when ``k``
+        does not bind, and is a continuous (concave) function of ``C`` where it binds,
+        unlike the primal objective of the returned plan, which jumps when the top-k
+        selection switches; ``n_iters``, ``converged``, ``error`` (L1 marginal
+        violation), ``status``, ``tolerance``, ``message``. Where ``k`` binds the plan is
+        one top-k selection at a kink of the dual (an element of its supergradient) and
+        misses the marginals: ``status`` is then ``INFEASIBLE`` (a warning) unless the
+        violation is within the tolerance.
 
     Notes
     -----
-    Gradients (``diffsolve.vjp``, ``to_autograd``, ``to_torch``, ``to_jax``) of ``plan``,
-    ``f``, ``g`` and ``cost`` w.r.t. ``a``, ``b`` and ``C`` come from implicit
+    Gradients (``diffsolve.vjp``, ``to_autograd``, ``to_torch``, ``to_jax``): the
+    ``cost`` by the envelope theorem, ``(f, g, plan)`` for ``(a, b, C)`` (the gradient of
+    the dual value; where ``k`` binds, the supergradient of the returned selection); those
+    of ``plan``, ``f``, ``g`` w.r.t. ``a``, ``b`` and ``C`` come from implicit
     differentiation of the optimality conditions, with the Jacobian of the sparse simplex
     projection on its support, ``diag(s) - s s^T / |s|`` (semi-dual) or of ``[.]_+`` on the
     top-k set (dual), solved matrix-free by Jacobi-preconditioned MINRES on the support
@@ -868,19 +973,21 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", tol=None, max_iter=
     >>> x, y = rng.normal(size=(6, 2)), rng.normal(size=(4, 2))
     >>> C = ((x[:, None] - y[None]) ** 2).sum(-1); C /= C.max()
     >>> res = ds.ot.sparse_ot(np.full(6, 1 / 6), np.full(4, 1 / 4), C, k=2, gamma=0.1)
-    >>> res.converged, int((res.plan > 0).sum(axis=0).max()) <= 2
-    (True, True)
+    >>> res.status.name, int((res.plan > 0).sum(axis=0).max()) <= 2
+    ('SUCCESS', True)
     >>> np.allclose(res.plan.sum(axis=1), 1 / 6), res.plan_indices.shape
     (True, (4, 2))
     """
-    res = _forward(WHERE_SPARSE, a, b, C, k, gamma, formulation, tol, max_iter, solver, throw)
-    return res, None
+    st = _settings(WHERE_SPARSE, sparse_ot.fwd, k, gamma, formulation=formulation, rtol=rtol,
+                   atol=atol, maxiter=maxiter, solver=solver, throw=throw, callback=callback,
+                   deprecated=deprecated)
+    return _forward(WHERE_SPARSE, a, b, C, st), st
 
 
-@custom_vjp(_make_bwd(3, "dual"), _make_shapes(False), SparseOTResult,
+@custom_vjp(_make_bwd(lambda: quadratic_ot), _make_shapes(False), QuadraticOTResult,
             public_name=WHERE_QUADRATIC)
-def quadratic_ot(a, b, C, gamma, *, formulation="dual", tol=None, max_iter=1000,
-                 solver="lbfgs", throw=False):
+def quadratic_ot(a, b, C, gamma, *, formulation="dual", rtol=None, atol=0.0, maxiter=1000,
+                 solver="lbfgs", throw=False, callback=None, **deprecated):
     """Quadratically regularised optimal transport (:func:`sparse_ot` with ``k = n``).
 
     Solves ``min <T, C> + (gamma/2) ||T||_F^2`` over plans with marginals ``a``, ``b``
@@ -889,8 +996,8 @@ def quadratic_ot(a, b, C, gamma, *, formulation="dual", tol=None, max_iter=1000,
 
     Parameters
     ----------
-    a, b, C, gamma, tol, max_iter, solver, throw
-        As for :func:`sparse_ot`.
+    a, b, C, gamma, rtol, atol, maxiter, solver, throw, callback
+        As for :func:`sparse_ot` (``tol=`` / ``max_iter=`` are deprecated as there).
     formulation : {"dual", "semi-dual"}
         Default ``"dual"``: with no top-k its objective needs no sorting, one pass over
         ``C`` per evaluation; ``"semi-dual"`` projects every column onto the simplex
@@ -900,7 +1007,8 @@ def quadratic_ot(a, b, C, gamma, *, formulation="dual", tol=None, max_iter=1000,
     -------
     SparseOTResult
         As for :func:`sparse_ot`, with ``k = n`` (``plan_indices[j]`` lists all rows,
-        largest entries first). ``cost`` equals ``dual_value`` at convergence (no duality
+        largest entries first). ``cost`` (the dual value) equals ``primal_cost`` at
+        convergence (no duality
         gap: the problem is convex).
 
     Examples
@@ -913,9 +1021,10 @@ def quadratic_ot(a, b, C, gamma, *, formulation="dual", tol=None, max_iter=1000,
     array([[0.333333, 0.      , 0.      ],
            [0.      , 0.333333, 0.      ],
            [0.      , 0.      , 0.333333]])
-    >>> bool(abs(res.cost - res.dual_value) < 1e-9)
+    >>> bool(abs(res.cost - res.primal_cost) < 1e-9)
     True
     """
-    res = _forward(WHERE_QUADRATIC, a, b, C, None, gamma, formulation, tol, max_iter, solver,
-                   throw)
-    return res, None
+    st = _settings(WHERE_QUADRATIC, quadratic_ot.fwd, None, gamma, formulation=formulation,
+                   rtol=rtol, atol=atol, maxiter=maxiter, solver=solver, throw=throw,
+                   callback=callback, deprecated=deprecated)
+    return _forward(WHERE_QUADRATIC, a, b, C, st), st
