@@ -1,0 +1,621 @@
+"""The solver contract, checked row by row (see registry.py for the rows).
+
+Every check is parametrised over the registry; a failing (row, check) pair is a contract
+violation of that solver, never hidden with xfail.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import numbers
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import diffsolve as ds
+from diffsolve._autodiff import DifferentiableFunction
+
+from .checks import (
+    assert_all,
+    assert_fd_close,
+    assert_same_answer,
+    central_difference,
+    cotangents,
+    dense_diff_args,
+    direction,
+    expect_clear_error,
+    grad_of,
+    is_honest_nonfinite,
+    loss,
+    pairing,
+    perturb,
+    rng_for,
+    to_numpy,
+)
+from .registry import ROWS, Problem, Row, field_value, rows
+
+SOLVER_ROWS = rows("solver", "value")
+GRADIENT_ROWS = rows("gradient")
+
+
+def _ids(rs):
+    return [r.id for r in rs]
+
+
+@functools.lru_cache(maxsize=None)
+def reference(row_id: str):
+    """The row's problem, its result, one random cotangent and the vjp's answer to it."""
+    row = next(r for r in ROWS if r.id == row_id)
+    p = row.make()
+    if row.kind == "gradient" or not isinstance(p.fn, DifferentiableFunction):
+        # not a DifferentiableFunction (reported by test_is_a_differentiable_solver): the
+        # checks that need a vjp then fail on ds.vjp's own error
+        return p, p.call(), None, None
+    res, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    cots = cotangents(p, res, rng_for(row, "cot"))
+    grads = vjp_fn(**cots)
+    return p, res, cots, {n: grad_of(grads, p, n) for n in p.diff_args}
+
+
+def _fresh(row: Row) -> Problem:
+    return row.make()
+
+
+def _with_vjp(row: Row):
+    """``reference`` for checks that need the vjp: fails with ds.vjp's own error when the
+    row's function is not differentiable through ds.vjp."""
+    p, res, cots, grads = reference(row.id)
+    if grads is None:
+        ds.vjp(p.fn, *p.args, **p.kwargs)  # raises the reason
+    return p, res, cots, grads
+
+
+# ------------------------------------------------------------------------------------------
+# declared shapes, result fields
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_is_a_differentiable_solver(row):
+    """ds.vjp and the adapters need a DifferentiableFunction with declared result shapes."""
+    p = _fresh(row)
+    assert isinstance(p.fn, DifferentiableFunction), (
+        f"{row.id}: {p.fn!r} is not a diffsolve DifferentiableFunction: ds.vjp / to_torch / "
+        "to_jax refuse it")
+    assert p.fn.result_shapes is not None, (
+        f"{row.id}: no result_shapes declared: ds.to_jax cannot trace it")
+
+
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_declared_shapes_match(row):
+    p, res, _, _ = reference(row.id)
+    declare = getattr(p.fn, "result_shapes", None)
+    if declare is None:
+        pytest.skip("no result_shapes declared (reported by test_is_a_differentiable_solver)")
+    shapes = declare(*p.args, **p.kwargs)
+    for name, (shape, dtype) in shapes.items():
+        actual = np.asarray(to_numpy(field_value(res, name)))
+        assert tuple(actual.shape) == tuple(shape), f"{name}: declared {shape}, got {actual.shape}"
+        assert np.dtype(dtype) == actual.dtype, f"{name}: declared {dtype}, got {actual.dtype}"
+    needed = set(type(res).differentiable_fields) if row.kind == "solver" else {"value"}
+    if row.kind == "solver":
+        needed |= {"status", "converged", "n_iters"}
+    missing = sorted(needed - set(shapes))
+    assert not missing, f"fields without a declared shape (to_jax drops them): {missing}"
+
+
+@pytest.mark.parametrize("row", rows("solver", "gradient"), ids=_ids(rows("solver", "gradient")))
+def test_result_has_status_converged_message_n_iters(row):
+    p = _fresh(row)
+    if row.kind == "gradient":
+        out = p.fn(*p.args, **{**p.kwargs, "return_info": True})
+        assert isinstance(out, tuple) and len(out) == 2, "return_info=True gives (grad, info)"
+        res = out[1]
+    else:
+        res = p.call()
+    missing = [a for a in ("status", "converged", "message", "n_iters") if not hasattr(res, a)]
+    assert not missing, f"{type(res).__name__} lacks {missing}"
+    assert isinstance(res.status, ds.Status), (
+        f"status is {type(res.status).__name__} {res.status!r}, not a diffsolve.Status")
+    assert isinstance(res.converged, (bool, np.bool_)), f"converged is {type(res.converged)}"
+    assert bool(res.converged) == (res.status == ds.Status.SUCCESS), (res.status, res.converged)
+    assert res.status == ds.Status.SUCCESS, f"the row's problem did not converge: {res.message}"
+    assert isinstance(res.message, str) and res.message, f"message is {res.message!r}"
+    n = res.n_iters
+    assert isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0, repr(n)
+
+
+# ------------------------------------------------------------------------------------------
+# derivatives
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_vjp_matches_central_differences(row):
+    p, res, cots, grads = _with_vjp(row)
+    rng = rng_for(row, "fd")
+    for name in p.diff_args:
+        d = direction(p, name, rng)
+        x = p.arg(name)
+
+        def L(t, name=name, x=x, d=d):
+            return loss(p.with_arg(name, perturb(x, d, t)).call(), cots)
+
+        assert_fd_close(pairing(grads[name], d), central_difference(L, row.fd_step),
+                        grads[name], d,
+                        row.fd_rtol, f"{row.id} d/d{name}")
+
+
+@pytest.mark.parametrize("row", GRADIENT_ROWS, ids=_ids(GRADIENT_ROWS))
+def test_hypergradient_matches_central_differences(row):
+    p, g, _, _ = reference(row.id)
+    objective = p.extra["objective"]
+    x = p.arg("x")
+    d = rng_for(row, "fd").standard_normal(x.shape)
+    fd = central_difference(lambda t: float(objective(x + t * d)))
+    assert_fd_close(float(np.sum(g * d)), fd, g, d, row.fd_rtol, row.id)
+
+
+def _adapter_grads(adapter, p: Problem, cots, names):
+    idx = [p.index(n) for n in names]
+
+    def args_with(vals):
+        args = list(p.args)
+        for i, v in zip(idx, vals):
+            args[i] = v
+        return args
+
+    if adapter == "autograd":
+        fa = ds.to_autograd(p.fn)
+
+        def L(*vals):
+            res = fa(*args_with(vals), **p.kwargs)
+            return sum(anp.sum(cots[f] * field_value(res, f)) for f in cots)
+
+        out = autograd.grad(L, tuple(range(len(idx))))(*[p.args[i] for i in idx])
+        return [np.asarray(g) for g in out]
+    if adapter == "torch":
+        torch = pytest.importorskip("torch")
+        ts = [torch.tensor(p.args[i], requires_grad=True) for i in idx]
+        res = ds.to_torch(p.fn)(*args_with(ts), **p.kwargs)
+        total = sum((torch.as_tensor(cots[f]) * field_value(res, f)).sum() for f in cots)
+        total.backward()
+        return [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in ts]
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    fj = ds.to_jax(p.fn)
+
+    def L(*vals):
+        res = fj(*args_with(vals), **p.kwargs)
+        return sum(jnp.sum(jnp.asarray(cots[f]) * field_value(res, f)) for f in cots)
+
+    out = jax.jit(jax.grad(L, argnums=tuple(range(len(idx)))))(
+        *[jnp.asarray(p.args[i]) for i in idx])
+    return [np.asarray(g) for g in out]
+
+
+@pytest.mark.parametrize("adapter", ["autograd", "torch", "jax"])
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_adapter_agrees_with_vjp(row, adapter):
+    p, _, cots, grads = _with_vjp(row)
+    names = dense_diff_args(p)
+    got = _adapter_grads(adapter, p, cots, names)
+    for name, g in zip(names, got):
+        want = to_numpy(grads[name])
+        scale = float(np.max(np.abs(want))) if want.size else 1.0
+        np.testing.assert_allclose(g, want, rtol=1e-7, atol=1e-9 * max(scale, 1e-300),
+                                   err_msg=f"{row.id} {adapter}: d/d{name}")
+
+
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_jax_result_returns_from_jit(row):
+    """A to_jax result (bare array or dataclass) can be returned from jax.jit."""
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    p, res, _, _ = _with_vjp(row)
+    names = dense_diff_args(p)
+    idx = [p.index(n) for n in names]
+    fj = ds.to_jax(p.fn)
+
+    def run(*vals):
+        args = list(p.args)
+        for i, v in zip(idx, vals):
+            args[i] = v
+        return fj(*args, **p.kwargs)
+
+    out = jax.jit(run)(*[jnp.asarray(p.args[i]) for i in idx])
+    for f in p.fields:
+        np.testing.assert_allclose(np.asarray(field_value(out, f)),
+                                   to_numpy(field_value(res, f)), rtol=1e-9, atol=1e-12,
+                                   err_msg=f)
+
+
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_zero_cotangent_gives_zero(row):
+    p, res, cots, _ = _with_vjp(row)
+    _, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    for label, grads in (("zeros", vjp_fn(**{f: np.zeros_like(c) for f, c in cots.items()})),
+                         ("none given", vjp_fn())):
+        for name in p.diff_args:
+            assert_all(lambda a: a == 0, grad_of(grads, p, name), f"{label}: d/d{name}")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_nonfinite_cotangent_gives_nan(row, bad):
+    p, res, cots, _ = _with_vjp(row)
+    _, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    for f in cots:
+        c = {k: np.zeros_like(v) for k, v in cots.items()}
+        c[f] = np.array(c[f], copy=True)
+        c[f].reshape(-1)[0] = bad
+        grads = vjp_fn(**c)
+        for name in p.diff_args:
+            assert_all(np.isnan, grad_of(grads, p, name), f"{f}={bad} -> d/d{name}")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("row", GRADIENT_ROWS, ids=_ids(GRADIENT_ROWS))
+def test_hypergradient_nonfinite_outer_gradient_gives_nan(row, bad):
+    p = _fresh(row)
+    w = np.array([bad, 1.0, 1.0])
+    outer = (lambda x, y: anp.sum(w * y)) if bad is math.inf else p.extra["nan_outer"]
+    g = p.with_arg("outer", outer).call()
+    assert_all(np.isnan, g, f"outer gradient with {bad}")
+
+
+@pytest.mark.parametrize("row", GRADIENT_ROWS, ids=_ids(GRADIENT_ROWS))
+def test_hypergradient_zero_outer_gives_zero(row):
+    p = _fresh(row)
+    g = p.with_arg("outer", p.extra["zero_outer"]).call()
+    assert_all(lambda a: a == 0, g, "outer = 0")
+
+
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_keyword_arguments_and_named_cotangents(row):
+    p, _, cots, grads = _with_vjp(row)
+    _, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    positional = vjp_fn(**cots)
+    for name in p.diff_args:
+        np.testing.assert_array_equal(to_numpy(_data(positional[name])),
+                                      to_numpy(_data(grads[name])), err_msg=f"grads[{name!r}]")
+    if row.kind == "value":
+        pytest.skip("custom_root solvers take their arrays as *theta: no keyword form")
+    names = p.arg_names()
+    k = min(p.index(n) for n in p.diff_args)
+    kw = {**p.kwargs, **{names[i]: p.args[i] for i in range(k, len(p.args))}}
+    _, vjp_kw = ds.vjp(p.fn, *p.args[:k], **kw)
+    by_kw = vjp_kw(**cots)
+    for name in p.diff_args:
+        np.testing.assert_allclose(to_numpy(_data(by_kw[name])), to_numpy(_data(grads[name])),
+                                   rtol=1e-12, atol=1e-300,
+                                   err_msg=f"{name} passed by keyword")
+
+
+def _data(g):
+    return g.data if sp.issparse(g) else g
+
+
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_python_scalar_cotangent_for_0d_outputs(row):
+    p, res, _, _ = _with_vjp(row)
+    zero_d = [f for f in p.fields if np.ndim(to_numpy(field_value(res, f))) == 0]
+    if not zero_d:
+        pytest.skip("no 0-d differentiable output")
+    _, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    for f in zero_d:
+        by_float = vjp_fn(**{f: 1.0})
+        by_array = vjp_fn(**{f: np.asarray(1.0)})
+        by_numpy_scalar = vjp_fn(**{f: np.float64(1.0)})
+        for name in p.diff_args:
+            for other in (by_float, by_numpy_scalar):
+                np.testing.assert_array_equal(to_numpy(_data(other[name])),
+                                              to_numpy(_data(by_array[name])),
+                                              err_msg=f"{f}=1.0 -> d/d{name}")
+
+
+# ------------------------------------------------------------------------------------------
+# inputs are never modified
+# ------------------------------------------------------------------------------------------
+def _snapshot(problem: Problem):
+    def snap(v):
+        if sp.issparse(v):
+            return ("sparse", v.copy())
+        if isinstance(v, np.ndarray):
+            return ("array", v.copy())
+        if isinstance(v, (tuple, list)):
+            return ("seq", [snap(u) for u in v])
+        return ("other", v)
+
+    return [snap(a) for a in problem.args], {k: snap(v) for k, v in problem.kwargs.items()}
+
+
+def _assert_unchanged(before, now, what):
+    kind, old = before
+    if kind == "sparse":
+        assert (old != now).nnz == 0 and np.array_equal(old.data, now.data), f"{what} changed"
+    elif kind == "array":
+        np.testing.assert_array_equal(now, old, err_msg=f"{what} was modified in place")
+    elif kind == "seq":
+        for i, (b, n) in enumerate(zip(old, now)):
+            _assert_unchanged(b, n, f"{what}[{i}]")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_inputs_are_not_modified(row):
+    p = _fresh(row)
+    args0, kwargs0 = _snapshot(p)
+    if row.kind == "gradient":
+        p.fn(*p.args, **{**p.kwargs, "return_info": True})
+    else:
+        res, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+        cots = cotangents(p, res, rng_for(row, "mod"))
+        vjp_fn(**cots)
+        vjp_fn(**cots)
+    for i, (b, a) in enumerate(zip(args0, p.args)):
+        _assert_unchanged(b, a, f"positional argument {p.arg_names()[i]}")
+    for k, b in kwargs0.items():
+        _assert_unchanged(b, p.kwargs[k], f"{k}=")
+
+
+# ------------------------------------------------------------------------------------------
+# the bad-input table
+# ------------------------------------------------------------------------------------------
+ARRAY_CASES = ("nan", "inf", "int", "complex", "float16", "list", "non-contiguous",
+               "read-only", "torch", "jax")
+
+
+def _bad_params():
+    out = []
+    for r in ROWS:
+        for name in r.bad_args:
+            for case in ARRAY_CASES:
+                out.append(pytest.param(r, name, case, id=f"{r.id}-{name}-{case}"))
+    return out
+
+
+def _noncontiguous(x):
+    big = np.repeat(x, 2, axis=-1)
+    v = big[..., ::2]
+    assert not v.flags.c_contiguous and np.array_equal(v, x)
+    return v
+
+
+def _readonly(x):
+    y = np.array(x, copy=True)
+    y.setflags(write=False)
+    return y
+
+
+def _call(problem: Problem, row: Row):
+    return problem.call()
+
+
+def _ref_answer(row: Row):
+    p, res, _, _ = reference(row.id)
+    return p, res
+
+
+def _same(row, p, ref, label, rtol=None):
+    def check(out):
+        if row.kind == "gradient":
+            np.testing.assert_allclose(to_numpy(out), to_numpy(ref), rtol=rtol or row.same_rtol,
+                                       atol=1e-12, err_msg=label)
+        else:
+            assert_same_answer(out, ref, p, rtol or row.same_rtol, label)
+    return check
+
+
+@pytest.mark.parametrize("row, name, case", _bad_params())
+def test_bad_array_input(row, name, case):
+    p, ref = _ref_answer(row)
+    x = p.arg(name)
+    label = f"{row.id}: {name} {case}"
+    if sp.issparse(x):
+        if case in ("nan", "inf", "int", "complex", "float16"):
+            y = x.copy()
+            if case in ("nan", "inf"):
+                y.data = y.data.copy()
+                y.data[0] = math.nan if case == "nan" else math.inf
+            else:
+                if case == "int" and not np.array_equal(y.data, np.round(y.data)):
+                    pytest.skip("not integer-valued")
+                if case == "float16":
+                    pytest.skip("SciPy sparse matrices cannot hold float16")
+                y = y.astype({"int": np.int64, "complex": np.complex128}[case])
+            x_bad = y
+        elif case in ("list", "non-contiguous", "read-only"):
+            x_bad = {"list": x.toarray().tolist(), "non-contiguous": x, "read-only": x}[case]
+            if case == "read-only":
+                x_bad = x.copy()
+                for arr in (x_bad.data, x_bad.indices, x_bad.indptr):
+                    arr.setflags(write=False)
+            if case == "non-contiguous":
+                pytest.skip("a sparse matrix has no strides")
+        else:
+            pytest.skip("torch/JAX have no SciPy-sparse twin")
+    else:
+        x = np.asarray(x)
+        if case == "nan" or case == "inf":
+            x_bad = np.array(x, copy=True)
+            x_bad.reshape(-1)[0] = math.nan if case == "nan" else math.inf
+        elif case == "int":
+            if not np.array_equal(x, np.round(x)):
+                pytest.skip(f"{name} is not integer-valued in this row's problem")
+            x_bad = x.astype(np.int64)
+        elif case == "complex":
+            x_bad = x.astype(np.complex128)
+        elif case == "float16":
+            x_bad = x.astype(np.float16)
+        elif case == "list":
+            x_bad = x.tolist()
+        elif case == "non-contiguous":
+            if x.ndim == 0:
+                pytest.skip("0-d")
+            x_bad = _noncontiguous(x)
+        elif case == "read-only":
+            x_bad = _readonly(x)
+        elif case == "torch":
+            torch = pytest.importorskip("torch")
+            x_bad = torch.tensor(x)
+        else:
+            jnp = pytest.importorskip("jax.numpy")
+            x_bad = jnp.asarray(x)
+    q = p.with_arg(name, x_bad)
+    thunk = lambda: q.call()  # noqa: E731
+
+    if case in ("non-contiguous", "read-only", "int"):
+        allow = _same(row, p, ref, label)
+        if case == "int":
+            expect_clear_error(thunk, row, name, allow=allow, label=label)
+        else:
+            allow(thunk())
+    elif case in ("nan", "inf"):
+        def honest(out):
+            assert row.kind != "gradient" and is_honest_nonfinite(out), (
+                f"{label}: returned without an error and without reporting "
+                f"Status.NONFINITE (status={getattr(out, 'status', None)!r})")
+        expect_clear_error(thunk, row, name, allow=honest, label=label)
+    elif case in ("list", "torch", "jax"):
+        expect_clear_error(thunk, row, name, allow=_same(row, p, ref, label), label=label)
+    else:  # complex, float16: the one policy is a TypeError
+        expect_clear_error(thunk, row, name, label=label)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_none_arguments(row):
+    if not row.none_args:
+        pytest.skip("no required array argument")
+    p, _ = _ref_answer(row)
+    for name in row.none_args:
+        expect_clear_error(lambda name=name: p.with_arg(name, None).call(), row, name,
+                           label=f"{row.id}: {name}=None")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_wrong_shapes_and_ndim(row):
+    if row.shape_cases is None:
+        pytest.skip("no shape cases")
+    p, _ = _ref_answer(row)
+    failures = []
+    for label, name, q in row.shape_cases(p):
+        try:
+            expect_clear_error(lambda q=q: q.call(), row, name, label=f"{row.id}: {label}")
+        except (AssertionError, pytest.fail.Exception) as err:
+            failures.append(str(err).splitlines()[0])
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_size_zero(row):
+    if row.size0 is None:
+        pytest.skip("no size-0 case for this row (user-defined shapes)")
+    p, _ = _ref_answer(row)
+    q, name = row.size0(p)
+
+    def trivial(out):
+        if row.kind == "gradient":
+            return
+        for f in p.fields:
+            v = to_numpy(field_value(out, f))
+            assert np.all(np.isfinite(v)), f"size-0 result field {f} is not finite: {v!r}"
+
+    expect_clear_error(lambda: q.call(), row, name, allow=trivial,
+                       label=f"{row.id}: size 0 ({name})")
+
+
+def _option_thunk(row: Row, p: Problem, **opts):
+    if row.options is not None:
+        return row.options(p, **opts)
+    return lambda: p.fn(*p.args, **{**p.kwargs, **opts})
+
+
+def _option_params():
+    out = []
+    for r in ROWS:
+        for t in r.tols:
+            out.append(pytest.param(r, t, -1e-3, id=f"{r.id}-{t}=-1e-3"))
+            out.append(pytest.param(r, t, math.nan, id=f"{r.id}-{t}=nan"))
+        if r.budget:
+            for v, label in ((0, "0"), (True, "True"), (2.5, "2.5"), (-1, "-1")):
+                out.append(pytest.param(r, r.budget, v, id=f"{r.id}-{r.budget}={label}"))
+    return out
+
+
+@pytest.mark.parametrize("row, option, value", _option_params())
+def test_bad_options(row, option, value):
+    p = _fresh(row)
+    expect_clear_error(_option_thunk(row, p, **{option: value}), row, option,
+                       label=f"{row.id}: {option}={value!r}")
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.budget and len(r.tols) == 2],
+                         ids=_ids([r for r in ROWS if r.budget and len(r.tols) == 2]))
+def test_zero_tolerances_run_a_fixed_budget(row):
+    """rtol = atol = 0 means "run exactly maxiter iterations": no error, no warning (rows
+    where a fixed budget has no meaning must refuse it with a clear error)."""
+    p = _fresh(row)
+    if p.kwargs.get("method") == "direct":
+        pytest.skip("a direct solve has no iterations")
+    thunk = _option_thunk(row, p, **{row.tols[0]: 0.0, row.tols[1]: 0.0, row.budget: 3})
+    if not row.fixed_budget:
+        expect_clear_error(thunk, row, "rtol", label=f"{row.id}: rtol = atol = 0")
+        return
+    res = thunk()
+    if row.kind == "gradient":
+        return
+    assert res.status == ds.Status.MAX_ITERATIONS and not bool(res.converged), res.status
+    assert int(res.n_iters) == 3, res.n_iters
+
+
+# ------------------------------------------------------------------------------------------
+# other namespaces
+# ------------------------------------------------------------------------------------------
+def _convert(problem: Problem, xp) -> Problem:
+    def conv(v):
+        if isinstance(v, np.ndarray):
+            return xp.asarray(v)
+        return v
+
+    return Problem(problem.fn, tuple(conv(a) for a in problem.args), dict(problem.kwargs),
+                   problem.diff_args, problem.fields, problem.directions, problem.extra)
+
+
+def _run_in(row: Row, xp):
+    p_np, res_np, cots, grads_np = reference(row.id)
+    if row.make_xp is not None:
+        p = row.make_xp(xp)
+    else:
+        if any(sp.issparse(a) for a in p_np.args):
+            pytest.skip("sparse SciPy input")
+        p = _convert(row.make(), xp)
+    if row.kind == "gradient":
+        g = p.call()
+        np.testing.assert_allclose(to_numpy(g), to_numpy(res_np), rtol=1e-8, atol=1e-12)
+        return
+    res, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    assert_same_answer(res, res_np, p_np, 1e-8, f"{row.id} in {xp.__name__}")
+    grads = vjp_fn(**{f: xp.asarray(c) for f, c in cots.items()})
+    for name in p.diff_args:
+        np.testing.assert_allclose(to_numpy(grad_of(grads, p, name)), to_numpy(grads_np[name]),
+                                   rtol=1e-7, atol=1e-10, err_msg=f"d/d{name}")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_array_api_strict(row):
+    if row.strict is not None and row.make_xp is None:
+        pytest.skip(f"not on array_api_strict: {row.strict}")
+    xps = pytest.importorskip("array_api_strict")
+    _run_in(row, xps)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_cupy(row):
+    cupy = pytest.importorskip("cupy")
+    _run_in(row, cupy)
+
+
+# keep copy imported for callers that extend the table
+_ = copy
