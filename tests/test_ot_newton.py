@@ -5,13 +5,15 @@ differences, sinkhorn's gradients, diffsolve.vjp, the autograd and torch adapter
 
 from __future__ import annotations
 
+import warnings
+
 import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
+from diffsolve.kernels.cpu import ot_newton as cpu
 
 import diffsolve as ds
 import diffsolve.ot
-from diffsolve.kernels.cpu import ot_newton as cpu
 from diffsolve.ot._errors import marginal_error
 from tests.helpers import assert_close, central_difference, ot_clouds, ot_problem, to_numpy
 from tests.naive_ot_newton import (
@@ -23,8 +25,8 @@ from tests.naive_ot_newton import (
 )
 
 SNS = ds.ot.sinkhorn_newton_sparse
-TIGHT = {"tol": 1e-12, "max_iter": 200}
-SK_TIGHT = {"tol": 1e-13, "max_iter": 100_000}
+TIGHT = {"rtol": 1e-12, "maxiter": 200}
+SK_TIGHT = {"rtol": 1e-13, "maxiter": 100_000}
 
 
 
@@ -159,28 +161,29 @@ def test_small_eps_where_sinkhorn_crawls(rng):
     n = 200
     C = rng.random((n, n))
     a = b = np.full(n, 1.0 / n)
-    res = SNS(a, b, C, 1e-3, tol=1e-10)
+    history = []
+    res = SNS(a, b, C, 1e-3, rtol=1e-10, callback=lambda s: history.append(s.error))
     assert res.converged and res.error <= 1e-10 and res.n_iters <= 25
     # Sinkhorn's early rate looked promising, one 100-iteration chunk showed otherwise
     assert 50 <= res.n_sinkhorn <= 150 and res.n_fallbacks == 0
-    fixed = SNS(a, b, C, 1e-3, tol=1e-10, sinkhorn_switch=0)  # Tang et al.'s fixed warm-up
+    fixed = SNS(a, b, C, 1e-3, rtol=1e-10, sinkhorn_switch=0)  # Tang et al.'s fixed warm-up
     assert fixed.converged and fixed.n_sinkhorn == 50 and fixed.n_iters <= 25
     assert float(marginal_error(res.plan, a, b, xnp)) <= 1e-10
     assert np.all(np.isfinite(res.plan)) and np.isfinite(res.cost)
     with pytest.warns(ds.ConvergenceWarning):
-        sk = ds.ot.sinkhorn(a, b, C, 1e-3, tol=1e-10, max_iter=3000)
+        sk = ds.ot.sinkhorn(a, b, C, 1e-3, rtol=1e-10, maxiter=3000)
     assert sk.error > 1e3 * res.error  # 3000 Sinkhorn iterations are nowhere near
-    # the history starts at the warm-up's error and ends at the final one
-    assert len(res.history) == res.n_iters + 1 and res.history[-1] == res.error
+    # the callback saw every Newton step, the last one at the final error
+    assert len(history) == res.n_iters and history[-1] == res.error
 
 
 def test_easy_problem_finishes_with_sinkhorn(rng):
     # eps = 0.05: Sinkhorn contracts fast, so SNS lets it finish instead of paying for
     # Newton steps; sinkhorn_switch=0 forces the Newton stage
     a, b, C = ot_clouds(rng, 50)
-    res = SNS(a, b, C, 0.05, tol=1e-10)
+    res = SNS(a, b, C, 0.05, rtol=1e-10)
     assert res.converged and res.n_iters == 0 and res.n_sinkhorn > 0
-    newton = SNS(a, b, C, 0.05, tol=1e-10, sinkhorn_switch=0, n_sinkhorn=5)
+    newton = SNS(a, b, C, 0.05, rtol=1e-10, sinkhorn_switch=0, n_sinkhorn=5)
     assert newton.converged and newton.n_iters >= 1 and newton.n_sinkhorn == 5
     np.testing.assert_allclose(res.plan, newton.plan, rtol=1e-6, atol=1e-12)
 
@@ -202,7 +205,7 @@ def test_namespaces(xp, rng, dtype):
     ref = ds.ot.sinkhorn(a, b, C, 0.01, **SK_TIGHT)
     dt = getattr(xp, dtype)
     tol = 1e-11 if dtype == "float64" else 2e-5
-    res = SNS(*(xp.asarray(x, dtype=dt) for x in (a, b, C)), 0.01, tol=tol)
+    res = SNS(*(xp.asarray(x, dtype=dt) for x in (a, b, C)), 0.01, rtol=tol)
     assert res.converged and res.error <= tol
     assert res.plan.dtype == dt and res.f.dtype == dt and res.cost.dtype == dt
     rtol = 1e-7 if dtype == "float64" else 2e-3
@@ -215,8 +218,9 @@ def test_batched_matches_loop_and_per_problem_convergence(rng):
     eps = np.float64(0.02)
     res = SNS(a, b, C, eps, **TIGHT)
     assert res.plan.shape == (3, 8, 6) and res.f.shape == (3, 8) and res.cost.shape == (3,)
-    assert res.n_iters.shape == (3,) and res.converged.dtype == bool and len(res.history) == 3
-    assert res.message == "converged"
+    assert res.n_iters.shape == (3,) and res.converged.dtype == bool
+    assert res.status.shape == (3,) and np.all(res.status == int(ds.Status.SUCCESS))
+    assert res.message.startswith("diffsolve.ot.sinkhorn_newton_sparse: converged")
     for k in range(3):
         one = SNS(a[k], b[k], C[k], eps, **TIGHT)
         np.testing.assert_allclose(res.plan[k], one.plan, rtol=1e-12, atol=1e-15)
@@ -248,35 +252,88 @@ def test_zero_weights(rng):
 def test_options(rng, opts):
     a, b, C = ot_clouds(rng, 40)
     seen = []
-    res = SNS(a, b, C, 3e-3, tol=1e-10, callback=seen.append, **opts)
+    res = SNS(a, b, C, 3e-3, rtol=1e-10, callback=seen.append, **opts)
     assert res.converged and res.error <= 1e-10
     assert res.error_measure == opts.get("error_measure", "l1")
-    assert [d["iteration"] for d in seen] == list(range(1, res.n_iters + 1))
-    assert all(d["problem"] is None and d["nnz"] > 0 for d in seen)
+    assert [d.n_iters for d in seen] == list(range(1, res.n_iters + 1))
+    assert all(d.problem is None and d.nnz > 0 and d.eps == 3e-3 for d in seen)
+    assert all(d.f.shape == (40,) and d.g.shape == (40,) for d in seen)
     if "density" in opts:
-        assert all(d["nnz"] >= opts["density"] * 40 * 40 for d in seen)
+        assert all(d.nnz >= opts["density"] * 40 * 40 for d in seen)
 
 
 def test_sinkhorn_fallback_when_line_search_fails(rng):
     # one trial per line search, from a 1-iteration warm-up at small eps: the full Newton
     # step overshoots at first, so Sinkhorn takes over until Newton is in its basin
     a, b, C = ot_clouds(rng, 40)
-    res = SNS(a, b, C, 1e-3, tol=1e-10, n_sinkhorn=1, ls_max_steps=1, max_iter=200)
+    res = SNS(a, b, C, 1e-3, rtol=1e-10, n_sinkhorn=1, ls_max_steps=1, maxiter=200)
     assert res.converged and res.n_fallbacks >= 1
     assert res.n_sinkhorn >= 1 + 20 * res.n_fallbacks - 20  # fallbacks ran Sinkhorn steps
 
 
 def test_non_convergence_warns_and_throws(rng):
     a, b, C = ot_clouds(rng, 30)
-    with pytest.warns(ds.ConvergenceWarning, match="increase max_iter.*density.*larger eps"):
-        res = SNS(a, b, C, 1e-3, max_iter=1, n_sinkhorn=2)
+    with pytest.warns(ds.ConvergenceWarning, match="increase maxiter.*density.*larger eps"):
+        res = SNS(a, b, C, 1e-3, maxiter=1, n_sinkhorn=2)
     assert not res.converged and res.n_iters == 1 and res.error > 1e-9
-    assert res.message.startswith("did not converge: increase max_iter")
-    assert SNS(a, b, C, 1e-2, tol=1e-8).message == "converged"
-    with pytest.raises(RuntimeError, match="did not reach tol"):
-        SNS(a, b, C, 1e-3, max_iter=1, n_sinkhorn=2, throw=True)
+    assert res.status == ds.Status.MAX_ITERATIONS and "MAX_ITERATIONS" in res.message
+    assert "converged" in SNS(a, b, C, 1e-2, rtol=1e-8).message
+    with pytest.raises(ds.MaxIterationsError, match="MAX_ITERATIONS") as info:
+        SNS(a, b, C, 1e-3, maxiter=1, n_sinkhorn=2, throw=True)
+    assert info.value.result.n_iters == 1
     with pytest.warns(ds.ConvergenceWarning, match="float32"):
-        SNS(*(x.astype(np.float32) for x in (a, b, C)), 1e-2, max_iter=2, tol=1e-9)
+        SNS(*(x.astype(np.float32) for x in (a, b, C)), 1e-2, maxiter=2, rtol=1e-9)
+
+
+def test_fixed_budget_callback_stop_and_deprecated_names(rng):
+    a, b, C = ot_clouds(rng, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = SNS(a, b, C, 1e-3, rtol=0, atol=0, maxiter=4, throw=True)
+        assert res.n_iters == 4 and res.status == ds.Status.MAX_ITERATIONS
+        assert res.n_sinkhorn == 50 and not res.converged
+        stop = SNS(a, b, C, 1e-3, rtol=1e-12, callback=lambda s: s.n_iters >= 2, throw=True)
+        assert stop.n_iters == 2 and stop.status == ds.Status.STOPPED
+    new = SNS(a, b, C, 1e-2, atol=1e-8, rtol=0, maxiter=30)
+    with pytest.warns(DeprecationWarning, match="tol= is deprecated.*atol="):
+        old = SNS(a, b, C, 1e-2, tol=1e-8, maxiter=30)
+    assert old.n_iters == new.n_iters and old.tolerance == new.tolerance == 1e-8
+    with pytest.warns(DeprecationWarning, match="max_iter= is deprecated.*maxiter="):
+        SNS(a, b, C, 1e-2, max_iter=30)
+
+
+def test_inner_sinkhorn_is_not_silenced():
+    # the warm-up calls Sinkhorn's private solve and reads its status: no warnings filter
+    import inspect
+
+    from diffsolve.ot import _newton
+
+    src = inspect.getsource(_newton)
+    assert "catch_warnings" not in src and "simplefilter" not in src
+
+
+def test_to_jax_jit_and_grad(rng):
+    # reproduction: the variable-length history made the SNS result unusable under to_jax
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    a, b, C = ot_problem(rng)
+    Wp = rng.standard_normal(C.shape)
+    _, ref = ds.vjp(SNS, a, b, C, 0.05, **TIGHT)
+    want = ref(plan=Wp, cost=1.0)
+    sj = ds.to_jax(SNS)
+
+    def loss(a, b, C):
+        r = sj(a, b, C, 0.05, **TIGHT)
+        return jnp.sum(jnp.asarray(Wp) * r.plan) + r.cost
+
+    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*(jnp.asarray(x) for x in (a, b, C)))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-9, atol=1e-12)
+    out = jax.jit(lambda C: sj(jnp.asarray(a), jnp.asarray(b), C, 0.05, **TIGHT).n_iters)(
+        jnp.asarray(C))
+    assert int(out) == SNS(a, b, C, 0.05, **TIGHT).n_iters
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -287,14 +344,15 @@ def test_non_convergence_warns_and_throws(rng):
     ({"opt": {"density": 0.0}}, r"density must be a number in \(0.0, 1.0\]"),
     ({"opt": {"density": 0.1, "threshold": 1e-3}}, "not both"),
     ({"opt": {"threshold": -1.0}}, "threshold must be"),
-    ({"opt": {"max_iter": 0}}, "max_iter must be an integer >= 1"),
-    ({"opt": {"n_sinkhorn": 0}}, "n_sinkhorn must be an integer >= 1"),
-    ({"opt": {"sinkhorn_switch": -1}}, "sinkhorn_switch must be an integer >= 0"),
+    ({"opt": {"maxiter": 0}}, "maxiter must be >= 1"),
+    ({"opt": {"maxiter": True}}, "maxiter must be an integer >= 1, got the bool"),
+    ({"opt": {"n_sinkhorn": 0}}, "n_sinkhorn must be >= 1"),
+    ({"opt": {"sinkhorn_switch": -1}}, "sinkhorn_switch must be >= 0"),
     ({"opt": {"cg_rtol": 1.5}}, "cg_rtol must be"),
     ({"opt": {"ls_beta": 1.0}}, "ls_beta must be"),
     ({"opt": {"error_measure": "l3"}}, "error_measure='l3'"),
-    ({"opt": {"tol": 0}}, "tol must be"),
-    ({"opt": {"callback": 3}}, "callback must be callable"),
+    ({"opt": {"rtol": -1.0}}, "rtol must be >= 0"),
+    ({"opt": {"callback": 3}}, "callback must be None or a callable"),
 ])
 def test_bad_input(rng, kwargs, match):
     a, b, C = ot_problem(rng)
@@ -405,10 +463,10 @@ def test_adapters_autograd_torch(rng):
 def test_cupy_solver_matches_numpy(rng):
     cupy = pytest.importorskip("cupy")
     a, b, C = ot_clouds(rng, 150)
-    res = SNS(a, b, C, 2e-3, tol=1e-10)
-    got = SNS(*(cupy.asarray(x) for x in (a, b, C)), 2e-3, tol=1e-10)
+    res = SNS(a, b, C, 2e-3, rtol=1e-10)
+    got = SNS(*(cupy.asarray(x) for x in (a, b, C)), 2e-3, rtol=1e-10)
     assert got.converged and isinstance(got.plan, cupy.ndarray)
     np.testing.assert_allclose(to_numpy(got.plan), res.plan, rtol=1e-6, atol=1e-12)
-    _, f_vjp = ds.vjp(SNS, *(cupy.asarray(x) for x in (a, b, C)), 2e-3, tol=1e-10)
+    _, f_vjp = ds.vjp(SNS, *(cupy.asarray(x) for x in (a, b, C)), 2e-3, rtol=1e-10)
     C_bar = f_vjp(cost=cupy.asarray(1.0))[2]
     np.testing.assert_allclose(to_numpy(C_bar), res.plan, rtol=1e-6, atol=1e-12)
