@@ -7,8 +7,10 @@
 
 from ._odeint import odeint
 from ._result import ODEResult, ODESolveError, ODEStats
+from ._settings import ODESettings, ODEState
 from ._tableaux import TABLEAUX, Tableau
 from ._vector_field import from_jax, from_torch
 
-__all__ = ["TABLEAUX", "ODEResult", "ODESolveError", "ODEStats", "Tableau", "from_jax",
+__all__ = ["TABLEAUX", "ODEResult", "ODESettings", "ODESolveError", "ODEState", "ODEStats",
+           "Tableau", "from_jax",
            "from_torch", "odeint"]

@@ -495,9 +495,10 @@ def _odeint_bwd(ctx, cot):
         nr = traj.n_reached
         ys_bar, poisoned = _unreached(xp, ys_bar, nr)
         if st.adjoint == "discrete" and _compiled_reverse_ok(fwd, traj):
+            # only the reached outputs (the kernel walks them back from the last one)
             through, pb = B.get_kernel(xp, "ode.rk_reverse")(
-                f, st.vjp, traj.ts, traj.all_states, B.contiguous(xp, ys_bar),
-                traj.out_step, traj.out_theta, B.contiguous(xp, fwd.params_eff),
+                f, st.vjp, traj.ts, traj.all_states, B.contiguous(xp, ys_bar[:nr, ...]),
+                traj.out_step[:nr], traj.out_theta[:nr], B.contiguous(xp, fwd.params_eff),
                 fwd.tab.A, fwd.tab.c, fwd.tab.e, fwd.tab.P, *st.norm_tolerances,
                 rE if local is None else 0.0, rS if local is None else 0.0)
             y0_bar = ys_bar[0, ...] + through
@@ -568,9 +569,10 @@ def _backsolve(fwd, xp, ys, ys_bar, t_out, p_size):
         controller=st.controller, max_steps=st.max_steps)
     if failed is None:
         return y0_bar, pb, through
+    inner = failed.message.removeprefix(WHERE + ": ")
     message = (f"{WHERE}: the backsolve adjoint's backward integration failed, so the "
-               f"gradients are NaN: {failed.message}. Try adjoint='discrete' (it replays "
-               "the forward steps and cannot fail where the forward solve did not)")
+               f"gradients are NaN: {inner}. Try adjoint='discrete' (it replays the forward "
+               "steps and cannot fail where the forward solve did not)")
     if st.throw:
         raise error_class(failed.status)(message, status=failed.status)
     warnings.warn(message, ConvergenceWarning, stacklevel=5)
