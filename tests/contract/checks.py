@@ -141,7 +141,7 @@ def expect_clear_error(thunk, row: Row, name: str, *, allow=None, label=""):
         assert names_argument(msg, name), (
             f"{label}: the {type(err).__name__} does not name the argument {name!r}: {msg!r}")
         return None
-    except Exception as err:  # noqa: BLE001 - any other exception is the finding
+    except Exception as err:
         pytest.fail(f"{label}: raised {type(err).__module__}.{type(err).__name__} instead of "
                     f"a ValueError/TypeError naming {name!r}: {err}")
     if allow is None:

@@ -282,14 +282,14 @@ def _quadratic_problem():
 
 
 def _ot_shapes(p: Problem):
-    a, b, C = p.args[:3]
+    a, _b, C = p.args[:3]
     yield "C has an extra column", "C", p.with_arg("C", np.concatenate([C, C[:, :1]], 1))
     yield "C 1-d", "C", p.with_arg("C", C[0])
     yield "a 0-d", "a", p.with_arg("a", a[0])
 
 
 def _ot_size0(p: Problem):
-    _, b, C = p.args[:3]
+    _, _b, C = p.args[:3]
     return p.with_arg("a", np.zeros(0)).with_arg("C", np.zeros((0, C.shape[1]))), "a"
 
 
@@ -407,7 +407,6 @@ def _value_options(p: Problem, **opts):
 
 
 def _value_shapes(p: Problem):
-    init = p.args[0]
     yield "init of the wrong shape", "init", p.with_arg("init", np.zeros(4))
 
 
@@ -532,11 +531,6 @@ def _root_problem_xp(solve):
         return Problem(fn, tuple(xp.asarray(a) for a in p.args), {}, p.diff_args, p.fields)
 
     return make
-
-
-def _hg_shapes(p: Problem):
-    x = p.arg("x")
-    yield "x 2-d", "x", p.with_arg("x", x[:, None])
 
 
 def _hg_size0(p: Problem):
