@@ -629,15 +629,22 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
     method : {"tsit5", "dopri5", "bs3"}
         Tsitouras 5(4), Dormand–Prince 5(4), Bogacki–Shampine 3(2); each with its own
         continuous extension for ``t_eval`` (outputs do not shorten steps).
-    rtol, atol : float > 0
-        Accept a step when ``E = rms(err / (atol + rtol max(|y_n|, |y_{n+1}|))) <= 1``.
+    rtol, atol : float >= 0
+        Accept a step when ``E = rms(err / (atol + rtol max(|y_n|, |y_{n+1}|))) <= 1``
+        (``atol = 0`` needs a state no component of which stays exactly 0).
+        ``rtol = atol = 0`` is a fixed budget, SciPy's "run exactly maxiter iterations":
+        ``max_steps`` equal steps over ``t_eval`` without error control (or the given
+        ``step_ts``); the result then has ``status = MAX_ITERATIONS``,
+        ``converged=False`` and nothing is warned or raised (no regularisers, discrete
+        adjoint only).
     controller : {"pi", "i"}
         PI step-size control, or the I rule that reproduces ``scipy.integrate.solve_ivp``
         (``dopri5`` + ``"i"`` takes RK45's steps).
     first_step : float, optional
         Initial ``|h|``; default Hairer's heuristic (as SciPy's ``select_initial_step``).
     max_steps : int
-        Attempted steps allowed (per trajectory).
+        Attempted steps allowed (per trajectory). The name is diffrax's: odeint's
+        iterations are steps, and ``res.n_iters`` counts them.
     adjoint : {"discrete", "backsolve"}
         Backward rule: exact gradient of the computed solution (reverse through the
         accepted steps, step sizes constant), or the continuous adjoint integrated
@@ -665,26 +672,58 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
         (memory ``N/k + k`` states instead of ``N``). Ignored by the backsolve adjoint,
         whose forward keeps only ``y0`` and the outputs (memory independent of ``N``).
     throw : bool
-        On failure (max_steps, step-size underflow) raise :class:`ODESolveError`; with
-        ``False`` warn (:class:`diffsolve.ConvergenceWarning`) and return a result with
-        ``success == False`` (``status`` 1 or 2) and NaN outputs past the failure.
+        What a failed solve does (``max_steps`` reached, step-size underflow, ``f``
+        returning NaN/inf). ``False`` (the default, as SciPy's ``solve_ivp``): warn with a
+        :class:`diffsolve.ConvergenceWarning` and return the result, whose ``status``
+        says why and whose outputs past the failure are NaN. ``True``: raise the
+        :class:`diffsolve.SolveError` subclass of the status
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.StepUnderflowError`,
+        :class:`~diffsolve.NonFiniteError`; ``diffsolve.ode.ODESolveError`` is
+        ``SolveError``), carrying the result. It also applies to the backsolve adjoint's
+        own backward solve (warned: the gradients are NaN).
     step_ts : array or sequence of arrays, optional
         Replay these step times (e.g. a previous ``res.ts``) instead of adapting: the step
-        sequence is then frozen, for finite-difference checks or fixed-step integration.
+        sequence is then frozen, for finite-difference checks or fixed-step integration
+        (``converged`` then says whether every replayed step met the tolerance).
+    callback : callable, optional
+        ``callback(state) -> bool | None``, called after each accepted step with a frozen
+        :class:`~diffsolve.ode.ODEState` (``t``, ``y``, ``h``, ``n_steps``,
+        ``n_accepted``, ``error``, ``trajectory``); returning ``True`` stops the solve
+        with ``status = STOPPED`` (no warning), the outputs after ``t`` being NaN. Cost:
+        one Python call per accepted step (no extra device synchronisation on CuPy: the
+        step's error norm is read anyway), and an ``@njit`` ``f`` then runs from the
+        Python loop instead of the compiled one.
 
     Returns
     -------
     ODEResult
         ``ys`` (T, d) or (T, B, d), ``reg_error``, ``reg_stiffness`` (differentiable),
         ``stats`` (``ODEStats(n_steps, n_accepted, n_rejected, nfe)``), ``ts``,
-        ``status``/``t_stop`` (and the ``success``/``message`` properties).
+        ``status`` (a :class:`diffsolve.Status`), ``converged``, ``message``,
+        ``n_iters`` (= ``n_steps``), ``t_stop``, ``success``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, naming the argument: ``y0`` and ``params`` follow diffsolve's one
+        input policy (float32/float64 kept, integers promoted to float64, float16 /
+        bool / complex / lists refused, no NaN/inf, ``y0`` not empty); ``f`` returning
+        the wrong shape.
+    diffsolve.SolveError
+        A failed solve with ``throw=True`` (see ``throw``).
 
     Notes
     -----
-    Gradients: w.r.t. ``y0``, ``params`` (pass it positionally) and ``t_eval``
-    (``t̄_q = ȳ_q · f(t_q, y_q)``, ``t̄_0 = −a(t_0) · f(t_0, y_0)``, the continuous-time
-    formulas; with a non-zero cotangent of a *global* regulariser ``t̄_0`` is NaN, since
-    the regularisers' dependence on the start time is not defined with frozen steps).
+    Gradients: w.r.t. ``y0``, ``params`` (positionally or by keyword) and ``t_eval``
+    when it is a float array (``t̄_q = ȳ_q · f(t_q, y_q)``, ``t̄_0 = −a(t_0) · f(t_0,
+    y_0)``, the continuous-time formulas; with a non-zero cotangent of a *global*
+    regulariser ``t̄_0`` is NaN, since the regularisers' dependence on the start time is
+    not defined with frozen steps). After an early stop (``throw=False``) the outputs not
+    reached are NaN: a zero cotangent there contributes nothing, a non-zero one makes the
+    gradients of that trajectory (and the shared ``params``/``t_eval``) NaN. A vector
+    field that autograd cannot trace (written with plain NumPy) raises
+    :class:`diffsolve.NotTraceableError` at the first VJP instead of giving a zero
+    gradient.
 
     Examples
     --------
