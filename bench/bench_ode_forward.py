@@ -165,7 +165,9 @@ def run_diffsolve(prob, Y0, t_eval, ref, method, tol, f_kind, budget, *,
 
     f = {"njit": prob.f_nb, "numpy": prob.f_np, "autograd": prob.f_ag}[f_kind]
     y0 = Y0 if Y0.shape[0] > 1 else Y0[0]
-    kw = {"method": method, "rtol": tol, "atol": tol, "controller": controller}
+    # throw=True: a failed solve is a failed row (reported), never a timed NaN result
+    kw = {"method": method, "rtol": tol, "atol": tol, "controller": controller,
+          "throw": True}
     if Y0.shape[0] > 1:
         kw["batch_mode"] = batch_mode
 
@@ -201,7 +203,7 @@ def step_sequence_check(prob, tol) -> dict:
     t_eval = prob.t_eval()
     st = scipy_step_stats(prob, prob.y0[None, :], t_eval, "RK45", tol)
     res = odeint(prob.f_ag, prob.y0, t_eval, prob.params, method="dopri5", rtol=tol,
-                 atol=tol, controller="i")
+                 atol=tol, controller="i", throw=True)
     ts = np.asarray(res.ts).reshape(-1)
     out = {"problem": prob.name, "tol": tol, "scipy_accepted": st["n_accepted"],
            "scipy_rejected": st["n_rejected"],

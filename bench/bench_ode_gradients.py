@@ -105,7 +105,7 @@ def fd_check(prob, y0, t_eval, W, kw, g, h_rel=1e-6, n_dirs=4) -> float:
 def accuracy(prob, method, tol) -> dict:
     t_eval = prob.t_eval()
     W = np.random.default_rng(0).standard_normal((len(t_eval), prob.d))
-    kw = {"method": method, "rtol": tol, "atol": tol}
+    kw = {"method": method, "rtol": tol, "atol": tol, "throw": True}
     res, gy_d, gp_d = grads(prob, prob.y0, t_eval, W, adjoint="discrete", **kw)
     g_d = np.concatenate([gy_d, gp_d])
     fd_frozen = fd_check(prob, prob.y0, t_eval, W, dict(kw, step_ts=res.ts), g_d)
@@ -113,7 +113,7 @@ def accuracy(prob, method, tol) -> dict:
     _, gy_b, gp_b = grads(prob, prob.y0, t_eval, W, adjoint="backsolve", **kw)
     g_b = np.concatenate([gy_b, gp_b])
     _, gy_r, gp_r = grads(prob, prob.y0, t_eval, W, adjoint="discrete", method=method,
-                          rtol=1e-12, atol=1e-12)
+                          rtol=1e-12, atol=1e-12, throw=True)
     g_ref = np.concatenate([gy_r, gp_r])
     return {"problem": prob.name, "method": method, "tol": tol,
             "n_accepted": int(res.n_accepted), "n_params": int(prob.params.shape[0]),
@@ -134,7 +134,7 @@ def cost(prob, B, tol, budget, quick=False) -> list[dict]:
     y0 = Y0 if B > 1 else Y0[0]
     W = np.random.default_rng(0).standard_normal((len(t_eval), *y0.shape))
     rows = []
-    base = {"method": "dopri5", "rtol": tol, "atol": tol}
+    base = {"method": "dopri5", "rtol": tol, "atol": tol, "throw": True}
     if B > 1:
         base["batch_mode"] = "shared"
     variants = [("python f, autograd VJP", prob.f_ag, None),
@@ -236,7 +236,7 @@ def memory(horizons, every_list, B=64, tol=1e-6, backsolve_max_t1=20.0) -> list[
             cases.append(("backsolve", 1))
         for adjoint, every in cases:
             kw = {"method": "dopri5", "rtol": tol, "atol": tol, "batch_mode": "shared",
-                  "adjoint": adjoint, "checkpoint_every": every}
+                  "adjoint": adjoint, "checkpoint_every": every, "throw": True}
             res = odeint(prob.f_ag, Y0, t_eval, prob.params, **kw)
             tracemalloc.start()
             tracemalloc.reset_peak()

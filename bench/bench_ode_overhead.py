@@ -96,7 +96,7 @@ def run_odeint(prob, t_eval, tol, budget, method, controller, f_kind, fcost,
 
     def call():
         return odeint(f, prob.y0, t_eval, prob.params, method=method, rtol=tol, atol=tol,
-                      controller=controller)
+                      controller=controller, throw=True)
 
     call()
     wall, reps, res, cpu = time_repeats(call, budget_s=budget, max_repeats=40)

@@ -220,7 +220,7 @@ def train_one(task, config_name, seed, args):
     regs = cfg["regularizers"]
     solve = to_autograd(odeint)
     common = {"method": args.method, "rtol": args.tol, "atol": args.tol,
-              "batch_mode": args.batch_mode}
+              "batch_mode": args.batch_mode, "throw": True}
     K = args.iters
     scale_e = args.lam_scale * args.scale_e[task.name]
     lam_e = lambda k: scale_e * args.lam_e0 * (args.lam_e1 / args.lam_e0) ** (  # noqa: E731
