@@ -15,11 +15,11 @@ returned plan; target 1e-9.
 
 Methods:
 
-* ``sns``: ``sinkhorn_newton_sparse(tol=1e-9)`` with its defaults (50 Sinkhorn warm-up
+* ``sns``: ``sinkhorn_newton_sparse(atol=1e-9, rtol=0)`` with its defaults (50 Sinkhorn warm-up
   iterations, Sinkhorn continued while its rate predicts 1e-9 within 500 more iterations,
   adaptive density). ``sns_newton_only``: the same with ``sinkhorn_switch=0`` (Tang et
   al.'s fixed warm-up, then Newton). Median of ``--repeats`` runs.
-* ``ds_sinkhorn``: ``diffsolve.ot.sinkhorn(tol=1e-9)`` (plain, default kernel), median,
+* ``ds_sinkhorn``: ``diffsolve.ot.sinkhorn(atol=1e-9, rtol=0)`` (plain, default kernel), median,
   capped by the same time budget as POT (``max_iter`` from a 50-iteration probe).
 * POT: ``sinkhorn`` (kernel mode), ``sinkhorn_log``, ``sinkhorn_stabilized``,
   ``sinkhorn_epsilon_scaling``, ``greenkhorn``. POT stops on its own criterion (the L2
@@ -205,7 +205,7 @@ def pot_time_to_tol(a, b, C, eps, method, budget):
 
 def sinkhorn_iter_budget(a, b, C, eps, budget):
     """Iterations of diffsolve's sinkhorn that fit in ``budget`` seconds (from a probe)."""
-    t, _ = timed(lambda: _sinkhorn(a, b, C, eps, tol=1e-300, max_iter=50), 1)
+    t, _ = timed(lambda: _sinkhorn(a, b, C, eps, rtol=0, atol=0, maxiter=50), 1)
     return max(50, int(budget / (t / 50)))
 
 
@@ -219,9 +219,9 @@ def cpu_case(n, eps, repeats, budget, pot_methods):
                       "fallbacks": int(r.n_fallbacks), "converged": bool(r.converged),
                       "l1_error": l1_error(r.plan, a, b)}
     max_iter = sinkhorn_iter_budget(a, b, C, eps, budget)
-    t, s = timed(lambda: _sinkhorn(a, b, C, eps, tol=TOL, max_iter=max_iter), 1)
+    t, s = timed(lambda: _sinkhorn(a, b, C, eps, atol=TOL, rtol=0, maxiter=max_iter), 1)
     if t < budget / 4 and repeats > 1:  # repeat only the runs that are cheap to repeat
-        t, s = timed(lambda: _sinkhorn(a, b, C, eps, tol=TOL, max_iter=max_iter), repeats)
+        t, s = timed(lambda: _sinkhorn(a, b, C, eps, atol=TOL, rtol=0, maxiter=max_iter), repeats)
     case["ds_sinkhorn"] = {"s": t, "iters": int(s.n_iters), "converged": bool(s.converged),
                            "l1_error": l1_error(s.plan, a, b), "iter_budget": max_iter,
                            "budget_s": budget}
@@ -248,19 +248,20 @@ def traces(n, eps, budget):
     sk_rows = []
     max_iter = sinkhorn_iter_budget(a, b, C, eps, budget)
     t0 = time.perf_counter()
-    _sinkhorn(a, b, C, eps, tol=1e-11, max_iter=max_iter,
-              callback=lambda it, e, err: sk_rows.append(
-                  (int(it), time.perf_counter() - t0, float(np.max(err)))))
+    _sinkhorn(a, b, C, eps, atol=1e-11, rtol=0, maxiter=max_iter,
+              callback=lambda st: sk_rows.append(
+                  (st.n_iters, time.perf_counter() - t0, float(np.max(st.error)))))
     # the SNS warm-up is the same Sinkhorn: its time and error come from a 50-iteration run
-    t_warm, w = timed(lambda: _sinkhorn(a, b, C, eps, tol=1e-11, max_iter=50), 1)
+    t_warm, w = timed(lambda: _sinkhorn(a, b, C, eps, atol=1e-11, rtol=0, maxiter=50), 1)
     rows = []
     t0 = time.perf_counter()
     # the Newton stage forced (sinkhorn_switch=0): the trace shows Newton's convergence even
     # where the default would let Sinkhorn finish
-    res = _sns(a, b, C, eps, tol=1e-11, sinkhorn_switch=0, callback=lambda d: rows.append(
-        (d["iteration"], time.perf_counter() - t0, d["error"])))
+    res = _sns(a, b, C, eps, atol=1e-11, rtol=0, sinkhorn_switch=0,
+               callback=lambda st: rows.append((st.n_iters, time.perf_counter() - t0,
+                                                st.error)))
     t_newton0 = rows[0][1] if rows else 0.0
-    sns_rows = [(int(res.n_sinkhorn), t_warm, float(res.history[0]))]
+    sns_rows = [(int(res.n_sinkhorn), t_warm, float(w.error))]  # the warm-up's error
     # shift the Newton times so that they start after the separately timed warm-up
     first_newton = t_newton0 - (t_newton0 - t_warm if t_newton0 > t_warm else 0.0)
     sns_rows += [(int(res.n_sinkhorn) + it, t - t_newton0 + first_newton, e)
@@ -309,13 +310,13 @@ def gpu_run(sizes, eps_list, repeats, out_dir):
         a, b, C = clouds(n, xp=cupy)
         for eps in eps_list:
             case = {"n": n, "eps": eps}
-            _sns(a, b, C, eps, max_iter=1)  # compile the CUDA kernels for this dtype
+            _sns(a, b, C, eps, maxiter=1)  # compile the CUDA kernels for this dtype
             t, r = timed(lambda a=a, b=b, C=C, eps=eps: _sns(a, b, C, eps), repeats, sync)
             case["sns"] = {"s": t, "newton_iters": int(r.n_iters),
                            "sinkhorn_iters": int(r.n_sinkhorn), "converged": bool(r.converged),
                            "l1_error": l1_error(r.plan, a, b)}
-            t, s = timed(lambda a=a, b=b, C=C, eps=eps: _sinkhorn(a, b, C, eps, tol=TOL,
-                                                                   max_iter=100_000),
+            t, s = timed(lambda a=a, b=b, C=C, eps=eps: _sinkhorn(a, b, C, eps, atol=TOL, rtol=0,
+                                                                   maxiter=100_000),
                          repeats, sync)
             case["ds_sinkhorn"] = {"s": t, "iters": int(s.n_iters),
                                    "converged": bool(s.converged),

@@ -89,7 +89,7 @@ def cpu_case(n, eps, repeats, k_log, variants, backward, max_iter):
     # time to tolerance
     res = {}
     for name in variants:
-        t, r = timed(lambda name=name: _ours(a, b, C, eps, max_iter=max_iter,
+        t, r = timed(lambda name=name: _ours(a, b, C, eps, maxiter=max_iter,
                                              **VARIANTS[name]), repeats)
         res[name] = {"s": t, "iters": int(r.n_iters), "converged": bool(r.converged),
                      "l1_error": l1_error(r.plan, a, b)}
@@ -100,8 +100,8 @@ def cpu_case(n, eps, repeats, k_log, variants, backward, max_iter):
     case["time_to_tol"] = res
     # equal iterations vs POT sinkhorn_log
     k = k_log
-    t_ours, r = timed(lambda: _ours(a, b, C, eps, tol=1e-300, max_iter=k), repeats)
-    t_lse, r_lse = timed(lambda: _ours(a, b, C, eps, tol=1e-300, max_iter=k, kernel="lse"),
+    t_ours, r = timed(lambda: _ours(a, b, C, eps, rtol=0, atol=0, maxiter=k), repeats)
+    t_lse, r_lse = timed(lambda: _ours(a, b, C, eps, rtol=0, atol=0, maxiter=k, kernel="lse"),
                          repeats)
     t_log, (P_log, it_log, _) = timed(lambda: _pot(a, b, C, eps, "sinkhorn_log", k, 0.0), 1)
     per_ours, per_lse, per_log = t_ours / k, t_lse / k, t_log / it_log
@@ -118,7 +118,7 @@ def cpu_case(n, eps, repeats, k_log, variants, backward, max_iter):
         import diffsolve as ds
 
         W = np.random.default_rng(1).standard_normal(C.shape)
-        t_f, (_, f_vjp) = timed(lambda: ds.vjp(ds.ot.sinkhorn, a, b, C, eps, max_iter=max_iter),
+        t_f, (_, f_vjp) = timed(lambda: ds.vjp(ds.ot.sinkhorn, a, b, C, eps, maxiter=max_iter),
                                 repeats)
         t_b, _ = timed(lambda: f_vjp(plan=W), repeats)
         case["backward"] = {"forward_s": t_f, "backward_s": t_b, "ratio": t_b / t_f}
@@ -132,8 +132,9 @@ def error_traces(n, eps, max_iter):
         if name in ("plain_lse", "plain_l2pot"):
             continue  # same iterates as "plain"
         rows = []
-        _ours(a, b, C, eps, max_iter=max_iter, tol=1e-12,
-              callback=lambda it, e, err, rows=rows: rows.append((it, e, float(err[0]))), **kw)
+        _ours(a, b, C, eps, maxiter=max_iter, atol=1e-12, rtol=0,
+              callback=lambda st, rows=rows: rows.append((st.n_iters, st.eps, float(st.error))),
+              **kw)
         traces[name] = rows
     return traces
 
@@ -179,7 +180,7 @@ def _gpu_case(case, a, b, C, eps, k_log, sync):
                      sync)
         case[name] = {"s": t, "iters": int(r.n_iters), "converged": bool(r.converged),
                       "l1_error": l1_error(r.plan, a, b)}
-    t, _ = timed(lambda p=(a, b, C, eps): _ours(*p, tol=1e-300, max_iter=k_log), 3,
+    t, _ = timed(lambda p=(a, b, C, eps): _ours(*p, rtol=0, atol=0, maxiter=k_log), 3,
                  sync)
     case["ms_per_iter"] = 1e3 * t / k_log
     if n <= 10_000:
@@ -372,7 +373,7 @@ def main(argv=None):
             if args.quick:
                 k_log = 5
             c = cpu_case(n, eps, 1 if (big or args.quick) else 3, k_log, variants,
-                         backward=not big, max_iter=10_000)
+                         backward=not big, maxiter=10_000)
             cases.append(c)
             tt, eq = c["time_to_tol"], c["equal_iterations"]
             get = lambda k, tt=tt: tt[k]["s"] if k in tt else float("nan")  # noqa: E731

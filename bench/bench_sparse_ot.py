@@ -13,8 +13,8 @@ L-BFGS, side by side in one process, interleaved:
 * POT: ``ot.smooth.smooth_ot_semi_dual`` / ``smooth_ot_dual`` with
   ``reg_type="sparsity_constrained"`` (``"l2"`` for quadratic OT), default
   ``stopThr=1e-9`` (SciPy's ``tol``), ``numItermax`` raised to 2000;
-* diffsolve: ``sparse_ot(...)`` at its default ``tol=1e-6`` (L1 marginal violation
-  relative to the mass; L-BFGS, then Newton steps on the support), and ``tol=1e-9`` as a
+* diffsolve: ``sparse_ot(...)`` at its default ``rtol=1e-6`` (L1 marginal violation
+  relative to the mass; L-BFGS, then Newton steps on the support), and ``rtol=1e-9`` as a
   second point.
 
 Reported per case: median wall time of ``--repeats`` runs, the maximised objective of
@@ -85,10 +85,10 @@ def run_ours(a, b, C, k, gamma, formulation, tol):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if k is None:
-            return dot.quadratic_ot(a, b, C, gamma, formulation=formulation, tol=tol,
-                                    max_iter=2000)
-        return dot.sparse_ot(a, b, C, k, gamma, formulation=formulation, tol=tol,
-                             max_iter=2000)
+            return dot.quadratic_ot(a, b, C, gamma, formulation=formulation, rtol=tol,
+                                    maxiter=2000)
+        return dot.sparse_ot(a, b, C, k, gamma, formulation=formulation, rtol=tol,
+                             maxiter=2000)
 
 
 def one_case(n, k, gamma, formulation, repeats):
@@ -116,7 +116,7 @@ def one_case(n, k, gamma, formulation, repeats):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
-        _, f_vjp = ds.vjp(fn, *args, formulation=formulation, max_iter=2000)
+        _, f_vjp = ds.vjp(fn, *args, formulation=formulation, maxiter=2000)
         t_fwd = time.perf_counter() - t0
     w = np.random.default_rng(1).normal(size=C.shape)
     t_bwd, _ = timed(lambda: f_vjp(plan=w, cost=np.asarray(1.0)), max(1, repeats))
