@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffsolve.kernels.cpu import ode as cpu
 from numba import njit
 
-from diffsolve.kernels.cpu import ode as cpu
 from tests import naive_ode as naive
 
 
@@ -83,3 +83,30 @@ def test_rk_solve_fixed_steps_matches_naive(method):
     np.testing.assert_allclose(ys[-1], want, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(states[-1], want, rtol=1e-13, atol=1e-14)
     assert out_step[-1] == 9
+
+
+@njit(cache=True)
+def _nan_from_half(t, y, p):
+    out = np.empty(2)
+    scale = 1.0 if t < 0.5 else np.nan
+    out[0] = -y[0] * scale
+    out[1] = -y[1] * scale
+    return out
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_rk_solve_reports_nonfinite_slopes(fixed):
+    # f turns NaN at t = 0.5: the adaptive loop shrinks the step on the non-finite error
+    # estimates until it underflows (NONFINITE, not UNDERFLOW); replayed steps stop at once
+    from diffsolve.ode._tableaux import TABLEAUX
+
+    tab = TABLEAUX["tsit5"]
+    steps = np.linspace(0.0, 1.0, 11) if fixed else np.empty(0)
+    out = cpu.rk_solve(_nan_from_half, np.ones(2), np.array([0.0, 1.0]), np.ones(1), tab.A,
+                       tab.c, tab.e, tab.P, tab.order, tab.error_order, 1e-6, 1e-9, True,
+                       -1.0, 10_000, steps, False)
+    ys, ts_out, _, _, _, _, _, _, status, t_fail = out
+    assert int(status) == cpu.NONFINITE
+    assert np.isfinite(ts_out).all() and ts_out[-1] <= 0.5 + 1e-12
+    assert float(t_fail) == pytest.approx(0.5 if not fixed else 0.4, abs=1e-9)
+    assert np.isnan(ys[-1]).all()
