@@ -77,15 +77,15 @@ def _run(q, method, **kw):
 
 # fast settings per method (a larger x step for implicit, a faster λ for penalty)
 FAST = {
-    "implicit": {"max_iter": 200, "step": 0.5},
-    "penalty": {"max_iter": 300, "step": 0.5, "options": {"lam_step": 100.0}},
-    "bo-rep": {"max_iter": 1500},
+    "implicit": {"maxiter": 200, "stepsize": 0.5},
+    "penalty": {"maxiter": 300, "stepsize": 0.5, "options": {"lam_step": 100.0}},
+    "bo-rep": {"maxiter": 1500},
 }
 
 
 @pytest.mark.parametrize("method", ["implicit", "penalty", "bo-rep"])
 def test_methods_converge_to_the_closed_form(quadratic, method):
-    res = _run(quadratic, method, tol=1e-5, **FAST[method])
+    res = _run(quadratic, method, atol=1e-5, **FAST[method])
     assert isinstance(res, BilevelResult) and res.converged and res.method == method
     # penalty: the penalised solution is O(1/λ) = O(1e-4) away
     np.testing.assert_allclose(res.x, quadratic["x_star"], atol=1e-4)
@@ -104,13 +104,13 @@ def _toy_distance(state):
 @pytest.mark.parametrize("projected", [True, False])
 def test_lvhba_reaches_the_solution_of_the_constrained_toy(projected):
     # defaults: step = inner_step = 1/L̂, c_k = 3 (k + 1)^0.49. The iterate sits O(1/c_k)
-    # from the solution (the penalised problem's bias), so tol=1e-6 is not reached: the
+    # from the solution (the penalised problem's bias), so atol=1e-6 is not reached: the
     # distance falls like a power of k (measured: 2e-3 after 600 iterations)
     dist = []
     kw = {"y_projection": ("box", -np.inf, B2)} if projected else {}
     with pytest.warns(ConvergenceWarning, match="lv-hba.*did not converge.*sublinearly"):
         res = solve(toy_outer, toy_inner, np.zeros(2), np.zeros(2), "lv-hba",
-                    constraint=toy_constraint, max_iter=600,
+                    constraint=toy_constraint, maxiter=600,
                     callback=lambda s: dist.append(_toy_distance(s)), **kw)
     assert not res.converged and res.n_iters == 600
     assert dist[-1] < 5e-3 and dist[99] < 0.1 * dist[0]
@@ -126,7 +126,7 @@ def test_lvhba_feasibility_penalty_option():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = solve(toy_outer, toy_inner, np.zeros(2), np.zeros(2), "lv-hba",
-                    constraint=toy_constraint, max_iter=500, step=0.02, inner_step=0.5,
+                    constraint=toy_constraint, maxiter=500, stepsize=0.02, inner_stepsize=0.5,
                     options={"c": 1.0, "rho": 100.0},
                     callback=lambda s: dist.append(_toy_distance(s)))
     assert dist[-1] < 0.6 < 1.0 < dist[0] and np.all(res.y <= B2 + 0.03)
@@ -134,7 +134,7 @@ def test_lvhba_feasibility_penalty_option():
 
 def test_penalty_with_a_projected_lower_level_solves_the_constrained_toy():
     res = solve(toy_outer, toy_inner, np.zeros(2), np.zeros(2), "penalty",
-                y_projection=("box", -np.inf, B2), max_iter=300, tol=1e-5, step=0.5,
+                y_projection=("box", -np.inf, B2), maxiter=300, atol=1e-5, stepsize=0.5,
                 options={"lam_step": 100.0})
     assert res.converged
     np.testing.assert_allclose(res.x, X_TOY, atol=1e-3)
@@ -156,25 +156,25 @@ def _scalar_problem():
 def test_x_projection_is_respected(method):
     outer, inner = _scalar_problem()
     res = solve(outer, inner, np.array([0.1]), np.zeros(1), method,
-                x_projection=("box", 0.0, 0.3), tol=1e-5, **FAST[method])
+                x_projection=("box", 0.0, 0.3), atol=1e-5, **FAST[method])
     assert res.converged
     np.testing.assert_allclose(res.x, [0.3], atol=1e-4)  # Φ convex: the clip of x* = 0.5
 
 
 def test_simplex_and_ball_projections_are_respected(quadratic):
-    res = _run(quadratic, "implicit", x_projection="simplex", max_iter=200, step=0.5,
-               tol=1e-6)
+    res = _run(quadratic, "implicit", x_projection="simplex", maxiter=200, stepsize=0.5,
+               atol=1e-6)
     assert res.converged and np.all(res.x >= 0) and abs(res.x.sum() - 1) < 1e-12
-    res = _run(quadratic, "bo-rep", x_projection=("ball", 0.1), max_iter=300, tol=1e-5)
+    res = _run(quadratic, "bo-rep", x_projection=("ball", 0.1), maxiter=300, atol=1e-5)
     assert np.linalg.norm(res.x) <= 0.1 + 1e-12
     with pytest.warns(ConvergenceWarning, match="λ must reach"):
-        res = _run(quadratic, "penalty", y_projection="nonnegative", max_iter=20)
+        res = _run(quadratic, "penalty", y_projection="nonnegative", maxiter=20)
     assert np.all(res.y >= 0)
 
 
 @pytest.mark.parametrize("method", ["implicit", "penalty", "lv-hba", "bo-rep"])
 def test_runs_are_reproducible(quadratic, method):
-    kw = {"max_iter": 10, "tol": 1e-12}
+    kw = {"maxiter": 10, "atol": 1e-12}
     if method == "lv-hba":
         kw["constraint"] = lambda x, y: anp.sum(y ** 2) - 1.0
     with warnings.catch_warnings():
@@ -186,14 +186,14 @@ def test_runs_are_reproducible(quadratic, method):
 
 
 def test_non_convergence_warns_with_advice(quadratic):
-    with pytest.warns(ConvergenceWarning, match="did not converge in 3 iterations.*max_iter"):
-        res = _run(quadratic, "implicit", max_iter=3)
-    assert not res.converged and res.n_iters == 3 and "max_iter" in res.message
+    with pytest.warns(ConvergenceWarning, match="did not converge in 3 iterations.*maxiter"):
+        res = _run(quadratic, "implicit", maxiter=3)
+    assert not res.converged and res.n_iters == 3 and "maxiter" in res.message
 
 
 def test_non_finite_iterates_are_reported(quadratic):
     with pytest.warns(ConvergenceWarning, match="non-finite.*reduce step"):
-        res = _run(quadratic, "implicit", max_iter=500, step=1e3)
+        res = _run(quadratic, "implicit", maxiter=500, stepsize=1e3)
     assert not res.converged
 
 
@@ -201,7 +201,7 @@ def test_empty_constraint_set_is_reported():
     with pytest.warns(ConvergenceWarning, match="violated.*empty"):
         res = solve(toy_outer, toy_inner, np.zeros(2), np.zeros(2), "lv-hba",
                     constraint=lambda x, y: anp.concatenate([y + 1.0, 1.0 - y]),  # y<=-1, y>=1
-                    max_iter=100)
+                    maxiter=100)
     assert not res.converged
 
 
@@ -214,26 +214,30 @@ def test_callback_state_and_early_stop(quadratic):
         seen.append(state.iteration)
         return state.iteration == 5
 
-    res = _run(quadratic, "penalty", callback=callback, max_iter=100)
+    res = _run(quadratic, "penalty", callback=callback, maxiter=100)
     assert seen == [1, 2, 3, 4, 5] and res.n_iters == 5 and not res.converged
     assert "callback" in res.message
 
 
 def test_progress_bar_runs(quadratic, capsys):
-    res = _run(quadratic, "implicit", tol=1e-5, progress=True, **FAST["implicit"])
+    res = _run(quadratic, "implicit", atol=1e-5, progress=True, **FAST["implicit"])
     assert res.converged
     err = capsys.readouterr().err
     assert "bilevel implicit" in err and "grad=" in err
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"method": "newton"}, "method='newton' is not known"),
-    ({"step": 0.0}, "step must be a finite number > 0"),
-    ({"step": -1.0}, "step must be a finite number > 0"),
-    ({"inner_step": 0.0}, "inner_step must be a finite number > 0"),
-    ({"tol": 0.0}, "tol must be"),
-    ({"max_iter": 0}, "max_iter must be a positive integer"),
-    ({"inner_iters": 1.5}, "inner_iters must be a positive integer"),
+    ({"method": "newton"}, "method must be one of 'implicit', 'penalty', 'lv-hba', 'bo-rep'"),
+    ({"stepsize": 0.0}, "stepsize must be > 0"),
+    ({"stepsize": -1.0}, "stepsize must be > 0"),
+    ({"inner_stepsize": 0.0}, "inner_stepsize must be > 0"),
+    ({"atol": -1e-6}, "atol must be >= 0"),
+    ({"rtol": float("inf")}, "rtol must be finite"),
+    ({"maxiter": 0}, "maxiter must be >= 1"),
+    ({"maxiter": True}, "maxiter must be an integer >= 1, got the bool True"),
+    ({"inner_iters": 1.5}, "inner_iters must be an integer >= 1"),
+    ({"throw": "yes"}, "throw must be True or False"),
+    ({"callback": 3}, "callback must be None or a callable"),
     ({"method": "penalty", "options": {"lam_step": 0.0}}, r"options\['lam_step'\] must be"),
     ({"method": "penalty", "options": {"lam0": 10.0, "lam_max": 1.0}}, "lam_max=1.0 < lam0"),
     ({"options": {"bogus": 1}}, "options.*bogus.*not known for method='implicit'"),
@@ -252,7 +256,8 @@ def test_progress_bar_runs(quadratic, capsys):
 def test_bad_input_is_refused(quadratic, kwargs, match):
     kwargs = {"method": "implicit", **kwargs}
     method = kwargs.pop("method")
-    err = TypeError if match is None or "must return a pair" in match else ValueError
+    typed = ("must return a pair", "an integer", "True or False", "None or a callable")
+    err = TypeError if match is None or any(t in match for t in typed) else ValueError
     with pytest.raises(err, match=match or "x_projection must be a callable"):
         _run(quadratic, method, **kwargs)
 
@@ -261,8 +266,21 @@ def test_bad_arrays_and_functions_are_refused(quadratic):
     q = quadratic
     with pytest.raises(TypeError, match="x0 must be an array"):
         solve(q["outer"], q["inner"], [0.0, 0.0, 0.0], q["y0"])
-    with pytest.raises(TypeError, match="y0 has dtype"):
-        solve(q["outer"], q["inner"], q["x0"], np.zeros(4, dtype=np.int64))
+    for bad in (np.zeros(4, dtype=np.float16), np.zeros(4, dtype=complex)):
+        with pytest.raises(TypeError, match="bilevel.solve: y0 has dtype"):
+            solve(q["outer"], q["inner"], q["x0"], bad)
+    with pytest.raises(ValueError, match="y0 contains NaN or inf"):
+        solve(q["outer"], q["inner"], q["x0"], np.array([0.0, np.nan, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="x0 has shape .0,. with no entries"):
+        solve(q["outer"], q["inner"], np.zeros(0), q["y0"])
+    with pytest.raises(TypeError, match="x0 must be an array, got None"):
+        solve(q["outer"], q["inner"], None, q["y0"])
+    # integers are promoted to float64, read-only and non-contiguous arrays work, untouched
+    x0 = np.zeros((N_X, 2))[:, 0]
+    y0 = np.zeros(N_Y, dtype=np.int64)
+    y0.setflags(write=False)
+    res = solve(q["outer"], q["inner"], x0, y0, **FAST["implicit"])
+    assert res.converged and res.y.dtype == np.float64 and not np.any(y0)
     with pytest.raises(TypeError, match="inner must be a callable"):
         solve(q["outer"], 3.0, q["x0"], q["y0"])
     with pytest.raises(TypeError, match="inner_hvp must be a callable"):
@@ -271,6 +289,102 @@ def test_bad_arrays_and_functions_are_refused(quadratic):
         solve(q["outer"], q["inner"], q["x0"], np.zeros(5))
     with pytest.raises(ValueError, match="outer.*must return a scalar"):
         solve(lambda x, y: y, q["inner"], q["x0"], q["y0"])
+
+
+# ---------------------------------------------------------------------------------------
+# the solver contract: names, status, throw, fixed budgets, untraceable objectives
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("old", "new", "value"), [
+    ("max_iter", "maxiter", 200), ("tol", "atol", 1e-5), ("step", "stepsize", 0.5),
+    ("inner_step", "inner_stepsize", 0.5)])
+def test_old_option_names_still_work_with_a_deprecation_warning(quadratic, old, new, value):
+    kw = {"maxiter": 200, "stepsize": 0.5, "atol": 1e-5}
+    kw.pop(new, None)
+    with pytest.warns(DeprecationWarning, match=f"{old}= is deprecated.*use {new}="):
+        a = _run(quadratic, "implicit", **{old: value}, **kw)
+    b = _run(quadratic, "implicit", **{new: value}, **kw)
+    np.testing.assert_array_equal(a.x, b.x)
+    with pytest.raises(TypeError, match=f"got both {old}= .deprecated. and {new}="), \
+            pytest.warns(DeprecationWarning):
+        _run(quadratic, "implicit", **{old: value, new: value})
+    with pytest.raises(TypeError, match="unexpected keyword argument.*max_iters"):
+        _run(quadratic, "implicit", max_iters=3)
+
+
+def test_result_status_and_message(quadratic):
+    res = _run(quadratic, "implicit", atol=1e-5, **FAST["implicit"])
+    assert res.status is ds.Status.SUCCESS and res.converged and "converged" in res.message
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        res = _run(quadratic, "implicit", maxiter=3)
+    assert res.status is ds.Status.MAX_ITERATIONS and not res.converged
+
+
+@pytest.mark.parametrize("method", ["implicit", "penalty", "bo-rep"])
+def test_rtol_atol_zero_runs_exactly_maxiter(quadratic, method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fixed budget is what was asked: no warning
+        res = _run(quadratic, method, maxiter=7, rtol=0.0, atol=0.0)
+    assert res.n_iters == 7 and res.status is ds.Status.MAX_ITERATIONS and not res.converged
+    assert res.history.outer.shape == (7,)
+
+
+def test_rtol_is_relative_to_the_first_iteration(quadratic):
+    a = _run(quadratic, "implicit", maxiter=500, stepsize=0.5, atol=0.0, rtol=1e-3)
+    b = _run(quadratic, "implicit", maxiter=500, stepsize=0.5, atol=0.0, rtol=1e-8)
+    assert a.converged and b.converged and a.n_iters < b.n_iters
+    assert a.history.grad_norm[-1] <= 1e-3 * a.history.grad_norm[0]
+
+
+def test_throw_raises_the_status_error(quadratic):
+    with pytest.raises(ds.MaxIterationsError, match="did not converge in 3") as err:
+        _run(quadratic, "implicit", maxiter=3, throw=True)
+    assert isinstance(err.value.result, BilevelResult) and err.value.result.n_iters == 3
+    with pytest.raises(ds.DivergedError, match="diverged.*reduce stepsize"):
+        _run(quadratic, "implicit", maxiter=500, stepsize=1e3, throw=True)
+    with pytest.raises(ds.InfeasibleError, match="violated.*empty"):
+        solve(toy_outer, toy_inner, np.zeros(2), np.zeros(2), "lv-hba",
+              constraint=lambda x, y: anp.concatenate([y + 1.0, 1.0 - y]), maxiter=50,
+              throw=True)
+
+
+def test_divergence_is_a_status_without_numpys_overflow_warnings(quadratic):
+    """Old main silenced NumPy's RuntimeWarnings around every iteration; now a diverging
+    run stops (DIVERGED) before it overflows, and nothing is silenced."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = _run(quadratic, "implicit", maxiter=500, stepsize=1e3)
+    assert res.status is ds.Status.DIVERGED and not res.converged
+    assert res.n_iters < 50 and np.all(np.isfinite(res.x))
+    assert [w.category for w in caught] == [ConvergenceWarning]
+
+
+def test_callback_stop_is_a_status(quadratic):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = _run(quadratic, "bo-rep", callback=lambda s: s.n_iters == 4, maxiter=100)
+    assert res.status is ds.Status.STOPPED and res.n_iters == 4 and not res.converged
+
+
+def test_plain_numpy_objectives_are_refused(quadratic):
+    """Old main: ∇ₓ of an inner written with np.array([...]) was silently 0, so the
+    implicit method stood still at x0 (or converged to a wrong point)."""
+    inner = lambda x, y: 0.5 * np.sum((y - np.array([x[0]])) ** 2)  # noqa: E731
+    outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)  # noqa: E731
+    for method in ("implicit", "bo-rep"):
+        with pytest.raises(ds.NotTraceableError, match=r"bilevel.solve: autograd cannot "
+                                                       r"trace.*inner objective.*inner_hvp="):
+            solve(outer, inner, np.zeros(1), np.zeros(1), method, maxiter=5)
+    # a constraint written with plain NumPy: lv-hba's constraint VJP
+    c = lambda x, y: np.array([y[0] - 0.5 * x[0]])  # noqa: E731
+    with pytest.raises(ds.NotTraceableError, match="lower-level constraint"):
+        solve(toy_outer, toy_inner, np.zeros(2), np.zeros(2), "lv-hba", constraint=c,
+              maxiter=5)
+
+
+def test_settings_are_exposed():
+    from diffsolve.bilevel import BilevelSettings
+
+    assert BilevelSettings.__dataclass_params__.frozen
 
 
 def test_public_api():
@@ -300,9 +414,9 @@ def _quadratic_in(xp):
 
 
 NAMESPACE_RUNS = {
-    "implicit": {"max_iter": 100, "step": 0.5, "tol": 1e-5},
-    "penalty": {"max_iter": 200, "step": 0.5, "tol": 1e-5, "options": {"lam_step": 100.0}},
-    "bo-rep": {"max_iter": 600, "tol": 1e-5},
+    "implicit": {"maxiter": 100, "stepsize": 0.5, "atol": 1e-5},
+    "penalty": {"maxiter": 200, "stepsize": 0.5, "atol": 1e-5, "options": {"lam_step": 100.0}},
+    "bo-rep": {"maxiter": 600, "atol": 1e-5},
 }
 
 
@@ -337,7 +451,7 @@ def test_lvhba_user_derivatives_in_any_namespace(xp):
 
     z = xp.zeros(2, dtype=xp.float64)
     with pytest.warns(ConvergenceWarning, match="sublinearly"):
-        res = solve(outer, inner, z, z, "lv-hba", constraint=constraint, max_iter=300,
+        res = solve(outer, inner, z, z, "lv-hba", constraint=constraint, maxiter=300,
                     **derivatives)
     assert type(res.x) is type(z)
     np.testing.assert_allclose(to_numpy(res.x), X_TOY, atol=1e-2)
@@ -354,7 +468,7 @@ def test_missing_derivatives_without_autodiff_are_named():
     with pytest.raises(TypeError, match="method='penalty' needs.*outer_grad"):
         solve(outer, inner, z3, z4, "penalty", inner_grad=derivatives["inner_grad"])
     # the step estimate falls back on central differences of inner_grad
-    res = solve(outer, inner, z3, z4, "penalty", max_iter=200, step=0.5, tol=1e-5,
+    res = solve(outer, inner, z3, z4, "penalty", maxiter=200, stepsize=0.5, atol=1e-5,
                 options={"lam_step": 100.0}, outer_grad=derivatives["outer_grad"],
                 inner_grad=derivatives["inner_grad"])
     assert res.converged
@@ -363,7 +477,7 @@ def test_missing_derivatives_without_autodiff_are_named():
 def test_float32_keeps_dtype(quadratic):
     q = quadratic
     res = solve(q["outer"], q["inner"], q["x0"].astype(np.float32),
-                q["y0"].astype(np.float32), "bo-rep", max_iter=300, tol=1e-3)
+                q["y0"].astype(np.float32), "bo-rep", maxiter=300, atol=1e-3)
     assert res.x.dtype == np.float32 and res.y.dtype == np.float32
     np.testing.assert_allclose(res.x, q["x_star"], atol=1e-2)
 
@@ -436,11 +550,11 @@ def sampled():
 # test runs seed 3); lv-hba has no decreasing step and is still 0.11 away after 150
 # iterations with all the data (its O(1/c_k) bias)
 STOCHASTIC = {
-    "implicit": ({"step": 0.3, "inner_iters": 3, "options": {"step_power": 0.5}}, 0.2),
-    "penalty": ({"step": 0.3, "inner_iters": 5,
+    "implicit": ({"stepsize": 0.3, "inner_iters": 3, "options": {"step_power": 0.5}}, 0.2),
+    "penalty": ({"stepsize": 0.3, "inner_iters": 5,
                  "options": {"step_power": 0.5, "lam_max": 10.0, "lam_step": 1.0}}, 0.2),
     "lv-hba": ({"constraint": lambda x, y: anp.sum(y ** 2) - 100.0}, 0.25),
-    "bo-rep": ({"inner_step": 0.1, "options": {"anneal": 1.0, "eta_power": 0.5}}, 0.2),
+    "bo-rep": ({"inner_stepsize": 0.1, "options": {"anneal": 1.0, "eta_power": 0.5}}, 0.2),
 }
 
 
@@ -452,7 +566,7 @@ def test_mini_batches_are_seeded_and_land_near_the_solution(sampled, method):
     def run(seed, max_iter):
         with pytest.warns(ConvergenceWarning):  # a noise ball: no tolerance is reached
             return solve(s["outer"], s["inner"], s["x0"], s["y0"], method,
-                         batch=(N_SAMPLES, 50), seed=seed, max_iter=max_iter, **kw)
+                         batch=(N_SAMPLES, 50), seed=seed, maxiter=max_iter, **kw)
 
     a, b, c = run(4, 10), run(4, 10), run(5, 10)
     np.testing.assert_array_equal(a.x, b.x)
@@ -464,7 +578,7 @@ def test_mini_batches_are_seeded_and_land_near_the_solution(sampled, method):
 def test_full_batch_is_the_deterministic_method(sampled):
     s = sampled
     res = solve(s["outer"], s["inner"], s["x0"], s["y0"], "implicit",
-                batch=(N_SAMPLES, N_SAMPLES), max_iter=300, step=0.5, inner_iters=5)
+                batch=(N_SAMPLES, N_SAMPLES), maxiter=300, stepsize=0.5, inner_iters=5)
     assert res.converged
     np.testing.assert_allclose(res.x, s["x_star"], atol=1e-5)
 
@@ -495,9 +609,9 @@ def test_batch_indices_live_in_the_arrays_namespace(xp):
     z = xp.zeros(2, dtype=xp.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        a = solve(outer, inner, z, z, "penalty", batch=(40, 10), seed=0, max_iter=5,
+        a = solve(outer, inner, z, z, "penalty", batch=(40, 10), seed=0, maxiter=5,
                   inner_grad=inner_grad, outer_grad=lambda x, y, idx: (0.0 * x, y - 1.0))
-        b = solve(outer, inner, z, z, "penalty", batch=(40, 10), seed=0, max_iter=5,
+        b = solve(outer, inner, z, z, "penalty", batch=(40, 10), seed=0, maxiter=5,
                   inner_grad=inner_grad, outer_grad=lambda x, y, idx: (0.0 * x, y - 1.0))
     assert all(t is type(z) for t in seen)
     np.testing.assert_array_equal(to_numpy(a.x), to_numpy(b.x))

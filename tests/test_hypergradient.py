@@ -7,6 +7,8 @@ Reference problem (ALGORITHMS.md §4): ridge regression with one penalty per fea
 
 from __future__ import annotations
 
+import warnings
+
 import autograd.numpy as anp
 import numpy as np
 import pytest
@@ -36,7 +38,8 @@ def ridge(rng):
     w_star = np.linalg.solve(H, X.T @ y)
     closed = -lam * w_star * np.linalg.solve(H, Xv.T @ (Xv @ w_star - yv))
     return {"inner": inner, "outer": outer, "theta": theta, "w_star": w_star,
-            "closed": closed, "L": np.linalg.eigvalsh(H).max()}
+            "closed": closed, "L": np.linalg.eigvalsh(H).max(),
+            "fy": Xv.T @ (Xv @ w_star - yv)}
 
 
 def _rel(a, b):
@@ -54,7 +57,8 @@ def test_implicit_cg_matches_closed_form(ridge, hvp):
 
 
 def test_neumann_converges_to_closed_form(ridge):
-    kwargs = {"method": "neumann", "stepsize": 1.0 / ridge["L"]}
+    # rtol=0: a fixed budget of exactly maxiter terms, no warning
+    kwargs = {"method": "neumann", "stepsize": 1.0 / ridge["L"], "rtol": 0.0}
     errors = [_rel(hypergradient(ridge["outer"], ridge["inner"], ridge["theta"],
                                  ridge["w_star"], maxiter=k, **kwargs), ridge["closed"])
               for k in (10, 100, 2000)]
@@ -64,18 +68,35 @@ def test_neumann_converges_to_closed_form(ridge):
                             method="neumann", maxiter=2000, return_info=True)
     assert _rel(g, ridge["closed"]) < 1e-8
     assert 0.9 / ridge["L"] < info.stepsize < 1.0 / ridge["L"] and info.converged
+    # it stops as soon as its (exact, free) residual meets rtol, well before 2000 terms
+    assert info.status is ds.Status.SUCCESS and info.n_iters < 2000
+    assert info.residual_norm <= 1e-10 * np.linalg.norm(ridge["fy"])
+    with pytest.warns(ds.ConvergenceWarning, match="Neumann series stopped at relative "
+                                                   "residual .* after 10 terms"):
+        _, info = hypergradient(ridge["outer"], ridge["inner"], ridge["theta"],
+                                ridge["w_star"], method="neumann", maxiter=10,
+                                return_info=True)
+    assert info.status is ds.Status.MAX_ITERATIONS and not info.converged
 
 
 def test_unrolled_approaches_closed_form_with_more_steps(ridge):
     y0 = np.zeros_like(ridge["w_star"])
     alpha = 1.0 / ridge["L"]
     errors = [_rel(hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], y0,
-                                 method="unrolled", n_steps=t, stepsize=alpha), ridge["closed"])
+                                 method="unrolled", maxiter=t, stepsize=alpha), ridge["closed"])
               for t in (10, 100, 1000)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6
     _, info = hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], y0,
-                            method="unrolled", n_steps=1000, stepsize=alpha, return_info=True)
-    assert info.converged is None and info.n_iters == 1000 and info.inner_grad_norm < 1e-8
+                            method="unrolled", maxiter=1000, stepsize=alpha, return_info=True)
+    assert info.converged and info.status is ds.Status.SUCCESS and info.n_iters == 1000
+    assert info.inner_grad_norm < 1e-8
+    # n_steps is the deprecated name of maxiter
+    with pytest.warns(DeprecationWarning, match="n_steps= is deprecated.*use maxiter="):
+        g = hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], y0,
+                          method="unrolled", n_steps=10, stepsize=alpha)
+    np.testing.assert_array_equal(g, hypergradient(
+        ridge["outer"], ridge["inner"], ridge["theta"], y0, method="unrolled", maxiter=10,
+        stepsize=alpha))
 
 
 def test_methods_agree_on_a_non_quadratic_inner_problem(rng):
@@ -125,17 +146,47 @@ def test_non_convergence_warns(ridge):
         hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
                       maxiter=2)
     with pytest.warns(ds.ConvergenceWarning, match="Neumann terms grew"):
+        _, info = hypergradient(ridge["outer"], ridge["inner"], ridge["theta"],
+                                ridge["w_star"], method="neumann", stepsize=3.0 / ridge["L"],
+                                maxiter=50, return_info=True)
+    assert info.status is ds.Status.DIVERGED
+    with pytest.raises(ds.MaxIterationsError, match="relative residual") as err:
         hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
-                      method="neumann", stepsize=3.0 / ridge["L"], maxiter=50)
+                      maxiter=2, throw=True)
+    assert isinstance(err.value.result, HypergradientInfo)
+    with pytest.raises(ds.DivergedError, match="Neumann terms grew"):
+        hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
+                      method="neumann", stepsize=3.0 / ridge["L"], maxiter=50, throw=True)
+    # unrolled steps that overflow: NumPy's own overflow warnings are not silenced
+    with pytest.raises(ds.DivergedError, match="unrolled inner steps diverged"), \
+            pytest.warns(RuntimeWarning, match="overflow|invalid"):
+        hypergradient(ridge["outer"], ridge["inner"], ridge["theta"],
+                      np.ones_like(ridge["w_star"]), method="unrolled",
+                      stepsize=3.0 / ridge["L"], maxiter=2000, throw=True)
+
+
+@pytest.mark.parametrize("method", ["implicit-cg", "neumann"])
+def test_rtol_zero_is_a_fixed_budget(ridge, method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = hypergradient(ridge["outer"], ridge["inner"], ridge["theta"],
+                                ridge["w_star"], method=method, rtol=0.0, maxiter=5,
+                                return_info=True)
+    assert info.n_iters == 5 and info.status is ds.Status.MAX_ITERATIONS
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"method": "bfgs"}, ValueError, "method='bfgs' is not known"),
-    ({"method": "neumann", "stepsize": 0.0}, ValueError, "stepsize must be a finite number > 0"),
-    ({"method": "unrolled", "n_steps": 0}, ValueError, "n_steps must be a positive integer"),
-    ({"maxiter": -1}, ValueError, "maxiter must be a positive integer or None"),
-    ({"ridge": -1.0}, ValueError, "ridge must be a finite number >= 0"),
-    ({"hvp": "finite"}, ValueError, "hvp='finite' is not known"),
+    ({"method": "bfgs"}, ValueError, "method must be one of 'implicit-cg', 'neumann', "
+                                     "'unrolled'; got 'bfgs'"),
+    ({"method": "neumann", "stepsize": 0.0}, ValueError, "stepsize must be > 0"),
+    ({"method": "unrolled", "maxiter": 0}, ValueError, "maxiter must be >= 1"),
+    ({"maxiter": -1}, ValueError, "maxiter must be >= 1"),
+    ({"maxiter": True}, TypeError, "maxiter must be an integer >= 1 or None, got the bool"),
+    ({"rtol": -1e-3}, ValueError, "rtol must be >= 0"),
+    ({"ridge": -1.0}, ValueError, "ridge must be >= 0"),
+    ({"hvp": "finite"}, ValueError, "hvp must be one of 'reverse-over-reverse'"),
+    ({"throw": None}, TypeError, "throw must be True or False"),
+    ({"n_step": 3}, TypeError, "unexpected keyword argument.*n_step"),
 ])
 def test_bad_options(ridge, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -150,6 +201,12 @@ def test_bad_functions_and_arrays(ridge):
         hypergradient(lambda t_, w_: w_, ridge["inner"], t, w)
     with pytest.raises(TypeError, match="x must be an array"):
         hypergradient(ridge["outer"], ridge["inner"], [0.0], w)
+    with pytest.raises(TypeError, match="hypergradient: y has dtype float16"):
+        hypergradient(ridge["outer"], ridge["inner"], t, w.astype(np.float16))
+    with pytest.raises(ValueError, match="hypergradient: x contains NaN"):
+        hypergradient(ridge["outer"], ridge["inner"], t * np.nan, w)
+    with pytest.raises(ValueError, match="hypergradient: y has shape .0,. with no entries"):
+        hypergradient(ridge["outer"], ridge["inner"], t, np.zeros(0))
     xps = pytest.importorskip("array_api_strict")
     with pytest.raises(TypeError, match="array_api_strict arrays.*outer_grad.*inner_hvp"):
         hypergradient(ridge["outer"], ridge["inner"], xps.asarray(t), xps.asarray(w))
@@ -214,3 +271,66 @@ def test_torch_and_jax_objectives_use_their_autodiff(rng):
     inner_j, outer_j, _, theta_j, w_j, closed_j = _ridge_in(jnp, np.random.default_rng(7))
     g = hypergradient(outer_j, inner_j, theta_j, w_j)
     np.testing.assert_allclose(np.asarray(g), closed_j, rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------
+# the solver contract: NaN "cotangents", untraceable objectives, array policy
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["implicit-cg", "neumann", "unrolled"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_outer_gradient_gives_nan(ridge, method, bad):
+    """Old main, implicit-cg: CG stopped at once on the NaN right-hand side and returned
+    ∇ₓf = 0 as the hypergradient (with a convergence warning)."""
+    w = np.ones(8)
+    w[3] = bad
+    outer = lambda t, y: anp.sum(w * y)  # noqa: E731 - ∇ₓ outer = 0, ∇ᵧ outer has a NaN
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g, info = hypergradient(outer, ridge["inner"], ridge["theta"], ridge["w_star"],
+                                method=method, return_info=True, maxiter=50,
+                                stepsize=1.0 / ridge["L"])
+    # NaN in, NaN out: no ConvergenceWarning, as in ds.vjp (autograd's backward pass through
+    # an inf may make NumPy warn of inf * 0 itself: that is NumPy's, and passed on)
+    assert not [w for w in caught if issubclass(w.category, ds.ConvergenceWarning)]
+    assert g.shape == ridge["theta"].shape and np.all(np.isnan(g))
+    assert info.status is ds.Status.NONFINITE and not info.converged
+
+
+def test_plain_numpy_inner_is_refused(ridge):
+    """Old main: an inner written with np.array([...]) hid its dependence on x from
+    autograd, whose warning was silenced: the hypergradient came out exactly 0."""
+    rng = np.random.default_rng(0)
+    A, b, c = rng.standard_normal((10, 3)), rng.standard_normal(10), rng.standard_normal(3)
+
+    def inner(x, y):
+        return 0.5 * np.sum((A @ y - b) ** 2) + 0.5 * np.sum(np.array([x[0]]) * y ** 2)
+
+    def outer(x, y):
+        return 0.5 * anp.sum((y - c) ** 2)
+
+    x = np.array([0.5])
+    y = np.linalg.solve(A.T @ A + 0.5 * np.eye(3), A.T @ b)
+    for method in ("implicit-cg", "neumann"):
+        with pytest.raises(ds.NotTraceableError, match=r"hypergradient: autograd cannot "
+                                                       r"trace.*'inner'.*inner_hvp="):
+            hypergradient(outer, inner, x, y, method=method)
+
+
+def test_an_outer_independent_of_x_is_fine(ridge):
+    """Joint tracing: an outer that ignores x (the usual validation loss) is no error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"])
+    assert _rel(g, ridge["closed"]) < 1e-9
+
+
+def test_integer_and_read_only_inputs(ridge):
+    t = ridge["theta"].copy()
+    t.setflags(write=False)
+    g = hypergradient(ridge["outer"], ridge["inner"], t, ridge["w_star"])
+    assert _rel(g, ridge["closed"]) < 1e-9
+    x = np.array([1])
+    y = np.zeros(8, dtype=np.int32)
+    g = hypergradient(lambda a, b: anp.sum(b ** 2), lambda a, b: anp.sum((b - a) ** 2), x, y,
+                      method="unrolled", maxiter=3, stepsize=0.25)
+    assert g.dtype == np.float64

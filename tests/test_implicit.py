@@ -472,10 +472,93 @@ def test_projection_jacobians_match_finite_differences(rng, name):
 def test_projection_bad_sets():
     with pytest.raises(ValueError, match="projection_box: lower > upper"):
         projection_box(np.zeros(2), 1.0, 0.0)
-    with pytest.raises(ValueError, match="projection_ball: radius must be a finite number > 0"):
+    with pytest.raises(ValueError, match="projection_box: lower or upper contains NaN"):
+        projection_box(np.zeros(2), np.nan, 1.0)
+    with pytest.raises(ValueError, match="projection_ball: radius must be > 0"):
         projection_ball(np.zeros(2), -1.0)
+    with pytest.raises(TypeError, match="projection_ball: radius must be a finite real"):
+        projection_ball(np.zeros(2), True)
     with pytest.raises(ValueError, match="projection_simplex: value must be"):
         projection_simplex(np.zeros(2), 0.0)
+    with pytest.raises(ValueError, match="projection_simplex: x has shape .0,. with no entries"):
+        projection_simplex(np.zeros(0))
+
+
+# ------------------------------------------------------------------------------------------
+# projections: NaN propagates, the result stays on the set at any scale and dtype
+# ------------------------------------------------------------------------------------------
+def test_projection_simplex_propagates_nan():
+    """Old main returned [0, 0, 0] (off the simplex, and the NaN lost)."""
+    assert np.all(np.isnan(projection_simplex(np.array([np.nan, 0.2, 0.3]))))
+    assert np.all(np.isnan(projection_simplex(np.array([np.inf, 0.2, 0.3]))))
+    g = autograd.grad(lambda v: anp.sum(np.arange(3.0) * projection_simplex(v)))(
+        np.array([np.nan, 0.2, 0.3]))
+    assert np.all(np.isnan(g))
+
+
+def test_projections_propagate_nan_entrywise():
+    x = np.array([np.nan, -1.0, 2.0])
+    np.testing.assert_array_equal(projection_nonnegative(x), [np.nan, 0.0, 2.0])
+    np.testing.assert_array_equal(projection_box(x, 0.0, 1.0), [np.nan, 0.0, 1.0])
+    assert np.all(np.isnan(projection_ball(x, 1.0)))  # the norm couples every entry
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 1e9, 1e30])
+def test_projection_simplex_stays_on_the_simplex_at_any_scale(rng, dtype, scale):
+    """Old main: projection_simplex(1e9 * rand(5) as float32) was all zeros."""
+    x = (scale * rng.random(5)).astype(dtype)
+    for value in (1.0, 3.0):
+        p = projection_simplex(x, value)
+        assert p.dtype == dtype and p.shape == x.shape
+        assert np.all(p >= 0)
+        np.testing.assert_allclose(p.sum(dtype=np.float64), value,
+                                   rtol=4 * np.finfo(dtype).eps)
+    if scale >= 1e9:  # entries far apart: all the mass on the largest one
+        np.testing.assert_array_equal(projection_simplex(x), np.eye(5, dtype=dtype)[x.argmax()])
+
+
+def _norm(v):
+    """||v|| in float64 without overflow (np.linalg.norm squares)."""
+    v = v.astype(np.float64)
+    s = np.abs(v).max()
+    return s * np.linalg.norm(v / s) if s else 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projection_ball_at_any_scale(rng, dtype):
+    big = 1e30 if dtype == np.float32 else 1e200  # ||x||² overflows: old main returned 0
+    for scale in (1e-30, 1.0, big):
+        x = (scale * rng.standard_normal(6)).astype(dtype)
+        p = projection_ball(x, 2.0)
+        assert p.dtype == dtype
+        norm = _norm(p)
+        if _norm(x) > 2.0:
+            np.testing.assert_allclose(norm, 2.0, rtol=4 * np.finfo(dtype).eps)
+            np.testing.assert_allclose(p / norm, x / _norm(x), rtol=8 * np.finfo(dtype).eps)
+        else:
+            np.testing.assert_array_equal(p, x)
+    # its VJP does not overflow either: d/dx of <w, P(x)> at a huge x is O(1/||x||)
+    x = np.array([1e200, 3e200])
+    g = autograd.grad(lambda v: anp.sum(np.array([0.0, 1.0]) * projection_ball(v)))(x)
+    assert np.all(np.isfinite(g)) and np.abs(g).max() < 1e-199
+
+
+def test_projections_follow_the_array_policy():
+    np.testing.assert_allclose(projection_simplex(np.array([1, 2, 3])), [0.0, 0.0, 1.0])
+    for bad in (np.zeros(3, dtype=np.float16), np.zeros(3, dtype=complex)):
+        with pytest.raises(TypeError, match="projection_nonnegative: x has dtype"):
+            projection_nonnegative(bad)
+    with pytest.raises(TypeError, match="projection_simplex: x must be an array"):
+        projection_simplex([0.1, 0.2])
+    ro = np.array([0.3, -0.2, 0.9])
+    ro.setflags(write=False)
+    before = ro.copy()
+    for fn in (projection_nonnegative, projection_simplex, projection_ball,
+               lambda v: projection_box(v, 0.0, 0.5)):
+        fn(ro)
+        fn(np.array([[0.3, 9.0], [-0.2, 1.0]])[:, 0])  # non-contiguous
+    np.testing.assert_array_equal(ro, before)
 
 
 # ------------------------------------------------------------------------------------------
@@ -505,10 +588,14 @@ def test_solver_output_shape_mismatch_is_named():
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"solve": "lu"}, ValueError, "solve='lu' is not known"),
-    ({"ridge": -1.0}, ValueError, "ridge must be a finite number >= 0"),
-    ({"rtol": 0.0}, ValueError, "rtol=0 could never be met"),
-    ({"maxiter": 0}, ValueError, "maxiter must be a positive integer"),
+    ({"solve": "lu"}, ValueError, "solve must be one of 'cg', 'normal-cg', 'gmres'; got 'lu'"),
+    ({"ridge": -1.0}, ValueError, "ridge must be >= 0"),
+    ({"rtol": -1e-3}, ValueError, "rtol must be >= 0"),
+    ({"rtol": float("nan")}, ValueError, "rtol must be finite"),
+    ({"maxiter": 0}, ValueError, "maxiter must be >= 1"),
+    ({"maxiter": True}, TypeError, "maxiter must be an integer >= 1 or None, got the bool"),
+    ({"restart": 2.5}, TypeError, "restart must be an integer"),
+    ({"throw": 1}, TypeError, "throw must be True or False"),
     ({"vjp": 3}, TypeError, "vjp must be a callable"),
     ({"solve": "normal-cg", "vjp": lambda x, t: None}, ValueError, "also pass jvp="),
 ])
@@ -522,10 +609,12 @@ def test_bad_callables():
         custom_root(np.zeros(2))
     with pytest.raises(TypeError, match="fixed-point map must be callable"):
         custom_fixed_point("T")
-    with pytest.raises(ValueError, match="stepsize must be a finite number > 0"):
+    with pytest.raises(ValueError, match="stepsize must be > 0"):
         projected_gradient_fixed_point(lambda x: 0.0, projection_nonnegative, stepsize=0.0)
-    with pytest.raises(ValueError, match="n .the number of primal variables. must be"):
+    with pytest.raises(ValueError, match="n .the number of primal variables. must be >= 1"):
         kkt_conditions(lambda x: 0.0, n=0)
+    with pytest.raises(TypeError, match="n .the number of primal variables. must be an int"):
+        kkt_conditions(lambda x: 0.0, n=True)
 
 
 def test_kkt_stacked_size_mismatch():
@@ -727,3 +816,125 @@ def test_projected_gradient_vjp_any_namespace(xp):
     with pytest.raises(TypeError, match="go together"):
         projected_gradient_fixed_point(None, projection_nonnegative, grad=lambda x: x,
                                        hvp=lambda x, t, w: (w,))
+
+
+# ------------------------------------------------------------------------------------------
+# the solver contract: untraceable F, NaN cotangents, statuses, throw, fixed budgets
+# ------------------------------------------------------------------------------------------
+def _np_dot_ridge(rng):
+    """Ridge regression with F written with np.dot (plain NumPy), the natural way."""
+    A = rng.standard_normal((20, 5))
+    b = rng.standard_normal(20)
+
+    def F(x, lam):
+        return np.dot(A.T, np.dot(A, x) - b) + lam * x
+
+    def solver(init, lam):
+        return np.linalg.solve(A.T @ A + lam * np.eye(5), A.T @ b)
+
+    return F, solver
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_plain_numpy_F_is_refused_not_a_wrong_gradient(rng, solve):
+    """Old main: d sum(x)/d lam came out -0.35 (only lam * x was traced), not -0.10."""
+    F, solver = _np_dot_ridge(rng)
+    ridge = custom_root(F, solve=solve)(solver)
+    _, f_vjp = ds.vjp(ridge, np.zeros(5), np.array(2.0))
+    with pytest.raises(ds.NotTraceableError, match=r"custom_root\(solver\): autograd cannot "
+                                                   r"trace the optimality function F \('F'\)"
+                                                   r".*autograd\.numpy.*vjp="):
+        f_vjp(np.ones(5))
+    with pytest.raises(ds.NotTraceableError, match="root_vjp.*'F'"):
+        root_vjp(F, solver(None, 2.0), (np.array(2.0),), np.ones(5), solve=solve)
+    # the fixed-point form names the user's T
+    T = lambda x, lam: x - F(x, lam)  # noqa: E731
+    T.__name__ = "T"
+    fp = custom_fixed_point(T)(solver)
+    with pytest.raises(ds.NotTraceableError, match=r"'T'"):
+        ds.vjp(fp, np.zeros(5), np.array(2.0))[1](np.ones(5))
+
+
+def test_plain_numpy_F_through_the_autograd_adapter(rng):
+    F, solver = _np_dot_ridge(rng)
+    ridge = ds.to_autograd(custom_root(F)(solver))
+    with pytest.raises(ds.NotTraceableError):
+        autograd.grad(lambda lam: anp.sum(ridge(np.zeros(5), lam)))(np.array(2.0))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_root_vjp_nan_cotangent_gives_nan(bad):
+    """Old main: a NaN cotangent stopped GMRES at once and gave a gradient of exactly 0."""
+    a = np.array([4.0, 9.0])
+    F = lambda x, a_, s: x ** 2 - a_ * s  # noqa: E731
+    for solve in SOLVES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: NaN in, NaN out, as in ds.vjp
+            grads, info = root_vjp(F, np.sqrt(a), (a, 1.0), np.array([bad, 1.0]), solve=solve,
+                                   return_info=True)
+        assert np.all(np.isnan(grads[0])) and grads[0].shape == (2,)
+        assert grads[1] is None  # a Python float is not differentiated
+        assert info.status is ds.Status.NONFINITE and not info.converged
+    # through custom_root and ds.vjp too
+    lin = custom_root(lambda x, a_: x ** 2 - a_)(lambda init, a_: np.sqrt(a_))
+    _, f_vjp = ds.vjp(lin, np.zeros(2), a)
+    assert np.all(np.isnan(f_vjp(np.array([bad, 0.0]))[1]))
+
+
+def test_root_vjp_reports_its_status(ridge_data, rng):
+    X, y, lam = ridge_data
+    w = np.linalg.solve(X.T @ X + np.diag(lam), X.T @ y)
+    grads, info = root_vjp(ridge_F, w, (lam, X, y), np.ones(6), solve="cg", return_info=True)
+    assert isinstance(info, ds.implicit.ImplicitSolveInfo)
+    assert info.status is ds.Status.SUCCESS and info.converged and info.n_iters <= 7
+    np.testing.assert_allclose(grads[0], ridge_closed_form(X, y, lam, np.ones(6))[0],
+                               rtol=1e-8)
+    with pytest.raises(ds.MaxIterationsError, match="relative residual .* ridge") as err:
+        root_vjp(ridge_F, w, (lam, X, y), rng.standard_normal(6), solve="cg", maxiter=1,
+                 throw=True)
+    assert err.value.result.status is ds.Status.MAX_ITERATIONS
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_custom_root_throw_raises_the_status_error(rng, solve):
+    A = rng.standard_normal((30, 12))
+    Q = A.T @ A + 1e-3 * np.eye(12)
+
+    @custom_root(lambda x, c: Q @ x - c, solve=solve, maxiter=2, throw=True)
+    def lin(init, c):
+        return np.linalg.solve(Q, c)
+
+    _, f_vjp = ds.vjp(lin, np.zeros(12), rng.standard_normal(12))
+    with pytest.raises(ds.MaxIterationsError, match=r"relative residual .* ridge"):
+        f_vjp(rng.standard_normal(12))
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_rtol_zero_is_a_fixed_budget(ridge_data, solve):
+    """rtol = 0 used to be refused; now it runs maxiter iterations, without a warning."""
+    X, y, lam = ridge_data
+    ridge = ridge_solver(solve, rtol=0.0, maxiter=30)
+    _, f_vjp = ds.vjp(ridge, np.zeros(6), lam, X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lam_bar = f_vjp(np.ones(6))[1]
+    np.testing.assert_allclose(lam_bar, ridge_closed_form(X, y, lam, np.ones(6))[0],
+                               rtol=1e-8)
+
+
+def test_root_vjp_bad_input():
+    F = lambda x, a: x - a  # noqa: E731
+    a = np.ones(2)
+    with pytest.raises(TypeError, match="root_vjp: x has dtype float16"):
+        root_vjp(F, a.astype(np.float16), (a,), a)
+    with pytest.raises(TypeError, match="root_vjp: x_bar must be an array"):
+        root_vjp(F, a, (a,), [1.0, 1.0])
+    with pytest.raises(ValueError, match="root_vjp: x contains NaN"):
+        root_vjp(F, np.array([np.nan, 1.0]), (a,), a)
+    with pytest.raises(ValueError, match="root_vjp: x has shape .0,. with no entries"):
+        root_vjp(F, np.zeros(0), (a,), np.zeros(0))
+    with pytest.raises(TypeError, match="theta must be the tuple"):
+        root_vjp(F, a, a, a)
+    (g,) = root_vjp(F, np.array([1, 2]), (a,), np.array([1, 1]))  # integers: float64
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, [1.0, 1.0])

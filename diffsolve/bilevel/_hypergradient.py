@@ -310,8 +310,9 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     else:
         if B.is_numpy(xp) and inner_hvp is None:
             grad_y_inner = autograd.grad(inner, 1)
-            hyy = _autograd_hyy(grad_y_inner, x, y, st.hvp)
-            hxy = _autograd_hxy(grad_y_inner, x, y)
+            name = getattr(inner, "__name__", "inner")
+            hyy = _autograd_hyy(grad_y_inner, x, y, st.hvp, name)
+            hxy = _autograd_hxy(grad_y_inner, x, y, name)
         else:
             hyy, hxy = oracle.hessian(x, y)
         if st.method == "neumann" and stepsize is None:
@@ -443,19 +444,20 @@ def _neumann(apply, fy, b_norm, stepsize, rtol, maxiter, xp, label):
         "faster")
 
 
-def _autograd_hyy(grad_y_inner, x, y, mode):
+def _autograd_hyy(grad_y_inner, x, y, mode, name="inner"):
     """``v ↦ ∇²ᵧᵧg·v`` with autograd (reverse-over-reverse: one trace, reused)."""
     from ..implicit._user_vjp import autograd_vjp
 
     if mode == "reverse-over-reverse":
         # ∇²ᵧᵧg is symmetric, so the VJP of y ↦ ∇ᵧg (one trace, reused) is its product
         return autograd_vjp(lambda y_: grad_y_inner(x, y_), y, where=WHERE,
-                            what="∇ᵧ of the inner objective", ways_out=WAYS_OUT)[0]
+                            what="∇ᵧ of the inner objective", ways_out=WAYS_OUT,
+                            name=name)[0]
     jvp = make_jvp(lambda y_: grad_y_inner(x, y_))(y)
     return lambda v: jvp(v)[1]
 
 
-def _autograd_hxy(grad_y_inner, x, y):
+def _autograd_hxy(grad_y_inner, x, y, name):
     """``v ↦ ∇²ₓᵧg·v``: the VJP of x ↦ ∇ᵧg (traced once, at the first product)."""
     from ..implicit._user_vjp import autograd_vjp
 
@@ -465,7 +467,7 @@ def _autograd_hxy(grad_y_inner, x, y):
         if "x" not in state:
             state["x"] = autograd_vjp(lambda x_: grad_y_inner(x_, y), x, where=WHERE,
                                       what="∇ᵧ of the inner objective (as a function of x)",
-                                      ways_out=WAYS_OUT)[0]
+                                      ways_out=WAYS_OUT, name=name)[0]
         return state["x"](v)
 
     return hxy
