@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import array_api_compat
 import autograd
 import autograd.numpy as anp
 import numpy as np
@@ -258,6 +259,21 @@ def _sinkhorn_problem(**opts):
     return make
 
 
+def _sinkhorn_batched_problem():
+    """Two problems in one call: status, converged, n_iters become arrays of the batch."""
+    pairs = [_ot_arrays(seed=s) for s in (0, 1)]
+    a, b, C = (np.stack([p[i] for p in pairs]) for i in range(3))
+    return Problem(ds.ot.sinkhorn, (a, b, C, 1.0), {"rtol": 1e-13, "atol": 0.0,
+                                                  "maxiter": 20_000},
+                   ("a", "b", "C"), ("plan", "f", "g", "cost"), OT_DIRS)
+
+
+def _ot_batched_shapes(p: Problem):
+    C = p.arg("C")
+    yield "C has an extra column", "C", p.with_arg("C", np.concatenate([C, C[..., :1]], -1))
+    yield "C 1-d", "C", p.with_arg("C", C[0, 0])
+
+
 def _sns_problem():
     a, b, C = _ot_arrays()
     return Problem(ds.ot.sinkhorn_newton_sparse, (a, b, C, 1.0),
@@ -305,12 +321,12 @@ def ode_f(t, y, p):
 
 def ode_f_xp(t, y, p):
     """The same vector field in any array-API namespace (for array_api_strict / CuPy)."""
-    xp = y.__array_namespace__() if hasattr(y, "__array_namespace__") else np
+    xp = array_api_compat.array_namespace(y)
     return xp.stack([p[0] * y[1], -p[1] * y[0] - p[2] * y[1]])
 
 
 def ode_vjp_xp(t, y, p, v):
-    xp = y.__array_namespace__() if hasattr(y, "__array_namespace__") else np
+    xp = array_api_compat.array_namespace(y, p)
     v_y = xp.stack([-p[1] * v[1], p[0] * v[0] - p[2] * v[1]])
     v_p = xp.stack([y[1] * v[0], -y[0] * v[1], -y[1] * v[1]])
     return v_y, v_p
@@ -577,6 +593,11 @@ for _label, _opts in SINKHORN_VARIANTS.items():
         shape_cases=_ot_shapes, size0=_ot_size0,
     ))
 
+ROWS.append(Row(
+    id="ot.sinkhorn[batched]", family="ot", where=("diffsolve.ot.sinkhorn",),
+    make=_sinkhorn_batched_problem, bad_args=("C",), none_args=("a", "b", "C"),
+    shape_cases=_ot_batched_shapes, size0=_ot_size0,
+))
 ROWS.append(Row(
     id="ot.sinkhorn_newton_sparse", family="ot",
     where=("diffsolve.ot.sinkhorn_newton_sparse",), make=_sns_problem,

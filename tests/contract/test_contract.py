@@ -121,14 +121,25 @@ def test_result_has_status_converged_message_n_iters(row):
         res = p.call()
     missing = [a for a in ("status", "converged", "message", "n_iters") if not hasattr(res, a)]
     assert not missing, f"{type(res).__name__} lacks {missing}"
-    assert isinstance(res.status, ds.Status), (
-        f"status is {type(res.status).__name__} {res.status!r}, not a diffsolve.Status")
-    assert isinstance(res.converged, (bool, np.bool_)), f"converged is {type(res.converged)}"
-    assert bool(res.converged) == (res.status == ds.Status.SUCCESS), (res.status, res.converged)
-    assert res.status == ds.Status.SUCCESS, f"the row's problem did not converge: {res.message}"
     assert isinstance(res.message, str) and res.message, f"message is {res.message!r}"
-    n = res.n_iters
-    assert isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0, repr(n)
+    if np.ndim(res.converged) == 0:
+        assert isinstance(res.status, ds.Status), (
+            f"status is {type(res.status).__name__} {res.status!r}, not a diffsolve.Status")
+        assert isinstance(res.converged, (bool, np.bool_)), f"converged is {type(res.converged)}"
+        assert bool(res.converged) == (res.status == ds.Status.SUCCESS), (res.status,
+                                                                          res.converged)
+        assert res.status == ds.Status.SUCCESS, f"the row's problem did not converge: {res.message}"
+        n = res.n_iters
+        assert isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0, repr(n)
+        return
+    # a batch: arrays of the batch shape
+    status, conv, n = (np.asarray(to_numpy(v)) for v in (res.status, res.converged, res.n_iters))
+    assert status.dtype.kind in "iu" and status.shape == conv.shape == n.shape, (
+        status.dtype, status.shape, conv.shape, n.shape)
+    assert conv.dtype == np.bool_ and n.dtype.kind in "iu", (conv.dtype, n.dtype)
+    assert np.array_equal(conv, status == int(ds.Status.SUCCESS)), (status, conv)
+    assert np.all(status == int(ds.Status.SUCCESS)), f"not converged: {res.message}"
+    assert np.all(n >= 0), n
 
 
 # ------------------------------------------------------------------------------------------
@@ -568,8 +579,9 @@ def test_zero_tolerances_run_a_fixed_budget(row):
     res = thunk()
     if row.kind == "gradient":
         return
-    assert res.status == ds.Status.MAX_ITERATIONS and not bool(res.converged), res.status
-    assert int(res.n_iters) == 3, res.n_iters
+    status, conv, n = (np.asarray(to_numpy(v)) for v in (res.status, res.converged, res.n_iters))
+    assert np.all(status == int(ds.Status.MAX_ITERATIONS)) and not np.any(conv), status
+    assert np.all(n == 3), n
 
 
 # ------------------------------------------------------------------------------------------
