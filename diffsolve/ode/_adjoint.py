@@ -249,6 +249,8 @@ def t_eval_cotangent(xp, rhs, ys, ys_bar, t_out, through0, y0, n_reached=None):
         if t_out[q] == t_out[0]:
             continue
         out[q] = float(xp.sum(ys_bar[q, ...] * rhs(float(t_out[q]), ys[q, ...])))
+    if n_reached == 1:  # no step taken: nothing flowed back to y0 (and f(t_0) may be NaN)
+        return out
     out[0] = -float(xp.sum(through0 * rhs(float(t_out[0]), y0)))
     if not math.isfinite(out[0]):
         out[0] = math.nan

@@ -575,7 +575,7 @@ def _backsolve(fwd, xp, ys, ys_bar, t_out, p_size):
                "steps and cannot fail where the forward solve did not)")
     if st.throw:
         raise error_class(failed.status)(message, status=failed.status)
-    warnings.warn(message, ConvergenceWarning, stacklevel=5)
+    warnings.warn(message, ConvergenceWarning, stacklevel=6)  # the vjp_fn call
     return None, None, None
 
 
