@@ -409,3 +409,11 @@ def test_nan_and_zero_cotangents():
     W[2, 1] = np.nan
     for g in v(ys=W):
         assert np.isnan(g).all()
+
+
+def test_framework_arrays_to_the_plain_function_say_which_adapter():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"y0 must be an array, got a torch.Tensor.*to_torch"):
+        odeint(lambda t, y, p: -y, torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    with pytest.raises(TypeError, match=r"params must be an array.*to_torch"):
+        odeint(lambda t, y, p: -y, np.ones(2), [0.0, 1.0], torch.ones(1, dtype=torch.float64))
