@@ -1,13 +1,14 @@
 """ω-tuning bandits: the learners on loss tables, and the bandits that drive solves.
 
 The learning behaviour is tested on fixed loss tables (no solver involved); the solve
-driving is tested against a stand-in ``diffsolve.linear.solve`` and, where
+driving is tested against a stand-in for ``diffsolve.linear.solve`` and, where
 ``method="sor"`` exists, against the real one.
 """
 
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import scipy.sparse as sp
 
 import diffsolve as ds
 from diffsolve import ConvergenceWarning, LinearSolveResult
+from diffsolve.linear import _solve as linear_solve_module
 from diffsolve.linear._bandit_algorithms import (
     BinnedTsallisINF,
     ChebCB,
@@ -350,27 +352,32 @@ def test_cost_scale_running_mean_matches_reference_rescaling():
 # driving solves: a stand-in for diffsolve.linear.solve
 # ---------------------------------------------------------------------------------------
 class FakeSolve:
-    """Iteration count 10 + 100 |ω - 1.5|; stops at maxiter when that is smaller."""
+    """Iteration count 10 + 100 |ω - 1.5|; stops at maxiter when that is smaller.
+
+    Stands in for ``diffsolve.linear._solve.solve_unreported``: returns the result and
+    the settings, and never warns (the bandit reads the status and reports it).
+    """
 
     def __init__(self):
         self.calls = []
 
-    def __call__(self, A, b, *, method, omega, maxiter=None, **kwargs):
+    def __call__(self, A, b, *, method, omega, maxiter=None, throw=False, **kwargs):
         self.calls.append((method, omega, maxiter, kwargs))
         need = 10 + int(100 * abs(omega - 1.5))
         converged = maxiter is None or need <= maxiter
         n_iters = need if converged else maxiter
-        if not converged:
-            warnings.warn("fake solve did not converge", ConvergenceWarning, stacklevel=2)
-        return LinearSolveResult(x=np.asarray(b, dtype=float) / 4.0, n_iters=n_iters,
-                                 converged=converged, residual_norm=0.0,
-                                 info=0 if converged else n_iters)
+        res = LinearSolveResult(x=np.asarray(b, dtype=float) / 4.0, n_iters=n_iters,
+                                converged=converged, residual_norm=0.0,
+                                status=ds.Status.SUCCESS if converged
+                                else ds.Status.MAX_ITERATIONS)
+        settings = SimpleNamespace(maxiter=maxiter, throw=throw, fixed_budget=False)
+        return res, settings
 
 
 @pytest.fixture
 def fake_solve(monkeypatch):
     fake = FakeSolve()
-    monkeypatch.setattr(ds.linear, "solve", fake)
+    monkeypatch.setattr(linear_solve_module, "solve_unreported", fake)
     return fake
 
 
@@ -413,7 +420,7 @@ def test_failed_solve_leaves_bandit_unchanged(monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("bad matrix")
 
-    monkeypatch.setattr(ds.linear, "solve", broken)
+    monkeypatch.setattr(linear_solve_module, "solve_unreported", broken)
     with pytest.raises(ValueError, match="bad matrix"):
         bandit.solve("A", np.ones(3))
     assert len(bandit.history) == 0

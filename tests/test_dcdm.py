@@ -176,8 +176,10 @@ def test_errors(rng):
         solve(sp.eye(10).tocsr(), np.ones(10), method="dcdm")
     with pytest.raises(TypeError, match="ConvDirectionModel"):
         solve(A, b, method="dcdm", model="poisson")
-    with pytest.raises(ValueError, match="k .* positive integer"):
+    with pytest.raises(ValueError, match="k must be >= 1"):
         solve(A, b, method="dcdm", k=0)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        solve(A, b, method="dcdm", k=True)
     with pytest.raises(ValueError, match="symmetric"):
         solve(A + sp.triu(A, 1), b, method="dcdm")
     xps = pytest.importorskip("array_api_strict")
@@ -189,9 +191,38 @@ def test_errors(rng):
 def test_not_converging_warns(rng):
     A = poisson2d(16)
     b = rng.standard_normal(256)
-    with pytest.warns(ds.ConvergenceWarning, match="did not reach"):
+    with pytest.warns(ds.ConvergenceWarning, match="did not converge.*after 3 iterations"):
         res = solve(A, b, method="dcdm", rtol=1e-10, maxiter=3)
     assert not res.converged and res.info == 3
+    assert res.status is ds.Status.MAX_ITERATIONS
+
+
+def test_non_grid_matrices_are_refused(rng):
+    """Reproduction (issue 11): the DCDM path ran any matrix with a square number of
+    unknowns as a grid. A random SPD 64x64 matrix and the 3-D Poisson matrix of a 16³
+    grid (4096 = 64² unknowns) are not the 5-point matrix of a square grid."""
+    Q = rng.standard_normal((64, 64))
+    spd = Q @ Q.T + 64 * np.eye(64)
+    with pytest.raises(ValueError, match="5-point grid operator of a 8x8 grid.*not grid "
+                                         "neighbours"):
+        solve(spd, rng.standard_normal(64), method="dcdm")
+    m = 16
+    T = sp.diags_array([-1.0, 2.0, -1.0], offsets=[-1, 0, 1], shape=(m, m))
+    I = sp.eye_array(m)
+    P3 = (sp.kron(sp.kron(T, I), I) + sp.kron(sp.kron(I, T), I)
+          + sp.kron(sp.kron(I, I), T)).tocsr()
+    with pytest.raises(ValueError, match="5-point grid operator of a 64x64 grid"):
+        solve(P3, np.ones(m ** 3), method="dcdm")
+    # an unbound model checks its inferred grid the same way
+    with pytest.raises(ValueError, match="not bound to a grid.*not grid neighbours"):
+        solve(spd, rng.standard_normal(64), method="dcdm", model=ConvDirectionModel())
+    # ... and a LinearOperator is probed
+    with pytest.raises(ValueError, match="not grid neighbours"):
+        solve(spla.aslinearoperator(spd), rng.standard_normal(64), method="dcdm")
+    # the 5-point matrix itself is accepted, dense or sparse
+    A = poisson2d(8)
+    for A_in in (A, A.toarray()):
+        assert solve(A_in, np.ones(64), method="dcdm", rtol=1e-8).converged
 
 
 @pytest.mark.gpu

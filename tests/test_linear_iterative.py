@@ -104,8 +104,12 @@ def test_sor_warm_start_and_callback():
     warm = solve(A, b, method="sor", omega=1.5, rtol=1e-10, x0=cold.x * (1 + 1e-6))
     assert warm.n_iters < cold.n_iters / 2
     seen = []
-    res = solve(A, b, method="sor", omega=1.5, rtol=1e-6, callback=lambda x: seen.append(1))
+    res = solve(A, b, method="sor", omega=1.5, rtol=1e-6, callback=seen.append)
     assert len(seen) == res.n_iters
+    assert [s.n_iters for s in seen] == list(range(1, res.n_iters + 1))
+    # SOR's callback sees the true residual of the iterate it is given
+    np.testing.assert_allclose(seen[-1].residual_norm, np.linalg.norm(b - A @ seen[-1].x),
+                               rtol=1e-10)
 
 
 def test_pcg_default_is_jacobi(rng):
@@ -121,9 +125,10 @@ def test_pcg_default_is_jacobi(rng):
 
 def test_sor_maxiter_is_reported():
     A = poisson_2d(10)
-    with pytest.warns(ds.ConvergenceWarning, match=r"method='sor'.*maxiter=5.*tune omega"):
+    with pytest.warns(ds.ConvergenceWarning, match=r"after 5 iterations.*tune omega"):
         res = solve(A, np.ones(A.shape[0]), method="sor", maxiter=5)
     assert res.converged is False and res.n_iters == 5 and res.info == 5
+    assert res.status is ds.Status.MAX_ITERATIONS
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,3 +203,4 @@ def test_diverging_sor_is_reported_without_overflow_warnings():
     with pytest.warns(ds.ConvergenceWarning, match="iterates diverged"):
         res = solve(A, np.ones(A.shape[0]), method="sor", omega=1.5, maxiter=3000)
     assert not res.converged and not np.isfinite(res.residual_norm)
+    assert res.status is ds.Status.DIVERGED

@@ -154,16 +154,53 @@ def test_bad_cotangents_are_refused(rng):
 
 
 def test_nonconverging_adjoint_warns(rng):
-    """A forward solve that converged, followed by an adjoint with too small a budget."""
+    """A forward solve that converged (b an eigenvector: one CG step), followed by an
+    adjoint that needs many more than the same budget: the adjoint's failure is
+    reported, not hidden."""
+    A = np.diag(np.arange(1.0, 41.0))
+    b = np.zeros(40)
+    b[3] = 1.0
+    res, f_vjp = ds.vjp(solve, A, b, method="cg", rtol=1e-10, maxiter=2)
+    assert res.converged and res.n_iters == 1
+    with pytest.warns(ds.ConvergenceWarning, match="the adjoint solve"):
+        f_vjp(x=rng.standard_normal(40))
+    _, f_vjp = ds.vjp(solve, A, b, method="cg", rtol=1e-10, maxiter=2, throw=True)
+    with pytest.raises(ds.MaxIterationsError, match="the adjoint solve"):
+        f_vjp(x=rng.standard_normal(40))
+
+
+@pytest.mark.parametrize("method", ["cg", "pcg", "ssor-cg", "sor", "dcdm", "direct"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_cotangent_gives_nan_gradients(method, bad):
+    """Reproduction (issue 11): a NaN or inf cotangent through the CG-family adjoint gave
+    a gradient of exactly 0; it must give NaN."""
+    A = poisson_2d(8, shift=0.1)
+    kw = {"omega": 1.5} if method in ("sor", "ssor-cg") else {}
+    _, f_vjp = ds.vjp(solve, A.toarray(), np.ones(64), method=method, **kw)
+    x_bar = np.zeros(64)
+    x_bar[0] = bad
+    A_bar, b_bar = f_vjp(x=x_bar)
+    assert np.isnan(b_bar).any() and np.isnan(A_bar).any()
+    assert not np.any(b_bar == 0)
+
+
+@pytest.mark.parametrize("method", ["cg", "pcg", "ssor-cg", "sor", "dcdm", "direct"])
+def test_backward_rule_itself_gives_nan_for_nan_cotangent(method):
+    """Not only the autodiff core: the adjoint solve itself returns NaN for a NaN
+    right-hand side (implicit.root_vjp and bilevel call the solves directly)."""
+    A = poisson_2d(8, shift=0.1)
+    kw = {"omega": 1.5} if method in ("sor", "ssor-cg") else {}
+    res, residuals = solve.fwd(A, np.ones(64), method=method, **kw)
     from diffsolve._autodiff import BackwardContext
 
-    A = poisson_2d(10)
-    b = np.ones(A.shape[0])
-    res = solve(A, b, method="cg", rtol=1e-8)
-    assert res.converged
-    ctx = BackwardContext((A, b), {"method": "cg", "maxiter": 2}, res, None)
-    with pytest.warns(ds.ConvergenceWarning, match="the adjoint solve"):
-        solve.backward(ctx, {"x": rng.standard_normal(A.shape[0])})
+    ctx = BackwardContext((A, np.ones(64)), {"method": method, **kw}, res, residuals)
+    x_bar = np.full(64, np.nan)
+    _, b_bar = solve.bwd(ctx, {"x": x_bar})  # the rule itself, not the core's NaN fill
+    assert np.isnan(b_bar).all()
+    # and with residuals=None (the forward ran elsewhere, e.g. JAX under jit)
+    ctx = BackwardContext((A, np.ones(64)), {"method": method, **kw}, res, None)
+    _, b_bar = solve.bwd(ctx, {"x": x_bar})
+    assert np.isnan(b_bar).all()
 
 
 @pytest.mark.gpu

@@ -275,7 +275,9 @@ def safe_norms(xp, W):
     m = xp.max(xp.abs(W), axis=0)
     ok = xp.isfinite(m) & (m > 0)
     safe = xp.where(ok, m, xp.ones_like(m))
-    scaled = xp.sqrt(xp.sum((W / safe) ** 2, axis=0)) * safe
+    # columns that are not scaled are not squared either (1e200 beside an inf overflows)
+    Ws = xp.where(ok[None, :], W / safe[None, :], xp.zeros_like(W))
+    scaled = xp.sqrt(xp.sum(Ws * Ws, axis=0)) * safe
     nan = xp.any(xp.isnan(W), axis=0)
     out = xp.where(ok, scaled, xp.where(m == 0, xp.zeros_like(m), xp.full_like(m, math.inf)))
     return xp.where(nan, xp.full_like(m, math.nan), out)

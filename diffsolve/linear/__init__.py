@@ -13,7 +13,8 @@ from ._omega_bandit import (
     OmegaBandit,
     OmegaBanditHistory,
 )
-from ._solve import solve
+from ._result import LinearSolveResult, LinearSolveState
+from ._solve import LinearSolveSettings, solve
 from ._train_direction import DirectionTrainingResult, train_direction_model
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "ConvDirectionModel",
     "DirectionFallbackWarning",
     "DirectionTrainingResult",
+    "LinearSolveResult",
+    "LinearSolveSettings",
+    "LinearSolveState",
     "OmegaBandit",
     "OmegaBanditHistory",
     "load_direction_model",

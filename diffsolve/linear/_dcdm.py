@@ -23,9 +23,17 @@ import warnings
 from collections import deque
 
 from .. import _backend as B
-from .._status import ConvergenceWarning
+from .._status import Status
 from ._direction_model import ConvDirectionModel, pretrained_direction_model
-from ._iterative import IterativeOutcome, _check_symmetric
+from ._iterative import (
+    IterativeOutcome,
+    _check_symmetric,
+    _verdict,
+    scaled_problem,
+    thresholds,
+    unscale,
+)
+from ._result import LinearSolveState
 
 __all__ = ["DirectionFallbackWarning", "dcdm_solve"]
 
@@ -57,6 +65,7 @@ def resolve_model(model, op, xp, device):
                 f"{WHERE}: method='dcdm' with model=None uses the shipped 2-D Poisson model on "
                 f"a square grid, but n={n} is not a square; pass model=ConvDirectionModel(...)"
                 ".on_grid(grid_shape) (see diffsolve.linear.train_direction_model)")
+        check_grid_operator(op, (side, side), xp, "the shipped 2-D Poisson model (model=None)")
         key = (xp.__name__, str(device))
         if key not in _PRETRAINED_CACHE:
             like = xp.zeros((1,), device=device) if not B.is_cupy(xp) else xp.zeros((1,))
@@ -73,6 +82,7 @@ def resolve_model(model, op, xp, device):
             raise ValueError(f"{WHERE}: the model is not bound to a grid and n={n} is not a "
                              f"{'square' if model.dim == 2 else 'cube'}; bind it with "
                              "model.on_grid(grid_shape, mask)")
+        check_grid_operator(op, shape, xp, f"a model not bound to a grid (dim={model.dim})")
         model = model.on_grid(shape)
     if model.n_unknowns != n:
         raise ValueError(f"{WHERE}: the model's grid {model.grid_shape} has "
@@ -84,12 +94,65 @@ def resolve_model(model, op, xp, device):
     return model
 
 
+def check_grid_operator(op, grid_shape, xp, what):
+    """Raise ``ValueError`` unless ``A`` couples only grid neighbours of ``grid_shape``.
+
+    The network maps a residual on the grid to a direction on the grid, so it is
+    meaningful only for matrices of the grid's nearest-neighbour stencil (5 points in 2-D,
+    7 in 3-D; unknowns in C order). A matrix that merely has a square (cubic) number of
+    unknowns, a dense SPD matrix or a 3-D Laplacian of 16³ = 64² unknowns, say, is not.
+    A LinearOperator is probed with three unit vectors.
+    """
+    if op.kind == "operator":
+        # no entries to read: probe three columns (a corner, the middle, the last cell)
+        n = op.n
+        idx = xp.arange(n)
+        rows_list, cols_list = [], []
+        for j in sorted({0, n // 2 + grid_shape[-1] // 2 if n > 1 else 0, n - 1}):
+            j = min(j, n - 1)
+            e = xp.astype(idx == j, xp.float64)
+            col = op.matvec(xp.astype(e, op.dtype) if op.dtype is not None else e)
+            nz = xp.nonzero(col != 0)[0]
+            rows_list.append(nz)
+            cols_list.append(xp.full(nz.shape, j, dtype=xp.int64))
+        rows, cols = xp.concat(rows_list), xp.concat(cols_list)
+    elif op.kind == "sparse":
+        coo = op.A.tocoo()
+        keep = coo.data != 0
+        rows, cols = coo.row[keep], coo.col[keep]
+        rows = xp.asarray(rows)
+        cols = xp.asarray(cols)
+    else:
+        rows, cols = xp.nonzero(op.A != 0)
+    rows = xp.astype(rows, xp.int64)
+    cols = xp.astype(cols, xp.int64)
+    distance = xp.zeros(rows.shape, dtype=xp.int64, device=B.device(rows))
+    stride = 1
+    for size in reversed(grid_shape):
+        ri = (rows // stride) % size
+        ci = (cols // stride) % size
+        distance = distance + xp.abs(ri - ci)
+        stride *= size
+    far = int(xp.sum(xp.astype(distance > 1, xp.int64)))
+    if far:
+        stencil = {2: "5-point", 3: "7-point"}.get(len(grid_shape), "nearest-neighbour")
+        raise ValueError(
+            f"{WHERE}: method='dcdm' with {what} needs the {stencil} grid operator of a "
+            f"{'x'.join(str(g) for g in grid_shape)} grid (unknowns in row-major order), "
+            f"but A couples {far} pairs of unknowns that are not grid neighbours: it is not "
+            "that grid's matrix. Use method='cg'/'pcg', or train and bind a model for this "
+            "matrix (diffsolve.linear.train_direction_model, model.on_grid(grid_shape))")
+
+
 def _norm(xp, v):
     return float(xp.sqrt(xp.sum(v * v)))
 
 
 def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
-    """One right-hand side. Returns ``(x, n_iters, converged, fallback_iteration or None)``."""
+    """One right-hand side. Returns ``(x, n_iters, fallback_iteration or None, status)``
+    with status ``BREAKDOWN`` (CG itself met non-positive curvature), ``STOPPED`` (the
+    callback returned True) or ``None`` (ran to its tolerance or budget: the caller reads
+    the true residual)."""
     xp = op.xp
     x = xp.zeros_like(b) if x0 is None else xp.astype(x0, b.dtype, copy=True)
     r = b - op.matvec(x) if x0 is not None else b
@@ -112,10 +175,8 @@ def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
                        and abs(pr) > 10 * eps * pn * rn)
         if useless:
             if fallback_at is not None:
-                raise ValueError(
-                    f"{WHERE}: method='dcdm' met a conjugate-gradient direction with "
-                    f"pᵀAp = {pAp:.3g} at iteration {it}: A is singular or not positive "
-                    "definite; DCDM needs a symmetric positive definite A")
+                # conjugate gradients itself met pᵀAp <= 0: A is not positive definite
+                return x, it, fallback_at, Status.BREAKDOWN
             fallback_at = it
             dirs.clear()
             continue
@@ -125,8 +186,8 @@ def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
         rn = _norm(xp, r)
         dirs.append((p, Ap, pAp))
         it += 1
-        if callback is not None:
-            callback(x)
+        if callback is not None and callback(it, x, rn) is True:
+            return x, it, fallback_at, Status.STOPPED
         if rn < STALL_FACTOR * best:
             best, stall = rn, 0
         else:
@@ -137,16 +198,17 @@ def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
                 stall = 0
         if not math.isfinite(rn):
             break
-    return x, it, rn <= tol, fallback_at
+    return x, it, fallback_at, None
 
 
 def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prepared=None,
                check_symmetric=True):
-    """DCDM on every column of ``b``; warns when it falls back or does not converge.
+    """DCDM on every column of ``b``; warns (``DirectionFallbackWarning``) when it falls
+    back to CG, and returns its status otherwise (nothing else is warned).
 
     ``prepared`` is a resolved model from an earlier solve with the same matrix (the
     adjoint reuses the forward's). Returns an :class:`IterativeOutcome` whose ``prepared``
-    is the resolved model.
+    is the resolved model. ``callback`` is the user's ``callback(LinearSolveState)``.
     """
     xp = op.xp
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -157,16 +219,29 @@ def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prep
     device = B.device(b)
     model = prepared if prepared is not None else resolve_model(model, op, xp, device)
     maxiter = 10 * op.n if maxiter is None else int(maxiter)
-    cols = [b] if b.ndim == 1 else [b[:, j] for j in range(b.shape[1])]
-    xs, iters, conv, falls = [], [], [], []
+    s, bs, x0s, finite = scaled_problem(b, x0, xp)
+    if not bool(xp.all(finite)):
+        kk = 1 if b.ndim == 1 else b.shape[1]
+        return IterativeOutcome(xp.full_like(b, math.nan), 0, False, model, Status.NONFINITE,
+                                xp.full((kk,), math.nan, dtype=b.dtype))
+    tols = thresholds(bs, rtol, atol / s, xp)
+    cols = [bs] if b.ndim == 1 else [bs[:, j] for j in range(b.shape[1])]
+    xs, iters, falls, statuses = [], [], [], []
     for j, bj in enumerate(cols):
-        tol = max(rtol * _norm(xp, bj), atol)
-        x0j = None if x0 is None else (x0 if b.ndim == 1 else x0[:, j])
-        x, it, ok, fb = _dcdm_column(op, bj, x0j, tol, maxiter, model, k, callback)
+        x0j = None if x0s is None else (x0s if b.ndim == 1 else x0s[:, j])
+        cb = None
+        if callback is not None:
+            def cb(it, x, rn, sj=float(s[j])):
+                return callback(LinearSolveState(it, x * sj, rn * sj))
+        x, it, fb, st = _dcdm_column(op, bj, x0j, float(tols[j]), maxiter, model, k, cb)
         xs.append(x)
         iters.append(it)
-        conv.append(ok)
         falls.append(fb)
+        statuses.append(st)
+        if st is Status.STOPPED:
+            break
+    if len(xs) < len(cols):  # stopped by the callback: the other columns did not start
+        xs += [xp.zeros_like(cols[0]) for _ in range(len(cols) - len(xs))]
     x = xs[0] if b.ndim == 1 else xp.stack(xs, axis=1)
     fell = [(j, f) for j, f in enumerate(falls) if f is not None]
     if fell:
@@ -178,11 +253,8 @@ def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prep
             "The model does not fit this matrix: train one on it "
             "(diffsolve.linear.train_direction_model) or use method='cg'/'pcg'",
             DirectionFallbackWarning, stacklevel=4)
-    converged = all(conv)
-    if not converged:
-        warnings.warn(
-            f"{WHERE}(method='dcdm'): {what} did not reach rtol={rtol:g}, atol={atol:g} "
-            f"within maxiter={maxiter} iterations; increase maxiter, loosen rtol, or use "
-            "method='cg'/'direct'",
-            ConvergenceWarning, stacklevel=4)
-    return IterativeOutcome(x, max(iters), converged, model)
+    out = _verdict(op, unscale(x, s), b, rtol, atol, max(iters), model,
+                   Status.STOPPED in statuses, xp)
+    if not out.converged and Status.BREAKDOWN in statuses:
+        out.status = Status.BREAKDOWN
+    return out

@@ -1,18 +1,25 @@
 """The iterative methods behind ``solve``: CG, preconditioned CG, SOR and SSOR-CG.
 
 One entry point, :func:`iterative_solve`, so that the forward solve and the adjoint solve
-(``Aᵀλ = x̄`` with the same method, ω and tolerances) share every line of set-up.
+(``Aᵀλ = x̄`` with the same method, ω and tolerances) share every line of set-up. The CG
+family runs on :func:`diffsolve.krylov.cg` (its compiled CSR loop included); SOR is a
+stationary iteration of its own (:mod:`._relaxation`) behind the same stopping rule: the
+true residual ``||b - A x|| <= max(rtol ||b||, atol)`` per column, for ``b / s`` scaled by
+a power of two so that no norm overflows. Nothing here warns: the outcome carries its
+:class:`~diffsolve.Status` and :func:`diffsolve.linear.solve` reports it.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass
 
 from .. import _backend as B
-from .._status import ConvergenceWarning
-from ._cg import conjugate_gradient
+from .._status import Status
+from ..krylov._cg import solve_cg
+from ..krylov._common import safe_norms, scale_columns
 from ._relaxation import Relaxation
+from ._result import LinearSolveState
 
 WHERE = "diffsolve.linear.solve"
 CG_FAMILY = ("cg", "pcg", "ssor-cg")
@@ -24,11 +31,14 @@ class IterativeOutcome:
     x: object
     n_iters: int
     converged: bool
-    prepared: object  # what the adjoint may reuse (a Relaxation or a preconditioner)
+    prepared: object  # what the adjoint may reuse (a Relaxation, a preconditioner, a model)
+    status: Status = Status.SUCCESS
+    residual_norm: object = None  # true ||b - A x|| per column ((k,) array) or None
 
 
 class JacobiPreconditioner:
-    """``r -> r / diag(A)``, the built-in Jacobi preconditioner."""
+    """``r -> r / diag(A)``, the built-in Jacobi preconditioner (``inv_diag`` is handed to
+    the Krylov module as a diagonal, which keeps the compiled CSR loop)."""
 
     def __init__(self, op, xp):
         diag = op.diagonal()
@@ -44,30 +54,7 @@ class JacobiPreconditioner:
         return r * (self.inv_diag if r.ndim == 1 else self.inv_diag[:, None])
 
 
-def _compiled_cg(op, b, x0, tol, maxiter, prepared, callback, method):
-    """The whole CG loop in one Numba call, where it applies: NumPy, CSR A, one right-hand
-    side, no callback, no preconditioner or Jacobi. ``None`` where it does not apply."""
-    xp = op.xp
-    if not (B.is_numpy(xp) and op.kind == "sparse" and b.ndim == 1 and callback is None
-            and (prepared is None or isinstance(prepared, JacobiPreconditioner))):
-        return None
-    kernel = B.get_kernel(xp, "krylov.cg_solve_csr")
-    x = B.contiguous_copy(xp, xp.astype(x0, b.dtype)) if x0 is not None else xp.zeros_like(b)
-    A = op.A
-    floor = op.n * float(xp.finfo(b.dtype).eps)
-    inv_diag = prepared.inv_diag if prepared is not None else None
-    n_iters, status = kernel(A.indptr, A.indices, A.data, B.contiguous(xp, b), x, inv_diag,
-                             float(tol), maxiter, floor)
-    if status == 2:
-        raise ValueError(
-            f"{WHERE}: conjugate gradients met a direction with pᵀAp <= 0 at iteration "
-            f"{n_iters}: A is singular or not positive definite. CG needs a symmetric "
-            "positive definite A; use method='direct' for other matrices"
-        )
-    return x, n_iters, status == 0
-
-
-def _check_symmetric(op, xp, method):
+def check_symmetric(op, xp, method):
     if op.kind == "operator":
         return
     asym, scale = op.max_abs_asymmetry()
@@ -78,57 +65,149 @@ def _check_symmetric(op, xp, method):
         )
 
 
+_check_symmetric = check_symmetric  # the old private name
+
+
+def _krylov_operator(op):
+    """What the Krylov module takes for A: the matrix itself where there is one (dense, or
+    canonical CSR: the compiled loop reads it), else the LinearOperator."""
+    return op.A
+
+
+def _krylov_preconditioner(prepared, b):
+    if prepared is None:
+        return None
+    if isinstance(prepared, JacobiPreconditioner):
+        # a diagonal multiplies elementwise: (n,) for a vector b, (n, 1) for columns
+        return prepared.inv_diag if b.ndim == 1 else prepared.inv_diag[:, None]
+    if B.is_sparse(prepared) or B.is_linear_operator(prepared) or callable(prepared):
+        return prepared
+    if B.is_array(prepared):  # a dense matrix approximating A⁻¹
+        return lambda r: prepared @ r
+    raise TypeError(f"{WHERE}: M must be 'jacobi', a callable, a LinearOperator, a dense "
+                    f"or a sparse matrix, got a {type(prepared).__name__}")
+
+
+def true_residuals(op, x, b, xp):
+    """``||b - A x||`` per column ((k,) array; b 1-D: shape (1,)), without overflow."""
+    r = b - op.matvec(x)
+    r2 = r[:, None] if r.ndim == 1 else r
+    return safe_norms(xp, r2)
+
+
+def thresholds(b, rtol, atol, xp):
+    """``max(rtol ||b||, atol)`` per column ((k,) array), without overflow."""
+    b2 = b[:, None] if b.ndim == 1 else b
+    return xp.maximum(rtol * safe_norms(xp, b2), xp.asarray(atol, dtype=b.dtype))
+
+
+def scaled_problem(b, x0, xp):
+    """``(s, bs, x0s, finite)``: a power of two per column, ``b / s``, ``x0 / s`` (b's
+    shape) and whether each column of ``b`` (and ``x0``) is finite."""
+    b2 = b[:, None] if b.ndim == 1 else b
+    s, finite = scale_columns(xp, b2)
+    scale = s[0] if b.ndim == 1 else s[None, :]
+    bs = b / scale
+    x0s = None
+    if x0 is not None:
+        x0s = x0 / scale
+        x2 = x0s[:, None] if x0s.ndim == 1 else x0s
+        finite = finite & xp.all(xp.isfinite(x2), axis=0)
+    return s, bs, x0s, finite
+
+
+def unscale(x, s):
+    return x * (s[0] if x.ndim == 1 else s[None, :])
+
+
 def iterative_solve(op, b, *, method, x0, rtol, atol, maxiter, M, omega, callback,
                     check_every, what, prepared=None, check_symmetric=True):
-    """Solve ``op x = b`` with an iterative ``method``; warns when it does not converge.
+    """Solve ``op x = b`` with an iterative ``method``; returns an
+    :class:`IterativeOutcome` with its status (nothing is warned).
 
     ``prepared`` is the ``IterativeOutcome.prepared`` of an earlier solve with the same
     matrix (the adjoint of a symmetric solve reuses the SSOR colouring / Jacobi diagonal).
+    ``callback`` is the user's ``callback(LinearSolveState) -> bool | None``.
     """
+    del what
     xp = op.xp
-    tol = xp.maximum(rtol * xp.sqrt(xp.sum(b * b, axis=0)), xp.asarray(atol, dtype=b.dtype))
-    if check_every is None:
-        check_every = 1 if B.is_numpy(xp) else 8
     if method == "sor":
-        relax = prepared if prepared is not None else Relaxation(op, omega, WHERE)
-        maxiter = DEFAULT_SOR_MAXITER if maxiter is None else int(maxiter)
-        x, n_iters, converged = relax.iterate(op, b, x0, tol, maxiter, False, callback,
-                                              check_every)
-        prepared = relax
-        advice = "increase maxiter, tune omega (diffsolve.linear.OmegaBandit), or use ssor-cg"
-    else:
-        if check_symmetric:
-            _check_symmetric(op, xp, method)
-        if prepared is None:
-            if method == "ssor-cg":
-                prepared = Relaxation(op, omega, WHERE).precondition
-            elif isinstance(M, str) or (method == "pcg" and M is None):
-                if M not in (None, "jacobi"):
-                    raise ValueError(f"{WHERE}: M={M!r} is not a built-in preconditioner; "
-                                     "use M='jacobi', a callable, a LinearOperator or a matrix")
-                prepared = JacobiPreconditioner(op, xp)
-            else:
-                prepared = M
-        maxiter = 10 * op.n if maxiter is None else int(maxiter)
-        compiled = _compiled_cg(op, b, x0, tol, maxiter, prepared, callback, method)
-        if compiled is not None:
-            x, n_iters, converged = compiled
+        return _sor(op, b, x0, rtol, atol, maxiter, omega, callback, check_every, prepared)
+    if check_symmetric:
+        _check_symmetric(op, xp, method)
+    if prepared is None:
+        if method == "ssor-cg":
+            prepared = Relaxation(op, omega, WHERE).precondition
+        elif isinstance(M, str) or (method == "pcg" and M is None):
+            if M not in (None, "jacobi"):
+                raise ValueError(f"{WHERE}: M={M!r} is not a built-in preconditioner; "
+                                 "use M='jacobi', a callable, a LinearOperator or a matrix")
+            prepared = JacobiPreconditioner(op, xp)
         else:
-            out = conjugate_gradient(op, b, x0, tol, maxiter, prepared, callback, check_every,
-                                     WHERE)
-            x, n_iters, converged = out.x, out.n_iters, out.converged
-        advice = "increase maxiter, give a preconditioner M, loosen rtol, or use method='direct'"
-    if not converged:
-        if not B.isfinite_all(xp, x):
-            # SOR diverges for matrices that are not SPD (or diagonally dominant); the
-            # iterates overflow long before maxiter
-            advice = ("the iterates diverged (they are no longer finite): SOR converges for "
-                      "symmetric positive definite A with 0 < omega < 2; check A, or use "
-                      "method='direct'")
-        warnings.warn(
-            f"{WHERE}(method={method!r}): {what} did not reach rtol={rtol:g}, atol={atol:g} "
-            f"within maxiter={maxiter} iterations; {advice}",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
-    return IterativeOutcome(x, n_iters, converged, prepared)
+            prepared = M
+    maxiter = 10 * op.n if maxiter is None else int(maxiter)
+    cb = None
+    if callback is not None:
+        def cb(state):
+            return callback(LinearSolveState(state.n_iters, state.x, state.residual_norm))
+
+    res = solve_cg(_krylov_operator(op), b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter,
+                   M=_krylov_preconditioner(prepared, b), callback=cb,
+                   check_every=check_every, batch_axis=None if b.ndim == 1 else 1,
+                   where=WHERE)
+    status = res.status if b.ndim == 1 else _worst(res.status)
+    residual = res.residual_norm
+    residual = xp.asarray([residual], dtype=b.dtype) if b.ndim == 1 else residual
+    return IterativeOutcome(res.x, res.n_iters, res.converged, prepared, status, residual)
+
+
+def _worst(statuses) -> Status:
+    from .._status import worst_status
+
+    return worst_status([int(statuses[j]) for j in range(statuses.shape[0])])
+
+
+def _sor(op, b, x0, rtol, atol, maxiter, omega, callback, check_every, prepared):
+    xp = op.xp
+    relax = prepared if prepared is not None else Relaxation(op, omega, WHERE)
+    maxiter = DEFAULT_SOR_MAXITER if maxiter is None else int(maxiter)
+    if check_every is None:
+        check_every = 8 if B.is_cupy(xp) else 1
+    s, bs, x0s, finite = scaled_problem(b, x0, xp)
+    if not bool(xp.all(finite)):
+        nan = xp.full_like(b, math.nan)
+        k = 1 if b.ndim == 1 else b.shape[1]
+        return IterativeOutcome(nan, 0, False, relax, Status.NONFINITE,
+                                xp.full((k,), math.nan, dtype=b.dtype))
+    tol = thresholds(bs, rtol, atol / s, xp)
+    tol = tol[0] if b.ndim == 1 else tol
+    cb = None
+    if callback is not None:
+        def cb(sweeps, x, norms):
+            norms = norms * s if norms.ndim else norms * s[0]
+            return callback(LinearSolveState(
+                sweeps, unscale(B.contiguous_copy(xp, x), s),
+                float(norms[0]) if b.ndim == 1 else norms))
+
+    x, n_iters, _, stopped = relax.iterate(op, B.contiguous(xp, bs), x0s, tol, maxiter,
+                                           False, cb, check_every)
+    x = unscale(x, s)
+    return _verdict(op, x, b, rtol, atol, n_iters, relax, stopped, xp)
+
+
+def _verdict(op, x, b, rtol, atol, n_iters, prepared, stopped, xp):
+    """The status of an iteration that ran to its end, from the true residual of ``x``."""
+    residual = true_residuals(op, x, b, xp)
+    ok = residual <= thresholds(b, rtol, atol, xp)
+    converged = bool(xp.all(ok))
+    if converged:
+        status = Status.SUCCESS
+    elif not B.isfinite_all(xp, x):
+        # SOR diverges for matrices that are not SPD (or diagonally dominant); the
+        # iterates overflow long before maxiter
+        status = Status.DIVERGED
+    elif stopped:
+        status = Status.STOPPED
+    else:
+        status = Status.MAX_ITERATIONS
+    return IterativeOutcome(x, n_iters, converged, prepared, status, residual)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import warnings
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from .._backend import host_namespace
-from .._status import ConvergenceWarning
+from .._status import report
 from ._bandit_algorithms import (
     BinnedTsallisINF,
     ChebCB,
@@ -269,23 +268,23 @@ class _OmegaBanditBase:
                 )
         if "context" in solve_kwargs:
             raise TypeError(f"{where}: context= is used by ContextualOmegaBandit only")
-        maxiter = solve_kwargs.get("maxiter")
-        from . import solve as linear_solve  # resolved at call time: diffsolve.linear.solve
+        from . import _solve  # looked up at call time (tests stand in for the solver)
 
         rng = self._algorithm._rng
         saved = rng.bit_generator.state
         arm = self._sample(context)
         omega = self._omegas[arm]
         try:
-            with warnings.catch_warnings():
-                if not warn:
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                res = linear_solve(A, b, method=self._method, omega=omega, **solve_kwargs)
+            # the solve's status is read here and reported below (not silenced): the
+            # bandit learns from a failed solve too
+            res, settings = _solve.solve_unreported(A, b, method=self._method, omega=omega,
+                                                    **solve_kwargs)
         except BaseException:
-            # a solve that raised taught nothing: leave the bandit as it was, generator
-            # included, so that a retry draws the same arm
+            # a solve that raised (bad input) taught nothing: leave the bandit as it was,
+            # generator included, so that a retry draws the same arm
             rng.bit_generator.state = saved
             raise
+        maxiter = settings.maxiter
         n_iters = int(res.n_iters)
         converged = bool(res.converged)
         cost = n_iters
@@ -294,7 +293,9 @@ class _OmegaBanditBase:
             cost = max(n_iters, int(maxiter))
         self._record(arm, n_iters, converged, cost, context)
         base = {f.name: getattr(res, f.name) for f in fields(LinearSolveResult)}
-        return BanditSolveResult(**base, omega=float(omega), arm=arm)
+        out = BanditSolveResult(**base, omega=float(omega), arm=arm)
+        return report(out, throw=settings.throw, warn=warn,
+                      fixed_budget=settings.fixed_budget, stacklevel=4)
 
     def _suggest(self, context) -> int:
         return self._sample(context)
@@ -431,7 +432,8 @@ class OmegaBandit(_OmegaBanditBase):
     ICLR 2024).
 
     A solve that stops at ``maxiter`` is charged ``maxiter`` iterations (never dropped);
-    its :class:`~diffsolve.ConvergenceWarning` passes through unless ``warn=False``.
+    its status is read and reported (a :class:`~diffsolve.ConvergenceWarning` unless
+    ``warn=False``; a :class:`~diffsolve.SolveError` with ``throw=True``).
 
     Examples
     --------
@@ -495,8 +497,9 @@ class OmegaBandit(_OmegaBanditBase):
         A, b
             As :func:`diffsolve.linear.solve`.
         warn : bool
-            ``False`` silences the :class:`~diffsolve.ConvergenceWarning` of this solve
-            only; the observation is recorded either way.
+            ``False``: a failed solve does not warn (read the result's ``status``); the
+            observation is recorded either way. ``throw=True`` (passed on) raises the
+            :class:`~diffsolve.SolveError` instead, after recording.
         **solve_kwargs
             Passed on to :func:`diffsolve.linear.solve` (``x0``, ``rtol``, ``atol``,
             ``maxiter``, ...); not ``omega`` or ``method``.
@@ -671,8 +674,9 @@ class ContextualOmegaBandit(_OmegaBanditBase):
         context : float
             The scalar that describes this system, inside ``context_range``.
         warn : bool
-            ``False`` silences the :class:`~diffsolve.ConvergenceWarning` of this solve
-            only; the observation is recorded either way.
+            ``False``: a failed solve does not warn (read the result's ``status``); the
+            observation is recorded either way. ``throw=True`` (passed on) raises the
+            :class:`~diffsolve.SolveError` instead, after recording.
         **solve_kwargs
             Passed on to :func:`diffsolve.linear.solve`; not ``omega`` or ``method``.
 

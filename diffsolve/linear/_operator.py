@@ -8,6 +8,8 @@ through the compiled CSR kernel of the array's backend (Numba on the CPU, CUDA o
 
 from __future__ import annotations
 
+import math
+
 from .. import _backend as B
 
 
@@ -125,11 +127,20 @@ def as_operator(A, b, where: str):
         )
     if kind != "operator":
         values = M.data if kind == "sparse" else M
-        if not xp.isdtype(values.dtype, "real floating"):
+        # the one dtype policy (diffsolve._validate.float_array): integers promote to
+        # float64, float16 / bool / complex are refused (the kernels have no such path)
+        if xp.isdtype(values.dtype, "integral"):
+            M = M.astype("float64") if kind == "sparse" else xp.astype(M, xp.float64)
+            values = M.data if kind == "sparse" else M
+        elif values.dtype not in (xp.float32, xp.float64):
             raise TypeError(
-                f"{where}: A has dtype {values.dtype}; diffsolve solves real floating systems "
-                "(float32 or float64): convert A with astype"
+                f"{where}: A has dtype {values.dtype}; diffsolve solves real systems in "
+                "float32 or float64 (integers are promoted to float64): convert A, e.g. "
+                "A.astype(np.float64)"
             )
+        if math.prod(tuple(M.shape)) == 0:
+            raise ValueError(f"{where}: A has shape {tuple(M.shape)} with no entries; pass "
+                             "a non-empty square matrix")
         if not B.isfinite_all(xp, values):
             raise ValueError(
                 f"{where}: A contains NaN or infinite entries; every entry must be finite"

@@ -20,11 +20,16 @@ Backends:
 
 from __future__ import annotations
 
+import math
+
 from .. import _backend as B
 
 
 def check_omega(omega, where: str) -> float:
-    if isinstance(omega, bool) or not isinstance(omega, (int, float)) or not 0 < omega < 2:
+    if hasattr(omega, "shape") and tuple(omega.shape) == () and hasattr(omega, "item"):
+        omega = omega.item()  # a NumPy scalar or 0-d array
+    if isinstance(omega, bool) or not isinstance(omega, (int, float)) or \
+            not math.isfinite(omega) or not 0 < omega < 2:
         raise ValueError(
             f"{where}: omega must be a number in the open interval (0, 2) (SOR converges "
             f"for SPD A exactly there), got {omega!r}; omega=1 is Gauss-Seidel"
@@ -111,13 +116,20 @@ class Relaxation:
         return self.sweep(B.contiguous(xp, r), z, symmetric=True)
 
     def residual_norms(self, op, b, x):
-        xp = self.xp
+        """``||b - A x||`` per column (shape (1,) for a vector), without overflow."""
+        from ..krylov._common import safe_norms
+
         r = b - op.matvec(x)
-        return xp.sqrt(xp.sum(r * r, axis=0))
+        return safe_norms(self.xp, r[:, None] if r.ndim == 1 else r)
 
     # -- the stationary iteration -------------------------------------------------------
     def iterate(self, op, b, x0, tol, maxiter, symmetric, callback, check_every):
-        """SOR iteration to ``||b - A x|| <= tol`` per column; ``(x, sweeps, converged)``."""
+        """SOR iteration to ``||b - A x|| <= tol`` per column.
+
+        Returns ``(x, sweeps, converged, stopped)``; ``callback(sweeps, x, norms)``
+        (``norms`` the true residual norms) returning ``True`` stops (``stopped``). The
+        caller scales ``b`` so that the squared norms cannot overflow.
+        """
         xp = self.xp
         x = B.contiguous_copy(xp, x0) if x0 is not None else xp.zeros_like(b)
         if self.kernels is not None and b.ndim == 1 and callback is None:
@@ -131,17 +143,17 @@ class Relaxation:
             else:
                 n_iters, residual = self.kernels["sor_solve"](
                     *self._csr_args(), b, x, self.omega, symmetric, tol_value, maxiter)
-            return x, int(n_iters), float(residual) <= tol_value
+            return x, int(n_iters), float(residual) <= tol_value, False
         norms = self.residual_norms(op, b, x)
         sweeps = 0
         while True:
             if sweeps % check_every == 0 or sweeps >= maxiter:
                 if bool(xp.all(norms <= tol)):
-                    return x, sweeps, True
-                if sweeps >= maxiter:
-                    return x, sweeps, False
+                    return x, sweeps, True, False
+                if sweeps >= maxiter or not B.isfinite_all(xp, norms):
+                    return x, sweeps, False, False
             x = self.sweep(b, x, symmetric)
             sweeps += 1
             norms = self.residual_norms(op, b, x)
-            if callback is not None:
-                callback(x)
+            if callback is not None and callback(sweeps, x, norms) is True:
+                return x, sweeps, bool(xp.all(norms <= tol)), True

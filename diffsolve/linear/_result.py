@@ -1,4 +1,4 @@
-"""The result type of :func:`diffsolve.linear.solve`."""
+"""The result type of :func:`diffsolve.linear.solve` and the state its callback sees."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._result import SolverResult
+from .._status import Status
 
-__all__ = ["LinearSolveResult"]
+__all__ = ["LinearSolveResult", "LinearSolveState"]
 
 
 @dataclass(frozen=True)
@@ -22,26 +23,97 @@ class LinearSolveResult(SolverResult):
         Iterations taken (0 for a direct solve; for several right-hand sides the most any
         column needed).
     converged : bool
-        Whether every column reached ``max(rtol * ||b||, atol)``.
+        Whether every column's *true* residual ``||b - A x||`` (recomputed at the returned
+        ``x``, also for ``method="direct"``) meets ``max(rtol * ||b||, atol)``.
     residual_norm : float or array, shape (k,)
-        ``||b - A x||`` at the returned ``x`` (per column for a 2-D ``b``).
+        ``||b - A x||`` at the returned ``x`` (per column for a 2-D ``b``), computed
+        without overflow.
+    status : Status
+        Why the solve stopped (for several right-hand sides the worst column's):
+        ``SUCCESS``, ``MAX_ITERATIONS``, ``BREAKDOWN`` (singular or ill-conditioned A for
+        ``direct``; not positive definite, or a tolerance below what the precision
+        resolves, for the CG family), ``NONFINITE``, ``DIVERGED`` (SOR) or ``STOPPED``
+        (the callback returned ``True``).
     info : int
-        SciPy's convention: 0 converged, > 0 the iteration count at which it gave up.
+        SciPy's convention, derived from ``status``: 0 converged, > 0 the iteration count
+        at which it gave up, < 0 a breakdown or non-finite values.
+    message : str
+        Why it stopped and what to try.
     """
 
     x: Any
     n_iters: int
     converged: bool
     residual_norm: Any
-    info: int
+    status: Any
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ("x",)
 
     @property
+    def info(self) -> int:
+        if bool(self.converged):
+            return 0
+        if int(self.status) in (Status.BREAKDOWN, Status.NONFINITE, Status.DIVERGED):
+            return -1
+        return max(int(self.n_iters), 1)
+
+    @property
     def message(self) -> str:
-        if self.converged:
-            return f"converged in {int(self.n_iters)} iterations"
-        return (
-            f"did not converge: stopped after {int(self.n_iters)} iterations; increase maxiter, "
-            "give a preconditioner M, or use method='direct'"
-        )
+        status = Status(int(self.status))
+        n = int(self.n_iters)
+        try:
+            r = max(float(v) for v in _flat(self.residual_norm))
+            residual = f"||b - A x|| = {r:.3g}"
+        except (TypeError, ValueError):
+            residual = "||b - A x|| unknown"
+        if status is Status.SUCCESS:
+            return f"converged in {n} iterations ({residual})"
+        if status is Status.STOPPED:
+            return f"stopped by the callback after {n} iterations ({residual})"
+        if status is Status.BREAKDOWN and n == 0:
+            return (f"A is singular or ill-conditioned: the solution misses the tolerance "
+                    f"({residual}); a direct solve of a singular A has no meaning: use a "
+                    "least-squares solver (numpy.linalg.lstsq, scipy.sparse.linalg.lsqr) or "
+                    "regularise A + λI")
+        if status is Status.BREAKDOWN:
+            return (f"broke down after {n} iterations with {residual} above the tolerance: "
+                    "A (or M) is singular or not symmetric positive definite (a search "
+                    "direction had non-positive curvature), or the tolerance is below what "
+                    "the precision resolves (the true residual stagnated); check A, use "
+                    "method='direct', loosen rtol or use float64")
+        if status is Status.DIVERGED:
+            return (f"the iterates diverged after {n} iterations (they are no longer "
+                    "finite): SOR converges for symmetric positive definite A with "
+                    "0 < omega < 2; check A, or use method='direct'")
+        if status is Status.NONFINITE:
+            return f"non-finite values after {n} iterations; {status.hint()}"
+        return (f"did not converge: stopped after {n} iterations with {residual}; "
+                "increase maxiter, give a preconditioner M (method='pcg'), tune omega, or "
+                "use method='direct'")
+
+
+def _flat(v):
+    shape = getattr(v, "shape", ())
+    if shape:
+        return [v[i] for i in range(shape[0])]
+    return [v]
+
+
+@dataclass(frozen=True)
+class LinearSolveState:
+    """What a :func:`diffsolve.linear.solve` callback sees after each iteration.
+
+    Attributes
+    ----------
+    n_iters : int
+        Iterations so far.
+    x : array
+        The current iterate (b's shape; a fresh array the callback may keep).
+    residual_norm : float or array
+        ``||b - A x||`` as the method tracks it (the recursive residual of the CG family,
+        the true one of SOR and DCDM); per column for a 2-D ``b``.
+    """
+
+    n_iters: int
+    x: Any
+    residual_norm: Any

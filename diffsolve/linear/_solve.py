@@ -2,34 +2,61 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-import numbers
+from dataclasses import dataclass
+from typing import Any
 
 from .. import _backend as B
+from .. import _validate as V
 from .._autodiff import custom_vjp
+from .._status import Status, report
 from ._dcdm import dcdm_solve
-from ._iterative import CG_FAMILY, iterative_solve
+from ._iterative import CG_FAMILY, iterative_solve, thresholds, true_residuals
 from ._operator import MatrixOperator, as_operator
 from ._relaxation import check_omega
 from ._result import LinearSolveResult
 
-__all__ = ["solve"]
+__all__ = ["LinearSolveSettings", "solve"]
 
 WHERE = "diffsolve.linear.solve"
 METHODS = ("direct", "cg", "pcg", "sor", "ssor-cg", "dcdm")
 RELAXATION_METHODS = ("sor", "ssor-cg")
+#: old option names, accepted for one release with a DeprecationWarning
+RENAMED = {"tol": "rtol", "max_iter": "maxiter"}
 
 
-def _check_b(b, op: MatrixOperator, xp):
-    if b.ndim not in (1, 2) or b.shape[0] != op.n:
+@dataclass(frozen=True)
+class LinearSolveSettings:
+    """The options of one :func:`solve` call, validated once; the forward and the
+    backward rule read this object (defaults live only in the signature of ``solve``)."""
+
+    method: str
+    rtol: float
+    atol: float
+    maxiter: int | None
+    M: Any
+    omega: float
+    callback: Any
+    check_every: int | None
+    model: Any
+    k: int
+    throw: bool
+
+    @property
+    def fixed_budget(self) -> bool:
+        """``rtol = atol = 0``: run exactly ``maxiter`` iterations."""
+        return self.rtol == 0 and self.atol == 0 and self.method != "direct"
+
+
+def _check_b(b, op: MatrixOperator):
+    b = V.float_array(WHERE, "b", b, min_ndim=1, max_ndim=2)
+    if b.shape[0] != op.n:
         raise ValueError(
             f"{WHERE}: b has shape {tuple(b.shape)} but A is {op.shape}; b must have shape "
             f"({op.n},) or ({op.n}, k)"
         )
-    if xp.isdtype(b.dtype, "complex floating"):
-        raise TypeError(f"{WHERE}: b has complex dtype {b.dtype}; only real systems are supported")
-    if not B.isfinite_all(xp, b):
-        raise ValueError(f"{WHERE}: b contains NaN or infinite entries; every entry must be finite")
+    return b
 
 
 def _result_dtype(op: MatrixOperator, b, xp):
@@ -37,32 +64,38 @@ def _result_dtype(op: MatrixOperator, b, xp):
     return dtype if xp.isdtype(dtype, "real floating") else xp.float64
 
 
-def _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b, model=None, k=2):
-    if method not in METHODS:
-        raise ValueError(f"{WHERE}: method={method!r} is not known; choose one of {list(METHODS)}")
+def _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every, b, model, k,
+              throw, deprecated) -> LinearSolveSettings:
+    options = V.renamed_options(WHERE, deprecated, RENAMED)
+    if "rtol" in options:
+        rtol = options.pop("rtol")
+    if "maxiter" in options:
+        maxiter = options.pop("maxiter")
+    V.unexpected_options(WHERE, options, (
+        "method", "x0", "rtol", "atol", "maxiter", "M", "omega", "callback", "check_every",
+        "model", "k", "throw"))
+    method = V.choice(WHERE, "method", method, METHODS)
+    rtol, atol = V.tolerances(WHERE, rtol, atol)
+    maxiter = V.positive_int(WHERE, "maxiter", maxiter, allow_none=True)
+    check_every = V.positive_int(WHERE, "check_every", check_every, allow_none=True)
+    throw = V.boolean(WHERE, "throw", throw)
+    callback = V.callback(WHERE, callback)
     if method != "dcdm" and (model is not None or k != 2):
         raise ValueError(f"{WHERE}: model and k are options of method='dcdm'; "
                          f"method={method!r} does not use them")
-    if method == "dcdm" and M is not None:
-        raise ValueError(f"{WHERE}: method='dcdm' takes its directions from model, not from "
-                         "a preconditioner M; drop M, or use method='pcg'")
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{WHERE}: {name} must be a finite number >= 0, got {value!r}")
-    if method != "direct" and rtol == 0 and atol == 0:
-        raise ValueError(f"{WHERE}: rtol and atol are both 0, so {method} could never stop; "
-                         "set rtol (e.g. 1e-8) or atol > 0")
-    if maxiter is not None and (not isinstance(maxiter, numbers.Integral) or maxiter < 1):
-        raise ValueError(f"{WHERE}: maxiter must be a positive integer or None, got {maxiter!r}")
-    if check_every is not None and (not isinstance(check_every, numbers.Integral)
-                                    or check_every < 1):
+    if method == "dcdm":
+        k = V.positive_int(WHERE, "k", k)
+        if M is not None:
+            raise ValueError(f"{WHERE}: method='dcdm' takes its directions from model, not "
+                             "from a preconditioner M; drop M, or use method='pcg'")
+    if method != "direct" and rtol == 0 and atol == 0 and maxiter is None:
+        raise ValueError(f"{WHERE}: rtol = atol = 0 runs exactly maxiter iterations of "
+                         f"{method}; pass maxiter, or set rtol (e.g. 1e-8) or atol > 0")
+    if method == "direct" and (M is not None or x0 is not None or callback is not None):
+        given = "x0" if x0 is not None else "M" if M is not None else "callback"
         raise ValueError(
-            f"{WHERE}: check_every must be a positive integer or None, got {check_every!r}"
-        )
-    if method == "direct" and (M is not None or x0 is not None):
-        raise ValueError(
-            f"{WHERE}: x0 and M are used by iterative methods only; method='direct' got "
-            f"{'x0' if x0 is not None else 'M'}: drop it, or choose method='cg'"
+            f"{WHERE}: x0, M and callback are used by iterative methods only; "
+            f"method='direct' got {given}: drop it, or choose method='cg'"
         )
     if M is not None and method in RELAXATION_METHODS:
         raise ValueError(f"{WHERE}: method={method!r} builds its own SOR/SSOR(omega) "
@@ -70,23 +103,25 @@ def _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b, mo
     if omega is not None and method not in RELAXATION_METHODS:
         raise ValueError(f"{WHERE}: omega is the relaxation parameter of 'sor' and 'ssor-cg'; "
                          f"method={method!r} does not use it")
-    if x0 is not None and (not B.is_array(x0) or tuple(x0.shape) != tuple(b.shape)):
-        shape = tuple(x0.shape) if B.is_array(x0) else type(x0).__name__
-        raise ValueError(f"{WHERE}: x0 must be an array of b's shape {tuple(b.shape)}, got {shape}")
-    return check_omega(1.0 if omega is None else omega, WHERE)
+    omega = check_omega(1.0 if omega is None else omega, WHERE)
+    return LinearSolveSettings(method, rtol, atol, maxiter, M, omega, callback, check_every,
+                               model, k, throw)
+
+
+def _check_x0(x0, b):
+    if x0 is None:
+        return None
+    x0 = V.float_array(WHERE, "x0", x0, min_ndim=1, max_ndim=2)
+    if tuple(x0.shape) != tuple(b.shape):
+        raise ValueError(f"{WHERE}: x0 must be an array of b's shape {tuple(b.shape)}, got "
+                         f"{tuple(x0.shape)}")
+    return x0
 
 
 def _residual_norm(op: MatrixOperator, x, b, xp):
-    """``||b - A x||`` per column, scaled by the largest entry so that a diverged iterate
-    reports a huge (or infinite) norm instead of overflowing while squaring."""
-    r = b - op.matvec(x)
-    scale = xp.max(xp.abs(r), axis=0)
-    ok = xp.isfinite(scale) & (scale > 0)
-    safe = xp.where(ok, scale, xp.ones_like(scale))
-    scaled = xp.sqrt(xp.sum((r / safe) ** 2, axis=0)) * safe
-    norm = xp.where(ok, scaled, xp.where(scale == 0, xp.zeros_like(scale),
-                                         xp.full_like(scale, float("inf"))))
-    return float(norm) if norm.ndim == 0 else norm
+    """``||b - A x||`` per column (a float for a vector ``b``), without overflow."""
+    norm = true_residuals(op, x, b, xp)
+    return float(norm[0]) if b.ndim == 1 else norm
 
 
 def _factorise(op: MatrixOperator, xp):
@@ -95,13 +130,34 @@ def _factorise(op: MatrixOperator, xp):
             f"{WHERE}: method='direct' needs the entries of A, but A is a LinearOperator; "
             "use method='cg' (symmetric positive definite A) or pass the matrix"
         )
-    lu = B.DenseLU(op.A, xp) if op.kind == "dense" else B.SparseLU(op.A, xp)
-    if lu.singular:
-        raise ValueError(
-            f"{WHERE}: A is singular to working precision (LU factorisation found a zero "
-            "pivot); check the matrix, or regularise it (A + λI)"
-        )
-    return lu
+    return B.DenseLU(op.A, xp) if op.kind == "dense" else B.SparseLU(op.A, xp)
+
+
+def _direct(op: MatrixOperator, b, settings: LinearSolveSettings, xp):
+    """LU solve whose verdict reads the true residual: a factorisation that "succeeds" on
+    a singular or badly conditioned A (tiny pivots, no zero) returns a huge, wrong x."""
+    lu = _factorise(op, xp)
+    x = None if lu.singular else lu.solve(b)
+    if x is None or not B.isfinite_all(xp, x):
+        x = xp.full_like(b, math.nan)
+        residual = xp.full((1 if b.ndim == 1 else b.shape[1],), math.inf, dtype=b.dtype)
+        return LinearSolveResult(x=x, n_iters=0, converged=False,
+                                 residual_norm=float(residual[0]) if b.ndim == 1 else residual,
+                                 status=Status.BREAKDOWN), lu
+    residual = true_residuals(op, x, b, xp)
+    if settings.rtol == 0 and settings.atol == 0:
+        converged = True  # no tolerance asked for: the finite LU solution is the answer
+    else:
+        # LU cannot promise a residual below about n·eps·||b|| (float32 at rtol=1e-8 is
+        # not a failure of the factorisation), capped at sqrt(eps): a singular or badly
+        # conditioned A misses that by orders of magnitude
+        eps = float(xp.finfo(b.dtype).eps)
+        rtol = max(settings.rtol, min(10 * op.n * eps, math.sqrt(eps)))
+        converged = bool(xp.all(residual <= thresholds(b, rtol, settings.atol, xp)))
+    status = Status.SUCCESS if converged else Status.BREAKDOWN
+    return LinearSolveResult(x=x, n_iters=0, converged=converged,
+                             residual_norm=float(residual[0]) if b.ndim == 1 else residual,
+                             status=status), lu
 
 
 def _solve_shapes(A, b, **kwargs):
@@ -113,43 +169,59 @@ def _solve_shapes(A, b, **kwargs):
         "n_iters": ((), "int64"),
         "converged": ((), "bool"),
         "residual_norm": (residual_shape, dtype),
-        "info": ((), "int64"),
+        "status": ((), "int64"),
     }
 
 
 def _solve_bwd(ctx, cotangents):
-    A, b = ctx.args
-    kw = ctx.kwargs
-    method = kw.get("method", "direct")
+    A, b = ctx.args[:2]
     op, xp = as_operator(A, b, WHERE)
+    if ctx.residuals is not None:
+        prepared, settings = ctx.residuals
+    else:
+        # the forward ran elsewhere (JAX under jit keeps arrays only): validate the same
+        # options again, through the same function, and prepare from scratch
+        options = {**_defaults(), **ctx.kwargs}
+        deprecated = {k: options.pop(k) for k in list(options) if k not in _defaults()}
+        options.pop("x0", None)
+        settings = _settings(b=b, x0=None, deprecated=deprecated, **options)
+        prepared = _factorise(op, xp) if settings.method == "direct" else None
+    method = settings.method
     x = ctx.result.x
     x_bar = xp.astype(cotangents["x"], x.dtype)
+    what = "the adjoint solve Aᵀλ = x̄"
     if method == "direct":
-        lu = ctx.residuals if ctx.residuals is not None else _factorise(op, xp)
-        lam = lu.solve(x_bar, trans=True)
+        lam = prepared.solve(x_bar, trans=True) if not prepared.singular else None
+        if lam is None:
+            lam = xp.full_like(x_bar, math.nan)
+        adjoint = None
     elif method == "dcdm":
         # A is symmetric (checked by the forward): Aᵀλ = x̄ is solved with the same model
-        lam = dcdm_solve(op, x_bar, model=kw.get("model"), k=kw.get("k", 2), x0=None,
-                         rtol=kw.get("rtol", 1e-8), atol=kw.get("atol", 0.0),
-                         maxiter=kw.get("maxiter"), callback=None,
-                         what="the adjoint solve Aᵀλ = x̄", prepared=ctx.residuals,
-                         check_symmetric=False).x
+        adjoint = dcdm_solve(op, x_bar, model=settings.model, k=settings.k, x0=None,
+                             rtol=settings.rtol, atol=settings.atol, maxiter=settings.maxiter,
+                             callback=None, what=what, prepared=prepared,
+                             check_symmetric=False)
+        lam = adjoint.x
     else:
         symmetric = method in CG_FAMILY
         # CG-family forwards checked that A is symmetric: Aᵀλ = x̄ is solved with A itself,
         # reusing its preconditioner (SSOR colouring, Jacobi diagonal). SOR accepts
         # non-symmetric A, so its adjoint relaxes on Aᵀ with the same ω.
-        out = iterative_solve(
+        adjoint = iterative_solve(
             op if symmetric else op.transpose(), x_bar, method=method, x0=None,
-            rtol=kw.get("rtol", 1e-8), atol=kw.get("atol", 0.0), maxiter=kw.get("maxiter"),
-            M=kw.get("M"), omega=check_omega(kw.get("omega") or 1.0, WHERE), callback=None,
-            check_every=kw.get("check_every"), what="the adjoint solve Aᵀλ = x̄",
-            prepared=ctx.residuals if symmetric else None, check_symmetric=False)
-        lam = out.x
+            rtol=settings.rtol, atol=settings.atol, maxiter=settings.maxiter, M=settings.M,
+            omega=settings.omega, callback=None, check_every=settings.check_every, what=what,
+            prepared=prepared if symmetric else None, check_symmetric=False)
+        lam = adjoint.x
+    if adjoint is not None and B.isfinite_all(xp, x_bar):
+        # the adjoint solve is a solve of its own: its failure is reported, not hidden
+        # (a NaN cotangent gives NaN gradients by design and is not a failure)
+        report(_adjoint_result(adjoint, lam), throw=settings.throw,
+               fixed_budget=settings.fixed_budget, stacklevel=4)
     b_bar = xp.astype(lam, b.dtype) if xp.isdtype(b.dtype, "real floating") else None
     if op.kind == "dense":
         A_bar = -(lam[:, None] * x[None, :]) if x.ndim == 1 else -(lam @ xp.matrix_transpose(x))
-        A_bar = xp.astype(A_bar, A.dtype)
+        A_bar = xp.astype(A_bar, A.dtype) if xp.isdtype(A.dtype, "real floating") else A_bar
     elif op.kind == "sparse":
         M = op.A
         sampled_outer = B.get_kernel(xp, "sparse.csr_sampled_outer")
@@ -161,9 +233,83 @@ def _solve_bwd(ctx, cotangents):
     return A_bar, b_bar
 
 
+def _adjoint_result(out, lam):
+    residual = out.residual_norm
+    return _AdjointReport(LinearSolveResult(
+        x=lam, n_iters=out.n_iters, converged=out.converged,
+        residual_norm=residual if residual is None or lam.ndim == 2 else float(residual[0]),
+        status=out.status))
+
+
+@dataclass(frozen=True)
+class _AdjointReport:
+    result: LinearSolveResult
+
+    @property
+    def status(self):
+        return self.result.status
+
+    @property
+    def message(self):
+        return f"{WHERE}: the adjoint solve Aᵀλ = x̄ {self.result.message}"
+
+
+def _forward(A, b, method, x0, rtol, atol, maxiter, M, omega, callback, check_every, model,
+             k, throw, deprecated):
+    """Validate, solve; ``(result, (prepared, settings))`` without reporting the status."""
+    op, xp = as_operator(A, b, WHERE)
+    b = _check_b(b, op)
+    settings = _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every,
+                         b, model, k, throw, deprecated)
+    x0 = _check_x0(x0, b)
+    dtype = _result_dtype(op, b, xp)
+    b = xp.astype(b, dtype, copy=False)
+    if settings.method == "direct":
+        res, lu = _direct(op, b, settings, xp)
+        return res, (lu, settings)
+    if settings.method == "dcdm":
+        out = dcdm_solve(op, b, model=settings.model, k=settings.k, x0=x0, rtol=settings.rtol,
+                         atol=settings.atol, maxiter=settings.maxiter,
+                         callback=settings.callback, what="the solve")
+    else:
+        out = iterative_solve(op, b, method=settings.method, x0=x0, rtol=settings.rtol,
+                              atol=settings.atol, maxiter=settings.maxiter, M=settings.M,
+                              omega=settings.omega, callback=settings.callback,
+                              check_every=settings.check_every, what="the solve")
+    residual = out.residual_norm
+    res = LinearSolveResult(x=out.x, n_iters=int(out.n_iters), converged=bool(out.converged),
+                            residual_norm=float(residual[0]) if b.ndim == 1 else residual,
+                            status=Status(int(out.status)))
+    return res, (out.prepared, settings)
+
+
+def solve_unreported(A, b, **options):
+    """:func:`solve` without its warning or exception: the caller reads ``status``.
+
+    For solvers that call ``solve`` (the ω bandits); not differentiable. Returns
+    ``(result, settings)``.
+    """
+    named = {name: options.pop(name) for name in list(options) if name in _defaults()}
+    res, (_, settings) = _forward(A, b, deprecated=options, **{**_defaults(), **named})
+    return res, settings
+
+
+def _defaults() -> dict:
+    """The keyword defaults of :func:`solve`, read from its signature (written once)."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = {name: p.default for name, p in inspect.signature(solve.fwd).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return _DEFAULTS
+
+
+_DEFAULTS = None
+
+
 @custom_vjp(_solve_bwd, _solve_shapes, LinearSolveResult)
 def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
-          omega=None, callback=None, check_every=None, model=None, k=2):
+          omega=None, callback=None, check_every=None, model=None, k=2, throw=False,
+          **deprecated):
     """Solve ``A x = b``, differentiably in ``A`` and ``b``.
 
     Parameters
@@ -171,27 +317,37 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
     A : array (n, n), sparse matrix, diffsolve.CSR or LinearOperator
         Dense NumPy/CuPy (or any array-API) matrix, SciPy / CuPy sparse matrix (converted
         to canonical CSR, no device move), :class:`diffsolve.CSR`, or
-        ``scipy.sparse.linalg.LinearOperator`` (``method='cg'`` only; not differentiated).
+        ``scipy.sparse.linalg.LinearOperator`` (CG family only; not differentiated).
+        float32 or float64 (integers are promoted to float64; float16, complex and bool
+        raise ``TypeError``).
     b : array, shape (n,) or (n, k)
-        Right-hand side(s); the columns of a 2-D ``b`` are solved together.
+        Right-hand side(s); the columns of a 2-D ``b`` are solved together. Same dtype
+        policy as ``A``; NaN/inf entries and size 0 raise ``ValueError``.
     method : {"direct", "cg", "pcg", "sor", "ssor-cg", "dcdm"}
         ``"direct"``: LU (LAPACK / SuperLU on the CPU, cuSOLVER on the GPU), its factor
-        reused by the adjoint. ``"cg"``: conjugate gradients for symmetric positive
-        definite A, sparse products through the compiled CSR kernels. ``"pcg"``: CG
-        preconditioned by ``M`` (default ``M="jacobi"``). ``"sor"``: stationary SOR(ω)
-        iteration (Numba sweeps on the CPU; multicolour SOR on the GPU, a different row
-        ordering). ``"ssor-cg"``: CG preconditioned by one SSOR(ω) sweep. ``"dcdm"``: the
-        Deep Conjugate Direction Method (Kaneda et al. 2023) with the network ``model``,
-        for symmetric positive definite A on a regular grid (see ``docs/dcdm.md``).
+        reused by the adjoint; its true residual decides ``converged``. ``"cg"``:
+        conjugate gradients (:func:`diffsolve.krylov.cg`) for symmetric positive definite
+        A, sparse products through the compiled CSR kernels. ``"pcg"``: CG preconditioned
+        by ``M`` (default ``M="jacobi"``). ``"sor"``: stationary SOR(ω) iteration (Numba
+        sweeps on the CPU; multicolour SOR on the GPU, a different row ordering).
+        ``"ssor-cg"``: CG preconditioned by one SSOR(ω) sweep. ``"dcdm"``: the Deep
+        Conjugate Direction Method (Kaneda et al. 2023) with the network ``model``, for
+        symmetric positive definite A of a regular grid's 5-point (7-point in 3-D)
+        stencil (see ``docs/dcdm.md``).
     x0 : array, optional
         Initial guess for iterative methods (a warm start), same shape as ``b``.
     rtol, atol : float
-        Iterative methods stop when ``||b - A x|| <= max(rtol ||b||, atol)`` per column.
-        The adjoint solve uses the same tolerances.
+        Every method reports ``converged`` from the true residual:
+        ``||b - A x|| <= max(rtol ||b||, atol)`` per column, computed without overflow
+        (each column is scaled by a power of two near ``max|b|``). Iterative methods stop
+        there; ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (then
+        ``status=MAX_ITERATIONS`` without a warning). ``"direct"`` tests its residual
+        against ``rtol`` raised to what LU promises, ``min(10 n eps, sqrt(eps))``
+        (``rtol = atol = 0`` skips the test); a miss is ``Status.BREAKDOWN`` (singular or
+        ill-conditioned A). The adjoint solve uses the same tolerances.
     maxiter : int, optional
-        Iteration limit (default ``10 n`` for the CG family, 10 000 sweeps for SOR).
-        Reaching it returns ``converged=False`` and warns with
-        :class:`diffsolve.ConvergenceWarning`.
+        Iteration limit (default ``10 n`` for the CG family and DCDM, 10 000 sweeps for
+        SOR).
     M : callable, LinearOperator, matrix or "jacobi", optional
         Preconditioner for ``"cg"`` / ``"pcg"`` approximating ``A⁻¹`` (symmetric positive
         definite).
@@ -200,33 +356,45 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
         symmetric Gauss–Seidel). :class:`diffsolve.linear.OmegaBandit` learns it online
         across a sequence of systems.
     callback : callable, optional
-        ``callback(xk)`` after every iteration.
+        ``callback(state)`` after every iteration, with a
+        :class:`~diffsolve.linear.LinearSolveState` ``(n_iters, x, residual_norm)``;
+        returning ``True`` stops the solve with ``status=Status.STOPPED`` (no warning).
     check_every : int, optional
         Iterations between convergence tests (each reads one number from the GPU);
         default 1 on the CPU and 8 on CuPy.
     model : ConvDirectionModel, optional
         ``method="dcdm"`` only: the direction network, bound to the grid of the unknowns
-        (:meth:`ConvDirectionModel.on_grid`; an unbound model assumes a square/cubic grid)
-        and on b's device (:meth:`ConvDirectionModel.to`). None: the shipped 2-D Poisson
-        model (64² training grid; needs a square number of unknowns).
+        (:meth:`ConvDirectionModel.on_grid`; an unbound model assumes a square/cubic grid
+        and checks that A is that grid's stencil) and on b's device
+        (:meth:`ConvDirectionModel.to`). None: the shipped 2-D Poisson model (64² training
+        grid; needs the 5-point matrix of a square grid).
     k : int
         ``method="dcdm"`` only: directions kept for A-orthogonalisation (paper: 2). When
         the network's directions stagnate the solve continues with CG and warns with
         ``diffsolve.linear.DirectionFallbackWarning``.
+    throw : bool
+        ``False`` (default): a solve that fails warns with
+        :class:`diffsolve.ConvergenceWarning` and returns its status. ``True``: raise the
+        :class:`diffsolve.SolveError` subclass of the status (``MaxIterationsError``,
+        ``BreakdownError``, ...), which carries the result.
+    **deprecated
+        ``tol`` (now ``rtol``) and ``max_iter`` (now ``maxiter``) still work for one
+        release, with a ``DeprecationWarning``.
 
     Returns
     -------
     LinearSolveResult
         ``x`` (differentiable), ``n_iters``, ``converged``, ``residual_norm``
-        (``||b - A x||`` recomputed at the end), ``info`` (0, or the iteration count when
-        not converged, as SciPy).
+        (``||b - A x||`` recomputed at the end), ``status``, ``message``, ``info`` (0, the
+        iteration count when not converged, -1 for a breakdown, as SciPy).
 
     Notes
     -----
     Backward rule: with ``λ = A⁻ᵀ x̄`` solved by the same method, ``b̄ = λ`` and
     ``Ā = -λ xᵀ``; for sparse ``A`` only the stored entries, ``Ā_ij = -λ_i x_j``, returned
     as the gradient of the CSR data array (a sparse matrix of A's pattern from
-    :func:`diffsolve.vjp`).
+    :func:`diffsolve.vjp`). A failed adjoint solve warns (or raises with ``throw=True``)
+    like the forward; a NaN/inf cotangent gives NaN gradients.
 
     Examples
     --------
@@ -234,31 +402,11 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
     >>> import diffsolve as ds
     >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
     >>> res = ds.linear.solve(A, np.array([1.0, 2.0]), method="cg")
-    >>> res.converged, np.allclose(A @ res.x, [1.0, 2.0])
-    (True, True)
+    >>> res.converged, res.status.name, np.allclose(A @ res.x, [1.0, 2.0])
+    (True, 'SUCCESS', True)
     """
-    op, xp = as_operator(A, b, WHERE)
-    _check_b(b, op, xp)
-    omega = _check_options(method, rtol, atol, maxiter, x0, M, omega, check_every, b, model, k)
-    dtype = _result_dtype(op, b, xp)
-    b = xp.astype(b, dtype, copy=False)
-    if method == "direct":
-        lu = _factorise(op, xp)
-        x = lu.solve(b)
-        if lu.singular or not B.isfinite_all(xp, x):
-            raise ValueError(f"{WHERE}: A is singular to working precision (the solution is "
-                             "not finite); check the matrix, or regularise it (A + λI)")
-        res = LinearSolveResult(x=x, n_iters=0, converged=True,
-                                residual_norm=_residual_norm(op, x, b, xp), info=0)
-        return res, lu
-    if method == "dcdm":
-        out = dcdm_solve(op, b, model=model, k=k, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter,
-                         callback=callback, what="the solve")
-    else:
-        out = iterative_solve(op, b, method=method, x0=x0, rtol=rtol, atol=atol,
-                              maxiter=maxiter, M=M, omega=omega, callback=callback,
-                              check_every=check_every, what="the solve")
-    res = LinearSolveResult(x=out.x, n_iters=out.n_iters, converged=out.converged,
-                            residual_norm=_residual_norm(op, out.x, b, xp),
-                            info=0 if out.converged else out.n_iters)
-    return res, out.prepared
+    res, residuals = _forward(A, b, method, x0, rtol, atol, maxiter, M, omega, callback,
+                              check_every, model, k, throw, deprecated)
+    settings = residuals[1]
+    report(res, throw=settings.throw, fixed_budget=settings.fixed_budget, stacklevel=4)
+    return res, residuals
