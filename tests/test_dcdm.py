@@ -208,9 +208,9 @@ def test_non_grid_matrices_are_refused(rng):
         solve(spd, rng.standard_normal(64), method="dcdm")
     m = 16
     T = sp.diags_array([-1.0, 2.0, -1.0], offsets=[-1, 0, 1], shape=(m, m))
-    I = sp.eye_array(m)
-    P3 = (sp.kron(sp.kron(T, I), I) + sp.kron(sp.kron(I, T), I)
-          + sp.kron(sp.kron(I, I), T)).tocsr()
+    eye = sp.eye_array(m)
+    P3 = (sp.kron(sp.kron(T, eye), eye) + sp.kron(sp.kron(eye, T), eye)
+          + sp.kron(sp.kron(eye, eye), T)).tocsr()
     with pytest.raises(ValueError, match="5-point grid operator of a 64x64 grid"):
         solve(P3, np.ones(m ** 3), method="dcdm")
     # an unbound model checks its inferred grid the same way
