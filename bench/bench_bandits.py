@@ -164,9 +164,8 @@ def synthetic_table(variant: str, seed: int, T: int):
 
 def check_kernel_against_solve(n_instances: int = 4) -> dict:
     """The kernel's counts equal diffsolve.linear.solve(method="sor") counts."""
-    from diffsolve.kernels.cpu.relaxation import sor_solve
-
     import diffsolve as ds
+    from diffsolve.kernels.cpu.relaxation import sor_solve
 
     c, rhs = synthetic_stream("high", 12345, n_instances)
     a = laplacian_2d(SYN_M)

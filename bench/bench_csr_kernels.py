@@ -116,6 +116,7 @@ def bench_cpu(args) -> dict:
     # Imported here, after main() may have pointed NUMBA_CACHE_DIR at a fresh
     # folder: Numba reads its configuration once, at import.
     import numba
+
     from diffsolve.kernels.cpu import _config
     from diffsolve.kernels.cpu import sparse as cpu_sparse
 
@@ -264,6 +265,7 @@ def _gpu_available():
 
 def bench_gpu(args, cupy) -> dict:
     import cupyx.scipy.sparse as cusp
+
     from diffsolve.kernels.cuda import sparse as cuda_sparse
 
     def event_time_ms(fn) -> float:

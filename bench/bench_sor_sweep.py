@@ -104,9 +104,10 @@ def bench_cpu(args) -> dict:
     # folder: Numba reads its configuration once, at import.
     import numba
     import pyamg
+    from pyamg.relaxation.relaxation import sor
+
     from diffsolve.kernels.cpu import _config
     from diffsolve.kernels.cpu import relaxation as relax
-    from pyamg.relaxation.relaxation import sor
 
     a = poisson_2d(args.m)
     n = a.shape[0]
@@ -325,6 +326,7 @@ def print_cpu(cpu: dict) -> None:
 
 def bench_gpu(args, cupy) -> dict:
     import numba
+
     from diffsolve.kernels.cpu import relaxation as relax
     from diffsolve.kernels.cuda import relaxation as cuda_relax
 

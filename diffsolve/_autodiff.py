@@ -327,6 +327,8 @@ def zero_cotangent(arg):
         return wrap_cotangent(arg, xp.zeros_like(data))
     if B.is_array(arg):
         xp = B.array_namespace(arg)
+        if not xp.isdtype(arg.dtype, "real floating"):
+            return None  # integer inputs (promoted by the solver) carry no gradient
         return xp.zeros_like(arg)
     return None
 

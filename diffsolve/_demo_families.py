@@ -40,7 +40,7 @@ def ot_tour(rng) -> None:
     b = rng.uniform(0.5, 1.5, n)
     b /= b.sum()
     t0 = time.perf_counter()
-    res, f_vjp = vjp(ot.sinkhorn, a, b, C, 0.01, tol=1e-13)
+    res, f_vjp = vjp(ot.sinkhorn, a, b, C, 0.01, rtol=1e-13)
     dt = time.perf_counter() - t0
     print(f"   sinkhorn eps=0.01: {int(res.n_iters)} iterations, L1 marginal error "
           f"{float(res.error):.1e}, cost {float(res.cost):.6f}, {dt * 1e3:.0f} ms (incl. JIT)")
@@ -48,15 +48,15 @@ def ot_tour(rng) -> None:
     _, _, C_bar = f_vjp(cost=np.float64(1.0))
     D = rng.standard_normal(C.shape)
     h = 1e-6
-    plus = float(ot.sinkhorn(a, b, C + h * D, 0.01, tol=1e-13).cost)
-    minus = float(ot.sinkhorn(a, b, C - h * D, 0.01, tol=1e-13).cost)
+    plus = float(ot.sinkhorn(a, b, C + h * D, 0.01, rtol=1e-13).cost)
+    minus = float(ot.sinkhorn(a, b, C - h * D, 0.01, rtol=1e-13).cost)
     fd = (plus - minus) / (2 * h)
     pred = float(np.sum(C_bar * D))
     print(f"   <dcost/dC, D> = {pred:.10e}   central FD = {fd:.10e}   rel. error "
           f"{_rel(pred, fd):.1e}")
     # sinkhorn_switch=0: the paper's fixed warm-up, so that the Newton stage does the work
     t0 = time.perf_counter()
-    res = ot.sinkhorn_newton_sparse(a, b, C, 0.002, tol=1e-10, sinkhorn_switch=0)
+    res = ot.sinkhorn_newton_sparse(a, b, C, 0.002, rtol=1e-10, sinkhorn_switch=0)
     dt = time.perf_counter() - t0
     print(f"   sinkhorn_newton_sparse eps=0.002: {int(res.n_sinkhorn)} Sinkhorn + "
           f"{int(res.n_iters)} Newton steps, L1 marginal error {float(res.error):.1e}, "

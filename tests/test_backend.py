@@ -78,6 +78,7 @@ def test_logsumexp_edge_cases(xp):
 
 def test_kernel_dispatch():
     import array_api_compat.numpy as xnp
+
     from diffsolve.kernels.cpu import sparse as cpu_sparse
 
     assert B.get_kernel(xnp, "sparse.csr_matvec") is cpu_sparse.csr_matvec
@@ -92,6 +93,7 @@ def test_kernel_dispatch():
 @pytest.mark.gpu
 def test_kernel_dispatch_gpu():
     import array_api_compat.cupy as xcp
+
     from diffsolve.kernels.cuda import sparse as cuda_sparse
 
     assert B.get_kernel(xcp, "sparse.csr_matvec") is cuda_sparse.csr_matvec

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diffsolve.kernels.cpu import ode as cpu
 from numba import njit
 
+from diffsolve.kernels.cpu import ode as cpu
 from tests import naive_ode as naive
 
 

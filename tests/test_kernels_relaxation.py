@@ -16,6 +16,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from diffsolve.kernels.cpu.relaxation import (
     color_groups,
     greedy_coloring,

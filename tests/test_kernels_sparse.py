@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from diffsolve.kernels.cpu.sparse import csr_matvec, csr_sampled_outer
 
 try:  # tests/ is a package or a namespace package under the rootdir

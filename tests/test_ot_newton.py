@@ -10,10 +10,10 @@ import warnings
 import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
-from diffsolve.kernels.cpu import ot_newton as cpu
 
 import diffsolve as ds
 import diffsolve.ot
+from diffsolve.kernels.cpu import ot_newton as cpu
 from diffsolve.ot._errors import marginal_error
 from tests.helpers import assert_close, central_difference, ot_clouds, ot_problem, to_numpy
 from tests.naive_ot_newton import (

@@ -17,15 +17,15 @@ import warnings
 
 import numpy as np
 import pytest
+
+import diffsolve as ds
+import diffsolve.ot as dot
 from diffsolve.kernels.cpu.ot_sparse import (
     relu_marginals,
     scatter_add_rows,
     simplex_rows,
     topk_rows,
 )
-
-import diffsolve as ds
-import diffsolve.ot as dot
 from tests.helpers import assert_close, central_difference, to_numpy
 from tests.naive_ot_sparse import (
     naive_scatter_add_rows,
