@@ -157,9 +157,8 @@ def test_non_convergence_warns(ridge):
     with pytest.raises(ds.DivergedError, match="Neumann terms grew"):
         hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
                       method="neumann", stepsize=3.0 / ridge["L"], maxiter=50, throw=True)
-    # unrolled steps that overflow: NumPy's own overflow warnings are not silenced
-    with pytest.raises(ds.DivergedError, match="unrolled inner steps diverged"), \
-            pytest.warns(RuntimeWarning, match="overflow|invalid"):
+    # unrolled steps that diverge: caught by an untraced dry run before they overflow
+    with pytest.raises(ds.DivergedError, match="unrolled inner steps diverged"):
         hypergradient(ridge["outer"], ridge["inner"], ridge["theta"],
                       np.ones_like(ridge["w_star"]), method="unrolled",
                       stepsize=3.0 / ridge["L"], maxiter=2000, throw=True)
@@ -201,6 +200,9 @@ def test_bad_functions_and_arrays(ridge):
         hypergradient(lambda t_, w_: w_, ridge["inner"], t, w)
     with pytest.raises(TypeError, match="x must be an array"):
         hypergradient(ridge["outer"], ridge["inner"], [0.0], w)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="hypergradient: y is a torch array but x is a numpy"):
+        hypergradient(ridge["outer"], ridge["inner"], t, torch.tensor(w))
     with pytest.raises(TypeError, match="hypergradient: y has dtype float16"):
         hypergradient(ridge["outer"], ridge["inner"], t, w.astype(np.float16))
     with pytest.raises(ValueError, match="hypergradient: x contains NaN"):
@@ -284,14 +286,11 @@ def test_nan_outer_gradient_gives_nan(ridge, method, bad):
     w = np.ones(8)
     w[3] = bad
     outer = lambda t, y: anp.sum(w * y)  # noqa: E731 - ∇ₓ outer = 0, ∇ᵧ outer has a NaN
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN in, NaN out: no warning, as in ds.vjp
         g, info = hypergradient(outer, ridge["inner"], ridge["theta"], ridge["w_star"],
                                 method=method, return_info=True, maxiter=50,
                                 stepsize=1.0 / ridge["L"])
-    # NaN in, NaN out: no ConvergenceWarning, as in ds.vjp (autograd's backward pass through
-    # an inf may make NumPy warn of inf * 0 itself: that is NumPy's, and passed on)
-    assert not [w for w in caught if issubclass(w.category, ds.ConvergenceWarning)]
     assert g.shape == ridge["theta"].shape and np.all(np.isnan(g))
     assert info.status is ds.Status.NONFINITE and not info.converged
 

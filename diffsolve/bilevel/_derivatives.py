@@ -36,7 +36,7 @@ from collections.abc import Callable
 from .. import _backend as B
 from .. import _validate as V
 
-__all__ = ["Oracle", "autodiff_backend", "check_array", "first_call"]
+__all__ = ["Oracle", "autodiff_backend", "check_array", "first_call", "same_library"]
 
 # what a user can do when autograd cannot see through an objective
 WAYS_OUT = ("or pass the derivatives yourself (outer_grad=, inner_grad=, inner_hvp=, "
@@ -70,6 +70,22 @@ def check_array(where: str, name: str, a):
     if not B.isfinite_all(xp, a):
         raise ValueError(f"{where}: {name} contains NaN or inf; pass finite values")
     return a
+
+
+def same_library(where: str, **arrays):
+    """The namespace of ``arrays``; a ``TypeError`` naming the one from another library."""
+    names = list(arrays)
+    libs = {n: type(a).__module__.split(".")[0] for n, a in arrays.items()}
+    first = names[0]
+    for n in names[1:]:
+        if libs[n] != libs[first]:
+            raise TypeError(
+                f"{where}: {n} is a {libs[n]} array but {first} is a {libs[first]} array; pass "
+                f"both from one library (NumPy arrays with autograd.numpy objectives, torch "
+                "tensors with torch objectives, JAX arrays with jax.numpy objectives); "
+                "diffsolve does not convert between them"
+            )
+    return B.array_namespace(*arrays.values(), where=where)
 
 
 def first_call(where: str, fn, name: str, x, y, xname="x", yname="y"):

@@ -56,6 +56,7 @@ from ._derivatives import (
     check_callables,
     check_scalar,
     first_call,
+    same_library,
 )
 
 __all__ = ["HypergradientInfo", "HypergradientSettings", "hypergradient",
@@ -65,6 +66,8 @@ WHERE = "diffsolve.bilevel.hypergradient"
 METHODS = ("implicit-cg", "neumann", "unrolled")
 HVP_MODES = ("reverse-over-reverse", "forward-over-reverse")
 DEFAULT_TERMS = 100  # neumann's K and unrolled's T when maxiter is None
+# unrolled steps growing this much over the first one are diverging: stop before overflow
+DIVERGENCE_FACTOR = 1e12
 POWER_ITERATIONS = 20
 RENAMED = {"n_steps": "maxiter"}
 
@@ -281,7 +284,7 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
                                      "inner_hvp"))
     x = check_array(WHERE, "x", x)
     y = check_array(WHERE, "y", y)
-    xp = B.array_namespace(x, y, where=WHERE)
+    xp = same_library(WHERE, x=x, y=y)
     for name, fn in (("outer", outer), ("inner", inner)):
         if not callable(fn):
             raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
@@ -496,18 +499,52 @@ def _stepsize(hvp_fn, y, xp) -> float:
 
 
 def _unrolled(outer, grad_y_inner, x, y, stepsize, st, xp):
+    """Autograd through T gradient steps on inner, after an untraced dry run.
+
+    The dry run (the same T steps, plus ∇ of outer at their end) decides the status before
+    anything is differentiated: steps that diverge stop there (``DIVERGED``: the growth is
+    caught before it overflows), and a NaN/inf outer gradient gives a NaN hypergradient at
+    once, instead of NaN arithmetic (``inf · 0``) inside autograd's backward pass.
+    """
     from ..implicit._user_vjp import autograd_vjp
 
     steps = DEFAULT_TERMS if st.maxiter is None else st.maxiter
+    nan = xp.full_like(x, float("nan"))
+    y_last, first, diverged = y, None, False
+    for _ in range(steps):
+        y_next = y_last - stepsize * grad_y_inner(x, y_last)
+        move = _norm(xp, y_next - y_last)
+        y_last = y_next
+        if first is None:
+            first = move
+        if not math.isfinite(move) or move > DIVERGENCE_FACTOR * (1.0 + first):
+            diverged = True
+            break
+    inner_grad_norm = math.nan
+    if diverged:
+        return nan, HypergradientInfo(
+            "unrolled", steps, False, None, inner_grad_norm, stepsize, None, Status.DIVERGED,
+            f"{WHERE}(method='unrolled'): the unrolled inner steps diverged (stepsize="
+            f"{stepsize:g} too large for ∇²ᵧᵧ inner: it must be < 2/L); pass a smaller "
+            "stepsize, or leave it None to estimate 1/L")
+    if st.return_info:
+        inner_grad_norm = _norm(xp, grad_y_inner(x, y_last))
+    vjp_f, value = autograd_vjp(lambda a, b: outer(a, b), x, y_last, argnum=(0, 1),
+                                where=WHERE, what="the outer objective", ways_out=WAYS_OUT,
+                                name=getattr(outer, "__name__", "outer"))
+    check_scalar(WHERE, value, "outer")
+    fx, fy = vjp_f(xp.ones_like(xp.asarray(value)))
+    if not (B.isfinite_all(xp, xp.asarray(fx)) and B.isfinite_all(xp, xp.asarray(fy))):
+        return nan, HypergradientInfo(
+            "unrolled", steps, False, None, inner_grad_norm, stepsize, None, Status.NONFINITE,
+            f"{WHERE}(method='unrolled'): {NAN_OUTER} at the last unrolled step, so the "
+            "hypergradient is NaN")
 
-    def run(x_):
+    def phi(x_):
         y_t = y
         for _ in range(steps):
             y_t = y_t - stepsize * grad_y_inner(x_, y_t)
-        return y_t
-
-    def phi(x_):
-        return outer(x_, run(x_))
+        return outer(x_, y_t)
 
     phi.__name__ = getattr(outer, "__name__", "outer")
     vjp, value = autograd_vjp(phi, x, where=WHERE,
@@ -515,21 +552,10 @@ def _unrolled(outer, grad_y_inner, x, y, stepsize, st, xp):
                               ways_out=WAYS_OUT)
     check_scalar(WHERE, value, "outer")
     grad = vjp(xp.ones_like(xp.asarray(value)))
-    # the last iterate again, untraced (the traced one may hold boxes in object arrays
-    # when inner is written with plain NumPy that autograd still follows element-wise)
-    y_last = run(x) if st.return_info or not B.isfinite_all(xp, grad) else None
-    if y_last is not None and not B.isfinite_all(xp, y_last):
-        status = Status.DIVERGED
-        message = (f"{WHERE}(method='unrolled'): the {steps} unrolled inner steps diverged "
-                   f"(stepsize={stepsize:g} too large for ∇²ᵧᵧ inner: it must be < 2/L); "
-                   "pass a smaller stepsize, or leave it None to estimate 1/L")
-    elif not B.isfinite_all(xp, grad):
-        status = Status.NONFINITE
-        message = (f"{WHERE}(method='unrolled'): {NAN_OUTER} at the last unrolled step, so "
-                   "the hypergradient is NaN")
-    else:
-        status = Status.SUCCESS
-        message = f"{WHERE}(method='unrolled'): differentiated {steps} unrolled inner steps"
-    inner_grad_norm = _norm(xp, grad_y_inner(x, y_last)) if st.return_info else math.nan
+    status = Status.SUCCESS if B.isfinite_all(xp, grad) else Status.NONFINITE
+    message = (f"{WHERE}(method='unrolled'): differentiated {steps} unrolled inner steps"
+               if status is Status.SUCCESS else
+               f"{WHERE}(method='unrolled'): the gradient through {steps} unrolled steps is "
+               "not finite; check the objectives for NaN/inf")
     return grad, HypergradientInfo("unrolled", steps, status is Status.SUCCESS, None,
                                    inner_grad_norm, stepsize, None, status, message)

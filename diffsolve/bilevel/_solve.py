@@ -53,7 +53,7 @@ from ..implicit._projections import (
     projection_nonnegative,
     projection_simplex,
 )
-from ._derivatives import Oracle, check_array, check_callables, first_call
+from ._derivatives import Oracle, check_array, check_callables, first_call, same_library
 from ._hypergradient import _stepsize, implicit_hypergradient
 
 __all__ = ["BilevelHistory", "BilevelResult", "BilevelSettings", "BilevelState", "solve"]
@@ -790,7 +790,7 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
         given[new] = value
     x0 = check_array(WHERE, "x0", x0)
     y0 = check_array(WHERE, "y0", y0)
-    xp = B.array_namespace(x0, y0, where=WHERE)
+    xp = same_library(WHERE, x0=x0, y0=y0)
     for name, fn in (("outer", outer), ("inner", inner)):
         if not callable(fn):
             raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
