@@ -580,3 +580,31 @@ def test_public_exports():
         pytest.skip("diffsolve.linear does not export the bandits yet")
     assert ds.linear.OmegaBandit is OmegaBandit
     assert ds.linear.ContextualOmegaBandit is ContextualOmegaBandit
+
+
+def test_bandit_reads_the_inner_status_and_reports_it():
+    """The bandit no longer silences the solve's ConvergenceWarning inside
+    warnings.catch_warnings: it reads the status, records the observation, then warns,
+    stays silent (warn=False) or raises (throw=True)."""
+    if not _sor_available():
+        pytest.skip("needs diffsolve.linear.solve with method='sor'")
+    m = 8
+    T = sp.diags_array([-1.0, 2.0, -1.0], offsets=[-1, 0, 1], shape=(m, m))
+    A = (sp.kron(sp.eye_array(m), T) + sp.kron(T, sp.eye_array(m))).tocsr()
+    b = np.ones(m * m)
+    bandit = OmegaBandit(omegas=[1.2], seed=0)
+    with pytest.warns(ConvergenceWarning, match="after 2 iterations"):
+        res = bandit.solve(A, b, maxiter=2)
+    assert res.status is ds.Status.MAX_ITERATIONS and not res.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = bandit.solve(A, b, maxiter=2, warn=False)
+    assert res.status is ds.Status.MAX_ITERATIONS
+    with pytest.raises(ds.MaxIterationsError):
+        bandit.solve(A, b, maxiter=2, throw=True)
+    assert bandit.history.converged.tolist() == [False, False, False]
+    assert bandit.history.cost.tolist() == [2, 2, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fixed budget is what was asked for
+        res = bandit.solve(A, b, maxiter=3, rtol=0.0, atol=0.0)
+    assert res.n_iters == 3

@@ -229,6 +229,8 @@ def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prep
     xs, iters, falls, statuses = [], [], [], []
     for j, bj in enumerate(cols):
         x0j = None if x0s is None else (x0s if b.ndim == 1 else x0s[:, j])
+        if not bool(xp.any(bj != 0)):
+            x0j = None  # a zero right-hand side has the solution 0: no iteration
         cb = None
         if callback is not None:
             def cb(it, x, rn, sj=float(s[j])):

@@ -181,6 +181,10 @@ def _sor(op, b, x0, rtol, atol, maxiter, omega, callback, check_every, prepared)
                                 xp.full((k,), math.nan, dtype=b.dtype))
     tol = thresholds(bs, rtol, atol / s, xp)
     tol = tol[0] if b.ndim == 1 else tol
+    if x0s is not None:
+        # a zero right-hand side has the solution 0, whatever the warm start
+        zero = xp.all(bs == 0, axis=0)
+        x0s = xp.where(zero, xp.zeros_like(x0s), x0s)
     cb = None
     if callback is not None:
         def cb(sweeps, x, norms):

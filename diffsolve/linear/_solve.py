@@ -66,6 +66,12 @@ def _result_dtype(op: MatrixOperator, b, xp):
 
 def _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every, b, model, k,
               throw, deprecated) -> LinearSolveSettings:
+    given = {"rtol": rtol, "maxiter": maxiter}
+    for old, new in RENAMED.items():
+        # the new name is a parameter of solve: "given" means "not at its default"
+        if old in deprecated and given[new] != _defaults()[new]:
+            raise TypeError(f"{WHERE}: got both {old}= (deprecated) and {new}=; pass only "
+                            f"{new}=")
     options = V.renamed_options(WHERE, deprecated, RENAMED)
     if "rtol" in options:
         rtol = options.pop("rtol")
