@@ -386,3 +386,45 @@ def test_bad_options():
         cg(A, b, callback=3)
     with pytest.raises(ValueError, match="batch_axis=2 but b has 1"):
         cg(A, b, batch_axis=2)
+
+
+# ---------------------------------------------------------------------------------------
+# the implicit-differentiation wrappers (implicit/_implicit_solve.py, implicit/_gmres.py)
+# ---------------------------------------------------------------------------------------
+def test_implicit_wrappers_return_nan_and_nonfinite_for_a_nan_rhs():
+    """root_vjp and bilevel.hypergradient call these directly (not through the autodiff
+    core's NaN fill): a NaN right-hand side must give NaN, never 0."""
+    import warnings
+
+    from diffsolve.implicit._gmres import gmres as implicit_gmres
+    from diffsolve.implicit._implicit_solve import cg_solve
+
+    A = spd_matrix(np.random.default_rng(2), 6)
+    b = np.ones(6)
+    b[2] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = cg_solve(lambda u: A @ u, b, rtol=1e-10, maxiter=None, where="w", what="M u = b",
+                       advice="-")
+        g = implicit_gmres(lambda u: A @ u, b, tol=1e-10, restart=6, maxiter=60)
+    assert out.status is Status.NONFINITE and not out.converged and np.isnan(out.u).all()
+    assert g.status is Status.NONFINITE and not g.converged and np.isnan(g.x).all()
+
+
+def test_implicit_cg_solve_reports_instead_of_warning():
+    import warnings
+
+    from diffsolve.implicit._implicit_solve import cg_solve
+
+    A = poisson_2d(8, shift=0.01).toarray()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = cg_solve(lambda u: A @ u, np.ones(64), rtol=1e-12, maxiter=3, where="w",
+                       what="M u = b", advice="-", true_residual=True)
+    assert out.status is Status.MAX_ITERATIONS and out.n_iters == 3 and not out.converged
+    np.testing.assert_allclose(out.residual_norm, np.linalg.norm(np.ones(64) - A @ out.u))
+    assert "M u = b" in out.message
+    # a matrix that is not positive definite is a usage error of CG: ValueError
+    with pytest.raises(ValueError, match="not positive definite; try a ridge"):
+        cg_solve(lambda u: -u, np.ones(4), rtol=1e-8, maxiter=None, where="w",
+                 what="M u = b", advice="try a ridge")
