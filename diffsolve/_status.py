@@ -20,6 +20,8 @@ tolerance), but it is what the caller asked for, so it neither warns nor raises.
 from __future__ import annotations
 
 import enum
+import os
+import sys
 import warnings
 
 __all__ = [
@@ -168,8 +170,40 @@ def worst_status(statuses) -> Status:
     return Status.SUCCESS
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_KERNELS_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "kernels")
+# frames of these libraries sit between a user's call and a solver run through an adapter
+_PASS_THROUGH = (f"{os.sep}torch{os.sep}", f"{os.sep}autograd{os.sep}", f"{os.sep}jax{os.sep}",
+                 f"{os.sep}jaxlib{os.sep}")
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the user's line.
+
+    Counts frames up from the caller of this function until one lies outside diffsolve
+    (and outside the autodiff frameworks that call it through the adapters), so the warning
+    names the user's call whether it came directly, through ``diffsolve.vjp`` or an adapter.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        inside = path.startswith((_PACKAGE_DIR, _KERNELS_DIR)) or \
+            any(part in path for part in _PASS_THROUGH)
+        if not inside:
+            return level
+        frame = frame.f_back
+        level += 1
+    return 1
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the first frame outside diffsolve."""
+    warnings.warn(message, category, stacklevel=caller_stacklevel())
+
+
 def report(result, *, throw: bool, warn: bool = True, fixed_budget: bool = False,
-           stacklevel: int = 3):
+           stacklevel: int | None = None):
     """Return ``result``, after warning or raising if it did not succeed.
 
     Parameters
@@ -182,6 +216,8 @@ def report(result, *, throw: bool, warn: bool = True, fixed_budget: bool = False
         ``False`` for a caller that reads the status itself (an inner solve).
     fixed_budget : bool
         ``rtol = atol = 0``: running out of iterations is the request, not a failure.
+    stacklevel : int, optional
+        Where the warning points; by default the user's line (:func:`caller_stacklevel`).
     """
     status = result_status(result)
     if status is Status.SUCCESS:
@@ -192,6 +228,8 @@ def report(result, *, throw: bool, warn: bool = True, fixed_budget: bool = False
     if throw:
         raise error_class(status)(message, status=status, result=result)
     if warn:
+        if stacklevel is None:
+            stacklevel = caller_stacklevel()
         warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel)
     return result
 

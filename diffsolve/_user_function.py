@@ -67,7 +67,7 @@ def _moves(fun: Callable, args: Sequence, argnums: tuple[int, ...], value) -> bo
 
 
 def traced_vjp(fun: Callable, args: Sequence, argnums: int | tuple[int, ...], *, where: str,
-               what: str, ways_out: str):
+               what: str, ways_out: str, name: str | None = None):
     """``(vjp_fn, value)`` of ``fun(*args)`` with respect to ``args[argnums]`` by autograd.
 
     Parameters
@@ -84,6 +84,9 @@ def traced_vjp(fun: Callable, args: Sequence, argnums: int | tuple[int, ...], *,
         The user function's role, e.g. ``"the vector field f"``.
     ways_out : str
         What the user can do instead, e.g. ``"pass vjp=..., or use from_torch(f)"``.
+    name : str, optional
+        The user's function name, when ``fun`` is a wrapper around it (default
+        ``fun.__name__``).
 
     Raises
     ------
@@ -101,7 +104,8 @@ def traced_vjp(fun: Callable, args: Sequence, argnums: int | tuple[int, ...], *,
     # kept the output a box (np.dot(A, y) * p[0] traces p but loses y)
     if _holds_boxes(value) or (independent and _moves(fun, args, nums, value)):
         raise NotTraceableError(
-            f"{where}: autograd cannot trace {what} ({getattr(fun, '__name__', fun)!r}): "
+            f"{where}: autograd cannot trace {what} "
+            f"({name if name is not None else getattr(fun, '__name__', fun)!r}): "
             "its output depends on the inputs, but through plain NumPy calls "
             "(np.array([...]), np.dot, float(...), .tolist()) that autograd does not see, "
             "so its gradient would silently be zero. Ways out: write it with "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Mapping
 
 __all__ = [
@@ -22,13 +21,18 @@ __all__ = [
     "boolean",
     "callback",
     "choice",
+    "choices",
     "finite_real",
     "float_array",
     "integer",
+    "interval",
     "nonnegative_real",
+    "optional_callable",
     "positive_int",
     "positive_real",
     "renamed_options",
+    "same_library",
+    "seed",
     "tolerances",
 ]
 
@@ -106,6 +110,18 @@ def positive_real(where: str, name: str, value, *, allow_none: bool = False):
     return finite_real(where, name, value, allow_none=allow_none, minimum=0.0, strict=True)
 
 
+def interval(where: str, name: str, value, lo: float, hi: float, *, lo_open: bool = True,
+             hi_open: bool = True, example: str = "") -> float:
+    """A finite real in the interval from ``lo`` to ``hi`` (open or closed at each end)."""
+    v = finite_real(where, name, value)
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ValueError(f"{where}: {name} must be a number in {lb}{lo}, {hi}{rb}, got "
+                         f"{value!r}{example}")
+    return v
+
+
 def tolerances(where: str, rtol, atol) -> tuple[float, float]:
     """``(rtol, atol)``, each finite and ``>= 0``.
 
@@ -135,6 +151,36 @@ def choice(where: str, name: str, value, choices):
     )
 
 
+def choices(where: str, name: str, value, valid) -> tuple:
+    """A tuple of names from ``valid`` (a single string counts as one name; ``None`` as none)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{where}: {name} must be a tuple of names from {list(valid)}, got "
+                        f"{_received(value)}")
+    unknown = [v for v in value if v not in valid]
+    if unknown:
+        raise ValueError(f"{where}: {name} {unknown} are not known; choose from {list(valid)}")
+    return tuple(value)
+
+
+def seed(where: str, value, *, name: str = "seed"):
+    """``None``, a NumPy ``Generator`` or ``SeedSequence`` (kept), or an ``int >= 0``."""
+    if value is None or hasattr(value, "bit_generator") or hasattr(value, "generate_state"):
+        return value
+    return integer(where, name, value, minimum=0)
+
+
+def optional_callable(where: str, name: str, value, *, signature: str):
+    """``None`` or a callable; the error shows the expected ``signature``."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{where}: {name} must be None or a callable {signature}, got "
+                        f"{_received(value)}")
+    return value
+
+
 def callback(where: str, value, *, name: str = "callback"):
     """``None`` or a callable ``callback(state) -> bool | None`` (``True`` stops)."""
     if value is not None and not callable(value):
@@ -145,14 +191,19 @@ def callback(where: str, value, *, name: str = "callback"):
     return value
 
 
-def array_argument(where: str, name: str, x, *, is_array: Callable[[object], bool]):
+_FRAMEWORKS = ("torch", "jax", "jaxlib", "autograd")
+
+
+def array_argument(where: str, name: str, x, *, is_array: Callable[[object], bool],
+                   allow_frameworks: bool = False):
     """Reject what is not an array with an error that says how to pass one.
 
     Lists and tuples are refused (rather than converted) because conversion would pick a
-    library and a device behind the caller's back.
+    library and a device behind the caller's back. Framework tensors are refused unless
+    ``allow_frameworks`` (functions that differentiate user code written in torch/JAX).
     """
     framework = type(x).__module__.split(".")[0]
-    if is_array(x) and framework not in ("torch", "jax", "jaxlib", "autograd"):
+    if is_array(x) and (allow_frameworks or framework not in _FRAMEWORKS):
         return x
     hint = (f"np.asarray({name})" if isinstance(x, (list, tuple, numbers.Number))
             else f"a NumPy or CuPy array (e.g. np.asarray({name}))")
@@ -163,7 +214,8 @@ def array_argument(where: str, name: str, x, *, is_array: Callable[[object], boo
 
 
 def float_array(where: str, name: str, x, *, min_ndim: int = 0, max_ndim: int | None = None,
-                allow_empty: bool = False, finite: bool = True):
+                allow_empty: bool = False, finite: bool = True,
+                allow_frameworks: bool = False):
     """The one dtype / size / finiteness policy for array inputs of every family.
 
     * float32 and float64 arrays are used as they are (the dtype is kept);
@@ -176,11 +228,13 @@ def float_array(where: str, name: str, x, *, min_ndim: int = 0, max_ndim: int | 
       ``ValueError``; with ``finite=True``, NaN or inf entries raise a ``ValueError``.
 
     Read-only and non-contiguous arrays are accepted; solvers never write into inputs.
-    Returns the (possibly promoted) array.
+    ``allow_frameworks=True`` admits torch / JAX arrays under the same policy (for functions
+    that differentiate user code written in those frameworks). Returns the (possibly
+    promoted) array.
     """
     from . import _backend as B
 
-    array_argument(where, name, x, is_array=B.is_array)
+    array_argument(where, name, x, is_array=B.is_array, allow_frameworks=allow_frameworks)
     xp = B.array_namespace(x, where=where)
     shape = tuple(int(s) for s in x.shape)
     if x.ndim < min_ndim or (max_ndim is not None and x.ndim > max_ndim):
@@ -202,6 +256,25 @@ def float_array(where: str, name: str, x, *, min_ndim: int = 0, max_ndim: int | 
     return x
 
 
+def same_library(where: str, **arrays):
+    """The array namespace of ``arrays``; a ``TypeError`` naming the argument that comes
+    from another library (nothing is converted between libraries or devices)."""
+    from . import _backend as B
+
+    names = list(arrays)
+    libs = {n: type(a).__module__.split(".")[0] for n, a in arrays.items()}
+    first = names[0]
+    for n in names[1:]:
+        if libs[n] != libs[first]:
+            raise TypeError(
+                f"{where}: {n} is a {libs[n]} array but {first} is a {libs[first]} array; pass "
+                "all of them from one library (NumPy with autograd.numpy functions, torch "
+                "tensors with torch functions, JAX arrays with jax.numpy functions); "
+                "diffsolve does not convert between them"
+            )
+    return B.array_namespace(*arrays.values(), where=where)
+
+
 def renamed_options(where: str, kwargs: dict, renames: Mapping[str, str]) -> dict:
     """Move deprecated option names in ``kwargs`` to their new names, with a warning.
 
@@ -214,11 +287,10 @@ def renamed_options(where: str, kwargs: dict, renames: Mapping[str, str]) -> dic
             continue
         if new in out:
             raise TypeError(f"{where}: got both {old}= (deprecated) and {new}=; pass only {new}=")
-        warnings.warn(
-            f"{where}: {old}= is deprecated and will be removed in the next release; "
-            f"use {new}= instead",
-            DeprecationWarning, stacklevel=4,
-        )
+        from ._status import warn_at_caller
+
+        warn_at_caller(f"{where}: {old}= is deprecated and will be removed in the next "
+                       f"release; use {new}= instead", DeprecationWarning)
         out[new] = out.pop(old)
     return out
 

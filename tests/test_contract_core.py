@@ -331,3 +331,34 @@ def test_kernels_run_uncached_with_one_warning_when_numba_cannot_cache():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1"
+
+
+def test_warnings_point_at_the_callers_line():
+    a = np.ones(3) / 3
+    C = np.random.default_rng(1).random((3, 3))  # not additive: Sinkhorn needs > 2 steps
+    with pytest.warns(ds.ConvergenceWarning) as direct:
+        ds.ot.sinkhorn(a, a, C, 0.01, maxiter=2)
+    with pytest.warns(ds.ConvergenceWarning) as through_vjp:
+        ds.vjp(ds.ot.sinkhorn, a, a, C, 0.01, maxiter=2)
+    with pytest.warns(DeprecationWarning) as renamed:
+        ds.ot.sinkhorn(a, a, C, 0.5, max_iter=100)
+    for record in (direct, through_vjp, renamed):
+        assert record[0].filename == __file__, record[0].filename
+
+
+def test_validators_for_intervals_name_tuples_seeds_and_callables():
+    assert V.interval("f", "c1", 0.25, 0.0, 0.5) == 0.25
+    with pytest.raises(ValueError, match=r"f: c1 must be a number in \(0.0, 0.5\), got 0.5"):
+        V.interval("f", "c1", 0.5, 0.0, 0.5)
+    assert V.interval("f", "d", 1.0, 0.0, 1.0, hi_open=False) == 1.0
+    assert V.choices("f", "regs", "error", ("error", "stiffness")) == ("error",)
+    with pytest.raises(ValueError, match=r"regs \['bogus'\] are not known"):
+        V.choices("f", "regs", ("error", "bogus"), ("error", "stiffness"))
+    assert V.seed("f", np.random.default_rng(0)) is not None and V.seed("f", 3) == 3
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        V.seed("f", 1.5)
+    with pytest.raises(TypeError, match=r"vjp must be None or a callable vjp\(t, y\)"):
+        V.optional_callable("f", "vjp", 3, signature="vjp(t, y)")
+    with pytest.raises(TypeError, match="y is a torch array but x is a numpy array"):
+        torch = pytest.importorskip("torch")
+        V.same_library("f", x=np.ones(2), y=torch.ones(2))

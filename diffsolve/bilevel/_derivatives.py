@@ -44,48 +44,15 @@ WAYS_OUT = ("or pass the derivatives yourself (outer_grad=, inner_grad=, inner_h
             "/ JAX arrays (their own autodiff is then used)")
 _WHAT = {"outer": "the outer objective", "inner": "the inner objective",
          "constraint": "the lower-level constraint", "grad_y inner": "∇ᵧ of the inner objective"}
-_FRAMEWORKS = ("torch", "jax", "jaxlib")
 
 
 def check_array(where: str, name: str, a):
-    """diffsolve's array policy for x and y, also for torch / JAX arrays.
-
-    :func:`diffsolve._validate.float_array` (float32/float64 kept, integers promoted to
-    float64, float16/bool/complex, lists, size 0 and NaN/inf refused), except that torch
-    and JAX arrays are welcome here: objectives written with torch / jax.numpy are
-    differentiated by their own autodiff (the same policy applies to them).
-    """
-    framework = type(a).__module__.split(".")[0]
-    if not (framework in _FRAMEWORKS and B.is_array(a)):
-        return V.float_array(where, name, a)
-    xp = B.array_namespace(a, where=where)
-    if xp.isdtype(a.dtype, ("signed integer", "unsigned integer")):
-        a = xp.astype(a, xp.float64)
-    elif a.dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"{where}: {name} has dtype {a.dtype}; diffsolve works in float32 or "
-                        f"float64 (integers are promoted to float64); convert it")
-    if math.prod(tuple(a.shape)) == 0:
-        raise ValueError(f"{where}: {name} has shape {tuple(a.shape)} with no entries; pass a "
-                         "non-empty problem")
-    if not B.isfinite_all(xp, a):
-        raise ValueError(f"{where}: {name} contains NaN or inf; pass finite values")
-    return a
+    """diffsolve's array policy for x and y, torch / JAX arrays included: objectives written
+    with torch / jax.numpy are differentiated by their own autodiff."""
+    return V.float_array(where, name, a, allow_frameworks=True)
 
 
-def same_library(where: str, **arrays):
-    """The namespace of ``arrays``; a ``TypeError`` naming the one from another library."""
-    names = list(arrays)
-    libs = {n: type(a).__module__.split(".")[0] for n, a in arrays.items()}
-    first = names[0]
-    for n in names[1:]:
-        if libs[n] != libs[first]:
-            raise TypeError(
-                f"{where}: {n} is a {libs[n]} array but {first} is a {libs[first]} array; pass "
-                f"both from one library (NumPy arrays with autograd.numpy objectives, torch "
-                "tensors with torch objectives, JAX arrays with jax.numpy objectives); "
-                "diffsolve does not convert between them"
-            )
-    return B.array_namespace(*arrays.values(), where=where)
+same_library = V.same_library
 
 
 def first_call(where: str, fn, name: str, x, y, xname="x", yname="y"):

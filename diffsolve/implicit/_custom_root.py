@@ -378,7 +378,7 @@ def _make_differentiable(solver, settings: RootSettings, where: str) -> Differen
         grads, info = _theta_cotangents(settings, x, tuple(theta), cotangents["value"], xp,
                                         public)
         report(info, throw=settings.throw, warn=_must_warn(info),
-               fixed_budget=settings.fixed_budget, stacklevel=4)
+               fixed_budget=settings.fixed_budget)
         return (xp.zeros_like(init), *grads)
 
     def shapes(init, *theta, **kwargs):

@@ -69,9 +69,7 @@ def autograd_vjp(fun: Callable, *args, argnum=0, where: str = "diffsolve.implici
     a zero or partial VJP; a function that really is constant in an argument gets the zero
     VJP, and autograd's warning is passed on, never silenced.
     """
-    if name is not None:
-        fun.__name__ = name
-    return traced_vjp(fun, args, argnum, where=where, what=what, ways_out=ways_out)
+    return traced_vjp(fun, args, argnum, where=where, what=what, ways_out=ways_out, name=name)
 
 
 def _check_value(value, x, where):

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 from .. import _backend as B
 from .. import _validate as V
 from .._autodiff import custom_vjp
-from .._status import ConvergenceWarning, Status, error_class, report, worst_status
+from .._status import (
+    ConvergenceWarning,
+    Status,
+    error_class,
+    report,
+    warn_at_caller,
+    worst_status,
+)
 from ._adjoint import backsolve_adjoint, discrete_adjoint, one_step_adjoint, t_eval_cotangent
 from ._integrate import Stepper, Trajectory, integrate, reached_outputs
 from ._regularizers import global_regularizers, local_step
@@ -575,7 +581,7 @@ def _backsolve(fwd, xp, ys, ys_bar, t_out, p_size):
                "steps and cannot fail where the forward solve did not)")
     if st.throw:
         raise error_class(failed.status)(message, status=failed.status)
-    warnings.warn(message, ConvergenceWarning, stacklevel=6)  # the vjp_fn call
+    warn_at_caller(message, ConvergenceWarning)
     return None, None, None
 
 
@@ -741,5 +747,5 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
                                batch_mode, checkpoint_every, throw, callback)
     result, fwd = _forward(f, y0, t_eval, params, settings, step_ts)
     # stacklevel 4: report -> odeint -> DifferentiableFunction.__call__ (or vjp) -> caller
-    report(result, throw=settings.throw, fixed_budget=settings.fixed_budget, stacklevel=4)
+    report(result, throw=settings.throw, fixed_budget=settings.fixed_budget)
     return result, fwd

@@ -102,28 +102,6 @@ class ODEState:
     trajectory: int | None = None
 
 
-def _regularizers(value) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    if value is None:
-        return ()
-    if not isinstance(value, (tuple, list)):
-        raise TypeError(f"{WHERE}: regularizers must be a tuple of names from "
-                        f"{list(REGULARIZERS)}, got {type(value).__name__}")
-    regs = tuple(value)
-    unknown = [r for r in regs if r not in REGULARIZERS]
-    if unknown:
-        raise ValueError(f"{WHERE}: regularizers {unknown} are not known; choose from "
-                         f"{list(REGULARIZERS)}")
-    return regs
-
-
-def _seed(value):
-    if value is None or hasattr(value, "bit_generator") or hasattr(value, "generate_state"):
-        return value  # None, a numpy Generator or SeedSequence: default_rng takes them
-    return V.integer(WHERE, "seed", value, minimum=0)
-
-
 def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regularizers,
           local_regularization, seed, vjp, batch_mode, checkpoint_every, throw, callback):
     method = V.choice(WHERE, "method", method, METHODS)
@@ -132,17 +110,16 @@ def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regula
     first_step = V.positive_real(WHERE, "first_step", first_step, allow_none=True)
     max_steps = V.positive_int(WHERE, "max_steps", max_steps)
     adjoint = V.choice(WHERE, "adjoint", adjoint, ADJOINTS)
-    regularizers = _regularizers(regularizers)
+    regularizers = V.choices(WHERE, "regularizers", regularizers, REGULARIZERS)
     local_regularization = V.choice(WHERE, "local_regularization", local_regularization,
                                     LOCAL)
     batch_mode = V.choice(WHERE, "batch_mode", batch_mode, BATCH_MODES)
     checkpoint_every = V.positive_int(WHERE, "checkpoint_every", checkpoint_every)
     throw = V.boolean(WHERE, "throw", throw)
     callback = V.callback(WHERE, callback)
-    if vjp is not None and not callable(vjp):
-        raise TypeError(f"{WHERE}: vjp must be None or a callable vjp(t, y, params, v) -> "
-                        f"(v_y, v_params), got {type(vjp).__name__}")
-    seed = _seed(seed)
+    vjp = V.optional_callable(WHERE, "vjp", vjp, signature="vjp(t, y, params, v) -> "
+                                                          "(v_y, v_params)")
+    seed = V.seed(WHERE, seed)
     if regularizers and adjoint == "backsolve":
         # the backsolve forward keeps no per-step records, and its backward integrates the
         # adjoint ODE, which knows nothing of the solver's error or stiffness estimates

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from .._status import ConvergenceWarning
+from .._status import ConvergenceWarning, caller_stacklevel
 
 __all__ = ["entropic_potentials_vjp", "normalise_gauge"]
 
@@ -260,7 +260,7 @@ def entropic_potentials_vjp(a, b, C, eps, f, g, plan, cot_plan, cot_f, cot_g, co
                 f"iterations above rtol={rtol:g}; the gradient is approximate. The forward "
                 "problem is badly conditioned (small eps): use a larger eps, or "
                 "gradient='envelope' for the cost",
-                ConvergenceWarning, stacklevel=4)
+                ConvergenceWarning, stacklevel=caller_stacklevel())
         lam_f, lam_g = _project_gauge(x, y, ma, mb, xp)
         a_bar, b_bar = lam_f, lam_g
         lam = (lam_f[:, :, None] + lam_g[:, None, :]) / eps

@@ -154,17 +154,6 @@ class SNSSettings:
         return self.rtol == 0 and self.atol == 0
 
 
-def _real_in(name, value, lo, hi, lo_open=True, hi_open=True, example=""):
-    v = V.finite_real(WHERE, name, value)
-    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{WHERE}: {name} must be a number in {lb}{lo}, {hi}{rb}, got "
-                         f"{value!r}{example}")
-    return v
-
-
 def _settings(eps, *, rtol, atol, maxiter, n_sinkhorn, sinkhorn_switch, density, max_density,
               drop_tol, threshold, cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps,
               n_fallback, error_measure, callback, throw, deprecated, quiet=False):
@@ -176,10 +165,10 @@ def _settings(eps, *, rtol, atol, maxiter, n_sinkhorn, sinkhorn_switch, density,
         raise ValueError(f"{WHERE}: give density (a fraction of the plan's entries to keep) "
                          "or threshold (keep plan entries >= threshold), not both")
     if density is not None:
-        density = _real_in("density", density, 0.0, 1.0, hi_open=False,
+        density = V.interval(WHERE, "density", density, 0.0, 1.0, hi_open=False,
                            example=" (e.g. 10 / n: about ten entries per row)")
     if threshold is not None:
-        threshold = _real_in("threshold", threshold, 0.0, math.inf, lo_open=False,
+        threshold = V.interval(WHERE, "threshold", threshold, 0.0, math.inf, lo_open=False,
                              example=" (an absolute value on plan entries, e.g. 1e-3 / n)")
     return SNSSettings(
         eps=check_eps(WHERE, eps), rtol=rtol, atol=atol,
@@ -187,13 +176,13 @@ def _settings(eps, *, rtol, atol, maxiter, n_sinkhorn, sinkhorn_switch, density,
         n_sinkhorn=V.positive_int(WHERE, "n_sinkhorn", n_sinkhorn),
         sinkhorn_switch=V.integer(WHERE, "sinkhorn_switch", sinkhorn_switch, minimum=0),
         density=density,
-        max_density=_real_in("max_density", max_density, 0.0, 1.0, hi_open=False),
-        drop_tol=_real_in("drop_tol", drop_tol, 0.0, 1.0, lo_open=False),
+        max_density=V.interval(WHERE, "max_density", max_density, 0.0, 1.0, hi_open=False),
+        drop_tol=V.interval(WHERE, "drop_tol", drop_tol, 0.0, 1.0, lo_open=False),
         threshold=threshold,
-        cg_rtol=_real_in("cg_rtol", cg_rtol, 0.0, 1.0),
+        cg_rtol=V.interval(WHERE, "cg_rtol", cg_rtol, 0.0, 1.0),
         cg_maxiter=V.positive_int(WHERE, "cg_maxiter", cg_maxiter, allow_none=True),
-        ls_c1=_real_in("ls_c1", ls_c1, 0.0, 0.5),
-        ls_beta=_real_in("ls_beta", ls_beta, 0.0, 1.0),
+        ls_c1=V.interval(WHERE, "ls_c1", ls_c1, 0.0, 0.5),
+        ls_beta=V.interval(WHERE, "ls_beta", ls_beta, 0.0, 1.0),
         ls_max_steps=V.positive_int(WHERE, "ls_max_steps", ls_max_steps),
         n_fallback=V.positive_int(WHERE, "n_fallback", n_fallback),
         error_measure=check_measure(WHERE, error_measure),

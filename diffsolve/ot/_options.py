@@ -13,9 +13,9 @@ the mass for :func:`~diffsolve.ot.sparse_ot` / :func:`~diffsolve.ot.quadratic_ot
 from __future__ import annotations
 
 import inspect
-import warnings
 
 from .. import _validate as V
+from .._status import warn_at_caller
 
 __all__ = ["legacy_options"]
 
@@ -64,7 +64,7 @@ def legacy_options(where: str, fn, deprecated: dict, values: dict, *, tol_is: st
         else:
             new, text = {"rtol": tol}, "rtol= (tol=x is rtol=x: relative to sum(a))"
         if not quiet:
-            warnings.warn(f"{where}: tol= is deprecated and will be removed in the next "
-                          f"release; use {text} instead", DeprecationWarning, stacklevel=4)
+            warn_at_caller(f"{where}: tol= is deprecated and will be removed in the next "
+                           f"release; use {text} instead", DeprecationWarning)
         out.update(new)
     return out

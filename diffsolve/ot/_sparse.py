@@ -616,7 +616,7 @@ def _forward(where, a, b, C, st: SparseOTSettings):
         plan_indices=stack("idx", xp.int64), plan_values=stack("W"),
         dual_value=stack("cost"), primal_cost=stack("primal_cost"), binding=binding,
         formulation=formulation, k=kk, gamma=gamma)
-    report(res, throw=st.throw, fixed_budget=st.fixed_budget, stacklevel=4)
+    report(res, throw=st.throw, fixed_budget=st.fixed_budget)
     return res
 
 
