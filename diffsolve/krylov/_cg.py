@@ -36,6 +36,7 @@ from ._common import (
     finish,
     safe_norms,
     scale_columns,
+    wants_stop,
 )
 from ._result import KrylovResult, KrylovState
 
@@ -343,6 +344,6 @@ def _iterate(op, prec, layout, ops, Bs, Y, R, tol, excluded, bad, a_norm, column
         if callback is not None:
             state = KrylovState(n_iters=total, x=layout.to_user(ops.copy(Y * s[None, :])),
                                 residual_norm=layout.per_system(xp.sqrt(rr) * s))
-            if callback(state) is True:
+            if wants_stop(callback(state)):
                 return Y, column_iters, a_norm, bad, total, True
     return Y, column_iters, a_norm, bad, total, False

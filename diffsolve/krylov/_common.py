@@ -25,7 +25,7 @@ from .. import _validate as V
 from .._status import Status, worst_status
 
 __all__ = ["Layout", "LinearMap", "Preconditioner", "check_common", "finish", "safe_norms",
-           "scale_columns"]
+           "scale_columns", "wants_stop"]
 
 
 # --------------------------------------------------------------------------------------
@@ -351,6 +351,21 @@ def _message(method, worst, statuses, n_iters, residual, tol, rtol, atol, maxite
         state = f"stopped after {n_iters} iterations{which}"
     # a method's own detail is more precise than the generic hint of the status
     return f"{head}{state}; {detail or worst.hint()}"
+
+
+def wants_stop(value) -> bool:
+    """Whether a callback's return value asks to stop: ``True`` (a NumPy/0-d bool too);
+    ``None`` and anything else continue."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ in ("bool_", "bool") and hasattr(value, "item"):
+        return bool(value)
+    if getattr(value, "shape", None) == () and getattr(value, "dtype", None) is not None \
+            and "bool" in str(value.dtype):
+        return bool(value)
+    return False
 
 
 def resolve_maxiter(maxiter, default: int) -> int:

@@ -31,6 +31,7 @@ from ._common import (
     finish,
     safe_norms,
     scale_columns,
+    wants_stop,
 )
 from ._result import KrylovResult, KrylovState
 
@@ -140,7 +141,7 @@ def solve_gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30, maxiter=None,
         beta = new_beta
         if callback is not None:
             state = KrylovState(n_iters=total, x=layout.to_user(Y * s), residual_norm=beta * s)
-            if callback(state) is True:
+            if wants_stop(callback(state)):
                 if beta > tol:
                     status = Status.STOPPED
                     break

@@ -30,6 +30,7 @@ from ._common import (
     finish,
     safe_norms,
     scale_columns,
+    wants_stop,
 )
 from ._result import KrylovResult, KrylovState
 
@@ -233,7 +234,7 @@ def _cycle(op, prec, layout, r0, r0_norm, tol, rtol, budget, eps, Y0, s, offset,
         if callback is not None:
             state = KrylovState(n_iters=offset + itn, x=layout.to_user((Y0 + d) * s),
                                 residual_norm=phibar * s)
-            if callback(state) is True:
+            if wants_stop(callback(state)):
                 return d, itn, Status.STOPPED, None
         converged = phibar <= tol_m
         least_squares = rtol > 0 and root <= rtol * anorm

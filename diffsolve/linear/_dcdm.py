@@ -24,6 +24,7 @@ from collections import deque
 
 from .. import _backend as B
 from .._status import Status
+from ..krylov._common import wants_stop
 from ._direction_model import ConvDirectionModel, pretrained_direction_model
 from ._iterative import (
     IterativeOutcome,
@@ -186,7 +187,7 @@ def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
         rn = _norm(xp, r)
         dirs.append((p, Ap, pAp))
         it += 1
-        if callback is not None and callback(it, x, rn) is True:
+        if callback is not None and wants_stop(callback(it, x, rn)):
             return x, it, fallback_at, Status.STOPPED
         if rn < STALL_FACTOR * best:
             best, stall = rn, 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from ..krylov._common import wants_stop
 
 
 def check_omega(omega, where: str) -> float:
@@ -155,5 +156,5 @@ class Relaxation:
             x = self.sweep(b, x, symmetric)
             sweeps += 1
             norms = self.residual_norms(op, b, x)
-            if callback is not None and callback(sweeps, x, norms) is True:
+            if callback is not None and wants_stop(callback(sweeps, x, norms)):
                 return x, sweeps, bool(xp.all(norms <= tol)), True
