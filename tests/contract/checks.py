@@ -128,9 +128,11 @@ def names_argument(msg: str, name: str) -> bool:
     return re.search(rf"(['`\"]{n}['`\"]|(?<![\w.]){n}(?={_VERBS}))", msg) is not None
 
 
-def expect_clear_error(thunk, row: Row, name: str, *, allow=None, label=""):
-    """Run ``thunk``: it must raise a ValueError/TypeError naming the function and ``name``,
-    or return something ``allow(out)`` accepts (a correct answer)."""
+def expect_clear_error(thunk, row: Row, name, *, allow=None, label=""):
+    """Run ``thunk``: it must raise a ValueError/TypeError naming the function and ``name``
+    (or one of the names in a tuple), or return something ``allow(out)`` accepts (a correct
+    answer)."""
+    names = name if isinstance(name, tuple) else (name,)
     try:
         out = thunk()
     except (ValueError, TypeError) as err:
@@ -138,8 +140,9 @@ def expect_clear_error(thunk, row: Row, name: str, *, allow=None, label=""):
         assert any(w in msg for w in row.where), (
             f"{label}: the {type(err).__name__} does not name the function "
             f"({' or '.join(row.where)}): {msg!r}")
-        assert names_argument(msg, name), (
-            f"{label}: the {type(err).__name__} does not name the argument {name!r}: {msg!r}")
+        assert any(names_argument(msg, n) for n in names), (
+            f"{label}: the {type(err).__name__} does not name the argument "
+            f"{' or '.join(map(repr, names))}: {msg!r}")
         return None
     except Exception as err:
         pytest.fail(f"{label}: raised {type(err).__module__}.{type(err).__name__} instead of "

@@ -90,7 +90,7 @@ class Row:
     names of the iteration budget and the tolerance options (``None``: the row has none).
     ``bad_args``: arguments the dtype/value table is applied to; ``shape_cases(problem)``
     yields ``(label, argument name, problem)`` with a wrong shape or ndim; ``size0``
-    builds a size-0 problem (and names the argument that is empty). ``options(problem,
+    builds a size-0 problem (and the names of the arguments that are empty). ``options(problem,
     **opts)`` returns a thunk calling the row with options changed (decorator options for
     ``custom_root``). ``strict``: ``None`` if the row runs on array_api_strict, else why not;
     ``make_xp(xp)`` builds the problem in another namespace when converting ``make()``'s
@@ -213,7 +213,7 @@ def _linear_shapes(p: Problem):
 
 def _linear_size0(p: Problem):
     A = np.zeros((0, 0))
-    return p.with_arg("A", A).with_arg("b", np.zeros(0)), "b"
+    return p.with_arg("A", A).with_arg("b", np.zeros(0)), ("A", "b")
 
 
 def _bandit_make():
@@ -306,7 +306,7 @@ def _ot_shapes(p: Problem):
 
 def _ot_size0(p: Problem):
     _, _b, C = p.args[:3]
-    return p.with_arg("a", np.zeros(0)).with_arg("C", np.zeros((0, C.shape[1]))), "a"
+    return p.with_arg("a", np.zeros(0)).with_arg("C", np.zeros((0, C.shape[1]))), ("a", "C")
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def _ode_shapes(p: Problem):
 
 
 def _ode_size0(p: Problem):
-    return p.with_arg("y0", np.zeros(0)), "y0"
+    return p.with_arg("y0", np.zeros(0)), ("y0",)
 
 
 # ------------------------------------------------------------------------------------------
@@ -550,7 +550,7 @@ def _root_problem_xp(solve):
 
 
 def _hg_size0(p: Problem):
-    return p.with_arg("y", np.zeros(0)), "y"
+    return p.with_arg("y", np.zeros(0)), ("y",)
 
 
 # ------------------------------------------------------------------------------------------

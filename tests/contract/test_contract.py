@@ -536,7 +536,7 @@ def test_size_zero(row):
             assert np.all(np.isfinite(v)), f"size-0 result field {f} is not finite: {v!r}"
 
     expect_clear_error(lambda: q.call(), row, name, allow=trivial,
-                       label=f"{row.id}: size 0 ({name})")
+                       label=f"{row.id}: size 0 ({' or '.join(name)})")
 
 
 def _option_thunk(row: Row, p: Problem, **opts):

@@ -11,14 +11,14 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import diffsolve as ds
 
 from .registry import _spd_int
 
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -61,6 +61,9 @@ def test_linear_converged_means_true_residual_meets_rtol(method, log_a, log_b, d
     dt = np.dtype(dtype)
     if dt == np.float32:  # float32 spans 1e-38..3e38: keep A and b representable
         log_a, log_b = log_a / 5, log_b / 5
+    # x ~ b / A must be representable too (an overflowing solution is another question:
+    # NONFINITE is then the honest answer); subnormal solutions stay in
+    assume(log_b - log_a < 0.9 * np.log10(np.finfo(dt).max))
     rng = np.random.default_rng(seed)
     A = (_spd_int() * 10.0 ** log_a).astype(dt)
     b = (rng.standard_normal(6) * 10.0 ** log_b).astype(dt)
