@@ -109,3 +109,69 @@ def test_sinkhorn_converged_means_marginals_meet_tolerance(log_scale, eps, seed,
     _check_honest(res, warned, met, f"sinkhorn C~1e{log_scale:.1f} eps={eps:.3g}")
     if bool(res.converged):
         assert abs(float(res.error) - err) <= 1e-12 + 1e-6 * err, (res.error, err)
+
+
+# ------------------------------------------------------------------------------------------
+# projections (the sets of projected-gradient fixed points): on their set at any scale and
+# dtype, NaN in gives NaN out
+# ------------------------------------------------------------------------------------------
+def _vector(seed, n, log_scale, dtype):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(n) * 10.0 ** log_scale).astype(dtype)
+
+
+@SETTINGS
+@given(log_scale=st.floats(-30, 30), n=st.integers(1, 8), value=st.floats(0.1, 10.0),
+       dtype=st.sampled_from(["float64", "float32"]), seed=st.integers(0, 2**16))
+@example(log_scale=9.0, n=5, value=1.0, dtype="float32", seed=0)  # the 1e9 float32
+def test_projection_simplex_on_the_simplex_at_any_scale(log_scale, n, value, dtype, seed):
+    dt = np.dtype(dtype)
+    x = _vector(seed, n, log_scale, dt)
+    y = ds.implicit.projection_simplex(x, value)
+    assert y.dtype == dt and y.shape == x.shape
+    eps = float(np.finfo(dt).eps)
+    y64, x64 = y.astype(np.float64), x.astype(np.float64)
+    assert np.all(y64 >= 0), y
+    assert abs(y64.sum() - value) <= 8 * n * eps * value, (y64.sum(), value)
+    # y = max(x - tau, 0) for one tau (the projection's optimality condition)
+    support = y64 > 0
+    assert support.any()
+    tau = float(np.mean(x64[support] - y64[support]))
+    tol = 8 * n * eps * max(float(np.max(np.abs(x64))), value)
+    assert np.all(np.abs(x64[support] - y64[support] - tau) <= tol), (x, y, tau)
+    assert np.all(x64[~support] <= tau + tol), (x, y, tau)
+
+
+@SETTINGS
+@given(log_scale=st.floats(-30, 30), n=st.integers(1, 8), radius=st.floats(0.1, 10.0),
+       dtype=st.sampled_from(["float64", "float32"]), seed=st.integers(0, 2**16))
+def test_projection_ball_in_the_ball_at_any_scale(log_scale, n, radius, dtype, seed):
+    dt = np.dtype(dtype)
+    x = _vector(seed, n, log_scale, dt)
+    y = ds.implicit.projection_ball(x, radius)
+    assert y.dtype == dt and y.shape == x.shape
+    eps = float(np.finfo(dt).eps)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    m = float(np.max(np.abs(x64)))
+    nx = m * float(np.linalg.norm(x64 / m)) if m > 0 else 0.0
+    if nx <= radius:
+        np.testing.assert_array_equal(y, x)
+    else:
+        np.testing.assert_allclose(y64, x64 * (radius / nx), rtol=8 * n * eps,
+                                   atol=8 * n * eps * radius)
+    assert np.linalg.norm(y64) <= radius * (1 + 8 * n * eps)
+
+
+@pytest.mark.parametrize("project", [
+    lambda x: ds.implicit.projection_simplex(x),
+    lambda x: ds.implicit.projection_ball(x, 1.0),
+    lambda x: ds.implicit.projection_box(x, -1.0, 1.0),
+    lambda x: ds.implicit.projection_nonnegative(x),
+], ids=["simplex", "ball", "box", "nonnegative"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_projection_nan_in_nan_out(project, dtype):
+    x = np.array([np.nan, 0.2, 0.3], dtype=dtype)
+    y = project(x)
+    assert np.isnan(y[0]), y  # the entry that was NaN is NaN, never a number
+    if not np.all(np.isnan(y)):  # coordinate-wise sets may keep the other entries
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
