@@ -371,7 +371,7 @@ class FakeSolve:
                                 status=ds.Status.SUCCESS if converged
                                 else ds.Status.MAX_ITERATIONS)
         settings = SimpleNamespace(maxiter=maxiter, throw=throw, fixed_budget=False)
-        return res, settings
+        return res, (None, settings)
 
 
 @pytest.fixture

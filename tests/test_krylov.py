@@ -428,3 +428,18 @@ def test_implicit_cg_solve_reports_instead_of_warning():
     with pytest.raises(ValueError, match="not positive definite; try a ridge"):
         cg_solve(lambda u: -u, np.ones(4), rtol=1e-8, maxiter=None, where="w",
                  what="M u = b", advice="try a ridge")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_subnormal_solution_is_judged_on_its_own_residual(name):
+    """float32, |A| ~ 1e18 and |b| ~ 1e-21: x ~ 1e-39 lands among the subnormal numbers,
+    which cannot carry the scaled solution's accuracy; converged must then reflect the
+    residual of the x returned, not of the scaled one."""
+    A = (poisson_2d(3, shift=1.0).toarray() * 1e18).astype(np.float32)
+    b = (np.random.default_rng(0).standard_normal(9) * 1e-21).astype(np.float32)
+    res = METHODS[name](A, b, rtol=1e-5)
+    x = np.asarray(res.x, dtype=np.float64)
+    true = np.linalg.norm(b.astype(np.float64) - A.astype(np.float64) @ x)
+    assert res.converged == bool(true <= 1e-5 * np.linalg.norm(b.astype(np.float64)))
+    if not res.converged:
+        assert res.status is Status.BREAKDOWN and "subnormal" in res.message

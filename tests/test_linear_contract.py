@@ -258,7 +258,7 @@ def test_renamed_options_warn_and_work():
 def test_settings_are_validated_once_and_frozen():
     from diffsolve.linear._solve import LinearSolveSettings, solve_unreported
 
-    _, settings = solve_unreported(_grid(), np.ones(64), method="sor", omega=1.5)
+    _, (_, settings) = solve_unreported(_grid(), np.ones(64), method="sor", omega=1.5)
     assert isinstance(settings, LinearSolveSettings) and settings.omega == 1.5
     assert settings.maxiter is None and settings.rtol == 1e-8  # defaults of the signature
     with pytest.raises(AttributeError):

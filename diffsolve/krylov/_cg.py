@@ -309,9 +309,11 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every):
     if bool(xp.any(stagnated & ~ok)):
         details.append(STAGNATED)
     n_iters = int(xp.max(column_iters)) if k else 0
+    Bu = xp.where(finite[None, :], Bw, xp.zeros_like(Bw))
     return finish(xp, layout, method="cg", Y=Y, s=s, true_norm=true, tol=tol,
                   status=status, n_iters=n_iters, column_iters=column_iters, rtol=rtol,
-                  atol=atol, maxiter=maxiter, detail="; ".join(details) or None)
+                  atol=atol, maxiter=maxiter, detail="; ".join(details) or None,
+                  residual_of=lambda X: safe_norms(xp, Bu - op(B.contiguous(xp, X))))
 
 
 def _iterate(op, prec, layout, ops, Bs, Y, R, tol, excluded, bad, a_norm, column_iters,

@@ -147,7 +147,8 @@ def solve_gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30, maxiter=None,
                     break
     if status is not Status.SUCCESS and math.isfinite(beta) and beta <= tol:
         status, detail = Status.SUCCESS, None
-    return _done(xp, layout, Y, s_arr, beta, tol, status, total, rtol, atol, maxiter, detail)
+    return _done(xp, layout, Y, s_arr, beta, tol, status, total, rtol, atol, maxiter, detail,
+                 residual_of=lambda X: safe_norms(xp, Bw - op(X)))
 
 
 _SINGULAR = ("the Arnoldi process broke down (A is singular on the Krylov space): A is "
@@ -156,12 +157,14 @@ _STAGNATED = ("a restart cycle did not reduce the true residual, so GMRES(restar
               "stagnated; increase restart, use a preconditioner M, or loosen rtol/atol")
 
 
-def _done(xp, layout, Y, s_arr, r, tol, status, n_iters, rtol, atol, maxiter, detail):
+def _done(xp, layout, Y, s_arr, r, tol, status, n_iters, rtol, atol, maxiter, detail,
+          residual_of=None):
     dt = Y.dtype
     return finish(xp, layout, method="gmres", Y=Y, s=s_arr,
                   true_norm=xp.asarray([r], dtype=dt), tol=xp.asarray([tol], dtype=dt),
                   status=xp.asarray([int(status)], dtype=xp.int64), n_iters=n_iters,
-                  column_iters=None, rtol=rtol, atol=atol, maxiter=maxiter, detail=detail)
+                  column_iters=None, rtol=rtol, atol=atol, maxiter=maxiter, detail=detail,
+                  residual_of=residual_of)
 
 
 def _cycle(op, prec, xp, r, beta, tol, m):

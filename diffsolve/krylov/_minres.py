@@ -149,7 +149,7 @@ def solve_minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
     if status is Status.SUCCESS or r_out <= tol:
         status, detail = Status.SUCCESS, None
     return _done(xp, layout, Y_out, s_arr, r_out, tol, status, total, rtol, atol, maxiter,
-                 detail)
+                 detail, residual_of=lambda X: safe_norms(xp, Bw - op(X)))
 
 
 _STAGNATED = ("the true residual stagnated above the tolerance: the tolerance is below what "
@@ -160,14 +160,15 @@ _LEAST_SQUARES = ("A is singular (||A r|| vanished while ||r|| did not): b is no
                   "onto the range of A")
 
 
-def _done(xp, layout, Y, s_arr, r, tol, status, n_iters, rtol, atol, maxiter, detail):
+def _done(xp, layout, Y, s_arr, r, tol, status, n_iters, rtol, atol, maxiter, detail,
+          residual_of=None):
     dt = Y.dtype
     true = xp.asarray([r], dtype=dt)
     tol_a = xp.asarray([tol], dtype=dt)
     st = xp.asarray([int(status)], dtype=xp.int64)
     return finish(xp, layout, method="minres", Y=Y, s=s_arr, true_norm=true, tol=tol_a,
                   status=st, n_iters=n_iters, column_iters=None, rtol=rtol, atol=atol,
-                  maxiter=maxiter, detail=detail)
+                  maxiter=maxiter, detail=detail, residual_of=residual_of)
 
 
 def _dot(xp, a, b) -> float:

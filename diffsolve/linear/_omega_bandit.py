@@ -14,6 +14,7 @@ this module turns iteration counts into those losses, drives
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -258,6 +259,20 @@ class _OmegaBanditBase:
             self._h_context.append(context)
 
     # --- public driving -----------------------------------------------------------------
+    @property
+    def solve(self):
+        """Choose ω, solve ``A x = b`` with it, and learn from the iteration count.
+
+        A differentiable solver (like :func:`diffsolve.linear.solve`, whose backward rule
+        it uses with the ω drawn): ``ds.vjp(bandit.solve, A, b)``,
+        ``ds.to_torch(bandit.solve)`` work. See ``_solve_entry`` of the class for the
+        parameters (``help(bandit.solve)`` shows them).
+        """
+        fn = self.__dict__.get("_solve_fn")
+        if fn is None:
+            fn = self.__dict__["_solve_fn"] = _differentiable_solve(self)
+        return fn
+
     def _solve(self, A, b, context, warn, solve_kwargs):
         where = f"{self._where}.solve"
         for name in ("omega", "method"):
@@ -277,8 +292,9 @@ class _OmegaBanditBase:
         try:
             # the solve's status is read here and reported below (not silenced): the
             # bandit learns from a failed solve too
-            res, settings = _solve.solve_unreported(A, b, method=self._method, omega=omega,
-                                                    **solve_kwargs)
+            res, residuals = _solve.solve_unreported(A, b, method=self._method, omega=omega,
+                                                     **solve_kwargs)
+            settings = residuals[1]
         except BaseException:
             # a solve that raised (bad input) taught nothing: leave the bandit as it was,
             # generator included, so that a retry draws the same arm
@@ -294,8 +310,9 @@ class _OmegaBanditBase:
         self._record(arm, n_iters, converged, cost, context)
         base = {f.name: getattr(res, f.name) for f in fields(LinearSolveResult)}
         out = BanditSolveResult(**base, omega=float(omega), arm=arm)
-        return report(out, throw=settings.throw, warn=warn,
-                      fixed_budget=settings.fixed_budget, stacklevel=4)
+        report(out, throw=settings.throw, warn=warn, fixed_budget=settings.fixed_budget,
+               stacklevel=5)
+        return out, residuals
 
     def _suggest(self, context) -> int:
         return self._sample(context)
@@ -489,7 +506,7 @@ class OmegaBandit(_OmegaBanditBase):
         """The current distribution over ``omegas`` (a copy)."""
         return self._algorithm.probabilities
 
-    def solve(self, A, b, *, warn=True, **solve_kwargs) -> BanditSolveResult:
+    def _solve_entry(self, A, b, *, warn=True, **solve_kwargs) -> BanditSolveResult:
         """Choose ω, solve ``A x = b`` with it, and learn from the iteration count.
 
         Parameters
@@ -664,7 +681,7 @@ class ContextualOmegaBandit(_OmegaBanditBase):
         return self._algorithm.probabilities(
             self._context(f"{self._where}.probabilities", context))
 
-    def solve(self, A, b, *, context, warn=True, **solve_kwargs) -> BanditSolveResult:
+    def _solve_entry(self, A, b, *, context, warn=True, **solve_kwargs) -> BanditSolveResult:
         """Choose ω for ``context``, solve ``A x = b`` with it, and learn from the count.
 
         Parameters
@@ -698,3 +715,38 @@ class ContextualOmegaBandit(_OmegaBanditBase):
         did not converge."""
         context = self._context(f"{self._where}.observe", context)
         self._observe(omega_index, n_iters, converged, context)
+
+
+def _differentiable_solve(bandit):
+    """``bandit.solve`` as a :class:`~diffsolve._autodiff.DifferentiableFunction`: the
+    bandit's forward (draw ω, solve, learn) with the linear solve's backward rule at the
+    drawn ω (from the forward's residuals, or from ``result.omega`` when the forward ran
+    elsewhere, as under JAX's ``jit``)."""
+    from .._autodiff import BackwardContext, custom_vjp
+    from ._solve import _solve_bwd, _solve_shapes
+
+    entry = type(bandit)._solve_entry
+    method = bandit._method
+
+    def solve(A, b, **kwargs):
+        return bandit._solve_entry(A, b, **kwargs)
+
+    params = list(inspect.signature(entry).parameters.values())[1:]  # without self
+    solve.__signature__ = inspect.Signature(params)
+    solve.__doc__ = entry.__doc__
+    solve.__module__ = __name__
+
+    def shapes(A, b, **kwargs):
+        out = _solve_shapes(A, b)
+        out.update(omega=((), "float64"), arm=((), "int64"))
+        return out
+
+    def bwd(ctx, cotangents):
+        kwargs = {k: v for k, v in ctx.kwargs.items() if k not in ("warn", "context")}
+        if ctx.residuals is None:
+            kwargs.update(method=method, omega=float(ctx.result.omega))
+        linear_ctx = BackwardContext(ctx.args, kwargs, ctx.result, ctx.residuals)
+        return _solve_bwd(linear_ctx, cotangents)
+
+    return custom_vjp(bwd, shapes, BanditSolveResult,
+                      public_name=f"diffsolve.linear.{type(bandit).__name__}.solve")(solve)

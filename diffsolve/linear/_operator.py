@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from .. import _validate as V
 
 
 class MatrixOperator:
@@ -86,6 +87,10 @@ class MatrixOperator:
 
 def as_operator(A, b, where: str):
     """Validate ``A`` (and its size against ``b``) and wrap it; returns ``(op, xp)``."""
+    for name, value in (("A", A), ("b", b)):
+        if type(value).__module__.split(".")[0] in ("torch", "jax", "jaxlib", "autograd"):
+            # a framework tensor given to the plain function: say which adapter to use
+            V.array_argument(where, name, value, is_array=B.is_array)
     if not (B.is_sparse(A) or B.is_linear_operator(A) or B.is_array(A)):
         raise TypeError(
             f"{where}: A must be a 2-D array, a scipy.sparse / cupyx.scipy.sparse matrix, a "

@@ -292,12 +292,12 @@ def _forward(A, b, method, x0, rtol, atol, maxiter, M, omega, callback, check_ev
 def solve_unreported(A, b, **options):
     """:func:`solve` without its warning or exception: the caller reads ``status``.
 
-    For solvers that call ``solve`` (the ω bandits); not differentiable. Returns
-    ``(result, settings)``.
+    For solvers that call ``solve`` (the ω bandits, whose own differentiable ``solve``
+    hands the residuals to this module's backward rule). Returns ``(result, residuals)``
+    with ``residuals = (prepared, settings)``.
     """
     named = {name: options.pop(name) for name in list(options) if name in _defaults()}
-    res, (_, settings) = _forward(A, b, deprecated=options, **{**_defaults(), **named})
-    return res, settings
+    return _forward(A, b, deprecated=options, **{**_defaults(), **named})
 
 
 def _defaults() -> dict:
