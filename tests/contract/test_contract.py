@@ -743,3 +743,91 @@ def test_second_order_is_correct_or_refused(row, adapter):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * scale,
                                    err_msg=f"{row.id} {adapter}: second order d²/d{n} "
                                            "is neither refused nor correct")
+
+
+# ------------------------------------------------------------------------------------------
+# failure is reported (status + ConvergenceWarning, or SolveError with throw=True); a
+# callback returning True stops with Status.STOPPED
+# ------------------------------------------------------------------------------------------
+def _starved(row: Row, p: Problem, **opts):
+    """The row's call with a budget of one iteration (decorator options for custom_root)."""
+    return _option_thunk(row, p, **{row.budget: 1}, **row.starve, **opts)
+
+
+def _failure_rows():
+    return [r for r in ROWS if r.budget and not r.id.endswith("[direct]")
+            and not r.id.endswith("[unrolled]")]
+
+
+@pytest.mark.parametrize("row", _failure_rows(), ids=_ids(_failure_rows()))
+def test_failure_warns_with_its_status(row):
+    p = _fresh(row)
+    with pytest.warns(ds.ConvergenceWarning) as caught:
+        if row.kind == "value":  # the implicit solve runs in the backward pass
+            fn = p.extra["decorate"](maxiter=1, rtol=1e-14)
+            out, vjp_fn = ds.vjp(fn, *p.args)
+            vjp_fn(np.ones(np.shape(out)))
+        else:
+            out = _starved(row, p)()
+    assert caught, "no ConvergenceWarning"
+    if row.kind == "solver":
+        status = np.asarray(to_numpy(out.status))
+        assert np.all(status != int(ds.Status.SUCCESS)) and not np.any(
+            np.asarray(to_numpy(out.converged))), (out.status, out.converged)
+        assert out.message and str(caught[0].message) in (out.message, str(caught[0].message))
+
+
+@pytest.mark.parametrize("row", _failure_rows(), ids=_ids(_failure_rows()))
+def test_failure_raises_solve_error_with_throw(row):
+    p = _fresh(row)
+    with pytest.raises(ds.SolveError) as err:
+        if row.kind == "value":
+            fn = p.extra["decorate"](maxiter=1, rtol=1e-14, throw=True)
+            _, vjp_fn = ds.vjp(fn, *p.args)
+            vjp_fn(np.ones(np.shape(p.args[0])))
+        else:
+            _starved(row, p, throw=True)()
+    e = err.value
+    assert isinstance(e.status, ds.Status) and e.status != ds.Status.SUCCESS, e.status
+    assert e.result is not None and str(e), "a SolveError carries its result and message"
+
+
+def _callback_rows():
+    out = []
+    for r in ROWS:
+        if r.kind != "solver" or r.id.endswith("[direct]"):
+            continue
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("row", _callback_rows(), ids=_ids(_callback_rows()))
+def test_callback_state_is_frozen_and_true_stops(row):
+    p = _fresh(row)
+    states = []
+
+    def stop(state):
+        states.append(state)
+        return True
+
+    # no warning: STOPPED was asked for
+    res = p.fn(*p.args, **{**p.kwargs, **row.starve, "callback": stop})
+    assert states, "the callback was never called"
+    st = states[0]
+    assert dataclasses.is_dataclass(st), f"the state is a {type(st).__name__}, not a dataclass"
+    name = dataclasses.fields(st)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(st, name, None)
+    assert hasattr(st, "n_iters"), f"{type(st).__name__} has no n_iters"
+    status = np.asarray(to_numpy(res.status))
+    n = np.asarray(to_numpy(res.n_iters))
+    # converging at the very check where the callback asks to stop may report SUCCESS
+    stopped = status == int(ds.Status.STOPPED)
+    at_first = (status == int(ds.Status.SUCCESS)) & (n == int(getattr(st, "n_iters", -1)))
+    assert np.all(stopped | at_first), (res.status, res.n_iters, st)
+    assert not np.any(np.asarray(to_numpy(res.converged))[stopped])
+    # returning None (or False) does not stop
+    seen = []
+    res2 = p.fn(*p.args, **{**p.kwargs, **row.starve, "callback": lambda s: seen.append(s)})
+    assert np.all(np.asarray(to_numpy(res2.status)) == int(ds.Status.SUCCESS)), res2.status
+    assert len(seen) >= 1
