@@ -608,3 +608,15 @@ def test_bandit_reads_the_inner_status_and_reports_it():
         warnings.simplefilter("error")  # a fixed budget is what was asked for
         res = bandit.solve(A, b, maxiter=3, rtol=0.0, atol=0.0)
     assert res.n_iters == 3
+
+
+def test_tsallis_normaliser_takes_scipy_names():
+    L = np.array([0.0, 1.0, 3.0])
+    p, _x = tsallis_inf_probabilities(L, 0.5, atol=1e-14, maxiter=200)
+    assert abs(p.sum() - 1.0) < 1e-12
+    with pytest.warns(DeprecationWarning, match="tol= is deprecated.*atol="):
+        q, _ = tsallis_inf_probabilities(L, 0.5, tol=1e-14, maxiter=200)
+    np.testing.assert_allclose(q, p)
+    with pytest.warns(DeprecationWarning, match="max_iter= is deprecated.*maxiter="):
+        q, _ = tsallis_inf_probabilities(L, 0.5, atol=1e-14, max_iter=200)
+    np.testing.assert_allclose(q, p)

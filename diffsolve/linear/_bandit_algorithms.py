@@ -31,6 +31,7 @@ import json
 import math
 import numbers
 
+from .. import _validate as V
 from .._backend import host_namespace, host_rng
 
 __all__ = ["BinnedTsallisINF", "ChebCB", "TsallisINF", "tsallis_inf_probabilities"]
@@ -164,7 +165,7 @@ def _require(where, state, keys):
 # ---------------------------------------------------------------------------------------
 # Tsallis-INF
 # ---------------------------------------------------------------------------------------
-def tsallis_inf_probabilities(loss_estimates, eta, *, tol=1e-12, max_iter=100):
+def tsallis_inf_probabilities(loss_estimates, eta, *, atol=1e-12, maxiter=100, **deprecated):
     """Tsallis-INF sampling probabilities and their normaliser.
 
     Solves for ``x < min L̂`` such that ``Σ_i 4 / (η (L̂_i - x))² = 1`` and returns
@@ -176,10 +177,12 @@ def tsallis_inf_probabilities(loss_estimates, eta, *, tol=1e-12, max_iter=100):
         Cumulative importance-weighted loss estimates ``L̂``.
     eta : float
         Learning rate ``η > 0``.
-    tol : float
-        Stop when ``|Σ p - 1| <= tol``.
-    max_iter : int
+    atol : float
+        Stop when ``|Σ p - 1| <= atol``.
+    maxiter : int
         Most Newton (or safeguarding bisection) steps.
+    **deprecated
+        ``tol`` (now ``atol``) and ``max_iter`` (now ``maxiter``), for one release.
 
     Returns
     -------
@@ -206,17 +209,23 @@ def tsallis_inf_probabilities(loss_estimates, eta, *, tol=1e-12, max_iter=100):
     >>> [round(float(v), 12) for v in p]
     [0.5, 0.5]
     """
+    if deprecated:
+        where = "tsallis_inf_probabilities"
+        options = V.renamed_options(where, deprecated, {"tol": "atol", "max_iter": "maxiter"})
+        atol = options.pop("atol", atol)
+        maxiter = options.pop("maxiter", maxiter)
+        V.unexpected_options(where, options, ("atol", "maxiter"))
     L = xp.asarray(loss_estimates, dtype=xp.float64)
     eta = float(eta)
     n = L.shape[0]
     m = float(xp.min(L))
     lo, hi = m - 2.0 * math.sqrt(n) / eta, m - 2.0 / eta
     x = hi
-    for _ in range(max_iter):
+    for _ in range(maxiter):
         p = 4.0 / (eta * (L - x)) ** 2
         total = float(xp.sum(p))
         f = total - 1.0
-        if abs(f) <= tol:
+        if abs(f) <= atol:
             break
         if f > 0:
             hi = x
@@ -227,7 +236,7 @@ def tsallis_inf_probabilities(loss_estimates, eta, *, tol=1e-12, max_iter=100):
     else:
         p = 4.0 / (eta * (L - x)) ** 2
         total = float(xp.sum(p))
-    # the residual |Σp - 1| <= tol is left in; dividing it out makes the vector an exact
+    # the residual |Σp - 1| <= atol is left in; dividing it out makes the vector an exact
     # distribution for sampling
     return p / total, x
 
