@@ -96,7 +96,9 @@ class Row:
     ``make_xp(xp)`` builds the problem in another namespace when converting ``make()``'s
     arrays is not enough (user functions written for NumPy). ``starve``: options that keep
     the solver from meeting its tolerance before its first iteration (for the failure and
-    callback checks).
+    callback checks). ``renames``: ``(old options, equivalent new options, new name)``
+    triples: the old spelling keeps working for one release with a DeprecationWarning
+    naming the new one.
     """
 
     id: str
@@ -118,6 +120,7 @@ class Row:
     fd_step: float = 1e-6
     fixed_budget: bool = True
     starve: dict = field(default_factory=dict)
+    renames: tuple = ()
 
     def __str__(self) -> str:
         return self.id
@@ -581,6 +584,13 @@ ROWS.append(Row(
     shape_cases=_linear_shapes, size0=_linear_size0,
 ))
 
+# the old spellings: tol=x was an absolute marginal error (atol=x, rtol=0); max_iter
+OT_RENAMES = (
+    ({"max_iter": 20_000, "maxiter": None}, {"maxiter": 20_000}, "maxiter"),
+    ({"tol": 1e-13, "rtol": None, "atol": None}, {"atol": 1e-13, "rtol": 0.0}, "atol"),
+)
+OT_RENAMES_L_BFGS = (({"max_iter": 2000, "maxiter": None}, {"maxiter": 2000}, "maxiter"),)
+
 SINKHORN_VARIANTS = {
     "lse": {"kernel": "lse"},
     "absorbed": {"kernel": "absorbed"},
@@ -592,6 +602,7 @@ SINKHORN_VARIANTS = {
 for _label, _opts in SINKHORN_VARIANTS.items():
     ROWS.append(Row(
         id=f"ot.sinkhorn[{_label}]", family="ot", where=("diffsolve.ot.sinkhorn",),
+        renames=OT_RENAMES,
         make=_sinkhorn_problem(**_opts), bad_args=("a", "b", "C"), none_args=("a", "b", "C"),
         shape_cases=_ot_shapes, size0=_ot_size0,
     ))
@@ -602,7 +613,7 @@ ROWS.append(Row(
     shape_cases=_ot_batched_shapes, size0=_ot_size0,
 ))
 ROWS.append(Row(
-    id="ot.sinkhorn_newton_sparse", family="ot",
+    id="ot.sinkhorn_newton_sparse", family="ot", renames=OT_RENAMES,
     where=("diffsolve.ot.sinkhorn_newton_sparse",), make=_sns_problem,
     # without these the Sinkhorn warm-up alone meets the tolerance (no Newton step at all)
     starve={"n_sinkhorn": 1, "sinkhorn_switch": 0},
@@ -612,12 +623,14 @@ ROWS.append(Row(
 for _form in ("semi-dual", "dual"):
     ROWS.append(Row(
         id=f"ot.sparse_ot[{_form}]", family="ot", where=("diffsolve.ot.sparse_ot",),
+        renames=OT_RENAMES_L_BFGS,
         make=_sparse_problem(_form), fd_rtol=1e-4, bad_args=("a", "b", "C"),
         none_args=("a", "b", "C"), shape_cases=_ot_shapes, size0=_ot_size0,
         same_rtol=1e-7,
     ))
 ROWS.append(Row(
     id="ot.quadratic_ot", family="ot", where=("diffsolve.ot.quadratic_ot",),
+    renames=OT_RENAMES_L_BFGS,
     make=_quadratic_problem, fd_rtol=1e-4, bad_args=("a", "b", "C"),
     none_args=("a", "b", "C"), shape_cases=_ot_shapes, size0=_ot_size0, same_rtol=1e-7,
 ))
@@ -670,6 +683,8 @@ for _method in ("implicit-cg", "neumann", "unrolled"):
         strict=None if _method != "unrolled" else
         "method='unrolled' differentiates with autograd (NumPy only), as documented",
         make_xp=None if _method == "unrolled" else _hg_problem_xp(_method),
+        renames=(({"n_steps": HG_STEPS, "maxiter": None}, {"maxiter": HG_STEPS}, "maxiter"),)
+        if _method == "unrolled" else (),
     ))
 
 ROW_IDS = [r.id for r in ROWS]

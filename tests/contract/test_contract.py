@@ -831,3 +831,33 @@ def test_callback_state_is_frozen_and_true_stops(row):
     res2 = p.fn(*p.args, **{**p.kwargs, **row.starve, "callback": lambda s: seen.append(s)})
     assert np.all(np.asarray(to_numpy(res2.status)) == int(ds.Status.SUCCESS)), res2.status
     assert len(seen) >= 1
+
+
+# ------------------------------------------------------------------------------------------
+# renamed options keep working for one release
+# ------------------------------------------------------------------------------------------
+def _rename_params():
+    return [pytest.param(r, old, new, name, id=f"{r.id}-{'+'.join(old)}")
+            for r in ROWS for old, new, name in r.renames]
+
+
+def _apply(kwargs, changes):
+    out = dict(kwargs)
+    for k, v in changes.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("row, old, new, name", _rename_params())
+def test_old_option_names_warn_and_agree(row, old, new, name):
+    p = _fresh(row)
+    with pytest.warns(DeprecationWarning, match=rf"\b{name}\b"):
+        out_old = p.fn(*p.args, **_apply(p.kwargs, old))
+    out_new = p.fn(*p.args, **_apply(p.kwargs, new))
+    if row.kind == "gradient":
+        np.testing.assert_array_equal(out_old, out_new)
+    else:
+        assert_same_answer(out_old, out_new, p, 0.0, f"{row.id} {old} vs {new}")
