@@ -89,6 +89,26 @@ def test_linear_converged_means_true_residual_meets_rtol(method, log_a, log_b, d
     _check_honest(res, warned, met, f"{method} {dtype} |A|~1e{log_a:.0f} |b|~1e{log_b:.0f}")
 
 
+@pytest.mark.parametrize("method", ["direct", "cg", "pcg", "sor", "ssor-cg"])
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(log_a=st.floats(-40, 0), excess=st.floats(2.0, 30.0),
+       dtype=st.sampled_from(["float64", "float32"]), seed=st.integers(0, 2**16))
+def test_linear_overflowing_solution_is_reported_cleanly(method, log_a, excess, dtype, seed):
+    """x = A⁻¹b beyond the dtype's range: a non-success status and a ConvergenceWarning,
+    no NaN/inf "answer" marked converged, and no NumPy RuntimeWarning from inside."""
+    dt = np.dtype(dtype)
+    top = np.log10(np.finfo(dt).max)
+    log_b = min(log_a + top + excess, top - 1)  # b representable, b / A not
+    assume(log_b - log_a > top + 1)
+    rng = np.random.default_rng(seed)
+    A = (_spd_int() * 10.0 ** log_a).astype(dt)
+    b = (rng.standard_normal(6) * 10.0 ** log_b).astype(dt)
+    kw = {} if method == "direct" else {"rtol": 1e-10 if dt == np.float64 else 1e-5}
+    res, warned = _record(lambda: ds.linear.solve(A, b, method=method, **kw))
+    assert not bool(res.converged), f"{method}: converged with |x| ~ 1e{log_b - log_a:.0f}"
+    assert res.status != ds.Status.SUCCESS and warned, (res.status, warned)
+
+
 @SETTINGS
 @given(log_scale=st.floats(-3, 3), eps=st.floats(0.05, 1.0), seed=st.integers(0, 2**16),
        acceleration=st.sampled_from([None, "momentum", "anderson"]))
