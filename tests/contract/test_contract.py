@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 
@@ -243,6 +244,51 @@ def test_jax_result_returns_from_jit(row):
         np.testing.assert_allclose(np.asarray(field_value(out, f)),
                                    to_numpy(field_value(res, f)), rtol=1e-9, atol=1e-12,
                                    err_msg=f)
+
+
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_jax_vmap_returns_result(row):
+    """jax.vmap over the first differentiable argument: one solve per element (the default
+    vmap_method), results stacked like separate calls."""
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    p, _, _, _ = _with_vjp(row)
+    name = dense_diff_args(p)[0]
+    i = p.index(name)
+    d = direction(p, name, rng_for(row, "vmap"))
+    xs = np.stack([p.args[i], p.args[i] + 1e-3 * d])
+    fj = ds.to_jax(p.fn)
+
+    def run(x):
+        args = list(p.args)
+        args[i] = x
+        return fj(*args, **p.kwargs)
+
+    out = jax.vmap(run)(jnp.asarray(xs))
+    for k in range(2):
+        ref = p.with_arg(name, xs[k]).call()
+        for f in p.fields:
+            np.testing.assert_allclose(np.asarray(field_value(out, f))[k],
+                                       to_numpy(field_value(ref, f)), rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{f}[{k}]")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_throw_defaults_to_false(row):
+    """One default for every family (SciPy's: report, do not raise)."""
+    p = _fresh(row)
+    if row.kind == "value":
+        target = ds.implicit.custom_fixed_point if "fixed_point" in row.id else \
+            ds.implicit.custom_root
+    else:
+        target = getattr(p.fn, "fwd", p.fn)
+    params = inspect.signature(target).parameters
+    if "throw" not in params and any(q.kind == q.VAR_KEYWORD for q in params.values()):
+        # forwarded to the inner solver (the bandits to linear.solve): that default holds,
+        # and test_failure_raises_solve_error_with_throw checks that throw= reaches it
+        params = inspect.signature(ds.linear.solve.fwd).parameters
+    assert "throw" in params, f"{row.id}: no throw= option"
+    assert params["throw"].default is False, params["throw"].default
 
 
 @pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))

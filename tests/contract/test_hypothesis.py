@@ -109,10 +109,12 @@ def test_linear_overflowing_solution_is_reported_cleanly(method, log_a, excess, 
     assert res.status != ds.Status.SUCCESS and warned, (res.status, warned)
 
 
+@pytest.mark.parametrize("solver", ["sinkhorn", "sinkhorn_newton_sparse"])
 @SETTINGS
 @given(log_scale=st.floats(-3, 3), eps=st.floats(0.05, 1.0), seed=st.integers(0, 2**16),
        acceleration=st.sampled_from([None, "momentum", "anderson"]))
-def test_sinkhorn_converged_means_marginals_meet_tolerance(log_scale, eps, seed, acceleration):
+def test_entropic_ot_converged_means_marginals_meet_tolerance(solver, log_scale, eps, seed,
+                                                              acceleration):
     rng = np.random.default_rng(seed)
     a = rng.uniform(0.1, 1.0, 6)
     a /= a.sum()
@@ -120,13 +122,17 @@ def test_sinkhorn_converged_means_marginals_meet_tolerance(log_scale, eps, seed,
     b /= b.sum()
     C = rng.uniform(0.0, 1.0, (6, 5)) * 10.0 ** log_scale
     rtol = 1e-9
-    res, warned = _record(lambda: ds.ot.sinkhorn(a, b, C, eps * 10.0 ** log_scale, rtol=rtol,
-                                                 atol=0.0, maxiter=2000,
-                                                 acceleration=acceleration))
+    if solver == "sinkhorn":
+        kw = {"maxiter": 2000, "acceleration": acceleration}
+    else:  # acceleration is a Sinkhorn option; SNS starts Newton after one warm-up step
+        kw = {"maxiter": 50, "n_sinkhorn": 1 if acceleration else 50}
+    fn = getattr(ds.ot, solver)
+    res, warned = _record(lambda: fn(a, b, C, eps * 10.0 ** log_scale, rtol=rtol, atol=0.0,
+                                     **kw))
     P = np.asarray(res.plan)
     err = float(np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum())
     met = bool(np.all(np.isfinite(P))) and err <= rtol * (1 + 1e-6)
-    _check_honest(res, warned, met, f"sinkhorn C~1e{log_scale:.1f} eps={eps:.3g}")
+    _check_honest(res, warned, met, f"{solver} C~1e{log_scale:.1f} eps={eps:.3g}")
     if bool(res.converged):
         assert abs(float(res.error) - err) <= 1e-12 + 1e-6 * err, (res.error, err)
 
