@@ -137,7 +137,8 @@ def _solve(method, A, b, rtol, prep, history=False, maxiter=5000):
     hist = [] if history else None
     bn = np.linalg.norm(b)
     if method == "dcdm":
-        cb = (lambda x: hist.append(np.linalg.norm(b - A @ x) / bn)) if history else None
+        cb = (lambda state: hist.append(np.linalg.norm(b - A @ state.x) / bn)) if history \
+            else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DirectionFallbackWarning)
             res = ds.linear.solve(A, b, method="dcdm", model=prep, rtol=rtol, maxiter=maxiter,
@@ -167,8 +168,8 @@ def _dcdm_traced(A, b, rtols, model, maxiter):
     stamps, hist = [], []
     t0 = time.perf_counter()
 
-    def cb(x):
-        hist.append(float(np.linalg.norm(b - A @ x) / bn))
+    def cb(state):
+        hist.append(float(np.linalg.norm(b - A @ state.x) / bn))
         stamps.append(time.perf_counter() - t0)
 
     with warnings.catch_warnings(record=True) as caught:

@@ -8,7 +8,7 @@ deep-learning framework (:func:`vjp`) or as a layer in HIPS autograd, PyTorch or
 
 __version__ = "0.1.0"
 
-from . import bilevel, implicit, linear, ode, ot
+from . import bilevel, implicit, krylov, linear, ode, ot
 from ._autodiff import custom_vjp, vjp
 from ._backend import CSR
 from ._result import SolverResult
@@ -44,6 +44,7 @@ __all__ = [
     "bilevel",
     "custom_vjp",
     "implicit",
+    "krylov",
     "linear",
     "ode",
     "ot",

@@ -362,3 +362,13 @@ def test_validators_for_intervals_name_tuples_seeds_and_callables():
     with pytest.raises(TypeError, match="y is a torch array but x is a numpy array"):
         torch = pytest.importorskip("torch")
         V.same_library("f", x=np.ones(2), y=torch.ones(2))
+
+
+def test_linear_warnings_point_at_the_callers_line():
+    with pytest.warns(ds.ConvergenceWarning) as record:
+        ds.linear.solve(A, B, method="sor", omega=1.0, maxiter=1)
+    assert record[0].filename == __file__
+    bandit = ds.linear.OmegaBandit(seed=0)
+    with pytest.warns(ds.ConvergenceWarning) as record:
+        bandit.solve(A, B, maxiter=1)
+    assert record[0].filename == __file__

@@ -29,7 +29,6 @@ from .. import _validate as V
 from .._autodiff import DifferentiableFunction
 from .._result import SolverResult, ValueResult
 from .._status import Status, report
-from . import _implicit_solve
 from ._implicit_solve import SOLVES, solve_adjoint
 from ._user_vjp import linearize
 
@@ -205,14 +204,10 @@ def _outcome_status(out) -> Status:
 def _must_warn(info: ImplicitSolveInfo) -> bool:
     """Whether :func:`report` warns for ``info``.
 
-    A NaN cotangent gives NaN cotangents silently, as :func:`diffsolve.vjp` does. Before
-    the Krylov module returned statuses, ``solve_adjoint`` warned by itself; that warning
-    is read (its status is reported here) and not repeated.
+    A NaN cotangent gives NaN cotangents silently, as :func:`diffsolve.vjp` does; every
+    other failed implicit solve is reported (``solve_adjoint`` itself never warns).
     """
-    if info.method == "nan-cotangent":
-        return False
-    outcome = getattr(_implicit_solve, "ImplicitSolveOutcome", None)
-    return "status" in getattr(outcome, "__dataclass_fields__", {"status": None})
+    return info.method != "nan-cotangent"
 
 
 def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):

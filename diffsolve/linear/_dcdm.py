@@ -23,7 +23,7 @@ import warnings
 from collections import deque
 
 from .. import _backend as B
-from .._status import Status
+from .._status import Status, caller_stacklevel
 from ..krylov._common import wants_stop
 from ._direction_model import ConvDirectionModel, pretrained_direction_model
 from ._iterative import (
@@ -255,7 +255,7 @@ def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prep
             f"down ({where_}); continued with conjugate gradients from the current iterate. "
             "The model does not fit this matrix: train one on it "
             "(diffsolve.linear.train_direction_model) or use method='cg'/'pcg'",
-            DirectionFallbackWarning, stacklevel=4)
+            DirectionFallbackWarning, stacklevel=caller_stacklevel())
     out = _verdict(op, unscale(x, s), b, rtol, atol, max(iters), model,
                    Status.STOPPED in statuses, xp)
     if not out.converged and Status.BREAKDOWN in statuses:

@@ -310,8 +310,7 @@ class _OmegaBanditBase:
         self._record(arm, n_iters, converged, cost, context)
         base = {f.name: getattr(res, f.name) for f in fields(LinearSolveResult)}
         out = BanditSolveResult(**base, omega=float(omega), arm=arm)
-        report(out, throw=settings.throw, warn=warn, fixed_budget=settings.fixed_budget,
-               stacklevel=5)
+        report(out, throw=settings.throw, warn=warn, fixed_budget=settings.fixed_budget)
         return out, residuals
 
     def _suggest(self, context) -> int:

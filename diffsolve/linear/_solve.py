@@ -223,7 +223,7 @@ def _solve_bwd(ctx, cotangents):
         # the adjoint solve is a solve of its own: its failure is reported, not hidden
         # (a NaN cotangent gives NaN gradients by design and is not a failure)
         report(_adjoint_result(adjoint, lam), throw=settings.throw,
-               fixed_budget=settings.fixed_budget, stacklevel=4)
+               fixed_budget=settings.fixed_budget)
     b_bar = xp.astype(lam, b.dtype) if xp.isdtype(b.dtype, "real floating") else None
     if op.kind == "dense":
         A_bar = -(lam[:, None] * x[None, :]) if x.ndim == 1 else -(lam @ xp.matrix_transpose(x))
@@ -414,5 +414,5 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
     res, residuals = _forward(A, b, method, x0, rtol, atol, maxiter, M, omega, callback,
                               check_every, model, k, throw, deprecated)
     settings = residuals[1]
-    report(res, throw=settings.throw, fixed_budget=settings.fixed_budget, stacklevel=4)
+    report(res, throw=settings.throw, fixed_budget=settings.fixed_budget)
     return res, residuals

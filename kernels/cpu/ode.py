@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba.typed import List
 
-from ._config import jit, njit_options
+from ._config import jit
 
 __all__ = ["is_jitted", "rk_combine", "rk_error_norm", "rk_reverse", "rk_solve",
            "rk_solve_batch"]
@@ -353,7 +353,7 @@ def _compiled(kind: str):
             ftype = t.FunctionType(vec(f64, vec, vec))
             sig = (ftype, vec, vec, vec, mat, vec, vec, mat, i64, i64, f64, f64, t.boolean,
                    f64, i64, vec, t.boolean)
-            fn = numba.njit(sig, **njit_options())(_solve_one)
+            fn = jit(signature=sig)(_solve_one)
             global _solve_one_ptr
             _solve_one_ptr = fn
         else:
@@ -523,7 +523,7 @@ def rk_reverse(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e,
         vtype = t.FunctionType(t.UniTuple(vec, 2)(f64, vec, vec, vec))
         sig = (ftype, vtype, vec, mat, mat, t.int64[::1], vec, vec, mat, vec, vec, mat, f64,
                f64, f64, f64)
-        fn = numba.njit(sig, **njit_options())(_reverse)
+        fn = jit(signature=sig)(_reverse)
         _COMPILED["reverse"] = fn
     return fn(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e, P, rtol,
               atol, rE_bar, rS_bar)
@@ -561,7 +561,7 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
         ftype = t.FunctionType(vec(f64, vec, vec))
         sig = (ftype, mat, vec, vec, mat, vec, vec, mat, i64, i64, f64, f64, t.boolean, f64,
                i64, t.boolean)
-        fn = numba.njit(sig, **njit_options())(_solve_batch)
+        fn = jit(signature=sig)(_solve_batch)
         _COMPILED["batch"] = fn
     return list(fn(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
                    first_step, max_steps, want_stiff))
