@@ -126,10 +126,6 @@ class Row:
         return self.id
 
 
-def _call_with(problem: Problem, **opts):
-    return lambda: problem.fn(*problem.args, **{**problem.kwargs, **opts})
-
-
 # ------------------------------------------------------------------------------------------
 # directions
 # ------------------------------------------------------------------------------------------
@@ -688,7 +684,6 @@ for _method in ("implicit-cg", "neumann", "unrolled"):
     ))
 
 ROW_IDS = [r.id for r in ROWS]
-ROWS_BY_KIND = {k: [r for r in ROWS if r.kind == k] for k in ("solver", "value", "gradient")}
 
 
 def rows(*kinds) -> list:

@@ -1,7 +1,18 @@
 """The solver contract, checked row by row (see registry.py for the rows).
 
 Every check is parametrised over the registry; a failing (row, check) pair is a contract
-violation of that solver, never hidden with xfail.
+violation of that solver, never hidden with xfail. The checks: a DifferentiableFunction
+with declared result shapes equal to the actual fields; status / converged / message /
+n_iters; ``ds.vjp`` against central differences (the hypergradient against differences of
+the bilevel objective); ``to_autograd`` / ``to_torch`` / ``to_jax`` against ``ds.vjp``,
+results returned from ``jax.jit`` and ``jax.vmap``; second order through the adapters
+correct or refused; zero cotangents give zeros, NaN/inf cotangents NaN; keyword arguments,
+named cotangents, Python-scalar cotangents; inputs never modified; the bad-input table
+(NaN/inf, int, complex, float16, lists, non-contiguous, read-only, torch/JAX arrays, None,
+shapes, size 0, bad tolerances and budgets); rtol = atol = 0 as a fixed budget; failures
+warn with their status or raise ``SolveError`` with ``throw=True``; ``throw`` defaults to
+False; ``callback(state)`` with a frozen state, ``True`` stops; old option names warn and
+agree; the same answers on array_api_strict and (marker ``gpu``) CuPy.
 """
 
 from __future__ import annotations
@@ -446,10 +457,6 @@ def _readonly(x):
     y = np.array(x, copy=True)
     y.setflags(write=False)
     return y
-
-
-def _call(problem: Problem, row: Row):
-    return problem.call()
 
 
 def _ref_answer(row: Row):
