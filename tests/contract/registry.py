@@ -204,6 +204,14 @@ def _linear_problem(method):
     return make
 
 
+def _linear_columns_problem():
+    """Several right-hand sides solved together (b of shape (n, k))."""
+    A = _spd_int()
+    b = np.stack([_linear_b(seed=s) for s in (0, 1, 2)], axis=1)
+    return Problem(ds.linear.solve, (A, b), {"method": "cg", "rtol": 1e-13}, ("A", "b"),
+                   ("x",), {"A": symmetric})
+
+
 def _linear_shapes(p: Problem):
     A, b = p.args
     yield "b longer than A", "b", p.with_arg("b", np.concatenate([b, b[:1]]))
@@ -573,6 +581,11 @@ for _m in ("direct", "cg", "pcg", "sor", "ssor-cg", "dcdm"):
         strict=None if _m != "dcdm" else "dcdm's network runs on NumPy/CuPy (tested there)",
     ))
 
+ROWS.append(Row(
+    id="linear.solve[cg-columns]", family="linear", where=LINEAR_WHERE,
+    make=_linear_columns_problem, bad_args=("b",), none_args=("b",),
+    shape_cases=_linear_shapes, size0=_linear_size0,
+))
 ROWS.append(Row(
     id="linear.OmegaBandit.solve", family="linear",
     where=("diffsolve.linear.OmegaBandit", "OmegaBandit.solve", "diffsolve.linear.solve"),

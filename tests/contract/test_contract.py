@@ -914,3 +914,49 @@ def test_old_option_names_warn_and_agree(row, old, new, name):
         np.testing.assert_array_equal(out_old, out_new)
     else:
         assert_same_answer(out_old, out_new, p, 0.0, f"{row.id} {old} vs {new}")
+
+
+# ------------------------------------------------------------------------------------------
+# float32 is kept
+# ------------------------------------------------------------------------------------------
+def _as_float32(p: Problem, row: Row) -> Problem:
+    def conv(v):
+        if sp.issparse(v) and v.dtype == np.float64:
+            return v.astype(np.float32)
+        if isinstance(v, np.ndarray) and v.dtype == np.float64:
+            return v.astype(np.float32)
+        return v
+
+    kw = dict(p.kwargs)
+    if row.family == "ode":
+        kw.pop("step_ts", None)
+        kw.update(rtol=1e-5, atol=1e-7)
+    elif "rtol" in kw:
+        kw["rtol"] = 1e-5
+    return Problem(p.fn, tuple(conv(a) for a in p.args), kw, p.diff_args, p.fields,
+                   p.directions, p.extra)
+
+
+F32_ROWS = rows("solver")
+
+
+@pytest.mark.parametrize("row", F32_ROWS, ids=_ids(F32_ROWS))
+def test_float32_is_kept(row):
+    _, res64, cots, _ = _with_vjp(row)
+    p = _as_float32(row.make(), row)
+    res, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    assert np.all(np.asarray(to_numpy(res.status)) == int(ds.Status.SUCCESS)), res.message
+    for f in p.fields:
+        v = field_value(res, f)
+        assert v.dtype == np.float32, f"{f} is {v.dtype} for float32 inputs"
+        if f.startswith("reg_"):  # sums of error estimates: set by the tolerances, not x
+            continue
+        want = to_numpy(field_value(res64, f))
+        scale = float(np.max(np.abs(want))) if np.size(want) else 1.0
+        np.testing.assert_allclose(to_numpy(v), want, rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=f"float32 {f} vs float64")
+    grads = vjp_fn(**{f: c.astype(np.float32) for f, c in cots.items()})
+    for name in p.diff_args:
+        g = grad_of(grads, p, name)
+        g = g.data if sp.issparse(g) else g
+        assert g.dtype == np.float32, f"cotangent of {name} is {g.dtype} for float32 inputs"
