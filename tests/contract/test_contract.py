@@ -960,3 +960,32 @@ def test_float32_is_kept(row):
         g = grad_of(grads, p, name)
         g = g.data if sp.issparse(g) else g
         assert g.dtype == np.float32, f"cotangent of {name} is {g.dtype} for float32 inputs"
+
+
+# ------------------------------------------------------------------------------------------
+# the vjp function: reusable, and strict about its cotangents
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_vjp_fn_is_reusable(row):
+    """A backward rule must not consume its residuals (LU factors, checkpoints, ...)."""
+    p, _, cots, _ = _with_vjp(row)
+    _, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    first = vjp_fn(**cots)
+    other = vjp_fn(**{f: 2.0 * c for f, c in cots.items()})
+    again = vjp_fn(**cots)
+    for name in p.diff_args:
+        g1, g2, g3 = (to_numpy(_data(grad_of(g, p, name))) for g in (first, other, again))
+        np.testing.assert_array_equal(g3, g1, err_msg=f"d/d{name} changed on a second call")
+        np.testing.assert_allclose(g2, 2.0 * g1, rtol=1e-9, atol=1e-12 * max(
+            1.0, float(np.max(np.abs(g1)))), err_msg=f"d/d{name} is not linear in the cotangent")
+
+
+@pytest.mark.parametrize("row", SOLVER_ROWS, ids=_ids(SOLVER_ROWS))
+def test_bad_cotangents_are_refused(row):
+    p, _res, cots, _ = _with_vjp(row)
+    _, vjp_fn = ds.vjp(p.fn, *p.args, **p.kwargs)
+    f = next(iter(cots))
+    with pytest.raises(ValueError, match=rf"\b{f}\b"):
+        vjp_fn(**{f: np.zeros((*np.shape(cots[f]), 2))})
+    with pytest.raises(TypeError, match="no_such_output"):
+        vjp_fn(no_such_output=np.zeros(1))
