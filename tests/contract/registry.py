@@ -226,13 +226,18 @@ def _linear_size0(p: Problem):
     return p.with_arg("A", A).with_arg("b", np.zeros(0)), ("A", "b")
 
 
-def _bandit_make():
+def _bandit_make(contextual=False):
+    """A one-arm bandit (omega = 1.1), so that every call solves the same system."""
     def make():
         p = _linear_problem("sor")()
-        bandit = ds.linear.OmegaBandit(omegas=[1.1], method="sor", seed=0)
         kw = dict(p.kwargs)
         kw.pop("method")
         kw.pop("omega")
+        if contextual:
+            bandit = ds.linear.ContextualOmegaBandit((0.0, 1.0), omegas=[1.1], method="sor")
+            kw["context"] = 0.5
+        else:
+            bandit = ds.linear.OmegaBandit(omegas=[1.1], method="sor", seed=0)
         return replace(p, fn=bandit.solve, kwargs=kw, directions={})
 
     return make
@@ -586,12 +591,13 @@ ROWS.append(Row(
     make=_linear_columns_problem, bad_args=("b",), none_args=("b",),
     shape_cases=_linear_shapes, size0=_linear_size0,
 ))
-ROWS.append(Row(
-    id="linear.OmegaBandit.solve", family="linear",
-    where=("diffsolve.linear.OmegaBandit", "OmegaBandit.solve", "diffsolve.linear.solve"),
-    make=_bandit_make(), bad_args=("A", "b"), none_args=("A", "b"),
-    shape_cases=_linear_shapes, size0=_linear_size0,
-))
+for _cls, _ctx in (("OmegaBandit", False), ("ContextualOmegaBandit", True)):
+    ROWS.append(Row(
+        id=f"linear.{_cls}.solve", family="linear",
+        where=(f"diffsolve.linear.{_cls}", f"{_cls}.solve", "diffsolve.linear.solve"),
+        make=_bandit_make(_ctx), bad_args=("A", "b"), none_args=("A", "b"),
+        shape_cases=_linear_shapes, size0=_linear_size0,
+    ))
 
 # the old spellings: tol=x was an absolute marginal error (atol=x, rtol=0); max_iter
 OT_RENAMES = (
