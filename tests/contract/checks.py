@@ -128,10 +128,11 @@ def names_argument(msg: str, name: str) -> bool:
     return re.search(rf"(['`\"]{n}['`\"]|(?<![\w.]){n}(?={_VERBS}))", msg) is not None
 
 
-def expect_clear_error(thunk, row: Row, name, *, allow=None, label=""):
+def expect_clear_error(thunk, row: Row, name, *, allow=None, label="", received=()):
     """Run ``thunk``: it must raise a ValueError/TypeError naming the function and ``name``
     (or one of the names in a tuple), or return something ``allow(out)`` accepts (a correct
-    answer)."""
+    answer). ``received``: words of which one must appear in the message (what was
+    received, e.g. the dtype)."""
     names = name if isinstance(name, tuple) else (name,)
     try:
         out = thunk()
@@ -143,6 +144,10 @@ def expect_clear_error(thunk, row: Row, name, *, allow=None, label=""):
         assert any(names_argument(msg, n) for n in names), (
             f"{label}: the {type(err).__name__} does not name the argument "
             f"{' or '.join(map(repr, names))}: {msg!r}")
+        if received:
+            assert any(w.lower() in msg.lower() for w in received), (
+                f"{label}: the {type(err).__name__} does not say what it received "
+                f"({' or '.join(received)}): {msg!r}")
         return None
     except Exception as err:
         pytest.fail(f"{label}: raised {type(err).__module__}.{type(err).__name__} instead of "

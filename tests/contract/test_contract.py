@@ -543,11 +543,14 @@ def test_bad_array_input(row, name, case):
             assert row.kind != "gradient" and is_honest_nonfinite(out), (
                 f"{label}: returned without an error and without reporting "
                 f"Status.NONFINITE (status={getattr(out, 'status', None)!r})")
-        expect_clear_error(thunk, row, name, allow=honest, label=label)
+        expect_clear_error(thunk, row, name, allow=honest, label=label,
+                           received=("nan", "inf", "finite"))
     elif case in ("list", "torch", "jax"):
-        expect_clear_error(thunk, row, name, allow=_same(row, p, ref, label), label=label)
+        expect_clear_error(thunk, row, name, allow=_same(row, p, ref, label), label=label,
+                           received=(case, "tensor") if case == "torch" else
+                           (case, "jaxlib", "ArrayImpl") if case == "jax" else (case,))
     else:  # complex, float16: the one policy is a TypeError
-        expect_clear_error(thunk, row, name, label=label)
+        expect_clear_error(thunk, row, name, label=label, received=(case,))
 
 
 @pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
@@ -613,8 +616,9 @@ def _option_params():
 @pytest.mark.parametrize("row, option, value", _option_params())
 def test_bad_options(row, option, value):
     p = _fresh(row)
+    received = (repr(value), str(value)) + (("bool",) if isinstance(value, bool) else ())
     expect_clear_error(_option_thunk(row, p, **{option: value}), row, option,
-                       label=f"{row.id}: {option}={value!r}")
+                       label=f"{row.id}: {option}={value!r}", received=received)
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.budget and len(r.tols) == 2],
