@@ -115,6 +115,30 @@ def test_newton_step_vs_dense_solve(rng, n, m, keep):
         cpu.newton_step(*csr, *csr_t, r, c, gf, gg, 0.2, m, 1e-14, 500, df, dg)
 
 
+def test_dense_newton_step_is_krylov_cg_and_truncates(rng):
+    # the array-API path (array_api_strict, or any namespace without the compiled kernels)
+    # solves the Schur system with diffsolve.krylov.cg: the same step as the fused kernel,
+    # and a CG cut short (by maxiter here) still gives its current iterate, an ascent
+    # direction of the dual (truncated Newton-CG)
+    from diffsolve.ot._newton import _DenseBlock
+
+    n, m = 9, 6
+    _, _, _, P, r, c = _plan(rng, n, m, np.float64, eps=0.2)
+    Pk = np.where(P >= naive_kth_largest(P, P.size // 2), P, 0.0)
+    gf, gg = rng.standard_normal(n) * 0.01, rng.standard_normal(m) * 0.01
+    fixed = int(np.argmax(c))
+    block = _DenseBlock(xnp, Pk)
+    df, dg, its = block.newton_step(r, c, gf, gg, 0.2, fixed, 1e-14, 500)
+    want_f, want_g = naive_newton_step(Pk, r, c, gf, gg, 0.2, fixed)
+    assert 0 < its <= m
+    np.testing.assert_allclose(dg, want_g, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(df, want_f, rtol=1e-8, atol=1e-12)
+    assert dg[fixed] == 0.0
+    df1, dg1, its1 = block.newton_step(r, c, gf, gg, 0.2, fixed, 1e-14, 1)
+    assert its1 == 1 and np.all(np.isfinite(dg1)) and not np.allclose(dg1, dg)
+    assert gf @ df1 + gg @ dg1 > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_cuda_twins_match_cpu(rng, dtype):

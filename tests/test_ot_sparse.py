@@ -487,6 +487,106 @@ def test_to_jax():
             np.testing.assert_allclose(np.asarray(grad(jnp.asarray(C))), ref.plan, atol=1e-10)
 
 
+def _split_support_problem():
+    """40 x 30 clouds, k = 3, gamma = 0.05: k binds and the plan's support graph falls
+    apart into several components (its Hessian has one null vector per component)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 2)), rng.normal(size=(30, 2)) + 0.3
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    a, b = rng.uniform(0.5, 1.5, 40), rng.uniform(0.5, 1.5, 30)
+    return a / a.sum(), b / b.sum(), C / C.max()
+
+
+@pytest.mark.parametrize("formulation", ["semi-dual", "dual"])
+def test_support_solve_is_least_squares_on_a_split_support(formulation):
+    # reproduction: the private MINRES loop of the polish and the backward stopped on its
+    # least-squares test or drifted when the support graph was split: ||A x - P rhs|| was
+    # 7 % (semi-dual) and 4 % (dual) of ||P rhs|| here, and the backward's cotangents
+    # wrong by as much. The null space (one shift per component) is now projected out and
+    # krylov.minres solves the consistent system to its tolerance.
+    import array_api_compat.numpy as xnp
+
+    from diffsolve.ot._sparse import _components, _solve_support, _support_system
+
+    a, b, C = _split_support_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ds.ConvergenceWarning)  # INFEASIBLE: k binds
+        res = dot.sparse_ot(a, b, C, 3, 0.05, formulation=formulation, rtol=1e-10)
+    T = res.plan
+    labels = _components(T > 0, xnp)
+    n_comp = len(np.unique(labels if formulation == "dual" else labels[:40]))
+    assert n_comp >= 2
+    size = 70 if formulation == "dual" else 40
+    rhs = np.random.default_rng(1).standard_normal(size)
+    sol = _solve_support(T, b, 0.05, formulation, rhs, 1e-12, 4 * 70, xnp)
+    assert sol.status == ds.Status.SUCCESS and sol.converged
+    A_op, _ = _support_system(T, b, 0.05, formulation, xnp)
+    A = np.stack([A_op(e) for e in np.eye(size)], axis=1)
+    assert np.linalg.matrix_rank(A) == size - n_comp
+    # the least-squares optimum: A x = A A^+ rhs
+    want = A @ (np.linalg.pinv(A) @ rhs)
+    np.testing.assert_allclose(A @ sol.x, want, atol=1e-10 * np.linalg.norm(rhs))
+
+
+def test_backward_where_every_column_is_its_own_component():
+    # reproduction: k = 1 on a permutation plan splits the support into n components; the
+    # private MINRES returned a_bar ~ 3e11 (a least-squares iterate that drifted along the
+    # null space) for the dual. The cotangents are now O(1), and the plan, constant on
+    # this piece, contributes nothing to C_bar.
+    r = np.random.default_rng(4)
+    x, y = r.normal(size=(6, 2)), r.normal(size=(6, 2)) + 0.3
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    C /= C.max()
+    u = np.full(6, 1 / 6)
+    for formulation in ("dual", "semi-dual"):
+        res, f_vjp = ds.vjp(dot.sparse_ot, u, u, C, 1, 0.1, formulation=formulation)
+        assert (np.count_nonzero(res.plan, axis=0) == 1).all()
+        cot = dict(plan=r.normal(size=C.shape), f=r.normal(size=6), g=r.normal(size=6),
+                   cost=np.asarray(1.3))
+        grads = f_vjp(**cot)
+        assert all(np.all(np.isfinite(g)) and np.abs(g).max() < 10 for g in grads)
+        _, _, C_bar = f_vjp(plan=cot["plan"], cost=cot["cost"])
+        np.testing.assert_allclose(C_bar, 1.3 * res.plan, atol=1e-12)
+
+
+def test_backward_reads_the_support_solve_status(monkeypatch):
+    # the backward warns once (at the user's line), for the whole batch, when its MINRES
+    # solve misses the tolerance; the gradient is still returned
+    import diffsolve.ot._sparse as sp
+
+    a, b, C = _grad_problem()
+    Tb = np.random.default_rng(2).normal(size=C.shape)
+    _, f_vjp = ds.vjp(dot.sparse_ot, np.stack([a, a]), b, C, 5, 0.3, rtol=1e-13)
+    want = f_vjp(plan=np.stack([Tb, Tb]))
+    monkeypatch.setattr(sp, "_BWD_RTOL", 1e-300)  # below anything float64 resolves
+    with pytest.warns(ds.ConvergenceWarning, match=r"sparse_ot: the implicit-"
+                      r"differentiation MINRES.*\(problem 0, 2 of 2\).*larger gamma") as seen:
+        got = f_vjp(plan=np.stack([Tb, Tb]))
+    assert len(seen) == 1 and seen[0].filename == __file__
+    for g, w in zip(got, want, strict=True):  # MINRES's best iterate: close, not exact
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
+
+
+def test_dense_top_k_keeps_k_entries_at_exact_ties(xp):
+    # reproduction: two identical sources keep identical potentials, so their entries tie
+    # in every column; the dense path (array_api_strict) kept every entry >= the k-th
+    # largest and returned columns with k + 1 nonzeros (and mass beyond b_j for the
+    # semi-dual). Ties are now broken by the smaller index, as in the top-k kernels.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 2)), rng.normal(size=(5, 2))
+    x[1] = x[0]
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    C /= C.max()
+    a, b = np.full(6, 1 / 6), np.full(5, 1 / 5)
+    for formulation in ("semi-dual", "dual"):
+        res = _binding_ok(dot.sparse_ot, xp.asarray(a), xp.asarray(b), xp.asarray(C), 2,
+                          0.05, formulation=formulation)
+        T = to_numpy(res.plan)
+        assert (np.count_nonzero(T, axis=0) <= 2).all()
+        if formulation == "semi-dual":
+            np.testing.assert_allclose(T.sum(axis=0), b, rtol=1e-12)
+
+
 def test_backward_in_binding_case_is_finite():
     """Where k binds the plan is not differentiable; the rule still returns the derivative
     of the smooth piece it stopped on (finite, and zero for cotangents that only move
@@ -564,7 +664,9 @@ def test_cost_is_continuous_where_k_binds():
     D[2, 3] = 1e-9
     costs = [float(_binding_ok(dot.sparse_ot, a, b, C + t * D, 2, 0.05).cost)
              for t in (-1, 0, 1)]
-    assert max(costs) - min(costs) <= 2e-9
+    # what is left is where L-BFGS stalls on the kink (the maximum of a nonsmooth concave
+    # function): 1e-9 to a few 1e-9 apart here, depending on the path of the solve
+    assert max(costs) - min(costs) <= 1e-8
     res = _binding_ok(dot.sparse_ot, a, b, C, 2, 0.05)
     assert res.binding and res.status == ds.Status.INFEASIBLE
     assert float(res.cost) == float(res.dual_value)

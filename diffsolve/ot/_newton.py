@@ -26,9 +26,12 @@ Implementation choices (why, beyond the paper):
   (truncated at ``cg_rtol``, "inexact Newton"). ``M`` is singular along ``(1, -1)``
   (``F(f + t, g - t) = F(f, g)`` when the masses are equal): the step of the ``g`` entry
   with the largest weight is fixed to 0, which removes that direction.
-- The CG here is a short local loop rather than :func:`diffsolve.linear.solve`: a
-  truncated Newton step wants the current iterate when CG stops (by tolerance, limit, or a
-  non-positive curvature on the numerically singular part), not an error.
+- The CG is :func:`diffsolve.krylov.cg` (the compiled kernels fuse the same Jacobi-PCG
+  into one call): a truncated Newton step takes the current iterate whatever CG's status
+  (tolerance met, limit reached, or a non-positive curvature on the numerically singular
+  part, which krylov reports as ``BREAKDOWN`` with the iterate it had): a truncated
+  Newton-CG direction is still an ascent direction (Nocedal & Wright, *Numerical
+  Optimization*, 2nd ed., section 7.1).
 - Armijo backtracking on F, with the change of F computed as
   ``-eps (ΣP_new - ΣP) + t (aᵀΔf + bᵀΔg)`` (no cancellation of the large ``aᵀf`` terms)
   and a rounding allowance, since near the optimum the predicted increase is far below
@@ -50,6 +53,7 @@ import array_api_extra as xpx
 
 from .. import _backend as B
 from .. import _validate as V
+from .. import krylov
 from .._autodiff import custom_vjp
 from .._status import Status, report
 from ._errors import _broadcast_shapes, check_arrays, check_eps, check_measure, check_ot_inputs
@@ -352,9 +356,14 @@ class _DenseBlock:
         def schur(v):
             return free * (c * v - self.rmatvec(rinv * self.matvec(v)))
 
-        dg, its = _pcg(schur, rhs, minv, rtol, maxiter, xp)
+        # truncated Newton-CG: whatever the status, krylov's x is the current iterate (on
+        # non-positive curvature, BREAKDOWN, CG stops stepping and keeps it), and a
+        # truncated CG direction is still an ascent direction; a NONFINITE status gives NaN,
+        # which the line search rejects (a Sinkhorn fallback follows)
+        sol = krylov.cg(schur, rhs, M=minv, rtol=rtol, atol=0.0, maxiter=maxiter)
+        dg = sol.x
         df = rinv * (ef - self.matvec(dg))
-        return df, dg, its
+        return df, dg, sol.n_iters
 
 
 def _path(xp, C, eps):
@@ -371,33 +380,6 @@ def _error(r, c, a, b, xp, measure):
         d = c - b
         return float(xp.sqrt(xp.sum(d * d)))
     return float(xp.sum(xp.abs(r - a)) + xp.sum(xp.abs(c - b)))
-
-
-def _pcg(matvec, rhs, minv, rtol, maxiter, xp):
-    """Truncated Jacobi-PCG from zero on the (PSD) Schur system; returns ``(x, iters)``."""
-    x = xp.zeros_like(rhs)
-    r = rhs
-    z = minv * r
-    p = z
-    rz = float(xp.sum(r * z))
-    target = rtol * float(xp.sqrt(xp.sum(rhs * rhs)))
-    it = 0
-    while it < maxiter:
-        if float(xp.sqrt(xp.sum(r * r))) <= target or rz <= 0:
-            break
-        Ap = matvec(p)
-        pAp = float(xp.sum(p * Ap))
-        if not pAp > 0:
-            break  # what is left lies in the (numerically) singular part: keep x
-        alpha = rz / pAp
-        x = x + alpha * p
-        r = r - alpha * Ap
-        z = minv * r
-        rz_new = float(xp.sum(r * z))
-        p = z + (rz_new / rz) * p
-        rz = rz_new
-        it += 1
-    return x, it
 
 
 def _sinkhorn_steps(a, b, C, opts: SNSSettings, tol, maxiter, f0, g0, trace=None):

@@ -37,7 +37,9 @@ least-squares solution (those directions are not determined by the problem).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,8 +47,9 @@ import array_api_extra as xpx
 
 from .. import _backend as B
 from .. import _validate as V
+from .. import krylov
 from .._autodiff import custom_vjp
-from .._status import Status, report
+from .._status import ConvergenceWarning, Status, caller_stacklevel, report
 from ._errors import check_arrays, check_ot_inputs
 from ._lbfgs import FTOL, lbfgs, scipy_lbfgs
 from ._options import legacy_options
@@ -192,6 +195,20 @@ def _simplex_threshold(Xs, xp):
     return picked / xp.astype(rho, Xs.dtype)
 
 
+def _top_k(Z, kth, k, axis, xp):
+    """The mask of the ``k`` largest entries of every slice of ``Z`` along ``axis``, given
+    the k-th largest value ``kth`` (broadcast along ``axis``): the entries above it, then
+    the entries equal to it in index order until there are ``k``. Ties are broken by the
+    smaller index, as in the top-k kernels; ``Z >= kth`` would keep every tied entry and
+    give a column more than ``k`` nonzeros (and mass beyond its simplex).
+    """
+    above = Z > kth
+    room = k - xp.sum(xp.astype(above, xp.int64), axis=axis, keepdims=True)
+    tie = Z == kth
+    rank = xp.cumulative_sum(xp.astype(tie, xp.int64), axis=axis)
+    return above | (tie & (rank <= room))
+
+
 class _Problem:
     """One OT problem (unbatched) in the working dtype, with its objective evaluations."""
 
@@ -235,12 +252,12 @@ class _Problem:
         return self.scatter(idx, B.contiguous(xp, w), out)
 
     def _kth_mask(self, Z):
-        """Dense top-k mask of the columns of Z (entries >= the k-th largest)."""
+        """Dense top-k mask of the columns of Z (exactly k entries, see :func:`_top_k`)."""
         xp = self.xp
         if self.k >= self.n:
             return None
         kth = xp.sort(Z, axis=0, stable=False)[self.n - self.k, :]
-        return Z >= kth
+        return _top_k(Z, kth[None, :], self.k, 0, xp)
 
     # -- semi-dual ------------------------------------------------------------------
     def semi_dual(self, alpha):
@@ -275,7 +292,7 @@ class _Problem:
             tau = _simplex_threshold(Xs, xp)
             Yt = xp.maximum(Xt - tau[:, None], 0.0)
             if self.k < self.n:
-                Yt = xp.where(Xt >= Xs[:, self.k - 1:self.k], Yt, 0.0)
+                Yt = xp.where(_top_k(Xt, Xs[:, self.k - 1:self.k], self.k, 1, xp), Yt, 0.0)
             Tt = Yt * b[:, None]
             mj = xp.sum(Zt * Yt, axis=1) - 0.5 * gamma * b * xp.sum(Yt * Yt, axis=1)
             row = xp.sum(Tt, axis=0)
@@ -398,8 +415,13 @@ def _polish(prob: _Problem, formulation, x, ev, target, max_steps=8, on_step=Non
     rtol = 1e-7 if prob.C.dtype == xp.float64 else 1e-5
     while err > target and steps < max_steps:
         T = prob.finish(ev[4], dense_only=True)[0]
-        matvec, diag = _support_system(T, prob.b, prob.gamma, formulation, xp)
-        d = _minres(matvec, ev[1], diag, xp, rtol, 4 * (prob.n + prob.m))
+        sol = _solve_support(T, prob.b, prob.gamma, formulation, ev[1], rtol,
+                             4 * (prob.n + prob.m), xp)
+        if sol.status is Status.NONFINITE:
+            break
+        # inexact Newton: a step from MINRES stopped short (MAX_ITERATIONS, BREAKDOWN) is
+        # still tried; the test below keeps it only if it lowers the error
+        d = sol.x
         t, improved = 1.0, False
         for _ in range(_POLISH_HALVINGS + 1):
             ev_new = _evaluate(prob, formulation, x + t * d)
@@ -623,74 +645,118 @@ def _forward(where, a, b, C, st: SparseOTSettings):
 # ---------------------------------------------------------------------------------------
 # backward rule
 # ---------------------------------------------------------------------------------------
-_CHECK = 10
+#: tolerances of the backward's support solve (true residual, relative to the right-hand
+#: side after the null-space projection)
+_BWD_RTOL = 1e-12
+_BWD_RTOL_F32 = 1e-6
+def _components(on, xp):
+    """Labels of the connected components of the plan's support graph.
 
-
-def _minres(matvec, rhs, diag, xp, rtol, max_iter):
-    """Jacobi-preconditioned MINRES (Paige & Saunders 1975) for ``A x = rhs`` with ``A``
-    symmetric positive semidefinite and possibly singular.
-
-    The support Hessians are singular along the shifts of the potentials of every
-    connected component of the plan's support graph. Where ``rhs`` has a component there
-    (a marginal imbalance between components in the Newton polish; a cotangent of ``f``
-    along an undetermined shift in the backward rule) no solution exists and MINRES returns
-    a least-squares one, whereas CG would drift. Stops when the preconditioned residual
-    falls to ``rtol`` times its initial value, or when ``||A r||`` does (least squares).
-    On a singular system the Lanczos vectors eventually lose orthogonality and the iterates
-    can drift after convergence, so the true residual is computed every ``_CHECK``
-    iterations, the best iterate is kept, and the loop stops after three checks without
-    improvement.
+    The graph is bipartite: rows ``0..n-1`` and columns ``n..n+m-1`` are its vertices, the
+    entries with ``on[i, j]`` its edges. Every vertex gets the smallest vertex index of its
+    component: minimum-label propagation across the edges, with pointer jumping
+    (``label <- label[label]``, which stays in the component and never grows) so that long
+    paths (near-tree supports of small ``gamma``) take O(log) rounds rather than O(length)
+    (Shiloach & Vishkin, J. Algorithms 3 (1982)). Each round costs two masked passes over
+    the ``n x m`` support, about one product with the support Hessian.
     """
-    x = xp.zeros_like(rhs)
-    inv_d = xp.where(diag > 0, 1.0 / xp.where(diag > 0, diag, 1.0), 1.0)
-    r1 = rhs
-    y = inv_d * r1
-    beta1 = math.sqrt(max(float(xp.sum(r1 * y)), 0.0))
-    if beta1 == 0.0:
-        return x
-    oldb, beta, dbar, epsln, phibar = 0.0, beta1, 0.0, 0.0, beta1
-    cs, sn = -1.0, 0.0
-    tnorm2 = 0.0
-    w = w2 = xp.zeros_like(rhs)
-    r2 = r1
-    best_x, best_r, stale = x, math.sqrt(float(xp.sum(rhs * rhs))), 0
-    for itn in range(max_iter):
-        v = y / beta
-        y = matvec(v)
-        if itn > 0:
-            y = y - (beta / oldb) * r1
-        alfa = float(xp.sum(v * y))
-        y = y - (alfa / beta) * r2
-        r1, r2 = r2, y
-        y = inv_d * r2
-        oldb = beta
-        beta = math.sqrt(max(float(xp.sum(r2 * y)), 0.0))
-        tnorm2 += alfa * alfa + oldb * oldb + beta * beta
-        oldeps = epsln
-        delta = cs * dbar + sn * alfa
-        gbar = sn * dbar - cs * alfa
-        epsln = sn * beta
-        dbar = -cs * beta
-        root = math.hypot(gbar, dbar)
-        gam = max(math.hypot(gbar, beta), 1e-300)
-        cs, sn = gbar / gam, beta / gam
-        phi = cs * phibar
-        phibar = sn * phibar
-        w1, w2 = w2, w
-        w = (v - oldeps * w1 - delta * w2) / gam
-        x = x + phi * w
-        anorm = math.sqrt(tnorm2)
-        done = phibar <= rtol * beta1 or root <= rtol * anorm or beta <= 1e-14 * beta1
-        if done or (itn + 1) % _CHECK == 0:
-            res = rhs - matvec(x)
-            rnorm = math.sqrt(float(xp.sum(res * res)))
-            if rnorm < best_r:
-                best_x, best_r, stale = x, rnorm, 0
-            else:
-                stale += 1
-            if done or stale >= 3:
-                break
-    return best_x
+    n, m = on.shape
+    dev = B.device(on)
+    labels = xp.arange(n + m, dtype=xp.int64, device=dev)
+    none = xp.asarray(n + m, dtype=xp.int64, device=dev)
+    while True:
+        row, col = labels[:n], labels[n:]
+        col = xp.minimum(col, xp.min(xp.where(on, row[:, None], none), axis=0))
+        row = xp.minimum(row, xp.min(xp.where(on, col[None, :], none), axis=1))
+        new = xp.concat([row, col])
+        new = xp.take(new, new)
+        if bool(xp.all(new == labels)):
+            return labels
+        labels = new
+
+
+class _Gauge:
+    """The null space of a support Hessian and the projection onto its range.
+
+    The support Hessians (:func:`_support_system`) are singular along the shift of the
+    potentials of every connected component of the support graph: ``(1, -1)`` on the rows
+    and columns of a component for the dual ``K``, ``1`` on the rows of a component for the
+    semi-dual ``H``. Removing those components from a right-hand side makes the system
+    consistent (its solutions are the least-squares solutions of the original one), so
+    :func:`diffsolve.krylov.minres` can solve it to its tolerance and report a status that
+    means what it says. The null vectors of different components have disjoint supports,
+    so the projection is one subtraction per component.
+    """
+
+    def __init__(self, T, formulation, xp):
+        n = T.shape[0]
+        self.xp = xp
+        labels = _components(T > 0, xp)
+        dt = T.dtype
+        if formulation == "dual":
+            self.labels = labels
+            self.sign = xp.concat([xp.ones((n,), dtype=dt, device=B.device(T)),
+                                   -xp.ones((T.shape[1],), dtype=dt, device=B.device(T))])
+        else:
+            self.labels = labels[:n]
+            self.sign = xp.ones((n,), dtype=dt, device=B.device(T))
+        self.ids = xp.unique_values(self.labels)
+        # one-hot blocks of at most about n m entries (the plan's size), so that a support
+        # split into many components (k = 1) costs no more memory than the plan
+        size = int(self.labels.shape[0])
+        self.chunk = max(1, (n * int(T.shape[1])) // max(size, 1))
+
+    @property
+    def n_components(self) -> int:
+        return int(self.ids.shape[0])
+
+    def project(self, v, weight=None):
+        """``v`` minus its projection on the null space, orthogonal in the inner product
+        ``<u, v> = sum(weight u v)`` (default: the Euclidean one)."""
+        xp = self.xp
+        w = self.sign * v if weight is None else self.sign * weight * v
+        out = v
+        count = self.n_components
+        for start in range(0, count, self.chunk):
+            ids = self.ids[start:min(start + self.chunk, count)]
+            E = xp.astype(self.labels[:, None] == ids[None, :], v.dtype)
+            norm2 = xp.sum(E, axis=0) if weight is None else weight @ E
+            out = out - self.sign * (E @ ((w @ E) / norm2))
+        return out
+
+
+def _solve_support(T, b, gamma, formulation, rhs, rtol, maxiter, xp):
+    """Solve ``A x = rhs`` with ``A`` the support Hessian at ``T`` in the least-squares
+    sense: the components of ``rhs`` along the null space (:class:`_Gauge`) are removed,
+    and the consistent system is solved by Jacobi-preconditioned MINRES
+    (:func:`diffsolve.krylov.minres`) to ``||P rhs - A x|| <= rtol ||rhs||``, the true
+    residual measured against the right-hand side before the projection (that of the
+    least-squares problem: where ``rhs`` lies almost entirely in the null space, the
+    rounding of the projection must not count as a residual to solve for; a projected
+    ``rhs`` below the tolerance gives ``x = 0``).
+
+    Of the solutions, the one ``D``-orthogonal to the null space is returned (``D`` the
+    Jacobi diagonal; what MINRES from ``x0 = 0`` with the preconditioner ``D⁻¹`` gives in
+    exact arithmetic). Returns the :class:`~diffsolve.krylov.KrylovResult`.
+    """
+    A, diag = _support_system(T, b, gamma, formulation, xp)
+    # a vertex without support edges has a zero diagonal (and its own component, which
+    # the projection empties): 1 keeps the preconditioner positive definite
+    pos = diag > 0
+    inv_d = xp.where(pos, 1.0 / xp.where(pos, diag, xp.ones_like(diag)),
+                     xp.ones_like(diag))
+    scale = float(xp.max(xp.abs(rhs)))
+    if not math.isfinite(scale):
+        scale = 0.0  # NaN/inf rhs: krylov reports it (NONFINITE, NaN x)
+    elif scale > 0:
+        scale *= float(xp.linalg.vector_norm(rhs / scale))
+    gauge = _Gauge(T, formulation, xp)
+    sol = krylov.minres(A, gauge.project(rhs), M=inv_d, rtol=rtol, atol=rtol * scale,
+                        maxiter=maxiter)
+    # MINRES from 0 keeps x D-orthogonal to the null space, restarts from a true residual
+    # (whose rounding has null components) need not: fix that representative explicitly,
+    # so the answer does not depend on the path of the solve
+    return dataclasses.replace(sol, x=gauge.project(sol.x, weight=1.0 / inv_d))
 
 
 def _support_system(T, b, gamma, formulation, xp):
@@ -722,10 +788,12 @@ def _support_system(T, b, gamma, formulation, xp):
 
 
 def _bwd_one(a, b, C, T, f, g, Tbar, fbar, gbar, cbar, gamma, formulation, xp):
-    """Cotangents (a_bar, b_bar, C_bar) for one problem; see the module docstring."""
+    """Cotangents ``(a_bar, b_bar, C_bar)`` for one problem (see the module docstring) and
+    the :class:`~diffsolve.krylov.KrylovResult` of its support solve (``None`` without
+    one)."""
     n, m = C.shape
     s = xp.astype(T > 0, T.dtype)
-    rtol = 1e-12 if T.dtype == xp.float64 else 1e-6
+    rtol = _BWD_RTOL if T.dtype == xp.float64 else _BWD_RTOL_F32
     # the cost is the (semi-)dual value D(a, b, C) at its maximiser: by the envelope
     # theorem (Danskin) its gradient is (f, g, T) for (a, b, C) (for the semi-dual,
     # d/db_j of -b_j m_j(alpha - c_j) is -gamma b_j tau_j = beta_j); where k binds, T is
@@ -740,11 +808,11 @@ def _bwd_one(a, b, C, T, f, g, Tbar, fbar, gbar, cbar, gamma, formulation, xp):
         abar = abar + xp.sum(Zbar, axis=1)
         bbar_beta = bbar_beta + xp.sum(Zbar, axis=0)
         C_bar = C_bar - Zbar
-        K, diag = _support_system(T, b, gamma, formulation, xp)
-        lam = _minres(K, xp.concat([abar, bbar_beta]), diag, xp, rtol, 4 * (n + m))
-        mu, nu = lam[:n], lam[n:]
+        sol = _solve_support(T, b, gamma, formulation, xp.concat([abar, bbar_beta]), rtol,
+                             4 * (n + m), xp)
+        mu, nu = sol.x[:n], sol.x[n:]
         C_bar = C_bar + s * (mu[:, None] + nu[None, :]) / gamma
-        return mu + cbar * f, nu + cbar * g, C_bar
+        return (mu + cbar * f, nu + cbar * g, C_bar), sol
     # semi-dual: t_j = b_j y_j, y_j = P_k(x_j), x_j = (alpha - c_j) / (gamma b_j),
     # beta_j = -gamma b_j tau_j; on the support y = x - tau.
     positive = b > 0
@@ -771,10 +839,28 @@ def _bwd_one(a, b, C, T, f, g, Tbar, fbar, gbar, cbar, gamma, formulation, xp):
 
     ab1, bb1, Cb1 = chain(Tbar, bbar_beta)
     abar = abar + ab1
-    H, diag = _support_system(T, b, gamma, formulation, xp)
-    mu = _minres(H, abar, diag, xp, rtol, 4 * n)
+    sol = _solve_support(T, b, gamma, formulation, abar, rtol, 4 * n, xp)
+    mu = sol.x
     _, bb2, Cb2 = chain(-(mu[:, None] * xp.ones_like(T)), xp.zeros_like(b))
-    return mu + cbar * f, bb1 + bb2 + cbar * g, C_bar + Cb1 + Cb2
+    return (mu + cbar * f, bb1 + bb2 + cbar * g, C_bar + Cb1 + Cb2), sol
+
+
+def _warn_unless_converged(where, solves, finite):
+    """One warning (at the user's line) for the backward's support solves that missed
+    their tolerance. A solve whose inputs were not finite (a NaN plan) is not counted:
+    its NaN gradient is the answer."""
+    failed = [(p, sol) for p, (sol, ok) in enumerate(zip(solves, finite, strict=True))
+              if ok and sol.status is not Status.SUCCESS]
+    if not failed:
+        return
+    which = "" if len(solves) == 1 else f" (problem {failed[0][0]}, {len(failed)} of {len(solves)})"
+    warnings.warn(
+        f"{where}: the implicit-differentiation MINRES solve on the plan's support did not "
+        f"converge{which}, so the gradient is approximate: {failed[0][1].message}. The "
+        "support graph is badly conditioned (long chains of few entries): a larger gamma "
+        "(or k) spreads the plan over a better connected support; a tighter rtol of the "
+        "forward solve pins the support down",
+        ConvergenceWarning, stacklevel=caller_stacklevel())
 
 
 def _make_bwd(public):
@@ -801,9 +887,16 @@ def _make_bwd(public):
         T, F, G = flat(res.plan, (n, m)), flat(res.f, (n,)), flat(res.g, (m,))
         Tb, Fb, Gb = flat(cot["plan"], (n, m)), flat(cot["f"], (n,)), flat(cot["g"], (m,))
         cb = flat(cot["cost"], ())
-        outs = [_bwd_one(A_[p, ...], B_[p, ...], C_[p, ...], T[p, ...], F[p, ...], G[p, ...],
-                         Tb[p, ...], Fb[p, ...], Gb[p, ...], cb[p], gamma, formulation, xp)
-                for p in range(count)]
+        outs, solves, finite = [], [], []
+        for p in range(count):
+            out, sol = _bwd_one(A_[p, ...], B_[p, ...], C_[p, ...], T[p, ...], F[p, ...],
+                                G[p, ...], Tb[p, ...], Fb[p, ...], Gb[p, ...], cb[p], gamma,
+                                formulation, xp)
+            outs.append(out)
+            solves.append(sol)
+            finite.append(all(bool(xp.all(xp.isfinite(v))) for v in
+                              (T[p, ...], F[p, ...], G[p, ...])))
+        _warn_unless_converged(public().public_name, solves, finite)
         grads = []
         for i, (arg, tail) in enumerate(((a, (n,)), (b, (m,)), (C, (n, m)))):
             g = xp.reshape(xp.stack([o[i] for o in outs]), batch + tail)
