@@ -27,12 +27,14 @@ regularised OT (:func:`quadratic_ot`).
 Gradients: implicit differentiation of the dual optimality conditions (``T 1 = a`` for the
 semi-dual, ``T 1 = a, T^T 1 = b`` for the dual), with the Jacobian of the sparse simplex
 projection on its support ``S`` (``diag(s) - s s^T / |S|``) and of ``[.]_+`` on the top-k
-set (``diag(s)``). The linear system is solved matrix-free with Jacobi-preconditioned
-MINRES; its matrix is a (weighted) graph Laplacian of the plan's support, singular along
-the shift of the potentials of every connected component of the support graph. For the
-global shift the right-hand side has no component (the outputs are shift-invariant once
-the gauge ``mean(f) = 0`` is fixed); along the other component shifts MINRES returns the
-least-squares solution (those directions are not determined by the problem).
+set (``diag(s)``). Its matrix is a (weighted) graph Laplacian of the plan's support,
+singular along the shift of the potentials of every connected component of the support
+graph. The components are labelled, the right-hand side's components along those shifts
+are projected out (for the global shift it has none: the outputs are shift-invariant once
+the gauge ``mean(f) = 0`` is fixed; the other component shifts are not determined by the
+problem), and the consistent system is solved matrix-free by Jacobi-preconditioned MINRES
+(:func:`diffsolve.krylov.minres`): the least-squares solution, whose status the backward
+reads (a failed solve warns). The Newton polish solves the same systems.
 """
 
 from __future__ import annotations
