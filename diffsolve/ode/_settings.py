@@ -91,6 +91,8 @@ class ODEState:
     trajectory : int or None
         Which trajectory of a per-trajectory batch (``None`` for one solve or a shared
         batch).
+    n_iters : int
+        The same as ``n_steps`` (the name every family's state shares).
     """
 
     t: float
@@ -100,6 +102,11 @@ class ODEState:
     n_accepted: int
     error: float
     trajectory: int | None = None
+
+    @property
+    def n_iters(self) -> int:
+        """``n_steps``: the name every family's callback state shares."""
+        return self.n_steps
 
 
 def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regularizers,

@@ -370,7 +370,9 @@ def _iterate(xp, a, b, C, schedule, tol, maxiter, measure, check_every, accelera
                 bad = ~xp.isfinite(err)
                 active = active & (err > stage_tol) & ~bad
                 if callback is not None and callback(_state(total, f, g, err, eps, batch)):
-                    stopped, halt = active, True
+                    # before the last stage no problem has reached the final eps: every
+                    # finite one was stopped, not only those above the stage tolerance
+                    stopped, halt = (active if last else ~bad), True
                     break
                 if not bool(xp.any(active)):  # the one host sync per check
                     break
