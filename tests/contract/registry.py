@@ -98,7 +98,8 @@ class Row:
     the solver from meeting its tolerance before its first iteration (for the failure and
     callback checks). ``renames``: ``(old options, equivalent new options, new name)``
     triples: the old spelling keeps working for one release with a DeprecationWarning
-    naming the new one.
+    naming the new one. ``summed_batch``: problems whose iteration counts a scalar
+    ``n_iters`` sums (odeint's per-trajectory batch reports totals).
     """
 
     id: str
@@ -121,6 +122,7 @@ class Row:
     fixed_budget: bool = True
     starve: dict = field(default_factory=dict)
     renames: tuple = ()
+    summed_batch: int = 1
 
     def __str__(self) -> str:
         return self.id
@@ -365,6 +367,16 @@ def _ode_problem(adjoint, regularizers=(), f=ode_f, extra_kw=None, xp=np):
         return Problem(ds.ode.odeint, (f, y0, t, p), kw, ("y0", "params"), fields)
 
     return make
+
+
+def _ode_batched_problem():
+    """Three trajectories, each with its own steps (batch_mode="per-trajectory")."""
+    y0 = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    t = np.linspace(0.0, 1.0, 4)
+    p = np.array([1.0, 2.0, 1.0])
+    first = ds.ode.odeint(ode_f, y0, t, p, **ODE_TOL)
+    return Problem(ds.ode.odeint, (ode_f, y0, t, p), {**ODE_TOL, "step_ts": first.ts},
+                   ("y0", "params"), ("ys",))
 
 
 def _ode_shapes(p: Problem):
@@ -670,6 +682,12 @@ for _label, (_adj, _regs) in ODE_VARIANTS.items():
         make_xp=(lambda xp, _a=_adj, _r=_regs: _ode_problem(
             _a, _r, f=ode_f_xp, extra_kw={"vjp": ode_vjp_xp}, xp=xp)()),
     ))
+
+ROWS.append(Row(
+    id="ode.odeint[batched]", family="ode", where=("diffsolve.ode.odeint",),
+    make=_ode_batched_problem, budget="max_steps", bad_args=("y0",), none_args=("y0",),
+    size0=_ode_size0, strict="covered by the unbatched rows", summed_batch=3,
+))
 
 for _solve in ("gmres", "cg", "normal-cg"):
     ROWS.append(Row(
