@@ -123,6 +123,7 @@ class Row:
     starve: dict = field(default_factory=dict)
     renames: tuple = ()
     summed_batch: int = 1
+    option_arrays: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.id
@@ -585,6 +586,9 @@ def _hg_size0(p: Problem):
 # ------------------------------------------------------------------------------------------
 
 LINEAR_WHERE = ("diffsolve.linear.solve",)
+X0 = {"x0": lambda p: np.full(np.shape(p.arg("b")), 0.1)}
+F0G0 = {"f0": lambda p: np.zeros(np.shape(p.arg("a"))),
+        "g0": lambda p: np.zeros(np.shape(p.arg("b")))}
 STRICT_USER_F = ("user functions written with autograd.numpy run on NumPy only; "
                  "the array_api_strict problem is built by make_xp")
 
@@ -596,6 +600,7 @@ for _m in ("direct", "cg", "pcg", "sor", "ssor-cg", "dcdm"):
         make=_linear_problem(_m), bad_args=("A", "b"), none_args=("A", "b"),
         shape_cases=_linear_shapes, size0=_linear_size0,
         strict=None if _m != "dcdm" else "dcdm's network runs on NumPy/CuPy (tested there)",
+        option_arrays=X0 if _m != "direct" else {},
     ))
 
 ROWS.append(Row(
@@ -629,7 +634,7 @@ SINKHORN_VARIANTS = {
 for _label, _opts in SINKHORN_VARIANTS.items():
     ROWS.append(Row(
         id=f"ot.sinkhorn[{_label}]", family="ot", where=("diffsolve.ot.sinkhorn",),
-        renames=OT_RENAMES,
+        renames=OT_RENAMES, option_arrays=F0G0,
         make=_sinkhorn_problem(**_opts), bad_args=("a", "b", "C"), none_args=("a", "b", "C"),
         shape_cases=_ot_shapes, size0=_ot_size0,
     ))

@@ -553,6 +553,44 @@ def test_bad_array_input(row, name, case):
         expect_clear_error(thunk, row, name, label=label, received=(case,))
 
 
+def _option_array_params():
+    return [pytest.param(r, name, case, id=f"{r.id}-{name}-{case}")
+            for r in ROWS for name in r.option_arrays
+            for case in ("nan", "float16", "complex", "wrong shape", "list", "read-only",
+                         "non-contiguous")]
+
+
+@pytest.mark.parametrize("row, name, case", _option_array_params())
+def test_bad_option_arrays(row, name, case):
+    """Warm starts and other array options follow the input policy too."""
+    p = _fresh(row)
+    good = row.option_arrays[name](p)
+    label = f"{row.id}: {name}= {case}"
+    if case == "nan":
+        bad = good.copy()
+        bad.reshape(-1)[0] = math.nan
+    elif case in ("float16", "complex"):
+        bad = good.astype({"float16": np.float16, "complex": np.complex128}[case])
+    elif case == "wrong shape":
+        bad = np.concatenate([good, good[..., :1]], axis=-1)
+    elif case == "list":
+        bad = good.tolist()
+    elif case == "read-only":
+        bad = _readonly(good)
+    else:
+        bad = _noncontiguous(good)
+    thunk = _option_thunk(row, p, **{name: bad})
+    if case in ("read-only", "non-contiguous"):
+        ref = _option_thunk(row, p, **{name: good})()
+        assert_same_answer(thunk(), ref, p, 0.0, label)
+    elif case == "list":
+        ref = _option_thunk(row, p, **{name: good})()
+        expect_clear_error(thunk, row, name, label=label,
+                           allow=lambda out: assert_same_answer(out, ref, p, 0.0, label))
+    else:
+        expect_clear_error(thunk, row, name, label=label)
+
+
 @pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
 def test_none_arguments(row):
     if not row.none_args:
