@@ -442,6 +442,33 @@ def _fixed_point_problem():
                        fp_T, **o)(fp_solver)})
 
 
+def _fixed_point_problem_xp(xp):
+    """custom_fixed_point in namespace ``xp`` with a user vjp= of T."""
+    def T(x, a, W):
+        return 0.5 * xp.tanh(W @ x) + a
+
+    def vjp(x, theta):
+        a, W = theta
+        z = W @ x
+        d = 0.5 * (1.0 - xp.tanh(z) ** 2)
+
+        def vjp_fn(u):
+            du = d * u
+            return W.T @ du, u, du[:, None] * x[None, :]
+
+        return T(x, a, W), vjp_fn
+
+    def solver(init, a, W):
+        x = xp.zeros_like(a)
+        for _ in range(200):
+            x = T(x, a, W)
+        return x
+
+    fn = ds.implicit.custom_fixed_point(T, vjp=vjp)(solver)
+    p = _fixed_point_problem()
+    return Problem(fn, tuple(xp.asarray(a) for a in p.args), {}, p.diff_args, p.fields)
+
+
 def _value_options(p: Problem, **opts):
     def thunk():
         fn = p.extra["decorate"](**opts)
@@ -709,6 +736,7 @@ ROWS.append(Row(
     make=_fixed_point_problem, kind="value", none_args=("init",),
     shape_cases=_value_shapes, options=_value_options, tols=("rtol",),
     strict="custom_fixed_point's T needs autograd (NumPy) unless vjp= is given",
+    make_xp=_fixed_point_problem_xp,
 ))
 
 for _method in ("implicit-cg", "neumann", "unrolled"):
