@@ -36,6 +36,7 @@ from ._common import (
     finish,
     safe_norms,
     scale_columns,
+    unscale_columns,
     wants_stop,
 )
 from ._result import KrylovResult, KrylovState
@@ -213,8 +214,10 @@ def solve_cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callba
     layout = Layout(xp, b.shape, batch_axis)
     op = LinearMap(A, xp, layout, where)
     prec = Preconditioner(M, xp, layout, b.dtype, where)
+    a = op.rescale_extreme(b.dtype)
+    prec.rescale(a)
     maxiter = 10 * layout.N if maxiter is None else maxiter
-    return _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every)
+    return _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a)
 
 
 def _compiled_kernel(op, prec, layout, b, callback):
@@ -227,7 +230,10 @@ def _compiled_kernel(op, prec, layout, b, callback):
     return B.get_kernel(xp, "krylov.cg_solve_csr")
 
 
-def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every):
+def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a=1.0):
+    """CG on ``(A / a) y = b / s`` (``a = 1`` unless A's entries are extreme), ``x = y s / a``:
+    the residual of the scaled system is the original one divided by ``s``, so the
+    tolerances and the verdict do not change with ``a``."""
     xp = layout.xp
     dtype = b.dtype
     k = layout.k
@@ -238,7 +244,9 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every):
     Bs = B.contiguous_copy(xp, xp.where(finite[None, :], Bw / s[None, :],
                                         xp.zeros_like(Bw)))
     if x0 is not None:
-        X0 = layout.to_work(x0) / s[None, :]
+        # x0 * a / s, in the order that keeps the intermediate within |x0| or the result
+        W0 = layout.to_work(x0)
+        X0 = (W0 * a) / s[None, :] if a < 1.0 else (W0 / s[None, :]) * a
         finite = finite & xp.all(xp.isfinite(X0), axis=0)
         Y = B.contiguous_copy(xp, xp.where((finite & ~zero_b)[None, :], X0,
                                            xp.zeros_like(X0)))
@@ -277,7 +285,7 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every):
         else:
             Y, column_iters, a_norm, bad, total, stopped = _iterate(
                 op, prec, layout, ops, Bs, Y, R, tol, excluded | stagnated, bad, a_norm,
-                column_iters, total, maxiter, floor, s, callback, check_every)
+                column_iters, total, maxiter, floor, s, callback, check_every, a)
         # the verdict reads the true residual, never the recursive one
         R = B.contiguous_copy(xp, Bs - op(Y))
         true = safe_norms(xp, R)
@@ -313,11 +321,12 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every):
     return finish(xp, layout, method="cg", Y=Y, s=s, true_norm=true, tol=tol,
                   status=status, n_iters=n_iters, column_iters=column_iters, rtol=rtol,
                   atol=atol, maxiter=maxiter, detail="; ".join(details) or None,
-                  residual_of=lambda X: safe_norms(xp, Bu - op(B.contiguous(xp, X))))
+                  residual_of=lambda X: safe_norms(xp, Bu - a * op(B.contiguous(xp, X))),
+                  a_scale=a)
 
 
 def _iterate(op, prec, layout, ops, Bs, Y, R, tol, excluded, bad, a_norm, column_iters,
-             total, maxiter, floor, s, callback, check_every):
+             total, maxiter, floor, s, callback, check_every, a=1.0):
     """CG from ``(Y, R)`` (``R`` the true residual) until every column stops or the
     budget ends. Returns ``(Y, column_iters, a_norm, bad, total, stopped)``."""
     xp = layout.xp
@@ -344,7 +353,8 @@ def _iterate(op, prec, layout, ops, Bs, Y, R, tol, excluded, bad, a_norm, column
         P = ops.direction(P, Z, beta)
         total += 1
         if callback is not None:
-            state = KrylovState(n_iters=total, x=layout.to_user(ops.copy(Y * s[None, :])),
+            x_now, _ = unscale_columns(xp, Y, s, a=a)
+            state = KrylovState(n_iters=total, x=layout.to_user(x_now),
                                 residual_norm=layout.per_system(xp.sqrt(rr) * s))
             if wants_stop(callback(state)):
                 return Y, column_iters, a_norm, bad, total, True

@@ -178,6 +178,34 @@ class LinearMap:
                             "LinearOperator, a dense 2-D array or a sparse matrix, got a "
                             f"{type(A).__module__}.{type(A).__qualname__}")
 
+    def rescale_extreme(self, dtype) -> float:
+        """Divide a matrix ``A`` whose entries are far from 1 by a power of two near
+        ``max|A|``; return that factor (1.0 when nothing was done).
+
+        With entries near the dtype's underflow (or overflow) threshold, ``p·Ap`` leaves the
+        range and the CG iterates overflow after a few steps, although the system is
+        well posed. Solving ``(A / a) y = b / s`` keeps every product near 1; the caller
+        recovers ``x = y s / a``. The copy is made only for such matrices.
+        """
+        if self.kind not in ("dense", "sparse"):
+            return 1.0
+        xp = self.xp
+        data = self.dense if self.kind == "dense" else self.csr.data
+        if math.prod(tuple(data.shape)) == 0:
+            return 1.0
+        m = float(xp.max(xp.abs(data)))
+        info = xp.finfo(dtype)
+        lo, hi = math.sqrt(float(info.smallest_normal)), math.sqrt(float(info.max))
+        if not (math.isfinite(m) and m > 0) or lo <= m <= hi:
+            return 1.0
+        a = 2.0 ** math.floor(math.log2(m))
+        if self.kind == "dense":
+            self.dense = self.dense / a
+        else:
+            A = self.csr
+            self.csr = type(A)((A.data / a, A.indices, A.indptr), shape=A.shape)
+        return a
+
     def apply_user(self, v):
         """The product on an array of b's shape."""
         xp = self.xp
@@ -260,8 +288,19 @@ class Preconditioner:
         if self.elementwise is not None:
             return self.elementwise * R
         if self.map is not None:
-            return self.map(R)
+            out = self.map(R)
+            return out if self.factor == 1.0 else out * self.factor
         return R
+
+    factor = 1.0
+
+    def rescale(self, a: float) -> None:
+        """``A`` was divided by ``a``: ``M ≈ A⁻¹`` becomes ``a M``."""
+        if a == 1.0:
+            return
+        if self.elementwise is not None:
+            self.elementwise = self.elementwise * a
+        self.factor = a
 
 
 # --------------------------------------------------------------------------------------
@@ -294,11 +333,34 @@ def scale_columns(xp, Bw):
     return xp.where(use, s, xp.ones_like(s)), finite
 
 
+def unscale_columns(xp, Y, s, skip=None, a: float = 1.0):
+    """``(X, overflow)``: ``X = Y * s / a`` per column without overflowing, NaN in the
+    columns whose values exceed the dtype's range (``overflow``) or are ``skip``ped.
+
+    The product itself would raise NumPy's overflow warning for a solution beyond the
+    dtype's range, so those columns are found first, from exponents (``log2``), multiplied
+    by 1 and replaced by NaN. ``a`` (a power of two) is the factor a matrix was divided
+    by; the order of the two products keeps every intermediate within ``|X|`` or ``|Y|``.
+    """
+    info = xp.finfo(Y.dtype)
+    finite_Y = xp.where(xp.isfinite(Y), Y, xp.zeros_like(Y))
+    ymax = xp.max(xp.abs(finite_Y), axis=0)
+    pos = ymax > 0
+    bound = xp.log2(xp.where(pos, ymax, xp.ones_like(ymax))) + xp.log2(s) - math.log2(a)
+    overflow = pos & (bound >= math.log2(float(info.max)))
+    drop = overflow if skip is None else overflow | skip
+    s_safe = xp.where(drop, xp.ones_like(s), s)[None, :]
+    Y_safe = xp.where(drop[None, :], xp.zeros_like(Y), Y)
+    X = (Y_safe * s_safe) / a if a < 1.0 else (Y_safe / a) * s_safe
+    X = xp.where(drop[None, :], xp.full_like(X, math.nan), X)
+    return X, overflow
+
+
 # --------------------------------------------------------------------------------------
 # the verdict
 # --------------------------------------------------------------------------------------
 def finish(xp, layout: Layout, *, method, Y, s, true_norm, tol, status, n_iters,
-           column_iters, rtol, atol, maxiter, detail=None, residual_of=None):
+           column_iters, rtol, atol, maxiter, detail=None, residual_of=None, a_scale=1.0):
     """Build the :class:`KrylovResult` from the scaled solution ``Y`` (working layout).
 
     ``true_norm`` and ``tol`` are the scaled per-column true residuals and thresholds;
@@ -308,11 +370,15 @@ def finish(xp, layout: Layout, *, method, Y, s, true_norm, tol, status, n_iters,
     from ._result import KrylovResult
 
     nonfinite = status == int(Status.NONFINITE)
-    X = xp.where(nonfinite[None, :], xp.full_like(Y, math.nan), Y * s[None, :])
+    # a_scale: the factor A was divided by (x = y s / a)
+    X, overflow = unscale_columns(xp, Y, s, skip=nonfinite, a=a_scale)
     # an x that overflows once unscaled is not a usable answer either
-    bad_x = ~xp.all(xp.isfinite(X), axis=0) & ~nonfinite
+    bad_x = (overflow | ~xp.all(xp.isfinite(X), axis=0)) & ~nonfinite
     status = xp.where(bad_x, xp.full_like(status, int(Status.NONFINITE)), status)
     X = xp.where(bad_x[None, :], xp.full_like(X, math.nan), X)
+    if bool(xp.any(overflow)):
+        detail = (f"the solution x = A⁻¹b exceeds the largest {X.dtype} "
+                  f"({float(xp.finfo(X.dtype).max):.3g}); rescale A or b, or use float64")
     residual = true_norm * s
     if residual_of is not None:
         # unscaling by a power of two is exact unless x lands among the subnormal numbers,

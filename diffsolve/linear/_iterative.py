@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .. import _backend as B
 from .._status import Status
 from ..krylov._cg import solve_cg
-from ..krylov._common import safe_norms, scale_columns
+from ..krylov._common import safe_norms, scale_columns, unscale_columns
 from ._relaxation import Relaxation
 from ._result import LinearSolveState
 
@@ -116,8 +116,12 @@ def scaled_problem(b, x0, xp):
     return s, bs, x0s, finite
 
 
-def unscale(x, s):
-    return x * (s[0] if x.ndim == 1 else s[None, :])
+def unscale(x, s, xp=None):
+    """``x * s`` per column; columns whose values overflow the dtype become NaN (without
+    NumPy's overflow warning: the solution is then beyond the dtype's range)."""
+    xp = xp or B.array_namespace(x)
+    X, _ = unscale_columns(xp, x[:, None] if x.ndim == 1 else x, s)
+    return X[:, 0] if x.ndim == 1 else X
 
 
 def iterative_solve(op, b, *, method, x0, rtol, atol, maxiter, M, omega, callback,
@@ -195,17 +199,21 @@ def _sor(op, b, x0, rtol, atol, maxiter, omega, callback, check_every, prepared)
 
     x, n_iters, _, stopped = relax.iterate(op, B.contiguous(xp, bs), x0s, tol, maxiter,
                                            False, cb, check_every)
-    x = unscale(x, s)
-    return _verdict(op, x, b, rtol, atol, n_iters, relax, stopped, xp)
+    finite_before = B.isfinite_all(xp, x)
+    x = unscale(x, s, xp)
+    overflow = finite_before and not B.isfinite_all(xp, x)
+    return _verdict(op, x, b, rtol, atol, n_iters, relax, stopped, xp, overflow)
 
 
-def _verdict(op, x, b, rtol, atol, n_iters, prepared, stopped, xp):
+def _verdict(op, x, b, rtol, atol, n_iters, prepared, stopped, xp, overflow=False):
     """The status of an iteration that ran to its end, from the true residual of ``x``."""
     residual = true_residuals(op, x, b, xp)
     ok = residual <= thresholds(b, rtol, atol, xp)
     converged = bool(xp.all(ok))
     if converged:
         status = Status.SUCCESS
+    elif overflow:
+        status = Status.NONFINITE  # the (scaled) iteration was fine; x is beyond the range
     elif not B.isfinite_all(xp, x):
         # SOR diverges for matrices that are not SPD (or diagonally dominant); the
         # iterates overflow long before maxiter

@@ -59,6 +59,9 @@ class LinearSolveResult(SolverResult):
 
     @property
     def message(self) -> str:
+        return f"diffsolve.linear.solve: {self._message_body()}"
+
+    def _message_body(self) -> str:
         status = Status(int(self.status))
         n = int(self.n_iters)
         try:
@@ -86,7 +89,9 @@ class LinearSolveResult(SolverResult):
                     "finite): SOR converges for symmetric positive definite A with "
                     "0 < omega < 2; check A, or use method='direct'")
         if status is Status.NONFINITE:
-            return f"non-finite values after {n} iterations; {status.hint()}"
+            return (f"non-finite values after {n} iterations: NaN or inf appeared in the "
+                    "iteration, or the solution x = A⁻¹b exceeds the dtype's range; check the "
+                    "inputs, rescale A or b, or use float64")
         return (f"did not converge: stopped after {n} iterations with {residual}; "
                 "increase maxiter, give a preconditioner M (method='pcg'), tune omega, or "
                 "use method='direct'")
