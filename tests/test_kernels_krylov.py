@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diffsolve.kernels.cpu import krylov as cpu
 
+from diffsolve.kernels.cpu import krylov as cpu
 from tests.naive import (
     naive_cg_direction,
     naive_cg_next,
