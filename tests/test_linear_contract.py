@@ -288,3 +288,19 @@ def test_adjoint_of_fixed_budget_does_not_warn():
         _, f_vjp = ds.vjp(solve, A, np.ones(64), method="cg", rtol=0.0, atol=0.0,
                           maxiter=5)
         f_vjp(x=np.ones(64))
+
+
+def test_direct_solution_beyond_the_range_is_nonfinite_not_a_singular_matrix():
+    # a well-conditioned A whose solution A⁻¹b overflows float64: the message must not
+    # blame A (it did: "A is singular or ill-conditioned")
+    A = 1e-3 * (np.diag(np.full(6, 4.0)) + np.diag(np.full(5, -1.0), 1)
+                + np.diag(np.full(5, -1.0), -1))
+    b = np.full(6, 1e307)
+    with pytest.raises(ds.NonFiniteError, match="exceeds the dtype's range") as info:
+        ds.linear.solve(A, b, method="direct", throw=True)
+    assert info.value.result.status == ds.Status.NONFINITE
+    assert "singular" not in str(info.value)
+    # a singular A is still a breakdown
+    S = np.array([[1.0, 1.0], [1.0, 1.0]])
+    with pytest.raises(ds.BreakdownError):
+        ds.linear.solve(S, np.array([1.0, 2.0]), method="direct", throw=True)

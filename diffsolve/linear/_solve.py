@@ -139,17 +139,32 @@ def _factorise(op: MatrixOperator, xp):
     return B.DenseLU(op.A, xp) if op.kind == "dense" else B.SparseLU(op.A, xp)
 
 
+def _solution_out_of_range(op: MatrixOperator, b, xp) -> bool:
+    """Whether ``max|b| / max|A|`` alone exceeds the dtype's range (by a factor ``n``):
+    then an overflowing LU solution says nothing about A's conditioning."""
+    data = op.A.data if op.kind == "sparse" else op.A
+    a_max = float(xp.max(xp.abs(data)))
+    b_max = float(xp.max(xp.abs(b)))
+    if not (a_max > 0 and b_max > 0):
+        return False
+    limit = math.log2(float(xp.finfo(b.dtype).max)) - math.log2(op.n)
+    return math.log2(b_max) - math.log2(a_max) > limit
+
+
 def _direct(op: MatrixOperator, b, settings: LinearSolveSettings, xp):
     """LU solve whose verdict reads the true residual: a factorisation that "succeeds" on
     a singular or badly conditioned A (tiny pivots, no zero) returns a huge, wrong x."""
     lu = _factorise(op, xp)
     x = None if lu.singular else lu.solve(b)
     if x is None or not B.isfinite_all(xp, x):
+        status = Status.BREAKDOWN
+        if x is not None and _solution_out_of_range(op, b, xp):
+            status = Status.NONFINITE  # a fine A, but x = A⁻¹b is beyond the dtype's range
         x = xp.full_like(b, math.nan)
         residual = xp.full((1 if b.ndim == 1 else b.shape[1],), math.inf, dtype=b.dtype)
         return LinearSolveResult(x=x, n_iters=0, converged=False,
                                  residual_norm=float(residual[0]) if b.ndim == 1 else residual,
-                                 status=Status.BREAKDOWN), lu
+                                 status=status), lu
     residual = true_residuals(op, x, b, xp)
     if settings.rtol == 0 and settings.atol == 0:
         converged = True  # no tolerance asked for: the finite LU solution is the answer
