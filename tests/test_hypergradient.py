@@ -333,3 +333,128 @@ def test_integer_and_read_only_inputs(ridge):
     g = hypergradient(lambda a, b: anp.sum(b ** 2), lambda a, b: anp.sum((b - a) ** 2), x, y,
                       method="unrolled", maxiter=3, stepsize=0.25)
     assert g.dtype == np.float64
+
+
+# ------------------------------------------------------------------------------------------
+# atol: implicit-cg and neumann stop at ||residual|| <= max(rtol ||∇ᵧf||, atol);
+# rtol = atol = 0 is the fixed budget
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def quadratic(rng):
+    """inner = ½yᵀQy − x·y with a 40 × 40 SPD Q (cond ~ 60), outer = ½||y − c||²:
+    y* = Q⁻¹x and ∇Φ = Q⁻¹(y* − c); CG needs tens of iterations."""
+    A = rng.standard_normal((60, 40))
+    Q = A.T @ A + 0.1 * np.eye(40)
+    c = rng.standard_normal(40)
+    x = rng.standard_normal(40)
+    y = np.linalg.solve(Q, x)
+    return {"inner": lambda x_, y_: 0.5 * y_ @ (Q @ y_) - x_ @ y_,
+            "outer": lambda x_, y_: 0.5 * anp.sum((y_ - c) ** 2),
+            "x": x, "y": y, "closed": np.linalg.solve(Q, y - c),
+            "L": np.linalg.eigvalsh(Q).max()}
+
+
+@pytest.mark.parametrize("method", ["implicit-cg", "neumann"])
+def test_atol_alone_stops_the_hessian_solve(quadratic, method):
+    q = quadratic
+    kw = {"method": method, "rtol": 0.0, "return_info": True}
+    if method == "neumann":
+        kw.update(maxiter=5000, stepsize=1.0 / q["L"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g, info = hypergradient(q["outer"], q["inner"], q["x"], q["y"], atol=1e-6, **kw)
+        g_tight, tight = hypergradient(q["outer"], q["inner"], q["x"], q["y"], atol=1e-12,
+                                       **kw)
+    assert info.status is ds.Status.SUCCESS and info.converged
+    assert tight.status is ds.Status.SUCCESS and tight.converged
+    assert info.residual_norm <= 1e-6 and tight.residual_norm <= 1e-12
+    assert info.n_iters < tight.n_iters
+    assert _rel(g_tight, q["closed"]) < 1e-9
+    assert np.linalg.norm(g - q["closed"]) < 1e-4  # ||Q⁻¹|| · 1e-6
+    if method == "neumann":  # the message states the test it met
+        assert "max(rtol·||∇ᵧ outer||, atol) = 1e-06" in info.message
+    # rtol alone (default 1e-10) does not stop within the budget atol=1e-6 needed
+    with pytest.warns(ds.ConvergenceWarning, match="relative residual"):
+        hypergradient(q["outer"], q["inner"], q["x"], q["y"],
+                      **{**kw, "rtol": 1e-10, "maxiter": info.n_iters})
+
+
+@pytest.mark.parametrize("method", ["implicit-cg", "neumann"])
+def test_rtol_and_atol_zero_is_the_fixed_budget(quadratic, method):
+    q = quadratic
+    kw = {"method": method, "maxiter": 7, "return_info": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = hypergradient(q["outer"], q["inner"], q["x"], q["y"], rtol=0.0, atol=0.0,
+                                **kw)
+    assert info.status is ds.Status.MAX_ITERATIONS and not info.converged
+    assert info.n_iters == 7 and "fixed budget" in info.message
+    # without maxiter: the documented default budget (CG: 10 n, it used to be refused;
+    # neumann: 100 terms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = hypergradient(q["outer"], q["inner"], q["x"], q["y"], method=method,
+                                rtol=0.0, atol=0.0, return_info=True)
+    assert info.status is ds.Status.MAX_ITERATIONS
+    assert info.n_iters == (400 if method == "implicit-cg" else 100)
+    # rtol = 0 with atol > 0 is a tolerance: running out of maxiter is reported, and the
+    # message states the test
+    with pytest.warns(ds.ConvergenceWarning, match=r"relative residual .*atol=1e-14"):
+        hypergradient(q["outer"], q["inner"], q["x"], q["y"], rtol=0.0, atol=1e-14, **kw)
+    with pytest.raises(ds.MaxIterationsError, match=r"max\(rtol·\|\|∇ᵧ outer\|\|, atol\)"):
+        hypergradient(q["outer"], q["inner"], q["x"], q["y"], rtol=0.0, atol=1e-14,
+                      throw=True, **kw)
+
+
+def test_implicit_hypergradient_takes_atol():
+    """The core shared with bilevel.solve: atol reaches its CG and Neumann loops."""
+    from diffsolve.bilevel._hypergradient import implicit_hypergradient
+
+    A = np.diag(np.linspace(1.0, 100.0, 50))
+    fy = np.ones(50)
+    for method, extra in (("implicit-cg", {}), ("neumann", {"stepsize": 1e-2,
+                                                             "maxiter": 10_000})):
+        _, v, out = implicit_hypergradient(lambda v_: A @ v_, lambda v_: v_, np.zeros(50),
+                                           fy, method=method, rtol=0.0, atol=1e-3, **extra)
+        assert out.status is ds.Status.SUCCESS and out.residual_norm <= 1e-3
+        assert np.linalg.norm(A @ v - fy) <= 1e-3
+        _, _, strict = implicit_hypergradient(lambda v_: A @ v_, lambda v_: v_,
+                                              np.zeros(50), fy, method=method, rtol=0.0,
+                                              atol=1e-12, **extra)
+        assert out.n_iters < strict.n_iters
+
+
+@pytest.mark.parametrize(("atol", "error", "match"), [
+    (-1e-6, ValueError, "atol must be >= 0"),
+    (float("nan"), ValueError, "atol must be finite"),
+    (True, TypeError, "atol must be a finite real number >= 0.0, got the bool True"),
+])
+@pytest.mark.parametrize("method", ["implicit-cg", "neumann", "unrolled"])
+def test_bad_atol_names_the_function(ridge, method, atol, error, match):
+    with pytest.raises(error, match=r"diffsolve\.bilevel\.hypergradient: " + match):
+        hypergradient(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
+                      method=method, atol=atol)
+
+
+def test_bilevel_solve_forwards_cg_atol(ridge, monkeypatch):
+    """bilevel.solve(method="implicit") passes options cg_atol to its Hessian solves."""
+    from diffsolve.bilevel import _solve
+
+    seen = []
+    real = _solve.implicit_hypergradient
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["rtol"], kwargs["atol"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_solve, "implicit_hypergradient", spy)
+    ds.bilevel.solve(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
+                     maxiter=3, atol=0.0, options={"cg_atol": 1e-7})  # fixed budget
+    assert seen and all(t == (1e-8, 1e-7) for t in seen)
+    seen.clear()
+    ds.bilevel.solve(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
+                     maxiter=2, atol=0.0)
+    assert seen and all(t == (1e-8, 0.0) for t in seen)  # default: cg_rtol alone
+    with pytest.raises(ValueError, match=r"bilevel\.solve: options\['cg_atol'\] must be >= 0"):
+        ds.bilevel.solve(ridge["outer"], ridge["inner"], ridge["theta"], ridge["w_star"],
+                         options={"cg_atol": -1.0})

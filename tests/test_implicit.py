@@ -938,3 +938,105 @@ def test_root_vjp_bad_input():
     (g,) = root_vjp(F, np.array([1, 2]), (a,), np.array([1, 1]))  # integers: float64
     assert g.dtype == np.float64
     np.testing.assert_allclose(g, [1.0, 1.0])
+
+
+# ------------------------------------------------------------------------------------------
+# atol: the implicit solve stops at ||r|| <= max(rtol ||b||, atol); rtol = atol = 0 is the
+# fixed budget
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def spd_root(rng):
+    """F(x, c) = Q x − c with a 40 × 40 SPD Q (cond ~ 60): tens of Krylov iterations."""
+    A = rng.standard_normal((60, 40))
+    Q = A.T @ A + 0.1 * np.eye(40)
+    c = rng.standard_normal(40)
+    return (lambda x, c_: Q @ x - c_), np.linalg.solve(Q, c), c, Q
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_atol_alone_stops_the_implicit_solve(spd_root, rng, solve):
+    F, x, c, Q = spd_root
+    x_bar = rng.standard_normal(40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loose, info = root_vjp(F, x, (c,), x_bar, solve=solve, rtol=0.0, atol=1e-6,
+                               return_info=True)
+        tight, tight_info = root_vjp(F, x, (c,), x_bar, solve=solve, rtol=0.0, atol=1e-12,
+                                     return_info=True)
+    assert info.status is ds.Status.SUCCESS and info.converged
+    assert tight_info.status is ds.Status.SUCCESS and tight_info.converged
+    assert info.residual_norm <= 1e-6 and tight_info.residual_norm <= 1e-12
+    assert info.n_iters < tight_info.n_iters
+    # c̄ = −(∂F/∂c)ᵀu = u with Q u = x̄ (Q symmetric); the loose solve meets its tolerance
+    exact = np.linalg.solve(Q, x_bar)
+    np.testing.assert_allclose(tight[0], exact, rtol=1e-9, atol=1e-10)
+    assert np.linalg.norm(loose[0] - exact) < 1e-4
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+@pytest.mark.parametrize("decorator", ["custom_root", "custom_fixed_point"])
+def test_custom_root_and_fixed_point_take_atol(spd_root, rng, solve, decorator):
+    F, x, c, Q = spd_root
+    x_bar = rng.standard_normal(40)
+    _, info = root_vjp(F, x, (c,), x_bar, solve=solve, rtol=0.0, atol=1e-6,
+                       return_info=True)
+    if decorator == "custom_root":
+        make = custom_root(F, solve=solve, rtol=0.0, atol=1e-6, maxiter=info.n_iters)
+    else:  # x = T(x) with T = x − F: the same system
+        make = custom_fixed_point(lambda x_, c_: x_ - F(x_, c_), solve=solve, rtol=0.0,
+                                  atol=1e-6, maxiter=info.n_iters)
+    lin = make(lambda init, c_: np.linalg.solve(Q, c_))
+    assert lin.settings.atol == 1e-6 and not lin.settings.fixed_budget
+    _, f_vjp = ds.vjp(lin, np.zeros(40), c)
+    with warnings.catch_warnings():  # atol met within those iterations: no warning
+        warnings.simplefilter("error")
+        c_bar = f_vjp(x_bar)[1]
+    assert np.linalg.norm(Q @ c_bar - x_bar) <= 1e-6 * (1 + 1e-6)
+    # rtol alone (the default 1e-10) does not stop within the iterations atol needed
+    strict = custom_root(F, solve=solve, maxiter=info.n_iters)(
+        lambda init, c_: np.linalg.solve(Q, c_))
+    _, f_vjp = ds.vjp(strict, np.zeros(40), c)
+    with pytest.warns(ds.ConvergenceWarning, match="relative residual"):
+        f_vjp(x_bar)
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_rtol_and_atol_zero_is_the_fixed_budget(spd_root, rng, solve):
+    F, x, c, _ = spd_root
+    x_bar = rng.standard_normal(40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = root_vjp(F, x, (c,), x_bar, solve=solve, rtol=0.0, atol=0.0, maxiter=7,
+                           return_info=True)
+    assert info.status is ds.Status.MAX_ITERATIONS and not info.converged
+    assert info.n_iters == 7 and "fixed budget" in info.message
+    # without maxiter the budget is the documented default 10 n (CG used to refuse it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = root_vjp(F, x, (c,), x_bar, solve=solve, rtol=0.0, atol=0.0,
+                           return_info=True)
+    assert info.status is ds.Status.MAX_ITERATIONS and info.n_iters == 400
+    # rtol = 0 with atol > 0 is a tolerance, not a budget: running out of it is reported
+    with pytest.warns(ds.ConvergenceWarning, match=r"relative residual .*atol=1e-14"):
+        root_vjp(F, x, (c,), x_bar, solve=solve, rtol=0.0, atol=1e-14, maxiter=7)
+    with pytest.raises(ds.MaxIterationsError, match=r"max\(rtol·\|\|b\|\|, atol\)"):
+        root_vjp(F, x, (c,), x_bar, solve=solve, rtol=0.0, atol=1e-14, maxiter=7,
+                 throw=True)
+
+
+@pytest.mark.parametrize(("atol", "error", "match"), [
+    (-1e-6, ValueError, "atol must be >= 0"),
+    (float("nan"), ValueError, "atol must be finite"),
+    (float("inf"), ValueError, "atol must be finite"),
+    (True, TypeError, "atol must be a finite real number >= 0.0, got the bool True"),
+    ("1e-6", TypeError, "atol must be a finite real number"),
+])
+def test_bad_atol_names_the_function(atol, error, match):
+    F = lambda x, a: x - a  # noqa: E731
+    a = np.ones(2)
+    with pytest.raises(error, match=r"diffsolve\.implicit\.custom_root: " + match):
+        custom_root(F, atol=atol)
+    with pytest.raises(error, match=r"diffsolve\.implicit\.custom_fixed_point: " + match):
+        custom_fixed_point(F, atol=atol)
+    with pytest.raises(error, match=r"diffsolve\.implicit\.root_vjp: " + match):
+        root_vjp(F, a, (a,), a, atol=atol)

@@ -23,8 +23,9 @@ respect to x.
 
 Failure follows the solver contract: the result (``return_info=True``) has ``status``,
 ``converged``, ``message`` and ``n_iters``; a hypergradient whose linear system was not
-solved to ``rtol`` warns with a :class:`~diffsolve.ConvergenceWarning` (``throw=True``:
-raises the :class:`~diffsolve.SolveError` of its status). A NaN or inf in the outer
+solved to ``max(rtol ||∇ᵧf||, atol)`` warns with a
+:class:`~diffsolve.ConvergenceWarning` (``throw=True``: raises the
+:class:`~diffsolve.SolveError` of its status). A NaN or inf in the outer
 objective's gradient (the right-hand side, the "cotangent" of the Hessian system) gives a
 NaN hypergradient, as a NaN cotangent does in :func:`diffsolve.vjp`.
 
@@ -84,11 +85,12 @@ class HypergradientSettings:
     hvp: str
     return_info: bool
     throw: bool
+    atol: float = 0.0
 
     @property
     def fixed_budget(self) -> bool:
-        """``rtol = 0``: run exactly ``maxiter`` iterations (series terms, CG steps)."""
-        return self.rtol == 0.0
+        """``rtol = atol = 0``: run exactly ``maxiter`` iterations (series terms, CG steps)."""
+        return self.rtol == 0.0 and self.atol == 0.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,8 @@ class HypergradientInfo(SolverResult):
         Hessian-vector products spent on the linear system (implicit-cg: CG iterations;
         neumann: series terms) or unrolled steps T.
     converged : bool
-        implicit-cg and neumann: whether ``residual_norm <= rtol ||∇ᵧf||``; unrolled:
+        implicit-cg and neumann: whether ``residual_norm <= max(rtol ||∇ᵧf||, atol)``;
+        unrolled:
         ``True`` (the gradient of the T unrolled steps is exact; ``inner_grad_norm`` says
         how far they got).
     residual_norm : float or None
@@ -117,10 +120,10 @@ class HypergradientInfo(SolverResult):
     v : array or None
         The solution of the Hessian system (implicit-cg, neumann).
     status : Status
-        ``SUCCESS``; ``MAX_ITERATIONS`` (``maxiter`` spent above ``rtol``; the request
-        itself with ``rtol=0``); ``DIVERGED`` (the Neumann terms grew: ``stepsize`` too
-        large); ``BREAKDOWN`` (CG met non-positive curvature); ``NONFINITE`` (NaN or inf
-        in the outer gradient: the hypergradient is NaN).
+        ``SUCCESS``; ``MAX_ITERATIONS`` (``maxiter`` spent above the tolerance; the
+        request itself with ``rtol = atol = 0``); ``DIVERGED`` (the Neumann terms grew:
+        ``stepsize`` too large); ``BREAKDOWN`` (CG met non-positive curvature);
+        ``NONFINITE`` (NaN or inf in the outer gradient: the hypergradient is NaN).
     message : str
         Why it stopped, and what to try.
     """
@@ -145,18 +148,20 @@ def _norm(xp, v) -> float:
     return s * float(xp.sqrt(xp.sum(w * w)))
 
 
-def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw):
+def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol):
     method = V.choice(WHERE, "method", method, METHODS)
+    # rtol = atol = 0 is a fixed budget: exactly maxiter CG iterations / series terms
+    rtol, atol = V.tolerances(WHERE, rtol, atol)
     return HypergradientSettings(
         method=method,
         maxiter=V.positive_int(WHERE, "maxiter", maxiter, allow_none=True),
-        # rtol = 0 is a fixed budget: exactly maxiter CG iterations / series terms
-        rtol=V.nonnegative_real(WHERE, "rtol", rtol),
+        rtol=rtol,
         stepsize=V.positive_real(WHERE, "stepsize", stepsize, allow_none=True),
         ridge=V.nonnegative_real(WHERE, "ridge", ridge),
         hvp=V.choice(WHERE, "hvp", hvp, HVP_MODES),
         return_info=V.boolean(WHERE, "return_info", return_info),
         throw=V.boolean(WHERE, "throw", throw),
+        atol=atol,
     )
 
 
@@ -166,7 +171,7 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
                   hvp: str = "reverse-over-reverse", return_info: bool = False,
                   throw: bool = False, outer_grad: Callable | None = None,
                   inner_grad: Callable | None = None, inner_hvp: Callable | None = None,
-                  **deprecated):
+                  atol: float = 0.0, **deprecated):
     """The hypergradient ``∇ₓ outer(x, y*(x))`` with ``y*(x) = argmin_y inner(x, y)``.
 
     Parameters
@@ -197,10 +202,11 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         unrolled: the number T of inner gradient steps (default 100). Replaces
         ``n_steps`` (deprecated).
     rtol : float
-        implicit-cg and neumann stop at ``||residual|| <= rtol ||∇ᵧf||`` (the residual of
-        the Neumann partial sum is exact and free: it is the next term), and warn when
-        ``maxiter`` runs out first. ``rtol=0`` runs exactly ``maxiter`` iterations (a
-        fixed budget, no warning).
+        implicit-cg and neumann stop at ``||residual|| <= max(rtol ||∇ᵧf||, atol)`` (the
+        residual of the Neumann partial sum is exact and free: it is the next term), and
+        warn when ``maxiter`` runs out first. ``rtol = atol = 0`` runs exactly ``maxiter``
+        iterations (a fixed budget: status ``MAX_ITERATIONS``, no warning). Not used by
+        unrolled.
     stepsize : float, optional
         α of neumann and of the unrolled gradient steps; must be in ``(0, 2/L)``. Default:
         ``1 / (1.05 L̂)`` with L̂ from 20 power iterations on ``∇²ᵧᵧg(x, y)``.
@@ -227,6 +233,9 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         symmetric, ``∇²ᵧᵧg·v``). With ``outer_grad`` this is all implicit-cg and neumann
         need, in any array-API library (CuPy, array_api_strict): the computation then
         stays in x's namespace and on its device. Not used by unrolled.
+    atol : float
+        Absolute tolerance of implicit-cg and neumann (default 0: ``rtol`` alone decides);
+        see ``rtol``.
 
     Returns
     -------
@@ -245,7 +254,8 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     Warns
     -----
     ConvergenceWarning
-        implicit-cg or neumann did not reach ``rtol`` within ``maxiter``; the Neumann
+        implicit-cg or neumann did not reach ``max(rtol ||∇ᵧf||, atol)`` within
+        ``maxiter``; the Neumann
         terms grew (``stepsize`` too large for ``∇²ᵧᵧg``); CG met non-positive curvature.
 
     Examples
@@ -279,7 +289,7 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
             raise TypeError(f"{WHERE}: got both n_steps= (deprecated) and maxiter=; pass "
                             "only maxiter=")
         maxiter = kw.pop("maxiter")
-    V.unexpected_options(WHERE, kw, ("maxiter", "rtol", "stepsize", "ridge", "hvp",
+    V.unexpected_options(WHERE, kw, ("maxiter", "rtol", "atol", "stepsize", "ridge", "hvp",
                                      "return_info", "throw", "outer_grad", "inner_grad",
                                      "inner_hvp"))
     x = check_array(WHERE, "x", x)
@@ -290,7 +300,7 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
             raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
                             f"{type(fn).__name__}")
     check_callables(WHERE, outer_grad=outer_grad, inner_grad=inner_grad, inner_hvp=inner_hvp)
-    st = _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw)
+    st = _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol)
     if st.method == "unrolled" and not B.is_numpy(xp):
         raise TypeError(
             f"{WHERE}: method='unrolled' differentiates the inner gradient steps with HIPS "
@@ -324,7 +334,7 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         _, fx, fy = oracle.outer_grads(x, y)
         grad, v, out = implicit_hypergradient(
             hyy, hxy, fx, fy, method=st.method, rtol=st.rtol, maxiter=st.maxiter,
-            ridge=st.ridge, stepsize=stepsize, where=WHERE)
+            ridge=st.ridge, stepsize=stepsize, where=WHERE, atol=st.atol)
         inner_grad_norm = _norm(xp, oracle.inner_grad_y(x, y)) if st.return_info else \
             math.nan
         info = HypergradientInfo(st.method, out.n_iters, out.converged, out.residual_norm,
@@ -357,8 +367,11 @@ _CG_ADVICE = ("inner is not strongly convex at y: move y closer to argmin_y inne
 
 
 def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10,
-                           maxiter=None, ridge=0.0, stepsize=None, where=WHERE):
+                           maxiter=None, ridge=0.0, stepsize=None, where=WHERE, atol=0.0):
     """``(∇ₓf − hxy(v), v, outcome)`` with ``(hyy + ridge I) v = ∇ᵧf`` by CG or Neumann.
+
+    Both stop at ``||(hyy + ridge I) v − ∇ᵧf|| <= max(rtol ||∇ᵧf||, atol)``; ``rtol = atol
+    = 0`` runs exactly ``maxiter`` iterations (the caller validated the tolerances).
 
     The namespace-agnostic core of :func:`hypergradient`, shared by
     :func:`diffsolve.bilevel.solve`: ``hyy`` / ``hxy`` are the products ``v ↦ ∇²ᵧᵧg·v``
@@ -381,7 +394,7 @@ def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10
 
     b_norm = _norm(xp, fy)
     if method == "implicit-cg":
-        out = cg_solve(apply, fy, rtol=rtol, maxiter=maxiter, where=where,
+        out = cg_solve(apply, fy, rtol=rtol, atol=atol, maxiter=maxiter, where=where,
                        what="the Hessian system ∇²ᵧᵧ inner · v = ∇ᵧ outer",
                        advice=_CG_ADVICE, true_residual=True)
         v, n_iters, residual = out.u, out.n_iters, out.residual_norm
@@ -396,29 +409,35 @@ def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10
         converged = status is Status.SUCCESS
         if converged:
             message = f"{label}: CG solved the Hessian system in {n_iters} iterations"
+        elif status is Status.MAX_ITERATIONS and rtol == 0 and atol == 0:
+            message = (f"{label}: ran the requested {n_iters} CG iterations on the Hessian "
+                       f"system (rtol = atol = 0, a fixed budget); residual {residual:.3g}")
         else:
             rel = residual / b_norm if b_norm and residual is not None else residual
             message = (f"{label}: CG on the Hessian system stopped with relative residual "
-                       f"{rel:.3g} > rtol={rtol:g} after {n_iters} iterations. "
+                       f"{rel:.3g} (absolute {residual:.3g}) above max(rtol·||∇ᵧ outer||, "
+                       f"atol) = {max(rtol * b_norm, atol):.3g} (rtol={rtol:g}, atol="
+                       f"{atol:g}) after {n_iters} iterations. "
                        f"{status.hint()}; increase maxiter, add ridge > 0, or check that y "
                        "is close to argmin_y inner")
     else:
         v, n_iters, residual, status, message = _neumann(apply, fy, b_norm, stepsize, rtol,
-                                                         maxiter, xp, label)
+                                                         atol, maxiter, xp, label)
         converged = status is Status.SUCCESS
     grad = fx - hxy(v)
     return grad, v, LinearOutcome(n_iters, converged, residual, status, message)
 
 
-def _neumann(apply, fy, b_norm, stepsize, rtol, maxiter, xp, label):
+def _neumann(apply, fy, b_norm, stepsize, rtol, atol, maxiter, xp, label):
     """``v = α Σ_{j<k} (I − αA)^j ∇ᵧf`` with ``A = ∇²ᵧᵧg + ridge I``.
 
     The residual of that partial sum is exactly the next term: ``A v_k − ∇ᵧf =
     −(I − αA)^k ∇ᵧf = −p_k`` (telescoping), so it is known after each product, for free;
-    the sum stops as soon as it meets ``rtol`` and always reports its true residual.
+    the sum stops as soon as it meets ``max(rtol ||∇ᵧf||, atol)`` and always reports its
+    true residual (``rtol = atol = 0``: exactly ``maxiter`` terms).
     """
     K = DEFAULT_TERMS if maxiter is None else maxiter
-    tol = rtol * b_norm
+    tol = max(rtol * b_norm, atol)
     p = acc = fy  # p_0 and the partial sum Σ_{j<1} p_j
     res = b_norm
     n = 0
@@ -438,11 +457,17 @@ def _neumann(apply, fy, b_norm, stepsize, rtol, maxiter, xp, label):
             "smaller stepsize, or leave it None to estimate 1/L")
     if res <= tol:
         return v, n, res, Status.SUCCESS, (
-            f"{label}: the Neumann series met rtol after {n} terms")
+            f"{label}: the Neumann series met max(rtol·||∇ᵧ outer||, atol) = {tol:.3g} "
+            f"after {n} terms")
+    if rtol == 0 and atol == 0:
+        return v, n, res, Status.MAX_ITERATIONS, (
+            f"{label}: summed the requested {n} Neumann terms (rtol = atol = 0, a fixed "
+            f"budget); residual {res:.3g}")
     rel = res / b_norm if b_norm else res
     return v, n, res, Status.MAX_ITERATIONS, (
-        f"{label}: the Neumann series stopped at relative residual {rel:.3g} > rtol="
-        f"{rtol:g} after {n} terms. {Status.MAX_ITERATIONS.hint()}; the series converges "
+        f"{label}: the Neumann series stopped at relative residual {rel:.3g} (absolute "
+        f"{res:.3g}) above max(rtol·||∇ᵧ outer||, atol) = {tol:.3g} (rtol={rtol:g}, atol="
+        f"{atol:g}) after {n} terms. {Status.MAX_ITERATIONS.hint()}; the series converges "
         "like (1 − α μ)^K: a stepsize closer to 1/L, or method='implicit-cg', converges "
         "faster")
 

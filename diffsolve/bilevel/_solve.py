@@ -68,7 +68,8 @@ DEFAULT_INNER_ITERS = {"implicit": 20, "penalty": 10, "lv-hba": 1, "bo-rep": 10}
 
 # method-specific options and their defaults (see the docstring of solve)
 OPTIONS = {
-    "implicit": {"cg_maxiter": None, "cg_rtol": 1e-8, "ridge": 0.0, "step_power": 0.0},
+    "implicit": {"cg_maxiter": None, "cg_rtol": 1e-8, "cg_atol": 0.0, "ridge": 0.0,
+                 "step_power": 0.0},
     "penalty": {"lam0": 1.0, "lam_step": 10.0, "lam_max": 1e4, "step_power": 0.0},
     # γ₁ = γ₂ = 10 as in Yao et al.'s toy; c_k = c (k + 1)^p with c = 3, p = 0.49 (the
     # paper's analysis takes p < 1/2) instead of its toy's c = 0.025, p = 0.3, which leave
@@ -82,7 +83,7 @@ OPTIONS = {
                "anneal": 0.8},
 }
 _INT_OPTIONS = ("cg_maxiter", "period", "refine_iters")
-_NONNEG_OPTIONS = ("ridge", "eta_power", "p", "rho", "step_power")
+_NONNEG_OPTIONS = ("ridge", "eta_power", "p", "rho", "step_power", "cg_atol")
 
 SETS = ("box", "ball", "simplex", "nonnegative")
 
@@ -351,7 +352,7 @@ class _Implicit:
         self.step, self.inner_step, self.inner_iters, self.opts = step, inner_step, \
             inner_iters, opts
         self.v = pb.xp.zeros_like(y)  # the stochastic variant's warm-started v
-        self.inner_failures = (0, "")  # CG solves that stopped above cg_rtol, and the last
+        self.inner_failures = (0, "")  # CG solves that stopped above tolerance, and the last
 
     def iterate(self, k):
         pb, d = self.pb, self.pb.d
@@ -366,7 +367,7 @@ class _Implicit:
             hyy, hxy = d.hessian(x, y)
             grad, _, out = implicit_hypergradient(
                 hyy, hxy, fx, fy, rtol=self.opts["cg_rtol"], maxiter=self.opts["cg_maxiter"],
-                ridge=self.opts["ridge"], where=WHERE)
+                ridge=self.opts["ridge"], where=WHERE, atol=self.opts["cg_atol"])
             # the inner status is read, not warned about at every iteration: an inexact
             # solve enters the stopping test through its residual and the final message
             lin_res = 0.0
@@ -679,7 +680,9 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
         10 = N); for the stochastic implicit also the number of steps on v.
     options : dict, optional
         Method-specific settings: implicit ``cg_maxiter`` (None), ``cg_rtol`` (1e-8),
-        ``ridge`` (0); penalty ``lam0`` (1), ``lam_step`` (10), ``lam_max`` (1e4); lv-hba
+        ``cg_atol`` (0; CG on the Hessian system stops at
+        ``max(cg_rtol ||∇ᵧf||, cg_atol)``), ``ridge`` (0); penalty ``lam0`` (1),
+        ``lam_step`` (10), ``lam_max`` (1e4); lv-hba
         ``beta`` (10, z's step: ``β = γ₂`` moves z onto λ⁺ in one step), ``gamma1``,
         ``gamma2`` (10), ``c`` (3), ``p`` (0.49) for ``c_k = c (k + 1)^p``, ``lam_max``
         (1e3, the box of λ), ``feas_tol`` (1e-4), ``rho``: how (x, y) is kept in

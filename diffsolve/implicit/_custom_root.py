@@ -56,11 +56,12 @@ class RootSettings:
     maxiter: int | None
     restart: int
     throw: bool
+    atol: float = 0.0
 
     @property
     def fixed_budget(self) -> bool:
-        """``rtol = 0``: run the implicit solve for exactly ``maxiter`` iterations."""
-        return self.rtol == 0.0
+        """``rtol = atol = 0``: run the implicit solve for exactly ``maxiter`` iterations."""
+        return self.rtol == 0.0 and self.atol == 0.0
 
 
 RootConfig = RootSettings  # the name before the solver contract
@@ -73,11 +74,12 @@ class ImplicitSolveInfo(SolverResult):
     Attributes
     ----------
     status : Status
-        ``SUCCESS``, ``MAX_ITERATIONS`` (``maxiter`` reached above ``rtol``),
+        ``SUCCESS``, ``MAX_ITERATIONS`` (``maxiter`` reached above the tolerance; the
+        request itself with ``rtol = atol = 0``),
         ``BREAKDOWN`` (CG met non-positive curvature), or ``NONFINITE`` (a NaN/inf
         cotangent, which gives NaN cotangents, or NaN/inf in the iteration).
     converged : bool
-        Whether ``||b − M u|| <= rtol ||b||`` for the system solved.
+        Whether ``||b − M u|| <= max(rtol ||b||, atol)`` for the system solved.
     message : str
         Why it stopped and what to try.
     n_iters : int
@@ -96,7 +98,8 @@ class ImplicitSolveInfo(SolverResult):
     method: str
 
 
-def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw) -> RootSettings:
+def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw,
+              atol) -> RootSettings:
     if not callable(F):
         raise TypeError(f"{where}: the optimality function must be callable F(x, *theta), "
                         f"got {type(F).__name__}")
@@ -106,8 +109,9 @@ def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw) -
         except ValueError as err:
             raise ValueError(f"{err}; or pass a callable solve(matvec, b) -> u") from None
     ridge = V.nonnegative_real(where, "ridge", ridge)
-    # rtol = 0 is a fixed budget: the implicit solve runs maxiter iterations (default 10 n)
-    rtol = V.nonnegative_real(where, "rtol", rtol)
+    # rtol = atol = 0 is a fixed budget: the implicit solve runs maxiter iterations
+    # (default 10 n)
+    rtol, atol = V.tolerances(where, rtol, atol)
     maxiter = V.positive_int(where, "maxiter", maxiter, allow_none=True)
     restart = V.positive_int(where, "restart", restart)
     throw = V.boolean(where, "throw", throw)
@@ -121,12 +125,12 @@ def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw) -
             "pass jvp=(x, theta) -> (F(x, *theta), jvp_fn), or use solve='gmres', which "
             "needs VJPs only"
         )
-    return RootSettings(F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw)
+    return RootSettings(F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw, atol)
 
 
 def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, vjp=None,
              jvp=None, rtol=1e-10, maxiter=None, restart=30, throw=False,
-             return_info=False):
+             return_info=False, atol=0.0):
     """Cotangents of θ for a root ``x`` of ``F(x, *theta) = 0``, given the cotangent of x.
 
     The building block of :func:`custom_root`, for backward rules written by hand (other
@@ -148,6 +152,10 @@ def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, v
         As for :func:`custom_root`.
     return_info : bool
         Also return an :class:`ImplicitSolveInfo`.
+    atol : float
+        As for :func:`custom_root`: the implicit solve stops at
+        ``||r|| <= max(rtol ||x̄||, atol)``; ``rtol = atol = 0`` runs exactly ``maxiter``
+        iterations.
 
     Returns
     -------
@@ -160,8 +168,9 @@ def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, v
     Warns
     -----
     ConvergenceWarning
-        The implicit solve stopped above ``rtol`` (``throw=False``); with ``throw=True``
-        the :class:`~diffsolve.SolveError` of its status is raised instead.
+        The implicit solve stopped above ``max(rtol ||x̄||, atol)`` (``throw=False``);
+        with ``throw=True`` the :class:`~diffsolve.SolveError` of its status is raised
+        instead.
 
     Examples
     --------
@@ -176,7 +185,8 @@ def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, v
     x = V.float_array(where, "x", x)
     x_bar = V.float_array(where, "x_bar", x_bar, finite=False)
     xp = B.array_namespace(x, x_bar, where=where)
-    settings = _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw)
+    settings = _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw,
+                         atol)
     if tuple(x_bar.shape) != tuple(x.shape):
         raise ValueError(f"{where}: x_bar has shape {tuple(x_bar.shape)} but x has shape "
                          f"{tuple(x.shape)}; pass the cotangent of x")
@@ -221,19 +231,26 @@ def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
         return tuple(None if g is None else xp.full_like(g, float("nan")) for g in grads), info
     lin = linearize(settings.F, x, theta, vjp=settings.vjp, jvp=settings.jvp, where=where)
     out = solve_adjoint(lin, x_bar, solve=settings.solve, ridge=settings.ridge,
-                        rtol=settings.rtol, maxiter=settings.maxiter,
+                        rtol=settings.rtol, atol=settings.atol, maxiter=settings.maxiter,
                         restart=settings.restart, where=where)
     status = _outcome_status(out)
     method = getattr(out, "method", "callable" if callable(settings.solve) else settings.solve)
     if status is Status.SUCCESS:
         message = (f"{where}: {SYSTEM} solved with solve={method!r} in {out.n_iters} "
                    "iterations")
+    elif status is Status.MAX_ITERATIONS and settings.fixed_budget:
+        res = "unknown" if out.residual_norm is None else f"{out.residual_norm:.3g}"
+        message = (f"{where}: {SYSTEM}: ran the requested {out.n_iters} iterations of "
+                   f"solve={method!r} (rtol = atol = 0, a fixed budget); residual {res}")
     else:
         res, rhs = out.residual_norm, out.rhs_norm
         rel = "unknown" if res is None else f"{res / rhs if rhs else res:.3g}"
+        absolute = "" if res is None else f" (absolute {res:.3g})"
+        tol = max(settings.rtol * rhs, settings.atol)
         message = (f"{where}: {SYSTEM} was not solved with solve={method!r}: relative "
-                   f"residual {rel} > rtol={settings.rtol:g} after {out.n_iters} iterations, "
-                   f"so the gradient is inexact. {status.hint()}; {ADVICE}")
+                   f"residual {rel}{absolute} above max(rtol·||b||, atol) = {tol:.3g} "
+                   f"(rtol={settings.rtol:g}, atol={settings.atol:g}) after {out.n_iters} "
+                   f"iterations, so the gradient is inexact. {status.hint()}; {ADVICE}")
     info = ImplicitSolveInfo(status, status is Status.SUCCESS, message, int(out.n_iters),
                              out.residual_norm, method)
     grads = lin.rmatvec_theta(out.u)
@@ -241,7 +258,7 @@ def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
 
 
 def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, maxiter=None,
-                *, jvp=None, restart=30, throw=False):
+                *, jvp=None, restart=30, throw=False, atol=0.0):
     """Decorator: make ``solver(init, *theta) -> x*`` differentiable through ``F(x*, *theta) = 0``.
 
     The decorated solver runs unchanged and returns x* (an array); its backward rule uses
@@ -281,11 +298,13 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
         Default: ``F.vjp`` when ``F`` has one (``stationarity(grad=, hvp=)``), else
         autograd.
     rtol : float
-        The implicit solve stops at ``||r|| <= rtol ||x̄||``. ``rtol=0`` runs exactly
-        ``maxiter`` iterations (a fixed budget: no warning).
+        Relative tolerance of the implicit solve: it stops at the true residual
+        ``||r|| <= max(rtol ||b||, atol)`` (``b = x̄``; ``A x̄`` for ``"normal-cg"``).
+        ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (a fixed budget: status
+        ``MAX_ITERATIONS``, no warning).
     maxiter : int, optional
         Iteration limit of the implicit solve (default ``10 n``, n the size of x). On
-        reaching it above ``rtol`` the (inexact) gradient is returned and a
+        reaching it above the tolerance the (inexact) gradient is returned and a
         :class:`diffsolve.ConvergenceWarning` reports the residual and what to try.
     jvp : callable, optional
         ``jvp(x, theta) -> (F(x, *theta), jvp_fn)``, ``jvp_fn(w) = (∂F/∂x) w`` (the shape
@@ -297,6 +316,9 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
         (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.BreakdownError`, ...)
         from the backward pass instead of warning. A NaN or inf cotangent gives NaN
         cotangents without a warning, as everywhere in :func:`diffsolve.vjp`.
+    atol : float
+        Absolute tolerance of the implicit solve (default 0: ``rtol`` alone decides); see
+        ``rtol``. A ``solve`` callable ignores both.
 
     Returns
     -------
@@ -336,7 +358,8 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
     """
     if vjp is None:  # stationarity(grad=..., hvp=...) carries its own VJP
         vjp = getattr(F, "vjp", None)
-    settings = _settings(WHERE, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw)
+    settings = _settings(WHERE, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw,
+                         atol)
 
     def decorate(solver: Callable) -> DifferentiableFunction:
         if not callable(solver):
@@ -388,7 +411,7 @@ def _make_differentiable(solver, settings: RootSettings, where: str) -> Differen
 
 
 def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10,
-                       maxiter=None, *, jvp=None, restart=30, throw=False):
+                       maxiter=None, *, jvp=None, restart=30, throw=False, atol=0.0):
     """Decorator: make ``solver(init, *theta) -> x*`` differentiable through ``x* = T(x*, *theta)``.
 
     :func:`custom_root` with ``F(x, *θ) = x − T(x, *θ)``. The sign makes ``∂F/∂x = I − ∂T/∂x``
@@ -399,8 +422,10 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
     ----------
     T : callable
         The fixed-point map ``T(x, *theta) -> array`` of x's shape.
-    solve, ridge, rtol, maxiter, jvp, restart, throw
-        As for :func:`custom_root`.
+    solve, ridge, rtol, maxiter, jvp, restart, throw, atol
+        As for :func:`custom_root` (the implicit solve stops at
+        ``||r|| <= max(rtol ||x̄||, atol)``; ``rtol = atol = 0`` is a fixed budget of
+        ``maxiter`` iterations).
     vjp : callable, optional
         ``vjp(x, theta) -> (T(x, *theta), vjp_fn)``, the VJP of **T** (not of F), with
         ``vjp_fn(u) -> (x̄, θ̄₁, …)``; likewise ``jvp`` is the JVP of T.
@@ -451,7 +476,8 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
             return x - value, lambda w: w - t_jvp(w)
     else:
         F_jvp = jvp
-    settings = _settings(where, F, solve, ridge, F_vjp, F_jvp, rtol, maxiter, restart, throw)
+    settings = _settings(where, F, solve, ridge, F_vjp, F_jvp, rtol, maxiter, restart, throw,
+                         atol)
 
     def decorate(solver: Callable) -> DifferentiableFunction:
         if not callable(solver):

@@ -91,10 +91,11 @@ def check_symmetric(apply: Callable, shape, xp, dtype, device, where: str, what:
 
 
 def cg_solve(apply: Callable, b, *, rtol: float, maxiter: int | None, where: str, what: str,
-             advice: str, method: str = "cg", true_residual: bool = False
-             ) -> ImplicitSolveOutcome:
+             advice: str, method: str = "cg", true_residual: bool = False,
+             atol: float = 0.0) -> ImplicitSolveOutcome:
     """CG (:func:`diffsolve.krylov.cg`) on ``apply(u) = b`` for arrays of b's shape, to
-    the true residual ``||b - apply(u)|| <= rtol ||b||``.
+    the true residual ``||b - apply(u)|| <= max(rtol ||b||, atol)`` (``rtol = atol = 0``:
+    exactly ``maxiter`` iterations; ``maxiter=None`` means ``10 n``, n the size of b).
 
     A direction of non-positive curvature (``apply`` not positive definite) raises a
     ``ValueError`` naming ``what`` and ending with ``advice``: choosing CG for that matrix
@@ -105,7 +106,9 @@ def cg_solve(apply: Callable, b, *, rtol: float, maxiter: int | None, where: str
     """
     del true_residual
     xp = B.array_namespace(b, where=where)
-    res = solve_cg(apply, b, rtol=rtol, atol=0.0, maxiter=maxiter, where=where)
+    if maxiter is None:  # the documented default, also the budget of rtol = atol = 0
+        maxiter = 10 * math.prod(tuple(b.shape))
+    res = solve_cg(apply, b, rtol=rtol, atol=atol, maxiter=maxiter, where=where)
     if res.status is Status.BREAKDOWN and CURVATURE in res.message:
         raise ValueError(
             f"{where}: conjugate gradients on {what} met a direction of non-positive "
@@ -122,9 +125,13 @@ def _rhs_norm(xp, b) -> float:
 
 
 def solve_adjoint(lin, x_bar, *, solve, ridge: float, rtol: float, maxiter: int | None,
-                  restart: int, where: str, true_residual: bool = False
-                  ) -> ImplicitSolveOutcome:
+                  restart: int, where: str, true_residual: bool = False,
+                  atol: float = 0.0) -> ImplicitSolveOutcome:
     """Solve ``((∂F/∂x)ᵀ + ridge I) u = x̄`` for a :class:`~._user_vjp.Linearization`.
+
+    The Krylov solves stop at ``||b − M u|| <= max(rtol ||b||, atol)`` for the system
+    solved (``b = A x̄`` for ``"normal-cg"``); ``rtol = atol = 0`` runs exactly ``maxiter``
+    iterations. A ``solve`` callable decides for itself.
 
     Returns the outcome with its ``status`` and ``message``; the caller reports them
     (warns or raises), nothing is warned here. A NaN/inf ``x̄`` gives a NaN ``u`` and
@@ -157,19 +164,20 @@ def solve_adjoint(lin, x_bar, *, solve, ridge: float, rtol: float, maxiter: int 
     if solve == "cg":
         check_symmetric(apply, tuple(x.shape), xp, x.dtype, B.device(x), where,
                         "∂F/∂x at the solution")
-        return cg_solve(apply, x_bar, rtol=rtol, maxiter=maxiter, where=where, what=what,
-                        advice=advice)
+        return cg_solve(apply, x_bar, rtol=rtol, atol=atol, maxiter=maxiter, where=where,
+                        what=what, advice=advice)
     if solve == "normal-cg":
         def normal(u):
             Nu = lin.matvec_x(lin.rmatvec_x(u))
             return Nu + ridge * u if ridge else Nu
 
-        return cg_solve(normal, lin.matvec_x(x_bar), rtol=rtol, maxiter=maxiter, where=where,
+        return cg_solve(normal, lin.matvec_x(x_bar), rtol=rtol, atol=atol, maxiter=maxiter,
+                        where=where,
                         what="the normal equations (∂F/∂x)(∂F/∂x)ᵀ u = (∂F/∂x) x̄",
                         advice="∂F/∂x is singular: add a ridge (e.g. ridge=1e-6)",
                         method="normal-cg")
     n = math.prod(tuple(x.shape))
-    res = solve_gmres(apply, x_bar, rtol=rtol, atol=0.0, restart=min(restart, max(n, 1)),
+    res = solve_gmres(apply, x_bar, rtol=rtol, atol=atol, restart=min(restart, max(n, 1)),
                       maxiter=10 * n if maxiter is None else int(maxiter), where=where)
     return ImplicitSolveOutcome(res.x, res.n_iters, res.converged, float(res.residual_norm),
                                 _rhs_norm(xp, x_bar), "gmres", res.status,
