@@ -441,8 +441,12 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, maxiter, measure, check_every
     stopped = False
 
     def absorb(f, g):
+        # None when the kernel is not finite (potentials that left the range): that
+        # half-step then takes the exact log-sum-exp instead of a product with inf
+        # entries, whose inf * 0 would be NaN
         ops._absorb(f[None, :], g[None, :], eps)
-        return ops.K[0, ...]
+        K = ops.K[0, ...]
+        return K if bool(xp.all(xp.isfinite(K))) else None
 
     def scaling(x, ref, out):
         # exp((x - ref)/eps), or None when x moved more than tau*eps from ref (max |d| >
@@ -469,19 +473,22 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, maxiter, measure, check_every
             # waits for both cores (milliseconds, more than the whole solve at n = 500).
             gh = xp.min(C0 - f[:, None], axis=0)
             K = absorb(f, gh)
-            s = xp.sum(K, axis=0)
-            Lc = xp.log(s, out=s)
-            Lc *= eps
-            Lc -= gh
+            if K is None:
+                Lc = _Ops.cols(ops, f[None, :], eps, on)[0, ...]
+            else:
+                s = xp.sum(K, axis=0)
+                Lc = xp.log(s, out=s)
+                Lc *= eps
+                Lc -= gh
         else:
             if K is None:
                 K = absorb(f, g)
-            u = scaling(f, ops.fh[0, ...], du)
-            if u is None:
+            u = None if K is None else scaling(f, ops.fh[0, ...], du)
+            if u is None and K is not None:
                 K = absorb(f, g)
-                u = scaling(f, ops.fh[0, ...], du)
-            s = u @ K
-            if s.min() == 0:  # a column of K underflowed entirely (s >= 0)
+                u = None if K is None else scaling(f, ops.fh[0, ...], du)
+            s = None if K is None else u @ K
+            if s is None or s.min() == 0:  # no finite kernel, or a column underflowed
                 Lc = _Ops.cols(ops, f[None, :], eps, on)[0, ...]
             else:
                 Lc = xp.log(s, out=s)
@@ -503,12 +510,12 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, maxiter, measure, check_every
         # row half-step: Lr = eps LSE_j((g_j - C_ij)/eps)
         if K is None:
             K = absorb(f, g)
-        v = scaling(g, ops.gh[0, ...], dv)
-        if v is None:
+        v = None if K is None else scaling(g, ops.gh[0, ...], dv)
+        if v is None and K is not None:
             K = absorb(f, g)
-            v = scaling(g, ops.gh[0, ...], dv)
-        s = K @ v
-        if s.min() == 0:  # a row of K underflowed entirely
+            v = None if K is None else scaling(g, ops.gh[0, ...], dv)
+        s = None if K is None else K @ v
+        if s is None or s.min() == 0:  # no finite kernel, or a row underflowed
             Lr = _Ops.rows(ops, g[None, :], eps, on)[0, ...]
         else:
             Lr = xp.log(s, out=s)
