@@ -567,3 +567,33 @@ def test_int_read_only_and_strided_inputs(rng, name):
     np.testing.assert_allclose(got.plan, want.plan, rtol=1e-10, atol=1e-14)
     for x, c in zip((a, b, view), copies, strict=True):
         np.testing.assert_array_equal(x, c)  # inputs are never modified
+
+
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_absorbed_kernel_with_an_overflowed_entry_takes_the_exact_step(rng, monkeypatch,
+                                                                       batch):
+    """A rebuilt kernel with an inf entry (a potential pushed out of range, e.g. by a
+    float32 product that lost subnormal terms) must not be multiplied (inf * 0 = NaN and
+    NumPy's invalid-value warning): that half-step takes the exact log-sum-exp and the
+    solve ends where an undisturbed one does."""
+    import diffsolve.ot._sinkhorn as sk
+
+    a, b, C = ot_problem(rng, batch=batch)
+    want = ds.ot.sinkhorn(a, b, C, 0.05, rtol=1e-11, kernel="absorbed")
+    plan = sk._plan
+    calls = [0]
+
+    def plan_with_an_inf(*args, **kwargs):
+        K = plan(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 1:  # the first absorption overflows in one entry (the final plan
+            K[..., 0, 0] = np.inf  # is a later call)
+        return K
+
+    monkeypatch.setattr(sk, "_plan", plan_with_an_inf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from inf * 0
+        got = ds.ot.sinkhorn(a, b, C, 0.05, rtol=1e-11, kernel="absorbed")
+    assert calls[0] >= 3, "the kernel was never rebuilt: the test did not exercise the guard"
+    assert bool(np.all(got.converged))
+    np.testing.assert_allclose(got.plan, want.plan, rtol=1e-9, atol=1e-14)

@@ -201,6 +201,17 @@ class _AbsorbedOps(_Ops):
         # NumPy: rebuilt in place in one buffer (no four (n, m) temporaries per rebuild)
         self.K = _plan(f, g, self.C, eps, self.xp, out=self.K)
         self.n_absorb += 1
+        # A kernel entry overflows when a potential was pushed too far by a product that
+        # lost its subnormal terms (float32 cost/eps near 100: BLAS code paths that flush
+        # subnormals differ with memory alignment). Multiplying by inf would give inf * 0
+        # = NaN; such a half-step takes the exact log-sum-exp instead (see _usable).
+        self.finite = bool(self.xp.all(self.xp.isfinite(self.K)))
+
+    finite = True
+
+    def _usable(self, scaling) -> bool:
+        return scaling is not None and self.finite and \
+            bool(self.xp.all(self.xp.isfinite(scaling)))
 
     def _scaling(self, x, ref, pos, eps):
         """``exp((x - ref)/eps)`` (0 at zero weights), or None if ``x`` moved too far."""
@@ -238,6 +249,9 @@ class _AbsorbedOps(_Ops):
         if v is None:
             self._absorb(f, g, eps)
             v = self._scaling(g, self.gh, self.pos_b, eps)
+        if not self._usable(v):
+            self.K = None  # rebuilt at the next half-step
+            return _Ops.rows(self, g, eps, active)
         if self.K.shape[0] == 1:  # a 2-D product is one BLAS gemv; the 3-D one may not be
             s = (self.K[0, ...] @ v[0, ...])[None, ...]
         else:
@@ -255,6 +269,9 @@ class _AbsorbedOps(_Ops):
         if u is None:
             self._absorb(f, g, eps)
             u = self._scaling(f, self.fh, self.pos_a, eps)
+        if not self._usable(u):
+            self.K = None  # rebuilt at the next half-step
+            return _Ops.cols(self, f, eps, active)
         if self.K.shape[0] == 1:
             s = (u[0, ...] @ self.K[0, ...])[None, ...]
         else:
@@ -445,8 +462,7 @@ def _iterate_absorbed_one(xp, ops, a, b, eps, tol, maxiter, measure, check_every
         # half-step then takes the exact log-sum-exp instead of a product with inf
         # entries, whose inf * 0 would be NaN
         ops._absorb(f[None, :], g[None, :], eps)
-        K = ops.K[0, ...]
-        return K if bool(xp.all(xp.isfinite(K))) else None
+        return ops.K[0, ...] if ops.finite else None
 
     def scaling(x, ref, out):
         # exp((x - ref)/eps), or None when x moved more than tau*eps from ref (max |d| >
