@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 
-import autograd.numpy as anp
 import numpy as np
 import pytest
-from numba import njit
 
 import diffsolve as ds
 from diffsolve.ode import odeint
+from tests.lotka_volterra import lv, lv_jit
 
 P = np.array([1.5, 1.0, 3.0, 1.0])
 Y0 = np.array([1.0, 1.2])
 T_EVAL = np.linspace(0.0, 2.0, 5)
-
-
-def lv(t, y, p):
-    return anp.array([p[0] * y[0] - p[1] * y[0] * y[1], -p[2] * y[1] + p[3] * y[0] * y[1]])
 
 
 def lv_vjp(t, y, p, v):
@@ -29,14 +24,6 @@ def lv_vjp(t, y, p, v):
                    -v[0] * p[1] * y[0] + v[1] * (-p[2] + p[3] * y[0])])
     vp = np.array([v[0] * y[0], -v[0] * y[0] * y[1], -v[1] * y[1], v[1] * y[0] * y[1]])
     return vy, vp
-
-
-@njit(cache=True)
-def lv_jit(t, y, p):
-    out = np.empty(2)
-    out[0] = p[0] * y[0] - p[1] * y[0] * y[1]
-    out[1] = -p[2] * y[1] + p[3] * y[0] * y[1]
-    return out
 
 
 def lv_batch(t, y, p):

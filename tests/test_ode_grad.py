@@ -7,11 +7,12 @@ import autograd
 import autograd.numpy as anp
 import numpy as np
 import pytest
-from numba import njit
 
 import diffsolve as ds
 from diffsolve.ode import odeint
 from tests.helpers import assert_close, central_difference, to_numpy
+from tests.lotka_volterra import lv as lv_plain
+from tests.lotka_volterra import lv_jit, lv_jit_vjp
 
 METHODS = ["tsit5", "dopri5", "bs3"]
 
@@ -167,27 +168,6 @@ def test_shared_batch_gradient_matches_fd(rng):
 
     fd = central_difference(loss, P, e)
     assert p_bar @ e == pytest.approx(fd, rel=1e-6)
-
-
-@njit(cache=True)
-def lv_jit(t, y, p):
-    out = np.empty(2)
-    out[0] = p[0] * y[0] - p[1] * y[0] * y[1]
-    out[1] = -p[2] * y[1] + p[3] * y[0] * y[1]
-    return out
-
-
-@njit(cache=True)
-def lv_jit_vjp(t, y, p, v):
-    vy = np.empty(2)
-    vy[0] = v[0] * (p[0] - p[1] * y[1]) + v[1] * p[3] * y[1]
-    vy[1] = -v[0] * p[1] * y[0] + v[1] * (-p[2] + p[3] * y[0])
-    vp = np.array([v[0] * y[0], -v[0] * y[0] * y[1], -v[1] * y[1], v[1] * y[0] * y[1]])
-    return vy, vp
-
-
-def lv_plain(t, y, p):
-    return anp.array([p[0] * y[0] - p[1] * y[0] * y[1], -p[2] * y[1] + p[3] * y[0] * y[1]])
 
 
 def test_compiled_path_gradients_with_jitted_vjp(rng):

@@ -356,6 +356,29 @@ def unscale_columns(xp, Y, s, skip=None, a: float = 1.0):
     return X, overflow
 
 
+def scaled_system(xp, layout: Layout, b, x0, rtol: float, atol: float):
+    """One system (MINRES, GMRES) solved for ``b / s``: ``(s_arr, s, early, Bs, Y, tol)``.
+
+    ``s`` is the power of two of :func:`scale_columns` (``s_arr`` its 1-array), ``Bs`` and
+    ``Y`` the scaled right-hand side and start, ``tol`` the scaled threshold
+    ``max(rtol ||b||, atol) / s``. ``early`` is ``Status.NONFINITE`` for a non-finite
+    ``b`` or ``x0``, ``Status.SUCCESS`` for a zero ``b`` (then ``x = 0``), else ``None``.
+    """
+    Bw = layout.to_work(b)
+    s_arr, finite = scale_columns(xp, Bw)
+    s = float(s_arr[0])
+    if x0 is not None:
+        finite = finite & xp.all(xp.isfinite(layout.to_work(x0)), axis=0)
+    zeros = xp.zeros_like(Bw)
+    if not bool(finite[0]):
+        return s_arr, s, Status.NONFINITE, zeros, zeros, 0.0
+    Bs = B.contiguous_copy(xp, Bw / s)
+    if float(xp.max(xp.abs(Bs))) == 0:
+        return s_arr, s, Status.SUCCESS, Bs, zeros, atol / s
+    Y = zeros if x0 is None else B.contiguous_copy(xp, layout.to_work(x0) / s)
+    return s_arr, s, None, Bs, Y, max(rtol * float(safe_norms(xp, Bs)[0]), atol / s)
+
+
 # --------------------------------------------------------------------------------------
 # the verdict
 # --------------------------------------------------------------------------------------

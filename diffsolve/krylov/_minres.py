@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-from .. import _backend as B
 from .._status import Status
 from ._common import (
     Layout,
@@ -29,7 +28,7 @@ from ._common import (
     check_common,
     finish,
     safe_norms,
-    scale_columns,
+    scaled_system,
     wants_stop,
 )
 from ._result import KrylovResult, KrylovState
@@ -99,21 +98,12 @@ def solve_minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
     op = LinearMap(A, xp, layout, where)
     prec = Preconditioner(M, xp, layout, b.dtype, where)
     maxiter = 5 * layout.N if maxiter is None else maxiter
-    Bw = layout.to_work(b)
-    s_arr, finite = scale_columns(xp, Bw)
-    s = float(s_arr[0])
-    if x0 is not None:
-        finite = finite & xp.all(xp.isfinite(layout.to_work(x0)), axis=0)
     fixed_budget = rtol == 0 and atol == 0
-    if not bool(finite[0]):
-        return _done(xp, layout, xp.zeros_like(Bw), s_arr, math.nan, 0.0, Status.NONFINITE,
-                     0, rtol, atol, maxiter, None)
-    Bs = B.contiguous_copy(xp, Bw / s)
-    if float(xp.max(xp.abs(Bs))) == 0:
-        return _done(xp, layout, xp.zeros_like(Bw), s_arr, 0.0, atol / s, Status.SUCCESS,
-                     0, rtol, atol, maxiter, None)
-    Y = xp.zeros_like(Bs) if x0 is None else B.contiguous_copy(xp, layout.to_work(x0) / s)
-    tol = max(rtol * float(safe_norms(xp, Bs)[0]), atol / s)
+    s_arr, s, early, Bs, Y, tol = scaled_system(xp, layout, b, x0, rtol, atol)
+    if early is not None:
+        r = math.nan if early is Status.NONFINITE else 0.0
+        return _done(xp, layout, Y, s_arr, r, tol, early, 0, rtol, atol, maxiter, None)
+    Bw = layout.to_work(b)
     eps = float(xp.finfo(b.dtype).eps)
 
     total = 0
