@@ -55,7 +55,7 @@ def test_device(xp):
     assert B.device(x) == x.device
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)  # same examples in CI
 @given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 6)),
               elements=st.floats(-1e300, 1e300, allow_nan=False)),
        st.sampled_from([None, 0, 1]))
