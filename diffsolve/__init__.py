@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from . import bilevel, implicit, krylov, linear, ode, ot
 from ._autodiff import custom_vjp, vjp
 from ._backend import CSR
-from ._result import SolverResult
+from ._result import SolverResult, ValueResult
 from ._status import (
     BreakdownError,
     ConvergenceWarning,
@@ -41,6 +41,7 @@ __all__ = [
     "SolverResult",
     "Status",
     "StepUnderflowError",
+    "ValueResult",
     "bilevel",
     "custom_vjp",
     "implicit",

@@ -9,7 +9,13 @@ same for ``x* = T(x*, *theta)``. Ready-made conditions: :func:`stationarity`,
 docs/implicit.md.
 """
 
-from ._custom_root import ImplicitSolveInfo, custom_fixed_point, custom_root, root_vjp
+from ._custom_root import (
+    ImplicitSolveInfo,
+    RootSettings,
+    custom_fixed_point,
+    custom_root,
+    root_vjp,
+)
 from ._optimality import (
     kkt_conditions,
     projected_gradient_fixed_point,
@@ -25,6 +31,7 @@ from ._projections import (
 
 __all__ = [
     "ImplicitSolveInfo",
+    "RootSettings",
     "custom_fixed_point",
     "custom_root",
     "kkt_conditions",
