@@ -311,7 +311,7 @@ def test_jax_result_with_string_field_returns_from_jit():
 
 # ------------------------------------------------------------------- Numba's cache
 
-def test_kernels_run_uncached_with_one_warning_when_numba_cannot_cache():
+def test_kernels_run_uncached_with_one_warning_when_numba_cannot_cache(tmp_path):
     code = textwrap.dedent("""
         import warnings
         import numba.core.caching as caching
@@ -327,8 +327,10 @@ def test_kernels_run_uncached_with_one_warning_when_numba_cannot_cache():
         assert r.converged and np.allclose(A @ r.x, [1.0, 2.0])
         print(len(msgs))
     """)
+    # cwd away from the repository root: the child imports the installed diffsolve (from an
+    # unpacked sdist, the root's diffsolve/ source folder has no diffsolve.kernels)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1"
 
