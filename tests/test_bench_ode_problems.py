@@ -127,6 +127,7 @@ needs_ode = pytest.mark.skipif(not _ode_available(), reason="diffsolve.ode not i
 @pytest.mark.slow
 @needs_ode
 def test_forward_quick_runs(tmp_path):
+    pytest.importorskip("matplotlib", reason="the benchmarks plot: the [bench] extra")
     from bench import bench_ode_forward
 
     out = bench_ode_forward.main(["--quick", "--out-dir", str(tmp_path)])
@@ -140,6 +141,7 @@ def test_forward_quick_runs(tmp_path):
 @pytest.mark.slow
 @needs_ode
 def test_gradients_quick_runs(tmp_path):
+    pytest.importorskip("matplotlib", reason="the benchmarks plot: the [bench] extra")
     from bench import bench_ode_gradients
 
     out = bench_ode_gradients.main(["--quick", "--out-dir", str(tmp_path)])
@@ -152,6 +154,7 @@ def test_gradients_quick_runs(tmp_path):
 @pytest.mark.slow
 @needs_ode
 def test_regularization_quick_runs(tmp_path):
+    pytest.importorskip("matplotlib", reason="the benchmarks plot: the [bench] extra")
     from bench import bench_ode_regularization
 
     out = bench_ode_regularization.main(["--quick", "--out-dir", str(tmp_path)])
