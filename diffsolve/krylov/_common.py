@@ -405,9 +405,10 @@ def finish(xp, layout: Layout, *, method, Y, s, true_norm, tol, status, n_iters,
     residual = true_norm * s
     if residual_of is not None:
         # unscaling by a power of two is exact unless x lands among the subnormal numbers,
-        # which carry fewer bits: then the returned x is judged on its own residual
+        # which carry fewer bits, or below them (a nonzero scaled entry that becomes 0):
+        # then the returned x is judged on its own residual
         tiny = float(xp.finfo(X.dtype).smallest_normal)
-        lossy = xp.any((X != 0) & (xp.abs(X) < tiny), axis=0) & \
+        lossy = xp.any((Y != 0) & (xp.abs(X) < tiny), axis=0) & \
             (status == int(Status.SUCCESS))
         if bool(xp.any(lossy)):
             own = residual_of(X)

@@ -82,8 +82,9 @@ class LinearSolveResult(SolverResult):
             return (f"broke down after {n} iterations with {residual} above the tolerance: "
                     "A (or M) is singular or not symmetric positive definite (a search "
                     "direction had non-positive curvature), or the tolerance is below what "
-                    "the precision resolves (the true residual stagnated); check A, use "
-                    "method='direct', loosen rtol or use float64")
+                    "the precision resolves (the true residual stagnated, or x = A⁻¹b "
+                    "underflows the dtype); check A, use method='direct', loosen rtol, "
+                    "rescale A or b, or use float64")
         if status is Status.DIVERGED:
             return (f"the iterates diverged after {n} iterations (they are no longer "
                     "finite): SOR converges for symmetric positive definite A with "

@@ -60,6 +60,8 @@ def _check_honest(res, warned, met: bool, what: str):
 # solutions in the subnormal range (float32 |x| ~ 1e-39, float64 ~ 1e-310), found by the
 # search: the verdict must be on the returned (rounded) x
 @example(log_a=90.0, log_b=-107.0, dtype="float32", seed=0)
+# a solution below float32's subnormals: the unscaled x is exactly 0 (was "converged")
+@example(log_a=120.0, log_b=-102.0, dtype="float32", seed=0)
 @example(log_a=150.0, log_b=-160.0, dtype="float64", seed=0)
 @example(log_a=-150.0, log_b=150.0, dtype="float64", seed=1)
 def test_linear_converged_means_true_residual_meets_rtol(method, log_a, log_b, dtype, seed):
