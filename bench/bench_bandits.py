@@ -13,7 +13,7 @@ Run from the repository root::
     (rejection sampling, as the reference's ``truncated_normal.m``), ``x0 = 0``, SOR to
     ``||r|| <= 1e-8 ||b||``, at most 10⁴ sweeps. Two offset distributions:
 
-    * high variance ``c_t = -0.15 + 0.6 Beta(0.5, 1.5)`` (ALGORITHMS.md, the paper);
+    * high variance ``c_t = -0.15 + 0.6 Beta(0.5, 1.5)`` (Khodak et al., ICLR 2024);
     * low variance ``c_t = -0.15 + 0.6 Beta(2, 6)``: the reference code's own low-variance
       choice (``scripts/contextual.m``), used so that the two runs are comparable with
       the paper's figures; most offsets then fall near 0, where the best ω moves little.

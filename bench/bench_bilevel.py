@@ -5,7 +5,7 @@ Run from the repository root::
     python -m bench.bench_bilevel          # a few minutes on 2 CPU cores
     python -m bench.bench_bilevel --quick  # smoke run, nothing written
 
-**Data hyper-cleaning** (ALGORITHMS.md §4; Franceschi et al., ICML 2017). A synthetic
+**Data hyper-cleaning** (Franceschi et al., ICML 2017). A synthetic
 10-class problem: class means ``μ_k ~ N(0, I₂₀)``, samples ``μ_y + N(0, I₂₀)``, a linear
 softmax classifier ``W`` (21 × 10 with the bias). 1 000 training samples of which 50 %
 get a wrong label (uniform over the other nine classes), 200 clean validation and 2 000

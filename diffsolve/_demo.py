@@ -135,7 +135,8 @@ def _bandit_tour(rng, T: int = 300):
     print(f"5. Learning SOR's omega online over {T} systems A_t = L + c_t I "
           "(10x10 Laplacian, c_t random)")
     L = poisson_matrix(10) / 11**2  # the unscaled 5-point Laplacian, diagonal 4
-    shifts = -0.15 + 0.6 * rng.beta(0.5, 1.5, size=T)  # ALGORITHMS.md "high variance"
+    shifts = -0.15 + 0.6 * rng.beta(0.5, 1.5, size=T)  # the "high variance" set-up of
+    # Khodak, Chow, Balcan & Talwalkar, "Learning to Relax", ICLR 2024
     tsallis = OmegaBandit(method="sor", seed=0)
     chebcb = ContextualOmegaBandit(context_range=(-0.15, 0.45), method="sor", seed=0)
     fixed = {1.0: 0, 1.8: 0}

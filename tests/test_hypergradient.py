@@ -1,6 +1,6 @@
 """diffsolve.bilevel.hypergradient vs the closed-form ridge hypergradient and finite differences.
 
-Reference problem (ALGORITHMS.md §4): ridge regression with one penalty per feature,
+Reference problem with a closed form: ridge regression with one penalty per feature,
 λ = exp(θ), H = XᵀX + diag(λ), w* = H⁻¹Xᵀy, L(θ) = ½||X_v w* − y_v||²,
 ∇_θ L = −λ ⊙ w* ⊙ H⁻¹X_vᵀ(X_v w* − y_v).
 """

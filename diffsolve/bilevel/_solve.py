@@ -1,6 +1,6 @@
 """``solve``: bilevel optimisation ``min_x outer(x, y*(x))``, ``y*(x) ∈ argmin_y inner(x, y)``.
 
-Four methods (formulas: ../shared/ALGORITHMS.md §4):
+Four methods (each cites the paper its updates come from):
 
 * ``"implicit"`` (AID): warm-started projected gradient descent on ``inner(x, ·)``, then
   the implicit hypergradient ``∇ₓf − ∇²ₓᵧg·v``, ``∇²ᵧᵧg·v = ∇ᵧf`` by CG
@@ -78,7 +78,7 @@ OPTIONS = {
     "lv-hba": {"beta": 10.0, "gamma1": 10.0, "gamma2": 10.0, "c": 3.0, "p": 0.49,
                "lam_max": 1e3, "feas_tol": 1e-4, "rho": None, "y_step": None,
                "step_power": 0.0},
-    # BO-REP defaults of ALGORITHMS.md §4: β 0.9, I = 2, N = inner_iters = 10
+    # BO-REP defaults (Hao, Gong & Liu, ICLR 2024): β 0.9, I = 2, N = inner_iters = 10
     "bo-rep": {"beta": 0.9, "period": 2, "refine_iters": 100, "eta_power": 0.0,
                "anneal": 0.8},
 }
@@ -399,7 +399,7 @@ class _Penalty:
 
     y tracks argmin (f + λg) with steps inner_step / (1 + λ) (the Lipschitz constant of
     ∇(f + λg) grows like 1 + λ), z tracks argmin g with steps inner_step, and
-    ∇ψ = ∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)) (ALGORITHMS.md §4). With mini-batches both
+    ∇ψ = ∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)) (Kwon et al., ICLR 2024). With mini-batches both
     ∇ₓg terms use the same batch, so their sampling noise largely cancels in the
     difference that λ multiplies.
     """
@@ -442,14 +442,14 @@ class _Penalty:
 
 
 class _LVHBA:
-    """Yao et al. (ICLR 2024), Algorithm 1, with the updates of ALGORITHMS.md §4.
+    """Yao et al. (ICLR 2024), Algorithm 1.
 
     θ (a copy of y) and λ ≥ 0 run one projected gradient descent-ascent step on the proximal
     Lagrangian f(x, θ) + λᵀc(x, θ) + ||θ − y||²/(2γ₁) − ||λ − z||²/(2γ₂); (x, y, z) then step
     on F/c_k + f(x, y) − v_γ(x, y, z). The z-direction is ∂(−v_γ)/∂z = (z − λ⁺)/γ₂, so that z
     follows λ⁺: the authors' code (SUSTech-Optimization/LV-HBA, Toy-example/LLC/LV-HBA.py)
-    computes ``d3 = -(λ - z)/γ₂`` and ``z ← z − β d3``. ALGORITHMS.md §4 writes
-    d_z = (λ⁺ − z)/γ₂, which with ``z ← z − β d_z`` would push z away from λ: a sign typo.
+    computes ``d3 = -(λ - z)/γ₂`` and ``z ← z − β d3``. Written as d_z = (λ⁺ − z)/γ₂ with
+    ``z ← z − β d_z``, the step would push z away from λ: the sign matters.
     The same code evaluates d_x at the updated θ⁺, λ⁺, as here.
     """
 

@@ -1,7 +1,7 @@
 """``diffsolve.ot.sinkhorn``: log-domain Sinkhorn with fused kernels, batching, ε-scaling,
 acceleration and implicit gradients.
 
-Iteration (log domain, ALGORITHMS.md section 2; Peyré & Cuturi, "Computational Optimal
+Iteration (log domain; Peyré & Cuturi, "Computational Optimal
 Transport", 2019, eqs. (4.43)-(4.44))::
 
     g_j <- eps log b_j - eps LSE_i((f_i - C_ij) / eps)

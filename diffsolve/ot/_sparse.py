@@ -1,8 +1,8 @@
 """Sparsity-constrained and quadratically regularised optimal transport, with implicit
 gradients.
 
-Liu, Puigcerver & Blondel, "Sparsity-Constrained Optimal Transport", ICLR 2023 (the
-formulas are collected in ALGORITHMS.md section 2). The primal problem is
+Liu, Puigcerver & Blondel, "Sparsity-Constrained Optimal Transport", ICLR 2023. The primal
+problem is
 
     min_{T >= 0, T 1 = a, T^T 1 = b}  <T, C> + sum_j (gamma / 2) ||t_j||^2
     subject to  ||t_j||_0 <= k  for every column t_j,

@@ -51,7 +51,7 @@ def rk_combine(y, K, coeffs, h, out):  # pragma: no cover - compiled
 def rk_error_norm(y, y_new, K, e, h, rtol, atol):  # pragma: no cover - compiled
     """``sqrt(mean_i ((h Σ_j e_j K[j, i]) / (atol + rtol max(|y_i|, |y_new_i|)))²))``.
 
-    The scaled error of ALGORITHMS.md §3 (Hairer–Nørsett–Wanner II.4). Returns a float.
+    The scaled error of Hairer, Nørsett & Wanner, Solving ODEs I, §II.4. Returns a float.
     """
     n = y.shape[0]
     m = e.shape[0]
