@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,21 +336,26 @@ class DenseLU:
         self.n = A.shape[0]
         if is_numpy(xp):
             import scipy.linalg as sla
+            from scipy.linalg.lapack import get_lapack_funcs
 
-            with warnings.catch_warnings():
-                # a zero pivot is reported below as `singular`, with advice, not as a warning
-                warnings.simplefilter("ignore", sla.LinAlgWarning)
-                self._lu = sla.lu_factor(np.asarray(A), check_finite=False)
+            # LAPACK getrf directly: it returns its status (info > 0: an exactly zero pivot),
+            # which the check below reads and reports as `singular`, with advice.
+            # scipy.linalg.lu_factor would turn that status into a LinAlgWarning.
+            An = np.asarray(A)
+            getrf, = get_lapack_funcs(("getrf",), (An,))
+            lu, piv, info = getrf(An, overwrite_a=False)
+            if info < 0:  # pragma: no cover - an illegal argument: a bug, not a matrix
+                raise ValueError(f"LAPACK getrf: illegal value in argument {-info}")
+            self._lu = (lu, piv)
             self._solve = sla.lu_solve
-            pivots = np.abs(np.diagonal(self._lu[0]))
+            pivots = np.abs(np.diagonal(lu))
         elif is_cupy(xp):
             import cupy
             import cupyx.scipy.linalg as csla
 
-            with warnings.catch_warnings():
-                # cupyx warns on a zero pivot; it is reported below as `singular` instead
-                warnings.simplefilter("ignore", RuntimeWarning)
-                self._lu = csla.lu_factor(A, check_finite=False)
+            # cupyx has no status-returning LU: its RuntimeWarning on an exactly zero pivot
+            # reaches the caller, beside the `singular` status the check below reports
+            self._lu = csla.lu_factor(A, check_finite=False)
             self._solve = csla.lu_solve
             pivots = cupy.abs(cupy.diagonal(self._lu[0]))
         else:

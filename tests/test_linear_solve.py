@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 
@@ -208,12 +209,21 @@ def test_non_finite_input(xp, bad):
         solve(S, np.ones(3))
 
 
+def _zero_pivot_warning(xp):
+    """cupyx's LU warns on an exact zero pivot (it has no status-returning API) and diffsolve
+    does not hide that warning; NumPy's path reads LAPACK's status and warns once."""
+    if "cupy" in xp.__name__:
+        return pytest.warns(RuntimeWarning, match="Singular matrix")
+    return contextlib.nullcontext()
+
+
 def test_singular_matrix_direct(xp):
     A = np.array([[1.0, 2.0], [2.0, 4.0]])
-    with pytest.warns(ds.ConvergenceWarning, match="singular or ill-conditioned.*lstsq"):
+    with _zero_pivot_warning(xp), \
+            pytest.warns(ds.ConvergenceWarning, match="singular or ill-conditioned.*lstsq"):
         res = solve(_as_xp(xp, A), _as_xp(xp, np.array([1.0, 0.0])))
     assert res.status is ds.Status.BREAKDOWN and not res.converged and res.info < 0
-    with pytest.raises(ds.BreakdownError, match="regularise"):
+    with _zero_pivot_warning(xp), pytest.raises(ds.BreakdownError, match="regularise"):
         solve(_as_xp(xp, A), _as_xp(xp, np.array([1.0, 0.0])), throw=True)
 
 
