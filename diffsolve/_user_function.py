@@ -49,7 +49,9 @@ def _holds_boxes(value) -> bool:
 
 def _moves(fun: Callable, args: Sequence, argnums: tuple[int, ...], value) -> bool:
     """Whether ``fun``'s value changes when the differentiated arguments are perturbed."""
-    import numpy as np
+    # autograd traces NumPy only, so the arguments are NumPy arrays; autograd.numpy wraps
+    # NumPy (only _backend imports NumPy itself)
+    import autograd.numpy as np
 
     perturbed = list(args)
     for i in argnums:
