@@ -5,11 +5,11 @@ Run from the repository root::
     python -m bench.bench_hypergradient          # about three minutes on 2 CPU cores
     python -m bench.bench_hypergradient --quick  # smoke run, nothing written
 
-Problem, with a closed-form hypergradient: ridge regression with one penalty per feature,
-λ = exp(θ), inner ``g(θ, w) = ½||Xw − y||² + ½Σλᵢwᵢ²``, outer
-``f(θ, w) = ½||X_v w − y_v||²``, closed form ``∇_θ L = −λ ⊙ w* ⊙ H⁻¹X_vᵀ(X_v w* − y_v)`` with ``H = XᵀX + diag(λ)``. X has
-singular values spread geometrically so that ``κ(H)`` is a few hundred: gradient descent
-then needs thousands of steps, which is where the methods differ. Everything is float64,
+Problem, with a closed-form hypergradient: ridge regression with one penalty per feature, λ =
+exp(θ), inner ``g(θ, w) = ½||Xw − y||² + ½Σλᵢwᵢ²``, outer ``f(θ, w) = ½||X_v w − y_v||²``,
+closed form ``∇_θ L = −λ ⊙ w* ⊙ H⁻¹X_vᵀ(X_v w* − y_v)`` with ``H = XᵀX + diag(λ)``. X has
+singular values spread geometrically so that ``κ(H)`` is a few hundred: gradient descent then
+needs thousands of steps, which is where the methods differ. Everything is float64,
 objectives written with autograd.numpy, every method measured in this one process:
 
 * **T sweep** (inner iterations): the inner problem is solved by T gradient-descent

@@ -18,10 +18,10 @@ Two small neural ODEs trained with HIPS autograd through ``diffsolve.to_autograd
 Configurations (loss = task + lambda·R): none; R_E; R_S; R_E + R_S; local R_E with
 t_r ~ U[t0, t1] ("unbiased"); local R_E with t_r among accepted times ("biased").
 Schedules (Pal, Ma, Shah & Rackauckas, ICML 2021): lambda_E decays exponentially from
-``--lam-e0`` to ``--lam-e1`` over training, lambda_S constant ``--lam-s``; the defaults are
-the published 100 -> 10 and 0.0285 multiplied by ``--lam-scale`` (see the docs for the value used and why).
-The local variants use the same schedule times ``global R / local R`` measured at the initial
-weights (:func:`calibrate_local`; ``--no-local-calibrate`` turns that off). The batch is
+``--lam-e0`` to ``--lam-e1`` over training, lambda_S constant ``--lam-s``; the defaults are the
+published 100 -> 10 and 0.0285 multiplied by ``--lam-scale`` (see the docs for the value used
+and why). The local variants use the same schedule times ``global R / local R`` measured at the
+initial weights (:func:`calibrate_local`; ``--no-local-calibrate`` turns that off). The batch is
 solved with ``batch_mode="shared"`` (one step size, one f call per stage on the whole batch),
 so R and NFE are those of the batch solve.
 
