@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 from .. import _backend as B
 from .. import _validate as V
@@ -20,6 +22,9 @@ from ._integrate import Stepper, Trajectory, integrate, reached_outputs
 from ._regularizers import global_regularizers, local_step
 from ._result import ODEResult, attach_message, status_message
 from ._settings import ODESettings, odeint_settings
+from ._stiff_jacobian import pattern_csr
+from ._stiff_solve import lazy_vjp, stiff_adjoint, stiff_trajectory
+from ._stiff_tableaux import STIFF_TABLEAUX
 from ._tableaux import TABLEAUX
 from ._vector_field import make_rhs, make_vjp
 
@@ -34,7 +39,7 @@ WHERE = "diffsolve.ode.odeint"
 #: odeint's options in its signature's order (what :func:`odeint_settings` takes)
 _OPTIONS = ("method", "rtol", "atol", "controller", "first_step", "max_steps", "adjoint",
             "regularizers", "local_regularization", "seed", "vjp", "batch_mode",
-            "checkpoint_every", "throw", "callback")
+            "checkpoint_every", "throw", "callback", "jac")
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,6 +109,29 @@ def _check_step_ts(step_ts, t_out, batched_per_traj, B_):
                              "previous result's res.ts)")
         out.append(ts)
     return out
+
+
+def _check_jump_ts(jump_ts, t_out):
+    """``jump_ts`` as a tuple of host floats strictly inside the integration interval."""
+    if jump_ts is None:
+        return ()
+    t0, t1 = float(t_out[0]), float(t_out[-1])
+    if B.is_array(jump_ts) or isinstance(jump_ts, (list, tuple)):
+        try:
+            vals = [float(v) for v in (B.host_numpy(jump_ts).tolist() if B.is_array(jump_ts)
+                                       and B.is_numpy(B.array_namespace(jump_ts))
+                                       else jump_ts)]
+        except (TypeError, ValueError):
+            vals = None
+    else:
+        vals = None
+    if vals is None:
+        raise TypeError(f"{WHERE}: jump_ts must be a 1-D array or sequence of times, got "
+                        f"{type(jump_ts).__name__}")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{WHERE}: jump_ts contains NaN or infinite times")
+    lo, hi = min(t0, t1), max(t0, t1)
+    return tuple(sorted({v for v in vals if lo < v < hi}))
 
 
 def _check_y0(y0, host):
@@ -283,7 +311,8 @@ class _Forward:
         return fv
 
 
-def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts):
+def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity=None,
+             jump_ts=None):
     """The forward solve: ``(result, residuals)``; never warns or raises on a failed solve
     (the caller reports)."""
     if not callable(f):
@@ -310,7 +339,8 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts):
         # rtol = atol = 0: the fixed budget, max_steps equal steps over the interval
         grid = np.linspace(float(t_out[0]), float(t_out[-1]), settings.max_steps + 1)
         step_list = [grid] * n_traj
-    tab = TABLEAUX[method]
+    implicit = method in STIFF_TABLEAUX
+    tab = STIFF_TABLEAUX[method] if implicit else TABLEAUX[method]
     dtype, device = y0.dtype, ("cpu" if host else B.device(y0))
     want_stiff = settings.want_stiff
     callback = settings.callback
@@ -320,7 +350,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts):
     # the compiled loop is built once for float64 states and parameters; other dtypes call
     # the @njit f from the Python loop (no per-f compilation of the integrator), and so
     # does a callback (it is called from Python after each step)
-    compiled = jitted and callback is None and y0.dtype == xp.float64 and (
+    compiled = jitted and not implicit and callback is None and y0.dtype == xp.float64 and (
         params is None or params.dtype == xp.float64)
     params_eff = params
     if jitted and params is None:
@@ -329,7 +359,14 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts):
     n = math.prod(shape)
     rhs = make_rhs(f, params_eff, shape, xp)
     # the compiled forward integrates without a Stepper (the backward builds it if needed)
-    stepper = None if compiled else Stepper(xp, tab, dtype, device, n, rtol, atol)
+    stepper = None if (compiled or implicit) else Stepper(xp, tab, dtype, device, n, rtol,
+                                                          atol)
+    jumps = _check_jump_ts(jump_ts, t_out)
+    if jac_sparsity is not None:
+        if not implicit:
+            raise ValueError(f"{WHERE}: jac_sparsity is used by the implicit methods "
+                             f"{tuple(STIFF_TABLEAUX)}; method={method!r} needs no Jacobian")
+        pattern_csr(jac_sparsity, n)  # checked here, before any step
     # backsolve keeps only y0 and the outputs: checkpoint_every is for the discrete adjoint
     every = settings.checkpoint_every if settings.adjoint == "discrete" else _NO_CHECKPOINTS
     opts = dict(xp=xp, rtol=rtol, atol=atol, controller=controller,
@@ -359,6 +396,13 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts):
             f0 = rhs(float(t_out[0]), yb)
             if not _finite(host and type(f0) is _NDARRAY, xp, f0):
                 traj = _nonfinite_start(xp, yb, t_out, dtype, device, host, index)
+            elif implicit:
+                traj = stiff_trajectory(
+                    tab, settings, rhs=rhs, fvjp=lazy_vjp(f, settings.vjp, params_eff, shape,
+                                                         xp, jitted),
+                    y0=yb, t_out=t_out, params=params_eff, shape=shape, xp=xp, dtype=dtype,
+                    device=device, step_ts=sts, f0=f0, callback=callback, trajectory=index,
+                    jac_sparsity=jac_sparsity, jump_ts=jumps)
             else:
                 traj = integrate(stepper, rhs, yb, t_out, controller=controller,
                                  first_step=settings.first_step,
@@ -433,7 +477,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts):
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, f=f, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
                    tab=tab, jitted=jitted, compiled=compiled, device=device,
-                   settings=settings)
+                   settings=settings, jac_sparsity=jac_sparsity, jump_ts=jump_ts)
     return result, fwd
 
 
@@ -447,6 +491,13 @@ def _call_settings(ctx) -> tuple[ODESettings, object]:
     bound.apply_defaults()
     a = bound.arguments
     return odeint_settings(*(a[k] for k in _OPTIONS)), a["step_ts"]
+
+
+def _call_extras(ctx) -> dict:
+    """The primal call's ``jac_sparsity`` and ``jump_ts`` (for a forward run again)."""
+    bound = odeint.signature.bind(*ctx.args, **ctx.kwargs)
+    bound.apply_defaults()
+    return {k: bound.arguments[k] for k in ("jac_sparsity", "jump_ts")}
 
 
 def _compiled_reverse_ok(fwd, traj) -> bool:
@@ -479,7 +530,7 @@ def _odeint_bwd(ctx, cot):
     fwd = ctx.residuals
     if fwd is None:  # the JAX adapter under jit keeps no residuals: solve again
         settings, step_ts = _call_settings(ctx)
-        _, fwd = _forward(f, y0, t_eval, params, settings, step_ts)
+        _, fwd = _forward(f, y0, t_eval, params, settings, step_ts, **_call_extras(ctx))
     st = fwd.settings
     xp = fwd.xp
     ys_bar_all = xp.astype(cot["ys"], fwd.y0.dtype)
@@ -508,6 +559,9 @@ def _odeint_bwd(ctx, cot):
                 fwd.tab.A, fwd.tab.c, fwd.tab.e, fwd.tab.P, *st.norm_tolerances,
                 rE if local is None else 0.0, rS if local is None else 0.0)
             y0_bar = ys_bar[0, ...] + through
+            pb = pb if params is not None else None
+        elif st.adjoint == "discrete" and fwd.tab.name in STIFF_TABLEAUX:
+            y0_bar, pb, through = stiff_adjoint(fwd, traj, ys_bar)
             pb = pb if params is not None else None
         elif st.adjoint == "discrete":
             y0_bar, pb, through = discrete_adjoint(
@@ -607,7 +661,8 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
            controller="pi", first_step=None, max_steps=100_000, adjoint="discrete",
            regularizers=(), local_regularization=None, seed=None, vjp=None,
            batch_mode="per-trajectory", checkpoint_every=1, throw=False, step_ts=None,
-           callback=None):
+           callback=None, jac: Callable | str | None = None,
+           jac_sparsity: Any = None, jump_ts: Any = None):
     """Solve ``dy/dt = f(t, y, params)`` with an adaptive explicit Runge–Kutta pair.
 
     Parameters
@@ -718,6 +773,12 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
     diffsolve.SolveError
         A failed solve with ``throw=True`` (see ``throw``).
 
+    See Also
+    --------
+    diffsolve.ode.from_torch : A vector field written with PyTorch.
+    diffsolve.ode.from_jax : A vector field written with JAX.
+    diffsolve.ode.TABLEAUX : The Runge--Kutta pairs behind ``method=``.
+
     Notes
     -----
     Gradients: w.r.t. ``y0``, ``params`` (positionally or by keyword) and ``t_eval``
@@ -744,8 +805,8 @@ def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
     """
     settings = odeint_settings(method, rtol, atol, controller, first_step, max_steps,
                                adjoint, regularizers, local_regularization, seed, vjp,
-                               batch_mode, checkpoint_every, throw, callback)
-    result, fwd = _forward(f, y0, t_eval, params, settings, step_ts)
+                               batch_mode, checkpoint_every, throw, callback, jac)
+    result, fwd = _forward(f, y0, t_eval, params, settings, step_ts, jac_sparsity, jump_ts)
     # stacklevel 4: report -> odeint -> DifferentiableFunction.__call__ (or vjp) -> caller
     report(result, throw=settings.throw, fixed_budget=settings.fixed_budget)
     return result, fwd

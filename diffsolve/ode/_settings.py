@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _validate as V
+from ._stiff_tableaux import STIFF_TABLEAUX
 from ._tableaux import TABLEAUX
 
 __all__ = ["ODESettings", "ODEState", "odeint_settings"]
 
 WHERE = "diffsolve.ode.odeint"
-METHODS = tuple(TABLEAUX)
+METHODS = tuple(TABLEAUX) + tuple(STIFF_TABLEAUX)
+STIFF_METHODS = tuple(STIFF_TABLEAUX)
+JAC_RECIPES = ("fd", "vjp")
 CONTROLLERS = ("pi", "i")
 ADJOINTS = ("discrete", "backsolve")
 REGULARIZERS = ("error", "stiffness")
@@ -51,6 +54,7 @@ class ODESettings:
     checkpoint_every: int
     throw: bool
     callback: Callable | None
+    jac: Any = None
 
     @property
     def fixed_budget(self) -> bool:
@@ -110,7 +114,8 @@ class ODEState:
 
 
 def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regularizers,
-          local_regularization, seed, vjp, batch_mode, checkpoint_every, throw, callback):
+          local_regularization, seed, vjp, batch_mode, checkpoint_every, throw, callback,
+          jac=None):
     method = V.choice(WHERE, "method", method, METHODS)
     rtol, atol = V.tolerances(WHERE, rtol, atol)
     controller = V.choice(WHERE, "controller", controller, CONTROLLERS)
@@ -127,6 +132,7 @@ def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regula
     vjp = V.optional_callable(WHERE, "vjp", vjp, signature="vjp(t, y, params, v) -> "
                                                           "(v_y, v_params)")
     seed = V.seed(WHERE, seed)
+    jac = _check_jac(method, jac, adjoint, regularizers)
     if regularizers and adjoint == "backsolve":
         # the backsolve forward keeps no per-step records, and its backward integrates the
         # adjoint ODE, which knows nothing of the solver's error or stiffness estimates
@@ -151,7 +157,28 @@ def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regula
                              "steps) or give rtol/atol > 0")
     return ODESettings(method, rtol, atol, controller, first_step, max_steps, adjoint,
                        regularizers, local_regularization, seed, vjp, batch_mode,
-                       checkpoint_every, throw, callback)
+                       checkpoint_every, throw, callback, jac)
+
+
+def _check_jac(method, jac, adjoint, regularizers):
+    """``jac`` (None, a callable or a recipe name) and the options the stiff methods lack."""
+    if jac is not None and not callable(jac):
+        jac = V.choice(WHERE, "jac", jac, JAC_RECIPES)
+    if method not in STIFF_METHODS:
+        if jac is not None:
+            raise ValueError(f"{WHERE}: jac is used by the implicit methods {STIFF_METHODS}; "
+                             f"method={method!r} is explicit and needs no Jacobian: drop jac, "
+                             "or choose a stiff method")
+        return None
+    if adjoint == "backsolve":
+        raise ValueError(f"{WHERE}: method={method!r} supports adjoint='discrete' only (the "
+                         "backward ODE of the backsolve adjoint would need a stiff solver of "
+                         "its own); use adjoint='discrete'")
+    if regularizers:
+        raise ValueError(f"{WHERE}: regularizers={regularizers} are built from the stages of "
+                         f"the explicit methods; method={method!r} is implicit: drop them, or "
+                         "use an explicit method ('tsit5', 'dopri5', 'bs3')")
+    return "fd" if jac is None else jac
 
 
 _cached = functools.lru_cache(maxsize=256, typed=True)(_make)

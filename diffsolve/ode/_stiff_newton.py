@@ -1,0 +1,158 @@
+"""Simplified Newton for the implicit stages of stiff methods, with Jacobian reuse.
+
+Every implicit stage of an ESDIRK step solves ``g = ψ + hγ f(t_i, g)``. Simplified Newton
+iterates ``g ← g − M⁻¹ (g − ψ − hγ f(t_i, g))`` with ONE matrix ``M = I − h_M γ J`` for
+all stages and, while it keeps working, for many steps: ``J`` and the factorisation of
+``M`` are what cost (``n`` evaluations of ``f`` or a handful of coloured ones for ``J``;
+``O(n³)`` dense or a sparse LU for ``M``), and a stale ``M`` only slows the linear
+convergence of the iteration, never changes the solution it converges to.
+
+Reuse policy (Hairer & Wanner, Solving ODEs II, IV.8, in simplified form):
+
+* the factor of ``M`` is rebuilt when the step size differs from the factor's ``h_M`` by
+  more than :data:`REFACTOR_RATIO` (relative), or after ``J`` is recomputed;
+* ``J`` is recomputed at the start of a step when the previous step's iteration converged
+  slowly (a contraction rate above :data:`SLOW_RATE` or more than :data:`SLOW_ITERS`
+  iterations in a stage), and when an iteration fails with a ``J`` that was not computed
+  at the current step's start (the step is then retried with the fresh ``J``);
+* an iteration that diverges (rate ≥ 1), does not converge in :data:`MAX_ITERS`
+  iterations, or meets a singular ``M`` / non-finite values with a fresh ``J`` rejects the
+  step, and the step size is divided by 4.
+
+Convergence: with the update ``Δ_m`` in the error norm of the step control
+(``rms(Δ / (atol + rtol |y|))``) and the rate ``θ_m = ‖Δ_m‖ / ‖Δ_{m−1}‖``, stop when
+``θ_m / (1 − θ_m) ‖Δ_m‖ ≤ κ`` with :data:`KAPPA` ``= 0.01`` (Hairer–Wanner's
+``η ‖Δ‖ ≤ κ tol``; the first iteration uses the previous stage's ``η`` raised to 0.8).
+
+Linear solves: dense ``J`` is factorised by the LAPACK LU that ``diffsolve.linear.solve``
+uses for ``method="direct"`` (:class:`diffsolve._backend.DenseLU`), sparse ``J`` by its
+sparse LU (SuperLU on the CPU); both report a singular matrix as a status, read here.
+``linear_solver="gmres"`` instead runs the Krylov module's GMRES with a Jacobi
+preconditioner on the (unfactorised) sparse ``M`` and reads its status.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as B
+from .. import krylov
+
+np = B.host_namespace()
+
+__all__ = ["IterationMatrix", "newton_stage"]
+
+REFACTOR_RATIO = 0.2
+SLOW_RATE = 0.5
+SLOW_ITERS = 4
+MAX_ITERS = 8
+KAPPA = 0.01
+
+
+class IterationMatrix:
+    """``J`` (from a :class:`~diffsolve.ode._stiff_jacobian.Jacobian`) and the solver of
+    ``(I − h γ J) x = r``, with the reuse policy of the module docstring."""
+
+    def __init__(self, jacobian, gamma: float, linear_solver: str = "direct",
+                 krylov_rtol: float = 1e-10):
+        self.jacobian = jacobian
+        self.xp, self.n = jacobian.xp, jacobian.n
+        self.gamma = gamma
+        self.linear_solver = linear_solver
+        self.krylov_rtol = krylov_rtol
+        self.J = None
+        self.J_at = None          # the (t, y-id) J was computed at
+        self.fresh = False        # J computed at the current step's start
+        self.stale = True         # recompute J at the next step start
+        self.h_M = None
+        self._lu = None
+        self._M = None
+        self._diag_inv = None
+        self.n_jac = self.n_lu = self.n_solves = 0
+        self.singular = False
+
+    def start_step(self, t: float, y):
+        """At the start of an attempted step: recompute ``J`` if marked stale."""
+        if self.stale or self.J is None:
+            self.recompute(t, y)
+        else:
+            self.fresh = False
+
+    def recompute(self, t: float, y):
+        self.J = self.jacobian(t, y)
+        self.n_jac += 1
+        self.fresh = True
+        self.stale = False
+        self.h_M = None  # forces a new factor
+
+    def prepare(self, h: float) -> bool:
+        """Factorise ``I − hγJ`` unless the current factor's ``h_M`` is close to ``h``.
+        Returns ``False`` when the factorisation is singular."""
+        if self.h_M is not None and abs(h - self.h_M) <= REFACTOR_RATIO * abs(self.h_M):
+            return not self.singular
+        xp, n = self.xp, self.n
+        hg = h * self.gamma
+        J = self.J
+        self.h_M = h
+        self.n_lu += 1
+        self._M = self._lu = None
+        if B.is_sparse(J):
+            eye = type(J)((xp.ones((n,), dtype=J.dtype),
+                           xp.arange(n, dtype=J.indices.dtype),
+                           xp.arange(n + 1, dtype=J.indptr.dtype)), shape=(n, n))
+            M = (eye - J * hg).tocsr()
+            if self.linear_solver == "gmres":
+                self._M = M
+                d = M.diagonal()
+                self.singular = not bool(xp.all(d != 0))
+                self._diag_inv = None if self.singular else 1.0 / d
+                return not self.singular
+            self._lu = B.SparseLU(M, xp)
+        else:
+            M = xp.eye(n, dtype=J.dtype, device=B.device(J)) - hg * J
+            self._lu = B.DenseLU(M, xp)
+        self.singular = bool(self._lu.singular)
+        return not self.singular
+
+    def solve(self, r):
+        """``M⁻¹ r``, or ``None`` when the solve failed (singular ``M``, no convergence)."""
+        self.n_solves += 1
+        if self.singular:
+            return None
+        if self._M is None:
+            return self._lu.solve(r)
+        out = krylov.gmres(self._M, r, rtol=self.krylov_rtol, M=self._diag_inv)
+        return out.x if out.converged else None
+
+
+def newton_stage(rhs, t_i: float, psi, g, hg: float, mat: IterationMatrix, scale, xp,
+                 eta_prev: float):
+    """Solve ``g = ψ + hγ f(t_i, g)`` from the guess ``g``.
+
+    Returns ``(g, k, ok, n_iters, rate, eta)`` with ``k = (g − ψ)/(hγ)`` (so that the stage
+    relation holds exactly; it equals ``f(t_i, g)`` to the iteration's tolerance), ``ok``
+    whether it converged, ``rate`` the largest contraction rate seen.
+    """
+    norm_prev = None
+    rate = 0.0
+    eta = max(eta_prev, 1e-16) ** 0.8
+    for m in range(1, MAX_ITERS + 1):
+        fg = rhs(t_i, g)
+        r = psi + hg * fg - g
+        dg = mat.solve(r)
+        if dg is None:
+            return g, None, False, m, math.inf, eta
+        norm = float(xp.sqrt(xp.mean((dg / scale) ** 2))) if dg.shape[0] else 0.0
+        if not math.isfinite(norm):
+            return g, None, False, m, math.inf, eta
+        g = g + dg
+        if norm_prev is not None:
+            theta = norm / norm_prev if norm_prev > 0 else 0.0
+            rate = max(rate, theta)
+            if theta >= 1.0:
+                return g, None, False, m, theta, eta
+            eta = theta / (1.0 - theta)
+        if eta * norm <= KAPPA or norm == 0.0:
+            return g, (g - psi) / hg, True, m, rate, eta
+        norm_prev = norm
+    return g, None, False, MAX_ITERS, rate, eta

@@ -1,0 +1,58 @@
+"""odeint's entry points into the stiff methods: one trajectory forward, its adjoint back.
+
+:func:`odeint <diffsolve.ode.odeint>` calls :func:`stiff_trajectory` per trajectory when
+``method`` names an implicit tableau (:data:`._stiff_tableaux.STIFF_TABLEAUX`), and
+:func:`stiff_adjoint` from its backward rule. The forward Jacobian follows ``jac`` (finite
+differences by default); the backward one is exact (``jac`` or the VJP assembly).
+"""
+
+from __future__ import annotations
+
+from ._stiff_adjoint import esdirk_adjoint
+from ._stiff_esdirk import ESDIRKStepper, integrate_esdirk
+from ._stiff_jacobian import make_jacobian
+from ._stiff_newton import IterationMatrix
+from ._vector_field import make_vjp
+
+__all__ = ["lazy_vjp", "stiff_adjoint", "stiff_trajectory"]
+
+
+def lazy_vjp(f, vjp, params, shape, xp, jitted):
+    """``fvjp(t, y, v)`` built on its first call (a forward solve that never forms ``J``
+    from VJPs and is never differentiated does not pay for it)."""
+    built = []
+
+    def fvjp(t, y, v):
+        if not built:
+            built.append(make_vjp(f, vjp, params, shape, xp, jitted))
+        return built[0](t, y, v)
+
+    return fvjp
+
+
+def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, dtype,
+                     device, step_ts, f0, callback, trajectory, jac_sparsity, jump_ts):
+    """Integrate one (flattened) trajectory with the ESDIRK tableau ``tab``."""
+    n = y0.shape[0]
+    jacobian = make_jacobian(settings.jac, jac_sparsity, xp=xp, n=n, dtype=dtype,
+                             device=device, rhs=rhs, fvjp=fvjp, params=params, shape=shape)
+    rtol, atol = settings.norm_tolerances
+    mat = IterationMatrix(jacobian, float(tab.gamma))
+    stepper = ESDIRKStepper(xp, tab, n, dtype, device, rtol, atol, mat)
+    traj = integrate_esdirk(stepper, rhs, y0, t_out, controller=settings.controller,
+                            first_step=settings.first_step, max_steps=settings.max_steps,
+                            step_ts=step_ts, f0=f0, callback=callback, shape=shape,
+                            trajectory=trajectory, jump_ts=jump_ts)
+    traj.stats[3] += 1  # f0
+    return traj
+
+
+def stiff_adjoint(fwd, traj, ys_bar):
+    """``(ȳ_0, p̄, a_0)`` of one stiff trajectory (see :mod:`._stiff_adjoint`)."""
+    st = fwd.settings
+    jacobian = make_jacobian(st.jac, fwd.jac_sparsity, xp=fwd.xp, n=fwd.n,
+                             dtype=fwd.y0.dtype, device=fwd.device, rhs=fwd.rhs,
+                             fvjp=fwd.fvjp, params=fwd.params_eff, shape=fwd.shape,
+                             exact=True)
+    return esdirk_adjoint(fwd.tab, jacobian, fwd.fvjp, traj, ys_bar, fwd.xp,
+                          has_params=fwd.params_eff is not None)
