@@ -99,7 +99,7 @@ class DifferentiableFunction:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as err:
             raise TypeError(f"{self.public_name}: {err}") from None
-        names = []
+        names: list[str] = []
         for name, param in self.signature.parameters.items():
             if param.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
                 break
@@ -257,6 +257,13 @@ def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
     (array([2., 6.]),)
     """
 
+    See Also
+    --------
+    diffsolve.vjp : Run a registered solver and get its reverse-mode product.
+    diffsolve.to_torch : Use a registered solver as a PyTorch layer.
+    diffsolve.to_jax : Use a registered solver inside JAX.
+    diffsolve.to_autograd : Use a registered solver inside HIPS autograd.
+
     def decorate(fwd: Callable) -> DifferentiableFunction:
         return DifferentiableFunction(fwd, bwd, result_shapes, result_type,
                                       unwrap_value=unwrap_value, public_name=public_name)
@@ -401,6 +408,19 @@ def vjp(fn: DifferentiableFunction, *args, **kwargs):
             if not fn.unwrap_value or len(positional) > 1 or cotangents:
                 raise TypeError(
                     f"{fn.public_name} vjp: got {len(positional)} positional cotangent(s)"
+    Raises
+    ------
+    TypeError
+        ``fn`` is not a diffsolve solver (registered with :func:`custom_vjp`), or the
+        cotangents name fields that ``fn``'s result does not differentiate.
+
+    See Also
+    --------
+    diffsolve.custom_vjp : Register a function with its own forward and backward rules.
+    diffsolve.to_autograd : The same products inside HIPS autograd.
+    diffsolve.to_torch : The same products inside PyTorch.
+    diffsolve.to_jax : The same products inside JAX.
+
                     f"{' and keyword cotangents' if cotangents else ''}; "
                     + ("pass one cotangent, the array's, positionally or as value=g"
                        if fn.unwrap_value else

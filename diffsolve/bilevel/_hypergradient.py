@@ -236,6 +236,10 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
     atol : float
         Absolute tolerance of implicit-cg and neumann (default 0: ``rtol`` alone decides);
         see ``rtol``.
+    **deprecated
+        The option names used before the solver contract still work with a
+        ``DeprecationWarning`` (each option above names its old name); any other keyword
+        raises ``TypeError``.
 
     Returns
     -------
@@ -257,6 +261,12 @@ def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implici
         implicit-cg or neumann did not reach ``max(rtol ||∇ᵧf||, atol)`` within
         ``maxiter``; the Neumann
         terms grew (``stepsize`` too large for ``∇²ᵧᵧg``); CG met non-positive curvature.
+
+    See Also
+    --------
+    diffsolve.bilevel.solve : Optimise the upper level with these hypergradients.
+    diffsolve.implicit.custom_root : Implicit differentiation of any solver.
+    diffsolve.bilevel.HypergradientInfo : What ``return_info=True`` adds.
 
     Examples
     --------

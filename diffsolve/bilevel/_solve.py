@@ -731,6 +731,10 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
         Raise the :class:`~diffsolve.SolveError` of the status
         (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.DivergedError`,
         :class:`~diffsolve.InfeasibleError`) instead of warning.
+    **deprecated
+        The option names used before the solver contract still work with a
+        ``DeprecationWarning`` (each option above names its old name); any other keyword
+        raises ``TypeError``.
 
     Returns
     -------
@@ -760,6 +764,11 @@ def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
         ``converged=False`` (``throw=False``): ``maxiter`` reached, the iterates diverged,
         or (lv-hba) the constraints are still violated (an empty constraint set, or too
         short a run).
+
+    See Also
+    --------
+    diffsolve.bilevel.hypergradient : One hypergradient at a given point.
+    diffsolve.bilevel.BilevelResult : The result and its history.
 
     Examples
     --------

@@ -172,6 +172,11 @@ def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, v
         with ``throw=True`` the :class:`~diffsolve.SolveError` of its status is raised
         instead.
 
+    See Also
+    --------
+    diffsolve.implicit.custom_root : Attach this VJP to a solver.
+    diffsolve.implicit.ImplicitSolveInfo : What ``return_info=True`` adds.
+
     Examples
     --------
     >>> import numpy as np
@@ -330,6 +335,13 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
         arrays after ``init`` are differentiated; keyword arguments go to the solver only
         and are not differentiated.
 
+    See Also
+    --------
+    diffsolve.implicit.custom_fixed_point : The same for a fixed point ``x = T(x, theta)``.
+    diffsolve.implicit.root_vjp : The implicit VJP alone, without a decorator.
+    diffsolve.implicit.stationarity : ``F`` for an unconstrained minimiser.
+    diffsolve.implicit.kkt_conditions : ``F`` for a constrained minimiser.
+
     Notes
     -----
     ``F`` is evaluated at the returned x*: if the solver stopped far from
@@ -433,6 +445,12 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
     Returns
     -------
     decorator
+
+    See Also
+    --------
+    diffsolve.implicit.custom_root : The same for a root ``F(x, theta) = 0``.
+    diffsolve.implicit.proximal_gradient_fixed_point : ``T`` of proximal gradient.
+    diffsolve.implicit.projected_gradient_fixed_point : ``T`` of projected gradient.
 
     Examples
     --------

@@ -92,6 +92,11 @@ def stationarity(f: Callable | None = None, *, grad: Callable | None = None,
         ``F(x, *theta) = ∇ₓf(x, *theta)``. Its Jacobian ``∇²ₓf`` is symmetric, positive
         definite at a strict minimum: use ``custom_root(F, solve="cg")``.
 
+    See Also
+    --------
+    diffsolve.implicit.kkt_conditions : With equality and inequality constraints.
+    diffsolve.implicit.custom_root : Differentiate a solver through these conditions.
+
     Examples
     --------
     >>> import numpy as np, autograd.numpy as anp
@@ -152,6 +157,11 @@ def proximal_gradient_fixed_point(f: Callable | None, prox: Callable, stepsize: 
     F : callable
         ``F(x, *theta) = x − prox(x − η∇ₓf(x, *theta), η, *theta)``.
 
+    See Also
+    --------
+    diffsolve.implicit.projected_gradient_fixed_point : With a projection instead.
+    diffsolve.implicit.custom_root : Differentiate a solver through the fixed point.
+
     Examples
     --------
     >>> import numpy as np, autograd.numpy as anp
@@ -208,6 +218,13 @@ def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
     F : callable
         ``F(x, *theta) = x − projection(x − η∇ₓf(x, *theta), *theta)``.
 
+    See Also
+    --------
+    diffsolve.implicit.proximal_gradient_fixed_point : With a proximal operator instead.
+    diffsolve.implicit.projection_box : A projection to pass.
+    diffsolve.implicit.projection_simplex : A projection to pass.
+    diffsolve.implicit.custom_root : Differentiate a solver through the fixed point.
+
     Examples
     --------
     >>> import numpy as np, autograd.numpy as anp
@@ -253,7 +270,7 @@ def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
 
 def kkt_conditions(f: Callable, n: int, eq: Callable | None = None,
                    ineq: Callable | None = None) -> Callable:
-    """The KKT conditions of ``min_x f(x, *θ) s.t. eq(x, *θ) = 0, ineq(x, *θ) <= 0``.
+    """The KKT conditions of ``min_x f(x, *θ)`` subject to ``eq(x, *θ) = 0, ineq(x, *θ) <= 0``.
 
     The primal-dual variable is **one stacked vector** ``z = [x, ν, λ]``: ``x`` (size
     ``n``), the multipliers ``ν`` of the ``p`` equality constraints, then the multipliers
@@ -279,6 +296,12 @@ def kkt_conditions(f: Callable, n: int, eq: Callable | None = None,
         dual feasibility inequalities are not equations and are left out, as usual: the
         gradient is that of the active set at the solution (strict complementarity
         assumed). ``∂F/∂z`` is not symmetric: use ``solve="gmres"`` (default).
+
+    See Also
+    --------
+    diffsolve.implicit.stationarity : Without constraints.
+    diffsolve.implicit.projected_gradient_fixed_point : Simple constraint sets by projection.
+    diffsolve.implicit.custom_root : Differentiate a solver through these conditions.
 
     Examples
     --------

@@ -70,6 +70,13 @@ def projection_nonnegative(x):
     array
         x's shape, namespace and dtype.
 
+    See Also
+    --------
+    diffsolve.implicit.projection_box : Another convex set.
+    diffsolve.implicit.projection_ball : Another convex set.
+    diffsolve.implicit.projection_simplex : Another convex set.
+    diffsolve.implicit.projected_gradient_fixed_point : Uses a projection as ``T``.
+
     Examples
     --------
     >>> import numpy as np
@@ -102,6 +109,13 @@ def projection_box(x, lower, upper):
     ------
     ValueError
         When some ``lower > upper`` (the box is empty).
+
+    See Also
+    --------
+    diffsolve.implicit.projection_nonnegative : Another convex set.
+    diffsolve.implicit.projection_ball : Another convex set.
+    diffsolve.implicit.projection_simplex : Another convex set.
+    diffsolve.implicit.projected_gradient_fixed_point : Uses a projection as ``T``.
 
     Examples
     --------
@@ -148,6 +162,13 @@ def projection_ball(x, radius=1.0):
     -------
     array
 
+    See Also
+    --------
+    diffsolve.implicit.projection_nonnegative : Another convex set.
+    diffsolve.implicit.projection_box : Another convex set.
+    diffsolve.implicit.projection_simplex : Another convex set.
+    diffsolve.implicit.projected_gradient_fixed_point : Uses a projection as ``T``.
+
     Examples
     --------
     >>> import numpy as np
@@ -190,6 +211,13 @@ def projection_simplex(x, value=1.0):
     Returns
     -------
     array
+
+    See Also
+    --------
+    diffsolve.implicit.projection_nonnegative : Another convex set.
+    diffsolve.implicit.projection_box : Another convex set.
+    diffsolve.implicit.projection_ball : Another convex set.
+    diffsolve.implicit.projected_gradient_fixed_point : Uses a projection as ``T``.
 
     Examples
     --------

@@ -35,6 +35,22 @@ def to_autograd(fn):
     (or boxes) and the ``data`` of a :class:`diffsolve.CSR`; SciPy sparse matrices are
     constants.
 
+    Parameters
+    ----------
+    fn : DifferentiableFunction
+        A diffsolve solver (any function registered with :func:`~diffsolve.custom_vjp`).
+
+    Returns
+    -------
+    callable
+        ``fn`` as an autograd primitive: same arguments, same result type.
+
+    See Also
+    --------
+    diffsolve.to_torch : The same adapter for PyTorch.
+    diffsolve.to_jax : The same adapter for JAX.
+    diffsolve.vjp : Reverse mode without any framework.
+
     Examples
     --------
     >>> import autograd, autograd.numpy as anp, numpy as np

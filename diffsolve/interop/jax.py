@@ -66,6 +66,19 @@ def to_jax(fn, *, vmap_method: str = "sequential"):
         How ``jax.vmap`` runs the callback: ``"sequential"`` (default; one solve per batch
         element, always correct) or another ``jax.pure_callback`` method.
 
+    Returns
+    -------
+    callable
+        ``fn`` as a JAX function with a custom VJP (traceable by ``jax.jit``, ``jax.grad``
+        and ``jax.vmap``): same arguments, same result type, JAX arrays in every field.
+
+    See Also
+    --------
+    diffsolve.to_autograd : The same adapter for HIPS autograd.
+    diffsolve.to_torch : The same adapter for PyTorch (zero-copy on the GPU).
+    diffsolve.ode.from_jax : A JAX vector field for :func:`diffsolve.ode.odeint`.
+    diffsolve.vjp : Reverse mode without any framework.
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp

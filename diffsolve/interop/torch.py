@@ -90,6 +90,24 @@ def to_torch(fn):
     rule is first order only: a backward pass through the solver with ``create_graph=True``
     raises instead of treating the solution as a constant in the second derivative.
 
+    Parameters
+    ----------
+    fn : DifferentiableFunction
+        A diffsolve solver (any function registered with :func:`~diffsolve.custom_vjp`).
+
+    Returns
+    -------
+    callable
+        ``fn`` as a function of tensors: same arguments, same result type, tensors in the
+        differentiable fields.
+
+    See Also
+    --------
+    diffsolve.to_autograd : The same adapter for HIPS autograd.
+    diffsolve.to_jax : The same adapter for JAX.
+    diffsolve.ode.from_torch : A PyTorch vector field for :func:`diffsolve.ode.odeint`.
+    diffsolve.vjp : Reverse mode without any framework.
+
     Examples
     --------
     >>> import torch

@@ -185,6 +185,19 @@ def cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callback=Non
         ``message``. Failures are returned, never warned about or raised: the caller
         reads ``status`` (and reports it with :func:`diffsolve._status.report`).
 
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+
+    See Also
+    --------
+    diffsolve.krylov.minres : Symmetric indefinite systems.
+    diffsolve.krylov.gmres : Nonsymmetric systems.
+    diffsolve.linear.solve : The differentiable front end (``method="cg"`` / ``"pcg"``).
+
     Notes
     -----
     Each system is solved for ``b / s``, ``s`` a power of two near ``max|b|``, so

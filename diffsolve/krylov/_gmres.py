@@ -73,6 +73,19 @@ def gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30, maxiter=None, M=Non
     -------
     KrylovResult
 
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+
+    See Also
+    --------
+    diffsolve.krylov.cg : Symmetric positive definite systems.
+    diffsolve.krylov.minres : Symmetric indefinite systems.
+    diffsolve.implicit.custom_root : Uses GMRES for nonsymmetric implicit systems.
+
     Examples
     --------
     >>> import numpy as np

@@ -76,6 +76,18 @@ def minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
         then a least-squares solution), when ``M`` is not positive definite or ``A`` not
         symmetric, or when the true residual stagnates above the tolerance.
 
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+
+    See Also
+    --------
+    diffsolve.krylov.cg : Symmetric positive definite systems.
+    diffsolve.krylov.gmres : Nonsymmetric systems.
+
     Examples
     --------
     >>> import numpy as np

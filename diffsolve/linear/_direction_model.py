@@ -563,7 +563,36 @@ class ConvDirectionModel:
 
 
 def load_direction_model(path, *, like=None):
-    """Load a :class:`ConvDirectionModel` saved with :meth:`ConvDirectionModel.save`."""
+    """Load a :class:`ConvDirectionModel` saved with :meth:`ConvDirectionModel.save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file written by :meth:`ConvDirectionModel.save`.
+    like : array, optional
+        Put the weights on this array's namespace and device (default: NumPy).
+
+    Returns
+    -------
+    ConvDirectionModel
+        The model, with the architecture, weights and grid binding that were saved.
+
+    See Also
+    --------
+    diffsolve.linear.ConvDirectionModel : The model class and its ``save``.
+    diffsolve.linear.pretrained_direction_model : The shipped models.
+    diffsolve.linear.train_direction_model : Train a model on your own matrices.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from diffsolve.linear import ConvDirectionModel, load_direction_model
+    >>> model = ConvDirectionModel(dim=2, channels=4, n_blocks=1, seed=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> model.save(path)
+    >>> load_direction_model(path).config() == model.config()
+    True
+    """
     return ConvDirectionModel.load(path, like=like)
 
 
@@ -578,6 +607,17 @@ def pretrained_direction_model(name="poisson2d-64", *, like=None):
         mask with :meth:`ConvDirectionModel.on_grid`).
     like : array, optional
         Put the weights on this array's namespace/device.
+
+    Returns
+    -------
+    ConvDirectionModel
+        The trained network, ready for ``solve(A, b, method="dcdm", model=...)``.
+
+    See Also
+    --------
+    diffsolve.linear.load_direction_model : Load a model you saved.
+    diffsolve.linear.train_direction_model : Train a model on your own matrices.
+    diffsolve.linear.solve : ``method="dcdm"`` uses the model.
 
     Examples
     --------

@@ -409,6 +409,31 @@ def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, 
         (``||b - A x||`` recomputed at the end), ``status``, ``message``, ``info`` (0, the
         iteration count when not converged, -1 for a breakdown, as SciPy).
 
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+    diffsolve.SolveError
+        Only with ``throw=True``: the subclass matching the result's ``status``
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.NonFiniteError`, ...),
+        carrying the :class:`LinearSolveResult` as ``result``.
+
+    Warns
+    -----
+    diffsolve.ConvergenceWarning
+        With ``throw=False`` (the default), when the solve stops without meeting its
+        tolerance; the :class:`LinearSolveResult` is returned and its ``message`` says what to
+        try. A budget requested on purpose (``rtol = atol = 0``) does not warn.
+
+    See Also
+    --------
+    diffsolve.krylov.cg : The conjugate-gradient kernel behind ``method="cg"`` / ``"pcg"``.
+    diffsolve.linear.OmegaBandit : Learn ``omega`` of ``"sor"`` / ``"ssor-cg"`` over a sequence.
+    diffsolve.linear.pretrained_direction_model : The shipped network of ``method="dcdm"``.
+    diffsolve.vjp : Differentiate a solve without a framework.
+
     Notes
     -----
     Backward rule: with ``λ = A⁻ᵀ x̄`` solved by the same method, ``b̄ = λ`` and

@@ -205,11 +205,20 @@ def train_direction_model(A, grid_shape, *, mask=None, model=None, channels=16, 
     max_seconds : float, optional
         Wall-time budget: training stops after the step that exceeds it (the history then
         has fewer than ``n_steps`` entries).
+    channels, n_blocks : int
+        Architecture of a new model (see :class:`ConvDirectionModel`); not used when
+        ``model`` is given.
 
     Returns
     -------
     DirectionTrainingResult
         ``model``, ``loss_history``, ``ritz_values``, ``seconds``.
+
+    See Also
+    --------
+    diffsolve.linear.ConvDirectionModel : The network being trained.
+    diffsolve.linear.pretrained_direction_model : Models trained on 2-D Poisson.
+    diffsolve.linear.solve : ``method="dcdm"`` solves with the trained model.
 
     Examples
     --------

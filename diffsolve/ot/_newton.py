@@ -692,6 +692,10 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=100, n_
     throw : bool
         Raise the status's :class:`diffsolve.SolveError` subclass instead of warning when
         a problem does not reach its tolerance.
+    **deprecated
+        The option names used before the solver contract, ``tol`` and ``max_iter``, still
+        work with a ``DeprecationWarning`` (see ``rtol``, ``atol`` and ``maxiter`` above);
+        any other keyword raises ``TypeError``.
 
     Returns
     -------
@@ -702,6 +706,29 @@ def sinkhorn_newton_sparse(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=100, n_
         fallback Sinkhorn iterations), ``n_cg``, ``n_fallbacks``, ``converged``, ``error``,
         ``status``, ``tolerance``, ``message``. All fields have fixed shapes, so the
         solver works under ``diffsolve.to_jax`` with ``jax.jit``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+    diffsolve.SolveError
+        Only with ``throw=True``: the subclass matching the result's ``status``
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.NonFiniteError`, ...),
+        carrying the :class:`SNSResult` as ``result``.
+
+    Warns
+    -----
+    diffsolve.ConvergenceWarning
+        With ``throw=False`` (the default), when the solve stops without meeting its
+        tolerance; the :class:`SNSResult` is returned and its ``message`` says what to
+        try. A budget requested on purpose (``rtol = atol = 0``) does not warn.
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn : Log-domain Sinkhorn alone.
+    diffsolve.ot.SNSResult : The result, with the split of work between the two stages.
 
     Notes
     -----

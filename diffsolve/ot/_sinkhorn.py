@@ -750,6 +750,10 @@ def sinkhorn(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=10_000, error_measure
         several times faster on the CPU, one more ``(n, m)`` array. ``"auto"``:
         ``"absorbed"`` for NumPy, ``"lse"`` elsewhere (on CuPy the fused kernels are
         memory-bound like a product, and need no per-iteration host sync).
+    **deprecated
+        The option names used before the solver contract, ``tol`` and ``max_iter``, still
+        work with a ``DeprecationWarning`` (see ``rtol``, ``atol`` and ``maxiter`` above);
+        any other keyword raises ``TypeError``.
 
     Returns
     -------
@@ -764,6 +768,31 @@ def sinkhorn(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=10_000, error_measure
         ``message``: Python scalars for one problem, arrays of shape ``(...)`` for a
         batch. A failed solve warns :class:`diffsolve.ConvergenceWarning` (or raises with
         ``throw=True``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+    diffsolve.SolveError
+        Only with ``throw=True``: the subclass matching the result's ``status``
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.NonFiniteError`, ...),
+        carrying the :class:`OTResult` as ``result``.
+
+    Warns
+    -----
+    diffsolve.ConvergenceWarning
+        With ``throw=False`` (the default), when the solve stops without meeting its
+        tolerance; the :class:`OTResult` is returned and its ``message`` says what to
+        try. A budget requested on purpose (``rtol = atol = 0``) does not warn.
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn_newton_sparse : Newton steps after Sinkhorn (small ``eps``).
+    diffsolve.ot.sparse_ot : Plans with at most ``k`` nonzeros per column.
+    diffsolve.ot.quadratic_ot : Quadratically regularised OT (sparse plans).
+    diffsolve.to_torch : Use the solver as a PyTorch layer.
 
     Notes
     -----

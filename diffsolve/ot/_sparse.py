@@ -1018,6 +1018,10 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", rtol=None, atol=0.0
         ``f``, ``g`` (the current dual variables ``alpha``, ``beta``; not yet in the
         gauge ``mean(f) = 0``), ``error`` (L1 marginal violation) and ``problem`` (batch
         index or None). Returning ``True`` stops that problem (``Status.STOPPED``).
+    **deprecated
+        The option names used before the solver contract, ``tol`` and ``max_iter``, still
+        work with a ``DeprecationWarning`` (see ``rtol``, ``atol`` and ``maxiter`` above);
+        any other keyword raises ``TypeError``.
 
     Returns
     -------
@@ -1036,6 +1040,29 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", rtol=None, atol=0.0
         one top-k selection at a kink of the dual (an element of its supergradient) and
         misses the marginals: ``status`` is then ``INFEASIBLE`` (a warning) unless the
         violation is within the tolerance.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+    diffsolve.SolveError
+        Only with ``throw=True``: the subclass matching the result's ``status``
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.NonFiniteError`, ...),
+        carrying the :class:`SparseOTResult` as ``result``.
+
+    Warns
+    -----
+    diffsolve.ConvergenceWarning
+        With ``throw=False`` (the default), when the solve stops without meeting its
+        tolerance; the :class:`SparseOTResult` is returned and its ``message`` says what to
+        try. A budget requested on purpose (``rtol = atol = 0``) does not warn.
+
+    See Also
+    --------
+    diffsolve.ot.quadratic_ot : The same without the sparsity constraint.
+    diffsolve.ot.sinkhorn : Entropic OT (dense plans).
 
     Notes
     -----
@@ -1097,6 +1124,10 @@ def quadratic_ot(a, b, C, gamma, *, formulation="dual", rtol=None, atol=0.0, max
         Default ``"dual"``: with no top-k its objective needs no sorting, one pass over
         ``C`` per evaluation; ``"semi-dual"`` projects every column onto the simplex
         (a sort per column) but usually needs fewer iterations.
+    **deprecated
+        The option names used before the solver contract, ``tol`` and ``max_iter``, still
+        work with a ``DeprecationWarning`` (see ``rtol``, ``atol`` and ``maxiter`` above);
+        any other keyword raises ``TypeError``.
 
     Returns
     -------
@@ -1105,6 +1136,29 @@ def quadratic_ot(a, b, C, gamma, *, formulation="dual", rtol=None, atol=0.0, max
         largest entries first). ``cost`` (the dual value) equals ``primal_cost`` at
         convergence (no duality
         gap: the problem is convex).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input: a wrong shape or dtype, an unknown option value, an option out of range,
+        arrays from two libraries. The message names the argument, what was received and
+        what would work.
+    diffsolve.SolveError
+        Only with ``throw=True``: the subclass matching the result's ``status``
+        (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.NonFiniteError`, ...),
+        carrying the :class:`QuadraticOTResult` as ``result``.
+
+    Warns
+    -----
+    diffsolve.ConvergenceWarning
+        With ``throw=False`` (the default), when the solve stops without meeting its
+        tolerance; the :class:`QuadraticOTResult` is returned and its ``message`` says what to
+        try. A budget requested on purpose (``rtol = atol = 0``) does not warn.
+
+    See Also
+    --------
+    diffsolve.ot.sparse_ot : With at most ``k`` nonzeros per column.
+    diffsolve.ot.sinkhorn : Entropic OT (dense plans).
 
     Examples
     --------
