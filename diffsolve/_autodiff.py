@@ -26,13 +26,21 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from . import _backend as B
 
 __all__ = ["BackwardContext", "Cotangents", "DifferentiableFunction", "custom_vjp", "vjp"]
+
+# a solver's parameters and its result type: calling a DifferentiableFunction made from
+# ``fwd: Callable[P, tuple[R, residuals]]`` takes P and returns R
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: ``bwd(ctx, cotangents) -> tuple``, one cotangent (or ``None``) per positional argument
+BackwardRule = Callable[["BackwardContext", dict[str, Any]], tuple[Any, ...]]
 
 
 @dataclass
@@ -56,7 +64,7 @@ class BackwardContext:
     residuals: Any = None
 
 
-class DifferentiableFunction:
+class DifferentiableFunction(Generic[P, R]):
     """A solver with a hand-written backward rule (made by :func:`custom_vjp`).
 
     Calling it returns the result only. ``fwd`` returns ``(result, residuals)``, ``bwd`` is
@@ -67,9 +75,10 @@ class DifferentiableFunction:
     ``public_name`` names it in error messages (default ``diffsolve.<family>.<name>``).
     """
 
-    def __init__(self, fwd: Callable, bwd: Callable, result_shapes: Callable | None = None,
+    def __init__(self, fwd: Callable[P, tuple[R, Any]], bwd: BackwardRule,
+                 result_shapes: Callable[..., dict[str, Any]] | None = None,
                  result_type: type | None = None, *, unwrap_value: bool = False,
-                 public_name: str | None = None):
+                 public_name: str | None = None) -> None:
         functools.update_wrapper(self, fwd)
         self.fwd = fwd
         self.bwd = bwd
@@ -79,7 +88,7 @@ class DifferentiableFunction:
         self.public_name = public_name or \
             f"diffsolve.{fwd.__module__.split('.')[1]}.{fwd.__name__}"
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         result, _ = self.fwd(*args, **kwargs)
         return self.output(result)
 
@@ -111,7 +120,7 @@ class DifferentiableFunction:
                 names.append(name)
         return bound.args, bound.kwargs, tuple(names)
 
-    def output(self, result):
+    def output(self, result: Any) -> Any:
         """What callers get for a result: the result itself, or its ``value`` field."""
         return result.value if self.unwrap_value else result
 
@@ -168,7 +177,7 @@ class DifferentiableFunction:
             grads = self._run_bwd(ctx, filled)
         return tuple(wrap_cotangent(a, g) for a, g in zip(ctx.args, grads))
 
-    def _run_bwd(self, ctx, cotangents) -> tuple:
+    def _run_bwd(self, ctx: BackwardContext, cotangents: dict[str, Any]) -> tuple:
         grads = self.bwd(ctx, cotangents)
         if len(grads) != len(ctx.args):
             raise RuntimeError(
@@ -177,7 +186,7 @@ class DifferentiableFunction:
             )
         return tuple(grads)
 
-    def _as_cotangent(self, name, g, out):
+    def _as_cotangent(self, name: str, g: Any, out: Any) -> Any:
         """A cotangent as an array of the output's namespace and dtype.
 
         Python and 0-d scalars are accepted for 0-d outputs (``vjp_fn(cost=1.0)``).
@@ -207,9 +216,20 @@ class DifferentiableFunction:
         return g
 
 
-def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
+@overload
+def custom_vjp(bwd: BackwardRule, result_shapes: Callable[..., dict[str, Any]] | None = None,
+               result_type: type | None = None, *, unwrap_value: Literal[False] = False,
+               public_name: str | None = None,
+               ) -> Callable[[Callable[P, tuple[R, Any]]], DifferentiableFunction[P, R]]: ...
+@overload
+def custom_vjp(bwd: BackwardRule, result_shapes: Callable[..., dict[str, Any]] | None = None,
+               result_type: type | None = None, *, unwrap_value: Literal[True],
+               public_name: str | None = None,
+               ) -> Callable[[Callable[P, tuple[Any, Any]]], DifferentiableFunction[P, Any]]: ...
+def custom_vjp(bwd: BackwardRule, result_shapes: Callable[..., dict[str, Any]] | None = None,
                result_type: type | None = None, *, unwrap_value: bool = False,
-               public_name: str | None = None):
+               public_name: str | None = None,
+               ) -> Callable[[Callable[P, tuple[Any, Any]]], DifferentiableFunction[P, Any]]:
     """Decorate a forward rule ``fwd(*args, **kwargs) -> (result, residuals)``.
 
     Parameters
@@ -264,21 +284,21 @@ def custom_vjp(bwd: Callable, result_shapes: Callable | None = None,
     diffsolve.to_jax : Use a registered solver inside JAX.
     diffsolve.to_autograd : Use a registered solver inside HIPS autograd.
 
-    def decorate(fwd: Callable) -> DifferentiableFunction:
+    def decorate(fwd: Callable[P, tuple[Any, Any]]) -> DifferentiableFunction[P, Any]:
         return DifferentiableFunction(fwd, bwd, result_shapes, result_type,
                                       unwrap_value=unwrap_value, public_name=public_name)
 
     return decorate
 
 
-def _all_finite(g) -> bool:
+def _all_finite(g: Any) -> bool:
     xp = B.array_namespace(g)
     if not xp.isdtype(g.dtype, ("real floating", "complex floating")):
         return True
     return bool(xp.all(xp.isfinite(g)))
 
 
-def _nan_like(g):
+def _nan_like(g: Any) -> Any:
     if B.is_sparse(g):
         A = B.as_csr(g)
         return type(A)((_nan_like(A.data), A.indices, A.indptr), shape=A.shape)
@@ -294,14 +314,19 @@ class Cotangents(tuple):
     raises a ``KeyError`` that says the option is not differentiated.
     """
 
-    def __new__(cls, values, names, where, nondiff=()):
+    names: tuple[str, ...]
+    _where: str
+    _nondiff: tuple[str, ...]
+
+    def __new__(cls, values: Iterable[Any], names: Iterable[str], where: str,
+                nondiff: Iterable[str] = ()) -> Cotangents:
         self = super().__new__(cls, values)
         self.names = tuple(names)
         self._where = where
         self._nondiff = tuple(nondiff)
         return self
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             if key in self.names:
                 return tuple.__getitem__(self, self.names.index(key))
@@ -321,12 +346,12 @@ class Cotangents(tuple):
         return dict(zip(self.names, self))
 
 
-def is_array_argument(arg) -> bool:
+def is_array_argument(arg: Any) -> bool:
     """Whether a positional argument gets a cotangent slot (arrays, matrices, operators)."""
     return B.is_array(arg) or B.is_sparse(arg) or B.is_linear_operator(arg)
 
 
-def zero_cotangent(arg):
+def zero_cotangent(arg: Any) -> Any:
     """The zero cotangent of one positional argument (``None`` if not differentiable)."""
     if B.is_sparse(arg):
         data = B.as_csr(arg).data if not isinstance(arg, B.CSR) else arg.data
@@ -340,7 +365,7 @@ def zero_cotangent(arg):
     return None
 
 
-def wrap_cotangent(arg, g):
+def wrap_cotangent(arg: Any, g: Any) -> Any:
     """Put a backward rule's cotangent ``g`` for ``arg`` into ``arg``'s own type."""
     if g is None:
         return None
@@ -352,7 +377,8 @@ def wrap_cotangent(arg, g):
     return g
 
 
-def vjp(fn: DifferentiableFunction, *args, **kwargs):
+def vjp(fn: DifferentiableFunction[..., R], *args: Any, **kwargs: Any,
+        ) -> tuple[R, Callable[..., Cotangents]]:
     """Solve and return the result with a function that maps output cotangents to input ones.
 
     Framework-free reverse mode: no autodiff system is involved, so this is the way to put
@@ -399,11 +425,12 @@ def vjp(fn: DifferentiableFunction, *args, **kwargs):
             "systems through diffsolve.to_torch / to_jax / to_autograd"
         )
     args, kwargs, names = fn.bind(args, kwargs)
+    result: Any  # the dataclass, also where fn returns its value field
     result, residuals = fn.fwd(*args, **kwargs)
     keep = [i for i, a in enumerate(args) if is_array_argument(a)]
     nondiff = [k for k, v in kwargs.items() if is_array_argument(v)]
 
-    def vjp_fn(*positional, **cotangents):
+    def vjp_fn(*positional: Any, **cotangents: Any) -> Cotangents:
         if positional:
             if not fn.unwrap_value or len(positional) > 1 or cotangents:
                 raise TypeError(
