@@ -9,6 +9,7 @@ chunks on GPU workers) and reduces block-pair partials in trees, so no solver ha
 code path. See ``docs/distributed.md``.
 """
 
+from ._batched import compute, hypergradient, linear_solve, odeint, persist, sinkhorn, vjp
 from ._dask import dask_modules as _dask_modules
 from ._sharded import (
     PointCloudGradients,
@@ -23,5 +24,12 @@ __all__ = [
     "PointCloudGradients",
     "PointCloudOTResult",
     "PointCloudSettings",
+    "compute",
+    "hypergradient",
+    "linear_solve",
+    "odeint",
+    "persist",
+    "sinkhorn",
     "sinkhorn_pointcloud",
+    "vjp",
 ]
