@@ -63,6 +63,11 @@ class CSR:
     shape : tuple of int
         ``(n_rows, n_cols)``.
 
+    See Also
+    --------
+    diffsolve.to_torch : Differentiate a sparse matrix given as a ``CSR`` of tensors.
+    diffsolve.linear.solve : Accepts a ``CSR`` wherever it accepts a SciPy CSR matrix.
+
     Examples
     --------
     >>> import numpy as np, scipy.sparse as sp

@@ -32,6 +32,22 @@ class SolverResult:
     :class:`~diffsolve.Status`), ``converged`` (``True`` only when the returned answer
     meets the tolerance the result reports), ``message`` (why it stopped, what to try) and
     ``n_iters``.
+
+    See Also
+    --------
+    diffsolve.Status : The ``status`` field.
+    diffsolve.linear.LinearSolveResult : One concrete result.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> res = ds.linear.solve(A, np.ones(2), method="cg")
+    >>> isinstance(res, ds.SolverResult), res.status.name, res.converged
+    (True, 'SUCCESS', True)
+    >>> res.replace(n_iters=0).n_iters, res.n_iters
+    (0, 2)
     """
 
     differentiable_fields: ClassVar[tuple[str, ...]] = ()
@@ -53,6 +69,24 @@ class ValueResult(SolverResult):
     ----------
     value : array
         The output (differentiable).
+
+    See Also
+    --------
+    diffsolve.custom_vjp : ``unwrap_value=True`` returns the ``value`` field itself.
+    diffsolve.implicit.custom_root : Its solvers return a bare array this way.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> def bwd(ctx, cot):
+    ...     return (2.0 * ctx.args[0] * cot["value"],)
+    >>> @ds.custom_vjp(bwd, unwrap_value=True)
+    ... def square(x):
+    ...     return ds.ValueResult(value=x ** 2), None
+    >>> y, f_vjp = ds.vjp(square, np.array([1.0, 3.0]))
+    >>> y, f_vjp(np.ones(2))
+    (array([1., 9.]), (array([2., 6.]),))
     """
 
     value: Any

@@ -40,7 +40,25 @@ __all__ = [
 
 
 class ConvergenceWarning(RuntimeWarning):
-    """A solver stopped before reaching its tolerance; the message says what to try."""
+    """A solver stopped before reaching its tolerance; the message says what to try.
+
+    See Also
+    --------
+    diffsolve.SolveError : Raised instead with ``throw=True``.
+    diffsolve.Status : The status codes and what to try for each.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     res = ds.linear.solve(A, np.ones(2), method="cg", rtol=1e-12, maxiter=1)
+    >>> caught[0].category is ds.ConvergenceWarning, res.status.name
+    (True, 'MAX_ITERATIONS')
+    """
 
 
 class Status(enum.IntEnum):
@@ -48,6 +66,38 @@ class Status(enum.IntEnum):
 
     The integer values are stable (``ode`` results used 0, 1, 2 before this enum existed).
     :meth:`hint` is the generic advice; solvers prepend their own details.
+
+    Attributes
+    ----------
+    SUCCESS : 0
+        The tolerance was met (the only success).
+    MAX_ITERATIONS : 1
+        The iteration (or step) budget ran out.
+    STEP_UNDERFLOW : 2
+        An adaptive step size underflowed.
+    BREAKDOWN : 3
+        A Krylov or factorisation breakdown (singular, not positive definite).
+    NONFINITE : 4
+        NaN or inf appeared.
+    INFEASIBLE : 5
+        The problem has no feasible point.
+    DIVERGED : 6
+        The iterates grew without bound.
+    STOPPED : 7
+        The ``callback`` asked to stop.
+
+    See Also
+    --------
+    diffsolve.SolveError : The exception that carries a failed status.
+    diffsolve.ConvergenceWarning : The warning that reports one.
+
+    Examples
+    --------
+    >>> import diffsolve as ds
+    >>> ds.Status(1).name
+    'MAX_ITERATIONS'
+    >>> ds.Status.MAX_ITERATIONS.hint().split(";")[0]
+    'the iteration budget ran out before the tolerance was met'
     """
 
     SUCCESS = 0
@@ -99,6 +149,22 @@ class SolveError(RuntimeError):
         Why it stopped.
     result : SolverResult or None
         The result the solver would have returned with ``throw=False`` (for inspection).
+
+    See Also
+    --------
+    diffsolve.ConvergenceWarning : What a failed solve emits with ``throw=False``.
+    diffsolve.Status : The status codes and what to try for each.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> try:
+    ...     ds.linear.solve(A, np.ones(2), method="cg", rtol=1e-12, maxiter=1, throw=True)
+    ... except ds.SolveError as err:
+    ...     print(type(err).__name__, err.result.converged)
+    MaxIterationsError False
     """
 
     status: Status | None = None
@@ -111,37 +177,186 @@ class SolveError(RuntimeError):
 
 
 class MaxIterationsError(SolveError):
-    """The iteration (or step) budget ran out."""
+    """The iteration (or step) budget ran out.
+
+    Attributes
+    ----------
+    status : Status
+        Why the solve stopped.
+    result : SolverResult or None
+        The result the solver would have returned with ``throw=False``.
+
+    See Also
+    --------
+    diffsolve.SolveError : The base class: catch it for every failed solve.
+    diffsolve.Status : The status codes and what to try for each.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> try:
+    ...     ds.linear.solve(A, np.ones(2), method="cg", rtol=1e-12, maxiter=1, throw=True)
+    ... except ds.MaxIterationsError as err:
+    ...     print(err.status.name, err.result.n_iters)
+    MAX_ITERATIONS 1
+    """
 
     status = Status.MAX_ITERATIONS
 
 
 class StepUnderflowError(SolveError):
-    """An adaptive step size underflowed."""
+    """An adaptive step size underflowed.
+
+    Attributes
+    ----------
+    status : Status
+        Why the solve stopped.
+    result : SolverResult or None
+        The result the solver would have returned with ``throw=False``.
+
+    See Also
+    --------
+    diffsolve.SolveError : The base class: catch it for every failed solve.
+    diffsolve.Status : The status codes and what to try for each.
+
+    Examples
+    --------
+    ``y' = y²`` from ``y(0) = 1`` blows up at ``t = 1``:
+
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> try:
+    ...     ds.ode.odeint(lambda t, y, p: y ** 2, np.ones(1), np.array([0.0, 2.0]), np.zeros(1),
+    ...                   throw=True)
+    ... except ds.StepUnderflowError as err:
+    ...     print(err.status.name)
+    STEP_UNDERFLOW
+    """
 
     status = Status.STEP_UNDERFLOW
 
 
 class BreakdownError(SolveError):
-    """A Krylov or factorisation breakdown: singular or not positive definite."""
+    """A Krylov or factorisation breakdown: singular or not positive definite.
+
+    Attributes
+    ----------
+    status : Status
+        Why the solve stopped.
+    result : SolverResult or None
+        The result the solver would have returned with ``throw=False``.
+
+    See Also
+    --------
+    diffsolve.SolveError : The base class: catch it for every failed solve.
+    diffsolve.Status : The status codes and what to try for each.
+
+    Examples
+    --------
+    Conjugate gradients on an indefinite matrix:
+
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> try:
+    ...     ds.linear.solve(np.diag([1.0, -1.0]), np.ones(2), method="cg", throw=True)
+    ... except ds.BreakdownError as err:
+    ...     print(err.status.name)
+    BREAKDOWN
+    """
 
     status = Status.BREAKDOWN
 
 
 class NonFiniteError(SolveError):
-    """NaN or inf appeared in the iteration."""
+    """NaN or inf appeared in the iteration.
+
+    Attributes
+    ----------
+    status : Status
+        Why the solve stopped.
+    result : SolverResult or None
+        The result the solver would have returned with ``throw=False``.
+
+    See Also
+    --------
+    diffsolve.SolveError : The base class: catch it for every failed solve.
+    diffsolve.Status : The status codes and what to try for each.
+
+    Examples
+    --------
+    A vector field that returns NaN after ``t = 0.5``:
+
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> f = lambda t, y, p: -y if t < 0.5 else y * np.nan
+    >>> try:
+    ...     ds.ode.odeint(f, np.ones(1), np.array([0.0, 2.0]), np.zeros(1), throw=True)
+    ... except ds.NonFiniteError as err:
+    ...     print(err.status.name)
+    NONFINITE
+    """
 
     status = Status.NONFINITE
 
 
 class InfeasibleError(SolveError):
-    """The problem has no feasible point."""
+    """The problem has no feasible point.
+
+    Attributes
+    ----------
+    status : Status
+        Why the solve stopped.
+    result : SolverResult or None
+        The result the solver would have returned with ``throw=False``.
+
+    See Also
+    --------
+    diffsolve.SolveError : The base class: catch it for every failed solve.
+    diffsolve.Status : The status codes and what to try for each.
+    diffsolve.bilevel.solve : ``method="lv-hba"`` raises it when its constraints stay violated.
+
+    Examples
+    --------
+    >>> import diffsolve as ds
+    >>> err = ds.InfeasibleError("constraints violated", status=ds.Status.INFEASIBLE)
+    >>> isinstance(err, ds.SolveError), err.status.name
+    (True, 'INFEASIBLE')
+    """
 
     status = Status.INFEASIBLE
 
 
 class DivergedError(SolveError):
-    """The iterates grew without bound."""
+    """The iterates grew without bound.
+
+    Attributes
+    ----------
+    status : Status
+        Why the solve stopped.
+    result : SolverResult or None
+        The result the solver would have returned with ``throw=False``.
+
+    See Also
+    --------
+    diffsolve.SolveError : The base class: catch it for every failed solve.
+    diffsolve.Status : The status codes and what to try for each.
+
+    Examples
+    --------
+    Gradient descent on the upper level of a bilevel problem with too large a step:
+
+    >>> import numpy as np, autograd.numpy as anp
+    >>> import diffsolve as ds
+    >>> inner = lambda x, y: 0.5 * anp.sum((y - x) ** 2)
+    >>> outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)
+    >>> try:
+    ...     ds.bilevel.solve(outer, inner, np.zeros(1), np.zeros(1), stepsize=5.0, throw=True)
+    ... except ds.DivergedError as err:
+    ...     print(err.status.name)
+    DIVERGED
+    """
 
     status = Status.DIVERGED
 

@@ -31,7 +31,26 @@ _INDEPENDENT = "Output seems independent of input"
 
 
 class NotTraceableError(TypeError):
-    """Autograd cannot see how a user function depends on its inputs."""
+    """Autograd cannot see how a user function depends on its inputs.
+
+    See Also
+    --------
+    diffsolve.implicit.root_vjp : Differentiates a user function with autograd.
+    diffsolve.ode.from_torch : Write a vector field with PyTorch instead.
+
+    Examples
+    --------
+    ``np.array([...])`` hides the dependence on ``x`` from autograd:
+
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> F = lambda x, a: np.array([x[0] ** 2]) - a
+    >>> try:
+    ...     ds.implicit.root_vjp(F, np.array([2.0]), (np.array([4.0]),), np.ones(1))
+    ... except ds.NotTraceableError:
+    ...     print("write F with autograd.numpy, or pass vjp=")
+    write F with autograd.numpy, or pass vjp=
+    """
 
 
 def _holds_boxes(value) -> bool:

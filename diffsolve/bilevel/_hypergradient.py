@@ -75,7 +75,25 @@ RENAMED = {"n_steps": "maxiter"}
 
 @dataclass(frozen=True)
 class HypergradientSettings:
-    """The options of one :func:`hypergradient` call, validated once."""
+    """The options of one :func:`hypergradient` call, validated once.
+
+    Attributes
+    ----------
+    method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol
+        The arguments of the same names of :func:`diffsolve.bilevel.hypergradient`, validated (a
+        frozen dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.bilevel.hypergradient : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.bilevel.HypergradientSettings)}
+    True
+    """
 
     method: str
     maxiter: int | None
@@ -126,6 +144,21 @@ class HypergradientInfo(SolverResult):
         ``NONFINITE`` (NaN or inf in the outer gradient: the hypergradient is NaN).
     message : str
         Why it stopped, and what to try.
+
+    See Also
+    --------
+    diffsolve.bilevel.hypergradient : Returns it with ``return_info=True``.
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> import diffsolve as ds
+    >>> inner = lambda x, y: 0.5 * anp.sum((y - x) ** 2)
+    >>> outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)
+    >>> g, info = ds.bilevel.hypergradient(outer, inner, np.array([0.5]), np.array([0.5]),
+    ...                                    return_info=True)
+    >>> info.method, info.converged
+    ('implicit-cg', True)
     """
 
     method: str

@@ -119,6 +119,20 @@ class BilevelHistory:
         mapping ``||x − P(x − s d)|| / s`` (the plain norm without ``x_projection``).
     time : array
         Wall-clock seconds since the start, at the end of iteration k.
+
+    See Also
+    --------
+    diffsolve.bilevel.BilevelResult : Its ``history`` field.
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> import diffsolve as ds
+    >>> inner = lambda x, y: 0.5 * anp.sum((y - x) ** 2)
+    >>> outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)
+    >>> res = ds.bilevel.solve(outer, inner, np.zeros(1), np.zeros(1), stepsize=0.5)
+    >>> len(res.history.outer) == res.n_iters
+    True
     """
 
     outer: Any
@@ -141,6 +155,22 @@ class BilevelState:
     grad_norm : float
         The hypergradient-estimate norm of that iterate (see :class:`BilevelHistory`).
     method : str
+
+    See Also
+    --------
+    diffsolve.bilevel.solve : Its ``callback`` receives this.
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> import diffsolve as ds
+    >>> inner = lambda x, y: 0.5 * anp.sum((y - x) ** 2)
+    >>> outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)
+    >>> seen = []
+    >>> res = ds.bilevel.solve(outer, inner, np.zeros(1), np.zeros(1), stepsize=0.5,
+    ...                        callback=seen.append)
+    >>> [s.n_iters for s in seen] == list(range(1, res.n_iters + 1))
+    True
     """
 
     n_iters: int
@@ -181,6 +211,21 @@ class BilevelResult(SolverResult):
         ``rtol = atol = 0``); ``DIVERGED`` (the iterates grew without bound or became
         non-finite); ``INFEASIBLE`` (lv-hba: the constraints are still violated at the
         end); ``STOPPED`` (the callback returned ``True``).
+
+    See Also
+    --------
+    diffsolve.bilevel.solve : Returns this.
+    diffsolve.bilevel.BilevelHistory : The ``history`` field.
+
+    Examples
+    --------
+    >>> import numpy as np, autograd.numpy as anp
+    >>> import diffsolve as ds
+    >>> inner = lambda x, y: 0.5 * anp.sum((y - x) ** 2)
+    >>> outer = lambda x, y: 0.5 * anp.sum((y - 1.0) ** 2) + 0.5 * anp.sum(x ** 2)
+    >>> res = ds.bilevel.solve(outer, inner, np.zeros(1), np.zeros(1), stepsize=0.5)
+    >>> res.converged, res.status.name, np.round(res.x, 6)
+    (True, 'SUCCESS', array([0.5]))
     """
 
     x: Any
@@ -586,7 +631,26 @@ _ADVICE = {
 
 @dataclass(frozen=True)
 class BilevelSettings:
-    """The options of one :func:`solve` call, validated once (defaults: its signature)."""
+    """The options of one :func:`solve` call, validated once (defaults: its signature).
+
+    Attributes
+    ----------
+    method, maxiter, rtol, atol, stepsize, inner_stepsize, inner_iters, options,
+    batch, seed, progress, callback, throw
+        The arguments of the same names of :func:`diffsolve.bilevel.solve`, validated (a frozen
+        dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.bilevel.solve : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.bilevel.BilevelSettings)}
+    True
+    """
 
     method: str
     maxiter: int

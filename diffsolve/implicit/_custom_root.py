@@ -45,7 +45,25 @@ ADVICE = ("for implicit differentiation: add a ridge (e.g. ridge=1e-6) if ∂F/�
 @dataclass(frozen=True)
 class RootSettings:
     """The options of one ``custom_root`` decoration (or one ``root_vjp`` call), validated
-    once; the backward rule reads them from here."""
+    once; the backward rule reads them from here.
+
+    Attributes
+    ----------
+    F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw, atol
+        The arguments of the same names of :func:`diffsolve.implicit.custom_root`, validated (a
+        frozen dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.implicit.custom_root : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.implicit.RootSettings)}
+    True
+    """
 
     F: Callable
     solve: str | Callable
@@ -88,6 +106,20 @@ class ImplicitSolveInfo(SolverResult):
         ``||b − M u||`` when it was computed (``None`` when converged and not needed).
     method : str
         ``"cg"``, ``"normal-cg"``, ``"gmres"`` or ``"callable"``.
+
+    See Also
+    --------
+    diffsolve.implicit.root_vjp : Returns it with ``return_info=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from diffsolve.implicit import root_vjp
+    >>> F = lambda x, a: x ** 2 - a
+    >>> a = np.array([4.0])
+    >>> cotangents, info = root_vjp(F, np.sqrt(a), (a,), np.ones(1), return_info=True)
+    >>> info.status.name, info.converged
+    ('SUCCESS', True)
     """
 
     status: Status

@@ -32,6 +32,20 @@ class KrylovResult:
         without overflow.
     message : str
         Why it stopped and what to try.
+
+    See Also
+    --------
+    diffsolve.krylov.cg : Returns this (as do ``minres`` and ``gmres``).
+    diffsolve.krylov.KrylovState : What a ``callback`` sees.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> res = ds.krylov.cg(A, np.array([1.0, 2.0]))
+    >>> res.status.name, res.converged, res.n_iters
+    ('SUCCESS', True, 2)
     """
 
     x: Any
@@ -59,6 +73,21 @@ class KrylovState:
         The current iterate, b's shape (a fresh array: the callback may keep it).
     residual_norm : float or array
         The method's estimate of ``||b - A x||`` (one per system of a batch).
+
+    See Also
+    --------
+    diffsolve.krylov.cg : Its ``callback`` receives this.
+    diffsolve.krylov.KrylovResult : The final result.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> seen = []
+    >>> res = ds.krylov.cg(A, np.array([1.0, 2.0]), callback=seen.append)
+    >>> [s.n_iters for s in seen]
+    [1, 2]
     """
 
     n_iters: int

@@ -53,6 +53,17 @@ class DirectionFallbackWarning(RuntimeWarning):
 
     The solve still converges (CG from the current iterate); it only took the slower path.
     Train the model on matrices like this one, or use ``method="cg"``/``"pcg"``.
+
+    See Also
+    --------
+    diffsolve.linear.solve : ``method="dcdm"`` emits it.
+    diffsolve.linear.train_direction_model : Train a model for your matrices.
+
+    Examples
+    --------
+    >>> import diffsolve as ds
+    >>> issubclass(ds.linear.DirectionFallbackWarning, RuntimeWarning)
+    True
     """
 
 

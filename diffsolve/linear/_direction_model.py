@@ -219,6 +219,13 @@ class ConvDirectionModel:
     like : array, optional
         Create the parameters in this array's namespace and device (default NumPy).
 
+    See Also
+    --------
+    diffsolve.linear.train_direction_model : Train the model on your matrices.
+    diffsolve.linear.pretrained_direction_model : The shipped models.
+    diffsolve.linear.load_direction_model : Load a saved model.
+    diffsolve.linear.solve : ``method="dcdm"`` solves with the model.
+
     Notes
     -----
     The input residual is divided by its root-mean-square before the first convolution,

@@ -55,6 +55,21 @@ class BanditSolveResult(LinearSolveResult):
         The relaxation parameter used for this solve.
     arm : int
         Its index in the bandit's ``omegas``.
+
+    See Also
+    --------
+    diffsolve.linear.OmegaBandit : Its ``solve`` returns this.
+    diffsolve.linear.LinearSolveResult : The fields shared with a plain solve.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> import diffsolve as ds
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(6, 6), format="csr")
+    >>> bandit = ds.linear.OmegaBandit(seed=0)
+    >>> res = bandit.solve(A, np.ones(6))
+    >>> res.converged, bool(res.omega == bandit.omegas[res.arm])
+    (True, True)
     """
 
     omega: float
@@ -82,6 +97,21 @@ class OmegaBanditHistory:
         not converge (so that a failure costs the full budget, never less).
     context : array of float or None
         The context of each solve (:class:`ContextualOmegaBandit`); ``None`` otherwise.
+
+    See Also
+    --------
+    diffsolve.linear.OmegaBandit : Its ``history`` is this.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> import diffsolve as ds
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(6, 6), format="csr")
+    >>> bandit = ds.linear.OmegaBandit(seed=0)
+    >>> for _ in range(3):
+    ...     res = bandit.solve(A, np.ones(6))
+    >>> len(bandit.history), bandit.history.omega.shape, bool(bandit.history.converged.all())
+    (3, (3,), True)
     """
 
     omega: Any
@@ -578,6 +608,11 @@ class ContextualOmegaBandit(_OmegaBanditBase):
     gamma : None or float
         ``"chebcb"`` exploration schedule: ``None`` the reference's adaptive ``γ_t``, a
         number ``g`` for ``γ_t = g t``.
+
+    See Also
+    --------
+    diffsolve.linear.OmegaBandit : Without a context.
+    diffsolve.linear.solve : The solver whose ``omega`` is learned.
 
     Examples
     --------

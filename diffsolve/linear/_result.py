@@ -39,6 +39,20 @@ class LinearSolveResult(SolverResult):
         at which it gave up, < 0 a breakdown or non-finite values.
     message : str
         Why it stopped and what to try.
+
+    See Also
+    --------
+    diffsolve.linear.solve : Returns this.
+    diffsolve.linear.LinearSolveState : What a ``callback`` sees during the solve.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> res = ds.linear.solve(A, np.array([1.0, 2.0]), method="cg")
+    >>> res.n_iters, res.converged, res.status.name, bool(res.residual_norm < 1e-8)
+    (2, True, 'SUCCESS', True)
     """
 
     x: Any
@@ -118,6 +132,21 @@ class LinearSolveState:
     residual_norm : float or array
         ``||b - A x||`` as the method tracks it (the recursive residual of the CG family,
         the true one of SOR and DCDM); per column for a 2-D ``b``.
+
+    See Also
+    --------
+    diffsolve.linear.solve : Its ``callback`` receives this.
+    diffsolve.linear.LinearSolveResult : The final result.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> seen = []
+    >>> res = ds.linear.solve(A, np.array([1.0, 2.0]), method="cg", callback=seen.append)
+    >>> [s.n_iters for s in seen], res.n_iters
+    ([1, 2], 2)
     """
 
     n_iters: int

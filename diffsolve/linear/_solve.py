@@ -29,7 +29,25 @@ RENAMED = {"tol": "rtol", "max_iter": "maxiter"}
 @dataclass(frozen=True)
 class LinearSolveSettings:
     """The options of one :func:`solve` call, validated once; the forward and the
-    backward rule read this object (defaults live only in the signature of ``solve``)."""
+    backward rule read this object (defaults live only in the signature of ``solve``).
+
+    Attributes
+    ----------
+    method, rtol, atol, maxiter, M, omega, callback, check_every, model, k, throw
+        The arguments of the same names of :func:`diffsolve.linear.solve`, validated (a frozen
+        dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.linear.solve : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.linear.LinearSolveSettings)}
+    True
+    """
 
     method: str
     rtol: float

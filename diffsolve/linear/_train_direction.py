@@ -46,6 +46,22 @@ class DirectionTrainingResult:
         Ritz values of the Lanczos run the training data came from (ascending).
     seconds : float
         Wall time of the Lanczos run plus the training loop.
+
+    See Also
+    --------
+    diffsolve.linear.train_direction_model : Returns this.
+    diffsolve.linear.ConvDirectionModel : The ``model`` field.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from diffsolve.linear import train_direction_model
+    >>> T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(8, 8))
+    >>> A = (sp.kron(sp.eye(8), T) + sp.kron(T, sp.eye(8))).tocsr()
+    >>> out = train_direction_model(A, (8, 8), channels=4, n_steps=2, batch_size=2,
+    ...                             n_ritz=16, progress=False)
+    >>> len(out.loss_history), out.model.dim
+    (2, 2)
     """
 
     model: ConvDirectionModel

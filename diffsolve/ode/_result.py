@@ -30,6 +30,19 @@ class ODEStats:
         Evaluations of ``f`` in the forward solve (initial slope, initial-step heuristic,
         ``s - 1`` per attempted step thanks to FSAL, and those of the local regulariser's
         extra step). For a batch solved per trajectory: totals over the batch.
+
+    See Also
+    --------
+    diffsolve.ode.ODEResult : Its ``stats`` field.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> f = lambda t, y, p: -p * y
+    >>> stats = ds.ode.odeint(f, np.ones(1), np.array([0.0, 1.0]), np.array([2.0])).stats
+    >>> stats.n_steps == stats.n_accepted + stats.n_rejected
+    True
     """
 
     n_steps: int
@@ -74,6 +87,20 @@ class ODEResult(SolverResult):
         error estimate exceeds the tolerance.
     t_stop : float
         Where the solve stopped early (NaN when it reached the end).
+
+    See Also
+    --------
+    diffsolve.ode.odeint : Returns this.
+    diffsolve.ode.ODEStats : The ``stats`` field.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> f = lambda t, y, p: -p * y
+    >>> res = ds.ode.odeint(f, np.ones(1), np.linspace(0.0, 1.0, 3), np.array([2.0]))
+    >>> res.ys.shape, res.converged, res.stats.nfe > 0
+    ((3, 1), True, True)
     """
 
     ys: Any

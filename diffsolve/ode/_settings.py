@@ -37,6 +37,25 @@ class ODESettings:
 
     ``rtol = atol = 0`` is a fixed budget: ``max_steps`` equal steps over ``t_eval``
     (no error control), reported as ``Status.MAX_ITERATIONS`` without a warning.
+
+    Attributes
+    ----------
+    method, rtol, atol, controller, first_step, max_steps, adjoint, regularizers,
+    local_regularization, seed, vjp, batch_mode, checkpoint_every, throw, callback,
+    jac
+        The arguments of the same names of :func:`diffsolve.ode.odeint`, validated (a frozen
+        dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.ode.odeint : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.ode.ODESettings)}
+    True
     """
 
     method: str
@@ -97,6 +116,22 @@ class ODEState:
         batch).
     n_iters : int
         The same as ``n_steps`` (the name every family's state shares).
+
+    See Also
+    --------
+    diffsolve.ode.odeint : Its ``callback`` receives this.
+    diffsolve.ode.ODEResult : The final result.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> f = lambda t, y, p: -p * y
+    >>> seen = []
+    >>> res = ds.ode.odeint(f, np.ones(1), np.array([0.0, 1.0]), np.array([2.0]),
+    ...                     callback=seen.append)
+    >>> seen[-1].t, len(seen) == res.stats.n_accepted
+    (1.0, True)
     """
 
     t: float

@@ -52,6 +52,18 @@ class Tableau:
     stability_boundary : float
         Where the real stability interval ends (the stiffness estimate ``hλ`` is compared
         against it).
+
+    See Also
+    --------
+    diffsolve.ode.TABLEAUX : The pairs odeint uses, by name.
+    diffsolve.ode.odeint : ``method=`` picks one.
+
+    Examples
+    --------
+    >>> import diffsolve as ds
+    >>> tab = ds.ode.TABLEAUX["tsit5"]
+    >>> tab.name, tab.order, tab.error_order
+    ('tsit5', 5, 4)
     """
 
     name: str

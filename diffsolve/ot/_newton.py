@@ -86,6 +86,23 @@ class SNSResult(OTResult):
         CG iterations summed over all Newton steps.
     n_fallbacks : int or array
         Newton steps whose line search failed and were replaced by Sinkhorn iterations.
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn_newton_sparse : Returns this.
+    diffsolve.ot.OTResult : The fields shared with Sinkhorn.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 1
+    >>> C = ((x[:, None] - y[None]) ** 2).sum(-1); C /= C.max()
+    >>> a = b = np.full(30, 1 / 30)
+    >>> res = ds.ot.sinkhorn_newton_sparse(a, b, C, 1e-3)
+    >>> bool(res.converged), int(res.n_sinkhorn) > 0, int(res.n_cg) > 0
+    (True, True, True)
     """
 
     n_sinkhorn: Any = 0
@@ -117,6 +134,24 @@ class SNSState(OTState):
         CG iterations of this Newton step.
     n_sinkhorn : int
         Sinkhorn iterations so far (warm-up and fallbacks).
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn_newton_sparse : Its ``callback`` receives this.
+    diffsolve.ot.OTState : The fields shared with Sinkhorn.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 1
+    >>> C = ((x[:, None] - y[None]) ** 2).sum(-1); C /= C.max()
+    >>> a = b = np.full(30, 1 / 30)
+    >>> seen = []
+    >>> res = ds.ot.sinkhorn_newton_sparse(a, b, C, 1e-3, callback=seen.append)
+    >>> len(seen) == res.n_iters, all(s.nnz > 0 for s in seen)
+    (True, True)
     """
 
     step: float = 0.0
@@ -130,7 +165,27 @@ class SNSState(OTState):
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SNSSettings:
-    """The options of one :func:`sinkhorn_newton_sparse` call, validated once."""
+    """The options of one :func:`sinkhorn_newton_sparse` call, validated once.
+
+    Attributes
+    ----------
+    eps, rtol, atol, maxiter, n_sinkhorn, sinkhorn_switch, density, max_density,
+    drop_tol, threshold, cg_rtol, cg_maxiter, ls_c1, ls_beta, ls_max_steps,
+    n_fallback, error_measure, callback, throw
+        The arguments of the same names of :func:`diffsolve.ot.sinkhorn_newton_sparse`, validated (a
+        frozen dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn_newton_sparse : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.ot.SNSSettings)}
+    True
+    """
 
     eps: float
     rtol: float

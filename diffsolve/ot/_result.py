@@ -37,6 +37,23 @@ class OTState:
         For solvers that loop over the problems of a batch (Sinkhorn–Newton–Sparse,
         sparse/quadratic OT): the index of the problem in the flattened batch; None for
         one problem or a state of the whole batch.
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn : Its ``callback`` receives this.
+    diffsolve.ot.SNSState : The Newton solver's state.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> x = np.linspace(0, 1, 5)
+    >>> C = (x[:, None] - x[None, :]) ** 2
+    >>> a = b = np.full(5, 0.2)
+    >>> seen = []
+    >>> res = ds.ot.sinkhorn(a, b, C, 0.05, callback=seen.append)
+    >>> seen[-1].n_iters == res.n_iters, bool(seen[-1].error <= 1e-9)
+    (True, True)
     """
 
     n_iters: int
@@ -82,6 +99,22 @@ class OTResult(SolverResult):
         The absolute marginal-error tolerance ``atol + rtol * sum(a)`` per problem.
     error_measure : str
         How ``error`` is measured, e.g. ``"l1"`` = ``||P 1 - a||_1 + ||P^T 1 - b||_1``.
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn : Returns this.
+    diffsolve.ot.OTState : What a ``callback`` sees.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> x = np.linspace(0, 1, 5)
+    >>> C = (x[:, None] - x[None, :]) ** 2
+    >>> a = b = np.full(5, 0.2)
+    >>> res = ds.ot.sinkhorn(a, b, C, 0.05)
+    >>> res.plan.shape, res.converged, bool(np.allclose(res.plan.sum(axis=0), b))
+    ((5, 5), True, True)
     """
 
     plan: Any

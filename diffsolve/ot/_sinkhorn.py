@@ -64,7 +64,26 @@ _ANDERSON_REG = 1e-10
 @dataclass(frozen=True)
 class SinkhornSettings:
     """The options of one :func:`sinkhorn` call, validated once; the forward and backward
-    rules read this object (defaults live in the public signature only)."""
+    rules read this object (defaults live in the public signature only).
+
+    Attributes
+    ----------
+    eps, rtol, atol, maxiter, error_measure, check_every, eps_scaling,
+    acceleration, gradient, kernel, throw, callback
+        The arguments of the same names of :func:`diffsolve.ot.sinkhorn`, validated (a frozen
+        dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.ot.SinkhornSettings)}
+    True
+    """
 
     eps: float
     rtol: float

@@ -107,6 +107,22 @@ class SparseOTResult(OTResult):
         The sparsity level used (``min(k, n)``).
     gamma : float
         The regularisation strength.
+
+    See Also
+    --------
+    diffsolve.ot.sparse_ot : Returns this.
+    diffsolve.ot.OTResult : The fields shared with Sinkhorn.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> x = np.linspace(0, 1, 5)
+    >>> C = (x[:, None] - x[None, :]) ** 2
+    >>> a = b = np.full(5, 0.2)
+    >>> res = ds.ot.sparse_ot(a, b, C, k=2, gamma=0.1)
+    >>> res.plan_indices.shape, res.plan_values.shape
+    ((5, 2), (5, 2))
     """
 
     plan_indices: Any = None
@@ -126,7 +142,29 @@ class SparseOTResult(OTResult):
 
 @dataclass(frozen=True)
 class QuadraticOTResult(SparseOTResult):
-    """Result of :func:`quadratic_ot`: a :class:`SparseOTResult` with ``k = n``."""
+    """Result of :func:`quadratic_ot`: a :class:`SparseOTResult` with ``k = n``.
+
+    Attributes
+    ----------
+    plan, f, g, cost, plan_indices, plan_values, dual_value
+        As :class:`SparseOTResult` (every field of it, with ``k = n``).
+
+    See Also
+    --------
+    diffsolve.ot.quadratic_ot : Returns this.
+    diffsolve.ot.SparseOTResult : The fields.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import diffsolve as ds
+    >>> x = np.linspace(0, 1, 5)
+    >>> C = (x[:, None] - x[None, :]) ** 2
+    >>> a = b = np.full(5, 0.2)
+    >>> res = ds.ot.quadratic_ot(a, b, C, gamma=0.1)
+    >>> type(res).__name__, res.status.name
+    ('QuadraticOTResult', 'SUCCESS')
+    """
 
     solver_name: ClassVar[str] = WHERE_QUADRATIC
     advice: ClassVar[str] = ("increase maxiter, increase gamma (a smoother dual), loosen "
@@ -135,7 +173,25 @@ class QuadraticOTResult(SparseOTResult):
 
 @dataclass(frozen=True)
 class SparseOTSettings:
-    """The options of one :func:`sparse_ot` / :func:`quadratic_ot` call, validated once."""
+    """The options of one :func:`sparse_ot` / :func:`quadratic_ot` call, validated once.
+
+    Attributes
+    ----------
+    k, gamma, formulation, rtol, atol, maxiter, solver, throw, callback
+        The arguments of the same names of :func:`diffsolve.ot.sparse_ot`, validated (a frozen
+        dataclass: read it, do not build it).
+
+    See Also
+    --------
+    diffsolve.ot.sparse_ot : The function whose options these are.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> import diffsolve as ds
+    >>> "rtol" in {f.name for f in dataclasses.fields(ds.ot.SparseOTSettings)}
+    True
+    """
 
     k: int | None
     gamma: float
