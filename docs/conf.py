@@ -14,7 +14,7 @@ import diffsolve  # noqa: E402
 
 project = "diffsolve"
 author = "the diffsolve developers"
-copyright = "2026, the diffsolve developers"  # noqa: A001
+copyright = "2026, the diffsolve developers"
 release = diffsolve.__version__
 version = release
 
