@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from . import _backend as B
+from ._result import SolverResult
 
 __all__ = ["BackwardContext", "Cotangents", "DifferentiableFunction", "custom_vjp", "vjp"]
 
@@ -77,8 +78,8 @@ class DifferentiableFunction(Generic[P, R]):
 
     def __init__(self, fwd: Callable[P, tuple[R, Any]], bwd: BackwardRule,
                  result_shapes: Callable[..., dict[str, Any]] | None = None,
-                 result_type: type | None = None, *, unwrap_value: bool = False,
-                 public_name: str | None = None) -> None:
+                 result_type: type[SolverResult] | None = None, *,
+                 unwrap_value: bool = False, public_name: str | None = None) -> None:
         functools.update_wrapper(self, fwd)
         self.fwd = fwd
         self.bwd = bwd

@@ -8,8 +8,8 @@ LinearOperators) is passed to the solver unchanged and gets no gradient.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from .. import _backend as B
 from .._autodiff import BackwardContext, DifferentiableFunction
@@ -29,9 +29,9 @@ class Call:
         error: options are not differentiated, and a silently missing gradient is wrong).
     """
 
-    def __init__(self, fn: DifferentiableFunction, args: tuple, kwargs: dict,
+    def __init__(self, fn: DifferentiableFunction[..., Any], args: tuple, kwargs: dict,
                  is_leaf: Callable[[Any], bool], adapter: str,
-                 requires_grad: Callable[[Any], bool] = lambda x: False):
+                 requires_grad: Callable[[Any], bool] = lambda x: False) -> None:
         if not isinstance(fn, DifferentiableFunction):
             raise TypeError(
                 f"diffsolve.{adapter}: fn must be a diffsolve solver such as "
@@ -63,14 +63,15 @@ class Call:
             else:
                 self.slots.append(("static", a))
         self.args: tuple | None = None
-        self.result = None
-        self.residuals = None
+        self.result: Any = None
+        self.residuals: Any = None
 
     @property
     def fields(self) -> tuple[str, ...]:
         return type(self.result).differentiable_fields
 
-    def rebuild(self, leaf_values, convert=lambda x: x) -> tuple:
+    def rebuild(self, leaf_values: Iterable[Any],
+                convert: Callable[[Any], Any] = lambda x: x) -> tuple:
         """The positional arguments with the leaves replaced by ``leaf_values``.
 
         ``convert`` turns the framework's other arrays (a CSR's index arrays) into
@@ -87,16 +88,18 @@ class Call:
                 args.append(a)
         return tuple(args)
 
-    def forward(self, leaf_values, convert=lambda x: x):
+    def forward(self, leaf_values: Iterable[Any],
+                convert: Callable[[Any], Any] = lambda x: x) -> Any:
         """Run the forward rule on NumPy/CuPy leaves; keeps args, result and residuals."""
         self.args = self.rebuild(leaf_values, convert)
         self.result, self.residuals = self.fn.fwd(*self.args, **self.kwargs)
         return self.result
 
-    def backward(self, cotangents: dict, args=None, result=None, residuals=None) -> list:
+    def backward(self, cotangents: dict, args: tuple | None = None, result: Any = None,
+                 residuals: Any = None) -> list:
         """Cotangents of the leaves (NumPy/CuPy arrays), one per leaf, zeros where none."""
         ctx = BackwardContext(
-            args if args is not None else self.args,
+            cast(tuple, args if args is not None else self.args),  # forward ran first
             self.kwargs,
             result if result is not None else self.result,
             residuals if args is not None else self.residuals,

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from autograd.extend import Box, defvjp_argnums, primitive
 
 from .. import _backend as B
+from .._autodiff import DifferentiableFunction
 from ._call import Call
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def _is_leaf(x) -> bool:
+
+def _is_leaf(x: Any) -> bool:
     value = x._value if isinstance(x, Box) else x
     return B.is_array(value) and B.is_numpy(B.array_namespace(value)) and \
         value.dtype.kind == "f"
 
 
-def _refuse_higher_order(fn):
+def _refuse_higher_order(fn: DifferentiableFunction[..., Any]) -> None:
     raise TypeError(
         f"diffsolve.to_autograd({fn.public_name}): the backward rule is first order only; "
         "higher derivatives (grad of grad, hessian) are not supported. Differentiate once, "
@@ -24,7 +30,7 @@ def _refuse_higher_order(fn):
     )
 
 
-def to_autograd(fn):
+def to_autograd(fn: DifferentiableFunction[P, R]) -> Callable[P, R]:
     """Make a diffsolve solver differentiable by HIPS autograd.
 
     The adapted solver is called like ``fn`` and returns the same result type, with autograd
@@ -63,7 +69,7 @@ def to_autograd(fn):
     """
 
     @functools.wraps(fn)
-    def adapted(*args, **kwargs):
+    def adapted(*args: Any, **kwargs: Any) -> Any:
         if any(isinstance(a, Box) and isinstance(a._value, Box)
                for a in (*args, *kwargs.values())):
             _refuse_higher_order(fn)  # nested traces: grad of grad, hessian

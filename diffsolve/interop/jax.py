@@ -5,16 +5,24 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, ParamSpec, TypeVar
 
 from .. import _backend as B
+from .._autodiff import DifferentiableFunction
+from .._result import SolverResult
 from ._call import Call
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 VMAP_METHODS = ("sequential", "sequential_unrolled", "expand_dims", "broadcast_all")
 _warned_device = False
-_registered: set = set()
+_registered: set[type] = set()
 
 
-def _register_result_type(jax, result_type):
+def _register_result_type(jax: ModuleType, result_type: type[SolverResult]) -> None:
     """Results are returned from jitted functions, so JAX must see them as pytrees."""
     if result_type not in _registered:
         import dataclasses
@@ -28,14 +36,14 @@ def _register_result_type(jax, result_type):
         _registered.add(result_type)
 
 
-def _jax():
+def _jax() -> ModuleType:
     try:
         return importlib.import_module("jax")
     except ImportError:  # pragma: no cover - exercised only without jax
         raise ImportError("diffsolve.to_jax needs JAX: pip install 'diffsolve[jax]'") from None
 
 
-def _host(x):
+def _host(x: Any) -> Any:
     """Index arrays of a CSR must be concrete: they fix the sparsity pattern."""
     jax = _jax()
     if isinstance(x, jax.core.Tracer):
@@ -46,7 +54,8 @@ def _host(x):
     return B.host_numpy(x)
 
 
-def to_jax(fn, *, vmap_method: str = "sequential"):
+def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
+           ) -> Callable[P, R]:
     """Make a diffsolve solver a JAX function with a custom VJP; works under ``jit``.
 
     The forward and backward rules run as ``jax.pure_callback`` on the host (NumPy); the
@@ -95,7 +104,7 @@ def to_jax(fn, *, vmap_method: str = "sequential"):
                          f"got {vmap_method!r}")
 
     @functools.wraps(fn)
-    def adapted(*args, **kwargs):
+    def adapted(*args: Any, **kwargs: Any) -> Any:
         jax = _jax()
         import jax.numpy as jnp
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from .. import _backend as B
+from .._autodiff import DifferentiableFunction
 from ._call import Call
 
-_FUNCTION = None
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_FUNCTION: Any = None
 
 
-def _torch():
+def _torch() -> Any:  # the torch module, imported on first use
     try:
         return importlib.import_module("torch")
     except ImportError:  # pragma: no cover - exercised only without torch
@@ -20,7 +26,7 @@ def _torch():
         ) from None
 
 
-def _to_backend(t):
+def _to_backend(t: Any) -> Any:
     """A NumPy (CPU) or CuPy (CUDA) view of a tensor; no copy, no device move."""
     t = t.detach()
     if not t.is_contiguous():
@@ -28,19 +34,20 @@ def _to_backend(t):
     return B.from_dlpack(t, on_cuda=t.device.type == "cuda")
 
 
-def _to_torch(x):
+def _to_torch(x: Any) -> Any:
     torch = _torch()
     return torch.from_dlpack(B.dlpack_exportable(x))
 
 
-def _function_class():
+def _function_class() -> Any:
     """The autograd.Function, built on first use so that importing diffsolve needs no torch."""
     global _FUNCTION
     if _FUNCTION is not None:
         return _FUNCTION
     torch = _torch()
 
-    class DiffsolveFunction(torch.autograd.Function):
+    # torch is a local (imported on first use), which mypy does not accept as a base class
+    class DiffsolveFunction(torch.autograd.Function):  # type: ignore[name-defined]
         @staticmethod
         def forward(call, *leaves):
             result = call.forward([_to_backend(t) for t in leaves], convert=_index_to_backend)
@@ -72,12 +79,12 @@ def _function_class():
     return _FUNCTION
 
 
-def _index_to_backend(x):
+def _index_to_backend(x: Any) -> Any:
     torch = _torch()
     return _to_backend(x) if isinstance(x, torch.Tensor) else x
 
 
-def to_torch(fn):
+def to_torch(fn: DifferentiableFunction[P, R]) -> Callable[P, R]:
     """Make a diffsolve solver a PyTorch autograd layer.
 
     The adapted solver is called like ``fn`` (tensors where ``fn`` takes arrays) and returns
@@ -120,7 +127,7 @@ def to_torch(fn):
     """
 
     @functools.wraps(fn)
-    def adapted(*args, **kwargs):
+    def adapted(*args: Any, **kwargs: Any) -> Any:
         torch = _torch()
         call = Call(fn, args, kwargs, lambda x: isinstance(x, torch.Tensor), "to_torch",
                     requires_grad=lambda x: x.requires_grad)
