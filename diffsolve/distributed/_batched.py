@@ -610,10 +610,14 @@ def compute(*results):
     ([0, 0, 0, 0], (4, 2))
     """
     _, dask = dask_modules()
-    names = [_array_fields(r) for r in results]
-    values = dask.compute(*[[getattr(r, k) for k in ks] for r, ks in zip(results, names)])
+    names = [None if is_dask_array(r) else _array_fields(r) for r in results]
+    values = dask.compute(*[r if ks is None else [getattr(r, k) for k in ks]
+                            for r, ks in zip(results, names)])
     out = []
     for r, ks, vs in zip(results, names, values):
+        if ks is None:  # a bare Dask array (a batch of hypergradients, say)
+            out.append(vs)
+            continue
         spec = r.__dict__.get("_distributed")
         changes = dict(zip(ks, vs))
         summary = _summary(spec, changes) if spec is not None else None
