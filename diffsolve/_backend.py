@@ -80,9 +80,9 @@ class CSR:
     data: Any
     indices: Any
     indptr: Any
-    shape: tuple
+    shape: tuple[int, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.shape)
         if len(shape) != 2:
             raise ValueError(f"diffsolve.CSR: shape must have two entries, got {self.shape!r}")
@@ -99,24 +99,24 @@ class CSR:
             )
 
     @classmethod
-    def from_sparse(cls, A) -> CSR:
+    def from_sparse(cls, A: Any) -> CSR:
         """Parts of a SciPy or CuPy sparse matrix (converted to canonical CSR)."""
         A = as_csr(A)
         return cls(A.data, A.indices, A.indptr, A.shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self.data.dtype
 
     @property
     def nnz(self) -> int:
         return len(self.data)
 
-    def with_data(self, data) -> CSR:
+    def with_data(self, data: Any) -> CSR:
         """The same pattern with other stored values."""
         return CSR(data, self.indices, self.indptr, self.shape)
 
-    def to_sparse(self):
+    def to_sparse(self) -> Any:
         """The SciPy (NumPy data) or CuPy (CuPy data) CSR matrix; no copy of the parts."""
         if is_cupy_array(self.data):
             import cupyx.scipy.sparse as csp
@@ -229,6 +229,8 @@ def array_namespace(*xs, where: str = "diffsolve"):
     >>> array_namespace(np.ones(3)).__name__
     'array_api_compat.numpy'
     """
+    arrays: list[Any]
+    libs: dict[str, Any]
     arrays, libs = [], {}
     for x in xs:
         if x is None or isinstance(x, (bool, int, float, complex)):
@@ -265,7 +267,7 @@ def _namespace_by_name(lib: str):
     if lib == "cupy":
         import array_api_compat.cupy as xp
     else:
-        import array_api_compat.numpy as xp
+        import array_api_compat.numpy as xp  # type: ignore[no-redef]  # one of the two
     return xp
 
 
@@ -334,6 +336,9 @@ class DenseLU:
     NumPy uses SciPy's LAPACK getrf/getrs; CuPy uses cuSOLVER through cupyx; any other
     standard namespace (array_api_strict) keeps ``A`` and calls ``xp.linalg.solve``.
     """
+
+    _lu: Any  # the library's LU factors, or None where xp.linalg.solve is used
+    rcond_estimate: float | None
 
     def __init__(self, A, xp):
         self.xp = xp

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from ._status import ConvergenceWarning, Status
+
+_R = TypeVar("_R", bound="SolverResult")
 
 __all__ = ["ConvergenceWarning", "SolverResult", "Status", "ValueResult"]
 
@@ -56,7 +58,7 @@ class SolverResult:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
-    def replace(self, **changes: Any):
+    def replace(self: _R, **changes: Any) -> _R:
         """A copy with some fields replaced (results are immutable)."""
         return dataclasses.replace(self, **changes)
 

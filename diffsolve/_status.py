@@ -23,6 +23,9 @@ import enum
 import os
 import sys
 import warnings
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "BreakdownError",
@@ -37,6 +40,19 @@ __all__ = [
     "error_class",
     "report",
 ]
+
+
+
+class _Outcome(Protocol):
+    # what report reads of a result (SolverResult, KrylovResult, ...)
+    @property
+    def status(self) -> Any: ...
+    @property
+    def message(self) -> str: ...
+
+
+# report returns the result it was given, whatever its class
+R = TypeVar("R", bound=_Outcome)
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -169,7 +185,8 @@ class SolveError(RuntimeError):
 
     status: Status | None = None
 
-    def __init__(self, message: str, *, status: Status | None = None, result=None):
+    def __init__(self, message: str, *, status: Status | None = None,
+                 result: Any = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = Status(status)
@@ -366,12 +383,12 @@ _ERRORS = {cls.status: cls for cls in (MaxIterationsError, StepUnderflowError,
                                        DivergedError)}
 
 
-def error_class(status) -> type[SolveError]:
+def error_class(status: int) -> type[SolveError]:
     """The :class:`SolveError` subclass raised for ``status``."""
     return _ERRORS.get(Status(status), SolveError)
 
 
-def worst_status(statuses) -> Status:
+def worst_status(statuses: Iterable[Any]) -> Status:
     """One status for a batch: the first failure among them by severity, else SUCCESS.
 
     Severity order (most informative first): NONFINITE, BREAKDOWN, INFEASIBLE, DIVERGED,
@@ -399,7 +416,7 @@ def caller_stacklevel() -> int:
     (and outside the autodiff frameworks that call it through the adapters), so the warning
     names the user's call whether it came directly, through ``diffsolve.vjp`` or an adapter.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
@@ -417,8 +434,8 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
     warnings.warn(message, category, stacklevel=caller_stacklevel())
 
 
-def report(result, *, throw: bool, warn: bool = True, fixed_budget: bool = False,
-           stacklevel: int | None = None):
+def report(result: R, *, throw: bool, warn: bool = True, fixed_budget: bool = False,
+           stacklevel: int | None = None) -> R:
     """Return ``result``, after warning or raising if it did not succeed.
 
     Parameters
@@ -449,7 +466,7 @@ def report(result, *, throw: bool, warn: bool = True, fixed_budget: bool = False
     return result
 
 
-def result_status(result) -> Status:
+def result_status(result: Any) -> Status:
     """The status of a result; a batch's (array) statuses reduce by :func:`worst_status`."""
     s = result.status
     if hasattr(s, "shape") and tuple(s.shape) != ():

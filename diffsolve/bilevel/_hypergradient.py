@@ -49,6 +49,7 @@ from .. import _backend as B
 from .. import _validate as V
 from .._result import SolverResult
 from .._status import Status, report
+from .._typing import Array
 from ..implicit._implicit_solve import _probe, cg_solve
 from ._derivatives import (
     WAYS_OUT,
@@ -198,13 +199,15 @@ def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, a
     )
 
 
-def hypergradient(outer: Callable, inner: Callable, x, y, method: str = "implicit-cg", *,
+def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array, y: Array,
+                  method: str = "implicit-cg", *,
                   maxiter: int | None = None, rtol: float = 1e-10,
                   stepsize: float | None = None, ridge: float = 0.0,
                   hvp: str = "reverse-over-reverse", return_info: bool = False,
                   throw: bool = False, outer_grad: Callable | None = None,
                   inner_grad: Callable | None = None, inner_hvp: Callable | None = None,
-                  atol: float = 0.0, **deprecated):
+                  atol: float = 0.0, **deprecated: Any,
+                  ) -> Array | tuple[Array, HypergradientInfo]:
     """The hypergradient ``∇ₓ outer(x, y*(x))`` with ``y*(x) = argmin_y inner(x, y)``.
 
     Parameters

@@ -47,6 +47,7 @@ from .. import _backend as B
 from .. import _validate as V
 from .._result import SolverResult
 from .._status import Status, report
+from .._typing import Array, Callback, Seed
 from ..implicit._projections import (
     projection_ball,
     projection_box,
@@ -55,6 +56,10 @@ from ..implicit._projections import (
 )
 from ._derivatives import Oracle, check_array, check_callables, first_call, same_library
 from ._hypergradient import _stepsize, implicit_hypergradient
+
+#: a projection ``v -> P(v)`` or the name and parameters of a simple set:
+#: ``("box", lower, upper)``, ``("ball", radius)``, ``"simplex"``, ``"nonnegative"``, ...
+Projection = Callable[[Array], Array] | tuple[Any, ...] | str
 
 __all__ = ["BilevelHistory", "BilevelResult", "BilevelSettings", "BilevelState", "solve"]
 
@@ -672,16 +677,18 @@ class BilevelSettings:
         return self.rtol == 0.0 and self.atol == 0.0
 
 
-def solve(outer: Callable, inner: Callable, x0, y0, method: str = "implicit", *,
-          constraint: Callable | None = None, x_projection=None, y_projection=None,
+def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: Array,
+          method: str = "implicit", *, constraint: Callable[..., Any] | None = None,
+          x_projection: Projection | None = None, y_projection: Projection | None = None,
           maxiter: int = 1000, rtol: float = 0.0, atol: float = 1e-6,
           stepsize: float | None = None, inner_stepsize: float | None = None,
           inner_iters: int | None = None, options: dict | None = None,
-          batch: tuple | None = None, seed=0, outer_grad: Callable | None = None,
+          batch: tuple[int, int] | None = None, seed: Seed = 0,
+          outer_grad: Callable | None = None,
           inner_grad: Callable | None = None, inner_hvp: Callable | None = None,
           constraint_vjp: Callable | None = None, progress: bool = False,
-          callback: Callable | None = None, throw: bool = False,
-          **deprecated) -> BilevelResult:
+          callback: Callback[BilevelState] | None = None, throw: bool = False,
+          **deprecated: Any) -> BilevelResult:
     """Solve ``min_x outer(x, y*(x))`` with ``y*(x) ∈ argmin_y inner(x, y)``.
 
     Parameters

@@ -23,14 +23,19 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ParamSpec, cast
 
 from .. import _backend as B
 from .. import _validate as V
 from .._autodiff import DifferentiableFunction
 from .._result import SolverResult, ValueResult
 from .._status import Status, report
+from .._typing import Array
 from ._implicit_solve import SOLVES, solve_adjoint
 from ._user_vjp import linearize
+
+# the parameters of the solver that custom_root decorates
+P = ParamSpec("P")
 
 __all__ = ["ImplicitSolveInfo", "RootSettings", "custom_fixed_point", "custom_root",
            "root_vjp"]
@@ -160,9 +165,12 @@ def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw,
     return RootSettings(F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw, atol)
 
 
-def root_vjp(F: Callable, x, theta: tuple, x_bar, *, solve="gmres", ridge=0.0, vjp=None,
-             jvp=None, rtol=1e-10, maxiter=None, restart=30, throw=False,
-             return_info=False, atol=0.0):
+def root_vjp(F: Callable[..., Array], x: Array, theta: tuple[Any, ...], x_bar: Array, *,
+             solve: str | Callable[..., Array] = "gmres", ridge: float = 0.0,
+             vjp: Callable[..., Any] | None = None, jvp: Callable[..., Any] | None = None,
+             rtol: float = 1e-10, maxiter: int | None = None, restart: int = 30,
+             throw: bool = False, return_info: bool = False, atol: float = 0.0,
+             ) -> tuple[Array | None, ...] | tuple[tuple[Array | None, ...], ImplicitSolveInfo]:
     """Cotangents of θ for a root ``x`` of ``F(x, *theta) = 0``, given the cotangent of x.
 
     The building block of :func:`custom_root`, for backward rules written by hand (other
@@ -272,6 +280,7 @@ def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
                         restart=settings.restart, where=where)
     status = _outcome_status(out)
     method = getattr(out, "method", "callable" if callable(settings.solve) else settings.solve)
+    res: Any  # a number below, its text in the fixed-budget message
     if status is Status.SUCCESS:
         message = (f"{where}: {SYSTEM} solved with solve={method!r} in {out.n_iters} "
                    "iterations")
@@ -294,8 +303,12 @@ def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
     return tuple(None if g is None else -g for g in grads), info
 
 
-def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, maxiter=None,
-                *, jvp=None, restart=30, throw=False, atol=0.0):
+def custom_root(F: Callable[..., Array], solve: str | Callable[..., Array] = "gmres",
+                ridge: float = 0.0, vjp: Callable[..., Any] | None = None,
+                rtol: float = 1e-10, maxiter: int | None = None, *,
+                jvp: Callable[..., Any] | None = None, restart: int = 30, throw: bool = False,
+                atol: float = 0.0,
+                ) -> Callable[[Callable[P, Array]], DifferentiableFunction[P, Array]]:
     """Decorator: make ``solver(init, *theta) -> x*`` differentiable through ``F(x*, *theta) = 0``.
 
     The decorated solver runs unchanged and returns x* (an array); its backward rule uses
@@ -405,7 +418,7 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
     settings = _settings(WHERE, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw,
                          atol)
 
-    def decorate(solver: Callable) -> DifferentiableFunction:
+    def decorate(solver: Callable[P, Array]) -> DifferentiableFunction[P, Array]:
         if not callable(solver):
             raise TypeError(f"{WHERE}: decorate a solver function solver(init, *theta), got "
                             f"{type(solver).__name__}")
@@ -414,7 +427,8 @@ def custom_root(F: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10, max
     return decorate
 
 
-def _make_differentiable(solver, settings: RootSettings, where: str) -> DifferentiableFunction:
+def _make_differentiable(solver: Callable[P, Array], settings: RootSettings,
+                         where: str) -> DifferentiableFunction[P, Array]:
     name = getattr(solver, "__name__", type(solver).__name__)
     public = f"{where}({name})"
 
@@ -450,12 +464,18 @@ def _make_differentiable(solver, settings: RootSettings, where: str) -> Differen
     fn = DifferentiableFunction(fwd, bwd, shapes, ValueResult, unwrap_value=True,
                                 public_name=public)
     functools.update_wrapper(fn, solver, updated=())
-    fn.settings = fn.config = settings
-    return fn
+    # attributes of custom_root solvers only, read by tests and by users inspecting a solver
+    fn.settings = fn.config = settings  # type: ignore[attr-defined]
+    # the wrapper forwards (init, *theta, **kwargs), exactly the solver's own parameters
+    return cast("DifferentiableFunction[P, Array]", fn)
 
 
-def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-10,
-                       maxiter=None, *, jvp=None, restart=30, throw=False, atol=0.0):
+def custom_fixed_point(T: Callable[..., Array], solve: str | Callable[..., Array] = "gmres",
+                       ridge: float = 0.0, vjp: Callable[..., Any] | None = None,
+                       rtol: float = 1e-10, maxiter: int | None = None, *,
+                       jvp: Callable[..., Any] | None = None, restart: int = 30,
+                       throw: bool = False, atol: float = 0.0,
+                       ) -> Callable[[Callable[P, Array]], DifferentiableFunction[P, Array]]:
     """Decorator: make ``solver(init, *theta) -> x*`` differentiable through ``x* = T(x*, *theta)``.
 
     :func:`custom_root` with ``F(x, *θ) = x − T(x, *θ)``. The sign makes ``∂F/∂x = I − ∂T/∂x``
@@ -508,6 +528,8 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
         return x - T(x, *theta)
 
     F.__name__ = getattr(T, "__name__", "T")  # errors about tracing F name the user's T
+    F_vjp: Callable[..., Any] | None
+    F_jvp: Callable[..., Any] | None
     F_vjp = F_jvp = None
     if vjp is not None and callable(vjp):
         def F_vjp(x, theta):
@@ -529,7 +551,7 @@ def custom_fixed_point(T: Callable, solve="gmres", ridge=0.0, vjp=None, rtol=1e-
     settings = _settings(where, F, solve, ridge, F_vjp, F_jvp, rtol, maxiter, restart, throw,
                          atol)
 
-    def decorate(solver: Callable) -> DifferentiableFunction:
+    def decorate(solver: Callable[P, Array]) -> DifferentiableFunction[P, Array]:
         if not callable(solver):
             raise TypeError(f"{where}: decorate a solver function solver(init, *theta), got "
                             f"{type(solver).__name__}")

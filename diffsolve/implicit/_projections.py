@@ -30,6 +30,7 @@ from autograd.tracer import getval
 
 from .. import _backend as B
 from .. import _validate as V
+from .._typing import Array, ArrayLike
 from ._user_vjp import namespace
 
 __all__ = ["projection_ball", "projection_box", "projection_nonnegative", "projection_simplex"]
@@ -58,7 +59,7 @@ def _check_positive(where, name, value) -> float:
     return V.positive_real(where, name, raw)
 
 
-def projection_nonnegative(x):
+def projection_nonnegative(x: Array) -> Array:
     """Project onto the nonnegative orthant: ``max(x, 0)`` entrywise.
 
     Parameters
@@ -91,7 +92,7 @@ def projection_nonnegative(x):
     return xp.where(x < 0, 0.0, x)
 
 
-def projection_box(x, lower, upper):
+def projection_box(x: Array, lower: ArrayLike, upper: ArrayLike) -> Array:
     """Project onto the box ``lower <= x <= upper`` (entrywise).
 
     Parameters
@@ -150,7 +151,7 @@ def projection_box(x, lower, upper):
     return xp.where(y > upper, upper, y)
 
 
-def projection_ball(x, radius=1.0):
+def projection_ball(x: Array, radius: float = 1.0) -> Array:
     """Project onto the Euclidean ball ``||x|| <= radius`` (x taken as one vector).
 
     Parameters
@@ -199,7 +200,7 @@ def projection_ball(x, radius=1.0):
     return xs * (radius / ns)
 
 
-def projection_simplex(x, value=1.0):
+def projection_simplex(x: Array, value: float = 1.0) -> Array:
     """Project onto the simplex ``{y >= 0, sum(y) = value}`` (x taken as one vector).
 
     Parameters

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from .. import _backend as B
 from .._status import Status
+from .._typing import Array, Callback, Matrix
 from ._common import (
     Layout,
     LinearMap,
@@ -138,8 +139,10 @@ class VectorOps:
         return z + beta * p
 
 
-def cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callback=None,
-       check_every=None, batch_axis=None) -> KrylovResult:
+def cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+       atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
+       callback: Callback[KrylovState] | None = None, check_every: int | None = None,
+       batch_axis: int | None = None) -> KrylovResult:
     """Conjugate gradients on ``A x = b`` for symmetric positive definite ``A``.
 
     Signature (stable): ``cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
@@ -219,8 +222,10 @@ def cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callback=Non
                     where=WHERE)
 
 
-def solve_cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callback=None,
-             check_every=None, batch_axis=None, where=WHERE) -> KrylovResult:
+def solve_cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+             atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
+             callback: Callback[KrylovState] | None = None, check_every: int | None = None,
+             batch_axis: int | None = None, where: str = WHERE) -> KrylovResult:
     """:func:`cg` with the caller's name in error messages (``where``)."""
     xp, b, x0, rtol, atol, maxiter, callback, check_every, batch_axis = check_common(
         where, b, x0, rtol, atol, maxiter, callback, check_every, batch_axis=batch_axis)

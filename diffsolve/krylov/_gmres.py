@@ -22,6 +22,7 @@ import math
 
 from .. import _validate as V
 from .._status import Status
+from .._typing import Array, Callback, Matrix
 from ._common import (
     Layout,
     LinearMap,
@@ -39,8 +40,10 @@ __all__ = ["gmres", "solve_gmres"]
 WHERE = "diffsolve.krylov.gmres"
 
 
-def gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30, maxiter=None, M=None,
-          callback=None) -> KrylovResult:
+def gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+          atol: float = 0.0, restart: int = 30, maxiter: int | None = None,
+          M: Matrix | None = None, callback: Callback[KrylovState] | None = None,
+          ) -> KrylovResult:
     """Restarted GMRES on ``A x = b`` for any nonsingular ``A``.
 
     Signature (stable): ``gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30,
@@ -99,8 +102,10 @@ def gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30, maxiter=None, M=Non
                        M=M, callback=callback, where=WHERE)
 
 
-def solve_gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30, maxiter=None, M=None,
-                callback=None, where=WHERE) -> KrylovResult:
+def solve_gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+                atol: float = 0.0, restart: int = 30, maxiter: int | None = None,
+                M: Matrix | None = None, callback: Callback[KrylovState] | None = None,
+                where: str = WHERE) -> KrylovResult:
     """:func:`gmres` with the caller's name in error messages."""
     xp, b, x0, rtol, atol, maxiter, callback, _, _ = check_common(
         where, b, x0, rtol, atol, maxiter, callback, None)

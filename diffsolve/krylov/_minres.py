@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 from .._status import Status
+from .._typing import Array, Callback, Matrix
 from ._common import (
     Layout,
     LinearMap,
@@ -42,8 +43,9 @@ TRUE_CHECK = 20
 PATIENCE = 3
 
 
-def minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
-           callback=None) -> KrylovResult:
+def minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+           atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
+           callback: Callback[KrylovState] | None = None) -> KrylovResult:
     """MINRES on ``A x = b`` for symmetric ``A`` (indefinite or singular allowed).
 
     Signature (stable): ``minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None,
@@ -101,8 +103,10 @@ def minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
                         callback=callback, where=WHERE)
 
 
-def solve_minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
-                 callback=None, where=WHERE) -> KrylovResult:
+def solve_minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+                 atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
+                 callback: Callback[KrylovState] | None = None,
+                 where: str = WHERE) -> KrylovResult:
     """:func:`minres` with the caller's name in error messages."""
     xp, b, x0, rtol, atol, maxiter, callback, _, _ = check_common(
         where, b, x0, rtol, atol, maxiter, callback, None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from typing import Any
 
 from .. import _backend as B
 from .._status import Status, caller_stacklevel
@@ -169,7 +170,7 @@ def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
     x = xp.zeros_like(b) if x0 is None else xp.astype(x0, b.dtype, copy=True)
     r = b - op.matvec(x) if x0 is not None else b
     rn = _norm(xp, r)
-    dirs = deque(maxlen=max(int(k), 1))
+    dirs: deque[Any] = deque(maxlen=max(int(k), 1))
     fallback_at = None
     best, stall = rn, 0
     eps = float(xp.finfo(b.dtype).eps)

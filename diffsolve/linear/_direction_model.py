@@ -27,11 +27,13 @@ import json
 import math
 import os
 from itertools import product
+from typing import Any, Literal, overload
 
 import array_api_compat
 import array_api_extra as xpx
 
 from .. import _backend as B
+from .._typing import Array, DType, Namespace
 
 __all__ = ["ConvDirectionModel", "load_direction_model", "pretrained_direction_model"]
 
@@ -241,8 +243,13 @@ class ConvDirectionModel:
     (64,)
     """
 
-    def __init__(self, dim=2, channels=16, n_blocks=1, mask=None, seed=0, *, mask_channel=None,
-                 grid_shape=None, dtype="float32", like=None):
+    # tuple of int once bound (_bind); the grid methods run only on a bound model
+    grid_shape: Any
+
+    def __init__(self, dim: int = 2, channels: int = 16, n_blocks: int = 1,
+                 mask: Array | None = None, seed: int = 0, *, mask_channel: bool | None = None,
+                 grid_shape: tuple[int, ...] | None = None, dtype: str = "float32",
+                 like: Array | None = None) -> None:
         if dim not in (2, 3):
             raise ValueError(f"{WHERE}: dim must be 2 or 3, got {dim!r}")
         for name, value in (("channels", channels), ("n_blocks", n_blocks)):
@@ -255,7 +262,7 @@ class ConvDirectionModel:
         self.n_blocks = n_blocks
         self.mask_channel = bool(mask is not None if mask_channel is None else mask_channel)
         self.seed = seed
-        self.metadata = {}
+        self.metadata: dict[str, Any] = {}
         self.kernel = (1, 3, 3) if dim == 2 else (3, 3, 3)
         self.pool = (1, 2, 2) if dim == 2 else (2, 2, 2)
         hxp = B.host_namespace()
@@ -287,11 +294,13 @@ class ConvDirectionModel:
         self.mask = None
         self._gather = None
         if grid_shape is not None or mask is not None:
-            self._bind(grid_shape if grid_shape is not None else tuple(mask.shape), mask)
+            # mask is not None when grid_shape is (the condition above)
+            self._bind(grid_shape if grid_shape is not None else
+                       tuple(mask.shape), mask)  # type: ignore[union-attr]
 
     # ----- parameters, devices, dtypes ------------------------------------------------
     @property
-    def dtype(self):
+    def dtype(self) -> DType:
         return self.params["in.w"].dtype
 
     @property
@@ -299,7 +308,7 @@ class ConvDirectionModel:
         """Number of trainable scalars."""
         return sum(math.prod(p.shape) for p in self.params.values())
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """The architecture (what :meth:`save` writes besides the weights)."""
         return {"dim": self.dim, "channels": self.channels, "n_blocks": self.n_blocks,
                 "mask_channel": self.mask_channel, "seed": self.seed}
@@ -315,7 +324,7 @@ class ConvDirectionModel:
         self.params = {k: _asarray_on(xp, v, device) for k, v in self.params.items()}
         self.xp = xp
 
-    def to(self, like):
+    def to(self, like: Array) -> ConvDirectionModel:
         """A copy whose parameters (and bound mask) live in ``like``'s namespace and device.
 
         This is the one place where a model's weights move between host and GPU.
@@ -329,14 +338,14 @@ class ConvDirectionModel:
             new._bind(new.grid_shape, mask)
         return new
 
-    def astype(self, dtype):
+    def astype(self, dtype: DType) -> ConvDirectionModel:
         """A copy with parameters cast to ``dtype`` ("float32" or "float64")."""
         xp = self.xp
         new = self._copy()
         new.params = {k: xp.astype(v, getattr(xp, dtype)) for k, v in self.params.items()}
         return new
 
-    def namespace_matches(self, xp, device) -> bool:
+    def namespace_matches(self, xp: Namespace, device: Any) -> bool:
         p = self.params["in.w"]
         return (B.is_numpy(xp) == B.is_numpy(self.xp) and B.is_cupy(xp) == B.is_cupy(self.xp)
                 and xp.__name__ == self.xp.__name__ and str(B.device(p)) == str(device))
@@ -373,13 +382,14 @@ class ConvDirectionModel:
             self._scatter = None
 
     @property
-    def n_unknowns(self):
+    def n_unknowns(self) -> int | None:
         """Unknowns of the bound grid (fluid cells), or None when unbound."""
         if self.grid_shape is None:
             return None
         return math.prod(self.grid_shape) if self._gather is None else self._gather.shape[0]
 
-    def on_grid(self, grid_shape, mask=None):
+    def on_grid(self, grid_shape: tuple[int, ...],
+                mask: Array | None = None) -> ConvDirectionModel:
         """A copy bound to ``grid_shape`` (and fluid ``mask``), sharing the weights.
 
         The convolutions do not depend on the grid size, so a model trained on 64² can be
@@ -433,13 +443,20 @@ class ConvDirectionModel:
         return xp.reshape(cols, (nb, 1, *shape3))
 
     # ----- the network ------------------------------------------------------------------
-    def forward_grid(self, x, *, keep=False, conv=None):
+    @overload
+    def forward_grid(self, x: Array, *, keep: Literal[False] = False,
+                     conv: str | None = None) -> Array: ...
+    @overload
+    def forward_grid(self, x: Array, *, keep: Literal[True],
+                     conv: str | None = None) -> tuple[Array, dict[str, Any]]: ...
+    def forward_grid(self, x: Array, *, keep: bool = False,
+                     conv: str | None = None) -> Array | tuple[Array, dict[str, Any]]:
         """Network on grid input ``x`` (B, C_in, D, H, W) -> (B, 1, D, H, W).
 
         With ``keep=True`` also returns what :meth:`backward_grid` needs.
         """
         xp, P = self.xp, self.params
-        tape = [] if keep else None
+        tape: list[Any] | None = [] if keep else None
 
         def cv(inp, name):
             return conv_same(xp, inp, P[name + ".w"], P[name + ".b"], method=conv)
@@ -450,7 +467,7 @@ class ConvDirectionModel:
             c = _relu(xp, t)
             y = h + conv_same(xp, c, P[name + ".w2"], P[name + ".b2"], method=conv)
             if keep:
-                tape.append((name, a, c))
+                tape.append((name, a, c))  # type: ignore[union-attr]  # a list when keep
             return y
 
         h = cv(x, "in")
@@ -469,7 +486,7 @@ class ConvDirectionModel:
             return out, {"x": x, "h": h, "blocks": tape, "spatial": spatial, "coarse": coarse}
         return out
 
-    def backward_grid(self, cache, gout):
+    def backward_grid(self, cache: dict[str, Any], gout: Array) -> dict[str, Array]:
         """Parameter gradients for the cotangent ``gout`` of :meth:`forward_grid`'s output."""
         xp, P = self.xp, self.params
         grads = {}
@@ -505,7 +522,14 @@ class ConvDirectionModel:
             raise ValueError(f"{WHERE}: expected vectors of shape ({n},) or ({n}, k) for the "
                              f"grid {self.grid_shape}, got {tuple(r.shape)}")
 
-    def forward(self, r, *, keep=False, conv=None):
+    @overload
+    def forward(self, r: Array, *, keep: Literal[False] = False,
+                conv: str | None = None) -> Array: ...
+    @overload
+    def forward(self, r: Array, *, keep: Literal[True],
+                conv: str | None = None) -> tuple[Array, dict[str, Any]]: ...
+    def forward(self, r: Array, *, keep: bool = False,
+                conv: str | None = None) -> Array | tuple[Array, dict[str, Any]]:
         """Directions for the columns of ``r`` (n, B); with ``keep`` also the tape."""
         x = self._grid_input(r)
         if keep:
@@ -513,11 +537,11 @@ class ConvDirectionModel:
             return self._grid_output(out), cache
         return self._grid_output(self.forward_grid(x, conv=conv))
 
-    def backward(self, cache, g):
+    def backward(self, cache: dict[str, Any], g: Array) -> dict[str, Array]:
         """Parameter gradients for the cotangent ``g`` (n, B) of :meth:`forward`'s output."""
         return self.backward_grid(cache, self._grid_output_backward(g))
 
-    def __call__(self, r):
+    def __call__(self, r: Array) -> Array:
         """The direction ``N(r)`` for a residual ``r`` of shape (n,) or (n, k).
 
         ``r`` is cast to the model's dtype and the result back to ``r``'s dtype.
@@ -530,7 +554,7 @@ class ConvDirectionModel:
         return q[:, 0] if vec else q
 
     # ----- persistence ------------------------------------------------------------------
-    def save(self, path, **metadata):
+    def save(self, path: str | os.PathLike[str], **metadata: Any) -> None:
         """Write the weights and architecture to a versioned ``.npz`` (host copy)."""
         hxp = B.host_namespace()
         meta = dict(self.metadata)
@@ -542,7 +566,8 @@ class ConvDirectionModel:
         hxp.savez(path, **arrays)
 
     @classmethod
-    def load(cls, path, *, like=None):
+    def load(cls, path: str | os.PathLike[str], *,
+             like: Array | None = None) -> ConvDirectionModel:
         """Read a model written by :meth:`save` (optionally straight into ``like``'s device)."""
         hxp = B.host_namespace()
         with hxp.load(path, allow_pickle=False) as data:
@@ -569,7 +594,8 @@ class ConvDirectionModel:
         return model.to(like) if like is not None else model
 
 
-def load_direction_model(path, *, like=None):
+def load_direction_model(path: str | os.PathLike[str], *,
+                         like: Array | None = None) -> ConvDirectionModel:
     """Load a :class:`ConvDirectionModel` saved with :meth:`ConvDirectionModel.save`.
 
     Parameters
@@ -603,7 +629,8 @@ def load_direction_model(path, *, like=None):
     return ConvDirectionModel.load(path, like=like)
 
 
-def pretrained_direction_model(name="poisson2d-64", *, like=None):
+def pretrained_direction_model(name: str = "poisson2d-64", *,
+                               like: Array | None = None) -> ConvDirectionModel:
     """A shipped pretrained model.
 
     Parameters

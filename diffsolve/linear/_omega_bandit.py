@@ -18,11 +18,14 @@ import inspect
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+from .._autodiff import DifferentiableFunction
 from .._backend import host_namespace
 from .._status import report
+from .._typing import Array, Matrix, Seed
 from ._bandit_algorithms import (
     BinnedTsallisINF,
     ChebCB,
@@ -32,6 +35,8 @@ from ._bandit_algorithms import (
     _check_seed,
 )
 from ._result import LinearSolveResult
+
+_B = TypeVar("_B", bound="_OmegaBanditBase")
 
 __all__ = ["BanditSolveResult", "ContextualOmegaBandit", "OmegaBandit", "OmegaBanditHistory"]
 
@@ -204,7 +209,7 @@ class _OmegaBanditBase:
 
     # --- configuration ------------------------------------------------------------------
     @property
-    def omegas(self):
+    def omegas(self) -> Array:
         """The arms, a read-only array."""
         return _read_only(self._omegas, xp.float64)
 
@@ -217,15 +222,15 @@ class _OmegaBanditBase:
         return self._method
 
     @property
-    def seed(self):
+    def seed(self) -> Seed:
         return self._seed
 
     @property
-    def cost_scale(self):
+    def cost_scale(self) -> float | str:
         return self._cost_scale
 
     @property
-    def algorithm(self):
+    def algorithm(self) -> TsallisINF | BinnedTsallisINF | ChebCB:
         """The underlying learner (inspect it; let the bandit drive it)."""
         return self._algorithm
 
@@ -290,7 +295,7 @@ class _OmegaBanditBase:
 
     # --- public driving -----------------------------------------------------------------
     @property
-    def solve(self):
+    def solve(self) -> DifferentiableFunction[..., BanditSolveResult]:
         """Choose ω, solve ``A x = b`` with it, and learn from the iteration count.
 
         A differentiable solver (like :func:`diffsolve.linear.solve`, whose backward rule
@@ -365,7 +370,7 @@ class _OmegaBanditBase:
         return {"class": type(self).__name__, "omegas": list(self._omegas),
                 "method": self._method, "seed": self._seed, "cost_scale": self._cost_scale}
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, as plain arrays and scalars.
 
         Keys: ``config`` (a JSON string of the constructor arguments),
@@ -385,7 +390,7 @@ class _OmegaBanditBase:
             state["history.context"] = xp.asarray(self._h_context, dtype=xp.float64)
         return state
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state made by :meth:`state_dict` (or read by :meth:`load`) of a bandit
         with the same configuration."""
         where = f"{self._where}.load_state_dict"
@@ -412,12 +417,12 @@ class _OmegaBanditBase:
         self._h_context = ([float(v) for v in state["history.context"]]
                            if self._contextual else [])
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to an ``.npz`` file (plain arrays, no pickling)."""
         xp.savez(path, **self.state_dict())
 
     @classmethod
-    def load(cls, path):
+    def load(cls: type[_B], path: str | os.PathLike[str]) -> _B:
         """A bandit rebuilt from a file written by :meth:`save`, ready to continue."""
         where = f"{cls.__name__}.load"
         with xp.load(path, allow_pickle=False) as f:
@@ -508,7 +513,8 @@ class OmegaBandit(_OmegaBanditBase):
     _where = "OmegaBandit"
     _contextual = False
 
-    def __init__(self, omegas=None, method="sor", seed=0, cost_scale="running-mean"):
+    def __init__(self, omegas: Array | None = None, method: str = "sor", seed: Seed = 0,
+                 cost_scale: float | str = "running-mean") -> None:
         seed = _check_seed(self._where, seed)
         super().__init__(omegas, method, seed, cost_scale, n_groups=1)
 
@@ -531,11 +537,12 @@ class OmegaBandit(_OmegaBanditBase):
     def _rescale(self, factor, group):
         self._algorithm.rescale_losses(factor)
 
-    def probabilities(self):
+    def probabilities(self) -> Array:
         """The current distribution over ``omegas`` (a copy)."""
         return self._algorithm.probabilities
 
-    def _solve_entry(self, A, b, *, warn=True, **solve_kwargs) -> BanditSolveResult:
+    def _solve_entry(self, A: Matrix, b: Array, *, warn: bool = True,
+                     **solve_kwargs: Any) -> BanditSolveResult:
         """Choose ω, solve ``A x = b`` with it, and learn from the iteration count.
 
         Parameters
@@ -562,7 +569,8 @@ class OmegaBandit(_OmegaBanditBase):
         outcome with :meth:`observe`."""
         return self._suggest(None)
 
-    def observe(self, omega_index, n_iters, converged, context=None) -> None:
+    def observe(self, omega_index: int, n_iters: int, converged: bool,
+                context: float | None = None) -> None:
         """Record a solve you ran yourself with ``omegas[omega_index]``.
 
         ``omega_index`` should come from :meth:`suggest` (the learner weights the
@@ -632,8 +640,10 @@ class ContextualOmegaBandit(_OmegaBanditBase):
     _where = "ContextualOmegaBandit"
     _contextual = True
 
-    def __init__(self, context_range, omegas=None, method="sor", algorithm="chebcb", seed=0,
-                 cost_scale="running-mean", degree=5, n_bins=6, gamma=None):
+    def __init__(self, context_range: tuple[float, float], omegas: Array | None = None,
+                 method: str = "sor", algorithm: str = "chebcb", seed: Seed = 0,
+                 cost_scale: float | str = "running-mean", degree: int = 5, n_bins: int = 6,
+                 gamma: float | None = None) -> None:
         where = self._where
         self._context_range = _check_context_range(where, context_range)
         if algorithm not in ALGORITHMS:
@@ -710,12 +720,13 @@ class ContextualOmegaBandit(_OmegaBanditBase):
                             f"[{self._context_range[0]}, {self._context_range[1]}])")
         return _check_context(where, context, self._context_range)
 
-    def probabilities(self, context):
+    def probabilities(self, context: float) -> Array:
         """The current distribution over ``omegas`` at ``context``."""
         return self._algorithm.probabilities(
             self._context(f"{self._where}.probabilities", context))
 
-    def _solve_entry(self, A, b, *, context, warn=True, **solve_kwargs) -> BanditSolveResult:
+    def _solve_entry(self, A: Matrix, b: Array, *, context: float, warn: bool = True,
+                     **solve_kwargs: Any) -> BanditSolveResult:
         """Choose ω for ``context``, solve ``A x = b`` with it, and learn from the count.
 
         Parameters
@@ -738,12 +749,13 @@ class ContextualOmegaBandit(_OmegaBanditBase):
         context = self._context(f"{self._where}.solve", context)
         return self._solve(A, b, context, warn, solve_kwargs)
 
-    def suggest(self, context) -> int:
+    def suggest(self, context: float) -> int:
         """Draw the index of the ω to use at ``context``, for a solve you run yourself;
         report it with :meth:`observe`."""
         return self._suggest(self._context(f"{self._where}.suggest", context))
 
-    def observe(self, omega_index, n_iters, converged, context=None) -> None:
+    def observe(self, omega_index: int, n_iters: int, converged: bool,
+                context: float | None = None) -> None:
         """Record a solve you ran yourself with ``omegas[omega_index]`` at ``context``
         (required). The cost charged is ``n_iters``; pass ``maxiter`` for a solve that
         did not converge."""

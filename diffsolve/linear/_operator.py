@@ -9,6 +9,7 @@ through the compiled CSR kernel of the array's backend (Numba on the CPU, CUDA o
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .. import _backend as B
 from .. import _validate as V
@@ -23,6 +24,8 @@ class MatrixOperator:
     A : the dense array, the canonical CSR matrix, or the LinearOperator
     shape, dtype
     """
+
+    _matvec_kernel: Any  # the CSR product kernel for kind="sparse", None otherwise
 
     def __init__(self, A, kind: str, xp):
         self.A = A

@@ -11,11 +11,13 @@ from .. import _backend as B
 from .. import _validate as V
 from .._autodiff import custom_vjp
 from .._status import Status, report
+from .._typing import Array, Callback, Matrix
 from ._dcdm import dcdm_solve
+from ._direction_model import ConvDirectionModel
 from ._iterative import CG_FAMILY, iterative_solve, thresholds, true_residuals
 from ._operator import MatrixOperator, as_operator
 from ._relaxation import check_omega
-from ._result import LinearSolveResult
+from ._result import LinearSolveResult, LinearSolveState
 
 __all__ = ["LinearSolveSettings", "solve"]
 
@@ -333,7 +335,7 @@ def solve_unreported(A, b, **options):
     return _forward(A, b, deprecated=options, **{**_defaults(), **named})
 
 
-def _defaults() -> dict:
+def _defaults() -> dict[str, Any]:
     """The keyword defaults of :func:`solve`, read from its signature (written once)."""
     global _DEFAULTS
     if _DEFAULTS is None:
@@ -342,13 +344,16 @@ def _defaults() -> dict:
     return _DEFAULTS
 
 
-_DEFAULTS = None
+_DEFAULTS: dict[str, Any] | None = None
 
 
 @custom_vjp(_solve_bwd, _solve_shapes, LinearSolveResult)
-def solve(A, b, *, method="direct", x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
-          omega=None, callback=None, check_every=None, model=None, k=2, throw=False,
-          **deprecated):
+def solve(A: Matrix, b: Array, *, method: str = "direct", x0: Array | None = None,
+          rtol: float = 1e-8, atol: float = 0.0, maxiter: int | None = None,
+          M: Matrix | str | None = None, omega: float | None = None,
+          callback: Callback[LinearSolveState] | None = None, check_every: int | None = None,
+          model: ConvDirectionModel | None = None, k: int = 2, throw: bool = False,
+          **deprecated: Any) -> tuple[LinearSolveResult, Any]:
     """Solve ``A x = b``, differentiably in ``A`` and ``b``.
 
     Parameters

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import _backend as B
+from .._typing import Array, Matrix
 from ._direction_model import ConvDirectionModel
 from ._operator import as_operator
 
@@ -183,10 +185,14 @@ def direction_loss(op, model, b, *, keep=False):
     return loss, cache, g
 
 
-def train_direction_model(A, grid_shape, *, mask=None, model=None, channels=16, n_blocks=1,
-                          n_steps=1000, batch_size=10, lr=1e-4, n_ritz=None, low_fraction=0.5,
-                          low_weight=9.0, seed=0, progress=True, dtype="float32",
-                          callback=None, max_seconds=None):
+def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array | None = None,
+                          model: ConvDirectionModel | None = None, channels: int = 16,
+                          n_blocks: int = 1, n_steps: int = 1000, batch_size: int = 10,
+                          lr: float | Callable[[int], float] = 1e-4, n_ritz: int | None = None,
+                          low_fraction: float = 0.5, low_weight: float = 9.0, seed: int = 0,
+                          progress: bool = True, dtype: str = "float32",
+                          callback: Callable[[int, float, ConvDirectionModel], object] | None
+                          = None, max_seconds: float | None = None) -> DirectionTrainingResult:
     """Train a :class:`ConvDirectionModel` for ``A`` (symmetric positive definite) on a grid.
 
     Parameters

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .. import _backend as B
 from .._status import Status
+from .._typing import HostArray
 from ._controller import Controller, initial_step, initial_step_host
 from ._result import status_message
 from ._settings import ODEState
@@ -148,14 +149,14 @@ class Trajectory:
     """A finished solve of one (possibly batch-shared) system."""
 
     ys: object                       # (T, n) in the state's namespace
-    ts: np.ndarray                   # accepted step times, t_0 .. t_N
+    ts: HostArray                   # accepted step times, t_0 .. t_N
     states: dict                     # step index -> state y_n (flat), every `every` steps
     every: int
-    out_step: np.ndarray             # (T,) step each output was interpolated in (-1: y0)
-    out_theta: np.ndarray            # (T,)
-    errs: np.ndarray                 # (N,) scaled error of each accepted step
-    stiff: np.ndarray                # (N,) |λ| estimate of each accepted step
-    stats: np.ndarray                # n_steps, n_accepted, n_rejected, nfe
+    out_step: HostArray             # (T,) step each output was interpolated in (-1: y0)
+    out_theta: HostArray            # (T,)
+    errs: HostArray                 # (N,) scaled error of each accepted step
+    stiff: HostArray                # (N,) |λ| estimate of each accepted step
+    stats: HostArray                # n_steps, n_accepted, n_rejected, nfe
     success: bool = True
     message: str = ""
     t_fail: float = math.nan
@@ -189,7 +190,7 @@ def reached_outputs(out_step) -> int:
     return T
 
 
-def integrate(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str, first_step,
+def integrate(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: str, first_step,
               max_steps: int, step_ts, want_stiff: bool, every: int, f0=None,
               callback=None, shape=None, trajectory=None) -> Trajectory:
     """Adaptive RK from ``t_out[0]`` over the increasing/decreasing host times ``t_out``.
@@ -242,7 +243,7 @@ def _host_path_ok(stepper: Stepper, y0, f0, want_stiff: bool) -> bool:
             and y0.dtype == stepper.xp.float64)
 
 
-def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str,
+def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: str,
                     first_step, max_steps: int, step_ts, every: int, f0, callback, shape,
                     trajectory) -> Trajectory:
     """:func:`integrate` for a small float64 NumPy state, on Python floats.
@@ -404,7 +405,7 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller:
                       n_reached=q)
 
 
-def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: np.ndarray, *, controller: str,
+def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: str,
                       first_step, max_steps: int, step_ts, want_stiff: bool, every: int,
                       f0, callback, shape, trajectory) -> Trajectory:
     """:func:`integrate` on arrays of the state's namespace (stage kernels on NumPy/CuPy)."""

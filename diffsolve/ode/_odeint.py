@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import _backend as B
@@ -17,11 +17,12 @@ from .._status import (
     warn_at_caller,
     worst_status,
 )
+from .._typing import Array, Callback
 from ._adjoint import backsolve_adjoint, discrete_adjoint, one_step_adjoint, t_eval_cotangent
 from ._integrate import Stepper, Trajectory, integrate, reached_outputs
 from ._regularizers import global_regularizers, local_step
 from ._result import ODEResult, attach_message, status_message
-from ._settings import ODESettings, odeint_settings
+from ._settings import ODESettings, ODEState, odeint_settings
 from ._stiff_jacobian import pattern_csr
 from ._stiff_solve import lazy_vjp, stiff_adjoint, stiff_trajectory
 from ._stiff_tableaux import STIFF_TABLEAUX
@@ -657,12 +658,16 @@ def _odeint_shapes(f, y0, t_eval, params=None, **kwargs):
 
 
 @custom_vjp(_odeint_bwd, _odeint_shapes, ODEResult, public_name=WHERE)
-def odeint(f, y0, t_eval, params=None, *, method="tsit5", rtol=1e-6, atol=1e-9,
-           controller="pi", first_step=None, max_steps=100_000, adjoint="discrete",
-           regularizers=(), local_regularization=None, seed=None, vjp=None,
-           batch_mode="per-trajectory", checkpoint_every=1, throw=False, step_ts=None,
-           callback=None, jac: Callable | str | None = None,
-           jac_sparsity: Any = None, jump_ts: Any = None):
+def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
+           params: Array | None = None, *, method: str = "tsit5", rtol: float = 1e-6,
+           atol: float = 1e-9, controller: str = "pi", first_step: float | None = None,
+           max_steps: int = 100_000, adjoint: str = "discrete",
+           regularizers: Sequence[str] = (), local_regularization: str | None = None,
+           seed: int | None = None, vjp: Callable[..., Any] | None = None,
+           batch_mode: str = "per-trajectory", checkpoint_every: int = 1,
+           throw: bool = False, step_ts: Array | Sequence[Array] | None = None,
+           callback: Callback[ODEState] | None = None, jac: Callable | str | None = None,
+           jac_sparsity: Any = None, jump_ts: Any = None) -> tuple[ODEResult, Any]:
     """Solve ``dy/dt = f(t, y, params)`` with an adaptive explicit Runge–Kutta pair.
 
     Parameters

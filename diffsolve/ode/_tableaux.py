@@ -23,9 +23,12 @@ Sources (coefficients transcribed as facts, code our own):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .. import _backend as B
+from .._typing import HostArray
 
 np = B.host_namespace()  # host float64 coefficients (array_api_compat.numpy)
 
@@ -67,11 +70,11 @@ class Tableau:
     """
 
     name: str
-    A: np.ndarray
-    b: np.ndarray
-    c: np.ndarray
-    e: np.ndarray
-    P: np.ndarray
+    A: HostArray
+    b: HostArray
+    c: HostArray
+    e: HostArray
+    P: HostArray
     order: int
     error_order: int
     stability_boundary: float
@@ -90,7 +93,7 @@ class Tableau:
     def _P_rows(self) -> tuple:
         return tuple(tuple(float(v) for v in self.P[i, :]) for i in range(self.P.shape[0]))
 
-    def host_step(self, n: int):
+    def host_step(self, n: int) -> Callable[..., Any]:
         """One attempted step for an ``n``-component state on Python floats.
 
         ``step = host_step(n)(f, p, mvs, bufs, shape, bad, rtol, atol)`` (once per solve)
@@ -116,7 +119,7 @@ class Tableau:
             fn = _HOST_CODE[key] = _make_host_step(self, n)
         return fn
 
-    def host_dense(self, n: int):
+    def host_dense(self, n: int) -> Callable[..., Any]:
         """``host_dense(n)(theta, h, y, K)``: ``y + h Σ_i b_i(θ) K[i]`` on Python floats.
 
         The continuous extension (weights by Horner in ``θ``, combination summed as
@@ -253,7 +256,7 @@ def _dopri5() -> Tableau:
                                           stability_boundary=3.3066))
 
 
-def _tsit5_dense() -> np.ndarray:
+def _tsit5_dense() -> HostArray:
     """The Tsit5 interpolation weights b_i(θ), expanded from their factored form."""
     def polymul(a, b):  # coefficient lists, lowest power first
         out = [0.0] * (len(a) + len(b) - 1)

@@ -9,8 +9,16 @@ turn a function written in PyTorch or JAX into an ``(f, vjp)`` pair.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 from .. import _backend as B
+from .._typing import Array
+
+#: ``f(t, y, params) -> dy/dt`` on NumPy/CuPy arrays
+VectorField = Callable[[float, Array, Array], Array]
+#: ``vjp(t, y, params, v) -> (vᵀ ∂f/∂y, vᵀ ∂f/∂params or None without params)``
+VectorFieldVJP = Callable[[float, Array, Array, Array], tuple[Array, Array | None]]
 
 __all__ = ["from_jax", "from_torch", "make_rhs", "make_vjp"]
 
@@ -42,7 +50,7 @@ def make_rhs(f, params, shape, xp):
                 _bad_shape(out, t, shape)
             return out
         # the step loop may call f directly (and this rhs only to report a bad shape)
-        rhs.direct, rhs.params, rhs.shape = f, params, shape
+        rhs.direct, rhs.params, rhs.shape = f, params, shape  # type: ignore[attr-defined]
     return rhs
 
 
@@ -103,7 +111,7 @@ def make_vjp(f, vjp, params, shape, xp, jitted: bool):
     # otherwise give a silently zero gradient); the later ones, with the same f, use
     # autograd directly (its warnings are not silenced either way). traced_vjp records
     # warnings around each trace, which would be a per-stage cost.
-    checked = []
+    checked: list[bool] = []
 
     def trace(fun, args, argnums):
         if checked:
@@ -131,7 +139,7 @@ _WAYS_OUT = ("pass vjp=vjp(t, y, params, v) -> (v_y, v_params) with the products
              "or JAX and pass the pair from diffsolve.ode.from_torch(f) / from_jax(f)")
 
 
-def from_torch(f):
+def from_torch(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
     """Turn ``f(t, y, params)`` written with PyTorch into ``(f_np, vjp_np)`` for odeint.
 
     ``f_np`` takes and returns NumPy (or CuPy, via DLPack without a copy) arrays;
@@ -194,7 +202,7 @@ def from_torch(f):
     return f_np, vjp_np
 
 
-def from_jax(f):
+def from_jax(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
     """Turn ``f(t, y, params)`` written with JAX into ``(f_np, vjp_np)`` for odeint.
 
     Both are ``jax.jit``-compiled once; arrays cross as NumPy (host) arrays.

@@ -56,6 +56,7 @@ from .. import _validate as V
 from .. import krylov
 from .._autodiff import custom_vjp
 from .._status import Status, report
+from .._typing import Array, ArrayLike, Callback
 from ._errors import _broadcast_shapes, check_arrays, check_eps, check_measure, check_ot_inputs
 from ._implicit import entropic_potentials_vjp, normalise_gauge
 from ._options import legacy_options
@@ -479,7 +480,7 @@ def _solve_one(a, b, C, eps, opts: SNSSettings, xp, problem_index, tol):
     n, m = C.shape
     dt = C.dtype
     path = _path(xp, C, eps)
-    trace = []
+    trace: list[tuple[int, float]] = []
     f, g, n_sk, sk_status = _sinkhorn_steps(a, b, C, opts, tol, opts.n_sinkhorn, None, None,
                                             trace)
     done = sk_status == Status.SUCCESS
@@ -671,11 +672,16 @@ def _sns_shapes(a, b, C, eps, **kwargs):
 
 
 @custom_vjp(_sns_bwd, _sns_shapes, SNSResult, public_name=WHERE)
-def sinkhorn_newton_sparse(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=100, n_sinkhorn=50,
-                           sinkhorn_switch=500, density=None, max_density=1.0, drop_tol=1e-3,
-                           threshold=None, cg_rtol=1e-3, cg_maxiter=None, ls_c1=1e-4,
-                           ls_beta=0.5, ls_max_steps=20, n_fallback=20, error_measure="l1",
-                           callback=None, throw=False, **deprecated):
+def sinkhorn_newton_sparse(a: Array, b: Array, C: Array, eps: ArrayLike, *,
+                           rtol: float = 1e-9, atol: float = 0.0, maxiter: int = 100,
+                           n_sinkhorn: int = 50, sinkhorn_switch: int = 500,
+                           density: float | None = None, max_density: float = 1.0,
+                           drop_tol: float = 1e-3, threshold: float | None = None,
+                           cg_rtol: float = 1e-3, cg_maxiter: int | None = None,
+                           ls_c1: float = 1e-4, ls_beta: float = 0.5, ls_max_steps: int = 20,
+                           n_fallback: int = 20, error_measure: str = "l1",
+                           callback: Callback[SNSState] | None = None, throw: bool = False,
+                           **deprecated: Any) -> tuple[SNSResult, Any]:
     """Entropic optimal transport by Sinkhorn–Newton–Sparse (Tang et al., ICLR 2024).
 
     Solves the same problem as :func:`diffsolve.ot.sinkhorn`,

@@ -28,6 +28,7 @@ from .. import _backend as B
 from .. import _validate as V
 from .._autodiff import custom_vjp
 from .._status import Status, report
+from .._typing import Array, ArrayLike, Callback
 from ._errors import (
     _broadcast_shapes,
     check_arrays,
@@ -391,6 +392,8 @@ def _iterate(xp, a, b, C, schedule, tol, maxiter, measure, check_every, accelera
         prev_err = None
         err = xp.full((Bt,), math.inf, dtype=dt, device=dev)
         rate_checks = 0
+        hist_f: list[Any]
+        hist_t: list[Any]
         hist_f, hist_t = [], []
         it = 0
         while True:
@@ -694,9 +697,13 @@ def _sinkhorn_bwd(ctx, cot):
 
 
 @custom_vjp(_sinkhorn_bwd, _sinkhorn_shapes, OTResult, public_name=WHERE)
-def sinkhorn(a, b, C, eps, *, rtol=1e-9, atol=0.0, maxiter=10_000, error_measure="l1",
-             check_every=10, eps_scaling=None, acceleration=None, f0=None, g0=None,
-             gradient="implicit", throw=False, callback=None, kernel="auto", **deprecated):
+def sinkhorn(a: Array, b: Array, C: Array, eps: ArrayLike, *, rtol: float = 1e-9,
+             atol: float = 0.0, maxiter: int = 10_000, error_measure: str = "l1",
+             check_every: int = 10, eps_scaling: int | Sequence[float] | None = None,
+             acceleration: str | None = None, f0: Array | None = None,
+             g0: Array | None = None, gradient: str = "implicit", throw: bool = False,
+             callback: Callback[OTState] | None = None, kernel: str = "auto",
+             **deprecated: Any) -> tuple[OTResult, Any]:
     """Entropic optimal transport by log-domain Sinkhorn, differentiable in ``a``, ``b``, ``C``.
 
     Solves ``min_P <C, P> + eps * sum_ij P_ij (log P_ij - 1)`` subject to ``P 1 = a`` and

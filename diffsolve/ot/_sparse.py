@@ -52,6 +52,7 @@ from .. import _validate as V
 from .. import krylov
 from .._autodiff import custom_vjp
 from .._status import ConvergenceWarning, Status, caller_stacklevel, report
+from .._typing import Array, ArrayLike, Callback
 from ._errors import check_arrays, check_ot_inputs
 from ._lbfgs import FTOL, lbfgs, scipy_lbfgs
 from ._options import legacy_options
@@ -1016,8 +1017,11 @@ def _make_shapes(k_arg: bool):
 # ---------------------------------------------------------------------------------------
 @custom_vjp(_make_bwd(lambda: sparse_ot), _make_shapes(True), SparseOTResult,
             public_name=WHERE_SPARSE)
-def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", rtol=None, atol=0.0,
-              maxiter=1000, solver="lbfgs", throw=False, callback=None, **deprecated):
+def sparse_ot(a: Array, b: Array, C: Array, k: int, gamma: ArrayLike, *,
+              formulation: str = "semi-dual", rtol: float | None = None, atol: float = 0.0,
+              maxiter: int = 1000, solver: str = "lbfgs", throw: bool = False,
+              callback: Callback[OTState] | None = None, **deprecated: Any,
+              ) -> tuple[SparseOTResult, Any]:
     """Sparsity-constrained optimal transport: at most ``k`` nonzeros per plan column.
 
     Solves ``min <T, C> + sum_j (gamma/2) ||t_j||^2`` over plans ``T`` with marginals
@@ -1164,8 +1168,11 @@ def sparse_ot(a, b, C, k, gamma, *, formulation="semi-dual", rtol=None, atol=0.0
 
 @custom_vjp(_make_bwd(lambda: quadratic_ot), _make_shapes(False), QuadraticOTResult,
             public_name=WHERE_QUADRATIC)
-def quadratic_ot(a, b, C, gamma, *, formulation="dual", rtol=None, atol=0.0, maxiter=1000,
-                 solver="lbfgs", throw=False, callback=None, **deprecated):
+def quadratic_ot(a: Array, b: Array, C: Array, gamma: ArrayLike, *,
+                 formulation: str = "dual", rtol: float | None = None, atol: float = 0.0,
+                 maxiter: int = 1000, solver: str = "lbfgs", throw: bool = False,
+                 callback: Callback[OTState] | None = None, **deprecated: Any,
+                 ) -> tuple[QuadraticOTResult, Any]:
     """Quadratically regularised optimal transport (:func:`sparse_ot` with ``k = n``).
 
     Solves ``min <T, C> + (gamma/2) ||T||_F^2`` over plans with marginals ``a``, ``b``
