@@ -45,7 +45,7 @@ __all__ = ["IterationMatrix", "newton_stage"]
 REFACTOR_RATIO = 0.2
 SLOW_RATE = 0.5
 SLOW_ITERS = 4
-MAX_ITERS = 8
+MAX_ITERS = 10
 KAPPA = 0.01
 
 
@@ -135,6 +135,7 @@ def newton_stage(rhs, t_i: float, psi, g, hg: float, mat: IterationMatrix, scale
     """
     norm_prev = None
     rate = 0.0
+    roundoff = 4.0 * float(xp.finfo(g.dtype).eps)
     eta = max(eta_prev, 1e-16) ** 0.8
     for m in range(1, MAX_ITERS + 1):
         fg = rhs(t_i, g)
@@ -145,7 +146,12 @@ def newton_stage(rhs, t_i: float, psi, g, hg: float, mat: IterationMatrix, scale
         norm = float(xp.sqrt(xp.mean((dg / scale) ** 2))) if dg.shape[0] else 0.0
         if not math.isfinite(norm):
             return g, None, False, m, math.inf, eta
-        g = g + dg
+        g_new = g + dg
+        # updates at the rounding level of g: nothing left to gain (a tolerance tighter
+        # than the dtype resolves must not read as divergence)
+        if bool(xp.all(xp.abs(dg) <= roundoff * xp.abs(g_new))):
+            return g_new, (g_new - psi) / hg, True, m, rate, eta
+        g = g_new
         if norm_prev is not None:
             theta = norm / norm_prev if norm_prev > 0 else 0.0
             rate = max(rate, theta)

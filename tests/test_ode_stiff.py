@@ -1,0 +1,360 @@
+"""Stiff methods of odeint (kvaerno3, kvaerno5): order, stiff problems to reference
+accuracy, Jacobian options, the implicit-function-theorem adjoint, jump_ts, bad input."""
+
+from __future__ import annotations
+
+import autograd.numpy as anp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.integrate import solve_ivp
+from scipy.linalg import expm
+
+import diffsolve as ds
+from diffsolve.ode import odeint
+from diffsolve.ode._stiff_jacobian import colour_columns, pattern_csr
+from diffsolve.ode._stiff_tableaux import STIFF_TABLEAUX
+from tests.helpers import central_difference
+
+STIFF = ["kvaerno3", "kvaerno5"]
+
+
+def robertson(t, y, p):
+    return anp.array([-0.04 * y[0] + 1e4 * y[1] * y[2],
+                      0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
+                      3e7 * y[1] ** 2])
+
+
+def vdp(t, y, p):
+    return anp.array([y[1], p[0] * (1.0 - y[0] ** 2) * y[1] - y[0]])
+
+
+def brusselator_1d(n):
+    """A 1-D reaction–diffusion system (Brusselator, u and v interleaved), tridiagonal
+    blocks: the pattern of ∂f/∂y has bandwidth 2."""
+    alpha = 0.02 * (n + 1) ** 2 / 4.0
+
+    def f(t, y, p):
+        u, v = y[0::2], y[1::2]
+        up = anp.concatenate([anp.array([1.0]), u, anp.array([1.0])])
+        vp = anp.concatenate([anp.array([3.0]), v, anp.array([3.0])])
+        du = 1.0 + u * u * v - 4.0 * u + alpha * (up[:-2] - 2 * u + up[2:])
+        dv = 3.0 * u - u * u * v + alpha * (vp[:-2] - 2 * v + vp[2:])
+        return anp.reshape(anp.stack([du, dv], axis=1), (2 * n,))
+
+    m = 2 * n
+    pattern = sp.diags([np.ones(m - abs(k)) for k in range(-2, 3)], list(range(-2, 3)),
+                       format="csr")
+    x = np.linspace(0, 1, n + 2)[1:-1]
+    y0 = np.empty(m)
+    y0[0::2] = 1.0 + np.sin(2 * np.pi * x)
+    y0[1::2] = 3.0
+    return f, pattern, y0
+
+
+def _radau(fun, y0, t_eval, rtol=1e-12, atol=1e-14, p=None):
+    sol = solve_ivp(lambda t, y: fun(t, y, p), (t_eval[0], t_eval[-1]), y0, method="Radau",
+                    rtol=rtol, atol=atol, t_eval=t_eval)
+    assert sol.success
+    return sol.y.T
+
+
+# ---------------------------------------------------------------------------------------
+# tableaux and order
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", STIFF)
+def test_tableau_is_stiffly_accurate_esdirk(method):
+    tab = STIFF_TABLEAUX[method]
+    A = tab.A
+    s = tab.n_stages
+    assert np.all(np.triu(A, 1) == 0) and A[0, 0] == 0
+    assert np.allclose(np.diag(A)[1:], tab.gamma)
+    assert np.allclose(A.sum(axis=1), tab.c)
+    assert tab.c[-1] == pytest.approx(1.0, abs=1e-14)
+    assert np.allclose(tab.b, A[s - 1]) and tab.b.sum() == pytest.approx(1.0, abs=1e-14)
+    # L-stability: the stability function R(z) = 1 + z bᵀ (I − zA)⁻¹ 1 decays like 1/z
+
+    def R(z):
+        return 1.0 + z * tab.b @ np.linalg.solve(np.eye(s) - z * A, np.ones(s))
+
+    assert abs(R(-1e6)) < 1e-4 and abs(R(-1e6)) < abs(R(-1e4)) / 50
+    assert all(abs(R(z)) <= 1.0 for z in -np.logspace(-2, 6, 50))  # A-stable on the axis
+
+
+def _end_error(method, n_steps):
+    # y' = −y + cos(t) y²-free smooth nonlinear problem with a known solution:
+    # y = 1/(1 + t)  solves  y' = −y², y(0) = 1
+    def f(t, y, p):
+        return -y * y
+
+    T1 = 2.0
+    grid = np.linspace(0.0, T1, n_steps + 1)
+    res = odeint(f, np.array([1.0]), np.array([0.0, T1]), method=method, rtol=1e-11,
+                 atol=1e-11, step_ts=grid)
+    return abs(float(res.ys[-1, 0]) - 1.0 / (1.0 + T1))
+
+
+@pytest.mark.parametrize("method", STIFF)
+def test_convergence_slope_matches_order(method):
+    order = STIFF_TABLEAUX[method].order
+    ns = [8, 16, 32] if order == 5 else [16, 32, 64]
+    errs = [_end_error(method, n) for n in ns]
+    slopes = [np.log2(errs[i] / errs[i + 1]) for i in range(len(errs) - 1)]
+    assert all(abs(sl - order) < 0.35 for sl in slopes), (errs, slopes)
+
+
+@pytest.mark.parametrize("method", STIFF)
+def test_dense_output_is_hermite_accurate(method):
+    def f(t, y, p):
+        return -y * y
+
+    t = np.linspace(0.0, 2.0, 41)
+    errs = []
+    for n in (8, 16):
+        grid = np.linspace(0.0, 2.0, n + 1)
+        res = odeint(f, np.array([1.0]), t, method=method, rtol=1e-11, atol=1e-13,
+                     step_ts=grid)
+        errs.append(np.max(np.abs(res.ys[:, 0] - 1.0 / (1.0 + t))))
+    # the interpolant is O(h⁴), the solution it interpolates O(h^order)
+    assert np.log2(errs[0] / errs[1]) > min(STIFF_TABLEAUX[method].order, 4) - 0.5
+
+
+# ---------------------------------------------------------------------------------------
+# stiff problems to reference accuracy
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", STIFF)
+def test_robertson_matches_reference(method):
+    y0 = np.array([1.0, 0.0, 0.0])
+    t = np.array([0.0, 0.4, 40.0, 4e3, 4e5])
+    ref = _radau(robertson, y0, t, rtol=1e-11, atol=1e-16)
+    res = odeint(robertson, y0, t, method=method, rtol=1e-7, atol=1e-12)
+    assert res.converged and res.status == ds.Status.SUCCESS
+    scale = np.array([1.0, 1e-4, 1.0])  # y2 lives around 1e-5
+    assert np.max(np.abs(res.ys - ref) / scale) < 1e-4
+    assert np.allclose(res.ys.sum(axis=1), 1.0, atol=1e-9)  # mass is conserved
+    assert res.stats.n_steps < 3000
+
+
+def test_van_der_pol_stiff_solves_where_explicit_gives_up():
+    mu = np.array([1000.0])
+    y0 = np.array([2.0, 0.0])
+    t = np.array([0.0, 500.0, 1000.0, 2000.0])
+    ref = _radau(vdp, y0, t, rtol=1e-10, atol=1e-12, p=mu)
+    res = odeint(vdp, y0, t, mu, method="kvaerno5", rtol=1e-6, atol=1e-8)
+    assert res.converged
+    assert np.max(np.abs(res.ys[:, 0] - ref[:, 0])) < 1e-3
+    assert res.stats.n_steps < 2000
+    with pytest.warns(ds.ConvergenceWarning, match="stiff"):
+        explicit = odeint(vdp, y0, t, mu, method="tsit5", rtol=1e-6, atol=1e-8,
+                          max_steps=2000)
+    assert explicit.status == ds.Status.MAX_ITERATIONS
+
+
+# ---------------------------------------------------------------------------------------
+# Jacobians
+# ---------------------------------------------------------------------------------------
+def test_colouring_is_valid_and_tight(rng):
+    n = 40
+    pattern = sp.random(n, n, density=0.08, random_state=1, format="csr")
+    indptr, indices = pattern_csr(pattern, n)
+    colour = colour_columns(indptr, indices, n)
+    for r in range(n):
+        cols = indices[indptr[r]:indptr[r + 1]]
+        assert len(set(colour[cols].tolist())) == len(cols)  # no clash within a row
+    tri = sp.diags([np.ones(n - 1), np.ones(n), np.ones(n - 1)], [-1, 0, 1], format="csr")
+    ip, ix = pattern_csr(tri, n)
+    assert colour_columns(ip, ix, n).max() + 1 == 3
+
+
+@pytest.mark.parametrize("method", STIFF)
+def test_jacobian_options_agree(method):
+    f, pattern, y0 = brusselator_1d(20)
+    t = np.linspace(0.0, 2.0, 5)
+    m = y0.shape[0]
+
+    def jac_dense(t_, y, p):
+        J = np.zeros((m, m))
+        for j in range(m):
+            e = np.zeros(m)
+            e[j] = 1e-7
+            J[:, j] = (f(t_, y + e, p) - f(t_, y - e, p)) / 2e-7
+        return J
+
+    def jac_csr(t_, y, p):
+        return ds.CSR.from_sparse(sp.csr_matrix(jac_dense(t_, y, p) * pattern.toarray()))
+
+    def jac_scipy(t_, y, p):
+        return sp.csr_matrix(jac_dense(t_, y, p))
+
+    opts = dict(method=method, rtol=1e-8, atol=1e-10)
+    ref = _radau(f, y0, t, rtol=1e-11, atol=1e-13)
+    results = {
+        "fd": odeint(f, y0, t, **opts),
+        "vjp": odeint(f, y0, t, jac="vjp", **opts),
+        "dense": odeint(f, y0, t, jac=jac_dense, **opts),
+        "csr": odeint(f, y0, t, jac=jac_csr, **opts),
+        "scipy": odeint(f, y0, t, jac=jac_scipy, **opts),
+        "coloured fd": odeint(f, y0, t, jac_sparsity=pattern, **opts),
+        "coloured vjp": odeint(f, y0, t, jac="vjp", jac_sparsity=pattern, **opts),
+    }
+    for name, res in results.items():
+        assert res.converged, name
+        assert np.max(np.abs(res.ys - ref)) < 5e-6, name
+    # the coloured differences spend 5 + 1 evaluations per Jacobian instead of m + 1
+    assert results["coloured fd"].stats.nfe < results["fd"].stats.nfe
+
+
+# ---------------------------------------------------------------------------------------
+# the adjoint
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("jac", ["fd", "vjp"])
+@pytest.mark.parametrize("method", STIFF)
+def test_adjoint_matches_frozen_step_fd(method, jac, rng):
+    y0 = np.array([2.0, 0.0])
+    mu = np.array([20.0])
+    t = np.linspace(0.0, 2.0, 6)
+    # the third-order pair at a looser tolerance: the same check in fewer steps
+    tol = 1e-10 if method == "kvaerno5" else 1e-8
+    opts = dict(method=method, rtol=tol, atol=tol / 100, jac=jac)
+    res, pull = ds.vjp(odeint, vdp, y0, t, mu, **opts)
+    W = rng.standard_normal(res.ys.shape)
+    y0_bar, _, p_bar = pull(ys=W)
+
+    def loss(y, p):
+        return np.sum(W * odeint(vdp, y, t, p, step_ts=res.ts, **opts).ys)
+
+    v = rng.standard_normal(2)
+    assert y0_bar @ v == pytest.approx(central_difference(lambda y: loss(y, mu), y0, v),
+                                       rel=1e-6)
+    fd = central_difference(lambda p: loss(y0, p), mu, np.ones(1), h=1e-4)
+    assert p_bar[0] == pytest.approx(fd, rel=1e-6)
+
+
+def test_adjoint_sparse_pattern_matches_fd(rng):
+    f, pattern, y0 = brusselator_1d(10)
+    t = np.linspace(0.0, 1.0, 3)
+    opts = dict(method="kvaerno5", rtol=1e-10, atol=1e-12, jac_sparsity=pattern)
+    res, pull = ds.vjp(odeint, f, y0, t, **opts)
+    W = rng.standard_normal(res.ys.shape)
+    y0_bar, _ = pull(ys=W)
+    v = rng.standard_normal(y0.shape[0])
+    fd = central_difference(
+        lambda y: np.sum(W * odeint(f, y, t, step_ts=res.ts, **opts).ys), y0, v)
+    assert y0_bar @ v == pytest.approx(fd, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", STIFF)
+def test_adjoint_matches_exact_sensitivities(method, rng):
+    # y' = −p K y: y(t) = expm(−p K t) y0, so ∂(wᵀy(T))/∂y0 = expm(−p K T)ᵀ w and
+    # ∂/∂p = wᵀ (−K T) expm(−p K T) y0; K has eigenvalues up to 1e3 (stiff)
+    K = np.array([[1000.0, -1.0, 0.0], [-1.0, 2.0, -1.0], [0.0, -1.0, 1.0]])
+
+    def f(t, y, p):
+        return -p[0] * anp.dot(K, y)
+
+    y0 = np.array([1.0, 0.5, -0.3])
+    p = np.array([1.0])
+    T = 1.5
+    w = rng.standard_normal(3)
+    # kvaerno5 assembles J from VJPs; kvaerno3 (more, cheaper steps) takes the user's J
+    tol, jac = (1e-11, "vjp") if method == "kvaerno5" else (1e-9, lambda t, y, p: -p[0] * K)
+    res, pull = ds.vjp(odeint, f, y0, np.array([0.0, T]), p, method=method, rtol=tol,
+                       atol=tol / 100, jac=jac)
+    W = np.zeros((2, 3))
+    W[1] = w
+    y0_bar, _, p_bar = pull(ys=W)
+    E = expm(-p[0] * K * T)
+    assert np.allclose(res.ys[1], E @ y0, atol=1e-8)
+    rel = 1e-6 if method == "kvaerno5" else 1e-5
+    assert np.allclose(y0_bar, E.T @ w, rtol=rel, atol=1e-9)
+    assert p_bar[0] == pytest.approx(w @ (-K * T) @ E @ y0, rel=rel)
+
+
+def test_adapters_agree_with_vjp():
+    torch = pytest.importorskip("torch")
+    y0 = np.array([2.0, 0.0])
+    mu = np.array([20.0])
+    t = np.linspace(0.0, 1.0, 3)
+    opts = dict(method="kvaerno3", rtol=1e-8, atol=1e-10)
+    _, pull = ds.vjp(odeint, vdp, y0, t, mu, **opts)
+    y0_bar, _, p_bar = pull(ys=np.ones((3, 2)))
+    y0t = torch.tensor(y0, requires_grad=True)
+    pt = torch.tensor(mu, requires_grad=True)
+    out = ds.to_torch(odeint)(vdp, y0t, t, pt, **opts)
+    out.ys.sum().backward()
+    assert np.allclose(y0t.grad.numpy(), y0_bar, rtol=1e-12)
+    assert np.allclose(pt.grad.numpy(), p_bar, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# jump_ts
+# ---------------------------------------------------------------------------------------
+def _relaxation_to_step(t, y, p):
+    # y' = −50 (y − u(t)), u a unit step at t = 1 (right-continuous)
+    u = 1.0 if t >= 1.0 else 0.0
+    return -50.0 * (y - u)
+
+
+def _relaxation_exact(t):
+    return np.where(t < 1.0, np.exp(-50.0 * t), 1.0 + (np.exp(-50.0) - 1.0)
+                    * np.exp(-50.0 * (t - 1.0)))
+
+
+@pytest.mark.parametrize("method", STIFF)
+def test_jump_ts_meets_atol_on_a_discontinuous_field(method):
+    t = np.linspace(0.0, 2.0, 41)
+    atol = 1e-6
+    with_jump = odeint(_relaxation_to_step, np.array([1.0]), t, method=method, rtol=0.0,
+                       atol=atol, jump_ts=[1.0])
+    err = np.max(np.abs(with_jump.ys[:, 0] - _relaxation_exact(t)))
+    assert err < 10 * atol
+    assert 1.0 in with_jump.ts.tolist()  # a step ends exactly on the jump
+
+
+def test_jump_ts_outside_interval_is_ignored_and_bad_values_refused():
+    t = np.linspace(0.0, 0.5, 3)
+    a = odeint(_relaxation_to_step, np.array([1.0]), t, method="kvaerno3", jump_ts=[5.0])
+    b = odeint(_relaxation_to_step, np.array([1.0]), t, method="kvaerno3")
+    assert np.array_equal(a.ys, b.ys)
+    with pytest.raises(ValueError, match="jump_ts"):
+        odeint(_relaxation_to_step, np.array([1.0]), t, method="kvaerno3",
+               jump_ts=[np.nan])
+    with pytest.raises(TypeError, match="jump_ts"):
+        odeint(_relaxation_to_step, np.array([1.0]), t, method="kvaerno3", jump_ts=1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# bad input and refusals
+# ---------------------------------------------------------------------------------------
+def test_refusals_name_the_argument():
+    y0 = np.array([2.0, 0.0])
+    t = np.array([0.0, 1.0])
+    mu = np.array([5.0])
+    with pytest.raises(ValueError, match="jac is used by the implicit methods"):
+        odeint(vdp, y0, t, mu, method="tsit5", jac="fd")
+    with pytest.raises(ValueError, match="jac_sparsity"):
+        odeint(vdp, y0, t, mu, method="tsit5", jac_sparsity=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="adjoint='discrete'"):
+        odeint(vdp, y0, t, mu, method="kvaerno5", adjoint="backsolve")
+    with pytest.raises(ValueError, match="regularizers"):
+        odeint(vdp, y0, t, mu, method="kvaerno5", regularizers=("error",))
+    with pytest.raises(ValueError, match="jac"):
+        odeint(vdp, y0, t, mu, method="kvaerno5", jac="autograd")
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        odeint(vdp, y0, t, mu, method="kvaerno5", jac=lambda t, y, p: np.eye(3))
+    with pytest.raises(ValueError, match="jac_sparsity has shape"):
+        odeint(vdp, y0, t, mu, method="kvaerno5", jac_sparsity=np.ones((3, 3)))
+
+
+def test_float32_and_batches():
+    y0 = np.array([[2.0, 0.0], [1.0, 0.5]])
+    t = np.linspace(0.0, 1.0, 3)
+    mu = np.array([10.0])
+    batch = odeint(vdp, y0, t, mu, method="kvaerno3", rtol=1e-7, atol=1e-9)
+    for b in range(2):
+        one = odeint(vdp, y0[b], t, mu, method="kvaerno3", rtol=1e-7, atol=1e-9)
+        assert np.array_equal(batch.ys[:, b, :], one.ys)
+    r32 = odeint(vdp, y0[0].astype(np.float32), t, mu.astype(np.float32),
+                 method="kvaerno5", rtol=1e-4, atol=1e-6)
+    assert r32.ys.dtype == np.float32
+    assert np.allclose(r32.ys, batch.ys[:, 0, :], atol=1e-3)
