@@ -98,6 +98,8 @@ html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
     "navbar_align": "left",
+    # the guides' titles are long: a few in the header, the rest under "More"
+    "header_links_before_dropdown": 4,
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
