@@ -286,6 +286,18 @@ class _Forward:
     every call.
     """
 
+    # given as keywords to __init__ (the forward pass's locals)
+    xp: Any
+    tab: Any
+    y0: Any
+    device: Any
+    n: int
+    settings: ODESettings
+    f: Callable[..., Any]
+    params_eff: Any
+    shape: tuple[int, ...]
+    jitted: bool
+
     def __init__(self, stepper=None, **kw):
         self.__dict__.update(kw)
         if stepper is not None:
@@ -404,8 +416,9 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
                     y0=yb, t_out=t_out, params=params_eff, shape=shape, xp=xp, dtype=dtype,
                     device=device, step_ts=sts, f0=f0, callback=callback, trajectory=index,
                     jac_sparsity=jac_sparsity, jump_ts=jumps)
-            else:
-                traj = integrate(stepper, rhs, yb, t_out, controller=controller,
+            else:  # neither compiled nor implicit: stepper was built above
+                traj = integrate(stepper, rhs, yb, t_out,  # type: ignore[arg-type]
+                                 controller=controller,
                                  first_step=settings.first_step,
                                  max_steps=settings.max_steps, step_ts=sts,
                                  want_stiff=want_stiff, every=every, f0=f0,
@@ -539,6 +552,7 @@ def _odeint_bwd(ctx, cot):
     rS = float(cot["reg_stiffness"]) if "stiffness" in st.regularizers else 0.0
     local = st.local_regularization
     T = fwd.t_out.shape[0]
+    t_bar: Any  # host floats, then an array of t_eval's library (or None)
     y0_bars, p_bar, t_bar = [], None, [0.0] * T
     poisoned_p = poisoned_t = False
     global_reg = bool(rE or rS) and local is None
@@ -692,9 +706,11 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
         and the solve ends at ``t_eval[-1]``.
     params : 1-D array, optional
         All parameters as ONE vector (differentiable).
-    method : {"tsit5", "dopri5", "bs3"}
+    method : {"tsit5", "dopri5", "bs3", "kvaerno3", "kvaerno5"}
         Tsitouras 5(4), Dormand–Prince 5(4), Bogacki–Shampine 3(2); each with its own
-        continuous extension for ``t_eval`` (outputs do not shorten steps).
+        continuous extension for ``t_eval`` (outputs do not shorten steps). For stiff
+        problems, the L-stable ESDIRK pairs of Kværnø 3(2) and 5(4) (implicit stages by
+        simplified Newton; see ``jac``).
     rtol, atol : float >= 0
         Accept a step when ``E = rms(err / (atol + rtol max(|y_n|, |y_{n+1}|))) <= 1``
         (``atol = 0`` needs a state no component of which stays exactly 0).
@@ -759,6 +775,21 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
         one Python call per accepted step (no extra device synchronisation on CuPy: the
         step's error norm is read anyway), and an ``@njit`` ``f`` then runs from the
         Python loop instead of the compiled one.
+    jac : callable or {"fd", "vjp"}, optional
+        The Jacobian ``∂f/∂y`` for the Newton iterations of the stiff (implicit) methods
+        ``"kvaerno3"`` and ``"kvaerno5"`` (explicit methods refuse it): a callable
+        ``jac(t, y, params)`` returning a dense ``(n, n)`` array, a :class:`diffsolve.CSR` or
+        a SciPy / CuPy sparse matrix; ``"fd"`` (default) forward differences, one evaluation
+        of ``f`` per column colour; ``"vjp"`` assembled exactly from the vector–Jacobian
+        products used for gradients, one per row colour. The backward rule uses the exact
+        Jacobian (the callable, else the VJP assembly), never differences.
+    jac_sparsity : array or sparse matrix, optional
+        The sparsity pattern of ``∂f/∂y`` (stiff methods): columns (rows) that share no
+        row (column) are probed together, e.g. 3 probes for a tridiagonal pattern whatever
+        ``n`` (Curtis, Powell & Reid 1974). Without it ``J`` is dense and takes ``n``.
+    jump_ts : array or sequence of float, optional
+        Times strictly inside the interval where ``f`` is discontinuous (stiff methods): a
+        step never crosses one; it ends on it and the next starts afresh.
 
     Returns
     -------
