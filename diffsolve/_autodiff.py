@@ -258,6 +258,13 @@ def custom_vjp(bwd: BackwardRule, result_shapes: Callable[..., dict[str, Any]] |
     decorator
         Turns the forward rule into a :class:`DifferentiableFunction`.
 
+    See Also
+    --------
+    diffsolve.vjp : Run a registered solver and get its reverse-mode product.
+    diffsolve.to_torch : Use a registered solver as a PyTorch layer.
+    diffsolve.to_jax : Use a registered solver inside JAX.
+    diffsolve.to_autograd : Use a registered solver inside HIPS autograd.
+
     Examples
     --------
     >>> import numpy as np
@@ -277,13 +284,6 @@ def custom_vjp(bwd: BackwardRule, result_shapes: Callable[..., dict[str, Any]] |
     >>> f_vjp(y=np.array([1.0, 3.0]))
     (array([2., 6.]),)
     """
-
-    See Also
-    --------
-    diffsolve.vjp : Run a registered solver and get its reverse-mode product.
-    diffsolve.to_torch : Use a registered solver as a PyTorch layer.
-    diffsolve.to_jax : Use a registered solver inside JAX.
-    diffsolve.to_autograd : Use a registered solver inside HIPS autograd.
 
     def decorate(fwd: Callable[P, tuple[Any, Any]]) -> DifferentiableFunction[P, Any]:
         return DifferentiableFunction(fwd, bwd, result_shapes, result_type,
@@ -409,6 +409,19 @@ def vjp(fn: DifferentiableFunction[..., R], *args: Any, **kwargs: Any,
         It may be called more than once. For a function that returns a bare array,
         ``vjp_fn(g)`` (or ``vjp_fn(value=g)``) takes the cotangent of that array.
 
+    Raises
+    ------
+    TypeError
+        ``fn`` is not a diffsolve solver (registered with :func:`custom_vjp`), or the
+        cotangents name fields that ``fn``'s result does not differentiate.
+
+    See Also
+    --------
+    diffsolve.custom_vjp : Register a function with its own forward and backward rules.
+    diffsolve.to_autograd : The same products inside HIPS autograd.
+    diffsolve.to_torch : The same products inside PyTorch.
+    diffsolve.to_jax : The same products inside JAX.
+
     Examples
     --------
     >>> import numpy as np
@@ -436,19 +449,6 @@ def vjp(fn: DifferentiableFunction[..., R], *args: Any, **kwargs: Any,
             if not fn.unwrap_value or len(positional) > 1 or cotangents:
                 raise TypeError(
                     f"{fn.public_name} vjp: got {len(positional)} positional cotangent(s)"
-    Raises
-    ------
-    TypeError
-        ``fn`` is not a diffsolve solver (registered with :func:`custom_vjp`), or the
-        cotangents name fields that ``fn``'s result does not differentiate.
-
-    See Also
-    --------
-    diffsolve.custom_vjp : Register a function with its own forward and backward rules.
-    diffsolve.to_autograd : The same products inside HIPS autograd.
-    diffsolve.to_torch : The same products inside PyTorch.
-    diffsolve.to_jax : The same products inside JAX.
-
                     f"{' and keyword cotangents' if cotangents else ''}; "
                     + ("pass one cotangent, the array's, positionally or as value=g"
                        if fn.unwrap_value else
