@@ -38,7 +38,7 @@ def _kernels(xp, cost, P):
 
 
 def pair_lse(P, Q, w, eps, cost, swapped):
-    """``eps * log sum_j exp((w_j - c_ij) / eps)`` over the block pair, shape (1, p).
+    """``eps * log sum_j exp((w_j - c_ij) / eps)`` over the block pair, shape (p,).
 
     ``swapped``: ``P`` are target points and ``Q`` source points, so a user cost is called
     as ``cost(Q, P)`` and transposed (squared Euclidean is symmetric).
@@ -47,29 +47,23 @@ def pair_lse(P, Q, w, eps, cost, swapped):
     if _kernels(xp, cost, P):
         kern = B.get_kernel(xp, "ot_blocks.sqeuclidean_lse")
         out = xp.empty((P.shape[0],), dtype=P.dtype)
-        out = kern(B.contiguous(xp, P), B.contiguous(xp, Q), B.contiguous(xp, w), eps, out)
-        return out[None, :]
+        return kern(B.contiguous(xp, P), B.contiguous(xp, Q), B.contiguous(xp, w), eps, out)
     c = block_cost(Q, P, cost, xp).T if swapped else block_cost(P, Q, cost, xp)
-    return (eps * B.logsumexp((w[None, :] - c) / eps, axis=1, xp=xp))[None, :]
+    return eps * B.logsumexp((w[None, :] - c) / eps, axis=1, xp=xp)
 
 
-def combine_lse(x, axis, keepdims, eps):
-    """Tree-reduction step: soft-minimum partials (eps-scaled log-sum-exps) of several row
-    blocks combined into one, ``M + eps log sum_k exp((x_k - M) / eps)``."""
-    xp = B.array_namespace(x)
-    if isinstance(axis, tuple):
-        (axis,) = axis
-    mx = xp.max(x, axis=axis, keepdims=True)
+def combine_partials(parts, eps):
+    """Tree-reduction step: soft-minimum partials (eps-scaled log-sum-exps, one per row
+    block) combined into one, ``M + eps log sum_k exp((x_k - M) / eps)``: the (max, sum)
+    pair of an online log-sum-exp, folded into one number per point."""
+    if len(parts) == 1:
+        return parts[0]
+    xp = B.array_namespace(*parts)
+    x = xp.stack(parts)
+    mx = xp.max(x, axis=0)
     safe = xp.where(xp.isfinite(mx), mx, xp.zeros_like(mx))
-    s = xp.sum(xp.exp((x - safe) / eps), axis=axis, keepdims=True)
-    out = safe + eps * xp.log(s)
-    out = xp.where(mx == -math.inf, mx, out)
-    return out if keepdims else xp.squeeze(out, axis=axis)
-
-
-def identity_chunk(x, axis, keepdims):
-    """The leaf of the tree reduction: a partial is already reduced over its block."""
-    return x
+    s = xp.sum(xp.exp((x - safe[None, :]) / eps), axis=0)
+    return xp.where(mx == -math.inf, mx, safe + eps * xp.log(s))
 
 
 def pair_apply(P, Q, u, w, eps, cost, swapped):

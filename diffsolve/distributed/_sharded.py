@@ -20,7 +20,6 @@ several machines.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,25 +194,51 @@ class _Problem:
     """The sharded problem: points, weights and the two half-steps as Dask graphs."""
 
     def __init__(self, X, Y, a, b, s: PointCloudSettings):
-        self.X, self.Y, self.a, self.b, self.s = X, Y, a, b, s
-        self.da, _ = dask_modules()
+        self.da, dask = dask_modules()
+        self.s = s
+        # the points, weights and log-weights go to the workers once (persisted): every
+        # half-step's graph then refers to them instead of carrying them
+        self.X, self.Y, self.a, self.b, self.loga, self.logb = dask.persist(
+            X, Y, a, b, self.da.log(a), self.da.log(b))
+        _replicate(self.X, self.Y, self.loga, self.logb)
         self.dtype = X.dtype
         self.meta = meta_like(X, 1)
-        self.loga, self.logb = self.da.log(a), self.da.log(b)
 
     def _soft_min(self, P, Q, w, eps, swapped):
         """``eps LSE_q((w_q - c(P_p, Q_q)) / eps)`` for every point of ``P``: one task per
-        block pair, then a tree reduction over ``Q``'s blocks."""
+        block pair, then a tree reduction (fan-in ``split_every``) over ``Q``'s blocks.
+
+        The graph is written out task by task (rather than by ``blockwise`` and
+        ``reduction``, which add a pass-through task per block pair): a half-step is
+        ``nP nQ`` pair tasks plus about ``nP nQ / (split_every - 1)`` combine tasks.
+        """
         da = self.da
-        partials = da.blockwise(
-            _blocks.pair_lse, "ji", P, "ik", Q, "jk", w, "j", eps=eps, cost=self.s.cost,
-            swapped=swapped, adjust_chunks={"j": 1}, dtype=self.dtype, concatenate=True,
-            meta=meta_like(self.X, 2))
-        combine = functools.partial(_blocks.combine_lse, eps=eps)
-        return da.reduction(partials, _blocks.identity_chunk, combine, combine=combine,
-                            axis=0, dtype=self.dtype,
-                            split_every=self.s.split_every, concatenate=True,
-                            meta=self.meta)
+        from dask.base import tokenize
+        from dask.highlevelgraph import HighLevelGraph
+
+        name = "sinkhorn-softmin-" + tokenize(P.name, Q.name, w.name, eps, swapped,
+                                              self.s.cost)
+        fan = self.s.split_every
+        dsk = {}
+        for j in range(P.numblocks[0]):
+            level = []
+            for i in range(Q.numblocks[0]):
+                key = (name + "-pair", i, j)
+                dsk[key] = (_blocks.pair_lse, (P.name, j, 0), (Q.name, i, 0), (w.name, i),
+                            eps, self.s.cost, swapped)
+                level.append(key)
+            depth = 0
+            while len(level) > fan:
+                depth += 1
+                groups = [level[k:k + fan] for k in range(0, len(level), fan)]
+                level = []
+                for g, group in enumerate(groups):
+                    key = (f"{name}-combine{depth}", g, j)
+                    dsk[key] = (_blocks.combine_partials, group, eps)
+                    level.append(key)
+            dsk[(name, j)] = (_blocks.combine_partials, level, eps)
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[P, Q, w])
+        return da.Array(graph, name, chunks=(P.chunks[0],), dtype=self.dtype, meta=self.meta)
 
     def cols(self, f, eps):
         """``eps LSE_i((f_i - C_ij) / eps)`` (m,)."""
@@ -337,6 +362,7 @@ def sinkhorn_pointcloud(X, Y, eps, a=None, b=None, *, cost="sqeuclidean", rtol=1
     a = _weights(da, a, "a", X)
     b = _weights(da, b, "b", Y)
     prob = _Problem(X, Y, a, b, s)
+    X, Y, a, b = prob.X, prob.Y, prob.a, prob.b
     mass_a, mass_b, min_a, min_b = dask.compute(da.sum(a), da.sum(b), da.min(a), da.min(b))
     mass_a, mass_b = float(mass_a), float(mass_b)
     if not (float(min_a) > 0 and float(min_b) > 0):
@@ -438,6 +464,24 @@ def _iterate(prob: _Problem, schedule, tol, mass, s: PointCloudSettings):
     if g is None:  # maxiter reached before any g (cannot happen with maxiter >= 1)
         g = eps * prob.logb - prob.cols(f, eps)
     return f, g, total, stopped, bad
+
+
+def _replicate(*arrays):
+    """Copy the persisted point blocks and log-weights to every worker of the current
+    ``dask.distributed`` client (``(n + m)(d + 1)`` numbers each, small next to the cost's
+    ``n m``): the block-pair tasks of every half-step then find them locally, and only the
+    potentials move. Without a distributed client (the local schedulers) nothing to do."""
+    try:
+        from distributed import default_client, futures_of
+    except ImportError:  # pragma: no cover - dask without distributed
+        return
+    try:
+        client = default_client()
+    except ValueError:  # no client: the threaded or synchronous scheduler
+        return
+    futures = [f for x in arrays for f in futures_of(x)]
+    if futures and len(client.scheduler_info(n_workers=-1)["workers"]) > 1:
+        client.replicate(futures)
 
 
 def _check_dtype(x, name):

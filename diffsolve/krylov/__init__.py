@@ -33,7 +33,7 @@ One policy for all three:
   residual that stagnates above the tolerance. The lucky breakdown (the exact solution
   found) is convergence.
 * Failures are returned, never warned about or raised: callers read ``status`` and report
-  it (:func:`diffsolve._status.report`), or propagate it into their own result.
+  it (``diffsolve._status.report``), or propagate it into their own result.
 * ``callback(state) -> bool | None``; returning ``True`` stops with ``Status.STOPPED``.
 """
 

@@ -186,7 +186,7 @@ def cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
     KrylovResult
         ``x``, ``status``, ``converged`` (true residual), ``n_iters``, ``residual_norm``,
         ``message``. Failures are returned, never warned about or raised: the caller
-        reads ``status`` (and reports it with :func:`diffsolve._status.report`).
+        reads ``status`` (and reports it with ``diffsolve._status.report``).
 
     Raises
     ------

@@ -20,7 +20,7 @@ class KrylovResult:
         The solution, b's shape (NaN where the status is ``NONFINITE``).
     status : Status or array of int
         Why it stopped; for a batch (``batch_axis``) an integer array with one status
-        per system, reduced by :func:`diffsolve._status.result_status`.
+        per system, reduced by ``diffsolve._status.result_status``.
     converged : bool
         ``True`` only when the *true* residual ``||b - A x||``, recomputed at the returned
         ``x``, meets ``max(rtol ||b||, atol)`` (for every system of a batch).

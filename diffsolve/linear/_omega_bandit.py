@@ -50,12 +50,12 @@ DEFAULT_OMEGAS = tuple(round(1.0 + 0.05 * i, 2) for i in range(20))
 
 @dataclass(frozen=True)
 class BanditSolveResult(LinearSolveResult):
-    """A :class:`~diffsolve.LinearSolveResult` that also says which ω the bandit chose.
+    """A :class:`~diffsolve.linear.LinearSolveResult` that also says which ω the bandit chose.
 
     Attributes
     ----------
     x, n_iters, converged, residual_norm, info
-        As :class:`~diffsolve.LinearSolveResult` (``x`` is the differentiable field).
+        As :class:`~diffsolve.linear.LinearSolveResult` (``x`` is the differentiable field).
     omega : float
         The relaxation parameter used for this solve.
     arm : int

@@ -832,8 +832,7 @@ def sinkhorn(a: Array, b: Array, C: Array, eps: ArrayLike, *, rtol: float = 1e-9
     float64).
 
     Gradients: the cost's cotangent always uses the envelope theorem; the implicit rule
-    solves the Schur complement of the optimality Jacobian with CG (see
-    :func:`diffsolve.ot._implicit.entropic_potentials_vjp`). Gradients with respect to
+    solves the Schur complement of the optimality Jacobian with CG. Gradients with respect to
     ``(a, b)`` are defined up to ``(c, -c)``; the minimum-norm one is returned.
 
     Examples
