@@ -66,6 +66,27 @@ numpydoc_validation_overrides = {
     "PR01": [r"\nAttributes\n----------\n"],
 }
 
+# A cross-reference to a diffsolve name that does not exist (a renamed function, a typo)
+# fails the build; references to other libraries are not checked (no network at build time,
+# so no intersphinx inventories).
+nitpicky = True
+nitpick_ignore_regex = [(r"py:.*", r"^(?!diffsolve\b).*")]
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Show a class's public ancestors instead of a private base class."""
+    out = []
+    for base in bases:
+        while base.__name__.startswith("_") and base.__bases__:
+            base = base.__bases__[0]
+        out.append(base)
+    bases[:] = out
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", _public_bases)
+
+
 # -- Guides (Markdown) -------------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
