@@ -46,4 +46,4 @@ docs-fast: $(STAMP)
 	$(PY) docs/build.py --fast
 
 clean:
-	rm -rf $(VENV) build *.egg-info docs/_build docs/api/generated docs/gallery
+	rm -rf $(VENV) build *.egg-info docs/_build docs/api/generated docs/gallery docs/sg_execution_times.rst
