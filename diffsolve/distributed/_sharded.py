@@ -443,6 +443,9 @@ def _iterate(prob: _Problem, schedule, tol, mass, s: PointCloudSettings):
                     err = da.sqrt(da.sum((colsum - prob.b) ** 2))
                 # the one wait per check: the iterations since the last one run as a graph
                 f, g, Lc, err = dask.persist(f, g, Lc, err)
+                # a copy of the state on every worker: a lost worker then costs at most the
+                # iterations since this check (Dask recomputes lost keys from their graph)
+                _replicate(f, g)
                 err = float(err.compute())
                 if not math.isfinite(err):
                     bad = True
