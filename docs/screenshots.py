@@ -75,6 +75,13 @@ def blank_reason(png: Path, min_colours: int = 64, min_ink: float = 0.02) -> str
     return None
 
 
+def shrink(png: Path) -> None:
+    """Rewrite the screenshot with a 128-colour palette: a third of the size, still legible."""
+    with Image.open(png) as im:
+        small = im.convert("RGB").quantize(colors=128)
+    small.save(png, optimize=True)
+
+
 def shoot(chromium: str, url: str, png: Path, width: int, height: int) -> None:
     with tempfile.TemporaryDirectory() as profile:
         cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             reason = blank_reason(png)
             if reason:
                 problems.append(reason)
+            shrink(png)
             verdict = "ok" if not problems else "FAILED: " + "; ".join(problems)
             print(f"{png.relative_to(DOCS.parent)}  {page}  {verdict}")
             if problems:
