@@ -48,6 +48,7 @@ def _version(module_name: str, dist_name: str | None = None) -> str | None:
 
 def _cpu_lines() -> list[str]:
     n_cpu = os.cpu_count()
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
@@ -57,7 +58,8 @@ def _cpu_lines() -> list[str]:
         import numba
 
         lines.append(f"Numba threads      {numba.get_num_threads()} "
-                     f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")
+                     # numba.config sets its attributes at import, unseen by mypy
+                     f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")  # type: ignore[attr-defined]
     except Exception as exc:  # pragma: no cover - numba is a dependency
         lines.append(f"Numba threads      unavailable ({exc})")
     return lines

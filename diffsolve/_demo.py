@@ -46,7 +46,7 @@ def run_demo(grid: int = 64, seed: int = 0) -> int:
     print(f"   Numba kernels compiled/loaded from cache in {time.perf_counter() - t0:.2f} s")
     for method, opts in (("direct", {}), ("cg", {"rtol": 1e-10})):
         t0 = time.perf_counter()
-        res = linear.solve(A, b_true, method=method, **opts)
+        res = linear.solve(A, b_true, method=method, **opts)  # type: ignore[arg-type]  # rtol
         dt = time.perf_counter() - t0
         print(f"   method={method:<6} iterations={res.n_iters:>4}  ||b - Ax|| = "
               f"{res.residual_norm:.2e}  converged={res.converged}  {dt * 1e3:7.1f} ms")
@@ -183,7 +183,7 @@ def _torch_check(C, b, w, ref):
     data = torch.tensor(C.data, requires_grad=True)
     res = to_torch(linear.solve)(C.with_data(data), torch.tensor(b))
     (res.x * torch.tensor(w)).sum().backward()
-    _report("torch", data.grad.numpy(), ref)
+    _report("torch", data.grad.numpy(), ref)  # type: ignore[union-attr]  # set by backward
 
 
 def _jax_check(C, b, w, ref):

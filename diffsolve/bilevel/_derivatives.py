@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from .. import _backend as B
 from .. import _validate as V
@@ -326,6 +327,10 @@ class Oracle:
         Caller and purpose, for error messages.
     """
 
+    # the arrays' autodiff engine; None only when every derivative the caller needs is a
+    # user callable, and then the methods below never reach it
+    engine: Any
+
     def __init__(self, outer, inner, constraint, xp, *, outer_grad=None, inner_grad=None,
                  inner_hvp=None, constraint_vjp=None, needs=(), where="diffsolve.bilevel",
                  what="this method"):
@@ -424,10 +429,11 @@ class Oracle:
             return hyy, hxy
         _, hyy_raw, hxy_raw = self.engine.hessian(self.inner, x, y)
 
-        def hyy(v):
+        # the other branch returned its own pair above
+        def hyy(v):  # type: ignore[no-redef]
             return self._check(hyy_raw(v), y, "∇²ᵧᵧ inner · v")
 
-        def hxy(v):
+        def hxy(v):  # type: ignore[no-redef]
             return self._check(hxy_raw(v), x, "∇²ₓᵧ inner · v")
 
         return hyy, hxy

@@ -72,7 +72,7 @@ DEFAULT_STEP = {"implicit": 0.1, "penalty": 0.1, "lv-hba": None, "bo-rep": 0.1}
 DEFAULT_INNER_ITERS = {"implicit": 20, "penalty": 10, "lv-hba": 1, "bo-rep": 10}
 
 # method-specific options and their defaults (see the docstring of solve)
-OPTIONS = {
+OPTIONS: dict[str, dict[str, Any]] = {
     "implicit": {"cg_maxiter": None, "cg_rtol": 1e-8, "cg_atol": 0.0, "ridge": 0.0,
                  "step_power": 0.0},
     "penalty": {"lam0": 1.0, "lam_step": 10.0, "lam_max": 1e4, "step_power": 0.0},
@@ -286,6 +286,7 @@ def _projection(spec, name, v0):
     """A callable projection from ``spec``, checked on ``v0`` (empty sets raise here)."""
     if spec is None:
         return None
+    fn: Any  # the user's projection, or a set's with its parameters bound
     if callable(spec):
         fn = spec
     else:
@@ -323,7 +324,9 @@ def _check_batch(batch):
     if batch is None:
         return None
     if not (isinstance(batch, tuple) and len(batch) == 2 and
-            all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1
+            # numbers.Integral: mypy does not model comparisons of the numbers ABCs
+            all(isinstance(b, numbers.Integral) and not isinstance(b, bool)
+                and b >= 1  # type: ignore[operator]
                 for b in batch) and batch[1] <= batch[0]):
         raise ValueError(f"{WHERE}: batch must be (n_samples, batch_size) with "
                          f"1 <= batch_size <= n_samples, got {batch!r}")
@@ -334,6 +337,8 @@ def _check_batch(batch):
 # the problem: derivatives, projections, mini-batches
 # ---------------------------------------------------------------------------------------
 class _Problem:
+    rng: Any  # a seeded host generator with mini-batches (batch given), else None
+
     def __init__(self, oracle, constraint, px, py, xp, device, batch=None, seed=0):
         self.d = oracle
         self.constraint = constraint
@@ -980,7 +985,8 @@ def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
             if g0 is None and finite:
                 g0 = gnorm
                 tol = max(st.atol, st.rtol * g0)
-            if not finite or gnorm > DIVERGENCE_FACTOR * (1.0 + g0):
+            # g0 is set at the first finite iteration; `not finite` short-circuits before it
+            if not finite or gnorm > DIVERGENCE_FACTOR * (1.0 + g0):  # type: ignore[operator]
                 status = Status.DIVERGED
                 break
             if st.callback is not None and st.callback(BilevelState(

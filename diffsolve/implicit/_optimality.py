@@ -128,7 +128,7 @@ def stationarity(f: Callable | None = None, *, grad: Callable | None = None,
         def vjp(x, theta):
             return F(x, *theta), (lambda u: hvp(x, tuple(theta), u))
 
-        F.vjp = vjp
+        F.vjp = vjp  # type: ignore[attr-defined]  # custom_root reads it
     return F
 
 
@@ -257,14 +257,14 @@ def projected_gradient_fixed_point(f: Callable | None, projection: Callable,
 
             def vjp_fn(u):
                 # F = x − P(z), z = x − η∇f:  Fᵀ-products through w = J_P(z)ᵀu
-                w = projection_vjp(z, u, *theta)
+                w = projection_vjp(z, u, *theta)  # type: ignore[misc]  # given with hvp
                 hw, *theta_bars = hvp(x, tuple(theta), w)
                 return (u - w + eta * hw,
                         *(None if t is None else eta * t for t in theta_bars))
 
             return value, vjp_fn
 
-        F.vjp = vjp
+        F.vjp = vjp  # type: ignore[attr-defined]  # custom_root reads it
     return F
 
 

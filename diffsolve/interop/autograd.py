@@ -78,14 +78,15 @@ def to_autograd(fn: DifferentiableFunction[P, R]) -> Callable[P, R]:
 
         # a fresh primitive per call: its VJP closes over this call's residuals
         @primitive
-        def forward(*leaves):
+        def forward(*leaves: Any) -> tuple[Any, ...]:
             if any(isinstance(v, Box) for v in leaves):
                 _refuse_higher_order(fn)
             result = call.forward(leaves)
             return tuple(getattr(result, f) for f in call.fields)
 
-        def vjp_maker(argnums, ans, leaves, kw):
-            def vjp(g):
+        def vjp_maker(argnums: tuple[int, ...], ans: Any, leaves: tuple[Any, ...],
+                      kw: dict[str, Any]) -> Callable[[Any], tuple[Any, ...]]:
+            def vjp(g: Any) -> tuple[Any, ...]:
                 if any(isinstance(v, Box) for v in (*g, *leaves)):
                     # a second-order trace: the rule runs on plain arrays, so the gradient's
                     # own dependence on the inputs would be lost (a wrong Hessian)

@@ -126,12 +126,12 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
                 _host(a.indices), _host(a.indptr)
         convert = _host
 
-        def host_forward(*leaves):
+        def host_forward(*leaves: Any) -> tuple[Any, ...]:
             result = call.forward([B.host_numpy(v) for v in leaves], convert=convert)
             return tuple(B.host_numpy(getattr(result, n)).astype(s.dtype) for n, s in
                          zip(names, spec))
 
-        def host_backward(*flat):
+        def host_backward(*flat: Any) -> tuple[Any, ...]:
             n = len(call.leaves)
             leaves = [B.host_numpy(v) for v in flat[:n]]
             outs = [B.host_numpy(v) for v in flat[n:n + len(names)]]
@@ -143,14 +143,14 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
             return tuple(g.astype(leaf.dtype) for g, leaf in zip(grads, leaves))
 
         @jax.custom_vjp
-        def solver(*leaves):
+        def solver(*leaves: Any) -> Any:
             return jax.pure_callback(host_forward, spec, *leaves, vmap_method=vmap_method)
 
-        def solver_fwd(*leaves):
+        def solver_fwd(*leaves: Any) -> tuple[Any, Any]:
             outs = solver(*leaves)
             return outs, (leaves, outs)
 
-        def solver_bwd(res, gs):
+        def solver_bwd(res: Any, gs: Any) -> tuple[Any, ...]:
             leaves, outs = res
             leaf_spec = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in leaves)
             cots = [gs[i] for i in diff]
@@ -164,7 +164,7 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
     return adapted
 
 
-def _warn_if_on_accelerator(leaves):
+def _warn_if_on_accelerator(leaves: list[Any]) -> None:
     global _warned_device
     if _warned_device:
         return

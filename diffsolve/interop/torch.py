@@ -49,16 +49,16 @@ def _function_class() -> Any:
     # torch is a local (imported on first use), which mypy does not accept as a base class
     class DiffsolveFunction(torch.autograd.Function):  # type: ignore[name-defined]
         @staticmethod
-        def forward(call, *leaves):
+        def forward(call: Call, *leaves: Any) -> tuple[Any, ...]:
             result = call.forward([_to_backend(t) for t in leaves], convert=_index_to_backend)
             return tuple(_to_torch(getattr(result, f)) for f in call.fields)
 
         @staticmethod
-        def setup_context(ctx, inputs, output):
+        def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
             ctx.call = inputs[0]
 
         @staticmethod
-        def backward(ctx, *grads):
+        def backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
             call = ctx.call
             if torch.is_grad_enabled():
                 # create_graph=True: the rule runs on NumPy/CuPy and records no graph, so a

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from .. import _backend as B
 from .. import _validate as V
@@ -138,6 +139,11 @@ class LinearMap:
     ``csr`` is the canonical CSR matrix for sparse ``A`` (the compiled CG fast path reads
     it); ``diagonal()`` gives the diagonal of a matrix ``A`` (``None`` otherwise).
     """
+
+    # which of these is set depends on kind; the others stay None
+    csr: Any
+    dense: Any
+    _kernel: Any
 
     def __init__(self, A, xp, layout: Layout, where: str, name: str = "A"):
         self.xp = xp
@@ -477,4 +483,5 @@ def resolve_maxiter(maxiter, default: int) -> int:
 
 
 def is_callable_operator(A) -> bool:
-    return isinstance(A, Callable) and not B.is_array(A)
+    # collections.abc.Callable is a runtime ABC, which mypy does not accept in isinstance
+    return isinstance(A, Callable) and not B.is_array(A)  # type: ignore[arg-type]

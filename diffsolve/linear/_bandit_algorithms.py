@@ -62,7 +62,8 @@ def _check_seed(where, seed):
 def _check_arm(where, arm, n_arms):
     if isinstance(arm, bool) or not isinstance(arm, numbers.Integral):
         raise TypeError(f"{where}: arm must be an integer index, got {type(arm).__name__} {arm!r}")
-    if not 0 <= arm < n_arms:
+    # numbers.Integral: mypy does not model comparisons of the numbers ABCs
+    if not 0 <= arm < n_arms:  # type: ignore[operator]
         raise ValueError(f"{where}: arm must be in [0, {n_arms - 1}], got {arm}")
     return int(arm)
 
@@ -477,12 +478,12 @@ class ChebCB:
                     f"{where}: gamma must be None (the reference's adaptive schedule) or a "
                     f"number > 0 (γ_t = gamma·t), got {type(gamma).__name__}"
                 )
-            if not (math.isfinite(gamma) and gamma > 0):
+            if not (math.isfinite(gamma) and gamma > 0):  # type: ignore[operator]  # numbers.Real
                 raise ValueError(f"{where}: gamma must be finite and > 0, got {gamma!r}")
             gamma = float(gamma)
         self._gamma = gamma
         if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not (
-            math.isfinite(ridge) and ridge > 0
+            math.isfinite(ridge) and ridge > 0  # type: ignore[operator]  # numbers.Real
         ):
             raise ValueError(f"{where}: ridge must be a finite number > 0, got {ridge!r}")
         self._ridge = float(ridge)

@@ -19,6 +19,7 @@ import json
 import math
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -178,7 +179,8 @@ def _check_cost_scale(where, cost_scale):
     if isinstance(cost_scale, bool) or not isinstance(cost_scale, numbers.Real):
         raise TypeError(f"{where}: cost_scale must be 'running-mean' or a number > 0, got "
                         f"{type(cost_scale).__name__}")
-    if not (math.isfinite(cost_scale) and cost_scale > 0):
+    # numbers.Real: mypy does not model comparisons of the numbers ABCs
+    if not (math.isfinite(cost_scale) and cost_scale > 0):  # type: ignore[operator]
         raise ValueError(f"{where}: cost_scale must be finite and > 0, got {cost_scale!r}")
     return float(cost_scale)
 
@@ -193,6 +195,13 @@ class _OmegaBanditBase:
     """Shared machinery: cost scaling, the solve driver, history and state."""
 
     _where = "OmegaBandit"
+    # supplied by OmegaBandit and ContextualOmegaBandit
+    _contextual: ClassVar[bool]
+    _make_algorithm: Callable[[], Any]  # each class drives its own algorithm's API
+    _group: Callable[[Any], int]
+    _sample: Callable[[Any], int]
+    _update: Callable[[int, Any, float], None]
+    _rescale: Callable[[float, int], None]
 
     def __init__(self, omegas, method, seed, cost_scale, n_groups):
         where = self._where
@@ -356,7 +365,8 @@ class _OmegaBanditBase:
         if isinstance(omega_index, bool) or not isinstance(omega_index, numbers.Integral):
             raise TypeError(f"{where}: omega_index must be an integer index into omegas, got "
                             f"{type(omega_index).__name__} {omega_index!r}")
-        if not 0 <= omega_index < self.n_arms:
+        # numbers.Integral: mypy does not model comparisons of the numbers ABCs
+        if not 0 <= omega_index < self.n_arms:  # type: ignore[operator]
             raise ValueError(f"{where}: omega_index must be in [0, {self.n_arms - 1}], got "
                              f"{omega_index}")
         n_iters = _check_count(where, "n_iters", n_iters)
@@ -639,6 +649,10 @@ class ContextualOmegaBandit(_OmegaBanditBase):
 
     _where = "ContextualOmegaBandit"
     _contextual = True
+    # set before the base class's __init__ builds the algorithm from them
+    _degree: int
+    _n_bins: int
+    _gamma: float | None
 
     def __init__(self, context_range: tuple[float, float], omegas: Array | None = None,
                  method: str = "sor", algorithm: str = "chebcb", seed: Seed = 0,
@@ -778,7 +792,7 @@ def _differentiable_solve(bandit):
         return bandit._solve_entry(A, b, **kwargs)
 
     params = list(inspect.signature(entry).parameters.values())[1:]  # without self
-    solve.__signature__ = inspect.Signature(params)
+    solve.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     solve.__doc__ = entry.__doc__
     solve.__module__ = __name__
 

@@ -86,7 +86,7 @@ def _result_dtype(op: MatrixOperator, b, xp):
 
 def _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every, b, model, k,
               throw, deprecated) -> LinearSolveSettings:
-    given = {"rtol": rtol, "maxiter": maxiter}
+    given: Any = {"rtol": rtol, "maxiter": maxiter}  # reused below for the option's name
     for old, new in RENAMED.items():
         # the new name is a parameter of solve: "given" means "not at its default"
         if old in deprecated and given[new] != _defaults()[new]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .. import _backend as B
 from .._status import Status
-from .._typing import HostArray
+from .._typing import Array, HostArray
 from ._controller import Controller, initial_step, initial_step_host
 from ._result import status_message
 from ._settings import ODEState
@@ -148,15 +148,15 @@ class Stepper:
 class Trajectory:
     """A finished solve of one (possibly batch-shared) system."""
 
-    ys: object                       # (T, n) in the state's namespace
-    ts: HostArray                   # accepted step times, t_0 .. t_N
+    ys: Array                        # (T, n) in the state's namespace
+    ts: HostArray                    # accepted step times, t_0 .. t_N
     states: dict                     # step index -> state y_n (flat), every `every` steps
     every: int
-    out_step: HostArray             # (T,) step each output was interpolated in (-1: y0)
-    out_theta: HostArray            # (T,)
-    errs: HostArray                 # (N,) scaled error of each accepted step
-    stiff: HostArray                # (N,) |λ| estimate of each accepted step
-    stats: HostArray                # n_steps, n_accepted, n_rejected, nfe
+    out_step: HostArray              # (T,) step each output was interpolated in (-1: y0)
+    out_theta: HostArray             # (T,)
+    errs: HostArray                  # (N,) scaled error of each accepted step
+    stiff: HostArray                 # (N,) |λ| estimate of each accepted step
+    stats: HostArray                 # n_steps, n_accepted, n_rejected, nfe
     success: bool = True
     message: str = ""
     t_fail: float = math.nan

@@ -206,6 +206,8 @@ class _AbsorbedOps(_Ops):
     The potentials themselves are log-domain values, so any ``eps`` is safe.
     """
 
+    K: Any  # the stabilised kernel; None until built and after a failed absorption
+
     def __init__(self, xp, C, a, b):
         super().__init__(xp, C)
         self.pos_a, self.pos_b = a > 0, b > 0
@@ -360,6 +362,7 @@ def _iterate(xp, a, b, C, schedule, tol, maxiter, measure, check_every, accelera
     Bt, n, _m = C.shape
     dt = C.dtype
     dev = B.device(C)
+    ops: _Ops
     if (kernel == "absorbed" and Bt == 1 and len(schedule) == 1 and acceleration is None
             and B.is_numpy(xp) and not (f is None and g is not None)):
         ops = _AbsorbedOps(xp, C, a, b)

@@ -271,6 +271,10 @@ def _top_k(Z, kth, k, axis, xp):
 class _Problem:
     """One OT problem (unbatched) in the working dtype, with its objective evaluations."""
 
+    # compiled kernels when use_kernels, else None (the array-API fallbacks run instead)
+    topk: Any
+    scatter: Any
+
     def __init__(self, a, b, C, k, gamma, xp, use_kernels):
         self.a, self.b, self.C, self.k, self.gamma, self.xp = a, b, C, k, gamma, xp
         self.n, self.m = C.shape
@@ -323,6 +327,7 @@ class _Problem:
         """(objective F(alpha), grad F, T 1, T^T 1, sparse plan (idx, W) or dense T)."""
         xp = self.xp
         a, b, gamma = self.a, self.b, self.gamma
+        plan: Any  # a kernel's ("simplex", ...) record, (idx, W) or the dense plan
         if self.simplex is not None:
             tau, zy, yy = (xp.empty((self.m,), dtype=self.C.dtype, device=self.dev)
                            for _ in range(3))
@@ -364,6 +369,7 @@ class _Problem:
     def dual(self, alpha, beta):
         xp = self.xp
         a, b, gamma = self.a, self.b, self.gamma
+        plan: Any  # a kernel's ("relu", ...) record, (idx, W) or the dense plan
         if self.relu is not None:
             row = xp.empty((self.n,), dtype=self.C.dtype, device=self.dev)
             col = xp.empty((self.m,), dtype=self.C.dtype, device=self.dev)
@@ -560,7 +566,7 @@ def _solve_one(prob: _Problem, formulation, target, max_iter, use_scipy, callbac
         step_cb = None
         if callback is not None:
             def step_cb(x, ev, err, base=n_iters):
-                nonlocal polished
+                nonlocal polished  # type: ignore[misc]  # bound below, before any call
                 polished += 1
                 return on_step(x, ev, err, base + polished)
         polished = 0
@@ -1015,8 +1021,9 @@ def _make_shapes(k_arg: bool):
 # ---------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------
-@custom_vjp(_make_bwd(lambda: sparse_ot), _make_shapes(True), SparseOTResult,
-            public_name=WHERE_SPARSE)
+# the backward rule looks the solver up when it runs (the name is bound by then)
+@custom_vjp(_make_bwd(lambda: sparse_ot),  # type: ignore[has-type]
+            _make_shapes(True), SparseOTResult, public_name=WHERE_SPARSE)
 def sparse_ot(a: Array, b: Array, C: Array, k: int, gamma: ArrayLike, *,
               formulation: str = "semi-dual", rtol: float | None = None, atol: float = 0.0,
               maxiter: int = 1000, solver: str = "lbfgs", throw: bool = False,
@@ -1166,8 +1173,8 @@ def sparse_ot(a: Array, b: Array, C: Array, k: int, gamma: ArrayLike, *,
     return _forward(WHERE_SPARSE, a, b, C, st), st
 
 
-@custom_vjp(_make_bwd(lambda: quadratic_ot), _make_shapes(False), QuadraticOTResult,
-            public_name=WHERE_QUADRATIC)
+@custom_vjp(_make_bwd(lambda: quadratic_ot),  # type: ignore[has-type]
+            _make_shapes(False), QuadraticOTResult, public_name=WHERE_QUADRATIC)
 def quadratic_ot(a: Array, b: Array, C: Array, gamma: ArrayLike, *,
                  formulation: str = "dual", rtol: float | None = None, atol: float = 0.0,
                  maxiter: int = 1000, solver: str = "lbfgs", throw: bool = False,

@@ -71,7 +71,7 @@ def test_worker_killed_during_batched_solve(client):
 def test_worker_killed_during_sharded_sinkhorn(client):
     x, y, a, b = _clouds(n=30, m=24, seed=7)
     eps = 0.1
-    ref = ds.ot.sinkhorn(a, b, _cost(x, y), eps, rtol=1e-10, kernel="lse")
+    ref = ds.ot.sinkhorn(a, b, _cost(x, y), eps, rtol=1e-10, kernel="lse", check_every=5)
     X, Y, A, B = _dask(x, y, a, b, kx=10, ky=8)
     out = {}
 
