@@ -553,7 +553,6 @@ def _odeint_bwd(ctx, cot):
     local = st.local_regularization
     T = fwd.t_out.shape[0]
     t_bar: Any  # host floats, then an array of t_eval's library (or None)
-    t_bar: Any  # host floats, then an array of t_eval's library (or None)
     y0_bars, p_bar, t_bar = [], None, [0.0] * T
     poisoned_p = poisoned_t = False
     global_reg = bool(rE or rS) and local is None
