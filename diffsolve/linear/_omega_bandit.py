@@ -197,6 +197,13 @@ class _OmegaBanditBase:
     _where = "OmegaBandit"
     # supplied by OmegaBandit and ContextualOmegaBandit
     _contextual: ClassVar[bool]
+    _make_algorithm: Callable[[], TsallisINF | BinnedTsallisINF | ChebCB]
+    _group: Callable[[Any], int]
+    _sample: Callable[[Any], int]
+    _update: Callable[[int, Any, float], None]
+    _rescale: Callable[[float, int], None]
+    # supplied by OmegaBandit and ContextualOmegaBandit
+    _contextual: ClassVar[bool]
     _make_algorithm: Callable[[], Any]  # each class drives its own algorithm's API
     _group: Callable[[Any], int]
     _sample: Callable[[Any], int]
@@ -792,6 +799,7 @@ def _differentiable_solve(bandit):
         return bandit._solve_entry(A, b, **kwargs)
 
     params = list(inspect.signature(entry).parameters.values())[1:]  # without self
+    # what inspect.signature (and so diffsolve.vjp's argument binding) reads
     solve.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     solve.__doc__ = entry.__doc__
     solve.__module__ = __name__
