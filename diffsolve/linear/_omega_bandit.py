@@ -197,13 +197,6 @@ class _OmegaBanditBase:
     _where = "OmegaBandit"
     # supplied by OmegaBandit and ContextualOmegaBandit
     _contextual: ClassVar[bool]
-    _make_algorithm: Callable[[], TsallisINF | BinnedTsallisINF | ChebCB]
-    _group: Callable[[Any], int]
-    _sample: Callable[[Any], int]
-    _update: Callable[[int, Any, float], None]
-    _rescale: Callable[[float, int], None]
-    # supplied by OmegaBandit and ContextualOmegaBandit
-    _contextual: ClassVar[bool]
     _make_algorithm: Callable[[], Any]  # each class drives its own algorithm's API
     _group: Callable[[Any], int]
     _sample: Callable[[Any], int]
