@@ -36,6 +36,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check diffsolve kernels tests bench docs
 	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:randomly tests/test_typing.py
 
 # the documentation site: every gallery script runs, warnings are errors (docs/build.py)
 docs: $(STAMP)
