@@ -78,11 +78,13 @@ def sinkhorn(a, b, C, eps, **options):
 
     Parameters
     ----------
-    a, b : dask arrays, shapes (N, n), (N, m), or NumPy/CuPy arrays (n,), (m,) shared by
-        every problem
-    C : dask array (N, n, m), or an array (n, m) shared by every problem
-        At least one argument is a Dask array with the batch dimension; the batched ones
-        are rechunked to the first batched argument's chunks along it.
+    a, b : dask arrays
+        Weights, shapes (N, n) and (N, m) chunked along N, or NumPy/CuPy arrays (n,) and
+        (m,) shared by every problem.
+    C : dask array
+        Costs (N, n, m), or an array (n, m) shared by every problem. At least one of
+        ``a``, ``b``, ``C`` is a Dask array with the batch dimension; the batched ones are
+        rechunked to the first batched argument's chunks along it.
     eps : float
     **options
         Those of :func:`diffsolve.ot.sinkhorn`; ``throw=True`` is applied by
@@ -94,6 +96,12 @@ def sinkhorn(a, b, C, eps, **options):
         Dask arrays in every field; ``n_iters``, ``converged``, ``error``, ``status`` and
         ``tolerance`` of shape (N,). Chunk ``i`` of every field is computed by one task,
         one batched :func:`diffsolve.ot.sinkhorn` call.
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn : The single-machine solver each chunk calls.
+    compute : Gather the result and report failed problems.
+    vjp : Chunk-wise gradients.
 
     Examples
     --------
@@ -213,10 +221,11 @@ def linear_solve(A, b, **options):
 
     Parameters
     ----------
-    A : array (n, n) shared by every right-hand side (dense or sparse; NumPy, CuPy or a
-        one-chunk Dask array), or a Dask array (N, n, n) of dense matrices
-    b : dask array (N, n)
-        One right-hand side per row, chunked along N.
+    A : array or dask array
+        One matrix (n, n) shared by every right-hand side (dense or sparse; NumPy, CuPy or
+        a Dask array), or a Dask array (N, n, n) of dense matrices chunked along N.
+    b : dask array
+        One right-hand side per row, shape (N, n), chunked along N.
     **options
         Those of :func:`diffsolve.linear.solve`.
 
@@ -229,6 +238,11 @@ def linear_solve(A, b, **options):
         call does not succeed solves each of its right-hand sides alone to attribute the
         status (``x`` stays the chunk call's). With ``N`` matrices each chunk loops over
         its problems.
+
+    See Also
+    --------
+    diffsolve.linear.solve : The single-machine solver each chunk calls.
+    compute : Gather the result and report failed problems.
 
     Examples
     --------
@@ -373,11 +387,13 @@ def odeint(f, y0, t_eval, params=None, **options):
     f : callable
         The vector field, as for :func:`diffsolve.ode.odeint`; it is pickled to the
         workers (define it in an importable module, or let cloudpickle take it by value).
-    y0 : dask array (N, d)
-        Initial states, chunked along N.
-    t_eval : array or sequence (T,)
-        Shared output times.
-    params : None, array (p,) shared, or dask array (N, p) of per-problem parameters
+    y0 : dask array
+        Initial states (N, d), chunked along N.
+    t_eval : array or sequence
+        Output times (T,), shared by every problem.
+    params : None, array or dask array
+        Parameters (p,) shared by every problem, or a Dask array (N, p) of per-problem
+        parameters.
     **options
         Those of :func:`diffsolve.ode.odeint` (``batch_mode`` must stay
         ``"per-trajectory"``).
@@ -390,6 +406,11 @@ def odeint(f, y0, t_eval, params=None, **options):
         and ``converged`` per trajectory (N,); ``ts`` is None (the step times stay on the
         workers). Shared parameters: one batched call per chunk; per-problem parameters:
         a loop over the chunk's problems.
+
+    See Also
+    --------
+    diffsolve.ode.odeint : The single-machine solver each chunk calls.
+    compute : Gather the result and report failed problems.
 
     Examples
     --------
@@ -418,11 +439,15 @@ def hypergradient(outer, inner, x, y, method="implicit-cg", *, return_info=False
     ----------
     outer, inner : callable
         As for :func:`diffsolve.bilevel.hypergradient` (pickled to the workers).
-    x, y : dask arrays (N, ...)
-        One upper-level point and one (approximate) inner solution per problem, chunked
-        along N (rechunked to ``x``'s chunks).
-    method, return_info, **options
+    x, y : dask arrays
+        One upper-level point and one (approximate) inner solution per problem, shapes
+        (N, ...), chunked along N (``y`` is rechunked to ``x``'s chunks).
+    method : str
         As :func:`diffsolve.bilevel.hypergradient`.
+    return_info : bool
+        Also return the per-problem diagnostics.
+    **options
+        The other options of :func:`diffsolve.bilevel.hypergradient`.
 
     Returns
     -------
@@ -433,6 +458,11 @@ def hypergradient(outer, inner, x, y, method="implicit-cg", *, return_info=False
         ``inner_grad_norm``, ``stepsize``, ``status`` as Dask arrays (N,), ``v`` (N, ...)
         for implicit-cg and neumann. Each chunk loops over its problems (the family
         solves one problem per call).
+
+    See Also
+    --------
+    diffsolve.bilevel.hypergradient : The single-machine function each chunk calls.
+    compute : Gather the result and report failed problems.
 
     Examples
     --------
@@ -547,6 +577,11 @@ def vjp(fn, *args, persist=True, **kwargs):
         like :func:`diffsolve.vjp`: cotangents of batched arguments are chunked like them,
         those of shared arguments are summed over the chunks by a tree reduction.
 
+    See Also
+    --------
+    diffsolve.vjp : The single-machine version.
+    PointCloudOTResult.gradients : Gradients of the sharded Sinkhorn.
+
     Examples
     --------
     >>> import numpy as np, dask.array as da
@@ -594,11 +629,24 @@ def compute(*results):
     """Gather lazy batched results (one ``dask.compute`` for all of them) and report them
     like the single-machine solvers do.
 
-    Returns the same result types with NumPy/CuPy arrays in their fields (one result, or a
-    tuple for several). A batch with failed problems warns one
-    :class:`diffsolve.ConvergenceWarning` naming how many problems failed with the worst
-    status and the first of them, or raises that status's :class:`diffsolve.SolveError`
-    (carrying the gathered result) when the call had ``throw=True``.
+    Parameters
+    ----------
+    *results
+        Results of :func:`sinkhorn`, :func:`linear_solve`, :func:`odeint`, the ``info`` of
+        :func:`hypergradient`, or bare Dask arrays.
+
+    Returns
+    -------
+    result or tuple
+        The same result types with NumPy/CuPy arrays in their fields (one result, or a
+        tuple for several). A batch with failed problems warns one
+        :class:`diffsolve.ConvergenceWarning` naming how many problems failed with the worst
+        status and the first of them, or raises that status's :class:`diffsolve.SolveError`
+        (carrying the gathered result) when the call had ``throw=True``.
+
+    See Also
+    --------
+    persist : Run on the cluster without gathering.
 
     Examples
     --------
@@ -634,9 +682,31 @@ def compute(*results):
 
 
 def persist(*results):
-    """Run lazy batched results on the cluster and keep their fields there (Dask futures);
-    returns the same results with persisted Dask arrays. Nothing is gathered and nothing is
-    reported: read ``status`` (or call :func:`compute`)."""
+    """Run lazy batched results on the cluster and keep their fields there (Dask futures).
+
+    Parameters
+    ----------
+    *results
+        Results of the batched entry points.
+
+    Returns
+    -------
+    result or tuple
+        The same results with persisted Dask arrays. Nothing is gathered and nothing is
+        reported: read ``status`` (or call :func:`compute`).
+
+    See Also
+    --------
+    compute : Gather and report.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> import diffsolve.distributed as dd
+    >>> res = dd.persist(dd.linear_solve(np.eye(2), da.ones((4, 2), chunks=(2, 2))))
+    >>> res.status.compute().tolist()
+    [0, 0, 0, 0]
+    """
     _, dask = dask_modules()
     out = []
     for r in results:

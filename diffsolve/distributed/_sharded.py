@@ -42,7 +42,26 @@ WHERE = "diffsolve.distributed.sinkhorn_pointcloud"
 
 @dataclass(frozen=True)
 class PointCloudSettings:
-    """The options of one :func:`sinkhorn_pointcloud` call, validated once."""
+    """The options of one :func:`sinkhorn_pointcloud` call, validated once.
+
+    Attributes
+    ----------
+    eps, cost, rtol, atol, maxiter, error_measure, check_every, eps_scaling, split_every,
+    throw, callback
+        As the arguments of :func:`sinkhorn_pointcloud`.
+
+    See Also
+    --------
+    sinkhorn_pointcloud : The solver that reads them.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> import diffsolve.distributed as dd
+    >>> X = da.from_array(np.random.default_rng(0).random((8, 2)), chunks=(4, 2))
+    >>> dd.sinkhorn_pointcloud(X, X, 0.5).settings.check_every
+    10
+    """
 
     eps: float
     cost: Any
@@ -63,7 +82,28 @@ class PointCloudSettings:
 
 
 class PointCloudGradients(NamedTuple):
-    """Cotangents of :func:`sinkhorn_pointcloud`'s cost (Dask arrays)."""
+    """Cotangents of :func:`sinkhorn_pointcloud`'s cost (Dask arrays).
+
+    Attributes
+    ----------
+    X, Y : dask arrays
+        Cotangents of the points, shapes (n, d) and (m, d).
+    a, b : dask arrays
+        Cotangents of the weights, shapes (n,) and (m,).
+
+    See Also
+    --------
+    PointCloudOTResult.gradients : What returns them.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> import diffsolve.distributed as dd
+    >>> X = da.from_array(np.random.default_rng(0).random((8, 2)), chunks=(4, 2))
+    >>> g = dd.sinkhorn_pointcloud(X, X + 0.1, 0.5).gradients()
+    >>> g.X.shape, g.a.shape
+    ((8, 2), (8,))
+    """
 
     X: Any
     Y: Any
@@ -94,9 +134,31 @@ class PointCloudOTResult(SolverResult):
         ``SUCCESS``, ``MAX_ITERATIONS``, ``NONFINITE`` or ``STOPPED`` (the callback).
     eps : float
     error_measure : str
+    X, Y, a, b : dask arrays
+        The problem (persisted; the plan and the gradients are built from them).
+    settings : PointCloudSettings
+    rows, cols : dask arrays, shapes (n, d + 1), (m, d + 1)
+        The final pass: the plan's row (column) sums in column 0 and, for the squared
+        Euclidean cost, its products with the other cloud's points (for a user cost, the
+        cost cotangents) in the others; :meth:`gradients` reads them.
 
     The plan is available lazily by blocks as :attr:`plan`, and the gradients of the
     cost by :meth:`gradients`.
+
+    See Also
+    --------
+    sinkhorn_pointcloud : The solver that returns it.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> import diffsolve.distributed as dd
+    >>> X = da.from_array(np.random.default_rng(0).random((8, 2)), chunks=(4, 2))
+    >>> res = dd.sinkhorn_pointcloud(X, X, 0.5)
+    >>> res.status.name, res.plan.chunks
+    ('SUCCESS', ((4, 4), (4, 4)))
+    >>> bool(abs(res.plan.sum().compute() - 1.0) < 1e-8)
+    True
     """
 
     f: Any
@@ -321,6 +383,11 @@ def sinkhorn_pointcloud(X, Y, eps, a=None, b=None, *, cost="sqeuclidean", rtol=1
         Potentials ``f``, ``g`` (persisted Dask arrays), ``cost``, ``error``, ``status``,
         ``converged``, ``message``, ``n_iters``; :attr:`~PointCloudOTResult.plan` (lazy
         Dask array) and :meth:`~PointCloudOTResult.gradients`.
+
+    See Also
+    --------
+    diffsolve.ot.sinkhorn : The same iteration on a cost matrix held in memory.
+    PointCloudOTResult.gradients : Gradients with respect to the points and weights.
 
     Notes
     -----
