@@ -232,3 +232,12 @@ def test_cupy_chunks_stay_on_the_device(client):
     assert isinstance(out.cost, cupy.ndarray)
     ref = ds.ot.sinkhorn(cupy.asarray(a), cupy.asarray(b), cupy.asarray(C), 0.05)
     _close(out.cost.get(), ref.cost.get())
+
+
+def test_import_diffsolve_does_not_import_dask():
+    import subprocess
+    import sys
+
+    code = ("import sys, diffsolve; import diffsolve.ot, diffsolve.ode; "
+            "assert not any(m == 'dask' or m.startswith('dask.') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
