@@ -192,7 +192,7 @@ def test_non_convergence_warns_with_advice(quadratic):
 
 
 def test_non_finite_iterates_are_reported(quadratic):
-    with pytest.warns(ConvergenceWarning, match="non-finite.*reduce step"):
+    with pytest.warns(ConvergenceWarning, match="diverged.*reduce stepsize"):
         res = _run(quadratic, "implicit", maxiter=500, stepsize=1e3)
     assert not res.converged
 

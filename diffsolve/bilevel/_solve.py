@@ -55,7 +55,9 @@ from ..implicit._projections import (
     projection_simplex,
 )
 from ._derivatives import Oracle, check_array, check_callables, first_call, same_library
+from ._divergence import DivergenceMonitor, advice
 from ._hypergradient import _stepsize, implicit_hypergradient
+from ._steps import Backtracking, SecantStep, fd_lipschitz
 
 #: a projection ``v -> P(v)`` or the name and parameters of a simple set:
 #: ``("box", lower, upper)``, ``("ball", radius)``, ``"simplex"``, ``"nonnegative"``, ...
@@ -75,7 +77,8 @@ DEFAULT_INNER_ITERS = {"implicit": 20, "penalty": 10, "lv-hba": 1, "bo-rep": 10}
 OPTIONS: dict[str, dict[str, Any]] = {
     "implicit": {"cg_maxiter": None, "cg_rtol": 1e-8, "cg_atol": 0.0, "ridge": 0.0,
                  "step_power": 0.0},
-    "penalty": {"lam0": 1.0, "lam_step": 10.0, "lam_max": 1e4, "step_power": 0.0},
+    "penalty": {"lam0": None, "lam_step": None, "lam_max": None, "lam_patience": 20,
+                "step_power": 0.0},
     # γ₁ = γ₂ = 10 as in Yao et al.'s toy; c_k = c (k + 1)^p with c = 3, p = 0.49 (the
     # paper's analysis takes p < 1/2) instead of its toy's c = 0.025, p = 0.3, which leave
     # the iterate 0.2 from the solution after 3 000 iterations on our constrained toy
@@ -87,7 +90,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "bo-rep": {"beta": 0.9, "period": 2, "refine_iters": 100, "eta_power": 0.0,
                "anneal": 0.8},
 }
-_INT_OPTIONS = ("cg_maxiter", "period", "refine_iters")
+_INT_OPTIONS = ("cg_maxiter", "period", "refine_iters", "lam_patience")
 _NONNEG_OPTIONS = ("ridge", "eta_power", "p", "rho", "step_power", "cg_atol")
 
 SETS = ("box", "ball", "simplex", "nonnegative")
@@ -251,7 +254,7 @@ class BilevelResult(SolverResult):
 def _options(method, options):
     opts = dict(OPTIONS[method])
     if options is None:
-        return opts
+        options = {}
     if not isinstance(options, dict):
         raise TypeError(f"{WHERE}: options must be a dict, got {type(options).__name__}")
     unknown = sorted(set(options) - set(opts))
@@ -260,7 +263,7 @@ def _options(method, options):
                          f"its options are {sorted(opts)}")
     for key, value in options.items():
         name = f"options[{key!r}]"
-        if key == "y_step":
+        if key in ("y_step", "lam0", "lam_step") or (key == "lam_max" and method == "penalty"):
             opts[key] = V.positive_real(WHERE, name, value, allow_none=True)
         elif key == "rho" and value is None:
             opts[key] = None
@@ -276,7 +279,11 @@ def _options(method, options):
             opts[key] = v
         else:
             opts[key] = V.positive_real(WHERE, name, value)
-    if method == "penalty" and opts["lam_max"] < opts["lam0"]:
+    if method == "penalty" and opts["lam_max"] is None:
+        # the additive schedule keeps its old cap; the doubling one needs room to reach
+        # the accuracy the tolerance asks for (the bias is O(1/λ))
+        opts["lam_max"] = 1e4 if opts["lam_step"] is not None else 1e10
+    if method == "penalty" and opts["lam0"] is not None and opts["lam_max"] < opts["lam0"]:
         raise ValueError(f"{WHERE}: options lam_max={opts['lam_max']!r} < lam0="
                          f"{opts['lam0']!r}; the penalty weight grows from lam0 to lam_max")
     return opts
@@ -381,8 +388,25 @@ class _Problem:
     def norm(self, v) -> float:
         return float(self.xp.sqrt(self.xp.sum(v * v)))
 
+    def descent(self, step: float | None, inner_step: float):
+        """A lower-level step rule: Armijo backtracking from ``inner_step`` (deterministic
+        runs without a user step), else the fixed ``step``."""
+        fixed = step is not None or self.batch is not None
+        return Backtracking(self.xp, inner_step if step is None else step, fixed=fixed,
+                            proj=self.py)
+
     def inner_descent(self, x, y, step, n):
-        """``n`` projected gradient steps on ``inner(x, ·)``; returns y and its mapping norm."""
+        """``n`` projected gradient steps on ``inner(x, ·)``; returns y and its mapping norm.
+
+        ``step`` is a number (fixed steps; mini-batches: SGD with a fresh batch per step)
+        or a :class:`Backtracking` rule (deterministic: Armijo on ``inner(x, ·)``).
+        """
+        if isinstance(step, Backtracking):
+            if not step.fixed:
+                y, _, res = step.run(lambda v: float(self.d.inner(x, v)),
+                                     lambda v: self.d.inner_grad_y(x, v), y, n)
+                return y, res
+            step = step.step
         g = self.d.inner_grad_y(x, y)
         for _ in range(n):
             y = self.py(y - step * g)
@@ -400,20 +424,31 @@ def _decayed(step, power, k):
 # the methods: each keeps its own state and does one outer iteration per iterate()
 # ---------------------------------------------------------------------------------------
 class _Implicit:
-    """AID: warm-started inner descent + implicit hypergradient + projected step."""
+    """AID: warm-started inner descent + implicit hypergradient + projected step.
+
+    Without a user ``stepsize`` (deterministic runs) the x step is ``1/L̂``, L̂ the
+    curvature of the hypergradient measured along the x steps (:class:`._steps.SecantStep`),
+    and the lower-level steps backtrack (:class:`._steps.Backtracking`). Multiplying
+    ``outer`` by a constant scales the hypergradient and L̂ alike: the iterates do not
+    change. (An Armijo search on ``outer(x⁺, y⁺)`` would need y⁺ far more accurate than
+    warm-started steps give: its decrease test is swamped by the lower-level error.)
+    """
 
     def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
         self.pb, self.x, self.y = pb, x, y
-        self.step, self.inner_step, self.inner_iters, self.opts = step, inner_step, \
-            inner_iters, opts
+        self.search = step is None and pb.batch is None
+        self.step = DEFAULT_STEP["implicit"] if step is None and not self.search else step
+        self.inner_step, self.inner_iters, self.opts = inner_step, inner_iters, opts
+        self.inner = pb.descent(opts["_inner_user"], inner_step)
         self.v = pb.xp.zeros_like(y)  # the stochastic variant's warm-started v
         self.inner_failures = (0, "")  # CG solves that stopped above tolerance, and the last
+        self.secant = SecantStep(pb.xp)
 
     def iterate(self, k):
         pb, d = self.pb, self.pb.d
         # stochastic variant: every step decays (the noise of y and v feeds straight into
         # the hypergradient); deterministic: step_power applies to x only
-        nu = self.inner_step if pb.batch is None else \
+        nu = self.inner if pb.batch is None else \
             _decayed(self.inner_step, self.opts["step_power"], k)
         self.y, inner_res = pb.inner_descent(self.x, self.y, nu, self.inner_iters)
         x, y = self.x, self.y
@@ -442,7 +477,10 @@ class _Implicit:
             lin_res = pb.norm(Hv + self.opts["ridge"] * v - fy)
             self.v = v
             grad = fx - hxy_v
-        step = _decayed(self.step, self.opts["step_power"], k)
+        if self.search:
+            step = self.secant(x, grad)
+        else:
+            step = _decayed(self.step, self.opts["step_power"], k)
         x_new = pb.px(x - step * grad)
         gnorm = pb.norm(x_new - x) / step
         self.x = x_new
@@ -452,48 +490,113 @@ class _Implicit:
 class _Penalty:
     """Kwon et al. (ICLR 2024): value-function penalty f + λ(g − g*), λ growing.
 
-    y tracks argmin (f + λg) with steps inner_step / (1 + λ) (the Lipschitz constant of
-    ∇(f + λg) grows like 1 + λ), z tracks argmin g with steps inner_step, and
-    ∇ψ = ∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)) (Kwon et al., ICLR 2024). With mini-batches both
-    ∇ₓg terms use the same batch, so their sampling noise largely cancels in the
+    y tracks argmin (f + λg), z tracks argmin g, and
+    ∇ψ = ∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)) (Kwon et al., ICLR 2024). With mini-batches
+    both ∇ₓg terms use the same batch, so their sampling noise largely cancels in the
     difference that λ multiplies.
+
+    Steps from the problem (no user step, deterministic runs): y and z by Armijo
+    backtracking on f + λg and g (the step follows the curvature L_f + λL_g as λ grows);
+    x by ``1/L̂``, L̂ the secant curvature of ∇ψ along the x steps
+    (:class:`._steps.SecantStep`; finite differences of ∇ψ at fixed y, z for the first).
+    With a user ``inner_stepsize`` y steps ``inner_stepsize / (1 + λ)``.
+
+    λ schedule (``lam_step=None``, the default): λ₀ = ``lam0`` times the ratio of the
+    curvatures of f and g in y (so a rescaled objective gets a rescaled λ), doubled once
+    the penalised problem is solved to a tenth of the stationarity it started λ with, or
+    after ``lam_patience`` iterations without that progress, up to ``lam_max``. A number
+    ``lam_step`` restores the additive schedule ``λ ← λ + lam_step``.
     """
 
     def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
         self.pb, self.x, self.y, self.z = pb, x, y, y
-        self.step, self.inner_step, self.inner_iters, self.opts = step, inner_step, \
-            inner_iters, opts
-        self.lam = opts["lam0"]
+        self.inner_step, self.inner_iters, self.opts = inner_step, inner_iters, opts
+        self.search = step is None and pb.batch is None
+        self.step = DEFAULT_STEP["penalty"] if step is None and not self.search else step
+        user_inner = opts["_inner_user"]
+        # the additive schedule (a user lam_step) keeps its fixed y and z steps, as before
+        self.fixed_y = user_inner is not None or pb.batch is not None or \
+            opts["lam_step"] is not None
+        self.y_rule = Backtracking(pb.xp, inner_step, fixed=self.fixed_y, proj=pb.py)
+        self.z_rule = Backtracking(pb.xp, inner_step, fixed=self.fixed_y, proj=pb.py)
+        lam0 = opts["lam0"]
+        if lam0 is None and opts["lam_step"] is not None:
+            lam0 = 1.0  # the additive schedule's start, as before the doubling one
+        if lam0 is None:
+            lam0 = self._scaled_lam0(x, y, inner_step)
+        self.lam = min(lam0, opts["lam_max"])
+        self.lam_since, self.lam_start_res = 0, None
+        self.secant = SecantStep(pb.xp)
+
+    def _scaled_lam0(self, x, y, inner_step):
+        pb, d = self.pb, self.pb.d
+        if pb.batch is not None:
+            return 1.0
+        # λ weighs g against f: start it at their curvature ratio in y, so that scaling f
+        # (or g) by a constant scales λ instead of changing the iterates
+        lf = fd_lipschitz(lambda v: d.outer_grads(x, v)[2], y, pb.xp, iters=3)
+        lg = 1.0 / (1.05 * inner_step)
+        if not (math.isfinite(lf) and lf > 0):
+            return 1.0
+        return lf / lg
+
+    def _direction(self, x, y, z, lam):
+        value, fx, _ = self.pb.d.outer_grads(x, y)
+        gx_y, _ = self.pb.d.inner_grads(x, y)
+        gx_z, _ = self.pb.d.inner_grads(x, z)
+        return value, fx + lam * (gx_y - gx_z)
 
     def iterate(self, k):
         pb, d, x, lam = self.pb, self.pb.d, self.x, self.lam
-        a = self.inner_step / (1.0 + lam)
-        y = self.y
         replay = pb.checkpoint()
-        gy = d.penalised_grad_y(x, y, lam)
-        for _ in range(self.inner_iters):
-            y = pb.py(y - a * gy)
-            pb.resample(outer=False)
-            gy = d.penalised_grad_y(x, y, lam)
+        if self.fixed_y:
+            # the Lipschitz constant of ∇(f + λg) grows like 1 + λ
+            self.y_rule.step = self.inner_step / (1.0 + lam)
+            y, gy = self.y, d.penalised_grad_y(x, self.y, lam)
+            for _ in range(self.inner_iters):
+                y = pb.py(y - self.y_rule.step * gy)
+                pb.resample(outer=False)
+                gy = d.penalised_grad_y(x, y, lam)
+            y_res = pb.norm(y - pb.py(y - self.y_rule.step * gy)) / self.y_rule.step
+        else:
+            y, gy, y_res = self.y_rule.run(
+                lambda v: d.outer_value(x, v) + lam * float(d.inner(x, v)),
+                lambda v: d.penalised_grad_y(x, v, lam), self.y, self.inner_iters)
+        y_res /= 1.0 + lam
         # mini-batches: z steps on the same batches as y (common random numbers), so that
         # the noise of y − z, which λ multiplies below, is correlated rather than doubled
         pb.restore(replay)
-        self.z, z_res = pb.inner_descent(x, self.z, self.inner_step, self.inner_iters)
+        self.z, z_res = pb.inner_descent(x, self.z, self.z_rule, self.inner_iters)
         self.y = y
-        y_res = pb.norm(y - pb.py(y - a * gy)) / a / (1.0 + lam)
-        value, fx, _ = d.outer_grads(x, y)
-        gx_y, _ = d.inner_grads(x, y)
-        gx_z, _ = d.inner_grads(x, self.z)
-        direction = fx + lam * (gx_y - gx_z)
-        step = _decayed(self.step, self.opts["step_power"], k)
+        value, direction = self._direction(x, y, self.z, lam)
+        if self.search:
+            step = self.secant(x, direction, lambda: fd_lipschitz(
+                lambda v: self._direction(v, y, self.z, lam)[1], x, pb.xp, iters=3))
+        else:
+            step = _decayed(self.step, self.opts["step_power"], k)
         x_new = pb.px(x - step * direction)
         gnorm = pb.norm(x_new - x) / step
         self.x = x_new
-        self.lam = min(lam + self.opts["lam_step"], self.opts["lam_max"])
-        # the penalised problem is only O(1/λ) away from the bilevel one: converged needs
-        # λ at its cap as well as stationarity
-        res = max(gnorm, y_res, z_res) if lam >= self.opts["lam_max"] else math.inf
-        return value, gnorm, res
+        self._grow_lam(gnorm)
+        # the penalised problem is only O(1/λ) from the bilevel one: converged needs the
+        # lower-level optimality of y as well as stationarity
+        t = self.z_rule.step
+        lower = pb.norm(y - pb.py(y - t * d.inner_grad_y(x, y))) / t
+        if self.opts["lam_step"] is not None:  # the additive schedule: λ at its cap
+            lower = 0.0 if lam >= self.opts["lam_max"] else math.inf
+        return value, gnorm, max(gnorm, y_res, z_res, lower)
+
+    def _grow_lam(self, gnorm):
+        o = self.opts
+        if o["lam_step"] is not None:
+            self.lam = min(self.lam + o["lam_step"], o["lam_max"])
+            return
+        if self.lam_start_res is None:
+            self.lam_start_res = gnorm
+        self.lam_since += 1
+        if gnorm <= 0.1 * self.lam_start_res or self.lam_since >= o["lam_patience"]:
+            self.lam = min(2.0 * self.lam, o["lam_max"])
+            self.lam_since, self.lam_start_res = 0, None
 
 
 class _LVHBA:
@@ -510,6 +613,8 @@ class _LVHBA:
 
     def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
         self.pb, self.x, self.y, self.theta = pb, x, y, y
+        if step is None:
+            step = inner_step
         self.step, self.eta, self.inner_iters, self.opts = step, inner_step, inner_iters, opts
         # one α for (x, y) in the paper; a separate y step helps when x and y are scaled
         # very differently (data hyper-cleaning: ∂/∂xᵢ is O(1/n))
@@ -589,9 +694,12 @@ class _BOREP:
 
     def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
         self.pb, self.x = pb, x
+        if step is None:
+            step = DEFAULT_STEP["bo-rep"] * max(1.0, pb.norm(x))
         self.step, self.nu, self.inner_iters, self.opts = step, inner_step, inner_iters, opts
+        self.inner = pb.descent(opts["_inner_user"], inner_step)
         # initialisation refinement: solve the lower level well once at x0
-        self.y, _ = pb.inner_descent(x, y, inner_step, opts["refine_iters"])
+        self.y, _ = pb.inner_descent(x, y, self.inner, opts["refine_iters"])
         self.v = pb.xp.zeros_like(y)
         self.m = pb.xp.zeros_like(x)
         self.eta = step
@@ -601,7 +709,7 @@ class _BOREP:
         pb, d, o = self.pb, self.pb.d, self.opts
         x = self.x
         if k % o["period"] == 0:  # periodic lower-level update, warm-started
-            self.y, self.inner_res = pb.inner_descent(x, self.y, self.nu, self.inner_iters)
+            self.y, self.inner_res = pb.inner_descent(x, self.y, self.inner, self.inner_iters)
         y, v = self.y, self.v
         value, fx, fy = d.outer_grads(x, y)
         hxy_v, hyy_v = d.hvp_both(x, y, v)  # ∇²ₓᵧg·v and ∇²ᵧᵧg·v
@@ -926,12 +1034,11 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
         except ValueError as e:
             raise ValueError(f"{WHERE}: inner_stepsize=None needs ∇²ᵧᵧ inner(x0, y0) ≠ 0 to "
                              "estimate 1/L; pass inner_stepsize=") from e
-    step = st.stepsize
-    if step is None:
-        step = DEFAULT_STEP[method] if DEFAULT_STEP[method] is not None else inner_step
     pb.resample()
-
-    runner = _CLASSES[method](pb, x, y, step, inner_step, st.inner_iters, dict(st.options))
+    opts = dict(st.options)
+    opts["_inner_user"] = st.inner_stepsize  # None: the lower-level steps backtrack
+    # stepsize=None: each method sets its steps from the problem (see its class)
+    runner = _CLASSES[method](pb, x, y, st.stepsize, inner_step, st.inner_iters, opts)
     result = _run(runner, pb, st, constraint, xp)
     return report(result, throw=st.throw, fixed_budget=st.fixed_budget)
 
@@ -962,13 +1069,16 @@ def _settings(method, given, rtol, inner_iters, options, batch, seed, progress, 
 def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
     """The outer loop: iterate, record, stop; then the status and its message."""
     method = st.method
+    user_steps = {"stepsize": st.stepsize, "inner_stepsize": st.inner_stepsize}
     outer_hist, grad_hist, time_hist = [], [], []
     bar = tqdm(total=st.maxiter, desc=f"bilevel {method}") if st.progress else None
     status = None
     start = time.perf_counter()
     k = 0
     res = math.inf
-    tol = g0 = None
+    tol = None
+    monitor = DivergenceMonitor()
+    diverged = ""
     try:
         for k in range(st.maxiter):
             if k:
@@ -980,15 +1090,13 @@ def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(outer=f"{value:.4g}", grad=f"{gnorm:.2e}")
-            finite = B.isfinite_all(xp, runner.x) and B.isfinite_all(xp, runner.y) and \
-                math.isfinite(value) and math.isfinite(gnorm)
-            if g0 is None and finite:
-                g0 = gnorm
-                tol = max(st.atol, st.rtol * g0)
-            # g0 is set at the first finite iteration; `not finite` short-circuits before it
-            if not finite or gnorm > DIVERGENCE_FACTOR * (1.0 + g0):  # type: ignore[operator]
-                status = Status.DIVERGED
+            found = monitor.check(**{"||x||": pb.norm(runner.x), "||y||": pb.norm(runner.y),
+                                     "outer(x, y)": value, "the stationarity measure": gnorm})
+            if found is not None:
+                status, diverged = found
                 break
+            if tol is None:
+                tol = max(st.atol, st.rtol * gnorm)
             if st.callback is not None and st.callback(BilevelState(
                     k + 1, runner.x, runner.y, value, gnorm, method)) is True:
                 status = Status.STOPPED
@@ -1004,7 +1112,7 @@ def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
     if status is None:
         status = Status.MAX_ITERATIONS
     infeasible = None
-    if method == "lv-hba" and status is not Status.DIVERGED:
+    if method == "lv-hba" and status not in (Status.DIVERGED, Status.NONFINITE):
         cval = xp.reshape(xp.asarray(constraint(runner.x, runner.y)), (-1,))
         viol = float(xp.max(cval))
         if viol > st.options["feas_tol"]:
@@ -1014,10 +1122,10 @@ def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
         message = f"{label}: converged in {n_iters} iterations"
     elif status is Status.STOPPED:
         message = f"{label}: stopped by the callback after {n_iters} iterations"
-    elif status is Status.DIVERGED:
-        message = (f"{label}: the iterates diverged (grew without bound or became "
-                   f"non-finite) at iteration {n_iters}: reduce stepsize or inner_stepsize, "
-                   "and check the objectives for NaN/inf")
+    elif status in (Status.DIVERGED, Status.NONFINITE):
+        what = "diverged" if status is Status.DIVERGED else "became non-finite"
+        message = (f"{label}: the run {what} at iteration {n_iters} ({diverged}): "
+                   f"{advice(method, user_steps)}")
     elif infeasible is not None:
         message = (f"{label}: the lower-level constraints are violated by {infeasible:.3g} > "
                    f"feas_tol={st.options['feas_tol']:g} at the end: either the set {{y : "

@@ -1,0 +1,189 @@
+"""Step sizes taken from the problem, so that :func:`diffsolve.bilevel.solve` needs no tuning.
+
+Three tools, each scale-free (multiplying an objective by any constant leaves the iterates
+unchanged):
+
+* :func:`fd_lipschitz` estimates the Lipschitz constant L of a gradient map by power
+  iteration on finite differences of that map (no Hessians, so it serves the first-order
+  methods as well);
+* :class:`Backtracking` is gradient descent on a smooth function with the Armijo
+  sufficient-decrease test and step growth after an accepted step (Armijo, "Minimization of
+  functions having Lipschitz continuous first partial derivatives", Pacific J. Math. 1966;
+  Nesterov, "Gradient methods for minimizing composite functions", Math. Program. 2013,
+  for the grow-then-backtrack rule), for the lower-level loops;
+* :func:`secant_lipschitz` is the local curvature ``||d_k − d_{k−1}|| / ||x_k − x_{k−1}||``
+  of an update direction along the last step (Barzilai & Borwein, "Two-point step size
+  gradient methods", IMA J. Numer. Anal. 1988), for the outer steps of the first-order
+  methods, which cannot evaluate their own merit function.
+
+Only scalars (norms, objective values) are read back to the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .. import _backend as B
+from ..implicit._implicit_solve import _probe
+
+#: power iterations for a Lipschitz estimate: two significant digits are enough for a step
+POWER_ITERATIONS = 10
+#: an accepted step is tried this much longer next time (then backtracked if too long)
+GROWTH = 2.0
+#: the sufficient decrease asked of a step, ``f(y⁺) <= f(y) − ARMIJO ||y⁺ − y||² / t``: 1/2
+#: is the descent lemma's test, met by every t <= 1/L; Armijo's usual 1e-4 would accept
+#: steps up to ~2/L, which barely contract the top curvature direction
+ARMIJO = 0.5
+#: halvings before a backtracking step gives up and keeps the smallest trial
+MAX_BACKTRACKS = 30
+
+
+def norm(xp, v) -> float:
+    """The Euclidean norm, scaled so that entries beyond 1e154 do not overflow."""
+    s = float(xp.max(xp.abs(v))) if math.prod(tuple(v.shape)) else 0.0
+    if s == 0.0 or not math.isfinite(s):
+        return s
+    w = v / s
+    return s * float(xp.sqrt(xp.sum(w * w)))
+
+
+def fd_lipschitz(grad: Callable[[Any], Any], point, xp, *, g0=None,
+                 iters: int = POWER_ITERATIONS) -> float:
+    """Largest singular value of the Jacobian of ``grad`` at ``point``, by power iteration.
+
+    Each product is the central difference ``(grad(p + h v) − grad(p − h v)) / 2h`` with
+    ``h = eps^(1/3) max(1, ||p||)``: the estimate needs a couple of digits, not more.
+    ``g0`` (``grad(point)``) is unused by central differences and accepted for symmetry.
+    Returns ``0.0`` for a constant gradient and ``inf`` when the differences overflow.
+    """
+    n = math.prod(tuple(point.shape))
+    v = xp.reshape(_probe(xp, n, point.dtype, B.device(point), 3.0), tuple(point.shape))
+    v = v / norm(xp, v)
+    eps = float(xp.finfo(point.dtype).eps) ** (1.0 / 3.0)
+    h = eps * max(1.0, norm(xp, point))
+    lam = 0.0
+    for _ in range(iters):
+        w = (grad(point + h * v) - grad(point - h * v)) / (2.0 * h)
+        lam = norm(xp, w)
+        if lam == 0.0 or not math.isfinite(lam):
+            break
+        v = w / lam
+    return lam
+
+
+def secant_lipschitz(xp, dx_new, dx_old, x_new, x_old) -> float | None:
+    """``||d_new − d_old|| / ||x_new − x_old||``, or None when x did not move."""
+    s = norm(xp, x_new - x_old)
+    if s == 0.0 or not math.isfinite(s):
+        return None
+    return norm(xp, dx_new - dx_old) / s
+
+
+class Backtracking:
+    """Projected gradient descent on ``value`` with an Armijo step that adapts to the problem.
+
+    ``step`` starts at the caller's estimate of ``1/L`` and is kept between calls. Every
+    accepted step is followed by a trial ``GROWTH`` times longer, and every trial that
+    fails ``value(y⁺) <= value(y) − ARMIJO ||y⁺ − y||² / step`` is halved, so the step
+    follows the local curvature as x moves (a step that was safe at x₀ may not be later:
+    a regularisation weight ``exp(x)`` raises the curvature with x). With ``fixed`` the
+    step is the user's and is taken as given (no test, no growth).
+    """
+
+    def __init__(self, xp, step: float, *, fixed: bool = False, proj=None):
+        self.xp, self.step, self.fixed = xp, float(step), fixed
+        self.proj = proj if proj is not None else (lambda v: v)
+        self.evaluations = 0
+
+    def run(self, value: Callable, grad: Callable, y, n: int):
+        """``n`` steps from ``y``; returns ``(y, ∇ at y, projected-gradient-mapping norm)``."""
+        xp, P = self.xp, self.proj
+        g = grad(y)
+        fy = None if self.fixed else value(y)
+        for _ in range(n):
+            if self.fixed:
+                y = P(y - self.step * g)
+                g = grad(y)
+                continue
+            y, fy = self._armijo(value, y, g, fy)
+            g = grad(y)
+        mapping = norm(xp, y - P(y - self.step * g)) / self.step
+        return y, g, mapping
+
+    def _armijo(self, value, y, g, fy):
+        if norm(self.xp, g) == 0.0:  # a stationary point: no step, and no growth either
+            return y, fy
+        step = self.step * GROWTH
+        for _ in range(MAX_BACKTRACKS):
+            y_new = self.proj(y - step * g)
+            dn = norm(self.xp, y_new - y)
+            f_new = value(y_new)
+            self.evaluations += 1
+            # f(y⁺) <= f(y) + <g, d> + |d|²/2t, the descent lemma, is ARMIJO = 1/2 below
+            if math.isfinite(f_new) and f_new <= fy - ARMIJO * dn * (dn / step) + \
+                    _slack(fy):
+                self.step = step
+                return y_new, f_new
+            if dn == 0.0:  # the projection pins y: nothing to decrease
+                return y, fy
+            step *= 0.5
+        self.step = step
+        return y, fy
+
+
+def _slack(f: float) -> float:
+    # the values are equal to rounding near a minimum: a few ulps of |f| are no increase
+    return 8.0 * 2.0 ** -52 * abs(f)
+
+
+class SecantStep:
+    """The x step ``1/L̂`` of an outer loop, L̂ the curvature of its direction measured along
+    the steps taken.
+
+    L̂ is the largest recent secant ``||d_k − d_{k−1}|| / ||x_k − x_{k−1}||`` (Barzilai &
+    Borwein 1988), forgotten at ``DECAY`` per iteration so that the step can lengthen again
+    in flatter regions. A secant never exceeds the Lipschitz constant L of the direction, and
+    a step longer than 2/L makes the iterates oscillate along the top curvature direction,
+    which the next secants then measure: the estimate corrects itself within a few
+    iterations. A direction that grows by more than ``GUARD`` in one iteration, or grows
+    ``PATIENCE`` iterations in a row, doubles L̂ (an oscillation of the coupled x–y
+    dynamics that the secant along x does not see). The first step moves x by a tenth of
+    its scale (``first`` can supply a better first estimate). Rescaling the objective
+    rescales d and L̂ alike, so the steps
+    in x do not change.
+    """
+
+    DECAY = 0.9
+    GUARD = 1.5
+    PATIENCE = 3
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.curv: float | None = None
+        self.prev: tuple | None = None
+        self.growing = 0
+
+    def __call__(self, x, d, first: Callable[[], float] | None = None) -> float:
+        est = None
+        if self.prev is not None:
+            est = secant_lipschitz(self.xp, d, self.prev[1], x, self.prev[0])
+        elif first is not None:
+            est = first()
+        if est is not None and math.isfinite(est) and est > 0:
+            self.curv = est if self.curv is None else max(est, self.DECAY * self.curv)
+        if self.prev is not None and self.curv is not None:
+            growth = norm(self.xp, d) / max(norm(self.xp, self.prev[1]), 1e-300)
+            self.growing = self.growing + 1 if growth > 1.0 else 0
+            if growth > self.GUARD or self.growing >= self.PATIENCE:
+                # a direction that keeps growing is an oscillation the secant does not see
+                # (the lower level lags behind x, so the direction's curvature is partly
+                # that of y's tracking): the step halves until it stops
+                self.curv *= 2.0
+                self.growing = 0
+        if self.curv is None:
+            dn = norm(self.xp, d)
+            self.curv = 10.0 * dn / max(1.0, norm(self.xp, x)) if dn > 0 else 1.0
+        self.prev = (x, d)
+        return 1.0 / self.curv
