@@ -24,6 +24,7 @@ from ._regularizers import global_regularizers, local_step
 from ._result import ODEResult, attach_message, status_message
 from ._settings import ODESettings, ODEState, odeint_settings
 from ._stiff_jacobian import pattern_csr
+from ._stiff_segments import integrate_segments
 from ._stiff_solve import lazy_vjp, stiff_adjoint, stiff_trajectory
 from ._stiff_tableaux import STIFF_TABLEAUX
 from ._tableaux import TABLEAUX
@@ -133,6 +134,15 @@ def _check_jump_ts(jump_ts, t_out):
         raise ValueError(f"{WHERE}: jump_ts contains NaN or infinite times")
     lo, hi = min(t0, t1), max(t0, t1)
     return tuple(sorted({v for v in vals if lo < v < hi}))
+
+
+def _segment_steps(step_ts, t_seg):
+    """The replayed step times inside one segment ``[t_seg[0], t_seg[-1]]``, its ends
+    included (added when the replayed steps do not stop on them)."""
+    a, b = float(t_seg[0]), float(t_seg[-1])
+    sign = 1.0 if b >= a else -1.0
+    inner = [float(v) for v in step_ts if sign * (float(v) - a) > 0 and sign * (b - float(v)) > 0]
+    return np.asarray([a, *inner, b], dtype=np.float64)
 
 
 def _check_y0(y0, host):
@@ -387,7 +397,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
                 fixed=step_list is not None)
     kern = B.get_kernel(xp, "ode.rk_solve") if compiled else None
     trajs = []
-    if compiled and per_traj and step_list is None and n_traj > 1:
+    if compiled and per_traj and step_list is None and n_traj > 1 and not jumps:
         # the whole batch in one compiled call (one function-pointer lookup, not B)
         try:
             outs = B.get_kernel(xp, "ode.rk_solve_batch")(
@@ -402,7 +412,28 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
         yb = y0[b, ...] if per_traj else (y0.reshape((n,)) if host else xp.reshape(y0, (n,)))
         sts = step_list[b] if step_list is not None else None
         index = b if per_traj else None
-        if compiled:
+        if jumps and not implicit:
+            # one solve per segment between declared jumps, joined (every state stored)
+            seg_opts = {**opts, "every": 1}
+
+            def run(y_start, t_seg, sts=sts, index=index, seg_opts=seg_opts):
+                seg_sts = None if sts is None else _segment_steps(sts, t_seg)
+                if compiled:
+                    return _compiled_solve(kern, f, y_start, t_seg, params_eff, tab,
+                                           seg_opts, seg_sts, want_stiff, index)
+                f0 = rhs(float(t_seg[0]), y_start)
+                if not _finite(host and type(f0) is _NDARRAY, xp, f0):
+                    return _nonfinite_start(xp, y_start, t_seg, dtype, device, host, index)
+                out = integrate(stepper, rhs, y_start, t_seg,  # type: ignore[arg-type]
+                                controller=controller, first_step=settings.first_step,
+                                max_steps=settings.max_steps, step_ts=seg_sts,
+                                want_stiff=want_stiff, every=1, f0=f0, callback=callback,
+                                shape=shape, trajectory=index)
+                out.stats[3] += 1
+                return out
+
+            traj = integrate_segments(run, yb, t_out, jumps, xp)
+        elif compiled:
             traj = _compiled_solve(kern, f, yb, t_out, params_eff, tab, opts, sts, want_stiff,
                                    index)
         else:
