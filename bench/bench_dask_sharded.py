@@ -177,12 +177,19 @@ def main(argv=None):
     parser.add_argument("--check-every-large", type=int, default=1,
                         help="check_every above --dense-max (each check is one wait for "
                              "the cluster, small next to an iteration there)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the .md and .png from the .json in --out-dir")
     parser.add_argument("--append", action="store_true",
                         help="add to the records of an earlier run in --out-dir (run the "
                              "largest size on its own)")
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.report_only:
+        records = json.loads((args.out_dir / "dask_sharded.json").read_text())
+        write_markdown(records["summary"], records["setup"], args.out_dir / "dask_sharded.md")
+        plot(records["summary"], args.out_dir / "dask_sharded.png")
+        return
 
     from dask.distributed import Client, LocalCluster
 
@@ -281,8 +288,9 @@ def write_markdown(summary, setup, path):
                  f"{r[f'dense_{k}_s_per_iter_median']:.3g}"
                  if f"dense_{k}_s_per_iter_min" in r else "does not fit"
                  for k in ("absorbed", "lse")]
-        peak = f"{r['dense_absorbed_peak_rss_mb']:.0f}" if "dense_absorbed_peak_rss_mb" in r \
-            else "-"
+        peaks = [f"{r[f'dense_{k}_peak_rss_mb']:.0f} ({k})" for k in ("absorbed", "lse")
+                 if f"dense_{k}_peak_rss_mb" in r]
+        peak = ", ".join(peaks) or "-"
         lines.append(
             f"| {r['n']} | {r['eps']} | {r['runs']} | {r['n_iters']} | {r['status']} | "
             f"{r['s_per_iter_min']:.3g} / {r['s_per_iter_median']:.3g} | "

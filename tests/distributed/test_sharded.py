@@ -184,3 +184,20 @@ def test_bad_input():
         dd.sinkhorn_pointcloud(X, Y, -1.0)
     with pytest.raises(ValueError, match="cost must be 'sqeuclidean'"):
         dd.sinkhorn_pointcloud(X, Y, 0.1, cost="euclidean")
+
+
+@pytest.mark.gpu
+def test_cupy_blocks():
+    cupy = pytest.importorskip("cupy")
+    x, y, a, b = _clouds(seed=6)
+    ref = ds.ot.sinkhorn(a, b, _cost(x, y), 0.2, rtol=1e-11, kernel="lse")
+    X = da.from_array(cupy.asarray(x), chunks=(12, 2))
+    Y = da.from_array(cupy.asarray(y), chunks=(9, 2))
+    A = da.from_array(cupy.asarray(a), chunks=12)
+    B = da.from_array(cupy.asarray(b), chunks=9)
+    with dask.config.set(scheduler="synchronous"):
+        res = dd.sinkhorn_pointcloud(X, Y, 0.2, A, B, rtol=1e-11)
+        f = res.f.compute()
+    assert isinstance(f, cupy.ndarray)  # the blocks stayed on the device
+    np.testing.assert_allclose(f.get(), ref.f, rtol=0, atol=1e-10)
+    assert abs(res.cost - ref.cost) < 1e-10
