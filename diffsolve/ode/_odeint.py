@@ -819,8 +819,11 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
         row (column) are probed together, e.g. 3 probes for a tridiagonal pattern whatever
         ``n`` (Curtis, Powell & Reid 1974). Without it ``J`` is dense and takes ``n``.
     jump_ts : array or sequence of float, optional
-        Times strictly inside the interval where ``f`` is discontinuous (stiff methods): a
-        step never crosses one; it ends on it and the next starts afresh.
+        Times strictly inside the interval where ``f`` is discontinuous (every method): a
+        step never crosses one; it ends on it and the next starts afresh (new first slope,
+        controller state and initial step; the stiff methods evaluate ``f`` just before
+        the jump for the step that ends on it). Every state is then stored
+        (``checkpoint_every`` is ignored); ``res.ts`` contains the jumps.
 
     Returns
     -------
