@@ -202,7 +202,8 @@ def _linear_spec(A, b, options):
             return {"A": gA, "b": gb.T}
 
         batched, shared = [b], [A]
-        grads = [K.Grad("A", False, (n, n), dtype), K.Grad("b", True, (N, n), dtype)]
+        grads = [K.Grad("A", False, (n, n), dtype, dense=not B.is_sparse(A)),
+                 K.Grad("b", True, (N, n), dtype)]
     fields = {
         "x": K.Field(0, lambda k: (k, n)), "n_iters": K.Field(0, lambda k: (k,), "int"),
         "converged": K.Field(0, lambda k: (k,), "bool"),
@@ -575,7 +576,8 @@ def vjp(fn, *args, persist=True, **kwargs):
         NumPy/CuPy arrays of the output's shape; fields not given are zero). Returns a
         tuple with one Dask array per array argument in the order of ``fn``'s signature,
         like :func:`diffsolve.vjp`: cotangents of batched arguments are chunked like them,
-        those of shared arguments are summed over the chunks by a tree reduction.
+        those of shared arguments are summed over the chunks by a tree reduction (for a
+        shared sparse matrix: a ``dask.delayed`` sparse matrix of its pattern).
 
     See Also
     --------

@@ -46,6 +46,9 @@ class Grad:
     batched: bool
     shape: tuple
     dtype: Any
+    #: False for a sparse argument: its cotangent is a sparse matrix of the argument's
+    #: pattern, returned as a ``dask.delayed`` (a Dask array has no sparse chunks here)
+    dense: bool = True
 
 
 @dataclass
@@ -153,10 +156,27 @@ def backward(spec: Spec, parts: list, chunks: tuple, cotangents: dict):
                                       meta=meta) for o, k in zip(outs, chunks)]
             grads[g.name] = da.concatenate(pieces, axis=0)
         else:
-            pieces = [da.from_delayed(o[g.name], shape=g.shape, dtype=g.dtype, meta=meta)
-                      for o in outs]
-            grads[g.name] = da.stack(pieces).sum(axis=0, split_every=8)
+            total = _tree_sum([o[g.name] for o in outs])
+            grads[g.name] = da.from_delayed(total, shape=g.shape, dtype=g.dtype, meta=meta) \
+                if g.dense else total
     return grads
+
+
+def _add(*xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+def _tree_sum(parts, fan=8):
+    """The sum of delayed cotangents by a tree of fan-in ``fan`` (dense or sparse)."""
+    _, dask = dask_modules()
+    add = dask.delayed(_add, pure=True)
+    while len(parts) > 1:
+        parts = [add(*parts[i:i + fan]) if len(parts[i:i + fan]) > 1 else parts[i]
+                 for i in range(0, len(parts), fan)]
+    return parts[0]
 
 
 def context(fn, args, kwargs, want_vjp):

@@ -241,3 +241,18 @@ def test_import_diffsolve_does_not_import_dask():
     code = ("import sys, diffsolve; import diffsolve.ot, diffsolve.ode; "
             "assert not any(m == 'dask' or m.startswith('dask.') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vjp_shared_sparse_matrix(client):
+    sp = pytest.importorskip("scipy.sparse")
+    n = 12
+    A = sp.diags([-1.0, 2.5, -1.0], [-1, 0, 1], shape=(n, n), format="csr")
+    b = np.random.default_rng(7).standard_normal((5, n))
+    _, f_vjp = ds.vjp(ds.linear.solve, A, b.T, method="cg", rtol=1e-12)
+    r_A, r_b = f_vjp(x=np.ones((n, 5)))
+    _, d_vjp = dd.vjp(ds.linear.solve, A, _chunked(b, 2), method="cg", rtol=1e-12)
+    A_bar, b_bar = d_vjp(x=np.ones((5, n)))
+    A_bar = A_bar.compute()  # a dask.delayed sparse matrix with A's pattern
+    assert sp.issparse(A_bar) and (A_bar.indices == A.indices).all()
+    _close(A_bar.toarray(), r_A.toarray())
+    _close(b_bar.compute(), r_b.T)
