@@ -287,6 +287,63 @@ def test_adapters_agree_with_vjp():
 
 
 # ---------------------------------------------------------------------------------------
+# method="auto"
+# ---------------------------------------------------------------------------------------
+def test_auto_switches_on_stiff_van_der_pol_and_reports_where():
+    t = np.linspace(0.0, 2000.0, 5)
+    mu = np.array([1000.0])
+    res = odeint(vdp, np.array([2.0, 0.0]), t, mu, method="auto", rtol=1e-6, atol=1e-8)
+    stiff = odeint(vdp, np.array([2.0, 0.0]), t, mu, method="kvaerno5", rtol=1e-6,
+                   atol=1e-8)
+    assert res.converged and 0.0 < res.t_switch < 1.0  # early, in the first transient
+    assert res.t_switch in res.ts.tolist()
+    assert np.allclose(res.ys, stiff.ys, rtol=1e-4, atol=1e-6)
+    assert res.stats.n_steps < 2 * stiff.stats.n_steps
+
+
+def test_auto_stays_explicit_on_lotka_volterra():
+    from tests.lotka_volterra import lv
+
+    p = np.array([1.5, 1.0, 3.0, 1.0])
+    t = np.linspace(0.0, 30.0, 7)
+    for rtol in (1e-3, 1e-6, 1e-9):
+        res = odeint(lv, np.array([1.0, 1.0]), t, p, method="auto", rtol=rtol, atol=rtol)
+        explicit = odeint(lv, np.array([1.0, 1.0]), t, p, method="tsit5", rtol=rtol,
+                          atol=rtol)
+        assert np.isnan(res.t_switch)
+        assert np.array_equal(res.ys, explicit.ys)  # the same steps as tsit5
+
+
+def test_auto_gradients_through_the_switch_match_fd(rng):
+    t = np.linspace(0.0, 1.0, 4)
+    mu = np.array([1000.0])
+    y0 = np.array([2.0, 0.0])
+    kw = dict(method="auto", rtol=1e-9, atol=1e-11)
+    res, pull = ds.vjp(odeint, vdp, y0, t, mu, **kw)
+    assert 0.0 < res.t_switch < 1.0
+    W = rng.standard_normal(res.ys.shape)
+    y0_bar, _, p_bar = pull(ys=W)
+
+    def loss(y, p):  # replayed steps: the detector switches at the same step
+        return np.sum(W * odeint(vdp, y, t, p, step_ts=res.ts, **kw).ys)
+
+    v = rng.standard_normal(2)
+    assert y0_bar @ v == pytest.approx(central_difference(lambda y: loss(y, mu), y0, v),
+                                       rel=1e-6)
+    fd = central_difference(lambda p: loss(y0, p), mu, np.ones(1), h=1e-2)
+    assert p_bar[0] == pytest.approx(fd, rel=1e-5)
+
+
+def test_max_steps_message_names_the_stiffness_estimate():
+    with pytest.raises(ds.SolveError, match=r"stiffness estimate \|hλ\|.*method='kvaerno5'"):
+        odeint(vdp, np.array([2.0, 0.0]), np.array([0.0, 100.0]), np.array([1000.0]),
+               method="tsit5", max_steps=500, throw=True)
+    with pytest.raises(ds.SolveError, match="does not look stiff"):
+        odeint(vdp, np.array([2.0, 0.0]), np.array([0.0, 100.0]), np.array([1.0]),
+               method="tsit5", max_steps=20, throw=True)
+
+
+# ---------------------------------------------------------------------------------------
 # jump_ts
 # ---------------------------------------------------------------------------------------
 def _forced(t, y, p):

@@ -23,9 +23,10 @@ from ._integrate import Stepper, Trajectory, integrate, reached_outputs
 from ._regularizers import global_regularizers, local_step
 from ._result import ODEResult, attach_message, status_message
 from ._settings import ODESettings, ODEState, odeint_settings
+from ._stiff_auto import AUTO_EXPLICIT, AUTO_IMPLICIT, auto_trajectory, stiffness_hint
 from ._stiff_jacobian import pattern_csr
 from ._stiff_segments import integrate_segments
-from ._stiff_solve import lazy_vjp, stiff_adjoint, stiff_trajectory
+from ._stiff_solve import auto_backward, lazy_vjp, stiff_adjoint, stiff_trajectory
 from ._stiff_tableaux import STIFF_TABLEAUX
 from ._tableaux import TABLEAUX
 from ._vector_field import make_rhs, make_vjp
@@ -363,7 +364,8 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
         grid = np.linspace(float(t_out[0]), float(t_out[-1]), settings.max_steps + 1)
         step_list = [grid] * n_traj
     implicit = method in STIFF_TABLEAUX
-    tab = STIFF_TABLEAUX[method] if implicit else TABLEAUX[method]
+    auto = method == "auto"  # tsit5 until the stiffness estimate says stiff, then kvaerno5
+    tab = STIFF_TABLEAUX[method] if implicit else TABLEAUX[AUTO_EXPLICIT if auto else method]
     dtype, device = y0.dtype, ("cpu" if host else B.device(y0))
     want_stiff = settings.want_stiff
     callback = settings.callback
@@ -373,8 +375,8 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     # the compiled loop is built once for float64 states and parameters; other dtypes call
     # the @njit f from the Python loop (no per-f compilation of the integrator), and so
     # does a callback (it is called from Python after each step)
-    compiled = jitted and not implicit and callback is None and y0.dtype == xp.float64 and (
-        params is None or params.dtype == xp.float64)
+    compiled = jitted and not (implicit or auto) and callback is None and \
+        y0.dtype == xp.float64 and (params is None or params.dtype == xp.float64)
     params_eff = params
     if jitted and params is None:
         params_eff = xp.empty((0,), dtype=dtype)
@@ -385,8 +387,12 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     stepper = None if (compiled or implicit) else Stepper(xp, tab, dtype, device, n, rtol,
                                                           atol)
     jumps = _check_jump_ts(jump_ts, t_out)
+    if auto and jumps:
+        raise ValueError(f"{WHERE}: method='auto' does not take jump_ts; choose the method "
+                         "(an explicit one, or 'kvaerno5' for a stiff problem) and pass "
+                         "jump_ts to it")
     if jac_sparsity is not None:
-        if not implicit:
+        if not (implicit or auto):
             raise ValueError(f"{WHERE}: jac_sparsity is used by the implicit methods "
                              f"{tuple(STIFF_TABLEAUX)}; method={method!r} needs no Jacobian")
         pattern_csr(jac_sparsity, n)  # checked here, before any step
@@ -440,6 +446,20 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
             f0 = rhs(float(t_out[0]), yb)
             if not _finite(host and type(f0) is _NDARRAY, xp, f0):
                 traj = _nonfinite_start(xp, yb, t_out, dtype, device, host, index)
+            elif auto:
+                def run_stiff(y_s, t_seg, seg_steps, f_s, index=index):
+                    return stiff_trajectory(
+                        STIFF_TABLEAUX[AUTO_IMPLICIT], settings, rhs=rhs,
+                        fvjp=lazy_vjp(f, settings.vjp, params_eff, shape, xp, jitted),
+                        y0=y_s, t_out=t_seg, params=params_eff, shape=shape, xp=xp,
+                        dtype=dtype, device=device, step_ts=seg_steps, f0=f_s,
+                        callback=callback, trajectory=index, jac_sparsity=jac_sparsity,
+                        jump_ts=())
+
+                traj = auto_trajectory(stepper, run_stiff, rhs, yb, t_out,
+                                       controller=controller, first_step=settings.first_step,
+                                       max_steps=settings.max_steps, step_ts=sts, f0=f0,
+                                       callback=callback, shape=shape, trajectory=index)
             elif implicit:
                 traj = stiff_trajectory(
                     tab, settings, rhs=rhs, fvjp=lazy_vjp(f, settings.vjp, params_eff, shape,
@@ -515,8 +535,16 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
                        n_steps=int(stats[0]), n_accepted=int(stats[1]),
                        n_rejected=int(stats[2]), nfe=int(stats[3]) + extra_nfe, ts=ts,
                        status=status, t_stop=t_stop, converged=converged)
+    if failed is not None and status is Status.MAX_ITERATIONS and not implicit:
+        # an explicit method out of steps: say whether stiffness is why
+        hint_stepper = stepper if stepper is not None else \
+            Stepper(xp, tab, dtype, device, n, rtol, atol)
+        message += stiffness_hint(hint_stepper, rhs, failed)
     if message:
         attach_message(result, message)
+    if auto:
+        switches = [getattr(traj, "t_switch", math.nan) for traj in trajs]
+        object.__setattr__(result, "_t_switch", tuple(switches) if per_traj else switches[0])
     if settings.adjoint == "backsolve":
         trajs = [_backsolve_residual(traj) for traj in trajs]
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, f=f, xp=xp, t_out=t_out,
@@ -605,6 +633,9 @@ def _odeint_bwd(ctx, cot):
                 fwd.tab.A, fwd.tab.c, fwd.tab.e, fwd.tab.P, *st.norm_tolerances,
                 rE if local is None else 0.0, rS if local is None else 0.0)
             y0_bar = ys_bar[0, ...] + through
+            pb = pb if params is not None else None
+        elif st.method == "auto":
+            y0_bar, pb, through = auto_backward(fwd, traj, ys_bar)
             pb = pb if params is not None else None
         elif st.adjoint == "discrete" and fwd.tab.name in STIFF_TABLEAUX:
             y0_bar, pb, through = stiff_adjoint(fwd, traj, ys_bar)

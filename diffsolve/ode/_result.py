@@ -141,6 +141,12 @@ class ODEResult(SolverResult):
             return detail
         return status_message(int(self.status), float(self.t_stop))
 
+    @property
+    def t_switch(self):
+        """``method="auto"``: the time it switched from ``tsit5`` to ``kvaerno5`` (NaN:
+        it never did; a tuple for a batch solved per trajectory). NaN for other methods."""
+        return self.__dict__.get("_t_switch", math.nan)
+
 
 def attach_message(result: ODEResult, message: str) -> ODEResult:
     """Give ``result`` the solver's detailed message (with the step budget, the end time...).

@@ -21,8 +21,9 @@ from ._tableaux import TABLEAUX
 __all__ = ["ODESettings", "ODEState", "odeint_settings"]
 
 WHERE = "diffsolve.ode.odeint"
-METHODS = tuple(TABLEAUX) + tuple(STIFF_TABLEAUX)
-STIFF_METHODS = tuple(STIFF_TABLEAUX)
+METHODS = (*TABLEAUX, *STIFF_TABLEAUX, "auto")
+#: the methods that may form a Jacobian ("auto" once it switches to kvaerno5)
+STIFF_METHODS = (*STIFF_TABLEAUX, "auto")
 JAC_RECIPES = ("fd", "vjp")
 CONTROLLERS = ("pi", "i")
 ADJOINTS = ("discrete", "backsolve")

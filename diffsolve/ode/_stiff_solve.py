@@ -9,12 +9,13 @@ differences by default); the backward one is exact (``jac`` or the VJP assembly)
 from __future__ import annotations
 
 from ._stiff_adjoint import esdirk_adjoint
+from ._stiff_auto import auto_adjoint
 from ._stiff_esdirk import ESDIRKStepper, integrate_esdirk
 from ._stiff_jacobian import make_jacobian
 from ._stiff_newton import IterationMatrix
 from ._vector_field import make_vjp
 
-__all__ = ["lazy_vjp", "stiff_adjoint", "stiff_trajectory"]
+__all__ = ["auto_backward", "lazy_vjp", "stiff_adjoint", "stiff_trajectory"]
 
 
 def lazy_vjp(f, vjp, params, shape, xp, jitted):
@@ -56,3 +57,14 @@ def stiff_adjoint(fwd, traj, ys_bar):
                              exact=True)
     return esdirk_adjoint(fwd.tab, jacobian, fwd.fvjp, traj, ys_bar, fwd.xp,
                           has_params=fwd.params_eff is not None)
+
+
+def auto_backward(fwd, traj, ys_bar):
+    """``(ȳ_0, p̄, a_0)`` of one ``method="auto"`` trajectory (see :mod:`._stiff_auto`)."""
+    st = fwd.settings
+    jacobian = make_jacobian(st.jac, fwd.jac_sparsity, xp=fwd.xp, n=fwd.n,
+                             dtype=fwd.y0.dtype, device=fwd.device, rhs=fwd.rhs,
+                             fvjp=fwd.fvjp, params=fwd.params_eff, shape=fwd.shape,
+                             exact=True)
+    return auto_adjoint(fwd.stepper, fwd.rhs, fwd.fvjp, jacobian, traj, ys_bar, fwd.xp,
+                        has_params=fwd.params_eff is not None)
