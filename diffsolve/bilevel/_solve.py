@@ -68,6 +68,9 @@ __all__ = ["BilevelHistory", "BilevelResult", "BilevelSettings", "BilevelState",
 WHERE = "diffsolve.bilevel.solve"
 METHODS = ("implicit", "penalty", "lv-hba", "bo-rep")
 
+# lv-hba's c_k starts at C_RATIO times the ratio of the curvatures of outer and inner
+C_RATIO = 3.0
+
 # method -> (default outer step, default inner iterations per outer iteration); lv-hba's
 # step None means "inner_step" (its (x, y) step acts on f − v_γ, whose curvature is g's)
 DEFAULT_STEP = {"implicit": 0.1, "penalty": 0.1, "lv-hba": None, "bo-rep": 0.1}
@@ -83,9 +86,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     # paper's analysis takes p < 1/2) instead of its toy's c = 0.025, p = 0.3, which leave
     # the iterate 0.2 from the solution after 3 000 iterations on our constrained toy
     # (bench/bench_bilevel.py); λ lives in Z = [0, lam_max]
-    "lv-hba": {"beta": 10.0, "gamma1": 10.0, "gamma2": 10.0, "c": 3.0, "p": 0.49,
+    "lv-hba": {"beta": 10.0, "gamma1": 10.0, "gamma2": 10.0, "c": None, "p": 0.49,
                "lam_max": 1e3, "feas_tol": 1e-4, "rho": None, "y_step": None,
-               "step_power": 0.0},
+               "step_power": 0.0, "equality": False},
     # BO-REP defaults (Hao, Gong & Liu, ICLR 2024): β 0.9, I = 2, N = inner_iters = 10
     "bo-rep": {"beta": 0.9, "period": 2, "refine_iters": 100, "eta_power": 0.0,
                "anneal": 0.8},
@@ -263,8 +266,11 @@ def _options(method, options):
                          f"its options are {sorted(opts)}")
     for key, value in options.items():
         name = f"options[{key!r}]"
-        if key in ("y_step", "lam0", "lam_step") or (key == "lam_max" and method == "penalty"):
+        if key in ("y_step", "lam0", "lam_step", "c") or \
+                (key == "lam_max" and method == "penalty"):
             opts[key] = V.positive_real(WHERE, name, value, allow_none=True)
+        elif key == "equality":
+            opts[key] = V.boolean(WHERE, name, value)
         elif key == "rho" and value is None:
             opts[key] = None
         elif key in _INT_OPTIONS:
@@ -602,41 +608,118 @@ class _Penalty:
 class _LVHBA:
     """Yao et al. (ICLR 2024), Algorithm 1.
 
-    θ (a copy of y) and λ ≥ 0 run one projected gradient descent-ascent step on the proximal
-    Lagrangian f(x, θ) + λᵀc(x, θ) + ||θ − y||²/(2γ₁) − ||λ − z||²/(2γ₂); (x, y, z) then step
-    on F/c_k + f(x, y) − v_γ(x, y, z). The z-direction is ∂(−v_γ)/∂z = (z − λ⁺)/γ₂, so that z
-    follows λ⁺: the authors' code (SUSTech-Optimization/LV-HBA, Toy-example/LLC/LV-HBA.py)
-    computes ``d3 = -(λ - z)/γ₂`` and ``z ← z − β d3``. Written as d_z = (λ⁺ − z)/γ₂ with
-    ``z ← z − β d_z``, the step would push z away from λ: the sign matters.
-    The same code evaluates d_x at the updated θ⁺, λ⁺, as here.
+    θ (a copy of y) and λ run one projected gradient descent-ascent step on the proximal
+    Lagrangian f(x, θ) + λᵀc(x, θ) + ||θ − y||²/(2γ₁) − ||λ − z||²/(2γ₂) (λ ≥ 0 for
+    inequalities ``c <= 0``, λ free for equalities ``c = 0``, both in a box of half-width
+    ``lam_max``); (x, y, z) then step on F/c_k + f(x, y) − v_γ(x, y, z). The z-direction is
+    ∂(−v_γ)/∂z = (z − λ⁺)/γ₂, so that z follows λ⁺: the authors' code
+    (SUSTech-Optimization/LV-HBA, Toy-example/LLC/LV-HBA.py) computes ``d3 = -(λ - z)/γ₂``
+    and ``z ← z − β d3``. Written as d_z = (λ⁺ − z)/γ₂ with ``z ← z − β d_z``, the step
+    would push z away from λ: the sign matters. The same code evaluates d_x at the updated
+    θ⁺, λ⁺, as here (:meth:`directions`).
+
+    Steps from the problem (``stepsize=None``): the paper asks α below the inverse
+    Lipschitz constant of ∇(F/c_k + f − v_γ), about L_F/c_k + L_f + 1/γ₁ (f − v_γ is f
+    minus an envelope of f in y); L_F and L_f (of ∇F and ∇f in (x, y) jointly) are
+    estimated once by power iteration on finite differences (:func:`._steps.fd_lipschitz`),
+    and α_k = 1/(L_F/c_k + L_f + 1/γ₁) lengthens as c_k grows. ``c=None`` (default) starts
+    c_k at 3 L_F/L_f, so that F/c_k and f keep their balance whatever the scale of either
+    (3: the fixed c of earlier versions, on problems with L_F = L_f). The θ, λ step η is
+    ``1/(1.05 L̂ + 1/γ₁ + ||Jᵧc||)``, L̂ the curvature of f in y.
+
+    The iterate solves the penalised problem, O(1/c_k) from the bilevel solution, with the
+    paper's c_k = c (k + 1)^p.
     """
 
     def __init__(self, pb, x, y, step, inner_step, inner_iters, opts):
         self.pb, self.x, self.y, self.theta = pb, x, y, y
-        if step is None:
-            step = inner_step
-        self.step, self.eta, self.inner_iters, self.opts = step, inner_step, inner_iters, opts
-        # one α for (x, y) in the paper; a separate y step helps when x and y are scaled
-        # very differently (data hyper-cleaning: ∂/∂xᵢ is O(1/n))
-        self.y_step = step if opts["y_step"] is None else opts["y_step"]
+        o = opts
+        self.eta, self.inner_iters, self.opts = inner_step, inner_iters, o
         xp = pb.xp
         c0 = pb.constraint(x, y)
         self.lam = xp.zeros(_shape(c0), dtype=x.dtype, device=B.device(x))
         self.z = self.lam
+        self.lam_lo = -o["lam_max"] if o["equality"] else 0.0
+        self.auto = step is None
+        self.c = o["c"]
+        if o["_inner_user"] is None and pb.batch is None:
+            # θ and λ run gradient descent-ascent on the proximal Lagrangian, whose
+            # coupling ⟨λ, c(x, θ)⟩ has curvature ||Jᵧc||: the step must see it as well as
+            # f's (a descent-ascent step beyond 1/||Jᵧc|| spirals out)
+            self.eta = 1.0 / (1.05 / inner_step + 1.0 / o["gamma1"] +
+                              self._jacobian_norm(x, y, c0))
+        if self.auto:
+            self.LF, self.Lf = self._constants(x, y)
+            if self.c is None:
+                ratio = self.LF / self.Lf if self.Lf > 0 and self.LF > 0 else 1.0
+                self.c = C_RATIO * ratio
+            step = self._alpha(self.c)
+        elif self.c is None:
+            self.c = 3.0  # with user steps: the fixed value the earlier versions used
+        self.step = step
+        # one α for (x, y) in the paper; a separate y step helps when x and y are scaled
+        # very differently (data hyper-cleaning: ∂/∂xᵢ is O(1/n))
+        self.y_user = o["y_step"]
+        self.y_step = step if o["y_step"] is None else o["y_step"]
+
+    def _constants(self, x, y):
+        xp, d = self.pb.xp, self.pb.d
+        nx = math.prod(tuple(x.shape))
+        shape_x, shape_y = tuple(x.shape), tuple(y.shape)
+
+        def split(w):
+            return xp.reshape(w[:nx], shape_x), xp.reshape(w[nx:], shape_y)
+
+        def joint(gx, gy):
+            return xp.concat([xp.reshape(gx, (-1,)), xp.reshape(gy, (-1,))])
+
+        w0 = joint(x, y)
+        lf_outer = fd_lipschitz(lambda w: joint(*d.outer_grads(*split(w))[1:]), w0, xp)
+        lf_inner = fd_lipschitz(lambda w: joint(*d.inner_grads(*split(w))), w0, xp)
+        return lf_outer, lf_inner
+
+    def _jacobian_norm(self, x, y, c0) -> float:
+        """||Jᵧc(x, y)||₂ by power iteration on JᵀJ (Jᵀ from the constraint's VJP, J from
+        central differences of c)."""
+        pb, xp = self.pb, self.pb.xp
+        shape = tuple(self.lam.shape)
+        lam = xp.ones(shape, dtype=x.dtype, device=B.device(x))
+        eps = float(xp.finfo(y.dtype).eps) ** (1.0 / 3.0)
+        h = eps * max(1.0, pb.norm(y))
+        s = 0.0
+        for _ in range(10):
+            lam = lam / max(pb.norm(lam), 1e-300)
+            _, _, jt = pb.d.constraint_value_and_vjp(x, y, lam)
+            s = pb.norm(jt)
+            if s == 0.0 or not math.isfinite(s):
+                return 0.0
+            v = jt / s
+            lam = xp.reshape(xp.asarray(pb.constraint(x, y + h * v)) -
+                             xp.asarray(pb.constraint(x, y - h * v)), shape) / (2.0 * h)
+        return s
+
+    def _alpha(self, ck):
+        g1 = self.opts["gamma1"]
+        # f − v_γ is f minus its Moreau-type envelope in y: its curvature is at most f's
+        return 1.0 / (self.LF / ck + self.Lf + 1.0 / g1)
 
     def _violation(self, x, y):
         xp = self.pb.xp
         c = xp.reshape(xp.asarray(self.pb.constraint(x, y)), tuple(self.lam.shape))
+        if self.opts["equality"]:
+            return c
         return xp.where(c > 0, c, xp.zeros_like(c))
 
     def _feasibility_step(self, x, y):
-        """One Gauss–Newton step on ½||max(c(x, y), 0)||², in place of Proj_C.
+        """One Gauss–Newton step on ½||max(c(x, y), 0)||² (equalities: ½||c||²), in place
+        of Proj_C.
 
         Yao et al. project (x, y) onto C = {c(x, y) <= 0} after each step (Algorithm 1),
         which needs a cheap projection. Without one, the step ``t Jᵀc₊`` with the Polyak
         length ``t = ||c₊||² / ||Jᵀc₊||²`` lands on the linearised constraint: it is the
-        exact projection for one violated linear constraint, or for constraints with
-        orthonormal gradients (``y <= b``).
+        exact projection for one violated linear constraint (an equality such as the
+        authors' toy's ``Σx + Σy = 0`` included), or for constraints with orthonormal
+        gradients (``y <= b``).
         """
         pb = self.pb
         viol = self._violation(x, y)
@@ -650,6 +733,22 @@ class _LVHBA:
         t = v2 / n2
         return pb.px(x - t * jx), pb.py(y - t * jy)
 
+    def directions(self, x, y, z, theta, lam, ck):
+        """``(d_x, d_y, d_z)`` of Algorithm 1 at θ⁺ = ``theta``, λ⁺ = ``lam``.
+
+        d_x = ∇ₓF/c_k + ∇ₓf(x, y) − ∇ₓf(x, θ⁺) − Jₓc(x, θ⁺)ᵀλ⁺,
+        d_y = ∇ᵧF/c_k + ∇ᵧf(x, y) − (y − θ⁺)/γ₁, d_z = (z − λ⁺)/γ₂.
+        """
+        d, o = self.pb.d, self.opts
+        value, Fx, Fy = d.outer_grads(x, y)
+        fx_y, fy_y = d.inner_grads(x, y)
+        fx_t, _ = d.inner_grads(x, theta)
+        _, cx_t, _ = d.constraint_value_and_vjp(x, theta, lam)
+        dx = Fx / ck + fx_y - fx_t - cx_t
+        dy = Fy / ck + fy_y - (y - theta) / o["gamma1"]
+        dz = (z - lam) / o["gamma2"]
+        return value, dx, dy, dz
+
     def iterate(self, k):
         pb, d, o, xp = self.pb, self.pb.d, self.opts, self.pb.xp
         x, y = self.x, self.y
@@ -662,27 +761,24 @@ class _LVHBA:
             cval, _, cth = d.constraint_value_and_vjp(x, theta, lam)
             theta_new = pb.py(theta - eta * (gth + cth + (theta - y) / g1))
             cval = xp.reshape(xp.asarray(cval), tuple(lam.shape))
-            lam = xp.clip(lam + eta * (cval - (lam - self.z) / g2), 0.0, lam_max)
+            lam = xp.clip(lam + eta * (cval - (lam - self.z) / g2), self.lam_lo, lam_max)
             theta = theta_new
             pb.resample(outer=False)
-        ck = o["c"] * (k + 1) ** o["p"]
-        value, Fx, Fy = d.outer_grads(x, y)
-        fx_y, fy_y = d.inner_grads(x, y)
-        fx_t, _ = d.inner_grads(x, theta)
-        _, cx_t, _ = d.constraint_value_and_vjp(x, theta, lam)
-        dx = Fx / ck + fx_y - fx_t - cx_t
-        dy = Fy / ck + fy_y - (y - theta) / g1
+        ck = self.c * (k + 1) ** o["p"]
+        if self.auto:
+            self.step = self._alpha(ck)
+            self.y_step = self.step if self.y_user is None else self.y_user
+        value, dx, dy, dz = self.directions(x, y, self.z, theta, lam, ck)
         if o["rho"]:
             # the gradient of (ρ/2)||max(c(x, y), 0)||² pushes (x, y) towards C
             _, px_, py_ = d.constraint_value_and_vjp(x, y, self._violation(x, y))
             dx = dx + o["rho"] * px_
             dy = dy + o["rho"] * py_
-        dz = (self.z - lam) / g2
         x_new = pb.px(x - decay * self.step * dx)
         y_new = pb.py(y - decay * self.y_step * dy)
         if o["rho"] is None:
             x_new, y_new = self._feasibility_step(x_new, y_new)
-        self.z = xp.clip(self.z - o["beta"] * dz, 0.0, lam_max)
+        self.z = xp.clip(self.z - o["beta"] * dz, self.lam_lo, lam_max)
         dxy = math.hypot(pb.norm(x_new - x) / self.step, pb.norm(y_new - y) / self.y_step)
         res = ck * dxy / decay + pb.norm(theta - self.theta) / eta
         self.x, self.y, self.theta, self.lam = x_new, y_new, theta, lam
@@ -1114,7 +1210,7 @@ def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
     infeasible = None
     if method == "lv-hba" and status not in (Status.DIVERGED, Status.NONFINITE):
         cval = xp.reshape(xp.asarray(constraint(runner.x, runner.y)), (-1,))
-        viol = float(xp.max(cval))
+        viol = float(xp.max(xp.abs(cval) if st.options["equality"] else cval))
         if viol > st.options["feas_tol"]:
             status, infeasible = Status.INFEASIBLE, viol
     label = f"{WHERE}(method={method!r})"
