@@ -641,13 +641,14 @@ class _LVHBA:
         self.z = self.lam
         self.lam_lo = -o["lam_max"] if o["equality"] else 0.0
         self.auto = step is None
+        self.jnorm = 0.0
         self.c = o["c"]
         if o["_inner_user"] is None and pb.batch is None:
             # θ and λ run gradient descent-ascent on the proximal Lagrangian, whose
             # coupling ⟨λ, c(x, θ)⟩ has curvature ||Jᵧc||: the step must see it as well as
             # f's (a descent-ascent step beyond 1/||Jᵧc|| spirals out)
-            self.eta = 1.0 / (1.05 / inner_step + 1.0 / o["gamma1"] +
-                              self._jacobian_norm(x, y, c0))
+            self.jnorm = self._jacobian_norm(x, y, c0)
+            self.eta = 1.0 / (1.05 / inner_step + 1.0 / o["gamma1"] + self.jnorm)
         if self.auto:
             self.LF, self.Lf = self._constants(x, y)
             if self.c is None:
@@ -701,7 +702,9 @@ class _LVHBA:
     def _alpha(self, ck):
         g1 = self.opts["gamma1"]
         # f − v_γ is f minus its Moreau-type envelope in y: its curvature is at most f's
-        return 1.0 / (self.LF / ck + self.Lf + 1.0 / g1)
+        # and λ⁺, which d_x sees through Jₓcᵀλ⁺, moves by η ||Jc|| per unit of (x, y): the
+        # loop x → c → λ → x has gain α η ||Jc||², kept below one
+        return 1.0 / (self.LF / ck + self.Lf + 1.0 / g1 + self.eta * self.jnorm ** 2)
 
     def _violation(self, x, y):
         xp = self.pb.xp
