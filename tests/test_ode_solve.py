@@ -321,7 +321,8 @@ def test_throw_false_is_the_default_warns_and_marks_result():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"method": "rk4"},
-     "method must be one of 'dopri5', 'tsit5', 'bs3', 'kvaerno3', 'kvaerno5', 'auto'; "
+     "method must be one of 'dopri5', 'tsit5', 'bs3', 'kvaerno3', 'kvaerno5', 'rodas5', "
+     "'auto'; "
      "got 'rk4'"),
     ({"atol": -1.0}, "atol must be >= 0"),
     ({"rtol": float("nan")}, "rtol must be finite"),

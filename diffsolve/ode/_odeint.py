@@ -26,7 +26,13 @@ from ._settings import ODESettings, ODEState, odeint_settings
 from ._stiff_auto import AUTO_EXPLICIT, AUTO_IMPLICIT, auto_trajectory, stiffness_hint
 from ._stiff_jacobian import pattern_csr
 from ._stiff_segments import integrate_segments
-from ._stiff_solve import auto_backward, lazy_vjp, stiff_adjoint, stiff_trajectory
+from ._stiff_solve import (
+    IMPLICIT_TABLEAUX,
+    auto_backward,
+    lazy_vjp,
+    stiff_adjoint,
+    stiff_trajectory,
+)
 from ._stiff_tableaux import STIFF_TABLEAUX
 from ._tableaux import TABLEAUX
 from ._vector_field import make_rhs, make_vjp
@@ -363,9 +369,10 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
         # rtol = atol = 0: the fixed budget, max_steps equal steps over the interval
         grid = np.linspace(float(t_out[0]), float(t_out[-1]), settings.max_steps + 1)
         step_list = [grid] * n_traj
-    implicit = method in STIFF_TABLEAUX
+    implicit = method in IMPLICIT_TABLEAUX
     auto = method == "auto"  # tsit5 until the stiffness estimate says stiff, then kvaerno5
-    tab = STIFF_TABLEAUX[method] if implicit else TABLEAUX[AUTO_EXPLICIT if auto else method]
+    tab = IMPLICIT_TABLEAUX[method] if implicit else \
+        TABLEAUX[AUTO_EXPLICIT if auto else method]
     dtype, device = y0.dtype, ("cpu" if host else B.device(y0))
     want_stiff = settings.want_stiff
     callback = settings.callback
@@ -394,7 +401,8 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     if jac_sparsity is not None:
         if not (implicit or auto):
             raise ValueError(f"{WHERE}: jac_sparsity is used by the implicit methods "
-                             f"{tuple(STIFF_TABLEAUX)}; method={method!r} needs no Jacobian")
+                             f"{tuple(IMPLICIT_TABLEAUX)}; method={method!r} needs no "
+                             "Jacobian")
         pattern_csr(jac_sparsity, n)  # checked here, before any step
     # backsolve keeps only y0 and the outputs: checkpoint_every is for the discrete adjoint
     every = settings.checkpoint_every if settings.adjoint == "discrete" else _NO_CHECKPOINTS
@@ -637,7 +645,7 @@ def _odeint_bwd(ctx, cot):
         elif st.method == "auto":
             y0_bar, pb, through = auto_backward(fwd, traj, ys_bar)
             pb = pb if params is not None else None
-        elif st.adjoint == "discrete" and fwd.tab.name in STIFF_TABLEAUX:
+        elif st.adjoint == "discrete" and fwd.tab.name in IMPLICIT_TABLEAUX:
             y0_bar, pb, through = stiff_adjoint(fwd, traj, ys_bar)
             pb = pb if params is not None else None
         elif st.adjoint == "discrete":

@@ -21,9 +21,9 @@ from ._tableaux import TABLEAUX
 __all__ = ["ODESettings", "ODEState", "odeint_settings"]
 
 WHERE = "diffsolve.ode.odeint"
-METHODS = (*TABLEAUX, *STIFF_TABLEAUX, "auto")
+METHODS = (*TABLEAUX, *STIFF_TABLEAUX, "rodas5", "auto")
 #: the methods that may form a Jacobian ("auto" once it switches to kvaerno5)
-STIFF_METHODS = (*STIFF_TABLEAUX, "auto")
+STIFF_METHODS = (*STIFF_TABLEAUX, "rodas5", "auto")
 JAC_RECIPES = ("fd", "vjp")
 CONTROLLERS = ("pi", "i")
 ADJOINTS = ("discrete", "backsolve")

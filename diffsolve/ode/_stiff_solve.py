@@ -13,9 +13,15 @@ from ._stiff_auto import auto_adjoint
 from ._stiff_esdirk import ESDIRKStepper, integrate_esdirk
 from ._stiff_jacobian import make_jacobian
 from ._stiff_newton import IterationMatrix
+from ._stiff_rosenbrock import RODAS5, integrate_rosenbrock
+from ._stiff_tableaux import STIFF_TABLEAUX
 from ._vector_field import make_vjp
 
-__all__ = ["auto_backward", "lazy_vjp", "stiff_adjoint", "stiff_trajectory"]
+__all__ = ["IMPLICIT_TABLEAUX", "auto_backward", "lazy_vjp", "stiff_adjoint",
+           "stiff_trajectory"]
+
+#: every implicit method by name: the ESDIRK pairs and the Rosenbrock pair
+IMPLICIT_TABLEAUX = {**STIFF_TABLEAUX, RODAS5.name: RODAS5}
 
 
 def lazy_vjp(f, vjp, params, shape, xp, jitted):
@@ -38,6 +44,14 @@ def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, 
     jacobian = make_jacobian(settings.jac, jac_sparsity, xp=xp, n=n, dtype=dtype,
                              device=device, rhs=rhs, fvjp=fvjp, params=params, shape=shape)
     rtol, atol = settings.norm_tolerances
+    if tab is RODAS5:
+        traj = integrate_rosenbrock(
+            tab, jacobian, rhs, y0, t_out, xp=xp, dtype=dtype, device=device, rtol=rtol,
+            atol=atol, controller=settings.controller, first_step=settings.first_step,
+            max_steps=settings.max_steps, step_ts=step_ts, f0=f0, callback=callback,
+            shape=shape, trajectory=trajectory, jump_ts=jump_ts)
+        traj.stats[3] += 1  # f0
+        return traj
     mat = IterationMatrix(jacobian, float(tab.gamma))
     stepper = ESDIRKStepper(xp, tab, n, dtype, device, rtol, atol, mat)
     traj = integrate_esdirk(stepper, rhs, y0, t_out, controller=settings.controller,
@@ -51,6 +65,11 @@ def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, 
 def stiff_adjoint(fwd, traj, ys_bar):
     """``(ȳ_0, p̄, a_0)`` of one stiff trajectory (see :mod:`._stiff_adjoint`)."""
     st = fwd.settings
+    if fwd.tab is RODAS5:
+        raise NotImplementedError(
+            "diffsolve.ode.odeint: gradients through method='rodas5' are not implemented "
+            "(the discrete adjoint of a Rosenbrock step needs the derivative of the "
+            "Jacobian itself); use method='kvaerno5' (or 'kvaerno3') for gradients")
     jacobian = make_jacobian(st.jac, fwd.jac_sparsity, xp=fwd.xp, n=fwd.n,
                              dtype=fwd.y0.dtype, device=fwd.device, rhs=fwd.rhs,
                              fvjp=fwd.fvjp, params=fwd.params_eff, shape=fwd.shape,
