@@ -57,7 +57,7 @@ from ..implicit._projections import (
 from ._derivatives import Oracle, check_array, check_callables, first_call, same_library
 from ._divergence import DivergenceMonitor, advice
 from ._hypergradient import _stepsize, implicit_hypergradient
-from ._steps import Backtracking, SecantStep, fd_lipschitz
+from ._steps import Backtracking, PowerIteration, SecantStep, fd_lipschitz, norm
 
 #: a projection ``v -> P(v)`` or the name and parameters of a simple set:
 #: ``("box", lower, upper)``, ``("ball", radius)``, ``"simplex"``, ``"nonnegative"``, ...
@@ -392,7 +392,7 @@ class _Problem:
         self.d.bind(self.outer_idx, self.inner_idx)
 
     def norm(self, v) -> float:
-        return float(self.xp.sqrt(self.xp.sum(v * v)))
+        return norm(self.xp, v)  # scaled: a diverging iterate is measured, not overflowed
 
     def descent(self, step: float | None, inner_step: float):
         """A lower-level step rule: Armijo backtracking from ``inner_step`` (deterministic
@@ -797,6 +797,8 @@ class _BOREP:
             step = DEFAULT_STEP["bo-rep"] * max(1.0, pb.norm(x))
         self.step, self.nu, self.inner_iters, self.opts = step, inner_step, inner_iters, opts
         self.inner = pb.descent(opts["_inner_user"], inner_step)
+        self.power = PowerIteration(pb.xp, y) if opts["_inner_user"] is None and \
+            pb.batch is None else None
         # initialisation refinement: solve the lower level well once at x0
         self.y, _ = pb.inner_descent(x, y, self.inner, opts["refine_iters"])
         self.v = pb.xp.zeros_like(y)
@@ -809,6 +811,12 @@ class _BOREP:
         x = self.x
         if k % o["period"] == 0:  # periodic lower-level update, warm-started
             self.y, self.inner_res = pb.inner_descent(x, self.y, self.inner, self.inner_iters)
+            if self.power is not None:
+                # v's step must stay below 2/L as ∇²ᵧᵧg changes with x (a weight exp(x)
+                # raises it): a few warm-started power steps follow L
+                L = self.power(lambda u: pb.d.hvp_both(x, self.y, u)[1])
+                if L > 0 and math.isfinite(L):
+                    self.nu = 1.0 / (1.05 * L)
         y, v = self.y, self.v
         value, fx, fy = d.outer_grads(x, y)
         hxy_v, hyy_v = d.hvp_both(x, y, v)  # ∇²ₓᵧg·v and ∇²ᵧᵧg·v

@@ -187,3 +187,24 @@ class SecantStep:
             self.curv = 10.0 * dn / max(1.0, norm(self.xp, x)) if dn > 0 else 1.0
         self.prev = (x, d)
         return 1.0 / self.curv
+
+
+class PowerIteration:
+    """The largest eigenvalue of a symmetric positive semi-definite operator, re-estimated
+    cheaply as it changes: a few power steps, warm-started from the last eigenvector."""
+
+    def __init__(self, xp, like, iters: int = 5):
+        self.xp, self.iters = xp, iters
+        n = math.prod(tuple(like.shape))
+        v = xp.reshape(_probe(xp, n, like.dtype, B.device(like), 3.0), tuple(like.shape))
+        self.v = v / norm(xp, v)
+
+    def __call__(self, hvp: Callable) -> float:
+        lam = 0.0
+        for _ in range(self.iters):
+            w = hvp(self.v)
+            lam = norm(self.xp, w)
+            if lam == 0.0 or not math.isfinite(lam):
+                break
+            self.v = w / lam
+        return lam
