@@ -108,9 +108,9 @@ def esdirk_adjoint(tab, jacobian, fvjp, traj, ys_bar, xp, has_params: bool):
                     add(Kbar, j, (h * A[i][j]) * lam)
             if has_params:
                 v = hg * lam if Kbar[i] is None else Kbar[i] + hg * lam
-                add_p(fvjp(times[i], G[i], v)[1])
+                add_p(jacobian.pull_for(times[i], G[i])(v)[1])
         if Kbar[0] is not None:
-            vy, vp = fvjp(times[0], y, Kbar[0])
+            vy, vp = jacobian.pull_for(times[0], y)(Kbar[0])
             ybar = vy if ybar is None else ybar + vy
             add_p(vp)
         if Gbar[0] is not None:

@@ -66,6 +66,16 @@ class ESDIRKStepper:
         sc = self.atol + self.rtol * xp.abs(y)
         return float(xp.sqrt(xp.mean((x / sc) ** 2))) if self.n else 0.0
 
+    def predict(self, K, i):
+        """A guess of ``k_i`` for Newton's first iterate: the slopes of the two previous
+        stages extrapolated linearly in ``c`` (the last slope alone when their nodes
+        coincide)."""
+        c = self.c
+        if i < 2 or c[i - 1] == c[i - 2]:
+            return K[i - 1]
+        w = (c[i] - c[i - 1]) / (c[i - 1] - c[i - 2])
+        return K[i - 1] + w * (K[i - 1] - K[i - 2])
+
     def stage_times(self, t, h, t_limit=None):
         """``t + c_i h``; with ``t_limit`` (just before a declared jump) none passes it, so
         that ``f`` is evaluated on the side of the discontinuity the step integrates."""
@@ -89,7 +99,7 @@ class ESDIRKStepper:
         for i in range(1, s):
             part = self.weighted(self.A[i], K, upto=i)
             psi = y if part is None else y + h * part
-            guess = psi + hg * K[i - 1]
+            guess = psi + hg * self.predict(K, i)
             g, k, ok, iters, rate, self.eta = newton_stage(
                 rhs, times[i], psi, guess, hg, mat, scale, xp, self.eta)
             self.newton_iters += iters

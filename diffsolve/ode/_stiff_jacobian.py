@@ -112,6 +112,10 @@ class Jacobian:
         self.rhs, self.fvjp, self.user = rhs, fvjp, user
         self.params, self.shape = params, shape
         self.nfe = self.n_vjp = self.n_evals = 0
+        #: ``pullback_at(t, y) -> pull``, ``pull(v) -> (v_y, v_p)``: the VJPs at one point
+        #: from one trace of f (set for an autograd-traced field); else fvjp per product
+        self.pullback_at = None
+        self._last_pull = None
         self.sparse = pattern is not None
         if pattern is not None:
             indptr, indices = pattern
@@ -204,14 +208,29 @@ class Jacobian:
         self.nfe += self.n_colours + 1
         return self._assemble(data)
 
+    def pull_for(self, t, y):
+        """``pull(v) -> (v_y, v_p)`` at ``(t, y)``: the one traced for the last Jacobian
+        when it was formed at this very point, else a new one."""
+        last = self._last_pull
+        if last is not None and last[0] == t and last[1] is y:
+            return last[2]
+        if self.pullback_at is not None:
+            pull = self.pullback_at(t, y)
+        else:
+            def pull(v, t=t, y=y):
+                return self.fvjp(t, y, v)
+        self._last_pull = (t, y, pull)
+        return pull
+
     def _by_vjp(self, t, y):
         xp, n = self.xp, self.n
+        pull = self.pull_for(t, y)
         if not self.sparse:
             rows = []
             for i in range(n):
                 u = xp.zeros_like(y)
                 u[i] = 1.0
-                rows.append(xp.asarray(self.fvjp(t, y, u)[0], dtype=self.dtype))
+                rows.append(xp.asarray(pull(u)[0], dtype=self.dtype))
             self.n_vjp += n
             return xp.stack(rows, axis=0)
         data = xp.zeros((self.indices.shape[0],), dtype=self.dtype, device=self.device)
@@ -219,7 +238,7 @@ class Jacobian:
         for c in range(self.n_colours):
             u = xp.asarray(colour == c, device=self.device)
             u = xp.astype(u, self.dtype)
-            w = xp.asarray(self.fvjp(t, y, u)[0], dtype=self.dtype)
+            w = xp.asarray(pull(u)[0], dtype=self.dtype)
             sel = np.nonzero(self.entry_colour == c)[0]
             cidx = self.indices[sel]
             if B.is_numpy(xp):

@@ -143,7 +143,8 @@ def newton_stage(rhs, t_i: float, psi, g, hg: float, mat: IterationMatrix, scale
         dg = mat.solve(r)
         if dg is None:
             return g, None, False, m, math.inf, eta
-        norm = float(xp.sqrt(xp.mean((dg / scale) ** 2))) if dg.shape[0] else 0.0
+        v = dg / scale
+        norm = math.sqrt(float(v @ v) / v.shape[0]) if v.shape[0] else 0.0
         if not math.isfinite(norm):
             return g, None, False, m, math.inf, eta
         g_new = g + dg

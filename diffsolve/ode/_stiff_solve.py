@@ -8,6 +8,9 @@ differences by default); the backward one is exact (``jac`` or the VJP assembly)
 
 from __future__ import annotations
 
+import math
+
+from .. import _backend as B
 from ._stiff_adjoint import esdirk_adjoint
 from ._stiff_auto import auto_adjoint
 from ._stiff_esdirk import ESDIRKStepper, integrate_esdirk
@@ -35,6 +38,38 @@ def lazy_vjp(f, vjp, params, shape, xp, jitted):
         return built[0](t, y, v)
 
     return fvjp
+
+
+def pullback_factory(f, vjp, params, shape, xp, jitted, fvjp):
+    """``at(t, y) -> pull`` with ``pull(v) -> (v_y, v_p)``: for a NumPy field traced by
+    autograd, ONE trace of ``f`` per point serves every product there (a Jacobian's rows
+    and the parameter cotangent); otherwise ``None`` (the products go through ``fvjp``)."""
+    if vjp is not None or jitted or not B.is_numpy(xp):
+        return None
+    from autograd import make_vjp as ag_make_vjp
+
+    n = math.prod(shape)
+    flat = tuple(shape) != (n,)
+
+    def call(t, yy, pp):  # boxes reshape by their own methods
+        out = f(t, yy.reshape(shape) if flat else yy, pp)
+        return out.reshape((n,)) if flat else out
+
+    def at(t, y):
+        if params is None:
+            def fun(yy):
+                return call(t, yy, None)
+
+            back, _ = ag_make_vjp(fun)(y)
+            return lambda v: (back(v), None)
+
+        def fun2(yy, pp):
+            return call(t, yy, pp)
+
+        back2, _ = ag_make_vjp(fun2, argnum=(0, 1))(y, params)
+        return back2
+
+    return at
 
 
 def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, dtype,
@@ -74,6 +109,7 @@ def stiff_adjoint(fwd, traj, ys_bar):
                              dtype=fwd.y0.dtype, device=fwd.device, rhs=fwd.rhs,
                              fvjp=fwd.fvjp, params=fwd.params_eff, shape=fwd.shape,
                              exact=True)
+    _trace_fast(jacobian, fwd, traj)
     return esdirk_adjoint(fwd.tab, jacobian, fwd.fvjp, traj, ys_bar, fwd.xp,
                           has_params=fwd.params_eff is not None)
 
@@ -85,5 +121,19 @@ def auto_backward(fwd, traj, ys_bar):
                              dtype=fwd.y0.dtype, device=fwd.device, rhs=fwd.rhs,
                              fvjp=fwd.fvjp, params=fwd.params_eff, shape=fwd.shape,
                              exact=True)
+    _trace_fast(jacobian, fwd, traj)
     return auto_adjoint(fwd.stepper, fwd.rhs, fwd.fvjp, jacobian, traj, ys_bar, fwd.xp,
                         has_params=fwd.params_eff is not None)
+
+
+def _trace_fast(jacobian, fwd, traj):
+    """Give ``jacobian`` the one-trace-per-point products, after the first VJP has been
+    taken through odeint's checked path (it raises NotTraceableError for a field autograd
+    cannot trace, instead of a silently zero gradient)."""
+    at = pullback_factory(fwd.f, fwd.settings.vjp, fwd.params_eff, fwd.shape, fwd.xp,
+                          fwd.jitted, fwd.fvjp)
+    if at is None:
+        return
+    y0 = traj.states[0]
+    fwd.fvjp(float(traj.ts[0]), y0, fwd.xp.zeros_like(y0))
+    jacobian.pullback_at = at
