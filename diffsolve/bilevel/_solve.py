@@ -13,7 +13,8 @@ Four methods (each cites the paper its updates come from):
 * ``"penalty"``: the first-order value-function penalty method of Kwon, Kwon, Wright &
   Nowak, "On Penalty Methods for Nonconvex Bilevel Optimization and First-Order Stochastic
   Approximation" (ICLR 2024): ``y ≈ argmin f + λg``, ``z ≈ argmin g`` and
-  ``x ← x − ξ(∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)))`` with λ growing; gradients only.
+  ``x ← x − ξ(∇ₓf(x, y) + λ(∇ₓg(x, y) − ∇ₓg(x, z)))`` with λ growing (doubled on
+  measured progress); gradients only.
 * ``"lv-hba"``: Yao et al., "Constrained Bi-Level Optimization: Proximal Lagrangian Value
   function Approach and Hessian-free Algorithm" (ICLR 2024), Algorithm 1: a single loop for
   a lower level with constraints ``constraint(x, y) <= 0``, through the proximal Lagrangian
@@ -22,6 +23,12 @@ Four methods (each cites the paper its updates come from):
   Algorithm and Convergence Analysis" (ICLR 2024): normalised momentum on x, a linear-system
   variable updated by one Hessian-vector step per iteration, the lower level refined once at
   the start and then updated every ``I`` iterations by ``N`` warm-started steps.
+
+Without user step sizes every method sets its steps from the problem
+(:mod:`._steps`: backtracking lower-level steps, secant-curvature x steps, power-iteration
+constants), so rescaling an objective leaves the iterates unchanged; a run whose iterates
+or objective grow a millionfold, or turn non-finite, stops with ``DIVERGED`` /
+``NONFINITE`` (:mod:`._divergence`).
 
 The loops are array-API code in the namespace of ``x0`` and ``y0``; the derivatives of the
 user's functions come from :class:`~._derivatives.Oracle` (the user's callables, or the
@@ -219,9 +226,13 @@ class BilevelResult(SolverResult):
         Why it stopped, and what to try when it did not converge.
     status : Status
         ``SUCCESS``; ``MAX_ITERATIONS`` (``maxiter`` reached; the request itself with
-        ``rtol = atol = 0``); ``DIVERGED`` (the iterates grew without bound or became
-        non-finite); ``INFEASIBLE`` (lv-hba: the constraints are still violated at the
-        end); ``STOPPED`` (the callback returned ``True``).
+        ``rtol = atol = 0``); ``DIVERGED`` (``||x||``, ``||y||``, ``|outer|`` or the
+        stationarity measure grew more than 1e6-fold over its first value: the run stops
+        long before overflow); ``NONFINITE`` (one of them became NaN or inf);
+        ``INFEASIBLE`` (lv-hba: the constraints are still violated at the end, and the
+        run did not diverge); ``STOPPED`` (the callback returned ``True``). The message of
+        a diverged run names the step to reduce (the one you gave) or says that the
+        estimated steps were too long.
 
     See Also
     --------
@@ -926,11 +937,13 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
         * ``"implicit"``: AID, ``inner_iters`` (20) warm-started inner gradient steps, then
           the implicit-cg hypergradient and a projected step. Accurate per iteration; needs
           an inner problem strongly convex in y and Hessian-vector products.
-        * ``"penalty"``: first order (no Hessians), with ``λ`` growing from ``lam0`` by
-          ``lam_step`` per iteration up to ``lam_max``; the answer is ``O(1/λ)`` from the
-          bilevel one, and tolerates several lower-level minimisers.
+        * ``"penalty"``: first order (no Hessians), with ``λ`` doubling as the measured
+          progress allows (see ``options``); the answer is ``O(1/λ)`` from the bilevel
+          one, so convergence also asks the lower-level optimality of y; tolerates
+          several lower-level minimisers.
         * ``"lv-hba"``: first order, single loop, for a lower level with constraints
-          ``constraint(x, y) <= 0`` (required). Sublinear: its iterate is ``O(1/c_k)`` from
+          ``constraint(x, y) <= 0`` (required; equalities with
+          ``options={"equality": True}``). Sublinear: its iterate is ``O(1/c_k)`` from
           the solution, ``c_k = c (k + 1)^p``.
         * ``"bo-rep"``: normalised momentum on x (step length ``step``, shrunk by
           ``anneal`` at every overshoot and divided by ``(k + 1)^eta_power``), one
@@ -951,37 +964,57 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
         Stop when the method's stationarity measure is ``<= max(atol, rtol · g₀)``, g₀ the
         hypergradient-estimate norm of the first iteration: implicit, bo-rep: the
         projected hypergradient mapping and the inner (and linear-system) residuals;
-        penalty: the same for x, y, z once ``λ = lam_max``; lv-hba: ``c_k`` times the
+        penalty: the same for x, y, z and the lower-level optimality of y,
+        ``||∇ᵧ inner(x, y)||`` as a projected mapping (additive schedule: once
+        ``λ = lam_max``); lv-hba: ``c_k`` times the
         (x, y) step over ``stepsize`` plus the θ step over ``inner_stepsize``, and the
         constraints satisfied to ``feas_tol`` at the end. ``rtol = atol = 0`` runs exactly
         ``maxiter`` iterations (a fixed budget: status ``MAX_ITERATIONS`` without a
         warning). ``tol`` is the deprecated name of ``atol``.
     stepsize : float, optional
-        The x step (default 0.1; lv-hba: ``inner_stepsize``, its α for (x, y); bo-rep: η
-        of the normalised step). ``step`` is its deprecated name.
+        The x step (lv-hba: its α for (x, y); bo-rep: η, the length of the normalised
+        step). ``step`` is its deprecated name. Default None: set from the problem, so
+        that rescaling ``outer`` or ``inner`` does not change the iterates — implicit and
+        penalty ``1/L̂``, L̂ the curvature of their x direction measured along the steps
+        taken (secants, halved on a growing direction); lv-hba
+        ``α_k = 1/(L_F/c_k + L_f + 1/γ₁ + η||Jᵧc||²)`` from power-iteration estimates of
+        the constants (Yao et al.'s step condition); bo-rep ``0.1 max(1, ||x0||)``. With
+        mini-batches the default is the fixed 0.1 (implicit, penalty).
     inner_stepsize : float, optional
         Lower-level step (penalty: also z's; lv-hba: θ's and λ's, η; bo-rep and the
         stochastic implicit: also the linear-system variable's, ν; ``inner_step`` is its
-        deprecated name). Default
-        ``1 / (1.05 L̂)``, L̂ the largest eigenvalue of ``∇²ᵧᵧ inner(x0, y0)`` by power
-        iteration (on the whole data set; with ``inner_grad`` and no ``inner_hvp``, on
-        central differences of ``inner_grad``).
+        deprecated name). Default None: from ``1 / (1.05 L̂)``, L̂ the largest eigenvalue
+        of ``∇²ᵧᵧ inner(x0, y0)`` by power iteration (on the whole data set; with
+        ``inner_grad`` and no ``inner_hvp``, on central differences of ``inner_grad``),
+        then adapted as x moves: the lower-level loops backtrack (the descent-lemma test
+        ``g(y⁺) <= g(y) − ||y⁺ − y||²/(2t)``, a longer trial after each accepted step),
+        bo-rep re-estimates L̂ at each lower-level update, lv-hba's η also accounts for
+        the constraint Jacobian, ``1/(1.05 L̂ + 1/γ₁ + ||Jᵧc||)``. A given
+        ``inner_stepsize`` is used as it is (mini-batches: always).
     inner_iters : int, optional
         Lower-level steps per outer iteration (implicit 20, penalty 10, lv-hba 1, bo-rep
         10 = N); for the stochastic implicit also the number of steps on v.
     options : dict, optional
         Method-specific settings: implicit ``cg_maxiter`` (None), ``cg_rtol`` (1e-8),
         ``cg_atol`` (0; CG on the Hessian system stops at
-        ``max(cg_rtol ||∇ᵧf||, cg_atol)``), ``ridge`` (0); penalty ``lam0`` (1),
-        ``lam_step`` (10), ``lam_max`` (1e4); lv-hba
+        ``max(cg_rtol ||∇ᵧf||, cg_atol)``), ``ridge`` (0); penalty ``lam0`` (None: the
+        ratio of the curvatures of outer and inner in y at the start), ``lam_step``
+        (None: λ doubles once the penalised problem is solved to a tenth of the
+        stationarity it had when λ last changed, or after ``lam_patience`` = 20
+        iterations; a number: the additive ``λ ← λ + lam_step`` with fixed y and z
+        steps, λ₀ = 1), ``lam_max`` (None: 1e10 for the doubling schedule, 1e4 for the
+        additive one); lv-hba
         ``beta`` (10, z's step: ``β = γ₂`` moves z onto λ⁺ in one step), ``gamma1``,
-        ``gamma2`` (10), ``c`` (3), ``p`` (0.49) for ``c_k = c (k + 1)^p``, ``lam_max``
-        (1e3, the box of λ), ``feas_tol`` (1e-4), ``rho``: how (x, y) is kept in
+        ``gamma2`` (10), ``c`` (None: ``3 L_F/L_f``, the curvature ratio of outer and
+        inner; 3 with a user ``stepsize``), ``p`` (0.49) for ``c_k = c (k + 1)^p``,
+        ``lam_max`` (1e3, the box of λ), ``equality`` (False; True: the constraints are
+        equalities ``constraint(x, y) = 0``, λ is free in ``[−lam_max, lam_max]``),
+        ``feas_tol`` (1e-4), ``rho``: how (x, y) is kept in
         ``{constraint <= 0}``, where the paper projects: None (default) a Gauss–Newton
-        step on ``½||max(constraint, 0)||²`` after each update (exact for one linear
-        constraint, or for ``y <= b``), a number ρ > 0 the gradient of
-        ``(ρ/2)||max(constraint, 0)||²`` added to the (x, y) direction (needs steps
-        ~1/ρ), 0 nothing (when ``y_projection`` already projects onto that set);
+        step on ``½||max(constraint, 0)||²`` (equalities: ``½||constraint||²``) after each
+        update (exact for one linear constraint, or for ``y <= b``), a number ρ > 0 the
+        gradient of ``(ρ/2)||max(constraint, 0)||²`` added to the (x, y) direction (needs
+        steps ~1/ρ), 0 nothing (when ``y_projection`` already projects onto that set);
         ``y_step`` (None: ``stepsize``);
         bo-rep ``beta`` (0.9, momentum), ``period`` (2 = I), ``refine_iters`` (100),
         ``anneal`` (0.8: η ← 0.8η whenever the hypergradient estimate points against the
@@ -1021,7 +1054,8 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
     throw : bool
         Raise the :class:`~diffsolve.SolveError` of the status
         (:class:`~diffsolve.MaxIterationsError`, :class:`~diffsolve.DivergedError`,
-        :class:`~diffsolve.InfeasibleError`) instead of warning.
+        :class:`~diffsolve.InfeasibleError`, :class:`~diffsolve.NonFiniteError`) instead
+        of warning.
     **deprecated
         The option names used before the solver contract still work with a
         ``DeprecationWarning`` (each option above names its old name); any other keyword
