@@ -1,4 +1,4 @@
-"""Stiff ODEs: ``odeint`` with ``kvaerno3`` / ``kvaerno5`` against SciPy Radau and BDF.
+"""Stiff ODEs: ``odeint`` with ``kvaerno3`` / ``kvaerno5`` / ``rodas5`` vs SciPy Radau, BDF.
 
 Run from the repository root::
 
@@ -24,12 +24,15 @@ not stored with this repository, so the references are computed, and say so in t
 Error: the largest relative error over the output times and components, each component's
 error divided by ``|y_ref| + 1e-6 · max_t |y_ref|``.
 
-Every solver gets the plain NumPy field and forms its Jacobian by (coloured, where a
-pattern is given) finite differences. Runs are interleaved (each repeat runs every solver
-once, in turn); min and median wall time and median process CPU time are recorded (CPU
-time is the robust figure on a shared machine). No JIT is involved, so there is no
-compile time to separate. NFE counts the field's evaluations (including those spent on
-Jacobians).
+Every diffsolve and SciPy solver gets the plain NumPy field and forms its Jacobian by
+(coloured, where a pattern is given) finite differences. diffrax ``Kvaerno5`` (when
+installed) runs the same formulas in ``jax.numpy`` under ``jax.jit`` in float64 with its
+own (dense, automatic) Jacobian; its compile time is measured once per problem and kept
+apart (``meta.diffrax_compile_s``); it is skipped on the sparse Brusselator (no sparse
+Jacobians). Runs are interleaved (each repeat runs every solver once, in turn); min and
+median wall time and median process CPU time are recorded (CPU time is the robust figure
+on a shared machine). NFE counts the field's evaluations (including those spent on
+Jacobians; not available from diffrax).
 
 Gradients: on Robertson (t ∈ [0, 40]), the discrete adjoint's gradient of
 ``Σ_q w_q · y(t_q)`` with respect to the three rate constants and ``y0`` against forward
@@ -63,8 +66,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # ---------------------------------------------------------------------------------------
 # problems
 # ---------------------------------------------------------------------------------------
-def robertson(t, y, p):
-    return anp.array([-p[0] * y[0] + p[1] * y[1] * y[2],
+def robertson(t, y, p, arr=anp.array):
+    return arr([-p[0] * y[0] + p[1] * y[1] * y[2],
                       p[0] * y[0] - p[1] * y[1] * y[2] - p[2] * y[1] ** 2,
                       p[2] * y[1] ** 2])
 
@@ -72,15 +75,15 @@ def robertson(t, y, p):
 ROBER_P = np.array([0.04, 1e4, 3e7])
 
 
-def vdp(t, y, p):
+def vdp(t, y, p, arr=np.array):
     # the test set's VDPOL: ε y1'' = (1 − y1²) y1' − y1, ε = p[0]; the classic form with
     # μ = 1/√ε on t ∈ [0, 2μ] after the rescaling t = μ τ
-    return np.array([y[1], ((1.0 - y[0] ** 2) * y[1] - y[0]) / p[0]])
+    return arr([y[1], ((1.0 - y[0] ** 2) * y[1] - y[0]) / p[0]])
 
 
-def hires(t, y, p):
+def hires(t, y, p, arr=np.array):
     f7 = 280.0 * y[5] * y[7] - 1.81 * y[6]
-    return np.array([
+    return arr([
         -1.71 * y[0] + 0.43 * y[1] + 8.32 * y[2] + 0.0007,
         1.71 * y[0] - 8.75 * y[1],
         -10.03 * y[2] + 0.43 * y[3] + 0.035 * y[4],
@@ -97,7 +100,7 @@ POLLU_K = np.array([0.35, 26.6, 1.23e4, 8.6e-4, 8.2e-4, 1.5e4, 1.3e-4, 2.4e4, 1.
                     2.1, 5.78, 4.74e-2, 1.78e3, 3.12])
 
 
-def pollution(t, y, p):
+def pollution(t, y, p, arr=np.array):
     k = POLLU_K
     # reaction rates r1..r25 (index 0..24), components y1..y20 (index 0..19)
     r = [k[0] * y[0], k[1] * y[1] * y[3], k[2] * y[4] * y[1], k[3] * y[6], k[4] * y[6],
@@ -110,7 +113,7 @@ def pollution(t, y, p):
     def R(i):
         return r[i - 1]
 
-    return np.array([
+    return arr([
         -R(1) - R(10) - R(14) - R(23) - R(24) + R(2) + R(3) + R(9) + R(11) + R(12) + R(22)
         + R(25),
         -R(2) - R(3) - R(9) - R(12) + R(1) + R(21),
@@ -222,12 +225,67 @@ def run_scipy(prob, method, rtol):
     return ys, wall, cpu, int(sol.nfev), int(sol.t.shape[0]) - 1, bool(sol.success)
 
 
+def _diffrax_runner():
+    """diffrax Kvaerno5 under ``jax.jit`` (float64), or None when diffrax is missing."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import diffrax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    compiled = {}
+
+    def run(prob, rtol):
+        if "pattern" in prob:  # diffrax has no sparse Jacobians: dense LU of 2n x 2n
+            return None
+        key = prob["name"]
+        if key not in compiled:
+            f = prob["f"]
+
+            def vf(t, y, args):
+                return f(t, y, args, arr=jnp.array)
+
+            term = diffrax.ODETerm(vf)
+            ts = jnp.asarray(prob["t"])
+
+            @jax.jit
+            def solve(y0, args, rtol_, atol_):
+                return diffrax.diffeqsolve(
+                    term, diffrax.Kvaerno5(), ts[0], ts[-1], None, y0, args=args,
+                    saveat=diffrax.SaveAt(ts=ts),
+                    stepsize_controller=diffrax.PIDController(rtol=rtol_, atol=atol_),
+                    max_steps=200_000, throw=False)
+
+            args0 = jnp.asarray(prob["p"] if prob["p"] is not None else np.zeros(0))
+            t0 = time.perf_counter()
+            solve(jnp.asarray(prob["y0"]), args0, 1e-3, 1e-3 * prob["atol_scale"]
+                  ).ys.block_until_ready()
+            compiled[key] = (solve, args0, time.perf_counter() - t0)
+        solve, args0, _ = compiled[key]
+        t0, c0 = time.perf_counter(), time.process_time()
+        sol = solve(jnp.asarray(prob["y0"]), args0, rtol, rtol * prob["atol_scale"])
+        sol.ys.block_until_ready()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        ok = bool(sol.result == diffrax.RESULTS.successful)
+        return (np.asarray(sol.ys), wall, cpu, -1, int(sol.stats["num_steps"]), ok)
+
+    run.compile_times = lambda: {k: v[2] for k, v in compiled.items()}
+    return run
+
+
+DIFFRAX = _diffrax_runner()
+
 SOLVERS = {
     "diffsolve kvaerno5": lambda prob, rtol: run_diffsolve(prob, "kvaerno5", rtol),
     "diffsolve kvaerno3": lambda prob, rtol: run_diffsolve(prob, "kvaerno3", rtol),
+    "diffsolve rodas5": lambda prob, rtol: run_diffsolve(prob, "rodas5", rtol),
     "scipy Radau": lambda prob, rtol: run_scipy(prob, "Radau", rtol),
     "scipy BDF": lambda prob, rtol: run_scipy(prob, "BDF", rtol),
 }
+if DIFFRAX is not None:
+    SOLVERS["diffrax Kvaerno5 (jit)"] = DIFFRAX
 
 
 def bench_problem(name, prob, rtols, repeats, time_budget):
@@ -242,7 +300,11 @@ def bench_problem(name, prob, rtols, repeats, time_budget):
             for solver, run in SOLVERS.items():
                 if solver in skip:
                     continue
-                ys, wall, cpu, nfe, steps, ok = run(prob, rtol)
+                out = run(prob, rtol)
+                if out is None:
+                    skip.add(solver)
+                    continue
+                ys, wall, cpu, nfe, steps, ok = out
                 times[solver].append(wall)
                 cpus[solver].append(cpu)
                 info[solver] = dict(error=scaled_error(ys, ref), nfe=nfe, steps=steps,
@@ -250,6 +312,8 @@ def bench_problem(name, prob, rtols, repeats, time_budget):
                 if wall > time_budget:  # one run is enough for a slow case
                     skip.add(solver)
         for solver in SOLVERS:
+            if solver not in info:
+                continue
             rows.append(dict(problem=name, solver=solver, rtol=rtol,
                              time_min=min(times[solver]),
                              time_median=statistics.median(times[solver]),
@@ -267,7 +331,7 @@ def attempt_vdp_mu1e6():
     p = np.array([1e-12])
     t = np.linspace(0, 2, 9)
     out = []
-    for method in ("kvaerno5", "kvaerno3"):
+    for method in ("kvaerno5", "kvaerno3", "rodas5"):
         c0 = time.process_time()
         # a failure warns (ConvergenceWarning) and is recorded from the result's status
         res = odeint(vdp, np.array([2.0, 0.0]), t, p, method=method, rtol=1e-6, atol=1e-9)
@@ -350,7 +414,7 @@ def bench_gradients(rtols):
 # report
 # ---------------------------------------------------------------------------------------
 def write_markdown(path, rows, grads, meta):
-    lines = ["# Stiff ODEs: odeint kvaerno3/kvaerno5 vs SciPy Radau/BDF", "",
+    lines = ["# Stiff ODEs: odeint kvaerno3/kvaerno5/rodas5 vs SciPy Radau/BDF", "",
              f"Machine: {meta['machine']}; NumPy {meta['numpy']}, SciPy {meta['scipy']}. "
              "Reference: SciPy Radau at rtol 1e-12. Error: max relative error over outputs "
              "and components. Times: min of interleaved repeats (wall) and median process "
@@ -394,7 +458,8 @@ def plot(path, rows):
                 continue
             err = [r["error"] for r in pts]
             axes[0, j].loglog([r["cpu_median"] for r in pts], err, "o-", label=solver)
-            axes[1, j].loglog([r["nfe"] for r in pts], err, "o-", label=solver)
+            if all(r["nfe"] > 0 for r in pts):
+                axes[1, j].loglog([r["nfe"] for r in pts], err, "o-", label=solver)
         axes[0, j].set_title(prob)
         axes[0, j].set_xlabel("CPU time (s)")
         axes[1, j].set_xlabel("NFE")
@@ -416,13 +481,17 @@ def main(argv=None):
     rtols = [1e-3, 1e-5] if args.quick else [1e-3, 1e-4, 1e-6, 1e-8]
     rows = []
     for name, prob in problems(args.quick, args.n_bruss).items():
+        prob["name"] = name
         rows += bench_problem(name, prob, rtols, args.repeats, time_budget=20.0)
     attempts = [] if args.quick else attempt_vdp_mu1e6()
     grads = bench_gradients([1e-6, 1e-8] if args.quick else [1e-6, 1e-8, 1e-10])
     meta = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
                 numpy=np.__version__, scipy=scipy.__version__,
                 reference="scipy Radau rtol=1e-12 (computed; the test set's stored "
-                          "reference values are not in this repository)")
+                          "reference values are not in this repository)",
+                diffrax_compile_s=DIFFRAX.compile_times() if DIFFRAX is not None else None,
+                diffrax="diffrax Kvaerno5 under jax.jit, x64, dense Jacobian (skipped on "
+                        "the sparse Brusselator); NFE not reported (-1)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "ode_stiff" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     (args.out_dir / f"{stem}.json").write_text(json.dumps(
