@@ -26,9 +26,8 @@ Convergence: with the update ``Δ_m`` in the error norm of the step control
 
 Linear solves: dense ``J`` is factorised by the LAPACK LU that ``diffsolve.linear.solve``
 uses for ``method="direct"`` (:class:`diffsolve._backend.DenseLU`), sparse ``J`` by its
-sparse LU (SuperLU on the CPU); both report a singular matrix as a status, read here.
-``linear_solver="gmres"`` instead runs the Krylov module's GMRES with a Jacobi
-preconditioner on the (unfactorised) sparse ``M`` and reads its status.
+sparse LU (SuperLU on the CPU, cuSOLVER on the GPU); both report a singular matrix as a
+status, read here (a singular ``M`` fails the iteration, which rejects the step).
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
-from .. import krylov
 
 np = B.host_namespace()
 
@@ -53,21 +51,16 @@ class IterationMatrix:
     """``J`` (from a :class:`~diffsolve.ode._stiff_jacobian.Jacobian`) and the solver of
     ``(I − h γ J) x = r``, with the reuse policy of the module docstring."""
 
-    def __init__(self, jacobian, gamma: float, linear_solver: str = "direct",
-                 krylov_rtol: float = 1e-10):
+    def __init__(self, jacobian, gamma: float):
         self.jacobian = jacobian
         self.xp, self.n = jacobian.xp, jacobian.n
         self.gamma = gamma
-        self.linear_solver = linear_solver
-        self.krylov_rtol = krylov_rtol
         self.J = None
         self.J_at = None          # the (t, y-id) J was computed at
         self.fresh = False        # J computed at the current step's start
         self.stale = True         # recompute J at the next step start
         self.h_M = None
         self._lu = None
-        self._M = None
-        self._diag_inv = None
         self.n_jac = self.n_lu = self.n_solves = 0
         self.singular = False
 
@@ -95,19 +88,11 @@ class IterationMatrix:
         J = self.J
         self.h_M = h
         self.n_lu += 1
-        self._M = self._lu = None
         if B.is_sparse(J):
             eye = type(J)((xp.ones((n,), dtype=J.dtype),
                            xp.arange(n, dtype=J.indices.dtype),
                            xp.arange(n + 1, dtype=J.indptr.dtype)), shape=(n, n))
-            M = (eye - J * hg).tocsr()
-            if self.linear_solver == "gmres":
-                self._M = M
-                d = M.diagonal()
-                self.singular = not bool(xp.all(d != 0))
-                self._diag_inv = None if self.singular else 1.0 / d
-                return not self.singular
-            self._lu = B.SparseLU(M, xp)
+            self._lu = B.SparseLU((eye - J * hg).tocsr(), xp)
         else:
             M = xp.eye(n, dtype=J.dtype, device=B.device(J)) - hg * J
             self._lu = B.DenseLU(M, xp)
@@ -115,14 +100,11 @@ class IterationMatrix:
         return not self.singular
 
     def solve(self, r):
-        """``M⁻¹ r``, or ``None`` when the solve failed (singular ``M``, no convergence)."""
+        """``M⁻¹ r``, or ``None`` when ``M`` is singular."""
         self.n_solves += 1
         if self.singular:
             return None
-        if self._M is None:
-            return self._lu.solve(r)
-        out = krylov.gmres(self._M, r, rtol=self.krylov_rtol, M=self._diag_inv)
-        return out.x if out.converged else None
+        return self._lu.solve(r)
 
 
 def newton_stage(rhs, t_i: float, psi, g, hg: float, mat: IterationMatrix, scale, xp,
