@@ -459,7 +459,7 @@ class _Implicit:
         self.inner = pb.descent(opts["_inner_user"], inner_step)
         self.v = pb.xp.zeros_like(y)  # the stochastic variant's warm-started v
         self.inner_failures = (0, "")  # CG solves that stopped above tolerance, and the last
-        self.secant = SecantStep(pb.xp)
+        self.secant = SecantStep(pb.xp, pb.px)
 
     def iterate(self, k):
         pb, d = self.pb, self.pb.d
@@ -543,7 +543,7 @@ class _Penalty:
             lam0 = self._scaled_lam0(x, y, inner_step)
         self.lam = min(lam0, opts["lam_max"])
         self.lam_since, self.lam_start_res = 0, None
-        self.secant = SecantStep(pb.xp)
+        self.secant = SecantStep(pb.xp, pb.px)
 
     def _scaled_lam0(self, x, y, inner_step):
         pb, d = self.pb, self.pb.d

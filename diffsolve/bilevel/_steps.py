@@ -147,25 +147,33 @@ class SecantStep:
     in flatter regions. A secant never exceeds the Lipschitz constant L of the direction, and
     a step longer than 2/L makes the iterates oscillate along the top curvature direction,
     which the next secants then measure: the estimate corrects itself within a few
-    iterations. A direction that grows by more than ``GUARD`` in one iteration, or grows
-    ``PATIENCE`` iterations in a row, doubles L̂ (an oscillation of the coupled x–y
-    dynamics that the secant along x does not see). The first step moves x by a tenth of
-    its scale (``first`` can supply a better first estimate). Rescaling the objective
-    rescales d and L̂ alike, so the steps
+    iterations. A direction that grows by more than ``GUARD`` in one iteration, or by
+    more than ``SLOW`` in each of ``PATIENCE`` iterations in a row, doubles L̂ (an
+    oscillation of the coupled x–y dynamics that the secant along x does not see). The
+    first step moves x by a tenth of its scale (``first`` can supply a better first
+    estimate). With ``proj``, d is replaced by the gradient mapping. Rescaling the
+    objective rescales d and L̂ alike, so the steps
     in x do not change.
     """
 
     DECAY = 0.9
     GUARD = 1.5
+    SLOW = 1.1
     PATIENCE = 3
 
-    def __init__(self, xp):
+    def __init__(self, xp, proj=None):
         self.xp = xp
+        self.proj = proj
         self.curv: float | None = None
         self.prev: tuple | None = None
         self.growing = 0
 
     def __call__(self, x, d, first: Callable[[], float] | None = None) -> float:
+        if self.proj is not None and self.curv is not None:
+            # on a constrained set, the components that push against an active bound do
+            # not move x: the gradient mapping leaves them out of the secants and the guard
+            t = 1.0 / self.curv
+            d = (x - self.proj(x - t * d)) / t
         est = None
         if self.prev is not None:
             est = secant_lipschitz(self.xp, d, self.prev[1], x, self.prev[0])
@@ -175,7 +183,7 @@ class SecantStep:
             self.curv = est if self.curv is None else max(est, self.DECAY * self.curv)
         if self.prev is not None and self.curv is not None:
             growth = norm(self.xp, d) / max(norm(self.xp, self.prev[1]), 1e-300)
-            self.growing = self.growing + 1 if growth > 1.0 else 0
+            self.growing = self.growing + 1 if growth > self.SLOW else 0
             if growth > self.GUARD or self.growing >= self.PATIENCE:
                 # a direction that keeps growing is an oscillation the secant does not see
                 # (the lower level lags behind x, so the direction's curvature is partly
