@@ -142,7 +142,7 @@ class ODEResult(SolverResult):
         return status_message(int(self.status), float(self.t_stop))
 
     @property
-    def t_switch(self):
+    def t_switch(self) -> float | tuple[float, ...]:
         """``method="auto"``: the time it switched from ``tsit5`` to ``kvaerno5`` (NaN:
         it never did; a tuple for a batch solved per trajectory). NaN for other methods."""
         return self.__dict__.get("_t_switch", math.nan)
