@@ -354,7 +354,7 @@ def markdown(result):
             tt = r["time_to_target_s"]
             lines.append(f"| {m} | {r['status']} | {r['final_gap']:.3g} | {r['best_gap']:.3g} "
                          f"| {r['iters_to_target'] or 'missed'} | "
-                         f"{'missed' if tt is None else f'{tt:.2f}'} |")
+                         f"{'missed' if tt is None else f'{tt:.3g}'} |")
         if isinstance(pr.get("jaxopt"), dict) and "skipped" in pr["jaxopt"]:
             lines.append(f"\nJAXopt: {pr['jaxopt']['skipped']}")
         lines.append("")
