@@ -413,6 +413,31 @@ def bench_gradients(rtols):
 # ---------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------
+def equal_accuracy_ratios(rows, baseline="scipy Radau"):
+    """CPU time of each solver over the baseline's at the same error: the baseline's
+    work–precision curve (log CPU time vs log error) interpolated at each point's error;
+    NaN outside the baseline's range of errors."""
+    out = []
+    for prob in dict.fromkeys(r["problem"] for r in rows):
+        base = sorted((r["error"], r["cpu_median"]) for r in rows
+                      if r["problem"] == prob and r["solver"] == baseline and r["success"]
+                      and np.isfinite(r["error"]) and r["error"] > 0)
+        if len(base) < 2:
+            continue
+        le = np.log([b[0] for b in base])
+        lt = np.log([b[1] for b in base])
+        for r in rows:
+            if r["problem"] != prob or r["solver"] == baseline or not r["success"] or \
+                    not (np.isfinite(r["error"]) and r["error"] > 0):
+                continue
+            x = np.log(r["error"])
+            ratio = float(r["cpu_median"] / np.exp(np.interp(x, le, lt))) \
+                if le[0] <= x <= le[-1] else float("nan")
+            out.append(dict(problem=prob, solver=r["solver"], rtol=r["rtol"],
+                            error=r["error"], ratio=ratio))
+    return out
+
+
 def write_markdown(path, rows, grads, meta):
     lines = ["# Stiff ODEs: odeint kvaerno3/kvaerno5/rodas5 vs SciPy Radau/BDF", "",
              f"Machine: {meta['machine']}; NumPy {meta['numpy']}, SciPy {meta['scipy']}. "
@@ -430,6 +455,23 @@ def write_markdown(path, rows, grads, meta):
             lines.append(f"| {r['rtol']:.0e} | {r['solver']} | {r['error']:.2e} | "
                          f"{r['time_min']:.4f} | {r['cpu_median']:.4f} | {r['nfe']} | "
                          f"{r['steps']} | {r['success']} | {ratio:.2f} |")
+        lines.append("")
+    ratios = equal_accuracy_ratios(rows)
+    if ratios:
+        lines += ["## CPU time over SciPy Radau's at equal accuracy", "",
+                  "Radau's work–precision curve interpolated (log–log) at each run's error; "
+                  "blank where the error lies outside Radau's range.", "",
+                  "| problem | solver | rtol | error | time / Radau |", "|---|---|---|---|---|"]
+        for q in ratios:
+            ratio = "" if np.isnan(q["ratio"]) else f"{q['ratio']:.2f}"
+            lines.append(f"| {q['problem']} | {q['solver']} | {q['rtol']:.0e} | "
+                         f"{q['error']:.1e} | {ratio} |")
+        lines.append("")
+    if meta.get("attempts"):
+        lines += ["## Van der Pol μ = 1e6 (VDPOL ε = 1e-12), rtol 1e-6", "",
+                  "| solver | outcome | stopped at t |", "|---|---|---|"]
+        for a in meta["attempts"]:
+            lines.append(f"| {a['solver']} | {a['status']} | {a['t_stop']:.4g} |")
         lines.append("")
     if grads:
         lines += ["## Gradients (Robertson, t ≤ 40) vs forward sensitivities", "",
@@ -477,14 +519,30 @@ def main(argv=None):
     parser.add_argument("--n-bruss", type=int, default=1000)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--only", default=None,
+                        help="run only the problems whose name starts with this (no "
+                             "gradient benchmark)")
+    parser.add_argument("--report-only", type=Path, default=None,
+                        help="rewrite the .md and .png from this JSON without running")
     args = parser.parse_args(argv)
+    if args.report_only is not None:
+        data = json.loads(args.report_only.read_text())
+        meta = {**data["meta"], "attempts": data.get("attempts")}
+        stem = args.report_only.with_suffix("")
+        write_markdown(stem.with_suffix(".md"), data["rows"], data["gradients"], meta)
+        plot(stem.with_suffix(".png"), data["rows"])
+        return
     rtols = [1e-3, 1e-5] if args.quick else [1e-3, 1e-4, 1e-6, 1e-8]
     rows = []
     for name, prob in problems(args.quick, args.n_bruss).items():
+        if args.only is not None and not name.startswith(args.only):
+            continue
         prob["name"] = name
         rows += bench_problem(name, prob, rtols, args.repeats, time_budget=20.0)
-    attempts = [] if args.quick else attempt_vdp_mu1e6()
-    grads = bench_gradients([1e-6, 1e-8] if args.quick else [1e-6, 1e-8, 1e-10])
+    partial = args.quick or args.only is not None
+    attempts = [] if partial else attempt_vdp_mu1e6()
+    grad_rtols = [1e-6, 1e-8] if args.quick else [1e-6, 1e-8, 1e-10]
+    grads = [] if args.only is not None else bench_gradients(grad_rtols)
     meta = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
                 numpy=np.__version__, scipy=scipy.__version__,
                 reference="scipy Radau rtol=1e-12 (computed; the test set's stored "
@@ -496,7 +554,7 @@ def main(argv=None):
     stem = "ode_stiff" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     (args.out_dir / f"{stem}.json").write_text(json.dumps(
         dict(meta=meta, rows=rows, gradients=grads, attempts=attempts), indent=1))
-    write_markdown(args.out_dir / f"{stem}.md", rows, grads, meta)
+    write_markdown(args.out_dir / f"{stem}.md", rows, grads, {**meta, "attempts": attempts})
     try:
         plot(args.out_dir / f"{stem}.png", rows)
     except ImportError:
