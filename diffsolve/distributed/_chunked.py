@@ -109,12 +109,12 @@ def build(spec: Spec, batched: list, shared: list, chunks: tuple, *, want_vjp: b
     for name, fld in spec.fields.items():
         dtype = _dtype(fld.kind, spec.dtype)
         meta = _meta(spec.meta, len(fld.shape(1)), dtype)
-        pieces = [da.from_delayed(p[0][name], shape=fld.shape(k), dtype=dtype, meta=meta)
-                  for p, k in zip(parts, chunks)]
         if fld.axis is None:
+            pieces = [da.from_delayed(p[0][name], shape=fld.shape(k), dtype=dtype,
+                                      meta=meta) for p, k in zip(parts, chunks)]
             fields[name] = da.stack(pieces).sum(axis=0, split_every=8)
         else:
-            fields[name] = da.concatenate(pieces, axis=fld.axis)
+            fields[name] = _field_array(parts, name, fld, chunks, dtype, meta)
     from ._batched import batched_type
 
     cls = spec.result_type
@@ -123,6 +123,30 @@ def build(spec: Spec, batched: list, shared: list, chunks: tuple, *, want_vjp: b
     result = cls(**fields, **spec.constants)
     object.__setattr__(result, "_distributed", spec)
     return result, parts
+
+
+def field(part, name):
+    """One field of a chunk task's output (a task of the field arrays)."""
+    return part[0][name]
+
+
+def _field_array(parts, name, fld, chunks, dtype, meta):
+    """The Dask array of one field: block ``i`` along ``fld.axis`` is a task reading chunk
+    task ``i``'s output (written as one graph layer: no per-chunk array to concatenate)."""
+    da, _ = dask_modules()
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    shape = fld.shape(1)
+    key = f"{name}-{tokenize([p.key for p in parts], name)}"
+    dsk = {}
+    for i, p in enumerate(parts):
+        index = tuple(i if ax == fld.axis else 0 for ax in range(len(shape)))
+        dsk[(key, *index)] = (field, p.key, name)
+    out_chunks = tuple(tuple(chunks) if ax == fld.axis else (int(shape[ax]),)
+                       for ax in range(len(shape)))
+    graph = HighLevelGraph.from_collections(key, dsk, dependencies=parts)
+    return da.Array(graph, key, chunks=out_chunks, dtype=dtype, meta=meta)
 
 
 def backward(spec: Spec, parts: list, chunks: tuple, cotangents: dict):
