@@ -855,8 +855,9 @@ _CLASSES = {"implicit": _Implicit, "penalty": _Penalty, "lv-hba": _LVHBA, "bo-re
 
 _ADVICE = {
     "implicit": "increase maxiter or inner_iters, or try a larger stepsize",
-    "penalty": "increase maxiter (λ must reach options['lam_max']), options['lam_step'] or "
-               "inner_iters",
+    "penalty": "increase maxiter (λ doubles as the penalised problem gets solved, and the "
+               "stopping test also asks y to be optimal for inner: ||∇ᵧ inner|| <= tol) or "
+               "inner_iters; with options['lam_step'], λ must reach options['lam_max']",
     "lv-hba": "increase maxiter (LV-HBA converges sublinearly: its penalised problem is "
               "O(1/c_k) from the bilevel one, c_k = c (k + 1)^p), options['c'], or tune "
               "stepsize / inner_stepsize",
