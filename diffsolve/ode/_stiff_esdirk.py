@@ -10,10 +10,12 @@ orders). A step whose Newton iteration fails is retried once with a freshly comp
 The trajectory keeps, for every accepted step, the converged stage arguments ``G`` and
 slopes ``K``: the backward rule (:mod:`._stiff_adjoint`) differentiates the stage
 equations at exactly those points by the implicit function theorem, so it neither
-re-runs nor unrolls the Newton iterations. Outputs at ``t_eval`` come from the cubic
-Hermite interpolant of each step (:meth:`ESDIRKTableau.dense_weights`); outputs never
-shorten steps. ``jump_ts`` times are step end points: the step that would cross one ends
-on it, and the next starts afresh (new slope, controller state and first-step guess).
+re-runs nor unrolls the Newton iterations. Outputs at ``t_eval`` are step end points (a
+step that would pass one is shortened to land on it, and the next step resumes the
+controller's size): the cubic Hermite interpolant (:meth:`ESDIRKTableau.dense_weights`)
+is only third-order accurate, and at the long steps of a stiff solve its error would
+dominate. ``jump_ts`` times are step end points too, and the step after one starts afresh
+(new slope, controller state and first-step guess).
 """
 
 from __future__ import annotations
@@ -172,6 +174,12 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
         while ji < len(jumps) and direction * (jumps[ji] - t) <= 0:
             ji += 1
         t_end = jumps[ji] if ji < len(jumps) else t1
+        # outputs are step end points: the cubic Hermite interpolant is only third-order
+        # accurate, the steps are of the method's order
+        if q < n_out and \
+                direction * (float(t_out[q]) - t_end) < 0:
+            t_end = float(t_out[q])
+        h_prop = None  # the controller's step before it was shortened to land on t_end
         rejected = False
         retried = False
         while True:
@@ -189,8 +197,10 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
                                              trajectory=trajectory)
                     break
                 t_new = t + h_abs * direction
+                h_prop = None
                 if direction * (t_new - t_end) > 0:
                     t_new = t_end
+                    h_prop = h_abs
             h = t_new - t
             if not fixed:
                 h_abs = abs(h)
@@ -224,6 +234,8 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
                 break
             accepted, factor = ctrl.decide(E, rejected)
             h_abs *= factor
+            if accepted and h_prop is not None:
+                h_abs = max(h_abs, h_prop)  # a shortened step does not shrink the next
             if accepted:
                 break
             rejected = True

@@ -14,8 +14,9 @@ order conditions assume the exact ``J`` at ``y_n``, so ``J`` is recomputed every
 Coefficients: G. A. Di Marzo, "RODAS5(4) – Méthodes de Rosenbrock d'ordre 5(4) adaptées
 aux problèmes différentiels-algébriques", MSc thesis, University of Geneva (1993), as
 printed in diffrax's ``rodas5`` table; the method's order is checked numerically in the
-tests (convergence slope 5). Dense output: the cubic Hermite interpolant through
-``(y_n, f(t_n, y_n))`` and ``(y_{n+1}, f(t_{n+1}, y_{n+1}))``.
+tests (convergence slope 5). Output times are step end points (as for the ESDIRK pairs);
+the cubic Hermite interpolant through ``(y_n, f(t_n, y_n))`` and
+``(y_{n+1}, f(t_{n+1}, y_{n+1}))`` is kept for the general case.
 
 Gradients through ``rodas5`` are refused (its discrete adjoint needs the derivative of
 ``J`` itself); ``kvaerno5`` has them.
@@ -160,6 +161,12 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
         while ji < len(jumps) and direction * (jumps[ji] - t) <= 0:
             ji += 1
         t_end = jumps[ji] if ji < len(jumps) else t1
+        # outputs are step end points: the cubic Hermite interpolant is only third-order
+        # accurate, the steps are of the method's order
+        if q < T and \
+                direction * (float(t_out[q]) - t_end) < 0:
+            t_end = float(t_out[q])
+        h_prop = None  # the controller's step before it was shortened to land on t_end
         if J is None:  # once per accepted state: rejected retries reuse it
             J = jacobian(t, y)
             n_jac += 1
@@ -182,8 +189,10 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
                                              trajectory=trajectory)
                     break
                 t_new = t + h_abs * direction
+                h_prop = None
                 if direction * (t_new - t_end) > 0:
                     t_new = t_end
+                    h_prop = h_abs
             h = t_new - t
             if not fixed:
                 h_abs = abs(h)
@@ -224,6 +233,8 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
                 break
             accepted, factor = ctrl.decide(E, rejected)
             h_abs *= factor
+            if accepted and h_prop is not None:
+                h_abs = max(h_abs, h_prop)  # a shortened step does not shrink the next
             if accepted:
                 break
             rejected = True
