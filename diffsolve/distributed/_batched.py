@@ -18,6 +18,8 @@ silenced. The client learns of failures through the per-problem ``status`` array
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _backend as B
 from .._status import Status, error_class, worst_status
 from . import _chunked as K
@@ -73,7 +75,7 @@ def _sinkhorn_spec(a, b, C, eps, options, want_vjp):
     return spec, batched, shared, N
 
 
-def sinkhorn(a, b, C, eps, **options):
+def sinkhorn(a: Any, b: Any, C: Any, eps: float, **options: Any) -> Any:
     """:func:`diffsolve.ot.sinkhorn` over a batch chunked along its leading dimension.
 
     Parameters
@@ -217,7 +219,7 @@ def _linear_spec(A, b, options):
     return spec, batched, shared, N
 
 
-def linear_solve(A, b, **options):
+def linear_solve(A: Any, b: Any, **options: Any) -> Any:
     """:func:`diffsolve.linear.solve` for many right-hand sides or many matrices.
 
     Parameters
@@ -380,7 +382,7 @@ def _odeint_spec(f, y0, t_eval, params, options):
     return spec, batched, shared, N
 
 
-def odeint(f, y0, t_eval, params=None, **options):
+def odeint(f: Any, y0: Any, t_eval: Any, params: Any = None, **options: Any) -> Any:
     """:func:`diffsolve.ode.odeint` for an ensemble of initial states and/or parameters.
 
     Parameters
@@ -432,8 +434,8 @@ def odeint(f, y0, t_eval, params=None, **options):
 # ---------------------------------------------------------------------------------------
 # bilevel.hypergradient
 # ---------------------------------------------------------------------------------------
-def hypergradient(outer, inner, x, y, method="implicit-cg", *, return_info=False,
-                  **options):
+def hypergradient(outer: Any, inner: Any, x: Any, y: Any, method: str = "implicit-cg", *,
+                  return_info: bool = False, **options: Any) -> Any:
     """:func:`diffsolve.bilevel.hypergradient` for a batch of bilevel problems.
 
     Parameters
@@ -550,7 +552,7 @@ def hypergradient(outer, inner, x, y, method="implicit-cg", *, return_info=False
 # ---------------------------------------------------------------------------------------
 # gradients, compute, persist
 # ---------------------------------------------------------------------------------------
-def vjp(fn, *args, persist=True, **kwargs):
+def vjp(fn: Any, *args: Any, persist: bool = True, **kwargs: Any) -> tuple[Any, Any]:
     """:func:`diffsolve.vjp` over Dask inputs: the lazy batched result and a function from
     output cotangents (Dask arrays) to input cotangents (Dask arrays), chunk-wise.
 
@@ -627,7 +629,7 @@ def vjp(fn, *args, persist=True, **kwargs):
     return result, vjp_fn
 
 
-def compute(*results):
+def compute(*results: Any) -> Any:
     """Gather lazy batched results (one ``dask.compute`` for all of them) and report them
     like the single-machine solvers do.
 
@@ -683,7 +685,7 @@ def compute(*results):
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def persist(*results):
+def persist(*results: Any) -> Any:
     """Run lazy batched results on the cluster and keep their fields there (Dask futures).
 
     Parameters
@@ -758,7 +760,9 @@ def batched_type(cls):
 def _split(where, args: dict):
     """Which arguments are batched (Dask, one more dimension than the base problem) and
     which shared; returns ``(batched, shared, order)``."""
-    batched, shared, order = [], [], []
+    batched: list = []
+    shared: list = []
+    order: list = []
     for name, (x, base) in args.items():
         if is_dask_array(x) and x.ndim == base + 1:
             order.append(("batched", len(batched)))

@@ -125,7 +125,7 @@ def build(spec: Spec, batched: list, shared: list, chunks: tuple, *, want_vjp: b
     return result, parts
 
 
-def field(part, name):
+def field_of(part, name):
     """One field of a chunk task's output (a task of the field arrays)."""
     return part[0][name]
 
@@ -139,10 +139,10 @@ def _field_array(parts, name, fld, chunks, dtype, meta):
 
     shape = fld.shape(1)
     key = f"{name}-{tokenize([p.key for p in parts], name)}"
-    dsk = {}
+    dsk: dict = {}
     for i, p in enumerate(parts):
-        index = tuple(i if ax == fld.axis else 0 for ax in range(len(shape)))
-        dsk[(key, *index)] = (field, p.key, name)
+        block = (key, *(i if ax == fld.axis else 0 for ax in range(len(shape))))
+        dsk[block] = (field_of, p.key, name)
     out_chunks = tuple(tuple(chunks) if ax == fld.axis else (int(shape[ax]),)
                        for ax in range(len(shape)))
     graph = HighLevelGraph.from_collections(key, dsk, dependencies=parts)
@@ -153,7 +153,7 @@ def backward(spec: Spec, parts: list, chunks: tuple, cotangents: dict):
     """The chunk-wise backward pass: one task per chunk on the chunk's pair, cotangents of
     shared arguments summed by a tree reduction. Returns ``{grad name: dask array}``."""
     da, dask = dask_modules()
-    per_chunk = [{} for _ in chunks]
+    per_chunk: list[dict] = [{} for _ in chunks]
     for name, cot in cotangents.items():
         if cot is None:
             continue

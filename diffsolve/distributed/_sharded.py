@@ -198,7 +198,7 @@ class PointCloudOTResult(SolverResult):
         return f"{head}: status {self.status.name}. {self.status.hint()}{extra}"
 
     @property
-    def plan(self):
+    def plan(self) -> Any:
         """The transport plan as a lazy Dask array (n, m), chunked by the row blocks of
         ``X`` and ``Y``: index or slice it and compute only the blocks you need (the
         whole plan is ``8 n m`` bytes)."""
@@ -208,7 +208,7 @@ class PointCloudOTResult(SolverResult):
                             self.g, "j", eps=s.eps, cost=s.cost, dtype=self.f.dtype,
                             concatenate=True, meta=meta_like(self.f, 2))
 
-    def gradients(self, cost_cotangent=1.0) -> PointCloudGradients:
+    def gradients(self, cost_cotangent: float = 1.0) -> PointCloudGradients:
         """The cotangents of ``X``, ``Y``, ``a``, ``b`` for a cotangent of the cost (Dask
         arrays chunked like the inputs).
 
@@ -281,9 +281,9 @@ class _Problem:
         name = "sinkhorn-softmin-" + tokenize(P.name, Q.name, w.name, eps, swapped,
                                               self.s.cost)
         fan = self.s.split_every
-        dsk = {}
+        dsk: dict = {}
         for j in range(P.numblocks[0]):
-            level = []
+            level: list = []
             for i in range(Q.numblocks[0]):
                 key = (name + "-pair", i, j)
                 dsk[key] = (_blocks.pair_lse, (P.name, j, 0), (Q.name, i, 0), (w.name, i),
@@ -334,9 +334,11 @@ class _Problem:
         return float((hi - lo).compute())
 
 
-def sinkhorn_pointcloud(X, Y, eps, a=None, b=None, *, cost="sqeuclidean", rtol=1e-9,
-                        atol=0.0, maxiter=10_000, error_measure="l1", check_every=10,
-                        eps_scaling=None, split_every=8, throw=False,
+def sinkhorn_pointcloud(X: Any, Y: Any, eps: float, a: Any = None, b: Any = None, *,
+                        cost: Any = "sqeuclidean", rtol: float = 1e-9, atol: float = 0.0,
+                        maxiter: int = 10_000, error_measure: str = "l1",
+                        check_every: int = 10, eps_scaling: Any = None,
+                        split_every: int = 8, throw: bool = False,
                         callback: Callable | None = None) -> PointCloudOTResult:
     """Entropic OT between two point clouds sharded by rows over a Dask cluster.
 
