@@ -1,17 +1,16 @@
 """A real ``dask.distributed.LocalCluster`` (2 worker processes, 1 thread each, with
 nannies so that a killed worker restarts), started once for the directory and closed at
-the end; the whole directory is skipped when Dask is not installed."""
+the end. Without Dask (the ``[distributed]`` extra) every test module here skips itself
+(``pytest.importorskip`` at its top)."""
 
 from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("dask.array")
-distributed = pytest.importorskip("dask.distributed")
-
 
 @pytest.fixture(scope="session")
 def cluster():
+    distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as lc:
         yield lc
@@ -19,7 +18,9 @@ def cluster():
 
 @pytest.fixture(scope="session")
 def client(cluster):
-    with distributed.Client(cluster) as c:
+    from dask.distributed import Client
+
+    with Client(cluster) as c:
         # the workers import diffsolve and load the cached Numba kernels once, up front
         c.run(_warm_up)
         yield c

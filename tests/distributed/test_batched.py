@@ -5,9 +5,13 @@ their per-problem statuses reach the client, and their chunk-wise gradients equa
 from __future__ import annotations
 
 import autograd.numpy as anp
+import pytest
+
+pytest.importorskip("dask.array")
+pytest.importorskip("dask.distributed")
+
 import dask.array as da
 import numpy as np
-import pytest
 
 import diffsolve as ds
 import diffsolve.distributed as dd

@@ -8,6 +8,11 @@ import signal
 import threading
 import time
 
+import pytest
+
+pytest.importorskip("dask.array")
+pytest.importorskip("dask.distributed")
+
 import dask.array as da
 import numpy as np
 

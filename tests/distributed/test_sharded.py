@@ -5,10 +5,14 @@ finite differences."""
 from __future__ import annotations
 
 import autograd.numpy as anp
+import pytest
+
+pytest.importorskip("dask.array")
+pytest.importorskip("dask.distributed")
+
 import dask
 import dask.array as da
 import numpy as np
-import pytest
 
 import diffsolve as ds
 import diffsolve.distributed as dd
