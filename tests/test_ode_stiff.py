@@ -477,3 +477,21 @@ def test_float32_and_batches():
                  method="kvaerno5", rtol=1e-4, atol=1e-6)
     assert r32.ys.dtype == np.float32
     assert np.allclose(r32.ys, batch.ys[:, 0, :], atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["kvaerno5", "rodas5"])
+def test_standard_namespace_matches_numpy(method):
+    xps = pytest.importorskip("array_api_strict")
+
+    def f(t, y, p):
+        return xps.stack([-0.04 * y[0] + 1e4 * y[1] * y[2],
+                          0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
+                          3e7 * y[1] ** 2])
+
+    t = np.array([0.0, 4.0, 40.0])
+    res = odeint(f, xps.asarray([1.0, 0.0, 0.0]), xps.asarray(t), method=method,
+                 rtol=1e-6, atol=1e-10)
+    ref = odeint(robertson, np.array([1.0, 0.0, 0.0]), t, method=method, rtol=1e-6,
+                 atol=1e-10)
+    assert isinstance(res.ys, type(xps.asarray([1.0])))
+    assert np.allclose(np.asarray(res.ys), ref.ys, rtol=1e-9, atol=1e-14)
