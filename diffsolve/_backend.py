@@ -243,6 +243,16 @@ def array_namespace(*xs, where: str = "diffsolve"):
             lib = _library(x)
             libs.setdefault(lib, type(x).__name__)
         elif is_array(x):
+            if _library(x) == "dask":
+                # a family solver would gather every chunk into one process (or fail deep in
+                # a kernel): the chunk-wise twins live in diffsolve.distributed
+                raise TypeError(
+                    f"{where}: got a dask.array.Array; the family solvers run on one "
+                    "machine's NumPy/CuPy arrays. For Dask inputs use the chunk-wise "
+                    "functions of diffsolve.distributed (sinkhorn, linear_solve, odeint, "
+                    "hypergradient, vjp, sinkhorn_pointcloud), or call x.compute() first "
+                    "to solve on this machine"
+                )
             arrays.append(x)
             libs.setdefault(_library(x), type(x).__name__)
         else:

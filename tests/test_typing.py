@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import functools
 import importlib
+import importlib.util
 import inspect
 import typing
 
@@ -22,6 +23,9 @@ from diffsolve._autodiff import DifferentiableFunction
 
 MODULES = ["diffsolve", "diffsolve.linear", "diffsolve.krylov", "diffsolve.ot", "diffsolve.ode",
            "diffsolve.implicit", "diffsolve.bilevel", "diffsolve.interop"]
+# the Dask layer is an optional extra ([distributed]); typed like the rest where installed
+if importlib.util.find_spec("dask") is not None:
+    MODULES.append("diffsolve.distributed")
 
 # members every class has from the language, not from diffsolve
 _FOREIGN_BASES = (object, Exception, enum.Enum, int, tuple)

@@ -260,3 +260,23 @@ def test_vjp_shared_sparse_matrix(client):
     assert sp.issparse(A_bar) and (A_bar.indices == A.indices).all()
     _close(A_bar.toarray(), r_A.toarray())
     _close(b_bar.compute(), r_b.T)
+
+
+@pytest.mark.parametrize("call", ["sinkhorn", "solve", "odeint", "hypergradient", "vjp"])
+def test_family_solvers_refuse_dask_arrays_by_name(call):
+    """A Dask array given to a single-machine solver is refused with a pointer to
+    diffsolve.distributed, never gathered into one process behind the user's back."""
+    a = da.from_array(np.full((4, 5), 0.2), chunks=2)
+    C = da.from_array(np.random.default_rng(0).random((4, 5, 5)), chunks=(2, 5, 5))
+    calls = {
+        "sinkhorn": lambda: ds.ot.sinkhorn(a, a, C, 0.1),
+        "solve": lambda: ds.linear.solve(np.eye(5), da.ones(5)),
+        "odeint": lambda: ds.ode.odeint(lambda t, y, p: -y, da.ones((3, 2), chunks=1),
+                                        np.linspace(0.0, 1.0, 3)),
+        "hypergradient": lambda: ds.bilevel.hypergradient(
+            lambda x, y: (y ** 2).sum(), lambda x, y: ((y - x) ** 2).sum(),
+            da.ones(3), da.ones(3)),
+        "vjp": lambda: ds.vjp(ds.ot.sinkhorn, a, a, C, 0.1),
+    }
+    with pytest.raises(TypeError, match=r"dask\.array\.Array.*diffsolve\.distributed"):
+        calls[call]()
