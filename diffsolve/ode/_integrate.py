@@ -164,6 +164,12 @@ class Trajectory:
     status: Status = Status.SUCCESS  # why it stopped (SUCCESS: reached t_eval[-1])
     all_states: object = None        # (N+1, n) from the compiled loop, for its adjoint
     n_reached: int = -1              # outputs computed: ys[:n_reached] (the rest is NaN)
+    # the implicit methods (_stiff_*.py): per accepted step (G, K, stage times), work counts,
+    # and for method="auto" where it switched and its two phases
+    stages: list | None = None
+    stiff_stats: dict | None = None
+    t_switch: float = math.nan
+    auto_parts: tuple | None = None
 
     def __post_init__(self):
         if self.n_reached < 0:

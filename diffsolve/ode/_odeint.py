@@ -464,7 +464,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
                         callback=callback, trajectory=index, jac_sparsity=jac_sparsity,
                         jump_ts=())
 
-                traj = auto_trajectory(stepper, run_stiff, rhs, yb, t_out,
+                traj = auto_trajectory(stepper, run_stiff, rhs, yb, t_out,  # type: ignore[arg-type]
                                        controller=controller, first_step=settings.first_step,
                                        max_steps=settings.max_steps, step_ts=sts, f0=f0,
                                        callback=callback, shape=shape, trajectory=index)

@@ -200,7 +200,7 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
             t_cap = math.nextafter(t_new, -direction * math.inf) if at_jump else None
             lu = _factor(xp, J, h * tab.gamma)
             n_steps += 1
-            U = []
+            U: list = []
             ok = not lu.singular
             for i in range(s if ok else 0):
                 ti = t + tab.alpha[i] * h

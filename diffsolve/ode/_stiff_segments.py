@@ -60,7 +60,7 @@ def integrate_segments(run, y0, t_out, jumps, xp) -> Trajectory:
     stats = np.zeros(4, dtype=np.int64)
     y = y0
     offset = 0
-    last = None
+    last: Trajectory | None = None
     for a, b, idx in _segments(t_out, jumps):
         times = [a] + [float(t_out[q]) for q in idx]
         appended = not idx or times[-1] != b
@@ -84,6 +84,7 @@ def integrate_segments(run, y0, t_out, jumps, xp) -> Trajectory:
         if not traj.success:
             break
         y = states[offset]
+    assert last is not None  # there is always at least one segment
     nan_row = xp.full((n,), math.nan, dtype=y0.dtype, device=B.device(y0))
     ys = xp.stack([r if r is not None else nan_row for r in rows], axis=0)
     reached = next((q for q in range(1, T) if rows[q] is None), T)
@@ -96,6 +97,7 @@ def integrate_segments(run, y0, t_out, jumps, xp) -> Trajectory:
 
 
 def _state(traj: Trajectory, m: int):
-    if traj.all_states is not None:
-        return traj.all_states[m, ...]
+    all_states = traj.all_states
+    if all_states is not None:
+        return all_states[m, ...]  # type: ignore[index]
     return traj.states[m]
