@@ -752,7 +752,12 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
            throw: bool = False, step_ts: Array | Sequence[Array] | None = None,
            callback: Callback[ODEState] | None = None, jac: Callable | str | None = None,
            jac_sparsity: Any = None, jump_ts: Any = None) -> tuple[ODEResult, Any]:
-    """Solve ``dy/dt = f(t, y, params)`` with an adaptive explicit Runge–Kutta pair.
+    """Solve ``dy/dt = f(t, y, params)`` with an adaptive Runge–Kutta method.
+
+    Explicit pairs (``tsit5``, ``dopri5``, ``bs3``) for non-stiff problems; L-stable ESDIRK
+    pairs (``kvaerno3``, ``kvaerno5``) and the Rosenbrock method ``rodas5`` for stiff ones;
+    ``method="auto"`` switches from ``tsit5`` to ``kvaerno5`` when the stiffness estimate
+    says so.
 
     Parameters
     ----------

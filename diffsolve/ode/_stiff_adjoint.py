@@ -24,6 +24,8 @@ discrete adjoint.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _backend as B
 
 np = B.host_namespace()
@@ -36,7 +38,7 @@ def _transposed_solve(xp, J, hg, rhs_vec):
     if B.is_sparse(J):
         eye = type(J)((xp.ones((n,), dtype=J.dtype), xp.arange(n, dtype=J.indices.dtype),
                        xp.arange(n + 1, dtype=J.indptr.dtype)), shape=(n, n))
-        lu = B.SparseLU((eye - J * hg).tocsr(), xp)
+        lu: Any = B.SparseLU((eye - J * hg).tocsr(), xp)
     else:
         lu = B.DenseLU(xp.eye(n, dtype=J.dtype, device=B.device(J)) - hg * J, xp)
     if lu.singular:

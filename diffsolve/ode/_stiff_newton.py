@@ -33,6 +33,7 @@ status, read here (a singular ``M`` fails the iteration, which rejects the step)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .. import _backend as B
 
@@ -55,12 +56,12 @@ class IterationMatrix:
         self.jacobian = jacobian
         self.xp, self.n = jacobian.xp, jacobian.n
         self.gamma = gamma
-        self.J = None
+        self.J: Any = None
         self.J_at = None          # the (t, y-id) J was computed at
         self.fresh = False        # J computed at the current step's start
         self.stale = True         # recompute J at the next step start
-        self.h_M = None
-        self._lu = None
+        self.h_M: float | None = None
+        self._lu: Any = None
         self.n_jac = self.n_lu = self.n_solves = 0
         self.singular = False
 

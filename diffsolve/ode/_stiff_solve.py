@@ -9,6 +9,7 @@ differences by default); the backward one is exact (``jac`` or the VJP assembly)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .. import _backend as B
 from ._stiff_adjoint import esdirk_adjoint
@@ -30,7 +31,7 @@ IMPLICIT_TABLEAUX = {**STIFF_TABLEAUX, RODAS5.name: RODAS5}
 def lazy_vjp(f, vjp, params, shape, xp, jitted):
     """``fvjp(t, y, v)`` built on its first call (a forward solve that never forms ``J``
     from VJPs and is never differentiated does not pay for it)."""
-    built = []
+    built: list[Any] = []
 
     def fvjp(t, y, v):
         if not built:

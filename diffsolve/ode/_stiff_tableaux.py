@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import _backend as B
+from .._typing import HostArray
 
 np = B.host_namespace()
 
@@ -54,9 +55,9 @@ class ESDIRKTableau:
     """
 
     name: str
-    A: np.ndarray
-    c: np.ndarray
-    e: np.ndarray
+    A: HostArray
+    c: HostArray
+    e: HostArray
     gamma: float
     order: int
     error_order: int
@@ -70,7 +71,7 @@ class ESDIRKTableau:
         return self.A.shape[0]
 
     @property
-    def b(self) -> np.ndarray:
+    def b(self) -> HostArray:
         return self.A[-1, :]
 
     def dense_weights(self, theta: float) -> list:
