@@ -19,15 +19,17 @@ DIFFSOLVE_FASTMATH
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numba
 
-__all__ = ["FASTMATH", "SERIAL_BELOW", "UncachedKernelWarning", "call_threaded", "jit",
-           "njit_options"]
+__all__ = ["ADAPTIVE_THREADS", "FASTMATH", "SERIAL_BELOW", "UncachedKernelWarning",
+           "call_threaded", "jit", "njit_options"]
 
 
 def _env_flag(name: str) -> bool:
@@ -160,13 +162,76 @@ def _warn_uncached(reason: str) -> None:
     )
 
 
-def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,
-                  serial_below: int | None = None) -> Any:
-    """Call a ``parallel=True`` kernel, on one thread when ``work < serial_below``.
+#: Whether :func:`call_threaded` learns, per kernel and size, whether threads pay
+#: (``DIFFSOLVE_ADAPTIVE_THREADS=0`` turns it off: every call above the threshold then uses
+#: all of Numba's threads, as before).
+ADAPTIVE_THREADS: bool = os.environ.get("DIFFSOLVE_ADAPTIVE_THREADS", "1").strip().lower() \
+    not in {"0", "false", "no", "off"}
 
-    The thread count is set for this call only (``numba.set_num_threads`` is thread-local)
-    rather than compiling a second, serial copy of the kernel: Numba's on-disk cache files
-    both copies under one name and they would evict each other.
+# Calls between two trials of the mode not in use, at first and at most. A trial that loses
+# doubles the gap: on a machine that stays busy, a 10x slower parallel trial costs 10/1024 of
+# a call in the long run; a trial that wins switches at once.
+_PROBE_FIRST = 16
+_PROBE_MAX = 1024
+
+
+class _ThreadChoice:
+    """Seconds per unit of work, with all threads and with one, of one kernel at one size."""
+
+    __slots__ = ("countdown", "gap", "parallel", "serial")
+
+    def __init__(self) -> None:
+        self.parallel = math.inf  # not measured yet
+        self.serial = math.inf
+        self.countdown = 0
+        self.gap = _PROBE_FIRST
+
+    def next_is_parallel(self) -> bool:
+        if self.parallel == math.inf:
+            return True
+        if self.serial == math.inf:
+            return False
+        faster = self.parallel <= self.serial
+        self.countdown -= 1
+        if self.countdown <= 0:
+            return not faster  # a trial of the other mode
+        return faster
+
+    def record(self, parallel: bool, seconds_per_unit: float) -> None:
+        leader = self.parallel <= self.serial
+        if parallel:
+            self.parallel = seconds_per_unit
+        else:
+            self.serial = seconds_per_unit
+        if self.countdown <= 0 and self.parallel != math.inf and self.serial != math.inf:
+            # a trial just ran (or the first two calls did): back off while the leader holds
+            kept = (self.parallel <= self.serial) == leader
+            self.gap = min(2 * self.gap, _PROBE_MAX) if kept else _PROBE_FIRST
+            self.countdown = self.gap
+
+
+_choices: dict[tuple[Any, int], _ThreadChoice] = {}
+
+
+def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,
+                  serial_below: int | None = None,
+                  repeats: Callable[[Any], int] | None = None) -> Any:
+    """Call a ``parallel=True`` kernel with the number of threads that is fastest now.
+
+    Below ``serial_below`` units of work the call runs on one thread: waking Numba's pool
+    costs more than it saves. Above, the choice is measured: each kernel (and size, to a
+    factor of two) keeps its time per unit of work with all threads and with one, runs the
+    faster, and now and then tries the other again. On a busy machine a parallel region
+    waits for every thread to get a core (measured: 10x slower than one thread for
+    sinkhorn's ``lse`` pass at n = 500 with 2 threads and 2 busy cores); the measurement
+    sees that and goes serial, and back to threads when they pay again. The results do not
+    depend on the choice: the kernels reduce over fixed blocks, whatever the thread count.
+
+    "All threads" is ``numba.get_num_threads()`` in the calling thread, so
+    ``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` remain the limit. The count is set
+    for this call only (``numba.set_num_threads`` is thread-local) rather than compiling a
+    second, serial copy of the kernel: Numba's on-disk cache files both copies under one
+    name and they would evict each other.
 
     Parameters
     ----------
@@ -179,19 +244,40 @@ def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,
     serial_below : int, optional
         The threshold; default :data:`SERIAL_BELOW`. Kernels whose work per entry is tiny
         (a pass over a dense plan) amortise a parallel region only at larger sizes.
+    repeats : callable, optional
+        For a kernel that loops (a whole CG solve): ``repeats(result)`` is how many times
+        the call did ``work`` (its iteration count), so that the measured time per unit
+        compares calls that ran for different numbers of iterations.
 
     Returns
     -------
     object
         What ``kernel(*args)`` returns.
     """
-    if work >= (SERIAL_BELOW if serial_below is None else serial_below):
-        return kernel(*args)
     n_threads = numba.get_num_threads()
     if n_threads == 1:
         return kernel(*args)
-    numba.set_num_threads(1)
-    try:
+    if work < (SERIAL_BELOW if serial_below is None else serial_below):
+        numba.set_num_threads(1)
+        try:
+            return kernel(*args)
+        finally:
+            numba.set_num_threads(n_threads)
+    if not ADAPTIVE_THREADS:
         return kernel(*args)
+    key = (kernel, max(int(work), 1).bit_length())
+    choice = _choices.get(key)
+    if choice is None:
+        choice = _choices[key] = _ThreadChoice()
+    parallel = choice.next_is_parallel()
+    if not parallel:
+        numba.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        out = kernel(*args)
     finally:
-        numba.set_num_threads(n_threads)
+        if not parallel:
+            numba.set_num_threads(n_threads)
+    units = max(int(work), 1) * (1 if repeats is None else max(int(repeats(out)), 1))
+    choice.record(parallel, (time.perf_counter() - start) / units)
+    return out

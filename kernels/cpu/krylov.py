@@ -194,6 +194,8 @@ def cg_next(rz, rz_new, rr, tol, active, bad, column_iters, beta):  # pragma: no
 # the whole CG loop, compiled (CPU only): no Python between iterations
 # --------------------------------------------------------------------------------------
 CG_CONVERGED, CG_MAXITER, CG_BREAKDOWN, CG_NONFINITE = 0, 1, 2, 3
+#: work per iteration (nnz + 5 n) below which the compiled CG loop runs on one thread
+CG_SERIAL_BELOW = 1 << 18
 
 
 @jit()
@@ -285,6 +287,12 @@ def cg_solve_csr(indptr, indices, data, b, x, inv_diag, tol, maxiter, floor):
     precondition = inv_diag is not None
     if not precondition:
         inv_diag = np.empty(0, dtype=x.dtype)
-    n_iters, status = _cg_solve_csr(indptr, indices, data, b, x, inv_diag, precondition,
-                                    x.dtype.type(tol), int(maxiter), x.dtype.type(floor))
+    # work of one iteration: a CSR product and five passes over vectors. Each iteration
+    # opens several parallel regions; measured on 2 cores (load ~2), one thread is as fast
+    # or faster up to a 192² Poisson matrix (work ~3.7e5), 2.5x faster at 24²
+    # (bench/bench_speed_setup.py); above the threshold call_threaded measures and chooses
+    n_iters, status = call_threaded(
+        _cg_solve_csr, data.size + 5 * b.shape[0], indptr, indices, data, b, x, inv_diag,
+        precondition, x.dtype.type(tol), int(maxiter), x.dtype.type(floor),
+        serial_below=CG_SERIAL_BELOW, repeats=lambda out: out[0])
     return int(n_iters), int(status)
