@@ -64,7 +64,7 @@ class Relaxation:
                 f"is zero or not stored ({zero.shape[0]} such rows); reorder or regularise A, "
                 "or use method='direct'"
             )
-        self.diag = B.contiguous(xp, xp.astype(diag, op.dtype))
+        self.diag = B.contiguous(xp, xp.astype(diag, op.dtype, copy=False))
         self.kernels = None
         if self.csr is not None:
             names = ("sor_sweep", "ssor_sweep", "sor_solve") if B.is_numpy(xp) else \
@@ -127,9 +127,11 @@ class Relaxation:
     def iterate(self, op, b, x0, tol, maxiter, symmetric, callback, check_every):
         """SOR iteration to ``||b - A x|| <= tol`` per column.
 
-        Returns ``(x, sweeps, converged, stopped)``; ``callback(sweeps, x, norms)``
-        (``norms`` the true residual norms) returning ``True`` stops (``stopped``). The
-        caller scales ``b`` so that the squared norms cannot overflow.
+        Returns ``(x, sweeps, converged, stopped, norm)``; ``callback(sweeps, x, norms)``
+        (``norms`` the true residual norms) returning ``True`` stops (``stopped``).
+        ``norm`` is the compiled loop's ``||b - A x||`` of the returned ``x`` (squares
+        summed in float64), or None where the loop ran in Python. The caller scales ``b``
+        so that the squared norms cannot overflow.
         """
         xp = self.xp
         x = B.contiguous_copy(xp, x0) if x0 is not None else xp.zeros_like(b)
@@ -143,18 +145,20 @@ class Relaxation:
                     check_every=check_every)
             else:
                 n_iters, residual = self.kernels["sor_solve"](
-                    *self._csr_args(), b, x, self.omega, symmetric, tol_value, maxiter)
-            return x, int(n_iters), float(residual) <= tol_value, False
+                    *self._csr_args(), b, x, self.omega, symmetric, tol_value, maxiter,
+                    check_every=check_every)
+            residual = float(residual)
+            return x, int(n_iters), residual <= tol_value, False, residual
         norms = self.residual_norms(op, b, x)
         sweeps = 0
         while True:
             if sweeps % check_every == 0 or sweeps >= maxiter:
                 if bool(xp.all(norms <= tol)):
-                    return x, sweeps, True, False
+                    return x, sweeps, True, False, None
                 if sweeps >= maxiter or not B.isfinite_all(xp, norms):
-                    return x, sweeps, False, False
+                    return x, sweeps, False, False, None
             x = self.sweep(b, x, symmetric)
             sweeps += 1
             norms = self.residual_norms(op, b, x)
             if callback is not None and wants_stop(callback(sweeps, x, norms)):
-                return x, sweeps, bool(xp.all(norms <= tol)), True
+                return x, sweeps, bool(xp.all(norms <= tol)), True, None
