@@ -15,7 +15,10 @@ step and θ each output came from, per-step error and stiffness estimates).
 from __future__ import annotations
 
 import math
+import operator
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .. import _backend as B
 from .._status import Status
@@ -63,6 +66,12 @@ class Stepper:
         self.K = xp.zeros((s, n), dtype=dtype, device=device)
         self.G = xp.zeros((s, n), dtype=dtype, device=device)
         self.G_rows = [self.G[i, ...] for i in range(s)]
+
+    @cached_property
+    def dense_PT(self):
+        """The continuous extension's ``Pᵀ`` (``(m, s)``): dense output uses ``Q = h Pᵀ K``."""
+        PT = self.tab.P.T.copy()
+        return PT if self.numpy else self.xp.asarray(PT, dtype=self.cdtype, device=self.device)
 
     # -- stage operations ------------------------------------------------------------
     def coeffs(self, w):
@@ -267,7 +276,6 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
     """
     tab = stepper.tab
     s, n = stepper.s, stepper.n
-    host_dense = tab.host_dense(n)
     rtol, atol = stepper.rtol, stepper.atol
     tl = t_out.tolist()
     n_out = len(tl)
@@ -277,8 +285,6 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
     y = y0.tolist()
     rows = [nan_row] * n_out
     rows[0] = y
-    out_step = [-1] * n_out
-    out_theta = [0.0] * n_out
     ts = [t0]
     errs: list[float] = []
     state_rows: list[list] = []
@@ -302,6 +308,10 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
     while q < n_out and tl[q] == t0:
         rows[q] = y
         q += 1
+    q_first = q
+    # outputs inside accepted steps: (q, q_end, step, t, h, y, K) per step that has any
+    blocks: list[tuple] = []
+    key_t = None if direction > 0 else operator.neg  # bisect wants increasing keys
     # the stage arguments f sees: preallocated rows, overwritten every step (as the array
     # path's G); memoryviews make writing a few floats into them cheap
     bufs = [stepper.G[i, ...] for i in range(s)]
@@ -375,12 +385,12 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
         if message:
             break
         errs.append(E)
-        while q < n_out and direction * (tl[q] - t_new) <= 0:
-            theta = (tl[q] - t) / h
-            rows[q] = host_dense(theta, h, y, Kl)
-            out_step[q] = n_acc
-            out_theta[q] = theta
-            q += 1
+        if q < n_out and direction * (tl[q] - t_new) <= 0:
+            # the outputs in this step: found by bisection, evaluated after the loop
+            q_end = bisect_right(tl, t_new, q) if key_t is None else \
+                bisect_right(tl, -t_new, q, key=key_t)
+            blocks.append((q, q_end, n_acc, t, h, y, Kl[:]))
+            q = q_end
         n_acc += 1
         y = y_new
         Kl[0] = Kl[s - 1]
@@ -402,13 +412,67 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
         for i in range(len(state_rows)):
             states[(i + 1) * every] = st[i, ...]
     success = not message
-    return Trajectory(ys=arr(rows), ts=arr(ts), states=states, every=every,
-                      out_step=arr(out_step), out_theta=arr(out_theta),
+    ys, out_step, out_theta = _host_outputs(tab, n, rows, q_first, blocks, t_out)
+    return Trajectory(ys=ys, ts=arr(ts), states=states, every=every,
+                      out_step=out_step, out_theta=out_theta,
                       errs=arr(errs) if errs else _EMPTY, stiff=_EMPTY, stats=stats,
                       success=success,
                       message=message or "The solver reached the end of the integration "
                       "interval.", t_fail=math.nan if success else t, status=status,
                       n_reached=q)
+
+
+#: Outputs of a host-path solve at most this many are evaluated one by one on Python
+#: floats; more, as one batch of array operations.
+HOST_DENSE_BATCH = 16
+#: An array-path step with at least this many outputs evaluates them as one matrix product.
+STEP_DENSE_BATCH = 4
+
+
+def theta_powers(theta: HostArray, m: int) -> HostArray:
+    """``[θ, θ², ..., θ^m]`` per row: ``(M, m)`` from the host values ``theta`` (``(M,)``)."""
+    return np.cumprod(np.broadcast_to(theta[:, None], (theta.shape[0], m)), axis=1)
+
+
+def _host_outputs(tab, n: int, rows: list, q_first: int, blocks: list, t_out: HostArray):
+    """``(ys, out_step, out_theta)`` of a host-path solve from its output blocks.
+
+    ``rows[:q_first]`` are the outputs at the initial time; each block
+    ``(q, q_end, step, t, h, y, K)`` holds the accepted step (start ``t``, size ``h``, state
+    ``y`` and slopes ``K`` as lists) in which outputs ``q .. q_end - 1`` lie. A few outputs
+    are evaluated one by one (:meth:`Tableau.host_dense`), many as one matrix product per
+    step: no Python per output. The two agree to rounding (last bits).
+    """
+    arr = B.host_numpy
+    n_out = len(rows)
+    out_step = np.full(n_out, -1, dtype=np.int64)
+    out_theta = np.zeros(n_out, dtype=np.float64)
+    q_last = blocks[-1][1] if blocks else q_first
+    if q_last - q_first <= HOST_DENSE_BATCH:
+        host_dense = tab.host_dense(n)
+        for q, q_end, step, t, h, y, K in blocks:
+            for i in range(q, q_end):
+                theta = (float(t_out[i]) - t) / h
+                rows[i] = host_dense(theta, h, y, K)
+                out_step[i] = step
+                out_theta[i] = theta
+        return arr(rows), out_step, out_theta
+    ys = np.full((n_out, n), math.nan, dtype=np.float64)
+    ys[:q_first, :] = arr(rows[:q_first])
+    counts = arr([b[1] - b[0] for b in blocks])
+    h = arr([b[4] for b in blocks])
+    # the continuous extension of a step as a polynomial in θ, y + Σ_m θ^(m+1) Q_m with
+    # Q = h Pᵀ K (the form SciPy's RkDenseOutput evaluates): one matrix product per step
+    Q = np.matmul(tab.P.T, arr([b[6] for b in blocks])) * h[:, None, None]
+    theta = (t_out[q_first:q_last] - np.repeat(arr([b[3] for b in blocks]), counts)) / \
+        np.repeat(h, counts)
+    powers = theta_powers(theta, Q.shape[1])
+    Y = arr([b[5] for b in blocks])
+    for b, (q, q_end) in enumerate(zip(counts.cumsum() - counts, counts.cumsum())):
+        ys[q_first + q:q_first + q_end, :] = Y[b] + powers[q:q_end] @ Q[b]
+    out_step[q_first:q_last] = np.repeat(arr([b[2] for b in blocks]), counts)
+    out_theta[q_first:q_last] = theta
+    return ys, out_step, out_theta
 
 
 def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: str,
@@ -445,6 +509,9 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller
     while q < n_out and t_out[q] == t0:
         ys[q, :] = y0
         q += 1
+    tl = t_out.tolist()
+    key_t = None if direction > 0 else operator.neg  # bisect wants increasing keys
+    dense_PT = stepper.dense_PT
     t, y = t0, y0
     n_acc = 0
     message = ""
@@ -510,15 +577,28 @@ def _integrate_arrays(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller
         errs.append(E)
         if want_stiff:
             stiff.append(stepper.stiffness())
-        while q < n_out and direction * (t_out[q] - t_new) <= 0:
-            theta = (float(t_out[q]) - t) / h
-            if stepper.kernel:
-                combine(y, stepper.coeffs(tab.dense_weights(theta)), h, ys[q, ...])
+        if q < n_out and direction * (tl[q] - t_new) <= 0:
+            q_end = bisect_right(tl, t_new, q) if key_t is None else \
+                bisect_right(tl, -t_new, q, key=key_t)
+            if q_end - q >= STEP_DENSE_BATCH:
+                # y + Σ_m θ^(m+1) Q_m, Q = h Pᵀ K: one matrix product for the step's outputs
+                theta_v = (t_out[q:q_end] - t) / h
+                out_theta[q:q_end] = theta_v
+                powers = theta_powers(theta_v, dense_PT.shape[0])
+                if not stepper.numpy:
+                    powers = xp.asarray(powers, dtype=stepper.cdtype, device=stepper.device)
+                val = y + powers @ (h * (dense_PT @ K))
+                ys[q:q_end, :] = val if stepper.numpy else xp.astype(val, stepper.dtype)
             else:
-                ys[q, :] = combine(y, stepper.coeffs(tab.dense_weights(theta)), h)
-            out_step[q] = n_acc
-            out_theta[q] = theta
-            q += 1
+                for i in range(q, q_end):
+                    theta = (tl[i] - t) / h
+                    if stepper.kernel:
+                        combine(y, stepper.coeffs(tab.dense_weights(theta)), h, ys[i, ...])
+                    else:
+                        ys[i, :] = combine(y, stepper.coeffs(tab.dense_weights(theta)), h)
+                    out_theta[i] = theta
+            out_step[q:q_end] = n_acc
+            q = q_end
         n_acc += 1
         y = y_new.copy() if stepper.kernel else xp.asarray(y_new, copy=True)
         K[0, ...] = K[s - 1, ...]
