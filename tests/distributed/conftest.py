@@ -5,14 +5,18 @@ the end. Without Dask (the ``[distributed]`` extra) every test module here skips
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+_PRELOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker_preload.py")
 
 
 @pytest.fixture(scope="session")
 def cluster():
     distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as lc:
+                                  dashboard_address=None, preload=[_PRELOAD]) as lc:
         yield lc
 
 
