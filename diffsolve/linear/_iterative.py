@@ -18,6 +18,7 @@ from .. import _backend as B
 from .._status import Status
 from ..krylov._cg import solve_cg
 from ..krylov._common import safe_norms, scale_columns, unscale_columns
+from . import _matrix_cache
 from ._relaxation import Relaxation
 from ._result import LinearSolveState
 
@@ -57,12 +58,17 @@ class JacobiPreconditioner:
 def check_symmetric(op, xp, method):
     if op.kind == "operator":
         return
+    # a sequence of solves with one matrix tests it once (keyed on its content)
+    key = _matrix_cache.fingerprint(op)
+    if _matrix_cache.known_symmetric(key):
+        return
     asym, scale = op.max_abs_asymmetry()
     if asym > 1e3 * float(xp.finfo(op.dtype).eps) * scale:
         raise ValueError(
             f"{WHERE}: method={method!r} needs a symmetric positive definite A, but "
             f"max|A - Aᵀ| = {asym:.3g} (max|A| = {scale:.3g}); use method='direct' or 'sor'"
         )
+    _matrix_cache.remember_symmetric(key)
 
 
 _check_symmetric = check_symmetric  # the old private name
@@ -207,8 +213,8 @@ def _sor(op, b, x0, rtol, atol, maxiter, omega, callback, check_every, prepared)
         finite_before = B.isfinite_all(xp, x)
         x = unscale(x, s, xp)
         overflow = finite_before and not B.isfinite_all(xp, x)
-    if norm is not None and not overflow and b.dtype == xp.float64 and math.isfinite(norm) \
-            and _EXACT_SCALE[0] <= scale <= _EXACT_SCALE[1]:
+    if norm is not None and scale is not None and not overflow and b.dtype == xp.float64 \
+            and math.isfinite(norm) and _EXACT_SCALE[0] <= scale <= _EXACT_SCALE[1]:
         # The compiled loop ended with ||b/s - A x/s||, the same sums as the true residual
         # of x (a power-of-two scale is exact in float64) with the squares summed in
         # float64: reuse it rather than pay another pass over A, and test it against the

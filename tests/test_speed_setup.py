@@ -1,0 +1,185 @@
+"""Per-call set-up and thread choice (issue 14, item 5).
+
+* ``call_threaded`` measures whether threads pay and switches (the choice is invisible in
+  the results: the kernels reduce over fixed blocks);
+* the compiled CG loop gives the same iterates on one thread and on all;
+* ``linear.solve(method="sor")`` on a fixed budget sweeps exactly ``maxiter`` times, and the
+  residual it reports (reused from the compiled loop) is the true residual of ``x``;
+* the per-matrix symmetry cache never answers for a matrix mutated in place.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import diffsolve as ds
+from diffsolve.kernels.cpu import _config, krylov, relaxation
+from diffsolve.linear import _matrix_cache
+from tests.helpers import poisson_2d
+
+solve = ds.linear.solve
+
+
+# --- thread choice ---------------------------------------------------------------------
+
+def test_thread_choice_goes_serial_when_threads_are_slow_and_comes_back():
+    c = _config._ThreadChoice()
+    assert c.next_is_parallel()          # first call: measure threads
+    c.record(True, 10.0)
+    assert not c.next_is_parallel()      # second call: measure one thread
+    c.record(False, 1.0)
+    # serial is 10x faster: it runs until the next trial of threads
+    modes = []
+    for _ in range(3 * _config._PROBE_FIRST):
+        parallel = c.next_is_parallel()
+        modes.append(parallel)
+        c.record(parallel, 10.0 if parallel else 1.0)
+    assert modes.count(True) >= 1 and modes.count(True) <= 3
+    assert modes.count(False) > 40
+    gap_after_losses = c.gap
+    assert gap_after_losses > _config._PROBE_FIRST   # trials that lose back off
+    # the machine becomes idle: the next trial of threads wins, and threads stay
+    switched = None
+    for i in range(4 * _config._PROBE_MAX):
+        parallel = c.next_is_parallel()
+        c.record(parallel, 0.5 if parallel else 1.0)
+        if parallel:
+            switched = i
+            break
+    assert switched is not None
+    assert c.gap == _config._PROBE_FIRST
+    assert all(c.next_is_parallel() or c.record(False, 1.0) for _ in range(5))
+
+
+def test_call_threaded_restores_the_thread_count_and_respects_one_thread():
+    A = poisson_2d(300)                 # 4.5e5 stored entries: above the serial threshold
+    x = np.linspace(0.0, 1.0, A.shape[0])
+    before = numba.get_num_threads()
+    expected = A @ x
+    for _ in range(40):                 # runs both modes (trials included)
+        out = ds.kernels.cpu.sparse.csr_matvec(A.indptr, A.indices, A.data, x,
+                                               np.empty_like(x))
+        np.testing.assert_array_equal(out, expected)
+        assert numba.get_num_threads() == before
+    numba.set_num_threads(1)
+    try:
+        ds.kernels.cpu.sparse.csr_matvec(A.indptr, A.indices, A.data, x, np.empty_like(x))
+        assert numba.get_num_threads() == 1      # a user's limit is never raised
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_compiled_cg_gives_the_same_iterates_on_one_thread_and_on_two():
+    A = poisson_2d(180)                 # work per iteration above CG_SERIAL_BELOW
+    assert A.nnz + 5 * A.shape[0] >= krylov.CG_SERIAL_BELOW
+    b = np.cos(np.arange(A.shape[0], dtype=np.float64))
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            x = np.zeros_like(b)
+            its = krylov._cg_solve_csr(A.indptr, A.indices, A.data, b, x,
+                                       np.empty(0), False, 1e-10, 60, 1e-15)
+            results.append((its, x))
+    finally:
+        numba.set_num_threads(before)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_small_cg_runs_on_one_thread_and_agrees_with_the_public_solve():
+    A = poisson_2d(24)
+    b = np.ones(A.shape[0])
+    assert A.nnz + 5 * A.shape[0] < krylov.CG_SERIAL_BELOW
+    res = solve(A, b, method="cg", rtol=1e-10)
+    x = np.zeros_like(b)
+    its, code = krylov.cg_solve_csr(A.indptr, A.indices, A.data, b, x, None,
+                                    1e-10 * np.linalg.norm(b), 10 * A.shape[0], 1e-15)
+    assert code == krylov.CG_CONVERGED and res.converged
+    assert res.n_iters == its
+    np.testing.assert_allclose(res.x, x, rtol=0, atol=1e-12)
+
+
+# --- SOR through the public call -------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 1e-3])
+def test_sor_fixed_budget_equals_the_sweep_kernel_and_reports_the_true_residual(scale):
+    A = poisson_2d(40)
+    b = scale * (1.0 + np.sin(np.arange(A.shape[0], dtype=np.float64)))
+    res = solve(A, b, method="sor", omega=1.5, rtol=0, atol=0, maxiter=20)
+    assert res.n_iters == 20 and res.status == ds.Status.MAX_ITERATIONS
+    # 20 sweeps of the bare kernel on b / s, s the power of two the solve scales b by
+    s = 2.0 ** np.floor(np.log2(np.max(np.abs(b))))
+    x = np.zeros_like(b)
+    for _ in range(20):
+        relaxation.sor_sweep(A.indptr, A.indices, A.data, A.diagonal(), b / s, x, 1.5)
+    np.testing.assert_array_equal(res.x, x * s)
+    true = np.linalg.norm(b - A @ res.x)
+    assert res.residual_norm == pytest.approx(true, rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+def test_sor_converged_agrees_with_the_reported_residual(scale):
+    A = poisson_2d(12)
+    b = scale * np.ones(A.shape[0])
+    for rtol in (1e-3, 1e-6, 1e-9):
+        res = solve(A, b, method="sor", omega=1.3, rtol=rtol)
+        true = np.linalg.norm(b - A @ res.x)
+        assert res.residual_norm == pytest.approx(true, rel=1e-12)
+        assert res.converged == (res.residual_norm <= rtol * np.linalg.norm(b))
+        assert res.converged
+
+
+def test_sor_check_every_is_honoured_on_the_cpu():
+    A = poisson_2d(12)
+    b = np.ones(A.shape[0])
+    every = solve(A, b, method="sor", omega=1.3, rtol=1e-8)
+    sparse = solve(A, b, method="sor", omega=1.3, rtol=1e-8, check_every=7)
+    assert sparse.converged and every.converged
+    assert sparse.n_iters % 7 == 0
+    assert every.n_iters <= sparse.n_iters < every.n_iters + 7
+
+
+def test_sor_float32_keeps_the_true_residual_verdict():
+    A = poisson_2d(12).astype(np.float32)
+    b = np.ones(A.shape[0], dtype=np.float32)
+    res = solve(A, b, method="sor", omega=1.3, rtol=1e-5)
+    true = np.linalg.norm((b - A @ res.x).astype(np.float64))
+    assert res.converged
+    assert res.residual_norm == pytest.approx(true, rel=1e-5)
+
+
+# --- the per-matrix cache --------------------------------------------------------------
+
+def test_symmetry_cache_does_not_answer_for_a_matrix_mutated_in_place():
+    A = sp.csr_matrix(poisson_2d(8, shift=0.5))
+    b = np.ones(A.shape[0])
+    assert solve(A, b, method="cg").converged
+    assert solve(A, b, method="cg").converged   # the cached verdict
+    # make A non-symmetric in place: same object, same buffers
+    A.data[A.indices == (A.indices[0] + 1)] += 0.5
+    with pytest.raises(ValueError, match="symmetric"):
+        solve(A, b, method="cg")
+
+
+def test_fingerprint_follows_content_not_identity():
+    A = sp.csr_matrix(poisson_2d(6, shift=0.5))
+    op, _ = ds.linear._operator.as_operator(A, np.ones(A.shape[0]), "test")
+    key = _matrix_cache.fingerprint(op)
+    copy_op, _ = ds.linear._operator.as_operator(A.copy(), np.ones(A.shape[0]), "test")
+    assert _matrix_cache.fingerprint(copy_op) == key       # equal content, equal key
+    for mutate in (lambda M: M.data.__setitem__(0, np.nextafter(M.data[0], np.inf)),
+                   lambda M: M.data.__setitem__(-1, np.nextafter(M.data[-1], -np.inf)),
+                   lambda M: M.data.__setitem__(slice(0, 2), M.data[1::-1].copy()),
+                   lambda M: M.indices.__setitem__(slice(1, 3), M.indices[2:0:-1].copy())):
+        M = A.copy()
+        mutate(M)
+        op_m = ds.linear._operator.MatrixOperator(M, "sparse", op.xp)
+        assert _matrix_cache.fingerprint(op_m) != key
+    dense = ds.linear._operator.MatrixOperator(np.eye(3), "dense", op.xp)
+    assert _matrix_cache.fingerprint(dense) is not None
