@@ -31,6 +31,7 @@ own warnings are passed on, never silenced.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -212,23 +213,74 @@ class _Torch:
         return value.detach(), gx.detach(), gy.detach()
 
 
+# Jitted JAX derivatives outlive one call: a hypergradient or bilevel loop called again
+# with the same functions reuses them instead of compiling again (jax.jit then keeps one
+# executable per shape and dtype). Bounded, least recently used first out.
+JIT_CACHE_SIZE = 64
+_JIT_CACHE: OrderedDict = OrderedDict()
+
+
+def _bound_objects(fn) -> tuple:
+    """What a Python function reads besides its arguments: its closure's contents and the
+    globals its code names. ``jax.jit`` bakes them in as constants, so a cached function
+    is reused only while they are the same objects (rebinding ``A = ...`` misses)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:  # functools.partial, callable objects: their identity alone
+        return ()
+    cells = tuple(c.cell_contents for c in (fn.__closure__ or ()) if _filled(c))
+    glob = getattr(fn, "__globals__", {})
+    return cells + tuple(glob[n] for n in code.co_names if n in glob)
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def clear_jit_cache() -> None:
+    """Forget every cached jitted JAX derivative (tests; freeing the closed-over arrays)."""
+    _JIT_CACHE.clear()
+
+
+def cached_jit(kind: str, fns: tuple, build: Callable) -> Callable:
+    """``jax.jit(build(*fns))``, shared across calls for the same function objects.
+
+    The key is ``kind`` and the identity of each function in ``fns`` together with the
+    identity of the objects it binds (:func:`_bound_objects`); the entry holds those
+    objects, so no identity is reused while it lives. A new function object (a fresh
+    closure) or a rebound global misses; an array mutated in place behind the same binding
+    does not (as with ``jax.jit`` itself).
+    """
+    import jax
+
+    bound = tuple(_bound_objects(f) for f in fns)
+    key = (kind, tuple(id(f) for f in fns), tuple(tuple(map(id, b)) for b in bound))
+    hit = _JIT_CACHE.get(key)
+    if hit is not None:
+        _JIT_CACHE.move_to_end(key)
+        return hit[0]
+    compiled = jax.jit(build(*fns))
+    _JIT_CACHE[key] = (compiled, fns, bound)  # keeps the identities in the key alive
+    if len(_JIT_CACHE) > JIT_CACHE_SIZE:
+        _JIT_CACHE.popitem(last=False)
+    return compiled
+
+
 class _Jax:
-    """JAX: each derivative is ``jax.jit``-compiled once per function (unbatched runs; the
-    mini-batch closures change every draw, so those run eagerly)."""
+    """JAX: each derivative is ``jax.jit``-compiled once per function and shared across
+    calls (:func:`cached_jit`); mini-batch runs bind fresh closures on every draw, so
+    those run eagerly."""
 
     def __init__(self):
-        self.cache: dict = {}
         self.use_jit = True
 
     def _compiled(self, kind, fn, build):
-        import jax
-
         if not self.use_jit:
             return build(fn)
-        key = (kind, fn)
-        if key not in self.cache:
-            self.cache[key] = jax.jit(build(fn))
-        return self.cache[key]
+        return cached_jit(kind, (fn,), build)
 
     @staticmethod
     def _scalar(fn):
@@ -248,7 +300,20 @@ class _Jax:
 
         return self._compiled("gy", fn, lambda f: jax.grad(self._scalar(f), 1))(x, y)
 
+    def penalised_grad_y(self, outer, inner, x, y, lam):
+        """``∇ᵧ(outer + λ inner)``, compiled once for the pair with λ an argument."""
+        import jax
+
+        def build(f, g):
+            return jax.grad(lambda a, b, t: self._scalar(f)(a, b) + t * self._scalar(g)(a, b),
+                            1)
+
+        if not self.use_jit:
+            return build(outer, inner)(x, y, lam)
+        return cached_jit("pen", (outer, inner), build)(x, y, lam)
+
     def hessian(self, fn, x, y):
+        """``(None, hyy, hxy)``: ∇ᵧg itself is not needed by the callers, so not computed."""
         import jax
 
         def build_gy(f):
@@ -264,8 +329,7 @@ class _Jax:
 
         hyy = self._compiled("hyy", fn, build_hyy)
         hxy = self._compiled("hxy", fn, build_hxy)
-        gy = self._compiled("gy", fn, build_gy)(x, y)
-        return gy, (lambda v: hyy(x, y, v)), (lambda v: hxy(x, y, v))
+        return None, (lambda v: hyy(x, y, v)), (lambda v: hxy(x, y, v))
 
     def hvp_both(self, fn, x, y, v):
         import jax
@@ -410,6 +474,9 @@ class Oracle:
     def penalised_grad_y(self, x, y, lam):
         """``∇ᵧ(f + λg)`` (one reverse pass when both come from autodiff)."""
         if self.outer_grad is None and self.inner_grad is None:
+            if isinstance(self.engine, _Jax):
+                gy = self.engine.penalised_grad_y(self.outer, self.inner, x, y, lam)
+                return self._check(gy, y, "∇ᵧ(outer + λ inner)")
             gy = self.engine.grad_y(lambda a, b: self.outer(a, b) + lam * self.inner(a, b),
                                     x, y, what="outer + λ inner")
             return self._check(gy, y, "∇ᵧ(outer + λ inner)")

@@ -54,6 +54,8 @@ from ..implicit._implicit_solve import _probe, cg_solve
 from ._derivatives import (
     WAYS_OUT,
     Oracle,
+    autodiff_backend,
+    cached_jit,
     check_array,
     check_callables,
     check_scalar,
@@ -354,6 +356,12 @@ def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array
             "method='implicit-cg' or 'neumann' (with outer_grad= and inner_hvp= where your "
             "library has no autodiff)"
         )
+    if st.method == "implicit-cg" and _JAX_FAST_PATH and outer_grad is None and \
+            inner_grad is None and inner_hvp is None and autodiff_backend(xp) == "jax":
+        fast = _jax_implicit_cg(outer, inner, x, y, st)
+        if fast is not None:
+            report(fast[1], throw=st.throw, fixed_budget=st.fixed_budget)
+            return fast if st.return_info else fast[0]
     oracle = Oracle(outer, inner, None, xp, outer_grad=outer_grad, inner_grad=inner_grad,
                     inner_hvp=inner_hvp, needs=("outer_grad", "inner_hvp"), where=WHERE,
                     what=f"method={st.method!r}")
@@ -453,25 +461,29 @@ def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10
             status = Status.NONFINITE if residual is not None and \
                 not math.isfinite(residual) else Status.MAX_ITERATIONS
         converged = status is Status.SUCCESS
-        if converged:
-            message = f"{label}: CG solved the Hessian system in {n_iters} iterations"
-        elif status is Status.MAX_ITERATIONS and rtol == 0 and atol == 0:
-            message = (f"{label}: ran the requested {n_iters} CG iterations on the Hessian "
-                       f"system (rtol = atol = 0, a fixed budget); residual {residual:.3g}")
-        else:
-            rel = residual / b_norm if b_norm and residual is not None else residual
-            message = (f"{label}: CG on the Hessian system stopped with relative residual "
-                       f"{rel:.3g} (absolute {residual:.3g}) above max(rtol·||∇ᵧ outer||, "
-                       f"atol) = {max(rtol * b_norm, atol):.3g} (rtol={rtol:g}, atol="
-                       f"{atol:g}) after {n_iters} iterations. "
-                       f"{status.hint()}; increase maxiter, add ridge > 0, or check that y "
-                       "is close to argmin_y inner")
+        message = _cg_message(label, status, n_iters, residual, b_norm, rtol, atol)
     else:
         v, n_iters, residual, status, message = _neumann(apply, fy, b_norm, stepsize, rtol,
                                                          atol, maxiter, xp, label)
         converged = status is Status.SUCCESS
     grad = fx - hxy(v)
     return grad, v, LinearOutcome(n_iters, converged, residual, status, message)
+
+
+def _cg_message(label, status, n_iters, residual, b_norm, rtol, atol) -> str:
+    """What implicit-cg's outcome says (shared by the generic and the compiled JAX path)."""
+    if status is Status.SUCCESS:
+        return f"{label}: CG solved the Hessian system in {n_iters} iterations"
+    if status is Status.MAX_ITERATIONS and rtol == 0 and atol == 0:
+        return (f"{label}: ran the requested {n_iters} CG iterations on the Hessian "
+                f"system (rtol = atol = 0, a fixed budget); residual {residual:.3g}")
+    rel = residual / b_norm if b_norm and residual is not None else residual
+    return (f"{label}: CG on the Hessian system stopped with relative residual "
+            f"{rel:.3g} (absolute {residual:.3g}) above max(rtol·||∇ᵧ outer||, "
+            f"atol) = {max(rtol * b_norm, atol):.3g} (rtol={rtol:g}, atol="
+            f"{atol:g}) after {n_iters} iterations. "
+            f"{status.hint()}; increase maxiter, add ridge > 0, or check that y "
+            "is close to argmin_y inner")
 
 
 def _neumann(apply, fy, b_norm, stepsize, rtol, atol, maxiter, xp, label):
@@ -630,3 +642,124 @@ def _unrolled(outer, grad_y_inner, x, y, stepsize, st, xp):
                "not finite; check the objectives for NaN/inf")
     return grad, HypergradientInfo("unrolled", steps, status is Status.SUCCESS, None,
                                    inner_grad_norm, stepsize, None, status, message)
+
+
+# JAX arrays, derivatives from jax.vjp, implicit-cg: the whole hypergradient (both
+# gradients, the CG loop, the mixed product) is one jitted function, compiled once per
+# (outer, inner) pair; tests turn it off to compare with the generic path
+_JAX_FAST_PATH = True
+
+
+class _NotScalar(Exception):
+    """Raised while tracing: an objective returned more than one number."""
+
+
+def _build_jax_cg(outer, inner):
+    """The compiled implicit-cg hypergradient of ``(outer, inner)``.
+
+    The CG iteration is that of :func:`diffsolve.krylov.cg` on one system (b scaled by a
+    power of two, the same breakdown test, the verdict on the true residual), so both
+    paths take the same steps; anything this loop does not finish cleanly (breakdown, a
+    restart from the true residual, NaN, subnormal solutions) is left to the generic path.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def scalar(f, a, b):
+        value = f(a, b)
+        if math.prod(jnp.shape(value)) != 1:
+            raise _NotScalar
+        return jnp.sum(value)
+
+    def run(x, y, options):
+        rtol, atol, maxiter, ridge = options[0], options[1], options[2], options[3]
+        scalar(inner, x, y)  # the shape check of first_call, at trace time
+        fx, fy = jax.grad(lambda a, b: scalar(outer, a, b), (0, 1))(x, y)
+
+        def grad_y(a, b):
+            return jax.grad(lambda t: scalar(inner, a, t))(b)
+
+        gy, hyy = jax.vjp(lambda t: grad_y(x, t), y)  # linearised once, for every product
+
+        def apply(v):
+            return hyy(v)[0] + ridge * v
+
+        dtype = fy.dtype
+        m = jnp.max(jnp.abs(fy))
+        use = jnp.isfinite(m) & (m > 0)
+        s = jnp.where(use, 2.0 ** jnp.floor(jnp.log2(jnp.where(use, m, 1.0))), 1.0)
+        s = s.astype(dtype)
+        bs = fy / s
+        tol = jnp.maximum(rtol * jnp.linalg.norm(bs), atol / s).astype(dtype)
+        floor = math.prod(y.shape) * float(jnp.finfo(dtype).eps)
+
+        def dot(a, b):
+            return jnp.sum(a * b)
+
+        def body(c):
+            Y, R, P, rz, a_norm, bad, active, iters, k = c
+            Ap = apply(P)
+            pp, pAp, ApAp = dot(P, P), dot(P, Ap), dot(Ap, Ap)
+            a_norm = jnp.maximum(a_norm, jnp.sqrt(ApAp / jnp.where(pp > 0, pp, 1)))
+            bad = bad | (active & (pAp <= floor * pp * a_norm))
+            step = active & ~bad
+            alpha = jnp.where(step, rz / jnp.where(step, pAp, 1), 0)
+            Y = Y + alpha * P
+            R = R - alpha * Ap
+            rr = dot(R, R)
+            beta = jnp.where(step & (rz != 0), rr / jnp.where(rz != 0, rz, 1), 0)
+            rz = jnp.where(step, rr, rz)
+            active = step & (jnp.sqrt(rr) > tol)
+            return Y, R, R + beta * P, rz, a_norm, bad, active, iters + step, k + 1
+
+        def cond(c):
+            return c[6] & (c[8] < maxiter)
+
+        rr0 = dot(bs, bs)
+        init = (jnp.zeros_like(bs), bs, bs, rr0, jnp.zeros((), dtype), jnp.asarray(False),
+                jnp.sqrt(rr0) > tol, jnp.asarray(0), jnp.asarray(0))
+        Y, _, _, _, _, bad, _, iters, k = lax.while_loop(cond, body, init)
+        true = jnp.linalg.norm(bs - apply(Y))
+        v = Y * s
+        tiny = float(jnp.finfo(dtype).smallest_normal)
+        clean = (jnp.all(jnp.isfinite(fx)) & jnp.all(jnp.isfinite(fy)) & ~bad
+                 & jnp.isfinite(true) & jnp.all(jnp.isfinite(v))
+                 & ~jnp.any((Y != 0) & (jnp.abs(v) < tiny)))
+        grad = fx - jax.vjp(lambda t: grad_y(t, y), x)[1](v)[0]
+        # every number the report needs, in one array: one transfer to the host
+        report = jnp.stack([true * s, jnp.linalg.norm(fy), jnp.linalg.norm(gy), iters, k,
+                            clean, true <= tol]).astype(dtype)
+        return grad, v, report
+
+    return run
+
+
+def _jax_implicit_cg(outer, inner, x, y, st):
+    """``(grad, info)`` from the compiled JAX path, or ``None`` where the generic path
+    must decide (it then gives the same answer, or the error / warning it would give)."""
+    n = math.prod(tuple(y.shape))
+    maxiter = 10 * n if st.maxiter is None else st.maxiter
+    import jax
+
+    # the options travel as one small host array, an argument of the jitted function (one
+    # transfer; new values do not recompile)
+    options = B.host_namespace().asarray([st.rtol, st.atol, maxiter, st.ridge],
+                                         dtype=y.dtype)
+    try:
+        run = cached_jit("hypergradient-cg", (outer, inner), _build_jax_cg)
+        grad, v, out = run(x, y, options)
+        residual, b_norm, gy_norm, iters, k, clean, ok = (float(r) for r in
+                                                          jax.device_get(out))
+    except Exception:  # the generic path reports it, with its own message
+        return None
+    if not clean or not (ok or k >= maxiter):
+        return None  # breakdown, NaN, or a restart from the true residual
+    n_iters = int(iters)
+    status = Status.SUCCESS if ok else Status.MAX_ITERATIONS
+    label = f"{WHERE}(method='implicit-cg')"
+    message = _cg_message(label, status, n_iters, residual, b_norm, st.rtol, st.atol)
+    info = HypergradientInfo("implicit-cg", n_iters, status is Status.SUCCESS, residual,
+                             gy_norm if st.return_info else math.nan, None, v, status,
+                             message)
+    return grad, info

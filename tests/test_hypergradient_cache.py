@@ -1,0 +1,186 @@
+"""Hypergradients with JAX arrays: derivatives compiled once per function, not per call.
+
+The compiled path (one jitted function per (outer, inner) pair, shared across calls) must
+give what the generic path gives, miss its cache for a new closure or a rebound global,
+stay bounded, and leave every failure to the generic path's errors and warnings.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import diffsolve as ds
+from diffsolve.bilevel import _derivatives as D
+from diffsolve.bilevel import _hypergradient as H
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+hypergradient = ds.bilevel.hypergradient
+_SCALE = 1.0  # read by _global_inner: rebinding it must not reuse a stale compile
+
+
+def _problem(kind="ridge", p=12, n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = jnp.asarray(rng.standard_normal((n, p)) / np.sqrt(p))
+    Xv = jnp.asarray(rng.standard_normal((n, p)) / np.sqrt(p))
+    t = jnp.asarray(rng.standard_normal(n))
+    tv = jnp.asarray(rng.standard_normal(n))
+    lab, labv = (t > 0) * 1.0, (tv > 0) * 1.0
+
+    if kind == "ridge":
+        def inner(x, w):
+            return 0.5 * jnp.sum((X @ w - t) ** 2) / n + 0.5 * jnp.exp(x[0]) * jnp.sum(w * w)
+    else:
+        def inner(x, w):
+            z = X @ w
+            return jnp.sum(jnp.logaddexp(0.0, z) - lab * z) / n + \
+                0.5 * jnp.exp(x[0]) * jnp.sum(w * w)
+
+    def outer(x, w):
+        z = Xv @ w
+        return jnp.sum(jnp.logaddexp(0.0, z) - labv * z) / n
+
+    x = jnp.asarray([np.log(0.3)])
+    w = jnp.zeros(p)
+    for _ in range(40):  # Newton: w* to machine precision
+        g = jax.grad(inner, 1)(x, w)
+        w = w - jnp.linalg.solve(jax.hessian(inner, 1)(x, w), g)
+    return outer, inner, x, w
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """How many calls the compiled path answered (``None``: left to the generic path)."""
+    answered = []
+    real = H._jax_implicit_cg
+
+    def spy(*args):
+        out = real(*args)
+        answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(H, "_jax_implicit_cg", spy)
+    return answered
+
+
+def _generic(monkeypatch, *args, **kw):
+    monkeypatch.setattr(H, "_JAX_FAST_PATH", False)
+    try:
+        return hypergradient(*args, **kw)
+    finally:
+        monkeypatch.setattr(H, "_JAX_FAST_PATH", True)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "logistic"])
+@pytest.mark.parametrize("budget", [{}, {"rtol": 0.0, "maxiter": 5}, {"ridge": 0.1}])
+def test_compiled_path_agrees_with_generic(monkeypatch, compiled, kind, budget):
+    outer, inner, x, w = _problem(kind)
+    g, info = hypergradient(outer, inner, x, w, return_info=True, **budget)
+    assert compiled == [True]
+    g0, info0 = _generic(monkeypatch, outer, inner, x, w, return_info=True, **budget)
+    assert type(g) is type(g0) and g.dtype == g0.dtype and g.shape == x.shape
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(np.asarray(info.v), np.asarray(info0.v), rtol=1e-12,
+                               atol=1e-14 * float(jnp.max(jnp.abs(info0.v))))
+    assert (info.n_iters, info.status, info.converged) == \
+        (info0.n_iters, info0.status, info0.converged)
+    assert info.residual_norm == pytest.approx(info0.residual_norm, rel=1e-3, abs=1e-15)
+    assert info.inner_grad_norm == pytest.approx(info0.inner_grad_norm, rel=1e-6, abs=1e-15)
+    assert info.message.split(";")[0].split(" residual")[0] == \
+        info0.message.split(";")[0].split(" residual")[0]
+
+
+def test_second_call_does_not_trace_again():
+    outer, inner, x, w = _problem()
+    traces = []
+
+    def counted(x_, w_):
+        traces.append(1)  # Python side effects run only while JAX traces
+        return inner(x_, w_)
+
+    g1 = hypergradient(outer, counted, x, w)
+    n_first = len(traces)
+    assert n_first > 0
+    g2 = hypergradient(outer, counted, x, w * (1 + 1e-9))  # new values, same shapes
+    g3 = hypergradient(outer, counted, x, w, rtol=1e-6, ridge=1e-3)  # options are data
+    assert len(traces) == n_first
+    np.testing.assert_allclose(np.asarray(g2), np.asarray(g1), rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(g3)))
+
+
+def _closure(c):
+    def inner(x, w):
+        return 0.5 * jnp.sum((w - c * x[0]) ** 2)
+    return inner
+
+
+def _outer(x, w):
+    return 0.5 * jnp.sum((w - 1.0) ** 2)
+
+
+def test_new_closure_misses_the_cache():
+    """y*(x) = c x, so dΦ/dx = c Σ(c x − 1): a stale compile would keep the first c."""
+    x = jnp.asarray([0.7])
+    for c in (1.0, 2.0, -3.0):
+        w = jnp.full(4, c * 0.7)
+        g = hypergradient(_outer, _closure(c), x, w)
+        np.testing.assert_allclose(np.asarray(g), [c * 4 * (c * 0.7 - 1.0)], rtol=1e-12)
+
+
+def _global_inner(x, w):
+    return 0.5 * jnp.sum((w - _SCALE * x[0]) ** 2)
+
+
+def test_rebound_global_misses_the_cache(monkeypatch):
+    x = jnp.asarray([0.7])
+    for c in (1.0, 5.0):
+        monkeypatch.setitem(_global_inner.__globals__, "_SCALE", c)
+        g = hypergradient(_outer, _global_inner, x, jnp.full(3, c * 0.7))
+        np.testing.assert_allclose(np.asarray(g), [c * 3 * (c * 0.7 - 1.0)], rtol=1e-12)
+
+
+def test_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(D, "JIT_CACHE_SIZE", 3)
+    D.clear_jit_cache()
+    x = jnp.asarray([0.5])
+    for c in range(1, 7):
+        hypergradient(_outer, _closure(float(c)), x, jnp.full(2, c * 0.5))
+        assert len(D._JIT_CACHE) <= 3
+    assert len(D._JIT_CACHE) == 3
+
+
+def test_failures_go_through_the_generic_path(compiled):
+    outer, inner, x, w = _problem()
+    # a NaN in ∇ᵧ outer: NaN out, no warning (as the generic path)
+    nan_outer = lambda x_, w_: jnp.sum(jnp.full(w_.shape, jnp.nan) * w_)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g, info = hypergradient(nan_outer, inner, x, w, return_info=True)
+    assert np.all(np.isnan(np.asarray(g))) and info.status is ds.Status.NONFINITE
+    # a non-scalar inner: the generic path's error
+    with pytest.raises(ValueError, match="must return a scalar"):
+        hypergradient(outer, lambda x_, w_: w_ * x_[0], x, w)
+    # a concave inner: CG meets negative curvature
+    with pytest.raises(ValueError, match="non-positive curvature"):
+        hypergradient(outer, lambda x_, w_: -jnp.sum(w_ ** 2) * jnp.exp(x_[0]), x, w)
+    # too few iterations: warned, with the generic path's status
+    with pytest.warns(ds.ConvergenceWarning, match="CG on the Hessian system stopped"):
+        _, info = hypergradient(outer, inner, x, w, maxiter=1, return_info=True)
+    assert info.status is ds.Status.MAX_ITERATIONS and info.n_iters == 1
+    # the first three were left to the generic path; a plain shortfall is the compiled one
+    assert compiled == [False, False, False, True]
+
+
+def test_penalised_gradient_compiles_once_for_all_lambdas():
+    outer, inner, x, w = _problem(p=5)
+    D.clear_jit_cache()
+    oracle = D.Oracle(outer, inner, None, jnp, where="test")
+    for lam in (0.5, 2.0, 10.0):
+        got = oracle.penalised_grad_y(x, w, lam)
+        want = jax.grad(lambda w_, lam=lam: outer(x, w_) + lam * inner(x, w_))(w)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12)
+    assert [k[0] for k in D._JIT_CACHE] == ["pen"]
