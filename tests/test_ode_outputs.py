@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import diffsolve as ds
-from diffsolve.ode import _integrate, odeint
+from diffsolve.ode import _adjoint, _integrate, odeint
 from diffsolve.ode._tableaux import get_tableau
 from tests.helpers import central_difference, to_numpy
 
@@ -38,9 +38,10 @@ Y16 = (np.ones((8, 2)) * (1.0 + 0.05 * np.arange(8))[:, None]).reshape(16)
 
 
 def _per_output(monkeypatch):
-    """Force the per-output evaluation on both loops."""
+    """Force the per-output evaluation on both loops and in the discrete adjoint."""
     monkeypatch.setattr(_integrate, "HOST_DENSE_BATCH", 10**9)
     monkeypatch.setattr(_integrate, "STEP_DENSE_BATCH", 10**9)
+    monkeypatch.setattr(_adjoint, "STEP_DENSE_BATCH", 10**9)
 
 
 def _solve(y0, t, **kw):
@@ -196,3 +197,45 @@ def test_gradients_with_many_outputs_match_fd(y0, rng):
         fd = central_difference(
             lambda s: float(np.sum(W * odeint(lv_ag, y0, s, P, **kw).ys)), t, e, h=1e-6)
         assert t_bar[q] == pytest.approx(fd, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("y0", [Y2, Y16], ids=["host", "array"])
+@pytest.mark.parametrize("kw", [{}, {"regularizers": ("error", "stiffness")},
+                                {"max_steps": 30}, {"checkpoint_every": 3}],
+                         ids=["plain", "regularizers", "early-stop", "checkpoints"])
+def test_adjoint_injection_batched_equals_per_output(y0, kw, rng, monkeypatch):
+    # the discrete adjoint's output cotangents, many per step at once vs one by one
+    t = np.linspace(0.0, 8.0, 3001)
+    opts = dict(method="tsit5", rtol=1e-5, atol=1e-7, **kw)
+    W = rng.standard_normal((t.shape[0], y0.shape[0]))
+    cot = dict(ys=W)
+    if "regularizers" in kw:
+        cot.update(reg_error=np.asarray(0.3), reg_stiffness=np.asarray(0.2))
+
+    def grads():
+        res, v = ds.vjp(odeint, lv_ag, y0, t, P, **opts)
+        return res, v(**cot)
+
+    if "max_steps" in kw:
+        with pytest.warns(ds.ConvergenceWarning):
+            res, fast = grads()
+        with monkeypatch.context() as m, pytest.warns(ds.ConvergenceWarning):
+            _per_output(m)
+            _, slow = grads()
+        # unreached outputs with non-zero cotangents: NaN gradients, the same either way
+        assert np.all(np.isnan(fast[0]))
+        W[np.isnan(to_numpy(res.ys)[:, 0])] = 0.0
+        with pytest.warns(ds.ConvergenceWarning):
+            _, fast = grads()
+        with monkeypatch.context() as m, pytest.warns(ds.ConvergenceWarning):
+            _per_output(m)
+            _, slow = grads()
+    else:
+        res, fast = grads()
+        with monkeypatch.context() as m:
+            _per_output(m)
+            _, slow = grads()
+    assert res.n_steps * 4 < t.shape[0]
+    assert np.all(np.isfinite(fast[0])) and np.all(np.isfinite(fast[2]))
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)

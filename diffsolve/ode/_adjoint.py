@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
-from ._integrate import Stepper, Trajectory, integrate
+from ._integrate import STEP_DENSE_BATCH, Stepper, Trajectory, integrate, theta_powers
 
 __all__ = ["backsolve_adjoint", "discrete_adjoint", "one_step_adjoint"]
 
@@ -44,6 +44,17 @@ class _StepReverse:
         self.e = [float(v) for v in tab.e]
         self.K = xp.zeros_like(stepper.K)
         self.G = xp.zeros_like(stepper.G)
+        # stages whose dense-output weight b_i(θ) is not identically zero
+        self.dense_rows = [i for i in range(tab.P.shape[0]) if bool(np.any(tab.P[i] != 0))]
+        self._PT: dict = {}
+
+    def dense_PT(self, like):
+        """``Pᵀ`` (``(m, s)``) in the namespace, dtype and device of ``like``."""
+        PT = self._PT.get(like.dtype)
+        if PT is None:
+            PT = self._PT[like.dtype] = self.xp.asarray(
+                self.st.tab.P.T.copy(), dtype=like.dtype, device=B.device(like))
+        return PT
 
     def recompute(self, t, y, h):
         K, G = self.K, self.G
@@ -70,6 +81,18 @@ class _StepReverse:
 
         if a_next is not None:
             Gbar[s - 1] = a_next
+        if isinstance(outputs, tuple):
+            # many outputs of this step, (θ (M,) host, ȳ (M, n)): Σ_q b_i(θ_q) ȳ_q is
+            # P_i · Σ_q θ_q^(m+1) ȳ_q, two matrix products whatever M
+            theta, Yb = outputs
+            PT = self.dense_PT(Yb)
+            pw = theta_powers(theta, PT.shape[0])
+            pw = xp.asarray(pw, dtype=Yb.dtype, device=B.device(Yb))
+            C = h * (xp.matrix_transpose(PT) @ (xp.matrix_transpose(pw) @ Yb))
+            for i in self.dense_rows:
+                add(Kbar, i, C[i, ...])
+            ybar = xp.sum(Yb, axis=0)
+            outputs = ()
         for theta, yq_bar in outputs:
             w = tab.dense_weights(theta)
             for i in range(s):
@@ -146,9 +169,15 @@ def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_b
     xp = stepper.xp
     rev = _StepReverse(stepper, rhs, fvjp)
     N = len(traj.ts) - 1
-    by_step: dict[int, list] = {}
-    for q in range(1, traj.out_step.shape[0]):
-        by_step.setdefault(int(traj.out_step[q]), []).append(q)
+    # the outputs interpolated in accepted steps are one run q_first .. q_end - 1 in step
+    # order; the others (at t_eval[0], or never reached) have step -1
+    out_step = traj.out_step
+    in_steps = np.nonzero(out_step[1:] >= 0)[0] + 1
+    ranges = {}
+    if in_steps.shape[0]:
+        u = np.unique_all(out_step[in_steps])
+        ranges = {n: (int(in_steps[i]), int(in_steps[i]) + c) for n, i, c in
+                  zip(u.values.tolist(), u.indices.tolist(), u.counts.tolist())}
     a = None
     p_bar = None
     cache: dict[int, object] = {}
@@ -160,12 +189,19 @@ def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_b
                 cache = _segment(stepper, rhs, traj, n)
             y = cache[n]
         t, h = float(traj.ts[n]), float(traj.ts[n + 1] - traj.ts[n])
-        outs = [(float(traj.out_theta[q]), ys_bar[q, ...]) for q in by_step.get(n, ())]
+        lo, hi = ranges.get(n, (0, 0))
+        if hi - lo >= STEP_DENSE_BATCH:
+            outs: object = (traj.out_theta[lo:hi], ys_bar[lo:hi, ...])
+        else:
+            outs = [(float(traj.out_theta[q]), ys_bar[q, ...]) for q in range(lo, hi)]
         a, p_bar = rev.run(t, y, h, a, outs, rE_bar * abs(h), rS_bar * abs(h), p_bar)
     through = a
     y0_bar = ys_bar[0, ...]
-    for q in by_step.get(-1, ()):  # outputs at t_eval[0] itself
-        y0_bar = y0_bar + ys_bar[q, ...]
+    # outputs at t_eval[0] itself (and unreached ones, whose cotangents the caller zeroed)
+    at_start = np.nonzero(out_step[1:] < 0)[0] + 1
+    if at_start.shape[0]:
+        y0_bar = y0_bar + xp.sum(xp.take(ys_bar, xp.asarray(at_start, device=B.device(ys_bar)),
+                                         axis=0), axis=0)
     if through is not None:
         y0_bar = y0_bar + through
     else:
