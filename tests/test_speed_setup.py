@@ -183,3 +183,41 @@ def test_fingerprint_follows_content_not_identity():
         assert _matrix_cache.fingerprint(op_m) != key
     dense = ds.linear._operator.MatrixOperator(np.eye(3), "dense", op.xp)
     assert _matrix_cache.fingerprint(dense) is not None
+
+
+# --- dtype-aware default tolerance of sinkhorn -----------------------------------------
+
+def _ot_problem(n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.random((n, 2)), rng.random((n, 2))
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    a = rng.random(n) + 0.1
+    b = rng.random(n) + 0.1
+    return (a / a.sum()).astype(dtype), (b / b.sum()).astype(dtype), C.astype(dtype)
+
+
+@pytest.mark.parametrize("kernel", ["absorbed", "lse"])
+@pytest.mark.parametrize("eps", [1.0, 0.05])
+def test_float32_sinkhorn_default_tolerance_is_reachable(kernel, eps):
+    a, b, C = _ot_problem(200, np.float32)
+    res = ds.ot.sinkhorn(a, b, C, eps, kernel=kernel)   # no warning (filterwarnings=error)
+    assert res.converged and res.status == ds.Status.SUCCESS
+    assert res.n_iters < 2_000
+    expected = 64 * np.finfo(np.float32).eps * float(a.sum(dtype=np.float64))
+    assert float(res.tolerance) == pytest.approx(expected, rel=1e-6)
+    # the reported error is the one the stopping test read, and it is below the tolerance
+    assert float(res.error) <= float(res.tolerance)
+
+
+def test_float64_sinkhorn_default_tolerance_is_unchanged_and_explicit_rtol_is_kept():
+    a, b, C = _ot_problem(60, np.float64)
+    res = ds.ot.sinkhorn(a, b, C, 0.1)
+    assert res.converged
+    assert float(res.tolerance) == pytest.approx(1e-9 * float(a.sum()), rel=1e-12)
+    same = ds.ot.sinkhorn(a, b, C, 0.1, rtol=1e-9)
+    np.testing.assert_array_equal(res.plan, same.plan)
+    a32, b32, C32 = (v.astype(np.float32) for v in (a, b, C))
+    with pytest.warns(ds.ConvergenceWarning):
+        strict = ds.ot.sinkhorn(a32, b32, C32, 1.0, rtol=1e-9, maxiter=300)
+    assert not strict.converged and strict.n_iters == 300
+    assert float(strict.tolerance) == pytest.approx(1e-9 * float(a32.sum()), rel=1e-6)
