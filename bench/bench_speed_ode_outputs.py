@@ -19,7 +19,10 @@ Reported per case: the ratio SciPy time ÷ diffsolve time of each pair (above 1:
 is faster), its min and median, the median times, and the first diffsolve call apart (no
 compilation is involved for a NumPy f: it is the one-off cost of generating the tableau's
 host code). The largest difference between the two libraries' outputs is recorded as a
-sanity check (both interpolate the same dense output of the same steps).
+sanity check (both interpolate the same dense output of the same steps). Then, for
+diffsolve alone (SciPy has no gradient), the forward + discrete-adjoint gradient with 10⁵
+outputs and a hand-written NumPy ``vjp``, and the part of it spent on the ``t_eval``
+cotangent (``ȳ_q · f(t_q, y_q)``: one f call per output, not vectorised).
 """
 
 from __future__ import annotations
@@ -42,6 +45,63 @@ TOL = 1e-6
 def lv16(t, y, p):
     """8 uncoupled Lotka–Volterra systems as one 16-component state."""
     return lv_np(t, y.reshape((8, 2)), p).reshape(16)
+
+
+def lv_vjp_np(t, y, p, v):
+    """``(vᵀ ∂f/∂y, vᵀ ∂f/∂p)`` of :func:`lv_np` on one state or a stack ``(..., 2)``."""
+    x, z, a, b = y[..., 0], y[..., 1], v[..., 0], v[..., 1]
+    vy = np.empty_like(y)
+    vy[..., 0] = a * (p[0] - p[1] * z) + b * p[3] * z
+    vy[..., 1] = -a * p[1] * x + b * (-p[2] + p[3] * x)
+    vp = np.array([np.sum(a * x), -np.sum(a * x * z), -np.sum(b * z), np.sum(b * x * z)])
+    return vy, vp
+
+
+def lv16_vjp(t, y, p, v):
+    vy, vp = lv_vjp_np(t, y.reshape((8, 2)), p, v.reshape((8, 2)))
+    return vy.reshape(16), vp
+
+
+VJPS = {"lv": lv_vjp_np, "lv16": lv16_vjp}
+
+
+def run_grad(name, f, y0, T, repeats) -> dict:
+    """Forward + discrete-adjoint gradient (y0, t_eval, params) with T outputs, and the part
+    of it spent on the t_eval cotangent (one f call per output)."""
+    import diffsolve as ds
+    from diffsolve.ode import _odeint, odeint
+
+    t_eval = np.linspace(0.0, 10.0, T)
+    W = np.random.default_rng(0).standard_normal((T, y0.shape[0]))
+    spent = [0.0]
+    inner = _odeint.t_eval_cotangent
+
+    def timed_cotangent(*a, **k):
+        t0 = time.perf_counter()
+        out = inner(*a, **k)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    def call():
+        _, v = ds.vjp(odeint, f, y0, t_eval, LV_PARAMS, vjp=VJPS[name], method="dopri5",
+                        controller="i", rtol=TOL, atol=TOL)
+        return v(ys=W)
+
+    call()
+    times, cot = [], []
+    _odeint.t_eval_cotangent = timed_cotangent
+    try:
+        for _ in range(repeats):
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+            cot.append(spent[0])
+    finally:
+        _odeint.t_eval_cotangent = inner
+    return {"case": name, "T": T, "repeats": repeats,
+            "fwd_grad_median_s": statistics.median(times), "fwd_grad_min_s": min(times),
+            "t_eval_cotangent_median_s": statistics.median(cot)}
 
 
 def _cases():
@@ -109,12 +169,18 @@ def main() -> None:
                   f"{1e3 * row['diffsolve_median_s']:.2f} ms, first call "
                   f"{1e3 * row['diffsolve_first_call_s']:.2f} ms; |diff| "
                   f"{row['max_abs_diff_vs_scipy']:.1e})", flush=True)
+    grads = []
+    for name, (f, y0) in _cases().items():
+        g = run_grad(name, f, y0, 100_000, 3)
+        grads.append(g)
+        print(f"{name:5s} T=100000 forward + gradient: median {g['fwd_grad_median_s']:.3f} s "
+              f"(t_eval cotangent {g['t_eval_cotangent_median_s']:.3f} s)", flush=True)
     import os
 
     meta["loadavg_end"] = list(os.getloadavg())
     suffix = f"_{args.tag}" if args.tag else ""
     RESULTS.mkdir(exist_ok=True)
-    out = {"meta": meta, "rtol": TOL, "atol": TOL, "rows": rows}
+    out = {"meta": meta, "rtol": TOL, "atol": TOL, "rows": rows, "gradients": grads}
     before = RESULTS / "speed_ode_outputs_before.json"
     if not args.tag and before.exists():
         old = {(r["case"], r["T"]): r for r in json.loads(before.read_text())["rows"]}
@@ -125,6 +191,14 @@ def main() -> None:
              "before_ratio_min": old[(r["case"], r["T"])]["ratio_min"],
              "after_ratio_min": r["ratio_min"]}
             for r in rows if (r["case"], r["T"]) in old]
+        old_g = {g["case"]: g for g in json.loads(before.read_text()).get("gradients", [])}
+        out["gradients_before_after"] = [
+            {"case": g["case"], "T": g["T"],
+             "before_s": old_g[g["case"]]["fwd_grad_median_s"],
+             "after_s": g["fwd_grad_median_s"],
+             "before_t_eval_cotangent_s": old_g[g["case"]]["t_eval_cotangent_median_s"],
+             "after_t_eval_cotangent_s": g["t_eval_cotangent_median_s"]}
+            for g in grads if g["case"] in old_g]
     (RESULTS / f"speed_ode_outputs{suffix}.json").write_text(json.dumps(out, indent=1))
     lines = ["# odeint dense output vs SciPy solve_ivp (RK45 / dopri5 + I controller, "
              f"rtol = atol = {TOL:g})", "",
@@ -146,6 +220,20 @@ def main() -> None:
             lines.append(f"| {r['case']} | {r['T']} | {r['before_ratio_median']:.3f} | "
                          f"{r['after_ratio_median']:.3f} | {r['before_ratio_min']:.3f} | "
                          f"{r['after_ratio_min']:.3f} |")
+    lines += ["", "Forward + discrete-adjoint gradient (y0, t_eval, params; NumPy f and vjp) "
+              "with 10⁵ outputs, median seconds (of which the t_eval cotangent, one f call "
+              "per output):", "", "| case | fwd + grad s | t_eval cotangent s |",
+              "|---|---|---|"]
+    for g in grads:
+        lines.append(f"| {g['case']} | {g['fwd_grad_median_s']:.3f} | "
+                     f"{g['t_eval_cotangent_median_s']:.3f} |")
+    if "gradients_before_after" in out:
+        lines += ["", "| case | before fwd + grad s | after fwd + grad s | before t_eval cot. s "
+                  "| after t_eval cot. s |", "|---|---|---|---|---|"]
+        for g in out["gradients_before_after"]:
+            lines.append(f"| {g['case']} | {g['before_s']:.3f} | {g['after_s']:.3f} | "
+                         f"{g['before_t_eval_cotangent_s']:.3f} | "
+                         f"{g['after_t_eval_cotangent_s']:.3f} |")
     lines += ["", f"Load average at start {meta['loadavg_start']}, end {meta['loadavg_end']}."]
     (RESULTS / f"speed_ode_outputs{suffix}.md").write_text("\n".join(lines) + "\n")
 

@@ -39,7 +39,6 @@ Y16 = (np.ones((8, 2)) * (1.0 + 0.05 * np.arange(8))[:, None]).reshape(16)
 
 def _per_output(monkeypatch):
     """Force the per-output evaluation on both loops and in the discrete adjoint."""
-    monkeypatch.setattr(_integrate, "HOST_DENSE_BATCH", 10**9)
     monkeypatch.setattr(_integrate, "STEP_DENSE_BATCH", 10**9)
     monkeypatch.setattr(_adjoint, "STEP_DENSE_BATCH", 10**9)
 

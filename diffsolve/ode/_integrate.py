@@ -281,10 +281,7 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
     n_out = len(tl)
     t0, t1 = tl[0], tl[-1]
     direction = 1.0 if t1 >= t0 else -1.0
-    nan_row = [math.nan] * n
     y = y0.tolist()
-    rows = [nan_row] * n_out
-    rows[0] = y
     ts = [t0]
     errs: list[float] = []
     state_rows: list[list] = []
@@ -305,8 +302,7 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
                                   tab.error_order, rtol, atol, interval)
         nfe += 1 if interval > 0 else 0
     q = 1
-    while q < n_out and tl[q] == t0:
-        rows[q] = y
+    while q < n_out and tl[q] == t0:  # outputs at the initial time: y0
         q += 1
     q_first = q
     # outputs inside accepted steps: (q, q_end, step, t, h, y, K) per step that has any
@@ -412,7 +408,7 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
         for i in range(len(state_rows)):
             states[(i + 1) * every] = st[i, ...]
     success = not message
-    ys, out_step, out_theta = _host_outputs(tab, n, rows, q_first, blocks, t_out)
+    ys, out_step, out_theta = _host_outputs(tab, y0, q_first, blocks, t_out)
     return Trajectory(ys=ys, ts=arr(ts), states=states, every=every,
                       out_step=out_step, out_theta=out_theta,
                       errs=arr(errs) if errs else _EMPTY, stiff=_EMPTY, stats=stats,
@@ -422,10 +418,8 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
                       n_reached=q)
 
 
-#: Outputs of a host-path solve at most this many are evaluated one by one on Python
-#: floats; more, as one batch of array operations.
-HOST_DENSE_BATCH = 16
-#: An array-path step with at least this many outputs evaluates them as one matrix product.
+#: A step with at least this many outputs evaluates them as one matrix product; fewer, one
+#: by one (the per-output evaluation costs less than setting the product up).
 STEP_DENSE_BATCH = 4
 
 
@@ -434,44 +428,51 @@ def theta_powers(theta: HostArray, m: int) -> HostArray:
     return np.cumprod(np.broadcast_to(theta[:, None], (theta.shape[0], m)), axis=1)
 
 
-def _host_outputs(tab, n: int, rows: list, q_first: int, blocks: list, t_out: HostArray):
+def _host_outputs(tab, y0, q_first: int, blocks: list, t_out: HostArray):
     """``(ys, out_step, out_theta)`` of a host-path solve from its output blocks.
 
-    ``rows[:q_first]`` are the outputs at the initial time; each block
+    Outputs before ``q_first`` are at the initial time (``y0``); each block
     ``(q, q_end, step, t, h, y, K)`` holds the accepted step (start ``t``, size ``h``, state
-    ``y`` and slopes ``K`` as lists) in which outputs ``q .. q_end - 1`` lie. A few outputs
-    are evaluated one by one (:meth:`Tableau.host_dense`), many as one matrix product per
-    step: no Python per output. The two agree to rounding (last bits).
+    ``y`` and slopes ``K`` as lists) in which outputs ``q .. q_end - 1`` lie. A step's few
+    outputs are evaluated one by one (:meth:`Tableau.host_dense`, Python floats), many as
+    one matrix product: no Python per output. The two agree to rounding (last bits).
     """
     arr = B.host_numpy
-    n_out = len(rows)
+    n_out, n = t_out.shape[0], y0.shape[0]
+    ys = np.full((n_out, n), math.nan, dtype=np.float64)
+    ys[:q_first, :] = y0
     out_step = np.full(n_out, -1, dtype=np.int64)
     out_theta = np.zeros(n_out, dtype=np.float64)
-    q_last = blocks[-1][1] if blocks else q_first
-    if q_last - q_first <= HOST_DENSE_BATCH:
-        host_dense = tab.host_dense(n)
-        for q, q_end, step, t, h, y, K in blocks:
-            for i in range(q, q_end):
-                theta = (float(t_out[i]) - t) / h
-                rows[i] = host_dense(theta, h, y, K)
-                out_step[i] = step
-                out_theta[i] = theta
-        return arr(rows), out_step, out_theta
-    ys = np.full((n_out, n), math.nan, dtype=np.float64)
-    ys[:q_first, :] = arr(rows[:q_first])
+    if not blocks:
+        return ys, out_step, out_theta
+    q_last = blocks[-1][1]
     counts = arr([b[1] - b[0] for b in blocks])
     h = arr([b[4] for b in blocks])
-    # the continuous extension of a step as a polynomial in θ, y + Σ_m θ^(m+1) Q_m with
-    # Q = h Pᵀ K (the form SciPy's RkDenseOutput evaluates): one matrix product per step
-    Q = np.matmul(tab.P.T, arr([b[6] for b in blocks])) * h[:, None, None]
     theta = (t_out[q_first:q_last] - np.repeat(arr([b[3] for b in blocks]), counts)) / \
         np.repeat(h, counts)
-    powers = theta_powers(theta, Q.shape[1])
-    Y = arr([b[5] for b in blocks])
-    for b, (q, q_end) in enumerate(zip(counts.cumsum() - counts, counts.cumsum())):
-        ys[q_first + q:q_first + q_end, :] = Y[b] + powers[q:q_end] @ Q[b]
     out_step[q_first:q_last] = np.repeat(arr([b[2] for b in blocks]), counts)
     out_theta[q_first:q_last] = theta
+    host_dense = tab.host_dense(n)
+    idx: list[int] = []
+    vals: list[list] = []
+    big = []
+    for k, (q, q_end, _, t, hk, y, K) in enumerate(blocks):
+        if q_end - q >= STEP_DENSE_BATCH:
+            big.append(k)
+            continue
+        for i in range(q, q_end):
+            idx.append(i)
+            vals.append(host_dense((float(t_out[i]) - t) / hk, hk, y, K))
+    if idx:
+        ys[arr(idx), :] = arr(vals)
+    if big:
+        # the continuous extension as a polynomial in θ, y + Σ_m θ^(m+1) Q_m with
+        # Q = h Pᵀ K (the form SciPy's RkDenseOutput evaluates)
+        Q = np.matmul(tab.P.T, arr([blocks[k][6] for k in big])) * h[big][:, None, None]
+        powers = theta_powers(theta, Q.shape[1])
+        for j, k in enumerate(big):
+            q, q_end, y = blocks[k][0], blocks[k][1], blocks[k][5]
+            ys[q:q_end, :] = arr(y) + powers[q - q_first:q_end - q_first] @ Q[j]
     return ys, out_step, out_theta
 
 
