@@ -238,3 +238,23 @@ def test_adjoint_injection_batched_equals_per_output(y0, kw, rng, monkeypatch):
     assert np.all(np.isfinite(fast[0])) and np.all(np.isfinite(fast[2]))
     for a, b in zip(fast, slow):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_t_eval_list_skips_its_cotangent(rng, monkeypatch):
+    # t_eval given as a list has no cotangent slot: its T f calls are skipped, the other
+    # gradients are those of the array call
+    from diffsolve.ode import _odeint
+
+    t = np.linspace(0.0, 3.0, 301)
+    W = rng.standard_normal((t.shape[0], 2))
+    ref = ds.vjp(odeint, lv_ag, Y2, t, P)[1](ys=W)
+    calls = []
+    inner = _odeint.t_eval_cotangent
+    monkeypatch.setattr(_odeint, "t_eval_cotangent",
+                        lambda *a, **k: calls.append(1) or inner(*a, **k))
+    y0_bar, p_bar = ds.vjp(odeint, lv_ag, Y2, t.tolist(), P)[1](ys=W)
+    assert not calls
+    np.testing.assert_array_equal(y0_bar, ref[0])
+    np.testing.assert_array_equal(p_bar, ref[2])
+    assert ds.vjp(odeint, lv_ag, Y2, t, P)[1](ys=W)[1].shape == t.shape
+    assert calls

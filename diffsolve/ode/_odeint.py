@@ -623,6 +623,8 @@ def _odeint_bwd(ctx, cot):
     y0_bars, p_bar, t_bar = [], None, [0.0] * T
     poisoned_p = poisoned_t = False
     global_reg = bool(rE or rS) and local is None
+    want_t = B.is_array(t_eval) and \
+        B.array_namespace(t_eval).isdtype(t_eval.dtype, "real floating")
     p_size = 0 if params is None else params.shape[0]
     for b, traj in enumerate(fwd.trajs):
         if fwd.per_traj:
@@ -668,7 +670,9 @@ def _odeint_bwd(ctx, cot):
                 pb = pl if pb is None else pb + pl
         if pb is not None:
             p_bar = pb if p_bar is None else p_bar + pb
-        tb = t_eval_cotangent(xp, fwd.rhs, ys_b, ys_bar, fwd.t_out, through, y0_b, nr)
+        # one f call per output: only when t_eval has a cotangent slot (a float array)
+        tb = t_eval_cotangent(xp, fwd.rhs, ys_b, ys_bar, fwd.t_out, through, y0_b, nr) \
+            if want_t else [0.0] * T
         if poisoned:
             y0_bar = xp.full_like(y0_bar, math.nan)
             poisoned_p = poisoned_t = True
@@ -691,7 +695,7 @@ def _odeint_bwd(ctx, cot):
             p_bar = pxp.full_like(p_bar, math.nan)
     else:
         p_bar = None
-    if B.is_array(t_eval) and B.array_namespace(t_eval).isdtype(t_eval.dtype, "real floating"):
+    if want_t:
         txp = B.array_namespace(t_eval)
         t_bar = txp.asarray(t_bar, dtype=t_eval.dtype, device=B.device(t_eval))
     else:
