@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# the working tree's diffsolve, whatever an installed copy points to
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-10
 
 
@@ -199,6 +198,34 @@ def run_case(kind, p, pairs):
     return row
 
 
+def solve_rows(repeats=3, maxiter=20):
+    """``bilevel.solve`` with JAX arrays, called ``repeats`` times on the same functions
+    (ridge, p = 100): the first call compiles, the later ones should not."""
+    import warnings
+
+    import jax.numpy as jnp
+
+    import diffsolve as ds
+
+    J = [jnp.asarray(a) for a in make_data(100)]
+    outer, inner = objectives("ridge", jnp, *J)
+    rows = {}
+    for method in ("implicit", "penalty"):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                # a timing run: the short budget ends above atol, which warns each time
+                warnings.simplefilter("ignore", ds.ConvergenceWarning)
+                res = ds.bilevel.solve(outer, inner, jnp.asarray([np.log(0.1)]),
+                                       jnp.zeros(100), method=method, maxiter=maxiter)
+            times.append(time.perf_counter() - t0)
+        rows[method] = {"seconds": times, "x": float(np.asarray(res.x)[0])}
+        print(f"bilevel.solve JAX arrays {method:>9}, {maxiter} iterations: calls "
+              + " ".join(f"{t:.3f}" for t in times) + " s", flush=True)
+    return rows
+
+
 def write_md(all_runs, path):
     lines = ["# Hypergradient speed: JAXopt (jit) ÷ diffsolve", "",
              "Implicit-cg at rtol 1e-10, float64, n = 500 samples; ratio above 1: diffsolve "
@@ -216,6 +243,12 @@ def write_md(all_runs, path):
                     f"{v['ratio_min']:.3f} | {v['ratio_median']:.3f} | "
                     f"{v['first_s'] * 1e3:.1f} | {row['jaxopt_first_s'] * 1e3:.1f} |")
         lines.append("")
+        if run.get("solve"):
+            lines += ["`bilevel.solve` with JAX arrays (ridge, p = 100, 20 iterations), seconds "
+                      "per call, same functions each call:", ""]
+            for method, v in run["solve"].items():
+                lines.append(f"- {method}: " + ", ".join(f"{t:.3f}" for t in v["seconds"]))
+            lines.append("")
     path.write_text("\n".join(lines))
 
 
@@ -226,21 +259,31 @@ def main(argv=None):
     parser.add_argument("--ps", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--kinds", nargs="+", default=["ridge", "logistic"])
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--solve", action="store_true",
+                        help="also time bilevel.solve with JAX arrays over repeated calls")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the diffsolve source tree to time (default: this checkout, "
+                        "whatever an installed copy points to)")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(args.root))
     import jax
 
     jax.config.update("jax_enable_x64", True)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "jax": jax.__version__, "loadavg_start": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M"), "pairs": args.pairs, "rtol": RTOL}
+    import diffsolve
+
+    meta["diffsolve_from"] = str(Path(diffsolve.__file__).parent)
     rows = [run_case(k, p, args.pairs) for k in args.kinds for p in args.ps]
+    solve = solve_rows() if args.solve else None
     meta["loadavg_end"] = os.getloadavg()
     if args.no_write:
         return
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "speed_hypergradient.json"
     all_runs = json.loads(path.read_text()) if path.exists() else {}
-    all_runs[args.tag] = {"meta": meta, "rows": rows}
+    all_runs[args.tag] = {"meta": meta, "rows": rows, "solve": solve}
     path.write_text(json.dumps(all_runs, indent=2))
     write_md(all_runs, RESULTS / "speed_hypergradient.md")
     print(f"wrote {path}")
