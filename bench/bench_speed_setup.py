@@ -18,6 +18,10 @@ Rows (all in one process; first calls, which include Numba's compile, are report
   fixed budget, ÷ 50), idle and busy, with Numba's default thread count and with one
   thread (the ratio one-thread ÷ default is what a busy machine costs the default).
 
+* ``f32``: ``ot.sinkhorn`` in float32 (n = 500, ε = 1 and 0.05) with the default ``rtol``
+  against ``rtol=1e-9`` (the default before the dtype-aware rule): iterations, whether it
+  converged or warned, and the time.
+
 Timings are the min and median of ``--repeats`` interleaved rounds (each round runs
 every contender once); ratios are peer ÷ diffsolve (> 1: diffsolve faster).
 """
@@ -197,12 +201,41 @@ def bench_lse(repeats: int, load: int) -> dict:
     return out
 
 
+def bench_f32() -> dict:
+    import warnings
+
+    import numpy as np
+
+    import diffsolve as ds
+
+    n = 500
+    rng = np.random.default_rng(0)
+    x, y = rng.random((n, 2)), rng.random((n, 2))
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1).astype(np.float32)
+    a = np.full(n, 1.0 / n, dtype=np.float32)
+    out: dict = {"n": n}
+    for eps in (1.0, 0.05):
+        for name, opts in (("default", {}), ("rtol=1e-9", {"rtol": 1e-9})):
+            with warnings.catch_warnings(record=True) as caught:
+                # recorded, not silenced: whether the solve warns is what is measured
+                warnings.simplefilter("always")
+                t0 = time.perf_counter()
+                res = ds.ot.sinkhorn(a, a, C, eps, **opts)
+                seconds = time.perf_counter() - t0
+            out[f"eps={eps} {name}"] = {
+                "n_iters": int(res.n_iters), "converged": bool(res.converged),
+                "error": float(res.error), "tolerance": float(res.tolerance),
+                "warned": any(issubclass(w.category, ds.ConvergenceWarning) for w in caught),
+                "seconds": seconds}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--load", type=int, default=2, help="busy processes (default 2)")
     parser.add_argument("--label", default="after")
-    parser.add_argument("--rows", default="sor,cg,lse")
+    parser.add_argument("--rows", default="sor,cg,lse,f32")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     import diffsolve
@@ -220,6 +253,8 @@ def main(argv=None) -> int:
         result["cg"] = bench_cg(args.repeats, args.load)
     if "lse" in rows:
         result["lse"] = bench_lse(args.repeats, args.load)
+    if "f32" in rows:
+        result["f32"] = bench_f32()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"speed_setup_{args.label}.json"
     path.write_text(json.dumps(result, indent=2))

@@ -25,33 +25,45 @@ solve = ds.linear.solve
 
 # --- thread choice ---------------------------------------------------------------------
 
+def _drive(choice, seconds, calls):
+    """Run ``calls`` calls with per-unit times ``seconds[parallel]``; the modes chosen."""
+    modes = []
+    for _ in range(calls):
+        parallel = choice.next_is_parallel()
+        modes.append(parallel)
+        choice.record(parallel, seconds[parallel])
+    return modes
+
+
 def test_thread_choice_goes_serial_when_threads_are_slow_and_comes_back():
     c = _config._ThreadChoice()
-    assert c.next_is_parallel()          # first call: measure threads
-    c.record(True, 10.0)
-    assert not c.next_is_parallel()      # second call: measure one thread
-    c.record(False, 1.0)
-    # serial is 10x faster: it runs until the next trial of threads
-    modes = []
-    for _ in range(3 * _config._PROBE_FIRST):
-        parallel = c.next_is_parallel()
-        modes.append(parallel)
-        c.record(parallel, 10.0 if parallel else 1.0)
-    assert modes.count(True) >= 1 and modes.count(True) <= 3
-    assert modes.count(False) > 40
-    gap_after_losses = c.gap
-    assert gap_after_losses > _config._PROBE_FIRST   # trials that lose back off
-    # the machine becomes idle: the next trial of threads wins, and threads stay
-    switched = None
-    for i in range(4 * _config._PROBE_MAX):
-        parallel = c.next_is_parallel()
-        c.record(parallel, 0.5 if parallel else 1.0)
-        if parallel:
-            switched = i
-            break
-    assert switched is not None
-    assert c.gap == _config._PROBE_FIRST
-    assert all(c.next_is_parallel() or c.record(False, 1.0) for _ in range(5))
+    # two trials first: threads twice, then one thread twice
+    assert _drive(c, {True: 10.0, False: 1.0}, 4) == [True, True, False, False]
+    # threads are 10x slower (a busy machine): one thread runs, threads are retried with
+    # a growing gap
+    modes = _drive(c, {True: 10.0, False: 1.0}, 2000)
+    assert modes.count(True) <= 2 * 8     # trials only: gaps 16, 32, ..., 1024
+    assert c.gap == _config._PROBE_MAX
+    # the machine becomes idle: the next trial of threads wins and threads stay
+    modes = _drive(c, {True: 0.5, False: 1.0}, _config._PROBE_MAX + 2)
+    assert modes[-100:].count(True) >= 96
+    after = _drive(c, {True: 0.5, False: 1.0}, 200)
+    assert after.count(False) <= 2 * 4   # trials of one thread only
+
+
+def test_thread_choice_sees_load_at_once_and_keeps_the_faster_of_a_trial():
+    c = _config._ThreadChoice()
+    _drive(c, {True: 0.5, False: 1.0}, 4)
+    assert _drive(c, {True: 0.5, False: 1.0}, 5) == [True] * 5
+    # load arrives: the first slow parallel call is recorded and the next call is serial
+    assert _drive(c, {True: 20.0, False: 1.5}, 2) == [True, False]
+    # a trial keeps the faster of its two calls (the first may pay a pool wake-up)
+    c = _config._ThreadChoice()
+    c.next_is_parallel()
+    c.record(True, 9.0)
+    c.next_is_parallel()
+    c.record(True, 0.5)
+    assert c.parallel == 0.5
 
 
 def test_call_threaded_restores_the_thread_count_and_respects_one_thread():

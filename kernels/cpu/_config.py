@@ -176,38 +176,59 @@ _PROBE_MAX = 1024
 
 
 class _ThreadChoice:
-    """Seconds per unit of work, with all threads and with one, of one kernel at one size."""
+    """Seconds per unit of work, with all threads and with one, of one kernel at one size.
 
-    __slots__ = ("countdown", "gap", "parallel", "serial")
+    A mode is measured by a *trial*: two calls in a row, keeping the faster (the first
+    call after a stint in the other mode wakes the thread pool or refills the caches).
+    Between trials the faster mode runs, and its time keeps being recorded, so a machine
+    that becomes busy is seen at once; the other mode is tried again after ``gap`` calls.
+    """
+
+    __slots__ = ("best", "countdown", "gap", "parallel", "serial", "trial")
 
     def __init__(self) -> None:
         self.parallel = math.inf  # not measured yet
         self.serial = math.inf
         self.countdown = 0
         self.gap = _PROBE_FIRST
+        self.trial: list[bool] = [True, True]  # modes still to run in the current trial
+        self.best = math.inf
 
     def next_is_parallel(self) -> bool:
-        if self.parallel == math.inf:
-            return True
-        if self.serial == math.inf:
-            return False
-        faster = self.parallel <= self.serial
+        if self.trial:
+            return self.trial[0]
         self.countdown -= 1
+        faster = self.parallel <= self.serial
         if self.countdown <= 0:
-            return not faster  # a trial of the other mode
+            self.trial = [not faster, not faster]
+            return not faster
         return faster
 
     def record(self, parallel: bool, seconds_per_unit: float) -> None:
+        if not self.trial:
+            if parallel:
+                self.parallel = seconds_per_unit
+            else:
+                self.serial = seconds_per_unit
+            return
+        self.trial.pop()
+        self.best = min(self.best, seconds_per_unit)
+        if self.trial:
+            return
         leader = self.parallel <= self.serial
         if parallel:
-            self.parallel = seconds_per_unit
+            self.parallel = self.best
         else:
-            self.serial = seconds_per_unit
-        if self.countdown <= 0 and self.parallel != math.inf and self.serial != math.inf:
-            # a trial just ran (or the first two calls did): back off while the leader holds
-            kept = (self.parallel <= self.serial) == leader
-            self.gap = min(2 * self.gap, _PROBE_MAX) if kept else _PROBE_FIRST
-            self.countdown = self.gap
+            self.serial = self.best
+        self.best = math.inf
+        if math.inf in (self.parallel, self.serial):
+            self.trial = [not parallel, not parallel]  # measure the other mode too
+            return
+        # back off while the leader holds: on a machine that stays busy a 10x slower
+        # trial of threads then costs little in the long run
+        kept = (self.parallel <= self.serial) == leader
+        self.gap = min(2 * self.gap, _PROBE_MAX) if kept else _PROBE_FIRST
+        self.countdown = self.gap
 
 
 _choices: dict[tuple[Any, int], _ThreadChoice] = {}
