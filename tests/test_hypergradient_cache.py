@@ -184,3 +184,14 @@ def test_penalised_gradient_compiles_once_for_all_lambdas():
         want = jax.grad(lambda w_, lam=lam: outer(x, w_) + lam * inner(x, w_))(w)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12)
     assert [k[0] for k in D._JIT_CACHE] == ["pen"]
+
+
+def test_float32_keeps_its_dtype_and_agrees(monkeypatch, compiled):
+    outer, inner, x, w = _problem("logistic")
+    x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+    g, info = hypergradient(outer, inner, x32, w32, rtol=1e-5, return_info=True)
+    g0, info0 = _generic(monkeypatch, outer, inner, x32, w32, rtol=1e-5, return_info=True)
+    assert compiled == [True]
+    assert g.dtype == jnp.float32 and info.v.dtype == jnp.float32
+    assert info.n_iters == info0.n_iters and info.status is info0.status
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-5)

@@ -21,6 +21,15 @@ tangent through ``∇ᵧg`` with autograd's forward mode on every product (no st
 more arithmetic). The mixed term ``∇²ₓᵧg · v`` is one reverse pass through ``∇ᵧg`` with
 respect to x.
 
+With JAX arrays (objectives written with ``jax.numpy``, no hand-written derivatives),
+implicit-cg runs as one ``jax.jit``-compiled function: both gradients, ``∇ᵧg`` linearised
+once, the CG loop (the same steps as :func:`diffsolve.krylov.cg`) and the mixed product.
+It is compiled once per pair of function objects and reused by later calls with new
+values, shapes already seen and other options (a new closure, or a global the functions
+read rebound, compiles again; an array mutated in place behind the same name is not seen,
+as with ``jax.jit`` itself). Whatever that loop does not finish cleanly (CG breakdown, a
+restart from the true residual, NaN) is redone by the generic path, which reports it.
+
 Failure follows the solver contract: the result (``return_info=True``) has ``status``,
 ``converged``, ``message`` and ``n_iters``; a hypergradient whose linear system was not
 solved to ``max(rtol ||∇ᵧf||, atol)`` warns with a
