@@ -187,6 +187,8 @@ def bench_lse(repeats: int, load: int) -> dict:
     t0 = time.perf_counter()
     run()
     first = time.perf_counter() - t0
+    for _ in range(3):  # warm-up: 300 kernel calls, trials of both thread counts included
+        run()
     one_thread()
     fns = {"diffsolve": run, "one_thread": one_thread}
     out: dict = {"first_call_s": first, "n": n, "numba_threads": threads}

@@ -15,6 +15,12 @@ DIFFSOLVE_FASTMATH
     cached non-fastmath build would be silently reused; fast-math builds are
     therefore not cached (``cache=False``) and are compiled afresh in every
     process.
+DIFFSOLVE_SERIAL_BELOW
+    Work (array entries touched) below which a ``parallel=True`` kernel runs on one
+    thread; default 2^16 (see :data:`SERIAL_BELOW`).
+DIFFSOLVE_ADAPTIVE_THREADS
+    Set to ``0`` to run every call above the threshold on all of Numba's threads rather
+    than measuring which thread count is faster (:func:`call_threaded`).
 """
 
 from __future__ import annotations
