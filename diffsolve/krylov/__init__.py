@@ -6,11 +6,11 @@ Every linear system that diffsolve solves iteratively goes through here: ``linea
 
 Stable API::
 
-    cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None, callback=None,
+    cg(A, b, *, x0=None, rtol=None, atol=0.0, maxiter=None, M=None, callback=None,
        check_every=None, batch_axis=None) -> KrylovResult
-    minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
+    minres(A, b, *, x0=None, rtol=None, atol=0.0, maxiter=None, M=None,
            callback=None) -> KrylovResult
-    gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30, maxiter=None, M=None,
+    gmres(A, b, *, x0=None, rtol=None, atol=0.0, restart=30, maxiter=None, M=None,
           callback=None) -> KrylovResult
 
     KrylovResult(x, status, converged, n_iters, residual_norm, message)
@@ -24,7 +24,8 @@ One policy for all three:
 * One stopping rule: the **true** residual ``||b - A x|| <= max(rtol ||b||, atol)``,
   recomputed at exit; ``converged`` is that test. When a method's recursive residual says
   "converged" but the true one does not, it restarts from the true residual while the
-  budget lasts. ``rtol = atol = 0`` runs exactly ``maxiter`` iterations.
+  budget lasts. ``rtol = atol = 0`` runs exactly ``maxiter`` iterations. The default
+  ``rtol=None`` is ``1e-8`` in float64 and ``64 eps`` (7.6e-6) in float32.
 * Norms cannot overflow: each system is solved for ``b / s`` with ``s`` a power of two
   near ``max|b|``. NaN or inf in ``b``, ``x0`` or the iterates gives ``Status.NONFINITE``
   and a NaN ``x``, never "converged". A zero ``b`` gives ``x = 0`` in 0 iterations.

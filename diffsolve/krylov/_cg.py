@@ -139,13 +139,13 @@ class VectorOps:
         return z + beta * p
 
 
-def cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+def cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None = None,
        atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
        callback: Callback[KrylovState] | None = None, check_every: int | None = None,
        batch_axis: int | None = None) -> KrylovResult:
     """Conjugate gradients on ``A x = b`` for symmetric positive definite ``A``.
 
-    Signature (stable): ``cg(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None, M=None,
+    Signature (stable): ``cg(A, b, *, x0=None, rtol=None, atol=0.0, maxiter=None, M=None,
     callback=None, check_every=None, batch_axis=None) -> KrylovResult``.
 
     Parameters
@@ -159,8 +159,12 @@ def cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
         Right-hand side, any shape (float32 or float64; integers promote to float64).
     x0 : array, optional
         Initial guess of b's shape (default zero).
-    rtol, atol : float
-        Stop when the true residual ``||b - A x|| <= max(rtol ||b||, atol)`` (per system).
+    rtol : float, optional
+        Default ``1e-8`` in float64 and ``64 eps`` (7.6e-6) in float32, where rounding
+        keeps the residual above ``1e-8`` (``diffsolve._tolerance``).
+    atol : float
+        With ``rtol``: stop when the true residual ``||b - A x|| <= max(rtol ||b||, atol)``
+        (per system).
         ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (``MAX_ITERATIONS``,
         unless the residual reaches exactly zero).
     maxiter : int, optional
@@ -222,7 +226,7 @@ def cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
                     where=WHERE)
 
 
-def solve_cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+def solve_cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None = None,
              atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
              callback: Callback[KrylovState] | None = None, check_every: int | None = None,
              batch_axis: int | None = None, where: str = WHERE) -> KrylovResult:

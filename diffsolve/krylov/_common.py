@@ -24,9 +24,14 @@ from typing import Any
 from .. import _backend as B
 from .. import _validate as V
 from .._status import Status, worst_status
+from .._tolerance import resolve_rtol
 
 __all__ = ["Layout", "LinearMap", "Preconditioner", "check_common", "finish", "safe_norms",
            "scale_columns", "wants_stop"]
+
+#: the default ``rtol`` where the dtype allows it (float64); ``rtol=None`` is
+#: ``max(RTOL, 64 eps)`` (``diffsolve._tolerance``, which records the float32 floors)
+RTOL = 1e-8
 
 
 # --------------------------------------------------------------------------------------
@@ -62,7 +67,7 @@ def check_common(where, b, x0, rtol, atol, maxiter, callback, check_every, *,
             raise ValueError(f"{where}: x0 has shape {tuple(x0.shape)} but b has shape "
                              f"{tuple(b.shape)}; pass an initial guess of b's shape")
         x0 = xp.astype(x0, b.dtype)
-    rtol, atol = V.tolerances(where, rtol, atol)
+    rtol, atol = V.tolerances(where, resolve_rtol(xp, b.dtype, rtol, RTOL), atol)
     maxiter = V.positive_int(where, "maxiter", maxiter, allow_none=True)
     if rtol == 0 and atol == 0 and maxiter is None:
         raise ValueError(f"{where}: rtol = atol = 0 runs exactly maxiter iterations; "

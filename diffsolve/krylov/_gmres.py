@@ -40,13 +40,13 @@ __all__ = ["gmres", "solve_gmres"]
 WHERE = "diffsolve.krylov.gmres"
 
 
-def gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+def gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None = None,
           atol: float = 0.0, restart: int = 30, maxiter: int | None = None,
           M: Matrix | None = None, callback: Callback[KrylovState] | None = None,
           ) -> KrylovResult:
     """Restarted GMRES on ``A x = b`` for any nonsingular ``A``.
 
-    Signature (stable): ``gmres(A, b, *, x0=None, rtol=1e-8, atol=0.0, restart=30,
+    Signature (stable): ``gmres(A, b, *, x0=None, rtol=None, atol=0.0, restart=30,
     maxiter=None, M=None, callback=None) -> KrylovResult``.
 
     Parameters
@@ -57,8 +57,11 @@ def gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
         Right-hand side, any shape (one system).
     x0 : array, optional
         Initial guess of b's shape.
-    rtol, atol : float
-        Stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual).
+    rtol : float, optional
+        Default ``1e-8`` in float64 and ``64 eps`` (7.6e-6) in float32, where rounding
+        keeps the residual above ``1e-8`` (``diffsolve._tolerance``).
+    atol : float
+        With ``rtol``: stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual).
         ``rtol = atol = 0`` runs ``maxiter`` products.
     restart : int
         Arnoldi steps per cycle (the basis kept in memory).
@@ -102,7 +105,7 @@ def gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
                        M=M, callback=callback, where=WHERE)
 
 
-def solve_gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+def solve_gmres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None = None,
                 atol: float = 0.0, restart: int = 30, maxiter: int | None = None,
                 M: Matrix | None = None, callback: Callback[KrylovState] | None = None,
                 where: str = WHERE) -> KrylovResult:

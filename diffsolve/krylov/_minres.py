@@ -43,12 +43,12 @@ TRUE_CHECK = 20
 PATIENCE = 3
 
 
-def minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+def minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None = None,
            atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
            callback: Callback[KrylovState] | None = None) -> KrylovResult:
     """MINRES on ``A x = b`` for symmetric ``A`` (indefinite or singular allowed).
 
-    Signature (stable): ``minres(A, b, *, x0=None, rtol=1e-8, atol=0.0, maxiter=None,
+    Signature (stable): ``minres(A, b, *, x0=None, rtol=None, atol=0.0, maxiter=None,
     M=None, callback=None) -> KrylovResult``.
 
     Parameters
@@ -59,8 +59,11 @@ def minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
         Right-hand side, any shape (one system).
     x0 : array, optional
         Initial guess of b's shape.
-    rtol, atol : float
-        Stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual).
+    rtol : float, optional
+        Default ``1e-8`` in float64 and ``64 eps`` (7.6e-6) in float32, where rounding
+        keeps the residual above ``1e-8`` (``diffsolve._tolerance``).
+    atol : float
+        With ``rtol``: stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual).
         ``rtol = atol = 0`` runs ``maxiter`` iterations.
     maxiter : int, optional
         Iteration budget (default ``5 N``).
@@ -103,7 +106,7 @@ def minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
                         callback=callback, where=WHERE)
 
 
-def solve_minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float = 1e-8,
+def solve_minres(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None = None,
                  atol: float = 0.0, maxiter: int | None = None, M: Matrix | None = None,
                  callback: Callback[KrylovState] | None = None,
                  where: str = WHERE) -> KrylovResult:

@@ -11,6 +11,7 @@ from .. import _backend as B
 from .. import _validate as V
 from .._autodiff import custom_vjp
 from .._status import Status, report
+from .._tolerance import resolve_rtol
 from .._typing import Array, Callback, Matrix
 from ._dcdm import dcdm_solve
 from ._direction_model import ConvDirectionModel
@@ -26,6 +27,10 @@ METHODS = ("direct", "cg", "pcg", "sor", "ssor-cg", "dcdm")
 RELAXATION_METHODS = ("sor", "ssor-cg")
 #: old option names, accepted for one release with a DeprecationWarning
 RENAMED = {"tol": "rtol", "max_iter": "maxiter"}
+#: the default ``rtol`` where the dtype allows it (float64); ``rtol=None`` is
+#: ``max(RTOL, 64 eps)`` of the solve's dtype (``diffsolve._tolerance`` records the
+#: float32 floor of the true residual that fixes 64 eps)
+RTOL = 1e-8
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def _result_dtype(op: MatrixOperator, b, xp):
 
 
 def _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every, b, model, k,
-              throw, deprecated) -> LinearSolveSettings:
+              throw, deprecated, *, xp, dtype) -> LinearSolveSettings:
     given: Any = {"rtol": rtol, "maxiter": maxiter}  # reused below for the option's name
     for old, new in RENAMED.items():
         # the new name is a parameter of solve: "given" means "not at its default"
@@ -101,7 +106,7 @@ def _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every, 
         "method", "x0", "rtol", "atol", "maxiter", "M", "omega", "callback", "check_every",
         "model", "k", "throw"))
     method = V.choice(WHERE, "method", method, METHODS)
-    rtol, atol = V.tolerances(WHERE, rtol, atol)
+    rtol, atol = V.tolerances(WHERE, resolve_rtol(xp, dtype, rtol, RTOL), atol)
     maxiter = V.positive_int(WHERE, "maxiter", maxiter, allow_none=True)
     check_every = V.positive_int(WHERE, "check_every", check_every, allow_none=True)
     throw = V.boolean(WHERE, "throw", throw)
@@ -234,7 +239,8 @@ def _solve_bwd(ctx, cotangents):
         options = {**_defaults(), **ctx.kwargs}
         deprecated = {k: options.pop(k) for k in list(options) if k not in _defaults()}
         options.pop("x0", None)
-        settings = _settings(b=b, x0=None, deprecated=deprecated, **options)
+        settings = _settings(b=b, x0=None, deprecated=deprecated, xp=xp,
+                             dtype=ctx.result.x.dtype, **options)
         prepared = _factorise(op, xp) if settings.method == "direct" else None
     method = settings.method
     x = ctx.result.x
@@ -309,10 +315,10 @@ def _forward(A, b, method, x0, rtol, atol, maxiter, M, omega, callback, check_ev
     """Validate, solve; ``(result, (prepared, settings))`` without reporting the status."""
     op, xp = as_operator(A, b, WHERE)
     b = _check_b(b, op)
-    settings = _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every,
-                         b, model, k, throw, deprecated)
-    x0 = _check_x0(x0, b)
     dtype = _result_dtype(op, b, xp)
+    settings = _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every,
+                         b, model, k, throw, deprecated, xp=xp, dtype=dtype)
+    x0 = _check_x0(x0, b)
     b = xp.astype(b, dtype, copy=False)
     if settings.method == "direct":
         res, lu = _direct(op, b, settings, xp)
@@ -358,7 +364,7 @@ _DEFAULTS: dict[str, Any] | None = None
 
 @custom_vjp(_solve_bwd, _solve_shapes, LinearSolveResult)
 def solve(A: Matrix, b: Array, *, method: str = "direct", x0: Array | None = None,
-          rtol: float = 1e-8, atol: float = 0.0, maxiter: int | None = None,
+          rtol: float | None = None, atol: float = 0.0, maxiter: int | None = None,
           M: Matrix | str | None = None, omega: float | None = None,
           callback: Callback[LinearSolveState] | None = None, check_every: int | None = None,
           model: ConvDirectionModel | None = None, k: int = 2, throw: bool = False,
@@ -389,8 +395,11 @@ def solve(A: Matrix, b: Array, *, method: str = "direct", x0: Array | None = Non
         stencil (see ``docs/dcdm.md``).
     x0 : array, optional
         Initial guess for iterative methods (a warm start), same shape as ``b``.
-    rtol, atol : float
-        Every method reports ``converged`` from the true residual:
+    rtol : float, optional
+        Default ``1e-8`` in float64 and ``64 eps`` (7.6e-6) in float32, where rounding
+        keeps the true residual above ``1e-8`` (``diffsolve._tolerance``).
+    atol : float
+        With ``rtol``, every method reports ``converged`` from the true residual:
         ``||b - A x|| <= max(rtol ||b||, atol)`` per column, computed without overflow
         (each column is scaled by a power of two near ``max|b|``). Iterative methods stop
         there; ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (then

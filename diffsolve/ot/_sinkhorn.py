@@ -28,6 +28,7 @@ from .. import _backend as B
 from .. import _validate as V
 from .._autodiff import custom_vjp
 from .._status import Status, report
+from .._tolerance import default_rtol
 from .._typing import Array, ArrayLike, Callback
 from ._errors import (
     _broadcast_shapes,
@@ -38,7 +39,7 @@ from ._errors import (
     marginal_error,
 )
 from ._implicit import entropic_potentials_vjp, normalise_gauge
-from ._options import default_rtol, legacy_options
+from ._options import RTOL, legacy_options
 from ._result import OTResult, OTState
 
 __all__ = ["SinkhornSettings", "sinkhorn"]
@@ -87,7 +88,7 @@ class SinkhornSettings:
     """
 
     eps: float
-    rtol: float | None  # None: dtype-aware (ot._options.default_rtol), set by the solve
+    rtol: float | None  # None: dtype-aware (_tolerance.default_rtol), set by the solve
     atol: float
     maxiter: int
     error_measure: str
@@ -888,7 +889,7 @@ def _solve(xp, a, b, C, batch, s: SinkhornSettings, f0=None, g0=None) -> OTResul
     else:
         cost_scale = float(xp.max(C2) - xp.min(C2)) if isinstance(s.eps_scaling, int) else eps
         schedule = _schedule(s.eps_scaling, eps, cost_scale)
-    rtol = default_rtol(xp, dt) if s.rtol is None else s.rtol
+    rtol = default_rtol(xp, dt, RTOL) if s.rtol is None else s.rtol
     tol = s.atol + rtol * xp.sum(a2, axis=-1)
     f, g, n_iters, stopped = _iterate(xp, a2, b2, C2, schedule, tol, s.maxiter,
                                       s.error_measure, s.check_every, s.acceleration, f_init,
