@@ -73,29 +73,34 @@ def objectives(kind, lib, X, y, Xv, yv):
     return outer, inner
 
 
-def handwritten(kind, X, y, Xv, yv):
-    """NumPy ``outer_grad`` and ``inner_hvp`` for :func:`objectives`."""
+def handwritten(kind, lib, X, y, Xv, yv):
+    """``outer_grad`` and ``inner_hvp`` for :func:`objectives`, written with ``lib``
+    (NumPy, or ``jax.numpy`` for JAX arrays)."""
     n = X.shape[0]
+
+    def mixed(x, w, v, lam):
+        return lib.reshape(lam * lib.sum(w * v), (1,))
+
     if kind == "ridge":
         def outer_grad(x, w):
-            return np.zeros(1), Xv.T @ (Xv @ w - yv) / n
+            return lib.zeros(1), Xv.T @ (Xv @ w - yv) / n
 
         def inner_hvp(x, w, v):
-            lam = np.exp(x[0])
-            return np.array([lam * (w @ v)]), X.T @ (X @ v) / n + lam * v
+            lam = lib.exp(x[0])
+            return mixed(x, w, v, lam), X.T @ (X @ v) / n + lam * v
         return outer_grad, inner_hvp
     labv = (yv > 0) * 1.0
 
     def sig(z):
-        return 0.5 * (1.0 + np.tanh(0.5 * z))
+        return 0.5 * (1.0 + lib.tanh(0.5 * z))
 
     def outer_grad(x, w):
-        return np.zeros(1), Xv.T @ (sig(Xv @ w) - labv) / n
+        return lib.zeros(1), Xv.T @ (sig(Xv @ w) - labv) / n
 
     def inner_hvp(x, w, v):
-        lam = np.exp(x[0])
+        lam = lib.exp(x[0])
         s = sig(X @ w)
-        return np.array([lam * (w @ v)]), X.T @ (s * (1 - s) * (X @ v)) / n + lam * v
+        return mixed(x, w, v, lam), X.T @ (s * (1 - s) * (X @ v)) / n + lam * v
     return outer_grad, inner_hvp
 
 
@@ -153,7 +158,7 @@ def first(fn):
     return out, time.perf_counter() - t0
 
 
-def run_case(kind, p, pairs):
+def run_case(kind, p, pairs, only=None):
     import autograd.numpy as anp
     import jax.numpy as jnp
 
@@ -165,7 +170,8 @@ def run_case(kind, p, pairs):
     J = [jnp.asarray(a) for a in (X, y, Xv, yv)]
     j_outer, j_inner = objectives(kind, jnp, *J)
     a_outer, a_inner = objectives(kind, anp, X, y, Xv, yv)
-    outer_grad, inner_hvp = handwritten(kind, X, y, Xv, yv)
+    outer_grad, inner_hvp = handwritten(kind, np, X, y, Xv, yv)
+    j_outer_grad, j_inner_hvp = handwritten(kind, jnp, *J)
     xj, wj = jnp.asarray(x), jnp.asarray(w)
 
     peer = jaxopt_hypergradient(j_outer, j_inner)
@@ -177,7 +183,12 @@ def run_case(kind, p, pairs):
         "autograd": lambda: ds.bilevel.hypergradient(a_outer, a_inner, x, w, rtol=RTOL),
         "handwritten": lambda: ds.bilevel.hypergradient(
             a_outer, a_inner, x, w, rtol=RTOL, outer_grad=outer_grad, inner_hvp=inner_hvp),
+        "jax-handwritten": lambda: ds.bilevel.hypergradient(
+            j_outer, j_inner, xj, wj, rtol=RTOL, outer_grad=j_outer_grad,
+            inner_hvp=j_inner_hvp).block_until_ready(),
     }
+    if only:
+        variants = {k: v for k, v in variants.items() if k in only}
     row = {"kind": kind, "p": p, "jaxopt_first_s": peer_first, "variants": {}}
     for name, fn in variants.items():
         g, t_first = first(fn)
@@ -191,7 +202,7 @@ def run_case(kind, p, pairs):
             "ratio_min": min(t_peer) / min(t_ds), "ratio_median": statistics.median(ratios),
         }
         v = row["variants"][name]
-        print(f"{kind:>8} p={p:<5} {name:>11}: diffsolve {v['diffsolve_median_s'] * 1e3:8.3f} ms"
+        print(f"{kind:>8} p={p:<5} {name:>15}: diffsolve {v['diffsolve_median_s'] * 1e3:8.3f} ms"
               f" (first {t_first * 1e3:8.1f} ms), jaxopt {v['jaxopt_median_s'] * 1e3:7.3f} ms"
               f" (first {peer_first * 1e3:7.1f} ms); ratio min {v['ratio_min']:.3f} median "
               f"{v['ratio_median']:.3f}; rel diff {err:.1e}", flush=True)
@@ -258,6 +269,9 @@ def main(argv=None):
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--ps", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--kinds", nargs="+", default=["ridge", "logistic"])
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only these diffsolve paths (jax, autograd, handwritten, "
+                        "jax-handwritten)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--solve", action="store_true",
                         help="also time bilevel.solve with JAX arrays over repeated calls")
@@ -275,7 +289,7 @@ def main(argv=None):
     import diffsolve
 
     meta["diffsolve_from"] = str(Path(diffsolve.__file__).parent)
-    rows = [run_case(k, p, args.pairs) for k in args.kinds for p in args.ps]
+    rows = [run_case(k, p, args.pairs, args.variants) for k in args.kinds for p in args.ps]
     solve = solve_rows() if args.solve else None
     meta["loadavg_end"] = os.getloadavg()
     if args.no_write:

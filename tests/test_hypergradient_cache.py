@@ -67,6 +67,17 @@ def compiled(monkeypatch):
     return answered
 
 
+def _handwritten(outer, inner):
+    """``outer_grad`` and ``inner_hvp`` from jax, as a user would write them by hand."""
+    def outer_grad(x, w):
+        return jax.grad(outer, (0, 1))(x, w)
+
+    def inner_hvp(x, w, v):
+        return jax.vjp(jax.grad(inner, 1), x, w)[1](v)
+
+    return {"outer_grad": outer_grad, "inner_hvp": inner_hvp}
+
+
 def _generic(monkeypatch, *args, **kw):
     monkeypatch.setattr(H, "_JAX_FAST_PATH", False)
     try:
@@ -77,8 +88,11 @@ def _generic(monkeypatch, *args, **kw):
 
 @pytest.mark.parametrize("kind", ["ridge", "logistic"])
 @pytest.mark.parametrize("budget", [{}, {"rtol": 0.0, "maxiter": 5}, {"ridge": 0.1}])
-def test_compiled_path_agrees_with_generic(monkeypatch, compiled, kind, budget):
+@pytest.mark.parametrize("by_hand", [False, True])
+def test_compiled_path_agrees_with_generic(monkeypatch, compiled, kind, budget, by_hand):
     outer, inner, x, w = _problem(kind)
+    if by_hand:
+        budget = {**budget, **_handwritten(outer, inner)}
     g, info = hypergradient(outer, inner, x, w, return_info=True, **budget)
     assert compiled == [True]
     g0, info0 = _generic(monkeypatch, outer, inner, x, w, return_info=True, **budget)
@@ -167,12 +181,15 @@ def test_failures_go_through_the_generic_path(compiled):
     # a concave inner: CG meets negative curvature
     with pytest.raises(ValueError, match="non-positive curvature"):
         hypergradient(outer, lambda x_, w_: -jnp.sum(w_ ** 2) * jnp.exp(x_[0]), x, w)
+    # a hand-written derivative of the wrong shape: the generic path's error
+    with pytest.raises(ValueError, match=r"outer_grad\(...\)\[1\] returned"):
+        hypergradient(outer, inner, x, w, outer_grad=lambda x_, w_: (x_, w_[:-1]))
     # too few iterations: warned, with the generic path's status
     with pytest.warns(ds.ConvergenceWarning, match="CG on the Hessian system stopped"):
         _, info = hypergradient(outer, inner, x, w, maxiter=1, return_info=True)
     assert info.status is ds.Status.MAX_ITERATIONS and info.n_iters == 1
-    # the first three were left to the generic path; a plain shortfall is the compiled one
-    assert compiled == [False, False, False, True]
+    # the first four were left to the generic path; a plain shortfall is the compiled one
+    assert compiled == [False, False, False, False, True]
 
 
 def test_penalised_gradient_compiles_once_for_all_lambdas():

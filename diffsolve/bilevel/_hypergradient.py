@@ -21,10 +21,12 @@ tangent through ``∇ᵧg`` with autograd's forward mode on every product (no st
 more arithmetic). The mixed term ``∇²ₓᵧg · v`` is one reverse pass through ``∇ᵧg`` with
 respect to x.
 
-With JAX arrays (objectives written with ``jax.numpy``, no hand-written derivatives),
-implicit-cg runs as one ``jax.jit``-compiled function: both gradients, ``∇ᵧg`` linearised
-once, the CG loop (the same steps as :func:`diffsolve.krylov.cg`) and the mixed product.
-It is compiled once per pair of function objects and reused by later calls with new
+With JAX arrays (objectives, and any hand-written derivatives, written with
+``jax.numpy``), implicit-cg runs as one ``jax.jit``-compiled function: both gradients,
+``∇ᵧg`` linearised once, the CG loop (the same steps as :func:`diffsolve.krylov.cg`) and
+the mixed product; hand-written derivatives are traced into it like the objectives (so a
+Python side effect in them runs once, at the trace). It is compiled once per set of
+function objects and reused by later calls with new
 values, shapes already seen and other options (a new closure, or a global the functions
 read rebound, compiles again; an array mutated in place behind the same name is not seen,
 as with ``jax.jit`` itself). Whatever that loop does not finish cleanly (CG breakdown, a
@@ -58,6 +60,7 @@ from .. import _backend as B
 from .. import _validate as V
 from .._result import SolverResult
 from .._status import Status, report
+from .._tolerance import resolve_rtol
 from .._typing import Array
 from ..implicit._implicit_solve import _probe, cg_solve
 from ._derivatives import (
@@ -74,6 +77,11 @@ from ._derivatives import (
 
 __all__ = ["HypergradientInfo", "HypergradientSettings", "hypergradient",
            "implicit_hypergradient"]
+
+#: the default ``rtol`` where y's dtype allows it (float64); ``rtol=None`` is
+#: ``max(RTOL, 64 eps)`` (7.6e-6 in float32: the Hessian system is solved by the CG of
+#: ``diffsolve.krylov``, whose float32 floor ``diffsolve._tolerance`` records)
+RTOL = 1e-10
 
 WHERE = "diffsolve.bilevel.hypergradient"
 METHODS = ("implicit-cg", "neumann", "unrolled")
@@ -193,10 +201,11 @@ def _norm(xp, v) -> float:
     return s * float(xp.sqrt(xp.sum(w * w)))
 
 
-def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol):
+def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol, *, xp,
+              dtype):
     method = V.choice(WHERE, "method", method, METHODS)
     # rtol = atol = 0 is a fixed budget: exactly maxiter CG iterations / series terms
-    rtol, atol = V.tolerances(WHERE, rtol, atol)
+    rtol, atol = V.tolerances(WHERE, resolve_rtol(xp, dtype, rtol, RTOL), atol)
     return HypergradientSettings(
         method=method,
         maxiter=V.positive_int(WHERE, "maxiter", maxiter, allow_none=True),
@@ -212,7 +221,7 @@ def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, a
 
 def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array, y: Array,
                   method: str = "implicit-cg", *,
-                  maxiter: int | None = None, rtol: float = 1e-10,
+                  maxiter: int | None = None, rtol: float | None = None,
                   stepsize: float | None = None, ridge: float = 0.0,
                   hvp: str = "reverse-over-reverse", return_info: bool = False,
                   throw: bool = False, outer_grad: Callable | None = None,
@@ -248,8 +257,9 @@ def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array
         largest number K of series terms, one Hessian-vector product each (default 100);
         unrolled: the number T of inner gradient steps (default 100). Replaces
         ``n_steps`` (deprecated).
-    rtol : float
-        implicit-cg and neumann stop at ``||residual|| <= max(rtol ||∇ᵧf||, atol)`` (the
+    rtol : float, optional
+        Default ``1e-10`` in float64 and ``64 eps`` (7.6e-6) in float32, where rounding
+        keeps the residual above ``1e-10`` (y's dtype). implicit-cg and neumann stop at ``||residual|| <= max(rtol ||∇ᵧf||, atol)`` (the
         residual of the Neumann partial sum is exact and free: it is the next term), and
         warn when ``maxiter`` runs out first. ``rtol = atol = 0`` runs exactly ``maxiter``
         iterations (a fixed budget: status ``MAX_ITERATIONS``, no warning). Not used by
@@ -357,7 +367,9 @@ def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array
             raise TypeError(f"{WHERE}: {name} must be a callable {name}(x, y) -> scalar, got "
                             f"{type(fn).__name__}")
     check_callables(WHERE, outer_grad=outer_grad, inner_grad=inner_grad, inner_hvp=inner_hvp)
-    st = _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol)
+    dtype = y.dtype if xp.isdtype(y.dtype, "real floating") else xp.float64
+    st = _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol,
+                   xp=xp, dtype=dtype)
     if st.method == "unrolled" and not B.is_numpy(xp):
         raise TypeError(
             f"{WHERE}: method='unrolled' differentiates the inner gradient steps with HIPS "
@@ -365,9 +377,8 @@ def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array
             "method='implicit-cg' or 'neumann' (with outer_grad= and inner_hvp= where your "
             "library has no autodiff)"
         )
-    if st.method == "implicit-cg" and _JAX_FAST_PATH and outer_grad is None and \
-            inner_grad is None and inner_hvp is None and autodiff_backend(xp) == "jax":
-        fast = _jax_implicit_cg(outer, inner, x, y, st)
+    if st.method == "implicit-cg" and _JAX_FAST_PATH and autodiff_backend(xp) == "jax":
+        fast = _jax_implicit_cg((outer, inner, outer_grad, inner_grad, inner_hvp), x, y, st)
         if fast is not None:
             report(fast[1], throw=st.throw, fixed_budget=st.fixed_budget)
             return fast if st.return_info else fast[0]
@@ -663,8 +674,9 @@ class _NotScalar(Exception):
     """Raised while tracing: an objective returned more than one number."""
 
 
-def _build_jax_cg(outer, inner):
-    """The compiled implicit-cg hypergradient of ``(outer, inner)``.
+def _build_jax_cg(outer, inner, outer_grad, inner_grad, inner_hvp):
+    """The compiled implicit-cg hypergradient of ``(outer, inner)``; the hand-written
+    derivatives that are not ``None`` replace the ones from ``jax.vjp`` (traced too).
 
     The CG iteration is that of :func:`diffsolve.krylov.cg` on one system (b scaled by a
     power of two, the same breakdown test, the verdict on the true residual), so both
@@ -681,18 +693,42 @@ def _build_jax_cg(outer, inner):
             raise _NotScalar
         return jnp.sum(value)
 
+    def pair(out, x, y):
+        """A user's ``(for x, for y)``, or :class:`_NotScalar` (the generic path says
+        what is wrong with it)."""
+        if not (isinstance(out, (tuple, list)) and len(out) == 2) or any(
+                jnp.shape(o) != a.shape for o, a in zip(out, (x, y))):
+            raise _NotScalar
+        return tuple(jnp.asarray(o).astype(a.dtype) for o, a in zip(out, (x, y)))
+
     def run(x, y, options):
         rtol, atol, maxiter, ridge = options[0], options[1], options[2], options[3]
-        scalar(inner, x, y)  # the shape check of first_call, at trace time
-        fx, fy = jax.grad(lambda a, b: scalar(outer, a, b), (0, 1))(x, y)
+        scalar(inner, x, y)  # the shape checks of first_call, at trace time
+        scalar(outer, x, y)
+        if outer_grad is None:
+            fx, fy = jax.grad(lambda a, b: scalar(outer, a, b), (0, 1))(x, y)
+        else:
+            fx, fy = pair(outer_grad(x, y), x, y)
 
         def grad_y(a, b):
             return jax.grad(lambda t: scalar(inner, a, t))(b)
 
-        gy, hyy = jax.vjp(lambda t: grad_y(x, t), y)  # linearised once, for every product
+        if inner_hvp is None:
+            gy, hyy = jax.vjp(lambda t: grad_y(x, t), y)  # linearised once, for every product
 
-        def apply(v):
-            return hyy(v)[0] + ridge * v
+            def apply(v):
+                return hyy(v)[0] + ridge * v
+
+            def hxy(v):
+                return jax.vjp(lambda t: grad_y(t, y), x)[1](v)[0]
+        else:
+            gy = grad_y(x, y) if inner_grad is None else pair(inner_grad(x, y), x, y)[1]
+
+            def apply(v):
+                return pair(inner_hvp(x, y, v), x, y)[1] + ridge * v
+
+            def hxy(v):
+                return pair(inner_hvp(x, y, v), x, y)[0]
 
         dtype = fy.dtype
         m = jnp.max(jnp.abs(fy))
@@ -735,7 +771,7 @@ def _build_jax_cg(outer, inner):
         clean = (jnp.all(jnp.isfinite(fx)) & jnp.all(jnp.isfinite(fy)) & ~bad
                  & jnp.isfinite(true) & jnp.all(jnp.isfinite(v))
                  & ~jnp.any((Y != 0) & (jnp.abs(v) < tiny)))
-        grad = fx - jax.vjp(lambda t: grad_y(t, y), x)[1](v)[0]
+        grad = fx - hxy(v)
         # every number the report needs, in one array: one transfer to the host
         report = jnp.stack([true * s, jnp.linalg.norm(fy), jnp.linalg.norm(gy), iters, k,
                             clean, true <= tol]).astype(dtype)
@@ -744,7 +780,7 @@ def _build_jax_cg(outer, inner):
     return run
 
 
-def _jax_implicit_cg(outer, inner, x, y, st):
+def _jax_implicit_cg(fns, x, y, st):
     """``(grad, info)`` from the compiled JAX path, or ``None`` where the generic path
     must decide (it then gives the same answer, or the error / warning it would give)."""
     n = math.prod(tuple(y.shape))
@@ -756,7 +792,7 @@ def _jax_implicit_cg(outer, inner, x, y, st):
     options = B.host_namespace().asarray([st.rtol, st.atol, maxiter, st.ridge],
                                          dtype=y.dtype)
     try:
-        run = cached_jit("hypergradient-cg", (outer, inner), _build_jax_cg)
+        run = cached_jit("hypergradient-cg", fns, _build_jax_cg)
         grad, v, out = run(x, y, options)
         residual, b_norm, gy_norm, iters, k, clean, ok = (float(r) for r in
                                                           jax.device_get(out))
