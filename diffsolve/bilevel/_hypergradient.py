@@ -259,8 +259,9 @@ def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array
         ``n_steps`` (deprecated).
     rtol : float, optional
         Default ``1e-10`` in float64 and ``64 eps`` (7.6e-6) in float32, where rounding
-        keeps the residual above ``1e-10`` (y's dtype). implicit-cg and neumann stop at ``||residual|| <= max(rtol ||∇ᵧf||, atol)`` (the
-        residual of the Neumann partial sum is exact and free: it is the next term), and
+        keeps the residual above ``1e-10`` (y's dtype). implicit-cg and neumann stop at
+        ``||residual|| <= max(rtol ||∇ᵧf||, atol)`` (the residual of the Neumann partial
+        sum is exact and free: it is the next term), and
         warn when ``maxiter`` runs out first. ``rtol = atol = 0`` runs exactly ``maxiter``
         iterations (a fixed budget: status ``MAX_ITERATIONS``, no warning). Not used by
         unrolled.

@@ -30,6 +30,7 @@ from .. import _validate as V
 from .._autodiff import DifferentiableFunction
 from .._result import SolverResult, ValueResult
 from .._status import Status, report
+from .._tolerance import resolve_rtol
 from .._typing import Array
 from ._implicit_solve import SOLVES, solve_adjoint
 from ._user_vjp import linearize
@@ -39,6 +40,11 @@ P = ParamSpec("P")
 
 __all__ = ["ImplicitSolveInfo", "RootSettings", "custom_fixed_point", "custom_root",
            "root_vjp"]
+
+#: the default ``rtol`` of the implicit solve where the dtype allows it (float64);
+#: ``rtol=None`` is ``max(RTOL, 64 eps)`` of x's dtype (7.6e-6 in float32: the same Krylov
+#: kernels as ``diffsolve.krylov``, whose float32 floor ``diffsolve._tolerance`` records)
+RTOL = 1e-10
 
 WHERE = "diffsolve.implicit.custom_root"
 SYSTEM = "the implicit system (∂F/∂x)ᵀ u = x̄"
@@ -75,7 +81,7 @@ class RootSettings:
     ridge: float
     vjp: Callable | None
     jvp: Callable | None
-    rtol: float
+    rtol: float | None  # None: dtype-aware (_tolerance.default_rtol), set by the solve
     maxiter: int | None
     restart: int
     throw: bool
@@ -148,7 +154,8 @@ def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw,
     ridge = V.nonnegative_real(where, "ridge", ridge)
     # rtol = atol = 0 is a fixed budget: the implicit solve runs maxiter iterations
     # (default 10 n)
-    rtol, atol = V.tolerances(where, rtol, atol)
+    rtol = V.nonnegative_real(where, "rtol", rtol, allow_none=True)
+    atol = V.nonnegative_real(where, "atol", atol)
     maxiter = V.positive_int(where, "maxiter", maxiter, allow_none=True)
     restart = V.positive_int(where, "restart", restart)
     throw = V.boolean(where, "throw", throw)
@@ -168,7 +175,7 @@ def _settings(where, F, solve, ridge, vjp, jvp, rtol, maxiter, restart, throw,
 def root_vjp(F: Callable[..., Array], x: Array, theta: tuple[Any, ...], x_bar: Array, *,
              solve: str | Callable[..., Array] = "gmres", ridge: float = 0.0,
              vjp: Callable[..., Any] | None = None, jvp: Callable[..., Any] | None = None,
-             rtol: float = 1e-10, maxiter: int | None = None, restart: int = 30,
+             rtol: float | None = None, maxiter: int | None = None, restart: int = 30,
              throw: bool = False, return_info: bool = False, atol: float = 0.0,
              ) -> tuple[Array | None, ...] | tuple[tuple[Array | None, ...], ImplicitSolveInfo]:
     """Cotangents of θ for a root ``x`` of ``F(x, *theta) = 0``, given the cotangent of x.
@@ -275,8 +282,9 @@ def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
                                  "cotangents of theta are NaN", 0, None, "nan-cotangent")
         return tuple(None if g is None else xp.full_like(g, float("nan")) for g in grads), info
     lin = linearize(settings.F, x, theta, vjp=settings.vjp, jvp=settings.jvp, where=where)
+    rtol = resolve_rtol(xp, x.dtype, settings.rtol, RTOL)
     out = solve_adjoint(lin, x_bar, solve=settings.solve, ridge=settings.ridge,
-                        rtol=settings.rtol, atol=settings.atol, maxiter=settings.maxiter,
+                        rtol=rtol, atol=settings.atol, maxiter=settings.maxiter,
                         restart=settings.restart, where=where)
     status = _outcome_status(out)
     method = getattr(out, "method", "callable" if callable(settings.solve) else settings.solve)
@@ -292,10 +300,10 @@ def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
         res, rhs = out.residual_norm, out.rhs_norm
         rel = "unknown" if res is None else f"{res / rhs if rhs else res:.3g}"
         absolute = "" if res is None else f" (absolute {res:.3g})"
-        tol = max(settings.rtol * rhs, settings.atol)
+        tol = max(rtol * rhs, settings.atol)
         message = (f"{where}: {SYSTEM} was not solved with solve={method!r}: relative "
                    f"residual {rel}{absolute} above max(rtol·||b||, atol) = {tol:.3g} "
-                   f"(rtol={settings.rtol:g}, atol={settings.atol:g}) after {out.n_iters} "
+                   f"(rtol={rtol:g}, atol={settings.atol:g}) after {out.n_iters} "
                    f"iterations, so the gradient is inexact. {status.hint()}; {ADVICE}")
     info = ImplicitSolveInfo(status, status is Status.SUCCESS, message, int(out.n_iters),
                              out.residual_norm, method)
@@ -305,7 +313,7 @@ def _theta_cotangents(settings: RootSettings, x, theta, x_bar, xp, where):
 
 def custom_root(F: Callable[..., Array], solve: str | Callable[..., Array] = "gmres",
                 ridge: float = 0.0, vjp: Callable[..., Any] | None = None,
-                rtol: float = 1e-10, maxiter: int | None = None, *,
+                rtol: float | None = None, maxiter: int | None = None, *,
                 jvp: Callable[..., Any] | None = None, restart: int = 30, throw: bool = False,
                 atol: float = 0.0,
                 ) -> Callable[[Callable[P, Array]], DifferentiableFunction[P, Array]]:
@@ -347,8 +355,9 @@ def custom_root(F: Callable[..., Array], solve: str | Callable[..., Array] = "gm
         differentiate (CuPy, array_api_strict) and for F written in another framework.
         Default: ``F.vjp`` when ``F`` has one (``stationarity(grad=, hvp=)``), else
         autograd.
-    rtol : float
-        Relative tolerance of the implicit solve: it stops at the true residual
+    rtol : float, optional
+        Default ``1e-10`` in float64 and ``64 eps`` (7.6e-6) in float32 (what float32
+        can reach). Relative tolerance of the implicit solve: it stops at the true residual
         ``||r|| <= max(rtol ||b||, atol)`` (``b = x̄``; ``A x̄`` for ``"normal-cg"``).
         ``rtol = atol = 0`` runs exactly ``maxiter`` iterations (a fixed budget: status
         ``MAX_ITERATIONS``, no warning).
@@ -472,7 +481,7 @@ def _make_differentiable(solver: Callable[P, Array], settings: RootSettings,
 
 def custom_fixed_point(T: Callable[..., Array], solve: str | Callable[..., Array] = "gmres",
                        ridge: float = 0.0, vjp: Callable[..., Any] | None = None,
-                       rtol: float = 1e-10, maxiter: int | None = None, *,
+                       rtol: float | None = None, maxiter: int | None = None, *,
                        jvp: Callable[..., Any] | None = None, restart: int = 30,
                        throw: bool = False, atol: float = 0.0,
                        ) -> Callable[[Callable[P, Array]], DifferentiableFunction[P, Array]]:
