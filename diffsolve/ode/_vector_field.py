@@ -174,21 +174,38 @@ def from_torch(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
     """
     import torch
 
+    ndarray = B.host_namespace().ndarray
+    # params is the same array at every call of a solve: its tensor view is made once
+    # (a view shares memory, so an in-place change of params is still seen)
+    last: list = [None, None]
+
     def to_t(x):
         if x is None:
             return None
+        if type(x) is ndarray and x.flags.writeable and x.flags.c_contiguous:
+            return torch.from_numpy(x)  # the same zero-copy view as DLPack, cheaper per call
         return torch.from_dlpack(B.dlpack_exportable(x))
 
+    def p_t(params):
+        if params is None:
+            return None
+        if last[0] is not params:
+            last[0], last[1] = params, to_t(params)
+        return last[1]
+
     def back(t_):
-        return B.from_dlpack(t_.detach().contiguous(), on_cuda=t_.device.type == "cuda")
+        t_ = t_.detach()
+        if t_.device.type == "cpu" and not t_.is_conj() and not t_.is_neg():
+            return t_.contiguous().numpy()
+        return B.from_dlpack(t_.contiguous(), on_cuda=t_.device.type == "cuda")
 
     def f_np(t, y, params):
         with torch.no_grad():
-            return back(f(t, to_t(y), to_t(params)))
+            return back(f(t, to_t(y), p_t(params)))
 
     def vjp_np(t, y, params, v):
         yt = to_t(y).detach().requires_grad_(True)
-        pt = None if params is None else to_t(params).detach().requires_grad_(True)
+        pt = None if params is None else p_t(params).detach().requires_grad_(True)
         with torch.enable_grad():
             out = f(t, yt, pt)
             inputs = (yt,) if pt is None else (yt, pt)
