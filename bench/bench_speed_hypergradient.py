@@ -240,7 +240,14 @@ def solve_rows(repeats=3, maxiter=20):
 def write_md(all_runs, path):
     lines = ["# Hypergradient speed: JAXopt (jit) ÷ diffsolve", "",
              "Implicit-cg at rtol 1e-10, float64, n = 500 samples; ratio above 1: diffsolve "
-             "faster. Medians of interleaved pairs; first calls (compile / trace) apart.", ""]
+             "faster. Medians of interleaved pairs; first calls (compile / trace) apart.",
+             "Paths: `jax` = JAX arrays, derivatives from jax.vjp; `jax-handwritten` = JAX "
+             "arrays with jax.numpy outer_grad / inner_hvp; `autograd` = NumPy arrays, HIPS "
+             "autograd; `handwritten` = NumPy arrays with NumPy outer_grad / inner_hvp. "
+             "`before` is the code before issue 14 item 4 (`meta.diffsolve_from` in the JSON "
+             "says which tree ran). The NumPy rows at p = 1000 swing by 10x or more with the "
+             "load of the shared 2-core machine (BLAS threads); compare them within a run.",
+             ""]
     for tag, run in all_runs.items():
         lines += [f"## {tag} ({run['meta']['date']}, load {run['meta']['loadavg_start']})", "",
                   "| problem | p | diffsolve path | diffsolve ms | JAXopt ms | ratio min | "
