@@ -212,3 +212,15 @@ def test_float32_keeps_its_dtype_and_agrees(monkeypatch, compiled):
     assert g.dtype == jnp.float32 and info.v.dtype == jnp.float32
     assert info.n_iters == info0.n_iters and info.status is info0.status
     np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-5)
+
+
+def test_threads_share_one_compile():
+    from concurrent.futures import ThreadPoolExecutor
+
+    outer, inner, x, w = _problem(p=6)
+    D.clear_jit_cache()
+    with ThreadPoolExecutor(4) as pool:
+        grads = list(pool.map(lambda _: hypergradient(outer, inner, x, w), range(8)))
+    for g in grads[1:]:
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(grads[0]))
+    assert [k[0] for k in D._JIT_CACHE] == ["hypergradient-cg"]

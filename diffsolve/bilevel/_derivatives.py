@@ -31,6 +31,7 @@ own warnings are passed on, never silenced.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -218,6 +219,7 @@ class _Torch:
 # executable per shape and dtype). Bounded, least recently used first out.
 JIT_CACHE_SIZE = 64
 _JIT_CACHE: OrderedDict = OrderedDict()
+_JIT_LOCK = threading.Lock()  # callers may run hypergradients in threads
 
 
 def _bound_objects(fn) -> tuple:
@@ -242,7 +244,8 @@ def _filled(cell) -> bool:
 
 def clear_jit_cache() -> None:
     """Forget every cached jitted JAX derivative (tests; freeing the closed-over arrays)."""
-    _JIT_CACHE.clear()
+    with _JIT_LOCK:
+        _JIT_CACHE.clear()
 
 
 def cached_jit(kind: str, fns: tuple, build: Callable) -> Callable:
@@ -258,14 +261,18 @@ def cached_jit(kind: str, fns: tuple, build: Callable) -> Callable:
 
     bound = tuple(_bound_objects(f) for f in fns)
     key = (kind, tuple(id(f) for f in fns), tuple(tuple(map(id, b)) for b in bound))
-    hit = _JIT_CACHE.get(key)
-    if hit is not None:
+    with _JIT_LOCK:
+        hit = _JIT_CACHE.get(key)
+        if hit is not None:
+            _JIT_CACHE.move_to_end(key)
+            return hit[0]
+    compiled = jax.jit(build(*fns))  # lazy: nothing is traced until the first call
+    with _JIT_LOCK:
+        # a thread that got here first wins, so every caller shares one compile
+        compiled = _JIT_CACHE.setdefault(key, (compiled, fns, bound))[0]
         _JIT_CACHE.move_to_end(key)
-        return hit[0]
-    compiled = jax.jit(build(*fns))
-    _JIT_CACHE[key] = (compiled, fns, bound)  # keeps the identities in the key alive
-    if len(_JIT_CACHE) > JIT_CACHE_SIZE:
-        _JIT_CACHE.popitem(last=False)
+        while len(_JIT_CACHE) > JIT_CACHE_SIZE:
+            _JIT_CACHE.popitem(last=False)
     return compiled
 
 
