@@ -37,6 +37,7 @@ from bench._ode_problems import get_problems, machine_meta, mlp_unpack
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOL = 1e-6
+EAGER = False
 D, HIDDEN = 2, 50
 
 
@@ -114,7 +115,9 @@ def jax_rows(B: int, pairs: int) -> dict:
                  batch_mode="shared").ys
         return ((ys - tgt) ** 2).mean()
 
-    vg_ds = jax.value_and_grad(loss_ds)
+    # jitted like the diffrax step (the callbacks are traced once); --jax-eager: not jitted,
+    # which re-traces to_jax's callbacks (and compiles them) at every step
+    vg_ds = jax.value_and_grad(loss_ds) if EAGER else jax.jit(jax.value_and_grad(loss_ds))
 
     def step_ds():
         v, g = vg_ds(p)
@@ -136,7 +139,7 @@ def jax_rows(B: int, pairs: int) -> dict:
         v, g = vg_peer(p)
         return float(v), np.asarray(g)
 
-    return _pairs("jax", B, step_ds, step_peer, pairs)
+    return _pairs("jax-eager" if EAGER else "jax", B, step_ds, step_peer, pairs)
 
 
 def _pairs(framework, B, step_ds, step_peer, pairs) -> dict:
@@ -163,7 +166,7 @@ def _pairs(framework, B, step_ds, step_peer, pairs) -> dict:
            "loss_ds": l_ds, "loss_peer": l_pe,
            "grad_rel_diff": float(np.linalg.norm(g_ds - g_pe) / np.linalg.norm(g_pe)),
            "grad_ds_fingerprint": [float(v) for v in g_ds[:4]]}
-    print(f"{framework:<5} B={B:<4} diffsolve {row['ds_ms_min']:7.2f} / "
+    print(f"{framework:<9} B={B:<4} diffsolve {row['ds_ms_min']:7.2f} / "
           f"{row['ds_ms_median']:7.2f} ms  peer {row['peer_ms_min']:7.2f} / "
           f"{row['peer_ms_median']:7.2f} ms  peer/ds min-times x{row['ratio_min_times']:.2f} "
           f"median x{row['ratio_median']:.2f}  (first call ds {row['first_call_ds_s']:.2f} s, "
@@ -178,9 +181,20 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--only", choices=["torch", "jax"], default=None)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--jax-eager", action="store_true",
+                        help="the diffsolve JAX step not under jax.jit")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch.set_num_threads for both torch steps (shared machine)")
     args = parser.parse_args(argv)
+    global EAGER
+    EAGER = args.jax_eager
+    if args.only != "jax":
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     meta = machine_meta()
-    meta.update(tol=TOL, tag=args.tag, loadavg_start=list(os.getloadavg()))
+    meta.update(tol=TOL, tag=args.tag, jax_eager=EAGER, torch_threads=args.torch_threads,
+                loadavg_start=list(os.getloadavg()))
     rows = []
     for B in args.batch:
         if args.only in (None, "torch"):
