@@ -258,13 +258,19 @@ class _Problem:
     def __init__(self, X, Y, a, b, s: PointCloudSettings):
         self.da, dask = dask_modules()
         self.s = s
-        # the points, weights and log-weights go to the workers once (persisted): every
-        # half-step's graph then refers to them instead of carrying them
-        self.X, self.Y, self.a, self.b, self.loga, self.logb = dask.persist(
-            X, Y, a, b, self.da.log(a), self.da.log(b))
-        _replicate(self.X, self.Y, self.loga, self.logb)
+        # the points and weights go to the workers once (persisted): every half-step's
+        # graph then refers to them instead of carrying them
+        self.X, self.Y, self.a, self.b = dask.persist(X, Y, a, b)
         self.dtype = X.dtype
         self.meta = meta_like(X, 1)
+
+    def persist_log_weights(self) -> None:
+        """Persist and replicate log(a), log(b); called once the weights are known to be
+        positive, so that a zero weight is refused by name instead of meeting log(0)."""
+        self.loga, self.logb = self.da.log(self.a), self.da.log(self.b)
+        _, dask = dask_modules()
+        self.loga, self.logb = dask.persist(self.loga, self.logb)
+        _replicate(self.X, self.Y, self.loga, self.logb)
 
     def _soft_min(self, P, Q, w, eps, swapped):
         """``eps LSE_q((w_q - c(P_p, Q_q)) / eps)`` for every point of ``P``: one task per
@@ -442,6 +448,7 @@ def sinkhorn_pointcloud(X: Any, Y: Any, eps: float, a: Any = None, b: Any = None
         raise ValueError(f"{WHERE}: a and b must have the same total mass, got sum(a) = "
                          f"{mass_a!r} and sum(b) = {mass_b!r}; normalise both (e.g. a / "
                          "a.sum())")
+    prob.persist_log_weights()
     tol = s.atol + s.rtol * mass_a
     if s.eps_scaling is None:
         schedule = [s.eps]

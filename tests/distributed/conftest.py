@@ -14,9 +14,11 @@ _PRELOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker_pre
 
 @pytest.fixture(scope="session")
 def cluster():
+    # the dashboard on a free port (":0"): another cluster on this machine (a second CI job,
+    # a notebook) may hold Dask's default 8787
     distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, preload=[_PRELOAD]) as lc:
+                                  dashboard_address=":0", preload=[_PRELOAD]) as lc:
         yield lc
 
 
