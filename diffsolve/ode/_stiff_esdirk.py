@@ -116,6 +116,33 @@ class ESDIRKStepper:
         return y_new, E, G, K, True, slow
 
 
+
+def next_step_end(t: float, h_abs: float, t_end: float, direction: float, *, fixed: bool,
+                  step_ts, n_acc: int, n_steps: int, max_steps: int, min_step: float,
+                  t1: float, trajectory):
+    """Where the next attempted step of a stiff loop ends, or why the loop stops.
+
+    Returns ``(stop, t_new, h_prop)``: ``stop`` is ``None`` or ``(status, message)``
+    (budget spent, step underflow); ``h_prop`` is the controller's step when it was
+    shortened to land on ``t_end`` (so the next step is not shrunk by it), else ``None``.
+    A replayed step sequence (``fixed``) takes the next recorded time.
+    """
+    if n_steps >= max_steps:
+        status = Status.MAX_ITERATIONS
+        return (status, status_message(status, t, t1=t1, max_steps=max_steps,
+                                       trajectory=trajectory)), t, None
+    if fixed:
+        return None, float(step_ts[n_acc + 1]), None
+    if h_abs < min_step:
+        status = Status.STEP_UNDERFLOW
+        return (status, status_message(status, t, min_step=min_step,
+                                       trajectory=trajectory)), t, None
+    t_new = t + h_abs * direction
+    if direction * (t_new - t_end) > 0:
+        return None, t_end, h_abs
+    return None, t_new, None
+
+
 def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str, first_step,
                      max_steps: int, step_ts, f0, callback=None, shape=None,
                      trajectory=None, jump_ts=()) -> Trajectory:
@@ -179,28 +206,16 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
         if q < n_out and \
                 direction * (float(t_out[q]) - t_end) < 0:
             t_end = float(t_out[q])
-        h_prop = None  # the controller's step before it was shortened to land on t_end
         rejected = False
         retried = False
         while True:
-            if n_steps >= max_steps:
-                status = Status.MAX_ITERATIONS
-                message = status_message(status, t, t1=t1, max_steps=max_steps,
-                                         trajectory=trajectory)
+            stop, t_new, h_prop = next_step_end(
+                t, h_abs, t_end, direction, fixed=fixed, step_ts=step_ts, n_acc=n_acc,
+                n_steps=n_steps, max_steps=max_steps, min_step=min_step, t1=t1,
+                trajectory=trajectory)
+            if stop is not None:
+                status, message = stop
                 break
-            if fixed:
-                t_new = float(step_ts[n_acc + 1])
-            else:
-                if h_abs < min_step:
-                    status = Status.STEP_UNDERFLOW
-                    message = status_message(status, t, min_step=min_step,
-                                             trajectory=trajectory)
-                    break
-                t_new = t + h_abs * direction
-                h_prop = None
-                if direction * (t_new - t_end) > 0:
-                    t_new = t_end
-                    h_prop = h_abs
             h = t_new - t
             if not fixed:
                 h_abs = abs(h)

@@ -32,6 +32,7 @@ from ._controller import Controller, initial_step
 from ._integrate import Trajectory
 from ._result import status_message
 from ._settings import ODEState
+from ._stiff_esdirk import next_step_end
 
 np = B.host_namespace()
 
@@ -166,7 +167,6 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
         if q < T and \
                 direction * (float(t_out[q]) - t_end) < 0:
             t_end = float(t_out[q])
-        h_prop = None  # the controller's step before it was shortened to land on t_end
         if J is None:  # once per accepted state: rejected retries reuse it
             J = jacobian(t, y)
             n_jac += 1
@@ -175,24 +175,13 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
             nfe += 1
         rejected = False
         while True:
-            if n_steps >= max_steps:
-                status = Status.MAX_ITERATIONS
-                message = status_message(status, t, t1=t1, max_steps=max_steps,
-                                         trajectory=trajectory)
+            stop, t_new, h_prop = next_step_end(
+                t, h_abs, t_end, direction, fixed=fixed, step_ts=step_ts, n_acc=n_acc,
+                n_steps=n_steps, max_steps=max_steps, min_step=min_step, t1=t1,
+                trajectory=trajectory)
+            if stop is not None:
+                status, message = stop
                 break
-            if fixed:
-                t_new = float(step_ts[n_acc + 1])
-            else:
-                if h_abs < min_step:
-                    status = Status.STEP_UNDERFLOW
-                    message = status_message(status, t, min_step=min_step,
-                                             trajectory=trajectory)
-                    break
-                t_new = t + h_abs * direction
-                h_prop = None
-                if direction * (t_new - t_end) > 0:
-                    t_new = t_end
-                    h_prop = h_abs
             h = t_new - t
             if not fixed:
                 h_abs = abs(h)
