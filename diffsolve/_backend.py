@@ -213,6 +213,17 @@ def _library(x) -> str:
     return type(x).__module__.split(".")[0]
 
 
+def scaled_norm(xp, v) -> float:
+    """The Euclidean norm of ``v`` as a host float, scaled by ``max|v|`` first so that
+    entries beyond 1e154 (float64) do not overflow the squares: a diverging iterate is
+    measured, not reported as ``inf``."""
+    s = float(xp.max(xp.abs(v))) if math.prod(tuple(v.shape)) else 0.0
+    if s == 0.0 or not math.isfinite(s):
+        return s
+    w = v / s
+    return s * float(xp.sqrt(xp.sum(w * w)))
+
+
 def array_namespace(*xs, where: str = "diffsolve"):
     """The array-API namespace of the arrays in ``xs``.
 

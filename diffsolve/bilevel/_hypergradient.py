@@ -192,15 +192,6 @@ class HypergradientInfo(SolverResult):
     message: str = ""
 
 
-def _norm(xp, v) -> float:
-    # scaled, so that entries beyond 1e154 (float64) do not overflow the squares
-    s = float(xp.max(xp.abs(v))) if math.prod(tuple(v.shape)) else 0.0
-    if s == 0.0 or not math.isfinite(s):
-        return s
-    w = v / s
-    return s * float(xp.sqrt(xp.sum(w * w)))
-
-
 def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol, *, xp,
               dtype):
     method = V.choice(WHERE, "method", method, METHODS)
@@ -410,7 +401,7 @@ def hypergradient(outer: Callable[..., Any], inner: Callable[..., Any], x: Array
         grad, v, out = implicit_hypergradient(
             hyy, hxy, fx, fy, method=st.method, rtol=st.rtol, maxiter=st.maxiter,
             ridge=st.ridge, stepsize=stepsize, where=WHERE, atol=st.atol)
-        inner_grad_norm = _norm(xp, oracle.inner_grad_y(x, y)) if st.return_info else \
+        inner_grad_norm = B.scaled_norm(xp, oracle.inner_grad_y(x, y)) if st.return_info else \
             math.nan
         info = HypergradientInfo(st.method, out.n_iters, out.converged, out.residual_norm,
                                  inner_grad_norm,
@@ -467,7 +458,7 @@ def implicit_hypergradient(hyy, hxy, fx, fy, *, method="implicit-cg", rtol=1e-10
         Hv = hyy(v)
         return Hv + ridge * v if ridge else Hv
 
-    b_norm = _norm(xp, fy)
+    b_norm = B.scaled_norm(xp, fy)
     if method == "implicit-cg":
         out = cg_solve(apply, fy, rtol=rtol, atol=atol, maxiter=maxiter, where=where,
                        what="the Hessian system ∇²ᵧᵧ inner · v = ∇ᵧ outer",
@@ -523,7 +514,7 @@ def _neumann(apply, fy, b_norm, stepsize, rtol, atol, maxiter, xp, label):
     while n < K and res > tol:
         p = p - stepsize * apply(p)  # p_{n+1}: the residual of α·acc
         n += 1
-        res = _norm(xp, p)
+        res = B.scaled_norm(xp, p)
         if not math.isfinite(res) or not res > tol or n == K:
             break
         acc = acc + p
@@ -584,11 +575,11 @@ def _stepsize(hvp_fn, y, xp) -> float:
     """1 / (1.05 L̂), L̂ the largest eigenvalue of ∇²ᵧᵧg by power iteration."""
     n = math.prod(tuple(y.shape))
     v = xp.reshape(_probe(xp, n, y.dtype, B.device(y), 3.0), tuple(y.shape))
-    v = v / _norm(xp, v)
+    v = v / B.scaled_norm(xp, v)
     lam = 0.0
     for _ in range(POWER_ITERATIONS):
         w = hvp_fn(v)
-        lam = _norm(xp, w)
+        lam = B.scaled_norm(xp, w)
         if lam == 0.0 or not math.isfinite(lam):
             break
         v = w / lam
@@ -617,7 +608,7 @@ def _unrolled(outer, grad_y_inner, x, y, stepsize, st, xp):
     y_last, first, diverged = y, None, False
     for _ in range(steps):
         y_next = y_last - stepsize * grad_y_inner(x, y_last)
-        move = _norm(xp, y_next - y_last)
+        move = B.scaled_norm(xp, y_next - y_last)
         y_last = y_next
         if first is None:
             first = move
@@ -632,7 +623,7 @@ def _unrolled(outer, grad_y_inner, x, y, stepsize, st, xp):
             f"{stepsize:g} too large for ∇²ᵧᵧ inner: it must be < 2/L); pass a smaller "
             "stepsize, or leave it None to estimate 1/L")
     if st.return_info:
-        inner_grad_norm = _norm(xp, grad_y_inner(x, y_last))
+        inner_grad_norm = B.scaled_norm(xp, grad_y_inner(x, y_last))
     vjp_f, value = autograd_vjp(lambda a, b: outer(a, b), x, y_last, argnum=(0, 1),
                                 where=WHERE, what="the outer objective", ways_out=WAYS_OUT,
                                 name=getattr(outer, "__name__", "outer"))

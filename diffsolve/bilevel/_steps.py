@@ -28,6 +28,9 @@ from typing import Any
 from .. import _backend as B
 from ..implicit._implicit_solve import _probe
 
+# the overflow-safe norm every step rule measures with (also imported by _solve)
+norm = B.scaled_norm
+
 #: power iterations for a Lipschitz estimate: two significant digits are enough for a step
 POWER_ITERATIONS = 10
 #: an accepted step is tried this much longer next time (then backtracked if too long)
@@ -38,15 +41,6 @@ GROWTH = 2.0
 ARMIJO = 0.5
 #: halvings before a backtracking step gives up and keeps the smallest trial
 MAX_BACKTRACKS = 30
-
-
-def norm(xp, v) -> float:
-    """The Euclidean norm, scaled so that entries beyond 1e154 do not overflow."""
-    s = float(xp.max(xp.abs(v))) if math.prod(tuple(v.shape)) else 0.0
-    if s == 0.0 or not math.isfinite(s):
-        return s
-    w = v / s
-    return s * float(xp.sqrt(xp.sum(w * w)))
 
 
 def fd_lipschitz(grad: Callable[[Any], Any], point, xp, *, g0=None,
