@@ -224,6 +224,33 @@ def scaled_norm(xp, v) -> float:
     return s * float(xp.sqrt(xp.sum(w * w)))
 
 
+_CHECKSUM_WEIGHTS: dict[int, Any] = {}
+
+
+def content_checksum(v) -> int:
+    """An exact checksum of a NumPy array's entries: ``sum_i w_i bits(v_i)`` modulo 2⁶⁴,
+    the bits of each entry read as an unsigned integer and ``w_i`` irregular odd integers.
+
+    Any change of one entry changes it (an odd weight is invertible modulo 2⁶⁴), however
+    small the change, which a floating-point checksum would round away; permuting entries
+    changes it too. One pass over the data: for caches keyed on content, so that an array
+    mutated in place is never a stale hit.
+    """
+    flat = np.ascontiguousarray(v).reshape(-1)
+    unsigned = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}.get(flat.dtype.itemsize)
+    bits = flat.view(unsigned) if unsigned is not None else flat.view(np.uint8)
+    bits = bits.astype(np.uint64, copy=False)
+    n = bits.shape[0]
+    w = _CHECKSUM_WEIGHTS.get(n)
+    if w is None:
+        if len(_CHECKSUM_WEIGHTS) > 16:
+            _CHECKSUM_WEIGHTS.clear()
+        # i·(2⁶⁴/φ) modulo 2⁶⁴, made odd: Knuth's multiplicative hashing constant
+        i = np.arange(1, n + 1, dtype=np.uint64)
+        w = _CHECKSUM_WEIGHTS[n] = (i * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    return int(np.sum(bits * w))
+
+
 def array_namespace(*xs, where: str = "diffsolve"):
     """The array-API namespace of the arrays in ``xs``.
 

@@ -224,3 +224,24 @@ def test_threads_share_one_compile():
     for g in grads[1:]:
         np.testing.assert_array_equal(np.asarray(g), np.asarray(grads[0]))
     assert [k[0] for k in D._JIT_CACHE] == ["hypergradient-cg"]
+
+
+def test_numpy_array_mutated_in_place_misses_the_cache():
+    """A NumPy array the objective reads, changed in place between calls, must not be served
+    by a function compiled with its old values (jax.jit alone would bake them in)."""
+    D.clear_jit_cache()
+    target = np.array([1.0, 2.0, 3.0])
+
+    def inner(x, y):
+        return 0.5 * jnp.sum((y - x) ** 2)
+
+    def outer(x, y):
+        return 0.5 * jnp.sum((y - target) ** 2)
+
+    x = jnp.zeros(3)
+    y = x  # the inner solution y*(x) = x
+    first = hypergradient(outer, inner, x, y)
+    np.testing.assert_allclose(np.asarray(first), -target, rtol=1e-12, atol=1e-12)
+    target[:] = [5.0, -1.0, 0.5]  # mutated in place, same binding
+    second = hypergradient(outer, inner, x, y)
+    np.testing.assert_allclose(np.asarray(second), -target, rtol=1e-12, atol=1e-12)

@@ -234,6 +234,15 @@ def _bound_objects(fn) -> tuple:
     return cells + tuple(glob[n] for n in code.co_names if n in glob)
 
 
+def _content(obj):
+    """The content key of a bound NumPy array (an exact checksum: an array mutated in place
+    behind the same binding misses the cache, since ``jax.jit`` baked its old values in);
+    ``None`` for anything else (JAX arrays are immutable; other objects go by identity)."""
+    if B.is_array(obj) and B.is_numpy(B.array_namespace(obj)) and obj.dtype.kind in "biufc":
+        return (tuple(obj.shape), str(obj.dtype), B.content_checksum(obj))
+    return None
+
+
 def _filled(cell) -> bool:
     try:
         cell.cell_contents  # noqa: B018 (an empty cell raises)
@@ -254,13 +263,15 @@ def cached_jit(kind: str, fns: tuple, build: Callable) -> Callable:
     The key is ``kind`` and the identity of each function in ``fns`` together with the
     identity of the objects it binds (:func:`_bound_objects`); the entry holds those
     objects, so no identity is reused while it lives. A new function object (a fresh
-    closure) or a rebound global misses; an array mutated in place behind the same binding
-    does not (as with ``jax.jit`` itself).
+    closure) or a rebound global misses, and so does a bound NumPy array mutated in place
+    (its content is part of the key, by an exact checksum: ``jax.jit`` alone would keep
+    the values it baked in).
     """
     import jax
 
     bound = tuple(_bound_objects(f) for f in fns)
-    key = (kind, tuple(id(f) for f in fns), tuple(tuple(map(id, b)) for b in bound))
+    key = (kind, tuple(id(f) for f in fns), tuple(tuple(map(id, b)) for b in bound),
+           tuple(tuple(map(_content, b)) for b in bound))
     with _JIT_LOCK:
         hit = _JIT_CACHE.get(key)
         if hit is not None:

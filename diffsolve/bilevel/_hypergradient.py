@@ -26,10 +26,10 @@ With JAX arrays (objectives, and any hand-written derivatives, written with
 ``∇ᵧg`` linearised once, the CG loop (the same steps as :func:`diffsolve.krylov.cg`) and
 the mixed product; hand-written derivatives are traced into it like the objectives (so a
 Python side effect in them runs once, at the trace). It is compiled once per set of
-function objects and reused by later calls with new
-values, shapes already seen and other options (a new closure, or a global the functions
-read rebound, compiles again; an array mutated in place behind the same name is not seen,
-as with ``jax.jit`` itself). Whatever that loop does not finish cleanly (CG breakdown, a
+function objects and reused by later calls with new values, shapes already seen and other
+options (a new closure, or a global the functions read rebound, compiles again, and so does a
+NumPy array they read that was mutated in place: its content is part of the cache key,
+unlike with ``jax.jit`` alone). Whatever that loop does not finish cleanly (CG breakdown, a
 restart from the true residual, NaN) is redone by the generic path, which reports it.
 
 Failure follows the solver contract: the result (``return_info=True``) has ``status``,

@@ -16,7 +16,6 @@ NumPy only: on CuPy a fingerprint costs a device synchronisation, about what it 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
 
 from .. import _backend as B
 
@@ -24,28 +23,6 @@ __all__ = ["fingerprint", "known_symmetric", "remember_symmetric"]
 
 _MAX_ENTRIES = 16
 _symmetric: OrderedDict[tuple, bool] = OrderedDict()
-_weights: dict[Any, Any] = {}
-
-
-def _weighted_sum(xp, v) -> int:
-    """``sum_i w_i bits(v_i)`` modulo 2⁶⁴, the bits of each entry read as an unsigned
-    integer and ``w_i`` irregular odd integers. Exact: any change of one entry changes the
-    sum (an odd weight is invertible modulo 2⁶⁴), however small the change, which a
-    floating-point checksum would round away; permuting or swapping entries changes it
-    too (the weights differ)."""
-    n = v.shape[0]
-    w = _weights.get(n)
-    if w is None:
-        if len(_weights) > _MAX_ENTRIES:
-            _weights.clear()
-        # i·(2⁶⁴/φ) modulo 2⁶⁴, made odd: Knuth's multiplicative hashing constant
-        i = xp.arange(1, n + 1, dtype=xp.uint64)
-        w = _weights[n] = (i * xp.asarray(0x9E3779B97F4A7C15, dtype=xp.uint64)) | \
-            xp.asarray(1, dtype=xp.uint64)
-    unsigned = {8: xp.uint64, 4: xp.uint32, 2: xp.uint16, 1: xp.uint8}[v.dtype.itemsize]
-    bits = B.contiguous(xp, v).view(unsigned)
-    bits = bits if unsigned == xp.uint64 else xp.astype(bits, xp.uint64)
-    return int(xp.sum(bits * w))
 
 
 def fingerprint(op) -> tuple | None:
@@ -61,7 +38,7 @@ def fingerprint(op) -> tuple | None:
         parts: tuple = (A.data, A.indices, A.indptr)
     else:
         parts = (xp.reshape(A, (-1,)),)
-    sums = tuple(_weighted_sum(xp, p) for p in parts)
+    sums = tuple(B.content_checksum(p) for p in parts)
     return (op.kind, str(op.dtype), tuple(op.shape), *(p.shape[0] for p in parts), *sums)
 
 
