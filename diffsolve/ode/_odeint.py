@@ -462,7 +462,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
                         y0=y_s, t_out=t_seg, params=params_eff, shape=shape, xp=xp,
                         dtype=dtype, device=device, step_ts=seg_steps, f0=f_s,
                         callback=callback, trajectory=index, jac_sparsity=jac_sparsity,
-                        jump_ts=())
+                        jump_ts=(), f=f, jitted=jitted)
 
                 traj = auto_trajectory(stepper, run_stiff, rhs, yb, t_out,  # type: ignore[arg-type]
                                        controller=controller, first_step=settings.first_step,
@@ -474,7 +474,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
                                                          xp, jitted),
                     y0=yb, t_out=t_out, params=params_eff, shape=shape, xp=xp, dtype=dtype,
                     device=device, step_ts=sts, f0=f0, callback=callback, trajectory=index,
-                    jac_sparsity=jac_sparsity, jump_ts=jumps)
+                    jac_sparsity=jac_sparsity, jump_ts=jumps, f=f, jitted=jitted)
             else:  # neither compiled nor implicit: stepper was built above
                 traj = integrate(stepper, rhs, yb, t_out,  # type: ignore[arg-type]
                                  controller=controller,

@@ -74,8 +74,13 @@ def pullback_factory(f, vjp, params, shape, xp, jitted, fvjp):
 
 
 def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, dtype,
-                     device, step_ts, f0, callback, trajectory, jac_sparsity, jump_ts):
-    """Integrate one (flattened) trajectory with the ESDIRK tableau ``tab``."""
+                     device, step_ts, f0, callback, trajectory, jac_sparsity, jump_ts,
+                     f=None, jitted=False):
+    """Integrate one (flattened) trajectory with the implicit tableau ``tab``.
+
+    ``f`` (the user's field) and ``jitted`` (whether it is a Numba function) are for a
+    compiled loop; the Python loop calls ``rhs``.
+    """
     n = y0.shape[0]
     jacobian = make_jacobian(settings.jac, jac_sparsity, xp=xp, n=n, dtype=dtype,
                              device=device, rhs=rhs, fvjp=fvjp, params=params, shape=shape)
