@@ -185,6 +185,57 @@ def test_van_der_pol_stiff_solves_where_explicit_gives_up():
     assert explicit.status == ds.Status.MAX_ITERATIONS
 
 
+def vdpol(t, y, p):
+    """The IVP test set's VDPOL: ``y'' − μ(1 − y²)y' + y = 0`` in the time ``t/μ``,
+    ``ε = 1/μ²``."""
+    return anp.array([y[1], ((1.0 - y[0] ** 2) * y[1] - y[0]) / p[0]])
+
+
+@pytest.mark.parametrize("method", ["kvaerno5", "rodas5"])
+def test_van_der_pol_mu_1e6_crosses_the_fast_transitions(method):
+    # ε = 1e-12: y' reaches 1e12 in transitions of width ~1e-12 around t ≈ 0.807 and
+    # 1.614, where I − hγJ is row-scaled by 1e8 (a pivot-ratio singularity test without
+    # equilibration rejected every step there: a step-size underflow at t ≈ 0.807)
+    p = np.array([1e-12])
+    t = np.linspace(0.0, 2.0, 9)
+    y0 = np.array([2.0, 0.0])
+    res = odeint(vdpol, y0, t, p, method=method, rtol=1e-6, atol=1e-9)
+    assert res.converged and res.status == ds.Status.SUCCESS
+    # the other method at a tight tolerance as the reference (SciPy Radau fails there)
+    other = "rodas5" if method == "kvaerno5" else "kvaerno5"
+    ref = odeint(vdpol, y0, t, p, method=other, rtol=1e-10, atol=1e-13, max_steps=10 ** 6)
+    assert ref.converged
+    err = np.max(np.abs(res.ys[:, 0] - ref.ys[:, 0]))
+    assert err < 1e-4, err
+    # both transitions (t ≈ 0.807, 1.614) were crossed: y1 changed sign twice
+    assert np.sum(np.diff(np.sign(res.ys[:, 0])) != 0) == 2
+
+
+def test_shifted_lu_equilibrates_badly_row_scaled_matrices(rng):
+    from diffsolve.ode._stiff_newton import ShiftedLU
+
+    # I − cJ with the Jacobian of VDPOL (ε = 1e-12) inside a fast transition
+    y1, y2, eps, c = 0.97, -1e9, 1e-12, 2.6e-13
+    J = np.array([[0.0, 1.0], [(-2.0 * y1 * y2 - 1.0) / eps, (1.0 - y1 ** 2) / eps]])
+    M = np.eye(2) - c * J
+    lu = ShiftedLU(J, 1.0, c, np)
+    assert not lu.singular
+    b = rng.standard_normal(2)
+
+    def backward_error(A, x):  # componentwise (Oettli–Prager): ~eps for a stable solve
+        return np.max(np.abs(A @ x - b) / (np.abs(A) @ np.abs(x) + np.abs(b)))
+
+    assert backward_error(M, lu.solve(b)) < 1e-14
+    assert backward_error(M.T, lu.solve(b, trans=True)) < 1e-14
+    # the d I − c J form of the Rosenbrock matrix, and a truly singular one
+    lu2 = ShiftedLU(J, 1.0 / c, 1.0, np)
+    assert backward_error(np.eye(2) / c - J, lu2.solve(b)) < 1e-14
+    assert ShiftedLU(np.array([[1.0, 1.0], [0.0, 1.0]]), 1.0, 1.0, np).singular  # I − J
+    # the sparse form gives the same solution
+    lu3 = ShiftedLU(sp.csr_matrix(J), 1.0, c, np)
+    assert np.allclose(lu3.solve(b), lu.solve(b), rtol=1e-10, atol=0)
+
+
 # ---------------------------------------------------------------------------------------
 # Jacobians
 # ---------------------------------------------------------------------------------------

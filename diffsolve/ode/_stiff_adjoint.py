@@ -24,9 +24,8 @@ discrete adjoint.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import _backend as B
+from ._stiff_newton import ShiftedLU
 
 np = B.host_namespace()
 
@@ -34,13 +33,7 @@ __all__ = ["esdirk_adjoint"]
 
 
 def _transposed_solve(xp, J, hg, rhs_vec):
-    n = rhs_vec.shape[0]
-    if B.is_sparse(J):
-        eye = type(J)((xp.ones((n,), dtype=J.dtype), xp.arange(n, dtype=J.indices.dtype),
-                       xp.arange(n + 1, dtype=J.indptr.dtype)), shape=(n, n))
-        lu: Any = B.SparseLU((eye - J * hg).tocsr(), xp)
-    else:
-        lu = B.DenseLU(xp.eye(n, dtype=J.dtype, device=B.device(J)) - hg * J, xp)
+    lu = ShiftedLU(J, 1.0, hg, xp)
     if lu.singular:
         return xp.full_like(rhs_vec, float("nan"))
     return lu.solve(rhs_vec, trans=True)

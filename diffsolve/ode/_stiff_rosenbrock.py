@@ -33,6 +33,7 @@ from ._integrate import Trajectory
 from ._result import status_message
 from ._settings import ODEState
 from ._stiff_esdirk import next_step_end
+from ._stiff_newton import ShiftedLU
 
 np = B.host_namespace()
 
@@ -97,12 +98,7 @@ def _hermite(xp, y0, y1, f0, f1, h, theta):
 
 
 def _factor(xp, J, hg):
-    n = J.shape[0]
-    if B.is_sparse(J):
-        eye = type(J)((xp.ones((n,), dtype=J.dtype), xp.arange(n, dtype=J.indices.dtype),
-                       xp.arange(n + 1, dtype=J.indptr.dtype)), shape=(n, n))
-        return B.SparseLU((eye * (1.0 / hg) - J).tocsr(), xp)
-    return B.DenseLU(xp.eye(n, dtype=J.dtype, device=B.device(J)) * (1.0 / hg) - J, xp)
+    return ShiftedLU(J, 1.0 / hg, 1.0, xp)
 
 
 def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rtol, atol,
