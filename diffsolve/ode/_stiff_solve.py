@@ -14,12 +14,15 @@ from typing import Any
 from .. import _backend as B
 from ._stiff_adjoint import esdirk_adjoint
 from ._stiff_auto import auto_adjoint
+from ._stiff_compiled import COMPILED_MAX_N, compiled_stiff_trajectory
 from ._stiff_esdirk import ESDIRKStepper, integrate_esdirk
 from ._stiff_jacobian import make_jacobian
 from ._stiff_newton import IterationMatrix
 from ._stiff_rosenbrock import RODAS5, integrate_rosenbrock
 from ._stiff_tableaux import STIFF_TABLEAUX
 from ._vector_field import make_vjp
+
+np = B.host_namespace()
 
 __all__ = ["IMPLICIT_TABLEAUX", "auto_backward", "lazy_vjp", "stiff_adjoint",
            "stiff_trajectory"]
@@ -78,10 +81,20 @@ def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, 
                      f=None, jitted=False):
     """Integrate one (flattened) trajectory with the implicit tableau ``tab``.
 
-    ``f`` (the user's field) and ``jitted`` (whether it is a Numba function) are for a
-    compiled loop; the Python loop calls ``rhs``.
+    ``f`` (the user's field) and ``jitted`` (whether it is a Numba function) are for the
+    compiled loop (:mod:`._stiff_compiled`), taken when :func:`_compiled_ok` allows it and
+    ``f`` has the float64 signature; the Python loop calls ``rhs``.
     """
     n = y0.shape[0]
+    if jitted and callback is None and _compiled_ok(settings.jac, jac_sparsity, y0, f0,
+                                                    params, shape, xp):
+        jac = settings.jac if callable(settings.jac) else None
+        traj = compiled_stiff_trajectory(tab, settings, f=f, jac=jac, y0=y0, f0=f0,
+                                         t_out=t_out, params=params, step_ts=step_ts,
+                                         jump_ts=jump_ts, trajectory=trajectory)
+        if traj is not None:
+            traj.stats[3] += 1  # f0
+            return traj
     jacobian = make_jacobian(settings.jac, jac_sparsity, xp=xp, n=n, dtype=dtype,
                              device=device, rhs=rhs, fvjp=fvjp, params=params, shape=shape)
     rtol, atol = settings.norm_tolerances
@@ -101,6 +114,24 @@ def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, 
                             trajectory=trajectory, jump_ts=jump_ts)
     traj.stats[3] += 1  # f0
     return traj
+
+
+def _compiled_ok(jac, jac_sparsity, y0, f0, params, shape, xp) -> bool:
+    """Whether the compiled loop can run this solve: host NumPy float64 state, slope and
+    parameters (1-D: the kernel calls ``f`` on the flat state), a dense Jacobian
+    (``jac_sparsity`` keeps the Python loop and its sparse LU) by differences or from an
+    ``@njit`` ``jac``, and at most :data:`COMPILED_MAX_N` unknowns (dense LU)."""
+    if jac_sparsity is not None or not B.is_numpy(xp) or len(shape) != 1:
+        return False
+    n = shape[0]
+    if not 1 <= n <= COMPILED_MAX_N:
+        return False
+    for a in (y0, f0, params):
+        if type(a) is not np.ndarray or a.dtype != np.float64 or a.ndim != 1:
+            return False
+    if callable(jac):
+        return bool(B.get_kernel(xp, "ode.is_jitted")(jac))
+    return jac == "fd"
 
 
 def stiff_adjoint(fwd, traj, ys_bar):
