@@ -45,6 +45,7 @@ Results: ``bench/results/ode_stiff.json``, ``ode_stiff.md``, ``ode_stiff.png``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -52,6 +53,7 @@ import time
 from pathlib import Path
 
 import autograd.numpy as anp
+import numba
 import numpy as np
 import scipy
 import scipy.sparse as sp
@@ -142,6 +144,19 @@ POLLU_Y0 = np.zeros(20)
 POLLU_Y0[[1, 3, 6, 7, 8, 16]] = [0.2, 0.04, 0.1, 0.3, 0.01, 0.007]
 
 
+def _njit_twin(fn):
+    """The ``@njit`` twin of a field above, compiled from the same source (one definition
+    of each problem): ``arr(...)`` becomes ``np.array(...)``, the one array constructor
+    the fields use."""
+    src = inspect.getsource(fn)
+    src = src.replace(", arr=anp.array)", ")").replace(", arr=np.array)", ")")
+    src = src.replace("return arr(", "return np.array(")
+    src = src.replace(f"def {fn.__name__}(", f"def {fn.__name__}_nb(")
+    scope: dict = {}
+    exec(compile(src, f"<njit {fn.__name__}>", "exec"), globals(), scope)
+    return numba.njit(scope[f"{fn.__name__}_nb"])
+
+
 def brusselator(n):
     """1-D Brusselator (Hairer–Wanner II, IV.1, "BRUSS"): u, v interleaved, α = 1/50."""
     c = (1.0 / 50.0) * (n + 1) ** 2
@@ -167,17 +182,20 @@ def brusselator(n):
 
 
 def problems(quick: bool, n_bruss: int):
-    out = {"robertson": dict(f=robertson, y0=np.array([1.0, 0.0, 0.0]),
+    out = {"robertson": dict(f=robertson, f_nb=_njit_twin(robertson),
+                             y0=np.array([1.0, 0.0, 0.0]),
                              t=np.array([0.0, 0.4, 4.0, 40.0, 400.0, 4e3, 4e4, 1e5]),
                              p=ROBER_P, atol_scale=1e-6)}
     if quick:
         return out
-    out["vdp_mu1e3"] = dict(f=vdp, y0=np.array([2.0, 0.0]), t=np.linspace(0, 2, 9),
+    out["vdp_mu1e3"] = dict(f=vdp, f_nb=_njit_twin(vdp),
+                            y0=np.array([2.0, 0.0]), t=np.linspace(0, 2, 9),
                             p=np.array([1e-6]), atol_scale=1e-3)
-    out["hires"] = dict(f=hires, y0=np.array([1.0, 0, 0, 0, 0, 0, 0, 0.0057]),
+    out["hires"] = dict(f=hires, f_nb=_njit_twin(hires),
+                        y0=np.array([1.0, 0, 0, 0, 0, 0, 0, 0.0057]),
                         t=np.linspace(0, 321.8122, 9), p=None, atol_scale=1e-4)
-    out["pollution"] = dict(f=pollution, y0=POLLU_Y0, t=np.linspace(0, 60, 7), p=None,
-                            atol_scale=1e-4)
+    out["pollution"] = dict(f=pollution, f_nb=_njit_twin(pollution), y0=POLLU_Y0,
+                            t=np.linspace(0, 60, 7), p=None, atol_scale=1e-4)
     f, y0, pattern = brusselator(n_bruss)
     out[f"brusselator_n{n_bruss}"] = dict(f=f, y0=y0, t=np.linspace(0, 10, 6), p=None,
                                          atol_scale=1e-3, pattern=pattern)
@@ -202,27 +220,38 @@ def scaled_error(ys, ref):
     return float(np.max(np.abs(ys - ref) / (np.abs(ref) + floor + 1e-300)))
 
 
-def run_diffsolve(prob, method, rtol):
+def run_diffsolve(prob, method, rtol, njit=False):
+    if njit and "f_nb" not in prob:
+        return None  # no @njit twin (the sparse Brusselator keeps the Python loop)
     kw = {"jac_sparsity": prob["pattern"]} if "pattern" in prob else {}
+    f = prob["f_nb"] if njit else prob["f"]
     t0, c0 = time.perf_counter(), time.process_time()
-    res = odeint(prob["f"], prob["y0"], prob["t"], prob["p"], method=method, rtol=rtol,
+    res = odeint(f, prob["y0"], prob["t"], prob["p"], method=method, rtol=rtol,
                  atol=rtol * prob["atol_scale"], max_steps=200_000, **kw)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return res.ys, wall, cpu, res.stats.nfe, res.stats.n_steps, bool(res.converged)
 
 
-def run_scipy(prob, method, rtol):
+def run_scipy(prob, method, rtol, njit=False):
+    if njit and "f_nb" not in prob:
+        return None
     kw = {"jac_sparsity": prob["pattern"]} if "pattern" in prob else {}
     p = prob["p"]
+    f = prob["f_nb"] if njit else prob["f"]
+    if njit and p is None:
+        p = _NO_PARAMS
     t0, c0 = time.perf_counter(), time.process_time()
     # dense output at the output times (as odeint's), so that sol.t holds the steps
-    sol = solve_ivp(lambda t, y: prob["f"](t, y, p), (prob["t"][0], prob["t"][-1]),
+    sol = solve_ivp(lambda t, y: f(t, y, p), (prob["t"][0], prob["t"][-1]),
                     prob["y0"], method=method, rtol=rtol, atol=rtol * prob["atol_scale"],
                     dense_output=True, **kw)
     ys = sol.sol(prob["t"]).T if sol.success else \
         np.full((len(prob["t"]), len(prob["y0"])), np.nan)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return ys, wall, cpu, int(sol.nfev), int(sol.t.shape[0]) - 1, bool(sol.success)
+
+
+_NO_PARAMS = np.zeros(0)
 
 
 def _diffrax_runner():
@@ -283,7 +312,21 @@ SOLVERS = {
     "diffsolve rodas5": lambda prob, rtol: run_diffsolve(prob, "rodas5", rtol),
     "scipy Radau": lambda prob, rtol: run_scipy(prob, "Radau", rtol),
     "scipy BDF": lambda prob, rtol: run_scipy(prob, "BDF", rtol),
+    # the same fields as Numba @njit functions: odeint's compiled stiff loop, and SciPy
+    # calling the compiled field from its Python loop (the fair baseline for those rows)
+    "diffsolve kvaerno5 (njit)": lambda prob, rtol: run_diffsolve(prob, "kvaerno5", rtol,
+                                                                  njit=True),
+    "diffsolve kvaerno3 (njit)": lambda prob, rtol: run_diffsolve(prob, "kvaerno3", rtol,
+                                                                  njit=True),
+    "diffsolve rodas5 (njit)": lambda prob, rtol: run_diffsolve(prob, "rodas5", rtol,
+                                                                njit=True),
+    "scipy Radau (njit f)": lambda prob, rtol: run_scipy(prob, "Radau", rtol, njit=True),
+    "scipy BDF (njit f)": lambda prob, rtol: run_scipy(prob, "BDF", rtol, njit=True),
 }
+NJIT_SOLVERS = [s for s in SOLVERS if "njit" in s]
+#: seconds of the first call of each njit row per problem (compiling f for its signature;
+#: the stiff kernels are compiled once per machine and cached on disk), kept out of timings
+NJIT_COMPILE_S: dict = {}
 if DIFFRAX is not None:
     SOLVERS["diffrax Kvaerno5 (jit)"] = DIFFRAX
 
@@ -291,6 +334,11 @@ if DIFFRAX is not None:
 def bench_problem(name, prob, rtols, repeats, time_budget):
     ref = reference(prob)
     rows = []
+    if "f_nb" in prob:  # compile (or load) before any timed run
+        for solver in NJIT_SOLVERS:
+            t0 = time.perf_counter()
+            SOLVERS[solver](prob, rtols[0])
+            NJIT_COMPILE_S[f"{name}/{solver}"] = time.perf_counter() - t0
     for rtol in rtols:
         times = {s: [] for s in SOLVERS}
         cpus = {s: [] for s in SOLVERS}
@@ -318,6 +366,7 @@ def bench_problem(name, prob, rtols, repeats, time_budget):
                              time_min=min(times[solver]),
                              time_median=statistics.median(times[solver]),
                              cpu_median=statistics.median(cpus[solver]),
+                             cpu_min=min(cpus[solver]),
                              repeats=len(times[solver]), **info[solver]))
             r = rows[-1]
             print(f"{name:18s} rtol={rtol:7.0e} {solver:20s} err={r['error']:9.2e} "
@@ -413,28 +462,44 @@ def bench_gradients(rtols):
 # ---------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------
-def equal_accuracy_ratios(rows, baseline="scipy Radau"):
-    """CPU time of each solver over the baseline's at the same error: the baseline's
-    work–precision curve (log CPU time vs log error) interpolated at each point's error;
-    NaN outside the baseline's range of errors."""
+def baseline_of(solver: str) -> str:
+    """The Radau row a solver is compared with: the one calling the same field (the
+    @njit rows against Radau calling the @njit field, the others against plain NumPy)."""
+    return "scipy Radau (njit f)" if "njit" in solver else "scipy Radau"
+
+
+def equal_accuracy_ratios(rows):
+    """CPU time of each solver over its Radau baseline's (:func:`baseline_of`) at the same
+    error: the baseline's work–precision curve (log CPU time vs log error) interpolated at
+    each point's error; NaN outside the baseline's range of errors. ``ratio`` from median
+    CPU times, ``ratio_min`` from the minima over the repeats (both curves alike)."""
     out = []
     for prob in dict.fromkeys(r["problem"] for r in rows):
-        base = sorted((r["error"], r["cpu_median"]) for r in rows
-                      if r["problem"] == prob and r["solver"] == baseline and r["success"]
-                      and np.isfinite(r["error"]) and r["error"] > 0)
-        if len(base) < 2:
-            continue
-        le = np.log([b[0] for b in base])
-        lt = np.log([b[1] for b in base])
+        curves = {}
+        for baseline in ("scipy Radau", "scipy Radau (njit f)"):
+            base = sorted((r["error"], r["cpu_median"], r.get("cpu_min", r["cpu_median"]))
+                          for r in rows if r["problem"] == prob and r["solver"] == baseline
+                          and r["success"] and np.isfinite(r["error"]) and r["error"] > 0)
+            if len(base) >= 2:
+                curves[baseline] = (np.log([b[0] for b in base]),
+                                    np.log([b[1] for b in base]),
+                                    np.log([b[2] for b in base]))
         for r in rows:
-            if r["problem"] != prob or r["solver"] == baseline or not r["success"] or \
+            baseline = baseline_of(r["solver"])
+            if r["problem"] != prob or r["solver"].startswith("scipy Radau") or \
+                    baseline not in curves or not r["success"] or \
                     not (np.isfinite(r["error"]) and r["error"] > 0):
                 continue
+            le, lt, lt_min = curves[baseline]
             x = np.log(r["error"])
+            inside = le[0] <= x <= le[-1]
             ratio = float(r["cpu_median"] / np.exp(np.interp(x, le, lt))) \
-                if le[0] <= x <= le[-1] else float("nan")
+                if inside else float("nan")
+            ratio_min = float(r.get("cpu_min", r["cpu_median"])
+                              / np.exp(np.interp(x, le, lt_min))) if inside else float("nan")
             out.append(dict(problem=prob, solver=r["solver"], rtol=r["rtol"],
-                            error=r["error"], ratio=ratio))
+                            error=r["error"], ratio=ratio, ratio_min=ratio_min,
+                            baseline=baseline))
     return out
 
 
@@ -450,7 +515,7 @@ def write_markdown(path, rows, grads, meta):
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["problem"] == prob):
             radau = next(x for x in rows if x["problem"] == prob and x["rtol"] == r["rtol"]
-                         and x["solver"] == "scipy Radau")
+                         and x["solver"] == baseline_of(r["solver"]))
             ratio = r["cpu_median"] / radau["cpu_median"] if radau["cpu_median"] > 0 else np.nan
             lines.append(f"| {r['rtol']:.0e} | {r['solver']} | {r['error']:.2e} | "
                          f"{r['time_min']:.4f} | {r['cpu_median']:.4f} | {r['nfe']} | "
@@ -460,12 +525,25 @@ def write_markdown(path, rows, grads, meta):
     if ratios:
         lines += ["## CPU time over SciPy Radau's at equal accuracy", "",
                   "Radau's work–precision curve interpolated (log–log) at each run's error; "
-                  "blank where the error lies outside Radau's range.", "",
-                  "| problem | solver | rtol | error | time / Radau |", "|---|---|---|---|---|"]
+                  "blank where the error lies outside Radau's range. The (njit) rows are "
+                  "compared with Radau calling the same @njit field (from its Python loop), "
+                  "the others with Radau on the NumPy field. Median and minimum CPU time "
+                  "over the repeats.", "",
+                  "| problem | solver | rtol | error | time / Radau (median) "
+                  "| time / Radau (min) | baseline |", "|---|---|---|---|---|---|---|"]
         for q in ratios:
             ratio = "" if np.isnan(q["ratio"]) else f"{q['ratio']:.2f}"
+            rmin = q.get("ratio_min", float("nan"))
+            ratio_min = "" if np.isnan(rmin) else f"{rmin:.2f}"
             lines.append(f"| {q['problem']} | {q['solver']} | {q['rtol']:.0e} | "
-                         f"{q['error']:.1e} | {ratio} |")
+                         f"{q['error']:.1e} | {ratio} | {ratio_min} | "
+                         f"{q.get('baseline', 'scipy Radau')} |")
+        lines.append("")
+    if meta.get("njit_compile_s"):
+        lines += ["## First call of the @njit rows (compile / cache load, not in the timings)",
+                  "", "| problem / solver | seconds |", "|---|---|"]
+        for k, v in meta["njit_compile_s"].items():
+            lines.append(f"| {k} | {v:.3f} |")
         lines.append("")
     if meta.get("attempts"):
         lines += ["## Van der Pol μ = 1e6 (VDPOL ε = 1e-12), rtol 1e-6", "",
@@ -548,6 +626,11 @@ def main(argv=None):
                 reference="scipy Radau rtol=1e-12 (computed; the test set's stored "
                           "reference values are not in this repository)",
                 diffrax_compile_s=DIFFRAX.compile_times() if DIFFRAX is not None else None,
+                njit_compile_s=NJIT_COMPILE_S,
+                njit="(njit) rows: the same fields as Numba @njit functions; odeint runs its "
+                     "compiled stiff loop (kernels/cpu/ode_stiff.py), SciPy calls the "
+                     "compiled field from Python. First calls (compiling f, loading the "
+                     "cached kernels) are timed apart in njit_compile_s",
                 diffrax="diffrax Kvaerno5 under jax.jit, x64, dense Jacobian (skipped on "
                         "the sparse Brusselator); NFE not reported (-1)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
