@@ -24,6 +24,7 @@ from ._regularizers import global_regularizers, local_step
 from ._result import ODEResult, attach_message, status_message
 from ._settings import ODESettings, ODEState, odeint_settings
 from ._stiff_auto import AUTO_EXPLICIT, AUTO_IMPLICIT, auto_trajectory, stiffness_hint
+from ._stiff_backsolve import stiff_backsolve
 from ._stiff_jacobian import pattern_csr
 from ._stiff_segments import integrate_segments
 from ._stiff_solve import (
@@ -214,6 +215,11 @@ def _backsolve_residual(traj: Trajectory) -> Trajectory:
                       out_theta=traj.out_theta, errs=_NO_RECORDS, stiff=_NO_RECORDS,
                       stats=traj.stats, success=traj.success, message=traj.message,
                       t_fail=traj.t_fail, status=traj.status, n_reached=traj.n_reached)
+
+
+def _stiff(settings, tab) -> bool:
+    """Whether a solve ran (or may have switched to) an implicit method."""
+    return settings.method == "auto" or tab.name in IMPLICIT_TABLEAUX
 
 
 def _finite(host, xp, x) -> bool:
@@ -553,7 +559,8 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     if auto:
         switches = [getattr(traj, "t_switch", math.nan) for traj in trajs]
         object.__setattr__(result, "_t_switch", tuple(switches) if per_traj else switches[0])
-    if settings.adjoint == "backsolve":
+    if settings.adjoint == "backsolve" and not _stiff(settings, tab):
+        # (the stiff backsolve reads y(t) from the stored steps)
         trajs = [_backsolve_residual(traj) for traj in trajs]
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, f=f, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
@@ -644,7 +651,7 @@ def _odeint_bwd(ctx, cot):
                 rE if local is None else 0.0, rS if local is None else 0.0)
             y0_bar = ys_bar[0, ...] + through
             pb = pb if params is not None else None
-        elif st.method == "auto":
+        elif st.method == "auto" and st.adjoint == "discrete":
             y0_bar, pb, through = auto_backward(fwd, traj, ys_bar)
             pb = pb if params is not None else None
         elif st.adjoint == "discrete" and fwd.tab.name in IMPLICIT_TABLEAUX:
@@ -655,7 +662,7 @@ def _odeint_bwd(ctx, cot):
                 fwd.stepper, fwd.rhs, fwd.fvjp, traj, ys_bar,
                 rE if local is None else 0.0, rS if local is None else 0.0)
         else:
-            y0_bar, pb, through = _backsolve(fwd, xp, ys_b[:nr, ...], ys_bar[:nr, ...],
+            y0_bar, pb, through = _backsolve(fwd, xp, traj, ys_bar[:nr, ...],
                                              fwd.t_out[:nr], p_size)
             if y0_bar is None:  # the adjoint solve failed (reported): NaN gradients
                 poisoned = True
@@ -704,7 +711,7 @@ def _odeint_bwd(ctx, cot):
     return grads[:len(args)]
 
 
-def _backsolve(fwd, xp, ys, ys_bar, t_out, p_size):
+def _backsolve(fwd, xp, traj, ys_bar, t_out, p_size):
     """The backsolve adjoint over the reached outputs; ``(None, None, None)`` when its own
     adaptive solve fails (raised with ``throw=True``, else warned: gradients are NaN)."""
     st = fwd.settings
@@ -713,9 +720,15 @@ def _backsolve(fwd, xp, ys, ys_bar, t_out, p_size):
     def make_stepper(size):
         return Stepper(xp, fwd.tab, fwd.y0.dtype, B.device(fwd.y0), size, rtol, atol)
 
-    y0_bar, pb, through, failed = backsolve_adjoint(
-        xp, make_stepper, fwd.rhs, fwd.fvjp, fwd.n, p_size, ys, ys_bar, t_out,
-        controller=st.controller, max_steps=st.max_steps)
+    if _stiff(st, fwd.tab):
+        # the adjoint ODE of a stiff field is as stiff: an ESDIRK pair integrates it, with
+        # y(t) from the stored forward steps (reintegrated backwards, it would blow up)
+        y0_bar, pb, through, failed = stiff_backsolve(fwd, traj, ys_bar, t_out, p_size)
+    else:
+        nr = ys_bar.shape[0]
+        y0_bar, pb, through, failed = backsolve_adjoint(
+            xp, make_stepper, fwd.rhs, fwd.fvjp, fwd.n, p_size, traj.ys[:nr, ...], ys_bar,
+            t_out, controller=st.controller, max_steps=st.max_steps)
     if failed is None:
         return y0_bar, pb, through
     inner = failed.message.removeprefix(WHERE + ": ")

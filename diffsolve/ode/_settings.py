@@ -206,10 +206,6 @@ def _check_jac(method, jac, adjoint, regularizers):
                              f"method={method!r} is explicit and needs no Jacobian: drop jac, "
                              "or choose a stiff method")
         return None
-    if adjoint == "backsolve":
-        raise ValueError(f"{WHERE}: method={method!r} supports adjoint='discrete' only (the "
-                         "backward ODE of the backsolve adjoint would need a stiff solver of "
-                         "its own); use adjoint='discrete'")
     if regularizers:
         raise ValueError(f"{WHERE}: regularizers={regularizers} are built from the stages of "
                          f"the explicit methods; method={method!r} is implicit: drop them, or "
