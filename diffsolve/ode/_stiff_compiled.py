@@ -18,6 +18,7 @@ accept/reject or a Newton convergence test sits within rounding of its threshold
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from .. import _backend as B
 from .._status import Status
@@ -126,16 +127,14 @@ def compiled_stiff_trajectory(tab, settings, *, f, jac, y0, f0, t_out, params, s
     except (numba.core.errors.TypingError, TypeError, ValueError):
         return None  # f or jac without the float64 signature: the Python loop calls it
     if rodas:
-        ys, ts, states, errs, out_step, out_theta, stats, sst, code, t_last, t_fail, aux, q = \
+        ys, ts, states, errs, out_step, out_theta, stats, sst, code, _t_last, t_fail, aux, q = \
             out
         stages = None
         stiff_stats = {"n_jac": int(sst[0]), "n_lu": int(sst[1])}
     else:
         ys, ts, states, Gs, Ks, tms, errs, out_step, out_theta, stats, sst, code, _t_last, \
             t_fail, aux, q = out
-        # lists of rows, as the Python loop keeps them (one object per stage, so the
-        # adjoint's per-point VJP cache recognises a point it has just traced)
-        stages = [(list(Gs[k]), list(Ks[k]), tms[k].tolist()) for k in range(Gs.shape[0])]
+        stages = _Stages(Gs, Ks, tms)
         stiff_stats = {"n_jac": int(sst[0]), "n_lu": int(sst[1]), "n_newton": int(sst[2]),
                        "n_linear_solves": int(sst[3])}
     code = int(code)
@@ -156,9 +155,35 @@ def compiled_stiff_trajectory(tab, settings, *, f, jac, y0, f0, t_out, params, s
                       stiff=np.zeros((0,), dtype=np.float64), stats=stats, success=success,
                       message=message, t_fail=math.nan if success else t_fail, status=status,
                       n_reached=int(q))
-    traj.stages = stages
+    # a read-only sequence where the Trajectory field is annotated as the Python loop's list
+    traj.stages = stages  # type: ignore[assignment]
     traj.stiff_stats = stiff_stats
     return traj
+
+
+class _Stages(Sequence):
+    """``traj.stages`` of the compiled loop: ``stages[k] = (G, K, times)`` of accepted step
+    ``k`` as the Python loop records them (lists of stage rows, a list of floats), built on
+    first access from the kernel's (N, s, n) arrays: a forward solve that is never
+    differentiated does not pay for N small lists. Each step's tuple is kept once built
+    (one object per stage, so the adjoint's per-point VJP cache recognises a point it has
+    just traced)."""
+
+    def __init__(self, Gs, Ks, times):
+        self._G, self._K, self._t = Gs, Ks, times
+        self._built: dict = {}
+
+    def __len__(self) -> int:
+        return int(self._G.shape[0])
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        k = range(len(self))[k]  # negative indices, IndexError past the end
+        rec = self._built.get(k)
+        if rec is None:
+            rec = self._built[k] = (list(self._G[k]), list(self._K[k]), self._t[k].tolist())
+        return rec
 
 
 def _status(code: int, t: float, aux: float, t1: float, settings, trajectory):
