@@ -301,3 +301,27 @@ def test_discrete_adjoint_of_compiled_trajectory():
         fd_p = (loss(y0, p + e) - loss(y0, p - e)) / (2 * eps)
         assert y0_bar[i] == pytest.approx(fd_y, rel=1e-6, abs=1e-9)
         assert p_bar[i] == pytest.approx(fd_p, rel=1e-6, abs=1e-9)
+
+
+def test_compiled_loop_crosses_van_der_pol_mu_1e6():
+    # the fast transitions make I − hγJ badly row-scaled (rows 1e8 apart): the compiled
+    # LU equilibrates its rows as the Python loop's ShiftedLU does, else it calls the
+    # matrix singular and the step size underflows at t ≈ 0.807
+    @numba.njit
+    def vdpol(t, y, p):
+        out = np.empty(2)
+        out[0] = y[1]
+        out[1] = ((1.0 - y[0] ** 2) * y[1] - y[0]) / p[0]
+        return out
+
+    def python_vdpol(t, y, p):
+        return vdpol(t, y, p)
+
+    p = np.array([1e-12])
+    t = np.linspace(0.0, 2.0, 9)
+    y0 = np.array([2.0, 0.0])
+    for method in ("kvaerno5", "rodas5"):
+        fast = odeint(vdpol, y0, t, p, method=method, rtol=1e-6, atol=1e-9)
+        slow = odeint(python_vdpol, y0, t, p, method=method, rtol=1e-6, atol=1e-9)
+        assert fast.converged and slow.converged
+        assert np.max(np.abs(fast.ys - slow.ys) / (np.abs(slow.ys) + 1e-3)) < 1e-4

@@ -20,8 +20,9 @@ float64[::1])``: each kernel is compiled once per process (and cached on disk), 
 per vector field. Without ``jac``, ``J`` is formed by forward differences with the
 increment of ``_stiff_jacobian.py`` (one evaluation of ``f`` per column, plus one at the
 point). The dense LU with partial pivoting is the textbook right-looking elimination
-(Golub & Van Loan, Matrix Computations, 4th ed., Algorithm 3.4.1); it reports a singular
-factor by the pivot-ratio test of ``diffsolve._backend.DenseLU``.
+(Golub & Van Loan, Matrix Computations, 4th ed., Algorithm 3.4.1) of the matrix with its
+rows equilibrated by powers of two, as ``diffsolve.ode._stiff_newton.ShiftedLU`` does; it
+reports a singular factor by the pivot-ratio test of ``diffsolve._backend.DenseLU``.
 
 Status codes (decoded into messages by ``diffsolve.ode._stiff_compiled``): :data:`OK`,
 :data:`MAX_STEPS`, :data:`UNDERFLOW`, :data:`BAD_SHAPE` (``f`` returned a wrong shape),
@@ -159,16 +160,24 @@ def _jacobian(f, jac, use_jac, t, y, params, J, f0, fj, ytmp, delta):  # pragma:
 
 
 @jit()
-def _lu_factor(M, piv):  # pragma: no cover - compiled
-    """In-place LU with partial pivoting of ``M`` (``P M = L U``, unit ``L`` below the
-    diagonal); returns whether it is singular by ``DenseLU``'s test: a non-finite pivot,
-    or ``min |u_kk| <= ε max |u_kk| / 2``. A matrix with a non-finite entry is reported
-    singular without factorising (it could not give a usable solve)."""
+def _lu_factor(M, piv, rs):  # pragma: no cover - compiled
+    """In-place LU with partial pivoting of ``S M`` (``P S M = L U``, unit ``L`` below the
+    diagonal) with ``S = diag(rs)`` the power-of-two row equilibration of
+    ``diffsolve.ode._stiff_newton.ShiftedLU`` (``rs_i = 2^-round(log2 max_j |M_ij|)``);
+    returns whether it is singular by ``DenseLU``'s test on the scaled factor: a
+    non-finite pivot, or ``min |u_kk| <= ε max |u_kk| / 2``. A matrix with a non-finite
+    entry is reported singular without factorising (it could not give a usable solve)."""
     n = M.shape[0]
     for i in range(n):
+        big = 0.0
         for j in range(n):
             if not math.isfinite(M[i, j]):
                 return True
+            big = max(big, abs(M[i, j]))
+        rs[i] = 2.0 ** (-round(math.log2(big))) if big > 0.0 else 1.0
+        if rs[i] != 1.0:
+            for j in range(n):
+                M[i, j] *= rs[i]
     for k in range(n):
         p = k
         amax = abs(M[k, k])
@@ -211,12 +220,11 @@ def _lu_factor(M, piv):  # pragma: no cover - compiled
 
 
 @jit()
-def _lu_solve(LU, piv, b, x):  # pragma: no cover - compiled
-    """``x = M⁻¹ b`` from :func:`_lu_factor`'s factor (``x`` may be ``b``)."""
+def _lu_solve(LU, piv, rs, b, x):  # pragma: no cover - compiled
+    """``x = M⁻¹ b = (S M)⁻¹ S b`` from :func:`_lu_factor`'s factor (``x`` may be ``b``)."""
     n = LU.shape[0]
-    if x is not b:
-        for i in range(n):
-            x[i] = b[i]
+    for i in range(n):
+        x[i] = rs[i] * b[i]
     for k in range(n):
         p = piv[k]
         if p != k:
@@ -284,7 +292,7 @@ def _next_step_end(t, h_abs, t_end, direction, fixed, step_ts, n_acc, n_steps, m
 # ESDIRK
 # ---------------------------------------------------------------------------------------
 @jit()
-def _esdirk_attempt(f, params, A, c, e, gamma, rtol, atol, t, y, k1, h, times, LU, piv,
+def _esdirk_attempt(f, params, A, c, e, gamma, rtol, atol, t, y, k1, h, times, LU, piv, rs,
                     G, K, psi, g, dg, fg, scale, eta, consts):  # pragma: no cover
     """``ESDIRKStepper.attempt`` with ``newton_stage`` inlined, the factor already checked.
 
@@ -334,7 +342,7 @@ def _esdirk_attempt(f, params, A, c, e, gamma, rtol, atol, t, y, k1, h, times, L
                 return BAD_SHAPE, False, math.inf, True, iters_total + m, eta, n_solves
             for i in range(n):
                 dg[i] = psi[i] + hg * fg[i] - g[i]
-            _lu_solve(LU, piv, dg, dg)
+            _lu_solve(LU, piv, rs, dg, dg)
             n_solves += 1
             acc = 0.0
             for i in range(n):
@@ -415,6 +423,7 @@ def _esdirk_solve(f, jac, use_jac, y0, f0, t_out, params, A, c, e, gamma, order,
     J = np.empty((n, n))
     LU = np.empty((n, n))
     piv = np.zeros(n, dtype=np.int64)
+    rs = np.ones(n)
     G = np.empty((s, n))
     K = np.empty((s, n))
     psi = np.empty(n)
@@ -530,13 +539,13 @@ def _esdirk_solve(f, jac, use_jac, y0, f0, t_out, params, A, c, e, gamma, order,
                 for i in range(n):
                     for j in range(n):
                         LU[i, j] = (1.0 if i == j else 0.0) - hgm * J[i, j]
-                singular = _lu_factor(LU, piv)
+                singular = _lu_factor(LU, piv, rs)
             n_steps += 1
             if singular:
                 ok = False
             else:
                 code, ok, E, slow, iters, eta, ns = _esdirk_attempt(
-                    f, params, A, c, e, gamma, rtol, atol, t, y, k1, h, times, LU, piv, G,
+                    f, params, A, c, e, gamma, rtol, atol, t, y, k1, h, times, LU, piv, rs, G,
                     K, psi, g, dg, fg, scale, eta, consts)
                 n_newton += iters
                 sstats[3] += ns
@@ -673,6 +682,7 @@ def _rosenbrock_solve(f, jac, use_jac, y0, f0, t_out, params, a, cc, alpha, gamm
     J = np.empty((n, n))
     LU = np.empty((n, n))
     piv = np.zeros(n, dtype=np.int64)
+    rs = np.ones(n)
     U = np.empty((s, n))
     arg = np.empty(n)
     fi = np.empty(n)
@@ -768,7 +778,7 @@ def _rosenbrock_solve(f, jac, use_jac, y0, f0, t_out, params, a, cc, alpha, gamm
             for i in range(n):
                 for j in range(n):
                     LU[i, j] = (inv if i == j else 0.0) - J[i, j]
-            singular = _lu_factor(LU, piv)
+            singular = _lu_factor(LU, piv, rs)
             n_steps += 1
             if not singular:
                 for st in range(s):
@@ -795,7 +805,7 @@ def _rosenbrock_solve(f, jac, use_jac, y0, f0, t_out, params, a, cc, alpha, gamm
                         for j in range(st):
                             acc = acc + (cc[st, j] / h) * U[j, i]
                         U[st, i] = acc
-                    _lu_solve(LU, piv, U[st], U[st])
+                    _lu_solve(LU, piv, rs, U[st], U[st])
                 if status != OK:
                     break
                 acc2 = 0.0
