@@ -49,7 +49,8 @@ WHERE = "diffsolve.ode.odeint"
 #: odeint's options in its signature's order (what :func:`odeint_settings` takes)
 _OPTIONS = ("method", "rtol", "atol", "controller", "first_step", "max_steps", "adjoint",
             "regularizers", "local_regularization", "seed", "vjp", "batch_mode",
-            "checkpoint_every", "throw", "callback", "jac")
+            "checkpoint_every", "throw", "callback", "jac", "linear_solver",
+            "preconditioner")
 
 
 # ---------------------------------------------------------------------------------------
@@ -768,7 +769,8 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
            batch_mode: str = "per-trajectory", checkpoint_every: int = 1,
            throw: bool = False, step_ts: Array | Sequence[Array] | None = None,
            callback: Callback[ODEState] | None = None, jac: Callable | str | None = None,
-           jac_sparsity: Any = None, jump_ts: Any = None) -> tuple[ODEResult, Any]:
+           jac_sparsity: Any = None, jump_ts: Any = None, linear_solver: str = "direct",
+           preconditioner: Callable | str | None = None) -> tuple[ODEResult, Any]:
     """Solve ``dy/dt = f(t, y, params)`` with an adaptive Runge–Kutta method.
 
     Explicit pairs (``tsit5``, ``dopri5``, ``bs3``) for non-stiff problems; L-stable ESDIRK
@@ -885,6 +887,21 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
         controller state and initial step; the stiff methods evaluate ``f`` just before
         the jump for the step that ends on it). Every state is then stored
         (``checkpoint_every`` is ignored); ``res.ts`` contains the jumps.
+    linear_solver : {"direct", "gmres"}
+        How the ESDIRK pairs (``kvaerno3``, ``kvaerno5``, ``auto`` once stiff) solve their
+        Newton systems ``(I − hγJ) Δ = r``. ``"direct"`` (default): one LU factorisation
+        (dense LAPACK, or SuperLU / cuSOLVER for a sparse ``J``) reused while ``hγ`` and
+        ``J`` are. ``"gmres"``: restarted GMRES(30) on products with ``J``, to a relative
+        residual of 1e-3 within 300 products (a Newton iteration corrects the rest; a
+        solve that does not get there fails the iteration, which refreshes ``J`` or
+        shrinks the step, never a silent inexact stage): for large sparse ``J`` whose LU
+        fills in (2-D/3-D grids). ``rodas5`` refuses it. The backward rule solves its
+        transposed systems directly.
+    preconditioner : {"jacobi"} or callable, optional
+        With ``linear_solver="gmres"``: ``"jacobi"`` (default; ``1 / diag(I − hγJ)``) or
+        ``preconditioner(J, c)`` returning an approximation of ``(I − cJ)⁻¹`` (a callable
+        ``v -> M v``, a matrix, or an array multiplying elementwise), called whenever
+        ``J`` or ``c = hγ`` changes (e.g. an incomplete LU of ``I − cJ``).
 
     Returns
     -------
@@ -936,7 +953,8 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
     """
     settings = odeint_settings(method, rtol, atol, controller, first_step, max_steps,
                                adjoint, regularizers, local_regularization, seed, vjp,
-                               batch_mode, checkpoint_every, throw, callback, jac)
+                               batch_mode, checkpoint_every, throw, callback, jac,
+                               linear_solver, preconditioner)
     result, fwd = _forward(f, y0, t_eval, params, settings, step_ts, jac_sparsity, jump_ts)
     # stacklevel 4: report -> odeint -> DifferentiableFunction.__call__ (or vjp) -> caller
     report(result, throw=settings.throw, fixed_budget=settings.fixed_budget)

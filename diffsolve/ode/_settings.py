@@ -30,6 +30,8 @@ ADJOINTS = ("discrete", "backsolve")
 REGULARIZERS = ("error", "stiffness")
 LOCAL = (None, "unbiased", "biased")
 BATCH_MODES = ("per-trajectory", "shared")
+LINEAR_SOLVERS = ("direct", "gmres")
+PRECONDITIONERS = ("jacobi",)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class ODESettings:
     ----------
     method, rtol, atol, controller, first_step, max_steps, adjoint, regularizers,
     local_regularization, seed, vjp, batch_mode, checkpoint_every, throw, callback,
-    jac
+    jac, linear_solver, preconditioner
         The arguments of the same names of :func:`diffsolve.ode.odeint`, validated (a frozen
         dataclass: read it, do not build it).
 
@@ -75,6 +77,8 @@ class ODESettings:
     throw: bool
     callback: Callable | None
     jac: Any = None
+    linear_solver: str = "direct"
+    preconditioner: Any = None
 
     @property
     def fixed_budget(self) -> bool:
@@ -151,7 +155,7 @@ class ODEState:
 
 def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regularizers,
           local_regularization, seed, vjp, batch_mode, checkpoint_every, throw, callback,
-          jac=None):
+          jac=None, linear_solver="direct", preconditioner=None):
     method = V.choice(WHERE, "method", method, METHODS)
     rtol, atol = V.tolerances(WHERE, rtol, atol)
     controller = V.choice(WHERE, "controller", controller, CONTROLLERS)
@@ -169,6 +173,8 @@ def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regula
                                                           "(v_y, v_params)")
     seed = V.seed(WHERE, seed)
     jac = _check_jac(method, jac, adjoint, regularizers)
+    linear_solver, preconditioner = _check_linear_solver(method, linear_solver,
+                                                         preconditioner)
     if regularizers and adjoint == "backsolve":
         # the backsolve forward keeps no per-step records, and its backward integrates the
         # adjoint ODE, which knows nothing of the solver's error or stiffness estimates
@@ -193,7 +199,30 @@ def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regula
                              "steps) or give rtol/atol > 0")
     return ODESettings(method, rtol, atol, controller, first_step, max_steps, adjoint,
                        regularizers, local_regularization, seed, vjp, batch_mode,
-                       checkpoint_every, throw, callback, jac)
+                       checkpoint_every, throw, callback, jac, linear_solver, preconditioner)
+
+
+def _check_linear_solver(method, linear_solver, preconditioner):
+    """``linear_solver`` and ``preconditioner`` (Newton stage systems of the ESDIRK pairs)."""
+    linear_solver = V.choice(WHERE, "linear_solver", linear_solver, LINEAR_SOLVERS)
+    if preconditioner is not None and not callable(preconditioner):
+        preconditioner = V.choice(WHERE, "preconditioner", preconditioner, PRECONDITIONERS)
+    if linear_solver == "direct":
+        if preconditioner is not None:
+            raise ValueError(f"{WHERE}: preconditioner={preconditioner!r} is for "
+                             "linear_solver='gmres'; the direct solver factorises the Newton "
+                             "matrix: drop preconditioner, or pass linear_solver='gmres'")
+        return linear_solver, None
+    if method not in STIFF_METHODS:
+        raise ValueError(f"{WHERE}: linear_solver={linear_solver!r} solves the Newton systems "
+                         f"of the implicit methods; method={method!r} is explicit and solves "
+                         "none: drop linear_solver, or choose 'kvaerno5' / 'kvaerno3'")
+    if method == "rodas5":
+        raise ValueError(f"{WHERE}: method='rodas5' takes linear_solver='direct' only (a "
+                         "Rosenbrock step has no Newton iteration to correct an inexact "
+                         "linear solve: its error would enter the solution); use "
+                         "method='kvaerno5' with linear_solver='gmres'")
+    return linear_solver, ("jacobi" if preconditioner is None else preconditioner)
 
 
 def _check_jac(method, jac, adjoint, regularizers):

@@ -117,6 +117,13 @@ class ESDIRKStepper:
 
 
 
+def _gmres_failure_hint(mat) -> str:
+    """Why the steps shrank to nothing, when GMRES stage solves are what failed."""
+    return (f"; the last steps failed in the Newton iteration of the implicit stages "
+            f"({mat.last_failure}): use a better preconditioner= or "
+            "linear_solver='direct'")
+
+
 def next_step_end(t: float, h_abs: float, t_end: float, direction: float, *, fixed: bool,
                   step_ts, n_acc: int, n_steps: int, max_steps: int, min_step: float,
                   t1: float, trajectory):
@@ -208,6 +215,7 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
             t_end = float(t_out[q])
         rejected = False
         retried = False
+        newton_failed = False  # the last attempt failed in the stages' Newton iteration
         while True:
             stop, t_new, h_prop = next_step_end(
                 t, h_abs, t_end, direction, fixed=fixed, step_ts=step_ts, n_acc=n_acc,
@@ -215,6 +223,9 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
                 trajectory=trajectory)
             if stop is not None:
                 status, message = stop
+                if newton_failed and status is Status.STEP_UNDERFLOW and \
+                        mat.linear_solver == "gmres" and mat.last_failure:
+                    message += _gmres_failure_hint(mat)
                 break
             h = t_new - t
             if not fixed:
@@ -225,6 +236,7 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
                 t, h, math.nextafter(t_new, -direction * math.inf) if at_jump else None)
             y_new, E, G, K, ok, slow = stepper.attempt(rhs, t, y, k1, h, times)
             n_steps += 1
+            newton_failed = not ok
             if not ok:
                 if not mat.fresh and not retried:
                     # a Jacobian from an earlier state: recompute it here, retry the step
@@ -302,5 +314,6 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
                       n_reached=q)
     traj.stages = stage_records
     traj.stiff_stats = {"n_jac": mat.n_jac, "n_lu": mat.n_lu,
-                        "n_newton": stepper.newton_iters, "n_linear_solves": mat.n_solves}
+                        "n_newton": stepper.newton_iters, "n_linear_solves": mat.n_solves,
+                        "n_krylov_products": mat.krylov_products}
     return traj

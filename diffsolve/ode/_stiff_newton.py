@@ -25,9 +25,11 @@ Convergence: with the update ``Δ_m`` in the error norm of the step control
 ``η ‖Δ‖ ≤ κ tol``; the first iteration uses the previous stage's ``η`` raised to 0.8).
 
 Linear solves: dense ``J`` is factorised by the LAPACK LU that ``diffsolve.linear.solve``
-uses for ``method="direct"`` (:class:`diffsolve._backend.DenseLU`), sparse ``J`` by its
-sparse LU (SuperLU on the CPU, cuSOLVER on the GPU); both report a singular matrix as a
-status, read here (a singular ``M`` fails the iteration, which rejects the step).
+uses for ``method="direct"`` (:class:`diffsolve._backend.DenseLU`, rows equilibrated by
+:class:`ShiftedLU`), sparse ``J`` by its sparse LU (SuperLU on the CPU, cuSOLVER on the
+GPU); both report a singular matrix as a status, read here (a singular ``M`` fails the
+iteration, which rejects the step). With ``linear_solver="gmres"`` each solve is a
+preconditioned GMRES run (:class:`KrylovStageSolver`) whose status is read the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ from .. import _backend as B
 
 np = B.host_namespace()
 
-__all__ = ["IterationMatrix", "ShiftedLU", "newton_stage"]
+__all__ = ["IterationMatrix", "KrylovStageSolver", "ShiftedLU", "newton_stage"]
+
+#: GMRES stage solves (``linear_solver="gmres"``): relative residual, product budget and
+#: restart length. 1e-3 leaves the Newton iteration's own contraction in charge: an
+#: inexact Newton step with a relative residual η converges like one with a perturbed
+#: matrix (Dembo, Eisenstat & Steihaug, "Inexact Newton methods", SIAM J. Numer. Anal. 19
+#: (1982) 400–408), and the iteration stops on its own update norm
+KRYLOV_RTOL = 1e-3
+KRYLOV_MAXITER = 300
+KRYLOV_RESTART = 30
 
 REFACTOR_RATIO = 0.2
 SLOW_RATE = 0.5
@@ -90,12 +101,51 @@ class ShiftedLU:
         return self._lu.solve(s * b)
 
 
+class KrylovStageSolver:
+    """``(I − cJ)⁻¹ r`` by preconditioned GMRES on products with ``J`` (``solve`` returns
+    ``None`` when GMRES does not reach :data:`KRYLOV_RTOL`: the Newton iteration fails)."""
+
+    def __init__(self, J, c: float, preconditioner, xp):
+        self.J, self.c, self.xp = J, c, xp
+        if preconditioner == "jacobi":
+            diag = J.diagonal() if B.is_sparse(J) else xp.linalg.diagonal(J)
+            d = 1.0 - c * diag
+            ok = xp.isfinite(d) & (d != 0)
+            self.M = xp.where(ok, 1.0 / xp.where(ok, d, 1.0), 1.0)
+        else:
+            self.M = preconditioner(J, c)
+        self.singular = False
+        self.failure = ""
+        self.n_products = 0
+
+    def _apply(self, v):
+        return v - self.c * (self.J @ v)
+
+    def solve(self, r, trans: bool = False):
+        from ..krylov._gmres import solve_gmres
+
+        res = solve_gmres(self._apply, r, rtol=KRYLOV_RTOL, atol=0.0,
+                          restart=KRYLOV_RESTART, maxiter=KRYLOV_MAXITER, M=self.M,
+                          where="diffsolve.ode.odeint (linear_solver='gmres')")
+        self.n_products += res.n_iters
+        # the status is read, not warned: a failed stage solve fails the Newton iteration
+        if res.converged:
+            return res.x
+        self.failure = (f"GMRES stopped with status {res.status.name} after {res.n_iters} "
+                        f"products, relative residual above {KRYLOV_RTOL:g}")
+        return None
+
+
 class IterationMatrix:
     """``J`` (from a :class:`~diffsolve.ode._stiff_jacobian.Jacobian`) and the solver of
     ``(I − h γ J) x = r``, with the reuse policy of the module docstring."""
 
-    def __init__(self, jacobian, gamma: float):
+    def __init__(self, jacobian, gamma: float, linear_solver: str = "direct",
+                 preconditioner=None):
         self.jacobian = jacobian
+        self.linear_solver, self.preconditioner = linear_solver, preconditioner
+        self.n_krylov_products = 0
+        self.last_failure = ""  # why the last GMRES stage solve failed (for the message)
         self.xp, self.n = jacobian.xp, jacobian.n
         self.gamma = gamma
         self.J: Any = None
@@ -129,16 +179,29 @@ class IterationMatrix:
         hg = h * self.gamma
         self.h_M = h
         self.n_lu += 1
-        self._lu = ShiftedLU(self.J, 1.0, hg, self.xp)
+        if self.linear_solver == "gmres":
+            if isinstance(self._lu, KrylovStageSolver):
+                self.n_krylov_products += self._lu.n_products
+            self._lu = KrylovStageSolver(self.J, hg, self.preconditioner, self.xp)
+        else:
+            self._lu = ShiftedLU(self.J, 1.0, hg, self.xp)
         self.singular = bool(self._lu.singular)
         return not self.singular
 
+    @property
+    def krylov_products(self) -> int:
+        """Products with ``J`` spent by GMRES so far (``linear_solver="gmres"``)."""
+        now = self._lu.n_products if isinstance(self._lu, KrylovStageSolver) else 0
+        return self.n_krylov_products + now
+
     def solve(self, r):
-        """``M⁻¹ r``, or ``None`` when ``M`` is singular."""
+        """``M⁻¹ r``, or ``None`` when ``M`` is singular (or GMRES did not converge)."""
         self.n_solves += 1
         if self.singular:
             return None
-        return self._lu.solve(r)
+        out = self._lu.solve(r)
+        self.last_failure = "" if out is not None else self._lu.failure
+        return out
 
 
 def newton_stage(rhs, t_i: float, psi, g, hg: float, mat: IterationMatrix, scale, xp,

@@ -86,8 +86,9 @@ def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, 
     ``f`` has the float64 signature; the Python loop calls ``rhs``.
     """
     n = y0.shape[0]
-    if jitted and callback is None and _compiled_ok(settings.jac, jac_sparsity, y0, f0,
-                                                    params, shape, xp):
+    direct = settings.linear_solver == "direct"  # the compiled loop factorises
+    if jitted and callback is None and direct and _compiled_ok(settings.jac, jac_sparsity,
+                                                               y0, f0, params, shape, xp):
         jac = settings.jac if callable(settings.jac) else None
         traj = compiled_stiff_trajectory(tab, settings, f=f, jac=jac, y0=y0, f0=f0,
                                          t_out=t_out, params=params, step_ts=step_ts,
@@ -106,7 +107,8 @@ def stiff_trajectory(tab, settings, *, rhs, fvjp, y0, t_out, params, shape, xp, 
             shape=shape, trajectory=trajectory, jump_ts=jump_ts)
         traj.stats[3] += 1  # f0
         return traj
-    mat = IterationMatrix(jacobian, float(tab.gamma))
+    mat = IterationMatrix(jacobian, float(tab.gamma), settings.linear_solver,
+                          settings.preconditioner)
     stepper = ESDIRKStepper(xp, tab, n, dtype, device, rtol, atol, mat)
     traj = integrate_esdirk(stepper, rhs, y0, t_out, controller=settings.controller,
                             first_step=settings.first_step, max_steps=settings.max_steps,
