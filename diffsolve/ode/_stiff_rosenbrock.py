@@ -18,8 +18,9 @@ tests (convergence slope 5). Output times are step end points (as for the ESDIRK
 the cubic Hermite interpolant through ``(y_n, f(t_n, y_n))`` and
 ``(y_{n+1}, f(t_{n+1}, y_{n+1}))`` is kept for the general case.
 
-Gradients through ``rodas5`` are refused (its discrete adjoint needs the derivative of
-``J`` itself); ``kvaerno5`` has them.
+``rodas5`` has no discrete adjoint (it would need the derivative of ``J`` itself): its
+gradients come from ``adjoint="backsolve"`` (:mod:`._stiff_backsolve`), or from
+``kvaerno5``'s discrete adjoint.
 """
 
 from __future__ import annotations

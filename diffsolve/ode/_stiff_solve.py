@@ -141,9 +141,11 @@ def stiff_adjoint(fwd, traj, ys_bar):
     st = fwd.settings
     if fwd.tab is RODAS5:
         raise NotImplementedError(
-            "diffsolve.ode.odeint: gradients through method='rodas5' are not implemented "
-            "(the discrete adjoint of a Rosenbrock step needs the derivative of the "
-            "Jacobian itself); use method='kvaerno5' (or 'kvaerno3') for gradients")
+            "diffsolve.ode.odeint: method='rodas5' has no discrete adjoint (that of a "
+            "Rosenbrock step needs the derivative of the Jacobian itself); pass "
+            "adjoint='backsolve' (the continuous adjoint, integrated by kvaerno5 with y(t) "
+            "from rodas5's steps), or use method='kvaerno5' (or 'kvaerno3') for the exact "
+            "gradient of the computed solution")
     jacobian = make_jacobian(st.jac, fwd.jac_sparsity, xp=fwd.xp, n=fwd.n,
                              dtype=fwd.y0.dtype, device=fwd.device, rhs=fwd.rhs,
                              fvjp=fwd.fvjp, params=fwd.params_eff, shape=fwd.shape,
