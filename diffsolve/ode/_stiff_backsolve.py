@@ -37,7 +37,7 @@ import math
 from .. import _backend as B
 from ._stiff_esdirk import ESDIRKStepper, integrate_esdirk
 from ._stiff_jacobian import make_jacobian
-from ._stiff_newton import SLOW_ITERS, SLOW_RATE, IterationMatrix, newton_stage
+from ._stiff_newton import IterationMatrix, newton_stage
 from ._stiff_tableaux import STIFF_TABLEAUX
 
 np = B.host_namespace()
@@ -118,16 +118,9 @@ class AdjointStepper(ESDIRKStepper):
         self.n_a, self.p_size = n, p_size
         self.parts = parts  # parts(t, a) -> (−f_yᵀa, −f_pᵀa or None)
 
-    def attempt(self, rhs, t, y, k1, h, times):
-        xp, s, m = self.xp, self.s, self.n_a
-        mat = self.mat
-        if not mat.prepare(h):
-            return None, math.inf, None, None, False, True
-        hg = h * self.gamma
-        scale = self.atol + self.rtol * xp.abs(y)
-        G = [y] + [None] * (s - 1)
-        K = [k1] + [None] * (s - 1)
-        slow = False
+    def solve_stage(self, rhs, t_i, psi, K, i, hg, scale):
+        """Newton on the ``a`` part; the ``p̄`` part explicitly from its stage slope."""
+        xp, m = self.xp, self.n_a
         last_p: list = [None]
 
         def rhs_a(ti, g):
@@ -135,28 +128,15 @@ class AdjointStepper(ESDIRKStepper):
             last_p[0] = fp
             return fa
 
-        for i in range(1, s):
-            part = self.weighted(self.A[i], K, upto=i)
-            psi = y if part is None else y + h * part
-            guess = psi[:m] + hg * self.predict(K, i)[:m]
-            g, k, ok, iters, rate, self.eta = newton_stage(
-                rhs_a, times[i], psi[:m], guess, hg, mat, scale[:m], xp, self.eta)
-            self.newton_iters += iters
-            if not ok:
-                return None, math.inf, None, None, False, True
-            slow = slow or rate > SLOW_RATE or iters > SLOW_ITERS
-            if self.p_size:
-                # −f_pᵀa at the last Newton iterate: consistent with g to the iteration's
-                # tolerance, as the stage slopes k of a are
-                kp = last_p[0]
-                G[i], K[i] = xp.concat([g, psi[m:] + hg * kp]), xp.concat([k, kp])
-            else:
-                G[i], K[i] = g, k
-        y_new = G[s - 1]
-        err = h * self.weighted(self.e, K)
-        sc = self.atol + self.rtol * xp.maximum(xp.abs(y), xp.abs(y_new))
-        E = float(xp.sqrt(xp.mean((err / sc) ** 2))) if self.n else 0.0
-        return y_new, E, G, K, True, slow
+        guess = psi[:m] + hg * self.predict(K, i)[:m]
+        g, k, ok, iters, rate, self.eta = newton_stage(
+            rhs_a, t_i, psi[:m], guess, hg, self.mat, scale[:m], xp, self.eta)
+        if ok and self.p_size:
+            # −f_pᵀa at the last Newton iterate: consistent with g to the iteration's
+            # tolerance, as the stage slopes k of a are
+            kp = last_p[0]
+            g, k = xp.concat([g, psi[m:] + hg * kp]), xp.concat([k, kp])
+        return g, k, ok, iters, rate
 
 
 def stiff_backsolve(fwd, traj, ys_bar, t_out, p_size: int):

@@ -87,6 +87,14 @@ class ESDIRKStepper:
             times = [t_limit if sign * (ti - t_limit) > 0 else ti for ti in times]
         return times
 
+    def solve_stage(self, rhs, t_i, psi, K, i, hg, scale):
+        """Stage ``i``: ``g = ψ + hγ f(t_i, g)`` by simplified Newton from the predicted
+        slope; ``(g, k, ok, n_iters, rate)`` (see :func:`._stiff_newton.newton_stage`)."""
+        guess = psi + hg * self.predict(K, i)
+        g, k, ok, iters, rate, self.eta = newton_stage(
+            rhs, t_i, psi, guess, hg, self.mat, scale, self.xp, self.eta)
+        return g, k, ok, iters, rate
+
     def attempt(self, rhs, t, y, k1, h, times):
         """One step: ``(y_new, E, G, K, ok, slow)``; ``ok=False`` when Newton failed."""
         xp, s = self.xp, self.s
@@ -101,9 +109,7 @@ class ESDIRKStepper:
         for i in range(1, s):
             part = self.weighted(self.A[i], K, upto=i)
             psi = y if part is None else y + h * part
-            guess = psi + hg * self.predict(K, i)
-            g, k, ok, iters, rate, self.eta = newton_stage(
-                rhs, times[i], psi, guess, hg, mat, scale, xp, self.eta)
+            g, k, ok, iters, rate = self.solve_stage(rhs, times[i], psi, K, i, hg, scale)
             self.newton_iters += iters
             if not ok:
                 return None, math.inf, None, None, False, True
