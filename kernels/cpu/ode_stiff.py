@@ -38,6 +38,8 @@ import numba
 import numpy as np
 
 from ._config import jit
+from .ode import _grow as _grow1
+from .ode import _grow2
 
 __all__ = ["BAD_JAC", "BAD_SHAPE", "DIVERGED", "MAX_STEPS", "NONFINITE", "OK", "UNDERFLOW",
            "esdirk_solve", "rosenbrock_solve"]
@@ -246,25 +248,9 @@ def _lu_solve(LU, piv, rs, b, x):  # pragma: no cover - compiled
 
 
 @jit()
-def _grow1(a, n):  # pragma: no cover - compiled
-    if n < a.shape[0]:
-        return a
-    b = np.empty(2 * a.shape[0], dtype=a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@jit()
-def _grow2(a, n):  # pragma: no cover - compiled
-    if n < a.shape[0]:
-        return a
-    b = np.empty((2 * a.shape[0], a.shape[1]), dtype=a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@jit()
 def _grow3(a, n):  # pragma: no cover - compiled
+    """``a`` (3-D) with room for index ``n`` along its first axis (the 1-D and 2-D
+    versions are the explicit loop's, imported above)."""
     if n < a.shape[0]:
         return a
     b = np.empty((2 * a.shape[0], a.shape[1], a.shape[2]), dtype=a.dtype)
