@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import _backend as B
@@ -248,6 +248,29 @@ def _compiled_solve(kern, f, y0, t_out, params_eff, tab, opts, step_ts, want_sti
     return _compiled_trajectory(out, y0, t_out, opts, trajectory)
 
 
+class _StateRows(Mapping):
+    """``{m: states[m]}`` for every row of the compiled loop's (N+1, n) states, lazily."""
+
+    __slots__ = ("_a",)
+
+    def __init__(self, states):
+        self._a = states
+
+    def __getitem__(self, m):
+        if not (isinstance(m, (int, np.integer)) and 0 <= m < self._a.shape[0]):
+            raise KeyError(m)
+        return self._a[m]
+
+    def __contains__(self, m):
+        return isinstance(m, (int, np.integer)) and 0 <= m < self._a.shape[0]
+
+    def __len__(self):
+        return self._a.shape[0]
+
+    def __iter__(self):
+        return iter(range(self._a.shape[0]))
+
+
 #: status codes of the compiled integrator (kernels/cpu/ode.py) -> Status
 _KERNEL_STATUS = {0: Status.SUCCESS, 1: Status.MAX_ITERATIONS, 2: Status.STEP_UNDERFLOW,
                   4: Status.NONFINITE, 5: Status.NONFINITE}
@@ -264,9 +287,10 @@ def _compiled_trajectory(out, y0, t_out, opts, trajectory=None):
     status = _KERNEL_STATUS[code]
     every = opts["every"]
     N = ts.shape[0] - 1
-    # copies, so that the full (N, n) array can be freed when checkpointing is sparser
-    st = {m: (states[m] if every == 1 else xp.asarray(states[m], copy=True))
-          for m in range(0, N + 1, every)}
+    # every row, as views built when read (a batch of short solves spent a third of its
+    # time building these dicts); else copies, so that the full (N, n) array can be freed
+    st = _StateRows(states) if every == 1 else \
+        {m: xp.asarray(states[m], copy=True) for m in range(0, N + 1, every)}
     message = ""
     if code == 5:  # the step size underflowed on non-finite slopes, or a fixed step met them
         message = status_message(status, t_fail, trajectory=trajectory,
@@ -274,7 +298,8 @@ def _compiled_trajectory(out, y0, t_out, opts, trajectory=None):
     elif code != 0:
         message = status_message(status, t_fail, t1=float(t_out[-1]),
                                  max_steps=opts["max_steps"], trajectory=trajectory)
-    return Trajectory(ys=ys, ts=ts, states=st, every=every, out_step=out_step,
+    return Trajectory(ys=ys, ts=ts, states=st,  # type: ignore[arg-type] # read as a Mapping
+                      every=every, out_step=out_step,
                       out_theta=out_theta, errs=errs, stiff=stiff, stats=stats,
                       success=code == 0, message=message or "The solver reached the end "
                       "of the integration interval.", t_fail=t_fail if code else math.nan,
@@ -419,9 +444,10 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     kern = B.get_kernel(xp, "ode.rk_solve") if compiled else None
     trajs = []
     if compiled and per_traj and step_list is None and n_traj > 1 and not jumps:
-        # the whole batch in one compiled call (one function-pointer lookup, not B)
+        # the whole batch in one compiled call, parallel over trajectories (one
+        # function-pointer lookup, not B)
         try:
-            outs = B.get_kernel(xp, "ode.rk_solve_batch")(
+            outs = B.get_kernel(xp, "ode_batch.rk_solve_batch")(
                 f, B.contiguous(xp, y0), t_out,
                 *_compiled_args(xp, params_eff, tab, opts, want_stiff), bool(want_stiff))
         except (TypeError, ValueError):  # f without the float64 signature: one by one
@@ -594,7 +620,9 @@ def _compiled_reverse_ok(fwd, traj) -> bool:
     vjp = fwd.settings.vjp
     if not (fwd.compiled and traj.all_states is not None and vjp is not None):
         return False
-    return bool(B.get_kernel(fwd.xp, "ode.is_jitted")(vjp))
+    # f and vjp as the kernel types them (f may have run compiled with another signature)
+    return bool(B.get_kernel(fwd.xp, "ode.is_jitted")(vjp)) and \
+        bool(B.get_kernel(fwd.xp, "ode.fits_pointer")(fwd.f, vjp))
 
 
 def _unreached(xp, ys_bar, nr: int):
@@ -610,6 +638,34 @@ def _unreached(xp, ys_bar, nr: int):
     poisoned = bool(xp.any(tail != 0))
     ys_bar = xp.concat([ys_bar[:nr, ...], xp.zeros_like(tail)], axis=0)
     return ys_bar, poisoned
+
+
+def _reverse_batch(fwd, ys_bar_all, rE: float, rS: float, want_t: bool):
+    """The compiled discrete adjoints of a per-trajectory batch in one kernel call.
+
+    Returns ``(y0_bar (B, n), p_bar (n_p,), t_bar (list of T floats), poisoned)``, the
+    sums over trajectories of what the per-trajectory loop of :func:`_odeint_bwd`
+    computes; the ``y0_bar`` rows of trajectories whose unreached outputs have a non-zero
+    cotangent are NaN and ``poisoned`` then says that ``p_bar``/``t_bar`` are too.
+    """
+    trajs = fwd.trajs
+    st = fwd.settings
+    n_reached = [traj.n_reached for traj in trajs]
+    ys_bar = np.ascontiguousarray(np.moveaxis(ys_bar_all, 1, 0))  # (B, T, n)
+    T = ys_bar.shape[1]
+    bad = [b for b, nr in enumerate(n_reached) if nr < T and bool(np.any(ys_bar[b, nr:]))]
+    ys = np.stack([traj.ys for traj in trajs]) if want_t else np.empty((0, 0, 0))
+    through, p_bars, t_bars = B.get_kernel(fwd.xp, "ode_batch.rk_reverse_batch")(
+        fwd.f, st.vjp, [traj.ts for traj in trajs], [traj.all_states for traj in trajs], ys,
+        ys_bar, np.stack([traj.out_step for traj in trajs]),
+        np.stack([traj.out_theta for traj in trajs]), n_reached, fwd.t_out,
+        B.contiguous(fwd.xp, fwd.params_eff), fwd.tab.A, fwd.tab.c, fwd.tab.e, fwd.tab.P,
+        *st.norm_tolerances, rE, rS, want_t)
+    y0_bar = ys_bar[:, 0, :] + through
+    if bad:
+        y0_bar[bad] = math.nan
+        return y0_bar, np.full(p_bars.shape[1], math.nan), [math.nan] * T, True
+    return y0_bar, p_bars.sum(axis=0), t_bars.sum(axis=0).tolist(), False
 
 
 def _odeint_bwd(ctx, cot):
@@ -634,7 +690,15 @@ def _odeint_bwd(ctx, cot):
     want_t = B.is_array(t_eval) and \
         B.array_namespace(t_eval).isdtype(t_eval.dtype, "real floating")
     p_size = 0 if params is None else params.shape[0]
-    for b, traj in enumerate(fwd.trajs):
+    trajs = fwd.trajs
+    if fwd.per_traj and len(trajs) > 1 and st.adjoint == "discrete" and local is None and \
+            _compiled_reverse_ok(fwd, trajs[0]) and \
+            all(traj.all_states is not None for traj in trajs):
+        # every trajectory's compiled adjoint in one call, parallel over trajectories
+        y0_bars, p_bar, t_bar, poisoned_p = _reverse_batch(fwd, ys_bar_all, rE, rS, want_t)
+        poisoned_t = poisoned_p
+        trajs = []
+    for b, traj in enumerate(trajs):
         if fwd.per_traj:
             ys_bar = ys_bar_all[:, b, :]
         else:

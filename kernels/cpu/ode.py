@@ -26,7 +26,7 @@ from numba.typed import List
 
 from ._config import jit
 
-__all__ = ["is_jitted", "rk_combine", "rk_error_norm", "rk_reverse", "rk_solve",
+__all__ = ["fits_pointer", "is_jitted", "rk_combine", "rk_error_norm", "rk_reverse", "rk_solve",
            "rk_solve_batch"]
 
 
@@ -324,12 +324,47 @@ def rk_solve(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, p
     """
     args = (y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi, first_step,
             max_steps, step_ts, want_stiff)
-    if y0.dtype == np.float64 and params.dtype == np.float64:
+    if y0.dtype == np.float64 and params.dtype == np.float64 and fits_pointer(f):
         try:
             return _compiled("pointer")(f, *args)
         except (numba.core.errors.TypingError, TypeError, ValueError):
-            pass  # f has another signature (float32, non-contiguous result): specialise
+            pass
+    # f has another signature (float32, a non-contiguous result): specialise
     return _compiled("generic")(f, *args)
+
+
+def _pointer_types():
+    t = numba.types
+    vec = t.float64[::1]
+    return (t.float64, vec, vec), vec, (t.float64, vec, vec, vec), t.UniTuple(vec, 2)
+
+
+def fits_pointer(f, vjp=None) -> bool:
+    """Whether the ``@njit`` ``f`` (and ``vjp``) compile for the first-class function types
+    of the compiled kernels, their results included.
+
+    ``f(float64, float64[::1], float64[::1]) -> float64[::1]``;
+    ``vjp(float64, float64[::1], float64[::1], float64[::1]) -> (float64[::1],
+    float64[::1])``. Checked here because Numba's own check is not enough: a function
+    whose result has another type (a non-contiguous view) is refused when first passed as
+    a function pointer, but once compiled for those argument types it is accepted the
+    next time and its result then read with the wrong layout (wrong numbers, no error).
+    """
+    f_args, f_ret, v_args, v_ret = _pointer_types()
+    return _returns(f, f_args, f_ret) and (vjp is None or _returns(vjp, v_args, v_ret))
+
+
+def _returns(fn, args, ret) -> bool:
+    cres = fn.overloads.get(args)
+    if cres is None:
+        try:
+            fn.compile(args)
+        except (numba.core.errors.NumbaError, TypeError, ValueError):
+            return False  # it does not compile for these argument types
+        cres = fn.overloads.get(args)
+        if cres is None:
+            return False
+    return cres.signature.return_type == ret
 
 
 _COMPILED: dict = {}
@@ -515,6 +550,12 @@ def rk_reverse(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e,
     Returns ``(a, p_bar)``: the cotangent reaching ``y0`` through the steps and that of
     ``params``.
     """
+    return _compiled_reverse()(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c,
+                               e, P, rtol, atol, rE_bar, rS_bar)
+
+
+def _compiled_reverse():
+    """The discrete adjoint compiled once for ``f``/``vjp`` typed as first-class functions."""
     fn = _COMPILED.get("reverse")
     if fn is None:
         t = numba.types
@@ -525,8 +566,7 @@ def rk_reverse(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e,
                f64, f64, f64)
         fn = jit(signature=sig)(_reverse)
         _COMPILED["reverse"] = fn
-    return fn(f, vjp, ts, states, ys_bar, out_step, out_theta, params, A, c, e, P, rtol,
-              atol, rE_bar, rS_bar)
+    return fn
 
 
 def _solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
@@ -553,6 +593,9 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
     over the batch inside the compiled code pays it once. ``f`` must have the float64
     signature. Returns a list of :func:`rk_solve` result tuples, one per trajectory.
     """
+    if not fits_pointer(f):
+        raise TypeError("rk_solve_batch: f must compile as f(float64, float64[::1], "
+                        "float64[::1]) -> float64[::1]")
     fn = _COMPILED.get("batch")
     if fn is None:
         _compiled("pointer")

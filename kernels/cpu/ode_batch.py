@@ -1,0 +1,172 @@
+"""Numba kernels for a batch of independent explicit Runge–Kutta solves (``diffsolve.ode``).
+
+``odeint(f, y0 (B, n), ..., batch_mode="per-trajectory")`` with an ``@njit`` float64 field
+solves each row with its own steps. :func:`rk_solve_batch` runs those B solves in ONE
+compiled call, spread over Numba's threads (``prange`` over trajectories), and
+:func:`rk_reverse_batch` their discrete adjoints likewise. Each trajectory goes through
+the very code of the single-trajectory kernels (:func:`diffsolve.kernels.cpu.ode.rk_solve`,
+:func:`~diffsolve.kernels.cpu.ode.rk_reverse`, compiled once with ``f`` typed as a
+first-class function), so a batched solve takes the steps, and gives the numbers, of the
+solves one by one, bit for bit.
+
+Why threads over trajectories rather than one vectorised step over the batch (what
+``jax.vmap`` makes of a solve): every trajectory keeps its own step size, accepts and
+rejects on its own and stops when it is done, so no trajectory pays for the steps of the
+hardest one and no masked lanes are computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+from numba.typed import List
+
+from . import ode as _ode
+from ._config import jit
+
+__all__ = ["rk_reverse_batch", "rk_solve_batch"]
+
+_COMPILED: dict = {}
+
+
+def _types():
+    t = numba.types
+    vec, mat, f64, i64 = t.float64[::1], t.float64[:, ::1], t.float64, t.int64
+    ftype = t.FunctionType(vec(f64, vec, vec))
+    vtype = t.FunctionType(t.UniTuple(vec, 2)(f64, vec, vec, vec))
+    return t, vec, mat, f64, i64, ftype, vtype
+
+
+def _solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
+                 first_step, max_steps, want_stiff):  # pragma: no cover - compiled
+    nb = Y0.shape[0]
+    no_steps = np.empty(0, dtype=np.float64)
+    # the first solve runs alone: its result fills the list, which then only has its
+    # entries replaced (a typed list may not grow from several threads at once)
+    first = _solve_one_ptr(f, Y0[0].copy(), t_out, params, A, c, e, P, order, error_order,
+                           rtol, atol, pi, first_step, max_steps, no_steps, want_stiff)
+    results = List()
+    for _ in range(nb):
+        results.append(first)
+    for b in prange(1, nb):
+        results[b] = _solve_one_ptr(f, Y0[b].copy(), t_out, params, A, c, e, P, order,
+                                    error_order, rtol, atol, pi, first_step, max_steps,
+                                    no_steps, want_stiff)
+    return results
+
+
+def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
+                   first_step, max_steps, want_stiff):
+    """:func:`~diffsolve.kernels.cpu.ode.rk_solve` for every row of ``Y0`` (B, n), each
+    with its own steps, in ONE compiled call, parallel over the rows.
+
+    ``f`` must be an ``@njit`` function with the float64 signature ``f(float64,
+    float64[::1], float64[::1]) -> float64[::1]`` (else ``TypeError``: the caller then
+    solves the rows one by one). The integrator is compiled once for every such ``f`` and
+    cached on disk; Numba's thread count (``numba.set_num_threads``) sets the parallelism.
+    Returns a list of :func:`~diffsolve.kernels.cpu.ode.rk_solve` result tuples, one per
+    row, equal to solving the rows one by one.
+    """
+    if not _ode.fits_pointer(f):
+        raise TypeError("rk_solve_batch: f must compile as f(float64, float64[::1], "
+                        "float64[::1]) -> float64[::1] (a C-contiguous result)")
+    fn = _COMPILED.get("solve")
+    if fn is None:
+        global _solve_one_ptr
+        _solve_one_ptr = _ode._compiled("pointer")
+        t, vec, mat, f64, i64, ftype, _ = _types()
+        sig = (ftype, mat, vec, vec, mat, vec, vec, mat, i64, i64, f64, f64, t.boolean, f64,
+               i64, t.boolean)
+        fn = jit(parallel=True, signature=sig)(_solve_batch)
+        _COMPILED["solve"] = fn
+    return list(fn(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
+                   first_step, max_steps, want_stiff))
+
+
+def _reverse_batch(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, out_theta,
+                   n_reached, t_out, params, A, c, e, P, rtol, atol, rE_bar, rS_bar,
+                   want_t):  # pragma: no cover - compiled
+    nb = ys_bar.shape[0]
+    n = ys_bar.shape[2]
+    T = ys_bar.shape[1]
+    through = np.zeros((nb, n))
+    p_bar = np.zeros((nb, params.shape[0]))
+    t_bar = np.zeros((nb, T))
+    for b in prange(nb):
+        lo = offsets[b]
+        hi = offsets[b + 1]
+        nr = n_reached[b]
+        a, pb = _reverse_ptr(f, vjp, ts_all[lo:hi], states_all[lo:hi], ys_bar[b, :nr],
+                             out_step[b, :nr], out_theta[b, :nr], params, A, c, e, P, rtol,
+                             atol, rE_bar, rS_bar)
+        through[b] = a
+        p_bar[b] = pb
+        if not want_t:
+            continue
+        # t̄_q = ȳ_q · f(t_q, y_q) (q ≥ 1) and t̄_0 = −a(t_0) · f(t_0, y_0), as
+        # diffsolve.ode._adjoint.t_eval_cotangent computes them from Python
+        for q in range(1, nr):
+            if t_out[q] == t_out[0]:
+                continue
+            fq = f(t_out[q], ys[b, q], params)
+            acc = 0.0
+            for i in range(n):
+                acc += ys_bar[b, q, i] * fq[i]
+            t_bar[b, q] = acc
+        if nr == 1:  # no step taken: nothing flowed back to y0
+            continue
+        f0 = f(t_out[0], states_all[lo], params)
+        acc = 0.0
+        for i in range(n):
+            acc += a[i] * f0[i]
+        t_bar[b, 0] = -acc if math.isfinite(acc) else math.nan
+    return through, p_bar, t_bar
+
+
+def rk_reverse_batch(f, vjp, ts, states, ys, ys_bar, out_step, out_theta, n_reached, t_out,
+                     params, A, c, e, P, rtol, atol, rE_bar, rS_bar, want_t):
+    """The discrete adjoints of :func:`rk_solve_batch`'s solves in ONE compiled call,
+    parallel over the trajectories (float64).
+
+    ``f``, ``vjp`` as :func:`~diffsolve.kernels.cpu.ode.rk_reverse` takes them (``@njit``,
+    float64 signatures). Per trajectory ``b``: ``ts[b]`` (N_b + 1,) and ``states[b]``
+    (N_b + 1, n) as the forward returned them (sequences of arrays), ``ys[b]`` (T, n) its
+    outputs, ``ys_bar[b]`` (T, n) their cotangents, ``out_step[b]``/``out_theta[b]`` (T,)
+    and ``n_reached[b]`` the outputs computed (only ``ys_bar[b, :n_reached[b]]`` is read).
+    ``rE_bar``/``rS_bar``: the cotangents of the global regularisers. ``want_t``: also
+    the cotangent of ``t_out`` (one ``f`` call per output).
+
+    Returns ``(through (B, n), p_bar (B, n_p), t_bar (B, T))``: per trajectory, the
+    cotangent reaching ``y0`` through the steps, that of ``params``, and that of the
+    output times (zeros unless ``want_t``), each equal to what
+    :func:`~diffsolve.kernels.cpu.ode.rk_reverse` gives for that trajectory alone.
+    """
+    fn = _COMPILED.get("reverse")
+    if fn is None:
+        global _reverse_ptr
+        _reverse_ptr = _ode._compiled_reverse()
+        t, vec, mat, f64, _, ftype, vtype = _types()
+        ivec, imat = t.int64[::1], t.int64[:, ::1]
+        cube = t.float64[:, :, ::1]
+        sig = (ftype, vtype, vec, mat, ivec, cube, cube, imat, mat, ivec, vec, vec, mat, vec,
+               vec, mat, f64, f64, f64, f64, t.boolean)
+        fn = jit(parallel=True, signature=sig)(_reverse_batch)
+        _COMPILED["reverse"] = fn
+    lengths = np.fromiter((x.shape[0] for x in ts), dtype=np.int64, count=len(ts))
+    offsets = np.zeros(len(ts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return fn(f, vjp, np.concatenate(ts), np.ascontiguousarray(np.concatenate(states)),
+              offsets, np.ascontiguousarray(ys), np.ascontiguousarray(ys_bar),
+              np.ascontiguousarray(out_step, dtype=np.int64),
+              np.ascontiguousarray(out_theta, dtype=np.float64),
+              np.ascontiguousarray(n_reached, dtype=np.int64), t_out, params, A, c, e, P,
+              float(rtol), float(atol), float(rE_bar), float(rS_bar), bool(want_t))
+
+
+# the single-trajectory builds the batch loops call: globals of this module, set before a
+# batch kernel is compiled (Numba resolves them then, and a cached build has them linked in)
+_solve_one_ptr = None
+_reverse_ptr = None
