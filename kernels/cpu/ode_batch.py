@@ -55,7 +55,44 @@ def _solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, ato
         results[b] = _solve_one_ptr(f, Y0[b].copy(), t_out, params, A, c, e, P, order,
                                     error_order, rtol, atol, pi, first_step, max_steps,
                                     no_steps, want_stiff)
-    return results
+    return _gather(results, t_out.shape[0], Y0.shape[1])
+
+
+@jit()
+def _gather(results, T, n):  # pragma: no cover - compiled
+    """The per-trajectory results as flat arrays (boxing B tuples of ten arrays back to
+    Python cost more than a batch of short solves). Serial: in the parallel kernel each
+    of these copies would become a parallel region of its own."""
+    nb = len(results)
+    off = np.zeros(nb + 1, dtype=np.int64)
+    for b in range(nb):
+        off[b + 1] = off[b] + results[b][1].shape[0]
+    total = off[nb]
+    ys = np.empty((nb, T, n))
+    ts = np.empty(total)
+    states = np.empty((total, n))
+    errs = np.empty(total - nb)
+    stiff = np.empty(total - nb)
+    out_step = np.empty((nb, T), dtype=np.int64)
+    out_theta = np.empty((nb, T))
+    stats = np.empty((nb, 4), dtype=np.int64)
+    status = np.empty(nb, dtype=np.int64)
+    t_fail = np.empty(nb)
+    for b in range(nb):
+        r = results[b]
+        lo = off[b]
+        hi = off[b + 1]
+        ys[b] = r[0]
+        ts[lo:hi] = r[1]
+        states[lo:hi] = r[2]
+        errs[lo - b:hi - b - 1] = r[3]
+        stiff[lo - b:hi - b - 1] = r[4]
+        out_step[b] = r[5]
+        out_theta[b] = r[6]
+        stats[b] = r[7]
+        status[b] = r[8]
+        t_fail[b] = r[9]
+    return ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail, off
 
 
 def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
@@ -68,7 +105,8 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
     solves the rows one by one). The integrator is compiled once for every such ``f`` and
     cached on disk; Numba's thread count (``numba.set_num_threads``) sets the parallelism.
     Returns a list of :func:`~diffsolve.kernels.cpu.ode.rk_solve` result tuples, one per
-    row, equal to solving the rows one by one.
+    row, equal to solving the rows one by one (their arrays are views of a few arrays
+    shared by the batch).
     """
     if not _ode.fits_pointer(f):
         raise TypeError("rk_solve_batch: f must compile as f(float64, float64[::1], "
@@ -82,8 +120,15 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
                i64, t.boolean)
         fn = jit(parallel=True, signature=sig)(_solve_batch)
         _COMPILED["solve"] = fn
-    return list(fn(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
-                   first_step, max_steps, want_stiff))
+    ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail, off = fn(
+        f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi, first_step,
+        max_steps, want_stiff)
+    o = off.tolist()
+    codes = status.tolist()
+    fails = t_fail.tolist()
+    return [(ys[b], ts[o[b]:o[b + 1]], states[o[b]:o[b + 1]], errs[o[b] - b:o[b + 1] - b - 1],
+             stiff[o[b] - b:o[b + 1] - b - 1], out_step[b], out_theta[b], stats[b], codes[b],
+             fails[b]) for b in range(len(codes))]
 
 
 def _reverse_batch(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, out_theta,
