@@ -52,9 +52,12 @@ def _solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, ato
     for _ in range(nb):
         results.append(first)
     for b in prange(1, nb):
-        results[b] = _solve_one_ptr(f, Y0[b].copy(), t_out, params, A, c, e, P, order,
-                                    error_order, rtol, atol, pi, first_step, max_steps,
-                                    no_steps, want_stiff)
+        # params copied per trajectory: every f call passes it on, and reference counts
+        # of one array updated from several threads would bounce its cache line between
+        # cores
+        results[b] = _solve_one_ptr(f, Y0[b].copy(), t_out, params.copy(), A, c, e, P,
+                                    order, error_order, rtol, atol, pi, first_step,
+                                    max_steps, no_steps, want_stiff)
     return _gather(results, t_out.shape[0], Y0.shape[1])
 
 
@@ -144,8 +147,9 @@ def _reverse_batch(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, ou
         lo = offsets[b]
         hi = offsets[b + 1]
         nr = n_reached[b]
+        p_own = params.copy()  # as in _solve_batch: no reference count shared by threads
         a, pb = _reverse_ptr(f, vjp, ts_all[lo:hi], states_all[lo:hi], ys_bar[b, :nr],
-                             out_step[b, :nr], out_theta[b, :nr], params, A, c, e, P, rtol,
+                             out_step[b, :nr], out_theta[b, :nr], p_own, A, c, e, P, rtol,
                              atol, rE_bar, rS_bar)
         through[b] = a
         p_bar[b] = pb
@@ -156,14 +160,14 @@ def _reverse_batch(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, ou
         for q in range(1, nr):
             if t_out[q] == t_out[0]:
                 continue
-            fq = f(t_out[q], ys[b, q], params)
+            fq = f(t_out[q], ys[b, q], p_own)
             acc = 0.0
             for i in range(n):
                 acc += ys_bar[b, q, i] * fq[i]
             t_bar[b, q] = acc
         if nr == 1:  # no step taken: nothing flowed back to y0
             continue
-        f0 = f(t_out[0], states_all[lo], params)
+        f0 = f(t_out[0], states_all[lo], p_own)
         acc = 0.0
         for i in range(n):
             acc += a[i] * f0[i]
