@@ -31,6 +31,11 @@ __all__ = ["rk_reverse_batch", "rk_solve_batch"]
 
 _COMPILED: dict = {}
 
+# _DYNAMIC: the parallel loops hand trajectories out one at a time (Numba's chunk size 1,
+# set around the calls: inside the kernels it would keep them from being cached), since
+# their costs differ and, on a shared machine, a thread that loses its core must not hold
+# back a static share of the batch
+
 
 def _types():
     t = numba.types
@@ -123,9 +128,10 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
                i64, t.boolean)
         fn = jit(parallel=True, signature=sig)(_solve_batch)
         _COMPILED["solve"] = fn
-    ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail, off = fn(
-        f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi, first_step,
-        max_steps, want_stiff)
+    with numba.parallel_chunksize(1):  # see _DYNAMIC
+        ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail, off = fn(
+            f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
+            first_step, max_steps, want_stiff)
     o = off.tolist()
     codes = status.tolist()
     fails = t_fail.tolist()
@@ -207,12 +213,13 @@ def rk_reverse_batch(f, vjp, ts, states, ys, ys_bar, out_step, out_theta, n_reac
     lengths = np.fromiter((x.shape[0] for x in ts), dtype=np.int64, count=len(ts))
     offsets = np.zeros(len(ts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return fn(f, vjp, np.concatenate(ts), np.ascontiguousarray(np.concatenate(states)),
-              offsets, np.ascontiguousarray(ys), np.ascontiguousarray(ys_bar),
-              np.ascontiguousarray(out_step, dtype=np.int64),
-              np.ascontiguousarray(out_theta, dtype=np.float64),
-              np.ascontiguousarray(n_reached, dtype=np.int64), t_out, params, A, c, e, P,
-              float(rtol), float(atol), float(rE_bar), float(rS_bar), bool(want_t))
+    with numba.parallel_chunksize(1):  # see _DYNAMIC
+        return fn(f, vjp, np.concatenate(ts), np.ascontiguousarray(np.concatenate(states)),
+                  offsets, np.ascontiguousarray(ys), np.ascontiguousarray(ys_bar),
+                  np.ascontiguousarray(out_step, dtype=np.int64),
+                  np.ascontiguousarray(out_theta, dtype=np.float64),
+                  np.ascontiguousarray(n_reached, dtype=np.int64), t_out, params, A, c, e,
+                  P, float(rtol), float(atol), float(rE_bar), float(rS_bar), bool(want_t))
 
 
 # the single-trajectory builds the batch loops call: globals of this module, set before a
