@@ -385,8 +385,10 @@ def write_markdown(path, rows, meta, findings):
              "| problem | reference | s | check | check vs reference | s |",
              "|---|---|---|---|---|---|"]
     for name, info in meta["references"].items():
+        verdict = _fmt(info["check_vs_reference"], ".1e") or \
+            f"not computed: {info.get('check_message', 'failed')}"
         lines.append(f"| {name} | {info['reference']} | {info['reference_s']:.1f} | "
-                     f"{info['check']} | {_fmt(info['check_vs_reference'], '.1e')} | "
+                     f"{info['check']} | {verdict} | "
                      f"{info['check_s']:.1f} |")
     lines.append("")
     for prob in dict.fromkeys(r["problem"] for r in rows):
@@ -446,9 +448,9 @@ def plot(path, rows):
         for solver in ALL_SOLVERS:
             pts = [r for r in rows if r["problem"] == prob and r["solver"] == solver
                    and r["success"] and np.isfinite(r["error"])]
-            if pts:
+            if pts:  # one colour per solver in every panel
                 ax.loglog([r["cpu_median"] for r in pts], [r["error"] for r in pts], "o-",
-                          label=solver)
+                          label=solver, color=f"C{ALL_SOLVERS.index(solver)}")
             out = [r for r in rows if r["problem"] == prob and r["solver"] == solver
                    and r.get("timed_out")]
             for r in out:  # a spent budget: a cross at the budget, on the x axis' right
@@ -458,7 +460,8 @@ def plot(path, rows):
         ax.set_ylabel("max rel. error")
     for ax in axes.ravel()[len(probs):]:
         ax.set_visible(False)
-    axes[0, 0].legend(fontsize=6)
+    for ax in axes.ravel()[:len(probs)]:
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
