@@ -304,7 +304,12 @@ def test_kernel_rows_equal_single_kernel():
     args = (t, p, tab.A, tab.c, tab.e, tab.P, tab.order, tab.error_order, 1e-7, 1e-10, True,
             -1.0, 10_000)
     outs = KB.rk_solve_batch(f, Y0, *args, True)
-    for b, out in enumerate(outs):
+    serial = K.rk_solve_batch(f, Y0, *args, True)  # the serial loop it replaced
+    assert len(outs) == len(serial) == 5
+    for b, (out, ser) in enumerate(zip(outs, serial)):
         one = K.rk_solve(f, Y0[b].copy(), *args, np.empty(0), True)
-        for x, y in zip(out, one):
+        for x, y, z in zip(out, one, ser):
             np.testing.assert_array_equal(x, y)
+            np.testing.assert_array_equal(z, y)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        KB.rk_solve_batch(lv_strided, Y0, *args, True)

@@ -592,6 +592,11 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
     Passing a Numba function to compiled code costs a lookup per call (~0.1 ms); looping
     over the batch inside the compiled code pays it once. ``f`` must have the float64
     signature. Returns a list of :func:`rk_solve` result tuples, one per trajectory.
+
+    The serial loop: ``odeint`` calls the parallel
+    :func:`diffsolve.kernels.cpu.ode_batch.rk_solve_batch` (same results, one thread per
+    trajectory at a time); this one stays as the single-threaded reference to time it
+    against.
     """
     if not fits_pointer(f):
         raise TypeError("rk_solve_batch: f must compile as f(float64, float64[::1], "
