@@ -429,6 +429,18 @@ def test_gmres_failures_fail_the_newton_iteration_not_the_answer():
     assert np.all(np.isnan(res.ys[1]))
 
 
+@pytest.mark.parametrize("method", ["kvaerno5", "kvaerno3", "rodas5"])
+def test_step_counts_add_up(method):
+    # every attempt is accepted or rejected, retries with a fresh Jacobian included
+    f, pattern, y0 = brusselator_1d(200)
+    for opts in ({}, {"linear_solver": "gmres"}):
+        if method == "rodas5" and opts:
+            continue
+        s = odeint(f, y0, np.linspace(0.0, 10.0, 6), method=method, rtol=1e-4, atol=1e-7,
+                   jac_sparsity=pattern, **opts).stats
+        assert s.n_steps == s.n_accepted + s.n_rejected, (opts, s)
+
+
 def test_linear_solver_refusals():
     y0 = np.array([2.0, 0.0])
     t = np.array([0.0, 1.0])

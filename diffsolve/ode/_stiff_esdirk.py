@@ -246,8 +246,10 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
             if not ok:
                 if not mat.fresh and not retried:
                     # a Jacobian from an earlier state: recompute it here, retry the step
+                    # (the failed attempt counts as rejected: n_steps = accepted + rejected)
                     mat.stale = True
                     retried = True
+                    n_rej += 1
                     continue
                 if fixed:
                     status = Status.DIVERGED

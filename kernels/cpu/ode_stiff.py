@@ -542,8 +542,10 @@ def _esdirk_solve(f, jac, use_jac, y0, f0, t_out, params, A, c, e, gamma, order,
             if not ok:
                 if not fresh and not retried:
                     # a Jacobian from an earlier state: recompute it here, retry the step
+                    # (the failed attempt counts as rejected: n_steps = accepted + rejected)
                     stale = True
                     retried = True
+                    n_rej += 1
                     continue
                 if fixed:
                     status = DIVERGED
