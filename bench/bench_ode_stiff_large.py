@@ -77,24 +77,25 @@ REPEAT_BELOW_S = 5.0
 # ---------------------------------------------------------------------------------------
 # problems
 # ---------------------------------------------------------------------------------------
-def brusselator_2d(N):
+def brusselator_2d(N, xnp=np):
     """The 2-D Brusselator on an N × N periodic grid (Hairer & Wanner II, IV.10): u and v
-    stacked, a 5-point Laplacian coupling (the sparse LU of ``I − hγJ`` fills in).
+    stacked, a 5-point Laplacian coupling (the sparse LU of ``I − hγJ`` fills in). ``xnp``:
+    the array module ``f`` computes with (``autograd.numpy`` for gradients).
 
     Returns ``(f, pattern, y0)``.
     """
     alpha = 0.1 * N ** 2
 
     def lap(w):
-        return (np.roll(w, 1, 0) + np.roll(w, -1, 0) + np.roll(w, 1, 1)
-                + np.roll(w, -1, 1) - 4.0 * w)
+        return (xnp.roll(w, 1, 0) + xnp.roll(w, -1, 0) + xnp.roll(w, 1, 1)
+                + xnp.roll(w, -1, 1) - 4.0 * w)
 
     def f(t, y, p):
-        u = np.reshape(y[:N * N], (N, N))
-        v = np.reshape(y[N * N:], (N, N))
+        u = xnp.reshape(y[:N * N], (N, N))
+        v = xnp.reshape(y[N * N:], (N, N))
         du = 1.0 + u * u * v - 4.4 * u + alpha * lap(u)
         dv = 3.4 * u - u * u * v + alpha * lap(v)
-        return np.concatenate([np.reshape(du, (-1,)), np.reshape(dv, (-1,))])
+        return xnp.concatenate([xnp.reshape(du, (-1,)), xnp.reshape(dv, (-1,))])
 
     e = np.ones(N)
     T = sp.diags([e[:-1], e, e[:-1]], [-1, 0, 1]).tolil()

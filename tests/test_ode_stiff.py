@@ -360,30 +360,10 @@ def test_adjoint_matches_exact_sensitivities(method, rng):
 # Krylov stage solves (linear_solver="gmres")
 # ---------------------------------------------------------------------------------------
 def brusselator_2d(N):
-    """The 2-D Brusselator on an N × N periodic grid (Hairer & Wanner II, IV.10): u and v
-    stacked, a 5-point Laplacian coupling (the sparse LU of I − hγJ fills in)."""
-    alpha = 0.1 * N ** 2
+    """The 2-D periodic Brusselator of the large-problem benchmark, with an autograd f."""
+    from bench.bench_ode_stiff_large import brusselator_2d as problem
 
-    def lap(w):
-        return (anp.roll(w, 1, 0) + anp.roll(w, -1, 0) + anp.roll(w, 1, 1)
-                + anp.roll(w, -1, 1) - 4.0 * w)
-
-    def f(t, y, p):
-        u = anp.reshape(y[:N * N], (N, N))
-        v = anp.reshape(y[N * N:], (N, N))
-        du = 1.0 + u * u * v - 4.4 * u + alpha * lap(u)
-        dv = 3.4 * u - u * u * v + alpha * lap(v)
-        return anp.concatenate([anp.reshape(du, (-1,)), anp.reshape(dv, (-1,))])
-
-    e = np.ones(N)
-    T = sp.diags([e[:-1], e, e[:-1]], [-1, 0, 1]).tolil()
-    T[0, -1] = T[-1, 0] = 1.0
-    L = sp.kron(T, sp.identity(N)) + sp.kron(sp.identity(N), T)
-    pattern = sp.bmat([[L, sp.identity(N * N)], [sp.identity(N * N), L]]).tocsr()
-    x = np.arange(N) / N
-    X, Y = np.meshgrid(x, x, indexing="ij")
-    y0 = np.concatenate([(22 * Y * (1 - Y) ** 1.5).ravel(), (27 * X * (1 - X) ** 1.5).ravel()])
-    return f, pattern, y0
+    return problem(N, anp)
 
 
 @pytest.mark.parametrize("preconditioner", [None, "ilu"])
