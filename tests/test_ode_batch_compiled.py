@@ -84,6 +84,21 @@ def lv_strided(t, y, p):
     return out[:, 0]
 
 
+@numba.njit
+def picky(t, y, p):
+    # raises (Numba exceptions are Python exceptions) once y[0] exceeds p[0]
+    if y[0] > p[0]:
+        raise ValueError("picky: y[0] too large")
+    return 0.5 * y
+
+
+@numba.njit
+def picky_vjp(t, y, p, v):
+    if v[0] > 10.0 * p[0]:
+        raise ValueError("picky_vjp: cotangent too large")
+    return 0.5 * v, np.zeros(1)
+
+
 PROBLEMS = {
     "lotka_volterra": (lv, lv_vjp, np.array([1.5, 1.0, 3.0, 1.0]), np.array([1.0, 1.0])),
     "van_der_pol": (vdp, vdp_vjp, np.array([2.0]), np.array([2.0, 0.0])),
@@ -313,3 +328,26 @@ def test_kernel_rows_equal_single_kernel():
             np.testing.assert_array_equal(z, y)
     with pytest.raises(TypeError, match="C-contiguous"):
         KB.rk_solve_batch(lv_strided, Y0, *args, True)
+
+
+@pytest.mark.parametrize("bad", [0, 5])
+def test_exception_in_f_or_vjp_is_raised(bad):
+    # an exception raised by the field in a worker thread of the parallel loop reaches the
+    # caller as itself (as from the single-trajectory kernel), for the first trajectory
+    # (solved before the parallel loop) or a later one
+    Y0 = np.full((8, 1), 0.1)
+    Y0[bad] = 1.0
+    t = np.linspace(0.0, 2.0, 3)
+    p = np.array([1.5])  # y = 0.1 e^(t/2) stays below, y = e^(t/2) crosses it
+    with pytest.raises(ValueError, match="picky: y"):
+        odeint(picky, Y0, t, p)
+    res = odeint(picky, np.full((8, 1), 0.1), t, p)  # the kernel still works afterwards
+    np.testing.assert_allclose(res.ys[-1], 0.1 * np.exp(1.0), rtol=1e-6)
+    res, pull = ds.vjp(odeint, picky, np.full((8, 1), 0.1), t, p, vjp=picky_vjp)
+    W = np.zeros_like(res.ys)
+    W[-1, bad] = 100.0
+    with pytest.raises(ValueError, match="picky_vjp: cotangent"):
+        pull(ys=W)
+    W[-1, bad] = 1.0
+    gy = pull(ys=W)[0]
+    np.testing.assert_allclose(gy[bad], np.exp(1.0), rtol=1e-6)

@@ -56,14 +56,30 @@ def _solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, ato
     results = List()
     for _ in range(nb):
         results.append(first)
+    raised = np.zeros(nb, dtype=np.bool_)
     for b in prange(1, nb):
         # params copied per trajectory: every f call passes it on, and reference counts
         # of one array updated from several threads would bounce its cache line between
         # cores
-        results[b] = _solve_one_ptr(f, Y0[b].copy(), t_out, params.copy(), A, c, e, P,
-                                    order, error_order, rtol, atol, pi, first_step,
-                                    max_steps, no_steps, want_stiff)
-    return _gather(results, t_out.shape[0], Y0.shape[1])
+        r, ok = _solve_guarded(first, f, Y0[b].copy(), t_out, params.copy(), A, c, e, P,
+                               order, error_order, rtol, atol, pi, first_step, max_steps,
+                               no_steps, want_stiff)
+        results[b] = r
+        raised[b] = not ok
+    return _gather(results, t_out.shape[0], Y0.shape[1]), raised
+
+
+@jit()
+def _solve_guarded(first, f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol,
+                   pi, first_step, max_steps, no_steps, want_stiff):  # pragma: no cover
+    """``(the solve, True)``, or ``(first, False)`` when ``f`` raised: an exception raised
+    in a worker thread does not reach the caller, which raises it again by solving that
+    trajectory alone. (A ``try`` inside the ``prange`` body would make the loop serial.)"""
+    try:
+        return _solve_one_ptr(f, y0, t_out, params, A, c, e, P, order, error_order, rtol,
+                              atol, pi, first_step, max_steps, no_steps, want_stiff), True
+    except Exception:
+        return first, False
 
 
 @jit()
@@ -129,9 +145,15 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
         fn = jit(parallel=True, signature=sig)(_solve_batch)
         _COMPILED["solve"] = fn
     with numba.parallel_chunksize(1):  # see _DYNAMIC
-        ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail, off = fn(
-            f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, pi,
-            first_step, max_steps, want_stiff)
+        flat, raised = fn(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, atol,
+                          pi, first_step, max_steps, want_stiff)
+    if raised.any():  # f raised for some trajectory: the first of them again, to raise it
+        b = int(np.flatnonzero(raised)[0])
+        _ode.rk_solve(f, Y0[b].copy(), t_out, params, A, c, e, P, order, error_order, rtol,
+                      atol, pi, first_step, max_steps, np.empty(0), want_stiff)
+        raise RuntimeError(f"rk_solve_batch: f raised an exception on trajectory {b} in "
+                           "the parallel loop but not when solving it again alone")
+    ys, ts, states, errs, stiff, out_step, out_theta, stats, status, t_fail, off = flat
     o = off.tolist()
     codes = status.tolist()
     fails = t_fail.tolist()
@@ -149,36 +171,64 @@ def _reverse_batch(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, ou
     through = np.zeros((nb, n))
     p_bar = np.zeros((nb, params.shape[0]))
     t_bar = np.zeros((nb, T))
+    raised = np.zeros(nb, dtype=np.bool_)
     for b in prange(nb):
-        lo = offsets[b]
-        hi = offsets[b + 1]
-        nr = n_reached[b]
-        p_own = params.copy()  # as in _solve_batch: no reference count shared by threads
-        a, pb = _reverse_ptr(f, vjp, ts_all[lo:hi], states_all[lo:hi], ys_bar[b, :nr],
-                             out_step[b, :nr], out_theta[b, :nr], p_own, A, c, e, P, rtol,
-                             atol, rE_bar, rS_bar)
-        through[b] = a
-        p_bar[b] = pb
-        if not want_t:
+        raised[b] = not _reverse_guarded(f, vjp, ts_all, states_all, offsets, ys, ys_bar,
+                                         out_step, out_theta, n_reached, t_out, params, A,
+                                         c, e, P, rtol, atol, rE_bar, rS_bar, want_t, b,
+                                         through, p_bar, t_bar)
+    return through, p_bar, t_bar, raised
+
+
+@jit()
+def _reverse_guarded(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, out_theta,
+                     n_reached, t_out, params, A, c, e, P, rtol, atol, rE_bar, rS_bar,
+                     want_t, b, through, p_bar, t_bar):  # pragma: no cover - compiled
+    """:func:`_reverse_one`; False when ``f`` or ``vjp`` raised (see _solve_guarded)."""
+    try:
+        _reverse_one(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, out_theta,
+                     n_reached, t_out, params, A, c, e, P, rtol, atol, rE_bar, rS_bar,
+                     want_t, b, through, p_bar, t_bar)
+        return True
+    except Exception:
+        return False
+
+
+@jit()
+def _reverse_one(f, vjp, ts_all, states_all, offsets, ys, ys_bar, out_step, out_theta,
+                 n_reached, t_out, params, A, c, e, P, rtol, atol, rE_bar, rS_bar, want_t,
+                 b, through, p_bar, t_bar):  # pragma: no cover - compiled
+    """Trajectory ``b`` of :func:`_reverse_batch`: its rows of ``through``, ``p_bar``,
+    ``t_bar``."""
+    n = ys_bar.shape[2]
+    lo = offsets[b]
+    hi = offsets[b + 1]
+    nr = n_reached[b]
+    p_own = params.copy()  # as in _solve_batch: no reference count shared by threads
+    a, pb = _reverse_ptr(f, vjp, ts_all[lo:hi], states_all[lo:hi], ys_bar[b, :nr],
+                         out_step[b, :nr], out_theta[b, :nr], p_own, A, c, e, P, rtol,
+                         atol, rE_bar, rS_bar)
+    through[b] = a
+    p_bar[b] = pb
+    if not want_t:
+        return
+    # t̄_q = ȳ_q · f(t_q, y_q) (q ≥ 1) and t̄_0 = −a(t_0) · f(t_0, y_0), as
+    # diffsolve.ode._adjoint.t_eval_cotangent computes them from Python
+    for q in range(1, nr):
+        if t_out[q] == t_out[0]:
             continue
-        # t̄_q = ȳ_q · f(t_q, y_q) (q ≥ 1) and t̄_0 = −a(t_0) · f(t_0, y_0), as
-        # diffsolve.ode._adjoint.t_eval_cotangent computes them from Python
-        for q in range(1, nr):
-            if t_out[q] == t_out[0]:
-                continue
-            fq = f(t_out[q], ys[b, q], p_own)
-            acc = 0.0
-            for i in range(n):
-                acc += ys_bar[b, q, i] * fq[i]
-            t_bar[b, q] = acc
-        if nr == 1:  # no step taken: nothing flowed back to y0
-            continue
-        f0 = f(t_out[0], states_all[lo], p_own)
+        fq = f(t_out[q], ys[b, q], p_own)
         acc = 0.0
         for i in range(n):
-            acc += a[i] * f0[i]
-        t_bar[b, 0] = -acc if math.isfinite(acc) else math.nan
-    return through, p_bar, t_bar
+            acc += ys_bar[b, q, i] * fq[i]
+        t_bar[b, q] = acc
+    if nr == 1:  # no step taken: nothing flowed back to y0
+        return
+    f0 = f(t_out[0], states_all[lo], p_own)
+    acc = 0.0
+    for i in range(n):
+        acc += a[i] * f0[i]
+    t_bar[b, 0] = -acc if math.isfinite(acc) else math.nan
 
 
 def rk_reverse_batch(f, vjp, ts, states, ys, ys_bar, out_step, out_theta, n_reached, t_out,
@@ -213,13 +263,29 @@ def rk_reverse_batch(f, vjp, ts, states, ys, ys_bar, out_step, out_theta, n_reac
     lengths = np.fromiter((x.shape[0] for x in ts), dtype=np.int64, count=len(ts))
     offsets = np.zeros(len(ts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    ys_bar = np.ascontiguousarray(ys_bar)
+    out_step = np.ascontiguousarray(out_step, dtype=np.int64)
+    out_theta = np.ascontiguousarray(out_theta, dtype=np.float64)
+    n_reached = np.ascontiguousarray(n_reached, dtype=np.int64)
+    rtol, atol, rE_bar, rS_bar = float(rtol), float(atol), float(rE_bar), float(rS_bar)
     with numba.parallel_chunksize(1):  # see _DYNAMIC
-        return fn(f, vjp, np.concatenate(ts), np.ascontiguousarray(np.concatenate(states)),
-                  offsets, np.ascontiguousarray(ys), np.ascontiguousarray(ys_bar),
-                  np.ascontiguousarray(out_step, dtype=np.int64),
-                  np.ascontiguousarray(out_theta, dtype=np.float64),
-                  np.ascontiguousarray(n_reached, dtype=np.int64), t_out, params, A, c, e,
-                  P, float(rtol), float(atol), float(rE_bar), float(rS_bar), bool(want_t))
+        through, p_bar, t_bar, raised = fn(
+            f, vjp, np.concatenate(ts), np.ascontiguousarray(np.concatenate(states)),
+            offsets, np.ascontiguousarray(ys), ys_bar, out_step, out_theta, n_reached, t_out,
+            params, A, c, e, P, rtol, atol, rE_bar, rS_bar, bool(want_t))
+    if raised.any():  # as in rk_solve_batch: raise it again from one trajectory alone
+        b = int(np.flatnonzero(raised)[0])
+        nr = int(n_reached[b])
+        _ode.rk_reverse(f, vjp, ts[b], np.ascontiguousarray(states[b]),
+                        np.ascontiguousarray(ys_bar[b, :nr]), out_step[b, :nr].copy(),
+                        out_theta[b, :nr].copy(), params, A, c, e, P, rtol, atol, rE_bar,
+                        rS_bar)
+        if bool(want_t):  # the t_eval cotangent's own calls of f
+            for q in range(nr):
+                f(float(t_out[q]), np.ascontiguousarray(ys[b, q]), params)
+        raise RuntimeError(f"rk_reverse_batch: f or vjp raised an exception on trajectory "
+                           f"{b} in the parallel loop but not when run again alone")
+    return through, p_bar, t_bar
 
 
 # the single-trajectory builds the batch loops call: globals of this module, set before a
