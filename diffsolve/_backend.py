@@ -392,6 +392,7 @@ class DenseLU:
         self.xp = xp
         self.A = A
         self.n = A.shape[0]
+        self._getrs: Any = None
         if is_numpy(xp):
             import scipy.linalg as sla
             from scipy.linalg.lapack import get_lapack_funcs
@@ -400,12 +401,16 @@ class DenseLU:
             # which the check below reads and reports as `singular`, with advice.
             # scipy.linalg.lu_factor would turn that status into a LinAlgWarning.
             An = np.asarray(A)
-            getrf, = get_lapack_funcs(("getrf",), (An,))
+            getrf, getrs = get_lapack_funcs(("getrf", "getrs"), (An,))
             lu, piv, info = getrf(An, overwrite_a=False)
             if info < 0:  # pragma: no cover - an illegal argument: a bug, not a matrix
                 raise ValueError(f"LAPACK getrf: illegal value in argument {-info}")
             self._lu = (lu, piv)
             self._solve = sla.lu_solve
+            # getrs directly for right-hand sides of A's dtype: scipy.linalg.lu_solve adds
+            # ~15 µs of checks per call, the cost of a small solve itself (the stiff ODE
+            # methods solve thousands of small systems per integration)
+            self._getrs = getrs
             pivots = np.abs(np.diagonal(lu))
         elif is_cupy(xp):
             import cupy
@@ -431,6 +436,12 @@ class DenseLU:
 
     def solve(self, b, trans: bool = False):
         if self._lu is not None:
+            getrs = self._getrs
+            if getrs is not None and type(b) is np.ndarray and b.dtype == self._lu[0].dtype \
+                    and b.ndim in (1, 2) and b.shape[0] == self.n:
+                x, info = getrs(self._lu[0], self._lu[1], b, trans=1 if trans else 0)
+                if info == 0:
+                    return x
             return self._solve(self._lu, b, trans=1 if trans else 0, check_finite=False)
         xp = self.xp
         A = xp.matrix_transpose(self.A) if trans else self.A

@@ -111,3 +111,20 @@ def test_promote_real_floating():
     assert B.promote_real_floating(np.float32, np.float32) == np.float32
     assert B.promote_real_floating(np.int64, np.float32) == np.float64
     assert B.promote_real_floating(np.int32, np.int64) == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_lu_solves_match_numpy(dtype):
+    # the direct LAPACK getrs path (b of A's dtype) and the scipy fallback (other dtypes)
+    rng = np.random.default_rng(0)
+    A = (rng.standard_normal((6, 6)) + 6 * np.eye(6)).astype(dtype)
+    lu = B.DenseLU(A, B.host_namespace())
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for b in (rng.standard_normal(6), rng.standard_normal((6, 3))):
+        for bb in (b.astype(dtype), b.astype(np.float64 if dtype == np.float32 else
+                                              np.float32)):
+            for trans in (False, True):
+                M = A.T if trans else A
+                ref = np.linalg.solve(M.astype(np.float64), bb.astype(np.float64))
+                x = lu.solve(bb, trans=trans)
+                assert np.allclose(x, ref, rtol=tol * 10, atol=tol * 10)
