@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import operator
 from bisect import bisect_right
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -159,7 +160,7 @@ class Trajectory:
 
     ys: Array                        # (T, n) in the state's namespace
     ts: HostArray                    # accepted step times, t_0 .. t_N
-    states: dict                     # step index -> state y_n (flat), every `every` steps
+    states: Mapping                  # step index -> state y_n (flat), every `every` steps
     every: int
     out_step: HostArray              # (T,) step each output was interpolated in (-1: y0)
     out_theta: HostArray             # (T,)
@@ -175,7 +176,7 @@ class Trajectory:
     n_reached: int = -1              # outputs computed: ys[:n_reached] (the rest is NaN)
     # the implicit methods (_stiff_*.py): per accepted step (G, K, stage times), work counts,
     # and for method="auto" where it switched and its two phases
-    stages: list | None = None
+    stages: Sequence | None = None
     stiff_stats: dict | None = None
     t_switch: float = math.nan
     auto_parts: tuple | None = None

@@ -298,7 +298,7 @@ def _compiled_trajectory(out, y0, t_out, opts, trajectory=None):
     elif code != 0:
         message = status_message(status, t_fail, t1=float(t_out[-1]),
                                  max_steps=opts["max_steps"], trajectory=trajectory)
-    return Trajectory(ys=ys, ts=ts, states=st,  # type: ignore[arg-type] # read as a Mapping
+    return Trajectory(ys=ys, ts=ts, states=st,
                       every=every, out_step=out_step,
                       out_theta=out_theta, errs=errs, stiff=stiff, stats=stats,
                       success=code == 0, message=message or "The solver reached the end "

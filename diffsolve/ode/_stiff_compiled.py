@@ -156,7 +156,7 @@ def compiled_stiff_trajectory(tab, settings, *, f, jac, y0, f0, t_out, params, s
                       message=message, t_fail=math.nan if success else t_fail, status=status,
                       n_reached=int(q))
     # a read-only sequence where the Trajectory field is annotated as the Python loop's list
-    traj.stages = stages  # type: ignore[assignment]
+    traj.stages = stages
     traj.stiff_stats = stiff_stats
     return traj
 
