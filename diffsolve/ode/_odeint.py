@@ -906,7 +906,10 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
         For ``y0`` of shape (B, d): independent solves, each with its own steps (``f`` sees
         ``(d,)``; equal to looping), or one solve of the (B, d) system with one step size
         and the error norm over the whole batch (``f`` sees ``(B, d)``: one vectorised
-        call per stage).
+        call per stage). A per-trajectory batch of an ``@njit`` ``f`` (float64) runs in
+        one compiled call over Numba's threads (``NUMBA_NUM_THREADS``), each trajectory
+        with exactly the steps of its own solve; so does its discrete adjoint with an
+        ``@njit`` ``vjp``.
     checkpoint_every : int
         The discrete adjoint stores every k-th accepted state and recomputes the others
         (memory ``N/k + k`` states instead of ``N``). Ignored by the backsolve adjoint,
