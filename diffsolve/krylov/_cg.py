@@ -26,6 +26,8 @@ Reference: Hestenes & Stiefel (1952); Saad, *Iterative Methods for Sparse Linear
 
 from __future__ import annotations
 
+import math
+
 from .. import _backend as B
 from .._status import Status
 from .._typing import Array, Callback, Matrix
@@ -33,6 +35,7 @@ from ._common import (
     Layout,
     LinearMap,
     Preconditioner,
+    _message,
     check_common,
     finish,
     safe_norms,
@@ -252,11 +255,77 @@ def _compiled_kernel(op, prec, layout, b, callback):
     return B.get_kernel(xp, "krylov.cg_solve_csr")
 
 
+def _host_norm(xp, v):
+    """:func:`safe_norms` of one NumPy vector, as a scalar of its dtype (the same
+    arithmetic, so the same rounding)."""
+    m = abs(v).max()
+    if not (math.isfinite(m) and m > 0):
+        return m  # 0, inf or NaN, as safe_norms says
+    w = v / m
+    return xp.sqrt((w * w).sum()) * m
+
+
+def _run_host_vector(op, prec, layout, b, rtol, atol, maxiter, kernel):
+    """:func:`_run` for its most common call — a NumPy vector ``b``, a CSR ``A`` for the
+    compiled loop, no ``x0``, ``a = 1`` — with scalars instead of one-column arrays.
+
+    The same arithmetic (in ``b``'s dtype), restarts and verdict as the general path,
+    whose ~40 small array operations cost as much as the compiled loop itself on a
+    system of a few hundred unknowns. Returns the :class:`KrylovResult` of a converged
+    solve, or ``None`` to hand every other outcome (non-finite or zero ``b``, no
+    convergence, an ``x`` that over- or underflows when unscaled) to the general path,
+    which reports it.
+    """
+    xp = layout.xp
+    if not b.shape[0]:
+        return None
+    m = abs(b).max()
+    if not (math.isfinite(m) and m > 0):
+        return None
+    dtype = b.dtype
+    s = dtype.type(2.0 ** math.floor(math.log2(m)))
+    bs = b / s
+    tol = max(rtol * _host_norm(xp, bs), dtype.type(atol) / s)
+    floor = layout.N * float(xp.finfo(dtype).eps)
+    inv_diag = None if prec.elementwise is None else B.contiguous(xp, prec.elementwise[:, 0])
+    csr = op.csr
+    y = bs * 0
+    total, prev = 0, math.inf
+    while True:
+        its, code = kernel(csr.indptr, csr.indices, csr.data, bs, y, inv_diag, float(tol),
+                           maxiter - total, floor)
+        total += its
+        # the verdict reads the true residual, never the recursive one
+        true = _host_norm(xp, bs - op(y[:, None])[:, 0])
+        if true <= tol:
+            break
+        if code == 2 or not math.isfinite(true) or total >= maxiter or \
+                (not (rtol == 0 and atol == 0) and true > STAGNATION_FACTOR * prev):
+            return None  # breakdown, non-finite, budget, stagnation: the general path
+        prev = true
+    ymax = float(abs(y).max())
+    info = xp.finfo(dtype)
+    if ymax > 0 and (math.log2(ymax) + math.log2(s) >= math.log2(float(info.max))
+                     or bool(((y != 0) & (abs(y * s) < float(info.smallest_normal))).any())):
+        return None  # x overflows or loses bits as a subnormal when unscaled
+    residual = float(true * s)
+    message = _message("cg", Status.SUCCESS, [int(Status.SUCCESS)], total, [residual],
+                       [float(tol * s)], rtol, atol, maxiter, layout, None)
+    return KrylovResult(x=y * s, status=Status.SUCCESS, converged=True, n_iters=total,
+                        residual_norm=residual, message=message)
+
+
 def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a=1.0):
     """CG on ``(A / a) y = b / s`` (``a = 1`` unless A's entries are extreme), ``x = y s / a``:
     the residual of the scaled system is the original one divided by ``s``, so the
     tolerances and the verdict do not change with ``a``."""
     xp = layout.xp
+    if x0 is None and a == 1.0 and len(layout.shape) == 1:
+        kernel = _compiled_kernel(op, prec, layout, b, callback)
+        if kernel is not None:
+            out = _run_host_vector(op, prec, layout, b, rtol, atol, maxiter, kernel)
+            if out is not None:
+                return out
     dtype = b.dtype
     k = layout.k
     device = B.device(b)
