@@ -378,6 +378,10 @@ def logsumexp(x, axis=None, keepdims=False, xp=None):
 # ---------------------------------------------------------------------------------------
 # factorisations (the array API has no LU; these keep a factor for the adjoint solve)
 # ---------------------------------------------------------------------------------------
+#: LAPACK getrs by dtype character (see DenseLU.solve)
+_GETRS: dict = {}
+
+
 class DenseLU:
     """An LU factorisation of a dense square matrix, reusable for ``A x = b`` and ``Aᵀ x = b``.
 
@@ -392,7 +396,6 @@ class DenseLU:
         self.xp = xp
         self.A = A
         self.n = A.shape[0]
-        self._getrs: Any = None
         if is_numpy(xp):
             import scipy.linalg as sla
             from scipy.linalg.lapack import get_lapack_funcs
@@ -402,15 +405,14 @@ class DenseLU:
             # scipy.linalg.lu_factor would turn that status into a LinAlgWarning.
             An = np.asarray(A)
             getrf, getrs = get_lapack_funcs(("getrf", "getrs"), (An,))
+            # kept by dtype in the module, not on the instance: a factor is pickled when
+            # Dask moves a residual between workers, and LAPACK wrappers cannot be
+            _GETRS.setdefault(An.dtype.char, getrs)
             lu, piv, info = getrf(An, overwrite_a=False)
             if info < 0:  # pragma: no cover - an illegal argument: a bug, not a matrix
                 raise ValueError(f"LAPACK getrf: illegal value in argument {-info}")
             self._lu = (lu, piv)
             self._solve = sla.lu_solve
-            # getrs directly for right-hand sides of A's dtype: scipy.linalg.lu_solve adds
-            # ~15 µs of checks per call, the cost of a small solve itself (the stiff ODE
-            # methods solve thousands of small systems per integration)
-            self._getrs = getrs
             pivots = np.abs(np.diagonal(lu))
         elif is_cupy(xp):
             import cupy
@@ -436,8 +438,12 @@ class DenseLU:
 
     def solve(self, b, trans: bool = False):
         if self._lu is not None:
-            getrs = self._getrs
-            if getrs is not None and type(b) is np.ndarray and b.dtype == self._lu[0].dtype \
+            # LAPACK getrs directly for a right-hand side of the factor's dtype:
+            # scipy.linalg.lu_solve adds ~15 µs of checks per call, the cost of a small
+            # solve itself (the stiff ODE methods solve thousands of small systems)
+            lu = self._lu[0]
+            getrs = _GETRS.get(lu.dtype.char) if isinstance(lu, np.ndarray) else None
+            if getrs is not None and type(b) is np.ndarray and b.dtype == lu.dtype \
                     and b.ndim in (1, 2) and b.shape[0] == self.n:
                 x, info = getrs(self._lu[0], self._lu[1], b, trans=1 if trans else 0)
                 if info == 0:

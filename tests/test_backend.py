@@ -128,3 +128,16 @@ def test_dense_lu_solves_match_numpy(dtype):
                 ref = np.linalg.solve(M.astype(np.float64), bb.astype(np.float64))
                 x = lu.solve(bb, trans=trans)
                 assert np.allclose(x, ref, rtol=tol * 10, atol=tol * 10)
+
+
+def test_dense_lu_travels_between_dask_workers():
+    # a factor inside a persisted residual is pickled when Dask moves it to another
+    # worker; a LAPACK wrapper kept on the instance made that fail (and the scheduler
+    # wait forever)
+    cloudpickle = pytest.importorskip("cloudpickle")
+    A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    lu = B.DenseLU(A, B.host_namespace())
+    moved = cloudpickle.loads(cloudpickle.dumps(lu))
+    b = np.array([1.0, 2.0])
+    assert np.array_equal(moved.solve(b), lu.solve(b))
+    assert np.allclose(A @ moved.solve(b), b)
