@@ -40,6 +40,7 @@ import numpy as np
 from ._config import jit
 from .ode import _grow as _grow1
 from .ode import _grow2
+from .ode import _rms_scaled as _rms_ratio
 
 __all__ = ["BAD_JAC", "BAD_SHAPE", "DIVERGED", "MAX_STEPS", "NONFINITE", "OK", "UNDERFLOW",
            "esdirk_solve", "rosenbrock_solve"]
@@ -65,15 +66,6 @@ def _eval(f, t, y, params, out):  # pragma: no cover - compiled
     for i in range(out.shape[0]):
         out[i] = v[i]
     return True
-
-
-@jit()
-def _rms_ratio(x, sc):  # pragma: no cover - compiled
-    acc = 0.0
-    for i in range(x.shape[0]):
-        r = x[i] / sc[i]
-        acc += r * r
-    return math.sqrt(acc / max(x.shape[0], 1))
 
 
 @jit()
