@@ -130,6 +130,27 @@ def _gmres_failure_hint(mat) -> str:
             "linear_solver='direct'")
 
 
+def judge_step(ctrl, E: float, rejected: bool, h_abs: float, h_prop, *, fixed: bool,
+               t: float, trajectory):
+    """Whether a stiff loop keeps an attempted step whose stages were solved.
+
+    Returns ``(accepted, h_abs, stop)``. A replayed step (``fixed``) is always kept, but
+    non-finite values stop the loop (``stop = (status, message)``); an adaptive one follows
+    the controller, and a step shortened to land on a target time (``h_prop``, from
+    :func:`next_step_end`) does not shrink the next.
+    """
+    if fixed:
+        if not math.isfinite(E):
+            status = Status.NONFINITE
+            return True, h_abs, (status, status_message(status, t, trajectory=trajectory))
+        return True, h_abs, None
+    accepted, factor = ctrl.decide(E, rejected)
+    h_abs *= factor
+    if accepted and h_prop is not None:
+        h_abs = max(h_abs, h_prop)
+    return accepted, h_abs, None
+
+
 def next_step_end(t: float, h_abs: float, t_end: float, direction: float, *, fixed: bool,
                   step_ts, n_acc: int, n_steps: int, max_steps: int, min_step: float,
                   t1: float, trajectory):
@@ -262,15 +283,10 @@ def integrate_esdirk(stepper: ESDIRKStepper, rhs, y0, t_out, *, controller: str,
                 rejected = True
                 n_rej += 1
                 continue
-            if fixed:
-                if not math.isfinite(E):
-                    status = Status.NONFINITE
-                    message = status_message(status, t, trajectory=trajectory)
-                break
-            accepted, factor = ctrl.decide(E, rejected)
-            h_abs *= factor
-            if accepted and h_prop is not None:
-                h_abs = max(h_abs, h_prop)  # a shortened step does not shrink the next
+            accepted, h_abs, stop = judge_step(ctrl, E, rejected, h_abs, h_prop,
+                                               fixed=fixed, t=t, trajectory=trajectory)
+            if stop is not None:
+                status, message = stop
             if accepted:
                 break
             rejected = True

@@ -38,6 +38,7 @@ import math
 from typing import Any
 
 from .. import _backend as B
+from ..krylov._gmres import solve_gmres
 
 np = B.host_namespace()
 
@@ -122,8 +123,6 @@ class KrylovStageSolver:
         return v - self.c * (self.J @ v)
 
     def solve(self, r, trans: bool = False):
-        from ..krylov._gmres import solve_gmres
-
         res = solve_gmres(self._apply, r, rtol=KRYLOV_RTOL, atol=0.0,
                           restart=KRYLOV_RESTART, maxiter=KRYLOV_MAXITER, M=self.M,
                           where="diffsolve.ode.odeint (linear_solver='gmres')")

@@ -33,7 +33,7 @@ from ._controller import Controller, initial_step
 from ._integrate import Trajectory
 from ._result import status_message
 from ._settings import ODEState
-from ._stiff_esdirk import next_step_end
+from ._stiff_esdirk import judge_step, next_step_end
 from ._stiff_newton import ShiftedLU
 
 np = B.host_namespace()
@@ -212,15 +212,10 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
                 E = rms(err, y, y_new)
             else:
                 E = math.inf
-            if fixed:
-                if not math.isfinite(E):
-                    status = Status.NONFINITE
-                    message = status_message(status, t, trajectory=trajectory)
-                break
-            accepted, factor = ctrl.decide(E, rejected)
-            h_abs *= factor
-            if accepted and h_prop is not None:
-                h_abs = max(h_abs, h_prop)  # a shortened step does not shrink the next
+            accepted, h_abs, stop = judge_step(ctrl, E, rejected, h_abs, h_prop,
+                                               fixed=fixed, t=t, trajectory=trajectory)
+            if stop is not None:
+                status, message = stop
             if accepted:
                 break
             rejected = True
