@@ -523,6 +523,19 @@ class Oracle:
 
         return hyy, hxy
 
+    def outer_hessian_yy(self, x, y):
+        """``v ↦ ∇²ᵧᵧf·v`` at (x, y) from the arrays' autodiff system, or None without one
+        (the penalty method's Newton steps on f + λg need it; user derivative callables
+        give no second derivatives of ``outer``)."""
+        if self.engine is None or self.outer_grad is not None:
+            return None
+        _, hyy_raw, _ = self.engine.hessian(self.outer, x, y)
+
+        def hyy(v):
+            return self._check(hyy_raw(v), y, "∇²ᵧᵧ outer · v")
+
+        return hyy
+
     def hvp_both(self, x, y, v):
         """``(∇²ₓᵧg·v, ∇²ᵧᵧg·v)`` in one go (one user call / one trace)."""
         if self.inner_hvp is not None:

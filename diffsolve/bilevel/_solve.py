@@ -55,6 +55,7 @@ from .. import _validate as V
 from .._result import SolverResult
 from .._status import Status, report
 from .._typing import Array, Callback, Seed
+from ..implicit._implicit_solve import cg_solve
 from ..implicit._projections import (
     projection_ball,
     projection_box,
@@ -64,7 +65,15 @@ from ..implicit._projections import (
 from ._derivatives import Oracle, check_array, check_callables, first_call, same_library
 from ._divergence import DivergenceMonitor, advice
 from ._hypergradient import _stepsize, implicit_hypergradient
-from ._steps import Backtracking, PowerIteration, SecantStep, fd_lipschitz, norm
+from ._steps import (
+    Backtracking,
+    PowerIteration,
+    ProjectedQuasiNewton,
+    SecantStep,
+    _slack,
+    fd_lipschitz,
+    norm,
+)
 
 #: a projection ``v -> P(v)`` or the name and parameters of a simple set:
 #: ``("box", lower, upper)``, ``("ball", radius)``, ``"simplex"``, ``"nonnegative"``, ...
@@ -86,9 +95,9 @@ DEFAULT_INNER_ITERS = {"implicit": 20, "penalty": 10, "lv-hba": 1, "bo-rep": 10}
 # method-specific options and their defaults (see the docstring of solve)
 OPTIONS: dict[str, dict[str, Any]] = {
     "implicit": {"cg_maxiter": None, "cg_rtol": 1e-8, "cg_atol": 0.0, "ridge": 0.0,
-                 "step_power": 0.0},
+                 "step_power": 0.0, "x_update": "quasi-newton"},
     "penalty": {"lam0": None, "lam_step": None, "lam_max": None, "lam_patience": 20,
-                "step_power": 0.0},
+                "step_power": 0.0, "x_update": "quasi-newton"},
     # γ₁ = γ₂ = 10 as in Yao et al.'s toy; c_k = c (k + 1)^p with c = 3, p = 0.49 (the
     # paper's analysis takes p < 1/2) instead of its toy's c = 0.025, p = 0.3, which leave
     # the iterate 0.2 from the solution after 3 000 iterations on our constrained toy
@@ -104,6 +113,19 @@ _INT_OPTIONS = ("cg_maxiter", "period", "refine_iters", "lam_patience")
 _NONNEG_OPTIONS = ("ridge", "eta_power", "p", "rho", "step_power", "cg_atol")
 
 SETS = ("box", "ball", "simplex", "nonnegative")
+
+# implicit / penalty x steps: projected L-BFGS with a search on the merit function (the
+# lower level then solved by L-BFGS to INNER_RTOL), or the secant-length gradient steps
+X_UPDATES = ("quasi-newton", "gradient")
+#: the lower-level solves of the quasi-Newton path stop at ||∇ᵧ|| <= INNER_RTOL times its
+#: norm at (x0, y0): the merit function's error, ~||∇ᵧf|| ||∇ᵧg|| / μ, must stay below the
+#: decreases the Armijo test compares
+INNER_RTOL = 1e-10
+#: Newton steps per lower-level solve on the quasi-Newton path when inner_iters is not
+#: given (warm-started, they stop at their tolerance, usually after one to three)
+QN_INNER_ITERS = 20
+#: the penalty method's λ grows up to this many times its start on the quasi-Newton path
+LAM_RANGE = 1e7
 
 # old option names -> new (kept for one release, with a DeprecationWarning)
 RENAMED = {"max_iter": "maxiter", "tol": "atol", "step": "stepsize",
@@ -282,6 +304,8 @@ def _options(method, options):
             opts[key] = V.positive_real(WHERE, name, value, allow_none=True)
         elif key == "equality":
             opts[key] = V.boolean(WHERE, name, value)
+        elif key == "x_update":
+            opts[key] = V.choice(WHERE, name, value, X_UPDATES)
         elif key == "rho" and value is None:
             opts[key] = None
         elif key in _INT_OPTIONS:
@@ -370,6 +394,7 @@ class _Problem:
         self.rng = B.host_rng(seed) if batch is not None else None
         self.px = px if px is not None else (lambda v: v)
         self.py = py if py is not None else (lambda v: v)
+        self.py_given = py
         self.xp = xp
         self.device = device
         self.outer_idx = self.inner_idx = None
@@ -432,6 +457,94 @@ class _Problem:
         return y, self.norm(y - self.py(y - step * g)) / step
 
 
+    def newton_solve(self, value, grad, hessian, y, max_iter: int, tol: float):
+        """Minimise a strongly convex function of y (no y-set) by Newton's method from the
+        warm start ``y``, until ``||∇|| <= tol``: ``(y, ||∇||)``.
+
+        ``value(v) -> float``, ``grad(v) -> array``, ``hessian(v) -> (u ↦ ∇²·u)``. Each step
+        solves ``∇² p = −∇`` by CG on Hessian-vector products to the forcing tolerance
+        ``min(1/2, sqrt(||∇|| / ||∇₀||))`` (superlinear convergence: Dembo, Eisenstat &
+        Steihaug, SIAM J. Numer. Anal. 1982) and backtracks (Armijo); near the solution,
+        where the function is flat to rounding, a step is also taken when it shrinks
+        ``||∇||``. The quasi-Newton x steps compare values of f(x, y*(x)), which need y* to
+        many digits: Newton gives them in a few steps where gradient steps or L-BFGS stall
+        on an ill-conditioned lower level.
+        """
+        g = grad(y)
+        gn = self.norm(g)
+        # the norm the tolerance is relative to: the forcing terms are measured against it
+        # (a warm start begins close to the solution, so its own first norm is no scale)
+        g_ref = tol / INNER_RTOL if tol > 0 else gn
+        for _ in range(max_iter):
+            if gn <= tol or not math.isfinite(gn):
+                break
+            forcing = min(0.5, max(math.sqrt(gn / g_ref), 0.1 * tol / gn)) if g_ref > 0 \
+                else 0.5
+            out = cg_solve(hessian(y), -g, rtol=forcing, maxiter=None, where=WHERE,
+                           what="a lower-level Newton system ∇²ᵧᵧ · p = −∇ᵧ",
+                           advice="the lower level must be strongly convex in y for this "
+                                  "method (or pass inner_stepsize for gradient steps)")
+            p: Any = out.u
+            slope = float(self.xp.sum(g * p))
+            if not slope < 0:
+                break
+            f0 = value(y)
+            t, moved = 1.0, False
+            for _ in range(30):
+                yt = y + t * p
+                ft = value(yt)
+                gt = grad(yt)
+                gtn = self.norm(gt)
+                if math.isfinite(ft) and (ft <= f0 + 1e-4 * t * slope or
+                                          (ft <= f0 + _slack(f0) and gtn < gn)):
+                    moved = True
+                    break
+                t *= 0.5
+            if not moved:
+                break  # no decrease to rounding: y is as good as this precision allows
+            stagnant = gtn > 0.9 * gn  # a full Newton step that barely helps: rounding floor
+            y, g, gn = yt, gt, gtn
+            if stagnant and t == 1.0:
+                break
+        return y, gn
+
+    def lower_solve(self, x, y, max_iter: int, tol: float):
+        """y*(x) = argmin inner(x, ·) by :meth:`newton_solve`: ``(y, ||∇ᵧg||)``."""
+        d = self.d
+        return self.newton_solve(lambda v: float(d.inner(x, v)),
+                                 lambda v: d.inner_grad_y(x, v),
+                                 lambda v: d.hessian(x, v)[0], y, max_iter, tol)
+
+    def penalised_solve(self, x, y, lam: float, max_iter: int, tol: float):
+        """argmin (outer + λ inner)(x, ·) by :meth:`newton_solve`: ``(y, ||∇ᵧ(f + λg)||)``."""
+        d = self.d
+
+        def hessian(v):
+            hf, hg = d.outer_hessian_yy(x, v), d.hessian(x, v)[0]
+            return lambda u: hf(u) + lam * hg(u)
+
+        return self.newton_solve(lambda v: d.outer_value(x, v) + lam * float(d.inner(x, v)),
+                                 lambda v: d.penalised_grad_y(x, v, lam), hessian, y,
+                                 max_iter, tol)
+
+
+def _quasi_newton(pb, step, opts) -> bool:
+    """Whether the x steps are projected L-BFGS on the merit function with accurate L-BFGS
+    lower-level solves: deterministic runs without user steps or a y-set (a y-set would
+    make the lower level a constrained problem, which the gradient steps handle)."""
+    return step is None and pb.batch is None and opts["_inner_user"] is None and \
+        pb.py_given is None and opts["x_update"] == "quasi-newton"
+
+
+def _nonfinite_stall(runner, value: float) -> float:
+    """NaN in place of ``value`` once a quasi-Newton search has stalled after meeting
+    non-finite merit values: the objectives are inf/NaN next to the iterate, which the run
+    reports (status NONFINITE) instead of ending as if x were merely not yet stationary."""
+    if runner.stalled and runner.qn.nonfinite_trials:
+        return math.nan
+    return value
+
+
 def _decayed(step, power, k):
     """``step / (k + 1)^power``: the decreasing steps a stochastic variant needs."""
     return step / (k + 1) ** power if power else step
@@ -460,8 +573,68 @@ class _Implicit:
         self.v = pb.xp.zeros_like(y)  # the stochastic variant's warm-started v
         self.inner_failures = (0, "")  # CG solves that stopped above tolerance, and the last
         self.secant = SecantStep(pb.xp, pb.px)
+        self.qn = ProjectedQuasiNewton(pb.xp, pb.px) if _quasi_newton(pb, step, opts) \
+            else None
+        self.here: tuple | None = None  # quasi-Newton: (value, grad, inner and linear res)
+
+    def _hypergradient(self, x, y):
+        """``(∇Φ estimate, linear-system residual)`` at (x, y): implicit-cg, its status read."""
+        d = self.pb.d
+        value, fx, fy = d.outer_grads(x, y)
+        hyy, hxy = d.hessian(x, y)
+        grad, _, out = implicit_hypergradient(
+            hyy, hxy, fx, fy, rtol=self.opts["cg_rtol"], maxiter=self.opts["cg_maxiter"],
+            ridge=self.opts["ridge"], where=WHERE, atol=self.opts["cg_atol"])
+        # the inner status is read, not warned about at every iteration: an inexact
+        # solve enters the stopping test through its residual and the final message
+        lin_res = 0.0
+        if not out.converged:
+            lin_res = math.inf if out.residual_norm is None else out.residual_norm
+            self.inner_failures = (self.inner_failures[0] + 1, out.message)
+        return value, grad, lin_res
+
+    def _lower(self, x, y):
+        """y*(x) by Newton's method from ``y`` (quasi-Newton path): ``(y, ||∇ᵧg||)``."""
+        d = self.pb.d
+        if self.inner_tol is None:
+            self.inner_tol = INNER_RTOL * self.pb.norm(d.inner_grad_y(x, y))
+        return self.pb.lower_solve(x, y, self.inner_iters, self.inner_tol)
+
+    inner_tol: float | None = None
+    stalled = False
+
+    def _iterate_qn(self, qn: ProjectedQuasiNewton):
+        if self.here is None:
+            self.y, inner_res = self._lower(self.x, self.y)
+            self.here = (*self._hypergradient(self.x, self.y), inner_res)
+        value, grad, lin_res, inner_res = self.here
+        x = self.x
+
+        def merit(xt):
+            yt, res = self._lower(xt, self.y)
+            return self.pb.d.outer_value(xt, yt), (yt, res)
+
+        found = None
+        if not self.stalled:
+            found = qn.search(x, value, grad, qn.direction(x, grad), merit)
+            if found is None:
+                # no decrease along −Hg: retry along the projected gradient next time;
+                # none there either means f(x, y*(x)) is flat to rounding around x
+                self.stalled = not qn.mem.pairs
+                qn.reset()
+        if found is not None:
+            x_new, _, (self.y, inner_res) = found
+            value, grad_new, lin_res = self._hypergradient(x_new, self.y)
+            qn.update(x_new - x, grad_new - grad)
+            self.x, grad = x_new, grad_new
+            self.here = (value, grad, lin_res, inner_res)
+        # no decrease found: x stays, and its measures say how far from stationary it is
+        gnorm = qn.mapping_norm(self.x, grad)
+        return _nonfinite_stall(self, value), gnorm, max(gnorm, inner_res, lin_res)
 
     def iterate(self, k):
+        if self.qn is not None:
+            return self._iterate_qn(self.qn)
         pb, d = self.pb, self.pb.d
         # stochastic variant: every step decays (the noise of y and v feeds straight into
         # the hypergradient); deterministic: step_power applies to x only
@@ -469,19 +642,10 @@ class _Implicit:
             _decayed(self.inner_step, self.opts["step_power"], k)
         self.y, inner_res = pb.inner_descent(self.x, self.y, nu, self.inner_iters)
         x, y = self.x, self.y
-        value, fx, fy = d.outer_grads(x, y)
         if pb.batch is None:
-            hyy, hxy = d.hessian(x, y)
-            grad, _, out = implicit_hypergradient(
-                hyy, hxy, fx, fy, rtol=self.opts["cg_rtol"], maxiter=self.opts["cg_maxiter"],
-                ridge=self.opts["ridge"], where=WHERE, atol=self.opts["cg_atol"])
-            # the inner status is read, not warned about at every iteration: an inexact
-            # solve enters the stopping test through its residual and the final message
-            lin_res = 0.0
-            if not out.converged:
-                lin_res = math.inf if out.residual_norm is None else out.residual_norm
-                self.inner_failures = (self.inner_failures[0] + 1, out.message)
+            value, grad, lin_res = self._hypergradient(x, y)
         else:
+            value, fx, fy = d.outer_grads(x, y)
             # SGD on ½vᵀHv − vᵀ∇ᵧf, a fresh inner batch per step and v kept between
             # iterations (Arbel & Mairal 2022): unbiased products, so v tracks H⁻¹∇ᵧf
             v = self.v
@@ -544,6 +708,80 @@ class _Penalty:
         self.lam = min(lam0, opts["lam_max"])
         self.lam_since, self.lam_start_res = 0, None
         self.secant = SecantStep(pb.xp, pb.px)
+        self.qn = None
+        self.lam_cap = opts["lam_max"]
+        if _quasi_newton(pb, step, opts) and opts["lam_step"] is None and \
+                pb.d.outer_hessian_yy(x, y) is not None:
+            self.qn = ProjectedQuasiNewton(pb.xp, pb.px)
+            # ∇ψ_λ multiplies z's error by λ while its bias shrinks like 1/λ: far beyond
+            # λ₀ the rounding of z (not its tolerance) would win
+            self.lam_cap = min(opts["lam_max"], LAM_RANGE * self.lam)
+            if opts["_inner_iters_user"] is None:
+                self.inner_iters = QN_INNER_ITERS
+        self.lam_first = self.lam
+        self.here: tuple | None = None  # quasi-Newton: (ψ, ∇ψ, y and z residuals)
+        self.z_tol: float | None = None
+        self.y_tol: float | None = None
+        self.stalled = False
+
+    # -- quasi-Newton path: ψ_λ(x) = min_y (f + λg) − λ min_z g, both minima by Newton -----
+    def _solves(self, x, y, z):
+        """y and z at x by Newton from warm starts: ``(ψ_λ(x), y, z, y_res, z_res)``."""
+        pb, d, lam = self.pb, self.pb.d, self.lam
+        if self.y_tol is None:  # per λ phase: relative to where the phase starts
+            self.y_tol = INNER_RTOL * pb.norm(d.penalised_grad_y(x, y, lam))
+        if self.z_tol is None:
+            self.z_tol = INNER_RTOL * pb.norm(d.inner_grad_y(x, z))
+        y, y_res = pb.penalised_solve(x, y, lam, self.inner_iters, self.y_tol)
+        # ∇ψ_λ multiplies z's error by λ (y's error is already divided by λ through the
+        # curvature of f + λg): z's tolerance shrinks as λ grows past its start
+        z, z_res = pb.lower_solve(x, z, self.inner_iters,
+                                  self.z_tol * min(1.0, self.lam_first / lam))
+        # ψ_λ = (f + λg)(x, y) − λ g(x, z), its λ-terms grouped as λ (g(y) − g(z))
+        value = d.outer_value(x, y) + lam * (float(d.inner(x, y)) - float(d.inner(x, z)))
+        return value, y, z, y_res / (1.0 + lam), z_res
+
+    def _refresh(self) -> tuple:
+        """ψ_λ, ∇ψ_λ and the residuals at the current x (a new λ: a new merit function)."""
+        value, self.y, self.z, y_res, z_res = self._solves(self.x, self.y, self.z)
+        return value, self._direction(self.x, self.y, self.z, self.lam)[1], y_res, z_res
+
+    def _iterate_qn(self, qn: ProjectedQuasiNewton):
+        pb, d = self.pb, self.pb.d
+        if self.here is None:
+            self.here = self._refresh()
+        psi, grad, y_res, z_res = self.here
+        x = self.x
+        found = None
+        if not self.stalled:
+            found = qn.search(x, psi, grad, qn.direction(x, grad),
+                              lambda xt: (lambda r: (r[0], r[1:]))(
+                                  self._solves(xt, self.y, self.z)))
+            if found is None:  # as in the implicit method: retry once along −∇ψ
+                self.stalled = not qn.mem.pairs
+                qn.reset()
+        if found is not None:
+            x_new, psi, (self.y, self.z, y_res, z_res) = found
+            grad_new = self._direction(x_new, self.y, self.z, self.lam)[1]
+            qn.update(x_new - x, grad_new - grad)
+            self.x, grad = x_new, grad_new
+            self.here = (psi, grad, y_res, z_res)
+        gnorm = qn.mapping_norm(self.x, grad)
+        value = _nonfinite_stall(self, d.outer_value(self.x, self.y))
+        lower = pb.norm(d.inner_grad_y(self.x, self.y))
+        lam_before = self.lam
+        self._grow_lam(gnorm)
+        if self.stalled and self.lam == lam_before:
+            # ψ_λ is minimised to rounding: the only progress left is a larger λ
+            self.lam = min(2.0 * self.lam, self.lam_cap)
+            self.lam_since, self.lam_start_res = 0, None
+        if self.lam != lam_before:
+            # a new penalised problem: fresh curvature pairs, y re-solved at the new λ
+            self.stalled = False
+            qn.reset()
+            self.y_tol = None
+            self.here = None
+        return value, gnorm, max(gnorm, y_res, z_res, lower)
 
     def _scaled_lam0(self, x, y, inner_step):
         pb, d = self.pb, self.pb.d
@@ -564,6 +802,8 @@ class _Penalty:
         return value, fx + lam * (gx_y - gx_z)
 
     def iterate(self, k):
+        if self.qn is not None:
+            return self._iterate_qn(self.qn)
         pb, d, x, lam = self.pb, self.pb.d, self.x, self.lam
         replay = pb.checkpoint()
         if self.fixed_y:
@@ -612,7 +852,7 @@ class _Penalty:
             self.lam_start_res = gnorm
         self.lam_since += 1
         if gnorm <= 0.1 * self.lam_start_res or self.lam_since >= o["lam_patience"]:
-            self.lam = min(2.0 * self.lam, o["lam_max"])
+            self.lam = min(2.0 * self.lam, self.lam_cap)
             self.lam_since, self.lam_start_res = 0, None
 
 
@@ -935,13 +1175,23 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
         Starting points (floating, one library and device); projected onto their sets
         first. The iterates stay in that namespace, on that device, in that dtype.
     method : {"implicit", "penalty", "lv-hba", "bo-rep"}
-        * ``"implicit"``: AID, ``inner_iters`` (20) warm-started inner gradient steps, then
-          the implicit-cg hypergradient and a projected step. Accurate per iteration; needs
-          an inner problem strongly convex in y and Hessian-vector products.
-        * ``"penalty"``: first order (no Hessians), with ``λ`` doubling as the measured
-          progress allows (see ``options``); the answer is ``O(1/λ)`` from the bilevel
-          one, so convergence also asks the lower-level optimality of y; tolerates
-          several lower-level minimisers.
+        * ``"implicit"``: AID: y*(x) from warm-started lower-level steps, the implicit-cg
+          hypergradient, then an x step. Deterministic runs without user steps or a
+          y-set (the default ``options["x_update"] = "quasi-newton"``): the lower level
+          is solved by Newton-CG to ``1e-10`` of its gradient at the start (at most
+          ``inner_iters`` = 20 steps), and x takes projected L-BFGS steps with an Armijo
+          search on ``outer(x, y*(x))``; otherwise ``inner_iters`` gradient steps and a
+          projected gradient step. Needs an inner problem strongly convex in y and
+          Hessian-vector products.
+        * ``"penalty"``: the value-function penalty ``ψ_λ(x) = min_y (f + λg) − λ min_z
+          g`` with ``λ`` doubling as the measured progress allows (see ``options``); the
+          answer is ``O(1/λ)`` from the bilevel one, so convergence also asks the
+          lower-level optimality of y; tolerates several lower-level minimisers. On the
+          quasi-Newton path (as for implicit, and when the arrays' autodiff system gives
+          second derivatives of outer) y and z are Newton-CG solves, x takes projected
+          L-BFGS steps on ψ_λ, and λ grows at most ``1e7`` times its start; otherwise
+          (``x_update="gradient"``, user steps, mini-batches) it is first order, with
+          gradient steps for y, z and x.
         * ``"lv-hba"``: first order, single loop, for a lower level with constraints
           ``constraint(x, y) <= 0`` (required; equalities with
           ``options={"equality": True}``). Sublinear: its iterate is ``O(1/c_k)`` from
@@ -980,7 +1230,9 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
         taken (secants, halved on a growing direction); lv-hba
         ``α_k = 1/(L_F/c_k + L_f + 1/γ₁ + η||Jᵧc||²)`` from power-iteration estimates of
         the constants (Yao et al.'s step condition); bo-rep ``0.1 max(1, ||x0||)``. With
-        mini-batches the default is the fixed 0.1 (implicit, penalty).
+        mini-batches the default is the fixed 0.1 (implicit, penalty). On the
+        quasi-Newton path of implicit and penalty there is no step to set: the search
+        tries the L-BFGS step first (the first one moves x by a tenth of its scale).
     inner_stepsize : float, optional
         Lower-level step (penalty: also z's; lv-hba: θ's and λ's, η; bo-rep and the
         stochastic implicit: also the linear-system variable's, ν; ``inner_step`` is its
@@ -994,11 +1246,15 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
         ``inner_stepsize`` is used as it is (mini-batches: always).
     inner_iters : int, optional
         Lower-level steps per outer iteration (implicit 20, penalty 10, lv-hba 1, bo-rep
-        10 = N); for the stochastic implicit also the number of steps on v.
+        10 = N); for the stochastic implicit also the number of steps on v. On the
+        quasi-Newton path: the most Newton steps per lower-level solve (20 for both), which
+        stop earlier at their tolerance.
     options : dict, optional
         Method-specific settings: implicit ``cg_maxiter`` (None), ``cg_rtol`` (1e-8),
         ``cg_atol`` (0; CG on the Hessian system stops at
-        ``max(cg_rtol ||∇ᵧf||, cg_atol)``), ``ridge`` (0); penalty ``lam0`` (None: the
+        ``max(cg_rtol ||∇ᵧf||, cg_atol)``), ``ridge`` (0); implicit and penalty
+        ``x_update`` (``"quasi-newton"``, see ``method``, or ``"gradient"``: the
+        secant-length projected gradient steps of earlier versions); penalty ``lam0`` (None: the
         ratio of the curvatures of outer and inner in y at the start), ``lam_step``
         (None: λ doubles once the penalised problem is solved to a tenth of the
         stationarity it had when λ last changed, or after ``lam_patience`` = 20
@@ -1179,6 +1435,7 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
     pb.resample()
     opts = dict(st.options)
     opts["_inner_user"] = st.inner_stepsize  # None: the lower-level steps backtrack
+    opts["_inner_iters_user"] = inner_iters  # None: the method's own default count
     # stepsize=None: each method sets its steps from the problem (see its class)
     runner = _CLASSES[method](pb, x, y, st.stepsize, inner_step, st.inner_iters, opts)
     result = _run(runner, pb, st, constraint, xp)

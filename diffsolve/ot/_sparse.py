@@ -18,7 +18,7 @@ most ``k`` rows. It is solved through one of two smooth concave maximisations:
   maximiser is the k-sparse simplex projection ``y* = P_k(x / (gamma b_j))`` (keep the
   top-k entries, project them onto the simplex); plan column ``t_j = b_j y*``.
 
-Both are maximised with L-BFGS (SciPy's on NumPy, :mod:`._lbfgs` elsewhere); once the
+Both are maximised with L-BFGS (SciPy's on NumPy, :mod:`diffsolve._lbfgs` elsewhere); once the
 marginals hold to 1e-3, Newton steps on the plan's support finish the solve (the gradient
 is piecewise linear, so the right support gives the optimum in one step), which L-BFGS's
 function-value line search cannot do below ~1e-7. ``k >= n`` is quadratically
@@ -51,10 +51,10 @@ from .. import _backend as B
 from .. import _validate as V
 from .. import krylov
 from .._autodiff import custom_vjp
+from .._lbfgs import FTOL, lbfgs, scipy_lbfgs
 from .._status import ConvergenceWarning, Status, caller_stacklevel, report
 from .._typing import Array, ArrayLike, Callback
 from ._errors import check_arrays, check_ot_inputs
-from ._lbfgs import FTOL, lbfgs, scipy_lbfgs
 from ._options import legacy_options
 from ._result import OTResult, OTState
 

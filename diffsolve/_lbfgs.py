@@ -1,5 +1,9 @@
 """L-BFGS on any array-API namespace, and the same interface around SciPy's L-BFGS-B.
 
+:class:`LBFGSMemory` is the inverse-Hessian approximation alone (correction pairs and the
+two-loop recursion), for callers that drive their own iteration (the projected
+quasi-Newton x steps of :func:`diffsolve.bilevel.solve`).
+
 The sparse/quadratic OT solvers maximise a concave dual with L-BFGS. On NumPy they use
 SciPy's ``fmin_l_bfgs_b`` (Fortran, well tested); on CuPy and on any other array-API
 namespace they use :func:`lbfgs` below, so that the iterate, the gradient and the history
@@ -24,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FTOL", "LBFGSOutcome", "lbfgs", "scipy_lbfgs"]
+__all__ = ["FTOL", "LBFGSMemory", "LBFGSOutcome", "lbfgs", "scipy_lbfgs"]
 
 #: Relative objective reduction below which an iteration counts as no progress: the
 #: smooth case is finished by the caller (Newton steps), and where the caller's rule can
@@ -71,6 +75,48 @@ class _Done(Exception):
 
 def _dot(xp, u, v) -> float:
     return float(xp.sum(u * v))
+
+
+class LBFGSMemory:
+    """The L-BFGS inverse-Hessian approximation: ``memory`` correction pairs ``(s, y)``.
+
+    :meth:`apply` is the two-loop recursion (Nocedal & Wright, Alg. 7.4) with the initial
+    scaling ``H0 = γ I``, ``γ = sᵀy / yᵀy`` of the newest pair (eq. 7.20); :meth:`update`
+    skips pairs with ``sᵀy <= 0``, which would make the approximation indefinite.
+    """
+
+    def __init__(self, xp, memory: int = 10):
+        self.xp, self.memory = xp, memory
+        self.pairs: list = []  # (s, y, 1/sᵀy), oldest first
+        self.gamma = 1.0
+
+    def clear(self) -> None:
+        self.pairs.clear()
+        self.gamma = 1.0
+
+    def update(self, s, y) -> bool:
+        """Add the pair ``(s, y)``; returns whether it was kept (``sᵀy > 0``)."""
+        sy = _dot(self.xp, s, y)
+        if not (sy > 0 and math.isfinite(sy)):
+            return False
+        self.pairs.append((s, y, 1.0 / sy))
+        if len(self.pairs) > self.memory:
+            self.pairs.pop(0)
+        self.gamma = sy / _dot(self.xp, y, y)
+        return True
+
+    def apply(self, g):
+        """``H g``: the approximate inverse Hessian times ``g`` (``γ g`` without pairs)."""
+        q = g
+        alphas = []
+        for s, y, rho in reversed(self.pairs):
+            a_i = rho * _dot(self.xp, s, q)
+            alphas.append(a_i)
+            q = q - a_i * y
+        r = self.gamma * q
+        for (s, y, rho), a_i in zip(self.pairs, reversed(alphas)):
+            r = r + (a_i - rho * _dot(self.xp, y, r)) * s
+        return r
 
 
 def _cubic_min(a, fa, da, b, fb, db):
@@ -174,31 +220,16 @@ def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10,
     n_evals = 1
     if done:
         return LBFGSOutcome(x, value, g, 0, n_evals, "done")
-    s_hist: list = []
-    y_hist: list = []
-    rho_hist: list = []
-    gamma = 1.0
+    mem = LBFGSMemory(xp, memory)
     for it in range(1, max_iter + 1):
-        # two-loop recursion: d = -H g
-        q = g
-        alphas = []
-        for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist)):
-            a_i = rho * _dot(xp, s, q)
-            alphas.append(a_i)
-            q = q - a_i * y
-        r = gamma * q
-        for (s, y, rho), a_i in zip(zip(s_hist, y_hist, rho_hist), reversed(alphas)):
-            b_i = rho * _dot(xp, y, r)
-            r = r + (a_i - b_i) * s
-        d = -r
+        d = -mem.apply(g)
         slope = _dot(xp, g, d)
         if not slope < 0:
             # not a descent direction (rounding in the history): restart from steepest descent
-            s_hist.clear(), y_hist.clear(), rho_hist.clear()
+            mem.clear()
             d = -g
             slope = -_dot(xp, g, g)
-            gamma = 1.0
-        if s_hist:
+        if mem.pairs:
             step = 1.0
         else:
             # first step (or a restart): a unit step along -g has the gradient's scale
@@ -221,15 +252,7 @@ def lbfgs(fun, x0, xp, *, max_iter: int, memory: int = 10,
         if found is None:
             return LBFGSOutcome(x, value, g, it, n_evals, "line_search")
         _, value_new, (x_new, g_new) = found
-        s = x_new - x
-        y = g_new - g
-        sy = _dot(xp, s, y)
-        if sy > 0:
-            yy = _dot(xp, y, y)
-            s_hist.append(s), y_hist.append(y), rho_hist.append(1.0 / sy)
-            if len(s_hist) > memory:
-                s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
-            gamma = sy / yy
+        mem.update(x_new - x, g_new - g)
         reduction = value - value_new
         x, value_old, value, g = x_new, value, value_new, g_new
         if callback is not None and callback(x, it):
