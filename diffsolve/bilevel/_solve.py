@@ -860,7 +860,10 @@ class _LVHBA:
     """Yao et al. (ICLR 2024), Algorithm 1.
 
     θ (a copy of y) and λ run one projected gradient descent-ascent step on the proximal
-    Lagrangian f(x, θ) + λᵀc(x, θ) + ||θ − y||²/(2γ₁) − ||λ − z||²/(2γ₂) (λ ≥ 0 for
+    Lagrangian f(x, θ) + λᵀc(x, θ) + ||θ − y||²/(2γ₁) − ||λ − z||²/(2γ₂), λ's ascent
+    taken at the new θ (alternating, where the paper's step is simultaneous: on the
+    authors' equality-constrained toy the simultaneous step cycles at a distance ~300
+    ||x*|| from the solution, the alternating one converges) (λ ≥ 0 for
     inequalities ``c <= 0``, λ free for equalities ``c = 0``, both in a box of half-width
     ``lam_max``); (x, y, z) then step on F/c_k + f(x, y) − v_γ(x, y, z). The z-direction is
     ∂(−v_γ)/∂z = (z − λ⁺)/γ₂, so that z follows λ⁺: the authors' code
@@ -1012,11 +1015,14 @@ class _LVHBA:
         theta, lam = self.theta, self.lam
         for _ in range(self.inner_iters):
             gth = d.inner_grad_y(x, theta)
-            cval, _, cth = d.constraint_value_and_vjp(x, theta, lam)
-            theta_new = pb.py(theta - eta * (gth + cth + (theta - y) / g1))
-            cval = xp.reshape(xp.asarray(cval), tuple(lam.shape))
+            _, _, cth = d.constraint_value_and_vjp(x, theta, lam)
+            theta = pb.py(theta - eta * (gth + cth + (theta - y) / g1))
+            # λ ascends at the new θ (Gauss–Seidel): simultaneous descent-ascent on the
+            # bilinear ⟨λ, c(x, θ)⟩ grows like (η||Jᵧc||)² per step, which the proximal
+            # terms' 1/γ damping cannot hold once ||Jᵧc||² > 2/(γη) (the authors' toy:
+            # ||Jᵧc||² = 2n); alternating updates stay bounded for η||Jᵧc|| < 2
+            cval = xp.reshape(xp.asarray(pb.constraint(x, theta)), tuple(lam.shape))
             lam = xp.clip(lam + eta * (cval - (lam - self.z) / g2), self.lam_lo, lam_max)
-            theta = theta_new
             pb.resample(outer=False)
         ck = self.c * (k + 1) ** o["p"]
         if self.auto:
