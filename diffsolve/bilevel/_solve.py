@@ -62,6 +62,7 @@ from ..implicit._projections import (
     projection_nonnegative,
     projection_simplex,
 )
+from ..krylov._common import wants_stop
 from ._derivatives import Oracle, check_array, check_callables, first_call, same_library
 from ._divergence import DivergenceMonitor, advice
 from ._hypergradient import _stepsize, implicit_hypergradient
@@ -489,22 +490,26 @@ class _Problem:
             if not slope < 0:
                 break
             f0 = value(y)
-            t, moved = 1.0, False
+            t, moved, flat = 1.0, False, False
             for _ in range(30):
                 yt = y + t * p
                 ft = value(yt)
                 gt = grad(yt)
                 gtn = self.norm(gt)
-                if math.isfinite(ft) and (ft <= f0 + 1e-4 * t * slope or
-                                          (ft <= f0 + _slack(f0) and gtn < gn)):
+                if math.isfinite(ft) and ft <= f0 + 1e-4 * t * slope:
                     moved = True
+                    break
+                if math.isfinite(ft) and ft <= f0 + _slack(f0) and gtn < gn:
+                    moved = flat = True  # no decrease beyond rounding, a smaller gradient
                     break
                 t *= 0.5
             if not moved:
                 break  # no decrease to rounding: y is as good as this precision allows
-            stagnant = gtn > 0.9 * gn  # a full Newton step that barely helps: rounding floor
+            # a step the value cannot tell from zero that barely shrinks the gradient:
+            # the rounding floor of the gradient is reached
+            floor = flat and gtn > 0.9 * gn
             y, g, gn = yt, gt, gtn
-            if stagnant and t == 1.0:
+            if floor:
                 break
         return y, gn
 
@@ -1502,8 +1507,9 @@ def _run(runner, pb, st: BilevelSettings, constraint, xp) -> BilevelResult:
                 break
             if tol is None:
                 tol = max(st.atol, st.rtol * gnorm)
-            if st.callback is not None and st.callback(BilevelState(
-                    k + 1, runner.x, runner.y, value, gnorm, method)) is True:
+            # wants_stop: a NumPy bool (a comparison of arrays) stops too, not only True
+            if st.callback is not None and wants_stop(st.callback(BilevelState(
+                    k + 1, runner.x, runner.y, value, gnorm, method))):
                 status = Status.STOPPED
                 break
             # not (res > tol): a NaN measure is caught above; res <= 0 <= tol only when exact

@@ -212,6 +212,10 @@ class PowerIteration:
         return lam
 
 
+#: a quasi-Newton trial step is at most this many times longer than the last accepted one
+GROWTH_LIMIT = 10.0
+
+
 class ProjectedQuasiNewton:
     """Projected L-BFGS x steps with an Armijo search along the projection arc, for outer
     loops that can evaluate their merit function (the hyperobjective Φ(x) = f(x, y*(x)),
@@ -241,6 +245,7 @@ class ProjectedQuasiNewton:
         #: trial points where the merit function was inf or NaN (the search backtracks
         #: from them; the caller reports them when the search can go no further)
         self.nonfinite_trials = 0
+        self.last_step: float | None = None  # ||x⁺ − x|| of the last accepted step
 
     def reset(self) -> None:
         """Forget the curvature pairs (the merit function changed)."""
@@ -278,8 +283,19 @@ class ProjectedQuasiNewton:
         ``merit(x) -> (value, payload)``, or None when MAX_HALVINGS halvings found none. A trial
         with a non-finite value is backtracked from and counted in ``nonfinite_trials``."""
         t = 1.0
-        if not self.mem.pairs:  # no curvature yet: move x by a tenth of its scale
-            t = 0.1 * max(1.0, norm(self.xp, x)) / max(norm(self.xp, d), 1e-300)
+        dn = max(norm(self.xp, d), 1e-300)
+        if not self.mem.pairs:
+            # no curvature yet (or only negative curvature: a concave stretch keeps no
+            # pairs): a tenth of x's scale, or twice the last accepted step, whichever is
+            # longer (grow, then backtrack)
+            t = 0.1 * max(1.0, norm(self.xp, x)) / dn
+            if self.last_step is not None:
+                t = max(t, 2.0 * self.last_step / dn)
+        elif self.last_step is not None and dn > GROWTH_LIMIT * self.last_step:
+            # the pairs' scaling sᵀy/yᵀy is the inverse curvature along the last step only:
+            # along a nearly flat s it sends −Hg far beyond where the other directions'
+            # curvature allows, and halving back takes longer than the search may
+            t = GROWTH_LIMIT * self.last_step / dn
         for _ in range(self.MAX_HALVINGS):
             xt = self.proj(x + t * d)
             ft, payload = merit(xt)
@@ -287,6 +303,7 @@ class ProjectedQuasiNewton:
                 self.nonfinite_trials += 1
             elif \
                     ft <= value + self.C1 * float(self.xp.sum(g * (xt - x))) + _slack(value):
+                self.last_step = norm(self.xp, xt - x)
                 return xt, ft, payload
             if norm(self.xp, xt - x) <= 1e-15 * max(1.0, norm(self.xp, x)):
                 break  # x(t) = x to rounding: shorter trials are the same point

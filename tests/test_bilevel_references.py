@@ -1,0 +1,128 @@
+"""bilevel.solve with default settings reaches the reference optimum of a small instance of
+each problem of ``bench/bench_bilevel_reference.py`` (logistic regression at full size: see
+its fixture) (issue 15's target: within 1 % of Φ*,
+or 1e-3 relative distance on LV-HBA's toy, within 500 outer iterations, never non-finite).
+
+The references are L-BFGS-B on the exact hypergradient (Newton lower level, dense Hessian
+solve), as in the benchmark; the runs stop at the first iterate within the target (the
+callback returns True), so the tests time the way there, not the rest of the budget.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.optimize
+
+import diffsolve as ds
+from bench.bench_bilevel_reference import (
+    BOX,
+    cleaning_problem,
+    logreg_problem,
+    toy_problem,
+)
+
+pytest.importorskip("sklearn")
+
+
+def _reference(pb):
+    r = scipy.optimize.minimize(pb["phi"], pb["x0"], jac=True, method="L-BFGS-B",
+                                bounds=[BOX] * len(pb["x0"]),
+                                options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 2000})
+    return float(r.fun)
+
+
+@pytest.fixture(scope="module")
+def logreg():
+    # the benchmark's own instance (30 hyperparameters, 284 training rows; its reference
+    # takes ~4 s): Φ is not convex, and on smaller subsets of breast_cancer (8-12 features)
+    # the methods and L-BFGS-B end in different local minima 2-10 % apart, which would test
+    # the starting point rather than the solver
+    pb = logreg_problem()
+    return pb, _reference(pb)
+
+
+@pytest.fixture(scope="module")
+def cleaning():
+    pb = cleaning_problem(n_train=40, n_val=60)
+    return pb, _reference(pb)
+
+
+def _run(pb, fstar, method, **kw):
+    gaps = []
+
+    def callback(state):
+        gaps.append((pb["phi"](state.x)[0] - fstar) / fstar)
+        return gaps[-1] <= 1e-2  # True stops the run: the target is reached
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run that warns has failed; none may pass silently
+        res = ds.bilevel.solve(pb["outer"], pb["inner"], pb["x0"], pb["y0"], method,
+                               maxiter=500, rtol=0.0, atol=0.0, x_projection=("box", *BOX),
+                               callback=callback, **kw)
+    return res, gaps
+
+
+@pytest.mark.parametrize("method", ["implicit", "penalty"])
+def test_logistic_regression_tuning_reaches_one_percent(logreg, method):
+    pb, fstar = logreg
+    res, gaps = _run(pb, fstar, method)
+    assert res.status is ds.Status.STOPPED, (method, res.message, gaps[-1])
+    assert np.all(np.isfinite(res.x)) and np.all(np.isfinite(res.y))
+    assert gaps[0] > 0.05  # the start is far from the target: the test measures a way there
+
+
+def test_data_hyper_cleaning_reaches_one_percent(cleaning):
+    pb, fstar = cleaning
+    res, gaps = _run(pb, fstar, "implicit")
+    assert res.status is ds.Status.STOPPED, (res.message, gaps[-1])
+    assert gaps[0] > 0.05
+
+
+def test_the_quasi_newton_path_beats_the_gradient_path(logreg):
+    # the same problem with x_update="gradient" (secant-length projected gradient steps):
+    # the quasi-Newton default needs fewer iterations to reach 1 %
+    pb, fstar = logreg
+    res_qn, gaps_qn = _run(pb, fstar, "implicit")
+    assert res_qn.status is ds.Status.STOPPED
+    gaps = []
+    ds.bilevel.solve(pb["outer"], pb["inner"], pb["x0"], pb["y0"], "implicit", maxiter=200,
+                     rtol=0.0, atol=0.0, x_projection=("box", *BOX),
+                     options={"x_update": "gradient"},
+                     callback=lambda s: gaps.append((pb["phi"](s.x)[0] - fstar) / fstar))
+    first = next((i for i, g in enumerate(gaps) if g <= 1e-2), len(gaps))
+    assert len(gaps_qn) < first
+
+
+def test_lvhba_reaches_the_toy_solution():
+    pb = toy_problem()
+    xs = pb["x_star"]
+    dist = []
+
+    def callback(state):
+        dist.append(np.linalg.norm(state.x - xs) / np.linalg.norm(xs))
+        return dist[-1] <= 1e-3
+
+    res = ds.bilevel.solve(pb["outer"], pb["inner"], pb["x0"], pb["y0"], "lv-hba",
+                           constraint=pb["constraint"], options={"equality": True},
+                           maxiter=500, rtol=0.0, atol=0.0, callback=callback)
+    assert res.status is ds.Status.STOPPED, (res.message, dist[-1])
+    assert abs(float(pb["constraint"](res.x, res.y)[0])) < 1e-8
+
+
+def test_x_update_is_validated():
+    pb = toy_problem(n=3)
+    with pytest.raises(ValueError, match=r"options\['x_update'\].*'quasi-newton'"):
+        ds.bilevel.solve(pb["outer"], pb["inner"], np.zeros(3), np.zeros(6), "implicit",
+                         options={"x_update": "newton"})
+
+
+def test_a_numpy_bool_from_the_callback_stops_the_run():
+    # a comparison of arrays returns numpy.bool_, not True: it must stop the run too
+    pb = toy_problem(n=3)
+    res = ds.bilevel.solve(pb["outer"], pb["inner"], pb["x0"], pb["y0"], "lv-hba",
+                           constraint=pb["constraint"], options={"equality": True},
+                           maxiter=50, callback=lambda s: np.float64(s.n_iters) >= 3)
+    assert res.status is ds.Status.STOPPED and res.n_iters == 3
