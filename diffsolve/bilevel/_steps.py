@@ -228,7 +228,9 @@ class ProjectedQuasiNewton:
     arc of Bertsekas, "Projected Newton methods for optimization problems with simple
     constraints", SIAM J. Control Optim. 1982; the L-BFGS matrix of Nocedal & Wright,
     *Numerical Optimization*, Alg. 7.4). Without correction pairs the first trial moves x
-    by a tenth of its scale. Everything is scale-free: rescaling f rescales g and H⁻¹ alike.
+    by a tenth of its scale or twice the last accepted step; with pairs a trial is at most
+    ``GROWTH_LIMIT`` times the last step. Everything is scale-free: rescaling f rescales g
+    and H⁻¹ alike.
     """
 
     C1 = 1e-4
@@ -280,7 +282,8 @@ class ProjectedQuasiNewton:
 
     def search(self, x, value: float, g, d, merit: Callable):
         """The first ``x(t)`` passing the Armijo test: ``(x(t), merit(x(t)))`` with
-        ``merit(x) -> (value, payload)``, or None when MAX_HALVINGS halvings found none. A trial
+        ``merit(x) -> (value, payload)``, or None when MAX_HALVINGS halvings (three times
+        as many without pairs) found none. A trial
         with a non-finite value is backtracked from and counted in ``nonfinite_trials``."""
         t = 1.0
         dn = max(norm(self.xp, d), 1e-300)
@@ -296,7 +299,9 @@ class ProjectedQuasiNewton:
             # along a nearly flat s it sends −Hg far beyond where the other directions'
             # curvature allows, and halving back takes longer than the search may
             t = GROWTH_LIMIT * self.last_step / dn
-        for _ in range(self.MAX_HALVINGS):
+        # −Hg with pairs is usually right at t = 1; the first or steepest-descent guess is
+        # a heuristic, which may be off by more (and a failure there ends the run)
+        for _ in range(self.MAX_HALVINGS if self.mem.pairs else 3 * self.MAX_HALVINGS):
             xt = self.proj(x + t * d)
             ft, payload = merit(xt)
             if not math.isfinite(ft):
