@@ -100,7 +100,10 @@ def test_default_steps_do_not_depend_on_the_objectives_scale(method):
     runs = {}
     for scale in (1.0, 1e3, 1e-3):
         outer, inner, x_star, _ = _quadratic(scale)
-        runs[scale] = _solve(method, outer, inner, maxiter=300, rtol=0.0, atol=0.0)
+        # the quasi-Newton defaults of implicit and penalty are at x* long before 150
+        # iterations; bo-rep's normalised steps take about 300
+        runs[scale] = _solve(method, outer, inner, maxiter=300 if method == "bo-rep" else 150,
+                             rtol=0.0, atol=0.0)
         assert runs[scale].status is ds.Status.MAX_ITERATIONS
     # the same iterates up to rounding (penalty's λ₀ comes from a finite-difference
     # estimate, whose rounding differs with the scale), and the same answer
@@ -262,11 +265,14 @@ def test_every_method_reaches_the_ridge_optimum_with_defaults(method):
     outer, inner, phi, fstar, box, p = _ridge()
     gaps = []
     # rtol = atol = 0: the fixed budget of the benchmark's target (500 iterations)
+    def callback(state):
+        gaps.append((phi(state.x)[0] - fstar) / fstar)
+        return gaps[-1] <= 1e-2  # reached: stop (the rest of the budget is not the test)
+
     res = solve(outer, inner, np.zeros(p), np.zeros(p), method, maxiter=500, rtol=0.0,
-                atol=0.0, x_projection=("box", *box),
-                callback=lambda s: gaps.append((phi(s.x)[0] - fstar) / fstar))
+                atol=0.0, x_projection=("box", *box), callback=callback)
     assert np.all(np.isfinite(res.x))
-    assert min(gaps) <= 1e-2, (method, gaps[-1])
+    assert res.status is ds.Status.STOPPED and gaps[-1] <= 1e-2, (method, gaps[-1])
 
 
 def test_the_ridge_reference_hypergradient_is_exact():

@@ -464,8 +464,8 @@ class _Problem:
 
         ``value(v) -> float``, ``grad(v) -> array``, ``hessian(v) -> (u ↦ ∇²·u)``. Each step
         solves ``∇² p = −∇`` by CG on Hessian-vector products to the forcing tolerance
-        ``min(1/2, sqrt(||∇|| / ||∇₀||))`` (superlinear convergence: Dembo, Eisenstat &
-        Steihaug, SIAM J. Numer. Anal. 1982) and backtracks (Armijo); near the solution,
+        ``min(0.1, ||∇|| / ||∇₀||)`` (quadratic convergence: Dembo, Eisenstat & Steihaug,
+        SIAM J. Numer. Anal. 1982) and backtracks (Armijo); near the solution,
         where the function is flat to rounding, a step is also taken when it shrinks
         ``||∇||``. The quasi-Newton x steps compare values of f(x, y*(x)), which need y* to
         many digits: Newton gives them in a few steps where gradient steps or L-BFGS stall
@@ -479,8 +479,9 @@ class _Problem:
         for _ in range(max_iter):
             if gn <= tol or not math.isfinite(gn):
                 break
-            forcing = min(0.5, max(math.sqrt(gn / g_ref), 0.1 * tol / gn)) if g_ref > 0 \
-                else 0.5
+            # forcing ~ ||∇||/||∇₀||: quadratic convergence (Dembo, Eisenstat & Steihaug);
+            # each Newton step costs a fresh trace, the CG iterations only products
+            forcing = min(0.1, max(gn / g_ref, 0.1 * tol / gn)) if g_ref > 0 else 0.1
             out = cg_solve(hessian(y), -g, rtol=forcing, maxiter=None, where=WHERE,
                            what="a lower-level Newton system ∇²ᵧᵧ · p = −∇ᵧ",
                            advice="the lower level must be strongly convex in y for this "
@@ -505,9 +506,11 @@ class _Problem:
                 t *= 0.5
             if not moved:
                 break  # no decrease to rounding: y is as good as this precision allows
-            # a step the value cannot tell from zero that barely shrinks the gradient:
-            # the rounding floor of the gradient is reached
-            floor = flat and gtn > 0.9 * gn
+            # the rounding floor of the gradient is reached: a step the value cannot tell
+            # from zero that barely shrinks it, or a full Newton step close to the solution
+            # (quadratic convergence would divide it by far more than 2)
+            floor = (flat and gtn > 0.9 * gn) or \
+                (t == 1.0 and gtn > 0.5 * gn and gn < 1e-6 * g_ref)
             y, g, gn = yt, gt, gtn
             if floor:
                 break

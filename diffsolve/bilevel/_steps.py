@@ -282,7 +282,7 @@ class ProjectedQuasiNewton:
 
     def search(self, x, value: float, g, d, merit: Callable):
         """The first ``x(t)`` passing the Armijo test: ``(x(t), merit(x(t)))`` with
-        ``merit(x) -> (value, payload)``, or None when MAX_HALVINGS halvings (three times
+        ``merit(x) -> (value, payload)``, or None when MAX_HALVINGS halvings (twice
         as many without pairs) found none. A trial
         with a non-finite value is backtracked from and counted in ``nonfinite_trials``."""
         t = 1.0
@@ -301,7 +301,7 @@ class ProjectedQuasiNewton:
             t = GROWTH_LIMIT * self.last_step / dn
         # −Hg with pairs is usually right at t = 1; the first or steepest-descent guess is
         # a heuristic, which may be off by more (and a failure there ends the run)
-        for _ in range(self.MAX_HALVINGS if self.mem.pairs else 3 * self.MAX_HALVINGS):
+        for _ in range(self.MAX_HALVINGS if self.mem.pairs else 2 * self.MAX_HALVINGS):
             xt = self.proj(x + t * d)
             ft, payload = merit(xt)
             if not math.isfinite(ft):
