@@ -126,3 +126,18 @@ def test_a_numpy_bool_from_the_callback_stops_the_run():
                            constraint=pb["constraint"], options={"equality": True},
                            maxiter=50, callback=lambda s: np.float64(s.n_iters) >= 3)
     assert res.status is ds.Status.STOPPED and res.n_iters == 3
+
+
+def test_lvhba_keeps_y_feasible_with_many_coupled_constraints():
+    # the SVM problem's 20 margin constraints share w and b: one Gauss-Newton step per
+    # iteration left y 0.4 outside {constraint <= 0} and the run ended INFEASIBLE
+    from bench._bilevel_svm import svm_problem
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the problem module's kink warning at its reference
+        pb = svm_problem(n_train=20, n_val=20)
+    res = ds.bilevel.solve(pb["outer"], pb["inner"], pb["x0"], pb["y0"], "lv-hba",
+                           constraint=pb["constraint"], maxiter=50, rtol=0.0, atol=0.0,
+                           x_projection=("box", *pb["box"]))
+    assert res.status is ds.Status.MAX_ITERATIONS, res.message
+    assert float(np.max(pb["constraint"](res.x, res.y))) <= 1e-4
