@@ -141,3 +141,23 @@ def test_lvhba_keeps_y_feasible_with_many_coupled_constraints():
                            x_projection=("box", *pb["box"]))
     assert res.status is ds.Status.MAX_ITERATIONS, res.message
     assert float(np.max(pb["constraint"](res.x, res.y))) <= 1e-4
+
+
+def test_an_early_non_finite_trial_does_not_taint_a_later_search():
+    # the NONFINITE report of a stalled run reads the failing search's count only: a NaN
+    # met (and backtracked from) by an earlier, successful search must not carry over
+    from diffsolve.bilevel._steps import ProjectedQuasiNewton
+
+    qn = ProjectedQuasiNewton(np)
+    x, g = np.array([0.0]), np.array([-1.0])  # f(x) = (x - 1)²/2 at 0: f = 0.5, g = -1
+
+    def merit(xt):
+        v = float(xt[0])
+        return (np.nan if v > 0.5 else 0.5 * (v - 1.0) ** 2), None
+
+    qn.last_step = 4.0  # the first trial goes to x = 8: NaN, then back to 1, 0.5 (taken)
+    found = qn.search(x, 0.5, g, -g, merit)
+    assert found is not None and qn.nonfinite_trials > 0
+    flat = qn.search(found[0], found[1], np.array([0.0]), np.array([1e-300]),
+                     lambda xt: (found[1] + 1.0, None))  # nothing decreases: a failure
+    assert flat is None and qn.nonfinite_trials == 0

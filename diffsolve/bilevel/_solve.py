@@ -118,7 +118,7 @@ _NONNEG_OPTIONS = ("ridge", "eta_power", "p", "rho", "step_power", "cg_atol")
 SETS = ("box", "ball", "simplex", "nonnegative")
 
 # implicit / penalty x steps: projected L-BFGS with a search on the merit function (the
-# lower level then solved by L-BFGS to INNER_RTOL), or the secant-length gradient steps
+# lower level then solved by Newton to INNER_RTOL), or the secant-length gradient steps
 X_UPDATES = ("quasi-newton", "gradient")
 #: the lower-level solves of the quasi-Newton path stop at ||∇ᵧ|| <= INNER_RTOL times its
 #: norm at (x0, y0): the merit function's error, ~||∇ᵧf|| ||∇ᵧg|| / μ, must stay below the
@@ -539,7 +539,7 @@ class _Problem:
 
 
 def _quasi_newton(pb, step, opts) -> bool:
-    """Whether the x steps are projected L-BFGS on the merit function with accurate L-BFGS
+    """Whether the x steps are projected L-BFGS on the merit function with accurate Newton
     lower-level solves: deterministic runs without user steps or a y-set (a y-set would
     make the lower level a constrained problem, which the gradient steps handle)."""
     return step is None and pb.batch is None and opts["_inner_user"] is None and \
@@ -586,9 +586,12 @@ class _Implicit:
         self.qn = ProjectedQuasiNewton(pb.xp, pb.px) if _quasi_newton(pb, step, opts) \
             else None
         self.here: tuple | None = None  # quasi-Newton: (value, grad, inner and linear res)
+        self.inner_tol: float | None = None  # quasi-Newton: set at the first lower solve
+        self.stalled = False  # quasi-Newton: no decrease along −Hg nor −g at x
 
     def _hypergradient(self, x, y):
-        """``(∇Φ estimate, linear-system residual)`` at (x, y): implicit-cg, its status read."""
+        """``(outer(x, y), ∇Φ estimate, linear-system residual)`` at (x, y) by implicit-cg,
+        its status read."""
         d = self.pb.d
         value, fx, fy = d.outer_grads(x, y)
         hyy, hxy = d.hessian(x, y)
@@ -609,9 +612,6 @@ class _Implicit:
         if self.inner_tol is None:
             self.inner_tol = INNER_RTOL * self.pb.norm(d.inner_grad_y(x, y))
         return self.pb.lower_solve(x, y, self.inner_iters, self.inner_tol)
-
-    inner_tol: float | None = None
-    stalled = False
 
     def _iterate_qn(self, qn: ProjectedQuasiNewton):
         if self.here is None:

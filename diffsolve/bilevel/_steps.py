@@ -244,8 +244,8 @@ class ProjectedQuasiNewton:
         self.xp = xp
         self.proj = proj if proj is not None else (lambda v: v)
         self.mem = LBFGSMemory(xp, memory)
-        #: trial points where the merit function was inf or NaN (the search backtracks
-        #: from them; the caller reports them when the search can go no further)
+        #: trial points of the last search where the merit function was inf or NaN (the
+        #: search backtracks from them; the caller reports them when it can go no further)
         self.nonfinite_trials = 0
         self.last_step: float | None = None  # ||x⁺ − x|| of the last accepted step
 
@@ -285,6 +285,7 @@ class ProjectedQuasiNewton:
         ``merit(x) -> (value, payload)``, or None when MAX_HALVINGS halvings (twice
         as many without pairs) found none. A trial
         with a non-finite value is backtracked from and counted in ``nonfinite_trials``."""
+        self.nonfinite_trials = 0  # of this search: the one whose failure is reported
         t = 1.0
         dn = max(norm(self.xp, d), 1e-300)
         if not self.mem.pairs:
@@ -304,11 +305,13 @@ class ProjectedQuasiNewton:
         for _ in range(self.MAX_HALVINGS if self.mem.pairs else 2 * self.MAX_HALVINGS):
             xt = self.proj(x + t * d)
             ft, payload = merit(xt)
+            bound = value + self.C1 * float(self.xp.sum(g * (xt - x))) + _slack(value)
             if not math.isfinite(ft):
                 self.nonfinite_trials += 1
-            elif \
-                    ft <= value + self.C1 * float(self.xp.sum(g * (xt - x))) + _slack(value):
-                self.last_step = norm(self.xp, xt - x)
+            elif ft <= bound:
+                moved = norm(self.xp, xt - x)
+                if moved > 0:  # a zero step (x stationary) says nothing about the length
+                    self.last_step = moved
                 return xt, ft, payload
             if norm(self.xp, xt - x) <= 1e-15 * max(1.0, norm(self.xp, x)):
                 break  # x(t) = x to rounding: shorter trials are the same point
