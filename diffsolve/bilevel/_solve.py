@@ -478,6 +478,7 @@ class _Problem:
         # the norm the tolerance is relative to: the forcing terms are measured against it
         # (a warm start begins close to the solution, so its own first norm is no scale)
         g_ref = tol / INNER_RTOL if tol > 0 else gn
+        f_y = None
         for _ in range(max_iter):
             if gn <= tol or not math.isfinite(gn):
                 break
@@ -492,7 +493,7 @@ class _Problem:
             slope = float(self.xp.sum(g * p))
             if not slope < 0:
                 break
-            f0 = value(y)
+            f0 = value(y) if f_y is None else f_y  # the accepted trial's value is kept
             t, moved, flat = 1.0, False, False
             for _ in range(30):
                 yt = y + t * p
@@ -513,7 +514,7 @@ class _Problem:
             # (quadratic convergence would divide it by far more than 2)
             floor = (flat and gtn > 0.9 * gn) or \
                 (t == 1.0 and gtn > 0.5 * gn and gn < 1e-6 * g_ref)
-            y, g, gn = yt, gt, gtn
+            y, g, gn, f_y = yt, gt, gtn, ft
             if floor:
                 break
         return y, gn
@@ -544,15 +545,6 @@ def _quasi_newton(pb, step, opts) -> bool:
     make the lower level a constrained problem, which the gradient steps handle)."""
     return step is None and pb.batch is None and opts["_inner_user"] is None and \
         pb.py_given is None and opts["x_update"] == "quasi-newton"
-
-
-def _nonfinite_stall(runner, value: float) -> float:
-    """NaN in place of ``value`` once a quasi-Newton search has stalled after meeting
-    non-finite merit values: the objectives are inf/NaN next to the iterate, which the run
-    reports (status NONFINITE) instead of ending as if x were merely not yet stationary."""
-    if runner.stalled and runner.qn.nonfinite_trials:
-        return math.nan
-    return value
 
 
 def _decayed(step, power, k):
@@ -587,7 +579,6 @@ class _Implicit:
             else None
         self.here: tuple | None = None  # quasi-Newton: (value, grad, inner and linear res)
         self.inner_tol: float | None = None  # quasi-Newton: set at the first lower solve
-        self.stalled = False  # quasi-Newton: no decrease along −Hg nor −g at x
 
     def _hypergradient(self, x, y):
         """``(outer(x, y), ∇Φ estimate, linear-system residual)`` at (x, y) by implicit-cg,
@@ -624,14 +615,7 @@ class _Implicit:
             yt, res = self._lower(xt, self.y)
             return self.pb.d.outer_value(xt, yt), (yt, res)
 
-        found = None
-        if not self.stalled:
-            found = qn.search(x, value, grad, qn.direction(x, grad), merit)
-            if found is None:
-                # no decrease along −Hg: retry along the projected gradient next time;
-                # none there either means f(x, y*(x)) is flat to rounding around x
-                self.stalled = not qn.mem.pairs
-                qn.reset()
+        found = qn.step(x, value, grad, merit)
         if found is not None:
             x_new, _, (self.y, inner_res) = found
             value, grad_new, lin_res = self._hypergradient(x_new, self.y)
@@ -640,7 +624,8 @@ class _Implicit:
             self.here = (value, grad, lin_res, inner_res)
         # no decrease found: x stays, and its measures say how far from stationary it is
         gnorm = qn.mapping_norm(self.x, grad)
-        return _nonfinite_stall(self, value), gnorm, max(gnorm, inner_res, lin_res)
+        value = math.nan if qn.nonfinite_stall else value  # reported as NONFINITE
+        return value, gnorm, max(gnorm, inner_res, lin_res)
 
     def iterate(self, k):
         if self.qn is not None:
@@ -732,7 +717,6 @@ class _Penalty:
         self.here: tuple | None = None  # quasi-Newton: (ψ, ∇ψ, y and z residuals)
         self.z_tol: float | None = None
         self.y_tol: float | None = None
-        self.stalled = False
 
     # -- quasi-Newton path: ψ_λ(x) = min_y (f + λg) − λ min_z g, both minima by Newton -----
     def _solves(self, x, y, z):
@@ -762,14 +746,11 @@ class _Penalty:
             self.here = self._refresh()
         psi, grad, y_res, z_res = self.here
         x = self.x
-        found = None
-        if not self.stalled:
-            found = qn.search(x, psi, grad, qn.direction(x, grad),
-                              lambda xt: (lambda r: (r[0], r[1:]))(
-                                  self._solves(xt, self.y, self.z)))
-            if found is None:  # as in the implicit method: retry once along −∇ψ
-                self.stalled = not qn.mem.pairs
-                qn.reset()
+        def merit(xt):
+            psi_t, *solved = self._solves(xt, self.y, self.z)
+            return psi_t, tuple(solved)
+
+        found = qn.step(x, psi, grad, merit)
         if found is not None:
             x_new, psi, (self.y, self.z, y_res, z_res) = found
             grad_new = self._direction(x_new, self.y, self.z, self.lam)[1]
@@ -777,17 +758,16 @@ class _Penalty:
             self.x, grad = x_new, grad_new
             self.here = (psi, grad, y_res, z_res)
         gnorm = qn.mapping_norm(self.x, grad)
-        value = _nonfinite_stall(self, d.outer_value(self.x, self.y))
+        value = math.nan if qn.nonfinite_stall else d.outer_value(self.x, self.y)
         lower = pb.norm(d.inner_grad_y(self.x, self.y))
         lam_before = self.lam
         self._grow_lam(gnorm)
-        if self.stalled and self.lam == lam_before:
+        if qn.stalled and self.lam == lam_before:
             # ψ_λ is minimised to rounding: the only progress left is a larger λ
             self.lam = min(2.0 * self.lam, self.lam_cap)
             self.lam_since, self.lam_start_res = 0, None
         if self.lam != lam_before:
             # a new penalised problem: fresh curvature pairs, y re-solved at the new λ
-            self.stalled = False
             qn.reset()
             self.y_tol = None
             self.here = None

@@ -249,9 +249,34 @@ class ProjectedQuasiNewton:
         self.nonfinite_trials = 0
         self.last_step: float | None = None  # ||x⁺ − x|| of the last accepted step
 
+    #: no decrease along −Hg nor along the projected gradient at the current x: the merit
+    #: function is flat to rounding there, and further searches from x are skipped
+    stalled = False
+
     def reset(self) -> None:
-        """Forget the curvature pairs (the merit function changed)."""
+        """Forget the curvature pairs and any stall (the merit function changed)."""
         self.mem.clear()
+        self.stalled = False
+
+    def step(self, x, value: float, g, merit: Callable):
+        """One search along :meth:`direction` unless stalled: ``(x⁺, merit value,
+        payload)`` or None. A failure with pairs clears them, so that the next call tries
+        the projected gradient; a failure without pairs sets :attr:`stalled`."""
+        if self.stalled:
+            return None
+        found = self.search(x, value, g, self.direction(x, g), merit)
+        if found is None:
+            had_pairs = bool(self.mem.pairs)
+            self.mem.clear()
+            self.stalled = not had_pairs
+        return found
+
+    @property
+    def nonfinite_stall(self) -> bool:
+        """Stalled after the failing search met inf/NaN merit values: the objectives are
+        non-finite next to the iterate, which the run must report (status NONFINITE)
+        rather than end as if x were merely not yet stationary."""
+        return self.stalled and self.nonfinite_trials > 0
 
     def scale(self, x, g) -> float:
         """The scalar step of the gradient-mapping measure: the memory's ``sᵀy / yᵀy``, or a
