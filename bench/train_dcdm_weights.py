@@ -1,6 +1,7 @@
 """Train the shipped DCDM weights: 2-D Poisson on 64² grids, without and with obstacles.
 
     python -m bench.train_dcdm_weights [--steps N] [--minutes M] [--gpu] [--out DIR]
+                                       [--levels L]
 
 Writes ``diffsolve/linear/weights/dcdm_poisson2d_64.npz`` and
 ``dcdm_poisson2d_64_obstacles.npz`` (or into ``--out``) and the loss histories to
@@ -78,7 +79,7 @@ def poisson2d(s, mask=None, dtype=np.float64):
     return A
 
 
-def train(which, steps, minutes, gpu, seed, lr, batch, channels, n_blocks, n_ritz):
+def train(which, steps, minutes, gpu, seed, lr, batch, channels, n_blocks, n_ritz, levels=1):
     from diffsolve.linear import train_direction_model
 
     s = 64
@@ -94,7 +95,7 @@ def train(which, steps, minutes, gpu, seed, lr, batch, channels, n_blocks, n_rit
             mask = cupy.asarray(mask)
     t0 = time.perf_counter()
     out = train_direction_model(A, (s, s), mask=mask, channels=channels, n_blocks=n_blocks,
-                                n_steps=steps, batch_size=batch, n_ritz=n_ritz,
+                                levels=levels, n_steps=steps, batch_size=batch, n_ritz=n_ritz,
                                 # Adam at lr for 70 % of the step or time budget, then lr/10
                                 lr=lambda step: lr if (step < 0.7 * steps and time.perf_counter()
                                                        - t0 < 42 * minutes) else lr / 10,
@@ -116,12 +117,15 @@ def main(argv=None):
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--n-blocks", type=int, default=2)
     ap.add_argument("--n-ritz", type=int, default=400)
+    ap.add_argument("--levels", default="1",
+                    help="pooling levels of the network: a positive integer or 'auto'")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--which", default="both", choices=["plain", "obstacles", "both"])
     ap.add_argument("--out", default=WEIGHTS)
     ap.add_argument("--quick", action="store_true", help="a few steps, for a smoke test")
     args = ap.parse_args(argv)
+    levels = args.levels if args.levels == "auto" else int(args.levels)
     if args.quick:
         args.steps, args.minutes = 20, 1.0
     os.makedirs(args.out, exist_ok=True)
@@ -130,13 +134,14 @@ def main(argv=None):
     for which in kinds:
         model, history, seconds, done = train(which, args.steps, args.minutes, args.gpu,
                                               args.seed, args.lr, args.batch, args.channels,
-                                              args.n_blocks, args.n_ritz)
+                                              args.n_blocks, args.n_ritz, levels)
         name = "dcdm_poisson2d_64.npz" if which == "plain" else "dcdm_poisson2d_64_obstacles.npz"
         model.save(os.path.join(args.out, name), problem=f"2-D Poisson 64^2 ({which})",
                    script="bench/train_dcdm_weights.py", steps=done, lr=args.lr,
-                   batch=args.batch, seconds=round(seconds, 1),
+                   batch=args.batch, seconds=round(seconds, 1), levels=model.levels,
                    device="gpu" if args.gpu else "cpu")
         report[which] = {"steps": done, "seconds": seconds, "lr": args.lr,
+                         "levels": model.levels,
                          "batch": args.batch, "loss_history": history,
                          "device": "gpu" if args.gpu else "cpu",
                          "loadavg": os.getloadavg()}

@@ -3,10 +3,11 @@
 The network maps a residual on a regular 2-D or 3-D grid to a search direction that
 approximates ``A⁻¹ r`` up to scale (Kaneda et al., "A Deep Conjugate Direction Method for
 Iteratively Solving Linear Systems", ICML 2023, section 3.3). Architecture, as in the paper
-but smaller: 3×3(×3) convolutions with 'same' zero padding, ReLU, residual blocks, one 2×2(×2)
-average-pool level whose output is upsampled (nearest) and added back to the fine level
-(the skip connection), and a linear output convolution. An optional second input channel
-carries the fluid mask (1 where a cell is an unknown, 0 in solid/obstacle cells).
+but smaller: 3×3(×3) convolutions with 'same' zero padding, ReLU, residual blocks,
+``levels`` successive 2×2(×2) average-pool levels (one by default) whose outputs are
+upsampled (nearest) and added back to the level above (skip connections: a V-cycle), and a
+linear output convolution. An optional second input channel carries the fluid mask (1 where
+a cell is an unknown, 0 in solid/obstacle cells).
 
 Everything is array-API code: the forward pass, and the backward pass used for training.
 A convolution's input gradient is itself a convolution (with the filter flipped and its
@@ -39,7 +40,8 @@ __all__ = ["ConvDirectionModel", "load_direction_model", "pretrained_direction_m
 
 WHERE = "diffsolve.linear.ConvDirectionModel"
 FORMAT_VERSION = 1
-_LEVELS = ("fine_in", "coarse", "fine_out")
+#: ``levels="auto"`` pools until no side of the coarsest level exceeds this many cells
+AUTO_COARSEST = 8
 _WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 PRETRAINED = {
     "poisson2d-64": "dcdm_poisson2d_64.npz",
@@ -164,6 +166,72 @@ def _avg_pool_backward(xp, g, factors, spatial):
     return _upsample(xp, g, factors, spatial) / math.prod(factors)
 
 
+def _stage_names(levels):
+    """Block-name prefixes in forward order: the way down, the coarsest level, the way up.
+
+    Level 0 (the grid) keeps the names of the one-level network ("fine_in", "fine_out") and
+    the coarsest level is "coarse", so ``levels=1`` has exactly the parameter names of the
+    weights shipped before ``levels`` existed; the levels in between are "level{l}_in" and
+    "level{l}_out" (l = 1 is the first pooled level).
+    """
+    down = ["fine_in"] + [f"level{lv}_in" for lv in range(1, levels)]
+    up = ["fine_out"] + [f"level{lv}_out" for lv in range(1, levels)]
+    return down, "coarse", up
+
+
+def auto_levels(grid_shape: tuple[int, ...], coarsest: int = AUTO_COARSEST) -> int:
+    """Pooling levels after which no side of ``grid_shape`` exceeds ``coarsest`` cells.
+
+    Each level halves every side (rounding up, as the zero-padded pooling does); at least one
+    level. This is what ``levels="auto"`` resolves to on the grid a model is built for.
+
+    Parameters
+    ----------
+    grid_shape : tuple of int
+        The grid (2 or 3 positive sizes).
+    coarsest : int
+        Largest side allowed at the coarsest level (default 8).
+
+    Returns
+    -------
+    int
+        The number of levels, at least 1.
+
+    Examples
+    --------
+    >>> from diffsolve.linear import ConvDirectionModel
+    >>> auto = ConvDirectionModel.auto_levels
+    >>> auto((64, 64)), auto((256, 256)), auto((9, 5))
+    (3, 5, 1)
+    """
+    grid_shape = tuple(int(s) for s in grid_shape)
+    if not isinstance(coarsest, int) or isinstance(coarsest, bool) or coarsest < 1:
+        raise ValueError("diffsolve.linear.ConvDirectionModel.auto_levels: coarsest must be a "
+                         f"positive integer, got {coarsest!r}")
+    if not grid_shape or min(grid_shape) < 1:
+        raise ValueError("diffsolve.linear.ConvDirectionModel.auto_levels: grid_shape must be "
+                         f"positive sizes, got {grid_shape}")
+    levels, side = 1, -(-max(grid_shape) // 2)
+    while side > coarsest:
+        levels += 1
+        side = -(-side // 2)
+    return levels
+
+
+def _check_levels(levels, grid_shape, where):
+    """``levels`` as a positive int (``"auto"`` resolved on ``grid_shape``), or a clear error."""
+    if isinstance(levels, str) and levels == "auto":
+        if grid_shape is None:
+            raise ValueError(f"{where}: levels='auto' chooses the depth from the grid, but no "
+                             "grid was given; pass grid_shape= (or mask=), or an integer "
+                             "levels such as 1, 2 or 3")
+        return auto_levels(grid_shape)
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+        raise ValueError(f"{where}: levels must be a positive integer (1 = one pooling level, "
+                         f"the shipped architecture) or 'auto', got {levels!r}")
+    return levels
+
+
 def _to_host(x):
     """A NumPy copy of a parameter, from any namespace (CuPy explicitly via ``.get()``)."""
     if B.is_cupy_array(x):
@@ -201,8 +269,9 @@ class ConvDirectionModel:
     channels : int
         Feature channels of every hidden convolution (16 in the paper).
     n_blocks : int
-        Residual blocks (two convolutions each) on each of the three stages: fine level
-        before pooling, coarse level, fine level after the skip connection.
+        Residual blocks (two convolutions each) on every stage: each level on the way down
+        (before its pooling), the coarsest level, each level on the way up (after the
+        upsampled coarser features are added to the level's skip connection).
     mask : bool array of the grid's shape, optional
         Fluid mask of the grid the model is bound to (True: the cell is an unknown,
         False: solid/obstacle, excluded from the system). Giving it switches the mask
@@ -220,6 +289,14 @@ class ConvDirectionModel:
         Parameter dtype ("float32", the default, or "float64").
     like : array, optional
         Create the parameters in this array's namespace and device (default NumPy).
+    levels : int or "auto"
+        Number of successive 2×2(×2) average-pool levels (a V-cycle of depth ``levels``).
+        ``1`` (the default) is the architecture of the shipped weights. ``"auto"`` pools
+        until no side of the coarsest level of the bound grid exceeds 8 cells
+        (:meth:`auto_levels`) and needs ``grid_shape`` or ``mask``; it is resolved once, so
+        the model keeps that depth on other grids. Parameters of level 0 (the grid) are
+        named ``fine_in{i}`` / ``fine_out{i}``, of the coarsest level ``coarse{i}``, of the
+        levels in between ``level{l}_in{i}`` / ``level{l}_out{i}``.
 
     See Also
     --------
@@ -234,6 +311,11 @@ class ConvDirectionModel:
     so that the same weights see inputs of the same scale on every grid size; the solver's
     line search makes the output scale irrelevant.
 
+    With one level a cell's direction depends on about 25 cells around it, which is why the
+    iteration count grows with the grid; every further level doubles that reach for a
+    quarter (an eighth in 3-D) of the previous level's cost. Odd sizes are zero-padded at
+    the high end before pooling and the upsampled result is cropped back, at every level.
+
     Examples
     --------
     >>> import numpy as np
@@ -241,6 +323,9 @@ class ConvDirectionModel:
     >>> model = ConvDirectionModel(dim=2, channels=4, n_blocks=1, grid_shape=(8, 8))
     >>> model(np.ones(64)).shape
     (64,)
+    >>> deep = ConvDirectionModel(dim=2, channels=4, levels="auto", grid_shape=(40, 40))
+    >>> deep.levels, deep(np.ones(1600)).shape
+    (3, (1600,))
     """
 
     # tuple of int once bound (_bind); the grid methods run only on a bound model
@@ -249,7 +334,7 @@ class ConvDirectionModel:
     def __init__(self, dim: int = 2, channels: int = 16, n_blocks: int = 1,
                  mask: Array | None = None, seed: int = 0, *, mask_channel: bool | None = None,
                  grid_shape: tuple[int, ...] | None = None, dtype: str = "float32",
-                 like: Array | None = None) -> None:
+                 like: Array | None = None, levels: int | str = 1) -> None:
         if dim not in (2, 3):
             raise ValueError(f"{WHERE}: dim must be 2 or 3, got {dim!r}")
         for name, value in (("channels", channels), ("n_blocks", n_blocks)):
@@ -257,6 +342,9 @@ class ConvDirectionModel:
                 raise ValueError(f"{WHERE}: {name} must be a positive integer, got {value!r}")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"{WHERE}: dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.levels = _check_levels(
+            levels, grid_shape if grid_shape is not None else
+            (tuple(mask.shape) if mask is not None else None), WHERE)
         self.dim = dim
         self.channels = channels
         self.n_blocks = n_blocks
@@ -277,7 +365,10 @@ class ConvDirectionModel:
 
         params["in.w"] = he(channels, n_in)
         params["in.b"] = hxp.zeros(channels)
-        for level in _LEVELS:
+        down, coarse, up = _stage_names(self.levels)
+        # creation order = forward order, so levels=1 draws the same initial weights as the
+        # one-level network did for the same seed
+        for level in [*down, coarse, *reversed(up)]:
             for i in range(n_blocks):
                 params[f"{level}{i}.w1"] = he(channels, channels)
                 params[f"{level}{i}.b1"] = hxp.zeros(channels)
@@ -311,7 +402,9 @@ class ConvDirectionModel:
     def config(self) -> dict[str, Any]:
         """The architecture (what :meth:`save` writes besides the weights)."""
         return {"dim": self.dim, "channels": self.channels, "n_blocks": self.n_blocks,
-                "mask_channel": self.mask_channel, "seed": self.seed}
+                "mask_channel": self.mask_channel, "seed": self.seed, "levels": self.levels}
+
+    auto_levels = staticmethod(auto_levels)
 
     def _copy(self):
         new = object.__new__(type(self))
@@ -470,20 +563,26 @@ class ConvDirectionModel:
                 tape.append((name, a, c))  # type: ignore[union-attr]  # a list when keep
             return y
 
+        down, coarse, up = _stage_names(self.levels)
         h = cv(x, "in")
+        skips = []
+        shapes = []  # spatial shape of every level, the grid first and the coarsest last
+        for name in down:
+            for i in range(self.n_blocks):
+                h = block(h, f"{name}{i}")
+            skips.append(h)
+            shapes.append(tuple(h.shape[2:]))
+            h = _avg_pool(xp, h, self.pool)
+        shapes.append(tuple(h.shape[2:]))
         for i in range(self.n_blocks):
-            h = block(h, f"fine_in{i}")
-        spatial = tuple(h.shape[2:])
-        d = _avg_pool(xp, h, self.pool)
-        coarse = tuple(d.shape[2:])
-        for i in range(self.n_blocks):
-            d = block(d, f"coarse{i}")
-        h = h + _upsample(xp, d, self.pool, spatial)
-        for i in range(self.n_blocks):
-            h = block(h, f"fine_out{i}")
+            h = block(h, f"{coarse}{i}")
+        for lv in reversed(range(self.levels)):
+            h = skips[lv] + _upsample(xp, h, self.pool, shapes[lv])
+            for i in range(self.n_blocks):
+                h = block(h, f"{up[lv]}{i}")
         out = cv(h, "out")
         if keep:
-            return out, {"x": x, "h": h, "blocks": tape, "spatial": spatial, "coarse": coarse}
+            return out, {"x": x, "h": h, "blocks": tape, "shapes": shapes}
         return out
 
     def backward_grid(self, cache: dict[str, Any], gout: Array) -> dict[str, Array]:
@@ -501,15 +600,21 @@ class ConvDirectionModel:
                 xp, a, P[name + ".w1"], gt)
             return g + xp.where(a > 0, ga, xp.zeros_like(ga))
 
+        down, coarse, up = _stage_names(self.levels)
+        shapes = cache["shapes"]
         gh, grads["out.w"], grads["out.b"] = conv_same_backward(xp, cache["h"], P["out.w"], gout)
+        gskips = []  # cotangent of each level's skip (the sum is linear in both terms)
+        for lv in range(self.levels):
+            for i in reversed(range(self.n_blocks)):
+                gh = block_back(gh, f"{up[lv]}{i}")
+            gskips.append(gh)
+            gh = _upsample_backward(xp, gh, self.pool, shapes[lv + 1])
         for i in reversed(range(self.n_blocks)):
-            gh = block_back(gh, f"fine_out{i}")
-        gd = _upsample_backward(xp, gh, self.pool, cache["coarse"])
-        for i in reversed(range(self.n_blocks)):
-            gd = block_back(gd, f"coarse{i}")
-        gh = gh + _avg_pool_backward(xp, gd, self.pool, cache["spatial"])
-        for i in reversed(range(self.n_blocks)):
-            gh = block_back(gh, f"fine_in{i}")
+            gh = block_back(gh, f"{coarse}{i}")
+        for lv in reversed(range(self.levels)):
+            gh = gskips[lv] + _avg_pool_backward(xp, gh, self.pool, shapes[lv])
+            for i in reversed(range(self.n_blocks)):
+                gh = block_back(gh, f"{down[lv]}{i}")
         _, grads["in.w"], grads["in.b"] = conv_same_backward(xp, cache["x"], P["in.w"], gh)
         return {k: grads[k] for k in P}
 
@@ -580,8 +685,10 @@ class ConvDirectionModel:
             params = {k[len("param/"):]: hxp.asarray(data[k]) for k in data.files
                       if k.startswith("param/")}
         dtype = str(params["in.w"].dtype)
+        # files written before the multi-level network have no "levels": one level
         model = cls(config["dim"], config["channels"], config["n_blocks"], seed=config["seed"],
-                    mask_channel=config["mask_channel"], dtype=dtype)
+                    mask_channel=config["mask_channel"], dtype=dtype,
+                    levels=config.get("levels", 1))
         if set(params) != set(model.params):
             raise ValueError(f"{WHERE}.load: {path} does not hold the parameters of its "
                              "declared architecture")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from .. import _backend as B
 from .._typing import Array, Matrix
-from ._direction_model import ConvDirectionModel
+from ._direction_model import ConvDirectionModel, _check_levels
 from ._operator import as_operator
 
 __all__ = ["DirectionTrainingResult", "lanczos_ritz", "train_direction_model"]
@@ -192,7 +192,8 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
                           low_fraction: float = 0.5, low_weight: float = 9.0, seed: int = 0,
                           progress: bool = True, dtype: str = "float32",
                           callback: Callable[[int, float, ConvDirectionModel], object] | None
-                          = None, max_seconds: float | None = None) -> DirectionTrainingResult:
+                          = None, max_seconds: float | None = None,
+                          levels: int | str = 1) -> DirectionTrainingResult:
     """Train a :class:`ConvDirectionModel` for ``A`` (symmetric positive definite) on a grid.
 
     Parameters
@@ -230,6 +231,9 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
     channels, n_blocks : int
         Architecture of a new model (see :class:`ConvDirectionModel`); not used when
         ``model`` is given.
+    levels : int or "auto"
+        Pooling levels of a new model (see :class:`ConvDirectionModel`; ``"auto"`` is
+        resolved on ``grid_shape``); not used when ``model`` is given.
 
     Returns
     -------
@@ -273,7 +277,9 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
     like = xp.zeros((1,), device=dev) if dev is not None else xp.zeros((1,))
     if model is None:
         model = ConvDirectionModel(len(grid_shape), channels, n_blocks, seed=seed,
-                                   mask_channel=mask is not None, dtype=dtype)
+                                   mask_channel=mask is not None, dtype=dtype,
+                                   # checked here so that a bad value names this function
+                                   levels=_check_levels(levels, grid_shape, WHERE))
     model = model.to(like).on_grid(grid_shape, mask)
     work_dtype = model.dtype
     n_ritz = min(op.n, 400) if n_ritz is None else int(n_ritz)
