@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 
+import autograd.numpy as anp
 import numpy as np
 import pytest
 import scipy.optimize
@@ -65,7 +66,7 @@ def _run(pb, fstar, method, **kw):
     return res, gaps
 
 
-@pytest.mark.parametrize("method", ["implicit", "penalty"])
+@pytest.mark.parametrize("method", ["implicit", "penalty", "bo-rep"])
 def test_logistic_regression_tuning_reaches_one_percent(logreg, method):
     pb, fstar = logreg
     res, gaps = _run(pb, fstar, method)
@@ -74,10 +75,11 @@ def test_logistic_regression_tuning_reaches_one_percent(logreg, method):
     assert gaps[0] > 0.05  # the start is far from the target: the test measures a way there
 
 
-def test_data_hyper_cleaning_reaches_one_percent(cleaning):
+@pytest.mark.parametrize("method", ["implicit", "bo-rep"])
+def test_data_hyper_cleaning_reaches_one_percent(cleaning, method):
     pb, fstar = cleaning
-    res, gaps = _run(pb, fstar, "implicit")
-    assert res.status is ds.Status.STOPPED, (res.message, gaps[-1])
+    res, gaps = _run(pb, fstar, method)
+    assert res.status is ds.Status.STOPPED, (method, res.message, gaps[-1])
     assert gaps[0] > 0.05
 
 
@@ -161,3 +163,56 @@ def test_an_early_non_finite_trial_does_not_taint_a_later_search():
     flat = qn.search(found[0], found[1], np.array([0.0]), np.array([1e-300]),
                      lambda xt: (found[1] + 1.0, None))  # nothing decreases: a failure
     assert flat is None and qn.nonfinite_trials == 0
+
+
+def _bound_and_free():
+    # y* = x; Φ(x) = 1000 x₀ + ½(x₁ − 3)²: x₀ ends on its bound −5, pushed against it by a
+    # gradient 1000 times larger than x₁'s, and x₁ at 3, inside the box
+    def outer(x, y):
+        return 1000.0 * y[0] + 0.5 * (y[1] - 3.0) ** 2
+
+    def inner(x, y):
+        return 0.5 * anp.sum((y - x) ** 2)
+
+    return outer, inner
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_borep_moves_the_free_components_when_others_sit_on_a_bound(exact):
+    # with the held component left in the normalised momentum, x₁ moved 1.7 (exact) and 0.03
+    # (paper's path) of its 3 units in 100 iterations: the step's length went to x₀,
+    # which the projection then undid
+    outer, inner = _bound_and_free()
+    res = ds.bilevel.solve(outer, inner, np.zeros(2), np.zeros(2), "bo-rep", maxiter=100,
+                           rtol=0.0, atol=0.0, x_projection=("box", -5.0, 5.0),
+                           options={"exact": exact})
+    assert res.x[0] == -5.0
+    assert abs(res.x[1] - 3.0) < (1e-3 if exact else 0.5), res.x
+
+
+def test_borep_exact_step_grows_after_decreases_and_shrinks_after_a_rise():
+    # on Φ = ½||x − 3||² from 0 the exact path's η (start 0.1) must grow to cross the
+    # distance 5.2 (at 0.1 per step: 52 iterations), then shrink to settle
+    def outer(x, y):
+        return 0.5 * anp.sum((y - 3.0) ** 2)
+
+    def inner(x, y):
+        return 0.5 * anp.sum((y - x) ** 2)
+
+    xs = []
+    ds.bilevel.solve(outer, inner, np.zeros(3), np.zeros(3), "bo-rep", maxiter=60, rtol=0.0,
+                     atol=0.0, callback=lambda s: xs.append(np.array(s.x)))
+    steps = np.linalg.norm(np.diff(np.array(xs), axis=0), axis=1)
+    dist = np.linalg.norm(np.array(xs) - 3.0, axis=1)
+    assert np.argmax(dist <= 0.1) < 25  # crossed in fewer than 25 steps
+    assert steps.max() > 0.5  # the step grew
+    assert dist[-1] < 1e-3 and steps[-1] < 1e-2  # and shrank to settle
+
+
+@pytest.mark.parametrize("option, value", [("grow", 0.5), ("anneal", 1.5), ("beta", 1.0),
+                                           ("exact", "yes")])
+def test_borep_step_options_are_validated(option, value):
+    outer, inner = _bound_and_free()
+    with pytest.raises((ValueError, TypeError), match=rf"options\['{option}'\]"):
+        ds.bilevel.solve(outer, inner, np.zeros(2), np.zeros(2), "bo-rep",
+                         options={option: value})
