@@ -1175,7 +1175,7 @@ _ADVICE = {
               "O(1/c_k) from the bilevel one, c_k = c (k + 1)^p), options['c'], or tune "
               "stepsize / inner_stepsize",
     "bo-rep": "increase maxiter or inner_iters, or tune stepsize and options['anneal'] / "
-              "options['eta_power']",
+              "options['grow'] / options['eta_power']",
 }
 
 
@@ -1269,10 +1269,15 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
           ``constraint(x, y) <= 0`` (required; equalities with
           ``options={"equality": True}``). Sublinear: its iterate is ``O(1/c_k)`` from
           the solution, ``c_k = c (k + 1)^p``.
-        * ``"bo-rep"``: normalised momentum on x (step length ``step``, shrunk by
-          ``anneal`` at every overshoot and divided by ``(k + 1)^eta_power``), one
-          Hessian-vector step per iteration for the linear system, the lower level
-          refined at the start (``refine_iters``) and updated every ``period`` iterations.
+        * ``"bo-rep"``: normalised momentum on x, step length η (start ``step``, divided
+          by ``(k + 1)^eta_power``; components pushing against an active bound of x's
+          set left out). Deterministic runs without ``inner_stepsize`` or a y-set (the
+          exact path, ``options["exact"]``): y*(x) by Newton and the hypergradient by CG
+          at every iteration, η times ``grow`` after a decrease of Φ and times
+          ``anneal`` after a rise. Otherwise (the paper's path): one Hessian-vector step
+          per iteration for the linear system, the lower level refined at the start
+          (``refine_iters``) and updated every ``period`` iterations, η times ``anneal``
+          when the hypergradient estimate turns against the momentum.
     constraint : callable, optional
         ``constraint(x, y) -> array (m,)`` or scalar, the lower-level constraints
         ``<= 0`` (lv-hba only; simple sets for y go to ``y_projection``). Never batched.
@@ -1320,8 +1325,8 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
     inner_iters : int, optional
         Lower-level steps per outer iteration (implicit 20, penalty 10, lv-hba 1, bo-rep
         10 = N); for the stochastic implicit also the number of steps on v. On the
-        quasi-Newton path: the most Newton steps per lower-level solve (20 for both), which
-        stop earlier at their tolerance.
+        quasi-Newton path (and bo-rep's exact path): the most Newton steps per lower-level
+        solve (20), which stop earlier at their tolerance.
     options : dict, optional
         Method-specific settings: implicit ``cg_maxiter`` (None), ``cg_rtol`` (1e-8),
         ``cg_atol`` (0; CG on the Hessian system stops at
@@ -1347,9 +1352,12 @@ def solve(outer: Callable[..., Any], inner: Callable[..., Any], x0: Array, y0: A
         gradient of ``(ρ/2)||max(constraint, 0)||²`` added to the (x, y) direction (needs
         steps ~1/ρ), 0 nothing (when ``y_projection`` already projects onto that set);
         ``y_step`` (None: ``stepsize``);
-        bo-rep ``beta`` (0.9, momentum), ``period`` (2 = I), ``refine_iters`` (100),
-        ``anneal`` (0.8: η ← 0.8η whenever the hypergradient estimate points against the
-        momentum), ``eta_power`` (0); ``anneal=1, eta_power=0`` is BO-REP's constant step.
+        bo-rep ``exact`` (True: the exact path where it applies), ``beta`` (momentum;
+        0.5 on the exact path, 0.9 otherwise), ``anneal`` (η's cut; 0.5 exact, 0.8
+        otherwise), ``grow`` (η's growth after a decrease, at most to 100 times its
+        start; 1.2 exact, 1 otherwise), ``period`` (2 = I), ``refine_iters`` (100),
+        ``eta_power`` (0); ``exact=False, anneal=1, eta_power=0`` is BO-REP's constant
+        step.
         implicit, penalty and lv-hba: ``step_power`` (0): the x step (lv-hba: the (x, y)
         step) is ``stepsize / (k + 1)^step_power`` — use 0.5 with mini-batches.
     batch : (n_samples, batch_size), optional
