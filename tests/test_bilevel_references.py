@@ -75,7 +75,7 @@ def test_logistic_regression_tuning_reaches_one_percent(logreg, method):
     assert gaps[0] > 0.05  # the start is far from the target: the test measures a way there
 
 
-@pytest.mark.parametrize("method", ["implicit", "bo-rep"])
+@pytest.mark.parametrize("method", ["implicit", "penalty", "bo-rep"])
 def test_data_hyper_cleaning_reaches_one_percent(cleaning, method):
     pb, fstar = cleaning
     res, gaps = _run(pb, fstar, method)
