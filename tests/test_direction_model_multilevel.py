@@ -316,6 +316,7 @@ def test_auto_levels():
     assert ConvDirectionModel.auto_levels((64, 64), coarsest=4) == 4
     model = ConvDirectionModel(2, channels=2, levels="auto", grid_shape=(40, 40))
     assert model.levels == 3 and model.config()["levels"] == 3
+    assert ConvDirectionModel(2, channels=2, levels=np.int64(2)).levels == 2
     assert "level2_out0.w1" in model.params and "level3_in0.w1" not in model.params
     mask = np.ones((20, 12), dtype=bool)
     assert ConvDirectionModel(2, channels=2, levels="auto", mask=mask).levels == 2
@@ -358,3 +359,19 @@ def test_training_and_solving_with_several_levels(rng):
         res = solve(A2, b, method="dcdm", model=out.model.on_grid(grid), rtol=1e-6)
     assert res.converged
     assert np.linalg.norm(b - A2 @ res.x) <= 1e-6 * np.linalg.norm(b) * (1 + 1e-6)
+
+
+@pytest.mark.gpu
+def test_cupy_matches_numpy(rng):
+    cupy = pytest.importorskip("cupy")
+    model = _model(levels=3, n_blocks=2).on_grid((11, 9))
+    r = rng.standard_normal((99, 2))
+    g = rng.standard_normal((99, 2))
+    out, cache = model.forward(r, keep=True)
+    grads = model.backward(cache, g)
+    gpu = model.to(cupy.asarray(r))
+    out_gpu, cache_gpu = gpu.forward(cupy.asarray(r), keep=True)
+    grads_gpu = gpu.backward(cache_gpu, cupy.asarray(g))
+    np.testing.assert_allclose(out_gpu.get(), out, rtol=1e-10, atol=1e-12)
+    for k, v in grads.items():
+        np.testing.assert_allclose(grads_gpu[k].get(), v, rtol=1e-9, atol=1e-11, err_msg=k)

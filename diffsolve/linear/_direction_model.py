@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from itertools import product
 from typing import Any, Literal, overload
@@ -226,10 +227,10 @@ def _check_levels(levels, grid_shape, where):
                              "grid was given; pass grid_shape= (or mask=), or an integer "
                              "levels such as 1, 2 or 3")
         return auto_levels(grid_shape)
-    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+    if not isinstance(levels, numbers.Integral) or isinstance(levels, bool) or levels < 1:
         raise ValueError(f"{where}: levels must be a positive integer (1 = one pooling level, "
                          f"the shipped architecture) or 'auto', got {levels!r}")
-    return levels
+    return int(levels)
 
 
 def _to_host(x):
