@@ -62,7 +62,14 @@ def naive_upsample(d, f, spatial):
     return out
 
 
-def naive_vcycle(params, x, n_blocks, levels, pool):
+def stage_names(levels, shared=False):
+    """Block names of the way down and up, written out independently of the library."""
+    mid_in = ["level_in" if shared else f"level{lv}_in" for lv in range(1, levels)]
+    mid_out = ["level_out" if shared else f"level{lv}_out" for lv in range(1, levels)]
+    return ["fine_in", *mid_in], ["fine_out", *mid_out]
+
+
+def naive_vcycle(params, x, n_blocks, levels, pool, shared=False):
     """The multi-level network written out with the naive convolution, pool and upsample."""
 
     def block(h, name):
@@ -75,8 +82,7 @@ def naive_vcycle(params, x, n_blocks, levels, pool):
             h = block(h, f"{prefix}{i}")
         return h
 
-    down = ["fine_in"] + [f"level{lv}_in" for lv in range(1, levels)]
-    up = ["fine_out"] + [f"level{lv}_out" for lv in range(1, levels)]
+    down, up = stage_names(levels, shared)
     h = naive_conv_same(x, params["in.w"], params["in.b"])
     skips = []
     for name in down:
@@ -161,14 +167,15 @@ def test_pool_upsample_chain_matches_naive(rng, shape, pool):
                                    rtol=1e-12)
 
 
-@pytest.mark.parametrize("dim, grid, levels", [(2, (7, 5), 3), (2, (3, 3), 4),
-                                               (3, (3, 5, 4), 2)])
-def test_forward_matches_naive_vcycle(rng, dim, grid, levels):
-    """Odd sizes at every level, and (3, 3) pooled past a single cell."""
-    model = _model(dim, levels).on_grid(grid)
+@pytest.mark.parametrize("dim, grid, levels, shared", [
+    (2, (7, 5), 3, False), (2, (3, 3), 4, False), (3, (3, 5, 4), 2, False),
+    (2, (13, 10), 4, True), (3, (5, 3, 6), 3, True)])
+def test_forward_matches_naive_vcycle(rng, dim, grid, levels, shared):
+    """Odd sizes at every level, (3, 3) pooled past a single cell, shared levels."""
+    model = _model(dim, levels, shared_levels=shared).on_grid(grid)
     r = rng.standard_normal((int(np.prod(grid)), 2))
     got = model.forward(r)
-    want = naive_vcycle(model.params, _grid_x(r, grid), 1, levels, model.pool)
+    want = naive_vcycle(model.params, _grid_x(r, grid), 1, levels, model.pool, shared)
     np.testing.assert_allclose(got, want.reshape(2, -1).T, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(model.forward(r, conv="kernel"), got, rtol=1e-11, atol=1e-11)
 
@@ -195,9 +202,11 @@ def test_levels_one_is_the_shipped_network_bit_for_bit(rng, name):
         np.testing.assert_array_equal(a.params[k], b.params[k])
 
 
-@pytest.mark.parametrize("dim, grid, levels", [(2, (7, 6), 3), (3, (3, 5, 4), 2)])
-def test_backward_matches_finite_differences(rng, dim, grid, levels):
-    model = _model(dim, levels, n_blocks=2).on_grid(grid)
+@pytest.mark.parametrize("dim, grid, levels, shared", [
+    (2, (7, 6), 3, False), (3, (3, 5, 4), 2, False), (2, (6, 7), 4, True),
+    (3, (3, 4, 5), 3, True)])
+def test_backward_matches_finite_differences(rng, dim, grid, levels, shared):
+    model = _model(dim, levels, n_blocks=2, shared_levels=shared).on_grid(grid)
     n = int(np.prod(grid))
     r = rng.standard_normal((n, 2))
     g = rng.standard_normal((n, 2))
@@ -219,13 +228,15 @@ def test_backward_matches_finite_differences(rng, dim, grid, levels):
     model.params = base
 
 
-@pytest.mark.parametrize("dim, grid, levels", [(2, (7, 6), 3), (3, (3, 5, 4), 2)])
-def test_backward_matches_torch_autograd(rng, dim, grid, levels):
+@pytest.mark.parametrize("dim, grid, levels, shared", [
+    (2, (7, 6), 3, False), (3, (3, 5, 4), 2, False), (2, (9, 12), 4, True),
+    (3, (5, 4, 6), 3, True)])
+def test_backward_matches_torch_autograd(rng, dim, grid, levels, shared):
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
 
     n_blocks = 2
-    model = _model(dim, levels, n_blocks=n_blocks).on_grid(grid)
+    model = _model(dim, levels, n_blocks=n_blocks, shared_levels=shared).on_grid(grid)
     n = int(np.prod(grid))
     r = rng.standard_normal((n, 2))
     g = rng.standard_normal((n, 2))
@@ -255,8 +266,7 @@ def test_backward_matches_torch_autograd(rng, dim, grid, levels):
             d = d.repeat_interleave(f, dim=axis)
         return d[..., :spatial[0], :spatial[1], :spatial[2]]
 
-    down_names = ["fine_in"] + [f"level{lv}_in" for lv in range(1, levels)]
-    up_names = ["fine_out"] + [f"level{lv}_out" for lv in range(1, levels)]
+    down_names, up_names = stage_names(levels, shared)
     h = conv(torch.tensor(model._grid_input(r)), tp["in.w"], tp["in.b"])
     skips = []
     for name in down_names:
@@ -375,3 +385,71 @@ def test_cupy_matches_numpy(rng):
     np.testing.assert_allclose(out_gpu.get(), out, rtol=1e-10, atol=1e-12)
     for k, v in grads.items():
         np.testing.assert_allclose(grads_gpu[k].get(), v, rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+# ---------------------------------------------------------------------------------------
+# shared levels
+# ---------------------------------------------------------------------------------------
+def test_shared_levels_have_one_set_of_weights_for_every_depth():
+    model = ConvDirectionModel(2, channels=3, n_blocks=2, levels="auto", shared_levels=True)
+    stages = ["fine_in", "level_in", "coarse", "level_out", "fine_out"]
+    assert set(model.params) == {"in.w", "in.b", "out.w", "out.b"} | {
+        f"{s}{i}.{p}" for s in stages for i in range(2) for p in ("w1", "b1", "w2", "b2")}
+    fixed = ConvDirectionModel(2, channels=3, n_blocks=2, levels=5, shared_levels=True)
+    assert fixed.n_params == model.n_params
+    assert model.levels == "auto" and model.config()["shared_levels"] is True
+    assert [model.depth(g) for g in [(8, 8), (64, 64), (256, 256), (1024, 1000)]] == \
+        [1, 3, 5, 7]
+    assert model.on_grid((64, 64)).depth() == 3 and fixed.on_grid((64, 64)).depth() == 5
+    with pytest.raises(ValueError, match="levels='auto' with shared_levels"):
+        model.depth()
+
+
+@pytest.mark.parametrize("grid", [(40, 33), (70, 64), (9, 9)])
+def test_shared_auto_depth_follows_the_grid(rng, grid):
+    """levels='auto' with shared weights is, on every grid, the fixed-depth shared network of
+    that grid's auto depth with the same weights."""
+    auto = _model(2, "auto", shared_levels=True).on_grid(grid)
+    depth = auto_levels(grid)
+    r = rng.standard_normal((int(np.prod(grid)), 2))
+    if depth == 1:
+        # nothing to share: the one-level network of the same fine/coarse weights
+        fixed = _model(2, 1)
+        fixed.params = {k: v for k, v in auto.params.items() if not k.startswith("level_")}
+    else:
+        fixed = _model(2, depth, shared_levels=True)
+        fixed.params = dict(auto.params)
+    np.testing.assert_array_equal(auto.forward(r), fixed.on_grid(grid).forward(r))
+    # the levels the grid does not reach get zero gradients, the others are used
+    _, cache = auto.forward(r, keep=True)
+    grads = auto.backward(cache, rng.standard_normal(r.shape))
+    reached = depth > 1
+    assert set(grads) == set(auto.params)
+    assert (np.abs(grads["level_in0.w1"]).max() > 0) == reached
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, "deep"])
+def test_shared_levels_need_a_depth_to_share(bad):
+    with pytest.raises(ValueError, match="shared_levels=True needs levels='auto'"):
+        ConvDirectionModel(2, channels=2, levels=bad, shared_levels=True)
+    with pytest.raises(ValueError, match="shared_levels must be True or False"):
+        ConvDirectionModel(2, channels=2, levels=2, shared_levels="yes")
+
+
+def test_shared_levels_save_load_and_train(tmp_path, rng):
+    s = 20
+    A = poisson2d(s)
+    out = train_direction_model(A, (s, s), channels=4, n_blocks=1, levels="auto",
+                                shared_levels=True, n_steps=3, batch_size=2, n_ritz=20,
+                                progress=False, seed=3)
+    model = out.model
+    assert model.levels == "auto" and model.shared_levels and model.depth() == 2
+    path = tmp_path / "shared.npz"
+    model.save(path)
+    back = load_direction_model(path)
+    assert back.config() == model.config()
+    r = rng.standard_normal(37 * 41).astype(np.float32)
+    for grid in [(37, 41), (s, s)]:
+        n = int(np.prod(grid))
+        np.testing.assert_array_equal(back.on_grid(grid)(r[:n]), model.on_grid(grid)(r[:n]))
+    assert back.on_grid((37, 41)).depth() == 3

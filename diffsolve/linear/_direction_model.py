@@ -167,16 +167,18 @@ def _avg_pool_backward(xp, g, factors, spatial):
     return _upsample(xp, g, factors, spatial) / math.prod(factors)
 
 
-def _stage_names(levels):
+def _stage_names(levels, shared=False):
     """Block-name prefixes in forward order: the way down, the coarsest level, the way up.
 
     Level 0 (the grid) keeps the names of the one-level network ("fine_in", "fine_out") and
     the coarsest level is "coarse", so ``levels=1`` has exactly the parameter names of the
     weights shipped before ``levels`` existed; the levels in between are "level{l}_in" and
-    "level{l}_out" (l = 1 is the first pooled level).
+    "level{l}_out" (l = 1 is the first pooled level), or all "level_in" / "level_out" when
+    they share their weights (``shared``).
     """
-    down = ["fine_in"] + [f"level{lv}_in" for lv in range(1, levels)]
-    up = ["fine_out"] + [f"level{lv}_out" for lv in range(1, levels)]
+    down = ["fine_in"] + [("level_in" if shared else f"level{lv}_in") for lv in range(1, levels)]
+    up = ["fine_out"] + [("level_out" if shared else f"level{lv}_out")
+                         for lv in range(1, levels)]
     return down, "coarse", up
 
 
@@ -219,8 +221,22 @@ def auto_levels(grid_shape: tuple[int, ...], coarsest: int = AUTO_COARSEST) -> i
     return levels
 
 
-def _check_levels(levels, grid_shape, where):
-    """``levels`` as a positive int (``"auto"`` resolved on ``grid_shape``), or a clear error."""
+def _check_levels(levels, grid_shape, where, shared_levels=False):
+    """``levels`` as a positive int (``"auto"`` resolved on ``grid_shape``), or a clear error.
+
+    With ``shared_levels`` the depth follows every grid the model meets, so ``"auto"`` stays
+    ``"auto"``; a fixed depth must be at least 2 (one level has nothing to share).
+    """
+    if not isinstance(shared_levels, bool):
+        raise ValueError(f"{where}: shared_levels must be True or False, got {shared_levels!r}")
+    if shared_levels:
+        if isinstance(levels, str) and levels == "auto":
+            return "auto"
+        if not isinstance(levels, numbers.Integral) or isinstance(levels, bool) or levels < 2:
+            raise ValueError(f"{where}: shared_levels=True needs levels='auto' (the depth "
+                             "follows the grid) or an integer levels >= 2 (the levels between "
+                             f"the grid and the coarsest share their weights), got {levels!r}")
+        return int(levels)
     if isinstance(levels, str) and levels == "auto":
         if grid_shape is None:
             raise ValueError(f"{where}: levels='auto' chooses the depth from the grid, but no "
@@ -298,6 +314,14 @@ class ConvDirectionModel:
         the model keeps that depth on other grids. Parameters of level 0 (the grid) are
         named ``fine_in{i}`` / ``fine_out{i}``, of the coarsest level ``coarse{i}``, of the
         levels in between ``level{l}_in{i}`` / ``level{l}_out{i}``.
+    shared_levels : bool
+        Every level between the grid and the coarsest uses the same blocks (parameters
+        ``level_in{i}`` / ``level_out{i}``), like a multigrid cycle that applies one
+        smoother on every level. With ``levels="auto"`` the depth is then chosen anew on
+        every grid the model runs on (:meth:`auto_levels` of that grid: 3 at 64², 5 at
+        256², 7 at 1024²), so the coarsest level always sees at most 8 cells per side, as
+        in training; with an integer ``levels`` (at least 2) the depth is fixed. The
+        parameter count does not depend on the depth.
 
     See Also
     --------
@@ -335,7 +359,8 @@ class ConvDirectionModel:
     def __init__(self, dim: int = 2, channels: int = 16, n_blocks: int = 1,
                  mask: Array | None = None, seed: int = 0, *, mask_channel: bool | None = None,
                  grid_shape: tuple[int, ...] | None = None, dtype: str = "float32",
-                 like: Array | None = None, levels: int | str = 1) -> None:
+                 like: Array | None = None, levels: int | str = 1,
+                 shared_levels: bool = False) -> None:
         if dim not in (2, 3):
             raise ValueError(f"{WHERE}: dim must be 2 or 3, got {dim!r}")
         for name, value in (("channels", channels), ("n_blocks", n_blocks)):
@@ -345,7 +370,8 @@ class ConvDirectionModel:
             raise ValueError(f"{WHERE}: dtype must be 'float32' or 'float64', got {dtype!r}")
         self.levels = _check_levels(
             levels, grid_shape if grid_shape is not None else
-            (tuple(mask.shape) if mask is not None else None), WHERE)
+            (tuple(mask.shape) if mask is not None else None), WHERE, shared_levels)
+        self.shared_levels = shared_levels
         self.dim = dim
         self.channels = channels
         self.n_blocks = n_blocks
@@ -366,9 +392,10 @@ class ConvDirectionModel:
 
         params["in.w"] = he(channels, n_in)
         params["in.b"] = hxp.zeros(channels)
-        down, coarse, up = _stage_names(self.levels)
         # creation order = forward order, so levels=1 draws the same initial weights as the
-        # one-level network did for the same seed
+        # one-level network did for the same seed; shared levels: each name once
+        down, coarse, up = _stage_names(2 if self.shared_levels else self.levels,
+                                        self.shared_levels)
         for level in [*down, coarse, *reversed(up)]:
             for i in range(n_blocks):
                 params[f"{level}{i}.w1"] = he(channels, channels)
@@ -403,9 +430,24 @@ class ConvDirectionModel:
     def config(self) -> dict[str, Any]:
         """The architecture (what :meth:`save` writes besides the weights)."""
         return {"dim": self.dim, "channels": self.channels, "n_blocks": self.n_blocks,
-                "mask_channel": self.mask_channel, "seed": self.seed, "levels": self.levels}
+                "mask_channel": self.mask_channel, "seed": self.seed, "levels": self.levels,
+                "shared_levels": self.shared_levels}
 
     auto_levels = staticmethod(auto_levels)
+
+    def depth(self, grid_shape: tuple[int, ...] | None = None) -> int:
+        """Pooling levels the network applies on ``grid_shape`` (default: the bound grid).
+
+        ``levels`` itself, except for ``shared_levels=True`` with ``levels="auto"``, where it
+        is :meth:`auto_levels` of the grid.
+        """
+        if self.levels != "auto":
+            return int(self.levels)
+        grid = self.grid_shape if grid_shape is None else grid_shape
+        if grid is None:
+            raise ValueError(f"{WHERE}: levels='auto' with shared_levels chooses the depth "
+                             "from the grid; pass grid_shape or bind the model (on_grid)")
+        return auto_levels(tuple(grid))
 
     def _copy(self):
         new = object.__new__(type(self))
@@ -564,7 +606,8 @@ class ConvDirectionModel:
                 tape.append((name, a, c))  # type: ignore[union-attr]  # a list when keep
             return y
 
-        down, coarse, up = _stage_names(self.levels)
+        levels = self.depth(tuple(x.shape[2:])[3 - self.dim:])
+        down, coarse, up = _stage_names(levels, self.shared_levels)
         h = cv(x, "in")
         skips = []
         shapes = []  # spatial shape of every level, the grid first and the coarsest last
@@ -577,47 +620,55 @@ class ConvDirectionModel:
         shapes.append(tuple(h.shape[2:]))
         for i in range(self.n_blocks):
             h = block(h, f"{coarse}{i}")
-        for lv in reversed(range(self.levels)):
+        for lv in reversed(range(levels)):
             h = skips[lv] + _upsample(xp, h, self.pool, shapes[lv])
             for i in range(self.n_blocks):
                 h = block(h, f"{up[lv]}{i}")
         out = cv(h, "out")
         if keep:
-            return out, {"x": x, "h": h, "blocks": tape, "shapes": shapes}
+            return out, {"x": x, "h": h, "blocks": tape, "shapes": shapes, "levels": levels}
         return out
 
     def backward_grid(self, cache: dict[str, Any], gout: Array) -> dict[str, Array]:
         """Parameter gradients for the cotangent ``gout`` of :meth:`forward_grid`'s output."""
         xp, P = self.xp, self.params
-        grads = {}
-        blocks = {name: (a, c) for name, a, c in cache["blocks"]}
+        grads: dict[str, Array] = {}
+        # the blocks are undone in the reverse order of the forward pass; a shared block
+        # appears once per level and its gradients add up
+        tape = list(cache["blocks"])
+
+        def accumulate(key, g):
+            grads[key] = grads[key] + g if key in grads else g
 
         def block_back(g, name):
-            a, c = blocks[name]
-            gc, grads[name + ".w2"], grads[name + ".b2"] = conv_same_backward(
-                xp, c, P[name + ".w2"], g)
+            taped, a, c = tape.pop()
+            assert taped == name, (taped, name)
+            gc, gw2, gb2 = conv_same_backward(xp, c, P[name + ".w2"], g)
             gt = xp.where(c > 0, gc, xp.zeros_like(gc))
-            ga, grads[name + ".w1"], grads[name + ".b1"] = conv_same_backward(
-                xp, a, P[name + ".w1"], gt)
+            ga, gw1, gb1 = conv_same_backward(xp, a, P[name + ".w1"], gt)
+            for key, value in (("w2", gw2), ("b2", gb2), ("w1", gw1), ("b1", gb1)):
+                accumulate(f"{name}.{key}", value)
             return g + xp.where(a > 0, ga, xp.zeros_like(ga))
 
-        down, coarse, up = _stage_names(self.levels)
+        levels = cache["levels"]
+        down, coarse, up = _stage_names(levels, self.shared_levels)
         shapes = cache["shapes"]
         gh, grads["out.w"], grads["out.b"] = conv_same_backward(xp, cache["h"], P["out.w"], gout)
         gskips = []  # cotangent of each level's skip (the sum is linear in both terms)
-        for lv in range(self.levels):
+        for lv in range(levels):
             for i in reversed(range(self.n_blocks)):
                 gh = block_back(gh, f"{up[lv]}{i}")
             gskips.append(gh)
             gh = _upsample_backward(xp, gh, self.pool, shapes[lv + 1])
         for i in reversed(range(self.n_blocks)):
             gh = block_back(gh, f"{coarse}{i}")
-        for lv in reversed(range(self.levels)):
+        for lv in reversed(range(levels)):
             gh = gskips[lv] + _avg_pool_backward(xp, gh, self.pool, shapes[lv])
             for i in reversed(range(self.n_blocks)):
                 gh = block_back(gh, f"{down[lv]}{i}")
         _, grads["in.w"], grads["in.b"] = conv_same_backward(xp, cache["x"], P["in.w"], gh)
-        return {k: grads[k] for k in P}
+        # a shared level the grid was too small to reach gets a zero gradient
+        return {k: grads[k] if k in grads else xp.zeros_like(P[k]) for k in P}
 
     def _check_vectors(self, r):
         if self.grid_shape is None:
@@ -689,7 +740,8 @@ class ConvDirectionModel:
         # files written before the multi-level network have no "levels": one level
         model = cls(config["dim"], config["channels"], config["n_blocks"], seed=config["seed"],
                     mask_channel=config["mask_channel"], dtype=dtype,
-                    levels=config.get("levels", 1))
+                    levels=config.get("levels", 1),
+                    shared_levels=config.get("shared_levels", False))
         if set(params) != set(model.params):
             raise ValueError(f"{WHERE}.load: {path} does not hold the parameters of its "
                              "declared architecture")

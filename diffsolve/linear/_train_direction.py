@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .. import _backend as B
@@ -44,8 +44,9 @@ class DirectionTrainingResult:
         The trained model, bound to the training grid.
     loss_history : list of float
         Mini-batch loss of every step.
-    ritz_values : array
-        Ritz values of the Lanczos run the training data came from (ascending).
+    ritz_values : array or list of arrays
+        Ritz values of the Lanczos run the training data came from (ascending); one array
+        per problem when a family was trained on.
     seconds : float
         Wall time of the Lanczos run plus the training loop.
 
@@ -185,7 +186,9 @@ def direction_loss(op, model, b, *, keep=False):
     return loss, cache, g
 
 
-def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array | None = None,
+def train_direction_model(A: Matrix | Sequence[Matrix],
+                          grid_shape: tuple[int, ...] | Sequence[tuple[int, ...]], *,
+                          mask: Array | Sequence[Array | None] | None = None,
                           model: ConvDirectionModel | None = None, channels: int = 16,
                           n_blocks: int = 1, n_steps: int = 1000, batch_size: int = 10,
                           lr: float | Callable[[int], float] = 1e-4, n_ritz: int | None = None,
@@ -193,18 +196,24 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
                           progress: bool = True, dtype: str = "float32",
                           callback: Callable[[int, float, ConvDirectionModel], object] | None
                           = None, max_seconds: float | None = None,
-                          levels: int | str = 1) -> DirectionTrainingResult:
-    """Train a :class:`ConvDirectionModel` for ``A`` (symmetric positive definite) on a grid.
+                          levels: int | str = 1,
+                          shared_levels: bool = False) -> DirectionTrainingResult:
+    """Train a :class:`ConvDirectionModel` for ``A`` (symmetric positive definite) on a grid,
+    or for a family of such matrices.
 
     Parameters
     ----------
-    A : array, sparse matrix or LinearOperator, shape (n, n)
+    A : array, sparse matrix or LinearOperator, shape (n, n), or a list of them
         The training matrix; ``n`` is the number of grid cells (or of True cells of
-        ``mask``), in C order.
-    grid_shape : tuple of int
-        The grid (2 or 3 sizes): the model's ``dim``.
-    mask : bool array of grid_shape, optional
-        Fluid cells (the unknowns); gives the model a mask input channel.
+        ``mask``), in C order. A list trains one model on a family of problems (grids of
+        several sizes, coefficient fields, boundary conditions, obstacle layouts): each
+        gets its own Lanczos data and the steps visit them in turn.
+    grid_shape : tuple of int, or a list of them
+        The grid (2 or 3 sizes): the model's ``dim``; a list (one grid per matrix) with a
+        list ``A``.
+    mask : bool array of grid_shape, or a list of them, optional
+        Fluid cells (the unknowns); gives the model a mask input channel. With a list ``A``,
+        a list of masks (all or none given).
     model : ConvDirectionModel, optional
         Continue training this model (default: a new one with ``channels``, ``n_blocks``,
         ``seed``).
@@ -234,11 +243,16 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
     levels : int or "auto"
         Pooling levels of a new model (see :class:`ConvDirectionModel`; ``"auto"`` is
         resolved on ``grid_shape``); not used when ``model`` is given.
+    shared_levels : bool
+        Whether the levels between the grid and the coarsest share their weights (see
+        :class:`ConvDirectionModel`; with ``levels="auto"`` the trained model then adapts
+        its depth to every grid it runs on); not used when ``model`` is given.
 
     Returns
     -------
     DirectionTrainingResult
-        ``model``, ``loss_history``, ``ritz_values``, ``seconds``.
+        ``model`` (bound to the first grid), ``loss_history``, ``ritz_values`` (a list, one
+        array per problem, for a family), ``seconds``.
 
     See Also
     --------
@@ -256,16 +270,19 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
     ...                             n_ritz=16, progress=False)
     >>> len(out.loss_history)
     3
+
+    A family: the same Laplacian on two grid sizes, visited in turn.
+
+    >>> T4 = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(4, 4))
+    >>> A4 = (sp.kron(sp.eye(4), T4) + sp.kron(T4, sp.eye(4))).tocsr()
+    >>> out = train_direction_model([A, A4], [(8, 8), (4, 4)], channels=4, n_steps=4,
+    ...                             batch_size=2, n_ritz=8, progress=False)
+    >>> out.model.grid_shape, len(out.ritz_values)
+    ((8, 8), 2)
     """
     start = time.perf_counter()
-    op, xp = _operator(A)
-    grid_shape = tuple(int(s) for s in grid_shape)
-    n_cells = math.prod(grid_shape)
-    n_expected = n_cells if mask is None else int(xp.sum(xp.astype(mask, xp.int64)))
-    if op.n != n_expected:
-        where_ = " (True cells of mask)" if mask is not None else ""
-        raise ValueError(f"{WHERE}: A is {op.shape} but the grid {grid_shape} has "
-                         f"{n_expected} unknowns{where_}")
+    family = isinstance(A, (list, tuple))
+    matrices, grids, masks = _family(A, grid_shape, mask, family)
     for name, value in (("n_steps", n_steps), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{WHERE}: {name} must be a positive integer, got {value!r}")
@@ -273,24 +290,46 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
     if not (0 < low_fraction <= 1) or low_weight <= 0 or schedule(0) <= 0:
         raise ValueError(f"{WHERE}: need 0 < low_fraction <= 1, low_weight > 0 and lr > 0; "
                          f"got {low_fraction!r}, {low_weight!r}, {lr!r}")
-    dev = _device_of(op)
+    ops = []
+    for k, (Ak, grid, mk) in enumerate(zip(matrices, grids, masks, strict=True)):
+        op, xp = _operator(Ak)
+        n_expected = math.prod(grid) if mk is None else int(xp.sum(xp.astype(mk, xp.int64)))
+        if op.n != n_expected:
+            where_ = " (True cells of mask)" if mk is not None else ""
+            which = f"A[{k}]" if family else "A"
+            raise ValueError(f"{WHERE}: {which} is {op.shape} but the grid {grid} has "
+                             f"{n_expected} unknowns{where_}")
+        ops.append(op)
+    if len({len(g) for g in grids}) != 1 or len({mk is None for mk in masks}) != 1:
+        raise ValueError(f"{WHERE}: the problems of a family must have grids of one dimension "
+                         f"and either all or none a mask; got grids {grids}")
+    xp = ops[0].xp
+    dev = _device_of(ops[0])
     like = xp.zeros((1,), device=dev) if dev is not None else xp.zeros((1,))
     if model is None:
-        model = ConvDirectionModel(len(grid_shape), channels, n_blocks, seed=seed,
-                                   mask_channel=mask is not None, dtype=dtype,
+        model = ConvDirectionModel(len(grids[0]), channels, n_blocks, seed=seed,
+                                   mask_channel=masks[0] is not None, dtype=dtype,
                                    # checked here so that a bad value names this function
-                                   levels=_check_levels(levels, grid_shape, WHERE))
-    model = model.to(like).on_grid(grid_shape, mask)
+                                   levels=_check_levels(levels, grids[0], WHERE,
+                                                        shared_levels),
+                                   shared_levels=shared_levels)
+    model = model.to(like)
     work_dtype = model.dtype
-    n_ritz = min(op.n, 400) if n_ritz is None else int(n_ritz)
-    values, V = lanczos_ritz(op, n_ritz, seed=seed, dtype=op.dtype if op.kind != "operator"
-                             else xp.float64)
-    V = xp.astype(V, work_dtype)
-    m = V.shape[1]
-    weights = [low_weight if i < max(1, round(low_fraction * m)) else 1.0 for i in range(m)]
-    weights = _from_host(xp, B.host_namespace().asarray(weights), work_dtype, dev)
+    # per problem: the model bound to its grid (sharing the weights), its Ritz data and its
+    # operator in the working dtype
+    data = []
+    all_values = []
+    for k, (op, grid, mk) in enumerate(zip(ops, grids, masks, strict=True)):
+        m_k = min(op.n, 400) if n_ritz is None else min(int(n_ritz), op.n)
+        values, V = lanczos_ritz(op, m_k, seed=seed + 7919 * k, dtype=op.dtype
+                                 if op.kind != "operator" else xp.float64)
+        V = xp.astype(V, work_dtype)
+        m = V.shape[1]
+        weights = [low_weight if i < max(1, round(low_fraction * m)) else 1.0 for i in range(m)]
+        weights = _from_host(xp, B.host_namespace().asarray(weights), work_dtype, dev)
+        data.append((model.on_grid(grid, mk), V, weights, _cast_operator(op, work_dtype)))
+        all_values.append(values)
     rng = B.host_rng(seed + 1)
-    work_op = _cast_operator(op, work_dtype)
     adam = _Adam(model.params, schedule(0))
     history = []
     bar = None
@@ -300,12 +339,16 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
         bar = tqdm(total=n_steps, desc="train_direction_model", leave=False)
     try:
         for step in range(n_steps):
-            coeff = _from_host(xp, rng.standard_normal((m, batch_size)), work_dtype, dev)
+            # a family is visited in turn, so that every problem weighs the same
+            bound, V, weights, work_op = data[step % len(data)]
+            bound.params = model.params
+            coeff = _from_host(xp, rng.standard_normal((V.shape[1], batch_size)), work_dtype,
+                               dev)
             b = V @ (coeff * weights[:, None])
             b = b / xp.sqrt(xp.sum(b * b, axis=0))
             adam.lr = schedule(step)
-            loss, cache, g = direction_loss(work_op, model, b, keep=True)
-            grads = model.backward(cache, xp.astype(g, work_dtype))
+            loss, cache, g = direction_loss(work_op, bound, b, keep=True)
+            grads = bound.backward(cache, xp.astype(g, work_dtype))
             model.params = adam.step(xp, model.params, grads)
             history.append(float(loss))
             if bar is not None:
@@ -313,18 +356,40 @@ def train_direction_model(A: Matrix, grid_shape: tuple[int, ...], *, mask: Array
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{history[-1]:.4g}")
             if callback is not None:
-                callback(step, history[-1], model)
+                callback(step, history[-1], model.on_grid(grids[0], masks[0]))
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
     finally:
         if bar is not None:
             bar.close()
-    model.metadata.update({"trained_on": f"{op.n} unknowns, grid {grid_shape}",
+    model = model.on_grid(grids[0], masks[0])
+    trained_on = [f"{op.n} unknowns, grid {grid}" for op, grid in zip(ops, grids, strict=True)]
+    model.metadata.update({"trained_on": trained_on if family else trained_on[0],
                            "n_steps": len(history), "batch_size": batch_size,
                            "lr": lr if not callable(lr) else "schedule",
-                           "n_ritz": m, "final_loss": history[-1] if history else None})
+                           "n_ritz": [d[1].shape[1] for d in data] if family
+                           else data[0][1].shape[1],
+                           "final_loss": history[-1] if history else None})
+    values = all_values if family else all_values[0]
     return DirectionTrainingResult(model=model, loss_history=history, ritz_values=values,
                                    seconds=time.perf_counter() - start)
+
+
+def _family(A, grid_shape, mask, family):
+    """``(matrices, grids, masks)`` lists for one problem or a family of them."""
+    if not family:
+        return [A], [tuple(int(s) for s in grid_shape)], [mask]
+    if len(A) == 0:
+        raise ValueError(f"{WHERE}: A is an empty list; give a matrix or a list of matrices")
+    if (not isinstance(grid_shape, (list, tuple)) or len(grid_shape) != len(A)
+            or not all(isinstance(g, (list, tuple)) for g in grid_shape)):
+        raise ValueError(f"{WHERE}: with a list of {len(A)} matrices, grid_shape must be a list "
+                         f"of {len(A)} grid shapes (one per matrix), got {grid_shape!r}")
+    if mask is not None and (not isinstance(mask, (list, tuple)) or len(mask) != len(A)):
+        raise ValueError(f"{WHERE}: with a list of {len(A)} matrices, mask must be None or a "
+                         f"list of {len(A)} masks, got {type(mask).__name__}")
+    masks = list(mask) if mask is not None else [None] * len(A)
+    return list(A), [tuple(int(s) for s in g) for g in grid_shape], masks
 
 
 def _operator(A):
