@@ -23,7 +23,8 @@ def held_out_loss(model, A, grid, mask=None, n_rhs=24, seed=11):
     w = np.where(np.arange(V.shape[1]) < V.shape[1] // 2, 9.0, 1.0)
     b = V @ (rng.standard_normal((V.shape[1], n_rhs)) * w[:, None])
     b /= np.linalg.norm(b, axis=0)
-    bound = model.astype("float64").on_grid(grid, mask)
+    diagonal = A.diagonal() if model.coefficient_channel else None
+    bound = model.astype("float64").on_grid(grid, mask, diagonal)
     return float(direction_loss(op, bound, b))
 
 

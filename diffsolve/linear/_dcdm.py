@@ -104,6 +104,15 @@ def resolve_model(model, op, xp, device):
         raise ValueError(f"{WHERE}: the model's weights live in {model.xp.__name__} but b in "
                          f"{xp.__name__} (device {device}); move them once with "
                          "model = model.to(b)")
+    if model.coefficient_channel:
+        diagonal = op.diagonal()
+        if diagonal is not None:
+            # the model must see this matrix's diagonal, whatever was bound before
+            model = model.on_grid(model.grid_shape, model.mask, coefficient=diagonal)
+        elif model._coefficient is None:
+            raise ValueError(f"{WHERE}: the model has a coefficient channel and A is a "
+                             "LinearOperator, which has no diagonal to read; bind it with "
+                             "model.on_grid(grid_shape, mask, coefficient=diagonal_of_A)")
     return model
 
 

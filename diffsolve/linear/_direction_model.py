@@ -322,6 +322,14 @@ class ConvDirectionModel:
         256², 7 at 1024²), so the coarsest level always sees at most 8 cells per side, as
         in training; with an integer ``levels`` (at least 2) the depth is fixed. The
         parameter count does not depend on the depth.
+    coefficient_channel : bool
+        Give the network the matrix diagonal ``d`` (bound with :meth:`on_grid`, or by
+        :func:`~diffsolve.linear.solve` from ``A`` itself): the network then maps the
+        Jacobi-scaled residual ``d^{-1/2} r`` to ``d^{-1/2} N(d^{-1/2} r, log d)``, with
+        ``log d`` (centred on its mean) as an extra input channel, so one model can serve
+        variable coefficients and Neumann or Dirichlet walls (they change the diagonal of
+        the wall cells). Both scalings are fixed diagonal maps, so the direction stays a
+        function of the residual alone and the backward rule only rescales the cotangent.
 
     See Also
     --------
@@ -360,7 +368,7 @@ class ConvDirectionModel:
                  mask: Array | None = None, seed: int = 0, *, mask_channel: bool | None = None,
                  grid_shape: tuple[int, ...] | None = None, dtype: str = "float32",
                  like: Array | None = None, levels: int | str = 1,
-                 shared_levels: bool = False) -> None:
+                 shared_levels: bool = False, coefficient_channel: bool = False) -> None:
         if dim not in (2, 3):
             raise ValueError(f"{WHERE}: dim must be 2 or 3, got {dim!r}")
         for name, value in (("channels", channels), ("n_blocks", n_blocks)):
@@ -376,6 +384,10 @@ class ConvDirectionModel:
         self.channels = channels
         self.n_blocks = n_blocks
         self.mask_channel = bool(mask is not None if mask_channel is None else mask_channel)
+        if not isinstance(coefficient_channel, bool):
+            raise ValueError(f"{WHERE}: coefficient_channel must be True or False, got "
+                             f"{coefficient_channel!r}")
+        self.coefficient_channel = coefficient_channel
         self.seed = seed
         self.metadata: dict[str, Any] = {}
         self.kernel = (1, 3, 3) if dim == 2 else (3, 3, 3)
@@ -383,7 +395,7 @@ class ConvDirectionModel:
         hxp = B.host_namespace()
         rng = B.host_rng(seed)
         params = {}
-        n_in = 2 if self.mask_channel else 1
+        n_in = 1 + int(self.mask_channel) + int(coefficient_channel)
         taps = math.prod(self.kernel)
 
         def he(cout, cin, gain=1.0):
@@ -412,6 +424,9 @@ class ConvDirectionModel:
         self.grid_shape = None
         self.mask = None
         self._gather = None
+        self._dscale = None
+        self._coefficient = None
+        self._coef_grid = None
         if grid_shape is not None or mask is not None:
             # mask is not None when grid_shape is (the condition above)
             self._bind(grid_shape if grid_shape is not None else
@@ -431,7 +446,8 @@ class ConvDirectionModel:
         """The architecture (what :meth:`save` writes besides the weights)."""
         return {"dim": self.dim, "channels": self.channels, "n_blocks": self.n_blocks,
                 "mask_channel": self.mask_channel, "seed": self.seed, "levels": self.levels,
-                "shared_levels": self.shared_levels}
+                "shared_levels": self.shared_levels,
+                "coefficient_channel": self.coefficient_channel}
 
     auto_levels = staticmethod(auto_levels)
 
@@ -471,7 +487,9 @@ class ConvDirectionModel:
         new._move_params(xp, device)
         if new.grid_shape is not None:
             mask = None if new.mask is None else _asarray_on(xp, new.mask, device)
-            new._bind(new.grid_shape, mask)
+            coefficient = (None if new._coefficient is None
+                           else _asarray_on(xp, new._coefficient, device))
+            new._bind(new.grid_shape, mask, coefficient)
         return new
 
     def astype(self, dtype: DType) -> ConvDirectionModel:
@@ -487,7 +505,7 @@ class ConvDirectionModel:
                 and xp.__name__ == self.xp.__name__ and str(B.device(p)) == str(device))
 
     # ----- grid binding -----------------------------------------------------------------
-    def _bind(self, grid_shape, mask):
+    def _bind(self, grid_shape, mask, coefficient=None):
         grid_shape = tuple(int(s) for s in grid_shape)
         if len(grid_shape) != self.dim or min(grid_shape) < 1:
             raise ValueError(f"{WHERE}: grid_shape must be {self.dim} positive sizes for a "
@@ -516,6 +534,42 @@ class ConvDirectionModel:
             self._scatter = xp.where(flat, rank, xp.full_like(rank, n_fluid))
         elif self.mask_channel:
             self._scatter = None
+        self._coefficient = None
+        self._dscale = None
+        self._coef_grid = None
+        if coefficient is not None:
+            self._bind_coefficient(coefficient)
+
+    def _bind_coefficient(self, coefficient):
+        """The matrix diagonal: its ``d^{-1/2}`` scaling and the centred ``log d`` channel."""
+        if not self.coefficient_channel:
+            raise ValueError(f"{WHERE}: this model has no coefficient channel (it was built "
+                             "without coefficient_channel=True); drop coefficient, or build "
+                             "and train a model with coefficient_channel=True")
+        xp = self.xp
+        n = self.n_unknowns
+        d = _asarray_on(xp, coefficient, B.device(self.params["in.w"]))
+        if tuple(d.shape) != (n,):
+            raise ValueError(f"{WHERE}: coefficient must be the matrix diagonal, one value per "
+                             f"unknown: shape ({n},) for the grid {self.grid_shape}, got "
+                             f"{tuple(d.shape)}")
+        d = xp.astype(d, xp.float64)
+        if not bool(xp.all(d > 0)) or not bool(xp.all(xp.isfinite(d))):
+            raise ValueError(f"{WHERE}: coefficient (the matrix diagonal) must be positive and "
+                             "finite everywhere, as the diagonal of a symmetric positive "
+                             f"definite matrix is; got values in [{float(xp.min(d))!r}, "
+                             f"{float(xp.max(d))!r}]")
+        self._coefficient = d
+        self._dscale = xp.reshape(1.0 / xp.sqrt(d), (-1, 1))
+        logd = xp.log(d)
+        # centred, so a matrix scaled by a constant gives the same input
+        self._coef_grid = self._grid_output_backward((logd - xp.mean(logd))[:, None])
+
+    def _need_coefficient(self):
+        if self._dscale is None:
+            raise ValueError(f"{WHERE}: this model has a coefficient channel but no matrix "
+                             "diagonal is bound; bind it with model.on_grid(grid_shape, mask, "
+                             "coefficient=A.diagonal()) (diffsolve.linear.solve binds A's own)")
 
     @property
     def n_unknowns(self) -> int | None:
@@ -524,15 +578,17 @@ class ConvDirectionModel:
             return None
         return math.prod(self.grid_shape) if self._gather is None else self._gather.shape[0]
 
-    def on_grid(self, grid_shape: tuple[int, ...],
-                mask: Array | None = None) -> ConvDirectionModel:
+    def on_grid(self, grid_shape: tuple[int, ...], mask: Array | None = None,
+                coefficient: Array | None = None) -> ConvDirectionModel:
         """A copy bound to ``grid_shape`` (and fluid ``mask``), sharing the weights.
 
         The convolutions do not depend on the grid size, so a model trained on 64² can be
         bound to 128² or 256² (or to another obstacle layout with a mask-channel model).
+        A model with ``coefficient_channel`` also takes the matrix diagonal
+        (``coefficient``, one value per unknown).
         """
         new = self._copy()
-        new._bind(grid_shape, mask)
+        new._bind(grid_shape, mask, coefficient)
         return new
 
     # ----- vectors <-> grids ------------------------------------------------------------
@@ -556,6 +612,9 @@ class ConvDirectionModel:
             else:
                 m = xp.ones((1, 1, *shape3), dtype=v.dtype, device=v.device)
             grid = xp.concat([grid, xp.broadcast_to(m, grid.shape)], axis=1)
+        if self.coefficient_channel:
+            c = xp.astype(self._coef_grid, v.dtype)
+            grid = xp.concat([grid, xp.broadcast_to(c, (nb, 1, *shape3))], axis=1)
         return grid
 
     def _grid_output(self, out):
@@ -688,14 +747,27 @@ class ConvDirectionModel:
     def forward(self, r: Array, *, keep: bool = False,
                 conv: str | None = None) -> Array | tuple[Array, dict[str, Any]]:
         """Directions for the columns of ``r`` (n, B); with ``keep`` also the tape."""
+        scale = None
+        if self.coefficient_channel:
+            self._need_coefficient()
+            # Jacobi scaling on both sides: the network sees D^{-1/2} A D^{-1/2}'s residual
+            scale = self.xp.astype(self._dscale, r.dtype)
+            r = r * scale
         x = self._grid_input(r)
         if keep:
             out, cache = self.forward_grid(x, keep=True, conv=conv)
-            return self._grid_output(out), cache
-        return self._grid_output(self.forward_grid(x, conv=conv))
+        else:
+            out, cache = self.forward_grid(x, conv=conv), None
+        q = self._grid_output(out)
+        if scale is not None:
+            q = q * scale
+        return (q, cache) if keep else q
 
     def backward(self, cache: dict[str, Any], g: Array) -> dict[str, Array]:
         """Parameter gradients for the cotangent ``g`` (n, B) of :meth:`forward`'s output."""
+        if self.coefficient_channel:
+            self._need_coefficient()
+            g = g * self.xp.astype(self._dscale, g.dtype)
         return self.backward_grid(cache, self._grid_output_backward(g))
 
     def __call__(self, r: Array) -> Array:
@@ -741,7 +813,8 @@ class ConvDirectionModel:
         model = cls(config["dim"], config["channels"], config["n_blocks"], seed=config["seed"],
                     mask_channel=config["mask_channel"], dtype=dtype,
                     levels=config.get("levels", 1),
-                    shared_levels=config.get("shared_levels", False))
+                    shared_levels=config.get("shared_levels", False),
+                    coefficient_channel=config.get("coefficient_channel", False))
         if set(params) != set(model.params):
             raise ValueError(f"{WHERE}.load: {path} does not hold the parameters of its "
                              "declared architecture")

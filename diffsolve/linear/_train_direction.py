@@ -197,7 +197,8 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
                           callback: Callable[[int, float, ConvDirectionModel], object] | None
                           = None, max_seconds: float | None = None,
                           levels: int | str = 1,
-                          shared_levels: bool = False) -> DirectionTrainingResult:
+                          shared_levels: bool = False,
+                          coefficient_channel: bool = False) -> DirectionTrainingResult:
     """Train a :class:`ConvDirectionModel` for ``A`` (symmetric positive definite) on a grid,
     or for a family of such matrices.
 
@@ -247,6 +248,10 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
         Whether the levels between the grid and the coarsest share their weights (see
         :class:`ConvDirectionModel`; with ``levels="auto"`` the trained model then adapts
         its depth to every grid it runs on); not used when ``model`` is given.
+    coefficient_channel : bool
+        Give a new model the matrix diagonal as an input channel and Jacobi scaling (see
+        :class:`ConvDirectionModel`); each training matrix's own diagonal is bound. Not
+        used when ``model`` is given (a given model's own setting applies).
 
     Returns
     -------
@@ -312,7 +317,8 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
                                    # checked here so that a bad value names this function
                                    levels=_check_levels(levels, grids[0], WHERE,
                                                         shared_levels),
-                                   shared_levels=shared_levels)
+                                   shared_levels=shared_levels,
+                                   coefficient_channel=coefficient_channel)
     model = model.to(like)
     work_dtype = model.dtype
     # per problem: the model bound to its grid (sharing the weights), its Ritz data and its
@@ -327,7 +333,13 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
         m = V.shape[1]
         weights = [low_weight if i < max(1, round(low_fraction * m)) else 1.0 for i in range(m)]
         weights = _from_host(xp, B.host_namespace().asarray(weights), work_dtype, dev)
-        data.append((model.on_grid(grid, mk), V, weights, _cast_operator(op, work_dtype)))
+        diagonal = op.diagonal() if model.coefficient_channel else None
+        if model.coefficient_channel and diagonal is None:
+            raise ValueError(f"{WHERE}: a model with a coefficient channel needs the matrix "
+                             "diagonal, and a LinearOperator has none to read; pass the "
+                             "matrix (dense or sparse)")
+        data.append((model.on_grid(grid, mk, diagonal), V, weights,
+                     _cast_operator(op, work_dtype)))
         all_values.append(values)
     rng = B.host_rng(seed + 1)
     adam = _Adam(model.params, schedule(0))
@@ -356,13 +368,17 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{history[-1]:.4g}")
             if callback is not None:
-                callback(step, history[-1], model.on_grid(grids[0], masks[0]))
+                first = data[0][0]._copy()
+                first.params = model.params
+                callback(step, history[-1], first)
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
     finally:
         if bar is not None:
             bar.close()
-    model = model.on_grid(grids[0], masks[0])
+    first = data[0][0]._copy()
+    first.params = model.params
+    model = first
     trained_on = [f"{op.n} unknowns, grid {grid}" for op, grid in zip(ops, grids, strict=True)]
     model.metadata.update({"trained_on": trained_on if family else trained_on[0],
                            "n_steps": len(history), "batch_size": batch_size,
