@@ -164,3 +164,53 @@ def test_errors(rng):
         model.on_grid((4, 4))(rng.standard_normal(16))
     with pytest.raises(ValueError, match="coefficient_channel must be True or False"):
         ConvDirectionModel(2, coefficient_channel=1)
+
+
+def test_diffusion2d_is_the_finite_volume_operator():
+    """The benchmark's problem generator: Poisson for k = 1, harmonic face means, Neumann
+    walls remove the wall face, symmetric positive definite."""
+    s = 6
+    np.testing.assert_array_equal(diffusion2d(np.ones((s, s))).toarray(),
+                                  poisson2d(s).toarray())
+    k = lognormal_field(s, 1.0, seed=3)
+    A = diffusion2d(k, neumann=("left",)).toarray()
+    np.testing.assert_array_equal(A, A.T)
+    assert np.linalg.eigvalsh(A).min() > 0
+    i, j = 2 * s + 3, 2 * s + 4  # cells (2, 3) and (2, 4): horizontal neighbours
+    np.testing.assert_allclose(-A[i, j], 2 * k[2, 3] * k[2, 4] / (k[2, 3] + k[2, 4]))
+    # cell (2, 0) on the Neumann left wall: faces to (1, 0), (3, 0), (2, 1) only
+    c = 2 * s
+    faces = [2 * k[2, 0] * k[r, q] / (k[2, 0] + k[r, q]) for r, q in ((1, 0), (3, 0), (2, 1))]
+    np.testing.assert_allclose(A[c, c], sum(faces))
+    # cell (0, 3) on the Dirichlet top wall: the row sum is its own k, the wall face
+    np.testing.assert_allclose(A[3].sum(), k[0, 3])
+    with pytest.raises(ValueError, match="at most three"):
+        diffusion2d(k, neumann=("top", "bottom", "left", "right"))
+
+
+@pytest.mark.gpu
+def test_cupy_matches_numpy_with_shared_levels_and_coefficient(rng):
+    cupy = pytest.importorskip("cupy")
+    import cupyx.scipy.sparse as csp
+
+    s = 19
+    A = diffusion2d(lognormal_field(s, 1.2, seed=6), neumann=("bottom",))
+    model = _model(levels="auto", shared_levels=True).on_grid((s, s),
+                                                             coefficient=A.diagonal())
+    r = rng.standard_normal((s * s, 2))
+    g = rng.standard_normal((s * s, 2))
+    out, cache = model.forward(r, keep=True)
+    grads = model.backward(cache, g)
+    gpu = model.to(cupy.asarray(r))
+    out_gpu, cache_gpu = gpu.forward(cupy.asarray(r), keep=True)
+    grads_gpu = gpu.backward(cache_gpu, cupy.asarray(g))
+    np.testing.assert_allclose(out_gpu.get(), out, rtol=1e-10, atol=1e-12)
+    for k, v in grads.items():
+        np.testing.assert_allclose(grads_gpu[k].get(), v, rtol=1e-9, atol=1e-11, err_msg=k)
+    # the solve binds the CuPy matrix's own diagonal
+    b = rng.standard_normal(s * s)
+    cpu, _ = _solve(A, b, method="dcdm", model=model, rtol=1e-8)
+    on_gpu, _ = _solve(csp.csr_matrix(A), cupy.asarray(b), method="dcdm", model=gpu,
+                       rtol=1e-8)
+    assert on_gpu.converged and abs(on_gpu.n_iters - cpu.n_iters) <= 2
+    np.testing.assert_allclose(on_gpu.x.get(), cpu.x, rtol=1e-6, atol=1e-8)
