@@ -47,6 +47,7 @@ _WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 PRETRAINED = {
     "poisson2d-64": "dcdm_poisson2d_64.npz",
     "poisson2d-64-obstacles": "dcdm_poisson2d_64_obstacles.npz",
+    "poisson2d-multilevel": "dcdm_poisson2d_multilevel.npz",
 }
 
 # Which convolution the model uses on NumPy for inference: "kernel" (Numba direct loop) or
@@ -868,10 +869,14 @@ def pretrained_direction_model(name: str = "poisson2d-64", *,
 
     Parameters
     ----------
-    name : {"poisson2d-64", "poisson2d-64-obstacles"}
+    name : {"poisson2d-64", "poisson2d-64-obstacles", "poisson2d-multilevel"}
         5-point Poisson (Dirichlet walls) on 64² grids, trained by
         ``bench/train_dcdm_weights.py``; the obstacle model has a mask channel (bind the
-        mask with :meth:`ConvDirectionModel.on_grid`).
+        mask with :meth:`ConvDirectionModel.on_grid`). ``"poisson2d-multilevel"`` has shared
+        levels with ``levels="auto"`` (its depth follows the grid) and was trained on 32²,
+        64² and 128² (``--which multilevel``): its iteration count stays nearly flat from
+        64² to 512², where the one-level models' grows; ``model=None`` in
+        :func:`~diffsolve.linear.solve` is still ``"poisson2d-64"``.
     like : array, optional
         Put the weights on this array's namespace/device.
 
