@@ -146,7 +146,8 @@ def test_gradient_matches_finite_differences(rng, kind):
         A_bar, b_bar = f_vjp(x=w)
         db = rng.standard_normal(25)
         if kind == "dense":
-            dA = rng.standard_normal((25, 25))
+            # a symmetric perturbation on the grid's stencil: DCDM refuses other matrices
+            dA = rng.standard_normal((25, 25)) * (A != 0)
             dA = dA + dA.T
             predicted = np.sum(A_bar * dA) + b_bar @ db
         else:
@@ -296,3 +297,33 @@ def test_shipped_multilevel_model_keeps_the_count_flat():
         assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b) * (1 + 1e-6)
         counts[s] = res.n_iters
     assert counts[256] <= 30 and counts[256] <= 1.6 * counts[64], counts
+
+
+def test_a_bound_model_refuses_a_matrix_of_another_grid(rng):
+    """Binding a model states the grid; a matrix that couples non-neighbours of that grid
+    (a dense SPD matrix, a 3-D Laplacian of as many unknowns, a masked grid's matrix with
+    a long-range coupling) is refused, its own grid's matrix accepted."""
+    model = ConvDirectionModel(2, channels=2, grid_shape=(8, 8))
+    b = rng.standard_normal(64)
+    M = rng.standard_normal((64, 64))
+    with pytest.raises(ValueError, match=r"model bound to the grid \(8, 8\).*couples"):
+        solve(M @ M.T + 64 * np.eye(64), b, method="dcdm", model=model)
+    t = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(4, 4))
+    eye = sp.eye(4)
+    lap3 = (sp.kron(sp.kron(t, eye), eye) + sp.kron(sp.kron(eye, t), eye)
+            + sp.kron(sp.kron(eye, eye), t)).tocsr()  # 4³ = 64 unknowns, not an 8x8 grid
+    with pytest.raises(ValueError, match="not grid neighbours"):
+        solve(lap3, b, method="dcdm", model=model)
+    res, _ = _solve_recording(poisson2d(8), b, method="dcdm", model=model, rtol=1e-8)
+    assert res.converged
+    # masked: the fluid cells' matrix passes, a coupling across the obstacle does not
+    mask = obstacle_mask(16, seed=2)
+    masked = ConvDirectionModel(2, channels=2, mask=mask)
+    A = poisson2d(16, mask)
+    n = A.shape[0]
+    bm = rng.standard_normal(n)
+    res, _ = _solve_recording(A, bm, method="dcdm", model=masked, rtol=1e-8)
+    assert res.converged
+    far = sp.coo_matrix(([-0.1, -0.1], ([0, n - 1], [n - 1, 0])), shape=(n, n))
+    with pytest.raises(ValueError, match=r"grid \(16, 16\) and a mask.*2 pairs"):
+        solve((A + far).tocsr(), bm, method="dcdm", model=masked)

@@ -87,7 +87,8 @@ def resolve_model(model, op, xp, device):
     if not isinstance(model, ConvDirectionModel):
         raise TypeError(f"{WHERE}: model must be a diffsolve.linear.ConvDirectionModel or None "
                         f"(the shipped Poisson model), got a {type(model).__name__}")
-    if model.grid_shape is None:
+    checked = model.grid_shape is None
+    if checked:
         side = round(n ** (1.0 / model.dim))
         shape = next((tuple([s] * model.dim) for s in (side - 1, side, side + 1)
                       if s > 0 and s ** model.dim == n), None)
@@ -100,6 +101,13 @@ def resolve_model(model, op, xp, device):
     if model.n_unknowns != n:
         raise ValueError(f"{WHERE}: the model's grid {model.grid_shape} has "
                          f"{model.n_unknowns} unknowns but A is {op.shape}")
+    if not checked:
+        # a model the user bound is checked against its grid too (the unknowns of a masked
+        # grid are its fluid cells, so their couplings are compared as cells)
+        check_grid_operator(op, model.grid_shape, xp,
+                            f"a model bound to the grid {model.grid_shape}"
+                            + (" and a mask" if model.mask is not None else ""),
+                            cells=model._gather)
     if not model.namespace_matches(xp, device):
         raise ValueError(f"{WHERE}: the model's weights live in {model.xp.__name__} but b in "
                          f"{xp.__name__} (device {device}); move them once with "
@@ -116,14 +124,15 @@ def resolve_model(model, op, xp, device):
     return model
 
 
-def check_grid_operator(op, grid_shape, xp, what):
+def check_grid_operator(op, grid_shape, xp, what, cells=None):
     """Raise ``ValueError`` unless ``A`` couples only grid neighbours of ``grid_shape``.
 
     The network maps a residual on the grid to a direction on the grid, so it is
     meaningful only for matrices of the grid's nearest-neighbour stencil (5 points in 2-D,
     7 in 3-D; unknowns in C order). A matrix that merely has a square (cubic) number of
     unknowns, a dense SPD matrix or a 3-D Laplacian of 16³ = 64² unknowns, say, is not.
-    A LinearOperator is probed with three unit vectors.
+    A LinearOperator is probed with three unit vectors. ``cells`` maps unknowns to grid
+    cells (the fluid cells of a mask); without it unknown ``i`` is cell ``i``.
     """
     if op.kind == "operator":
         # no entries to read: probe three columns (a corner, the middle, the last cell)
@@ -148,6 +157,9 @@ def check_grid_operator(op, grid_shape, xp, what):
         rows, cols = xp.nonzero(op.A != 0)
     rows = xp.astype(rows, xp.int64)
     cols = xp.astype(cols, xp.int64)
+    if cells is not None:
+        rows = xp.take(cells, rows)
+        cols = xp.take(cells, cols)
     distance = xp.zeros(rows.shape, dtype=xp.int64, device=B.device(rows))
     stride = 1
     for size in reversed(grid_shape):
