@@ -395,3 +395,17 @@ def test_framework_arrays_to_the_plain_function_say_which_adapter():
         odeint(lambda t, y, p: -y, torch.ones(2, dtype=torch.float64), [0.0, 1.0])
     with pytest.raises(TypeError, match=r"params must be an array.*to_torch"):
         odeint(lambda t, y, p: -y, np.ones(2), [0.0, 1.0], torch.ones(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "kvaerno5", "rodas5", "auto"])
+def test_callback_stops_on_true_only_in_every_method(method):
+    """The contract's rule (the one linear.solve and bilevel.solve follow): True or a NumPy
+    bool True stops; None, False and other values (1, a non-empty list) continue."""
+    full = odeint(lv, Y0, T, P, method=method)
+    for value in (None, False, 1, [0], np.bool_(False)):
+        res = odeint(lv, Y0, T, P, method=method, callback=lambda s, v=value: v)
+        assert res.status is ds.Status.SUCCESS, (value, res.message)
+        assert res.n_steps == full.n_steps
+    for value in (True, np.bool_(True), np.array(True)):
+        res = odeint(lv, Y0, T, P, method=method, callback=lambda s, v=value: v)
+        assert res.status is ds.Status.STOPPED and res.n_accepted == 1, value

@@ -24,6 +24,7 @@ from functools import cached_property
 from .. import _backend as B
 from .._status import Status
 from .._typing import Array, HostArray
+from ..krylov._common import wants_stop
 from ._controller import Controller, initial_step, initial_step_host
 from ._result import status_message
 from ._settings import ODEState
@@ -233,8 +234,8 @@ def integrate(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: str, f
 
 def _stop(callback, t, y, h, n_steps, n_acc, E, trajectory) -> bool:
     """Whether the callback asks to stop after an accepted step."""
-    stop = callback(ODEState(t, y, h, n_steps, n_acc, E, trajectory))
-    return stop is not None and bool(stop)
+    # the contract's rule: True (or a NumPy/0-d bool True) stops, anything else continues
+    return wants_stop(callback(ODEState(t, y, h, n_steps, n_acc, E, trajectory)))
 
 
 def _readonly(y):

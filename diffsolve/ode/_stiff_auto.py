@@ -23,6 +23,7 @@ import math
 
 from .. import _backend as B
 from .._status import Status
+from ..krylov._common import wants_stop
 from ._adjoint import discrete_adjoint
 from ._integrate import Stepper, Trajectory, integrate
 from ._stiff_adjoint import esdirk_adjoint
@@ -45,7 +46,7 @@ def auto_trajectory(stepper: Stepper, run_stiff, rhs, y0, t_out, *, controller, 
     run = {"count": 0, "switched": False, "user_stop": False}
 
     def detector(state):
-        if callback is not None and callback(state):
+        if callback is not None and wants_stop(callback(state)):
             run["user_stop"] = True
             return True
         lam = stepper.stiffness()

@@ -29,6 +29,7 @@ import math
 
 from .. import _backend as B
 from .._status import Status
+from ..krylov._common import wants_stop
 from ._controller import Controller, initial_step
 from ._integrate import Trajectory
 from ._result import status_message
@@ -246,8 +247,7 @@ def integrate_rosenbrock(tab, jacobian, rhs, y0, t_out, *, xp, dtype, device, rt
                 nfe += used
         if callback is not None:
             yv = xp.reshape(y, shape) if shape is not None else y
-            stop = callback(ODEState(t, yv, h, n_steps, n_acc, E, trajectory))
-            if stop is not None and bool(stop):
+            if wants_stop(callback(ODEState(t, yv, h, n_steps, n_acc, E, trajectory))):
                 status = Status.STOPPED
                 message = status_message(status, t, trajectory=trajectory)
                 break
