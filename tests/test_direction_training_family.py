@@ -97,3 +97,10 @@ def test_family_arguments_are_checked():
     with pytest.raises(ValueError, match="all or none a mask"):
         train_direction_model([A, A], [(4, 4), (4, 4)], mask=[np.ones((4, 4), bool), None],
                               progress=False)
+
+
+def test_family_in_two_array_libraries_is_refused():
+    xps = pytest.importorskip("array_api_strict")
+    A = poisson2d(4).toarray()
+    with pytest.raises(ValueError, match="one array library"):
+        train_direction_model([A, xps.asarray(A)], [(4, 4), (4, 4)], progress=False)

@@ -561,10 +561,12 @@ class ConvDirectionModel:
                              f"definite matrix is; got values in [{float(xp.min(d))!r}, "
                              f"{float(xp.max(d))!r}]")
         self._coefficient = d
-        self._dscale = xp.reshape(1.0 / xp.sqrt(d), (-1, 1))
+        # kept in the weights' dtype, so the per-iteration casts in forward are no-ops
+        self._dscale = xp.astype(xp.reshape(1.0 / xp.sqrt(d), (-1, 1)), self.dtype)
         logd = xp.log(d)
         # centred, so a matrix scaled by a constant gives the same input
-        self._coef_grid = self._grid_output_backward((logd - xp.mean(logd))[:, None])
+        self._coef_grid = xp.astype(
+            self._grid_output_backward((logd - xp.mean(logd))[:, None]), self.dtype)
 
     def _need_coefficient(self):
         if self._dscale is None:
@@ -614,7 +616,7 @@ class ConvDirectionModel:
                 m = xp.ones((1, 1, *shape3), dtype=v.dtype, device=v.device)
             grid = xp.concat([grid, xp.broadcast_to(m, grid.shape)], axis=1)
         if self.coefficient_channel:
-            c = xp.astype(self._coef_grid, v.dtype)
+            c = xp.astype(self._coef_grid, v.dtype, copy=False)
             grid = xp.concat([grid, xp.broadcast_to(c, (nb, 1, *shape3))], axis=1)
         return grid
 
@@ -752,7 +754,7 @@ class ConvDirectionModel:
         if self.coefficient_channel:
             self._need_coefficient()
             # Jacobi scaling on both sides: the network sees D^{-1/2} A D^{-1/2}'s residual
-            scale = self.xp.astype(self._dscale, r.dtype)
+            scale = self.xp.astype(self._dscale, r.dtype, copy=False)
             r = r * scale
         x = self._grid_input(r)
         if keep:
@@ -768,7 +770,7 @@ class ConvDirectionModel:
         """Parameter gradients for the cotangent ``g`` (n, B) of :meth:`forward`'s output."""
         if self.coefficient_channel:
             self._need_coefficient()
-            g = g * self.xp.astype(self._dscale, g.dtype)
+            g = g * self.xp.astype(self._dscale, g.dtype, copy=False)
         return self.backward_grid(cache, self._grid_output_backward(g))
 
     def __call__(self, r: Array) -> Array:

@@ -305,6 +305,9 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
             raise ValueError(f"{WHERE}: {which} is {op.shape} but the grid {grid} has "
                              f"{n_expected} unknowns{where_}")
         ops.append(op)
+    if len({op.xp.__name__ for op in ops}) != 1:
+        raise ValueError(f"{WHERE}: the matrices of a family must live in one array library "
+                         f"and device; got {sorted({op.xp.__name__ for op in ops})}")
     if len({len(g) for g in grids}) != 1 or len({mk is None for mk in masks}) != 1:
         raise ValueError(f"{WHERE}: the problems of a family must have grids of one dimension "
                          f"and either all or none a mask; got grids {grids}")
@@ -368,17 +371,13 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{history[-1]:.4g}")
             if callback is not None:
-                first = data[0][0]._copy()
-                first.params = model.params
-                callback(step, history[-1], first)
+                callback(step, history[-1], _with_params(data[0][0], model.params))
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
     finally:
         if bar is not None:
             bar.close()
-    first = data[0][0]._copy()
-    first.params = model.params
-    model = first
+    model = _with_params(data[0][0], model.params)
     trained_on = [f"{op.n} unknowns, grid {grid}" for op, grid in zip(ops, grids, strict=True)]
     model.metadata.update({"trained_on": trained_on if family else trained_on[0],
                            "n_steps": len(history), "batch_size": batch_size,
@@ -389,6 +388,13 @@ def train_direction_model(A: Matrix | Sequence[Matrix],
     values = all_values if family else all_values[0]
     return DirectionTrainingResult(model=model, loss_history=history, ritz_values=values,
                                    seconds=time.perf_counter() - start)
+
+
+def _with_params(bound, params):
+    """A copy of the bound model ``bound`` carrying ``params`` (the weights being trained)."""
+    new = bound._copy()
+    new.params = params
+    return new
 
 
 def _family(A, grid_shape, mask, family):
