@@ -200,6 +200,11 @@ def is_array(x) -> bool:
     return array_api_compat.is_array_api_obj(x)
 
 
+def is_numpy_array(x) -> bool:
+    """True for a NumPy ``ndarray`` (a cheap test for hot paths: no namespace lookup)."""
+    return isinstance(x, np.ndarray)
+
+
 def _library(x) -> str:
     if is_sparse(x):
         data = x.data
@@ -224,31 +229,19 @@ def scaled_norm(xp, v) -> float:
     return s * float(xp.sqrt(xp.sum(w * w)))
 
 
-_CHECKSUM_WEIGHTS: dict[int, Any] = {}
-
-
 def content_checksum(v) -> int:
     """An exact checksum of a NumPy array's entries: ``sum_i w_i bits(v_i)`` modulo 2⁶⁴,
     the bits of each entry read as an unsigned integer and ``w_i`` irregular odd integers.
 
     Any change of one entry changes it (an odd weight is invertible modulo 2⁶⁴), however
     small the change, which a floating-point checksum would round away; permuting entries
-    changes it too. One pass over the data: for caches keyed on content, so that an array
-    mutated in place is never a stale hit.
+    changes it too. One pass over the data (a compiled loop): for caches keyed on content,
+    so that an array mutated in place is never a stale hit.
     """
     flat = np.ascontiguousarray(v).reshape(-1)
     unsigned = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}.get(flat.dtype.itemsize)
     bits = flat.view(unsigned) if unsigned is not None else flat.view(np.uint8)
-    bits = bits.astype(np.uint64, copy=False)
-    n = bits.shape[0]
-    w = _CHECKSUM_WEIGHTS.get(n)
-    if w is None:
-        if len(_CHECKSUM_WEIGHTS) > 16:
-            _CHECKSUM_WEIGHTS.clear()
-        # i·(2⁶⁴/φ) modulo 2⁶⁴, made odd: Knuth's multiplicative hashing constant
-        i = np.arange(1, n + 1, dtype=np.uint64)
-        w = _CHECKSUM_WEIGHTS[n] = (i * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-    return int(np.sum(bits * w))
+    return int(get_kernel(np, "checksum.weighted_bit_sum")(bits))
 
 
 def array_namespace(*xs, where: str = "diffsolve"):
@@ -267,9 +260,14 @@ def array_namespace(*xs, where: str = "diffsolve"):
     >>> array_namespace(np.ones(3)).__name__
     'array_api_compat.numpy'
     """
+    key = tuple(map(type, xs))
+    known = _NAMESPACE_BY_TYPES.get(key)
+    if known is not None:
+        return known
     arrays: list[Any]
     libs: dict[str, Any]
     arrays, libs = [], {}
+    type_decides = True
     for x in xs:
         if x is None or isinstance(x, (bool, int, float, complex)):
             continue
@@ -277,6 +275,7 @@ def array_namespace(*xs, where: str = "diffsolve"):
             data = x.data
             arrays.append(data)
             libs.setdefault(_library(data), type(x).__name__)
+            type_decides = False  # diffsolve's CSR holds NumPy or CuPy data
         elif is_linear_operator(x):
             lib = _library(x)
             libs.setdefault(lib, type(x).__name__)
@@ -307,8 +306,19 @@ def array_namespace(*xs, where: str = "diffsolve"):
         )
     if not arrays:
         lib = next(iter(libs), "numpy")
-        return _namespace_by_name(lib)
-    return array_api_compat.array_namespace(*arrays)
+        xp = _namespace_by_name(lib)
+    else:
+        xp = array_api_compat.array_namespace(*arrays)
+    if type_decides:
+        # every test above reads only the types (isinstance, the defining module), so the
+        # answer is remembered per tuple of types: the hot paths call this on every solve
+        if len(_NAMESPACE_BY_TYPES) >= 512:
+            _NAMESPACE_BY_TYPES.clear()
+        _NAMESPACE_BY_TYPES[key] = xp
+    return xp
+
+
+_NAMESPACE_BY_TYPES: dict[tuple, Any] = {}
 
 
 def _namespace_by_name(lib: str):
@@ -603,6 +613,13 @@ def host_numpy(x):
             "device arrays to the host silently"
         )
     return np.asarray(x)
+
+
+def report_floats(x) -> list[float]:
+    """The entries of a small 1-D JAX array of diagnostics as Python floats, in one
+    transfer (``jax.device_get`` plus ``float`` per entry costs 15 µs more per call; the
+    compiled paths read their whole report this way, explicitly)."""
+    return np.asarray(x).tolist()
 
 
 def isfinite_all(xp, x) -> bool:

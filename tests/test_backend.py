@@ -141,3 +141,57 @@ def test_dense_lu_travels_between_dask_workers():
     b = np.array([1.0, 2.0])
     assert np.array_equal(moved.solve(b), lu.solve(b))
     assert np.allclose(A @ moved.solve(b), b)
+
+
+def _naive_checksum(v):
+    """The definition, one entry at a time in Python integers: sum_i ((i+1)·c | 1)·bits_i
+    modulo 2⁶⁴, with c = 0x9E3779B97F4A7C15."""
+    flat = np.ascontiguousarray(v).reshape(-1)
+    width = flat.dtype.itemsize
+    bits = flat.view({8: np.uint64, 4: np.uint32, 2: np.uint16}.get(width, np.uint8))
+    c, total = 0x9E3779B97F4A7C15, 0
+    for i, b in enumerate(bits.tolist()):
+        total += ((((i + 1) * c) % 2**64) | 1) * int(b)
+    return total % 2**64
+
+
+@pytest.mark.parametrize("make", [
+    lambda r: r.standard_normal(257),
+    lambda r: r.standard_normal((7, 9)).astype(np.float32),
+    lambda r: r.standard_normal((6, 5)).T,  # not contiguous
+    lambda r: r.integers(-5, 5, 40).astype(np.int16),
+    lambda r: r.integers(0, 2, 9).astype(bool),
+    lambda r: np.zeros(0),
+])
+def test_content_checksum_matches_the_naive_definition(make):
+    v = make(np.random.default_rng(3))
+    assert B.content_checksum(v) == _naive_checksum(v)
+
+
+def test_content_checksum_sees_every_change():
+    v = np.random.default_rng(4).standard_normal(1000)
+    base = B.content_checksum(v)
+    for i in (0, 500, 999):
+        w = v.copy()
+        w[i] = np.nextafter(w[i], np.inf)  # the smallest possible change
+        assert B.content_checksum(w) != base
+    assert B.content_checksum(v[::-1].copy()) != base  # a permutation
+    assert B.content_checksum(-0.0 * np.ones(3)) != B.content_checksum(np.zeros(3))
+
+
+def test_namespace_is_remembered_per_types_but_not_for_csr():
+    """array_namespace answers from a per-type memo; diffsolve's CSR (NumPy or CuPy data
+    behind one type) is looked at every time, and errors are never remembered."""
+    B._NAMESPACE_BY_TYPES.clear()
+    assert B.is_numpy(B.array_namespace(np.ones(2), None, 1.0))
+    assert (np.ndarray, type(None), float) in B._NAMESPACE_BY_TYPES
+    B.array_namespace(ds.CSR.from_sparse(sp.eye(2)))
+    assert (ds.CSR,) not in B._NAMESPACE_BY_TYPES
+    with pytest.raises(TypeError, match="expected arrays"):
+        B.array_namespace(np.ones(2), "x")
+    assert (np.ndarray, str) not in B._NAMESPACE_BY_TYPES
+    strict = pytest.importorskip("array_api_strict")
+    with pytest.raises(TypeError, match="different array libraries"):
+        B.array_namespace(np.ones(2), strict.ones(2))
+    with pytest.raises(TypeError, match="different array libraries"):  # still, the second time
+        B.array_namespace(np.ones(2), strict.ones(2))

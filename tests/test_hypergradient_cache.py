@@ -245,3 +245,30 @@ def test_numpy_array_mutated_in_place_misses_the_cache():
     target[:] = [5.0, -1.0, 0.5]  # mutated in place, same binding
     second = hypergradient(outer, inner, x, y)
     np.testing.assert_allclose(np.asarray(second), -target, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_input_gets_the_generic_error(compiled, which, bad):
+    """The compiled path checks x and y for NaN / inf inside the jitted function (no eager
+    host sync); a bad entry still gets the error every other path gives."""
+    outer, inner, x, w = _problem(p=4)
+    if which == "x":
+        x = x.at[0].set(bad)
+    else:
+        w = w.at[2].set(bad)
+    with pytest.raises(ValueError, match=f"{which} contains NaN or inf"):
+        hypergradient(outer, inner, x, w)
+    assert compiled == [False]
+
+
+def test_options_kept_on_the_device_follow_new_values():
+    """The options array is cached per set of values: a new rtol or maxiter is honoured."""
+    outer, inner, x, w = _problem(p=12)
+    _, loose = hypergradient(outer, inner, x, w, rtol=1e-2, return_info=True)
+    _, tight = hypergradient(outer, inner, x, w, rtol=1e-12, return_info=True)
+    assert loose.n_iters < tight.n_iters
+    assert loose.residual_norm > tight.residual_norm
+    with pytest.warns(ds.ConvergenceWarning):
+        _, short = hypergradient(outer, inner, x, w, rtol=1e-12, maxiter=2, return_info=True)
+    assert short.n_iters == 2

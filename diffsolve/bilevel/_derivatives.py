@@ -49,10 +49,11 @@ _WHAT = {"outer": "the outer objective", "inner": "the inner objective",
          "constraint": "the lower-level constraint", "grad_y inner": "∇ᵧ of the inner objective"}
 
 
-def check_array(where: str, name: str, a):
+def check_array(where: str, name: str, a, *, finite: bool = True):
     """diffsolve's array policy for x and y, torch / JAX arrays included: objectives written
-    with torch / jax.numpy are differentiated by their own autodiff."""
-    return V.float_array(where, name, a, allow_frameworks=True)
+    with torch / jax.numpy are differentiated by their own autodiff. ``finite=False`` leaves
+    the NaN / inf check to the caller."""
+    return V.float_array(where, name, a, allow_frameworks=True, finite=finite)
 
 
 same_library = V.same_library
@@ -238,8 +239,8 @@ def _content(obj):
     """The content key of a bound NumPy array (an exact checksum: an array mutated in place
     behind the same binding misses the cache, since ``jax.jit`` baked its old values in);
     ``None`` for anything else (JAX arrays are immutable; other objects go by identity)."""
-    if B.is_array(obj) and B.is_numpy(B.array_namespace(obj)) and obj.dtype.kind in "biufc":
-        return (tuple(obj.shape), str(obj.dtype), B.content_checksum(obj))
+    if B.is_numpy_array(obj) and obj.dtype.kind in "biufc":
+        return (obj.shape, obj.dtype, B.content_checksum(obj))
     return None
 
 
