@@ -201,8 +201,9 @@ def is_array(x) -> bool:
 
 
 def is_numpy_array(x) -> bool:
-    """True for a NumPy ``ndarray`` (a cheap test for hot paths: no namespace lookup)."""
-    return isinstance(x, np.ndarray)
+    """True for a NumPy ``ndarray`` or NumPy scalar (``np.float64(1.0)``), as
+    ``array_api_compat.is_numpy_array``; a cheap test for hot paths (no namespace lookup)."""
+    return isinstance(x, (np.ndarray, np.generic))
 
 
 def _library(x) -> str:

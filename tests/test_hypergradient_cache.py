@@ -272,3 +272,16 @@ def test_options_kept_on_the_device_follow_new_values():
     with pytest.warns(ds.ConvergenceWarning):
         _, short = hypergradient(outer, inner, x, w, rtol=1e-12, maxiter=2, return_info=True)
     assert short.n_iters == 2
+
+
+
+def test_numpy_arrays_and_scalars_are_keyed_by_content():
+    """Bound NumPy arrays and NumPy scalars carry their content in the cache key (exact
+    checksum); JAX arrays and other objects go by identity alone."""
+    a = np.array([1.0, 2.0])
+    key = D._content(a)
+    a[1] = np.nextafter(2.0, 3.0)
+    assert D._content(a) != key
+    assert D._content(np.float64(2.0)) == D._content(np.float64(2.0))
+    assert D._content(np.float64(2.0)) != D._content(np.float64(3.0))
+    assert D._content(jnp.ones(2)) is None and D._content(2.0) is None
