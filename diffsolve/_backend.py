@@ -276,7 +276,9 @@ def array_namespace(*xs, where: str = "diffsolve"):
             data = x.data
             arrays.append(data)
             libs.setdefault(_library(data), type(x).__name__)
-            type_decides = False  # diffsolve's CSR holds NumPy or CuPy data
+            # SciPy sparse data is NumPy's and CuPy sparse data CuPy's, whatever the
+            # instance; diffsolve's CSR holds either behind one type
+            type_decides = type_decides and not isinstance(x, CSR)
         elif is_linear_operator(x):
             lib = _library(x)
             libs.setdefault(lib, type(x).__name__)

@@ -104,6 +104,47 @@ def test_compiled_cg_gives_the_same_iterates_on_one_thread_and_on_two():
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("m", [24, 60])  # one row block of the reductions, and two
+@pytest.mark.parametrize("jacobi", [False, True])
+def test_serial_twin_of_the_cg_loop_gives_the_parallel_kernels_bits(m, jacobi):
+    """The one-thread build (no parallel regions) is the same source without prange, so
+    iterates, iteration counts and status are bit-identical to the parallel kernel's."""
+    A = poisson_2d(m)
+    b = np.cos(np.arange(A.shape[0], dtype=np.float64))
+    inv_diag = 1.0 / A.diagonal() if jacobi else np.empty(0)
+    runs = []
+    for kernel in (krylov._cg_solve_csr, krylov._cg_solve_csr_serial):
+        x = np.zeros_like(b)
+        out = kernel(A.indptr, A.indices, A.data, b, x, inv_diag, jacobi, 1e-10, 500, 1e-15)
+        runs.append((out, x))
+    assert runs[0][0] == runs[1][0] and runs[0][0][1] == krylov.CG_CONVERGED
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    # and the one-thread matvec twins, 1-D and 2-D
+    from diffsolve.kernels.cpu import sparse
+
+    X = np.stack([b, -2.0 * b], axis=1)
+    for par, ser, v in ((sparse._csr_matvec_1d, sparse._csr_matvec_1d_serial, b),
+                        (sparse._csr_matvec_2d, sparse._csr_matvec_2d_serial, X)):
+        np.testing.assert_array_equal(par(A.indptr, A.indices, A.data, v, np.empty_like(v)),
+                                      ser(A.indptr, A.indices, A.data, v, np.empty_like(v)))
+    np.testing.assert_allclose(sparse.csr_matvec(A.indptr, A.indices, A.data, b,
+                                                 np.empty_like(b)), A @ b, rtol=1e-14)
+
+
+def test_small_calls_take_the_serial_twin_without_touching_the_thread_count(monkeypatch):
+    import diffsolve.kernels.cpu._config as config
+
+    def no_switch(n):
+        raise AssertionError("numba.set_num_threads called for a call below the threshold")
+
+    monkeypatch.setattr(config.numba, "set_num_threads", no_switch)
+    A = poisson_2d(12)
+    b = np.ones(A.shape[0])
+    res = solve(A, b, method="cg", rtol=1e-10)
+    assert res.converged
+    np.testing.assert_allclose(A @ res.x, b, atol=1e-8)
+
+
 def test_small_cg_runs_on_one_thread_and_agrees_with_the_public_solve():
     A = poisson_2d(24)
     b = np.ones(A.shape[0])

@@ -34,8 +34,16 @@ from typing import Any
 
 import numba
 
-__all__ = ["ADAPTIVE_THREADS", "FASTMATH", "SERIAL_BELOW", "UncachedKernelWarning",
-           "call_threaded", "jit", "njit_options"]
+__all__ = [
+    "ADAPTIVE_THREADS",
+    "FASTMATH",
+    "SERIAL_BELOW",
+    "UncachedKernelWarning",
+    "call_threaded",
+    "jit",
+    "njit_options",
+    "serial_twin",
+]
 
 
 def _env_flag(name: str) -> bool:
@@ -148,6 +156,31 @@ def jit(parallel: bool = False, signature=None,
     return decorate
 
 
+def serial_twin(kernel: Any, **callees: Any) -> Any:
+    """A one-thread build of the ``parallel=True`` kernel ``kernel``, for small calls.
+
+    The same Python source compiled without Numba's parallel backend (``prange`` runs as
+    ``range``), so the twin does the same arithmetic in the same order: kernels that
+    reduce over fixed row blocks give bit-identical results. A small call pays no parallel
+    region at all (setting one thread for the call, as :func:`call_threaded` does, still
+    opens one per ``prange``: a few microseconds each, the bulk of a 500-unknown CG
+    iteration). ``callees`` replaces the kernels the body calls by their own twins.
+
+    The twin is a separate function, named ``<name>_serial``, so that Numba's on-disk
+    cache keeps both builds (it files a function's builds under its qualified name).
+    """
+    import types
+
+    fn = kernel.py_func
+    name = fn.__name__ + "_serial"
+    glob = fn.__globals__ if not callees else {**fn.__globals__, **callees}
+    twin = types.FunctionType(fn.__code__, glob, name, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    twin.__module__ = fn.__module__
+    twin.__doc__ = f"One-thread build of :func:`{fn.__name__}` (see :func:`serial_twin`)."
+    return jit(parallel=False)(twin)
+
+
 _uncached_warned = False
 
 
@@ -242,7 +275,8 @@ _choices: dict[tuple[Any, int], _ThreadChoice] = {}
 
 def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,
                   serial_below: int | None = None,
-                  repeats: Callable[[Any], int] | None = None) -> Any:
+                  repeats: Callable[[Any], int] | None = None,
+                  serial: Callable[..., Any] | None = None) -> Any:
     """Call a ``parallel=True`` kernel with the number of threads that is fastest now.
 
     Below ``serial_below`` units of work the call runs on one thread: waking Numba's pool
@@ -256,9 +290,9 @@ def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,
 
     "All threads" is ``numba.get_num_threads()`` in the calling thread, so
     ``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` remain the limit. The count is set
-    for this call only (``numba.set_num_threads`` is thread-local) rather than compiling a
-    second, serial copy of the kernel: Numba's on-disk cache files both copies under one
-    name and they would evict each other.
+    for this call only (``numba.set_num_threads`` is thread-local). A kernel's
+    :func:`serial_twin`, passed as ``serial``, runs the calls below the threshold instead:
+    it opens no parallel region at all.
 
     Parameters
     ----------
@@ -275,16 +309,22 @@ def call_threaded(kernel: Callable[..., Any], work: int, *args: Any,
         For a kernel that loops (a whole CG solve): ``repeats(result)`` is how many times
         the call did ``work`` (its iteration count), so that the measured time per unit
         compares calls that ran for different numbers of iterations.
+    serial : callable, optional
+        The kernel's :func:`serial_twin` (same arguments, same results), for the calls
+        below the threshold and when Numba has one thread.
 
     Returns
     -------
     object
         What ``kernel(*args)`` returns.
     """
+    small = work < (SERIAL_BELOW if serial_below is None else serial_below)
+    if small and serial is not None:
+        return serial(*args)
     n_threads = numba.get_num_threads()
     if n_threads == 1:
-        return kernel(*args)
-    if work < (SERIAL_BELOW if serial_below is None else serial_below):
+        return (kernel if serial is None else serial)(*args)
+    if small:
         numba.set_num_threads(1)
         try:
             return kernel(*args)

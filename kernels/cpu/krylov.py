@@ -14,11 +14,12 @@ The CuPy twins in :mod:`diffsolve.kernels.cuda.krylov` have identical signatures
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
-from ._config import call_threaded, jit
-from .sparse import _csr_matvec_1d
+from ._config import call_threaded, jit, serial_twin
+from .sparse import _csr_matvec_1d, _csr_matvec_1d_serial
 
 __all__ = ["cg_direction", "cg_next", "cg_solve_csr", "cg_step_size", "cg_update", "column_dots",
            "curvature_dots"]
@@ -255,6 +256,13 @@ def _cg_solve_csr(indptr, indices, data, b, x, inv_diag, precondition, tol, maxi
     return it, CG_MAXITER
 
 
+# the loop and the kernels it calls built once more for one thread (no parallel regions)
+_cg_solve_csr_serial = serial_twin(
+    _cg_solve_csr, _csr_matvec_1d=_csr_matvec_1d_serial,
+    _column_dots=serial_twin(_column_dots), _curvature_dots=serial_twin(_curvature_dots),
+    _cg_update=serial_twin(_cg_update), _cg_direction=serial_twin(_cg_direction))
+
+
 def cg_solve_csr(indptr, indices, data, b, x, inv_diag, tol, maxiter, floor):
     """Conjugate gradients on a CSR matrix, the whole iteration in one compiled call.
 
@@ -290,9 +298,16 @@ def cg_solve_csr(indptr, indices, data, b, x, inv_diag, tol, maxiter, floor):
     # work of one iteration: a CSR product and five passes over vectors. Each iteration
     # opens several parallel regions; measured on 2 cores (load ~2), one thread is as fast
     # or faster up to a 192² Poisson matrix (work ~3.7e5), 2.5x faster at 24²
-    # (bench/bench_speed_setup.py); above the threshold call_threaded measures and chooses
-    n_iters, status = call_threaded(
-        _cg_solve_csr, data.size + 5 * b.shape[0], indptr, indices, data, b, x, inv_diag,
-        precondition, x.dtype.type(tol), int(maxiter), x.dtype.type(floor),
-        serial_below=CG_SERIAL_BELOW, repeats=lambda out: out[0])
+    # (bench/bench_speed_setup.py). Below the threshold (or with one Numba thread) the
+    # one-thread build runs, which opens no parallel region; above it call_threaded
+    # measures and chooses. Both builds give the same bits.
+    work = data.size + 5 * b.shape[0]
+    args = (indptr, indices, data, b, x, inv_diag, precondition, x.dtype.type(tol),
+            int(maxiter), x.dtype.type(floor))
+    if work < CG_SERIAL_BELOW or numba.get_num_threads() == 1:
+        n_iters, status = _cg_solve_csr_serial(*args)
+    else:
+        n_iters, status = call_threaded(_cg_solve_csr, work, *args,
+                                        serial_below=CG_SERIAL_BELOW,
+                                        repeats=lambda out: out[0])
     return int(n_iters), int(status)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import call_threaded, jit
+from ._config import call_threaded, jit, serial_twin
 
 __all__ = ["csr_matvec", "csr_sampled_outer"]
 
@@ -87,6 +87,10 @@ def _csr_matvec_2d(indptr, indices, data, x, out):  # pragma: no cover - compile
             for c in range(k):
                 out[i, c] += a * out.dtype.type(x[j, c])
     return out
+
+
+_csr_matvec_1d_serial = serial_twin(_csr_matvec_1d)
+_csr_matvec_2d_serial = serial_twin(_csr_matvec_2d)
 
 
 def csr_matvec(indptr, indices, data, x, out):
@@ -145,12 +149,14 @@ def csr_matvec(indptr, indices, data, x, out):
     if x.ndim == 1:
         if out.shape != (n_rows,):
             raise ValueError(f"out must have shape {(n_rows,)} for 1-D x, got {out.shape}")
-        call_threaded(_csr_matvec_1d, data.size, indptr, indices, data, x, out)
+        call_threaded(_csr_matvec_1d, data.size, indptr, indices, data, x, out,
+                      serial=_csr_matvec_1d_serial)
     elif x.ndim == 2:
         expected = (n_rows, x.shape[1])
         if out.shape != expected:
             raise ValueError(f"out must have shape {expected} for 2-D x, got {out.shape}")
-        call_threaded(_csr_matvec_2d, data.size * x.shape[1], indptr, indices, data, x, out)
+        call_threaded(_csr_matvec_2d, data.size * x.shape[1], indptr, indices, data, x, out,
+                      serial=_csr_matvec_2d_serial)
     else:
         raise ValueError(f"x must be 1-D or 2-D, got {x.ndim}-D")
     return out
