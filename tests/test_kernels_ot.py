@@ -107,3 +107,21 @@ def test_cuda_twins_match_cpu(rng, shape, dtype):
         got = gpu.lse_cols(cupy.asarray(C), cupy.asarray(f), eps, cupy.asarray(active),
                            cupy.empty((shape[0], shape[2]), dtype))
         np.testing.assert_allclose(got.get()[on], want[on], **_tol(dtype))
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 5), (3, 40, 33)])
+def test_serial_twins_give_the_parallel_kernels_bits(rng, shape):
+    """Small problems run the one-thread builds (no parallel region): the same source
+    without prange, so the same numbers, inactive problems included."""
+    C = rng.random(shape) * 3.0
+    v = rng.standard_normal((shape[0], shape[2]))
+    u = rng.standard_normal((shape[0], shape[1]))
+    active = np.ones(shape[0], dtype=np.int8)
+    active[0] = 0
+    for par, vec, n_out in ((cpu._lse_rows, v, shape[1]), (cpu._lse_cols, u, shape[2])):
+        out_p = np.full((shape[0], n_out), 7.0)
+        out_s = np.full((shape[0], n_out), 7.0)
+        par(C, vec, 0.1, active, out_p)
+        cpu._SERIAL[par](C, vec, 0.1, active, out_s)
+        np.testing.assert_array_equal(out_p, out_s)
+        assert np.all(out_s[0] == 7.0)  # an inactive problem is left alone

@@ -55,7 +55,7 @@ def column_dots(a, b, out):
 
     Returns ``out`` (shape ``(k,)``), filled in place.
     """
-    return call_threaded(_column_dots, a.size, a, b, out)
+    return call_threaded(_column_dots, a.size, a, b, out, serial=_column_dots_serial)
 
 
 @jit(parallel=True)
@@ -90,7 +90,7 @@ def curvature_dots(p, Ap, out):
 
     ``out`` has shape ``(3, k)``; returned after being filled in place.
     """
-    return call_threaded(_curvature_dots, p.size, p, Ap, out)
+    return call_threaded(_curvature_dots, p.size, p, Ap, out, serial=_curvature_dots_serial)
 
 
 @jit(parallel=True)
@@ -123,7 +123,7 @@ def cg_update(x, r, p, Ap, alpha, rr):
     ``alpha`` and ``rr`` have shape ``(k,)``; a zero ``alpha`` leaves a column unchanged.
     Returns ``rr``.
     """
-    return call_threaded(_cg_update, x.size, x, r, p, Ap, alpha, rr)
+    return call_threaded(_cg_update, x.size, x, r, p, Ap, alpha, rr, serial=_cg_update_serial)
 
 
 @jit(parallel=True)
@@ -135,9 +135,15 @@ def _cg_direction(p, z, beta):  # pragma: no cover - compiled
     return p
 
 
+_column_dots_serial = serial_twin(_column_dots)
+_curvature_dots_serial = serial_twin(_curvature_dots)
+_cg_update_serial = serial_twin(_cg_update)
+_cg_direction_serial = serial_twin(_cg_direction)
+
+
 def cg_direction(p, z, beta):
     """``p = z + beta p`` in place (``beta`` per column); returns ``p``."""
-    return call_threaded(_cg_direction, p.size, p, z, beta)
+    return call_threaded(_cg_direction, p.size, p, z, beta, serial=_cg_direction_serial)
 
 
 # --------------------------------------------------------------------------------------
@@ -258,9 +264,9 @@ def _cg_solve_csr(indptr, indices, data, b, x, inv_diag, precondition, tol, maxi
 
 # the loop and the kernels it calls built once more for one thread (no parallel regions)
 _cg_solve_csr_serial = serial_twin(
-    _cg_solve_csr, _csr_matvec_1d=_csr_matvec_1d_serial,
-    _column_dots=serial_twin(_column_dots), _curvature_dots=serial_twin(_curvature_dots),
-    _cg_update=serial_twin(_cg_update), _cg_direction=serial_twin(_cg_direction))
+    _cg_solve_csr, _csr_matvec_1d=_csr_matvec_1d_serial, _column_dots=_column_dots_serial,
+    _curvature_dots=_curvature_dots_serial, _cg_update=_cg_update_serial,
+    _cg_direction=_cg_direction_serial)
 
 
 def cg_solve_csr(indptr, indices, data, b, x, inv_diag, tol, maxiter, floor):

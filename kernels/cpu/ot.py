@@ -35,7 +35,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._config import call_threaded, jit
+from ._config import call_threaded, jit, serial_twin
 
 __all__ = ["lse_cols", "lse_rows"]
 
@@ -147,8 +147,11 @@ def _lse_cols(C, f, eps, active, out):  # pragma: no cover - compiled
 
 
 def _call(kern, C, *args):
-    # small problems on one thread (see _config.call_threaded)
-    return call_threaded(kern, C.size, C, *args)
+    # small problems on one thread, in the one-thread build (see _config.call_threaded)
+    return call_threaded(kern, C.size, C, *args, serial=_SERIAL[kern])
+
+
+_SERIAL = {_lse_rows: serial_twin(_lse_rows), _lse_cols: serial_twin(_lse_cols)}
 
 
 def _check(C, v, active, out, n_v, n_out, what):

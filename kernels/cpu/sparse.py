@@ -196,6 +196,10 @@ def _csr_sampled_outer_2d(indptr, indices, u, v, out):  # pragma: no cover - com
     return out
 
 
+_csr_sampled_outer_1d_serial = serial_twin(_csr_sampled_outer_1d)
+_csr_sampled_outer_2d_serial = serial_twin(_csr_sampled_outer_2d)
+
+
 def csr_sampled_outer(indptr, indices, u, v, out):
     """Outer product ``u @ v.T`` sampled on a CSR sparsity pattern (SDDMM).
 
@@ -259,13 +263,15 @@ def csr_sampled_outer(indptr, indices, u, v, out):
     if u.shape[0] != n_rows:
         raise ValueError(f"u must have {n_rows} rows, got shape {u.shape}")
     if u.ndim == 1:
-        call_threaded(_csr_sampled_outer_1d, indices.size, indptr, indices, u, v, out)
+        call_threaded(_csr_sampled_outer_1d, indices.size, indptr, indices, u, v, out,
+                      serial=_csr_sampled_outer_1d_serial)
     elif u.ndim == 2:
         if u.shape[1] != v.shape[1]:
             raise ValueError(
                 f"u and v must have the same number of columns, got {u.shape} and {v.shape}"
             )
-        call_threaded(_csr_sampled_outer_2d, indices.size * u.shape[1], indptr, indices, u, v, out)
+        call_threaded(_csr_sampled_outer_2d, indices.size * u.shape[1], indptr, indices, u, v,
+                      out, serial=_csr_sampled_outer_2d_serial)
     else:
         raise ValueError(f"u and v must be 1-D or 2-D, got {u.ndim}-D")
     return out
