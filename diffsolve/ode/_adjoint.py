@@ -47,6 +47,9 @@ class _StepReverse:
         # stages whose dense-output weight b_i(θ) is not identically zero
         self.dense_rows = [i for i in range(tab.P.shape[0]) if bool(np.any(tab.P[i] != 0))]
         self._PT: dict = {}
+        # f and vjp from diffsolve.ode.from_torch: the step is rebuilt in torch and reversed
+        # in one backward pass instead of one VJP call per stage
+        self.graph = getattr(fvjp, "step_graph", None)
 
     def dense_PT(self, like):
         """``Pᵀ`` (``(m, s)``) in the namespace, dtype and device of ``like``."""
@@ -70,8 +73,16 @@ class _StepReverse:
         """
         xp, st = self.xp, self.st
         s, tab = st.s, st.tab
-        self.recompute(t, y, h)
-        K, G = self.K, self.G
+        if self.graph is not None:
+            # the last slope f(y_{n+1}) feeds only the outputs, the error and the stiffness
+            # estimates: without cotangents on those it is not evaluated
+            need_last = bool(S_bar) or (bool(E_bar) and self.e[s - 1] != 0.0) or (
+                (s - 1) in self.dense_rows and len(outputs) > 0)
+            stages = self.graph.build(t, y, h, self.A, st.c, last=need_last)
+            K, G = stages.K, stages.G
+        else:
+            self.recompute(t, y, h)
+            K, G = self.K, self.G
         Kbar = [None] * s
         Gbar = [None] * s
         ybar = None
@@ -131,6 +142,12 @@ class _StepReverse:
                 add(Kbar, s - 2, -gk)
                 add(Gbar, s - 1, gg)
                 add(Gbar, s - 2, -gg)
+        if self.graph is not None:
+            # the reverse of the stage assignments, the VJPs included, in one pass
+            gy, gp = stages.pullback(Kbar, Gbar)
+            if gp is not None:
+                p_bar = gp if p_bar is None else p_bar + gp
+            return (ybar if gy is None else _acc(ybar, gy)), p_bar
         A = self.A
         for i in range(s - 1, -1, -1):
             if Kbar[i] is not None:
