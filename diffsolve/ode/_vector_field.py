@@ -165,6 +165,15 @@ def from_torch(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
     vjp_np : callable
         ``vjp_np(t, y, params, v) -> (v^T df/dy, v^T df/dparams)``.
 
+    Notes
+    -----
+    Passed together to :func:`~diffsolve.ode.odeint` (``odeint(f_np, ..., vjp=vjp_np)``),
+    the pair is recognised by the discrete adjoint of the explicit methods: each step is
+    rebuilt in torch with its autograd graph and reversed in one backward pass, rather
+    than one ``vjp_np`` call (a re-run of ``f`` and a start of torch's backward engine)
+    per stage; the gradient is the same to rounding. Wrapping either function, or pairing
+    ``f_np`` with the ``vjp_np`` of another call, keeps the per-stage route.
+
     See Also
     --------
     diffsolve.ode.from_jax : The same for JAX.
@@ -276,9 +285,9 @@ class TorchStepGraph:
                 for j in range(i):
                     a = float(A[i, j])
                     if a != 0.0:
-                        term = K[j] * a
-                        acc = term if acc is None else acc + term
-                G.append(yl if acc is None else yl + h * acc)
+                        # acc + a K_j as one node (torch.add's alpha): fewer graph nodes
+                        acc = K[j] * a if acc is None else torch.add(acc, K[j], alpha=a)
+                G.append(yl if acc is None else torch.add(yl, acc, alpha=h))
                 K.append(f(t + float(c[i]) * h, G[i], pl) if last or i < s - 1 else None)
         return _StepStages(self, yl, pl, K, G)
 
