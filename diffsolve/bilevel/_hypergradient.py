@@ -727,6 +727,7 @@ def _build_jax_cg(outer, inner, outer_grad, inner_grad, inner_hvp):
 
     def run(x, y, options):
         rtol, atol, maxiter, ridge = options[0], options[1], options[2], options[3]
+        want_gy = options[4] != 0  # ||∇ᵧ inner|| is reported only with return_info
         scalar(inner, x, y)  # the shape checks of first_call, at trace time
         scalar(outer, x, y)
         if outer_grad is None:
@@ -741,6 +742,7 @@ def _build_jax_cg(outer, inner, outer_grad, inner_grad, inner_hvp):
             # linearised once in (x, y), for every product: a product's unused x part is
             # removed by the compiler, and the mixed product needs no second linearisation
             gy, hvp_xy = jax.vjp(grad_y, x, y)
+            gy_norm_value = jnp.linalg.norm(gy)  # the linearisation's value: free
 
             def apply(v):
                 return hvp_xy(v)[1] + ridge * v
@@ -748,7 +750,13 @@ def _build_jax_cg(outer, inner, outer_grad, inner_grad, inner_hvp):
             def hxy(v):
                 return hvp_xy(v)[0]
         else:
-            gy = grad_y(x, y) if inner_grad is None else pair(inner_grad(x, y), x, y)[1]
+            def gy_norm():
+                gy = grad_y(x, y) if inner_grad is None else pair(inner_grad(x, y), x, y)[1]
+                return jnp.linalg.norm(gy).astype(y.dtype)
+
+            # an inner gradient costs a pass over the data: computed only when reported
+            gy_norm_value = lax.cond(want_gy, gy_norm,
+                                     lambda: jnp.asarray(jnp.nan, y.dtype))
 
             def apply(v):
                 return pair(inner_hvp(x, y, v), x, y)[1] + ridge * v
@@ -800,7 +808,7 @@ def _build_jax_cg(outer, inner, outer_grad, inner_grad, inner_hvp):
                  & ~jnp.any((Y != 0) & (jnp.abs(v) < tiny)))
         grad = fx - hxy(v)
         # every number the report needs, in one array: one transfer to the host
-        report = jnp.stack([true * s, jnp.linalg.norm(fy), jnp.linalg.norm(gy), k,
+        report = jnp.stack([true * s, jnp.linalg.norm(fy), gy_norm_value, k,
                             clean, true <= tol]).astype(dtype)
         return grad, v, report
 
@@ -826,13 +834,14 @@ def _jax_implicit_cg(fns, x, y, st):
     # the options travel as one small array, an argument of the jitted function (new values
     # do not recompile); kept on the device per set of values, since a host array passed to
     # a jitted function is transferred on every call (25 µs, a sixth of a 100-feature call)
-    key = (st.rtol, st.atol, maxiter, st.ridge, y.dtype, _device_key(y))
+    key = (st.rtol, st.atol, maxiter, st.ridge, st.return_info, y.dtype, _device_key(y))
     options = _JAX_OPTIONS.get(key)
     if options is None:
         if len(_JAX_OPTIONS) >= 64:
             _JAX_OPTIONS.clear()
         options = _JAX_OPTIONS[key] = jax.device_put(
-            B.host_namespace().asarray([st.rtol, st.atol, maxiter, st.ridge], dtype=y.dtype),
+            B.host_namespace().asarray([st.rtol, st.atol, maxiter, st.ridge,
+                                        float(st.return_info)], dtype=y.dtype),
             _device_key(y))
     try:
         run = cached_jit("hypergradient-cg", fns, _build_jax_cg)
