@@ -197,8 +197,8 @@ def _settings(method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, a
     """The validated :class:`HypergradientSettings`, remembered per argument tuple (a
     hypergradient inside a training loop repeats the same options on every call)."""
     # typed: 1 and True, 1.0 and np.float64(1.0) are validated apart
-    key = (method, maxiter, rtol, stepsize, ridge, hvp, return_info, throw, atol, xp, dtype)
-    key = tuple((type(k), k) for k in key)
+    key = tuple((type(k), k) for k in (method, maxiter, rtol, stepsize, ridge, hvp,
+                                       return_info, throw, atol, xp, dtype))
     try:
         hit = _SETTINGS.get(key)
     except TypeError:  # an unhashable argument: validation will say what is wrong with it

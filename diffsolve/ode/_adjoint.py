@@ -24,6 +24,7 @@ stored output and ``a`` incremented by the output cotangent at each output time
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .. import _backend as B
 from ._integrate import STEP_DENSE_BATCH, Stepper, Trajectory, integrate, theta_powers
@@ -79,7 +80,8 @@ class _StepReverse:
             need_last = bool(S_bar) or (bool(E_bar) and self.e[s - 1] != 0.0) or (
                 (s - 1) in self.dense_rows and len(outputs) > 0)
             stages = self.graph.build(t, y, h, self.A, st.c, last=need_last)
-            K, G = stages.K, stages.G
+            K: Any = None  # the stage values, where a cotangent needs them (below)
+            G: Any = None
         else:
             self.recompute(t, y, h)
             K, G = self.K, self.G
@@ -110,6 +112,8 @@ class _StepReverse:
                 if w[i] != 0.0:
                     add(Kbar, i, (h * float(w[i])) * yq_bar)
             ybar = yq_bar if ybar is None else ybar + yq_bar
+        if (E_bar or S_bar) and K is None:
+            K, G = stages.K, stages.G
         if E_bar:
             y_new = G[s - 1, ...]
             err = h * self._weighted(self.e, K)

@@ -1,0 +1,120 @@
+"""from_jax pairs: the discrete adjoint reverses each explicit RK step in one compiled call
+(JaxStepGraph). The gradients must be the per-stage route's (one VJP call per stage) to
+rounding, for every kind of cotangent a step receives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffsolve as ds
+from diffsolve.ode import _vector_field as VF
+from diffsolve.ode import from_jax, odeint
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+
+def _field(t, y, p):
+    W = p[:4].reshape((2, 2))
+    return jnp.tanh(y @ W.T + p[4:6]) * (1.0 + 0.1 * t) - 0.3 * y
+
+
+def _field_no_params(t, y, p):
+    return jnp.sin(y[..., ::-1]) * (1.0 + 0.1 * t) - 0.3 * y
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture
+def built(monkeypatch):
+    count = []
+    real = VF.JaxStepGraph.build
+
+    def spy(self, *args, **kwargs):
+        count.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VF.JaxStepGraph, "build", spy)
+    return count
+
+
+def _grads(field, y0, t, p, per_stage=False, **kw):
+    f_np, vjp_np = from_jax(field)
+    vjp = (lambda *a: vjp_np(*a)) if per_stage else vjp_np
+    res, pull = ds.vjp(odeint, f_np, y0, t, p, vjp=vjp, **kw)
+    cot = {"ys": np.random.default_rng(7).standard_normal(res.ys.shape)}
+    if res.reg_error is not None:
+        cot["reg_error"] = 0.7
+    if res.reg_stiffness is not None:
+        cot["reg_stiffness"] = -0.4
+    return res, pull(**cot)
+
+
+@pytest.mark.parametrize("kw", [dict(method="dopri5"), dict(method="tsit5", checkpoint_every=3),
+                                dict(method="bs3"),
+                                dict(method="dopri5", regularizers=("error", "stiffness"))],
+                         ids=["dopri5", "tsit5-checkpoints", "bs3", "regularisers"])
+@pytest.mark.parametrize("n_out", [6, 400])
+def test_step_graph_matches_per_stage_vjps(kw, n_out, built):
+    rng = np.random.default_rng(3)
+    p, y0, t = rng.standard_normal(6), rng.standard_normal(2), np.linspace(0.0, 1.5, n_out)
+    res, fast = _grads(_field, y0, t, p, rtol=1e-8, atol=1e-8, **kw)
+    assert len(built) > 5
+    built.clear()
+    ref, slow = _grads(_field, y0, t, p, per_stage=True, rtol=1e-8, atol=1e-8, **kw)
+    assert not built
+    np.testing.assert_array_equal(res.ys, ref.ys)
+    rtol = 1e-9 if "regularizers" in kw else 1e-11  # 1/h-amplified rounding in λ's gradient
+    for a, b in zip(fast, slow):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol,
+                                       atol=1e-13 * max(1.0, float(np.max(np.abs(b)))))
+    assert np.linalg.norm(fast["params"]) > 0.0
+
+
+def test_batched_state_and_no_params(built):
+    rng = np.random.default_rng(5)
+    y0, t = rng.standard_normal((4, 2)), np.linspace(0.0, 2.0, 9)
+    for field, p in ((_field, rng.standard_normal(6)), (_field_no_params, None)):
+        built.clear()
+        _, fast = _grads(field, y0, t, p, batch_mode="shared", rtol=1e-7, atol=1e-9)
+        assert built
+        _, slow = _grads(field, y0, t, p, per_stage=True, batch_mode="shared", rtol=1e-7,
+                         atol=1e-9)
+        for a, b in zip(fast, slow):
+            if b is None:
+                assert a is None
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_to_jax_training_gradient_against_finite_differences():
+    """Through to_jax under jax.jit, as a training loop runs it: d loss / d params."""
+    rng = np.random.default_rng(11)
+    p, y0, t = rng.standard_normal(6), rng.standard_normal(2), np.linspace(0.0, 1.0, 5)
+    W = jnp.asarray(rng.standard_normal((5, 2)))
+    f_np, vjp_np = from_jax(_field)
+    ode = ds.to_jax(odeint)
+    res = odeint(f_np, y0, t, p, rtol=1e-6, atol=1e-6)
+
+    def loss(q, steps=None):
+        return jnp.sum(W * ode(f_np, jnp.asarray(y0), jnp.asarray(t), q, vjp=vjp_np,
+                               rtol=1e-6, atol=1e-6, step_ts=steps).ys)
+
+    g = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(p)))
+    eps = 1e-6
+    for k in range(6):
+        e = np.zeros(6)
+        e[k] = eps
+        fd = (float(loss(jnp.asarray(p + e), res.ts)) -
+              float(loss(jnp.asarray(p - e), res.ts))) / (2 * eps)
+        assert abs(fd - g[k]) <= 1e-7 * max(1.0, abs(fd))
