@@ -118,3 +118,41 @@ def test_to_jax_training_gradient_against_finite_differences():
         fd = (float(loss(jnp.asarray(p + e), res.ts)) -
               float(loss(jnp.asarray(p - e), res.ts))) / (2 * eps)
         assert abs(fd - g[k]) <= 1e-7 * max(1.0, abs(fd))
+
+
+def test_to_jax_backward_reuses_the_forward_trajectory(monkeypatch):
+    """The backward callback gets the forward's residuals (no second solve) when its
+    inputs and outputs are the forward's; otherwise it recomputes, with the same result."""
+    from diffsolve.interop import jax as ijax
+
+    hits = []
+    real = ijax._KeptResiduals.take
+
+    def spy(self, leaves, outs):
+        r = real(self, leaves, outs)
+        hits.append(r is not None)
+        return r
+
+    monkeypatch.setattr(ijax._KeptResiduals, "take", spy)
+    rng = np.random.default_rng(4)
+    p, y0, t = rng.standard_normal(6), rng.standard_normal(2), np.linspace(0.0, 1.0, 5)
+    f_np, vjp_np = from_jax(_field)
+    ode = ds.to_jax(odeint)
+
+    def loss(q):
+        return jnp.sum(ode(f_np, jnp.asarray(y0), jnp.asarray(t), q, vjp=vjp_np).ys ** 2)
+
+    g = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(p)))
+    assert hits == [True]
+    # the same gradient when the residuals are not found (recomputed by the backward rule)
+    monkeypatch.setattr(ijax._KeptResiduals, "take", lambda self, leaves, outs: None)
+    g2 = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(p)))
+    np.testing.assert_array_equal(g, g2)
+    # a vmapped batch larger than what is kept: every element still correct
+    monkeypatch.setattr(ijax._KeptResiduals, "take", spy)
+    hits.clear()
+    P = jnp.asarray(rng.standard_normal((6, 6)))
+    G = np.asarray(jax.vmap(jax.grad(loss))(P))
+    for k in range(6):
+        np.testing.assert_allclose(G[k], np.asarray(jax.grad(loss)(P[k])), rtol=1e-12)
+    assert len(hits) >= 6

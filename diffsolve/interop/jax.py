@@ -125,11 +125,15 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
             if kind == "csr":
                 _host(a.indices), _host(a.indptr)
         convert = _host
+        kept = _KeptResiduals()
 
         def host_forward(*leaves: Any) -> tuple[Any, ...]:
-            result = call.forward([B.host_numpy(v) for v in leaves], convert=convert)
-            return tuple(B.host_numpy(getattr(result, n)).astype(s.dtype) for n, s in
+            values = [B.host_numpy(v) for v in leaves]
+            result = call.forward(values, convert=convert)
+            outs = tuple(B.host_numpy(getattr(result, n)).astype(s.dtype) for n, s in
                          zip(names, spec))
+            kept.add(values, outs, call.residuals)
+            return outs
 
         def host_backward(*flat: Any) -> tuple[Any, ...]:
             n = len(call.leaves)
@@ -139,7 +143,10 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
             args_ = call.rebuild(leaves, convert=convert)
             result = result_type(**dict(zip(names, outs)))
             cot = {names[i]: g for i, g in zip(diff, cots)}
-            grads = call.backward(cot, args=args_, result=result, residuals=None)
+            # the forward's own residuals (an ODE's trajectory) when this is the backward
+            # of a forward run here; otherwise the backward rule recomputes them
+            grads = call.backward(cot, args=args_, result=result,
+                                  residuals=kept.take(leaves, outs))
             return tuple(g.astype(leaf.dtype) for g, leaf in zip(grads, leaves))
 
         @jax.custom_vjp
@@ -162,6 +169,52 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
         return fn.output(result_type(**dict(zip(names, outs))))
 
     return adapted
+
+
+class _KeptResiduals:
+    """The residuals of the last few host forwards, for the backward of the same call.
+
+    A ``jax.custom_vjp`` residual must be a JAX value, so the host objects a backward rule
+    can reuse (an ODE solve's accepted steps and states) cannot travel with it; without
+    them the backward callback solves again (half of a neural-ODE training step). They are
+    kept here instead, under the forward's inputs and outputs (copies), and handed to a
+    backward whose inputs and outputs are bitwise the same: the forward is deterministic,
+    so those residuals are the ones it would recompute. At most :attr:`SIZE` are kept
+    (a vmapped batch beyond that recomputes); each is used once.
+    """
+
+    SIZE = 4
+
+    def __init__(self) -> None:
+        import threading
+
+        self._entries: list[tuple[list, list, Any]] = []
+        self._lock = threading.Lock()
+
+    def add(self, leaves: list, outs: tuple, residuals: Any) -> None:
+        if residuals is None:
+            return
+        entry = ([B.host_numpy(v).copy() for v in leaves],
+                 [B.host_numpy(v).copy() for v in outs], residuals)
+        with self._lock:
+            self._entries.append(entry)
+            del self._entries[:-self.SIZE]
+
+    def take(self, leaves: list, outs: list) -> Any:
+        with self._lock:
+            for k in range(len(self._entries) - 1, -1, -1):
+                kl, ko, residuals = self._entries[k]
+                if _same(kl, leaves) and _same(ko, outs):
+                    del self._entries[k]
+                    return residuals
+        return None
+
+
+def _same(a: list, b: list) -> bool:
+    np = B.host_namespace()
+    return len(a) == len(b) and all(
+        x.shape == y.shape and x.dtype == y.dtype and bool(np.array_equal(
+            x, y, equal_nan=x.dtype.kind in "fc")) for x, y in zip(a, b))
 
 
 def _warn_if_on_accelerator(leaves: list[Any]) -> None:
