@@ -156,3 +156,26 @@ def test_to_jax_backward_reuses_the_forward_trajectory(monkeypatch):
     for k in range(6):
         np.testing.assert_allclose(G[k], np.asarray(jax.grad(loss)(P[k])), rtol=1e-12)
     assert len(hits) >= 6
+
+
+def test_to_jax_forward_without_gradient_keeps_nothing():
+    from diffsolve.interop import jax as ijax
+
+    made = []
+    real_init = ijax._KeptResiduals.__init__
+
+    def init(self):
+        real_init(self)
+        made.append(self)
+
+    import unittest.mock as um
+
+    with um.patch.object(ijax._KeptResiduals, "__init__", init):
+        f_np, vjp_np = from_jax(_field)
+        ode = ds.to_jax(odeint)
+        rng = np.random.default_rng(1)
+        p = jnp.asarray(rng.standard_normal(6))
+        ys = jax.jit(lambda q: ode(f_np, jnp.ones(2), jnp.linspace(0.0, 1.0, 3), q,
+                                   vjp=vjp_np).ys)(p)
+    assert np.all(np.isfinite(np.asarray(ys)))
+    assert made and all(not k._entries for k in made)

@@ -127,13 +127,17 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
         convert = _host
         kept = _KeptResiduals()
 
-        def host_forward(*leaves: Any) -> tuple[Any, ...]:
+        def host_forward(*leaves: Any, keep: bool = False) -> tuple[Any, ...]:
             values = [B.host_numpy(v) for v in leaves]
             result = call.forward(values, convert=convert)
             outs = tuple(B.host_numpy(getattr(result, n)).astype(s.dtype) for n, s in
                          zip(names, spec))
-            kept.add(values, outs, call.residuals)
+            if keep:  # a forward under differentiation: its backward will follow
+                kept.add(values, outs, call.residuals)
             return outs
+
+        def host_forward_kept(*leaves: Any) -> tuple[Any, ...]:
+            return host_forward(*leaves, keep=True)
 
         def host_backward(*flat: Any) -> tuple[Any, ...]:
             n = len(call.leaves)
@@ -154,7 +158,8 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
             return jax.pure_callback(host_forward, spec, *leaves, vmap_method=vmap_method)
 
         def solver_fwd(*leaves: Any) -> tuple[Any, Any]:
-            outs = solver(*leaves)
+            outs = jax.pure_callback(host_forward_kept, spec, *leaves,
+                                     vmap_method=vmap_method)
             return outs, (leaves, outs)
 
         def solver_bwd(res: Any, gs: Any) -> tuple[Any, ...]:
