@@ -179,3 +179,33 @@ def test_to_jax_forward_without_gradient_keeps_nothing():
                                    vjp=vjp_np).ys)(p)
     assert np.all(np.isfinite(np.asarray(ys)))
     assert made and all(not k._entries for k in made)
+
+
+@pytest.mark.parametrize("y0_shape", [(2,), (8, 2)])  # the host path (n <= 6), the array path
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bs3"])
+def test_forward_stages_in_one_call_match_the_per_stage_forward(y0_shape, method, monkeypatch):
+    """A from_jax field's stages are evaluated in one jitted call per step; the solution
+    and the step sequence are those of calling the field once per stage, to rounding."""
+    calls = []
+    real = VF.JaxStages.__call__
+
+    def spy(self, *args):
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(VF.JaxStages, "__call__", spy)
+    rng = np.random.default_rng(8)
+    p, y0, t = rng.standard_normal(6), rng.standard_normal(y0_shape), np.linspace(0, 2, 7)
+    f_np, _ = from_jax(_field)
+    kw = dict(method=method, rtol=1e-8, atol=1e-10)
+    if len(y0_shape) == 2:
+        kw["batch_mode"] = "shared"
+    fast = odeint(f_np, y0, t, p, **kw)
+    assert len(calls) >= fast.stats.n_steps
+    slow = odeint(lambda t_, y_, p_: f_np(t_, y_, p_), y0, t, p, **kw)
+    assert fast.stats == slow.stats
+    np.testing.assert_allclose(fast.ys, slow.ys, rtol=1e-12, atol=1e-14)
+    # a field returning the wrong shape: the error names it
+    bad_np, _ = from_jax(lambda t_, y_, p_: jnp.concatenate([y_.ravel(), y_.ravel()]))
+    with pytest.raises(ValueError, match="shape"):
+        odeint(bad_np, y0, t, p, **kw)

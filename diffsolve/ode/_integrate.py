@@ -128,6 +128,13 @@ class Stepper:
         """Fill stages 1..s-1 from ``K[0] = f(t, y)``; returns ``y_new`` (= ``G[s-1]``)."""
         K = self.K if K is None else K
         G = self.G if G is None else G
+        jax_stages = getattr(rhs, "jax_stages", None)
+        if jax_stages is not None and self.numpy:
+            # a from_jax field: the whole step's stages in one compiled call
+            Kj, Gj = jax_stages(self.tab.A, self.c, t, h, y, K[0, ...])
+            K[1:, ...] = Kj[1:, ...]
+            G[1:, ...] = Gj[1:, ...]
+            return G[self.s - 1, ...]
         c = self.c
         A_rows = self.A_rows
         if self.kernel:
@@ -260,6 +267,31 @@ def _host_path_ok(stepper: Stepper, y0, f0, want_stiff: bool) -> bool:
             and y0.dtype == stepper.xp.float64)
 
 
+def _jax_host_step(tab, jax_stages, s: int, n: int, rtol: float, atol: float):
+    """:attr:`Tableau.host_step` for a :func:`~diffsolve.ode.from_jax` field: the stages in
+    one compiled call, the scaled error in Python floats as the generated step does."""
+    e = [float(v) for v in tab.e]
+    arr = B.host_numpy
+
+    def host_step(t, h, y, K):
+        Kj, Gj = jax_stages(tab.A, tab.c, t, h, arr(y), arr(K[0]))
+        rows = Kj.tolist()
+        for i in range(1, s):
+            K[i] = rows[i]
+        g = Gj[s - 1].tolist()
+        acc = 0.0
+        for j in range(n):
+            err = 0.0
+            for i in range(s):
+                err += e[i] * rows[i][j]
+            a, b = abs(y[j]), abs(g[j])
+            r = h * err / (atol + rtol * (b if b > a else a))
+            acc += r * r
+        return g, math.sqrt(acc / n)
+
+    return host_step
+
+
 def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: str,
                     first_step, max_steps: int, step_ts, every: int, f0, callback, shape,
                     trajectory) -> Trajectory:
@@ -324,6 +356,9 @@ def _integrate_host(stepper: Stepper, rhs, y0, t_out: HostArray, *, controller: 
             return _rhs(t, y)
 
     host_step = tab.host_step(n)(f, params, mvs, bufs, f_shape, rhs, rtol, atol)
+    jax_stages = getattr(rhs, "jax_stages", None)
+    if jax_stages is not None:
+        host_step = _jax_host_step(tab, jax_stages, s, n, rtol, atol)
     arr = B.host_numpy
 
     t = t0

@@ -51,7 +51,32 @@ def make_rhs(f, params, shape, xp):
             return out
         # the step loop may call f directly (and this rhs only to report a bad shape)
         rhs.direct, rhs.params, rhs.shape = f, params, shape  # type: ignore[attr-defined]
+    # a from_jax field: the step loop evaluates a whole step's stages in one compiled call
+    pair = getattr(f, "jax_pair", None)
+    if isinstance(pair, _JaxPair) and B.is_numpy(xp):
+        rhs.jax_stages = JaxStages(pair, params, shape)  # type: ignore[attr-defined]
     return rhs
+
+
+class JaxStages:
+    """The stages of one explicit Runge–Kutta step of a :func:`from_jax` field, in one
+    jitted call: ``G_i = y + h Σ_j a_ij K_j`` (summed in the order of the other paths) and
+    ``K_i = f(t + c_i h, G_i)``. The host loop would call the jitted field once per stage
+    (≈ 11 µs of dispatch each on a CPU, six a dopri5 step); the values agree with it to
+    rounding (XLA may fuse the combinations)."""
+
+    def __init__(self, pair, params, shape):
+        self.pair, self.params, self.shape = pair, params, tuple(shape)
+        self.n = math.prod(self.shape)
+
+    def __call__(self, A, c, t, h, y, k0):
+        """``(K, G)`` as ``(s, n)`` float64 NumPy arrays for the flat state ``y`` and the
+        first slope ``k0``."""
+        fn = self.pair.forward_stages(A, c, self.params is not None, self.shape)
+        K, G = fn(float(t), float(h), B.host_numpy(y).reshape(self.shape),
+                  B.host_numpy(k0).reshape(self.shape), self.params)
+        s = A.shape[0]
+        return (B.host_numpy(K).reshape((s, self.n)), B.host_numpy(G).reshape((s, self.n)))
 
 
 def _bad_shape(out, t, shape):
@@ -420,6 +445,39 @@ class _JaxPair:
     def __init__(self, f):
         self.f = f
         self.compiled: dict = {}
+
+    def forward_stages(self, A, c, with_params: bool, shape: tuple):
+        """Jitted ``(t, h, y, k0, p) -> (K, G)``: one step's stages from ``K_0 = k0``."""
+        key = ("forward", A.tobytes(), tuple(float(v) for v in c), with_params, shape)
+        hit = self.compiled.get(key)
+        if hit is not None:
+            return hit
+        import jax
+        import jax.numpy as jnp
+
+        f = self.f
+        s = A.shape[0]
+        rows = [[float(A[i, j]) for j in range(i)] for i in range(s)]
+        cs = [float(v) for v in c]
+
+        def stages(t, h, y, k0, p):
+            K, G = [k0], [y]
+            for i in range(1, s):
+                acc = None
+                for j, a in enumerate(rows[i]):
+                    if a != 0.0:
+                        acc = K[j] * a if acc is None else acc + K[j] * a
+                G.append(y if acc is None else y + h * acc)
+                k = f(t + cs[i] * h, G[i], p)
+                if tuple(k.shape) != shape:
+                    raise ValueError(f"{WHERE}: f(t, y, params) returned an array of shape "
+                                     f"{tuple(k.shape)}; it must return dy/dt of y's shape "
+                                     f"{shape}")
+                K.append(k.astype(y.dtype))
+            return jnp.stack(K), jnp.stack(G)
+
+        hit = self.compiled[key] = jax.jit(stages)
+        return hit
 
     def step_functions(self, A, c, with_params: bool, last: bool):
         """``(values, pullback)``, jitted: the stages ``(K, G)`` of one step, and the
