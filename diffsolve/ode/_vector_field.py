@@ -328,17 +328,31 @@ class _StepStages:
 
     def __init__(self, owner: TorchStepGraph, yl, pl, K, G):
         self.owner, self.yl, self.pl, self.Kt, self.Gt = owner, yl, pl, K, G
-        xp, back, n = owner.xp, owner.pair.back, owner.n
         for k in K:
             if k is not None and tuple(k.shape) != owner.shape:
                 raise ValueError(f"{WHERE}: f(t, y, params) returned a tensor of shape "
                                  f"{tuple(k.shape)}; it must return dy/dt of y's shape "
                                  f"{owner.shape}")
-        rows = [xp.reshape(back(k.detach()), (n,)) for k in K if k is not None]
-        if len(rows) < len(K):
-            rows.append(xp.zeros_like(rows[0]))
-        self.K = xp.stack(rows)
-        self.G = xp.stack([xp.reshape(back(g.detach()), (n,)) for g in G])
+        self._KG: tuple | None = None
+
+    def _values(self):
+        # only the error and stiffness regularisers' cotangents read the stage values
+        if self._KG is None:
+            xp, back, n = self.owner.xp, self.owner.pair.back, self.owner.n
+            rows = [xp.reshape(back(k.detach()), (n,)) for k in self.Kt if k is not None]
+            if len(rows) < len(self.Kt):
+                rows.append(xp.zeros_like(rows[0]))
+            self._KG = (xp.stack(rows),
+                        xp.stack([xp.reshape(back(g.detach()), (n,)) for g in self.Gt]))
+        return self._KG
+
+    @property
+    def K(self):
+        return self._values()[0]
+
+    @property
+    def G(self):
+        return self._values()[1]
 
     def pullback(self, Kbar, Gbar):
         """``(ȳ, p̄)`` of the step's input state and of params, given the cotangents of
