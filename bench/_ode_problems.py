@@ -67,6 +67,13 @@ def lv_vjp_nb(t, y, p, v):
 
 
 
+@numba.njit(cache=False)
+def lv_nb_inplace(t, y, p, out):
+    """:func:`lv_nb` for one state, written into ``out`` (odeint's in-place field form)."""
+    out[0] = p[0] * y[0] - p[1] * y[0] * y[1]
+    out[1] = -p[2] * y[1] + p[3] * y[0] * y[1]
+
+
 def lv_np(t, y, p):
     out = np.empty_like(y)
     x, z = y[..., 0], y[..., 1]
@@ -114,6 +121,13 @@ def vdp_vjp_nb(t, y, p, v):
         vp[0] += b * (1.0 - x * x) * w
     return vy.reshape(y.shape), vp
 
+
+
+@numba.njit(cache=False)
+def vdp_nb_inplace(t, y, p, out):
+    """:func:`vdp_nb` for one state, written into ``out``."""
+    out[0] = y[1]
+    out[1] = p[0] * (1.0 - y[0] * y[0]) * y[1] - y[0]
 
 
 def vdp_np(t, y, p):

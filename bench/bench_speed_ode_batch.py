@@ -54,6 +54,10 @@ MLP_D, MLP_H = 16, 32
 VDP_MU = 2.0
 
 
+#: LV and VdP as in-place fields (``--inplace``)
+INPLACE = False
+
+
 def problems(B: int) -> dict:
     """The three problems: Numba field + VJP, JAX field, params, (B, d) y0, t_eval."""
     import jax.numpy as jnp
@@ -61,9 +65,11 @@ def problems(B: int) -> dict:
     from bench._ode_problems import (
         LV_PARAMS,
         get_problems,
+        lv_nb_inplace,
         mlp_init,
         mlp_nb_factory,
         mlp_unpack,
+        vdp_nb_inplace,
     )
 
     reg = get_problems()
@@ -83,9 +89,11 @@ def problems(B: int) -> dict:
     mlp_nb, mlp_vjp = mlp_nb_factory(MLP_D, MLP_H)
     y_mlp = np.random.default_rng(3).standard_normal((B, MLP_D))
     return {
-        "lotka_volterra": dict(f=lv.f_nb, vjp=lv.vjp_nb, f_jax=lv_jax, p=LV_PARAMS.copy(),
+        "lotka_volterra": dict(f=lv_nb_inplace if INPLACE else lv.f_nb, vjp=lv.vjp_nb,
+                               f_jax=lv_jax, p=LV_PARAMS.copy(),
                                y0=lv.batch_y0(B), t=np.linspace(0.0, 10.0, N_OUT)),
-        "van_der_pol": dict(f=vdp.f_nb, vjp=vdp.vjp_nb, f_jax=vdp_jax,
+        "van_der_pol": dict(f=vdp_nb_inplace if INPLACE else vdp.f_nb, vjp=vdp.vjp_nb,
+                            f_jax=vdp_jax,
                             p=np.array([VDP_MU]), y0=vdp.batch_y0(B),
                             t=np.linspace(0.0, 10.0, N_OUT)),
         "mlp_16_32": dict(f=mlp_nb, vjp=mlp_vjp, f_jax=mlp_jax,
@@ -209,6 +217,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", default=None,
                         choices=["lotka_volterra", "van_der_pol", "mlp_16_32"])
     parser.add_argument("--tag", default="")
+    parser.add_argument("--inplace", action="store_true",
+                        help="LV and VdP as in-place @njit fields f(t, y, p, out) (one "
+                        "state each) instead of the fields returning a new array")
     parser.add_argument("--before", type=Path, default=None,
                         help="a JSON file this script wrote from the code before the change "
                         "(run from a copy of that tree): kept in the results and set "
@@ -217,6 +228,8 @@ def main(argv=None):
                         help="Numba's normal on-disk cache (default: a fresh one, so the "
                         "first call measures a cold compile of diffsolve's kernels)")
     args = parser.parse_args(argv)
+    global INPLACE
+    INPLACE = args.inplace
     with numba_cache(args.warm_cache):
         import jax
 
@@ -225,6 +238,7 @@ def main(argv=None):
 
         meta = machine_meta()
         meta.update(rtol=RTOL, atol=ATOL, tag=args.tag, warm_cache=args.warm_cache,
+                    inplace=INPLACE,
                     jax=jax.__version__, numba_threads=_numba_threads())
         rows = run(args.batch, args.pairs, args.only)
     meta["loadavg_end"] = list(os.getloadavg())

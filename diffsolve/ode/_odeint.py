@@ -189,6 +189,23 @@ def _check_params(params, host):
 _JITTED_TYPES: dict = {}
 
 
+_ALLOCATING: dict = {}
+
+
+def _allocating_field(xp, f):
+    """``f`` itself, or for an in-place ``@njit`` field ``f(t, y, params, out)`` its
+    allocating adapter ``g(t, y, params) -> dy/dt`` (made once per field): the compiled
+    explicit integrator calls the in-place field, every other path the adapter."""
+    hit = _ALLOCATING.get(f)
+    if hit is None:
+        kern = B.get_kernel(xp, "ode.fits_inplace")
+        hit = B.get_kernel(xp, "ode.allocating")(f) if kern(f) else f
+        if len(_ALLOCATING) >= 64:
+            _ALLOCATING.clear()
+        _ALLOCATING[f] = hit
+    return hit
+
+
 def _is_jitted(xp, f) -> bool:
     jitted = _JITTED_TYPES.get(type(f))
     if jitted is None:
@@ -411,6 +428,12 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     jitted = False
     if (host or B.is_numpy(xp)) and not (batched and not per_traj):
         jitted = _is_jitted(xp, f)
+    elif B.is_numpy(xp) and _is_jitted(xp, f):
+        jitted = None  # a shared batch calls f from Python (in-place fields adapted below)
+    f_kernel = f  # what the compiled explicit integrator calls
+    if jitted is not False:
+        f = _allocating_field(xp, f)  # an in-place field f(t, y, p, out): every other path
+        jitted = bool(jitted)
     # the compiled loop is built once for float64 states and parameters; other dtypes call
     # the @njit f from the Python loop (no per-f compilation of the integrator), and so
     # does a callback (it is called from Python after each step)
@@ -448,7 +471,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
         # function-pointer lookup, not B)
         try:
             outs = B.get_kernel(xp, "ode_batch.rk_solve_batch")(
-                f, B.contiguous(xp, y0), t_out,
+                f_kernel, B.contiguous(xp, y0), t_out,
                 *_compiled_args(xp, params_eff, tab, opts, want_stiff), bool(want_stiff))
         except (TypeError, ValueError):  # f without the float64 signature: one by one
             outs = None
@@ -466,7 +489,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
             def run(y_start, t_seg, sts=sts, index=index, seg_opts=seg_opts):
                 seg_sts = None if sts is None else _segment_steps(sts, t_seg)
                 if compiled:
-                    return _compiled_solve(kern, f, y_start, t_seg, params_eff, tab,
+                    return _compiled_solve(kern, f_kernel, y_start, t_seg, params_eff, tab,
                                            seg_opts, seg_sts, want_stiff, index)
                 f0 = rhs(float(t_seg[0]), y_start)
                 if not _finite(host and type(f0) is _NDARRAY, xp, f0):
@@ -481,8 +504,8 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
 
             traj = integrate_segments(run, yb, t_out, jumps, xp)
         elif compiled:
-            traj = _compiled_solve(kern, f, yb, t_out, params_eff, tab, opts, sts, want_stiff,
-                                   index)
+            traj = _compiled_solve(kern, f_kernel, yb, t_out, params_eff, tab, opts, sts,
+                                   want_stiff, index)
         else:
             f0 = rhs(float(t_out[0]), yb)
             if not _finite(host and type(f0) is _NDARRAY, xp, f0):
@@ -855,7 +878,10 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
         gradients need ``vjp=``; when it is ``@njit`` too (returning ``(v_y, v_params)``
         float64 arrays, ``v_params`` empty for ``params=None``) the discrete adjoint also
         runs compiled (with ``checkpoint_every=1``), otherwise it calls f and vjp once per
-        stage from Python.
+        stage from Python. An ``@njit`` f may also be in place, ``f(t, y, params, out)``
+        writing dy/dt into ``out`` (float64, four parameters, no return value): the
+        compiled integrator then allocates nothing per call; every other path calls it
+        through an allocating adapter (same results, bit for bit).
         PyTorch / JAX functions: see :func:`diffsolve.ode.from_torch` / ``from_jax``.
     y0 : array, shape (d,) or (B, d)
         Initial state(s); NumPy, CuPy or any array-API array, float32 or float64.

@@ -132,10 +132,26 @@ def rk_solve_batch(f, Y0, t_out, params, A, c, e, P, order, error_order, rtol, a
     row, equal to solving the rows one by one (their arrays are views of a few arrays
     shared by the batch).
     """
-    if not _ode.fits_pointer(f):
+    if _ode.fits_inplace(f):
+        fn = _COMPILED.get("solve_inplace")
+        if fn is None:
+            one = _ode._compiled("pointer_inplace")
+            guarded = jit()(_ode.inplace_twin(_solve_guarded, "_solve_guarded_inplace",
+                                              _solve_one_ptr=one))
+            t, vec, mat, f64, i64, _, _ = _types()
+            ftype = t.FunctionType(t.none(f64, vec, vec, vec))
+            sig = (ftype, mat, vec, vec, mat, vec, vec, mat, i64, i64, f64, f64, t.boolean,
+                   f64, i64, t.boolean)
+            fn = jit(parallel=True, signature=sig)(_ode.inplace_twin(
+                _solve_batch, "_solve_batch_inplace", _solve_one_ptr=one,
+                _solve_guarded=guarded))
+            _COMPILED["solve_inplace"] = fn
+    elif not _ode.fits_pointer(f):
         raise TypeError("rk_solve_batch: f must compile as f(float64, float64[::1], "
-                        "float64[::1]) -> float64[::1] (a C-contiguous result)")
-    fn = _COMPILED.get("solve")
+                        "float64[::1]) -> float64[::1] (a C-contiguous result), or in "
+                        "place as f(float64, float64[::1], float64[::1], float64[::1])")
+    else:
+        fn = _COMPILED.get("solve")
     if fn is None:
         global _solve_one_ptr
         _solve_one_ptr = _ode._compiled("pointer")
