@@ -428,12 +428,11 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     jitted = False
     if (host or B.is_numpy(xp)) and not (batched and not per_traj):
         jitted = _is_jitted(xp, f)
-    elif B.is_numpy(xp) and _is_jitted(xp, f):
-        jitted = None  # a shared batch calls f from Python (in-place fields adapted below)
     f_kernel = f  # what the compiled explicit integrator calls
-    if jitted is not False:
-        f = _allocating_field(xp, f)  # an in-place field f(t, y, p, out): every other path
-        jitted = bool(jitted)
+    # an in-place field f(t, y, p, out): every other path (a shared batch included, which
+    # calls f from Python) calls its allocating adapter
+    if jitted or ((host or B.is_numpy(xp)) and _is_jitted(xp, f)):
+        f = _allocating_field(xp, f)
     # the compiled loop is built once for float64 states and parameters; other dtypes call
     # the @njit f from the Python loop (no per-f compilation of the integrator), and so
     # does a callback (it is called from Python after each step)
