@@ -271,6 +271,36 @@ def from_torch(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
     return f_np, vjp_np
 
 
+def explicit_stages(f, t, y, h, p, A, c, axpy, *, k0=None, last: bool = True,
+                    slope=None):
+    """Slopes ``K`` and states ``G`` (lists) of one explicit Runge–Kutta step in the
+    field's own library: ``G_i = y + h Σ_j a_ij K_j`` with the sum taken in the order of
+    the forward step (left to right, zero coefficients skipped) and ``K_i = f(t + c_i h,
+    G_i, p)``. ``axpy(u, v, a)`` is ``u + a v`` in that library (one graph node in torch);
+    ``k0`` is a known first slope; ``last=False`` leaves the last slope out (``None``);
+    ``slope`` checks or converts each new slope."""
+    s = A.shape[0]
+    K = [f(t, y, p) if k0 is None else k0]
+    G = [y]
+    for i in range(1, s):
+        acc = None
+        for j in range(i):
+            a = float(A[i, j])
+            if a != 0.0:
+                acc = K[j] * a if acc is None else axpy(acc, K[j], a)
+        G.append(y if acc is None else axpy(y, acc, h))
+        if last or i < s - 1:
+            k = f(t + float(c[i]) * h, G[i], p)
+            K.append(k if slope is None else slope(k))
+        else:
+            K.append(None)
+    return K, G
+
+
+def _jax_axpy(u, v, a):
+    return u + v * a
+
+
 class _TorchPair:
     """What :func:`from_torch` knows about its field: the torch function and the
     zero-copy conversions in both directions."""
@@ -306,19 +336,10 @@ class TorchStepGraph:
         to_t, f = self.pair.to_t, self.pair.f
         yl = to_t(y).detach().reshape(self.shape).requires_grad_(True)
         pl = None if self.params is None else to_t(self.params).detach().requires_grad_(True)
-        s = A.shape[0]
         with torch.enable_grad():
-            K = [f(t, yl, pl)]
-            G = [yl]
-            for i in range(1, s):
-                acc = None
-                for j in range(i):
-                    a = float(A[i, j])
-                    if a != 0.0:
-                        # acc + a K_j as one node (torch.add's alpha): fewer graph nodes
-                        acc = K[j] * a if acc is None else torch.add(acc, K[j], alpha=a)
-                G.append(yl if acc is None else torch.add(yl, acc, alpha=h))
-                K.append(f(t + float(c[i]) * h, G[i], pl) if last or i < s - 1 else None)
+            # u + a v as one node (torch.add's alpha): fewer graph nodes to reverse
+            K, G = explicit_stages(f, t, yl, h, pl, A, c,
+                                   lambda u, v, a: torch.add(u, v, alpha=a), last=last)
         return _StepStages(self, yl, pl, K, G)
 
 
@@ -470,24 +491,16 @@ class _JaxPair:
         import jax.numpy as jnp
 
         f = self.f
-        s = A.shape[0]
-        rows = [[float(A[i, j]) for j in range(i)] for i in range(s)]
-        cs = [float(v) for v in c]
 
         def stages(t, h, y, k0, p):
-            K, G = [k0], [y]
-            for i in range(1, s):
-                acc = None
-                for j, a in enumerate(rows[i]):
-                    if a != 0.0:
-                        acc = K[j] * a if acc is None else acc + K[j] * a
-                G.append(y if acc is None else y + h * acc)
-                k = f(t + cs[i] * h, G[i], p)
+            def slope(k):
                 if tuple(k.shape) != shape:
                     raise ValueError(f"{WHERE}: f(t, y, params) returned an array of shape "
                                      f"{tuple(k.shape)}; it must return dy/dt of y's shape "
                                      f"{shape}")
-                K.append(k.astype(y.dtype))
+                return k.astype(y.dtype)
+
+            K, G = explicit_stages(f, t, y, h, p, A, c, _jax_axpy, k0=k0, slope=slope)
             return jnp.stack(K), jnp.stack(G)
 
         hit = self.compiled[key] = jax.jit(stages)
@@ -504,21 +517,10 @@ class _JaxPair:
         import jax.numpy as jnp
 
         f = self.f
-        s = A.shape[0]
-        rows = [[float(A[i, j]) for j in range(i)] for i in range(s)]
-        cs = [float(v) for v in c]
 
         def stages(t, y, h, p):
-            K, G = [f(t, y, p)], [y]
-            for i in range(1, s):
-                acc = None
-                for j, a in enumerate(rows[i]):
-                    if a != 0.0:  # summed in the order of the forward step
-                        acc = K[j] * a if acc is None else acc + K[j] * a
-                G.append(y if acc is None else y + h * acc)
-                K.append(f(t + cs[i] * h, G[i], p) if last or i < s - 1
-                         else jnp.zeros_like(y))
-            return jnp.stack(K), jnp.stack(G)
+            K, G = explicit_stages(f, t, y, h, p, A, c, _jax_axpy, last=last)
+            return jnp.stack([jnp.zeros_like(y) if k is None else k for k in K]), jnp.stack(G)
 
         if with_params:
             def pullback(t, y, h, p, Kbar, Gbar):
