@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import threading
 import warnings
 from collections.abc import Callable
 from types import ModuleType
@@ -127,13 +128,22 @@ def to_jax(fn: DifferentiableFunction[P, R], *, vmap_method: str = "sequential",
         convert = _host
         kept = _KeptResiduals()
 
+        forward_lock = threading.Lock()
+
         def host_forward(*leaves: Any, keep: bool = False) -> tuple[Any, ...]:
             values = [B.host_numpy(v) for v in leaves]
-            result = call.forward(values, convert=convert)
+            if keep:
+                # the residuals live on the shared Call: read them before another thread's
+                # forward replaces them, or they would be kept under the wrong inputs
+                with forward_lock:
+                    result = call.forward(values, convert=convert)
+                    residuals = call.residuals
+            else:
+                result = call.forward(values, convert=convert)
             outs = tuple(B.host_numpy(getattr(result, n)).astype(s.dtype) for n, s in
                          zip(names, spec))
             if keep:  # a forward under differentiation: its backward will follow
-                kept.add(values, outs, call.residuals)
+                kept.add(values, outs, residuals)
             return outs
 
         def host_forward_kept(*leaves: Any) -> tuple[Any, ...]:
@@ -191,8 +201,6 @@ class _KeptResiduals:
     SIZE = 4
 
     def __init__(self) -> None:
-        import threading
-
         self._entries: list[tuple[list, list, Any]] = []
         self._lock = threading.Lock()
 
