@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import diffsolve as ds
+from diffsolve.ode import _adjoint as AD
 from diffsolve.ode import _vector_field as VF
 from diffsolve.ode import from_jax, odeint
 
@@ -34,15 +35,30 @@ def _x64():
 
 @pytest.fixture
 def built(monkeypatch):
+    """Counts the steps reversed one host call each (JaxStepGraph.build) and, under the
+    key "fused", the whole sweeps reversed in one compiled loop."""
     count = []
     real = VF.JaxStepGraph.build
+    real_sweep = VF.JaxStepGraph.reverse_steps
 
     def spy(self, *args, **kwargs):
         count.append(1)
         return real(self, *args, **kwargs)
 
+    def spy_sweep(self, *args, **kwargs):
+        count.append("fused")
+        return real_sweep(self, *args, **kwargs)
+
     monkeypatch.setattr(VF.JaxStepGraph, "build", spy)
+    monkeypatch.setattr(VF.JaxStepGraph, "reverse_steps", spy_sweep)
     return count
+
+
+@pytest.fixture(params=["fused", "per-step"])
+def route(request, monkeypatch):
+    """The reverse sweep in one compiled loop, or one compiled call per step."""
+    monkeypatch.setattr(AD, "FUSED_REVERSE", request.param == "fused")
+    return request.param
 
 
 def _grads(field, y0, t, p, per_stage=False, **kw):
@@ -57,16 +73,23 @@ def _grads(field, y0, t, p, per_stage=False, **kw):
     return res, pull(**cot)
 
 
+def _check_route(built, route, regularised):
+    if route == "fused" and not regularised:
+        assert built == ["fused"]  # one sweep, no step reversed on its own
+    else:
+        assert "fused" not in built and len(built) > 5
+
+
 @pytest.mark.parametrize("kw", [dict(method="dopri5"), dict(method="tsit5", checkpoint_every=3),
                                 dict(method="bs3"),
                                 dict(method="dopri5", regularizers=("error", "stiffness"))],
                          ids=["dopri5", "tsit5-checkpoints", "bs3", "regularisers"])
 @pytest.mark.parametrize("n_out", [6, 400])
-def test_step_graph_matches_per_stage_vjps(kw, n_out, built):
+def test_step_graph_matches_per_stage_vjps(kw, n_out, built, route):
     rng = np.random.default_rng(3)
     p, y0, t = rng.standard_normal(6), rng.standard_normal(2), np.linspace(0.0, 1.5, n_out)
     res, fast = _grads(_field, y0, t, p, rtol=1e-8, atol=1e-8, **kw)
-    assert len(built) > 5
+    _check_route(built, route, "regularizers" in kw)
     built.clear()
     ref, slow = _grads(_field, y0, t, p, per_stage=True, rtol=1e-8, atol=1e-8, **kw)
     assert not built
@@ -81,13 +104,13 @@ def test_step_graph_matches_per_stage_vjps(kw, n_out, built):
     assert np.linalg.norm(fast["params"]) > 0.0
 
 
-def test_batched_state_and_no_params(built):
+def test_batched_state_and_no_params(built, route):
     rng = np.random.default_rng(5)
     y0, t = rng.standard_normal((4, 2)), np.linspace(0.0, 2.0, 9)
     for field, p in ((_field, rng.standard_normal(6)), (_field_no_params, None)):
         built.clear()
         _, fast = _grads(field, y0, t, p, batch_mode="shared", rtol=1e-7, atol=1e-9)
-        assert built
+        _check_route(built, route, False)
         _, slow = _grads(field, y0, t, p, per_stage=True, batch_mode="shared", rtol=1e-7,
                          atol=1e-9)
         for a, b in zip(fast, slow):
@@ -95,6 +118,45 @@ def test_batched_state_and_no_params(built):
                 assert a is None
             else:
                 np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_fused_sweep_outputs_at_the_start_and_unreached_steps(built):
+    """Outputs at t_eval[0] (no step), several in one step, none in others, a single step
+    solve, and step counts on both sides of a padding size: the fused sweep matches the
+    per-step route."""
+    rng = np.random.default_rng(9)
+    p, y0 = rng.standard_normal(6), rng.standard_normal(2)
+    cases = [np.array([0.0, 1e-3]),               # one short step
+             np.array([0.0, 0.01, 0.011, 3.0]),   # clustered outputs, then a long stretch
+             np.linspace(0.0, 6.0, 3)]
+    for t in cases:
+        for tol in (1e-4, 1e-9):  # few steps, then more than 16 (the padding's first size)
+            built.clear()
+            res, fast = _grads(_field, y0, t, p, rtol=tol, atol=tol)
+            assert built == ["fused"]
+            _, slow = _grads(_field, y0, t, p, per_stage=True, rtol=tol, atol=tol)
+            for a, b in zip(fast, slow):
+                np.testing.assert_allclose(a, b, rtol=1e-11,
+                                           atol=1e-13 * max(1.0, float(np.max(np.abs(b)))))
+    assert res.n_steps > 16
+
+
+def test_fused_sweep_compiles_once_per_padding_size():
+    """A training loop whose step count drifts compiles the sweep per power of two."""
+    f_np, vjp_np = from_jax(_field)
+    pair = f_np.jax_pair
+    rng = np.random.default_rng(2)
+    p, y0 = rng.standard_normal(6), rng.standard_normal(2)
+    steps = []
+    for tol in (1e-6, 9e-7, 8e-7, 7e-7, 6e-7, 1e-8):
+        res, pull = ds.vjp(odeint, f_np, y0, np.linspace(0, 3, 4), p, vjp=vjp_np, rtol=tol,
+                           atol=tol)
+        pull(ys=np.ones(res.ys.shape))
+        steps.append(res.n_steps)
+    sizes = {max(16, 1 << (n - 1).bit_length()) for n in steps}
+    sweep = [fn for key, fn in pair.compiled.items() if key[0] == "reverse"]
+    assert len(sweep) == 1  # one tableau, with params, the same last-slope flag
+    assert sweep[0]._cache_size() == len(sizes) < len(set(steps))
 
 
 def test_to_jax_training_gradient_against_finite_differences():

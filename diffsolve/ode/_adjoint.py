@@ -73,7 +73,7 @@ class _StepReverse:
         error norm and |λ| estimate. Returns ``(ȳ_n, p̄)``.
         """
         xp, st = self.xp, self.st
-        s, tab = st.s, st.tab
+        s = st.s
         if self.graph is not None:
             # the last slope f(y_{n+1}) feeds only the outputs, the error and the stiffness
             # estimates: without cotangents on those it is not evaluated
@@ -85,33 +85,11 @@ class _StepReverse:
         else:
             self.recompute(t, y, h)
             K, G = self.K, self.G
-        Kbar = [None] * s
-        Gbar = [None] * s
-        ybar = None
-
-        def add(lst, i, v):
-            lst[i] = v if lst[i] is None else lst[i] + v
-
+        Kbar, ybar = self.output_seeds(h, outputs)
+        Gbar: list = [None] * s
         if a_next is not None:
             Gbar[s - 1] = a_next
-        if isinstance(outputs, tuple):
-            # many outputs of this step, (θ (M,) host, ȳ (M, n)): Σ_q b_i(θ_q) ȳ_q is
-            # P_i · Σ_q θ_q^(m+1) ȳ_q, two matrix products whatever M
-            theta, Yb = outputs
-            PT = self.dense_PT(Yb)
-            pw = theta_powers(theta, PT.shape[0])
-            pw = xp.asarray(pw, dtype=Yb.dtype, device=B.device(Yb))
-            C = h * (xp.matrix_transpose(PT) @ (xp.matrix_transpose(pw) @ Yb))
-            for i in self.dense_rows:
-                add(Kbar, i, C[i, ...])
-            ybar = xp.sum(Yb, axis=0)
-            outputs = ()
-        for theta, yq_bar in outputs:
-            w = tab.dense_weights(theta)
-            for i in range(s):
-                if w[i] != 0.0:
-                    add(Kbar, i, (h * float(w[i])) * yq_bar)
-            ybar = yq_bar if ybar is None else ybar + yq_bar
+        add = _add
         if (E_bar or S_bar) and K is None:
             K, G = stages.K, stages.G
         if E_bar:
@@ -167,6 +145,31 @@ class _StepReverse:
             ybar = _acc(ybar, Gbar[i])
         return ybar, p_bar
 
+    def output_seeds(self, h, outputs):
+        """``(K̄, ȳ)``: the cotangents that this step's outputs ``y_n + h Σ b_i(θ) k_i``
+        send to its slopes (a list, ``None`` where nothing arrives) and to ``y_n``."""
+        xp, s, tab = self.xp, self.st.s, self.st.tab
+        Kbar: list = [None] * s
+        ybar = None
+        if isinstance(outputs, tuple):
+            # many outputs of this step, (θ (M,) host, ȳ (M, n)): Σ_q b_i(θ_q) ȳ_q is
+            # P_i · Σ_q θ_q^(m+1) ȳ_q, two matrix products whatever M
+            theta, Yb = outputs
+            PT = self.dense_PT(Yb)
+            pw = theta_powers(theta, PT.shape[0])
+            pw = xp.asarray(pw, dtype=Yb.dtype, device=B.device(Yb))
+            C = h * (xp.matrix_transpose(PT) @ (xp.matrix_transpose(pw) @ Yb))
+            for i in self.dense_rows:
+                _add(Kbar, i, C[i, ...])
+            return Kbar, xp.sum(Yb, axis=0)
+        for theta, yq_bar in outputs:
+            w = tab.dense_weights(theta)
+            for i in range(s):
+                if w[i] != 0.0:
+                    _add(Kbar, i, (h * float(w[i])) * yq_bar)
+            ybar = yq_bar if ybar is None else ybar + yq_bar
+        return Kbar, ybar
+
     def _weighted(self, w, K):
         out = None
         for i, wi in enumerate(w):
@@ -177,6 +180,10 @@ class _StepReverse:
 
 def _acc(a, b):
     return b if a is None else a + b
+
+
+def _add(lst, i, v):
+    lst[i] = v if lst[i] is None else lst[i] + v
 
 
 def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_bar: float,
@@ -202,20 +209,33 @@ def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_b
     a = None
     p_bar = None
     cache: dict[int, object] = {}
-    for n in range(N - 1, -1, -1):
+
+    def state(n):
+        nonlocal cache
         if n in traj.states:
-            y = traj.states[n]
-        else:
-            if n not in cache:
-                cache = _segment(stepper, rhs, traj, n)
-            y = cache[n]
-        t, h = float(traj.ts[n]), float(traj.ts[n + 1] - traj.ts[n])
+            return traj.states[n]
+        if n not in cache:
+            cache = _segment(stepper, rhs, traj, n)
+        return cache[n]
+
+    def outputs(n, h):
         lo, hi = ranges.get(n, (0, 0))
         if hi - lo >= STEP_DENSE_BATCH:
-            outs: object = (traj.out_theta[lo:hi], ys_bar[lo:hi, ...])
-        else:
-            outs = [(float(traj.out_theta[q]), ys_bar[q, ...]) for q in range(lo, hi)]
-        a, p_bar = rev.run(t, y, h, a, outs, rE_bar * abs(h), rS_bar * abs(h), p_bar)
+            return (traj.out_theta[lo:hi], ys_bar[lo:hi, ...])
+        return [(float(traj.out_theta[q]), ys_bar[q, ...]) for q in range(lo, hi)]
+
+    loop = getattr(rev.graph, "reverse_steps", None)
+    if FUSED_REVERSE and loop is not None and N > 0 and rE_bar == 0.0 and rS_bar == 0.0:
+        # without regulariser cotangents, what each step receives from outside (its
+        # outputs) is known before the reverse sweep starts: the whole sweep is one
+        # compiled loop (JaxStepGraph), not one host call per step
+        a, p_bar = _fused_reverse(rev, loop, traj, N, state, outputs, ys_bar)
+    else:
+        for n in range(N - 1, -1, -1):
+            y = state(n)
+            t, h = float(traj.ts[n]), float(traj.ts[n + 1] - traj.ts[n])
+            a, p_bar = rev.run(t, y, h, a, outputs(n, h), rE_bar * abs(h), rS_bar * abs(h),
+                               p_bar)
     through = a
     y0_bar = ys_bar[0, ...]
     # outputs at t_eval[0] itself (and unreached ones, whose cotangents the caller zeroed)
@@ -228,6 +248,40 @@ def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_b
     else:
         through = xp.zeros_like(y0_bar)
     return y0_bar, p_bar, through
+
+
+#: reverse a from_jax field's explicit steps in one compiled loop where that applies
+#: (tests turn it off to compare with the per-step route)
+FUSED_REVERSE = True
+
+
+def _fused_reverse(rev: _StepReverse, loop, traj: Trajectory, N: int, state, outputs, ys_bar):
+    """``(ȳ_0 through the steps, p̄)`` of the whole reverse sweep in one call of ``loop``
+    (``JaxStepGraph.reverse_steps``): the output seeds of every step are gathered here with
+    :meth:`_StepReverse.output_seeds` (the per-step route's arithmetic), the states read
+    or recomputed as the per-step route reads them."""
+    xp, st = rev.xp, rev.st
+    s = st.s
+    ts = np.asarray(traj.ts, dtype=np.float64)
+    hs = ts[1:N + 1] - ts[:N]
+    y_first = state(0)
+    n = y_first.shape[0]
+    ys = xp.empty((N, n), dtype=y_first.dtype)
+    Kout = xp.zeros((N, s, n), dtype=ys_bar.dtype)
+    yout = xp.zeros((N, n), dtype=ys_bar.dtype)
+    last = False
+    for m in range(N):
+        ys[m] = state(m)
+        outs = outputs(m, float(hs[m]))
+        if not len(outs):
+            continue
+        Kbar, ybar = rev.output_seeds(float(hs[m]), outs)
+        for i, k in enumerate(Kbar):
+            if k is not None:
+                Kout[m, i] = k
+                last = last or i == s - 1
+        yout[m] = ybar
+    return loop(rev.A, st.c, ts[:N], hs, ys, Kout, yout, last)
 
 
 def _segment(stepper, rhs, traj, n):

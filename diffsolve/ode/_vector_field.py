@@ -68,13 +68,22 @@ class JaxStages:
     def __init__(self, pair, params, shape):
         self.pair, self.params, self.shape = pair, params, tuple(shape)
         self.n = math.prod(self.shape)
+        self._A: Any = None  # the tableau of the last call, and its compiled stages
+        self._fn: Any = None
+        self._p: Any = None  # params on JAX's device: moved once, not at every step
 
     def __call__(self, A, c, t, h, y, k0):
         """``(K, G)`` as ``(s, n)`` float64 NumPy arrays for the flat state ``y`` and the
         first slope ``k0``."""
-        fn = self.pair.forward_stages(A, c, self.params is not None, self.shape)
-        K, G = fn(float(t), float(h), B.host_numpy(y).reshape(self.shape),
-                  B.host_numpy(k0).reshape(self.shape), self.params)
+        if A is not self._A:
+            import jax
+
+            self._fn = self.pair.forward_stages(A, c, self.params is not None, self.shape)
+            self._A = A
+            if self._p is None and self.params is not None:
+                self._p = jax.device_put(self.params)
+        K, G = self._fn(float(t), float(h), B.host_numpy(y).reshape(self.shape),
+                        B.host_numpy(k0).reshape(self.shape), self._p)
         s = A.shape[0]
         return (B.host_numpy(K).reshape((s, self.n)), B.host_numpy(G).reshape((s, self.n)))
 
@@ -506,13 +515,9 @@ class _JaxPair:
         hit = self.compiled[key] = jax.jit(stages)
         return hit
 
-    def step_functions(self, A, c, with_params: bool, last: bool):
-        """``(values, pullback)``, jitted: the stages ``(K, G)`` of one step, and the
+    def _step_functions(self, A, c, with_params: bool, last: bool):
+        """``(values, pullback)``, not compiled: the stages ``(K, G)`` of one step, and the
         pull-back of cotangents on them to ``(ȳ, p̄)``."""
-        key = (A.tobytes(), tuple(float(v) for v in c), with_params, last)
-        hit = self.compiled.get(key)
-        if hit is not None:
-            return hit
         import jax
         import jax.numpy as jnp
 
@@ -528,7 +533,48 @@ class _JaxPair:
         else:
             def pullback(t, y, h, p, Kbar, Gbar):
                 return jax.vjp(lambda yy: stages(t, yy, h, None), y)[1]((Kbar, Gbar))[0], None
-        hit = self.compiled[key] = (jax.jit(stages), jax.jit(pullback))
+        return stages, pullback
+
+    def step_functions(self, A, c, with_params: bool, last: bool):
+        """``(values, pullback)`` of :meth:`_step_functions`, jitted."""
+        key = (A.tobytes(), tuple(float(v) for v in c), with_params, last)
+        hit = self.compiled.get(key)
+        if hit is None:
+            import jax
+
+            stages, pullback = self._step_functions(A, c, with_params, last)
+            hit = self.compiled[key] = (jax.jit(stages), jax.jit(pullback))
+        return hit
+
+    def reverse_loop(self, A, c, with_params: bool, last: bool):
+        """Jitted ``(N, ts, hs, ys, K̄_out, ȳ_out, p) -> (a, p̄)``: the reverse sweep of
+        the discrete adjoint over steps ``N − 1 … 0`` in one ``fori_loop``, step ``n``
+        seeded with ``K̄_out[n]`` on its slopes and ``a`` (the carried cotangent of
+        ``y_{n+1}``) on its last stage, then ``a ← ȳ_out[n] + ȳ_n``, ``p̄ += p̄_n`` (the
+        per-step route's order). ``N`` is traced, so arrays padded beyond it are never
+        read and one compilation serves every step count up to their length."""
+        key = ("reverse", A.tobytes(), tuple(float(v) for v in c), with_params, last)
+        hit = self.compiled.get(key)
+        if hit is not None:
+            return hit
+        import jax
+        import jax.numpy as jnp
+
+        _, pullback = self._step_functions(A, c, with_params, last)
+        s = A.shape[0]
+
+        def sweep(N, ts, hs, ys, Kout, yout, p):
+            def body(i, carry):
+                a, pbar = carry
+                n = N - 1 - i
+                Gbar = jnp.zeros_like(Kout[n]).at[s - 1].set(a)
+                gy, gp = pullback(ts[n], ys[n], hs[n], p, Kout[n], Gbar)
+                return yout[n] + gy, (pbar if gp is None else pbar + gp)
+
+            pbar0 = jnp.zeros_like(p) if with_params else jnp.zeros((), dtype=ys.dtype)
+            return jax.lax.fori_loop(0, N, body, (jnp.zeros_like(ys[0]), pbar0))
+
+        hit = self.compiled[key] = jax.jit(sweep)
         return hit
 
 
@@ -545,6 +591,30 @@ class JaxStepGraph:
 
     def build(self, t, y, h, A, c, last: bool = True):
         return _JaxStepStages(self, t, y, h, A, c, last)
+
+    def reverse_steps(self, A, c, ts, hs, ys, Kout, yout, last: bool):
+        """The whole reverse sweep in one compiled call (:meth:`_JaxPair.reverse_loop`):
+        ``(a, p̄)`` as host arrays (``a`` flat; ``p̄`` None without params) for the ``N``
+        steps of ``ys`` (``(N, n)``, the states ``y_n``), ``ts``/``hs`` (their start times
+        and lengths) and the output seeds ``Kout`` (``(N, s, n)``) and ``yout``.
+
+        The arrays go in padded to a power of two (at least 16 steps), so that a training
+        loop whose step count drifts compiles the sweep a few times, not at every count."""
+        xp, N = self.xp, ys.shape[0]
+        cap = max(16, 1 << (N - 1).bit_length())
+
+        def pad(a):
+            out = xp.zeros((cap, *a.shape[1:]), dtype=a.dtype)
+            out[:N] = a
+            return out
+
+        s = Kout.shape[1]
+        fn = self.pair.reverse_loop(A, c, self.params is not None, last)
+        a, pbar = fn(N, pad(ts), pad(hs), xp.reshape(pad(ys), (cap, *self.shape)),
+                     xp.reshape(pad(Kout), (cap, s, *self.shape)),
+                     xp.reshape(pad(yout), (cap, *self.shape)), self.params)
+        a = xp.reshape(B.host_numpy(a), (self.n,))
+        return a, (None if self.params is None else B.host_numpy(pbar))
 
 
 class _JaxStepStages:
