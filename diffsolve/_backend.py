@@ -340,6 +340,10 @@ def is_cupy(xp) -> bool:
     return array_api_compat.is_cupy_namespace(xp)
 
 
+def is_jax(xp) -> bool:
+    return array_api_compat.is_jax_namespace(xp)
+
+
 def device(x):
     """The device an array (or the data of a sparse matrix) lives on."""
     if is_sparse(x):

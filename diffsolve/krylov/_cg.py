@@ -36,10 +36,12 @@ from ._common import (
     LinearMap,
     Preconditioner,
     _message,
+    _safe_norms,
+    _scale_columns,
     check_common,
+    compiled,
     finish,
     safe_norms,
-    scale_columns,
     unscale_columns,
     wants_stop,
 )
@@ -57,11 +59,47 @@ STAGNATED = ("the true residual stagnated above the tolerance when CG restarted 
              "eps·cond(A)·||b||); loosen rtol/atol or use float64")
 
 
+def _column_dots(xp, a, b):
+    return xp.sum(a * b, axis=0)
+
+
+def _curvature(xp, p, Ap):
+    return xp.stack([xp.sum(p * p, axis=0), xp.sum(p * Ap, axis=0), xp.sum(Ap * Ap, axis=0)])
+
+
+def _step_size(xp, rz, curv, a_norm, active, bad, floor):
+    pp, pAp, ApAp = curv[0, :], curv[1, :], curv[2, :]
+    a_norm = xp.maximum(a_norm, xp.sqrt(ApAp / xp.where(pp > 0, pp, 1)))
+    bad = bad | (active & (pAp <= floor * pp * a_norm))
+    step = active & ~bad
+    return xp.where(step, rz / xp.where(step, pAp, 1), 0), a_norm, bad
+
+
+def _next(xp, rz, rz_new, rr, tol, active, bad, column_iters):
+    step = active & ~bad
+    beta = xp.where(step & (rz != 0), rz_new / xp.where(rz != 0, rz, 1), 0)
+    rz = xp.where(step, rz_new, rz)
+    column_iters = column_iters + xp.astype(step, xp.int64)
+    active = step & (xp.sqrt(rr) > tol)
+    return beta, rz, active, column_iters
+
+
+def _update(xp, x, r, p, Ap, alpha):
+    x = x + alpha * p
+    r = r - alpha * Ap
+    return x, r, xp.sum(r * r, axis=0)
+
+
+def _direction(xp, p, z, beta):
+    return z + beta * p
+
+
 class VectorOps:
     """The vector operations of a CG iteration on ``(n, k)`` arrays.
 
     With compiled kernels (NumPy, CuPy) ``update`` and ``direction`` overwrite their first
-    arguments; without (array_api_strict) they return new arrays. Callers always use the
+    arguments; without, they return new arrays (the array-API functions above, compiled
+    by ``jax.jit`` for JAX arrays: :func:`._common.compiled`). Callers always use the
     returned arrays, so the same algorithm serves both.
     """
 
@@ -72,6 +110,8 @@ class VectorOps:
                         ("column_dots", "curvature_dots", "cg_update", "cg_direction",
                          "cg_step_size", "cg_next")}
         self.compiled = self.kernels["cg_update"] is not None
+        self.generic = {fn.__name__: compiled(xp, fn) for fn in
+                        (_column_dots, _curvature, _step_size, _next, _update, _direction)}
         self.dtype = dtype
         self.k = k
 
@@ -84,15 +124,13 @@ class VectorOps:
     def column_dots(self, a, b):
         if self.compiled:
             return self.kernels["column_dots"](a, b, self._out((self.k,)))
-        return self.xp.sum(a * b, axis=0)
+        return self.generic["_column_dots"](a, b)
 
     def curvature(self, p, Ap):
         """Rows ``pᵀp``, ``pᵀAp``, ``||Ap||²`` per column, shape ``(3, k)``."""
         if self.compiled:
             return self.kernels["curvature_dots"](p, Ap, self._out((3, self.k)))
-        xp = self.xp
-        return xp.stack([xp.sum(p * p, axis=0), xp.sum(p * Ap, axis=0),
-                         xp.sum(Ap * Ap, axis=0)])
+        return self.generic["_curvature"](p, Ap)
 
     def step_size(self, rz, curv, a_norm, active, bad, floor):
         """``(alpha, a_norm, bad)``: step lengths, ``||A||`` estimate, breakdown flags.
@@ -105,12 +143,7 @@ class VectorOps:
             alpha = self.kernels["cg_step_size"](rz, curv, a_norm, active, bad, floor,
                                                  self._out((self.k,)))
             return alpha, a_norm, bad
-        xp = self.xp
-        pp, pAp, ApAp = curv[0, :], curv[1, :], curv[2, :]
-        a_norm = xp.maximum(a_norm, xp.sqrt(ApAp / xp.where(pp > 0, pp, 1)))
-        bad = bad | (active & (pAp <= floor * pp * a_norm))
-        step = active & ~bad
-        return xp.where(step, rz / xp.where(step, pAp, 1), 0), a_norm, bad
+        return self.generic["_step_size"](rz, curv, a_norm, active, bad, floor)
 
     def next(self, rz, rz_new, rr, tol, active, bad, column_iters):
         """``(beta, rz, active, column_iters)`` after an update (see ``cg_next``)."""
@@ -118,28 +151,20 @@ class VectorOps:
             beta = self.kernels["cg_next"](rz, rz_new, rr, tol, active, bad, column_iters,
                                            self._out((self.k,)))
             return beta, rz, active, column_iters
-        xp = self.xp
-        step = active & ~bad
-        beta = xp.where(step & (rz != 0), rz_new / xp.where(rz != 0, rz, 1), 0)
-        rz = xp.where(step, rz_new, rz)
-        column_iters = column_iters + xp.astype(step, xp.int64)
-        active = step & (xp.sqrt(rr) > tol)
-        return beta, rz, active, column_iters
+        return self.generic["_next"](rz, rz_new, rr, tol, active, bad, column_iters)
 
     def update(self, x, r, p, Ap, alpha):
         """``x + alpha p``, ``r - alpha Ap`` and ``||r||²`` per column."""
         if self.compiled:
             rr = self.kernels["cg_update"](x, r, p, Ap, alpha, self._out((self.k,)))
             return x, r, rr
-        x = x + alpha * p
-        r = r - alpha * Ap
-        return x, r, self.xp.sum(r * r, axis=0)
+        return self.generic["_update"](x, r, p, Ap, alpha)
 
     def direction(self, p, z, beta):
         """``z + beta p``."""
         if self.compiled:
             return self.kernels["cg_direction"](p, z, beta)
-        return z + beta * p
+        return self.generic["_direction"](p, z, beta)
 
 
 def cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None = None,
@@ -330,33 +355,13 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a=
     k = layout.k
     device = B.device(b)
     Bw = layout.to_work(b)
-    s, finite = scale_columns(xp, Bw)
-    zero_b = finite & (xp.max(xp.abs(Bw), axis=0) == 0)
-    Bs = B.contiguous_copy(xp, xp.where(finite[None, :], Bw / s[None, :],
-                                        xp.zeros_like(Bw)))
-    if x0 is not None:
-        # x0 * a / s, in the order that keeps the intermediate within |x0| or the result
-        W0 = layout.to_work(x0)
-        X0 = (W0 * a) / s[None, :] if a < 1.0 else (W0 / s[None, :]) * a
-        finite = finite & xp.all(xp.isfinite(X0), axis=0)
-        Y = B.contiguous_copy(xp, xp.where((finite & ~zero_b)[None, :], X0,
-                                           xp.zeros_like(X0)))
-    else:
-        Y = xp.zeros(Bw.shape, dtype=dtype, device=device)
-    excluded = ~finite | zero_b
-    b_norm = safe_norms(xp, Bs)
-    tol = B.contiguous_copy(xp, xp.astype(
-        xp.maximum(rtol * b_norm, atol / s), dtype))
+    W0 = None if x0 is None else layout.to_work(x0)
+    (s, finite, Bs, Y, excluded, tol, column_iters, a_norm, bad, stagnated,
+     prev_true) = compiled(xp, _start, static=("a",))(Bw, W0, rtol, atol, a=a)
     fixed_budget = rtol == 0 and atol == 0
     ops = VectorOps(xp, dtype, k, device)
     floor = layout.N * float(xp.finfo(dtype).eps)
     kernel = _compiled_kernel(op, prec, layout, b, callback)
-
-    column_iters = xp.zeros((k,), dtype=xp.int64, device=device)
-    a_norm = xp.zeros((k,), dtype=dtype, device=device)
-    bad = xp.zeros((k,), dtype=xp.bool, device=device)
-    stagnated = xp.zeros((k,), dtype=xp.bool, device=device)
-    prev_true = xp.full((k,), float("inf"), dtype=dtype, device=device)
     total = 0
     stopped = False
     R = Bs - op(Y) if x0 is not None else ops.copy(Bs)
@@ -378,11 +383,9 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a=
                 op, prec, layout, ops, Bs, Y, R, tol, excluded | stagnated, bad, a_norm,
                 column_iters, total, maxiter, floor, s, callback, check_every, a)
         # the verdict reads the true residual, never the recursive one
-        R = B.contiguous_copy(xp, Bs - op(Y))
-        true = safe_norms(xp, R)
-        ok = true <= tol
-        nonfinite = ~xp.isfinite(true)
-        need = ~ok & ~nonfinite & ~bad & ~excluded & ~stagnated
+        R, true, ok, nonfinite, need = compiled(xp, _verdict)(
+            Bs, op(Y), tol, bad, excluded, stagnated)
+        R = B.contiguous(xp, R)
         if stopped or total >= maxiter or not bool(xp.any(need)):
             break
         if not fixed_budget:
@@ -394,13 +397,8 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a=
         # columns that met their tolerance stay put (their recursive residual is the
         # true one, below tol); the others restart from the true residual
 
-    status = xp.full((k,), int(Status.MAX_ITERATIONS), dtype=xp.int64, device=device)
-    if stopped:
-        status = xp.where(~ok, xp.full_like(status, int(Status.STOPPED)), status)
-    status = xp.where(stagnated | bad, xp.full_like(status, int(Status.BREAKDOWN)), status)
-    status = xp.where(ok, xp.full_like(status, int(Status.SUCCESS)), status)
-    status = xp.where(nonfinite | ~finite, xp.full_like(status, int(Status.NONFINITE)),
-                      status)
+    status = compiled(xp, _statuses, static=("stopped",))(ok, stagnated, bad, nonfinite,
+                                                          finite, stopped=stopped)
     details = []
     if bool(xp.any(bad & ~ok)):
         details.append(CURVATURE + ", so A (or M) is singular, indefinite or not "
@@ -414,6 +412,54 @@ def _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a=
                   atol=atol, maxiter=maxiter, detail="; ".join(details) or None,
                   residual_of=lambda X: safe_norms(xp, Bu - a * op(B.contiguous(xp, X))),
                   a_scale=a)
+
+
+def _start(xp, Bw, W0, rtol, atol, a=1.0):
+    """The scaled system of :func:`_run` and its iteration state before the first step:
+    ``(s, finite, Bs, Y, excluded, tol, column_iters, a_norm, bad, stagnated,
+    prev_true)``."""
+    dtype = Bw.dtype
+    s, finite = _scale_columns(xp, Bw)
+    zero_b = finite & (xp.max(xp.abs(Bw), axis=0) == 0)
+    Bs = B.contiguous_copy(xp, xp.where(finite[None, :], Bw / s[None, :],
+                                        xp.zeros_like(Bw)))
+    if W0 is not None:
+        # x0 * a / s, in the order that keeps the intermediate within |x0| or the result
+        X0 = (W0 * a) / s[None, :] if a < 1.0 else (W0 / s[None, :]) * a
+        finite = finite & xp.all(xp.isfinite(X0), axis=0)
+        Y = B.contiguous_copy(xp, xp.where((finite & ~zero_b)[None, :], X0,
+                                           xp.zeros_like(X0)))
+    else:
+        Y = xp.zeros_like(Bw)
+    excluded = ~finite | zero_b
+    b_norm = _safe_norms(xp, Bs)
+    tol = B.contiguous_copy(xp, xp.astype(xp.maximum(rtol * b_norm, atol / s), dtype))
+    column_iters = xp.zeros(s.shape, dtype=xp.int64, device=B.device(s))
+    a_norm = xp.zeros_like(s)
+    # separate arrays: the compiled kernels update bad (and a_norm) in place
+    bad = xp.zeros(s.shape, dtype=xp.bool, device=B.device(s))
+    stagnated = xp.zeros(s.shape, dtype=xp.bool, device=B.device(s))
+    return (s, finite, Bs, Y, excluded, tol, column_iters, a_norm, bad, stagnated,
+            xp.full_like(s, math.inf))
+
+
+def _verdict(xp, Bs, AY, tol, bad, excluded, stagnated):
+    """``(R, ‖R‖, ok, nonfinite, need)`` for the true residual ``R = Bs − A Y``."""
+    R = Bs - AY
+    true = _safe_norms(xp, R)
+    ok = true <= tol
+    nonfinite = ~xp.isfinite(true)
+    return R, true, ok, nonfinite, ~ok & ~nonfinite & ~bad & ~excluded & ~stagnated
+
+
+def _statuses(xp, ok, stagnated, bad, nonfinite, finite, stopped=False):
+    status = xp.full(ok.shape, int(Status.MAX_ITERATIONS), dtype=xp.int64,
+                     device=B.device(ok))
+    if stopped:
+        status = xp.where(~ok, xp.full_like(status, int(Status.STOPPED)), status)
+    status = xp.where(stagnated | bad, xp.full_like(status, int(Status.BREAKDOWN)), status)
+    status = xp.where(ok, xp.full_like(status, int(Status.SUCCESS)), status)
+    return xp.where(nonfinite | ~finite, xp.full_like(status, int(Status.NONFINITE)), status)
 
 
 def _iterate(op, prec, layout, ops, Bs, Y, R, tol, excluded, bad, a_norm, column_iters,
