@@ -9,13 +9,15 @@ the multi-level Poisson and diffusion models.
 ``dcdm_poisson2d_64_obstacles.npz`` (or into ``--out``) and the loss histories to
 ``bench/results/dcdm_training.json``; ``multilevel`` writes
 ``dcdm_poisson2d_multilevel.npz`` (shared levels, ``levels="auto"``, Poisson on 32², 64²,
-128² in turn) and ``diffusion`` ``dcdm_diffusion2d.npz`` (shared levels and the
-coefficient channel, :func:`diffusion_family` on 32² and 64²), with their histories in
-``dcdm_training_<which>.json``. The problems are built by :func:`poisson2d`, which the
-benchmark and the tests share: 5-point Laplacian on the fluid cells of an ``s × s`` grid,
-Dirichlet walls at the domain boundary, homogeneous Neumann faces at obstacles (the pressure
-Poisson system of a smoke simulation with solid obstacles, Kaneda et al. 2023, section 4),
-and by :func:`diffusion2d` (finite-volume ``-div(k grad u)``, Dirichlet or Neumann walls).
+128² in turn), ``diffusion`` ``dcdm_diffusion2d.npz`` (shared levels and the
+coefficient channel, :func:`diffusion_family` on 32² and 64²) and ``poisson3d``
+``dcdm_poisson3d_multilevel.npz`` (shared levels, 3-D Poisson on 16³, :func:`poisson3d`),
+with their histories in ``dcdm_training_<which>.json``. The problems are built by
+:func:`poisson2d`, which the benchmark and the tests share: 5-point Laplacian on the fluid
+cells of an ``s × s`` grid, Dirichlet walls at the domain boundary, homogeneous Neumann
+faces at obstacles (the pressure Poisson system of a smoke simulation with solid obstacles,
+Kaneda et al. 2023, section 4), by :func:`diffusion2d` (finite-volume ``-div(k grad u)``,
+Dirichlet or Neumann walls) and by :func:`poisson3d` (7-point, Dirichlet walls).
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ def poisson2d(s, mask=None, dtype=np.float64):
     A.sort_indices()
     return A
 
+
+
+def poisson3d(s, dtype=np.float64):
+    """CSR 7-point Laplacian of an ``s × s × s`` grid with Dirichlet walls, C order (cell
+    ``(i, j, k)`` is row ``(i s + j) s + k``): the 3-D pressure Poisson system of Kaneda et
+    al. (2023) without obstacles."""
+    T = sp.diags([-np.ones(s - 1), 2.0 * np.ones(s), -np.ones(s - 1)], [-1, 0, 1],
+                 shape=(s, s), dtype=dtype)
+    eye = sp.identity(s, dtype=dtype)
+    A = (sp.kron(sp.kron(T, eye), eye) + sp.kron(sp.kron(eye, T), eye)
+         + sp.kron(sp.kron(eye, eye), T)).tocsr()
+    A.sum_duplicates()
+    A.sort_indices()
+    return A
 
 
 def lognormal_field(s, sigma, seed=0, correlation=0.1):
@@ -171,14 +187,17 @@ def train(which, steps, minutes, gpu, seed, lr, batch, channels, n_blocks, n_rit
           shared_levels=False, sizes=(64,), coefficient_channel=False):
     """Train one model; several ``sizes`` train on that family of grids (visited in turn).
 
-    ``which``: "plain" or "obstacles" (Poisson, :func:`poisson2d`), or "diffusion" (the
-    :func:`diffusion_family` of ``sizes``).
+    ``which``: "plain" or "obstacles" (Poisson, :func:`poisson2d`), "diffusion" (the
+    :func:`diffusion_family` of ``sizes``), or "poisson3d" (:func:`poisson3d`).
     """
     from diffsolve.linear import train_direction_model
 
     As, grids, masks = [], [], []
+    dim = 3 if which == "poisson3d" else 2
     if which == "diffusion":
         problems = [(s, None, A) for _, s, A in diffusion_family(sizes)]
+    elif which == "poisson3d":
+        problems = [(s, None, poisson3d(s)) for s in sizes]
     else:
         problems = []
         for s in sizes:
@@ -194,7 +213,7 @@ def train(which, steps, minutes, gpu, seed, lr, batch, channels, n_blocks, n_rit
 
                 mask = cupy.asarray(mask)
         As.append(A)
-        grids.append((s, s))
+        grids.append((s,) * dim)
         masks.append(mask)
     family = len(problems) > 1
     t0 = time.perf_counter()
@@ -235,7 +254,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--which", default="both",
-                    choices=["plain", "obstacles", "both", "multilevel", "diffusion"],
+                    choices=["plain", "obstacles", "both", "multilevel", "diffusion",
+                             "poisson3d"],
                     help="both: the two one-level Poisson models; multilevel: Poisson on "
                          "32², 64², 128² with shared levels (levels auto); diffusion: the "
                          "diffusion family on 32², 64² with shared levels and the coefficient "
@@ -253,7 +273,8 @@ def main(argv=None):
     for which in kinds:
         # the recipes of the named multi-level models (their own levels and family)
         recipe = {"multilevel": ("plain", "auto", True, (32, 64, 128), False),
-                  "diffusion": ("diffusion", "auto", True, (32, 64), True)}.get(
+                  "diffusion": ("diffusion", "auto", True, (32, 64), True),
+                  "poisson3d": ("poisson3d", "auto", True, (16,), False)}.get(
                       which, (which, levels, args.shared_levels, sizes, False))
         kind, lv, shared, train_sizes, coefficient = recipe
         model, history, seconds, done = train(kind, args.steps, args.minutes, args.gpu,
@@ -262,10 +283,12 @@ def main(argv=None):
                                               train_sizes, coefficient)
         name = {"plain": "dcdm_poisson2d_64.npz", "obstacles": "dcdm_poisson2d_64_obstacles.npz",
                 "multilevel": "dcdm_poisson2d_multilevel.npz",
-                "diffusion": "dcdm_diffusion2d.npz"}[which]
+                "diffusion": "dcdm_diffusion2d.npz",
+                "poisson3d": "dcdm_poisson3d_multilevel.npz"}[which]
         problem = {"multilevel": "2-D Poisson 32^2, 64^2, 128^2",
                    "diffusion": "2-D diffusion family 32^2, 64^2 (bench.train_dcdm_weights."
-                                "diffusion_family)"}.get(which, f"2-D Poisson 64^2 ({which})")
+                                "diffusion_family)",
+                   "poisson3d": "3-D Poisson 16^3"}.get(which, f"2-D Poisson 64^2 ({which})")
         model.save(os.path.join(args.out, name), problem=problem,
                    script="bench/train_dcdm_weights.py", steps=done, lr=args.lr,
                    batch=args.batch, seconds=round(seconds, 1), levels=model.levels,
