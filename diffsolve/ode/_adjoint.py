@@ -218,23 +218,25 @@ def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_b
             cache = _segment(stepper, rhs, traj, n)
         return cache[n]
 
-    def outputs(n, h):
+    def outputs(n):
         lo, hi = ranges.get(n, (0, 0))
         if hi - lo >= STEP_DENSE_BATCH:
             return (traj.out_theta[lo:hi], ys_bar[lo:hi, ...])
         return [(float(traj.out_theta[q]), ys_bar[q, ...]) for q in range(lo, hi)]
 
     loop = getattr(rev.graph, "reverse_steps", None)
-    if FUSED_REVERSE and loop is not None and N > 0 and rE_bar == 0.0 and rS_bar == 0.0:
+    if FUSED_REVERSE and loop is not None and N > 0 and rE_bar == 0.0 and rS_bar == 0.0 \
+            and traj.every == 1:
         # without regulariser cotangents, what each step receives from outside (its
         # outputs) is known before the reverse sweep starts: the whole sweep is one
-        # compiled loop (JaxStepGraph), not one host call per step
-        a, p_bar = _fused_reverse(rev, loop, traj, N, state, outputs, ys_bar)
+        # compiled loop (JaxStepGraph), not one host call per step. Not with checkpoints:
+        # the loop reads every state at once, which checkpoint_every > 1 chose not to keep
+        a, p_bar = _fused_reverse(rev, loop, traj, N, state, sorted(ranges), outputs, ys_bar)
     else:
         for n in range(N - 1, -1, -1):
             y = state(n)
             t, h = float(traj.ts[n]), float(traj.ts[n + 1] - traj.ts[n])
-            a, p_bar = rev.run(t, y, h, a, outputs(n, h), rE_bar * abs(h), rS_bar * abs(h),
+            a, p_bar = rev.run(t, y, h, a, outputs(n), rE_bar * abs(h), rS_bar * abs(h),
                                p_bar)
     through = a
     y0_bar = ys_bar[0, ...]
@@ -255,11 +257,13 @@ def discrete_adjoint(stepper: Stepper, rhs, fvjp, traj: Trajectory, ys_bar, rE_b
 FUSED_REVERSE = True
 
 
-def _fused_reverse(rev: _StepReverse, loop, traj: Trajectory, N: int, state, outputs, ys_bar):
+def _fused_reverse(rev: _StepReverse, loop, traj: Trajectory, N: int, state, with_outputs,
+                   outputs, ys_bar):
     """``(ȳ_0 through the steps, p̄)`` of the whole reverse sweep in one call of ``loop``
-    (``JaxStepGraph.reverse_steps``): the output seeds of every step are gathered here with
-    :meth:`_StepReverse.output_seeds` (the per-step route's arithmetic), the states read
-    or recomputed as the per-step route reads them."""
+    (``JaxStepGraph.reverse_steps``). The output seeds are gathered here with
+    :meth:`_StepReverse.output_seeds` (the per-step route's arithmetic), one row per step
+    that has outputs (``slots[n]``: its row, −1 for none), so their memory is that of the
+    outputs, not of the steps; the states are read as the per-step route reads them."""
     xp, st = rev.xp, rev.st
     s = st.s
     ts = np.asarray(traj.ts, dtype=np.float64)
@@ -267,21 +271,21 @@ def _fused_reverse(rev: _StepReverse, loop, traj: Trajectory, N: int, state, out
     y_first = state(0)
     n = y_first.shape[0]
     ys = xp.empty((N, n), dtype=y_first.dtype)
-    Kout = xp.zeros((N, s, n), dtype=ys_bar.dtype)
-    yout = xp.zeros((N, n), dtype=ys_bar.dtype)
-    last = False
     for m in range(N):
         ys[m] = state(m)
-        outs = outputs(m, float(hs[m]))
-        if not len(outs):
-            continue
-        Kbar, ybar = rev.output_seeds(float(hs[m]), outs)
+    slots = np.full((N,), -1, dtype=np.int64)
+    Kc = xp.zeros((max(len(with_outputs), 1), s, n), dtype=ys_bar.dtype)
+    yc = xp.zeros((Kc.shape[0], n), dtype=ys_bar.dtype)
+    last = False
+    for j, m in enumerate(with_outputs):
+        slots[m] = j
+        Kbar, ybar = rev.output_seeds(float(hs[m]), outputs(m))
         for i, k in enumerate(Kbar):
             if k is not None:
-                Kout[m, i] = k
+                Kc[j, i] = k
                 last = last or i == s - 1
-        yout[m] = ybar
-    return loop(rev.A, st.c, ts[:N], hs, ys, Kout, yout, last)
+        yc[j] = ybar
+    return loop(rev.A, st.c, ts[:N], hs, ys, slots, Kc, yc, last)
 
 
 def _segment(stepper, rhs, traj, n):

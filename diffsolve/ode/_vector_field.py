@@ -547,12 +547,13 @@ class _JaxPair:
         return hit
 
     def reverse_loop(self, A, c, with_params: bool, last: bool):
-        """Jitted ``(N, ts, hs, ys, K̄_out, ȳ_out, p) -> (a, p̄)``: the reverse sweep of
-        the discrete adjoint over steps ``N − 1 … 0`` in one ``fori_loop``, step ``n``
-        seeded with ``K̄_out[n]`` on its slopes and ``a`` (the carried cotangent of
-        ``y_{n+1}``) on its last stage, then ``a ← ȳ_out[n] + ȳ_n``, ``p̄ += p̄_n`` (the
-        per-step route's order). ``N`` is traced, so arrays padded beyond it are never
-        read and one compilation serves every step count up to their length."""
+        """Jitted ``(N, ts, hs, ys, slots, K̄_out, ȳ_out, p) -> (a, p̄)``: the reverse sweep
+        of the discrete adjoint over steps ``N − 1 … 0`` in one ``fori_loop``, step ``n``
+        seeded with ``K̄_out[slots[n]]`` on its slopes (zero where ``slots[n] < 0``) and
+        ``a`` (the carried cotangent of ``y_{n+1}``) on its last stage, then
+        ``a ← ȳ_out[slots[n]] + ȳ_n``, ``p̄ += p̄_n`` (the per-step route's order). ``N``
+        is traced, so arrays padded beyond it are never read and one compilation serves
+        every step count up to their length."""
         key = ("reverse", A.tobytes(), tuple(float(v) for v in c), with_params, last)
         hit = self.compiled.get(key)
         if hit is not None:
@@ -563,13 +564,17 @@ class _JaxPair:
         _, pullback = self._step_functions(A, c, with_params, last)
         s = A.shape[0]
 
-        def sweep(N, ts, hs, ys, Kout, yout, p):
+        def sweep(N, ts, hs, ys, slots, Kout, yout, p):
             def body(i, carry):
                 a, pbar = carry
                 n = N - 1 - i
-                Gbar = jnp.zeros_like(Kout[n]).at[s - 1].set(a)
-                gy, gp = pullback(ts[n], ys[n], hs[n], p, Kout[n], Gbar)
-                return yout[n] + gy, (pbar if gp is None else pbar + gp)
+                j = slots[n]
+                seeded = j >= 0
+                Kbar = jnp.where(seeded, Kout[jnp.maximum(j, 0)], 0.0)
+                Gbar = jnp.zeros_like(Kbar).at[s - 1].set(a)
+                gy, gp = pullback(ts[n], ys[n], hs[n], p, Kbar, Gbar)
+                a = jnp.where(seeded, yout[jnp.maximum(j, 0)] + gy, gy)
+                return a, (pbar if gp is None else pbar + gp)
 
             pbar0 = jnp.zeros_like(p) if with_params else jnp.zeros((), dtype=ys.dtype)
             return jax.lax.fori_loop(0, N, body, (jnp.zeros_like(ys[0]), pbar0))
@@ -592,27 +597,31 @@ class JaxStepGraph:
     def build(self, t, y, h, A, c, last: bool = True):
         return _JaxStepStages(self, t, y, h, A, c, last)
 
-    def reverse_steps(self, A, c, ts, hs, ys, Kout, yout, last: bool):
+    def reverse_steps(self, A, c, ts, hs, ys, slots, Kout, yout, last: bool):
         """The whole reverse sweep in one compiled call (:meth:`_JaxPair.reverse_loop`):
         ``(a, p̄)`` as host arrays (``a`` flat; ``p̄`` None without params) for the ``N``
         steps of ``ys`` (``(N, n)``, the states ``y_n``), ``ts``/``hs`` (their start times
-        and lengths) and the output seeds ``Kout`` (``(N, s, n)``) and ``yout``.
+        and lengths) and the output seeds: ``Kout`` (``(Q, s, n)``) and ``yout``
+        (``(Q, n)``) for the steps with outputs, step ``n`` reading row ``slots[n]``
+        (−1: none).
 
-        The arrays go in padded to a power of two (at least 16 steps), so that a training
-        loop whose step count drifts compiles the sweep a few times, not at every count."""
-        xp, N = self.xp, ys.shape[0]
+        The arrays go in padded to powers of two (at least 16 steps, 4 seeded ones), so
+        that a training loop whose step count drifts compiles the sweep a few times, not
+        at every count."""
+        xp, N, Q = self.xp, ys.shape[0], Kout.shape[0]
         cap = max(16, 1 << (N - 1).bit_length())
+        qcap = max(4, 1 << (Q - 1).bit_length())
 
-        def pad(a):
-            out = xp.zeros((cap, *a.shape[1:]), dtype=a.dtype)
-            out[:N] = a
+        def pad(a, size):
+            out = xp.zeros((size, *a.shape[1:]), dtype=a.dtype)
+            out[:a.shape[0]] = a
             return out
 
         s = Kout.shape[1]
         fn = self.pair.reverse_loop(A, c, self.params is not None, last)
-        a, pbar = fn(N, pad(ts), pad(hs), xp.reshape(pad(ys), (cap, *self.shape)),
-                     xp.reshape(pad(Kout), (cap, s, *self.shape)),
-                     xp.reshape(pad(yout), (cap, *self.shape)), self.params)
+        a, pbar = fn(N, pad(ts, cap), pad(hs, cap), xp.reshape(pad(ys, cap), (cap, *self.shape)),
+                     pad(slots, cap), xp.reshape(pad(Kout, qcap), (qcap, s, *self.shape)),
+                     xp.reshape(pad(yout, qcap), (qcap, *self.shape)), self.params)
         a = xp.reshape(B.host_numpy(a), (self.n,))
         return a, (None if self.params is None else B.host_numpy(pbar))
 
