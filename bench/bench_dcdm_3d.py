@@ -7,8 +7,9 @@ Run from the repository root (single-threaded BLAS, under the shared benchmark l
 
 A multi-level :class:`~diffsolve.linear.ConvDirectionModel` (``levels="auto"``,
 ``shared_levels=True``: the depth follows each grid with one set of weights for the levels
-in between) is trained on the 16³ 7-point Poisson matrix by the recipe ``--which poisson3d``
-of ``bench/train_dcdm_weights.py`` (float32, CPU, ``--steps`` Adam steps), then bound to
+in between) is trained on the 7-point Poisson matrices of ``--train-sizes`` (default 16³;
+several sides are visited in turn) by the recipe ``poisson3d`` of
+``bench/train_dcdm_weights.py`` (float32, CPU, ``--steps`` Adam steps), then bound to
 each grid of ``--sizes`` and run on Gaussian right-hand sides (``--seeds``) to the
 smallest of ``--rtols``; iterations and time to each tolerance are read off that one run
 (the iterates do not depend on the tolerance). Beside it, SciPy's ``cg`` unpreconditioned,
@@ -16,7 +17,8 @@ with IC(0) (the compiled factorisation of ``bench/bench_dcdm.py``) and with PyAM
 aggregation V-cycle, each to every tolerance; set-up times apart. The model is not shipped
 (``--models`` keeps it; default a temporary directory).
 
-Results: ``bench/results/dcdm_3d.json`` and ``.md`` (``--quick``: into ``--models``).
+Results: ``bench/results/dcdm_3d[_<tag>].json`` and ``.md`` (``--quick``: into
+``--models``).
 """
 
 from __future__ import annotations
@@ -96,8 +98,9 @@ def markdown(out):
              f"Model: `levels=\"auto\"`, `shared_levels=True`, {t['channels']} channels, "
              f"n_blocks {t['n_blocks']}, {t['parameters']} parameters, trained "
              f"{t['steps']} Adam steps (batch {t['batch']}, {t['n_ritz']} Ritz vectors, "
-             f"float32, CPU, {t['seconds']:.0f} s) on 16³ only "
-             "(`bench/train_dcdm_weights.py --which poisson3d`); not shipped. "
+             f"float32, CPU, {t['seconds']:.0f} s) on cube sides "
+             f"{t.get('train_sizes', [16])} in turn (`bench.train_dcdm_weights.train`, "
+             "recipe `poisson3d`); not shipped. "
              f"Right-hand sides: Gaussian, seeds {out['seeds']}; medians. DCDM maxiter "
              f"{out['maxiter']}, CG fallback as shipped. Machine: {out['machine']}, "
              "OPENBLAS_NUM_THREADS=1; a shared 2-core machine, so seconds compare within a "
@@ -143,6 +146,9 @@ def main(argv=None):
     ap.add_argument("--n-blocks", type=int, default=2)
     ap.add_argument("--n-ritz", type=int, default=400)
     ap.add_argument("--sizes", default="16,32,48,64")
+    ap.add_argument("--train-sizes", default="16",
+                    help="cube sides of the training family, visited in turn")
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--rtols", default="1e-4,1e-6")
     ap.add_argument("--maxiter", type=int, default=400)
@@ -161,10 +167,12 @@ def main(argv=None):
     else:
         model, history, seconds, done = train(
             "poisson3d", args.steps, args.minutes, False, 0, args.lr, args.batch,
-            args.channels, args.n_blocks, args.n_ritz, "auto", True, (16,), False)
-        model.save(path, problem="3-D Poisson 16^3", script="bench/bench_dcdm_3d.py",
-                   steps=done, device="cpu")
+            args.channels, args.n_blocks, args.n_ritz, "auto", True,
+            tuple(_ints(args.train_sizes)), False)
+        model.save(path, problem=f"3-D Poisson {args.train_sizes} (cube sides)",
+                   script="bench/bench_dcdm_3d.py", steps=done, device="cpu")
         training = {"steps": done, "seconds": seconds, "batch": args.batch,
+                    "train_sizes": _ints(args.train_sizes),
                     "channels": args.channels, "n_blocks": args.n_blocks,
                     "n_ritz": args.n_ritz, "loss_history": history,
                     "parameters": int(model.n_params),
@@ -177,8 +185,9 @@ def main(argv=None):
            "maxiter": args.maxiter, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
            "loadavg": os.getloadavg()}
     dest = models if args.quick else RESULTS
-    (dest / "dcdm_3d.json").write_text(json.dumps(out, indent=1, default=float))
-    (dest / "dcdm_3d.md").write_text(markdown(out))
+    name = "dcdm_3d" + (f"_{args.tag}" if args.tag else "")
+    (dest / f"{name}.json").write_text(json.dumps(out, indent=1, default=float))
+    (dest / f"{name}.md").write_text(markdown(out))
     print(markdown(out))
 
 
