@@ -14,8 +14,9 @@ each grid of ``--sizes`` and run on Gaussian right-hand sides (``--seeds``) to t
 smallest of ``--rtols``; iterations and time to each tolerance are read off that one run
 (the iterates do not depend on the tolerance). Beside it, SciPy's ``cg`` unpreconditioned,
 with IC(0) (the compiled factorisation of ``bench/bench_dcdm.py``) and with PyAMG's smoothed
-aggregation V-cycle, each to every tolerance; set-up times apart. The model is not shipped
-(``--models`` keeps it; default a temporary directory).
+aggregation V-cycle, each to every tolerance; set-up times apart. ``--models`` keeps the
+trained model (default a temporary directory); the run with ``--train-sizes 16,32 --steps
+300 --minutes 40`` wrote the shipped ``pretrained_direction_model("poisson3d-multilevel")``.
 
 Results: ``bench/results/dcdm_3d[_<tag>].json`` and ``.md`` (``--quick``: into
 ``--models``).
@@ -100,7 +101,7 @@ def markdown(out):
              f"{t['steps']} Adam steps (batch {t['batch']}, {t['n_ritz']} Ritz vectors, "
              f"float32, CPU, {t['seconds']:.0f} s) on cube sides "
              f"{t.get('train_sizes', [16])} in turn (`bench.train_dcdm_weights.train`, "
-             "recipe `poisson3d`); not shipped. "
+             "recipe `poisson3d`; kept in `--models`). "
              f"Right-hand sides: Gaussian, seeds {out['seeds']}; medians. DCDM maxiter "
              f"{out['maxiter']}, CG fallback as shipped. Machine: {out['machine']}, "
              "OPENBLAS_NUM_THREADS=1; a shared 2-core machine, so seconds compare within a "
