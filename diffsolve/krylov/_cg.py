@@ -110,8 +110,10 @@ class VectorOps:
                         ("column_dots", "curvature_dots", "cg_update", "cg_direction",
                          "cg_step_size", "cg_next")}
         self.compiled = self.kernels["cg_update"] is not None
-        self.generic = {fn.__name__: compiled(xp, fn) for fn in
-                        (_column_dots, _curvature, _step_size, _next, _update, _direction)}
+        # the array-API twins, only where no kernel serves
+        self.generic = {} if self.compiled else {
+            fn.__name__: compiled(xp, fn) for fn in
+            (_column_dots, _curvature, _step_size, _next, _update, _direction)}
         self.dtype = dtype
         self.k = k
 
