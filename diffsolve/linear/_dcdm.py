@@ -6,14 +6,32 @@ the last ``k`` directions, ``p = q - Σ_j (qᵀA p_j / p_jᵀA p_j) p_j`` (paper
 takes the exact line-search step ``α = pᵀr / pᵀA p`` (which minimises the A-norm of the
 error along p).
 
+Smoothed directions (``smoother="ssor"``, diffsolve's addition, not the paper's). The network
+was trained on smooth residuals (Ritz vectors of the low end of the spectrum) and it sees only
+the residual, so it cannot resolve the high-frequency part of the error, nor what a varying
+coefficient or a Neumann wall does locally. A relaxation sweep does exactly that, from the
+matrix entries. The direction is then one two-level cycle with the network as its coarse
+correction (the structure of a multigrid V-cycle, Trottenberg, Oosterlee & Schüller,
+*Multigrid*, 2001, §2.4; a network as the coarse part of such a cycle: Azulay & Treister,
+SIAM J. Sci. Comput. 45, 2023):
+
+1. pre-smooth: ``z = S r`` (one symmetric Gauss–Seidel sweep from zero, ``S = M_SGS⁻¹``);
+2. coarse correction: ``c = N(r₁ / ||r₁||)`` with ``r₁ = r − A z``, scaled by its
+   energy-optimal step ``γ = cᵀr₁ / cᵀAc`` (the network's output is only a direction), so
+   ``z += γ c``, ``r₂ = r₁ − γ A c``;
+3. post-smooth: ``z += S r₂``, and ``q = z``.
+
+Per iteration this adds two SGS sweeps and two sparse products to the network's call.
+
 The network is not a symmetric positive definite preconditioner, so nothing guarantees
 convergence. Fallback (diffsolve's addition, not the paper's): when the residual has not
 improved on its best value by ``STALL_FACTOR`` for ``STALL_PATIENCE`` consecutive iterations,
 or a direction is useless (``pᵀAp`` not positive or not finite, or ``p`` orthogonal to
-``r``), the solve drops the network and restarts conjugate gradients from the current
-iterate (``q = r``, the stored directions cleared); CG then converges for any symmetric
-positive definite A. The switch is reported with a :class:`DirectionFallbackWarning` naming
-the iteration.
+``r``), the solve drops the network and restarts from the current iterate with conjugate
+gradients (``q = r``) or, with the smoother, SGS-preconditioned CG (``q = S r``), the stored
+directions cleared; either converges for any symmetric positive definite A (``M_SGS`` is
+symmetric positive definite there). The switch is reported with a
+:class:`DirectionFallbackWarning` naming the iteration.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from .. import _backend as B
@@ -35,9 +54,14 @@ from ._iterative import (
     thresholds,
     unscale,
 )
+from ._relaxation import Relaxation
 from ._result import LinearSolveState
 
-__all__ = ["DirectionFallbackWarning", "dcdm_solve"]
+__all__ = ["DirectionFallbackWarning", "PreparedDcdm", "dcdm_solve"]
+
+#: the values of ``solve(..., smoother=...)``; "auto" is "ssor" for a matrix with entries and
+#: None for a LinearOperator (which has none to relax with)
+SMOOTHERS = ("auto", "ssor", None)
 
 WHERE = "diffsolve.linear.solve"
 #: iterations without a 1 % improvement of the best residual before falling back to CG. The
@@ -124,6 +148,36 @@ def resolve_model(model, op, xp, device):
     return model
 
 
+@dataclass(frozen=True)
+class PreparedDcdm:
+    """What a DCDM solve prepares once per matrix and its adjoint reuses: the network bound
+    to the grid (and to A's diagonal, for a coefficient channel) and, with a smoother, the
+    symmetric Gauss–Seidel data of A (CSR parts, diagonal; the colouring on the GPU)."""
+
+    model: ConvDirectionModel
+    relaxation: Relaxation | None
+
+    def smooth(self, r):
+        """``M_SGS⁻¹ r``: one symmetric Gauss–Seidel sweep from zero."""
+        assert self.relaxation is not None
+        return self.relaxation.precondition(r)
+
+
+def prepare(op, model, smoother, xp, device) -> PreparedDcdm:
+    """Bind the model to ``op``'s grid and build the smoother that ``smoother`` names."""
+    bound = resolve_model(model, op, xp, device)
+    if smoother == "auto":
+        smoother = None if op.kind == "operator" else "ssor"
+    if smoother is None:
+        return PreparedDcdm(bound, None)
+    if op.kind == "operator":
+        raise ValueError(f"{WHERE}: method='dcdm' with smoother='ssor' relaxes with the "
+                         "entries of A, but A is a LinearOperator; pass the matrix (dense or "
+                         "CSR), or smoother=None")
+    # ω = 1: symmetric Gauss–Seidel, the classic multigrid smoother for diffusion stencils
+    return PreparedDcdm(bound, Relaxation(op, 1.0, WHERE))
+
+
 def check_grid_operator(op, grid_shape, xp, what, cells=None):
     """Raise ``ValueError`` unless ``A`` couples only grid neighbours of ``grid_shape``.
 
@@ -182,7 +236,32 @@ def _norm(xp, v):
     return float(xp.sqrt(xp.sum(v * v)))
 
 
-def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
+def _direction(op, prepared: PreparedDcdm, r, rn, fallen: bool):
+    """The search direction before A-orthogonalisation (module docstring), or None when the
+    network's output is useless (zero, not finite, or of non-positive energy ``cᵀAc``)."""
+    xp = op.xp
+    if prepared.relaxation is None:
+        return r if fallen else prepared.model(r / rn)
+    z = prepared.smooth(r)
+    if fallen:
+        return z
+    r1 = r - op.matvec(z)
+    n1 = _norm(xp, r1)
+    if n1 > 0 and math.isfinite(n1):
+        c = prepared.model(r1 / n1)
+        Ac = op.matvec(c)
+        cAc = float(xp.sum(c * Ac))
+        if not (cAc > 0 and math.isfinite(cAc)):
+            # the smoothed part alone would still be a direction, but the network would be
+            # silently ignored: report it as the caller reports any useless direction
+            return None
+        gamma = float(xp.sum(c * r1)) / cAc
+        z = z + gamma * c
+        r1 = r1 - gamma * Ac
+    return z + prepared.smooth(r1)
+
+
+def _dcdm_column(op, b, x0, tol, maxiter, prepared, k, callback):
     """One right-hand side. Returns ``(x, n_iters, fallback_iteration or None, status)``
     with status ``BREAKDOWN`` (CG itself met non-positive curvature), ``STOPPED`` (the
     callback returned True) or ``None`` (ran to its tolerance or budget: the caller reads
@@ -197,19 +276,22 @@ def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
     eps = float(xp.finfo(b.dtype).eps)
     it = 0
     while rn > tol and it < maxiter:
-        q = r if fallback_at is not None else model(r / rn)
-        p = q
-        for pj, Apj, pApj in dirs:
-            p = p - (float(xp.sum(q * Apj)) / pApj) * pj
-        Ap = op.matvec(p)
-        pAp = float(xp.sum(p * Ap))
-        pr = float(xp.sum(p * r))
-        pn = _norm(xp, p)
-        useless = not (math.isfinite(pAp) and math.isfinite(pr) and pAp > 0
-                       and abs(pr) > 10 * eps * pn * rn)
+        q = _direction(op, prepared, r, rn, fallback_at is not None)
+        if q is None:
+            useless = True
+        else:
+            p = q
+            for pj, Apj, pApj in dirs:
+                p = p - (float(xp.sum(q * Apj)) / pApj) * pj
+            Ap = op.matvec(p)
+            pAp = float(xp.sum(p * Ap))
+            pr = float(xp.sum(p * r))
+            pn = _norm(xp, p)
+            useless = not (math.isfinite(pAp) and math.isfinite(pr) and pAp > 0
+                           and abs(pr) > 10 * eps * pn * rn)
         if useless:
             if fallback_at is not None:
-                # conjugate gradients itself met pᵀAp <= 0: A is not positive definite
+                # (preconditioned) CG itself met pᵀAp <= 0: A is not positive definite
                 return x, it, fallback_at, Status.BREAKDOWN
             fallback_at = it
             dirs.clear()
@@ -235,14 +317,14 @@ def _dcdm_column(op, b, x0, tol, maxiter, model, k, callback):
     return x, it, fallback_at, None
 
 
-def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prepared=None,
-               check_symmetric=True):
+def dcdm_solve(op, b, *, model, k, smoother, x0, rtol, atol, maxiter, callback, what,
+               prepared=None, check_symmetric=True):
     """DCDM on every column of ``b``; warns (``DirectionFallbackWarning``) when it falls
     back to CG, and returns its status otherwise (nothing else is warned).
 
-    ``prepared`` is a resolved model from an earlier solve with the same matrix (the
+    ``prepared`` is a :class:`PreparedDcdm` from an earlier solve with the same matrix (the
     adjoint reuses the forward's). Returns an :class:`IterativeOutcome` whose ``prepared``
-    is the resolved model. ``callback`` is the user's ``callback(LinearSolveState)``.
+    is that object. ``callback`` is the user's ``callback(LinearSolveState)``.
     """
     xp = op.xp
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -251,12 +333,13 @@ def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prep
     if check_symmetric:
         _check_symmetric(op, xp, "dcdm")
     device = B.device(b)
-    model = prepared if prepared is not None else resolve_model(model, op, xp, device)
+    if prepared is None:
+        prepared = prepare(op, model, smoother, xp, device)
     maxiter = 10 * op.n if maxiter is None else int(maxiter)
     s, bs, x0s, finite = scaled_problem(b, x0, xp)
     if not bool(xp.all(finite)):
         kk = 1 if b.ndim == 1 else b.shape[1]
-        return IterativeOutcome(xp.full_like(b, math.nan), 0, False, model, Status.NONFINITE,
+        return IterativeOutcome(xp.full_like(b, math.nan), 0, False, prepared, Status.NONFINITE,
                                 xp.full((kk,), math.nan, dtype=b.dtype))
     tols = thresholds(bs, rtol, atol / s, xp)
     cols = [bs] if b.ndim == 1 else [bs[:, j] for j in range(b.shape[1])]
@@ -269,7 +352,7 @@ def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prep
         if callback is not None:
             def cb(it, x, rn, sj=float(s[j])):
                 return callback(LinearSolveState(it, x * sj, rn * sj))
-        x, it, fb, st = _dcdm_column(op, bj, x0j, float(tols[j]), maxiter, model, k, cb)
+        x, it, fb, st = _dcdm_column(op, bj, x0j, float(tols[j]), maxiter, prepared, k, cb)
         xs.append(x)
         iters.append(it)
         falls.append(fb)
@@ -285,11 +368,13 @@ def dcdm_solve(op, b, *, model, k, x0, rtol, atol, maxiter, callback, what, prep
             else f"iteration {fell[0][1]}"
         warnings.warn(
             f"{WHERE}(method='dcdm'): in {what} the network's directions stagnated or broke "
-            f"down ({where_}); continued with conjugate gradients from the current iterate. "
+            f"down ({where_}); continued with "
+            f"{'SGS-preconditioned ' if prepared.relaxation is not None else ''}conjugate "
+            "gradients from the current iterate. "
             "The model does not fit this matrix: train one on it "
             "(diffsolve.linear.train_direction_model) or use method='cg'/'pcg'",
             DirectionFallbackWarning, stacklevel=caller_stacklevel())
-    out = _verdict(op, unscale(x, s), b, rtol, atol, max(iters), model,
+    out = _verdict(op, unscale(x, s), b, rtol, atol, max(iters), prepared,
                    Status.STOPPED in statuses, xp)
     if not out.converged and Status.BREAKDOWN in statuses:
         out.status = Status.BREAKDOWN
