@@ -879,8 +879,8 @@ def pretrained_direction_model(name: str = "poisson2d-64", *,
         mask with :meth:`ConvDirectionModel.on_grid`). ``"poisson2d-multilevel"`` has shared
         levels with ``levels="auto"`` (its depth follows the grid) and was trained on 32²,
         64² and 128² (``--which multilevel``): its iteration count stays nearly flat from
-        64² to 512², where the one-level models' grows; ``model=None`` in
-        :func:`~diffsolve.linear.solve` is still ``"poisson2d-64"``.
+        64² to 512², where the one-level models' grows; it is what ``model=None`` in
+        :func:`~diffsolve.linear.solve` loads.
         ``"poisson3d-multilevel"``: the same architecture in 3-D (7-point Poisson,
         Dirichlet walls), trained on 16³ and 32³ in turn (276 steps on a CPU,
         ``python -m bench.bench_dcdm_3d --train-sizes 16,32 --steps 300 --minutes 40``):

@@ -432,8 +432,9 @@ def solve(A: Matrix, b: Array, *, method: str = "direct", x0: Array | None = Non
         ``method="dcdm"`` only: the direction network, bound to the grid of the unknowns
         (:meth:`ConvDirectionModel.on_grid`; an unbound model assumes a square/cubic grid
         and checks that A is that grid's stencil) and on b's device
-        (:meth:`ConvDirectionModel.to`). None: the shipped 2-D Poisson model (64² training
-        grid; needs the 5-point matrix of a square grid).
+        (:meth:`ConvDirectionModel.to`). None: the shipped 2-D Poisson model
+        ``"poisson2d-multilevel"`` (its depth follows the grid; needs the 5-point matrix of
+        a square grid).
     k : int
         ``method="dcdm"`` only: directions kept for A-orthogonalisation (paper: 2). When
         the network's directions stagnate the solve continues with CG (SGS-preconditioned
