@@ -20,11 +20,25 @@ from diffsolve.linear._train_direction import direction_loss, lanczos_ritz
 from tests.helpers import poisson_2d, to_numpy
 from tests.naive_conv import naive_conv_same, naive_network
 
-SHAPES = [((2, 3, 1, 5, 4), (1, 3, 3)), ((1, 2, 3, 4, 5), (3, 3, 3)), ((1, 1, 1, 1, 1), (1, 3, 3))]
+SHAPES = [((2, 3, 1, 5, 4), (1, 3, 3)), ((1, 2, 3, 4, 5), (3, 3, 3)), ((1, 1, 1, 1, 1), (1, 3, 3)),
+          ((2, 3, 2, 3, 37), (3, 1, 5)), ((1, 2, 1, 4, 9), (1, 1, 1))]
 
 
 def _tol(dtype):
     return {"rtol": 1e-12, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-4, "atol": 1e-5}
+
+
+@pytest.mark.parametrize("xshape", [(1, 3, 1, 4, 40), (1, 3, 1, 128, 128), (2, 2, 4, 4, 64)])
+def test_auto_choice_matches_naive_on_both_sides_of_its_threshold(rng, xshape):
+    """conv_same(method="auto") picks the kernel for long rows and much work, im2col
+    otherwise; both give the naive convolution."""
+    from diffsolve.linear._direction_model import conv_same
+
+    x = rng.standard_normal(xshape)
+    w = rng.standard_normal((4, xshape[1], 1 if xshape[2] == 1 else 3, 3, 3))
+    b = rng.standard_normal(4)
+    np.testing.assert_allclose(conv_same(np, x, w, b, method="auto"), naive_conv_same(x, w, b),
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("xshape, ks", SHAPES)

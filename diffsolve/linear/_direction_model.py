@@ -51,10 +51,15 @@ PRETRAINED = {
     "poisson3d-multilevel": "dcdm_poisson3d_multilevel.npz",
 }
 
-# Which convolution the model uses on NumPy for inference: "kernel" (Numba direct loop) or
-# "im2col" (im2col + BLAS GEMM). Measured by bench/bench_dcdm.py (conv section) on the
-# 2-core development machine; see docs/dcdm.md for the figures.
-CPU_CONV = "im2col"
+# Which convolution the model uses on NumPy: "kernel" (the Numba row kernel), "im2col"
+# (im2col + BLAS GEMM) or "auto": the kernel where rows are long and the work large, im2col
+# otherwise. Measured single-threaded on the 2-core development machine (16 -> 16 channels,
+# float32): the kernel is 1.7x faster at 256², 2.1x at 1024², 1.5x at 64³ and 1.4x on a
+# 64² batch of 16, but im2col is faster at 64² batch 1 (0.6 vs 0.8 ms) and on a 16³ batch
+# of 16 (58 vs 100 ms), where the kernel's per-row set-up dominates.
+CPU_CONV = "auto"
+KERNEL_MIN_WIDTH = 32
+KERNEL_MIN_CELLS = 1 << 14
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,12 +94,17 @@ def _conv_im2col(xp, x, w, bias):
 def conv_same(xp, x, w, bias, *, method=None):
     """``conv(x, w) + bias`` ('same' zero padding, stride 1) on ``(B, C, D, H, W)`` arrays.
 
-    ``method``: "kernel" (the backend's compiled kernel), "im2col" (array-API GEMM) or None
-    (the kernel where one exists; on NumPy the measured faster of the two, ``CPU_CONV``).
+    ``method``: "kernel" (the backend's compiled kernel), "im2col" (array-API GEMM), "auto"
+    (on NumPy, the measured faster of the two for this shape) or None (the kernel where one
+    exists; ``CPU_CONV`` on NumPy).
     """
     kernel = B.get_kernel(xp, "conv.conv_same")
     if method is None:
         method = CPU_CONV if B.is_numpy(xp) else "kernel"
+    if method == "auto":
+        cells = x.shape[0] * math.prod(tuple(x.shape[2:]))
+        method = "kernel" if x.shape[-1] >= KERNEL_MIN_WIDTH and cells >= KERNEL_MIN_CELLS \
+            else "im2col"
     if kernel is None or method == "im2col":
         return _conv_im2col(xp, x, w, bias)
     out = xp.empty((x.shape[0], w.shape[0], *tuple(x.shape[2:])), dtype=x.dtype,
