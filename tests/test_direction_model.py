@@ -305,3 +305,42 @@ def test_training_on_cupy_matches_numpy():
     assert isinstance(gpu.model.params["in.w"], cupy.ndarray)
     np.testing.assert_allclose(gpu.loss_history[0], cpu.loss_history[0], rtol=1e-6)
     np.testing.assert_allclose(gpu.loss_history, cpu.loss_history, rtol=1e-3)
+
+
+@pytest.mark.parametrize("relu_in, relu_out, with_residual",
+                         [(True, True, False), (False, False, True), (True, False, True),
+                          (False, True, False)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_cpu_kernel_matches_naive(rng, relu_in, relu_out, with_residual, dtype):
+    """conv_same_fused = relu?(residual + conv(relu?(x)) + b), against the naive loops."""
+    x = rng.standard_normal((2, 3, 2, 5, 37)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    res = rng.standard_normal((2, 4, 2, 5, 37)).astype(dtype) if with_residual else None
+    out = cpu_conv.conv_same_fused(x, w, b, np.empty_like(res if with_residual else
+                                                          np.empty((2, 4, 2, 5, 37), dtype)),
+                                   relu_in=relu_in, relu_out=relu_out, residual=res)
+    want = naive_conv_same(np.maximum(x, 0) if relu_in else x, w, b)
+    if with_residual:
+        want = want + res
+    if relu_out:
+        want = np.maximum(want, 0)
+    np.testing.assert_allclose(out, want, **_tol(dtype))
+    with pytest.raises(ValueError, match="residual has shape"):
+        cpu_conv.conv_same_fused(x, w, b, np.empty((2, 4, 2, 5, 37), dtype),
+                                 residual=np.empty((1, 4, 2, 5, 37), dtype))
+
+
+@pytest.mark.parametrize("grid", [(40, 40), (48, 36)])
+def test_fused_inference_matches_the_training_forward(grid):
+    """The inference forward (fused blocks on the row kernel) and the taped forward of
+    training (separate ReLUs and sums) give the same directions."""
+    model = ConvDirectionModel(2, channels=4, n_blocks=2, levels="auto", shared_levels=True,
+                               seed=3, dtype="float64").on_grid(grid)
+    r = np.random.default_rng(0).standard_normal((grid[0] * grid[1], 2))
+    fused = model.forward(r)
+    taped, _ = model.forward(r, keep=True)
+    np.testing.assert_allclose(fused, taped, rtol=1e-12, atol=1e-12)
+    for conv in ("kernel", "im2col"):
+        np.testing.assert_allclose(model.forward(r, conv=conv), taped, rtol=1e-12,
+                                   atol=1e-12)

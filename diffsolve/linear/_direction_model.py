@@ -99,17 +99,39 @@ def conv_same(xp, x, w, bias, *, method=None):
     exists; ``CPU_CONV`` on NumPy).
     """
     kernel = B.get_kernel(xp, "conv.conv_same")
+    if kernel is None or _conv_method(xp, x, method) == "im2col":
+        return _conv_im2col(xp, x, w, bias)
+    out = xp.empty((x.shape[0], w.shape[0], *tuple(x.shape[2:])), dtype=x.dtype,
+                   device=x.device)
+    return kernel(B.contiguous(xp, x), B.contiguous(xp, w), B.contiguous(xp, bias), out)
+
+
+def _conv_method(xp, x, method):
+    """"kernel" or "im2col" for ``conv_same(..., method=method)`` on ``x``."""
     if method is None:
         method = CPU_CONV if B.is_numpy(xp) else "kernel"
     if method == "auto":
         cells = x.shape[0] * math.prod(tuple(x.shape[2:]))
         method = "kernel" if x.shape[-1] >= KERNEL_MIN_WIDTH and cells >= KERNEL_MIN_CELLS \
             else "im2col"
-    if kernel is None or method == "im2col":
-        return _conv_im2col(xp, x, w, bias)
-    out = xp.empty((x.shape[0], w.shape[0], *tuple(x.shape[2:])), dtype=x.dtype,
-                   device=x.device)
-    return kernel(B.contiguous(xp, x), B.contiguous(xp, w), B.contiguous(xp, bias), out)
+    return method
+
+
+def conv_block_part(xp, x, w, bias, *, relu_in=False, relu_out=False, residual=None,
+                    method=None):
+    """``relu?(residual + conv(relu?(x), w) + bias)``: one pass of the NumPy row kernel where
+    it is the chosen convolution (``kernels/cpu/conv.conv_same_fused``), else composed from
+    :func:`conv_same` and array-API operations (the same values)."""
+    if B.is_numpy(xp) and _conv_method(xp, x, method) == "kernel":
+        fused = B.get_kernel(xp, "conv.conv_same_fused")
+        out = xp.empty((x.shape[0], w.shape[0], *tuple(x.shape[2:])), dtype=x.dtype)
+        return fused(B.contiguous(xp, x), B.contiguous(xp, w), B.contiguous(xp, bias), out,
+                     relu_in=relu_in, relu_out=relu_out,
+                     residual=None if residual is None else B.contiguous(xp, residual))
+    y = conv_same(xp, _relu(xp, x) if relu_in else x, w, bias, method=method)
+    if residual is not None:
+        y = residual + y
+    return _relu(xp, y) if relu_out else y
 
 
 def conv_same_backward(xp, x, w, gout):
@@ -671,6 +693,13 @@ class ConvDirectionModel:
             return conv_same(xp, inp, P[name + ".w"], P[name + ".b"], method=conv)
 
         def block(h, name):
+            if not keep:
+                # inference: the block in two fused passes (ReLUs and the residual sum
+                # inside the convolution where the row kernel runs)
+                c = conv_block_part(xp, h, P[name + ".w1"], P[name + ".b1"], relu_in=True,
+                                    relu_out=True, method=conv)
+                return conv_block_part(xp, c, P[name + ".w2"], P[name + ".b2"], residual=h,
+                                       method=conv)
             a = _relu(xp, h)
             t = conv_same(xp, a, P[name + ".w1"], P[name + ".b1"], method=conv)
             c = _relu(xp, t)

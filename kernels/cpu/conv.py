@@ -24,14 +24,16 @@ from numba import prange
 
 from ._config import jit
 
-__all__ = ["conv_same"]
+__all__ = ["conv_same", "conv_same_fused"]
 
 
 @jit(parallel=True)
-def _conv_same(x, w, bias, out):  # pragma: no cover - compiled
+def _conv_rows(x, w, bias, residual, out, relu_in, relu_out,
+               add_residual):  # pragma: no cover - compiled
     nb, cin, nd, nh, nw = x.shape
     cout, _, kd, kh, kw = w.shape
     pd, ph, pw = kd // 2, kh // 2, kw // 2
+    zero = x.dtype.type(0)
     for task in prange(nb * nd * nh):
         b = task // (nd * nh)
         d = (task % (nd * nh)) // nh
@@ -48,7 +50,9 @@ def _conv_same(x, w, bias, out):  # pragma: no cover - compiled
                 if 0 <= sd < nd and 0 <= sh < nh:
                     valid[a, c] = True
                     for ci in range(cin):
-                        rows[ci, a, c, pw:pw + nw] = x[b, ci, sd, sh]
+                        for i in range(nw):
+                            v = x[b, ci, sd, sh, i]
+                            rows[ci, a, c, pw + i] = max(v, zero) if relu_in else v
         acc = np.empty(nw, dtype=x.dtype)
         for co in range(cout):
             bv = bias[co]
@@ -63,7 +67,9 @@ def _conv_same(x, w, bias, out):  # pragma: no cover - compiled
                             wv = w[co, ci, a, c, e]
                             for i in range(nw):
                                 acc[i] += wv * rows[ci, a, c, i + e]
-            out[b, co, d, h, :] = acc
+            for i in range(nw):
+                v = acc[i] + residual[b, co, d, h, i] if add_residual else acc[i]
+                out[b, co, d, h, i] = max(v, zero) if relu_out else v
     return out
 
 
@@ -81,6 +87,12 @@ def conv_same(x, w, bias, out):
     -------
     out
     """
+    conv_same_checks(x, w, out)
+    return _conv_rows(x, w, bias, out, out, False, False, False)
+
+
+def conv_same_checks(x, w, out):
+    """Raise ``ValueError`` unless ``x``, ``w`` and ``out`` fit :func:`conv_same`."""
     if x.ndim != 5 or w.ndim != 5 or w.shape[1] != x.shape[1]:
         raise ValueError(f"conv_same: x {x.shape} and w {w.shape} must be 5-D with matching "
                          "input channels")
@@ -89,4 +101,24 @@ def conv_same(x, w, bias, out):
     if out.shape != (x.shape[0], w.shape[0], *x.shape[2:]):
         raise ValueError(f"conv_same: out has shape {out.shape}, expected "
                          f"{(x.shape[0], w.shape[0], *x.shape[2:])}")
-    return _conv_same(x, w, bias, out)
+
+
+def conv_same_fused(x, w, bias, out, *, relu_in=False, relu_out=False, residual=None):
+    """``out = act(residual + conv(act_in(x), w) + bias)`` in one pass (CPU only).
+
+    The residual block of the direction network is ``h + conv(relu(conv(relu(h))))``:
+    with the ReLUs applied while the input rows are copied and the output row is written,
+    and the residual added there, one block is two passes over the grid instead of five.
+    ``relu_in``: apply ReLU to ``x``; ``relu_out``: to the result; ``residual``: an array of
+    ``out``'s shape added before ``relu_out``. Same checks and layout as :func:`conv_same`.
+
+    Returns
+    -------
+    out
+    """
+    conv_same_checks(x, w, out)
+    if residual is not None and residual.shape != out.shape:
+        raise ValueError(f"conv_same_fused: residual has shape {residual.shape}, expected "
+                         f"{out.shape}")
+    return _conv_rows(x, w, bias, out if residual is None else residual, out, bool(relu_in),
+                      bool(relu_out), residual is not None)
