@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 import diffsolve as ds
-from bench.bench_dcdm import ic0_preconditioner
+from bench.bench_dcdm import ic0_preconditioner, scipy_cg_counted
 from bench.train_dcdm_weights import (
     diffusion2d,
     lognormal_field,
@@ -88,16 +88,9 @@ def cases(quick, big):
 
 
 def _scipy(A, b, rtol, M, maxiter):
-    count = [0]
-
-    def cb(_x):
-        count[0] += 1
-
-    t0 = time.perf_counter()
-    x, info = spla.cg(A, b, rtol=rtol, atol=0.0, maxiter=maxiter, M=M, callback=cb)
-    seconds = time.perf_counter() - t0
-    return {"iterations": count[0], "seconds": seconds, "converged": info == 0,
-            "rel_residual": float(np.linalg.norm(b - A @ x) / np.linalg.norm(b))}
+    _, iterations, seconds, converged, rel = scipy_cg_counted(A, b, rtol, M, maxiter)
+    return {"iterations": iterations, "seconds": seconds, "converged": converged,
+            "rel_residual": rel}
 
 
 def _diffsolve(A, b, rtol, maxiter, **options):

@@ -326,6 +326,12 @@ def test_fused_cpu_kernel_matches_naive(rng, relu_in, relu_out, with_residual, d
     if relu_out:
         want = np.maximum(want, 0)
     np.testing.assert_allclose(out, want, **_tol(dtype))
+    # NaN propagates through the fused ReLUs, as through xp.maximum (never silently 0)
+    x_nan = x.copy()
+    x_nan[0, 0, 0, 0, 3] = np.nan
+    got = cpu_conv.conv_same_fused(x_nan, w, b, np.empty((2, 4, 2, 5, 37), dtype),
+                                   relu_in=relu_in, relu_out=relu_out, residual=res)
+    assert np.isnan(got[0, :, 0, 0, 2:5]).all() and np.isfinite(got[1]).all()
     with pytest.raises(ValueError, match="residual has shape"):
         cpu_conv.conv_same_fused(x, w, b, np.empty((2, 4, 2, 5, 37), dtype),
                                  residual=np.empty((1, 4, 2, 5, 37), dtype))

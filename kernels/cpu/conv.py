@@ -52,7 +52,8 @@ def _conv_rows(x, w, bias, residual, out, relu_in, relu_out,
                     for ci in range(cin):
                         for i in range(nw):
                             v = x[b, ci, sd, sh, i]
-                            rows[ci, a, c, pw + i] = max(v, zero) if relu_in else v
+                            # ReLU written so that NaN passes through, as xp.maximum does
+                            rows[ci, a, c, pw + i] = zero if relu_in and v < zero else v
         acc = np.empty(nw, dtype=x.dtype)
         for co in range(cout):
             bv = bias[co]
@@ -69,7 +70,7 @@ def _conv_rows(x, w, bias, residual, out, relu_in, relu_out,
                                 acc[i] += wv * rows[ci, a, c, i + e]
             for i in range(nw):
                 v = acc[i] + residual[b, co, d, h, i] if add_residual else acc[i]
-                out[b, co, d, h, i] = max(v, zero) if relu_out else v
+                out[b, co, d, h, i] = zero if relu_out and v < zero else v
     return out
 
 
