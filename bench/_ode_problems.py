@@ -82,6 +82,17 @@ def lv_np(t, y, p):
     return out
 
 
+def lv_vjp_np(t, y, p, v):
+    """NumPy VJP of :func:`lv_np` for one state or a batch (``v_p`` summed over rows)."""
+    x, z = y[..., 0], y[..., 1]
+    a, b = v[..., 0], v[..., 1]
+    vy = np.empty_like(y)
+    vy[..., 0] = a * (p[0] - p[1] * z) + b * p[3] * z
+    vy[..., 1] = -a * p[1] * x + b * (-p[2] + p[3] * x)
+    vp = np.array([np.sum(a * x), -np.sum(a * x * z), -np.sum(b * z), np.sum(b * x * z)])
+    return vy, vp
+
+
 def lv_torch(t, y, p):
     import torch
 
@@ -136,6 +147,16 @@ def vdp_np(t, y, p):
     out[..., 0] = v
     out[..., 1] = p[0] * (1.0 - x * x) * v - x
     return out
+
+
+def vdp_vjp_np(t, y, p, v):
+    """NumPy VJP of :func:`vdp_np` for one state or a batch (``v_p`` summed over rows)."""
+    x, w = y[..., 0], y[..., 1]
+    a, b = v[..., 0], v[..., 1]
+    vy = np.empty_like(y)
+    vy[..., 0] = b * (-2.0 * p[0] * x * w - 1.0)
+    vy[..., 1] = a + b * p[0] * (1.0 - x * x)
+    return vy, np.array([np.sum(b * (1.0 - x * x) * w)])
 
 
 def vdp_torch(t, y, p):

@@ -14,6 +14,8 @@ diffsolve and the same field in ``jax.numpy`` for diffrax:
 
 51 output times each, float64, Tsitouras 5(4), rtol = 1e-6, atol = 1e-9, per-trajectory
 steps (diffsolve ``batch_mode="per-trajectory"``; diffrax ``jax.vmap`` over one solve).
+With ``--vectorized``: diffsolve ``batch_mode="vectorized"`` with the same three fields and
+their VJPs written in NumPy for a (B, d) batch, one call per stage on the whole batch.
 The controllers are the same PI rule: diffsolve's ``controller="pi"`` is Hairer's
 ``h_new = h · 0.9 E_n^(-0.7/5) E_(n-1)^(0.4/5)`` clipped to [0.2, 10] (Hairer & Wanner,
 Solving ODEs II, §IV.2), which is diffrax's ``PIDController(pcoeff=0.4, icoeff=0.3)`` with
@@ -56,6 +58,11 @@ VDP_MU = 2.0
 
 #: LV and VdP as in-place fields (``--inplace``)
 INPLACE = False
+#: diffsolve with ``batch_mode="vectorized"`` and NumPy fields / VJPs (``--vectorized``)
+VECTORIZED = False
+#: the same NumPy fields with the default ``batch_mode="per-trajectory"`` (``--numpy-loop``:
+#: the "before" of ``--vectorized``, a Python loop over the trajectories)
+NUMPY_LOOP = False
 
 
 def problems(B: int) -> dict:
@@ -66,10 +73,16 @@ def problems(B: int) -> dict:
         LV_PARAMS,
         get_problems,
         lv_nb_inplace,
+        lv_np,
+        lv_vjp_np,
         mlp_init,
         mlp_nb_factory,
+        mlp_np_factory,
         mlp_unpack,
+        mlp_vjp_np_factory,
         vdp_nb_inplace,
+        vdp_np,
+        vdp_vjp_np,
     )
 
     reg = get_problems()
@@ -87,12 +100,18 @@ def problems(B: int) -> dict:
         return W2 @ jnp.tanh(W1 @ y + b1) + b2
 
     mlp_nb, mlp_vjp = mlp_nb_factory(MLP_D, MLP_H)
+    lv_f, lv_vjp = (lv_nb_inplace if INPLACE else lv.f_nb), lv.vjp_nb
+    vdp_f, vdp_vjp = (vdp_nb_inplace if INPLACE else vdp.f_nb), vdp.vjp_nb
+    if VECTORIZED or NUMPY_LOOP:  # the same fields in NumPy
+        lv_f, lv_vjp = lv_np, lv_vjp_np
+        vdp_f, vdp_vjp = vdp_np, vdp_vjp_np
+        mlp_nb, mlp_vjp = mlp_np_factory(MLP_D, MLP_H), mlp_vjp_np_factory(MLP_D, MLP_H)
     y_mlp = np.random.default_rng(3).standard_normal((B, MLP_D))
     return {
-        "lotka_volterra": dict(f=lv_nb_inplace if INPLACE else lv.f_nb, vjp=lv.vjp_nb,
+        "lotka_volterra": dict(f=lv_f, vjp=lv_vjp,
                                f_jax=lv_jax, p=LV_PARAMS.copy(),
                                y0=lv.batch_y0(B), t=np.linspace(0.0, 10.0, N_OUT)),
-        "van_der_pol": dict(f=vdp_nb_inplace if INPLACE else vdp.f_nb, vjp=vdp.vjp_nb,
+        "van_der_pol": dict(f=vdp_f, vjp=vdp_vjp,
                             f_jax=vdp_jax,
                             p=np.array([VDP_MU]), y0=vdp.batch_y0(B),
                             t=np.linspace(0.0, 10.0, N_OUT)),
@@ -141,12 +160,15 @@ def diffsolve_calls(prob: dict):
 
     f, vjp, p, Y, t = prob["f"], prob["vjp"], prob["p"], prob["y0"], prob["t"]
 
+    mode = "vectorized" if VECTORIZED else "per-trajectory"
+
     def forward():
-        res = odeint(f, Y, t, p, rtol=RTOL, atol=ATOL)
+        res = odeint(f, Y, t, p, rtol=RTOL, atol=ATOL, batch_mode=mode)
         return np.swapaxes(res.ys, 0, 1), res
 
     def gradient():
-        res, pull = ds.vjp(odeint, f, Y, t, p, rtol=RTOL, atol=ATOL, vjp=vjp)
+        res, pull = ds.vjp(odeint, f, Y, t, p, rtol=RTOL, atol=ATOL, vjp=vjp,
+                           batch_mode=mode)
         gy, _, gp = pull(ys=np.ones_like(res.ys))
         return gy, gp
 
@@ -227,9 +249,18 @@ def main(argv=None):
     parser.add_argument("--warm-cache", action="store_true",
                         help="Numba's normal on-disk cache (default: a fresh one, so the "
                         "first call measures a cold compile of diffsolve's kernels)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--vectorized", action="store_true",
+                      help="diffsolve with batch_mode='vectorized': NumPy fields and VJPs "
+                      "called once per stage on the whole (B, d) batch")
+    mode.add_argument("--numpy-loop", action="store_true",
+                      help="the same NumPy fields with the default "
+                      "batch_mode='per-trajectory' (one solve per trajectory)")
     args = parser.parse_args(argv)
-    global INPLACE
+    global INPLACE, VECTORIZED, NUMPY_LOOP
     INPLACE = args.inplace
+    VECTORIZED = args.vectorized
+    NUMPY_LOOP = args.numpy_loop
     with numba_cache(args.warm_cache):
         import jax
 
@@ -238,7 +269,7 @@ def main(argv=None):
 
         meta = machine_meta()
         meta.update(rtol=RTOL, atol=ATOL, tag=args.tag, warm_cache=args.warm_cache,
-                    inplace=INPLACE,
+                    inplace=INPLACE, vectorized=VECTORIZED, numpy_loop=NUMPY_LOOP,
                     jax=jax.__version__, numba_threads=_numba_threads())
         rows = run(args.batch, args.pairs, args.only)
     meta["loadavg_end"] = list(os.getloadavg())
@@ -263,9 +294,9 @@ def markdown(out: dict) -> str:
         "`python -m bench.bench_speed_ode_batch` — B = {}, Tsit5, rtol = {:g}, atol = {:g}, "
         "PI controller on both sides, float64, 51 outputs; Numba threads: {}; "
         "interleaved pairs ({} per row). Ratio = diffrax time ÷ diffsolve time (> 1: "
-        "diffsolve faster). Times in ms, min / median over the pairs.".format(
+        "diffsolve faster). Times in ms, min / median over the pairs.{}".format(
             out["rows"][0]["B"], meta["rtol"], meta["atol"], meta["numba_threads"],
-            out["rows"][0]["pairs"]),
+            out["rows"][0]["pairs"], _fields_note(meta)),
         "",
         "| problem | measured | before: diffsolve | before: ratio min / median | "
         "after: diffsolve | diffrax | after: ratio min / median | steps ds / diffrax | "
@@ -286,6 +317,18 @@ def markdown(out: dict) -> str:
             f"{r['first_call_ds_s']:.2f} / {r['first_call_peer_s']:.2f} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _fields_note(meta: dict) -> str:
+    if meta.get("vectorized"):
+        return (" diffsolve: `--vectorized`, `batch_mode=\"vectorized\"` with the fields and "
+                "VJPs in NumPy for a (B, d) batch (one call per stage on the whole batch); "
+                "'before': the same NumPy fields with the default per-trajectory batch "
+                "(`--numpy-loop`).")
+    if meta.get("numpy_loop"):
+        return (" diffsolve: `--numpy-loop`, the fields and VJPs in NumPy with the default "
+                "`batch_mode=\"per-trajectory\"` (one Python-driven solve per trajectory).")
+    return ""
 
 
 def _numba_threads() -> int:

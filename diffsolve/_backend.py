@@ -622,6 +622,15 @@ def host_numpy(x):
     return np.asarray(x)
 
 
+def host_vector(x):
+    """A small array of per-row diagnostics (error norms, flags) as a NumPy array, copied
+    explicitly: CuPy with one ``.get()``, the synchronisation an adaptive batched step
+    needs once per step (the batched form of reading one error norm); NumPy as is."""
+    if is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
 def report_floats(x) -> list[float]:
     """The entries of a small 1-D JAX array of diagnostics as Python floats, in one
     transfer (``jax.device_get`` plus ``float`` per entry costs 15 µs more per call; the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ from ._stiff_solve import (
 from ._stiff_tableaux import STIFF_TABLEAUX
 from ._tableaux import TABLEAUX
 from ._vector_field import make_rhs, make_vjp
+from ._vectorized import integrate_vectorized, row_field
+from ._vectorized_adjoint import vectorized_reverse
 
 __all__ = ["odeint"]
 
@@ -190,6 +193,26 @@ _JITTED_TYPES: dict = {}
 
 
 _ALLOCATING: dict = {}
+
+
+def _check_vectorized(xp, y0, step_ts, jump_ts, settings) -> None:
+    """What ``batch_mode="vectorized"`` takes beyond the settings' own checks."""
+    if y0.ndim != 2:
+        raise ValueError(f"{WHERE}: batch_mode='vectorized' integrates the rows of a (B, d) "
+                         f"y0, got y0 of shape {tuple(y0.shape)}; for one trajectory use the "
+                         "default batch_mode (f then sees y of shape (d,))")
+    if not (B.is_numpy(xp) or B.is_cupy(xp)):
+        raise TypeError(f"{WHERE}: batch_mode='vectorized' runs on NumPy and CuPy arrays, "
+                        f"got {xp.__name__} arrays; pass NumPy/CuPy arrays (for a torch or "
+                        "JAX field, the pair from diffsolve.ode.from_torch / from_jax)")
+    for name, value in (("step_ts", step_ts), ("jump_ts", jump_ts)):
+        if value is not None:
+            raise ValueError(f"{WHERE}: batch_mode='vectorized' does not take {name}; use "
+                             "batch_mode='per-trajectory'")
+    if settings.fixed_budget:
+        raise ValueError(f"{WHERE}: batch_mode='vectorized' adapts each row's steps; "
+                         "rtol = atol = 0 (the fixed budget) is for batch_mode="
+                         "'per-trajectory'")
 
 
 def _allocating_field(xp, f):
@@ -411,7 +434,10 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     local_regularization = settings.local_regularization
     rtol, atol = settings.norm_tolerances
     batched = y0.ndim == 2
-    per_traj = batched and settings.batch_mode == "per-trajectory"
+    vectorized = settings.batch_mode == "vectorized"
+    if vectorized:
+        _check_vectorized(xp, y0, step_ts, jump_ts, settings)
+    per_traj = batched and settings.batch_mode != "shared"
     n_traj = y0.shape[0] if per_traj else 1
     step_list = _check_step_ts(step_ts, t_out, per_traj, n_traj)
     if step_list is None and settings.fixed_budget:
@@ -426,7 +452,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     want_stiff = settings.want_stiff
     callback = settings.callback
     jitted = False
-    if (host or B.is_numpy(xp)) and not (batched and not per_traj):
+    if (host or B.is_numpy(xp)) and not (batched and not per_traj) and not vectorized:
         jitted = _is_jitted(xp, f)
     f_kernel = f  # what the compiled explicit integrator calls
     # an in-place field f(t, y, p, out): every other path (a shared batch included, which
@@ -443,10 +469,22 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
         params_eff = xp.empty((0,), dtype=dtype)
     shape = tuple(y0.shape[1:]) if per_traj else tuple(y0.shape)
     n = math.prod(shape)
+    trajs = []
+    f_batch = None
+    if vectorized:
+        ys_v, trajs, vrecord = integrate_vectorized(
+            xp, tab, f, params_eff, y0, t_out, shape=shape, rtol=rtol, atol=atol,
+            controller=controller, first_step=settings.first_step,
+            max_steps=settings.max_steps)
+        # the backward rules that work one trajectory at a time see the user's batched f
+        # (and vjp) on a batch of one row
+        f_batch = (f, settings.vjp, vrecord)
+        f, vjp_row = row_field(f, settings.vjp, xp, shape, dtype, device)
+        settings = dataclasses.replace(settings, vjp=vjp_row)
     rhs = make_rhs(f, params_eff, shape, xp)
     # the compiled forward integrates without a Stepper (the backward builds it if needed)
-    stepper = None if (compiled or implicit) else Stepper(xp, tab, dtype, device, n, rtol,
-                                                          atol)
+    stepper = None if (compiled or implicit or vectorized) else \
+        Stepper(xp, tab, dtype, device, n, rtol, atol)
     jumps = _check_jump_ts(jump_ts, t_out)
     if auto and jumps:
         raise ValueError(f"{WHERE}: method='auto' does not take jump_ts; choose the method "
@@ -464,7 +502,6 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
                 first_step=settings.first_step, max_steps=settings.max_steps, every=every,
                 fixed=step_list is not None)
     kern = B.get_kernel(xp, "ode.rk_solve") if compiled else None
-    trajs = []
     if compiled and per_traj and step_list is None and n_traj > 1 and not jumps:
         # the whole batch in one compiled call, parallel over trajectories (one
         # function-pointer lookup, not B)
@@ -564,7 +601,9 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     if not want_stiff:
         r_s = 0.0
     T = t_out.shape[0]
-    if per_traj:
+    if vectorized:
+        ys = ys_v
+    elif per_traj:
         ys = xp.stack([traj.ys for traj in trajs], axis=1)
     else:
         ys = trajs[0].ys
@@ -614,7 +653,8 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     fwd = _Forward(trajs=trajs, stepper=stepper, rhs=rhs, f=f, xp=xp, t_out=t_out,
                    per_traj=per_traj, shape=shape, n=n, y0=y0, params_eff=params_eff,
                    tab=tab, jitted=jitted, compiled=compiled, device=device,
-                   settings=settings, jac_sparsity=jac_sparsity, jump_ts=jump_ts)
+                   settings=settings, jac_sparsity=jac_sparsity, jump_ts=jump_ts,
+                   f_batch=f_batch)
     return result, fwd
 
 
@@ -713,7 +753,12 @@ def _odeint_bwd(ctx, cot):
         B.array_namespace(t_eval).isdtype(t_eval.dtype, "real floating")
     p_size = 0 if params is None else params.shape[0]
     trajs = fwd.trajs
-    if fwd.per_traj and len(trajs) > 1 and st.adjoint == "discrete" and local is None and \
+    if getattr(fwd, "f_batch", None) is not None and st.adjoint == "discrete":
+        # a vectorised batch: its iterations reversed with batched stages and VJPs
+        y0_bars, p_bar, t_bar, poisoned_p = vectorized_reverse(fwd, ys_bar_all, want_t)
+        poisoned_t = poisoned_p
+        trajs = []
+    elif fwd.per_traj and len(trajs) > 1 and st.adjoint == "discrete" and local is None and \
             _compiled_reverse_ok(fwd, trajs[0]) and \
             all(traj.all_states is not None for traj in trajs):
         # every trajectory's compiled adjoint in one call, parallel over trajectories
@@ -927,14 +972,27 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
     vjp : callable, optional
         ``vjp(t, y, params, v) -> (v_y, v_params)``: ``v_y = (∂f/∂y)ᵀ v``,
         ``v_params = (∂f/∂params)ᵀ v`` (``None`` when ``params`` is None).
-    batch_mode : {"per-trajectory", "shared"}
+    batch_mode : {"per-trajectory", "shared", "vectorized"}
         For ``y0`` of shape (B, d): independent solves, each with its own steps (``f`` sees
         ``(d,)``; equal to looping), or one solve of the (B, d) system with one step size
         and the error norm over the whole batch (``f`` sees ``(B, d)``: one vectorised
         call per stage). A per-trajectory batch of an ``@njit`` ``f`` (float64) runs in
         one compiled call over Numba's threads (``NUMBA_NUM_THREADS``), each trajectory
         with exactly the steps of its own solve; so does its discrete adjoint with an
-        ``@njit`` ``vjp``.
+        ``@njit`` ``vjp``. ``"vectorized"`` (NumPy and CuPy; explicit methods): the
+        independent solves of ``"per-trajectory"``, each row with its own steps, step
+        sizes, accept/reject decisions and outputs, but every stage is ONE call of ``f``
+        on the whole batch: ``f(t, Y, params)`` with ``Y`` of shape (B, d) and ``t`` an
+        array of shape (B, 1) holding each row's time; it must return (B, d), row b
+        depending on row b only (checked on the first call: a field written for one
+        state, or one that mixes rows, raises). A ``vjp=`` has the same batched form
+        and returns ``v_params`` summed over the rows. The discrete adjoint reverses
+        the batch the same way (one call of ``vjp`` per stage). For a field whose
+        evaluation on a batch is elementwise the steps are bitwise those of
+        ``"per-trajectory"``; with matrix products the rows' error estimates move in
+        their last digits and the outputs agree to the tolerance. It does not take
+        ``step_ts``, ``jump_ts``, ``callback``, ``regularizers`` or
+        ``checkpoint_every``.
     checkpoint_every : int
         The discrete adjoint stores every k-th accepted state and recomputes the others
         (memory ``N/k + k`` states instead of ``N``). Ignored by the backsolve adjoint,
@@ -1042,6 +1100,17 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
     >>> res = odeint(f, np.array([1.0]), np.array([0.0, 1.0]), np.array([2.0]))
     >>> bool(abs(res.ys[-1, 0] - np.exp(-2.0)) < 1e-6)
     True
+
+    A batch of independent trajectories, ``f`` called once per stage on the whole batch
+    (each row keeps its own steps):
+
+    >>> W = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    >>> def rotate(t, Y, p):   # Y: (B, 2), t: (B, 1)
+    ...     return Y @ W.T
+    >>> Y0 = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    >>> res = odeint(rotate, Y0, np.linspace(0.0, np.pi, 5), batch_mode="vectorized")
+    >>> res.ys.shape, bool(np.allclose(res.ys[-1], -Y0, atol=1e-5))
+    ((5, 3, 2), True)
     """
     settings = odeint_settings(method, rtol, atol, controller, first_step, max_steps,
                                adjoint, regularizers, local_regularization, seed, vjp,

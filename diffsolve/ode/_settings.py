@@ -29,7 +29,7 @@ CONTROLLERS = ("pi", "i")
 ADJOINTS = ("discrete", "backsolve")
 REGULARIZERS = ("error", "stiffness")
 LOCAL = (None, "unbiased", "biased")
-BATCH_MODES = ("per-trajectory", "shared")
+BATCH_MODES = ("per-trajectory", "shared", "vectorized")
 LINEAR_SOLVERS = ("direct", "gmres")
 PRECONDITIONERS = ("jacobi",)
 
@@ -184,6 +184,8 @@ def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regula
                          "solver's own stages, which only the discrete adjoint "
                          "differentiates; use adjoint='discrete' (with checkpoint_every=k "
                          "to store only every k-th state)")
+    if batch_mode == "vectorized":
+        _check_vectorized(method, regularizers, callback, checkpoint_every)
     if local_regularization is not None and not regularizers:
         raise ValueError(f"{WHERE}: local_regularization={local_regularization!r} needs "
                          "regularizers=('error',) and/or 'stiffness'")
@@ -200,6 +202,21 @@ def _make(method, rtol, atol, controller, first_step, max_steps, adjoint, regula
     return ODESettings(method, rtol, atol, controller, first_step, max_steps, adjoint,
                        regularizers, local_regularization, seed, vjp, batch_mode,
                        checkpoint_every, throw, callback, jac, linear_solver, preconditioner)
+
+
+def _check_vectorized(method, regularizers, callback, checkpoint_every):
+    """The options ``batch_mode="vectorized"`` does not combine with."""
+    if method not in TABLEAUX:
+        raise ValueError(f"{WHERE}: batch_mode='vectorized' runs the explicit methods "
+                         f"{tuple(TABLEAUX)}; method={method!r}: choose one of those, or "
+                         "batch_mode='per-trajectory'")
+    for name, value, default in (("regularizers", regularizers, ()),
+                                 ("callback", callback, None),
+                                 ("checkpoint_every", checkpoint_every, 1)):
+        if value != default and not (name == "callback" and value is None):
+            raise ValueError(f"{WHERE}: batch_mode='vectorized' does not take {name}="
+                             f"{value!r} (it stores every accepted state of the batch and "
+                             "calls no per-trajectory hooks); use batch_mode='per-trajectory'")
 
 
 def _check_linear_solver(method, linear_solver, preconditioner):

@@ -26,8 +26,10 @@ from numba.typed import List
 
 from ._config import jit
 
-__all__ = ["fits_pointer", "is_jitted", "rk_combine", "rk_error_norm", "rk_reverse", "rk_solve",
-           "rk_solve_batch"]
+__all__ = ["fits_pointer", "is_jitted", "rk_combine", "rk_combine_rows", "rk_dense_rows",
+           "rk_error_norm",
+           "rk_error_norm_rows", "rk_reverse", "rk_solve", "rk_solve_batch", "rows_decide",
+           "rows_next_steps"]
 
 
 @jit()
@@ -64,6 +66,178 @@ def rk_error_norm(y, y_new, K, e, h, rtol, atol):  # pragma: no cover - compiled
         r = h * err / sc
         acc += r * r
     return math.sqrt(acc / max(n, 1))
+
+
+@jit()
+def rk_combine_rows(Y, K, coeffs, h, out):  # pragma: no cover - compiled
+    """:func:`rk_combine` per row of a batch: ``out[b] = Y[b] + h[b] Σ_j coeffs[j] K[j, b]``.
+
+    ``Y``, ``out``: (B, n); ``K``: (s, B, n) with ``s >= len(coeffs)``; ``h``: (B,). Each
+    row's arithmetic is :func:`rk_combine`'s, in the same order (the vectorised batch then
+    takes the steps its rows' own solves take, to the last bit of the error estimate,
+    whose cancellation would magnify a reordered sum). Returns ``out``.
+    """
+    n_rows, n = Y.shape
+    m = coeffs.shape[0]
+    acc = np.empty(n)
+    for b in range(n_rows):
+        hb = h[b]
+        # j outermost, i innermost (contiguous, vectorised); each entry still sums its
+        # terms in j order from 0.0, as rk_combine does
+        acc[:] = 0.0
+        for j in range(m):
+            cj = coeffs[j]
+            for i in range(n):
+                acc[i] += cj * K[j, b, i]
+        for i in range(n):
+            out[b, i] = Y[b, i] + hb * acc[i]
+    return out
+
+
+@jit()
+def rk_error_norm_rows(Y, Y_new, K, e, h, rtol, atol, out):  # pragma: no cover - compiled
+    """:func:`rk_error_norm` per row of a batch into ``out`` (B,), same arithmetic order."""
+    n_rows, n = Y.shape
+    m = e.shape[0]
+    errs = np.empty(n)
+    for b in range(n_rows):
+        hb = h[b]
+        errs[:] = 0.0
+        for j in range(m):
+            ej = e[j]
+            for i in range(n):
+                errs[i] += ej * K[j, b, i]
+        acc = 0.0
+        for i in range(n):
+            err = errs[i]
+            sc = atol + rtol * max(abs(Y[b, i]), abs(Y_new[b, i]))
+            r = hb * err / sc
+            acc += r * r
+        out[b] = math.sqrt(acc / max(n, 1))
+    return out
+
+
+@jit()
+def rk_dense_rows(Y, K, W, rows, h, qs, ys):  # pragma: no cover - compiled
+    """Dense outputs of a vectorised batch: for each output ``m``,
+    ``ys[qs[m], rows[m]] = Y[rows[m]] + h[rows[m]] Σ_j W[m, j] K[j, rows[m]]`` with the
+    continuous extension's weights ``W[m] = b(θ_m)``, in :func:`rk_combine`'s order.
+
+    ``Y``: (B, n); ``K``: (s, B, n); ``W``: (M, s); ``rows``, ``qs``: (M,) int;
+    ``h``: (B,); ``ys``: (T, B, n), written in place.
+    """
+    n = Y.shape[1]
+    s = W.shape[1]
+    acc = np.empty(n)
+    for m in range(rows.shape[0]):
+        b = rows[m]
+        q = qs[m]
+        hb = h[b]
+        acc[:] = 0.0
+        for j in range(s):
+            wj = W[m, j]
+            for i in range(n):
+                acc[i] += wj * K[j, b, i]
+        for i in range(n):
+            ys[q, b, i] = Y[b, i] + hb * acc[i]
+
+
+@jit()
+def rows_next_steps(t, h_abs, fresh, rejected, running, n_steps, nonfinite_E, status,
+                    t_fail, fail_min, t1, direction, max_steps, codes, h_out,
+                    t_new_out):  # pragma: no cover - compiled
+    """The next attempted step of every running row of a vectorised batch (host arrays).
+
+    Per row, the checks and step choice of the single-trajectory loop before an attempt:
+    a new step (``fresh``) starts at least ``10 ulp(t)`` long and clears ``rejected``; a row
+    out of steps or under that minimum stops with status ``codes[0]`` (max_steps),
+    ``codes[1]`` (non-finite slopes drove the underflow) or ``codes[2]`` (underflow); the
+    step is clipped to ``t1``. Writes ``h_out`` (0 for rows not running) and
+    ``t_new_out``; returns whether any row runs.
+    """
+    any_running = False
+    inf_dir = direction * np.inf
+    for b in range(t.shape[0]):
+        tb = t[b]
+        h_out[b] = 0.0
+        t_new_out[b] = tb
+        if not running[b]:
+            continue
+        min_step = 10.0 * abs(np.nextafter(tb, inf_dir) - tb)
+        if fresh[b]:
+            if h_abs[b] < min_step:
+                h_abs[b] = min_step
+            rejected[b] = False
+        if n_steps[b] >= max_steps:
+            status[b] = codes[0]
+            t_fail[b] = tb
+            running[b] = False
+            continue
+        if h_abs[b] < min_step:
+            status[b] = codes[1] if nonfinite_E[b] else codes[2]
+            t_fail[b] = tb
+            fail_min[b] = min_step
+            running[b] = False
+            continue
+        h = h_abs[b] * direction
+        tn = tb + h
+        if direction * (tn - t1) > 0:
+            tn = t1
+        h = tn - tb
+        h_abs[b] = abs(h)
+        h_out[b] = h
+        t_new_out[b] = tn
+        any_running = True
+    return any_running
+
+
+@jit()
+def rows_decide(E, t, running, rejected, err_prev, h_abs, n_steps, n_rej, nonfinite_E,
+                last_nonfinite, pi, exp_i, beta1, beta2, factors,
+                accept):  # pragma: no cover - compiled
+    """Accept or reject each running row's attempted step from its scaled error ``E[b]``
+    and scale its step size: ``diffsolve.ode._controller.Controller.decide`` and
+    ``shrink`` per row, the same formulas in the same order (``**`` is libm's ``pow``, as
+    in Python, so the factors are the Python loop's to the last bit; NumPy's vectorised
+    ``power`` differs from it in the last bit for a few percent of arguments, which the
+    error estimate's cancellation would amplify). ``factors``: the controller's
+    ``(safety, min_factor, max_factor)``. Returns whether any row accepted."""
+    safety, min_f, max_f = factors
+    any_accept = False
+    for b in range(E.shape[0]):
+        accept[b] = False
+        if not running[b]:
+            continue
+        n_steps[b] += 1
+        Eb = E[b]
+        if not math.isfinite(Eb):
+            nonfinite_E[b] = True
+            last_nonfinite[b] = t[b]
+            h_abs[b] *= min_f
+            rejected[b] = True
+            n_rej[b] += 1
+            continue
+        nonfinite_E[b] = False
+        if (pi and Eb <= 1.0) or ((not pi) and Eb < 1.0):
+            if Eb == 0.0:
+                factor = max_f
+            elif pi:
+                factor = min(max_f, max(min_f, safety * Eb ** (-beta1)
+                                        * err_prev[b] ** beta2))
+            else:
+                factor = min(max_f, safety * Eb ** exp_i)
+            if pi:
+                err_prev[b] = max(Eb, 1e-4)
+            if rejected[b]:
+                factor = min(1.0, factor)
+            h_abs[b] *= factor
+            accept[b] = True
+            any_accept = True
+        else:
+            h_abs[b] *= max(min_f, safety * Eb ** exp_i)
+            rejected[b] = True
+            n_rej[b] += 1
+    return any_accept
 
 
 # ---------------------------------------------------------------------------------------

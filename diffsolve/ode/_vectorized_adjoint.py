@@ -1,0 +1,202 @@
+"""The discrete adjoint of a vectorised batch (``batch_mode="vectorized"``).
+
+The forward (:mod:`._vectorized`) advanced every trajectory of the batch in the same
+iterations, a trajectory that did not accept a step in an iteration holding ``h = 0``.
+This reverses those iterations, last to first, with the reverse of one explicit
+Runge–Kutta step (:mod:`._adjoint`, after Sandu 2006) applied to the whole batch: its
+stages recomputed with one call of ``f`` on the batch each, its vector–Jacobian products
+one call of the batched ``vjp`` (or of HIPS autograd on the batched ``f``) each. A row
+that did not accept a step in an iteration has ``h = 0`` there: its stages all equal its
+state and every cotangent its step would add is multiplied by ``h``, so its adjoint state
+passes through unchanged (the cotangents the VJPs see for it are zero).
+
+Gradients are those of the per-trajectory discrete adjoint (the same steps, the same
+arithmetic order in the stage combinations), to rounding in the output seeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as B
+from ._integrate import theta_powers
+from ._vector_field import make_vjp
+from ._vectorized import _StageArithmetic, _t_shape
+
+__all__ = ["vectorized_reverse"]
+
+np = B.host_namespace()
+
+
+def _scatter_rows(xp, target, rows, vals):
+    """``target[rows] += vals`` where ``rows`` may repeat (host ints, sorted)."""
+    if rows.shape[0] == 0:
+        return target
+    # occurrence of each row within its run: repeated rows go into separate passes
+    first = np.concatenate(([True], rows[1:] != rows[:-1]))
+    run_start = np.maximum.accumulate(np.where(first, np.arange(rows.shape[0]), 0))
+    occ = np.arange(rows.shape[0]) - run_start
+    for o in range(int(occ.max()) + 1):
+        sel = np.nonzero(occ == o)[0]
+        idx = xp.asarray(rows[sel], device=B.device(target))
+        target[idx, ...] = target[idx, ...] + vals[xp.asarray(sel, device=B.device(vals)),
+                                                   ...]
+    return target
+
+
+def _output_groups(trajs, rec, n_rows: int, PT):
+    """The reached outputs computed inside steps, grouped by the record of their step:
+    ``{record: (rows, qs, W)}`` with host ``rows``/``qs`` sorted by row and the dense
+    weights ``W = b(θ)`` (``(M, s)``)."""
+    out_step = np.stack([tr.out_step for tr in trajs])  # (B, T)
+    out_theta = np.stack([tr.out_theta for tr in trajs])
+    rows, qs = np.nonzero(out_step >= 0)
+    if rows.shape[0] == 0:
+        return {}
+    k = out_step[rows, qs]
+    counts = np.asarray([its.shape[0] for its in rec.iteration_of_step])
+    offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    its_flat = np.concatenate(rec.iteration_of_step) if counts.sum() else \
+        np.zeros((0,), dtype=np.int64)
+    r = its_flat[offsets[rows] + k]
+    order = np.lexsort((qs, rows, r))  # by record, then row, then output
+    rows, qs, r = rows[order], qs[order], r[order]
+    W = theta_powers(out_theta[rows, qs], PT.shape[0]) @ PT
+    bounds = np.nonzero(np.diff(r))[0] + 1
+    groups = {}
+    for part in np.split(np.arange(r.shape[0]), bounds):
+        groups[int(r[part[0]])] = (rows[part], qs[part], W[part])
+    return groups
+
+
+def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
+    """``(y0_bar (B, n), p_bar or None, t_bar (T host floats), poisoned)`` for the
+    output cotangents ``ys_bar_all`` (``(T, B, *shape)``) of a vectorised forward."""
+    f, vjp, rec = fwd.f_batch
+    xp, tab, trajs = fwd.xp, fwd.tab, fwd.trajs
+    params = fwd.params_eff
+    st = fwd.settings
+    rtol, atol = st.norm_tolerances
+    n_rows, n, shape = len(trajs), fwd.n, tuple(fwd.shape)
+    T = int(fwd.t_out.shape[0])
+    s = tab.n_stages
+    y0 = fwd.y0
+    dtype, device = y0.dtype, B.device(y0)
+    full = (n_rows, *shape)
+    t_shape = _t_shape(n_rows, shape)
+    ys_bar = xp.reshape(xp.astype(ys_bar_all, dtype), (T, n_rows, n))
+    # cotangents on outputs a failed row never reached make its gradients NaN (undefined)
+    n_reached = np.asarray([tr.n_reached for tr in trajs])
+    reached = np.arange(T)[:, None] < n_reached[None, :]  # (T, B)
+    reached_dev = xp.asarray(reached, device=device)[:, :, None]
+    nonzero = B.host_vector(xp.any(ys_bar != 0, axis=2))
+    bad = np.any(nonzero & ~reached, axis=0)
+    ys_bar = xp.where(reached_dev, ys_bar, xp.zeros_like(ys_bar))
+    fvjp = make_vjp(f, vjp, params, full, xp, False)
+    arith = _StageArithmetic(xp, tab, n_rows, n, rtol, atol)
+    PT = tab.P.T.copy()
+    groups = _output_groups(trajs, rec, n_rows, PT)
+    c = [float(v) for v in tab.c]
+    A = tab.A
+    a = xp.zeros((n_rows, n), dtype=dtype, device=device)
+    p_bar = None
+    K = xp.empty((s, n_rows, n), dtype=dtype, device=device)
+
+    def call_f(t_col, Y):
+        return f(t_col.reshape(t_shape), Y.reshape(full), params).reshape((n_rows, n))
+
+    def times(t_host):
+        return xp.asarray(t_host, dtype=dtype, device=device)
+
+    for r in range(len(rec.Y) - 1, -1, -1):
+        t, h, Y = rec.t[r], rec.h[r], rec.Y[r]
+        # the step's stages, recomputed as the forward formed them
+        h_dev = h if arith.kernel else times(h)
+        hc = None if arith.kernel else h_dev[:, None]
+        K[0, ...] = call_f(times(t), Y)
+        G = [Y]
+        for i in range(1, s):
+            G.append(arith.combine(Y, K, i, h_dev, hc))
+            K[i, ...] = call_f(times(t + c[i] * h), G[i])
+        Kbar: list = [None] * s
+        ybar = xp.zeros_like(a)
+        if r in groups:
+            rows, qs, W = groups[r]
+            yq = ys_bar[xp.asarray(qs, device=device), xp.asarray(rows, device=device), :]
+            hw = times(h[rows][:, None] * W)  # (M, s): h b_i(θ)
+            ybar = _scatter_rows(xp, ybar, rows, yq)
+            for i in range(s):
+                if bool(np.any(W[:, i] != 0.0)):
+                    Kbar[i] = _scatter_rows(xp, xp.zeros_like(a), rows,
+                                            hw[:, i:i + 1] * yq)
+        hcol = times(h)[:, None]
+        Gbar: list = [None] * s
+        Gbar[s - 1] = a
+        for i in range(s - 1, -1, -1):
+            if Kbar[i] is not None:
+                t_i = times(t + c[i] * h).reshape(t_shape)
+                vy, vp = fvjp(t_i, xp.reshape(G[i], (n_rows * n,)),
+                              xp.reshape(Kbar[i], (n_rows * n,)))
+                vy = xp.reshape(vy, (n_rows, n))
+                Gbar[i] = vy if Gbar[i] is None else Gbar[i] + vy
+                if vp is not None:
+                    p_bar = vp if p_bar is None else p_bar + vp
+            if Gbar[i] is None:
+                continue
+            for j in range(i):
+                if A[i, j] != 0.0:
+                    term = (hcol * float(A[i, j])) * Gbar[i]
+                    Kbar[j] = term if Kbar[j] is None else Kbar[j] + term
+            ybar = ybar + Gbar[i]
+        a = ybar
+    through = a
+    # outputs at the initial time are y0 itself
+    t_out = fwd.t_out
+    y0_flat = xp.reshape(y0, (n_rows, n))
+    y0_bar = through
+    for q in range(T):
+        if q > 0 and t_out[q] != t_out[0]:
+            break
+        y0_bar = y0_bar + ys_bar[q, ...]
+    t_bar = [0.0] * T
+    if want_t:
+        t_bar = _t_eval_cotangent(xp, call_f, trajs, ys_bar, t_out, through, y0_flat,
+                                  n_reached, dtype, device)
+    poisoned = bool(bad.any())
+    if poisoned:
+        y0_bar = xp.where(xp.asarray(bad, device=device)[:, None],
+                          xp.full_like(y0_bar, math.nan), y0_bar)
+        if p_bar is not None:
+            p_bar = p_bar * math.nan
+        t_bar = [math.nan] * T
+    return y0_bar, p_bar, t_bar, poisoned
+
+
+def _t_eval_cotangent(xp, call_f, trajs, ys_bar, t_out, through, y0, n_reached, dtype,
+                      device):
+    """:func:`._adjoint.t_eval_cotangent` summed over the rows, one batched ``f`` call per
+    output time: ``t̄_q = Σ_b ȳ_qb · f(t_q, y_qb)`` (q ≥ 1), ``t̄_0 = −Σ_b a_b · f(t_0,
+    y0_b)``. Rows that did not reach an output are evaluated at ``y0`` instead (their
+    cotangent there is zero, and ``f`` of a NaN state could be NaN)."""
+    T = int(t_out.shape[0])
+    n_rows = len(trajs)
+    out = [0.0] * T
+    ys = xp.stack([tr.ys for tr in trajs], axis=1)  # (T, B, n)
+    for q in range(1, T):
+        if t_out[q] == t_out[0]:
+            continue
+        ok = n_reached > q
+        if not ok.any():
+            continue
+        ok_dev = xp.asarray(ok, device=device)[:, None]
+        yq = xp.where(ok_dev, ys[q, ...], y0)
+        Fq = call_f(xp.full((n_rows,), float(t_out[q]), dtype=dtype, device=device), yq)
+        out[q] = float(xp.sum(xp.where(ok_dev, ys_bar[q, ...] * Fq, xp.zeros_like(Fq))))
+    moved = n_reached > 1  # a row that took no step sent nothing back to y0
+    if moved.any():
+        F0 = call_f(xp.full((n_rows,), float(t_out[0]), dtype=dtype, device=device), y0)
+        mv = xp.asarray(moved, device=device)[:, None]
+        out[0] = -float(xp.sum(xp.where(mv, through * F0, xp.zeros_like(F0))))
+        if not math.isfinite(out[0]):
+            out[0] = math.nan
+    return out

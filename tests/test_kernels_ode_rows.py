@@ -1,0 +1,133 @@
+"""The row kernels of the vectorised batch (kernels/cpu/ode.py) against naive references:
+the single-trajectory stage kernels row by row (bitwise: same arithmetic order), and the
+Python controller (``diffsolve.ode._controller.Controller``) row by row."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from diffsolve import _backend as B
+from diffsolve._status import Status
+from diffsolve.ode._controller import MAX_FACTOR, MIN_FACTOR, SAFETY, Controller
+
+xp = B.host_namespace()
+
+
+def _k(name):
+    return B.get_kernel(xp, "ode." + name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_combine_and_error_norm_rows_equal_the_one_row_kernels(dtype):
+    rng = np.random.default_rng(0)
+    n_rows, n, s = 5, 7, 6
+    Y = rng.standard_normal((n_rows, n)).astype(dtype)
+    Y_new = rng.standard_normal((n_rows, n)).astype(dtype)
+    K = rng.standard_normal((s, n_rows, n)).astype(dtype)
+    coeffs = rng.standard_normal(4)
+    h = rng.uniform(0.01, 0.3, n_rows)
+    out = _k("rk_combine_rows")(Y, K, coeffs, h, np.empty_like(Y))
+    e = rng.standard_normal(s)
+    E = _k("rk_error_norm_rows")(Y, Y_new, K, e, h, 1e-6, 1e-9, np.empty(n_rows))
+    for b in range(n_rows):
+        Kb = np.ascontiguousarray(K[:, b, :])
+        ref = _k("rk_combine")(Y[b], Kb, coeffs, float(h[b]), np.empty_like(Y[b]))
+        np.testing.assert_array_equal(out[b], ref)
+        assert E[b] == _k("rk_error_norm")(Y[b], Y_new[b], Kb, e, float(h[b]), 1e-6, 1e-9)
+        # and a plain loop in the documented order
+        acc = np.zeros(n)
+        for j in range(4):
+            acc = acc + coeffs[j] * K[j, b].astype(np.float64)
+        np.testing.assert_allclose(out[b], Y[b] + h[b] * acc,
+                                   rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+def test_dense_rows_equal_a_naive_loop():
+    rng = np.random.default_rng(1)
+    n_rows, n, s, T = 4, 3, 7, 6
+    Y = rng.standard_normal((n_rows, n))
+    K = rng.standard_normal((s, n_rows, n))
+    rows = np.array([0, 0, 2, 3, 3, 3])
+    qs = np.array([1, 2, 1, 3, 4, 5])
+    W = rng.standard_normal((6, s))
+    h = rng.uniform(0.1, 0.5, n_rows)
+    ys = np.full((T, n_rows, n), np.nan)
+    _k("rk_dense_rows")(Y, K, W, rows, h, qs, ys)
+    for m in range(6):
+        b, q = rows[m], qs[m]
+        ref = _k("rk_combine")(Y[b], np.ascontiguousarray(K[:, b]), W[m], float(h[b]),
+                               np.empty(n))
+        np.testing.assert_array_equal(ys[q, b], ref)
+    assert np.isnan(ys[0]).all() and np.isnan(ys[1, 1]).all()
+
+
+@pytest.mark.parametrize("kind", ["pi", "i"])
+def test_rows_decide_is_the_python_controller_row_by_row(kind):
+    rng = np.random.default_rng(2)
+    n_rows = 400
+    E = np.exp(rng.uniform(-8, 3, n_rows))
+    E[:5] = [0.0, 1.0, np.nan, np.inf, 1.0 - 1e-16]
+    running = rng.uniform(size=n_rows) < 0.9
+    rejected = rng.uniform(size=n_rows) < 0.3
+    err_prev = np.exp(rng.uniform(-9, 0, n_rows))
+    h_abs = rng.uniform(0.01, 1.0, n_rows)
+    t = rng.uniform(0, 5, n_rows)
+    args = [a.copy() for a in (rejected, err_prev, h_abs)]
+    n_steps = np.zeros(n_rows, dtype=np.int64)
+    n_rej = np.zeros(n_rows, dtype=np.int64)
+    nonfinite = np.zeros(n_rows, dtype=bool)
+    last_nf = np.full(n_rows, np.nan)
+    accept = np.zeros(n_rows, dtype=bool)
+    order, error_order = 5, 4
+    ctrl0 = Controller(kind, order, error_order)
+    _k("rows_decide")(E, t, running, args[0], args[1], args[2], n_steps, n_rej, nonfinite,
+                      last_nf, kind == "pi", ctrl0.exp_i, ctrl0.beta1, ctrl0.beta2,
+                      (SAFETY, MIN_FACTOR, MAX_FACTOR), accept)
+    for b in range(n_rows):
+        if not running[b]:
+            assert not accept[b] and n_steps[b] == 0 and args[2][b] == h_abs[b]
+            continue
+        ctrl = Controller(kind, order, error_order)
+        ctrl.err_prev = float(err_prev[b])
+        ok, factor = ctrl.decide(float(E[b]), bool(rejected[b]))
+        assert accept[b] == ok
+        assert args[2][b] == h_abs[b] * factor  # bitwise: libm pow on both sides
+        assert n_rej[b] == (0 if ok else 1) and n_steps[b] == 1
+        assert nonfinite[b] == (not math.isfinite(E[b]))
+        if ok and kind == "pi":
+            assert args[1][b] == ctrl.err_prev
+        assert args[0][b] == (rejected[b] or not ok)
+
+
+def test_rows_next_steps_follow_the_loop_rules():
+    n_rows = 6
+    t = np.array([0.0, 0.9, 0.5, 0.2, 0.3, 1.0])
+    h_abs = np.array([0.1, 0.5, 1e-20, 0.1, 0.1, 0.1])
+    fresh = np.array([True, True, False, True, True, True])
+    rejected = np.array([True, False, True, True, False, False])
+    running = np.array([True, True, True, True, False, True])
+    n_steps = np.array([0, 3, 4, 10, 0, 0])
+    nonfinite = np.array([False, False, True, False, False, False])
+    status = np.zeros(n_rows, dtype=np.int64)
+    t_fail = np.full(n_rows, np.nan)
+    fail_min = np.full(n_rows, np.nan)
+    codes = np.array([int(Status.MAX_ITERATIONS), int(Status.NONFINITE),
+                      int(Status.STEP_UNDERFLOW)])
+    h = np.zeros(n_rows)
+    t_new = np.zeros(n_rows)
+    t[5] = 0.95
+    anyr = _k("rows_next_steps")(t, h_abs, fresh, rejected, running, n_steps, nonfinite,
+                                 status, t_fail, fail_min, 1.0, 1.0, 10, codes, h, t_new)
+    assert anyr
+    assert h[0] == 0.1 and t_new[0] == 0.1 and not rejected[0]  # fresh clears rejected
+    assert t_new[1] == 1.0 and h[1] == 1.0 - 0.9  # clipped to t1
+    assert status[2] == int(Status.NONFINITE) and not running[2] and t_fail[2] == 0.5
+    assert fail_min[2] == 10 * (np.nextafter(0.5, np.inf) - 0.5)
+    assert status[3] == int(Status.MAX_ITERATIONS) and not running[3]
+    assert h[4] == 0.0 and status[4] == 0  # not running: untouched
+    assert abs(h[5] - 0.05) < 1e-15 and running[5]
