@@ -31,9 +31,10 @@ def test_combine_and_error_norm_rows_equal_the_one_row_kernels(dtype):
     K = rng.standard_normal((s, n_rows, n)).astype(dtype)
     coeffs = rng.standard_normal(4)
     h = rng.uniform(0.01, 0.3, n_rows)
-    out = _k("rk_combine_rows")(Y, K, coeffs, h, np.empty_like(Y))
+    scratch = np.empty(n_rows * n)
+    out = _k("rk_combine_rows")(Y, K, coeffs, h, np.empty_like(Y), scratch)
     e = rng.standard_normal(s)
-    E = _k("rk_error_norm_rows")(Y, Y_new, K, e, h, 1e-6, 1e-9, np.empty(n_rows))
+    E = _k("rk_error_norm_rows")(Y, Y_new, K, e, h, 1e-6, 1e-9, np.empty(n_rows), scratch)
     for b in range(n_rows):
         Kb = np.ascontiguousarray(K[:, b, :])
         ref = _k("rk_combine")(Y[b], Kb, coeffs, float(h[b]), np.empty_like(Y[b]))
@@ -49,21 +50,34 @@ def test_combine_and_error_norm_rows_equal_the_one_row_kernels(dtype):
 
 def test_dense_rows_equal_a_naive_loop():
     rng = np.random.default_rng(1)
-    n_rows, n, s, T = 4, 3, 7, 6
+    n_rows, n, s, m_deg = 4, 3, 7, 4
     Y = rng.standard_normal((n_rows, n))
     K = rng.standard_normal((s, n_rows, n))
-    rows = np.array([0, 0, 2, 3, 3, 3])
-    qs = np.array([1, 2, 1, 3, 4, 5])
-    W = rng.standard_normal((6, s))
-    h = rng.uniform(0.1, 0.5, n_rows)
-    ys = np.full((T, n_rows, n), np.nan)
-    _k("rk_dense_rows")(Y, K, W, rows, h, qs, ys)
-    for m in range(6):
-        b, q = rows[m], qs[m]
-        ref = _k("rk_combine")(Y[b], np.ascontiguousarray(K[:, b]), W[m], float(h[b]),
-                               np.empty(n))
-        np.testing.assert_array_equal(ys[q, b], ref)
-    assert np.isnan(ys[0]).all() and np.isnan(ys[1, 1]).all()
+    P = rng.standard_normal((s, m_deg))
+    t_out = np.linspace(0.0, 1.0, 11)
+    t = np.array([0.05, 0.3, 0.0, 0.55])
+    h = np.array([0.3, 0.05, 0.2, 0.45])
+    t_new = t + h
+    accept = np.array([True, True, False, True])
+    q = np.array([1, 4, 1, 6])
+    n_acc = np.array([3, 7, 1, 9])
+    ys = np.full((11, n_rows, n), np.nan)
+    out_step = np.full((n_rows, 11), -1)
+    out_theta = np.zeros((n_rows, 11))
+    q0 = q.copy()
+    _k("rk_dense_rows")(Y, K, P, accept, t, t_new, h, t_out, 1.0, q, n_acc, ys, out_step,
+                        out_theta)
+    for b in range(n_rows):
+        inside = [i for i in range(q0[b], 11) if accept[b] and t_out[i] <= t_new[b]]
+        assert q[b] == (inside[-1] + 1 if inside else q0[b])
+        for i in inside:
+            theta = (t_out[i] - t[b]) / h[b]
+            w = np.array([sum(P[j, k] * theta ** (k + 1) for k in range(m_deg))
+                          for j in range(s)])
+            np.testing.assert_allclose(ys[i, b], Y[b] + h[b] * (w @ K[:, b]), rtol=1e-13,
+                                       atol=1e-14)
+            assert out_step[b, i] == n_acc[b] and out_theta[b, i] == theta
+    assert np.isnan(ys[:, 2]).all() and (out_step[2] == -1).all()
 
 
 @pytest.mark.parametrize("kind", ["pi", "i"])

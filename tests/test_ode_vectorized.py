@@ -82,6 +82,23 @@ def test_rows_take_the_steps_of_their_own_solves(method, controller):
     assert res.converged and res.ys.shape == (17, 9, 2)
 
 
+def test_array_path_equals_the_row_kernels(monkeypatch):
+    # CuPy states run the array expressions instead of the row kernels: the same steps
+    # and, to rounding of the dense outputs, the same outputs and gradients (run on NumPy)
+    import diffsolve.ode._vectorized as V
+
+    Y0 = _batch(7)
+    t = np.linspace(0.0, 5.0, 150)  # several outputs inside most steps
+    W = np.random.default_rng(4).standard_normal((150, 7, 2))
+    res, pull = ds.vjp(odeint, lv, Y0, t, P_LV, vjp=lv_vjp, batch_mode="vectorized")
+    grads = pull(ys=W)
+    monkeypatch.setattr(V, "ROW_KERNELS", False)
+    res2, pull2 = ds.vjp(odeint, lv, Y0, t, P_LV, vjp=lv_vjp, batch_mode="vectorized")
+    _same_solves(res2, res, atol=1e-13)
+    for g, g_ref in zip(pull2(ys=W), grads):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-11, atol=1e-12)
+
+
 def test_backwards_in_time_and_time_dependent_field():
     Y0 = _batch(5)
     t = np.linspace(2.0, -1.0, 9)  # decreasing

@@ -37,6 +37,10 @@ np = B.host_namespace()
 
 WHERE = "diffsolve.ode.odeint"
 
+#: NumPy states use the compiled row kernels (kernels/cpu/ode.py); ``False`` runs the array
+#: expressions that CuPy states run (the same arithmetic order; tests compare the two)
+ROW_KERNELS = True
+
 _CONTRACT = ("with batch_mode='vectorized', f(t, Y, params) is called on the whole batch: "
              "Y of shape (B, *state_shape), t an array of shape (B, 1, ...) holding each "
              "row's time, and it must return dY/dt of Y's shape, row b depending on row b "
@@ -208,11 +212,11 @@ class _StageArithmetic:
     of O(1) slopes, so a reordered sum changes it in its fourth digit and the step
     sizes in their fifth."""
 
-    def __init__(self, xp, tab, n_rows: int, n: int, rtol: float, atol: float):
+    def __init__(self, xp, tab, n_rows: int, n: int, rtol: float, atol: float, dtype=None):
         self.xp, self.rtol, self.atol, self.n = xp, rtol, atol, n
         self.A = [[float(v) for v in tab.A_rows[i][:i]] for i in range(tab.n_stages)]
         self.e = [float(v) for v in tab.e]
-        self.kernel = B.is_numpy(xp)
+        self.kernel = B.is_numpy(xp) and ROW_KERNELS
         if self.kernel:
             self._combine = B.get_kernel(xp, "ode.rk_combine_rows")
             self._norm = B.get_kernel(xp, "ode.rk_error_norm_rows")
@@ -220,13 +224,17 @@ class _StageArithmetic:
                            for i in range(tab.n_stages)]
             self.e_host = B.host_numpy(tab.e).astype("float64")
             self.E = np.empty(n_rows)
+            self.acc = np.empty(n_rows * n)  # the row kernels' scratch
+            # the stage arguments: written in place every iteration (f sees them, the
+            # last one becomes the next state by a copy)
+            self.G = np.empty((tab.n_stages, n_rows, n), dtype=dtype)
             self._one = np.ones(1)
             self._ones = np.ones(n_rows)
 
     def combine(self, Y, K, i: int, h_dev, hc):
         """``Y + h Σ_{j<i} a_ij K_j`` per row."""
         if self.kernel:
-            return self._combine(Y, K, self.A_host[i], h_dev, self.xp.empty_like(Y))
+            return self._combine(Y, K, self.A_host[i], h_dev, self.G[i], self.acc)
         return Y + hc * _weighted(self.A[i], K)
 
     def rms_rows(self, X, Y):
@@ -234,7 +242,7 @@ class _StageArithmetic:
         if self.kernel:
             K = X[None, ...] if X.flags.c_contiguous else X.copy()[None, ...]
             return self._norm(Y, Y, K, self._one, self._ones, self.rtol, self.atol,
-                              self.E).copy()
+                              self.E, self.acc).copy()
         xp = self.xp
         r = X / (self.atol + self.rtol * xp.abs(Y))
         return B.host_vector(xp.sqrt(xp.sum(r * r, axis=1) / max(self.n, 1)))
@@ -243,7 +251,7 @@ class _StageArithmetic:
         """The scaled RMS norm of each row's error estimate, on the host (``(B,)``)."""
         if self.kernel:
             return self._norm(Y, Y_new, K, self.e_host, h_dev, self.rtol, self.atol,
-                              self.E).copy()
+                              self.E, self.acc).copy()
         xp = self.xp
         sc = self.atol + self.rtol * xp.maximum(xp.abs(Y), xp.abs(Y_new))
         r = hc * _weighted(self.e, K) / sc
@@ -279,8 +287,9 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
     dtype, device = Y0.dtype, B.device(Y0)
     s = tab.n_stages
     field = _BatchField(f, params, xp, n_rows, shape, n)
-    arith = _StageArithmetic(xp, tab, n_rows, n, rtol, atol)
-    PT = tab.P.T.copy()  # host (m, s): dense output y + h Σ_m θ^(m+1) (Pᵀ K)_m
+    arith = _StageArithmetic(xp, tab, n_rows, n, rtol, atol, dtype)
+    P = B.host_numpy(tab.P).astype(np.float64)  # (s, m): b_j(θ) = Σ_k P[j, k] θ^(k+1)
+    PT = P.T.copy()
     c = [float(v) for v in tab.c]
     tl = np.asarray(t_out, dtype=np.float64)
     n_out = int(tl.shape[0])
@@ -289,7 +298,7 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
     key = tl * direction  # increasing
     interval = abs(t1 - t0)
 
-    Y = xp.reshape(Y0, (n_rows, n))
+    Y = B.contiguous(xp, xp.reshape(Y0, (n_rows, n)))
     K = xp.empty((s, n_rows, n), dtype=dtype, device=device)
     t = np.full(n_rows, t0)
     t_dev = _dev(xp, t, Y)
@@ -344,7 +353,6 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
     t_ends: list = []  # per record: the accepted rows' new times (NaN elsewhere)
     out_step = np.full((n_rows, n_out), -1, dtype=np.int64)
     out_theta = np.zeros((n_rows, n_out))
-    arange = np.arange(n_rows)
     while next_steps(t, h_abs, fresh, rejected, running, n_steps, nonfinite_E, status,
                      t_fail, fail_min, t1, direction, max_steps, codes, h, t_new):
         # every stage's times at once (the loop's t + c_i h, in float64 on the host)
@@ -370,27 +378,12 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
         if not any_accept:
             continue
         # outputs inside the accepted steps, all rows at once
-        q_end = np.where(accept, np.searchsorted(key, t_new * direction, side="right"), q)
-        m = q_end - q
-        total = int(m.sum())
-        if total:
-            rows = np.repeat(arange, m)
-            starts = np.repeat(np.cumsum(m) - m, m)
-            qs = np.repeat(q, m) + (np.arange(total) - starts)
-            theta = (tl[qs] - t[rows]) / h[rows]
-            W = theta_powers(theta, PT.shape[0]) @ PT  # (M, s): b_i(θ) per output
-            if arith.kernel:
-                dense(Y, K, W, rows, h, qs, ys)
-            else:
-                rows_dev = xp.asarray(rows, device=device)
-                Ksel = xp.take(K, rows_dev, axis=1)  # (s, M, n)
-                W_dev = _dev(xp, W.T.copy(), Y)  # (s, M)
-                vals = xp.take(Y, rows_dev, axis=0) + _dev(xp, h[rows], Y)[:, None] * \
-                    xp.sum(W_dev[:, :, None] * Ksel, axis=0)
-                ys[xp.asarray(qs, device=device), rows_dev, :] = vals
-            out_step[rows, qs] = n_acc[rows]
-            out_theta[rows, qs] = theta
-        q = q_end
+        if arith.kernel:
+            dense(Y, K, P, accept, t, t_new, h, tl, direction, q, n_acc, ys, out_step,
+                  out_theta)
+        else:
+            q = _dense_outputs(xp, Y, K, PT, accept, t, t_new, h, tl, key, direction, q,
+                               n_acc, ys, out_step, out_theta)
         acc_now = accept.copy()
         rec.t.append(t.copy())
         rec.h.append(np.where(acc_now, h, 0.0))
@@ -440,6 +433,33 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
             t_fail=math.nan if ok else float(t_fail[b]), status=st,
             n_reached=n_out if ok else int(q[b])))
     return xp.reshape(ys, (n_out, n_rows, *shape)), trajs, rec
+
+
+def _dense_outputs(xp, Y, K, PT, accept, t, t_new, h, tl, key, direction, q, n_acc, ys,
+                   out_step, out_theta):
+    """:func:`rk_dense_rows` in array operations (CuPy states); returns the new ``q``."""
+    n_out = int(tl.shape[0])
+    passed = accept & (key[np.minimum(q, n_out - 1)] <= t_new * direction) & (q < n_out)
+    if not passed.any():
+        return q
+    q_end = np.where(passed, np.searchsorted(key, t_new * direction, side="right"), q)
+    m = q_end - q
+    total = int(m.sum())
+    rows = np.repeat(np.arange(q.shape[0]), m)
+    starts = np.repeat(np.cumsum(m) - m, m)
+    qs = np.repeat(q, m) + (np.arange(total) - starts)
+    theta = (tl[qs] - t[rows]) / h[rows]
+    W = theta_powers(theta, PT.shape[0]) @ PT  # (M, s): b_j(θ) per output
+    device = B.device(Y)
+    rows_dev = xp.asarray(rows, device=device)
+    Ksel = xp.take(K, rows_dev, axis=1)  # (s, M, n)
+    W_dev = _dev(xp, W.T.copy(), Y)  # (s, M)
+    vals = xp.take(Y, rows_dev, axis=0) + _dev(xp, h[rows], Y)[:, None] * \
+        xp.sum(W_dev[:, :, None] * Ksel, axis=0)
+    ys[xp.asarray(qs, device=device), rows_dev, :] = vals
+    out_step[rows, qs] = n_acc[rows]
+    out_theta[rows, qs] = theta
+    return q_end
 
 
 def _row_message(st: Status, b: int, t_fail: float, t1: float, max_steps: int,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from . import _vectorized
 from ._integrate import theta_powers
 from ._vector_field import make_vjp
 from ._vectorized import _StageArithmetic, _t_shape
@@ -42,6 +43,33 @@ def _scatter_rows(xp, target, rows, vals):
         target[idx, ...] = target[idx, ...] + vals[xp.asarray(sel, device=B.device(vals)),
                                                    ...]
     return target
+
+
+def _output_seeds(xp, group, ys_bar, h, a, times, device, s):
+    """``(ȳ, K̄)``: what the outputs of one record send back to its rows' states and
+    slopes, ``ȳ_b = Σ_q ȳ_qb`` and ``K̄_i,b = Σ_q h_b b_i(θ_q) ȳ_qb`` over the outputs
+    ``q`` of row ``b`` in that step (``K̄_i`` None where every ``b_i(θ)`` is 0)."""
+    rows, qs, W = group
+    yq = ys_bar[xp.asarray(qs, device=device), xp.asarray(rows, device=device), :]
+    hw = h[rows][:, None] * W  # (M, s): h b_i(θ), host
+    live = [i for i in range(s) if bool(np.any(W[:, i] != 0.0))]
+    Kbar: list = [None] * s
+    if B.is_numpy(xp) and _vectorized.ROW_KERNELS:
+        # rows are sorted: one segmented sum per distinct row (np.add.reduceat)
+        starts = np.concatenate(([0], np.nonzero(rows[1:] != rows[:-1])[0] + 1))
+        uniq = rows[starts]
+        ybar = xp.zeros_like(a)
+        ybar[uniq, ...] = np.add.reduceat(yq, starts, axis=0)
+        C = np.add.reduceat(hw[:, live, None] * yq[:, None, :], starts, axis=0)
+        for col, i in enumerate(live):
+            Kbar[i] = xp.zeros_like(a)
+            Kbar[i][uniq, ...] = C[:, col, :]
+        return ybar, Kbar
+    hw = times(hw)
+    ybar = _scatter_rows(xp, xp.zeros_like(a), rows, yq)
+    for i in live:
+        Kbar[i] = _scatter_rows(xp, xp.zeros_like(a), rows, hw[:, i:i + 1] * yq)
+    return ybar, Kbar
 
 
 def _output_groups(trajs, rec, n_rows: int, PT):
@@ -93,7 +121,7 @@ def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
     bad = np.any(nonzero & ~reached, axis=0)
     ys_bar = xp.where(reached_dev, ys_bar, xp.zeros_like(ys_bar))
     fvjp = make_vjp(f, vjp, params, full, xp, False)
-    arith = _StageArithmetic(xp, tab, n_rows, n, rtol, atol)
+    arith = _StageArithmetic(xp, tab, n_rows, n, rtol, atol, dtype)
     PT = tab.P.T.copy()
     groups = _output_groups(trajs, rec, n_rows, PT)
     c = [float(v) for v in tab.c]
@@ -121,14 +149,7 @@ def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
         Kbar: list = [None] * s
         ybar = xp.zeros_like(a)
         if r in groups:
-            rows, qs, W = groups[r]
-            yq = ys_bar[xp.asarray(qs, device=device), xp.asarray(rows, device=device), :]
-            hw = times(h[rows][:, None] * W)  # (M, s): h b_i(θ)
-            ybar = _scatter_rows(xp, ybar, rows, yq)
-            for i in range(s):
-                if bool(np.any(W[:, i] != 0.0)):
-                    Kbar[i] = _scatter_rows(xp, xp.zeros_like(a), rows,
-                                            hw[:, i:i + 1] * yq)
+            ybar, Kbar = _output_seeds(xp, groups[r], ys_bar, h, a, times, device, s)
         hcol = times(h)[:, None]
         Gbar: list = [None] * s
         Gbar[s - 1] = a

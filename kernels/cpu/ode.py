@@ -69,77 +69,106 @@ def rk_error_norm(y, y_new, K, e, h, rtol, atol):  # pragma: no cover - compiled
 
 
 @jit()
-def rk_combine_rows(Y, K, coeffs, h, out):  # pragma: no cover - compiled
+def rk_combine_rows(Y, K, coeffs, h, out, acc):  # pragma: no cover - compiled
     """:func:`rk_combine` per row of a batch: ``out[b] = Y[b] + h[b] Σ_j coeffs[j] K[j, b]``.
 
-    ``Y``, ``out``: (B, n); ``K``: (s, B, n) with ``s >= len(coeffs)``; ``h``: (B,). Each
-    row's arithmetic is :func:`rk_combine`'s, in the same order (the vectorised batch then
-    takes the steps its rows' own solves take, to the last bit of the error estimate,
-    whose cancellation would magnify a reordered sum). Returns ``out``.
+    ``Y``, ``out``: (B, n) C-contiguous; ``K``: (s, B, n) C-contiguous with
+    ``s >= len(coeffs)``; ``h``: (B,); ``acc``: a float64 scratch of B·n entries. Each
+    entry's arithmetic is :func:`rk_combine`'s, in the same order: the sum over j from 0.0
+    in j order, then ``y + h·sum`` (the vectorised batch then takes the steps its rows' own
+    solves take, to the last bit of the error estimate, whose cancellation would magnify a
+    reordered sum). The loops run over the flat batch (contiguous, vectorised). Returns
+    ``out``.
     """
     n_rows, n = Y.shape
+    N = n_rows * n
     m = coeffs.shape[0]
-    acc = np.empty(n)
+    Yf = Y.reshape(N)
+    of = out.reshape(N)
+    Kf = K.reshape((K.shape[0], N))
+    for k in range(N):
+        acc[k] = 0.0
+    for j in range(m):
+        cj = coeffs[j]
+        for k in range(N):
+            acc[k] += cj * Kf[j, k]
     for b in range(n_rows):
         hb = h[b]
-        # j outermost, i innermost (contiguous, vectorised); each entry still sums its
-        # terms in j order from 0.0, as rk_combine does
-        acc[:] = 0.0
-        for j in range(m):
-            cj = coeffs[j]
-            for i in range(n):
-                acc[i] += cj * K[j, b, i]
-        for i in range(n):
-            out[b, i] = Y[b, i] + hb * acc[i]
+        base = b * n
+        for i in range(base, base + n):
+            of[i] = Yf[i] + hb * acc[i]
     return out
 
 
 @jit()
-def rk_error_norm_rows(Y, Y_new, K, e, h, rtol, atol, out):  # pragma: no cover - compiled
-    """:func:`rk_error_norm` per row of a batch into ``out`` (B,), same arithmetic order."""
+def rk_error_norm_rows(Y, Y_new, K, e, h, rtol, atol, out, acc):  # pragma: no cover
+    """:func:`rk_error_norm` per row of a batch into ``out`` (B,), the same arithmetic
+    order per row (``acc``: a float64 scratch of B·n entries; arrays C-contiguous)."""
     n_rows, n = Y.shape
+    N = n_rows * n
     m = e.shape[0]
-    errs = np.empty(n)
+    Kf = K.reshape((K.shape[0], N))
+    for k in range(N):
+        acc[k] = 0.0
+    for j in range(m):
+        ej = e[j]
+        for k in range(N):
+            acc[k] += ej * Kf[j, k]
     for b in range(n_rows):
         hb = h[b]
-        errs[:] = 0.0
-        for j in range(m):
-            ej = e[j]
-            for i in range(n):
-                errs[i] += ej * K[j, b, i]
-        acc = 0.0
+        total = 0.0
         for i in range(n):
-            err = errs[i]
             sc = atol + rtol * max(abs(Y[b, i]), abs(Y_new[b, i]))
-            r = hb * err / sc
-            acc += r * r
-        out[b] = math.sqrt(acc / max(n, 1))
+            r = hb * acc[b * n + i] / sc
+            total += r * r
+        out[b] = math.sqrt(total / max(n, 1))
     return out
 
 
 @jit()
-def rk_dense_rows(Y, K, W, rows, h, qs, ys):  # pragma: no cover - compiled
-    """Dense outputs of a vectorised batch: for each output ``m``,
-    ``ys[qs[m], rows[m]] = Y[rows[m]] + h[rows[m]] Σ_j W[m, j] K[j, rows[m]]`` with the
-    continuous extension's weights ``W[m] = b(θ_m)``, in :func:`rk_combine`'s order.
+def rk_dense_rows(Y, K, P, accept, t, t_new, h, t_out, direction, q, n_acc, ys, out_step,
+                  out_theta):  # pragma: no cover - compiled
+    """The dense outputs of a vectorised batch's accepted steps, written in place.
 
-    ``Y``: (B, n); ``K``: (s, B, n); ``W``: (M, s); ``rows``, ``qs``: (M,) int;
-    ``h``: (B,); ``ys``: (T, B, n), written in place.
+    For each accepted row ``b`` and each output time ``t_out[q]`` inside its step (``q``
+    from ``q[b]`` on, while ``direction (t_out[q] - t_new[b]) <= 0``): ``θ = (t_out[q] -
+    t[b]) / h[b]``, the continuous extension's weights ``w_j = Σ_k P[j, k] θ^(k+1)`` and
+    ``ys[q, b] = Y[b] + h[b] Σ_j w_j K[j, b]`` (in :func:`rk_combine`'s order);
+    ``out_step[b, q] = n_acc[b]``, ``out_theta[b, q] = θ``; ``q[b]`` advances past them.
+
+    ``Y``: (B, n); ``K``: (s, B, n); ``P``: (s, m); ``accept``, ``t``, ``t_new``, ``h``,
+    ``q``, ``n_acc``: (B,); ``t_out``: (T,); ``ys``: (T, B, n); ``out_step``,
+    ``out_theta``: (B, T).
     """
-    n = Y.shape[1]
-    s = W.shape[1]
+    n_rows, n = Y.shape
+    s, m_deg = P.shape
+    T = t_out.shape[0]
+    w = np.empty(s)
     acc = np.empty(n)
-    for m in range(rows.shape[0]):
-        b = rows[m]
-        q = qs[m]
+    for b in range(n_rows):
+        if not accept[b]:
+            continue
         hb = h[b]
-        acc[:] = 0.0
-        for j in range(s):
-            wj = W[m, j]
+        while q[b] < T and direction * (t_out[q[b]] - t_new[b]) <= 0:
+            qq = q[b]
+            theta = (t_out[qq] - t[b]) / hb
+            for j in range(s):
+                w[j] = 0.0
+            pw = 1.0
+            for k in range(m_deg):
+                pw *= theta
+                for j in range(s):
+                    w[j] += P[j, k] * pw
+            acc[:] = 0.0
+            for j in range(s):
+                wj = w[j]
+                for i in range(n):
+                    acc[i] += wj * K[j, b, i]
             for i in range(n):
-                acc[i] += wj * K[j, b, i]
-        for i in range(n):
-            ys[q, b, i] = Y[b, i] + hb * acc[i]
+                ys[qq, b, i] = Y[b, i] + hb * acc[i]
+            out_step[b, qq] = n_acc[b]
+            out_theta[b, qq] = theta
+            q[b] = qq + 1
 
 
 @jit()
