@@ -195,7 +195,9 @@ def from_torch(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
     Parameters
     ----------
     f : callable
-        ``f(t, y, params) -> dy/dt`` on torch tensors (``t`` a Python float).
+        ``f(t, y, params) -> dy/dt`` on torch tensors (``t`` a Python float; with
+        ``odeint(..., batch_mode="vectorized")``, ``y`` is the (B, d) batch and ``t`` a
+        (B, 1) tensor of the rows' times).
 
     Returns
     -------
@@ -254,9 +256,14 @@ def from_torch(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
             return t_.contiguous().numpy()
         return B.from_dlpack(t_.contiguous(), on_cuda=t_.device.type == "cuda")
 
+    def t_t(t):
+        # a float for one trajectory; batch_mode="vectorized" passes each row's time as a
+        # (B, 1) array, which the field receives as a tensor like y
+        return t if isinstance(t, float) else to_t(t)
+
     def f_np(t, y, params):
         with torch.no_grad():
-            return back(f(t, to_t(y), p_t(params)))
+            return back(f(t_t(t), to_t(y), p_t(params)))
 
     # the pair, marked as one: odeint's discrete adjoint then rebuilds each explicit RK
     # step in torch and reverses it in one backward pass (TorchStepGraph)
@@ -267,7 +274,7 @@ def from_torch(f: Callable[..., Any]) -> tuple[VectorField, VectorFieldVJP]:
         yt = to_t(y).detach().requires_grad_(True)
         pt = None if params is None else p_t(params).detach().requires_grad_(True)
         with torch.enable_grad():
-            out = f(t, yt, pt)
+            out = f(t_t(t), yt, pt)
             inputs = (yt,) if pt is None else (yt, pt)
             grads = torch.autograd.grad(out, inputs, grad_outputs=to_t(v), allow_unused=True)
         vy = grads[0] if grads[0] is not None else torch.zeros_like(yt)
