@@ -2,19 +2,26 @@
 
 Every trajectory keeps its own time, step size, controller state, accept/reject decisions
 and outputs, exactly as its own solve would (``batch_mode="per-trajectory"``), but each
-stage of an iteration is one call of the user's ``f`` on the whole ``(B, d)`` batch, and
-the stage arithmetic, error norms and controller decisions are array operations over the
-batch. One iteration attempts one step of every trajectory still running; a trajectory
-that has finished (or failed) rides along with ``h = 0`` and its results are left alone.
-This is what ``jax.vmap`` of an adaptive solve compiles to (the loop runs until the last
+stage of an iteration is one call of the user's ``f`` on the whole ``(B, d)`` batch. One
+iteration attempts one step of every trajectory still running; a trajectory that has
+finished (or failed) rides along with ``h = 0`` and its results are left alone. This is
+what ``jax.vmap`` of an adaptive solve compiles to (the loop runs until the last
 trajectory finishes), written out for NumPy and CuPy.
 
-Cost model: per iteration ``s - 1`` calls of ``f`` on the batch plus a few dozen array
-operations, whatever ``B``; a field whose batched evaluation is cheap per row (a matrix
-product, a ufunc) is then evaluated at vectorised speed instead of once per trajectory and
-stage. The controller reads the ``B`` error norms once per iteration: on CuPy that is one
-explicit device-to-host copy of a ``B``-vector (and one host-to-device copy of the step
-times and sizes), the batched form of the single trajectory's one number per step.
+The per-row arithmetic keeps the single-trajectory order, so that a row takes the steps
+of its own solve: stage sums, error norms and dense outputs in compiled row kernels on
+NumPy (array expressions in the same order on CuPy), and the step-size controller in a
+compiled kernel on host arrays (libm's ``pow``, as Python's; NumPy's vectorised ``power``
+differs in the last bit for a few percent of arguments, and the error estimate's
+cancellation would amplify that into different steps).
+
+Cost model: per iteration ``s - 1`` calls of ``f`` on the batch plus about ten kernel calls
+and array operations, whatever ``B``; a field whose batched evaluation is cheap per row (a
+matrix product, a ufunc) is then evaluated at vectorised speed instead of once per
+trajectory and stage. The controller reads the ``B`` error norms once per iteration: on
+CuPy that is one explicit device-to-host copy of a ``B``-vector (and host-to-device copies
+of the step times and sizes), the batched form of the single trajectory's one number per
+step.
 
 The discrete adjoint reverses the same iterations (:mod:`._vectorized_adjoint`).
 """
