@@ -410,20 +410,22 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
     # np.nonzero walks (row, record) in row-major order: each row's steps in order
     _, its_flat = np.nonzero(accT)
     counts = accT.sum(axis=1)
-    cuts = np.cumsum(counts)[:-1]
-    its_rows = np.split(its_flat, cuts)
-    rec.iteration_of_step = its_rows
+    ends = np.cumsum(counts).tolist()
+    starts = [0] + ends[:-1]
+    # each row's slice of the flat arrays (views; np.split costs more per piece)
+    rec.iteration_of_step = [its_flat[a:z] for a, z in zip(starts, ends)]
     if R:
-        t_rows = np.split(np.stack(t_ends, axis=1)[accT], cuts)
-        e_rows = np.split(np.stack(errs, axis=1)[accT], cuts)
+        t_flat = np.stack(t_ends, axis=1)[accT]
+        e_flat = np.stack(errs, axis=1)[accT]
     else:
-        t_rows = e_rows = [np.zeros((0,))] * n_rows
+        t_flat = e_flat = np.zeros((0,))
+    # every row's step times with t0 in front, as one array sliced per row
+    ts_flat = np.insert(t_flat, np.asarray(starts, dtype=np.int64), t0)
     nfe = 1 + init_nfe * finite0.astype(np.int64) + (s - 1) * n_steps
     stats = np.stack([n_steps, n_acc, n_rej, nfe], axis=1)
     ys_rows = xp.reshape(ys, (n_out, n_rows, n))
     Y0_flat = xp.reshape(Y0, (n_rows, n))
     no_stiff = np.zeros((0,))
-    t_start = np.asarray([t0])
     done = "The solver reached the end of the integration interval."
     trajs = []
     for b in range(n_rows):
@@ -433,9 +435,10 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
                                                float(fail_min[b]),
                                                float(last_nonfinite[b]))
         trajs.append(Trajectory(
-            ys=ys_rows[:, b, :], ts=np.concatenate((t_start, t_rows[b])),
+            ys=ys_rows[:, b, :], ts=ts_flat[starts[b] + b:ends[b] + b + 1],
             states=_RowStates(rec, b, Y0_flat[b, ...], Y[b, ...], int(counts[b])), every=1,
-            out_step=out_step[b], out_theta=out_theta[b], errs=e_rows[b], stiff=no_stiff,
+            out_step=out_step[b], out_theta=out_theta[b], errs=e_flat[starts[b]:ends[b]],
+            stiff=no_stiff,
             stats=stats[b], success=ok, message=message,
             t_fail=math.nan if ok else float(t_fail[b]), status=st,
             n_reached=n_out if ok else int(q[b])))
