@@ -411,7 +411,7 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
     _, its_flat = np.nonzero(accT)
     counts = accT.sum(axis=1)
     ends = np.cumsum(counts).tolist()
-    starts = [0] + ends[:-1]
+    starts = [0, *ends[:-1]]
     # each row's slice of the flat arrays (views; np.split costs more per piece)
     rec.iteration_of_step = [its_flat[a:z] for a, z in zip(starts, ends)]
     if R:
