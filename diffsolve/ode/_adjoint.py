@@ -29,7 +29,7 @@ from typing import Any
 from .. import _backend as B
 from ._integrate import STEP_DENSE_BATCH, Stepper, Trajectory, integrate, theta_powers
 
-__all__ = ["backsolve_adjoint", "discrete_adjoint", "one_step_adjoint"]
+__all__ = ["backsolve_adjoint", "discrete_adjoint", "one_step_adjoint", "reverse_stages"]
 
 np = B.host_namespace()
 
@@ -130,20 +130,8 @@ class _StepReverse:
             if gp is not None:
                 p_bar = gp if p_bar is None else p_bar + gp
             return (ybar if gy is None else _acc(ybar, gy)), p_bar
-        A = self.A
-        for i in range(s - 1, -1, -1):
-            if Kbar[i] is not None:
-                vy, vp = self.fvjp(t + st.c[i] * h, G[i, ...], Kbar[i])
-                add(Gbar, i, vy)
-                if vp is not None:
-                    p_bar = vp if p_bar is None else p_bar + vp
-            if Gbar[i] is None:
-                continue
-            for j in range(i):
-                if A[i, j] != 0.0:
-                    add(Kbar, j, (h * float(A[i, j])) * Gbar[i])
-            ybar = _acc(ybar, Gbar[i])
-        return ybar, p_bar
+        return reverse_stages(self.A, h, Gbar, Kbar, ybar, p_bar,
+                              lambda i, kb: self.fvjp(t + st.c[i] * h, G[i, ...], kb))
 
     def output_seeds(self, h, outputs):
         """``(K̄, ȳ)``: the cotangents that this step's outputs ``y_n + h Σ b_i(θ) k_i``
@@ -176,6 +164,30 @@ class _StepReverse:
             if wi != 0.0:
                 out = wi * K[i, ...] if out is None else out + wi * K[i, ...]
         return out
+
+
+def reverse_stages(A, h, Gbar: list, Kbar: list, ybar, p_bar, stage_vjp):
+    """The reverse of one explicit step's stage assignments ``g_i = y + h Σ_{j<i} a_ij k_j``,
+    ``k_i = f(t + c_i h, g_i)``, from the last stage to the first: returns ``(ȳ, p̄)``.
+
+    ``Gbar``/``Kbar``: the cotangents of the stage arguments and slopes so far (lists,
+    ``None`` where nothing arrived; updated in place); ``stage_vjp(i, k̄_i) -> (v_y, v_p)``
+    the VJP of ``f`` at stage ``i``; ``h`` the step size (a float, or a column of each
+    row's step size for a vectorised batch).
+    """
+    for i in range(len(Gbar) - 1, -1, -1):
+        if Kbar[i] is not None:
+            vy, vp = stage_vjp(i, Kbar[i])
+            _add(Gbar, i, vy)
+            if vp is not None:
+                p_bar = vp if p_bar is None else p_bar + vp
+        if Gbar[i] is None:
+            continue
+        for j in range(i):
+            if A[i, j] != 0.0:
+                _add(Kbar, j, (h * float(A[i, j])) * Gbar[i])
+        ybar = _acc(ybar, Gbar[i])
+    return ybar, p_bar
 
 
 def _acc(a, b):

@@ -20,6 +20,7 @@ import math
 
 from .. import _backend as B
 from . import _vectorized
+from ._adjoint import reverse_stages
 from ._integrate import theta_powers
 from ._vector_field import make_vjp
 from ._vectorized import _StageArithmetic, _t_shape
@@ -153,23 +154,13 @@ def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
         hcol = times(h)[:, None]
         Gbar: list = [None] * s
         Gbar[s - 1] = a
-        for i in range(s - 1, -1, -1):
-            if Kbar[i] is not None:
-                t_i = times(t + c[i] * h).reshape(t_shape)
-                vy, vp = fvjp(t_i, xp.reshape(G[i], (n_rows * n,)),
-                              xp.reshape(Kbar[i], (n_rows * n,)))
-                vy = xp.reshape(vy, (n_rows, n))
-                Gbar[i] = vy if Gbar[i] is None else Gbar[i] + vy
-                if vp is not None:
-                    p_bar = vp if p_bar is None else p_bar + vp
-            if Gbar[i] is None:
-                continue
-            for j in range(i):
-                if A[i, j] != 0.0:
-                    term = (hcol * float(A[i, j])) * Gbar[i]
-                    Kbar[j] = term if Kbar[j] is None else Kbar[j] + term
-            ybar = ybar + Gbar[i]
-        a = ybar
+
+        def stage_vjp(i, kb, t=t, h=h, G=G):
+            vy, vp = fvjp(times(t + c[i] * h).reshape(t_shape),
+                          xp.reshape(G[i], (n_rows * n,)), xp.reshape(kb, (n_rows * n,)))
+            return xp.reshape(vy, (n_rows, n)), vp
+
+        a, p_bar = reverse_stages(A, hcol, Gbar, Kbar, ybar, p_bar, stage_vjp)
     through = a
     # outputs at the initial time are y0 itself
     t_out = fwd.t_out
