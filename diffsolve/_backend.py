@@ -13,6 +13,7 @@ Nothing here copies data between host and device. Inputs that live on different 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
@@ -620,6 +621,23 @@ def host_numpy(x):
             "device arrays to the host silently"
         )
     return np.asarray(x)
+
+
+@contextlib.contextmanager
+def finite_operands_product(xp):
+    """Around a matrix product whose operands the caller has checked to be finite.
+
+    NumPy reports the floating-point flags a BLAS call leaves set, and OpenBLAS kernels can
+    leave the "invalid" flag set on finite operands (lanes read past the data; numpy/numpy
+    issue #24067): a spurious ``RuntimeWarning: invalid value encountered in matmul``. With
+    finite operands no operation of the product is invalid, so that one flag is ignored
+    here; overflow is still reported. Other namespaces: nothing to do.
+    """
+    if is_numpy(xp):
+        with np.errstate(invalid="ignore"):
+            yield
+    else:
+        yield
 
 
 def host_vector(x):

@@ -195,3 +195,15 @@ def test_namespace_is_remembered_per_types_but_not_for_csr():
         B.array_namespace(np.ones(2), strict.ones(2))
     with pytest.raises(TypeError, match="different array libraries"):  # still, the second time
         B.array_namespace(np.ones(2), strict.ones(2))
+
+
+def test_finite_operands_product_ignores_the_invalid_flag_only():
+    import array_api_compat.numpy as xp
+
+    with B.finite_operands_product(xp):
+        out = np.array([np.inf]) - np.array([np.inf])  # "invalid": ignored inside
+        assert np.isnan(out[0])
+        with pytest.warns(RuntimeWarning, match="overflow"):
+            np.array([1e308]) * 10.0  # overflow is still reported
+    with pytest.warns(RuntimeWarning, match="invalid"):
+        np.array([np.inf]) - np.array([np.inf])  # and invalid again outside

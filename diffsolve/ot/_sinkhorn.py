@@ -276,10 +276,12 @@ class _AbsorbedOps(_Ops):
         if not self._usable(v):
             self.K = None  # rebuilt at the next half-step
             return _Ops.rows(self, g, eps, active)
-        if self.K.shape[0] == 1:  # a 2-D product is one BLAS gemv; the 3-D one may not be
-            s = (self.K[0, ...] @ v[0, ...])[None, ...]
-        else:
-            s = self.xp.matmul(self.K, v[..., None])[..., 0]
+        # K and v are finite (_usable): an "invalid" flag from the product is BLAS's own
+        with B.finite_operands_product(self.xp):
+            if self.K.shape[0] == 1:  # a 2-D product is one BLAS gemv; 3-D may not be
+                s = (self.K[0, ...] @ v[0, ...])[None, ...]
+            else:
+                s = self.xp.matmul(self.K, v[..., None])[..., 0]
         if self._underflow(s, self.pos_a):  # a row of K underflowed entirely
             return _Ops.rows(self, g, eps, active)
         return self._log(s, self.fh, self.pos_a, eps)
@@ -296,10 +298,11 @@ class _AbsorbedOps(_Ops):
         if not self._usable(u):
             self.K = None  # rebuilt at the next half-step
             return _Ops.cols(self, f, eps, active)
-        if self.K.shape[0] == 1:
-            s = (u[0, ...] @ self.K[0, ...])[None, ...]
-        else:
-            s = self.xp.matmul(u[..., None, :], self.K)[..., 0, :]
+        with B.finite_operands_product(self.xp):  # u and K are finite (_usable)
+            if self.K.shape[0] == 1:
+                s = (u[0, ...] @ self.K[0, ...])[None, ...]
+            else:
+                s = self.xp.matmul(u[..., None, :], self.K)[..., 0, :]
         if self._underflow(s, self.pos_b):
             return _Ops.cols(self, f, eps, active)
         return self._log(s, self.gh, self.pos_b, eps)
