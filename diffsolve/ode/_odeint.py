@@ -195,7 +195,7 @@ _JITTED_TYPES: dict = {}
 _ALLOCATING: dict = {}
 
 
-def _check_vectorized(xp, y0, step_ts, jump_ts, settings) -> None:
+def _check_vectorized_inputs(xp, y0, step_ts, jump_ts, settings) -> None:
     """What ``batch_mode="vectorized"`` takes beyond the settings' own checks."""
     if y0.ndim != 2:
         raise ValueError(f"{WHERE}: batch_mode='vectorized' integrates the rows of a (B, d) "
@@ -386,6 +386,7 @@ class _Forward:
     params_eff: Any
     shape: tuple[int, ...]
     jitted: bool
+    f_batch: Any  # batch_mode="vectorized": (the batched f, its vjp, the record); else None
 
     def __init__(self, stepper=None, **kw):
         self.__dict__.update(kw)
@@ -436,7 +437,7 @@ def _forward(f, y0, t_eval, params, settings: ODESettings, step_ts, jac_sparsity
     batched = y0.ndim == 2
     vectorized = settings.batch_mode == "vectorized"
     if vectorized:
-        _check_vectorized(xp, y0, step_ts, jump_ts, settings)
+        _check_vectorized_inputs(xp, y0, step_ts, jump_ts, settings)
     per_traj = batched and settings.batch_mode != "shared"
     n_traj = y0.shape[0] if per_traj else 1
     step_list = _check_step_ts(step_ts, t_out, per_traj, n_traj)
@@ -753,7 +754,7 @@ def _odeint_bwd(ctx, cot):
         B.array_namespace(t_eval).isdtype(t_eval.dtype, "real floating")
     p_size = 0 if params is None else params.shape[0]
     trajs = fwd.trajs
-    if getattr(fwd, "f_batch", None) is not None and st.adjoint == "discrete":
+    if fwd.f_batch is not None and st.adjoint == "discrete":
         # a vectorised batch: its iterations reversed with batched stages and VJPs
         y0_bars, p_bar, t_bar, poisoned_p = vectorized_reverse(fwd, ys_bar_all, want_t)
         poisoned_t = poisoned_p

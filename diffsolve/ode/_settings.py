@@ -213,7 +213,7 @@ def _check_vectorized(method, regularizers, callback, checkpoint_every):
     for name, value, default in (("regularizers", regularizers, ()),
                                  ("callback", callback, None),
                                  ("checkpoint_every", checkpoint_every, 1)):
-        if value != default and not (name == "callback" and value is None):
+        if value != default:
             raise ValueError(f"{WHERE}: batch_mode='vectorized' does not take {name}="
                              f"{value!r} (it stores every accepted state of the batch and "
                              "calls no per-trajectory hooks); use batch_mode='per-trajectory'")

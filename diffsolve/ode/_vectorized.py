@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .. import _backend as B
 from .._status import Status
@@ -100,7 +101,10 @@ class VectorizedRecord:
     h: list
     accepted: list
     Y: list
-    iteration_of_step: list  # per row: host int array, the record of its k-th accepted step
+    # the record of each row's k-th accepted step: step_record[step_start[row] + k] (host
+    # ints, the rows one after the other)
+    step_record: Any = None
+    step_start: Any = None
 
 
 class _RowStates(Mapping):
@@ -127,7 +131,7 @@ class _RowStates(Mapping):
         if not 0 < k < self.n_acc:
             raise KeyError(k)
         # the start of step k is the end of step k - 1: the start of step k's record
-        it = int(self.rec.iteration_of_step[self.row][k])
+        it = int(self.rec.step_record[self.rec.step_start[self.row] + k])
         return self.rec.Y[it][self.row, ...]
 
 
@@ -356,7 +360,7 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
     host_dtype = dtype if arith.kernel else np.float64  # the times f sees: y's dtype
     decide = B.get_kernel(np, "ode.rows_decide")
     errs: list = []  # per record: the accepted rows' error norms (NaN elsewhere)
-    rec = VectorizedRecord(t=[], h=[], accepted=[], Y=[], iteration_of_step=[])
+    rec = VectorizedRecord(t=[], h=[], accepted=[], Y=[])
     t_ends: list = []  # per record: the accepted rows' new times (NaN elsewhere)
     out_step = np.full((n_rows, n_out), -1, dtype=np.int64)
     out_theta = np.zeros((n_rows, n_out))
@@ -412,8 +416,7 @@ def integrate_vectorized(xp, tab, f, params, Y0, t_out, *, shape, rtol: float, a
     counts = accT.sum(axis=1)
     ends = np.cumsum(counts).tolist()
     starts = [0, *ends[:-1]]
-    # each row's slice of the flat arrays (views; np.split costs more per piece)
-    rec.iteration_of_step = [its_flat[a:z] for a, z in zip(starts, ends)]
+    rec.step_record, rec.step_start = its_flat, np.asarray(starts, dtype=np.int64)
     if R:
         t_flat = np.stack(t_ends, axis=1)[accT]
         e_flat = np.stack(errs, axis=1)[accT]

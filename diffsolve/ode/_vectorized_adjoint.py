@@ -73,7 +73,7 @@ def _output_seeds(xp, group, ys_bar, h, a, times, device, s):
     return ybar, Kbar
 
 
-def _output_groups(trajs, rec, n_rows: int, PT):
+def _output_groups(trajs, rec, PT):
     """The reached outputs computed inside steps, grouped by the record of their step:
     ``{record: (rows, qs, W)}`` with host ``rows``/``qs`` sorted by row and the dense
     weights ``W = b(θ)`` (``(M, s)``)."""
@@ -82,12 +82,7 @@ def _output_groups(trajs, rec, n_rows: int, PT):
     rows, qs = np.nonzero(out_step >= 0)
     if rows.shape[0] == 0:
         return {}
-    k = out_step[rows, qs]
-    counts = np.asarray([its.shape[0] for its in rec.iteration_of_step])
-    offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    its_flat = np.concatenate(rec.iteration_of_step) if counts.sum() else \
-        np.zeros((0,), dtype=np.int64)
-    r = its_flat[offsets[rows] + k]
+    r = rec.step_record[rec.step_start[rows] + out_step[rows, qs]]
     order = np.lexsort((qs, rows, r))  # by record, then row, then output
     rows, qs, r = rows[order], qs[order], r[order]
     W = theta_powers(out_theta[rows, qs], PT.shape[0]) @ PT
@@ -124,7 +119,7 @@ def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
     fvjp = make_vjp(f, vjp, params, full, xp, False)
     arith = _StageArithmetic(xp, tab, n_rows, n, rtol, atol, dtype)
     PT = tab.P.T.copy()
-    groups = _output_groups(trajs, rec, n_rows, PT)
+    groups = _output_groups(trajs, rec, PT)
     c = [float(v) for v in tab.c]
     A = tab.A
     a = xp.zeros((n_rows, n), dtype=dtype, device=device)
