@@ -10,10 +10,13 @@ Rows (all in one process; first calls, which include Numba's compile, are report
 * ``sor``: ``linear.solve(A, b, method="sor", omega=1.5, rtol=0, atol=0, maxiter=20)`` on
   the 512² 5-point Poisson matrix against PyAMG's ``relaxation.sor`` (20 forward sweeps),
   and against diffsolve's bare sweep kernel (20 ``sor_sweep`` calls): the public call's
-  set-up is ``public / kernel - 1``.
+  set-up is ``public / kernel - 1``. ``prepared``: the same solve through
+  ``linear.prepare(A, ...)`` once and ``solver.solve(b)`` per call (validation, SOR data
+  and Krylov set-up made once), whose set-up is ``prepared / kernel - 1``.
 * ``cg``: ``linear.solve(A, b, method="cg", rtol=1e-8)`` on the 24² Poisson matrix
   (n = 576) against ``scipy.sparse.linalg.cg`` (same rtol), and against the compiled CG
-  loop alone; idle, then with ``--load`` busy processes spinning on the cores.
+  loop alone, and ``linear.prepare(A, method="cg", rtol=1e-8).solve(b)``; idle, then with
+  ``--load`` busy processes spinning on the cores.
 * ``lse``: one iteration of ``ot.sinkhorn(kernel="lse")`` at n = 500 (50 iterations of a
   fixed budget, ÷ 50), idle and busy, with Numba's default thread count and with one
   thread (the ratio one-thread ÷ default is what a busy machine costs the default).
@@ -57,12 +60,14 @@ def _summary(times: dict, ours: str) -> dict:
     out: dict = {}
     for name, ts in times.items():
         out[name] = {"min_ms": 1e3 * min(ts), "median_ms": 1e3 * statistics.median(ts)}
-    for name in times:
-        if name != ours:
-            out[f"{name}/{ours}"] = {
-                "min": out[name]["min_ms"] / out[ours]["min_ms"],
-                "median": out[name]["median_ms"] / out[ours]["median_ms"],
-            }
+    pairs = [(name, ours) for name in times if name != ours]
+    if "prepared" in times:
+        pairs += [(name, "prepared") for name in times if name not in (ours, "prepared")]
+    for num, den in pairs:
+        out[f"{num}/{den}"] = {
+            "min": out[num]["min_ms"] / out[den]["min_ms"],
+            "median": out[num]["median_ms"] / out[den]["median_ms"],
+        }
     return out
 
 
@@ -100,6 +105,11 @@ def bench_sor(repeats: int) -> dict:
     def public():
         return ds.linear.solve(A, b, method="sor", omega=1.5, rtol=0, atol=0, maxiter=20)
 
+    solver = ds.linear.prepare(A, method="sor", omega=1.5, rtol=0, atol=0, maxiter=20)
+
+    def prepared():
+        return solver.solve(b)
+
     def kernel():
         x = np.zeros_like(b)
         for _ in range(20):
@@ -117,8 +127,9 @@ def bench_sor(repeats: int) -> dict:
     kernel()
     pyamg()
     diff = float(np.max(np.abs(res.x - pyamg())))
-    out = _summary(_rounds({"diffsolve": public, "kernel": kernel, "pyamg": pyamg},
-                           repeats), "diffsolve")
+    assert np.array_equal(prepared().x, res.x)
+    out = _summary(_rounds({"diffsolve": public, "prepared": prepared, "kernel": kernel,
+                            "pyamg": pyamg}, repeats), "diffsolve")
     out.update(first_call_s=first, max_abs_diff_vs_pyamg=diff, n=A.shape[0], nnz=A.nnz)
     return out
 
@@ -146,12 +157,18 @@ def bench_cg(repeats: int, load: int) -> dict:
     def scipy_cg():
         return spla.cg(A, b, rtol=1e-8)
 
+    solver = ds.linear.prepare(A, method="cg", rtol=1e-8)
+
+    def prepared():
+        return solver.solve(b)
+
     t0 = time.perf_counter()
     res = public()
     first = time.perf_counter() - t0
     kernel()
     scipy_cg()
-    fns = {"diffsolve": public, "kernel": kernel, "scipy": scipy_cg}
+    assert np.array_equal(prepared().x, res.x)
+    fns = {"diffsolve": public, "prepared": prepared, "kernel": kernel, "scipy": scipy_cg}
     out = {"first_call_s": first, "n": A.shape[0], "n_iters": res.n_iters,
            "idle": _summary(_rounds(fns, repeats, inner=20), "diffsolve")}
     with _Load(load):

@@ -263,13 +263,29 @@ def solve_cg(A: Matrix, b: Array, *, x0: Array | None = None, rtol: float | None
     """:func:`cg` with the caller's name in error messages (``where``)."""
     xp, b, x0, rtol, atol, maxiter, callback, check_every, batch_axis = check_common(
         where, b, x0, rtol, atol, maxiter, callback, check_every, batch_axis=batch_axis)
-    layout = Layout(xp, b.shape, batch_axis)
-    op = LinearMap(A, xp, layout, where)
-    prec = Preconditioner(M, xp, layout, b.dtype, where)
-    a = op.rescale_extreme(b.dtype)
-    prec.rescale(a)
-    maxiter = 10 * layout.N if maxiter is None else maxiter
-    return _run(op, prec, layout, b, x0, rtol, atol, maxiter, callback, check_every, a)
+    plan = CGPlan(A, M, xp, b.shape, b.dtype, batch_axis, where)
+    return plan.run(b, x0, rtol, atol, maxiter, callback, check_every)
+
+
+class CGPlan:
+    """The set-up of :func:`solve_cg` for one ``A`` and ``M`` and right-hand sides of one
+    shape and dtype: the operator and preconditioner wrappers, the rescaling of extreme
+    entries and the compiled loop's CSR form, made once and run for many ``b``
+    (:func:`diffsolve.linear.prepare` keeps one per shape)."""
+
+    def __init__(self, A, M, xp, shape, dtype, batch_axis, where: str):
+        self.layout = Layout(xp, shape, batch_axis)
+        self.op = LinearMap(A, xp, self.layout, where)
+        self.prec = Preconditioner(M, xp, self.layout, dtype, where)
+        self.a = self.op.rescale_extreme(dtype)
+        self.prec.rescale(self.a)
+
+    def run(self, b, x0, rtol, atol, maxiter, callback, check_every) -> KrylovResult:
+        """CG on arguments :func:`check_common` has validated (``b`` of the plan's shape
+        and dtype, ``x0`` in that dtype or None, ``check_every`` an int)."""
+        maxiter = 10 * self.layout.N if maxiter is None else maxiter
+        return _run(self.op, self.prec, self.layout, b, x0, rtol, atol, maxiter, callback,
+                    check_every, self.a)
 
 
 def _compiled_kernel(op, prec, layout, b, callback):
@@ -290,6 +306,19 @@ def _host_norm(xp, v):
         return m  # 0, inf or NaN, as safe_norms says
     w = v / m
     return xp.sqrt((w * w).sum()) * m
+
+
+_LIMITS: dict = {}
+
+
+def _limits(xp, dtype) -> tuple[float, float, float]:
+    """``(eps, max, smallest_normal)`` of a floating dtype as Python floats (``finfo``
+    costs microseconds a call; the small-system fast path below reads it every solve)."""
+    out = _LIMITS.get(dtype)
+    if out is None:
+        info = xp.finfo(dtype)
+        out = _LIMITS[dtype] = (float(info.eps), float(info.max), float(info.smallest_normal))
+    return out
 
 
 def _run_host_vector(op, prec, layout, b, rtol, atol, maxiter, kernel):
@@ -313,7 +342,8 @@ def _run_host_vector(op, prec, layout, b, rtol, atol, maxiter, kernel):
     s = dtype.type(2.0 ** math.floor(math.log2(m)))
     bs = b / s
     tol = max(rtol * _host_norm(xp, bs), dtype.type(atol) / s)
-    floor = layout.N * float(xp.finfo(dtype).eps)
+    eps, largest, tiny = _limits(xp, dtype)
+    floor = layout.N * eps
     inv_diag = None if prec.elementwise is None else B.contiguous(xp, prec.elementwise[:, 0])
     csr = op.csr
     y = bs * 0
@@ -331,9 +361,8 @@ def _run_host_vector(op, prec, layout, b, rtol, atol, maxiter, kernel):
             return None  # breakdown, non-finite, budget, stagnation: the general path
         prev = true
     ymax = float(abs(y).max())
-    info = xp.finfo(dtype)
-    if ymax > 0 and (math.log2(ymax) + math.log2(s) >= math.log2(float(info.max))
-                     or bool(((y != 0) & (abs(y * s) < float(info.smallest_normal))).any())):
+    if ymax > 0 and (math.log2(ymax) + math.log2(s) >= math.log2(largest)
+                     or bool(((y != 0) & (abs(y * s) < tiny)).any())):
         return None  # x overflows or loses bits as a subnormal when unscaled
     residual = float(true * s)
     message = _message("cg", Status.SUCCESS, [int(Status.SUCCESS)], total, [residual],

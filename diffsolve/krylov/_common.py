@@ -74,9 +74,8 @@ def check_common(where, b, x0, rtol, atol, maxiter, callback, check_every, *,
         raise ValueError(f"{where}: rtol = atol = 0 runs exactly maxiter iterations; "
                          "pass maxiter")
     V.callback(where, callback)
-    check_every = V.positive_int(where, "check_every", check_every, allow_none=True)
-    if check_every is None:
-        check_every = 8 if B.is_cupy(xp) else 1
+    check_every = default_check_every(
+        xp, V.positive_int(where, "check_every", check_every, allow_none=True))
     if batch_axis is not None:
         if not allow_batch:
             raise ValueError(f"{where}: batch_axis is an option of cg only; solve the "
@@ -87,6 +86,14 @@ def check_common(where, b, x0, rtol, atol, maxiter, callback, check_every, *,
                              "dimension(s)")
         batch_axis %= b.ndim
     return xp, b, x0, rtol, atol, maxiter, callback, check_every, batch_axis
+
+
+def default_check_every(xp, check_every: int | None) -> int:
+    """Iterations between convergence tests: the user's, else 1 on the host and 8 on CuPy
+    (each test reads a number back from the GPU)."""
+    if check_every is None:
+        return 8 if B.is_cupy(xp) else 1
+    return check_every
 
 
 # --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ._omega_bandit import (
     OmegaBandit,
     OmegaBanditHistory,
 )
+from ._prepared import PreparedSolve, prepare
 from ._result import LinearSolveResult, LinearSolveState
 from ._solve import LinearSolveSettings, solve
 from ._train_direction import DirectionTrainingResult, train_direction_model
@@ -28,7 +29,9 @@ __all__ = [
     "LinearSolveState",
     "OmegaBandit",
     "OmegaBanditHistory",
+    "PreparedSolve",
     "load_direction_model",
+    "prepare",
     "pretrained_direction_model",
     "solve",
     "train_direction_model",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from .. import _backend as B
 from .._status import Status
-from ..krylov._cg import solve_cg
-from ..krylov._common import safe_norms, scale_columns, unscale_columns
+from ..krylov._cg import CGPlan, solve_cg
+from ..krylov._common import default_check_every, safe_norms, scale_columns, unscale_columns
 from . import _matrix_cache
 from ._relaxation import Relaxation
 from ._result import LinearSolveState
@@ -55,7 +55,7 @@ class JacobiPreconditioner:
         return r * (self.inv_diag if r.ndim == 1 else self.inv_diag[:, None])
 
 
-def check_symmetric(op, xp, method):
+def check_symmetric(op, xp, method, where: str = WHERE):
     if op.kind == "operator":
         return
     # a sequence of solves with one matrix tests it once (keyed on its content)
@@ -65,7 +65,7 @@ def check_symmetric(op, xp, method):
     asym, scale = op.max_abs_asymmetry()
     if asym > 1e3 * float(xp.finfo(op.dtype).eps) * scale:
         raise ValueError(
-            f"{WHERE}: method={method!r} needs a symmetric positive definite A, but "
+            f"{where}: method={method!r} needs a symmetric positive definite A, but "
             f"max|A - Aᵀ| = {asym:.3g} (max|A| = {scale:.3g}); use method='direct' or 'sor'"
         )
     _matrix_cache.remember_symmetric(key)
@@ -131,13 +131,16 @@ def unscale(x, s, xp=None):
 
 
 def iterative_solve(op, b, *, method, x0, rtol, atol, maxiter, M, omega, callback,
-                    check_every, what, prepared=None, check_symmetric=True):
+                    check_every, what, prepared=None, check_symmetric=True, plans=None):
     """Solve ``op x = b`` with an iterative ``method``; returns an
     :class:`IterativeOutcome` with its status (nothing is warned).
 
     ``prepared`` is the ``IterativeOutcome.prepared`` of an earlier solve with the same
     matrix (the adjoint of a symmetric solve reuses the SSOR colouring / Jacobi diagonal).
-    ``callback`` is the user's ``callback(LinearSolveState) -> bool | None``.
+    ``callback`` is the user's ``callback(LinearSolveState) -> bool | None``. ``plans``: a
+    dict kept with ``prepared`` in which the CG family stores its
+    :class:`~diffsolve.krylov._cg.CGPlan` per shape and dtype of ``b`` (``b`` and the
+    options are then taken as validated: :func:`diffsolve.linear.prepare`).
     """
     del what
     xp = op.xp
@@ -161,10 +164,19 @@ def iterative_solve(op, b, *, method, x0, rtol, atol, maxiter, M, omega, callbac
         def cb(state):
             return callback(LinearSolveState(state.n_iters, state.x, state.residual_norm))
 
-    res = solve_cg(_krylov_operator(op), b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter,
-                   M=_krylov_preconditioner(prepared, b), callback=cb,
-                   check_every=check_every, batch_axis=None if b.ndim == 1 else 1,
-                   where=WHERE)
+    batch_axis = None if b.ndim == 1 else 1
+    if plans is None:
+        res = solve_cg(_krylov_operator(op), b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter,
+                       M=_krylov_preconditioner(prepared, b), callback=cb,
+                       check_every=check_every, batch_axis=batch_axis, where=WHERE)
+    else:
+        key = (tuple(b.shape), b.dtype)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = CGPlan(_krylov_operator(op), _krylov_preconditioner(prepared, b),
+                                       xp, b.shape, b.dtype, batch_axis, WHERE)
+        res = plan.run(b, None if x0 is None else xp.astype(x0, b.dtype), rtol, atol, maxiter,
+                       cb, default_check_every(xp, check_every))
     status = res.status if b.ndim == 1 else _worst(res.status)
     residual = res.residual_norm
     residual = xp.asarray([residual], dtype=b.dtype) if b.ndim == 1 else residual
@@ -181,8 +193,7 @@ def _sor(op, b, x0, rtol, atol, maxiter, omega, callback, check_every, prepared)
     xp = op.xp
     relax = prepared if prepared is not None else Relaxation(op, omega, WHERE)
     maxiter = DEFAULT_SOR_MAXITER if maxiter is None else int(maxiter)
-    if check_every is None:
-        check_every = 8 if B.is_cupy(xp) else 1
+    check_every = default_check_every(xp, check_every)
     s, bs, x0s, finite = scaled_problem(b, x0, xp)
     if not bool(xp.all(finite)):
         nan = xp.full_like(b, math.nan)

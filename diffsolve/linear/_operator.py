@@ -56,6 +56,14 @@ class MatrixOperator:
         # scipy's LinearOperator takes (n,) through matvec and (n, k) through matmat
         return self.A.matvec(x) if x.ndim == 1 else self.A.matmat(x)
 
+    def copy(self) -> MatrixOperator:
+        """The same operator on a copy of the entries (a LinearOperator is not copied)."""
+        if self.kind == "dense":
+            return MatrixOperator(self.xp.asarray(self.A, copy=True), "dense", self.xp)
+        if self.kind == "sparse":
+            return MatrixOperator(self.A.copy(), "sparse", self.xp)
+        return self
+
     def transpose(self) -> MatrixOperator:
         """``Aᵀ`` on the same device (sparse transposes are re-compressed to CSR)."""
         if self.kind == "dense":
@@ -89,9 +97,11 @@ class MatrixOperator:
 
 
 def as_operator(A, b, where: str):
-    """Validate ``A`` (and its size against ``b``) and wrap it; returns ``(op, xp)``."""
+    """Validate ``A`` (and its size against ``b``) and wrap it; returns ``(op, xp)``.
+    ``b=None``: ``A`` alone (:func:`diffsolve.linear.prepare`)."""
     for name, value in (("A", A), ("b", b)):
-        if type(value).__module__.split(".")[0] in ("torch", "jax", "jaxlib", "autograd"):
+        if value is not None and \
+                type(value).__module__.split(".")[0] in ("torch", "jax", "jaxlib", "autograd"):
             # a framework tensor given to the plain function: say which adapter to use
             V.array_argument(where, name, value, is_array=B.is_array)
     if not (B.is_sparse(A) or B.is_linear_operator(A) or B.is_array(A)):
@@ -100,7 +110,7 @@ def as_operator(A, b, where: str):
             f"diffsolve.CSR or a LinearOperator; got a {type(A).__name__} (wrap lists with "
             "numpy.asarray)"
         )
-    if not B.is_array(b):
+    if b is not None and not B.is_array(b):
         raise TypeError(
             f"{where}: b must be an array of shape (n,) or (n, k), got a {type(b).__name__} "
             "(wrap lists with numpy.asarray)"

@@ -75,11 +75,11 @@ class LinearSolveSettings:
         return self.rtol == 0 and self.atol == 0 and self.method != "direct"
 
 
-def _check_b(b, op: MatrixOperator):
-    b = V.float_array(WHERE, "b", b, min_ndim=1, max_ndim=2)
+def _check_b(b, op: MatrixOperator, where: str = WHERE):
+    b = V.float_array(where, "b", b, min_ndim=1, max_ndim=2)
     if b.shape[0] != op.n:
         raise ValueError(
-            f"{WHERE}: b has shape {tuple(b.shape)} but A is {op.shape}; b must have shape "
+            f"{where}: b has shape {tuple(b.shape)} but A is {op.shape}; b must have shape "
             f"({op.n},) or ({op.n}, k)"
         )
     return b
@@ -91,50 +91,50 @@ def _result_dtype(op: MatrixOperator, b, xp):
 
 
 def _settings(method, rtol, atol, maxiter, x0, M, omega, callback, check_every, b, model, k,
-              smoother, throw, deprecated, *, xp, dtype) -> LinearSolveSettings:
+              smoother, throw, deprecated, *, xp, dtype, where: str = WHERE) -> LinearSolveSettings:
     given: Any = {"rtol": rtol, "maxiter": maxiter}  # reused below for the option's name
     for old, new in RENAMED.items():
         # the new name is a parameter of solve: "given" means "not at its default"
         if old in deprecated and given[new] != _defaults()[new]:
-            raise TypeError(f"{WHERE}: got both {old}= (deprecated) and {new}=; pass only "
+            raise TypeError(f"{where}: got both {old}= (deprecated) and {new}=; pass only "
                             f"{new}=")
-    options = V.renamed_options(WHERE, deprecated, RENAMED)
+    options = V.renamed_options(where, deprecated, RENAMED)
     if "rtol" in options:
         rtol = options.pop("rtol")
     if "maxiter" in options:
         maxiter = options.pop("maxiter")
-    V.unexpected_options(WHERE, options, (
+    V.unexpected_options(where, options, (
         "method", "x0", "rtol", "atol", "maxiter", "M", "omega", "callback", "check_every",
         "model", "k", "smoother", "throw"))
-    method = V.choice(WHERE, "method", method, METHODS)
-    rtol, atol = V.tolerances(WHERE, resolve_rtol(xp, dtype, rtol, RTOL), atol)
-    maxiter = V.positive_int(WHERE, "maxiter", maxiter, allow_none=True)
-    check_every = V.positive_int(WHERE, "check_every", check_every, allow_none=True)
-    throw = V.boolean(WHERE, "throw", throw)
-    callback = V.callback(WHERE, callback)
+    method = V.choice(where, "method", method, METHODS)
+    rtol, atol = V.tolerances(where, resolve_rtol(xp, dtype, rtol, RTOL), atol)
+    maxiter = V.positive_int(where, "maxiter", maxiter, allow_none=True)
+    check_every = V.positive_int(where, "check_every", check_every, allow_none=True)
+    throw = V.boolean(where, "throw", throw)
+    callback = V.callback(where, callback)
     if method != "dcdm" and (model is not None or k != 2 or smoother != "auto"):
-        raise ValueError(f"{WHERE}: model, k and smoother are options of method='dcdm'; "
+        raise ValueError(f"{where}: model, k and smoother are options of method='dcdm'; "
                          f"method={method!r} does not use them")
     if method == "dcdm":
-        k = V.positive_int(WHERE, "k", k)
-        smoother = V.choice(WHERE, "smoother", smoother, SMOOTHERS)
+        k = V.positive_int(where, "k", k)
+        smoother = V.choice(where, "smoother", smoother, SMOOTHERS)
         if M is not None:
-            raise ValueError(f"{WHERE}: method='dcdm' takes its directions from model, not "
+            raise ValueError(f"{where}: method='dcdm' takes its directions from model, not "
                              "from a preconditioner M; drop M, or use method='pcg'")
     if method != "direct" and rtol == 0 and atol == 0 and maxiter is None:
-        raise ValueError(f"{WHERE}: rtol = atol = 0 runs exactly maxiter iterations of "
+        raise ValueError(f"{where}: rtol = atol = 0 runs exactly maxiter iterations of "
                          f"{method}; pass maxiter, or set rtol (e.g. 1e-8) or atol > 0")
     if method == "direct" and (M is not None or x0 is not None or callback is not None):
         given = "x0" if x0 is not None else "M" if M is not None else "callback"
         raise ValueError(
-            f"{WHERE}: x0, M and callback are used by iterative methods only; "
+            f"{where}: x0, M and callback are used by iterative methods only; "
             f"method='direct' got {given}: drop it, or choose method='cg'"
         )
     if M is not None and method in RELAXATION_METHODS:
-        raise ValueError(f"{WHERE}: method={method!r} builds its own SOR/SSOR(omega) "
+        raise ValueError(f"{where}: method={method!r} builds its own SOR/SSOR(omega) "
                          "preconditioner; drop M, or use method='pcg' with your M")
     if omega is not None and method not in RELAXATION_METHODS:
-        raise ValueError(f"{WHERE}: omega is the relaxation parameter of 'sor' and 'ssor-cg'; "
+        raise ValueError(f"{where}: omega is the relaxation parameter of 'sor' and 'ssor-cg'; "
                          f"method={method!r} does not use it")
     omega = check_omega(1.0 if omega is None else omega, WHERE)
     return LinearSolveSettings(method, rtol, atol, maxiter, M, omega, callback, check_every,
@@ -150,12 +150,12 @@ def _check_every(settings: LinearSolveSettings) -> int | None:
     return settings.check_every
 
 
-def _check_x0(x0, b):
+def _check_x0(x0, b, where: str = WHERE):
     if x0 is None:
         return None
-    x0 = V.float_array(WHERE, "x0", x0, min_ndim=1, max_ndim=2)
+    x0 = V.float_array(where, "x0", x0, min_ndim=1, max_ndim=2)
     if tuple(x0.shape) != tuple(b.shape):
-        raise ValueError(f"{WHERE}: x0 must be an array of b's shape {tuple(b.shape)}, got "
+        raise ValueError(f"{where}: x0 must be an array of b's shape {tuple(b.shape)}, got "
                          f"{tuple(x0.shape)}")
     return x0
 
@@ -187,10 +187,11 @@ def _solution_out_of_range(op: MatrixOperator, b, xp) -> bool:
     return math.log2(b_max) - math.log2(a_max) > limit
 
 
-def _direct(op: MatrixOperator, b, settings: LinearSolveSettings, xp):
+def _direct(op: MatrixOperator, b, settings: LinearSolveSettings, xp, lu=None):
     """LU solve whose verdict reads the true residual: a factorisation that "succeeds" on
-    a singular or badly conditioned A (tiny pivots, no zero) returns a huge, wrong x."""
-    lu = _factorise(op, xp)
+    a singular or badly conditioned A (tiny pivots, no zero) returns a huge, wrong x.
+    ``lu``: the factor of an earlier solve with the same matrix (factorised here if None)."""
+    lu = _factorise(op, xp) if lu is None else lu
     x = None if lu.singular else lu.solve(b)
     if x is None or not B.isfinite_all(xp, x):
         status = Status.BREAKDOWN
@@ -244,9 +245,34 @@ def _solve_bwd(ctx, cotangents):
         settings = _settings(b=b, x0=None, deprecated=deprecated, xp=xp,
                              dtype=ctx.result.x.dtype, **options)
         prepared = _factorise(op, xp) if settings.method == "direct" else None
-    method = settings.method
     x = ctx.result.x
-    x_bar = xp.astype(cotangents["x"], x.dtype)
+    lam = adjoint_solution(op, x, cotangents["x"], settings, prepared, xp)
+    b_bar = xp.astype(lam, b.dtype) if xp.isdtype(b.dtype, "real floating") else None
+    if op.kind == "dense":
+        A_bar = -(lam[:, None] * x[None, :]) if x.ndim == 1 else -(lam @ xp.matrix_transpose(x))
+        A_bar = xp.astype(A_bar, A.dtype) if xp.isdtype(A.dtype, "real floating") else A_bar
+    elif op.kind == "sparse":
+        M = op.A
+        sampled_outer = B.get_kernel(xp, "sparse.csr_sampled_outer")
+        g = xp.empty((M.nnz,), dtype=x.dtype, device=B.device(x))
+        g = sampled_outer(M.indptr, M.indices, B.contiguous(xp, lam), B.contiguous(xp, x), g)
+        A_bar = xp.astype(-g, M.data.dtype)
+    else:
+        A_bar = None
+    return A_bar, b_bar
+
+
+def adjoint_solution(op: MatrixOperator, x, x_bar, settings: LinearSolveSettings, prepared,
+                     xp, *, plans=None, transposed=None):
+    """``λ = A⁻ᵀ x̄`` by the forward's method, tolerances and prepared data; a failed adjoint
+    solve is reported (warned, or raised with ``throw``) as the forward's would be.
+
+    ``plans``: the Krylov plans of a :class:`~._prepared.PreparedSolve` (reused for a
+    symmetric A); ``transposed``: its ``(Aᵀ, SOR data of Aᵀ)`` for SOR's adjoint, built
+    here when None.
+    """
+    method = settings.method
+    x_bar = xp.astype(x_bar, x.dtype)
     what = "the adjoint solve Aᵀλ = x̄"
     if method == "direct":
         lam = prepared.solve(x_bar, trans=True) if not prepared.singular else None
@@ -266,30 +292,23 @@ def _solve_bwd(ctx, cotangents):
         # CG-family forwards checked that A is symmetric: Aᵀλ = x̄ is solved with A itself,
         # reusing its preconditioner (SSOR colouring, Jacobi diagonal). SOR accepts
         # non-symmetric A, so its adjoint relaxes on Aᵀ with the same ω.
+        if symmetric:
+            op_t, prepared_t = op, prepared
+        else:
+            op_t, prepared_t = transposed if transposed is not None else (op.transpose(), None)
         adjoint = iterative_solve(
-            op if symmetric else op.transpose(), x_bar, method=method, x0=None,
+            op_t, x_bar, method=method, x0=None,
             rtol=settings.rtol, atol=settings.atol, maxiter=settings.maxiter, M=settings.M,
             omega=settings.omega, callback=None, check_every=_check_every(settings), what=what,
-            prepared=prepared if symmetric else None, check_symmetric=False)
+            prepared=prepared_t, check_symmetric=False,
+            plans=plans if symmetric else None)
         lam = adjoint.x
     if adjoint is not None and B.isfinite_all(xp, x_bar):
         # the adjoint solve is a solve of its own: its failure is reported, not hidden
         # (a NaN cotangent gives NaN gradients by design and is not a failure)
         report(_adjoint_result(adjoint, lam), throw=settings.throw,
                fixed_budget=settings.fixed_budget)
-    b_bar = xp.astype(lam, b.dtype) if xp.isdtype(b.dtype, "real floating") else None
-    if op.kind == "dense":
-        A_bar = -(lam[:, None] * x[None, :]) if x.ndim == 1 else -(lam @ xp.matrix_transpose(x))
-        A_bar = xp.astype(A_bar, A.dtype) if xp.isdtype(A.dtype, "real floating") else A_bar
-    elif op.kind == "sparse":
-        M = op.A
-        sampled_outer = B.get_kernel(xp, "sparse.csr_sampled_outer")
-        g = xp.empty((M.nnz,), dtype=x.dtype, device=B.device(x))
-        g = sampled_outer(M.indptr, M.indices, B.contiguous(xp, lam), B.contiguous(xp, x), g)
-        A_bar = xp.astype(-g, M.data.dtype)
-    else:
-        A_bar = None
-    return A_bar, b_bar
+    return lam
 
 
 def _adjoint_result(out, lam):
@@ -323,19 +342,32 @@ def _forward(A, b, method, x0, rtol, atol, maxiter, M, omega, callback, check_ev
                          b, model, k, smoother, throw, deprecated, xp=xp, dtype=dtype)
     x0 = _check_x0(x0, b)
     b = xp.astype(b, dtype, copy=False)
+    return run_validated(op, b, x0, settings, xp)
+
+
+def run_validated(op: MatrixOperator, b, x0, settings: LinearSolveSettings, xp, *,
+                  prepared=None, plans=None, check_symmetric: bool = True):
+    """Solve with validated arguments (``b`` in the solve's dtype); ``(result, (prepared,
+    settings))`` without reporting the status. ``prepared``: the LU factor, preconditioner,
+    SOR or DCDM data of an earlier solve with the same matrix and method (made here when
+    None); ``plans``: a dict in which the CG family keeps its Krylov set-up per shape and
+    dtype of ``b``; ``check_symmetric=False`` where the matrix was tested before."""
     if settings.method == "direct":
-        res, lu = _direct(op, b, settings, xp)
+        res, lu = _direct(op, b, settings, xp, prepared)
         return res, (lu, settings)
     if settings.method == "dcdm":
         out = dcdm_solve(op, b, model=settings.model, k=settings.k, smoother=settings.smoother,
                          x0=x0, rtol=settings.rtol,
                          atol=settings.atol, maxiter=settings.maxiter,
-                         callback=settings.callback, what="the solve")
+                         callback=settings.callback, what="the solve", prepared=prepared,
+                         check_symmetric=check_symmetric)
     else:
         out = iterative_solve(op, b, method=settings.method, x0=x0, rtol=settings.rtol,
                               atol=settings.atol, maxiter=settings.maxiter, M=settings.M,
                               omega=settings.omega, callback=settings.callback,
-                              check_every=_check_every(settings), what="the solve")
+                              check_every=_check_every(settings), what="the solve",
+                              prepared=prepared, check_symmetric=check_symmetric,
+                              plans=plans)
     residual = out.residual_norm
     res = LinearSolveResult(x=out.x, n_iters=int(out.n_iters), converged=bool(out.converged),
                             residual_norm=float(residual[0]) if b.ndim == 1 else residual,
