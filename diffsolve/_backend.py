@@ -323,6 +323,9 @@ def array_namespace(*xs, where: str = "diffsolve"):
 
 
 _NAMESPACE_BY_TYPES: dict[tuple, Any] = {}
+#: the classes of NumPy's float32 / float64 dtypes (NumPy, CuPy and JAX arrays carry NumPy
+#: dtypes; a class test tells them apart without a namespace call)
+FLOAT_DTYPE_TYPES = (type(np.dtype("float32")), type(np.dtype("float64")))
 
 
 def _namespace_by_name(lib: str):
