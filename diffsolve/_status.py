@@ -394,7 +394,8 @@ def worst_status(statuses: Iterable[Any]) -> Status:
     Severity order (most informative first): NONFINITE, BREAKDOWN, INFEASIBLE, DIVERGED,
     STEP_UNDERFLOW, MAX_ITERATIONS.
     """
-    present = {Status(int(s)) for s in statuses}
+    # the distinct codes first: a batch of thousands of trajectories has one or two
+    present = {Status(code) for code in {int(s) for s in statuses}}
     for s in (Status.NONFINITE, Status.BREAKDOWN, Status.INFEASIBLE, Status.DIVERGED,
               Status.STEP_UNDERFLOW, Status.MAX_ITERATIONS, Status.STOPPED):
         if s in present:

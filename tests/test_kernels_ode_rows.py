@@ -33,6 +33,9 @@ def test_combine_and_error_norm_rows_equal_the_one_row_kernels(dtype):
     h = rng.uniform(0.01, 0.3, n_rows)
     scratch = np.empty(n_rows * n)
     out = _k("rk_combine_rows")(Y, K, coeffs, h, np.empty_like(Y), scratch)
+    if dtype == np.float64:  # sums accumulated in the output itself: the same bits
+        in_place = _k("rk_combine_rows")(Y, K, coeffs, h, np.empty_like(Y), np.empty(0))
+        np.testing.assert_array_equal(in_place, out)
     e = rng.standard_normal(s)
     E = _k("rk_error_norm_rows")(Y, Y_new, K, e, h, 1e-6, 1e-9, np.empty(n_rows), scratch)
     for b in range(n_rows):
@@ -145,3 +148,45 @@ def test_rows_next_steps_follow_the_loop_rules():
     assert status[3] == int(Status.MAX_ITERATIONS) and not running[3]
     assert h[4] == 0.0 and status[4] == 0  # not running: untouched
     assert abs(h[5] - 0.05) < 1e-15 and running[5]
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_commit_rows_equal_the_array_expressions(direction):
+    """rows_commit against the array expressions it replaces on the host (the CuPy path)."""
+    rng = np.random.default_rng(5)
+    n_rows, n, s = 6, 3, 7
+    accept = np.array([True, False, True, True, False, True])
+    Y = rng.standard_normal((n_rows, n))
+    Y_new = rng.standard_normal((n_rows, n))
+    K = rng.standard_normal((s, n_rows, n))
+    t = direction * np.array([0.0, 0.1, 0.5, 0.9, 0.2, 0.95])
+    h = direction * np.array([0.1, 0.2, 0.3, 0.1, 0.05, 0.05])
+    t_new = t + h
+    t1 = direction * 1.0
+    E = rng.uniform(0.0, 2.0, n_rows)
+    n_acc = rng.integers(0, 5, n_rows)
+    running = np.array([True, True, True, True, False, True])
+    # the references (the array path of diffsolve.ode._vectorized)
+    Y_ref = np.where(accept[:, None], Y_new, Y)
+    K0_ref = np.where(accept[:, None], K[s - 1], K[0])
+    t_ref = np.where(accept, t_new, t)
+    running_ref = running & ~(accept & (direction * (t1 - t_ref) <= 0))
+    n_acc_ref = n_acc + accept
+    h_ref = np.where(accept, h, 0.0)
+    t_end_ref = np.where(accept, t_new, np.nan)
+    err_ref = np.where(accept, E, np.nan)
+    Y_out, h_rec, t_end, err = np.empty_like(Y), np.empty(n_rows), np.empty(n_rows), \
+        np.empty(n_rows)
+    K_in = K.copy()
+    _k("rows_commit")(accept, Y, Y_new, K_in, s - 1, t, t_new, h, E, t1, direction, n_acc,
+                      running, Y_out, h_rec, t_end, err)
+    np.testing.assert_array_equal(Y_out, Y_ref)
+    np.testing.assert_array_equal(K_in[0], K0_ref)
+    np.testing.assert_array_equal(K_in[1:], K[1:])
+    np.testing.assert_array_equal(t, t_ref)
+    np.testing.assert_array_equal(running, running_ref)
+    np.testing.assert_array_equal(n_acc, n_acc_ref)
+    np.testing.assert_array_equal(h_rec, h_ref)
+    np.testing.assert_array_equal(t_end, t_end_ref)
+    np.testing.assert_array_equal(err, err_ref)
+    assert not running[3] and not running[5] and running[0]  # rows that reached t1 stop

@@ -28,8 +28,8 @@ from ._config import jit
 
 __all__ = ["fits_pointer", "is_jitted", "rk_combine", "rk_combine_rows", "rk_dense_rows",
            "rk_error_norm",
-           "rk_error_norm_rows", "rk_reverse", "rk_solve", "rk_solve_batch", "rows_decide",
-           "rows_next_steps"]
+           "rk_error_norm_rows", "rk_reverse", "rk_solve", "rk_solve_batch", "rows_commit",
+           "rows_decide", "rows_next_steps"]
 
 
 @jit()
@@ -73,12 +73,14 @@ def rk_combine_rows(Y, K, coeffs, h, out, acc):  # pragma: no cover - compiled
     """:func:`rk_combine` per row of a batch: ``out[b] = Y[b] + h[b] Σ_j coeffs[j] K[j, b]``.
 
     ``Y``, ``out``: (B, n) C-contiguous; ``K``: (s, B, n) C-contiguous with
-    ``s >= len(coeffs)``; ``h``: (B,); ``acc``: a float64 scratch of B·n entries. Each
-    entry's arithmetic is :func:`rk_combine`'s, in the same order: the sum over j from 0.0
-    in j order, then ``y + h·sum`` (the vectorised batch then takes the steps its rows' own
-    solves take, to the last bit of the error estimate, whose cancellation would magnify a
-    reordered sum). The loops run over the flat batch (contiguous, vectorised). Returns
-    ``out``.
+    ``s >= len(coeffs)``; ``h``: (B,); ``acc``: a float64 scratch of B·n entries, or an
+    empty array where ``out`` is float64 (the sums then accumulate in ``out`` itself, the
+    same values in one buffer less: 1.4x faster at B·n = 4096). Each entry's arithmetic is
+    :func:`rk_combine`'s, in the same order: the sum over j from 0.0 in j order, in float64,
+    then ``y + h·sum`` (the vectorised batch then takes the steps its rows' own solves
+    take, to the last bit of the error estimate, whose cancellation would magnify a
+    reordered sum). The loops run over the flat batch (contiguous 1-D loops that
+    vectorise). Returns ``out``.
     """
     n_rows, n = Y.shape
     N = n_rows * n
@@ -86,10 +88,24 @@ def rk_combine_rows(Y, K, coeffs, h, out, acc):  # pragma: no cover - compiled
     Yf = Y.reshape(N)
     of = out.reshape(N)
     Kf = K.reshape((K.shape[0], N))
+    if acc.shape[0] == 0:  # float64 out: accumulate in place
+        for k in range(N):
+            of[k] = 0.0
+        for j in range(m):
+            cj = coeffs[j]
+            Kj = Kf[j]  # a 1-D view: the loop below vectorises (2x faster than Kf[j, k])
+            for k in range(N):
+                of[k] += cj * Kj[k]
+        for b in range(n_rows):
+            hb = h[b]
+            base = b * n
+            for i in range(base, base + n):
+                of[i] = Yf[i] + hb * of[i]
+        return out
     acc[:] = 0.0
     for j in range(m):
         cj = coeffs[j]
-        Kj = Kf[j]  # a 1-D view: the loop below vectorises (2x faster than Kf[j, k])
+        Kj = Kf[j]
         for k in range(N):
             acc[k] += cj * Kj[k]
     for b in range(n_rows):
@@ -218,6 +234,40 @@ def rows_next_steps(t, h_abs, fresh, rejected, running, n_steps, nonfinite_E, st
         t_new_out[b] = tn
         any_running = True
     return any_running
+
+
+@jit()
+def rows_commit(accept, Y, Y_new, K, s_last, t, t_new, h, E, t1, direction, n_acc, running,
+                Y_out, rec_h, rec_t_end, rec_err):  # pragma: no cover - compiled
+    """Commit an iteration of a vectorised batch (host arrays), row by row.
+
+    An accepted row ``b`` moves to its new state and time: ``Y_out[b] = Y_new[b]``, the
+    FSAL slope ``K[0, b] = K[s_last, b]``, ``t[b] = t_new[b]``, ``n_acc[b] += 1``, and it
+    stops running once it reached ``t1``; the iteration's record gets ``h[b]``, ``t_new[b]``
+    and its error ``E[b]``. Any other row keeps its state (``Y_out[b] = Y[b]``) and records
+    ``h = 0`` and NaN time and error. ``Y``, ``Y_new``, ``Y_out``: (B, n); ``K``: (s, B, n);
+    the others (B,). ``Y_out`` must be a new array: ``Y`` stays in the record of the
+    accepted steps for the adjoint.
+    """
+    n_rows, n = Y.shape
+    for b in range(n_rows):
+        if accept[b]:
+            for i in range(n):
+                Y_out[b, i] = Y_new[b, i]
+                K[0, b, i] = K[s_last, b, i]
+            rec_h[b] = h[b]
+            rec_t_end[b] = t_new[b]
+            rec_err[b] = E[b]
+            n_acc[b] += 1
+            t[b] = t_new[b]
+            if direction * (t1 - t[b]) <= 0:
+                running[b] = False
+        else:
+            for i in range(n):
+                Y_out[b, i] = Y[b, i]
+            rec_h[b] = 0.0
+            rec_t_end[b] = math.nan
+            rec_err[b] = math.nan
 
 
 @jit()
