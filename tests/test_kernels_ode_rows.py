@@ -190,3 +190,83 @@ def test_commit_rows_equal_the_array_expressions(direction):
     np.testing.assert_array_equal(t_end, t_end_ref)
     np.testing.assert_array_equal(err, err_ref)
     assert not running[3] and not running[5] and running[0]  # rows that reached t1 stop
+
+
+def test_stage_cotangents_rows_equal_reverse_stages():
+    """rows_stage_cotangents, stage by stage, against ode._adjoint.reverse_stages with a
+    column h (the array path): the same cotangents, bitwise."""
+    from diffsolve.ode._adjoint import reverse_stages
+    from diffsolve.ode._tableaux import get_tableau
+
+    rng = np.random.default_rng(11)
+    tab = get_tableau("tsit5")
+    A = np.ascontiguousarray(B.host_numpy(tab.A), dtype=np.float64)
+    s, n_rows, n = A.shape[0], 5, 3
+    h = rng.uniform(0.0, 0.3, n_rows)
+    h[2] = 0.0  # a row that did not step
+    a = rng.standard_normal((n_rows, n))
+    seeds = {1: rng.standard_normal((n_rows, n)), 4: rng.standard_normal((n_rows, n))}
+    J = rng.standard_normal((s, n, n))  # a linear "vjp" per stage: v -> v J_i
+
+    def stage_vjp(i, kb):
+        return kb @ J[i], None
+
+    Kbar = [seeds.get(i) for i in range(s)]
+    ref_y, _ = reverse_stages(A, h[:, None], [None] * (s - 1) + [a], Kbar,
+                              np.zeros((n_rows, n)), None, stage_vjp)
+    K_bar = np.zeros((s, n_rows, n))
+    live = np.zeros(s, dtype=bool)
+    for i, v in seeds.items():
+        K_bar[i] = v
+        live[i] = True
+    y_bar = np.zeros((n_rows, n))
+    kernel = _k("rows_stage_cotangents")
+    for i in range(s - 1, -1, -1):
+        G = a if i == s - 1 else None
+        if live[i]:
+            vy = K_bar[i] @ J[i]
+            G = vy if G is None else G + vy
+        if G is not None:
+            kernel(i, A, h, G, K_bar, live, y_bar)
+    np.testing.assert_array_equal(y_bar, ref_y)
+    for i in range(s):
+        if Kbar[i] is None:
+            assert not live[i]
+        else:
+            np.testing.assert_array_equal(K_bar[i], Kbar[i])
+
+
+def test_output_seeds_rows_equal_segmented_sums():
+    rng = np.random.default_rng(12)
+    T, n_rows, n, s = 9, 6, 2, 7
+    rows = np.array([0, 0, 2, 3, 3, 3, 5])
+    qs = np.array([1, 2, 4, 2, 3, 7, 8])
+    W = rng.standard_normal((rows.shape[0], s))
+    W[:, 5] = 0.0  # a stage no output reads
+    stages = np.array([i for i in range(s) if np.any(W[:, i] != 0.0)])
+    h = rng.uniform(0.05, 0.5, n_rows)
+    ys_bar = rng.standard_normal((T, n_rows, n))
+    y_bar = np.full((n_rows, n), 7.0)  # cleared by the kernel
+    K_bar = np.full((s, n_rows, n), 3.0)
+    live = np.zeros(s, dtype=bool)
+    _k("rows_output_seeds")(rows, qs, W, stages, h, ys_bar, y_bar, K_bar, live)
+    # the naive reference: each output added in turn, in output order
+    ref_y = np.zeros((n_rows, n))
+    ref_K = np.zeros((s, n_rows, n))
+    for m in range(rows.shape[0]):
+        b, q = rows[m], qs[m]
+        ref_y[b] = ref_y[b] + ys_bar[q, b]
+        for i in stages:
+            ref_K[i, b] = ref_K[i, b] + (h[b] * W[m, i]) * ys_bar[q, b]
+    np.testing.assert_array_equal(y_bar, ref_y)
+    for i in range(s):
+        if i == 5:
+            assert not live[i]
+            np.testing.assert_array_equal(K_bar[i], 3.0)  # untouched
+            continue
+        assert live[i]
+        np.testing.assert_array_equal(K_bar[i], ref_K[i])
+    # and the segmented sums of the array path, to rounding
+    starts = np.array([0, 2, 3, 6])
+    seg = np.add.reduceat((h[rows][:, None] * W)[:, 1:2] * ys_bar[qs, rows, :], starts, axis=0)
+    np.testing.assert_allclose(K_bar[1][rows[starts]], seg, rtol=1e-14, atol=1e-15)

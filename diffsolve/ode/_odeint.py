@@ -987,9 +987,10 @@ def odeint(f: Callable[..., Array], y0: Array, t_eval: Array | Sequence[float],
         array of shape (B, 1) holding each row's time; it must return (B, d), row b
         depending on row b only (checked on the first call: a field written for one
         state, or one that mixes rows, raises). Once fewer than 80 % of the rows are
-        still running, ``f`` gets the running rows only (a batch of fewer rows). A ``vjp=`` has the same batched form
-        and returns ``v_params`` summed over the rows. The discrete adjoint reverses
-        the batch the same way (one call of ``vjp`` per stage). For a field whose
+        still running, ``f`` gets the running rows only (a batch of fewer rows). A
+        ``vjp=`` has the same batched form and returns ``v_params`` summed over the rows.
+        The discrete adjoint reverses the batch the same way (one call of ``vjp`` per
+        stage). For a field whose
         evaluation on a batch is elementwise the steps are bitwise those of
         ``"per-trajectory"``; with matrix products the rows' error estimates move in
         their last digits and the outputs agree to the tolerance. It does not take

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
-from . import _vectorized
 from ._adjoint import reverse_stages
 from ._integrate import theta_powers
 from ._vector_field import make_vjp
@@ -46,29 +45,23 @@ def _scatter_rows(xp, target, rows, vals):
     return target
 
 
-def _output_seeds(xp, group, ys_bar, h, a, times, device, s):
+def _output_seeds(xp, group, ys_bar, h, a, times, device, s, buf=None, live=None):
     """``(ȳ, K̄)``: what the outputs of one record send back to its rows' states and
     slopes, ``ȳ_b = Σ_q ȳ_qb`` and ``K̄_i,b = Σ_q h_b b_i(θ_q) ȳ_qb`` over the outputs
-    ``q`` of row ``b`` in that step (``K̄_i`` None where every ``b_i(θ)`` is 0)."""
-    rows, qs, W = group
+    ``q`` of row ``b`` in that step (``K̄_i`` None where every ``b_i(θ)`` is 0). On the
+    host (``buf`` (s, B, n) and ``live`` (s,) given) the slopes' cotangents are written
+    into ``buf``, ``live`` marks them, and ``K̄`` is ``buf``."""
+    rows, qs, W, live_stages = group
+    if buf is not None:  # one pass of the row kernel
+        ybar = np.empty_like(a)
+        B.get_kernel(np, "ode.rows_output_seeds")(rows, qs, W, live_stages, h, ys_bar, ybar,
+                                                   buf, live)
+        return ybar, buf
     yq = ys_bar[xp.asarray(qs, device=device), xp.asarray(rows, device=device), :]
-    hw = h[rows][:, None] * W  # (M, s): h b_i(θ), host
-    live = [i for i in range(s) if bool(np.any(W[:, i] != 0.0))]
     Kbar: list = [None] * s
-    if B.is_numpy(xp) and _vectorized.ROW_KERNELS:
-        # rows are sorted: one segmented sum per distinct row (np.add.reduceat)
-        starts = np.concatenate(([0], np.nonzero(rows[1:] != rows[:-1])[0] + 1))
-        uniq = rows[starts]
-        ybar = xp.zeros_like(a)
-        ybar[uniq, ...] = np.add.reduceat(yq, starts, axis=0)
-        C = np.add.reduceat(hw[:, live, None] * yq[:, None, :], starts, axis=0)
-        for col, i in enumerate(live):
-            Kbar[i] = xp.zeros_like(a)
-            Kbar[i][uniq, ...] = C[:, col, :]
-        return ybar, Kbar
-    hw = times(hw)
+    hw = times(h[rows][:, None] * W)  # (M, s): h b_i(θ)
     ybar = _scatter_rows(xp, xp.zeros_like(a), rows, yq)
-    for i in live:
+    for i in live_stages:
         Kbar[i] = _scatter_rows(xp, xp.zeros_like(a), rows, hw[:, i:i + 1] * yq)
     return ybar, Kbar
 
@@ -87,10 +80,33 @@ def _output_groups(trajs, rec, PT):
     rows, qs, r = rows[order], qs[order], r[order]
     W = theta_powers(out_theta[rows, qs], PT.shape[0]) @ PT
     bounds = np.nonzero(np.diff(r))[0] + 1
+    starts = np.concatenate(([0], bounds))
+    # per group, the stages whose weights are not all 0 (one segmented pass for all)
+    live = np.logical_or.reduceat(W != 0.0, starts, axis=0)
+    ends = [*bounds.tolist(), r.shape[0]]
     groups = {}
-    for part in np.split(np.arange(r.shape[0]), bounds):
-        groups[int(r[part[0]])] = (rows[part], qs[part], W[part])
+    for g, (lo, hi) in enumerate(zip(starts.tolist(), ends)):
+        groups[int(r[lo])] = (rows[lo:hi], qs[lo:hi], np.ascontiguousarray(W[lo:hi]),
+                              np.nonzero(live[g])[0])
     return groups
+
+
+def _reverse_stages_host(kernel, A, h, a, K_bar, live, y_bar, p_bar, stage_vjp):
+    """:func:`._adjoint.reverse_stages` on host arrays: the slopes' cotangents in one
+    (s, B, n) buffer (``live`` marks those that arrived), each stage's reverse one call of
+    the row kernel ``ode.rows_stage_cotangents`` (the same arithmetic)."""
+    s = K_bar.shape[0]
+    for i in range(s - 1, -1, -1):
+        G_bar = a if i == s - 1 else None
+        if live[i]:
+            vy, vp = stage_vjp(i, K_bar[i])
+            G_bar = vy if G_bar is None else G_bar + vy
+            if vp is not None:
+                p_bar = vp if p_bar is None else p_bar + vp
+        if G_bar is None:
+            continue
+        kernel(i, A, h, np.asarray(G_bar), K_bar, live, y_bar)
+    return y_bar, p_bar
 
 
 def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
@@ -125,23 +141,48 @@ def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
     a = xp.zeros((n_rows, n), dtype=dtype, device=device)
     p_bar = None
     K = xp.empty((s, n_rows, n), dtype=dtype, device=device)
+    host = arith.kernel  # NumPy states: the row kernels, host arrays throughout
+    if host:
+        stage_kernel = B.get_kernel(np, "ode.rows_stage_cotangents")
+        A_host = np.ascontiguousarray(B.host_numpy(A), dtype=np.float64)
+        K_bar = np.empty((s, n_rows, n), dtype=dtype)
+        live = np.zeros(s, dtype=bool)
 
     def call_f(t_col, Y):
         return f(t_col.reshape(t_shape), Y.reshape(full), params).reshape((n_rows, n))
 
     def times(t_host):
+        if host:  # the times f sees on the host: y's dtype (as the forward passed them)
+            return t_host.astype(dtype, copy=False)
         return xp.asarray(t_host, dtype=dtype, device=device)
 
     for r in range(len(rec.Y) - 1, -1, -1):
         t, h, Y = rec.t[r], rec.h[r], rec.Y[r]
-        # the step's stages, recomputed as the forward formed them
+        # the step's stages, recomputed as the forward formed them; the last stage's
+        # slope is never read (g_s needs k_1 .. k_{s-1} only)
         h_dev = h if arith.kernel else times(h)
         hc = None if arith.kernel else h_dev[:, None]
         K[0, ...] = call_f(times(t), Y)
         G = [Y]
         for i in range(1, s):
             G.append(arith.combine(Y, K, i, h_dev, hc))
-            K[i, ...] = call_f(times(t + c[i] * h), G[i])
+            if i < s - 1:
+                K[i, ...] = call_f(times(t + c[i] * h), G[i])
+
+        def stage_vjp(i, kb, t=t, h=h, G=G):
+            vy, vp = fvjp(times(t + c[i] * h).reshape(t_shape), G[i].reshape((n_rows * n,)),
+                          kb.reshape((n_rows * n,)))
+            return vy.reshape((n_rows, n)), vp
+
+        if host:
+            live[:] = False
+            ybar = np.zeros_like(a)
+            if r in groups:
+                ybar, _ = _output_seeds(xp, groups[r], ys_bar, h, a, times, device, s,
+                                        K_bar, live)
+            a, p_bar = _reverse_stages_host(stage_kernel, A_host, h, a, K_bar, live, ybar,
+                                            p_bar, stage_vjp)
+            continue
         Kbar: list = [None] * s
         ybar = xp.zeros_like(a)
         if r in groups:
@@ -149,12 +190,6 @@ def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
         hcol = times(h)[:, None]
         Gbar: list = [None] * s
         Gbar[s - 1] = a
-
-        def stage_vjp(i, kb, t=t, h=h, G=G):
-            vy, vp = fvjp(times(t + c[i] * h).reshape(t_shape),
-                          xp.reshape(G[i], (n_rows * n,)), xp.reshape(kb, (n_rows * n,)))
-            return xp.reshape(vy, (n_rows, n)), vp
-
         a, p_bar = reverse_stages(A, hcol, Gbar, Kbar, ybar, p_bar, stage_vjp)
     through = a
     # outputs at the initial time are y0 itself

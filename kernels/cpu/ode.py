@@ -29,7 +29,8 @@ from ._config import jit
 __all__ = ["fits_pointer", "is_jitted", "rk_combine", "rk_combine_rows", "rk_dense_rows",
            "rk_error_norm",
            "rk_error_norm_rows", "rk_reverse", "rk_solve", "rk_solve_batch", "rows_commit",
-           "rows_decide", "rows_next_steps"]
+           "rows_decide", "rows_next_steps", "rows_output_seeds",
+           "rows_stage_cotangents"]
 
 
 @jit()
@@ -268,6 +269,66 @@ def rows_commit(accept, Y, Y_new, K, s_last, t, t_new, h, E, t1, direction, n_ac
             rec_h[b] = 0.0
             rec_t_end[b] = math.nan
             rec_err[b] = math.nan
+
+
+@jit()
+def rows_output_seeds(rows, qs, W, stages, h, ys_bar, y_bar, K_bar, live):  # pragma: no cover
+    """What the dense outputs of one record of a vectorised batch send back, in place.
+
+    For each output ``m`` (row ``rows[m]``, output index ``qs[m]``; sorted by row):
+    ``y_bar[b] += ȳ_qb`` and, for each stage ``i`` in ``stages``, ``K_bar[i, b] += (h_b
+    W[m, i]) ȳ_qb``: the reverse of ``y_q = y + h Σ_i b_i(θ_q) k_i`` with ``W[m] = b(θ_q)``.
+    ``y_bar`` and ``K_bar[stages]`` are cleared first and ``live[stages]`` set. Each row's
+    sums run over its outputs in order, one after the other (``np.add.reduceat`` groups
+    some sums differently: the last bit may differ from it). ``ys_bar``: (T,
+    B, n); ``y_bar``: (B, n); ``K_bar``: (s, B, n).
+    """
+    n = y_bar.shape[1]
+    y_bar[:] = 0.0
+    for i in stages:
+        K_bar[i] = 0.0
+        live[i] = True
+    for m in range(rows.shape[0]):
+        b = rows[m]
+        q = qs[m]
+        hb = h[b]
+        for k in range(n):
+            y_bar[b, k] += ys_bar[q, b, k]
+        for i in stages:
+            hw = hb * W[m, i]
+            for k in range(n):
+                K_bar[i, b, k] += hw * ys_bar[q, b, k]
+
+
+@jit()
+def rows_stage_cotangents(i, A, h, G_bar, K_bar, live, y_bar):  # pragma: no cover
+    """The reverse of stage ``i``'s assignment ``g_i = y + h Σ_{j<i} a_ij k_j`` for every
+    row of a vectorised batch, given the cotangent ``G_bar`` (B, n) of ``g_i``:
+    ``K_bar[j] += (h_b a_ij) G_bar`` for each ``j < i`` with ``a_ij != 0`` (assigned where
+    ``live[j]`` is False, which it then sets) and ``y_bar += G_bar``, in place. The
+    arithmetic of ``diffsolve.ode._adjoint.reverse_stages`` with a column ``h``, entry by
+    entry, in one pass instead of two array operations per coefficient. ``A``: (s, s);
+    ``h``: (B,); ``K_bar``: (s, B, n); ``live``: (s,) bool.
+    """
+    n_rows, n = G_bar.shape
+    for j in range(i):
+        a = A[i, j]
+        if a == 0.0:
+            continue
+        if live[j]:
+            for b in range(n_rows):
+                ha = h[b] * a
+                for k in range(n):
+                    K_bar[j, b, k] += ha * G_bar[b, k]
+        else:
+            for b in range(n_rows):
+                ha = h[b] * a
+                for k in range(n):
+                    K_bar[j, b, k] = ha * G_bar[b, k]
+            live[j] = True
+    for b in range(n_rows):
+        for k in range(n):
+            y_bar[b, k] += G_bar[b, k]
 
 
 @jit()
