@@ -63,6 +63,13 @@ VECTORIZED = False
 #: the same NumPy fields with the default ``batch_mode="per-trajectory"`` (``--numpy-loop``:
 #: the "before" of ``--vectorized``, a Python loop over the trajectories)
 NUMPY_LOOP = False
+#: the NumPy fields and VJPs with ``--single`` / ``--shared`` (``--numpy-fields``)
+NUMPY_FIELDS = False
+#: one trajectory (the first row), diffrax without vmap (``--single``)
+SINGLE = False
+#: the (B, d) batch as one system, ``batch_mode="shared"``, diffrax on the (B, d) state
+#: without vmap (``--shared``)
+SHARED = False
 
 
 def problems(B: int) -> dict:
@@ -88,26 +95,28 @@ def problems(B: int) -> dict:
     reg = get_problems()
     lv, vdp = reg["lotka_volterra"], reg["van_der_pol"]
 
+    # one state (d,) or, for --shared, the (B, d) batch as one system
     def lv_jax(t, y, p):
-        x, z = y[0], y[1]
-        return jnp.stack([p[0] * x - p[1] * x * z, -p[2] * z + p[3] * x * z])
+        x, z = y[..., 0], y[..., 1]
+        return jnp.stack([p[0] * x - p[1] * x * z, -p[2] * z + p[3] * x * z], axis=-1)
 
     def vdp_jax(t, y, p):
-        return jnp.stack([y[1], p[0] * (1.0 - y[0] * y[0]) * y[1] - y[0]])
+        x, z = y[..., 0], y[..., 1]
+        return jnp.stack([z, p[0] * (1.0 - x * x) * z - x], axis=-1)
 
     def mlp_jax(t, y, p):
         W1, b1, W2, b2 = mlp_unpack(p, MLP_D, MLP_H)
-        return W2 @ jnp.tanh(W1 @ y + b1) + b2
+        return jnp.tanh(y @ W1.T + b1) @ W2.T + b2
 
     mlp_nb, mlp_vjp = mlp_nb_factory(MLP_D, MLP_H)
     lv_f, lv_vjp = (lv_nb_inplace if INPLACE else lv.f_nb), lv.vjp_nb
     vdp_f, vdp_vjp = (vdp_nb_inplace if INPLACE else vdp.f_nb), vdp.vjp_nb
-    if VECTORIZED or NUMPY_LOOP:  # the same fields in NumPy
+    if VECTORIZED or NUMPY_LOOP or NUMPY_FIELDS:  # the same fields in NumPy
         lv_f, lv_vjp = lv_np, lv_vjp_np
         vdp_f, vdp_vjp = vdp_np, vdp_vjp_np
         mlp_nb, mlp_vjp = mlp_np_factory(MLP_D, MLP_H), mlp_vjp_np_factory(MLP_D, MLP_H)
     y_mlp = np.random.default_rng(3).standard_normal((B, MLP_D))
-    return {
+    out = {
         "lotka_volterra": dict(f=lv_f, vjp=lv_vjp,
                                f_jax=lv_jax, p=LV_PARAMS.copy(),
                                y0=lv.batch_y0(B), t=np.linspace(0.0, 10.0, N_OUT)),
@@ -119,6 +128,9 @@ def problems(B: int) -> dict:
                           p=mlp_init(MLP_D, MLP_H, seed=2), y0=y_mlp,
                           t=np.linspace(0.0, 5.0, N_OUT)),
     }
+    if SINGLE:  # one trajectory: each batch's first row, a state of shape (d,)
+        out = {name: {**prob, "y0": prob["y0"][0].copy()} for name, prob in out.items()}
+    return out
 
 
 def diffrax_calls(prob: dict):
@@ -137,7 +149,9 @@ def diffrax_calls(prob: dict):
                                   max_steps=100_000)
         return sol.ys, sol.stats["num_steps"]
 
-    batch = jax.vmap(solve, in_axes=(0, None))
+    # a batch of independent solves (vmap), or one system: one trajectory (--single) or
+    # the (B, d) batch with one step size (--shared)
+    batch = solve if (SINGLE or SHARED) else jax.vmap(solve, in_axes=(0, None))
     fwd = jax.jit(batch)
     grad = jax.jit(jax.grad(lambda Y, p: jnp.sum(batch(Y, p)[0]), argnums=(0, 1)))
     Y, P = jnp.asarray(prob["y0"]), jnp.asarray(prob["p"])
@@ -160,11 +174,12 @@ def diffsolve_calls(prob: dict):
 
     f, vjp, p, Y, t = prob["f"], prob["vjp"], prob["p"], prob["y0"], prob["t"]
 
-    mode = "vectorized" if VECTORIZED else "per-trajectory"
+    mode = "vectorized" if VECTORIZED else "shared" if SHARED else "per-trajectory"
 
     def forward():
         res = odeint(f, Y, t, p, rtol=RTOL, atol=ATOL, batch_mode=mode)
-        return np.swapaxes(res.ys, 0, 1), res
+        # diffrax's vmap puts the batch first; one system keeps odeint's (T, ...) order
+        return (res.ys if (SINGLE or SHARED) else np.swapaxes(res.ys, 0, 1)), res
 
     def gradient():
         res, pull = ds.vjp(odeint, f, Y, t, p, rtol=RTOL, atol=ATOL, vjp=vjp,
@@ -206,14 +221,16 @@ def run(B: int, pairs: int, only: list[str] | None) -> list[dict]:
         pe_f, pe_g = diffrax_calls(prob)
         ds_f, ds_g = diffsolve_calls(prob)
         row, (ys_ds, res), (ys_pe, steps_pe) = _pairs(pe_f, ds_f, pairs)
-        row.update(problem=name, B=B, kind="forward",
-                   steps_ds_mean=res.stats.n_steps / B, steps_peer_mean=float(steps_pe.mean()),
+        per_row = 1 if (SINGLE or SHARED) else B  # one system: its own step count
+        row.update(problem=name, B=1 if SINGLE else B, kind="forward",
+                   steps_ds_mean=res.stats.n_steps / per_row,
+                   steps_peer_mean=float(np.mean(steps_pe)),
                    ys_max_abs_diff=float(np.max(np.abs(ys_ds - ys_pe))))
         rows.append(row)
         _print(row)
         row, (gy, gp), (gy_pe, gp_pe) = _pairs(pe_g, ds_g, pairs)
         g, g_pe = np.concatenate([gy.ravel(), gp]), np.concatenate([gy_pe.ravel(), gp_pe])
-        row.update(problem=name, B=B, kind="forward+gradient",
+        row.update(problem=name, B=1 if SINGLE else B, kind="forward+gradient",
                    grad_rel_diff=float(np.linalg.norm(g - g_pe) / np.linalg.norm(g_pe)))
         rows.append(row)
         _print(row)
@@ -256,11 +273,26 @@ def main(argv=None):
     mode.add_argument("--numpy-loop", action="store_true",
                       help="the same NumPy fields with the default "
                       "batch_mode='per-trajectory' (one solve per trajectory)")
+    mode.add_argument("--single", action="store_true",
+                      help="one trajectory (the first row of each batch) with the @njit "
+                      "fields; diffrax jit of one solve")
+    mode.add_argument("--shared", action="store_true",
+                      help="the (B, d) batch as one system (batch_mode='shared', one step "
+                      "size, the error norm over the batch) with the @njit fields; diffrax "
+                      "jit of one solve of the (B, d) state")
+    parser.add_argument("--numpy-fields", action="store_true",
+                        help="with --single / --shared: the fields and VJPs in NumPy "
+                        "instead of @njit")
     args = parser.parse_args(argv)
-    global INPLACE, VECTORIZED, NUMPY_LOOP
+    if args.numpy_fields and not (args.single or args.shared):
+        parser.error("--numpy-fields goes with --single or --shared")
+    global INPLACE, VECTORIZED, NUMPY_LOOP, SINGLE, SHARED, NUMPY_FIELDS
+    NUMPY_FIELDS = args.numpy_fields
     INPLACE = args.inplace
     VECTORIZED = args.vectorized
     NUMPY_LOOP = args.numpy_loop
+    SINGLE = args.single
+    SHARED = args.shared
     with numba_cache(args.warm_cache):
         import jax
 
@@ -270,6 +302,7 @@ def main(argv=None):
         meta = machine_meta()
         meta.update(rtol=RTOL, atol=ATOL, tag=args.tag, warm_cache=args.warm_cache,
                     inplace=INPLACE, vectorized=VECTORIZED, numpy_loop=NUMPY_LOOP,
+                    single=SINGLE, shared=SHARED, numpy_fields=NUMPY_FIELDS,
                     jax=jax.__version__, numba_threads=_numba_threads())
         rows = run(args.batch, args.pairs, args.only)
     meta["loadavg_end"] = list(os.getloadavg())
@@ -288,8 +321,12 @@ def markdown(out: dict) -> str:
     """The results table: per problem and measurement, before → after."""
     before = {(r["problem"], r["kind"]): r for r in out.get("before", {}).get("rows", [])}
     meta = out["meta"]
+    title = ("One trajectory vs diffrax `jit`" if meta.get("single") else
+             "A batch as one system (`batch_mode=\"shared\"`) vs diffrax `jit`"
+             if meta.get("shared") else
+             "A batch of independent trajectories vs diffrax `jit(vmap)`")
     lines = [
-        "# A batch of independent trajectories vs diffrax `jit(vmap)` (issue 14, item 1)",
+        f"# {title} (issue 14)",
         "",
         "`python -m bench.bench_speed_ode_batch` — B = {}, Tsit5, rtol = {:g}, atol = {:g}, "
         "PI controller on both sides, float64, 51 outputs; Numba threads: {}; "
@@ -309,17 +346,30 @@ def markdown(out: dict) -> str:
                  if r["kind"] == "forward" else "")
         lines.append(
             f"| {r['problem']} | {r['kind']} | "
-            + (f"{b['ds_ms_min']:.1f} / {b['ds_ms_median']:.1f} | "
+            + (f"{_ms(b['ds_ms_min'])} / {_ms(b['ds_ms_median'])} | "
                f"{b['ratio_min_times']:.2f} / {b['ratio_median']:.2f} | " if b else "— | — | ")
-            + f"{r['ds_ms_min']:.1f} / {r['ds_ms_median']:.1f} | "
-            f"{r['peer_ms_min']:.1f} / {r['peer_ms_median']:.1f} | "
+            + f"{_ms(r['ds_ms_min'])} / {_ms(r['ds_ms_median'])} | "
+            f"{_ms(r['peer_ms_min'])} / {_ms(r['peer_ms_median'])} | "
             f"**{r['ratio_min_times']:.2f}** / **{r['ratio_median']:.2f}** | {steps} | "
             f"{r['first_call_ds_s']:.2f} / {r['first_call_peer_s']:.2f} |")
     lines.append("")
     return "\n".join(lines)
 
 
+def _ms(x: float) -> str:
+    """Milliseconds with three significant digits below 10 ms (one trajectory: 0.19)."""
+    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
 def _fields_note(meta: dict) -> str:
+    fields = "NumPy" if meta.get("numpy_fields") else "`@njit`"
+    if meta.get("single"):
+        return (" `--single`: ONE trajectory (the first row of each batch; the B above is 1), "
+                f"the {fields} field and VJP; diffrax: `jit` of one solve, no `vmap`.")
+    if meta.get("shared"):
+        return (" `--shared`: the (B, d) batch as ONE system (`batch_mode=\"shared\"`: one "
+                f"step size, the error norm over the whole batch; the {fields} fields on the "
+                "(B, d) array); diffrax: `jit` of one solve of the (B, d) state, no `vmap`.")
     if meta.get("vectorized"):
         return (" diffsolve: `--vectorized`, `batch_mode=\"vectorized\"` with the fields and "
                 "VJPs in NumPy for a (B, d) batch (one call per stage on the whole batch); "

@@ -92,3 +92,14 @@ def test_a_four_argument_field_of_another_signature_is_not_taken_for_in_place():
 
     assert not kern.fits_inplace(returns_array)
     assert kern.fits_inplace(lv_inplace) and not kern.fits_inplace(lv)
+
+
+def test_fit_answers_are_remembered_per_dispatcher():
+    from diffsolve.kernels.cpu import ode as kern
+
+    assert kern.fits_pointer(lv) and not kern.fits_inplace(lv)
+    assert kern.fits_inplace(lv_inplace) and not kern.fits_pointer(lv_inplace)
+    assert kern._FITS[lv][("pointer", None)][0] is True
+    assert kern._FITS[lv_inplace][("inplace", None)][0] is True
+    assert kern.fits_pointer(lv, lv_vjp)
+    assert kern._FITS[lv][("pointer", id(lv_vjp))][1]() is lv_vjp

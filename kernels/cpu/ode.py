@@ -19,6 +19,7 @@ Arrays are C-contiguous; states are 1-D ``(n,)``, stages ``(s, n)``.
 from __future__ import annotations
 
 import math
+import weakref
 
 import numba
 import numpy as np
@@ -668,6 +669,9 @@ def rk_solve(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, p
         return _compiled("pointer_inplace")(f, *args)
     if y0.dtype == np.float64 and params.dtype == np.float64 and fits_pointer(f):
         try:
+            # (passed as the dispatcher itself: a value made once with numba's
+            # CompileResultWAP would save the per-call address lookup, ≈ 30 µs, but has no
+            # native entry point, so an exception raised in f would crash the process)
             return _compiled("pointer")(f, *args)
         except (numba.core.errors.TypingError, TypeError, ValueError):
             pass
@@ -675,17 +679,45 @@ def rk_solve(f, y0, t_out, params, A, c, e, P, order, error_order, rtol, atol, p
     return _compiled("generic")(f, *args)
 
 
+_POINTER_TYPES: tuple = ()
+
+
 def _pointer_types():
-    t = numba.types
-    vec = t.float64[::1]
-    return (t.float64, vec, vec), vec, (t.float64, vec, vec, vec), t.UniTuple(vec, 2)
+    global _POINTER_TYPES
+    if not _POINTER_TYPES:  # Numba type objects cost microseconds to build: made once
+        t = numba.types
+        vec = t.float64[::1]
+        _POINTER_TYPES = ((t.float64, vec, vec), vec, (t.float64, vec, vec, vec),
+                          t.UniTuple(vec, 2))
+    return _POINTER_TYPES
+
+
+# The answers of fits_inplace / fits_pointer per dispatcher (and vjp): a dispatcher only
+# gains overloads, so an answer never goes stale; weak keys let the fields be freed.
+_FITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _remembered(kind: str, f, vjp, check) -> bool:
+    try:
+        per_f = _FITS.setdefault(f, {})
+    except TypeError:  # not weak-referenceable: no cache
+        return check()
+    key = (kind, None if vjp is None else id(vjp))
+    hit = per_f.get(key)
+    if hit is None or (vjp is not None and hit[1]() is not vjp):
+        hit = per_f[key] = (check(), weakref.ref(vjp) if vjp is not None else None)
+    return hit[0]
 
 
 def fits_inplace(f) -> bool:
     """Whether the ``@njit`` ``f`` is an in-place field ``f(t, y, params, out) -> None``
     (it writes dy/dt into ``out``) with the float64 signature the compiled integrator
     takes: four parameters, compiling for ``(float64, float64[::1], float64[::1],
-    float64[::1])`` and returning nothing."""
+    float64[::1])`` and returning nothing (remembered per dispatcher)."""
+    return _remembered("inplace", f, None, lambda: _fits_inplace(f))
+
+
+def _fits_inplace(f) -> bool:
     import inspect
 
     try:
@@ -736,8 +768,11 @@ def fits_pointer(f, vjp=None) -> bool:
     a function pointer, but once compiled for those argument types it is accepted the
     next time and its result then read with the wrong layout (wrong numbers, no error).
     """
-    f_args, f_ret, v_args, v_ret = _pointer_types()
-    return _returns(f, f_args, f_ret) and (vjp is None or _returns(vjp, v_args, v_ret))
+    def check():
+        f_args, f_ret, v_args, v_ret = _pointer_types()
+        return _returns(f, f_args, f_ret) and (vjp is None or _returns(vjp, v_args, v_ret))
+
+    return _remembered("pointer", f, vjp, check)
 
 
 def _returns(fn, args, ret) -> bool:
