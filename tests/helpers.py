@@ -70,3 +70,14 @@ def ot_clouds(rng, n, m=None):
     y = rng.standard_normal((m, 2)) + 1.0
     C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
     return np.full(n, 1.0 / n), np.full(m, 1.0 / m), C / C.max()
+
+
+#: options of each ``linear.solve`` method for gradient checks: tolerances tight enough for
+#: central differences (SOR with a budget that reaches them)
+LINEAR_GRAD_OPTIONS = {
+    "direct": {},
+    "cg": {"rtol": 1e-13},
+    "pcg": {"rtol": 1e-13},
+    "sor": {"rtol": 1e-13, "omega": 1.3, "maxiter": 100_000},
+    "ssor-cg": {"rtol": 1e-13, "omega": 1.2},
+}

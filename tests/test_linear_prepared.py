@@ -12,15 +12,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 import diffsolve as ds
-from tests.helpers import central_difference, poisson_2d, spd_matrix
+from tests.helpers import LINEAR_GRAD_OPTIONS, central_difference, poisson_2d, spd_matrix
 
-OPTS = {
-    "direct": {},
-    "cg": {"rtol": 1e-12},
-    "pcg": {"rtol": 1e-12},
-    "sor": {"rtol": 1e-12, "omega": 1.3, "maxiter": 100_000},
-    "ssor-cg": {"rtol": 1e-12, "omega": 1.2},
-}
+OPTS = LINEAR_GRAD_OPTIONS
 
 
 def _matrix(rng, kind):

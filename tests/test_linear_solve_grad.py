@@ -7,16 +7,16 @@ import pytest
 import scipy.sparse as sp
 
 import diffsolve as ds
-from tests.helpers import central_difference, poisson_2d, spd_matrix, to_numpy
+from tests.helpers import (
+    LINEAR_GRAD_OPTIONS,
+    central_difference,
+    poisson_2d,
+    spd_matrix,
+    to_numpy,
+)
 
 solve = ds.linear.solve
-OPTS = {
-    "direct": {},
-    "cg": {"rtol": 1e-13},
-    "pcg": {"rtol": 1e-13},
-    "sor": {"rtol": 1e-13, "omega": 1.3, "maxiter": 100_000},
-    "ssor-cg": {"rtol": 1e-13, "omega": 1.2},
-}
+OPTS = LINEAR_GRAD_OPTIONS
 METHODS = list(OPTS)
 
 

@@ -86,36 +86,39 @@ def rk_combine_rows(Y, K, coeffs, h, out, acc):  # pragma: no cover - compiled
     """
     n_rows, n = Y.shape
     N = n_rows * n
-    m = coeffs.shape[0]
     Yf = Y.reshape(N)
     of = out.reshape(N)
     Kf = K.reshape((K.shape[0], N))
     if acc.shape[0] == 0:  # float64 out: accumulate in place
-        for k in range(N):
-            of[k] = 0.0
-        for j in range(m):
-            cj = coeffs[j]
-            Kj = Kf[j]  # a 1-D view: the loop below vectorises (2x faster than Kf[j, k])
-            for k in range(N):
-                of[k] += cj * Kj[k]
-        for b in range(n_rows):
-            hb = h[b]
-            base = b * n
-            for i in range(base, base + n):
-                of[i] = Yf[i] + hb * of[i]
-        return out
-    acc[:] = 0.0
-    for j in range(m):
+        _stage_sums(of, Kf, coeffs, N)
+        _add_scaled_rows(of, Yf, h, of, n_rows, n)
+    else:
+        _stage_sums(acc, Kf, coeffs, N)
+        _add_scaled_rows(of, Yf, h, acc, n_rows, n)
+    return out
+
+
+@jit(inline="always")
+def _stage_sums(buf, Kf, coeffs, N):  # pragma: no cover - compiled
+    """``buf[:N] = Σ_j coeffs[j] Kf[j]`` from 0.0 in j order (1-D views: the loops
+    vectorise, 2x faster than indexing ``Kf[j, k]``)."""
+    for k in range(N):
+        buf[k] = 0.0
+    for j in range(coeffs.shape[0]):
         cj = coeffs[j]
         Kj = Kf[j]
         for k in range(N):
-            acc[k] += cj * Kj[k]
+            buf[k] += cj * Kj[k]
+
+
+@jit(inline="always")
+def _add_scaled_rows(of, Yf, h, buf, n_rows, n):  # pragma: no cover - compiled
+    """``of[b·n + i] = Yf[b·n + i] + h[b] buf[b·n + i]`` (``buf`` may be ``of``)."""
     for b in range(n_rows):
         hb = h[b]
         base = b * n
         for i in range(base, base + n):
-            of[i] = Yf[i] + hb * acc[i]
-    return out
+            of[i] = Yf[i] + hb * buf[i]
 
 
 @jit()
