@@ -203,3 +203,17 @@ def test_torch_layer_of_a_prepared_solve(rng):
     x.sum().backward()
     expected = spla.spsolve(sp.csc_matrix(A.T), np.ones(A.shape[0]))
     np.testing.assert_allclose(b.grad.numpy(), expected, rtol=1e-9)
+
+
+def test_prepare_takes_the_options_and_defaults_of_solve():
+    # prepare's signature repeats solve's options (x0 goes to each solve): the same names
+    # and the same defaults, so a prepared solve is the solve the user would have made
+    import inspect
+
+    def keyword_defaults(fn):
+        return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    solve_options = keyword_defaults(ds.linear.solve.fwd)
+    solve_options.pop("x0")
+    assert keyword_defaults(ds.linear.prepare) == solve_options

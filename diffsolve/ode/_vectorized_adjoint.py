@@ -176,10 +176,11 @@ def vectorized_reverse(fwd, ys_bar_all, want_t: bool):
 
         if host:
             live[:] = False
-            ybar = np.zeros_like(a)
             if r in groups:
                 ybar, _ = _output_seeds(xp, groups[r], ys_bar, h, a, times, device, s,
                                         K_bar, live)
+            else:
+                ybar = np.zeros_like(a)
             a, p_bar = _reverse_stages_host(stage_kernel, A_host, h, a, K_bar, live, ybar,
                                             p_bar, stage_vjp)
             continue

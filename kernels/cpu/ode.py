@@ -703,12 +703,13 @@ _FITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _remembered(kind: str, f, vjp, check) -> bool:
     try:
         per_f = _FITS.setdefault(f, {})
+        vjp_ref = weakref.ref(vjp) if vjp is not None else None
     except TypeError:  # not weak-referenceable: no cache
         return check()
     key = (kind, None if vjp is None else id(vjp))
     hit = per_f.get(key)
     if hit is None or (vjp is not None and hit[1]() is not vjp):
-        hit = per_f[key] = (check(), weakref.ref(vjp) if vjp is not None else None)
+        hit = per_f[key] = (check(), vjp_ref)
     return hit[0]
 
 
